@@ -1,0 +1,11 @@
+# The installed fwd.pc names the installed include directory and fwd's version.
+file(READ "${PC_FILE}" pc)
+foreach(expected "includedir=\${prefix}/include" "Name: fwd" "Requires: libcares sqlite3")
+  string(FIND "${pc}" "${expected}" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "${PC_FILE} lacks `${expected}`:\n${pc}")
+  endif()
+endforeach()
+if(NOT EXISTS "${PREFIX}/include/fwd/forward.hpp")
+  message(FATAL_ERROR "the headers were not installed under ${PREFIX}/include")
+endif()
