@@ -107,6 +107,11 @@ inline long status_kib(pid_t pid, std::string_view field) {
   return -1;
 }
 
+/** The optional seconds argument `argv[i]` of a mode, else `fallback`. */
+inline double seconds_arg(int argc, char** argv, int i, double fallback) {
+  return argc > i ? std::strtod(argv[i], nullptr) : fallback;
+}
+
 /** Prints one figure: `BENCH <key> <value>`. */
 inline void emit(const std::string& key, double value, int decimals = 1) {
   std::printf("BENCH %s %.*f\n", key.c_str(), decimals, value);

@@ -73,11 +73,11 @@ void call_once(Echo::Stub& stub, const Blob& request) {
   }
 }
 
-int run_latency() {
+int run_latency(double seconds) {
   server_process server;
   auto stub = Echo::NewStub(make_channel(server.port()));
   const Blob request = make_request();
-  const auto s = sequential_latency([&] { call_once(*stub, request); });
+  const auto s = sequential_latency([&] { call_once(*stub, request); }, seconds);
   std::fprintf(stderr, "grpc: %zu sequential calls\n", s.samples);
   emit("rpc.p50_us.grpc", s.p50_us);
   emit("rpc.p99_us.grpc", s.p99_us);
@@ -139,10 +139,10 @@ int run_throughput(const std::vector<std::size_t>& depths) {
   for (const std::size_t depth : depths) {
     pipeline p(*stub, depth);
     p.start();
-    std::this_thread::sleep_for(window(0.3));  // warm-up, not measured
+    std::this_thread::sleep_for(window(0.2));  // warm-up, not measured
     const auto c0 = p.completed();
     const auto t0 = clock::now();
-    std::this_thread::sleep_for(window(1.5));  // the measurement window
+    std::this_thread::sleep_for(window(0.6));  // the measurement window
     const auto c1 = p.completed();
     const auto t1 = clock::now();
     p.stop();
@@ -210,7 +210,7 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "server") return run_server();
-  if (mode == "latency") return run_latency();
+  if (mode == "latency") return run_latency(seconds_arg(argc, argv, 2, 2.0));
   if (mode == "throughput") {
     std::vector<std::size_t> depths;
     for (int i = 2; i < argc; ++i) depths.push_back(std::stoul(argv[i]));

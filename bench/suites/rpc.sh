@@ -5,14 +5,20 @@ SUITE_TARGETS=(bench_rpc_tcp bench_rpc_grpc bench_rpc_fwd)
 SUITE_OPTIONAL_TARGETS=(bench_rpc_fwd)
 RPC_DEPTHS=(1 16 64 256)
 
+RPC_ROUNDS=3
+
+# Each system is measured in RPC_ROUNDS short rounds, interleaved, so that load from
+# elsewhere on the machine hits all of them alike; bench/run reports the median per key.
 suite_run() {
-  local bin=$1
-  # Latency first, while nothing else has run: the three side by side.
-  run_bench 60 "$bin/bench_rpc_tcp" latency
-  run_bench 60 "$bin/bench_rpc_grpc" latency
-  if have_target bench_rpc_fwd; then run_bench 60 "$bin/bench_rpc_fwd" latency; fi
-  run_bench 90 "$bin/bench_rpc_grpc" throughput "${RPC_DEPTHS[@]}"
-  if have_target bench_rpc_fwd; then run_bench 90 "$bin/bench_rpc_fwd" throughput "${RPC_DEPTHS[@]}"; fi
+  local bin=$1 round
+  local systems=(bench_rpc_tcp bench_rpc_grpc)
+  if have_target bench_rpc_fwd; then systems+=(bench_rpc_fwd); fi
+  for round in $(seq "$RPC_ROUNDS"); do
+    for s in "${systems[@]}"; do run_bench 60 "$bin/$s" latency 0.6; done
+  done
+  for round in $(seq "$RPC_ROUNDS"); do
+    for s in "${systems[@]}"; do run_bench 60 "$bin/$s" throughput "${RPC_DEPTHS[@]}"; done
+  done
   run_bench 90 "$bin/bench_rpc_grpc" memory
   if have_target bench_rpc_fwd; then run_bench 90 "$bin/bench_rpc_fwd" memory; fi
 }
@@ -33,10 +39,10 @@ suite_table() {
   row "p50 latency" "us" rpc.p50_us.fwd rpc.p50_us.tcp rpc.p50_us.grpc rpc.p50_ratio.fwd_over_tcp
   row "p99 latency" "us" rpc.p99_us.fwd rpc.p99_us.tcp rpc.p99_us.grpc rpc.p99_ratio.fwd_over_tcp
   heading "throughput, one connection, N calls in flight (calls/s)"
-  columns fwd grpc fwd/grpc
+  columns fwd grpc fwd/grpc tcp
   local d
   for d in "${RPC_DEPTHS[@]}"; do
-    row "$d in flight" "calls/s" "rpc.tput.fwd.$d" "rpc.tput.grpc.$d" "rpc.tput_ratio.fwd_over_grpc.$d"
+    row "$d in flight" "calls/s" "rpc.tput.fwd.$d" "rpc.tput.grpc.$d" "rpc.tput_ratio.fwd_over_grpc.$d" "rpc.tput.tcp.$d"
   done
   heading "server memory (RSS from /proc/<pid>/status)"
   columns fwd grpc
