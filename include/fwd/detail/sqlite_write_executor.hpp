@@ -1,0 +1,652 @@
+#pragma once
+
+// fwd::sqlite::write_executor: the primary's writer. One connection, one writer thread (or
+// an executor the user gives), BEGIN IMMEDIATE, a dedup table written in the same
+// transaction as each write (exactly once), and group commit (one transaction for many
+// writes, each in its own SAVEPOINT so one failing write fails alone).
+
+#include <fwd/detail/sqlite_connection.hpp>
+#include <fwd/error.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+
+#include <sqlite3.h>
+
+#include <array>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
+namespace fwd::sqlite {
+
+/// A write's identity, fixed across all retries of one call (128 random bits).
+using request_id = std::array<std::uint8_t, 16>;
+
+/// The name of the dedup table the write executor keeps in the user's database.
+inline constexpr const char* dedup_table_name = "_fwd_requests";
+
+/// Settings of a write_executor. The defaults suit a LiteFS primary.
+struct write_options {
+  /// Most writes run in one transaction (group commit). At least 1.
+  std::size_t max_batch = 128;
+  /// How long the writer may wait for a batch to fill once a write is waiting. Zero (the
+  /// default) batches only what queued up while the previous batch ran: no added latency.
+  std::chrono::microseconds max_batch_delay{0};
+  /// Most writes waiting for the writer; beyond it async_write completes with
+  /// errc::overloaded (nothing ran). Repeats of a request id already waiting don't count.
+  std::size_t max_queue = 10000;
+  /// How long BEGIN IMMEDIATE (and every statement) waits for another connection's lock.
+  std::chrono::milliseconds busy_timeout{5000};
+  /// sqlite3_open_v2 flags.
+  int open_flags = default_open_flags;
+  /// Dedup rows older than this are pruned: a retry arriving later runs again. Keep it far
+  /// longer than any caller's retry deadline.
+  std::chrono::milliseconds dedup_retention = std::chrono::hours(24);
+  /// Prune (inside a write transaction) after this many commits...
+  std::uint64_t prune_every_commits = 1000;
+  /// ...or when this long has passed since the last prune, whichever comes first.
+  std::chrono::milliseconds prune_interval = std::chrono::minutes(1);
+  /// Called once with the new connection, before any write (e.g. PRAGMAs, hooks).
+  std::function<void(connection&)> on_open;
+  /// Called on the writer thread after each successful COMMIT; its value is passed to
+  /// every write of that batch as its TXID (on LiteFS: the TXID read from `<db>-pos`).
+  /// Without it the TXID is 0. If it throws, the TXID is 0.
+  std::function<std::uint64_t()> position_after_commit;
+  /// Run the blocking SQLite work on this executor instead of a thread the write
+  /// executor owns. At most one batch runs at a time; a batch may block a thread of this
+  /// executor for as long as its writes take (plus max_batch_delay).
+  std::optional<boost::asio::any_io_executor> work_executor;
+};
+
+namespace detail {
+
+/// The signature every write completes with.
+using write_signature = void(boost::system::error_code, std::string, std::uint64_t);
+
+/// A waiting caller: its handler, and work tracked on the handler's executor until done.
+class write_waiter {
+ public:
+  virtual ~write_waiter() = default;
+  /// Posts the handler with these arguments to its associated executor.
+  virtual void complete(const boost::system::error_code& ec, std::string result,
+                        std::uint64_t txid) = 0;
+};
+
+template <class Handler, class IoExecutor>
+class write_waiter_for final : public write_waiter {
+ public:
+  write_waiter_for(Handler&& handler, const IoExecutor& io_executor)
+      : handler_(std::move(handler)),
+        work_(boost::asio::get_associated_executor(handler_, io_executor)) {}
+
+  void complete(const boost::system::error_code& ec, std::string result,
+                std::uint64_t txid) override {
+    auto executor = work_.get_executor();
+    // Always post: a completion never runs inside async_write nor on the writer thread.
+    boost::asio::post(executor, [handler = std::move(handler_), ec, result = std::move(result),
+                                 txid]() mutable { std::move(handler)(ec, std::move(result), txid); });
+    work_.reset();
+  }
+
+ private:
+  Handler handler_;
+  boost::asio::executor_work_guard<boost::asio::associated_executor_t<Handler, IoExecutor>> work_;
+};
+
+/// One request id's write: the work, and everyone waiting for its outcome.
+struct write_job {
+  request_id id{};
+  std::function<std::string(sqlite3*)> work;
+  std::vector<std::unique_ptr<write_waiter>> waiters;  // guarded by the state's mutex
+};
+
+/// What one write ended with.
+struct write_outcome {
+  boost::system::error_code ec;
+  std::string result;  // the result bytes, or on failure a description of the failure
+};
+
+/// SQLite's signs that LiteFS refused the write because this node is a replica.
+inline bool is_replica_refusal(const boost::system::error_code& ec) noexcept {
+  if (ec.category() != sqlite_category()) return false;
+  return (ec.value() & 0xff) == SQLITE_READONLY || ec.value() == SQLITE_IOERR_WRITE;
+}
+
+/// Maps a refusal from LiteFS to not_primary, keeping SQLite's text in the message.
+inline write_outcome write_failure(const boost::system::error_code& ec, std::string message) {
+  if (is_replica_refusal(ec)) {
+    return {make_error_code(errc::not_primary),
+            message + " (SQLite extended code " + std::to_string(ec.value()) +
+                "): this node is not the primary (a failover happened); nothing was applied: "
+                "rediscover the primary and retry with the same request id"};
+  }
+  return {ec, std::move(message)};
+}
+
+inline std::int64_t unix_milliseconds() noexcept {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+/// The state shared by a write_executor, its writer and its pending operations.
+class write_executor_state : public std::enable_shared_from_this<write_executor_state> {
+ public:
+  write_executor_state(const std::string& path, write_options options)
+      : options_(std::move(options)),
+        connection_(path, options_.open_flags, options_.busy_timeout) {
+    if (options_.max_batch == 0) options_.max_batch = 1;
+    if (options_.on_open) options_.on_open(connection_);
+    last_prune_ = std::chrono::steady_clock::now();
+  }
+
+  const write_options& options() const noexcept { return options_; }
+
+  /// Queues `work` for `id` (or joins the write already waiting with that id).
+  void submit(const request_id& id, std::function<std::string(sqlite3*)> work,
+              std::unique_ptr<write_waiter> waiter) {
+    if (!work) {
+      waiter->complete(make_error_code(errc::bad_argument),
+                       "async_write needs a work function; it was empty", 0);
+      return;
+    }
+    std::unique_lock lock(mutex_);
+    if (stopping_) {
+      lock.unlock();
+      waiter->complete(make_error_code(errc::cancelled),
+                       "the write executor is stopped; nothing was applied", 0);
+      return;
+    }
+    if (const auto it = pending_.find(id); it != pending_.end()) {
+      // The same request is already waiting or running: it runs once, both get its outcome.
+      it->second->waiters.push_back(std::move(waiter));
+      return;
+    }
+    if (queue_.size() >= options_.max_queue) {
+      lock.unlock();
+      waiter->complete(make_error_code(errc::overloaded),
+                       "the write executor's queue is full (max_queue " +
+                           std::to_string(options_.max_queue) +
+                           "); nothing was applied: retry after a backoff",
+                       0);
+      return;
+    }
+    auto job = std::make_shared<write_job>();
+    job->id = id;
+    job->work = std::move(work);
+    job->waiters.push_back(std::move(waiter));
+    pending_.emplace(id, job);
+    queue_.push_back(std::move(job));
+    wake_.notify_one();  // the writer thread, or a batch gathering for max_batch_delay
+    if (options_.work_executor && !drain_scheduled_) {
+      drain_scheduled_ = true;
+      boost::asio::post(*options_.work_executor, [self = shared_from_this()] { self->drain(); });
+    }
+  }
+
+  /// The writer thread's loop (when the write executor owns a thread).
+  void run_writer_thread() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      run_one_batch(lock);
+    }
+  }
+
+  /// Runs batches on the user's work executor until the queue is empty.
+  void drain() {
+    std::unique_lock lock(mutex_);
+    while (!stopping_ && !queue_.empty()) run_one_batch(lock);
+    drain_scheduled_ = false;
+    idle_.notify_all();
+  }
+
+  /// Fails queued writes with cancelled, then waits for the running batch to finish.
+  void stop() {
+    std::deque<std::shared_ptr<write_job>> cancelled;
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+      cancelled.swap(queue_);
+      for (const auto& job : cancelled) pending_.erase(job->id);
+      wake_.notify_all();
+    }
+    for (const auto& job : cancelled) {
+      for (auto& waiter : job->waiters) {
+        waiter->complete(make_error_code(errc::cancelled),
+                         "the write executor stopped before this write ran; nothing was applied",
+                         0);
+      }
+    }
+    std::unique_lock lock(mutex_);
+    idle_.wait(lock, [&] { return !running_batch_; });
+  }
+
+  /// Closes the connection; only once no batch can run any more (after stop and join).
+  void close() noexcept {
+    lookup_ = {};
+    insert_ = {};
+    prune_ = {};
+    connection_.close();
+  }
+
+  std::size_t queued() const {
+    std::lock_guard lock(mutex_);
+    return queue_.size();
+  }
+
+ private:
+  // Called with the lock held and work queued; returns with the lock held.
+  void run_one_batch(std::unique_lock<std::mutex>& lock) {
+    if (options_.max_batch_delay.count() > 0 && queue_.size() < options_.max_batch) {
+      const auto deadline = std::chrono::steady_clock::now() + options_.max_batch_delay;
+      wake_.wait_until(lock, deadline,
+                       [&] { return stopping_ || queue_.size() >= options_.max_batch; });
+      if (stopping_) return;  // not yet started: stop() cancels it
+    }
+    std::vector<std::shared_ptr<write_job>> batch;
+    while (!queue_.empty() && batch.size() < options_.max_batch) {
+      batch.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    if (batch.empty()) return;
+    running_batch_ = true;
+    lock.unlock();
+    try {
+      run_batch(batch);
+    } catch (const std::exception& e) {
+      // Only resource exhaustion gets here (e.g. std::bad_alloc): fail the batch, keep going.
+      abandon_batch(batch, e.what());
+    }
+    lock.lock();
+    running_batch_ = false;
+    idle_.notify_all();
+  }
+
+  void abandon_batch(const std::vector<std::shared_ptr<write_job>>& batch,
+                     const char* what) noexcept {
+    try {
+      if (!connection_.autocommit()) {
+        boost::system::error_code ignored;
+        connection_.exec("ROLLBACK", ignored);
+      }
+      std::vector<write_outcome> outcomes(
+          batch.size(), write_outcome{make_sqlite_error(SQLITE_NOMEM),
+                                      std::string("the write batch failed: ") + what});
+      finish(batch, outcomes, 0);
+    } catch (...) {
+    }
+  }
+
+  void run_batch(const std::vector<std::shared_ptr<write_job>>& batch) {
+    std::vector<write_outcome> outcomes(batch.size());
+    auto fail_all = [&](const write_outcome& failure) {
+      if (!connection_.autocommit()) {
+        boost::system::error_code ignored;
+        connection_.exec("ROLLBACK", ignored);
+      }
+      for (auto& outcome : outcomes) outcome = failure;
+      finish(batch, outcomes, 0);
+    };
+
+    boost::system::error_code ec;
+    std::string message;
+    connection_.exec("BEGIN IMMEDIATE", ec, &message);
+    if (ec) return fail_all(write_failure(ec, message));
+    if (!schema_ready_) {
+      prepare_schema(ec, message);
+      if (ec) return fail_all(write_failure(ec, message));
+    }
+
+    const std::int64_t now_ms = unix_milliseconds();
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (auto fatal = run_write(*batch[i], now_ms, outcomes[i])) return fail_all(*fatal);
+    }
+    if (prune_due()) {
+      if (auto fatal = prune(now_ms)) return fail_all(*fatal);
+    }
+
+    connection_.exec("COMMIT", ec, &message);
+    if (ec) return fail_all(write_failure(ec, message));
+    schema_ready_ = true;
+    ++commits_since_prune_;
+
+    std::uint64_t txid = 0;
+    if (options_.position_after_commit) {
+      try {
+        txid = options_.position_after_commit();
+      } catch (...) {
+        txid = 0;
+      }
+    }
+    finish(batch, outcomes, txid);
+  }
+
+  // Runs one write inside its own SAVEPOINT. Returns a failure only when the whole batch
+  // must fail (the transaction is gone, or LiteFS refused the write).
+  std::optional<write_outcome> run_write(write_job& job, std::int64_t now_ms,
+                                         write_outcome& outcome) {
+    boost::system::error_code ec;
+    std::string message;
+
+    // Exactly once: a request id already recorded answers with its stored result.
+    lookup_.reset().bind(1, blob_view(job.id));
+    const bool found = lookup_.step(ec);
+    if (ec) {
+      lookup_.reset();
+      return write_failure(ec, detail::describe_failure(connection_.native_handle(), ec.value(),
+                                                        "looking up the request id", lookup_.sql()));
+    }
+    if (found) {
+      const auto stored = lookup_.column_blob(0);
+      outcome.result.assign(stored.begin(), stored.end());
+      lookup_.reset();
+      return std::nullopt;
+    }
+    lookup_.reset();
+
+    connection_.exec("SAVEPOINT fwd_write", ec, &message);
+    if (ec) return write_failure(ec, message);
+
+    try {
+      outcome.result = job.work(connection_.native_handle());
+      if (has_unresolved_deferred_foreign_keys()) {
+        // COMMIT would fail for the whole batch: fail this write alone instead.
+        outcome.ec = make_sqlite_error(SQLITE_CONSTRAINT_FOREIGNKEY);
+        outcome.result =
+            "FOREIGN KEY constraint failed: the write left a deferred foreign key unresolved";
+      }
+    } catch (const fwd::error& e) {
+      outcome.ec = boost::system::error_code(e.code());
+      outcome.result = e.what();
+    } catch (const std::exception& e) {
+      outcome.ec = make_error_code(errc::remote_failure);
+      outcome.result = e.what();
+    } catch (...) {
+      outcome.ec = make_error_code(errc::remote_failure);
+      outcome.result = "the write threw an exception that is not a std::exception";
+    }
+
+    if (!outcome.ec) {
+      insert_.reset()
+          .bind(1, blob_view(job.id))
+          .bind(2, blob_view(outcome.result.data(), outcome.result.size()))
+          .bind(3, now_ms);
+      insert_.step(ec);
+      insert_.reset();
+      if (ec) {
+        outcome.ec = ec;
+        outcome.result = detail::describe_failure(connection_.native_handle(), ec.value(),
+                                                  "recording the request id", insert_.sql());
+      }
+    }
+
+    if (outcome.ec) {
+      // A replica refusal, or an error after which SQLite rolled back the whole
+      // transaction (e.g. SQLITE_FULL, SQLITE_BUSY): the batch cannot commit.
+      if (is_replica_refusal(outcome.ec) || connection_.autocommit()) {
+        return write_failure(outcome.ec, outcome.result);
+      }
+      connection_.exec("ROLLBACK TO fwd_write", ec, &message);
+      if (!ec) connection_.exec("RELEASE fwd_write", ec, &message);
+      if (ec) return write_failure(ec, message);
+      return std::nullopt;
+    }
+    connection_.exec("RELEASE fwd_write", ec, &message);
+    if (ec) return write_failure(ec, message);
+    return std::nullopt;
+  }
+
+  bool has_unresolved_deferred_foreign_keys() const noexcept {
+    int current = 0;
+    int highest = 0;
+    sqlite3_db_status(connection_.native_handle(), SQLITE_DBSTATUS_DEFERRED_FKS, &current,
+                      &highest, 0);
+    return current > 0;
+  }
+
+  void prepare_schema(boost::system::error_code& ec, std::string& message) {
+    connection_.exec(std::string("CREATE TABLE IF NOT EXISTS ") + dedup_table_name +
+                         "(id BLOB PRIMARY KEY, result BLOB NOT NULL, created_at INTEGER NOT "
+                         "NULL) WITHOUT ROWID",
+                     ec, &message);
+    if (ec) return;
+    const std::string table = dedup_table_name;
+    try {
+      lookup_ = connection_.prepare("SELECT result FROM " + table + " WHERE id = ?1");
+      insert_ = connection_.prepare("INSERT INTO " + table +
+                                    "(id, result, created_at) VALUES (?1, ?2, ?3)");
+      prune_ = connection_.prepare("DELETE FROM " + table + " WHERE created_at < ?1");
+    } catch (const fwd::error& e) {
+      ec = boost::system::error_code(e.code());
+      message = e.what();
+    }
+  }
+
+  bool prune_due() const noexcept {
+    return commits_since_prune_ + 1 >= options_.prune_every_commits ||
+           std::chrono::steady_clock::now() - last_prune_ >= options_.prune_interval;
+  }
+
+  std::optional<write_outcome> prune(std::int64_t now_ms) {
+    boost::system::error_code ec;
+    prune_.reset().bind(1, now_ms - static_cast<std::int64_t>(options_.dedup_retention.count()));
+    prune_.step(ec);
+    prune_.reset();
+    if (ec && (is_replica_refusal(ec) || connection_.autocommit())) {
+      return write_failure(ec, detail::describe_failure(connection_.native_handle(), ec.value(),
+                                                        "pruning old request ids", prune_.sql()));
+    }
+    // A failed prune alone does not fail the writes: SQLite undid the statement, and the
+    // next prune tries again.
+    if (!ec) {
+      commits_since_prune_ = 0;
+      last_prune_ = std::chrono::steady_clock::now();
+    }
+    return std::nullopt;
+  }
+
+  void finish(const std::vector<std::shared_ptr<write_job>>& batch,
+              std::vector<write_outcome>& outcomes, std::uint64_t txid) {
+    std::vector<std::vector<std::unique_ptr<write_waiter>>> waiters(batch.size());
+    {
+      std::lock_guard lock(mutex_);
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        pending_.erase(batch[i]->id);
+        waiters[i] = std::move(batch[i]->waiters);
+      }
+    }
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const std::uint64_t job_txid = outcomes[i].ec ? 0 : txid;
+      for (std::size_t w = 0; w < waiters[i].size(); ++w) {
+        std::string result =
+            w + 1 == waiters[i].size() ? std::move(outcomes[i].result) : outcomes[i].result;
+        waiters[i][w]->complete(outcomes[i].ec, std::move(result), job_txid);
+      }
+    }
+  }
+
+  write_options options_;
+  connection connection_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;  // work queued, or stopping
+  std::condition_variable idle_;  // a batch finished
+  std::deque<std::shared_ptr<write_job>> queue_;
+  std::map<request_id, std::shared_ptr<write_job>> pending_;  // queued or running, by id
+  bool stopping_ = false;
+  bool running_batch_ = false;
+  bool drain_scheduled_ = false;
+
+  // Used only by the batch that is running.
+  bool schema_ready_ = false;
+  statement lookup_;
+  statement insert_;
+  statement prune_;
+  std::uint64_t commits_since_prune_ = 0;
+  std::chrono::steady_clock::time_point last_prune_;
+};
+
+}  // namespace detail
+
+/**
+ * The primary's writer: runs writes on one SQLite connection, exactly once per request
+ * id, many writes per transaction.
+ *
+ * **Thread.** All blocking SQLite work runs on one writer thread that the write executor
+ * owns (named "fwd-writer" on Linux), or, if write_options::work_executor is set, on that
+ * executor (one batch at a time). Completions never run there: each is posted to the
+ * handler's associated executor (by default this object's executor).
+ *
+ * **A batch** is one `BEGIN IMMEDIATE ... COMMIT` transaction holding up to `max_batch`
+ * writes that were waiting (optionally gathered for up to `max_batch_delay`). In it, each
+ * write runs in its own `SAVEPOINT`: if it fails (throws, violates a constraint, leaves a
+ * deferred foreign key unresolved) only it is rolled back. A write completes only after
+ * its batch's COMMIT succeeded; if COMMIT fails, every write of the batch fails with
+ * COMMIT's error and nothing of it was applied.
+ *
+ * **Exactly once.** The table `_fwd_requests(id BLOB PRIMARY KEY, result BLOB NOT NULL,
+ * created_at INTEGER NOT NULL)` (created if missing; created_at in Unix milliseconds)
+ * records each successful write's request id and result in the write's own transaction.
+ * A request id found there is answered with the stored result without running anything;
+ * a repeat that arrives while the first is still waiting or running joins it. Rows older
+ * than `dedup_retention` are pruned inside a write transaction.
+ *
+ * **Replicas.** SQLITE_READONLY (e.g. 1544) and SQLITE_IOERR_WRITE (778), LiteFS's
+ * refusals on a replica, fail the whole batch with errc::not_primary: nothing was applied.
+ *
+ * Thread-safe: async_write and stop may be called from any thread.
+ */
+class write_executor {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  /**
+   * Opens `path` (write_options::open_flags) and starts the writer. The dedup table is
+   * created by the first write, so opening a replica's database does not fail.
+   * Throws fwd::error if the database cannot be opened.
+   *
+   * @param executor the default executor for completions (handlers with no associated
+   *        executor run there).
+   */
+  write_executor(executor_type executor, const std::string& path, write_options options = {})
+      : executor_(std::move(executor)),
+        state_(std::make_shared<detail::write_executor_state>(path, std::move(options))) {
+    if (!state_->options().work_executor) {
+      writer_ = std::thread([state = state_] {
+#if defined(__linux__)
+        pthread_setname_np(pthread_self(), "fwd-writer");
+#endif
+        state->run_writer_thread();
+      });
+      writer_id_ = writer_.get_id();
+    }
+  }
+
+  /// Uses `context`'s executor for completions.
+  template <class ExecutionContext>
+    requires std::is_convertible_v<ExecutionContext&, boost::asio::execution_context&>
+  write_executor(ExecutionContext& context, const std::string& path, write_options options = {})
+      : write_executor(executor_type(context.get_executor()), path, std::move(options)) {}
+
+  write_executor(const write_executor&) = delete;
+  write_executor& operator=(const write_executor&) = delete;
+
+  /// Stops (see stop()).
+  ~write_executor() { stop(); }
+
+  executor_type get_executor() const noexcept { return executor_; }
+
+  /// The id of the writer thread, or a default id when work runs on a work_executor.
+  std::thread::id writer_thread_id() const noexcept { return writer_id_; }
+
+  /// Writes waiting for the writer (not counting the batch that is running).
+  std::size_t queued() const { return state_->queued(); }
+
+  /**
+   * Runs `work` once for request id `id`, inside a transaction on the writer, and
+   * completes with its result after COMMIT.
+   *
+   * `work(db)` runs its SQL on `db` (wrap it with connection::borrow(db) if useful) and
+   * returns the result bytes, which are stored with `id`. It must not BEGIN, COMMIT or
+   * ROLLBACK itself (savepoints of its own are fine). If it throws, it alone is rolled
+   * back: a fwd::error keeps its code (SQLite's extended code, e.g. 2067
+   * SQLITE_CONSTRAINT_UNIQUE); any other exception completes with errc::remote_failure.
+   *
+   * **Completion signature** `void(boost::system::error_code ec, std::string result,
+   * std::uint64_t txid)`: on success `result` is what `work` returned (or returned the
+   * first time `id` ran) and `txid` is write_options::position_after_commit's value after
+   * the COMMIT (0 without it); on failure `result` describes the failure (the exception's
+   * text, or SQLite's message and SQL) and `txid` is 0. Errors: SQLite's codes;
+   * errc::not_primary (LiteFS refused: nothing applied); errc::remote_failure;
+   * errc::overloaded (queue full: nothing ran); errc::cancelled (stopped before it ran);
+   * errc::bad_argument (empty `work`). The handler runs on its associated executor
+   * (default: get_executor()), never inside this call.
+   *
+   * **Per-operation cancellation**: not supported (a write, once accepted, runs; retry
+   * with the same `id` to learn its outcome). stop() fails writes that have not started.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(detail::write_signature)
+                WriteToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_write(const request_id& id, std::function<std::string(sqlite3*)> work,
+                   WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<WriteToken, detail::write_signature>(
+        initiate_write{state_, executor_}, token, id, std::move(work));
+  }
+
+  /**
+   * Stops the writer: the batch that is running finishes (and completes normally); writes
+   * still waiting complete with errc::cancelled; later async_write calls complete with
+   * errc::cancelled. Blocks until the running batch is done and the writer thread has
+   * exited, then closes the connection. Idempotent. Must not be called from inside a
+   * write's `work`.
+   */
+  void stop() {
+    state_->stop();
+    if (writer_.joinable() && std::this_thread::get_id() != writer_id_) writer_.join();
+    if (!writer_.joinable()) state_->close();
+  }
+
+ private:
+  struct initiate_write {
+    std::shared_ptr<detail::write_executor_state> state;
+    executor_type executor;
+
+    template <class Handler>
+    void operator()(Handler&& handler, const request_id& id,
+                    std::function<std::string(sqlite3*)> work) const {
+      using waiter_type = detail::write_waiter_for<std::decay_t<Handler>, executor_type>;
+      state->submit(id, std::move(work),
+                    std::make_unique<waiter_type>(std::forward<Handler>(handler), executor));
+    }
+  };
+
+  executor_type executor_;
+  std::shared_ptr<detail::write_executor_state> state_;
+  std::thread writer_;
+  std::thread::id writer_id_;
+};
+
+}  // namespace fwd::sqlite

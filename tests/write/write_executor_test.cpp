@@ -1,0 +1,609 @@
+// fwd::sqlite::write_executor: exactly once, group commit, savepoint isolation, failures,
+// shutdown and completion tokens, on real SQLite files.
+
+#include "write_test_support.hpp"
+
+#include <fwd/sqlite.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+using fwd_test::count;
+using fwd_test::gate;
+using fwd_test::insert_item;
+using fwd_test::make_id;
+using fwd_test::outcome;
+using fwd_test::submit;
+using fwd_test::temp_dir;
+using fwd_test::wait;
+
+namespace {
+
+/// Options whose position callback counts commits (a stand-in for LiteFS's TXID).
+fwd::sqlite::write_options counting(std::atomic<std::uint64_t>& commits) {
+  fwd::sqlite::write_options options;
+  options.position_after_commit = [&commits] { return ++commits; };
+  return options;
+}
+
+}  // namespace
+
+TEST_CASE("a write runs on the writer thread, commits, and reports its result and TXID") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  std::atomic<std::uint64_t> commits{0};
+  fwd::sqlite::write_executor writer(pool.get_executor(), path, counting(commits));
+
+  std::atomic<bool> on_writer_thread{false};
+  auto f = submit(writer, 1, [&](sqlite3* db) {
+    on_writer_thread = std::this_thread::get_id() == writer.writer_thread_id();
+    return insert_item("a")(db);
+  });
+  const outcome o = wait(f);
+  REQUIRE_FALSE(o.ec);
+  CHECK(o.result == "1");
+  CHECK(o.txid == 1);
+  CHECK(on_writer_thread);
+  CHECK(writer.writer_thread_id() != std::this_thread::get_id());
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'a'") == 1);
+  CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 1);
+}
+
+TEST_CASE("exactly once: a repeated request id returns the stored result without running") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  std::atomic<std::uint64_t> commits{0};
+  fwd::sqlite::write_executor writer(pool.get_executor(), path, counting(commits));
+
+  std::atomic<int> runs{0};
+  auto work = [&](sqlite3* db) {
+    ++runs;
+    return insert_item("once")(db);
+  };
+  auto first = submit(writer, 42, work);
+  const outcome a = wait(first);
+  REQUIRE_FALSE(a.ec);
+  auto second = submit(writer, 42, work);
+  const outcome b = wait(second);
+  REQUIRE_FALSE(b.ec);
+  CHECK(runs == 1);
+  CHECK(b.result == a.result);
+  CHECK(b.txid >= a.txid);  // read-your-writes holds for the repeat too
+  CHECK(count(path, "SELECT count(*) FROM items") == 1);
+}
+
+TEST_CASE("exactly once: repeats that arrive while the first is queued run once, all answered") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  std::atomic<std::uint64_t> commits{0};
+  fwd::sqlite::write_executor writer(pool.get_executor(), path, counting(commits));
+  gate g;
+
+  auto held = submit(writer, 1, g.work());
+  g.wait_entered();
+  std::atomic<int> runs{0};
+  auto work = [&](sqlite3* db) {
+    ++runs;
+    return insert_item("queued")(db);
+  };
+  std::vector<std::future<outcome>> repeats;
+  for (int i = 0; i < 3; ++i) repeats.push_back(submit(writer, 7, work));
+  g.open();
+  REQUIRE_FALSE(wait(held).ec);
+  std::vector<outcome> results;
+  for (auto& f : repeats) results.push_back(wait(f));
+  CHECK(runs == 1);
+  for (const auto& o : results) {
+    REQUIRE_FALSE(o.ec);
+    CHECK(o.result == results[0].result);
+    CHECK(o.txid == results[0].txid);
+  }
+  CHECK(count(path, "SELECT count(*) FROM items") == 1);
+}
+
+TEST_CASE("exactly once: a repeated id is found after the executor restarts on the same file") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  std::string first_result;
+  {
+    fwd::sqlite::write_executor writer(pool.get_executor(), path);
+    auto f = submit(writer, 99, insert_item("survives"));
+    const outcome o = wait(f);
+    REQUIRE_FALSE(o.ec);
+    first_result = o.result;
+  }
+  fwd::sqlite::write_executor restarted(pool.get_executor(), path);
+  std::atomic<bool> ran{false};
+  auto f = submit(restarted, 99, [&](sqlite3*) {
+    ran = true;
+    return std::string("ran again");
+  });
+  const outcome o = wait(f);
+  REQUIRE_FALSE(o.ec);
+  CHECK_FALSE(ran);
+  CHECK(o.result == first_result);
+  CHECK(count(path, "SELECT count(*) FROM items") == 1);
+}
+
+TEST_CASE("group commit: each write in a batch fails alone; the others commit together") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  std::atomic<std::uint64_t> commits{0};
+  fwd::sqlite::write_executor writer(pool.get_executor(), path, counting(commits));
+  gate g;
+
+  {  // an existing row for the unique violation
+    auto f = submit(writer, 1000, insert_item("taken"));
+    REQUIRE_FALSE(wait(f).ec);
+  }
+  auto held = submit(writer, 1, g.work());
+  g.wait_entered();
+  std::vector<std::future<outcome>> writes;
+  for (int i = 0; i < 10; ++i) {
+    if (i == 3) {
+      writes.push_back(submit(writer, 100 + i, [](sqlite3* db) {
+        insert_item("half-done")(db);  // rolled back with its savepoint
+        return insert_item("taken")(db);
+      }));
+    } else if (i == 6) {
+      writes.push_back(submit(writer, 100 + i, [](sqlite3* db) -> std::string {
+        insert_item("before-throw")(db);
+        throw std::runtime_error("the service's writer refused: label too long");
+      }));
+    } else {
+      writes.push_back(submit(writer, 100 + i, insert_item("ok-" + std::to_string(i))));
+    }
+  }
+  const auto commits_before = commits.load();
+  g.open();
+  REQUIRE_FALSE(wait(held).ec);
+  std::vector<outcome> results;
+  for (auto& f : writes) results.push_back(wait(f));
+
+  CHECK(results[3].ec == fwd::make_sqlite_error(2067));  // SQLITE_CONSTRAINT_UNIQUE kept
+  CHECK(results[3].result.find("UNIQUE constraint failed: items.label") != std::string::npos);
+  CHECK(results[3].txid == 0);
+  CHECK(results[6].ec == fwd::errc::remote_failure);
+  CHECK(results[6].result == "the service's writer refused: label too long");
+  CHECK(results[6].txid == 0);
+  for (int i : {0, 1, 2, 4, 5, 7, 8, 9}) {
+    INFO("write " << i);
+    CHECK_FALSE(results[static_cast<std::size_t>(i)].ec);
+    CHECK(results[static_cast<std::size_t>(i)].txid == results[0].txid);  // one batch
+  }
+  CHECK(commits.load() == commits_before + 2);  // the gate's COMMIT, then one for all ten
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label LIKE 'ok-%'") == 8);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label IN ('half-done', 'before-throw')") == 0);
+  // A failed write records no request id: a retry runs again.
+  CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 1 + 1 + 8);
+  auto retry = submit(writer, 103, insert_item("retried"));
+  CHECK_FALSE(wait(retry).ec);
+}
+
+TEST_CASE("group commit: a write leaving a deferred foreign key unresolved fails alone") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  {
+    fwd::sqlite::connection db(path);
+    db.exec("CREATE TABLE parent(id INTEGER PRIMARY KEY)");
+    db.exec(
+        "CREATE TABLE child(id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parent(id) "
+        "DEFERRABLE INITIALLY DEFERRED)");
+  }
+  boost::asio::thread_pool pool(1);
+  fwd::sqlite::write_options options;
+  options.on_open = [](fwd::sqlite::connection& db) { db.exec("PRAGMA foreign_keys=ON"); };
+  fwd::sqlite::write_executor writer(pool.get_executor(), path, options);
+  gate g;
+  auto held = submit(writer, 1, g.work());
+  g.wait_entered();
+  auto good = submit(writer, 2, [](sqlite3* db) {
+    fwd::sqlite::connection::borrow(db).exec("INSERT INTO parent VALUES (1); INSERT INTO child VALUES (1, 1)");
+    return std::string("ok");
+  });
+  auto orphan = submit(writer, 3, [](sqlite3* db) {
+    fwd::sqlite::connection::borrow(db).exec("INSERT INTO child VALUES (2, 77)");
+    return std::string("orphan");
+  });
+  g.open();
+  REQUIRE_FALSE(wait(held).ec);
+  CHECK_FALSE(wait(good).ec);
+  CHECK(wait(orphan).ec == fwd::make_sqlite_error(787));  // SQLITE_CONSTRAINT_FOREIGNKEY
+  CHECK(count(path, "SELECT count(*) FROM child") == 1);
+}
+
+TEST_CASE("group commit: if COMMIT fails, every write of the batch fails and none is applied") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  static std::atomic<bool> refuse_commit{false};
+  refuse_commit = false;
+  fwd::sqlite::write_options options;
+  options.on_open = [](fwd::sqlite::connection& db) {
+    // A commit hook that returns non-zero turns COMMIT into a rollback.
+    sqlite3_commit_hook(db.native_handle(), [](void*) -> int { return refuse_commit ? 1 : 0; },
+                        nullptr);
+  };
+  fwd::sqlite::write_executor writer(pool.get_executor(), path, options);
+  gate g;
+  auto held = submit(writer, 1, g.work());
+  g.wait_entered();
+  std::vector<std::future<outcome>> writes;
+  for (int i = 0; i < 5; ++i) {
+    writes.push_back(submit(writer, 10 + i, [i](sqlite3* db) {
+      if (i == 4) refuse_commit = true;  // the batch's last write arms the failure
+      return insert_item("doomed-" + std::to_string(i))(db);
+    }));
+  }
+  g.open();
+  REQUIRE_FALSE(wait(held).ec);
+  for (auto& f : writes) {
+    const outcome o = wait(f);
+    CHECK(o.ec == fwd::make_sqlite_error(SQLITE_CONSTRAINT_COMMITHOOK));
+    CHECK(o.txid == 0);
+  }
+  CHECK(count(path, "SELECT count(*) FROM items") == 0);
+  CHECK(count(path, "SELECT count(*) FROM _fwd_requests WHERE result = CAST('gate' AS BLOB)") == 1);
+  CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 1);
+
+  // Nothing was recorded, so the retries (same ids) run and commit.
+  refuse_commit = false;
+  auto retry = submit(writer, 10, [](sqlite3* db) { return insert_item("doomed-0")(db); });
+  CHECK_FALSE(wait(retry).ec);
+  CHECK(count(path, "SELECT count(*) FROM items") == 1);
+}
+
+TEST_CASE("group commit: 200 concurrent writes take far fewer than 200 commits") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(2);
+  std::atomic<std::uint64_t> commits{0};
+  auto options = counting(commits);
+  options.max_batch = 64;
+  fwd::sqlite::write_executor writer(pool.get_executor(), path, options);
+  gate g;
+  auto held = submit(writer, 1, g.work());
+  g.wait_entered();
+
+  // Four threads submit 199 writes while the writer is busy.
+  std::vector<std::future<outcome>> writes(199);
+  std::vector<std::thread> submitters;
+  for (int t = 0; t < 4; ++t) {
+    submitters.emplace_back([&, t] {
+      for (std::size_t i = static_cast<std::size_t>(t); i < writes.size(); i += 4) {
+        writes[i] = submit(writer, 100 + i, insert_item("row-" + std::to_string(i)));
+      }
+    });
+  }
+  for (auto& s : submitters) s.join();
+  CHECK(writer.queued() == 199);
+  g.open();
+  REQUIRE_FALSE(wait(held).ec);
+  for (auto& f : writes) CHECK_FALSE(wait(f).ec);
+  // The gate's batch, then 199 writes in batches of at most 64: 64 + 64 + 64 + 7.
+  CHECK(commits.load() == 5);
+  CHECK(count(path, "SELECT count(*) FROM items") == 199);
+}
+
+TEST_CASE("group commit: a full batch does not wait for max_batch_delay; a partial one waits") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  std::atomic<std::uint64_t> commits{0};
+  auto options = counting(commits);
+  options.max_batch = 50;
+  options.max_batch_delay = 60s;  // far longer than the test may take
+  fwd::sqlite::write_executor writer(pool.get_executor(), path, options);
+
+  std::vector<std::future<outcome>> writes;
+  for (int i = 0; i < 50; ++i) writes.push_back(submit(writer, 100 + i, insert_item(std::to_string(i))));
+  for (auto& f : writes) CHECK(wait(f).txid == 1);  // all in the first and only commit
+  CHECK(commits.load() == 1);
+
+  writer.stop();
+  options.max_batch_delay = 50ms;
+  fwd::sqlite::write_executor delayed(pool.get_executor(), path, options);
+  const auto start = std::chrono::steady_clock::now();
+  auto lone = submit(delayed, 1, insert_item("lone"));
+  CHECK_FALSE(wait(lone).ec);
+  CHECK(std::chrono::steady_clock::now() - start >= 50ms);
+}
+
+TEST_CASE("old request ids are pruned inside a write transaction") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  fwd::sqlite::write_options options;
+  options.prune_every_commits = 1;
+  options.dedup_retention = std::chrono::hours(1);
+  fwd::sqlite::write_executor writer(pool.get_executor(), path, options);
+  auto first = submit(writer, 1, insert_item("first"));
+  REQUIRE_FALSE(wait(first).ec);
+  {  // age id 1's row by two hours, and add a row from 1970
+    fwd::sqlite::connection db(path);
+    db.exec("UPDATE _fwd_requests SET created_at = created_at - 7200000");
+    db.exec("INSERT INTO _fwd_requests VALUES (x'00', x'00', 0)");
+  }
+  auto second = submit(writer, 2, insert_item("second"));
+  REQUIRE_FALSE(wait(second).ec);
+  CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 1);  // only id 2's
+  // A repeat of a pruned id runs again: retention must outlast every retry.
+  auto again = submit(writer, 1, insert_item("first"));
+  CHECK(wait(again).ec == fwd::make_sqlite_error(2067));
+}
+
+TEST_CASE("beyond max_queue a write completes at once with overloaded, never inside the call") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::io_context io;
+  fwd::sqlite::write_options options;
+  options.max_queue = 2;
+  fwd::sqlite::write_executor writer(io, path, options);
+  gate g;
+  boost::system::error_code held_ec = fwd::errc::timeout;
+  writer.async_write(make_id(1), g.work(),
+                     [&](boost::system::error_code ec, std::string, std::uint64_t) { held_ec = ec; });
+  g.wait_entered();
+  int queued_done = 0;
+  for (int i = 0; i < 2; ++i) {
+    writer.async_write(make_id(10 + static_cast<std::uint64_t>(i)), insert_item(std::to_string(i)),
+                       [&](boost::system::error_code ec, std::string, std::uint64_t) {
+                         CHECK_FALSE(ec);
+                         ++queued_done;
+                       });
+  }
+  bool refused = false;
+  std::string why;
+  writer.async_write(make_id(20), insert_item("too many"),
+                     [&](boost::system::error_code ec, std::string result, std::uint64_t) {
+                       refused = ec == fwd::errc::overloaded;
+                       why = result;
+                     });
+  CHECK_FALSE(refused);  // not inside the initiating call
+  io.run_one();          // the refusal is ready without the writer
+  CHECK(refused);
+  CHECK(why.find("max_queue 2") != std::string::npos);
+  CHECK(fwd::classify(fwd::make_error_code(fwd::errc::overloaded)) == fwd::error_class::not_sent);
+  g.open();
+  io.run();  // the held write and the two queued ones
+  CHECK_FALSE(held_ec);
+  CHECK(queued_done == 2);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'too many'") == 0);
+}
+
+TEST_CASE("stop lets the running batch finish, cancels queued writes, and refuses new ones") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  fwd::sqlite::write_executor writer(pool.get_executor(), path);
+  gate g;
+  auto held = submit(writer, 1, g.work());
+  g.wait_entered();
+  auto queued_a = submit(writer, 2, insert_item("a"));
+  auto queued_b = submit(writer, 3, insert_item("b"));
+  auto stopping = std::async(std::launch::async, [&] { writer.stop(); });
+  // Queued writes are cancelled while the running batch still holds the writer.
+  CHECK(wait(queued_a).ec == fwd::errc::cancelled);
+  CHECK(wait(queued_b).ec == fwd::errc::cancelled);
+  CHECK(stopping.wait_for(0s) == std::future_status::timeout);
+  g.open();
+  CHECK_FALSE(wait(held).ec);  // the running batch committed
+  REQUIRE(stopping.wait_for(30s) == std::future_status::ready);
+  auto late = submit(writer, 4, insert_item("late"));
+  CHECK(wait(late).ec == fwd::errc::cancelled);
+  CHECK(count(path, "SELECT count(*) FROM items") == 0);
+  CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 1);
+  writer.stop();  // idempotent
+}
+
+TEST_CASE("completion token: callback runs on the handler's associated executor") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::io_context io;
+  fwd::sqlite::write_executor writer(io.get_executor(), path);
+  std::thread::id ran_on;
+  std::string result;
+  writer.async_write(make_id(1), insert_item("cb"),
+                     [&](boost::system::error_code ec, std::string r, std::uint64_t) {
+                       CHECK_FALSE(ec);
+                       result = r;
+                       ran_on = std::this_thread::get_id();
+                     });
+  io.run();  // returns only after the completion: the pending write keeps io busy
+  CHECK(result == "1");
+  CHECK(ran_on == std::this_thread::get_id());
+}
+
+TEST_CASE("completion token: use_future") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  std::atomic<std::uint64_t> commits{0};
+  fwd::sqlite::write_executor writer(pool.get_executor(), path, counting(commits));
+  std::future<std::tuple<std::string, std::uint64_t>> f =
+      writer.async_write(make_id(1), insert_item("future"), boost::asio::use_future);
+  REQUIRE(f.wait_for(30s) == std::future_status::ready);
+  const auto [result, txid] = f.get();
+  CHECK(result == "1");
+  CHECK(txid == 1);
+
+  auto failing = writer.async_write(make_id(2), insert_item("future"), boost::asio::use_future);
+  REQUIRE(failing.wait_for(30s) == std::future_status::ready);
+  try {
+    failing.get();
+    FAIL("a unique violation did not throw through the future");
+  } catch (const boost::system::system_error& e) {
+    CHECK(e.code() == fwd::make_sqlite_error(2067));
+  }
+}
+
+TEST_CASE("completion token: use_awaitable") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::io_context io;
+  fwd::sqlite::write_executor writer(io.get_executor(), path);
+  std::string result;
+  boost::system::error_code caught;
+  boost::asio::co_spawn(
+      io,
+      [&]() -> boost::asio::awaitable<void> {
+        auto [r, txid] = co_await writer.async_write(make_id(1), insert_item("co"),
+                                                     boost::asio::use_awaitable);
+        result = r;
+        (void)txid;
+        try {
+          co_await writer.async_write(make_id(2), insert_item("co"), boost::asio::use_awaitable);
+        } catch (const boost::system::system_error& e) {
+          caught = e.code();
+        }
+      },
+      boost::asio::detached);
+  io.run();
+  CHECK(result == "1");
+  CHECK(caught == fwd::make_sqlite_error(2067));
+}
+
+TEST_CASE("completion token: deferred starts nothing until invoked") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::io_context io;
+  fwd::sqlite::write_executor writer(io.get_executor(), path);
+  std::atomic<bool> ran{false};
+  auto op = writer.async_write(make_id(1),
+                               [&](sqlite3* db) {
+                                 ran = true;
+                                 return insert_item("deferred")(db);
+                               },
+                               boost::asio::deferred);
+  io.run();
+  CHECK_FALSE(ran);
+  io.restart();
+  std::string result;
+  std::move(op)([&](boost::system::error_code ec, std::string r, std::uint64_t) {
+    CHECK_FALSE(ec);
+    result = r;
+  });
+  io.run();
+  CHECK(ran);
+  CHECK(result == "1");
+}
+
+TEST_CASE("a replica's refusal (SQLITE_READONLY) fails the write with not_primary") {
+  // LiteFS refuses writes on a replica with SQLITE_READONLY (1544) or SQLITE_IOERR (778).
+  // Here a query_only connection and a read-only connection refuse the same way; the
+  // LiteFS simulation's tests cover the replica's exact errors.
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+
+  SECTION("PRAGMA query_only") {
+    fwd::sqlite::write_options options;
+    options.on_open = [](fwd::sqlite::connection& db) { db.exec("PRAGMA query_only=1"); };
+    fwd::sqlite::write_executor writer(pool.get_executor(), path, options);
+    auto f = submit(writer, 1, insert_item("refused"));
+    const outcome o = wait(f);
+    CHECK(o.ec == fwd::errc::not_primary);
+    CHECK(o.result.find("readonly") != std::string::npos);
+    CHECK(fwd::classify(o.ec) == fwd::error_class::not_sent);
+  }
+  SECTION("opened read-only, with the dedup table present") {
+    {
+      fwd::sqlite::write_executor primary(pool.get_executor(), path);
+      auto f = submit(primary, 1, insert_item("on the primary"));
+      REQUIRE_FALSE(wait(f).ec);
+    }
+    fwd::sqlite::write_options options;
+    options.open_flags = SQLITE_OPEN_READONLY;
+    fwd::sqlite::write_executor writer(pool.get_executor(), path, options);
+    std::vector<std::future<outcome>> writes;
+    for (int i = 0; i < 3; ++i) writes.push_back(submit(writer, 10 + i, insert_item(std::to_string(i))));
+    for (auto& f : writes) CHECK(wait(f).ec == fwd::errc::not_primary);
+  }
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label != 'on the primary'") == 0);
+}
+
+TEST_CASE("a write's fwd::error keeps its code; an empty work function is bad_argument") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  fwd::sqlite::write_executor writer(pool.get_executor(), path);
+  auto first = submit(writer, 1, insert_item("dup"));
+  REQUIRE_FALSE(wait(first).ec);
+  auto checked = submit(writer, 2, [](sqlite3* db) -> std::string {
+    throw fwd::error(fwd::make_error_code(fwd::errc::bad_argument), "label must not be empty");
+    (void)db;
+  });
+  const outcome o = wait(checked);
+  CHECK(o.ec == fwd::errc::bad_argument);
+  CHECK(o.result.find("label must not be empty") != std::string::npos);
+  auto empty = submit(writer, 3, {});
+  CHECK(wait(empty).ec == fwd::errc::bad_argument);
+}
+
+TEST_CASE("writes can run on an executor the user gives instead of an owned thread") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool completions(1);
+  boost::asio::thread_pool blocking(2);
+  std::atomic<std::uint64_t> commits{0};
+  auto options = counting(commits);
+  options.work_executor = blocking.get_executor();
+  fwd::sqlite::write_executor writer(completions.get_executor(), path, options);
+  CHECK(writer.writer_thread_id() == std::thread::id());
+
+  std::atomic<bool> in_pool{false};
+  auto f = submit(writer, 1, [&](sqlite3* db) {
+    in_pool = blocking.get_executor().running_in_this_thread();
+    return insert_item("pooled")(db);
+  });
+  const outcome o = wait(f);
+  REQUIRE_FALSE(o.ec);
+  CHECK(in_pool);
+
+  std::vector<std::future<outcome>> writes;
+  for (int i = 0; i < 100; ++i) writes.push_back(submit(writer, 100 + i, insert_item(std::to_string(i))));
+  for (auto& w : writes) CHECK_FALSE(wait(w).ec);
+  CHECK(count(path, "SELECT count(*) FROM items") == 101);
+  writer.stop();
+  auto late = submit(writer, 5, insert_item("late"));
+  CHECK(wait(late).ec == fwd::errc::cancelled);
+}
