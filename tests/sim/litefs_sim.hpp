@@ -1,0 +1,230 @@
+/**
+ * @file litefs_sim.hpp
+ * A LiteFS cluster simulated with plain directories, for fwd's tests and demo.
+ *
+ * LiteFS needs FUSE and a lease, neither of which exists where fwd's tests run. This
+ * library reproduces, byte for byte, what an application sees of LiteFS
+ * (see LITEFS.md): the files in the mount directory and the errors SQLite reports.
+ *
+ * Layout. A cluster of N nodes lives under one root directory. Node i's "mount" is
+ * `<root>/<hostname(i)>/` and holds:
+ *   - `<db>`        the SQLite database (mode 0666 on the primary, 0444 on replicas);
+ *   - `<db>-pos`    `"%016x/%016x\n"`: TXID, then checksum, lowercase hex, 34 bytes;
+ *   - `.lag`        the replica's lag in milliseconds as LiteFS shows it: Go's
+ *                   `"%+010d\n"` (the width of 10 includes the sign) cut to LiteFS's
+ *                   declared size of 11 bytes. `+000000000\n` on the primary and on
+ *                   caught-up replicas, `+2147483647` (no room left for the newline)
+ *                   on a replica that never synced;
+ *   - `.primary`    the primary's hostname + `"\n"`, only on replicas connected to a
+ *                   primary (absent on the primary, during an election, while a
+ *                   replica is disconnected).
+ * The mount directory is 0777 on the primary and 0555 on replicas. Every file above is
+ * replaced atomically (written to a temporary file, then renamed), so a reader never
+ * sees partial contents.
+ *
+ * Checksum. LiteFS's checksum is a CRC over the database pages; the simulation's is a
+ * deterministic running mix instead: `checksum(n) = next_checksum(checksum(n-1), n)`
+ * (a splitmix64 step over `checksum ^ txid`), starting from 0 before TXID 1. Replicas
+ * copy the primary's pair, so equal positions mean equal (txid, checksum) everywhere.
+ *
+ * Errors on replicas. Tests run as root, so file modes alone cannot make writes fail.
+ * `install_vfs()` registers a SQLite VFS (a thin shim over the default "unix" VFS) as
+ * the process's default. It only acts on files whose directory contains `.lag` (a
+ * simulated mount) and decides "replica" from the mount directory's mode at the moment
+ * of each write (no write bit = replica):
+ *   - rollback-journal mode (journal_mode=DELETE): creating the `-journal` fails with
+ *     SQLITE_READONLY_DIRECTORY (1544, "attempt to write a readonly database"),
+ *     exactly what the unix VFS returns when LiteFS refuses the journal with EACCES;
+ *   - WAL mode: any write to the `-wal` file fails with SQLITE_IOERR_WRITE
+ *     (778, "disk I/O error").
+ * Reads, `-shm` writes and main-database writes (checkpoints of replicated frames)
+ * work, so SELECT on a replica behaves normally.
+ *
+ * The primary's position. On a primary mount the shim advances `<db>-pos` by one TXID
+ * per committed transaction, before that commit returns to the writer (whichever
+ * process it runs in), while the writer still holds SQLite's write lock (so concurrent
+ * writers in several processes bump it in commit order):
+ *   - rollback mode: at the deletion of the `-journal` (the commit point), when page 1
+ *     was rewritten with a new file change counter (a rollback restores the old one);
+ *   - WAL mode: when the WAL write lock (shm lock slot 0, exclusive) is released and a
+ *     frame with a nonzero commit field was written while it was held.
+ * Only journal_mode DELETE and WAL are simulated (TRUNCATE/PERSIST never bump).
+ *
+ * Replication. The controlling process (a test or the demo) owns a `cluster`. A
+ * replica sees the primary's committed state only when replication runs for it: it
+ * reads the primary's `<db>-pos` first, then copies the primary's database into the
+ * replica's with SQLite's backup API over connections that use the plain "unix" VFS,
+ * retrying while node processes hold locks, then writes the replica's `<db>-pos` (the
+ * position read first, so a replica's position never claims more than its data holds)
+ * and `.lag`. `replicate_now()` / `replicate()` run it synchronously;
+ * `start_replication(delay)` runs it in a background thread that ships a commit only
+ * once it is at least `delay` old, updating the `.lag` of replicas that are behind.
+ * A snapshot taken to ship an old-enough commit may carry newer commits along.
+ *
+ * Node processes need nothing but `fwd_sim::install_vfs()` and `sqlite3_open_v2` on
+ * `database_path(i)`: all state lives in files. The simulation needs root (as LiteFS
+ * does), because it writes into 0555 directories and 0444 files.
+ */
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+namespace fwd_sim {
+
+/** Name under which `install_vfs()` registers the shim VFS. */
+inline constexpr const char* vfs_name = "fwd-litefs-sim";
+
+/**
+ * Registers the LiteFS shim VFS as the process's default SQLite VFS. Idempotent and
+ * thread-safe; call it before opening any database in a simulated mount.
+ * @throws std::runtime_error if SQLite refuses the registration.
+ */
+void install_vfs();
+
+/** A database position as found in `<db>-pos`. */
+struct db_position {
+  std::uint64_t txid = 0;
+  std::uint64_t checksum = 0;
+  friend bool operator==(const db_position&, const db_position&) = default;
+};
+
+/** The simulation's checksum after applying `txid` on top of `checksum`. */
+std::uint64_t next_checksum(std::uint64_t checksum, std::uint64_t txid) noexcept;
+
+/** `"%016x/%016x\n"` of a position (34 bytes). */
+std::string format_position(const db_position& pos);
+
+/** A lag in milliseconds as a reader of LiteFS's `.lag` gets it: `"%+010d\n"`, cut to
+ * the file's declared 11 bytes (0 -> `"+000000000\n"`, INT32_MAX -> `"+2147483647"`). */
+std::string format_lag(std::int32_t milliseconds);
+
+/** Parses a `<db>-pos` file; nullopt if absent or malformed. */
+std::optional<db_position> read_position(const std::filesystem::path& pos_file);
+
+/** Replaces `file`'s contents atomically (temporary file in the same directory, rename). */
+void write_file_atomically(const std::filesystem::path& file, std::string_view contents);
+
+/** Journal mode the cluster's database is created with (and replicated in). */
+enum class journal_mode { rollback /* journal_mode=DELETE */, wal };
+
+/** How to build a cluster. */
+struct cluster_options {
+  /** Directory holding one mount per node; empty = a fresh temporary directory that
+   * the cluster removes when destroyed. */
+  std::filesystem::path root;
+  /** Database file name inside each mount. */
+  std::string database = "app.db";
+  /** One LiteFS hostname per node (and its mount directory's name). */
+  std::vector<std::string> hostnames = {"node-a", "node-b", "node-c"};
+  journal_mode mode = journal_mode::rollback;
+  /** Index of the initial primary. */
+  std::size_t primary = 0;
+  /** Replicate the freshly created database to every replica before the constructor
+   * returns; false leaves replicas without a database, `.lag` at `+2147483647`. */
+  bool initial_sync = true;
+};
+
+/**
+ * A simulated LiteFS cluster, controlled from one process.
+ *
+ * Thread-safety: every member function may be called from any thread; they are
+ * serialised by an internal mutex (the background replicator takes it too).
+ */
+class cluster {
+ public:
+  /** Creates the mounts, the primary's database (TXID 1) and every node's files.
+   * @throws std::runtime_error / std::invalid_argument on bad options or I/O errors. */
+  explicit cluster(cluster_options options);
+  /** Stops replication; removes the root if the cluster created it. */
+  ~cluster();
+  cluster(const cluster&) = delete;
+  cluster& operator=(const cluster&) = delete;
+
+  std::size_t size() const noexcept;
+  const std::string& hostname(std::size_t node) const;
+  /** `<root>/<hostname>`. */
+  std::filesystem::path mount(std::size_t node) const;
+  /** `<mount>/<db>`: what node processes open. */
+  std::filesystem::path database_path(std::size_t node) const;
+  /** `<mount>/<db>-pos`. */
+  std::filesystem::path position_path(std::size_t node) const;
+  const std::filesystem::path& root() const noexcept;
+  journal_mode mode() const noexcept;
+
+  /** The current primary; nullopt during an election. */
+  std::optional<std::size_t> primary() const;
+  /** Node's `<db>-pos` (a zero position if it has none yet). */
+  db_position position(std::size_t node) const;
+  /** Whether the node is connected (replicates and shows `.primary` when a replica). */
+  bool connected(std::size_t node) const;
+
+  /** Replicates the primary's committed state to every connected replica, now. */
+  void replicate_now();
+  /** Replicates to one node (no-op for the primary, a disconnected node, or while
+   * no primary exists). */
+  void replicate(std::size_t node);
+
+  /** Starts a background replicator that ships each commit once it is at least
+   * `delay` old, and keeps `.lag` of replicas that are behind positive. Restarts it
+   * with the new delay if already running. */
+  void start_replication(std::chrono::milliseconds delay);
+  /** Stops the background replicator (waits for it). */
+  void stop_replication();
+
+  /** Starts an election: the primary loses its role (mount 0555, database 0444) and
+   * no node has `.primary`. `.lag` files stay as they are. */
+  void begin_election();
+  /** Ends the election with `node` as primary: mount 0777, database 0666, `.lag`
+   * `+000000000\n`, TXIDs continuing from its own position; every other connected node
+   * gets `.primary` = its hostname. Begins the election first if none is running.
+   * @throws std::invalid_argument if the node has no database. */
+  void elect(std::size_t node);
+  /** `begin_election()`, wait `election_window`, `elect(new_primary)`. */
+  void failover(std::size_t new_primary,
+                std::chrono::milliseconds election_window = std::chrono::milliseconds{0});
+
+  /** Cuts a replica from the primary: no `.primary`, no replication. */
+  void disconnect(std::size_t node);
+  /** Reconnects a replica: `.primary` reappears (if a primary exists). */
+  void reconnect(std::size_t node);
+
+ private:
+  struct commit_seen {
+    std::uint64_t txid;
+    std::chrono::steady_clock::time_point at;
+  };
+
+  void check_node(std::size_t node) const;
+  void replicate_locked(std::size_t node);
+  void begin_election_locked();
+  void write_primary_files_locked();
+  void replicator_loop(std::chrono::milliseconds delay);
+  void replicator_tick_locked(std::chrono::milliseconds delay);
+  void stop_replication_unlocked_wait();
+
+  cluster_options options_;
+  bool owns_root_ = false;
+  std::optional<std::size_t> primary_;
+  std::vector<bool> connected_;
+  std::vector<std::int32_t> lag_written_;
+
+  mutable std::mutex mutex_;
+  // Background replicator.
+  std::thread replicator_;
+  std::condition_variable replicator_cv_;
+  bool replicator_stop_ = false;
+  std::uint64_t last_seen_txid_ = 0;
+  std::vector<commit_seen> commits_seen_;
+};
+
+}  // namespace fwd_sim

@@ -1,0 +1,533 @@
+// The LiteFS simulation must show applications exactly what LiteFS shows them
+// (LITEFS.md): these tests pin the files' bytes, the errors, the positions,
+// replication and failover.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <iterator>
+#include <optional>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "litefs_sim.hpp"
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using fwd_sim::cluster;
+using fwd_sim::cluster_options;
+using fwd_sim::journal_mode;
+
+std::optional<std::string> read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+unsigned mode_of(const fs::path& path) {
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  return st.st_mode & 07777;
+}
+
+// Polls `done` until it holds or `bound` passes; the result says which.
+template <class Predicate>
+bool wait_until(Predicate done, std::chrono::milliseconds bound = 5000ms) {
+  const auto give_up = std::chrono::steady_clock::now() + bound;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > give_up) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+const char* mode_name(journal_mode mode) {
+  return mode == journal_mode::wal ? "WAL" : "DELETE";
+}
+
+cluster_options options_for(journal_mode mode) {
+  cluster_options options;
+  options.mode = mode;
+  return options;
+}
+
+// A node process's connection: shim VFS as the default, plain sqlite3_open_v2.
+struct connection {
+  sqlite3* db = nullptr;
+  explicit connection(const fs::path& path) {
+    fwd_sim::install_vfs();
+    REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+  }
+  ~connection() { sqlite3_close(db); }
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+
+  int exec(const std::string& sql) { return sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr); }
+  void must(const std::string& sql) {
+    INFO(sql);
+    const int rc = exec(sql);
+    INFO(sqlite3_errmsg(db));
+    REQUIRE(rc == SQLITE_OK);
+  }
+  std::int64_t count(const std::string& table) {
+    sqlite3_stmt* stmt = nullptr;
+    const std::string sql = "SELECT count(*) FROM " + table;
+    REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
+    const std::int64_t n = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return n;
+  }
+};
+
+struct process_result {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs fwd_sim_sql in its own process, bounded in time.
+process_result run_node_process(const std::vector<std::string>& args) {
+  static int sequence = 0;
+  const fs::path out_file =
+      fs::temp_directory_path() / ("fwd-sim-out-" + std::to_string(::getpid()) + "-" +
+                                   std::to_string(++sequence));
+  const fs::path err_file = out_file.string() + ".err";
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, out_file.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_addopen(&actions, 2, err_file.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  std::vector<std::string> all{FWD_SIM_SQL_PATH};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  const int spawned = posix_spawn(&pid, FWD_SIM_SQL_PATH, &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  REQUIRE(spawned == 0);
+  int status = 0;
+  const bool exited = wait_until([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, 30000ms);
+  if (!exited) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+  }
+  REQUIRE(exited);
+  process_result result;
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  result.out = read_file(out_file).value_or("");
+  result.err = read_file(err_file).value_or("");
+  fs::remove(out_file);
+  fs::remove(err_file);
+  return result;
+}
+
+const std::regex position_format("^[0-9a-f]{16}/[0-9a-f]{16}\n$");
+
+}  // namespace
+
+TEST_CASE("format_position and format_lag write LiteFS's exact formats") {
+  CHECK(fwd_sim::format_position({0x2df417, 0xce552e44f23fbbdd}) ==
+        "00000000002df417/ce552e44f23fbbdd\n");
+  CHECK(fwd_sim::format_lag(0) == "+000000000\n");
+  // LiteFS declares .lag 11 bytes long: readers never get more.
+  CHECK(fwd_sim::format_lag(2147483647) == "+2147483647");
+  CHECK(fwd_sim::format_lag(1234) == "+000001234\n");
+  CHECK(fwd_sim::format_lag(999999999) == "+999999999\n");
+  CHECK(fwd_sim::next_checksum(0, 1) == fwd_sim::next_checksum(0, 1));
+  CHECK(fwd_sim::next_checksum(0, 1) != fwd_sim::next_checksum(0, 2));
+}
+
+TEST_CASE("every mount holds LiteFS's files with their exact bytes and modes") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  REQUIRE(sim.size() == 3);
+  REQUIRE(sim.primary() == std::size_t{0});
+  CHECK(sim.mount(1) == sim.root() / "node-b");
+  CHECK(sim.database_path(1) == sim.root() / "node-b" / "app.db");
+
+  const auto primary_pos = read_file(sim.position_path(0));
+  REQUIRE(primary_pos);
+  CHECK(primary_pos->size() == 34);
+  CHECK(std::regex_match(*primary_pos, position_format));
+  CHECK(*primary_pos == fwd_sim::format_position({1, fwd_sim::next_checksum(0, 1)}));
+  CHECK(sim.position(0).txid == 1);
+
+  // Primary: writable mount, .lag +0, no .primary.
+  CHECK(read_file(sim.mount(0) / ".lag") == std::string("+000000000\n"));
+  CHECK_FALSE(fs::exists(sim.mount(0) / ".primary"));
+  CHECK(mode_of(sim.mount(0)) == 0777);
+  CHECK(mode_of(sim.database_path(0)) == 0666);
+
+  // Connected replicas: read-only mount, .primary names the primary, synced.
+  for (std::size_t i : {1, 2}) {
+    INFO("node " << i);
+    CHECK(read_file(sim.mount(i) / ".primary") == std::string("node-a\n"));
+    const auto lag = read_file(sim.mount(i) / ".lag");
+    REQUIRE(lag);
+    CHECK(lag->size() == 11);
+    CHECK(*lag == "+000000000\n");
+    CHECK(read_file(sim.position_path(i)) == primary_pos);
+    CHECK(mode_of(sim.mount(i)) == 0555);
+    CHECK(mode_of(sim.database_path(i)) == 0444);
+  }
+  // Atomic replacement leaves no temporary files behind.
+  for (std::size_t i = 0; i < sim.size(); ++i) {
+    for (const auto& entry : fs::directory_iterator(sim.mount(i))) {
+      CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("a replica that never synced shows lag +2147483647 and has no database yet") {
+  auto options = options_for(journal_mode::rollback);
+  options.initial_sync = false;
+  cluster sim(options);
+  CHECK(read_file(sim.mount(1) / ".lag") == std::string("+2147483647"));
+  CHECK_FALSE(fs::exists(sim.database_path(1)));
+  CHECK_FALSE(fs::exists(sim.position_path(1)));
+  CHECK(sim.position(1) == fwd_sim::db_position{});
+  CHECK(read_file(sim.mount(1) / ".primary") == std::string("node-a\n"));
+  sim.replicate(1);
+  CHECK(read_file(sim.mount(1) / ".lag") == std::string("+000000000\n"));
+  CHECK(sim.position(1) == sim.position(0));
+  CHECK(read_file(sim.mount(2) / ".lag") == std::string("+2147483647"));
+}
+
+TEST_CASE("a replica refuses writes with LiteFS's SQLite error while reads work") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  {
+    connection primary(sim.database_path(0));
+    primary.must("CREATE TABLE t(x)");
+    primary.must("INSERT INTO t VALUES (1)");
+  }
+  sim.replicate_now();
+  const auto before = sim.position(1);
+
+  connection replica(sim.database_path(1));
+  CHECK(replica.count("t") == 1);
+  const int rc = replica.exec("INSERT INTO t VALUES (2)");
+  if (mode == journal_mode::rollback) {
+    CHECK(rc == SQLITE_READONLY);
+    CHECK(sqlite3_extended_errcode(replica.db) == 1544);  // SQLITE_READONLY_DIRECTORY
+    CHECK(std::string(sqlite3_errmsg(replica.db)) == "attempt to write a readonly database");
+  } else {
+    CHECK(rc == SQLITE_IOERR);
+    CHECK(sqlite3_extended_errcode(replica.db) == 778);  // SQLITE_IOERR_WRITE
+    CHECK(std::string(sqlite3_errmsg(replica.db)) == "disk I/O error");
+  }
+  // Explicit transactions fail the same way, at their first write or their commit.
+  CHECK(replica.exec("BEGIN; INSERT INTO t VALUES (3); COMMIT") != SQLITE_OK);
+  replica.exec("ROLLBACK");
+  CHECK(replica.count("t") == 1);
+  CHECK(sim.position(1) == before);
+
+  // The same error from another process.
+  const auto child = run_node_process({sim.database_path(2).string(), "INSERT INTO t VALUES (4)"});
+  CHECK(child.exit_code == 1);
+  CHECK(child.err == (mode == journal_mode::rollback
+                          ? "1544 attempt to write a readonly database\n"
+                          : "778 disk I/O error\n"));
+}
+
+TEST_CASE("the primary's TXID is one higher when each COMMIT returns, unchanged after ROLLBACK") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  connection db(sim.database_path(0));
+  std::uint64_t txid = sim.position(0).txid;
+  auto expect_txid = [&](std::uint64_t expected) {
+    const auto pos = sim.position(0);
+    CHECK(pos.txid == expected);
+    CHECK(read_file(sim.position_path(0))->size() == 34);
+  };
+
+  db.must("CREATE TABLE t(x TEXT)");
+  expect_txid(++txid);
+  db.must("INSERT INTO t VALUES ('a')");  // autocommit
+  expect_txid(++txid);
+  db.must("BEGIN; INSERT INTO t VALUES ('b'); INSERT INTO t VALUES ('c'); COMMIT");
+  expect_txid(++txid);
+  db.must("BEGIN IMMEDIATE; INSERT INTO t VALUES ('d')");
+  expect_txid(txid);  // not committed yet
+  db.must("COMMIT");
+  expect_txid(++txid);
+
+  db.must("BEGIN; INSERT INTO t VALUES ('x'); ROLLBACK");
+  expect_txid(txid);
+  db.must("SELECT count(*) FROM t");
+  db.must("BEGIN; SELECT * FROM t; COMMIT");  // a read-only transaction
+  expect_txid(txid);
+  db.must("CREATE UNIQUE INDEX tx ON t(x)");
+  expect_txid(++txid);
+  CHECK(db.exec("INSERT INTO t VALUES ('a')") == SQLITE_CONSTRAINT);  // fails, rolled back
+  expect_txid(txid);
+
+  // A transaction larger than the page cache spills pages before it ends.
+  db.must("PRAGMA cache_size=10");
+  const std::string big =
+      "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < 2000) "
+      "INSERT INTO t SELECT hex(randomblob(200)) || v FROM s";
+  db.must("BEGIN; " + big + "; ROLLBACK");
+  expect_txid(txid);
+  db.must("BEGIN; " + big + "; COMMIT");
+  expect_txid(++txid);
+  CHECK(db.count("t") == 2004);
+
+  // Each step moved the checksum along the documented chain.
+  std::uint64_t checksum = 0;
+  for (std::uint64_t i = 1; i <= txid; ++i) checksum = fwd_sim::next_checksum(checksum, i);
+  CHECK(sim.position(0).checksum == checksum);
+}
+
+TEST_CASE("a commit made by another process advances the primary's TXID before it returns") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  {
+    connection db(sim.database_path(0));
+    db.must("CREATE TABLE t(x)");
+  }
+  const auto before = sim.position(0).txid;
+  const auto child =
+      run_node_process({"--pos", sim.database_path(0).string(), "INSERT INTO t VALUES (1)"});
+  INFO(child.err);
+  REQUIRE(child.exit_code == 0);
+  // The child read <db>-pos right after its INSERT returned.
+  CHECK(child.out == "pos " + fwd_sim::format_position(sim.position(0)));
+  CHECK(sim.position(0).txid == before + 1);
+
+  const auto rolled_back = run_node_process(
+      {sim.database_path(0).string(), "BEGIN; INSERT INTO t VALUES (2); ROLLBACK"});
+  CHECK(rolled_back.exit_code == 0);
+  CHECK(sim.position(0).txid == before + 1);
+}
+
+TEST_CASE("concurrent writers in several processes advance the TXID once per commit") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  {
+    connection db(sim.database_path(0));
+    db.must("CREATE TABLE t(x)");
+  }
+  const auto before = sim.position(0).txid;
+  constexpr int writers = 3;
+  constexpr int commits = 15;
+  std::string sql;
+  for (int i = 0; i < commits; ++i) sql += "INSERT INTO t VALUES (" + std::to_string(i) + ");";
+  std::vector<std::future<process_result>> children;
+  for (int w = 0; w < writers; ++w) {
+    children.push_back(std::async(std::launch::async, [&] {
+      return run_node_process({sim.database_path(0).string(), sql});
+    }));
+  }
+  for (auto& child : children) {
+    const auto result = child.get();
+    INFO(result.err);
+    CHECK(result.exit_code == 0);
+  }
+  connection db(sim.database_path(0));
+  CHECK(db.count("t") == writers * commits);
+  CHECK(sim.position(0).txid == before + writers * commits);
+}
+
+TEST_CASE("a replica sees a commit only once replication runs, then holds the primary's position") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  connection primary(sim.database_path(0));
+  primary.must("CREATE TABLE t(x)");
+  sim.replicate_now();
+  connection replica(sim.database_path(1));
+  CHECK(replica.count("t") == 0);
+
+  primary.must("INSERT INTO t VALUES (42)");
+  CHECK(replica.count("t") == 0);
+  CHECK(sim.position(1).txid == sim.position(0).txid - 1);
+
+  sim.replicate(1);
+  CHECK(replica.count("t") == 1);
+  CHECK(sim.position(1) == sim.position(0));
+  CHECK(read_file(sim.position_path(1)) == read_file(sim.position_path(0)));
+  // Node 2 was not replicated.
+  connection other(sim.database_path(2));
+  CHECK(other.count("t") == 0);
+  sim.replicate_now();
+  CHECK(other.count("t") == 1);
+  CHECK(sim.position(2) == sim.position(0));
+  // Replication keeps the replica read-only.
+  CHECK(mode_of(sim.database_path(1)) == 0444);
+  CHECK(replica.exec("INSERT INTO t VALUES (1)") != SQLITE_OK);
+}
+
+TEST_CASE("replication waits for a replica's readers instead of failing") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  connection primary(sim.database_path(0));
+  primary.must("CREATE TABLE t(x)");
+  sim.replicate_now();
+  primary.must("INSERT INTO t VALUES (1)");
+
+  connection reader(sim.database_path(1));
+  reader.must("BEGIN; SELECT count(*) FROM t");  // holds a read transaction
+  auto replicated = std::async(std::launch::async, [&] { sim.replicate(1); });
+  reader.must("COMMIT");
+  REQUIRE(replicated.wait_for(10s) == std::future_status::ready);
+  replicated.get();
+  CHECK(reader.count("t") == 1);
+  CHECK(sim.position(1) == sim.position(0));
+}
+
+TEST_CASE("delayed background replication shows a positive lag, then catches up") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  connection primary(sim.database_path(0));
+  primary.must("CREATE TABLE t(x)");
+  sim.replicate_now();
+  connection replica(sim.database_path(1));
+
+  constexpr auto delay = 300ms;
+  sim.start_replication(delay);
+  primary.must("INSERT INTO t VALUES (7)");
+  const auto committed = std::chrono::steady_clock::now();
+  const auto target = sim.position(0);
+
+  // Behind: .lag turns positive while the row is not there yet.
+  REQUIRE(wait_until([&] {
+    const auto lag = read_file(sim.mount(1) / ".lag");
+    return lag && lag->size() == 11 && (*lag)[0] == '+' && *lag != "+000000000\n";
+  }));
+  CHECK(replica.count("t") == 0);
+  CHECK(sim.position(1).txid < target.txid);
+
+  // Then it catches up, no sooner than the delay.
+  REQUIRE(wait_until([&] { return sim.position(1).txid >= target.txid; }));
+  CHECK(std::chrono::steady_clock::now() - committed >= delay);
+  CHECK(replica.count("t") == 1);
+  CHECK(wait_until([&] { return sim.position(2) == target; }));
+  CHECK(wait_until([&] {
+    return read_file(sim.mount(1) / ".lag") == std::string("+000000000\n") &&
+           read_file(sim.mount(2) / ".lag") == std::string("+000000000\n");
+  }));
+  sim.stop_replication();
+  CHECK(read_file(sim.mount(0) / ".lag") == std::string("+000000000\n"));
+}
+
+TEST_CASE("failover: no .primary and no writes during the election, then the new primary writes on") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  {
+    connection a(sim.database_path(0));
+    a.must("CREATE TABLE t(x)");
+    a.must("INSERT INTO t VALUES (1)");
+  }
+  sim.replicate_now();
+  const auto replicated = sim.position(0);
+  // An old connection on the old primary stays open across the failover.
+  connection old_primary(sim.database_path(0));
+
+  sim.begin_election();
+  CHECK_FALSE(sim.primary());
+  for (std::size_t i = 0; i < sim.size(); ++i) {
+    INFO("node " << i);
+    CHECK_FALSE(fs::exists(sim.mount(i) / ".primary"));
+  }
+  CHECK(mode_of(sim.mount(0)) == 0555);
+  CHECK(mode_of(sim.database_path(0)) == 0444);
+  CHECK(read_file(sim.mount(1) / ".lag") == std::string("+000000000\n"));
+  const int rc = old_primary.exec("INSERT INTO t VALUES (2)");
+  CHECK(sqlite3_extended_errcode(old_primary.db) ==
+        (mode == journal_mode::rollback ? 1544 : 778));
+  CHECK(rc != SQLITE_OK);
+  CHECK(sim.position(0) == replicated);
+
+  sim.elect(1);
+  CHECK(sim.primary() == std::size_t{1});
+  CHECK(mode_of(sim.mount(1)) == 0777);
+  CHECK(mode_of(sim.database_path(1)) == 0666);
+  CHECK(read_file(sim.mount(1) / ".lag") == std::string("+000000000\n"));
+  CHECK_FALSE(fs::exists(sim.mount(1) / ".primary"));
+  CHECK(read_file(sim.mount(0) / ".primary") == std::string("node-b\n"));
+  CHECK(read_file(sim.mount(2) / ".primary") == std::string("node-b\n"));
+
+  connection b(sim.database_path(1));
+  b.must("INSERT INTO t VALUES (3)");
+  CHECK(sim.position(1).txid == replicated.txid + 1);
+  CHECK(sim.position(1).checksum ==
+        fwd_sim::next_checksum(replicated.checksum, replicated.txid + 1));
+  CHECK(old_primary.exec("INSERT INTO t VALUES (4)") != SQLITE_OK);
+
+  sim.replicate_now();
+  CHECK(sim.position(0) == sim.position(1));
+  CHECK(sim.position(2) == sim.position(1));
+  CHECK(old_primary.count("t") == 2);
+
+  // failover() does both steps.
+  sim.failover(2, 5ms);
+  CHECK(sim.primary() == std::size_t{2});
+  connection c(sim.database_path(2));
+  c.must("INSERT INTO t VALUES (5)");
+  CHECK(sim.position(2).txid == replicated.txid + 2);
+  CHECK(read_file(sim.mount(0) / ".primary") == std::string("node-c\n"));
+  CHECK(read_file(sim.mount(1) / ".primary") == std::string("node-c\n"));
+  CHECK(b.exec("INSERT INTO t VALUES (6)") != SQLITE_OK);
+}
+
+TEST_CASE("a disconnected replica has no .primary and misses replication until it reconnects") {
+  cluster sim(options_for(journal_mode::wal));
+  connection primary(sim.database_path(0));
+  primary.must("CREATE TABLE t(x)");
+  sim.disconnect(2);
+  CHECK_FALSE(sim.connected(2));
+  CHECK_FALSE(fs::exists(sim.mount(2) / ".primary"));
+  CHECK(read_file(sim.mount(1) / ".primary") == std::string("node-a\n"));
+  CHECK(mode_of(sim.mount(2)) == 0555);  // still a replica, just not connected
+  sim.replicate_now();
+  CHECK(sim.position(1) == sim.position(0));
+  CHECK(sim.position(2).txid < sim.position(0).txid);
+  CHECK_THROWS_AS(sim.disconnect(0), std::invalid_argument);
+
+  sim.reconnect(2);
+  CHECK(read_file(sim.mount(2) / ".primary") == std::string("node-a\n"));
+  sim.replicate_now();
+  CHECK(sim.position(2) == sim.position(0));
+}
+
+TEST_CASE("bad cluster options are refused with a clear error") {
+  cluster_options no_hosts;
+  no_hosts.hostnames.clear();
+  CHECK_THROWS_AS(cluster(no_hosts), std::invalid_argument);
+  cluster_options twice;
+  twice.hostnames = {"a", "a"};
+  CHECK_THROWS_AS(cluster(twice), std::invalid_argument);
+  cluster_options slash;
+  slash.database = "dir/app.db";
+  CHECK_THROWS_AS(cluster(slash), std::invalid_argument);
+  cluster_options out_of_range;
+  out_of_range.primary = 3;
+  CHECK_THROWS_AS(cluster(out_of_range), std::invalid_argument);
+}
