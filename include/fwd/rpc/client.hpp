@@ -1,0 +1,780 @@
+#pragma once
+
+// The RPC client: typed calls to fwd servers, many in flight on one connection per peer.
+
+#include <fwd/error.hpp>
+#include <fwd/procedure.hpp>
+#include <fwd/rpc/detail/frame_buffer.hpp>
+#include <fwd/rpc/hello.hpp>
+#include <fwd/rpc/server.hpp>  // status codes on the wire, endpoint_string
+#include <fwd/telemetry.hpp>
+#include <fwd/wire.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace fwd::rpc {
+
+/// How a client connects, authenticates and times out.
+struct client_options {
+  /// The cluster secret every node shares (required, non-empty).
+  std::string secret;
+  /// The largest frame sent or accepted, header included. A call whose request would be
+  /// bigger fails with `frame_too_large` and is not sent.
+  std::size_t max_frame_size = wire::default_max_frame_size;
+  /// Connecting and the handshake together must finish within this time.
+  std::chrono::milliseconds connect_timeout{3000};
+  /// The deadline of a call that sets none.
+  std::chrono::milliseconds default_timeout{30000};
+  /// After a failed connection attempt, the next waits this long, doubling up to the max.
+  std::chrono::milliseconds reconnect_backoff{50};
+  std::chrono::milliseconds max_reconnect_backoff{2000};
+  /// The Boost archive version announced in the handshake (0: this build's).
+  std::uint32_t archive_version = 0;
+  /// Hooks: call started/finished, connection opened/closed/failed.
+  telemetry_ptr telemetry;
+};
+
+/// Per-call settings.
+struct call_options {
+  /// When the call gives up with `timeout` (default: now + client_options::default_timeout).
+  /// The server receives the remaining time and does not start the call after it.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  /// The request id (default: a fresh unique id). Retries of one logical call must reuse
+  /// it, so that the primary runs it at most once.
+  std::optional<wire::request_id> request_id;
+  /// Which attempt this is, for telemetry.
+  std::uint32_t attempt = 1;
+  /// When set, receives the failure's details (the remote exception's type and message,
+  /// both versions on a mismatch, the connect error) before the completion handler runs.
+  std::shared_ptr<std::string> error_detail;
+};
+
+namespace detail {
+
+// A call waiting for its reply. Lives on its connection's strand once submitted.
+struct pending_call {
+  virtual ~pending_call() = default;
+  // Completes the caller's operation exactly once; `payload` is the result or, on error,
+  // the failure's detail.
+  virtual void complete(boost::system::error_code ec, std::string payload) = 0;
+
+  std::uint64_t stream_id = 0;
+  std::string frame;  // the encoded request
+  std::chrono::steady_clock::time_point deadline;
+  std::multimap<std::chrono::steady_clock::time_point, std::uint64_t>::iterator deadline_entry;
+  std::string procedure;  // for telemetry
+  std::uint32_t attempt = 1;
+  std::chrono::steady_clock::time_point started;
+  bool sent = false;
+  bool done = false;
+};
+
+template <class R>
+struct call_signature_of {
+  using type = void(boost::system::error_code, R);
+};
+template <>
+struct call_signature_of<void> {
+  using type = void(boost::system::error_code);
+};
+template <class R>
+using call_signature = typename call_signature_of<R>::type;
+
+template <class R, class Handler, class Executor>
+class call_op final : public pending_call {
+ public:
+  using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
+
+  call_op(Handler handler, const Executor& fallback, std::shared_ptr<std::string> detail)
+      : handler_(std::move(handler)),
+        work_(boost::asio::get_associated_executor(handler_, fallback)),
+        detail_(std::move(detail)) {}
+
+  void complete(boost::system::error_code ec, std::string payload) override {
+    auto executor = work_.get_executor();
+    // Through the handler's own executor; never inside the initiating call, since
+    // completion always starts from the connection's strand.
+    boost::asio::dispatch(executor, [handler = std::move(handler_), work = std::move(work_), ec,
+                                     payload = std::move(payload), detail = std::move(detail_)]() mutable {
+      boost::asio::get_associated_cancellation_slot(handler).clear();
+      if constexpr (std::is_void_v<R>) {
+        if (ec && detail) *detail = std::move(payload);
+        if (!ec) fwd::detail::decode_result<void>(payload, ec);
+        std::move(handler)(ec);
+      } else {
+        if (ec) {
+          if (detail) *detail = std::move(payload);
+          std::move(handler)(ec, R{});
+          return;
+        }
+        boost::system::error_code decode_ec;
+        std::string why;
+        R result = fwd::detail::decode_result<R>(payload, decode_ec, &why);
+        if (decode_ec && detail) *detail = "the reply could not be decoded: " + why;
+        std::move(handler)(decode_ec, std::move(result));
+      }
+    });
+  }
+
+ private:
+  Handler handler_;
+  boost::asio::executor_work_guard<handler_executor> work_;
+  std::shared_ptr<std::string> detail_;
+};
+
+// Raw payload completion (no decoding): used by async_call_raw.
+template <class Handler, class Executor>
+class raw_call_op final : public pending_call {
+ public:
+  using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
+
+  raw_call_op(Handler handler, const Executor& fallback, std::shared_ptr<std::string> detail)
+      : handler_(std::move(handler)),
+        work_(boost::asio::get_associated_executor(handler_, fallback)),
+        detail_(std::move(detail)) {}
+
+  void complete(boost::system::error_code ec, std::string payload) override {
+    auto executor = work_.get_executor();
+    boost::asio::dispatch(executor, [handler = std::move(handler_), work = std::move(work_), ec,
+                                     payload = std::move(payload), detail = std::move(detail_)]() mutable {
+      boost::asio::get_associated_cancellation_slot(handler).clear();
+      if (ec) {
+        if (detail) *detail = std::move(payload);
+        std::move(handler)(ec, std::string());
+      } else {
+        std::move(handler)(ec, std::move(payload));
+      }
+    });
+  }
+
+ private:
+  Handler handler_;
+  boost::asio::executor_work_guard<handler_executor> work_;
+  std::shared_ptr<std::string> detail_;
+};
+
+struct client_state {
+  client_options options;
+  wire::versions versions;
+  std::array<std::uint8_t, 8> id_prefix{};  // random per client; request ids add a counter
+  std::atomic<std::uint64_t> next_id{1};
+};
+
+class client_connection : public std::enable_shared_from_this<client_connection> {
+ public:
+  using tcp = boost::asio::ip::tcp;
+  using clock = std::chrono::steady_clock;
+
+  client_connection(boost::asio::any_io_executor executor, tcp::endpoint peer, std::shared_ptr<client_state> state)
+      : strand_(boost::asio::make_strand(executor)),
+        peer_(peer),
+        peer_name_(endpoint_string(peer)),
+        state_(std::move(state)),
+        socket_(strand_),
+        connect_timer_(strand_),
+        deadline_timer_(strand_),
+        backoff_(state_->options.reconnect_backoff) {}
+
+  const boost::asio::strand<boost::asio::any_io_executor>& strand() const noexcept { return strand_; }
+  std::uint64_t next_stream_id() noexcept { return next_stream_.fetch_add(1, std::memory_order_relaxed); }
+
+  /// Takes ownership of a call; runs on the strand.
+  void submit(std::shared_ptr<pending_call> call) {
+    // post, not dispatch: nothing may complete inside the initiating call.
+    boost::asio::post(strand_, [self = shared_from_this(), call = std::move(call)]() mutable {
+      self->on_submit(std::move(call));
+    });
+  }
+
+  /// Cancels a call (terminal): it completes with `cancelled`; a reply is ignored.
+  void cancel(std::uint64_t stream_id) {
+    boost::asio::post(strand_, [self = shared_from_this(), stream_id] {
+      self->finish(stream_id, make_error_code(errc::cancelled), "the call was cancelled");
+    });
+  }
+
+  /// Fails every call with `cancelled` and closes (the client is going away).
+  void shutdown() {
+    boost::asio::dispatch(strand_, [self = shared_from_this()] {
+      self->shut_down_ = true;
+      self->close_socket(make_error_code(errc::cancelled));
+      self->fail_all(make_error_code(errc::cancelled), "the client was closed", true);
+      self->connect_timer_.cancel();
+      self->deadline_timer_.cancel();
+    });
+  }
+
+ private:
+  enum class state { idle, backoff, connecting, handshaking, ready };
+
+  void on_submit(std::shared_ptr<pending_call> call) {
+    if (shut_down_) {
+      call->done = true;
+      emit_finished(*call, make_error_code(errc::cancelled));
+      call->complete(make_error_code(errc::cancelled), "the client was closed");
+      return;
+    }
+    if (call->frame.size() > state_->options.max_frame_size) {
+      call->done = true;
+      auto ec = make_error_code(errc::frame_too_large);
+      emit_finished(*call, ec);
+      call->complete(ec, "the request is " + std::to_string(call->frame.size()) +
+                             " bytes; max_frame_size is " + std::to_string(state_->options.max_frame_size));
+      return;
+    }
+    call->deadline_entry = deadlines_.emplace(call->deadline, call->stream_id);
+    if (call->deadline_entry == deadlines_.begin()) arm_deadline_timer();
+    unsent_.push_back(call);
+    calls_.emplace(call->stream_id, std::move(call));
+    switch (state_now_) {
+      case state::ready: flush(); break;
+      case state::idle: connect(); break;
+      default: break;  // sent once the connection is up
+    }
+  }
+
+  // --- connecting ---------------------------------------------------------------------
+
+  void connect() {
+    state_now_ = state::connecting;
+    const std::uint64_t generation = ++generation_;
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+    socket_ = tcp::socket(strand_);
+    connect_timer_.expires_after(state_->options.connect_timeout);
+    connect_timer_.async_wait([self = shared_from_this(), generation](boost::system::error_code ec) {
+      if (ec || generation != self->generation_) return;
+      if (self->state_now_ == state::connecting || self->state_now_ == state::handshaking) {
+        self->connect_failed(make_error_code(errc::unreachable),
+                             "no connection to " + self->peer_name_ + " within the connect timeout");
+      }
+    });
+    socket_.async_connect(peer_, [self = shared_from_this(), generation](boost::system::error_code ec) {
+      if (generation != self->generation_ || self->state_now_ != state::connecting) return;
+      if (ec) {
+        self->connect_failed(make_error_code(errc::unreachable),
+                             "could not connect to " + self->peer_name_ + ": " + ec.message());
+        return;
+      }
+      self->on_connected();
+    });
+  }
+
+  void on_connected() {
+    boost::system::error_code ignored;
+    socket_.set_option(tcp::no_delay(true), ignored);
+    socket_.set_option(boost::asio::socket_base::keep_alive(true), ignored);
+    state_now_ = state::handshaking;
+    handshake_.emplace(state_->options.secret, state_->versions);
+    control_ = handshake_->start();
+    buffer_ = frame_buffer();
+    read();
+    flush();
+  }
+
+  // Nothing was sent: the waiting calls fail with `ec`, and the next attempt waits.
+  void connect_failed(boost::system::error_code ec, std::string detail) {
+    ++generation_;
+    close_socket(ec);
+    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_name_, ec});
+    fail_all(ec, detail, true);
+    state_now_ = state::backoff;
+    connect_timer_.expires_after(backoff_);
+    backoff_ = std::min(backoff_ * 2, state_->options.max_reconnect_backoff);
+    connect_timer_.async_wait([self = shared_from_this(), generation = generation_](boost::system::error_code e) {
+      if (e || generation != self->generation_ || self->state_now_ != state::backoff) return;
+      self->state_now_ = state::idle;
+      if (!self->unsent_.empty()) self->connect();
+    });
+  }
+
+  void close_socket(boost::system::error_code /*why*/) {
+    boost::system::error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_both, ignored);
+    socket_.close(ignored);
+    control_.clear();
+    handshake_.reset();
+  }
+
+  // --- reading --------------------------------------------------------------------------
+
+  void read() {
+    auto [data, size] = buffer_.prepare();
+    socket_.async_read_some(boost::asio::buffer(data, size),
+                            [self = shared_from_this(), generation = generation_](boost::system::error_code ec,
+                                                                                   std::size_t n) {
+                              if (generation != self->generation_) return;
+                              self->on_read(ec, n);
+                            });
+  }
+
+  void on_read(boost::system::error_code ec, std::size_t n) {
+    if (ec) {
+      connection_broke(ec, "the connection to " + peer_name_ + " broke: " + ec.message());
+      return;
+    }
+    buffer_.commit(n);
+    wire::frame_view frame;
+    const std::uint64_t generation = generation_;
+    while (generation == generation_) {
+      const std::size_t limit =
+          state_now_ == state::ready ? state_->options.max_frame_size : wire::max_handshake_frame_size;
+      if (!buffer_.next(limit, frame, ec)) break;
+      on_frame(frame);
+    }
+    if (generation != generation_) return;
+    if (ec) {
+      connection_broke(ec, "the server at " + peer_name_ + " sent bytes that are not fwd's protocol");
+      return;
+    }
+    if (calls_.empty()) buffer_.shrink();
+    read();
+  }
+
+  void on_frame(const wire::frame_view& frame) {
+    if (state_now_ == state::handshaking) {
+      auto step = handshake_->on_frame(frame);
+      if (step.ec) {
+        connect_failed(step.ec, step.detail);  // nothing was sent yet
+        return;
+      }
+      if (!step.send.empty()) {
+        control_ += step.send;
+        flush();
+      }
+      if (step.done) {
+        state_now_ = state::ready;
+        handshake_.reset();
+        connect_timer_.cancel();
+        backoff_ = state_->options.reconnect_backoff;
+        fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened, connection_event{peer_name_, {}});
+        flush();
+      }
+      return;
+    }
+    if (frame.header.type != wire::frame_type::reply) {
+      connection_broke(make_error_code(errc::protocol_error),
+                       "the server at " + peer_name_ + " sent an unexpected frame");
+      return;
+    }
+    const auto ec = decode_status(frame.header.aux);
+    finish(frame.header.stream_id, ec, std::string(ec ? frame.meta : frame.body));
+  }
+
+  // The connection broke: calls already sent may have run (connection_lost); the others
+  // were never sent and wait for the next connection.
+  void connection_broke(boost::system::error_code why, const std::string& detail) {
+    const bool was_ready = state_now_ == state::ready;
+    if (!was_ready) {
+      connect_failed(why == errc::protocol_error ? why : make_error_code(errc::unreachable), detail);
+      return;
+    }
+    ++generation_;
+    close_socket(why);
+    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed, connection_event{peer_name_, why});
+    fail_all(make_error_code(errc::connection_lost), detail, false);
+    state_now_ = state::idle;
+    writing_ = false;
+    if (!unsent_.empty()) connect();
+  }
+
+  // --- writing --------------------------------------------------------------------------
+
+  // Frames are coalesced: every call queued while a write runs goes out in the next one,
+  // as one gathered write.
+  void flush() {
+    if (writing_) return;
+    buffers_.clear();
+    batch_.clear();
+    if (!control_.empty()) {
+      control_in_flight_.swap(control_);
+      control_.clear();
+      buffers_.push_back(boost::asio::buffer(control_in_flight_));
+    }
+    if (state_now_ == state::ready) {
+      const auto now = clock::now();
+      std::size_t bytes = 0;
+      while (!unsent_.empty() && batch_.size() < 1024 && bytes < (std::size_t{1} << 22)) {
+        auto call = std::move(unsent_.front());
+        unsent_.pop_front();
+        if (call->done) continue;
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(call->deadline - now).count();
+        if (left <= 0) {
+          finish(call->stream_id, make_error_code(errc::timeout), "the deadline passed before the call was sent");
+          continue;
+        }
+        // The remaining time, as of now: the server drops the request if it runs out.
+        fwd::detail::store_le<std::uint32_t>(call->frame.data() + wire::deadline_offset,
+                                             static_cast<std::uint32_t>(std::min<long long>(left, 0xffffffffLL)));
+        call->sent = true;
+        bytes += call->frame.size();
+        buffers_.push_back(boost::asio::buffer(call->frame));
+        batch_.push_back(std::move(call));
+      }
+    }
+    if (buffers_.empty()) return;
+    writing_ = true;
+    boost::asio::async_write(socket_, buffers_,
+                             [self = shared_from_this(), generation = generation_](boost::system::error_code ec,
+                                                                                    std::size_t) {
+                               if (generation != self->generation_) return;
+                               self->writing_ = false;
+                               self->batch_.clear();
+                               self->control_in_flight_.clear();
+                               if (ec) {
+                                 self->connection_broke(ec, "writing to " + self->peer_name_ + " failed: " + ec.message());
+                                 return;
+                               }
+                               self->flush();
+                             });
+  }
+
+  // --- completion -----------------------------------------------------------------------
+
+  void finish(std::uint64_t stream_id, boost::system::error_code ec, std::string payload) {
+    auto it = calls_.find(stream_id);
+    if (it == calls_.end()) return;  // already done (timed out, cancelled): drop the reply
+    auto call = std::move(it->second);
+    calls_.erase(it);
+    complete(*call, ec, std::move(payload));
+  }
+
+  void complete(pending_call& call, boost::system::error_code ec, std::string payload) {
+    if (call.done) return;
+    call.done = true;
+    const bool was_first = call.deadline_entry == deadlines_.begin();
+    deadlines_.erase(call.deadline_entry);
+    if (was_first) arm_deadline_timer();
+    emit_finished(call, ec);
+    call.frame.clear();
+    call.frame.shrink_to_fit();
+    call.complete(ec, std::move(payload));
+  }
+
+  void emit_finished(const pending_call& call, boost::system::error_code ec) {
+    if (state_->options.telemetry && state_->options.telemetry->call_finished) {
+      state_->options.telemetry->call_finished(call_finished_event{
+          call.procedure, peer_name_, call.attempt, clock::now() - call.started, ec});
+    }
+  }
+
+  // Fails every call (only the unsent ones when `include_sent` is false is not what this
+  // does: sent calls always fail; unsent ones fail only when `include_unsent`).
+  void fail_all(boost::system::error_code ec, const std::string& detail, bool include_unsent) {
+    std::vector<std::shared_ptr<pending_call>> failing;
+    for (auto it = calls_.begin(); it != calls_.end();) {
+      if (it->second->sent || include_unsent) {
+        failing.push_back(std::move(it->second));
+        it = calls_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (include_unsent) unsent_.clear();
+    for (auto& call : failing) complete(*call, ec, detail);
+  }
+
+  void arm_deadline_timer() {
+    if (deadlines_.empty()) {
+      deadline_timer_.cancel();
+      return;
+    }
+    const auto first = deadlines_.begin()->first;
+    if (timer_armed_ && armed_for_ == first) return;
+    timer_armed_ = true;
+    armed_for_ = first;
+    deadline_timer_.expires_at(first);
+    deadline_timer_.async_wait([self = shared_from_this(), first](boost::system::error_code ec) {
+      if (ec || self->armed_for_ != first) return;
+      self->timer_armed_ = false;
+      self->on_deadlines();
+    });
+  }
+
+  void on_deadlines() {
+    const auto now = clock::now();
+    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+      finish(deadlines_.begin()->second, make_error_code(errc::timeout),
+             "no reply from " + peer_name_ + " before the call's deadline");
+    }
+    arm_deadline_timer();
+  }
+
+  boost::asio::strand<boost::asio::any_io_executor> strand_;
+  tcp::endpoint peer_;
+  std::string peer_name_;
+  std::shared_ptr<client_state> state_;
+  tcp::socket socket_;
+  boost::asio::steady_timer connect_timer_;
+  boost::asio::steady_timer deadline_timer_;
+  std::chrono::milliseconds backoff_;
+  std::atomic<std::uint64_t> next_stream_{1};
+
+  state state_now_ = state::idle;
+  std::uint64_t generation_ = 0;  // bumped per connection attempt: stale handlers do nothing
+  std::optional<wire::client_handshake> handshake_;
+  frame_buffer buffer_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<pending_call>> calls_;
+  std::deque<std::shared_ptr<pending_call>> unsent_;
+  std::multimap<clock::time_point, std::uint64_t> deadlines_;
+  clock::time_point armed_for_{};
+  bool timer_armed_ = false;
+  std::string control_;            // handshake frames to write
+  std::string control_in_flight_;  // ... being written
+  std::vector<boost::asio::const_buffer> buffers_;
+  std::vector<std::shared_ptr<pending_call>> batch_;  // keeps written frames alive
+  bool writing_ = false;
+  bool shut_down_ = false;
+};
+
+}  // namespace detail
+
+/**
+ * A fwd RPC client: typed calls to fwd servers. It keeps one connection per peer,
+ * opened on the first call, authenticated with the cluster secret, and reopened (with
+ * backoff) after it breaks. Many calls run at once on a connection, matched by stream
+ * id; requests queued while a write runs go out together in the next one.
+ *
+ * Thread-safe: calls may start from any thread. Calls complete through their handler's
+ * associated executor (default: the client's executor).
+ *
+ * Errors, each an fwd::errc (fwd::classify() says what to do):
+ *   - `unreachable` (not sent): no connection to the peer;
+ *   - `connection_lost` (maybe executed): the connection broke after the request was sent;
+ *   - `timeout` (maybe executed): the deadline passed;
+ *   - `cancelled` (maybe executed): cancelled through the cancellation slot;
+ *   - `unauthenticated`, `version_mismatch`, `protocol_error`: the handshake failed;
+ *   - `frame_too_large`: the request exceeds max_frame_size (not sent);
+ *   - from the server: `unknown_procedure`, `signature_mismatch`, `remote_failure`,
+ *     `overloaded`, `timeout`, or the procedure's own error (e.g. a SQLite code).
+ */
+class client {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+  using endpoint = boost::asio::ip::tcp::endpoint;
+
+  client(executor_type executor, client_options options)
+      : executor_(std::move(executor)), state_(std::make_shared<detail::client_state>()) {
+    if (options.secret.empty()) {
+      throw fwd::error(make_error_code(errc::bad_argument),
+                       "client_options::secret is empty: give every node the same cluster secret");
+    }
+    state_->versions.archive = options.archive_version != 0 ? options.archive_version : fwd::detail::archive_version();
+    state_->options = std::move(options);
+    state_->id_prefix = fwd::detail::random_bytes<8>();
+  }
+
+  client(const client&) = delete;
+  client& operator=(const client&) = delete;
+
+  /// Closes every connection; calls still running complete with `cancelled`.
+  ~client() { close(); }
+
+  executor_type get_executor() const noexcept { return executor_; }
+
+  /**
+   * Calls `proc` on `peer` with `args`, then completes `token`.
+   *
+   * Completion signature: `void(boost::system::error_code, R)`, or
+   * `void(boost::system::error_code)` when R is void. Works with callbacks, use_future,
+   * use_awaitable, deferred and any other completion token.
+   *
+   * **Per-Operation Cancellation**: terminal, partial and total cancellation all end the
+   * call with `errc::cancelled` (terminal: the call is abandoned; a request already sent
+   * may still run on the server, and its reply is dropped).
+   */
+  template <class R, class... Params, class... ArgsAndToken>
+  auto async_call(const endpoint& peer, const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
+    return async_call(peer, call_options{}, proc, std::forward<ArgsAndToken>(args_and_token)...);
+  }
+
+  /// As above, with per-call options (deadline, request id, attempt, error detail).
+  template <class R, class... Params, class... ArgsAndToken>
+  auto async_call(const endpoint& peer, call_options options, const procedure<R(Params...)>& proc,
+                  ArgsAndToken&&... args_and_token) {
+    static_assert(sizeof...(ArgsAndToken) == sizeof...(Params) + 1,
+                  "async_call takes the procedure's arguments, then a completion token");
+    auto all = std::forward_as_tuple(std::forward<ArgsAndToken>(args_and_token)...);
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      static_assert((std::is_convertible_v<std::tuple_element_t<I, std::tuple<ArgsAndToken...>>, Params> && ...),
+                    "an argument of async_call does not convert to the procedure's parameter type");
+      std::string arguments = fwd::detail::encode_arguments(proc, std::get<I>(all)...);
+      return start<R>(peer, std::move(options), proc.name(), proc.signature(), std::move(arguments),
+                      std::forward<std::tuple_element_t<sizeof...(Params), std::tuple<ArgsAndToken...>>>(
+                          std::get<sizeof...(Params)>(all)));
+    }(std::make_index_sequence<sizeof...(Params)>{});
+  }
+
+  /**
+   * Calls a procedure by name with already-encoded arguments; completes with
+   * `void(boost::system::error_code, std::string)`, the encoded result. For layers that
+   * forward calls without knowing their types. Cancellation as async_call.
+   */
+  template <class Token>
+  auto async_call_raw(const endpoint& peer, call_options options, std::string_view procedure_name,
+                      std::uint64_t signature, std::string arguments, Token&& token) {
+    return start<raw_result>(peer, std::move(options), procedure_name, signature, std::move(arguments),
+                             std::forward<Token>(token));
+  }
+
+  /**
+   * Blocking call: returns the result or throws fwd::error (code and details). Must not
+   * be called from a thread that runs the client's executor (it waits for that executor).
+   */
+  template <class R, class... Params, class... Args>
+  R call(const endpoint& peer, const procedure<R(Params...)>& proc, Args&&... args) {
+    return call(peer, call_options{}, proc, std::forward<Args>(args)...);
+  }
+
+  template <class R, class... Params, class... Args>
+  R call(const endpoint& peer, call_options options, const procedure<R(Params...)>& proc, Args&&... args) {
+    auto detail = options.error_detail ? options.error_detail : std::make_shared<std::string>();
+    options.error_detail = detail;
+    std::promise<std::conditional_t<std::is_void_v<R>, void, R>> promise;
+    auto future = promise.get_future();
+    if constexpr (std::is_void_v<R>) {
+      async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
+                 [&promise, detail, p = proc.name()](boost::system::error_code ec) {
+                   if (ec) {
+                     promise.set_exception(std::make_exception_ptr(failure(ec, p, *detail)));
+                   } else {
+                     promise.set_value();
+                   }
+                 });
+      future.get();
+    } else {
+      async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
+                 [&promise, detail, p = proc.name()](boost::system::error_code ec, R result) {
+                   if (ec) {
+                     promise.set_exception(std::make_exception_ptr(failure(ec, p, *detail)));
+                   } else {
+                     promise.set_value(std::move(result));
+                   }
+                 });
+      return future.get();
+    }
+  }
+
+  /// Closes every connection; calls still running complete with `cancelled`.
+  void close() {
+    std::lock_guard lock(mutex_);
+    for (auto& [peer, connection] : connections_) connection->shutdown();
+    connections_.clear();
+  }
+
+ private:
+  struct raw_result {};
+
+  static fwd::error failure(boost::system::error_code ec, std::string_view procedure, const std::string& detail) {
+    std::string what = "call to ";
+    what.append(procedure);
+    if (!detail.empty()) what.append(": ").append(detail);
+    return fwd::error(ec, what);
+  }
+
+  std::shared_ptr<detail::client_connection> connection_to(const endpoint& peer) {
+    std::lock_guard lock(mutex_);
+    auto& slot = connections_[peer];
+    if (!slot) slot = std::make_shared<detail::client_connection>(executor_, peer, state_);
+    return slot;
+  }
+
+  template <class R>
+  struct initiation {
+    std::shared_ptr<detail::client_connection> connection;
+    std::shared_ptr<detail::client_state> state;
+    executor_type fallback;
+
+    template <class Handler>
+    void operator()(Handler&& handler, call_options options, std::string procedure_name, std::uint64_t signature,
+                    std::string arguments) const {
+      using handler_t = std::decay_t<Handler>;
+      auto slot = boost::asio::get_associated_cancellation_slot(handler);
+      std::shared_ptr<detail::pending_call> call;
+      if constexpr (std::is_same_v<R, raw_result>) {
+        call = std::make_shared<detail::raw_call_op<handler_t, executor_type>>(std::forward<Handler>(handler),
+                                                                               fallback, options.error_detail);
+      } else {
+        call = std::make_shared<detail::call_op<R, handler_t, executor_type>>(std::forward<Handler>(handler),
+                                                                              fallback, options.error_detail);
+      }
+      const auto now = std::chrono::steady_clock::now();
+      call->stream_id = connection->next_stream_id();
+      call->deadline = options.deadline.value_or(now + state->options.default_timeout);
+      call->attempt = options.attempt;
+      const auto& telemetry = state->options.telemetry;
+      if (telemetry && (telemetry->call_started || telemetry->call_finished)) {
+        call->procedure = procedure_name;
+        call->started = now;
+        fwd::detail::emit(telemetry, &fwd::telemetry::call_started,
+                          call_started_event{call->procedure, {}, call->attempt});
+      }
+      wire::frame_header h;
+      h.type = wire::frame_type::request;
+      h.flags = wire::frame_flags::has_deadline;
+      h.stream_id = call->stream_id;
+      if (options.request_id) {
+        h.id = *options.request_id;
+      } else {
+        std::memcpy(h.id.data(), state->id_prefix.data(), 8);
+        fwd::detail::store_le<std::uint64_t>(reinterpret_cast<char*>(h.id.data() + 8),
+                                             state->next_id.fetch_add(1, std::memory_order_relaxed));
+      }
+      h.aux = signature;
+      call->frame = wire::encode_frame(h, procedure_name, arguments);
+      if (slot.is_connected()) {
+        slot.assign([weak = std::weak_ptr<detail::client_connection>(connection),
+                     stream_id = call->stream_id](boost::asio::cancellation_type type) {
+          if (type == boost::asio::cancellation_type::none) return;
+          if (auto c = weak.lock()) c->cancel(stream_id);
+        });
+      }
+      connection->submit(std::move(call));
+    }
+  };
+
+  template <class R, class Token>
+  auto start(const endpoint& peer, call_options options, std::string_view procedure_name, std::uint64_t signature,
+             std::string arguments, Token&& token) {
+    using signature_t = std::conditional_t<std::is_same_v<R, raw_result>,
+                                           void(boost::system::error_code, std::string), detail::call_signature<R>>;
+    return boost::asio::async_initiate<Token, signature_t>(
+        initiation<R>{connection_to(peer), state_, executor_}, token, std::move(options),
+        std::string(procedure_name), signature, std::move(arguments));
+  }
+
+  executor_type executor_;
+  std::shared_ptr<detail::client_state> state_;
+  std::mutex mutex_;
+  std::map<endpoint, std::shared_ptr<detail::client_connection>> connections_;
+};
+
+}  // namespace fwd::rpc

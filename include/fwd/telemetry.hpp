@@ -1,0 +1,96 @@
+#pragma once
+
+// Telemetry hooks: what fwd tells a service about its calls, connections and cluster.
+// Every hook is optional. Components hold a `std::shared_ptr<const telemetry>`; when it is
+// null (the default) the only cost is one pointer test per event: no clock is read and no
+// event is built.
+
+#include <boost/system/error_code.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string_view>
+
+namespace fwd {
+
+/// A call is about to be sent (or run locally).
+struct call_started_event {
+  std::string_view procedure;
+  std::string_view peer;  ///< "address:port", or empty when the call runs locally
+  std::uint32_t attempt = 1;
+};
+
+/// A call completed, one way or another.
+struct call_finished_event {
+  std::string_view procedure;
+  std::string_view peer;
+  std::uint32_t attempt = 1;
+  std::chrono::nanoseconds duration{};
+  boost::system::error_code outcome;  ///< empty on success
+};
+
+/// A connection opened (handshake done), closed, or failed to open.
+struct connection_event {
+  std::string_view peer;
+  boost::system::error_code reason;  ///< why it closed or failed; empty for opened
+};
+
+/// A call is retried after `reason`.
+struct retry_event {
+  std::string_view procedure;
+  std::uint32_t next_attempt = 2;
+  std::chrono::nanoseconds backoff{};
+  boost::system::error_code reason;
+};
+
+/// The node believed to be primary changed (empty: none known).
+struct primary_changed_event {
+  std::string_view previous;
+  std::string_view current;
+};
+
+/// A member joined or left the cluster.
+struct member_event {
+  std::string_view member;
+};
+
+/// A peer's circuit breaker changed state ("closed", "open", "half-open").
+struct breaker_event {
+  std::string_view peer;
+  std::string_view state;
+};
+
+/**
+ * The hooks. Set the ones you want; they may run on any thread that runs fwd's work
+ * (the executors you give it), so they must be thread-safe and quick: copy what you need
+ * (the string_views live only during the call).
+ */
+struct telemetry {
+  std::function<void(const call_started_event&)> call_started;
+  std::function<void(const call_finished_event&)> call_finished;
+  std::function<void(const connection_event&)> connection_opened;
+  std::function<void(const connection_event&)> connection_closed;
+  std::function<void(const connection_event&)> connection_failed;
+  std::function<void(const retry_event&)> retry;
+  std::function<void(const primary_changed_event&)> primary_changed;
+  std::function<void(const member_event&)> member_joined;
+  std::function<void(const member_event&)> member_left;
+  std::function<void(const breaker_event&)> breaker_changed;
+};
+
+/// Shared, immutable hooks; null means "no telemetry".
+using telemetry_ptr = std::shared_ptr<const telemetry>;
+
+namespace detail {
+
+// Calls `hook` if telemetry is on and that hook is set.
+template <class Hook, class Event>
+inline void emit(const telemetry_ptr& t, Hook telemetry::*hook, const Event& event) {
+  if (t && (*t).*hook) ((*t).*hook)(event);
+}
+
+}  // namespace detail
+
+}  // namespace fwd
