@@ -149,7 +149,7 @@ TEST_CASE("exactly once: a repeated id is found after the executor restarts on t
   CHECK(count(path, "SELECT count(*) FROM items") == 1);
 }
 
-TEST_CASE("group commit: each write in a batch fails alone; the others commit together") {
+TEST_CASE("group commit: each write in a batch fails alone, the others commit together") {
   temp_dir dir;
   const auto path = dir.file("db");
   fwd_test::create_items(path);
@@ -313,7 +313,7 @@ TEST_CASE("group commit: 200 concurrent writes take far fewer than 200 commits")
   CHECK(count(path, "SELECT count(*) FROM items") == 199);
 }
 
-TEST_CASE("group commit: a full batch does not wait for max_batch_delay; a partial one waits") {
+TEST_CASE("group commit: a full batch does not wait for max_batch_delay, a partial one does") {
   temp_dir dir;
   const auto path = dir.file("db");
   fwd_test::create_items(path);
@@ -559,7 +559,61 @@ TEST_CASE("a replica's refusal (SQLITE_READONLY) fails the write with not_primar
   CHECK(count(path, "SELECT count(*) FROM items WHERE label != 'on the primary'") == 0);
 }
 
-TEST_CASE("a write's fwd::error keeps its code; an empty work function is bad_argument") {
+TEST_CASE("SQLITE_IOERR_WRITE (778) inside a write fails the whole batch with not_primary") {
+  // In WAL mode LiteFS refuses a replica's write with 778: the node lost the primary role,
+  // so no write of the batch may commit there.
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  fwd::sqlite::write_executor writer(pool.get_executor(), path);
+  gate g;
+  auto held = submit(writer, 1, g.work());
+  g.wait_entered();
+  auto good = submit(writer, 2, insert_item("good"));
+  auto refused = submit(writer, 3, [](sqlite3* db) -> std::string {
+    insert_item("refused")(db);
+    throw fwd::error(fwd::make_sqlite_error(SQLITE_IOERR_WRITE), "disk I/O error");
+  });
+  g.open();
+  REQUIRE_FALSE(wait(held).ec);
+  const outcome a = wait(good);
+  const outcome b = wait(refused);
+  CHECK(a.ec == fwd::errc::not_primary);
+  CHECK(b.ec == fwd::errc::not_primary);
+  CHECK(b.result.find("778") != std::string::npos);
+  CHECK(count(path, "SELECT count(*) FROM items") == 0);
+  CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 1);  // the gate's only
+}
+
+TEST_CASE("a write that ends the transaction itself fails its batch, recording nothing") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  fwd::sqlite::write_executor writer(pool.get_executor(), path);
+  gate g;
+  auto held = submit(writer, 1, g.work());
+  g.wait_entered();
+  auto good = submit(writer, 2, insert_item("good"));
+  auto rogue = submit(writer, 3, [](sqlite3* db) {
+    fwd::sqlite::connection::borrow(db).exec("ROLLBACK");
+    return std::string("rogue");
+  });
+  g.open();
+  REQUIRE_FALSE(wait(held).ec);
+  CHECK(wait(good).ec == fwd::errc::bad_argument);
+  const outcome r = wait(rogue);
+  CHECK(r.ec == fwd::errc::bad_argument);
+  CHECK(r.result.find("SAVEPOINT") != std::string::npos);
+  CHECK(count(path, "SELECT count(*) FROM items") == 0);
+  CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 1);
+  // The writer goes on.
+  auto after = submit(writer, 4, insert_item("after"));
+  CHECK_FALSE(wait(after).ec);
+}
+
+TEST_CASE("a write's fwd::error keeps its code, an empty work function is bad_argument") {
   temp_dir dir;
   const auto path = dir.file("db");
   fwd_test::create_items(path);

@@ -372,6 +372,13 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
 
     try {
       outcome.result = job.work(connection_.native_handle());
+      if (connection_.autocommit()) {
+        // The write ended the batch's transaction itself: what it and the writes before
+        // it did may be committed or undone; the batch cannot continue either way.
+        return write_outcome{make_error_code(errc::bad_argument),
+                             "a write ran COMMIT, ROLLBACK or END itself: a write must leave "
+                             "transaction control to the write executor (use SAVEPOINTs)"};
+      }
       if (has_unresolved_deferred_foreign_keys()) {
         // COMMIT would fail for the whole batch: fail this write alone instead.
         outcome.ec = make_sqlite_error(SQLITE_CONSTRAINT_FOREIGNKEY);
