@@ -66,6 +66,10 @@ bool valid_file_name(const std::string& name) {
 }  // namespace
 
 cluster::cluster(cluster_options options) : options_(std::move(options)) {
+  if (::geteuid() != 0) {
+    // Like LiteFS, the simulation writes into 0555 mounts and 0444 databases.
+    throw std::runtime_error("fwd_sim: the LiteFS simulation must run as root");
+  }
   const std::size_t n = options_.hostnames.size();
   if (n == 0) throw std::invalid_argument("fwd_sim: a cluster needs at least one hostname");
   std::set<std::string> unique(options_.hostnames.begin(), options_.hostnames.end());
@@ -233,8 +237,12 @@ void cluster::replicate_locked(std::size_t node) {
     }
     sqlite3_backup_finish(backup);
     if (rc != SQLITE_DONE) {
-      throw std::runtime_error("fwd_sim: replication to " + hostname(node) +
-                               " failed: " + sqlite3_errstr(rc));
+      throw std::runtime_error(
+          "fwd_sim: replication to " + hostname(node) + " failed: " + sqlite3_errstr(rc) +
+          (rc == SQLITE_BUSY || rc == SQLITE_LOCKED
+               ? " (a transaction held the primary or the replica for too long; "
+                 "end read transactions before replicating from the same thread)"
+               : ""));
     }
   }
   change_mode(database_path(node), 0444);

@@ -300,6 +300,37 @@ TEST_CASE("the primary's TXID is one higher when each COMMIT returns, unchanged 
   CHECK(sim.position(0).checksum == checksum);
 }
 
+TEST_CASE("savepoints and checkpoints count as the transactions they are part of") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  connection db(sim.database_path(0));
+  db.must("CREATE TABLE t(x)");
+  const auto start = sim.position(0).txid;
+  // One outer transaction with released and rolled-back savepoints: one commit.
+  db.must("BEGIN; SAVEPOINT a; INSERT INTO t VALUES (1); RELEASE a;"
+          "SAVEPOINT b; INSERT INTO t VALUES (2); ROLLBACK TO b; RELEASE b; COMMIT");
+  CHECK(sim.position(0).txid == start + 1);
+  // A savepoint opened outside a transaction is the transaction.
+  db.must("SAVEPOINT c; INSERT INTO t VALUES (3); RELEASE c");
+  CHECK(sim.position(0).txid == start + 2);
+  // Rolled back to its start, it still commits the pages it touched (as LiteFS
+  // would ship them): one TXID.
+  db.must("SAVEPOINT d; INSERT INTO t VALUES (4); ROLLBACK TO d; RELEASE d");
+  CHECK(sim.position(0).txid == start + 3);
+  CHECK(db.count("t") == 2);
+  // A checkpoint moves pages, it commits nothing; the WAL then restarts.
+  if (mode == journal_mode::wal) {
+    db.must("PRAGMA wal_checkpoint(TRUNCATE)");
+    CHECK(sim.position(0).txid == start + 3);
+    db.must("INSERT INTO t VALUES (5)");
+    CHECK(sim.position(0).txid == start + 4);
+    db.must("PRAGMA wal_checkpoint(PASSIVE)");
+    db.must("INSERT INTO t VALUES (6)");
+    CHECK(sim.position(0).txid == start + 5);
+  }
+}
+
 TEST_CASE("a commit made by another process advances the primary's TXID before it returns") {
   const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
   INFO(mode_name(mode));
@@ -434,6 +465,24 @@ TEST_CASE("delayed background replication shows a positive lag, then catches up"
   }));
   sim.stop_replication();
   CHECK(read_file(sim.mount(0) / ".lag") == std::string("+000000000\n"));
+}
+
+TEST_CASE("once a replica's position reaches a commit's TXID, the replica shows that commit") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  connection primary(sim.database_path(0));
+  primary.must("CREATE TABLE t(x)");
+  sim.replicate_now();
+  connection replica(sim.database_path(2));
+  sim.start_replication(20ms);
+  for (int i = 1; i <= 20; ++i) {
+    primary.must("INSERT INTO t VALUES (" + std::to_string(i) + ")");
+    const auto txid = sim.position(0).txid;  // what the primary would reply with
+    REQUIRE(wait_until([&] { return sim.position(2).txid >= txid; }));
+    CHECK(replica.count("t") >= i);
+  }
+  sim.stop_replication();
 }
 
 TEST_CASE("failover: no .primary and no writes during the election, then the new primary writes on") {
