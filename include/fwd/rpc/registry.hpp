@@ -1,0 +1,505 @@
+#pragma once
+
+// The server side of procedures: which functions a node serves, under which names and
+// signatures, and how one incoming call is decoded, run on the user's executor and
+// answered exactly once.
+
+#include <fwd/error.hpp>
+#include <fwd/procedure.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/core/demangle.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+#include <vector>
+
+namespace fwd::rpc {
+
+/// One call as the transport received it. The views need to stay valid only during
+/// registry::dispatch (the registry copies what it keeps).
+struct incoming_call {
+  std::string_view procedure;                      ///< the procedure's name
+  std::uint64_t signature = 0;                     ///< the caller's signature fingerprint
+  std::string_view arguments;                      ///< the encoded arguments
+  std::array<std::uint8_t, 16> request_id{};       ///< the caller's request id
+  std::chrono::steady_clock::time_point deadline;  ///< when the caller stops waiting; {} = none
+};
+
+/// What a procedure may learn about the call it serves.
+struct call_context {
+  std::array<std::uint8_t, 16> request_id{};       ///< the caller's request id (fixed across retries)
+  std::chrono::steady_clock::time_point deadline;  ///< when the caller stops waiting; {} = none
+};
+
+/// Receives the outcome of one call: on success an empty error code and the encoded
+/// result; on failure the error and a human-readable detail.
+using reply_handler =
+    boost::asio::any_completion_handler<void(boost::system::error_code, std::string)>;
+
+namespace detail {
+
+/// "<demangled exception type>: <what()>" for the exception in flight.
+inline std::string describe_exception(const std::exception_ptr& exception) {
+  try {
+    std::rethrow_exception(exception);
+  } catch (const std::exception& e) {
+    return boost::core::demangle(typeid(e).name()) + ": " + e.what();
+  } catch (...) {
+    return "an exception of a type not derived from std::exception";
+  }
+}
+
+/// A peer's procedure name, quoted and bounded for use in a message.
+inline std::string quoted_name(std::string_view name) {
+  constexpr std::size_t shown = 128;
+  std::string out = "'";
+  out.append(name.substr(0, shown));
+  if (name.size() > shown) out += "...";
+  out += "'";
+  return out;
+}
+
+inline std::string hex64(std::uint64_t value) {
+  char text[19];
+  std::snprintf(text, sizeof text, "0x%016llx", static_cast<unsigned long long>(value));
+  return text;
+}
+
+/// Guarantees that a reply handler is called exactly once: the first completion wins,
+/// later ones are ignored, and if every owner lets go without completing, the call is
+/// answered with errc::remote_failure. Completes through the reply handler's associated
+/// executor (or `executor`).
+class reply_once {
+ public:
+  reply_once(reply_handler reply, boost::asio::any_io_executor executor, std::string procedure)
+      : reply_(std::move(reply)), executor_(std::move(executor)), procedure_(std::move(procedure)) {}
+
+  reply_once(const reply_once&) = delete;
+  reply_once& operator=(const reply_once&) = delete;
+
+  ~reply_once() {
+    if (done_.load(std::memory_order_acquire)) return;
+    complete(make_error_code(errc::remote_failure),
+             "procedure " + quoted_name(procedure_) +
+                 " finished without producing a result (its completion handler was destroyed "
+                 "without being called)");
+  }
+
+  /// Answers the call, unless it was answered already. Thread-safe.
+  void complete(boost::system::error_code ec, std::string payload) {
+    if (done_.exchange(true, std::memory_order_acq_rel)) return;
+    reply_handler reply = std::move(reply_);
+    auto executor = boost::asio::get_associated_executor(reply, executor_);
+    boost::asio::dispatch(std::move(executor), [reply = std::move(reply), ec,
+                                                 payload = std::move(payload)]() mutable {
+      std::move(reply)(ec, std::move(payload));
+    });
+  }
+
+  /// Answers with errc::remote_failure describing `exception`.
+  void fail(const std::exception_ptr& exception) {
+    complete(make_error_code(errc::remote_failure), describe_exception(exception));
+  }
+
+  const boost::asio::any_io_executor& executor() const noexcept { return executor_; }
+  const std::string& procedure() const noexcept { return procedure_; }
+
+ private:
+  std::atomic<bool> done_{false};
+  reply_handler reply_;
+  boost::asio::any_io_executor executor_;
+  std::string procedure_;
+};
+
+template <class R>
+std::string encode_procedure_result(const R& value) {
+  return fwd::detail::encode_result<R>(value);
+}
+
+}  // namespace detail
+
+/**
+ * The completion handler an asynchronous procedure receives as its last argument. Call it
+ * once with `(boost::system::error_code, R)` (for `void` results: `(error_code)`): an
+ * empty error code sends the result, any other is sent to the caller as the error (with
+ * its message as the detail). Copies share one call: the first invocation wins. If every
+ * copy is destroyed without being called, the caller receives errc::remote_failure.
+ * Its associated executor is the executor the procedure runs on.
+ */
+template <class R>
+class result_handler {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  explicit result_handler(std::shared_ptr<detail::reply_once> reply) : reply_(std::move(reply)) {}
+
+  executor_type get_executor() const noexcept { return reply_->executor(); }
+
+  /// Completes the call with `value`, or with `ec` when it is set.
+  void operator()(boost::system::error_code ec, R value) const {
+    if (ec) {
+      reply_->complete(ec, ec.message());
+      return;
+    }
+    try {
+      reply_->complete({}, detail::encode_procedure_result<R>(value));
+    } catch (...) {
+      reply_->fail(std::current_exception());
+    }
+  }
+
+ private:
+  std::shared_ptr<detail::reply_once> reply_;
+};
+
+/// The completion handler of an asynchronous procedure whose result is void.
+template <>
+class result_handler<void> {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  explicit result_handler(std::shared_ptr<detail::reply_once> reply) : reply_(std::move(reply)) {}
+
+  executor_type get_executor() const noexcept { return reply_->executor(); }
+
+  /// Completes the call (with `ec` as the error when it is set).
+  void operator()(boost::system::error_code ec = {}) const {
+    reply_->complete(ec, ec ? ec.message() : std::string());
+  }
+
+ private:
+  std::shared_ptr<detail::reply_once> reply_;
+};
+
+namespace detail {
+
+template <class T>
+inline constexpr bool is_awaitable = false;
+template <class T, class Executor>
+inline constexpr bool is_awaitable<boost::asio::awaitable<T, Executor>> = true;
+
+template <class T>
+struct awaitable_value;
+template <class T, class Executor>
+struct awaitable_value<boost::asio::awaitable<T, Executor>> {
+  using type = T;
+};
+
+enum class handler_style { synchronous, asynchronous, coroutine };
+
+// How a user's function `F` serves procedure `R(Ds...)` (Ds: decayed parameters):
+// whether it takes a call_context first, and in which style it returns its result.
+template <class F, class R, class... Ds>
+struct handler_traits {
+  static constexpr bool async_with_context =
+      std::is_invocable_v<F&, const call_context&, Ds&&..., result_handler<R>>;
+  static constexpr bool async_plain = std::is_invocable_v<F&, Ds&&..., result_handler<R>>;
+  static constexpr bool direct_with_context = std::is_invocable_v<F&, const call_context&, Ds&&...>;
+  static constexpr bool direct_plain = std::is_invocable_v<F&, Ds&&...>;
+
+  static constexpr bool with_context =
+      async_with_context || (!async_plain && direct_with_context);
+  static constexpr bool asynchronous = async_with_context || async_plain;
+  static constexpr bool usable = asynchronous || direct_with_context || direct_plain;
+
+  static auto direct_result() {
+    if constexpr (asynchronous || !usable) {
+      return std::type_identity<void>{};
+    } else if constexpr (with_context) {
+      return std::type_identity<std::invoke_result_t<F&, const call_context&, Ds&&...>>{};
+    } else {
+      return std::type_identity<std::invoke_result_t<F&, Ds&&...>>{};
+    }
+  }
+  using result = typename decltype(direct_result())::type;
+
+  static constexpr handler_style style = asynchronous              ? handler_style::asynchronous
+                                         : is_awaitable<result>    ? handler_style::coroutine
+                                                                   : handler_style::synchronous;
+};
+
+// Calls `fn` with the context (when it takes one), the arguments (moved out of `args`)
+// and `extra...` (the completion handler, for asynchronous procedures).
+template <bool WithContext, class F, class Tuple, class... Extra>
+decltype(auto) invoke_procedure(F& fn, const call_context& context, Tuple& args, Extra&&... extra) {
+  return std::apply(
+      [&](auto&... values) -> decltype(auto) {
+        if constexpr (WithContext) {
+          return std::invoke(fn, context, std::move(values)..., std::forward<Extra>(extra)...);
+        } else {
+          return std::invoke(fn, std::move(values)..., std::forward<Extra>(extra)...);
+        }
+      },
+      args);
+}
+
+// The coroutine that owns the arguments (and keeps the function alive) while the user's
+// coroutine runs: a user coroutine may take its parameters by reference.
+template <class R, bool WithContext, class F, class Tuple>
+boost::asio::awaitable<R> run_coroutine(std::shared_ptr<F> fn, call_context context, Tuple args) {
+  if constexpr (std::is_void_v<R>) {
+    co_await invoke_procedure<WithContext>(*fn, context, args);
+  } else {
+    co_return co_await invoke_procedure<WithContext>(*fn, context, args);
+  }
+}
+
+}  // namespace detail
+
+/**
+ * The procedures a node serves. Define them all before the server starts: `define` and
+ * `define_raw` are not synchronised with `dispatch`; `dispatch`, `contains`, `names` and
+ * `signature_of` are const and may run concurrently. Functions may be invoked
+ * concurrently when the executor given to `dispatch` runs on several threads.
+ */
+class registry {
+ public:
+  /// A procedure working on bytes: receives the call (its views valid only during this
+  /// invocation), the executor it runs on, and the reply to call once.
+  using raw_handler =
+      std::function<void(const incoming_call&, boost::asio::any_io_executor, reply_handler)>;
+
+  registry() = default;
+
+  /**
+   * Serves `proc` with `fn`, which may be any of:
+   *
+   *  - synchronous: `R fn(A...)`: its return value (or exception) is the reply;
+   *  - asynchronous: `void fn(A..., result_handler<R> handler)`: call `handler(ec, r)`
+   *    (for void: `handler(ec)`) once, from any thread;
+   *  - coroutine: `boost::asio::awaitable<R> fn(A...)`, spawned on the dispatch executor;
+   *
+   * each optionally taking a first parameter `const fwd::rpc::call_context&` (request id,
+   * deadline). Arguments are passed as rvalues of the decayed parameter types, so `fn`
+   * may take them by value, by const reference or by rvalue reference. An exception from
+   * `fn` (or from encoding its result) is answered with errc::remote_failure and the
+   * detail "<exception type>: <what()>". Throws fwd::error(errc::bad_argument) when a
+   * procedure of that name is already defined. `fn` is kept (moved or copied) until the
+   * registry and every call it started are gone.
+   */
+  template <class R, class... A, class F>
+  void define(const procedure<R(A...)>& proc, F&& fn) {
+    using function = std::decay_t<F>;
+    using traits = detail::handler_traits<function, R, std::decay_t<A>...>;
+    static_assert(traits::usable,
+                  "fwd: this function cannot serve the procedure: it must be callable as "
+                  "R(A...), void(A..., fwd::rpc::result_handler<R>) or "
+                  "boost::asio::awaitable<R>(A...), optionally with a first parameter "
+                  "'const fwd::rpc::call_context&'");
+    if constexpr (traits::style == detail::handler_style::synchronous) {
+      static_assert(std::is_void_v<R> || std::is_convertible_v<typename traits::result, R>,
+                    "fwd: the function's return type does not convert to the procedure's "
+                    "result type");
+    } else if constexpr (traits::style == detail::handler_style::coroutine) {
+      using value = typename detail::awaitable_value<typename traits::result>::type;
+      static_assert(std::is_void_v<R> ? std::is_void_v<value> : std::is_convertible_v<value, R>,
+                    "fwd: the coroutine's awaitable<T> does not match the procedure's result type");
+    }
+    using procedure_type = procedure<R(A...)>;
+    auto shared_fn = std::make_shared<function>(std::forward<F>(fn));
+    add(std::string(proc.name()), proc.signature(), procedure_type::signature_text(),
+        [shared_fn](const incoming_call& call, boost::asio::any_io_executor executor,
+                    reply_handler reply) {
+          run_typed<procedure_type, traits>(shared_fn, call, std::move(executor), std::move(reply));
+        });
+  }
+
+  /**
+   * Serves a procedure that works on bytes (fwd's own, such as `fwd.hello`). `handler`
+   * runs on the dispatch executor and must call its reply once; if it throws, or drops
+   * the reply, the call is answered with errc::remote_failure. Throws
+   * fwd::error(errc::bad_argument) when the name is taken or empty.
+   */
+  void define_raw(std::string name, std::uint64_t signature, raw_handler handler) {
+    if (!handler) {
+      throw error(make_error_code(errc::bad_argument),
+                  "procedure " + detail::quoted_name(name) + " needs a handler");
+    }
+    add(std::move(name), signature, {}, std::move(handler));
+  }
+
+  /**
+   * Runs one call. Looks the procedure up by name and compares signatures here; then
+   * posts the work to `executor` (never running anything inside this call): decoding the
+   * arguments, running the function, encoding its result. `reply` is called exactly once,
+   * through its associated executor (default: `executor`), never inside `dispatch`:
+   *
+   *  - success: `({}, encoded result)` (empty for void);
+   *  - errc::unknown_procedure: no procedure of that name (the detail names it);
+   *  - errc::signature_mismatch: defined with another signature (nothing is decoded);
+   *  - errc::timeout: the call's deadline passed before the procedure started (it did
+   *    not run);
+   *  - errc::protocol_error: the arguments could not be decoded (it did not run);
+   *  - errc::remote_failure: the function threw ("<type>: <what()>"), or dropped its
+   *    completion handler;
+   *  - any error code an asynchronous procedure completes with (detail: its message).
+   */
+  void dispatch(const incoming_call& call, boost::asio::any_io_executor executor,
+                reply_handler reply) const {
+    auto answer = std::make_shared<detail::reply_once>(std::move(reply), executor,
+                                                       std::string(call.procedure.substr(0, 256)));
+    const auto found = entries_.find(call.procedure);
+    if (found == entries_.end()) {
+      post_failure(executor, std::move(answer), errc::unknown_procedure,
+                   "no procedure named " + detail::quoted_name(call.procedure) +
+                       " is defined on this node: define it on every node");
+      return;
+    }
+    std::shared_ptr<const entry> target = found->second;
+    if (target->signature != call.signature) {
+      std::string detail = "procedure " + detail::quoted_name(call.procedure) +
+                           " is defined on this node with signature " +
+                           detail::hex64(target->signature);
+      if (!target->signature_text.empty()) detail += " (" + target->signature_text + ")";
+      detail += " but the caller's is " + detail::hex64(call.signature) +
+                ": deploy the same procedure declarations on every node";
+      post_failure(executor, std::move(answer), errc::signature_mismatch, std::move(detail));
+      return;
+    }
+    boost::asio::post(executor, [target = std::move(target), answer = std::move(answer),
+                                 executor, request_id = call.request_id, deadline = call.deadline,
+                                 arguments = std::string(call.arguments)]() mutable {
+      if (deadline != std::chrono::steady_clock::time_point{} &&
+          std::chrono::steady_clock::now() >= deadline) {
+        answer->complete(make_error_code(errc::timeout),
+                         "the deadline of the call to " + detail::quoted_name(target->name) +
+                             " passed before it started; it did not run");
+        return;
+      }
+      const incoming_call owned{target->name, target->signature, arguments, request_id, deadline};
+      // The handler gets a reply that answers through `answer`, so that a throwing or
+      // forgetful raw handler still answers exactly once.
+      reply_handler forward = [answer](boost::system::error_code ec, std::string payload) {
+        answer->complete(ec, std::move(payload));
+      };
+      try {
+        target->handler(owned, executor, std::move(forward));
+      } catch (...) {
+        answer->fail(std::current_exception());
+      }
+    });
+  }
+
+  /// Whether a procedure named `name` is defined.
+  bool contains(std::string_view name) const { return entries_.find(name) != entries_.end(); }
+
+  /// The names of the defined procedures, sorted.
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    out.reserve(entries_.size());
+    for (const auto& [name, e] : entries_) out.push_back(name);
+    return out;
+  }
+
+  /// The signature fingerprint `name` is defined with, if it is defined.
+  std::optional<std::uint64_t> signature_of(std::string_view name) const {
+    const auto found = entries_.find(name);
+    if (found == entries_.end()) return std::nullopt;
+    return found->second->signature;
+  }
+
+ private:
+  struct entry {
+    std::string name;
+    std::uint64_t signature = 0;
+    std::string signature_text;  // empty for raw procedures
+    raw_handler handler;
+  };
+
+  void add(std::string name, std::uint64_t signature, std::string signature_text, raw_handler handler) {
+    if (name.empty()) {
+      throw error(make_error_code(errc::bad_argument), "a procedure name cannot be empty");
+    }
+    if (entries_.contains(name)) {
+      throw error(make_error_code(errc::bad_argument),
+                  "procedure " + detail::quoted_name(name) +
+                      " is already defined: each name can be defined once");
+    }
+    auto e = std::make_shared<entry>(entry{name, signature, std::move(signature_text), std::move(handler)});
+    entries_.emplace(std::move(name), std::move(e));
+  }
+
+  static void post_failure(const boost::asio::any_io_executor& executor,
+                           std::shared_ptr<detail::reply_once> answer, errc code, std::string detail) {
+    boost::asio::post(executor, [answer = std::move(answer), code, detail = std::move(detail)]() mutable {
+      answer->complete(make_error_code(code), std::move(detail));
+    });
+  }
+
+  // Decodes, runs and answers one call of a typed procedure. Runs on the executor.
+  template <class Proc, class Traits, class F>
+  static void run_typed(const std::shared_ptr<F>& fn, const incoming_call& call,
+                        boost::asio::any_io_executor executor, reply_handler reply) {
+    using R = typename Proc::result_type;
+    auto answer = std::make_shared<detail::reply_once>(std::move(reply), executor,
+                                                       std::string(call.procedure));
+    boost::system::error_code ec;
+    std::string why;
+    auto args = fwd::detail::decode_arguments<Proc>(call.arguments, ec, &why);
+    if (ec) {
+      answer->complete(ec, "the arguments of " + detail::quoted_name(call.procedure) +
+                               " could not be decoded as " + Proc::signature_text() + ": " + why);
+      return;
+    }
+    const call_context context{call.request_id, call.deadline};
+    try {
+      if constexpr (Traits::style == detail::handler_style::asynchronous) {
+        detail::invoke_procedure<Traits::with_context>(*fn, context, args, result_handler<R>(answer));
+      } else if constexpr (Traits::style == detail::handler_style::coroutine) {
+        auto on_done = [answer](std::exception_ptr exception, auto&&... value) {
+          if (exception) {
+            answer->fail(exception);
+            return;
+          }
+          if constexpr (sizeof...(value) == 0) {
+            answer->complete({}, std::string());
+          } else {
+            try {
+              answer->complete({}, detail::encode_procedure_result<R>(static_cast<R>(value)...));
+            } catch (...) {
+              answer->fail(std::current_exception());
+            }
+          }
+        };
+        boost::asio::co_spawn(
+            executor,
+            detail::run_coroutine<R, Traits::with_context>(fn, context, std::move(args)),
+            std::move(on_done));
+      } else if constexpr (std::is_void_v<R>) {
+        detail::invoke_procedure<Traits::with_context>(*fn, context, args);
+        answer->complete({}, std::string());
+      } else {
+        const R result = detail::invoke_procedure<Traits::with_context>(*fn, context, args);
+        answer->complete({}, detail::encode_procedure_result<R>(result));
+      }
+    } catch (...) {
+      answer->fail(std::current_exception());
+    }
+  }
+
+  std::map<std::string, std::shared_ptr<const entry>, std::less<>> entries_;
+};
+
+}  // namespace fwd::rpc
