@@ -5,6 +5,8 @@
 
 #include <fwd/sqlite.hpp>
 
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/detached.hpp>
@@ -660,4 +662,71 @@ TEST_CASE("writes can run on an executor the user gives instead of an owned thre
   writer.stop();
   auto late = submit(writer, 5, insert_item("late"));
   CHECK(wait(late).ec == fwd::errc::cancelled);
+}
+
+TEST_CASE("per-operation cancellation drops a write that has not started") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::io_context io;
+  fwd::sqlite::write_executor writer(io.get_executor(), path);
+  gate g;
+  boost::system::error_code held_ec = fwd::errc::timeout;
+  writer.async_write(make_id(1), g.work(),
+                     [&](boost::system::error_code ec, std::string, std::uint64_t) { held_ec = ec; });
+  g.wait_entered();
+
+  std::atomic<int> runs{0};
+  auto work = [&](sqlite3* db) {
+    ++runs;
+    return insert_item("shared")(db);
+  };
+  boost::asio::cancellation_signal cancel_alone;
+  boost::asio::cancellation_signal cancel_one_of_two;
+  std::vector<boost::system::error_code> ecs(3, fwd::errc::timeout);
+  auto record = [&](std::size_t i) {
+    return [&ecs, i](boost::system::error_code ec, std::string, std::uint64_t) { ecs[i] = ec; };
+  };
+  // A write with a single caller: cancelling drops it.
+  writer.async_write(make_id(2), insert_item("dropped"),
+                     boost::asio::bind_cancellation_slot(cancel_alone.slot(), record(0)));
+  // A write two callers wait for: cancelling one leaves it running for the other.
+  writer.async_write(make_id(3), work,
+                     boost::asio::bind_cancellation_slot(cancel_one_of_two.slot(), record(1)));
+  writer.async_write(make_id(3), work, record(2));
+  CHECK(writer.queued() == 2);
+  cancel_alone.emit(boost::asio::cancellation_type::terminal);
+  cancel_one_of_two.emit(boost::asio::cancellation_type::partial);
+  CHECK(writer.queued() == 1);
+  g.open();
+  io.run();
+  CHECK_FALSE(held_ec);
+  CHECK(ecs[0] == fwd::errc::cancelled);
+  CHECK(ecs[1] == fwd::errc::cancelled);
+  CHECK_FALSE(ecs[2]);
+  CHECK(runs == 1);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'dropped'") == 0);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'shared'") == 1);
+}
+
+TEST_CASE("per-operation cancellation does not stop a write that has started") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::io_context io;
+  fwd::sqlite::write_executor writer(io.get_executor(), path);
+  gate g;
+  boost::asio::cancellation_signal cancel;
+  boost::system::error_code ec = fwd::errc::timeout;
+  writer.async_write(make_id(1), g.work(),
+                     boost::asio::bind_cancellation_slot(
+                         cancel.slot(), [&](boost::system::error_code e, std::string, std::uint64_t) {
+                           ec = e;
+                         }));
+  g.wait_entered();
+  cancel.emit(boost::asio::cancellation_type::terminal);
+  g.open();
+  io.run();
+  CHECK_FALSE(ec);
+  CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 1);
 }

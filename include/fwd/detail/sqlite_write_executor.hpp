@@ -9,7 +9,9 @@
 #include <fwd/error.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
+#include <boost/asio/cancellation_type.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
@@ -17,6 +19,7 @@
 #include <sqlite3.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -87,17 +90,24 @@ using write_signature = void(boost::system::error_code, std::string, std::uint64
 /// A waiting caller: its handler, and work tracked on the handler's executor until done.
 class write_waiter {
  public:
+  explicit write_waiter(std::uint64_t serial) noexcept : serial_(serial) {}
   virtual ~write_waiter() = default;
+  /// Identifies the waiter to a cancellation (never reused within a process).
+  std::uint64_t serial() const noexcept { return serial_; }
   /// Posts the handler with these arguments to its associated executor.
   virtual void complete(const boost::system::error_code& ec, std::string result,
                         std::uint64_t txid) = 0;
+
+ private:
+  std::uint64_t serial_;
 };
 
 template <class Handler, class IoExecutor>
 class write_waiter_for final : public write_waiter {
  public:
-  write_waiter_for(Handler&& handler, const IoExecutor& io_executor)
-      : handler_(std::move(handler)),
+  write_waiter_for(std::uint64_t serial, Handler&& handler, const IoExecutor& io_executor)
+      : write_waiter(serial),
+        handler_(std::move(handler)),
         work_(boost::asio::get_associated_executor(handler_, io_executor)) {}
 
   void complete(const boost::system::error_code& ec, std::string result,
@@ -105,7 +115,12 @@ class write_waiter_for final : public write_waiter {
     auto executor = work_.get_executor();
     // Always post: a completion never runs inside async_write nor on the writer thread.
     boost::asio::post(executor, [handler = std::move(handler_), ec, result = std::move(result),
-                                 txid]() mutable { std::move(handler)(ec, std::move(result), txid); });
+                                 txid]() mutable {
+      // On the handler's executor, where the cancellation slot is emitted and cleared.
+      auto slot = boost::asio::get_associated_cancellation_slot(handler);
+      if (slot.is_connected()) slot.clear();
+      std::move(handler)(ec, std::move(result), txid);
+    });
     work_.reset();
   }
 
@@ -251,6 +266,40 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     prune_ = {};
     connection_.close();
   }
+
+  /// Per-operation cancellation: a waiter whose write has not started leaves the queue
+  /// and completes with cancelled; the write itself is dropped once nobody waits for it.
+  void cancel_waiter(std::uint64_t serial) {
+    std::unique_ptr<write_waiter> cancelled;
+    {
+      std::lock_guard lock(mutex_);
+      cancelled = take_queued_waiter(serial);
+    }
+    if (cancelled) {
+      cancelled->complete(make_error_code(errc::cancelled),
+                          "the write was cancelled before it ran; nothing was applied", 0);
+    }
+  }
+
+  // With the lock held: removes the waiter from a write that has not started.
+  std::unique_ptr<write_waiter> take_queued_waiter(std::uint64_t serial) {
+    for (auto job_it = queue_.begin(); job_it != queue_.end(); ++job_it) {
+      auto& waiters = (*job_it)->waiters;
+      for (auto it = waiters.begin(); it != waiters.end(); ++it) {
+        if ((*it)->serial() != serial) continue;
+        std::unique_ptr<write_waiter> found = std::move(*it);
+        waiters.erase(it);
+        if (waiters.empty()) {
+          pending_.erase((*job_it)->id);
+          queue_.erase(job_it);
+        }
+        return found;
+      }
+    }
+    return nullptr;
+  }
+
+  std::uint64_t next_serial() noexcept { return next_serial_.fetch_add(1) + 1; }
 
   std::size_t queued() const {
     std::lock_guard lock(mutex_);
@@ -506,6 +555,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   bool stopping_ = false;
   bool running_batch_ = false;
   bool drain_scheduled_ = false;
+  std::atomic<std::uint64_t> next_serial_{0};
 
   // Used only by the batch that is running.
   bool schema_ready_ = false;
@@ -612,8 +662,11 @@ class write_executor {
    * errc::bad_argument (empty `work`). The handler runs on its associated executor
    * (default: get_executor()), never inside this call.
    *
-   * **Per-operation cancellation**: not supported (a write, once accepted, runs; retry
-   * with the same `id` to learn its outcome). stop() fails writes that have not started.
+   * **Per-operation cancellation** (`cancellation_type::terminal`, `partial` or `total`,
+   * emitted on the handler's executor): a write that has not started yet is dropped and
+   * completes with errc::cancelled, nothing applied (if other callers wait on the same
+   * `id`, the write still runs for them). A write that has started runs to its COMMIT
+   * and completes normally. stop() cancels every write that has not started.
    */
   template <BOOST_ASIO_COMPLETION_TOKEN_FOR(detail::write_signature)
                 WriteToken = boost::asio::default_completion_token_t<executor_type>>
@@ -641,12 +694,33 @@ class write_executor {
     std::shared_ptr<detail::write_executor_state> state;
     executor_type executor;
 
+    /// Dispatches a cancellation to the write executor, if it still exists.
+    struct cancel_handler {
+      cancel_handler(const std::shared_ptr<detail::write_executor_state>& s, std::uint64_t n)
+          : state(s), serial(n) {}
+      std::weak_ptr<detail::write_executor_state> state;
+      std::uint64_t serial;
+      void operator()(boost::asio::cancellation_type type) const {
+        using boost::asio::cancellation_type;
+        if ((type & (cancellation_type::terminal | cancellation_type::partial |
+                     cancellation_type::total)) == cancellation_type::none) {
+          return;
+        }
+        if (auto s = state.lock()) s->cancel_waiter(serial);
+      }
+    };
+
     template <class Handler>
     void operator()(Handler&& handler, const request_id& id,
                     std::function<std::string(sqlite3*)> work) const {
       using waiter_type = detail::write_waiter_for<std::decay_t<Handler>, executor_type>;
+      const std::uint64_t serial = state->next_serial();
+      // Installed before the write is queued, so that nothing else touches the slot yet.
+      auto slot = boost::asio::get_associated_cancellation_slot(handler);
+      if (slot.is_connected()) slot.template emplace<cancel_handler>(state, serial);
       state->submit(id, std::move(work),
-                    std::make_unique<waiter_type>(std::forward<Handler>(handler), executor));
+                    std::make_unique<waiter_type>(serial, std::forward<Handler>(handler),
+                                                  executor));
     }
   };
 
