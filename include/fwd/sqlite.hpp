@@ -9,7 +9,8 @@
 //
 //   fwd::sqlite::write_executor writer{io, "/litefs/app.db"};
 //   writer.async_write(id, [](sqlite3* db) { ...; return std::string(result); },
-//                      [](boost::system::error_code ec, std::string result, std::uint64_t txid) {});
+//                      [](boost::system::error_code ec, std::string result, std::uint64_t txid)
+//                      {});
 
 #include <fwd/detail/sqlite_connection.hpp>
 #include <fwd/detail/sqlite_write_executor.hpp>

@@ -1,15 +1,13 @@
 // fwd::sqlite::connection, statement and transaction on real SQLite files.
 
-#include "write_test_support.hpp"
-
-#include <fwd/sqlite.hpp>
-
-#include <catch2/catch.hpp>
-
 #include <array>
+#include <catch2/catch.hpp>
 #include <cstdint>
+#include <fwd/sqlite.hpp>
 #include <string>
 #include <vector>
+
+#include "write_test_support.hpp"
 
 using fwd_test::temp_dir;
 
@@ -19,7 +17,11 @@ TEST_CASE("statement binds int64, double, text, blob and null by index and reads
   db.exec("CREATE TABLE t(i INTEGER, d REAL, s TEXT, b BLOB, n)");
   const std::vector<std::uint8_t> bytes{0, 1, 2, 255};
   auto insert = db.prepare("INSERT INTO t VALUES (?1, ?2, ?3, ?4, ?5)");
-  insert.bind(1, std::int64_t{1} << 40).bind(2, 2.5).bind(3, "text").bind(4, bytes).bind(5, nullptr);
+  insert.bind(1, std::int64_t{1} << 40)
+      .bind(2, 2.5)
+      .bind(3, "text")
+      .bind(4, bytes)
+      .bind(5, nullptr);
   insert.execute();
   CHECK(db.changes() == 1);
   CHECK(db.last_insert_rowid() == 1);
@@ -126,9 +128,9 @@ TEST_CASE("error_code overloads report failures without throwing") {
   CHECK_FALSE(insert.step(ec));
   CHECK(ec.value() == 2067);
 
-  auto missing = fwd::sqlite::connection::open(dir.file("no/such/dir/x.db"),
-                                                fwd::sqlite::default_open_flags,
-                                                std::chrono::milliseconds(0), ec);
+  auto missing =
+      fwd::sqlite::connection::open(dir.file("no/such/dir/x.db"), fwd::sqlite::default_open_flags,
+                                    std::chrono::milliseconds(0), ec);
   CHECK((ec.value() & 0xff) == SQLITE_CANTOPEN);
   CHECK_FALSE(missing);
   try {

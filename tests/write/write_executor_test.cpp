@@ -1,10 +1,7 @@
 // fwd::sqlite::write_executor: exactly once, group commit, savepoint isolation, failures,
 // shutdown and completion tokens, on real SQLite files.
 
-#include "write_test_support.hpp"
-
-#include <fwd/sqlite.hpp>
-
+#include <atomic>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -14,16 +11,16 @@
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
-
 #include <catch2/catch.hpp>
-
-#include <atomic>
 #include <chrono>
 #include <future>
+#include <fwd/sqlite.hpp>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "write_test_support.hpp"
 
 using namespace std::chrono_literals;
 using fwd_test::count;
@@ -201,7 +198,8 @@ TEST_CASE("group commit: each write in a batch fails alone, the others commit to
   }
   CHECK(commits.load() == commits_before + 2);  // the gate's COMMIT, then one for all ten
   CHECK(count(path, "SELECT count(*) FROM items WHERE label LIKE 'ok-%'") == 8);
-  CHECK(count(path, "SELECT count(*) FROM items WHERE label IN ('half-done', 'before-throw')") == 0);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label IN ('half-done', 'before-throw')") ==
+        0);
   // A failed write records no request id: a retry runs again.
   CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 1 + 1 + 8);
   auto retry = submit(writer, 103, insert_item("retried"));
@@ -226,7 +224,8 @@ TEST_CASE("group commit: a write leaving a deferred foreign key unresolved fails
   auto held = submit(writer, 1, g.work());
   g.wait_entered();
   auto good = submit(writer, 2, [](sqlite3* db) {
-    fwd::sqlite::connection::borrow(db).exec("INSERT INTO parent VALUES (1); INSERT INTO child VALUES (1, 1)");
+    fwd::sqlite::connection::borrow(db).exec(
+        "INSERT INTO parent VALUES (1); INSERT INTO child VALUES (1, 1)");
     return std::string("ok");
   });
   auto orphan = submit(writer, 3, [](sqlite3* db) {
@@ -250,8 +249,8 @@ TEST_CASE("group commit: if COMMIT fails, every write of the batch fails and non
   fwd::sqlite::write_options options;
   options.on_open = [](fwd::sqlite::connection& db) {
     // A commit hook that returns non-zero turns COMMIT into a rollback.
-    sqlite3_commit_hook(db.native_handle(), [](void*) -> int { return refuse_commit ? 1 : 0; },
-                        nullptr);
+    sqlite3_commit_hook(
+        db.native_handle(), [](void*) -> int { return refuse_commit ? 1 : 0; }, nullptr);
   };
   fwd::sqlite::write_executor writer(pool.get_executor(), path, options);
   gate g;
@@ -327,7 +326,8 @@ TEST_CASE("group commit: a full batch does not wait for max_batch_delay, a parti
   fwd::sqlite::write_executor writer(pool.get_executor(), path, options);
 
   std::vector<std::future<outcome>> writes;
-  for (int i = 0; i < 50; ++i) writes.push_back(submit(writer, 100 + i, insert_item(std::to_string(i))));
+  for (int i = 0; i < 50; ++i)
+    writes.push_back(submit(writer, 100 + i, insert_item(std::to_string(i))));
   for (auto& f : writes) CHECK(wait(f).txid == 1);  // all in the first and only commit
   CHECK(commits.load() == 1);
 
@@ -374,8 +374,9 @@ TEST_CASE("beyond max_queue a write completes at once with overloaded, never ins
   fwd::sqlite::write_executor writer(io, path, options);
   gate g;
   boost::system::error_code held_ec = fwd::errc::timeout;
-  writer.async_write(make_id(1), g.work(),
-                     [&](boost::system::error_code ec, std::string, std::uint64_t) { held_ec = ec; });
+  writer.async_write(
+      make_id(1), g.work(),
+      [&](boost::system::error_code ec, std::string, std::uint64_t) { held_ec = ec; });
   g.wait_entered();
   int queued_done = 0;
   for (int i = 0; i < 2; ++i) {
@@ -484,8 +485,8 @@ TEST_CASE("completion token: use_awaitable") {
   boost::asio::co_spawn(
       io,
       [&]() -> boost::asio::awaitable<void> {
-        auto [r, txid] = co_await writer.async_write(make_id(1), insert_item("co"),
-                                                     boost::asio::use_awaitable);
+        auto [r, txid] =
+            co_await writer.async_write(make_id(1), insert_item("co"), boost::asio::use_awaitable);
         result = r;
         (void)txid;
         try {
@@ -507,12 +508,13 @@ TEST_CASE("completion token: deferred starts nothing until invoked") {
   boost::asio::io_context io;
   fwd::sqlite::write_executor writer(io.get_executor(), path);
   std::atomic<bool> ran{false};
-  auto op = writer.async_write(make_id(1),
-                               [&](sqlite3* db) {
-                                 ran = true;
-                                 return insert_item("deferred")(db);
-                               },
-                               boost::asio::deferred);
+  auto op = writer.async_write(
+      make_id(1),
+      [&](sqlite3* db) {
+        ran = true;
+        return insert_item("deferred")(db);
+      },
+      boost::asio::deferred);
   io.run();
   CHECK_FALSE(ran);
   io.restart();
@@ -555,7 +557,8 @@ TEST_CASE("a replica's refusal (SQLITE_READONLY) fails the write with not_primar
     options.open_flags = SQLITE_OPEN_READONLY;
     fwd::sqlite::write_executor writer(pool.get_executor(), path, options);
     std::vector<std::future<outcome>> writes;
-    for (int i = 0; i < 3; ++i) writes.push_back(submit(writer, 10 + i, insert_item(std::to_string(i))));
+    for (int i = 0; i < 3; ++i)
+      writes.push_back(submit(writer, 10 + i, insert_item(std::to_string(i))));
     for (auto& f : writes) CHECK(wait(f).ec == fwd::errc::not_primary);
   }
   CHECK(count(path, "SELECT count(*) FROM items WHERE label != 'on the primary'") == 0);
@@ -656,7 +659,8 @@ TEST_CASE("writes can run on an executor the user gives instead of an owned thre
   CHECK(in_pool);
 
   std::vector<std::future<outcome>> writes;
-  for (int i = 0; i < 100; ++i) writes.push_back(submit(writer, 100 + i, insert_item(std::to_string(i))));
+  for (int i = 0; i < 100; ++i)
+    writes.push_back(submit(writer, 100 + i, insert_item(std::to_string(i))));
   for (auto& w : writes) CHECK_FALSE(wait(w).ec);
   CHECK(count(path, "SELECT count(*) FROM items") == 101);
   writer.stop();
@@ -672,8 +676,9 @@ TEST_CASE("per-operation cancellation drops a write that has not started") {
   fwd::sqlite::write_executor writer(io.get_executor(), path);
   gate g;
   boost::system::error_code held_ec = fwd::errc::timeout;
-  writer.async_write(make_id(1), g.work(),
-                     [&](boost::system::error_code ec, std::string, std::uint64_t) { held_ec = ec; });
+  writer.async_write(
+      make_id(1), g.work(),
+      [&](boost::system::error_code ec, std::string, std::uint64_t) { held_ec = ec; });
   g.wait_entered();
 
   std::atomic<int> runs{0};
@@ -718,11 +723,10 @@ TEST_CASE("per-operation cancellation does not stop a write that has started") {
   gate g;
   boost::asio::cancellation_signal cancel;
   boost::system::error_code ec = fwd::errc::timeout;
-  writer.async_write(make_id(1), g.work(),
-                     boost::asio::bind_cancellation_slot(
-                         cancel.slot(), [&](boost::system::error_code e, std::string, std::uint64_t) {
-                           ec = e;
-                         }));
+  writer.async_write(
+      make_id(1), g.work(),
+      boost::asio::bind_cancellation_slot(
+          cancel.slot(), [&](boost::system::error_code e, std::string, std::uint64_t) { ec = e; }));
   g.wait_entered();
   cancel.emit(boost::asio::cancellation_type::terminal);
   g.open();

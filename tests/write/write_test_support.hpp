@@ -3,21 +3,19 @@
 // Helpers for the write tests: a temporary directory, request ids, a gate that holds the
 // writer inside a write until the test opens it, and waiting for completions with a bound.
 
-#include <fwd/sqlite.hpp>
-
-#include <boost/asio/thread_pool.hpp>
+#include <stdlib.h>
 
 #include <atomic>
+#include <boost/asio/thread_pool.hpp>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <future>
+#include <fwd/sqlite.hpp>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include <stdlib.h>
 
 namespace fwd_test {
 
@@ -44,7 +42,8 @@ class temp_dir {
 /// A request id made from a number (tests need distinct, reproducible ids).
 inline fwd::sqlite::request_id make_id(std::uint64_t n) {
   fwd::sqlite::request_id id{};
-  for (int i = 0; i < 8; ++i) id[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(n >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    id[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(n >> (8 * i));
   id[15] = 0xfd;
   return id;
 }

@@ -4,13 +4,12 @@
 // Every failure keeps SQLite's extended result code (category "fwd.sqlite") and says
 // which SQL failed and why (sqlite3_errmsg).
 
-#include <fwd/error.hpp>
-
 #include <sqlite3.h>
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <fwd/error.hpp>
 #include <ranges>
 #include <span>
 #include <string>
@@ -70,9 +69,10 @@ struct blob_view {
       : data(bytes.data()), size(bytes.size()) {}
   /// Any contiguous range of bytes (std::vector<std::uint8_t>, std::array<std::byte, N>, ...).
   template <std::ranges::contiguous_range Range>
-    requires(sizeof(std::ranges::range_value_t<Range>) == 1 &&
-             !std::is_same_v<std::remove_cv_t<std::ranges::range_value_t<Range>>, char>)
-  blob_view(const Range& bytes) noexcept  // NOLINT: implicit on purpose
+  requires(sizeof(std::ranges::range_value_t<Range>) == 1 &&
+           !std::is_same_v<std::remove_cv_t<std::ranges::range_value_t<Range>>, char>)
+      blob_view(const Range& bytes)
+  noexcept  // NOLINT: implicit on purpose
       : data(std::ranges::data(bytes)), size(std::ranges::size(bytes)) {}
 };
 
@@ -115,22 +115,25 @@ class statement {
 
   // --- binding (throw fwd::error on failure, e.g. SQLITE_RANGE for a bad index) ---
 
-  statement& bind(int index, std::nullptr_t) { return check(sqlite3_bind_null(stmt_, index), "bind"); }
+  statement& bind(int index, std::nullptr_t) {
+    return check(sqlite3_bind_null(stmt_, index), "bind");
+  }
   template <class Integer>
-    requires std::is_integral_v<Integer>
-  statement& bind(int index, Integer value) {
+  requires std::is_integral_v<Integer> statement& bind(int index, Integer value) {
     return check(sqlite3_bind_int64(stmt_, index, static_cast<sqlite3_int64>(value)), "bind");
   }
   statement& bind(int index, double value) {
     return check(sqlite3_bind_double(stmt_, index, value), "bind");
   }
   statement& bind(int index, std::string_view text) {
-    return check(sqlite3_bind_text64(stmt_, index, text.data(), text.size(), SQLITE_TRANSIENT,
-                                     SQLITE_UTF8),
-                 "bind");
+    return check(
+        sqlite3_bind_text64(stmt_, index, text.data(), text.size(), SQLITE_TRANSIENT, SQLITE_UTF8),
+        "bind");
   }
   statement& bind(int index, const char* text) { return bind(index, std::string_view(text)); }
-  statement& bind(int index, const std::string& text) { return bind(index, std::string_view(text)); }
+  statement& bind(int index, const std::string& text) {
+    return bind(index, std::string_view(text));
+  }
   statement& bind(int index, blob_view blob) {
     // A zero-length blob must still bind as a BLOB, not NULL: give SQLite a non-null pointer.
     static const char empty = 0;
@@ -343,7 +346,8 @@ class connection {
   /// Prepares one statement. Throws fwd::error (e.g. SQLITE_ERROR for a syntax error).
   statement prepare(std::string_view sql) {
     sqlite3_stmt* stmt = nullptr;
-    const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+    const int rc =
+        sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
     if (rc != SQLITE_OK) detail::throw_failure(db_, rc, "prepare", sql);
     return statement(db_, stmt);
   }
@@ -351,7 +355,8 @@ class connection {
   statement prepare(std::string_view sql, boost::system::error_code& ec) noexcept {
     ec.clear();
     sqlite3_stmt* stmt = nullptr;
-    const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+    const int rc =
+        sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
     if (rc != SQLITE_OK) {
       detail::set_error(ec, db_, rc);
       return {};
@@ -363,7 +368,9 @@ class connection {
     return static_cast<std::int64_t>(sqlite3_last_insert_rowid(db_));
   }
   /// Rows changed by the last INSERT, UPDATE or DELETE.
-  std::int64_t changes() const noexcept { return static_cast<std::int64_t>(sqlite3_changes64(db_)); }
+  std::int64_t changes() const noexcept {
+    return static_cast<std::int64_t>(sqlite3_changes64(db_));
+  }
   /// True outside any explicit transaction (SQLite's autocommit mode).
   bool autocommit() const noexcept { return sqlite3_get_autocommit(db_) != 0; }
   /// The last error's text (sqlite3_errmsg).
@@ -380,8 +387,8 @@ class connection {
       const int code = db != nullptr ? sqlite3_extended_errcode(db) : rc;
       ec = make_sqlite_error(code);
       if (message != nullptr) {
-        *message = "opening SQLite database " + path + " failed: " +
-                   (db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)) +
+        *message = "opening SQLite database " + path +
+                   " failed: " + (db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)) +
                    ": check that the path exists and is accessible";
       }
       sqlite3_close_v2(db);
@@ -410,9 +417,15 @@ class transaction {
   explicit transaction(connection& conn, transaction_kind kind = transaction_kind::immediate)
       : conn_(&conn) {
     switch (kind) {
-      case transaction_kind::deferred: conn.exec("BEGIN DEFERRED"); break;
-      case transaction_kind::immediate: conn.exec("BEGIN IMMEDIATE"); break;
-      case transaction_kind::exclusive: conn.exec("BEGIN EXCLUSIVE"); break;
+      case transaction_kind::deferred:
+        conn.exec("BEGIN DEFERRED");
+        break;
+      case transaction_kind::immediate:
+        conn.exec("BEGIN IMMEDIATE");
+        break;
+      case transaction_kind::exclusive:
+        conn.exec("BEGIN EXCLUSIVE");
+        break;
     }
     active_ = true;
   }

@@ -5,21 +5,17 @@
 // transaction as each write (exactly once), and group commit (one transaction for many
 // writes, each in its own SAVEPOINT so one failing write fails alone).
 
-#include <fwd/detail/sqlite_connection.hpp>
-#include <fwd/error.hpp>
-
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/associated_cancellation_slot.hpp>
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/cancellation_type.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/post.hpp>
-
 #include <sqlite3.h>
 
 #include <array>
 #include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -27,6 +23,8 @@
 #include <deque>
 #include <exception>
 #include <functional>
+#include <fwd/detail/sqlite_connection.hpp>
+#include <fwd/error.hpp>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -114,13 +112,13 @@ class write_waiter_for final : public write_waiter {
                 std::uint64_t txid) override {
     auto executor = work_.get_executor();
     // Always post: a completion never runs inside async_write nor on the writer thread.
-    boost::asio::post(executor, [handler = std::move(handler_), ec, result = std::move(result),
-                                 txid]() mutable {
-      // On the handler's executor, where the cancellation slot is emitted and cleared.
-      auto slot = boost::asio::get_associated_cancellation_slot(handler);
-      if (slot.is_connected()) slot.clear();
-      std::move(handler)(ec, std::move(result), txid);
-    });
+    boost::asio::post(
+        executor, [handler = std::move(handler_), ec, result = std::move(result), txid]() mutable {
+          // On the handler's executor, where the cancellation slot is emitted and cleared.
+          auto slot = boost::asio::get_associated_cancellation_slot(handler);
+          if (slot.is_connected()) slot.clear();
+          std::move(handler)(ec, std::move(result), txid);
+        });
     work_.reset();
   }
 
@@ -405,8 +403,9 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     const bool found = lookup_.step(ec);
     if (ec) {
       lookup_.reset();
-      return write_failure(ec, detail::describe_failure(connection_.native_handle(), ec.value(),
-                                                        "looking up the request id", lookup_.sql()));
+      return write_failure(ec,
+                           detail::describe_failure(connection_.native_handle(), ec.value(),
+                                                    "looking up the request id", lookup_.sql()));
     }
     if (found) {
       const auto stored = lookup_.column_blob(0);
@@ -478,8 +477,8 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   bool has_unresolved_deferred_foreign_keys() const noexcept {
     int current = 0;
     int highest = 0;
-    sqlite3_db_status(connection_.native_handle(), SQLITE_DBSTATUS_DEFERRED_FKS, &current,
-                      &highest, 0);
+    sqlite3_db_status(connection_.native_handle(), SQLITE_DBSTATUS_DEFERRED_FKS, &current, &highest,
+                      0);
     return current > 0;
   }
 
@@ -624,8 +623,8 @@ class write_executor {
 
   /// Uses `context`'s executor for completions.
   template <class ExecutionContext>
-    requires std::is_convertible_v<ExecutionContext&, boost::asio::execution_context&>
-  write_executor(ExecutionContext& context, const std::string& path, write_options options = {})
+  requires std::is_convertible_v<ExecutionContext&, boost::asio::execution_context&> write_executor(
+      ExecutionContext& context, const std::string& path, write_options options = {})
       : write_executor(executor_type(context.get_executor()), path, std::move(options)) {}
 
   write_executor(const write_executor&) = delete;
@@ -718,9 +717,9 @@ class write_executor {
       // Installed before the write is queued, so that nothing else touches the slot yet.
       auto slot = boost::asio::get_associated_cancellation_slot(handler);
       if (slot.is_connected()) slot.template emplace<cancel_handler>(state, serial);
-      state->submit(id, std::move(work),
-                    std::make_unique<waiter_type>(serial, std::forward<Handler>(handler),
-                                                  executor));
+      state->submit(
+          id, std::move(work),
+          std::make_unique<waiter_type>(serial, std::forward<Handler>(handler), executor));
     }
   };
 
