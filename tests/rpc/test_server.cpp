@@ -50,22 +50,21 @@ int main(int argc, char** argv) {
   boost::asio::io_context io;
   fwd::rpc::registry procedures;
   std::int64_t runs = 0;
-  std::vector<fwd::rpc::reply_handler> held;  // touched only on the io thread
+  std::vector<fwd::rpc::result_handler<std::string>> held;  // touched only on the io thread
 
   procedures.define(test_procs::echo, [](std::string s) { return s; });
   procedures.define(test_procs::add, [](std::int64_t a, std::int64_t b) { return a + b; });
   procedures.define(test_procs::fail, [](std::string message) -> std::int64_t { throw std::runtime_error(message); });
   procedures.define(test_procs::side_effect, [&runs] { ++runs; });
   procedures.define(test_procs::runs, [&runs] { return runs; });
-  procedures.define_raw(test_procs::hold.name(), test_procs::hold.signature(),
-                        [&held](const fwd::rpc::incoming_call&, boost::asio::any_io_executor,
-                                fwd::rpc::reply_handler reply) { held.push_back(std::move(reply)); });
+  // Asynchronous: replies when released.
+  procedures.define(test_procs::hold, [&held](std::string, fwd::rpc::result_handler<std::string> reply) {
+    held.push_back(std::move(reply));
+  });
   auto release_all = [&held] {
     auto waiting = std::move(held);
     held.clear();
-    for (auto& reply : waiting) {
-      std::move(reply)(boost::system::error_code{}, fwd::detail::encode_result<std::string>("released"));
-    }
+    for (auto& reply : waiting) reply(boost::system::error_code{}, "released");
     return static_cast<std::int64_t>(waiting.size());
   };
   procedures.define(test_procs::release, release_all);

@@ -149,7 +149,6 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
  private:
   struct running_call {
-    std::string frame_bytes;  // owns the name and arguments the registry sees
     std::uint64_t stream_id = 0;
     wire::request_id id{};
     bool replied = false;
@@ -266,17 +265,16 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     auto call = std::make_shared<running_call>();
     call->stream_id = h.stream_id;
     call->id = h.id;
-    call->frame_bytes.reserve(frame.meta.size() + frame.body.size());
-    call->frame_bytes.append(frame.meta).append(frame.body);
 
+    // The views are valid during dispatch() only; the registry copies what it keeps.
     incoming_call incoming;
-    incoming.procedure = std::string_view(call->frame_bytes).substr(0, frame.meta.size());
+    incoming.procedure = frame.meta;
     incoming.signature = h.aux;
-    incoming.arguments = std::string_view(call->frame_bytes).substr(frame.meta.size());
+    incoming.arguments = frame.body;
     incoming.request_id = h.id;
-    incoming.deadline = (h.flags & wire::frame_flags::has_deadline) != 0
-                            ? std::chrono::steady_clock::now() + std::chrono::milliseconds(h.deadline_ms)
-                            : std::chrono::steady_clock::time_point::max();
+    if ((h.flags & wire::frame_flags::has_deadline) != 0) {
+      incoming.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(h.deadline_ms);
+    }
 
     auto on_done = [self = shared_from_this(), call](boost::system::error_code ec, std::string result) mutable {
       boost::asio::dispatch(self->strand_, [self, call = std::move(call), ec, result = std::move(result)]() mutable {
