@@ -1,0 +1,650 @@
+#pragma once
+
+// Who is in the cluster: members found in DNS (A/AAAA of a name with a port, or SRV
+// records) polled with c-ares on the Asio reactor, a static list, or both. Changes are
+// told as joined/left events; a snapshot of the current members costs an atomic load.
+//
+// A failed, empty or partial DNS answer does not drop members: a member found before is
+// removed only after `remove_after_polls` consecutive definitive answers (records, "no
+// such record" or NXDOMAIN) that leave it out, or once it has been left out for the
+// `remove_after` grace period. A failed query (timeout, refused, SERVFAIL) counts for
+// nothing: the last good set is kept and the failure goes to the `on_resolve_error` hook.
+
+#include <fwd/detail/cares_channel.hpp>
+#include <fwd/detail/cares_error.hpp>
+#include <fwd/detail/cares_resolve.hpp>
+#include <fwd/error.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_allocator.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_allocator.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace fwd {
+
+/// A cluster member: the name it was found under and the address fwd connects to.
+/// Members are equal, ordered and hashed by `endpoint` only.
+struct member {
+  std::string host;  ///< the DNS name (SRV target for SRV), or a static member's label
+  boost::asio::ip::tcp::endpoint endpoint;
+
+  friend bool operator==(const member& a, const member& b) noexcept {
+    return a.endpoint == b.endpoint;
+  }
+  friend bool operator<(const member& a, const member& b) noexcept {
+    return a.endpoint < b.endpoint;
+  }
+  friend std::ostream& operator<<(std::ostream& out, const member& m) {
+    return out << m.host << " (" << m.endpoint << ")";
+  }
+};
+
+/// "host (address:port)".
+inline std::string to_string(const member& m) {
+  const auto address = m.endpoint.address();
+  const std::string ip =
+      address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
+  return m.host + " (" + ip + ":" + std::to_string(m.endpoint.port()) + ")";
+}
+
+/// Hashes a member by its endpoint.
+struct member_hash {
+  std::size_t operator()(const member& m) const noexcept {
+    return std::hash<boost::asio::ip::tcp::endpoint>{}(m.endpoint);
+  }
+};
+
+/// A DNS name whose records are cluster members.
+struct dns_source {
+  enum class record_type {
+    address,  ///< A and AAAA records of `name`, each member on `port`
+    srv,      ///< SRV records of `name`: each target's A and AAAA, on the record's port
+  };
+  record_type type = record_type::address;
+  std::string name;
+  std::uint16_t port = 0;  ///< for `address`
+
+  /// A and AAAA records of `name`, every member listening on `port`.
+  static dns_source address(std::string name, std::uint16_t port) {
+    return {record_type::address, std::move(name), port};
+  }
+  /// SRV records of `name` (e.g. "_fwd._tcp.cluster.internal").
+  static dns_source srv(std::string name) { return {record_type::srv, std::move(name), 0}; }
+};
+
+/// One change of the member set.
+struct membership_event {
+  enum class kind { joined, left };
+  kind what;
+  member who;
+};
+
+/// The member set at one moment. Immutable once published.
+struct membership_snapshot {
+  /// 0 until the first poll has completed; then +1 at each change.
+  std::uint64_t version = 0;
+  /// Current members, sorted by endpoint.
+  std::vector<member> members;
+  /// The events that turned the previous version into this one.
+  std::vector<membership_event> changes;
+
+  bool contains(const boost::asio::ip::tcp::endpoint& endpoint) const noexcept {
+    for (const auto& m : members) {
+      if (m.endpoint == endpoint) return true;
+    }
+    return false;
+  }
+};
+
+using membership_snapshot_ptr = std::shared_ptr<const membership_snapshot>;
+
+/// Telemetry hooks; each runs on the membership's strand and must not block. Unset hooks
+/// cost nothing.
+struct membership_hooks {
+  std::function<void(const member&)> on_joined;
+  std::function<void(const member&)> on_left;
+  /// A DNS query failed, or a name answered NXDOMAIN or no records; `message` says which
+  /// query and what is done about it (members kept, or counted towards removal).
+  std::function<void(const boost::system::error_code&, std::string_view message)>
+      on_resolve_error;
+};
+
+struct membership_options {
+  /// DNS names to poll; may be combined with `static_members`.
+  std::vector<dns_source> dns;
+  /// Members that are always present (never removed by DNS answers).
+  std::vector<member> static_members;
+  /// DNS servers as "ip", "ip:port" or "[ipv6]:port"; empty: the system's resolver
+  /// configuration (/etc/resolv.conf).
+  std::vector<std::string> dns_servers;
+  /// Time between the end of one poll and the start of the next.
+  std::chrono::milliseconds poll_interval{std::chrono::seconds(5)};
+  /// c-ares's timeout for one try of one query, and how many tries.
+  std::chrono::milliseconds query_timeout{std::chrono::seconds(2)};
+  int query_tries = 2;
+  /// A member left out of this many consecutive definitive answers is removed.
+  unsigned remove_after_polls = 3;
+  /// If non-zero, a member left out of definitive answers for this long is removed too,
+  /// even before `remove_after_polls` answers.
+  std::chrono::milliseconds remove_after{0};
+  /// Which address families to look up.
+  bool ipv4 = true;
+  bool ipv6 = true;
+  membership_hooks hooks;
+};
+
+namespace detail {
+
+// A type-erased, move-only completion handler with its work guard. `complete` posts the
+// handler through its associated executor (never inline) with its associated allocator.
+template <class... Args>
+class membership_completion {
+ public:
+  membership_completion() = default;
+
+  template <class Handler>
+  membership_completion(Handler&& handler, const boost::asio::any_io_executor& fallback)
+      : holder_(std::make_unique<holder<std::decay_t<Handler>>>(std::forward<Handler>(handler),
+                                                                 fallback)) {}
+
+  explicit operator bool() const noexcept { return holder_ != nullptr; }
+
+  void complete(Args... args) {
+    auto holder = std::move(holder_);
+    holder->complete(std::move(args)...);
+  }
+
+ private:
+  struct holder_base {
+    virtual ~holder_base() = default;
+    virtual void complete(Args... args) = 0;
+  };
+
+  template <class Handler>
+  struct holder final : holder_base {
+    using executor_type = boost::asio::associated_executor_t<Handler, boost::asio::any_io_executor>;
+
+    holder(Handler&& h, const boost::asio::any_io_executor& fallback)
+        : handler(std::move(h)),
+          work(boost::asio::make_work_guard(boost::asio::get_associated_executor(handler, fallback))) {}
+
+    void complete(Args... args) override {
+      auto executor = work.get_executor();
+      auto allocator = boost::asio::get_associated_allocator(handler);
+      boost::asio::post(executor,
+                        boost::asio::bind_allocator(
+                            allocator, [h = std::move(handler),
+                                        values = std::make_tuple(std::move(args)...)]() mutable {
+                              std::apply(std::move(h), std::move(values));
+                            }));
+      work.reset();
+    }
+
+    Handler handler;
+    boost::asio::executor_work_guard<executor_type> work;
+  };
+
+  std::unique_ptr<holder_base> holder_;
+};
+
+inline std::string describe(const dns_source& source) {
+  if (source.type == dns_source::record_type::srv) return "SRV records of " + source.name;
+  return "A/AAAA records of " + source.name + " (port " + std::to_string(source.port) + ")";
+}
+
+class membership_impl : public std::enable_shared_from_this<membership_impl> {
+ public:
+  using strand_type = boost::asio::strand<boost::asio::any_io_executor>;
+  using wait_completion = membership_completion<boost::system::error_code, membership_snapshot_ptr>;
+  using resolve_completion =
+      membership_completion<boost::system::error_code, std::vector<member>>;
+
+  membership_impl(boost::asio::any_io_executor executor, membership_options options)
+      : executor_(executor),
+        strand_(boost::asio::make_strand(executor)),
+        options_(std::move(options)),
+        poll_timer_(strand_),
+        snapshot_(std::make_shared<const membership_snapshot>()),
+        tracked_(options_.dns.size()) {
+    validate();
+    for (const auto& source : options_.dns) {
+      specs_.push_back({source.type == dns_source::record_type::srv, source.name, source.port});
+    }
+    if (!options_.dns.empty()) {
+      channel_ = cares_channel::create(
+          strand_, {options_.dns_servers, options_.query_timeout, options_.query_tries});
+    }
+  }
+
+  const boost::asio::any_io_executor& executor() const noexcept { return executor_; }
+
+  membership_snapshot_ptr snapshot() const noexcept {
+    return snapshot_.load(std::memory_order_acquire);
+  }
+
+  void start() {
+    boost::asio::post(strand_, [self = shared_from_this()] {
+      if (self->polling_) return;
+      self->polling_ = true;
+      self->poll(++self->poll_generation_);
+    });
+  }
+
+  void stop() {
+    boost::asio::post(strand_, [self = shared_from_this()] {
+      self->polling_ = false;
+      ++self->poll_generation_;
+      self->poll_timer_.cancel();
+      if (self->channel_) self->channel_->cancel();  // pending rounds end with ECANCELLED
+      auto waiters = std::move(self->waiters_);
+      self->waiters_.clear();
+      for (auto& [id, w] : waiters) self->finish_wait(w, boost::asio::error::operation_aborted);
+    });
+  }
+
+  template <class Handler>
+  void initiate_resolve_once(Handler&& handler) {
+    auto slot = boost::asio::get_associated_cancellation_slot(handler);
+    auto op = std::make_shared<resolve_op>();
+    op->completion = resolve_completion(std::forward<Handler>(handler), executor_);
+    if (slot.is_connected()) {
+      op->slot = slot;
+      slot.assign([weak = weak_from_this(), op](boost::asio::cancellation_type type) {
+        if (!(type & (boost::asio::cancellation_type::terminal |
+                      boost::asio::cancellation_type::partial |
+                      boost::asio::cancellation_type::total))) {
+          return;
+        }
+        if (auto self = weak.lock()) {
+          boost::asio::post(self->strand_, [op] {
+            finish_resolve(*op, boost::asio::error::operation_aborted, {});
+          });
+        }
+      });
+    }
+    boost::asio::post(strand_, [self = shared_from_this(), op] {
+      if (!op->completion) return;  // cancelled before it started
+      self->resolve(
+          [weak = self->weak_from_this(), op](std::vector<dns_source_answer>&& answers) {
+            auto self = weak.lock();
+            if (!self) return;
+            boost::system::error_code ec;
+            for (const auto& answer : answers) {
+              if (answer.error == make_dns_error(ARES_ECANCELLED)) {
+                ec = boost::asio::error::operation_aborted;
+                break;
+              }
+              if (!ec && answer.error) ec = answer.error;
+            }
+            std::vector<member> members;
+            for (auto& [endpoint, m] : self->merge(answers)) members.push_back(std::move(m));
+            finish_resolve(*op, ec, std::move(members));
+          });
+    });
+  }
+
+  template <class Handler>
+  void initiate_wait_change(Handler&& handler, std::uint64_t after_version) {
+    auto slot = boost::asio::get_associated_cancellation_slot(handler);
+    const std::uint64_t id = next_waiter_id_.fetch_add(1, std::memory_order_relaxed);
+    waiter w;
+    w.after_version = after_version;
+    w.completion = wait_completion(std::forward<Handler>(handler), executor_);
+    if (slot.is_connected()) {
+      w.slot = slot;
+      slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
+        if (!(type & (boost::asio::cancellation_type::terminal |
+                      boost::asio::cancellation_type::partial |
+                      boost::asio::cancellation_type::total))) {
+          return;
+        }
+        if (auto self = weak.lock()) {
+          boost::asio::post(self->strand_, [self, id] {
+            auto found = self->waiters_.find(id);
+            if (found == self->waiters_.end()) return;
+            auto w = std::move(found->second);
+            self->waiters_.erase(found);
+            self->finish_wait(w, boost::asio::error::operation_aborted);
+          });
+        }
+      });
+    }
+    boost::asio::post(strand_, [self = shared_from_this(), id, w = std::move(w)]() mutable {
+      if (self->snapshot()->version > w.after_version) {
+        self->finish_wait(w, {});
+      } else {
+        self->waiters_.emplace(id, std::move(w));
+      }
+    });
+  }
+
+ private:
+  struct tracked_member {
+    member who;
+    unsigned missed_polls = 0;
+    std::chrono::steady_clock::time_point first_missed{};
+  };
+
+  struct waiter {
+    std::uint64_t after_version = 0;
+    wait_completion completion;
+    boost::asio::cancellation_slot slot;
+  };
+
+  struct resolve_op {
+    resolve_completion completion;
+    boost::asio::cancellation_slot slot;
+  };
+
+  static void finish_resolve(resolve_op& op, boost::system::error_code ec,
+                             std::vector<member> members) {
+    if (!op.completion) return;
+    if (op.slot.is_connected()) op.slot.clear();
+    op.completion.complete(ec, std::move(members));
+  }
+
+  void finish_wait(waiter& w, boost::system::error_code ec) {
+    if (!w.completion) return;
+    if (w.slot.is_connected()) w.slot.clear();
+    w.completion.complete(ec, ec ? membership_snapshot_ptr{} : snapshot());
+  }
+
+  void validate() const {
+    const auto bad = [](const std::string& what) {
+      throw fwd::error(make_error_code(errc::bad_argument), "membership_options: " + what);
+    };
+    for (const auto& source : options_.dns) {
+      if (source.name.empty()) bad("a DNS source has an empty name: give the cluster's DNS name");
+      if (source.type == dns_source::record_type::address && source.port == 0) {
+        bad("DNS source " + source.name + " has port 0: give the port members listen on");
+      }
+    }
+    if (options_.poll_interval <= std::chrono::milliseconds::zero()) {
+      bad("poll_interval must be positive");
+    }
+    if (options_.query_timeout <= std::chrono::milliseconds::zero() || options_.query_tries < 1) {
+      bad("query_timeout must be positive and query_tries at least 1");
+    }
+    if (!options_.ipv4 && !options_.ipv6) bad("enable ipv4, ipv6 or both");
+  }
+
+  // Resolves every DNS source once; `done` runs on the strand.
+  void resolve(std::function<void(std::vector<dns_source_answer>&&)> done) {
+    if (!channel_) {
+      done({});
+      return;
+    }
+    std::make_shared<dns_resolve_round>(channel_.get(), specs_, options_.ipv4, options_.ipv6,
+                                        std::move(done))
+        ->start();
+  }
+
+  // Static members and what the answers found, by endpoint.
+  std::map<boost::asio::ip::tcp::endpoint, member> merge(
+      const std::vector<dns_source_answer>& answers) const {
+    std::map<boost::asio::ip::tcp::endpoint, member> merged;
+    for (const auto& m : options_.static_members) merged.emplace(m.endpoint, m);
+    for (const auto& answer : answers) {
+      for (const auto& found : answer.found) {
+        boost::asio::ip::tcp::endpoint endpoint(found.address, found.port);
+        merged.emplace(endpoint, member{found.host, endpoint});
+      }
+    }
+    return merged;
+  }
+
+  void poll(std::uint64_t generation) {
+    resolve([weak = weak_from_this(), generation](std::vector<dns_source_answer>&& answers) {
+      auto self = weak.lock();
+      if (!self || !self->polling_ || generation != self->poll_generation_) return;
+      self->apply(answers);
+      if (!self->channel_) return;  // a static list alone never changes: nothing to poll
+      self->poll_timer_.expires_after(self->options_.poll_interval);
+      self->poll_timer_.async_wait(boost::asio::bind_executor(
+          self->strand_, [weak, generation](const boost::system::error_code& ec) {
+            auto self = weak.lock();
+            if (ec || !self || !self->polling_ || generation != self->poll_generation_) return;
+            self->poll(generation);
+          }));
+    });
+  }
+
+  void report(const boost::system::error_code& ec, const std::string& message) {
+    if (options_.hooks.on_resolve_error) options_.hooks.on_resolve_error(ec, message);
+  }
+
+  // Folds one poll's answers into the tracked members and publishes what changed.
+  void apply(const std::vector<dns_source_answer>& answers) {
+    const auto now = std::chrono::steady_clock::now();
+    const unsigned polls_to_remove = std::max(1u, options_.remove_after_polls);
+    for (std::size_t i = 0; i < answers.size(); ++i) {
+      const auto& answer = answers[i];
+      auto& tracked = tracked_[i];
+      const std::string what = describe(options_.dns[i]);
+      if (!answer.definitive) {
+        report(answer.error, "DNS query " + answer.failed_query + " for " + what + " failed: " +
+                                 answer.error.message() + "; keeping the " +
+                                 std::to_string(tracked.size()) +
+                                 " member(s) of the last good answer");
+        continue;
+      }
+      if (answer.error) {
+        report(answer.error, "DNS query " + answer.failed_query + " for " + what +
+                                 " found no member: " + answer.error.message() + "; " +
+                                 std::to_string(tracked.size()) +
+                                 " member(s) are removed after " +
+                                 std::to_string(polls_to_remove) + " such answer(s)");
+      }
+      std::unordered_map<boost::asio::ip::tcp::endpoint, const dns_found_address*> found;
+      for (const auto& f : answer.found) {
+        found.emplace(boost::asio::ip::tcp::endpoint(f.address, f.port), &f);
+      }
+      for (const auto& [endpoint, f] : found) {
+        tracked[endpoint] = tracked_member{member{f->host, endpoint}, 0, {}};
+      }
+      for (auto it = tracked.begin(); it != tracked.end();) {
+        auto& t = it->second;
+        if (found.count(it->first) != 0) {
+          ++it;
+          continue;
+        }
+        if (t.missed_polls++ == 0) t.first_missed = now;
+        const bool grace_over = options_.remove_after > std::chrono::milliseconds::zero() &&
+                                now - t.first_missed >= options_.remove_after;
+        if (t.missed_polls >= polls_to_remove || grace_over) {
+          it = tracked.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+
+    std::map<boost::asio::ip::tcp::endpoint, member> next;
+    for (const auto& m : options_.static_members) next.emplace(m.endpoint, m);
+    for (const auto& tracked : tracked_) {
+      for (const auto& [endpoint, t] : tracked) next.emplace(endpoint, t.who);
+    }
+
+    const auto previous = snapshot();
+    std::vector<membership_event> changes;
+    for (const auto& m : previous->members) {
+      if (next.count(m.endpoint) == 0) changes.push_back({membership_event::kind::left, m});
+    }
+    for (const auto& [endpoint, m] : next) {
+      if (!previous->contains(endpoint)) changes.push_back({membership_event::kind::joined, m});
+    }
+    if (changes.empty() && previous->version != 0) return;
+
+    auto published = std::make_shared<membership_snapshot>();
+    published->version = previous->version + 1;
+    for (auto& [endpoint, m] : next) published->members.push_back(std::move(m));
+    published->changes = std::move(changes);
+    snapshot_.store(published, std::memory_order_release);
+
+    for (const auto& event : published->changes) {
+      const auto& hook = event.what == membership_event::kind::joined ? options_.hooks.on_joined
+                                                                       : options_.hooks.on_left;
+      if (hook) hook(event.who);
+    }
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (published->version > it->second.after_version) {
+        finish_wait(it->second, {});
+        it = waiters_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  boost::asio::any_io_executor executor_;
+  strand_type strand_;
+  membership_options options_;
+  std::vector<dns_query_spec> specs_;
+  std::shared_ptr<cares_channel> channel_;
+  boost::asio::steady_timer poll_timer_;
+  std::atomic<membership_snapshot_ptr> snapshot_;
+  // Per DNS source: the members its answers found, with how often they were missed since.
+  std::vector<std::unordered_map<boost::asio::ip::tcp::endpoint, tracked_member>> tracked_;
+  std::map<std::uint64_t, waiter> waiters_;
+  std::atomic<std::uint64_t> next_waiter_id_{1};
+  bool polling_ = false;
+  std::uint64_t poll_generation_ = 0;
+};
+
+}  // namespace detail
+
+/**
+ * Cluster membership: polls DNS and/or holds a static list, tells joins and leaves, and
+ * keeps a snapshot of the current members.
+ *
+ * Thread safety: every member function may be called from any thread. Hooks and the
+ * internal work run on a strand of the given executor; completion handlers run through
+ * their own associated executor (default: the membership's executor).
+ *
+ * Destroying the membership stops it: pending operations complete with
+ * `boost::asio::error::operation_aborted` (the executor must still run for that).
+ */
+class membership {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  /// Throws fwd::error (errc::bad_argument) on invalid options, e.g. a malformed DNS
+  /// server, and a "fwd.dns" error when c-ares cannot initialise.
+  membership(executor_type executor, membership_options options)
+      : impl_(std::make_shared<detail::membership_impl>(std::move(executor),
+                                                        std::move(options))) {}
+
+  membership(const membership&) = delete;
+  membership& operator=(const membership&) = delete;
+  membership(membership&&) noexcept = default;
+  membership& operator=(membership&& other) noexcept {
+    if (this != &other) {
+      if (impl_) impl_->stop();
+      impl_ = std::move(other.impl_);
+    }
+    return *this;
+  }
+
+  ~membership() {
+    if (impl_) impl_->stop();
+  }
+
+  executor_type get_executor() const noexcept { return impl_->executor(); }
+
+  /// Starts polling (the first poll at once). Static members are published with the
+  /// first poll's result. Calling it while polling does nothing.
+  void start() { impl_->start(); }
+
+  /// Stops polling; pending `async_wait_change` and `async_resolve_once` operations
+  /// complete with `operation_aborted`. The snapshot keeps its last value; `start()`
+  /// resumes.
+  void stop() { impl_->stop(); }
+
+  /// The current member set; never null (version 0 before the first poll). Cheap: an
+  /// atomic load of a shared pointer.
+  membership_snapshot_ptr snapshot() const noexcept { return impl_->snapshot(); }
+
+  /// The current members, sorted by endpoint.
+  std::vector<member> members() const { return snapshot()->members; }
+
+  /**
+   * Resolves every source once, now, without changing the membership's state.
+   *
+   * Completion signature: `void(boost::system::error_code, std::vector<member>)`: the
+   * static members and what DNS found, sorted by endpoint. The error is the first
+   * failed source's ("fwd.dns" category, c-ares's status: ARES_ENOTFOUND for NXDOMAIN,
+   * ARES_ETIMEOUT, ARES_ECONNREFUSED, ...); the members of the other sources are still
+   * given.
+   *
+   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: the operation
+   * completes with `operation_aborted` and an empty vector; its queries finish in the
+   * background and their answers are dropped. `stop()` cancels it too.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void(boost::system::error_code, std::vector<member>))
+                CompletionToken>
+  auto async_resolve_once(CompletionToken&& token) {
+    return boost::asio::async_initiate<
+        CompletionToken, void(boost::system::error_code, std::vector<member>)>(
+        [](auto handler, std::shared_ptr<detail::membership_impl> impl) {
+          impl->initiate_resolve_once(std::move(handler));
+        },
+        token, impl_);
+  }
+
+  /**
+   * Waits until the member set's version is greater than `after_version` (pass the
+   * version of the snapshot you hold; 0 waits for the first poll's result).
+   *
+   * Completion signature: `void(boost::system::error_code, membership_snapshot_ptr)`:
+   * the snapshot at completion (its `changes` are those of its own version only; compare
+   * snapshots to see everything since `after_version`). Completes at once (still
+   * through the handler's executor) when the version is already greater.
+   *
+   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: completes with
+   * `operation_aborted` and a null snapshot; nothing else changes. `stop()` and the
+   * destructor complete it the same way.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void(boost::system::error_code,
+                                                membership_snapshot_ptr)) CompletionToken>
+  auto async_wait_change(std::uint64_t after_version, CompletionToken&& token) {
+    return boost::asio::async_initiate<
+        CompletionToken, void(boost::system::error_code, membership_snapshot_ptr)>(
+        [](auto handler, std::shared_ptr<detail::membership_impl> impl, std::uint64_t after) {
+          impl->initiate_wait_change(std::move(handler), after);
+        },
+        token, impl_, after_version);
+  }
+
+ private:
+  std::shared_ptr<detail::membership_impl> impl_;
+};
+
+}  // namespace fwd
+
+template <>
+struct std::hash<fwd::member> {
+  std::size_t operator()(const fwd::member& m) const noexcept { return fwd::member_hash{}(m); }
+};
