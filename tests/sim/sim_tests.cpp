@@ -155,6 +155,33 @@ TEST_CASE("format_position and format_lag write LiteFS's exact formats") {
   CHECK(fwd_sim::next_checksum(0, 1) != fwd_sim::next_checksum(0, 2));
 }
 
+TEST_CASE("install_vfs makes the shim the default VFS, once, from any thread") {
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) threads.emplace_back([] { fwd_sim::install_vfs(); });
+  for (auto& t : threads) t.join();
+  fwd_sim::install_vfs();
+  REQUIRE(sqlite3_vfs_find(nullptr) != nullptr);
+  CHECK(std::string(sqlite3_vfs_find(nullptr)->zName) == fwd_sim::vfs_name);
+  CHECK(sqlite3_vfs_find(fwd_sim::vfs_name) == sqlite3_vfs_find(nullptr));
+}
+
+TEST_CASE("outside a simulated mount the VFS changes nothing") {
+  cluster sim(options_for(journal_mode::rollback));  // for its temporary root
+  const fs::path plain = sim.root() / "plain";
+  fs::create_directory(plain);
+  ::chmod(plain.c_str(), 0555);  // no .lag: not a mount, even read-only
+  {
+    fwd_sim::install_vfs();
+    sqlite3* raw = nullptr;
+    REQUIRE(sqlite3_open_v2((plain / "x.db").c_str(), &raw,
+                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) == SQLITE_OK);
+    CHECK(sqlite3_exec(raw, "CREATE TABLE t(x); INSERT INTO t VALUES (1)", nullptr, nullptr,
+                       nullptr) == SQLITE_OK);
+    sqlite3_close(raw);
+  }
+  CHECK_FALSE(fs::exists(plain / "x.db-pos"));
+}
+
 TEST_CASE("every mount holds LiteFS's files with their exact bytes and modes") {
   const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
   INFO(mode_name(mode));
