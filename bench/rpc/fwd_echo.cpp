@@ -1,0 +1,307 @@
+// fwd's RPC transport: a procedure that returns its 64-byte string argument, served by
+// fwd::rpc::server and called with fwd::rpc::client over one authenticated connection on
+// loopback. Client and server each run one io_context on one thread.
+//
+//   bench_rpc_fwd server            serve bench.echo on 127.0.0.1:0
+//   bench_rpc_fwd latency [s]       sequential async_call chain: rpc.p50_us.fwd, p99; the
+//                                   same with telemetry hooks set (.fwd_telemetry) and
+//                                   through the blocking call() (.fwd_blocking)
+//   bench_rpc_fwd throughput N...   calls/s with N calls in flight (.fwd.N), and at 64 with
+//                                   telemetry hooks set (.fwd_telemetry.64)
+//   bench_rpc_fwd memory            server RSS per idle connection, and under 10,000 calls
+//                                   in flight
+#include <fwd/procedure.hpp>
+#include <fwd/rpc/client.hpp>
+#include <fwd/rpc/registry.hpp>
+#include <fwd/rpc/server.hpp>
+#include <fwd/telemetry.hpp>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <atomic>
+#include <future>
+#include <memory>
+#include <thread>
+
+#include "../common/bench_support.hpp"
+
+namespace {
+
+using namespace fwd_bench;
+using endpoint = boost::asio::ip::tcp::endpoint;
+
+inline constexpr fwd::procedure<std::string(std::string)> echo{"bench.echo"};
+inline constexpr const char* secret = "fwd-bench-secret";
+
+// The burst of the memory figure must be admitted whole (the default bound per connection
+// is 4096 running requests; beyond it calls are answered `overloaded`).
+inline constexpr std::size_t burst_calls = 10'000;
+
+int run_server() {
+  boost::asio::io_context io{1};
+  fwd::rpc::registry procedures;
+  procedures.define(echo, [](std::string payload) { return payload; });
+  fwd::rpc::server_options options;
+  options.secret = secret;
+  options.max_in_flight_per_connection = 2 * burst_calls;
+  fwd::rpc::server server{io.get_executor(), procedures, std::move(options)};
+  server.start();
+  announce_port(server.local_endpoint().port());
+  io.run();
+  return 0;
+}
+
+/** The client side: one io_context run by one background thread. */
+class client_side {
+ public:
+  explicit client_side(unsigned short port)
+      : peer_(boost::asio::ip::make_address("127.0.0.1"), port), thread_([this] { io_.run(); }) {}
+  client_side(const client_side&) = delete;
+  client_side& operator=(const client_side&) = delete;
+  ~client_side() {
+    clients_.clear();  // closes their connections on the io thread's executor
+    work_.reset();
+    io_.stop();
+    thread_.join();
+  }
+
+  fwd::rpc::client& new_client(fwd::telemetry_ptr telemetry = nullptr) {
+    fwd::rpc::client_options options;
+    options.secret = secret;
+    options.telemetry = std::move(telemetry);
+    clients_.push_back(std::make_unique<fwd::rpc::client>(io_.get_executor(), std::move(options)));
+    return *clients_.back();
+  }
+  const endpoint& peer() const { return peer_; }
+  boost::asio::io_context& io() { return io_; }
+
+ private:
+  boost::asio::io_context io_{1};
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_{io_.get_executor()};
+  endpoint peer_;
+  std::vector<std::unique_ptr<fwd::rpc::client>> clients_;
+  std::thread thread_;
+};
+
+void check_reply(boost::system::error_code ec, const std::string& reply) {
+  if (ec) die("fwd call failed: " + ec.message());
+  if (reply.size() != payload_size) die("fwd call returned " + std::to_string(reply.size()) + " bytes");
+}
+
+/** Hooks that count, as a service's metrics would: to show what a set hook costs. */
+fwd::telemetry_ptr counting_telemetry() {
+  static std::atomic<std::uint64_t> started{0}, finished{0};
+  auto t = std::make_shared<fwd::telemetry>();
+  t->call_started = [](const fwd::call_started_event&) { started.fetch_add(1, std::memory_order_relaxed); };
+  t->call_finished = [](const fwd::call_finished_event&) { finished.fetch_add(1, std::memory_order_relaxed); };
+  return t;
+}
+
+/**
+ * One call at a time, each issued from the completion of the previous one (on the client's
+ * io thread): the latency of async_call with no thread hand-off.
+ */
+latency_summary chained_latency(client_side& side, fwd::rpc::client& client, double seconds) {
+  struct chain {
+    chain(fwd::rpc::client& c, const endpoint& p) : client(c), peer(p) {}
+    fwd::rpc::client& client;
+    const endpoint& peer;
+    const std::string payload = make_payload();
+    clock::time_point warm_end{}, end{}, sent{};
+    std::vector<std::int64_t> samples{};
+    std::promise<void> done{};
+
+    void next() {
+      sent = clock::now();
+      client.async_call(peer, echo, payload, [this](boost::system::error_code ec, std::string reply) {
+        const auto now = clock::now();
+        check_reply(ec, reply);
+        if (now >= warm_end) samples.push_back(elapsed_ns(sent, now));
+        if (now >= end || samples.size() >= 500'000) {
+          done.set_value();
+          return;
+        }
+        next();
+      });
+    }
+  } c(client, side.peer());
+  c.samples.reserve(500'000);
+  c.warm_end = clock::now() + window(0.2);
+  c.end = c.warm_end + window(seconds);
+  auto finished = c.done.get_future();
+  boost::asio::post(side.io(), [&c] { c.next(); });
+  finished.wait();
+  return summarise(std::move(c.samples));
+}
+
+int run_latency(double seconds) {
+  server_process server;
+  client_side side(server.port());
+  {
+    const auto s = chained_latency(side, side.new_client(), seconds);
+    std::fprintf(stderr, "fwd: %zu sequential calls\n", s.samples);
+    emit("rpc.p50_us.fwd", s.p50_us);
+    emit("rpc.p99_us.fwd", s.p99_us);
+  }
+  {
+    const auto s = chained_latency(side, side.new_client(counting_telemetry()), seconds);
+    emit("rpc.p50_us.fwd_telemetry", s.p50_us);
+    emit("rpc.p99_us.fwd_telemetry", s.p99_us);
+  }
+  {
+    // The blocking convenience, from this thread while the io thread runs the client.
+    auto& client = side.new_client();
+    const std::string payload = make_payload();
+    const auto s = sequential_latency([&] { check_reply({}, client.call(side.peer(), echo, payload)); }, seconds);
+    emit("rpc.p50_us.fwd_blocking", s.p50_us);
+    emit("rpc.p99_us.fwd_blocking", s.p99_us);
+  }
+  return 0;
+}
+
+/** Keeps `depth` calls in flight on one client: each completion issues the next call. */
+class pipeline {
+ public:
+  pipeline(fwd::rpc::client& client, const endpoint& peer, std::size_t depth)
+      : client_(client), peer_(peer), depth_(depth) {}
+
+  void start() {
+    active_ = depth_;
+    for (std::size_t i = 0; i < depth_; ++i) issue();
+  }
+  std::uint64_t completed() const { return completed_.load(std::memory_order_relaxed); }
+  void stop() { stop_ = true; }
+  void wait_drained() { drained_.get_future().wait(); }
+
+ private:
+  void issue() {
+    client_.async_call(peer_, echo, payload_, [this](boost::system::error_code ec, std::string reply) {
+      check_reply(ec, reply);
+      completed_.fetch_add(1, std::memory_order_relaxed);
+      if (!stop_.load(std::memory_order_relaxed)) {
+        issue();
+      } else if (--active_ == 0) {
+        drained_.set_value();
+      }
+    });
+  }
+
+  fwd::rpc::client& client_;
+  const endpoint& peer_;
+  const std::size_t depth_;
+  const std::string payload_ = make_payload();
+  std::atomic<std::uint64_t> completed_{0};
+  std::atomic<bool> stop_{false};
+  std::size_t active_ = 0;  // only touched by completions, all on the io thread
+  std::promise<void> drained_;
+};
+
+double measure_throughput(client_side& side, fwd::rpc::client& client, std::size_t depth) {
+  pipeline p(client, side.peer(), depth);
+  boost::asio::post(side.io(), [&p] { p.start(); });
+  std::this_thread::sleep_for(window(0.2));  // warm-up, not measured
+  const auto c0 = p.completed();
+  const auto t0 = clock::now();
+  std::this_thread::sleep_for(window(0.6));  // the measurement window
+  const auto c1 = p.completed();
+  const auto t1 = clock::now();
+  p.stop();
+  p.wait_drained();
+  return static_cast<double>(c1 - c0) / (static_cast<double>(elapsed_ns(t0, t1)) / 1e9);
+}
+
+int run_throughput(const std::vector<std::size_t>& depths) {
+  server_process server;
+  client_side side(server.port());
+  auto& client = side.new_client();
+  for (const std::size_t depth : depths) {
+    const double rate = measure_throughput(side, client, depth);
+    std::fprintf(stderr, "fwd: %zu in flight: %.0f calls/s\n", depth, rate);
+    emit("rpc.tput.fwd." + std::to_string(depth), rate, 0);
+  }
+  auto& hooked = side.new_client(counting_telemetry());
+  const double rate = measure_throughput(side, hooked, 64);
+  std::fprintf(stderr, "fwd: 64 in flight, telemetry hooks set: %.0f calls/s\n", rate);
+  emit("rpc.tput.fwd_telemetry.64", rate, 0);
+  return 0;
+}
+
+/** Issues `count` calls at once (on `clients`, round robin) and waits for all of them. */
+std::size_t call_all(client_side& side, const std::vector<fwd::rpc::client*>& clients, std::size_t count) {
+  const std::string payload = make_payload();
+  std::atomic<std::size_t> done{0}, overloaded{0};
+  std::promise<void> all_done;
+  for (std::size_t i = 0; i < count; ++i) {
+    clients[i % clients.size()]->async_call(
+        side.peer(), echo, payload, [&](boost::system::error_code ec, std::string reply) {
+          if (ec == fwd::errc::overloaded) {
+            overloaded.fetch_add(1);
+          } else {
+            check_reply(ec, reply);
+          }
+          if (done.fetch_add(1) + 1 == count) all_done.set_value();
+        });
+  }
+  if (all_done.get_future().wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+    die("fwd: calls did not complete within 60 s");
+  }
+  return overloaded.load();
+}
+
+int run_memory(std::size_t idle_connections) {
+  {
+    // Idle connections: each client has its own, connected, authenticated and used once.
+    server_process server;
+    client_side side(server.port());
+    std::vector<fwd::rpc::client*> warm{&side.new_client()};
+    for (int i = 0; i < 100; ++i) call_all(side, warm, 1);
+    const long before = settled_rss_kib(server);
+    std::vector<fwd::rpc::client*> idle;
+    for (std::size_t i = 0; i < idle_connections; ++i) idle.push_back(&side.new_client());
+    call_all(side, idle, idle.size());
+    const long after = settled_rss_kib(server);
+    std::fprintf(stderr, "fwd: server RSS %ld -> %ld KiB with %zu idle connections\n", before, after,
+                 idle_connections);
+    emit("rpc.rss_kib_per_idle_conn",
+         static_cast<double>(after - before) / static_cast<double>(idle_connections), 2);
+  }
+  {
+    // A burst of calls all issued at once on one connection; the server's peak RSS.
+    server_process server;
+    client_side side(server.port());
+    std::vector<fwd::rpc::client*> one{&side.new_client()};
+    for (int i = 0; i < 100; ++i) call_all(side, one, 1);
+    const long before = settled_rss_kib(server);
+    const bool peak_reset = reset_peak_rss(server);
+    const std::size_t overloaded = call_all(side, one, burst_calls);
+    const long peak = server.peak_rss_kib();
+    std::fprintf(stderr, "fwd: server RSS %ld KiB, peak %ld KiB during %zu calls in flight%s%s\n", before, peak,
+                 burst_calls, peak_reset ? "" : " (peak not reset: upper bound)",
+                 overloaded ? (", " + std::to_string(overloaded) + " answered overloaded").c_str() : "");
+    emit("rpc.rss_kib_10k_inflight", static_cast<double>(peak - before), 0);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  const std::string mode = argc > 1 ? argv[1] : "";
+  try {
+    if (mode == "server") return run_server();
+    if (mode == "latency") return run_latency(seconds_arg(argc, argv, 2, 2.0));
+    if (mode == "throughput") {
+      std::vector<std::size_t> depths;
+      for (int i = 2; i < argc; ++i) depths.push_back(std::stoul(argv[i]));
+      if (depths.empty()) depths = {1, 16, 64, 256};
+      return run_throughput(depths);
+    }
+    if (mode == "memory") return run_memory(1000);
+  } catch (const std::exception& e) {
+    die(std::string("fwd: ") + e.what());
+  }
+  std::fprintf(stderr, "usage: %s server|latency [s]|throughput [N...]|memory\n", argv[0]);
+  return 2;
+}
