@@ -210,7 +210,6 @@ class cluster {
   void write_primary_files_locked();
   void replicator_loop(std::chrono::milliseconds delay);
   void replicator_tick_locked(std::chrono::milliseconds delay);
-  void stop_replication_unlocked_wait();
 
   cluster_options options_;
   bool owns_root_ = false;
