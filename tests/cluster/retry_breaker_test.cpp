@@ -1,0 +1,113 @@
+// Retry backoff, the retry budget and the circuit breaker: the rules a forwarded call
+// follows when the primary is slow, gone, or moving.
+
+#include <catch2/catch.hpp>
+
+#include <fwd/breaker.hpp>
+#include <fwd/retry.hpp>
+
+#include <chrono>
+#include <random>
+
+using namespace std::chrono_literals;
+
+TEST_CASE("backoff caps grow exponentially from the initial backoff up to the maximum") {
+  fwd::retry_policy p;
+  p.initial_backoff = 10ms;
+  p.max_backoff = 100ms;
+  p.multiplier = 2.0;
+  CHECK(fwd::backoff_cap(p, 1) == 10ms);
+  CHECK(fwd::backoff_cap(p, 2) == 20ms);
+  CHECK(fwd::backoff_cap(p, 3) == 40ms);
+  CHECK(fwd::backoff_cap(p, 4) == 80ms);
+  CHECK(fwd::backoff_cap(p, 5) == 100ms);
+  CHECK(fwd::backoff_cap(p, 60) == 100ms);
+}
+
+TEST_CASE("full jitter picks waits spread over [0, cap], never above it") {
+  fwd::retry_policy p;
+  p.initial_backoff = 64ms;
+  p.max_backoff = 64ms;
+  std::mt19937 rng(42);
+  std::chrono::nanoseconds lowest = 1h, highest = 0ns;
+  for (int i = 0; i < 2000; ++i) {
+    const auto wait = fwd::full_jitter_backoff(p, 3, rng);
+    REQUIRE(wait >= 0ns);
+    REQUIRE(wait <= 64ms);
+    lowest = std::min(lowest, wait);
+    highest = std::max(highest, wait);
+  }
+  // Spread over the whole range: callers failing together do not retry together.
+  CHECK(lowest < 4ms);
+  CHECK(highest > 60ms);
+}
+
+TEST_CASE("the retry budget allows a burst of its capacity, then only its refill rate") {
+  fwd::retry_budget budget(3, 10);  // 3 tokens, 10 per second
+  const auto t0 = fwd::retry_budget::clock::now();
+  CHECK(budget.try_acquire(t0));
+  CHECK(budget.try_acquire(t0));
+  CHECK(budget.try_acquire(t0));
+  CHECK_FALSE(budget.try_acquire(t0));
+  CHECK_FALSE(budget.try_acquire(t0 + 50ms));  // half a token
+  CHECK(budget.try_acquire(t0 + 100ms));        // one token refilled
+  CHECK_FALSE(budget.try_acquire(t0 + 100ms));
+  // Refill stops at the capacity.
+  CHECK(budget.available(t0 + 10s) == Approx(3.0));
+}
+
+TEST_CASE("a retry budget of capacity 0 never refuses") {
+  fwd::retry_budget budget(0, 0);
+  for (int i = 0; i < 1000; ++i) REQUIRE(budget.try_acquire());
+}
+
+TEST_CASE("a breaker opens after the threshold of consecutive failures and refuses calls") {
+  fwd::circuit_breaker b({.failure_threshold = 3, .open_duration = 100ms, .half_open_max_calls = 1});
+  const auto t0 = fwd::circuit_breaker::clock::now();
+  CHECK(b.allow(t0));
+  b.on_failure(t0);
+  b.on_failure(t0);
+  CHECK(b.state(t0) == fwd::breaker_state::closed);
+  CHECK(b.on_failure(t0) == fwd::breaker_state::open);
+  CHECK_FALSE(b.allow(t0));
+  CHECK_FALSE(b.allow(t0 + 99ms));
+}
+
+TEST_CASE("a success between failures resets the count: only consecutive failures open it") {
+  fwd::circuit_breaker b({.failure_threshold = 2, .open_duration = 100ms, .half_open_max_calls = 1});
+  b.on_failure();
+  b.on_success();
+  b.on_failure();
+  CHECK(b.state() == fwd::breaker_state::closed);
+  CHECK(b.allow());
+}
+
+TEST_CASE("after the cool-down one trial call passes; its success closes the breaker") {
+  fwd::circuit_breaker b({.failure_threshold = 1, .open_duration = 100ms, .half_open_max_calls = 1});
+  const auto t0 = fwd::circuit_breaker::clock::now();
+  b.on_failure(t0);
+  CHECK(b.state(t0 + 100ms) == fwd::breaker_state::half_open);
+  CHECK(b.allow(t0 + 100ms));
+  CHECK_FALSE(b.allow(t0 + 100ms));  // only one trial at a time
+  CHECK(b.on_success() == fwd::breaker_state::half_open);
+  CHECK(b.state(t0 + 100ms) == fwd::breaker_state::closed);
+  CHECK(b.allow(t0 + 100ms));
+}
+
+TEST_CASE("a failed trial call opens the breaker again for another cool-down") {
+  fwd::circuit_breaker b({.failure_threshold = 1, .open_duration = 100ms, .half_open_max_calls = 1});
+  const auto t0 = fwd::circuit_breaker::clock::now();
+  b.on_failure(t0);
+  REQUIRE(b.allow(t0 + 100ms));
+  CHECK(b.on_failure(t0 + 100ms) == fwd::breaker_state::open);
+  CHECK_FALSE(b.allow(t0 + 150ms));
+  CHECK(b.allow(t0 + 200ms));
+}
+
+TEST_CASE("breakers are kept per peer: one dead peer does not block another") {
+  fwd::breaker_set set({.failure_threshold = 1, .open_duration = 1s, .half_open_max_calls = 1});
+  set.for_peer("127.0.0.1:1").on_failure();
+  CHECK_FALSE(set.for_peer("127.0.0.1:1").allow());
+  CHECK(set.for_peer("127.0.0.1:2").allow());
+  CHECK(&set.for_peer("127.0.0.1:1") == &set.for_peer("127.0.0.1:1"));
+}
