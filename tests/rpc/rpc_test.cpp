@@ -709,3 +709,53 @@ TEST_CASE("telemetry hooks see calls and connections") {
   CHECK(record->duration > 0ns);
   CHECK(record->attempt == 3);
 }
+
+TEST_CASE("an authenticated connection that stays idle is closed after the idle timeout") {
+  child_server server({"--idle-timeout-ms", "300"});
+  raw_peer raw(server.endpoint());
+  REQUIRE_FALSE(raw.authenticate(secret));
+  const auto started = std::chrono::steady_clock::now();
+  CHECK(raw.closed_by_server_within(10s));
+  CHECK(std::chrono::steady_clock::now() - started >= 250ms);
+}
+
+TEST_CASE("a graceful stop finishes the calls in flight, then refuses new connections") {
+  io_thread server_io;
+  fwd::rpc::registry procedures;
+  std::mutex mutex;
+  std::vector<fwd::rpc::result_handler<std::string>> held;
+  procedures.define(test_procs::hold, [&](std::string s, fwd::rpc::result_handler<std::string> reply) {
+    std::lock_guard lock(mutex);
+    held.push_back(std::move(reply));
+    (void)s;
+  });
+  fwd::rpc::server_options options;
+  options.secret = secret;
+  fwd::rpc::server server(server_io.io.get_executor(), procedures, options);
+  server.start();
+  const auto peer = server.local_endpoint();
+  REQUIRE(peer.port() != 0);
+
+  io_thread io;
+  fwd::rpc::client client(io.io.get_executor(), client_options());
+  auto in_flight = client.async_call(peer, test_procs::hold, "h", asio::use_future);
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  for (;;) {
+    {
+      std::lock_guard lock(mutex);
+      if (!held.empty()) break;
+    }
+    REQUIRE(std::chrono::steady_clock::now() < until);
+    std::this_thread::yield();
+  }
+  CHECK(server.in_flight() == 1);
+  server.stop();
+  {
+    std::lock_guard lock(mutex);
+    REQUIRE(held.size() == 1);
+    held.front()(boost::system::error_code{}, "finished");
+  }
+  CHECK(get_within(in_flight) == "finished");
+  fwd::rpc::client late(io.io.get_executor(), client_options());
+  CHECK(call_and_wait(late, peer, test_procs::hold, std::string("h")).ec == fwd::errc::unreachable);
+}
