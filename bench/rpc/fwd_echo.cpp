@@ -8,8 +8,8 @@
 //                                   through the blocking call() (.fwd_blocking)
 //   bench_rpc_fwd throughput N...   calls/s with N calls in flight (.fwd.N), and at 64 with
 //                                   telemetry hooks set (.fwd_telemetry.64)
-//   bench_rpc_fwd memory            server RSS per idle connection, and under 10,000 calls
-//                                   in flight
+//   bench_rpc_fwd memory            server RSS per idle connection, and with 10,000 calls
+//                                   sent at once (burst) and held in flight
 #include <fwd/procedure.hpp>
 #include <fwd/rpc/client.hpp>
 #include <fwd/rpc/registry.hpp>
@@ -32,6 +32,9 @@ using namespace fwd_bench;
 using endpoint = boost::asio::ip::tcp::endpoint;
 
 inline constexpr fwd::procedure<std::string(std::string)> echo{"bench.echo"};
+// Answers nothing until `burst_calls` calls wait in it, then all of them: the server then
+// holds that many calls in flight at once.
+inline constexpr fwd::procedure<std::string(std::string)> hold{"bench.hold"};
 inline constexpr const char* secret = "fwd-bench-secret";
 
 // The burst of the memory figure must be admitted whole (the default bound per connection
@@ -42,6 +45,16 @@ int run_server() {
   boost::asio::io_context io{1};
   fwd::rpc::registry procedures;
   procedures.define(echo, [](std::string payload) { return payload; });
+  using parked_call = std::pair<std::string, fwd::rpc::result_handler<std::string>>;
+  auto parked = std::make_shared<std::vector<parked_call>>();
+  procedures.define(hold, [parked](std::string payload, fwd::rpc::result_handler<std::string> reply) {
+    // One io thread runs every handler: no lock needed.
+    parked->emplace_back(std::move(payload), std::move(reply));
+    if (parked->size() < burst_calls) return;
+    std::vector<parked_call> ready;
+    ready.swap(*parked);
+    for (auto& [p, r] : ready) r({}, std::move(p));
+  });
   fwd::rpc::server_options options;
   options.secret = secret;
   options.max_in_flight_per_connection = 2 * burst_calls;
@@ -228,13 +241,14 @@ int run_throughput(const std::vector<std::size_t>& depths) {
 }
 
 /** Issues `count` calls at once (on `clients`, round robin) and waits for all of them. */
-std::size_t call_all(client_side& side, const std::vector<fwd::rpc::client*>& clients, std::size_t count) {
+std::size_t call_all(client_side& side, const std::vector<fwd::rpc::client*>& clients, std::size_t count,
+                     const fwd::procedure<std::string(std::string)>& proc = echo) {
   const std::string payload = make_payload();
   std::atomic<std::size_t> done{0}, overloaded{0};
   std::promise<void> all_done;
   for (std::size_t i = 0; i < count; ++i) {
     clients[i % clients.size()]->async_call(
-        side.peer(), echo, payload, [&](boost::system::error_code ec, std::string reply) {
+        side.peer(), proc, payload, [&](boost::system::error_code ec, std::string reply) {
           if (ec == fwd::errc::overloaded) {
             overloaded.fetch_add(1);
           } else {
@@ -266,20 +280,21 @@ int run_memory(std::size_t idle_connections) {
     emit("rpc.rss_kib_per_idle_conn",
          static_cast<double>(after - before) / static_cast<double>(idle_connections), 2);
   }
-  {
-    // A burst of calls all issued at once on one connection; the server's peak RSS.
+  // 10,000 calls issued at once on one connection: echoed as they come (burst), then held
+  // by the server until all have arrived (in flight). The server's peak RSS growth.
+  for (const bool held : {false, true}) {
     server_process server;
     client_side side(server.port());
     std::vector<fwd::rpc::client*> one{&side.new_client()};
     for (int i = 0; i < 100; ++i) call_all(side, one, 1);
     const long before = settled_rss_kib(server);
     const bool peak_reset = reset_peak_rss(server);
-    const std::size_t overloaded = call_all(side, one, burst_calls);
+    const std::size_t overloaded = call_all(side, one, burst_calls, held ? hold : echo);
     const long peak = server.peak_rss_kib();
-    std::fprintf(stderr, "fwd: server RSS %ld KiB, peak %ld KiB during %zu calls in flight%s%s\n", before, peak,
-                 burst_calls, peak_reset ? "" : " (peak not reset: upper bound)",
+    std::fprintf(stderr, "fwd: server RSS %ld KiB, peak %ld KiB during %zu calls %s%s%s\n", before, peak,
+                 burst_calls, held ? "held in flight" : "sent at once", peak_reset ? "" : " (peak not reset: upper bound)",
                  overloaded ? (", " + std::to_string(overloaded) + " answered overloaded").c_str() : "");
-    emit("rpc.rss_kib_10k_inflight", static_cast<double>(peak - before), 0);
+    emit(held ? "rpc.rss_kib_10k_inflight" : "rpc.rss_kib_10k_burst", static_cast<double>(peak - before), 0);
   }
   return 0;
 }

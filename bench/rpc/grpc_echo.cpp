@@ -4,8 +4,8 @@
 //   bench_rpc_grpc server            serve Echo.Call on 127.0.0.1:0
 //   bench_rpc_grpc latency           sequential blocking calls (sync stub): p50, p99
 //   bench_rpc_grpc throughput N...   calls/s with N calls in flight (callback API)
-//   bench_rpc_grpc memory            server RSS per idle connection, and under 10,000
-//                                    calls in flight
+//   bench_rpc_grpc memory            server RSS per idle connection, and with 10,000
+//                                    calls sent at once (burst) and held in flight
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
@@ -23,6 +23,9 @@ using namespace fwd_bench;
 using fwd_bench::Blob;
 using fwd_bench::Echo;
 
+// The burst of the memory figures; the server must admit it whole.
+inline constexpr std::size_t burst_calls = 10'000;
+
 class echo_service final : public Echo::CallbackService {
   grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* context, const Blob* request,
                                  Blob* response) override {
@@ -31,6 +34,24 @@ class echo_service final : public Echo::CallbackService {
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }
+
+  grpc::ServerUnaryReactor* Hold(grpc::CallbackServerContext* context, const Blob* request,
+                                 Blob* response) override {
+    response->set_data(request->data());
+    auto* reactor = context->DefaultReactor();
+    std::vector<grpc::ServerUnaryReactor*> ready;
+    {
+      std::lock_guard lock(mutex_);
+      parked_.push_back(reactor);
+      if (parked_.size() >= burst_calls) ready.swap(parked_);
+    }
+    for (auto* r : ready) r->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<grpc::ServerUnaryReactor*> parked_;
 };
 
 int run_server() {
@@ -39,6 +60,7 @@ int run_server() {
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, static_cast<int>(2 * burst_calls));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) die("grpc server: cannot listen on 127.0.0.1");
   announce_port(static_cast<unsigned>(port));
@@ -173,8 +195,9 @@ int run_memory(std::size_t idle_connections, std::size_t inflight) {
                  after, idle_connections);
     emit("rpc.rss_kib_per_idle_conn.grpc", per_conn, 2);
   }
-  {
-    // A burst of calls all issued at once on one channel; the server's peak RSS during it.
+  // 10,000 calls issued at once on one channel: echoed as they come (burst), then held by
+  // the server until all have arrived (in flight). The server's peak RSS growth.
+  for (const bool held : {false, true}) {
     server_process server;
     auto stub = Echo::NewStub(make_channel(server.port()));
     const Blob request = make_request();
@@ -188,18 +211,23 @@ int run_memory(std::size_t idle_connections, std::size_t inflight) {
     std::vector<slot> slots(inflight);
     std::atomic<std::size_t> done{0};
     for (auto& s : slots) {
-      stub->async()->Call(&s.context, &request, &s.response, [&](grpc::Status st) {
+      auto on_done = [&](grpc::Status st) {
         if (!st.ok()) die("grpc async call failed: " + st.error_message());
         done.fetch_add(1);
-      });
+      };
+      if (held) {
+        stub->async()->Hold(&s.context, &request, &s.response, on_done);
+      } else {
+        stub->async()->Call(&s.context, &request, &s.response, on_done);
+      }
     }
     if (!wait_until([&] { return done.load() == inflight; }, std::chrono::seconds(60))) {
       die("grpc: burst did not complete");
     }
     const long peak = server.peak_rss_kib();
-    std::fprintf(stderr, "grpc: server RSS %ld KiB, peak %ld KiB during %zu calls in flight%s\n",
-                 before, peak, inflight, peak_reset ? "" : " (peak not reset: upper bound)");
-    emit("rpc.rss_kib_10k_inflight.grpc", static_cast<double>(peak - before), 0);
+    std::fprintf(stderr, "grpc: server RSS %ld KiB, peak %ld KiB during %zu calls %s%s\n", before, peak,
+                 inflight, held ? "held in flight" : "sent at once", peak_reset ? "" : " (peak not reset: upper bound)");
+    emit(held ? "rpc.rss_kib_10k_inflight.grpc" : "rpc.rss_kib_10k_burst.grpc", static_cast<double>(peak - before), 0);
   }
   return 0;
 }
@@ -217,7 +245,7 @@ int main(int argc, char** argv) {
     if (depths.empty()) depths = {1, 16, 64, 256};
     return run_throughput(depths);
   }
-  if (mode == "memory") return run_memory(1000, 10'000);
+  if (mode == "memory") return run_memory(1000, burst_calls);
   std::fprintf(stderr, "usage: %s server|latency|throughput [N...]|memory\n", argv[0]);
   return 2;
 }

@@ -27,6 +27,8 @@ suite_derive() {
   ratio rpc.p50_ratio.fwd_over_tcp rpc.p50_us.fwd rpc.p50_us.tcp
   ratio rpc.p99_ratio.fwd_over_tcp rpc.p99_us.fwd rpc.p99_us.tcp
   ratio rpc.p50_ratio.grpc_over_tcp rpc.p50_us.grpc rpc.p50_us.tcp
+  ratio rpc.p50_ratio.fwd_telemetry_over_fwd rpc.p50_us.fwd_telemetry rpc.p50_us.fwd
+  ratio rpc.tput_ratio.fwd_telemetry_over_fwd.64 rpc.tput.fwd_telemetry.64 rpc.tput.fwd.64
   local d
   for d in "${RPC_DEPTHS[@]}"; do
     ratio "rpc.tput_ratio.fwd_over_grpc.$d" "rpc.tput.fwd.$d" "rpc.tput.grpc.$d"
@@ -38,16 +40,20 @@ suite_table() {
   columns fwd tcp grpc fwd/tcp
   row "p50 latency" "us" rpc.p50_us.fwd rpc.p50_us.tcp rpc.p50_us.grpc rpc.p50_ratio.fwd_over_tcp
   row "p99 latency" "us" rpc.p99_us.fwd rpc.p99_us.tcp rpc.p99_us.grpc rpc.p99_ratio.fwd_over_tcp
+  row "p50, fwd with telemetry hooks set" "us" rpc.p50_us.fwd_telemetry
+  row "p50, fwd blocking call()" "us" rpc.p50_us.fwd_blocking
   heading "throughput, one connection, N calls in flight (calls/s)"
   columns fwd grpc fwd/grpc tcp
   local d
   for d in "${RPC_DEPTHS[@]}"; do
     row "$d in flight" "calls/s" "rpc.tput.fwd.$d" "rpc.tput.grpc.$d" "rpc.tput_ratio.fwd_over_grpc.$d" "rpc.tput.tcp.$d"
   done
+  row "64 in flight, fwd telemetry hooks set" "calls/s" rpc.tput.fwd_telemetry.64
   heading "server memory (RSS from /proc/<pid>/status)"
   columns fwd grpc
   row "per idle connection (of 1000)" "KiB" rpc.rss_kib_per_idle_conn rpc.rss_kib_per_idle_conn.grpc
-  row "peak growth, 10,000 calls in flight" "KiB" rpc.rss_kib_10k_inflight rpc.rss_kib_10k_inflight.grpc
+  row "peak growth, 10,000 calls held" "KiB" rpc.rss_kib_10k_inflight rpc.rss_kib_10k_inflight.grpc
+  row "peak growth, 10,000 calls sent at once" "KiB" rpc.rss_kib_10k_burst rpc.rss_kib_10k_burst.grpc
   heading "goals"
   row "p50 fwd/tcp <= 1.5" "" rpc.p50_ratio.fwd_over_tcp
   row "throughput fwd/grpc at 64 >= 5" "" rpc.tput_ratio.fwd_over_grpc.64
