@@ -539,3 +539,83 @@ TEST_CASE("polling is driven by the reactor: an idle poller uses almost no CPU")
   // A busy loop would use about as much CPU as wall time.
   CHECK(cpu < wall / 5);
 }
+
+TEST_CASE("a grace period removes a member left out for that long") {
+  fwd::test::dnsmasq dns("127.0.0.11 node.cluster.test\n");
+  io_thread io;
+  recorder seen;
+  auto options = dns_options(dns, {fwd::dns_source::address("node.cluster.test", 7070)});
+  options.hooks = seen.hooks();
+  options.remove_after_polls = 1000;
+  options.remove_after = 300ms;
+  fwd::membership members(io.io.get_executor(), options);
+  members.start();
+  REQUIRE(seen.wait([](auto& r) { return r.saw(joined, ep("127.0.0.11", 7070)); }));
+
+  dns.write_hosts("");
+  REQUIRE(seen.wait([](auto& r) { return !r.errors.empty(); }));
+  const auto first_miss = std::chrono::steady_clock::now();
+  REQUIRE(seen.wait([](auto& r) { return r.saw(left, ep("127.0.0.11", 7070)); }));
+  // Left once the grace period had passed since the first miss (less one poll of slack:
+  // the miss was reported just before `first_miss` was taken).
+  CHECK(std::chrono::steady_clock::now() - first_miss >= 300ms - 60ms);
+  std::lock_guard lock(seen.mutex);
+  CHECK(seen.errors_at_last_left >= 3);  // several polls missed it before the grace ended
+}
+
+TEST_CASE("an answer too large for UDP is fetched again over TCP") {
+  std::string hosts;
+  for (int i = 1; i <= 100; ++i) {
+    hosts += "127.0.1." + std::to_string(i) + " big.cluster.test\n";
+  }
+  fwd::test::dnsmasq dns(hosts);
+  io_thread io;
+  auto options = dns_options(dns, {fwd::dns_source::address("big.cluster.test", 7070)});
+  options.ipv6 = false;
+  fwd::membership members(io.io.get_executor(), options);
+
+  auto [ec, found] = resolve_once(members);
+  REQUIRE_FALSE(ec);
+  CHECK(found.size() == 100);  // 100 A records: about 1,600 bytes, beyond UDP's 512
+}
+
+TEST_CASE("async_resolve_once is cancelled by its cancellation slot") {
+  fwd::test::dnsmasq dns("127.0.0.11 node.cluster.test\n");
+  dns.stop();  // queries now wait for their timeout
+  io_thread io;
+  auto options = dns_options(dns, {fwd::dns_source::address("node.cluster.test", 7070)});
+  options.query_timeout = 5s;
+  fwd::membership members(io.io.get_executor(), options);
+
+  asio::cancellation_signal signal;
+  const auto started = std::chrono::steady_clock::now();
+  auto [ec, found] = wait_result<std::vector<fwd::member>>([&](auto handler) {
+    asio::post(io.io, [&, handler = std::move(handler)]() mutable {
+      members.async_resolve_once(asio::bind_cancellation_slot(signal.slot(), std::move(handler)));
+      asio::post(io.io, [&] { signal.emit(asio::cancellation_type::terminal); });
+    });
+  });
+  CHECK(ec == asio::error::operation_aborted);
+  CHECK(found.empty());
+  CHECK(std::chrono::steady_clock::now() - started < 5s);
+}
+
+TEST_CASE("destroying a polling membership ends its queries at once") {
+  fwd::test::dnsmasq dns("127.0.0.11 node.cluster.test\n");
+  dns.stop();  // every query would wait for its 5 s timeout
+  const auto started = std::chrono::steady_clock::now();
+  {
+    io_thread io;
+    auto options = dns_options(dns, {fwd::dns_source::address("node.cluster.test", 7070)});
+    options.query_timeout = 5s;
+    std::promise<void> polled;
+    auto members = std::make_unique<fwd::membership>(io.io.get_executor(), options);
+    members->start();
+    asio::post(io.io, [&] { polled.set_value(); });
+    polled.get_future().wait();
+    members.reset();
+    // io_thread's destructor joins once the io_context has no work left: the pending
+    // queries, their sockets and timers must all be gone.
+  }
+  CHECK(std::chrono::steady_clock::now() - started < 4s);
+}
