@@ -10,11 +10,7 @@
 // `remove_after` grace period. A failed query (timeout, refused, SERVFAIL) counts for
 // nothing: the last good set is kept and the failure goes to the `on_resolve_error` hook.
 
-#include <fwd/detail/cares_channel.hpp>
-#include <fwd/detail/cares_error.hpp>
-#include <fwd/detail/cares_resolve.hpp>
-#include <fwd/error.hpp>
-
+#include <atomic>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_allocator.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
@@ -28,11 +24,13 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
-
-#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <fwd/detail/cares_channel.hpp>
+#include <fwd/detail/cares_error.hpp>
+#include <fwd/detail/cares_resolve.hpp>
+#include <fwd/error.hpp>
 #include <map>
 #include <memory>
 #include <ostream>
@@ -65,8 +63,7 @@ struct member {
 /// "host (address:port)".
 inline std::string to_string(const member& m) {
   const auto address = m.endpoint.address();
-  const std::string ip =
-      address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
+  const std::string ip = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
   return m.host + " (" + ip + ":" + std::to_string(m.endpoint.port()) + ")";
 }
 
@@ -128,8 +125,7 @@ struct membership_hooks {
   std::function<void(const member&)> on_left;
   /// A DNS query failed, or a name answered NXDOMAIN or no records; `message` says which
   /// query and what is done about it (members kept, or counted towards removal).
-  std::function<void(const boost::system::error_code&, std::string_view message)>
-      on_resolve_error;
+  std::function<void(const boost::system::error_code&, std::string_view message)> on_resolve_error;
 };
 
 struct membership_options {
@@ -168,7 +164,7 @@ class membership_completion {
   template <class Handler>
   membership_completion(Handler&& handler, const boost::asio::any_io_executor& fallback)
       : holder_(std::make_unique<holder<std::decay_t<Handler>>>(std::forward<Handler>(handler),
-                                                                 fallback)) {}
+                                                                fallback)) {}
 
   explicit operator bool() const noexcept { return holder_ != nullptr; }
 
@@ -189,7 +185,8 @@ class membership_completion {
 
     holder(Handler&& h, const boost::asio::any_io_executor& fallback)
         : handler(std::move(h)),
-          work(boost::asio::make_work_guard(boost::asio::get_associated_executor(handler, fallback))) {}
+          work(boost::asio::make_work_guard(
+              boost::asio::get_associated_executor(handler, fallback))) {}
 
     void complete(Args... args) override {
       auto executor = work.get_executor();
@@ -219,8 +216,7 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
  public:
   using strand_type = boost::asio::strand<boost::asio::any_io_executor>;
   using wait_completion = membership_completion<boost::system::error_code, membership_snapshot_ptr>;
-  using resolve_completion =
-      membership_completion<boost::system::error_code, std::vector<member>>;
+  using resolve_completion = membership_completion<boost::system::error_code, std::vector<member>>;
 
   membership_impl(boost::asio::any_io_executor executor, membership_options options)
       : executor_(executor),
@@ -273,9 +269,9 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
     if (slot.is_connected()) {
       op->slot = slot;
       slot.assign([weak = weak_from_this(), op](boost::asio::cancellation_type type) {
-        if (!(type & (boost::asio::cancellation_type::terminal |
-                      boost::asio::cancellation_type::partial |
-                      boost::asio::cancellation_type::total))) {
+        if (!(type &
+              (boost::asio::cancellation_type::terminal | boost::asio::cancellation_type::partial |
+               boost::asio::cancellation_type::total))) {
           return;
         }
         if (auto self = weak.lock()) {
@@ -287,22 +283,21 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
     }
     boost::asio::post(strand_, [self = shared_from_this(), op] {
       if (!op->completion) return;  // cancelled before it started
-      self->resolve(
-          [weak = self->weak_from_this(), op](std::vector<dns_source_answer>&& answers) {
-            auto self = weak.lock();
-            if (!self) return;
-            boost::system::error_code ec;
-            for (const auto& answer : answers) {
-              if (answer.error == make_dns_error(ARES_ECANCELLED)) {
-                ec = boost::asio::error::operation_aborted;
-                break;
-              }
-              if (!ec && answer.error) ec = answer.error;
-            }
-            std::vector<member> members;
-            for (auto& [endpoint, m] : self->merge(answers)) members.push_back(std::move(m));
-            finish_resolve(*op, ec, std::move(members));
-          });
+      self->resolve([weak = self->weak_from_this(), op](std::vector<dns_source_answer>&& answers) {
+        auto self = weak.lock();
+        if (!self) return;
+        boost::system::error_code ec;
+        for (const auto& answer : answers) {
+          if (answer.error == make_dns_error(ARES_ECANCELLED)) {
+            ec = boost::asio::error::operation_aborted;
+            break;
+          }
+          if (!ec && answer.error) ec = answer.error;
+        }
+        std::vector<member> members;
+        for (auto& [endpoint, m] : self->merge(answers)) members.push_back(std::move(m));
+        finish_resolve(*op, ec, std::move(members));
+      });
     });
   }
 
@@ -316,9 +311,9 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
     if (slot.is_connected()) {
       w.slot = slot;
       slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
-        if (!(type & (boost::asio::cancellation_type::terminal |
-                      boost::asio::cancellation_type::partial |
-                      boost::asio::cancellation_type::total))) {
+        if (!(type &
+              (boost::asio::cancellation_type::terminal | boost::asio::cancellation_type::partial |
+               boost::asio::cancellation_type::total))) {
           return;
         }
         if (auto self = weak.lock()) {
@@ -445,8 +440,8 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
       auto& tracked = tracked_[i];
       const std::string what = describe(options_.dns[i]);
       if (!answer.definitive) {
-        report(answer.error, "DNS query " + answer.failed_query + " for " + what + " failed: " +
-                                 answer.error.message() + "; keeping the " +
+        report(answer.error, "DNS query " + answer.failed_query + " for " + what +
+                                 " failed: " + answer.error.message() + "; keeping the " +
                                  std::to_string(tracked.size()) +
                                  " member(s) of the last good answer");
         continue;
@@ -454,8 +449,7 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
       if (answer.error) {
         report(answer.error, "DNS query " + answer.failed_query + " for " + what +
                                  " found no member: " + answer.error.message() + "; " +
-                                 std::to_string(tracked.size()) +
-                                 " member(s) are removed after " +
+                                 std::to_string(tracked.size()) + " member(s) are removed after " +
                                  std::to_string(polls_to_remove) + " such answer(s)");
       }
       std::unordered_map<boost::asio::ip::tcp::endpoint, const dns_found_address*> found;
@@ -506,7 +500,7 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
 
     for (const auto& event : published->changes) {
       const auto& hook = event.what == membership_event::kind::joined ? options_.hooks.on_joined
-                                                                       : options_.hooks.on_left;
+                                                                      : options_.hooks.on_left;
       if (hook) hook(event.who);
     }
     for (auto it = waiters_.begin(); it != waiters_.end();) {
@@ -554,8 +548,7 @@ class membership {
   /// Throws fwd::error (errc::bad_argument) on invalid options, e.g. a malformed DNS
   /// server, and a "fwd.dns" error when c-ares cannot initialise.
   membership(executor_type executor, membership_options options)
-      : impl_(std::make_shared<detail::membership_impl>(std::move(executor),
-                                                        std::move(options))) {}
+      : impl_(std::make_shared<detail::membership_impl>(std::move(executor), std::move(options))) {}
 
   membership(const membership&) = delete;
   membership& operator=(const membership&) = delete;
@@ -606,8 +599,8 @@ class membership {
   template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void(boost::system::error_code, std::vector<member>))
                 CompletionToken>
   auto async_resolve_once(CompletionToken&& token) {
-    return boost::asio::async_initiate<
-        CompletionToken, void(boost::system::error_code, std::vector<member>)>(
+    return boost::asio::async_initiate<CompletionToken,
+                                       void(boost::system::error_code, std::vector<member>)>(
         [](auto handler, std::shared_ptr<detail::membership_impl> impl) {
           impl->initiate_resolve_once(std::move(handler));
         },
@@ -628,10 +621,10 @@ class membership {
    * destructor complete it the same way.
    */
   template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void(boost::system::error_code,
-                                                membership_snapshot_ptr)) CompletionToken>
+                                                 membership_snapshot_ptr)) CompletionToken>
   auto async_wait_change(std::uint64_t after_version, CompletionToken&& token) {
-    return boost::asio::async_initiate<
-        CompletionToken, void(boost::system::error_code, membership_snapshot_ptr)>(
+    return boost::asio::async_initiate<CompletionToken,
+                                       void(boost::system::error_code, membership_snapshot_ptr)>(
         [](auto handler, std::shared_ptr<detail::membership_impl> impl, std::uint64_t after) {
           impl->initiate_wait_change(std::move(handler), after);
         },

@@ -9,7 +9,9 @@
 //   options.dns_servers = {dns.server()};       // "127.0.0.1:<port>"
 //   dns.write_hosts("127.0.0.12 node1.cluster.test\n");
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -17,8 +19,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 
 #include <chrono>
 #include <cstdint>
@@ -105,8 +105,8 @@ class dnsmasq {
     options_ = std::move(options);
     if (new_hosts) write_hosts(options_.hosts);
     if (!launch_and_wait()) {
-      throw std::runtime_error("dnsmasq did not restart on port " + std::to_string(port_) +
-                               ":\n" + log());
+      throw std::runtime_error("dnsmasq did not restart on port " + std::to_string(port_) + ":\n" +
+                               log());
     }
   }
   void restart() { restart(options_); }
@@ -215,9 +215,9 @@ class dnsmasq {
     server.sin_port = htons(port_);
     ::connect(fd, reinterpret_cast<sockaddr*>(&server), sizeof server);
     // A query for "ready.test" type A, class IN, id 0x4242, recursion desired.
-    static constexpr unsigned char query[] = {0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,
-                                              5, 'r', 'e', 'a', 'd', 'y', 4, 't', 'e', 's', 't',
-                                              0, 0, 1, 0, 1};
+    static constexpr unsigned char query[] = {0x42, 0x42, 0x01, 0x00, 0,   1,   0,   0,   0, 0,
+                                              0,    0,    5,    'r',  'e', 'a', 'd', 'y', 4, 't',
+                                              'e',  's',  't',  0,    0,   1,   0,   1};
     bool ready = false;
     while (!ready && std::chrono::steady_clock::now() < deadline) {
       int status = 0;

@@ -1,9 +1,6 @@
 // Cluster membership against a real dnsmasq on a loopback port.
 
-#include "dnsmasq.hpp"
-
-#include <fwd/membership.hpp>
-
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
@@ -14,19 +11,19 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
-
 #include <catch2/catch.hpp>
-
-#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <ctime>
 #include <future>
+#include <fwd/membership.hpp>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <tuple>
 #include <vector>
+
+#include "dnsmasq.hpp"
 
 namespace {
 
@@ -108,19 +105,16 @@ struct recorder {
   }
 
   bool saw(fwd::membership_event::kind what, const tcp::endpoint& endpoint) const {
-    return std::any_of(events.begin(), events.end(), [&](const auto& e) {
-      return e.what == what && e.who.endpoint == endpoint;
-    });
+    return std::any_of(events.begin(), events.end(),
+                       [&](const auto& e) { return e.what == what && e.who.endpoint == endpoint; });
   }
   std::size_t count(fwd::membership_event::kind what) const {
-    return static_cast<std::size_t>(std::count_if(
-        events.begin(), events.end(), [&](const auto& e) { return e.what == what; }));
+    return static_cast<std::size_t>(
+        std::count_if(events.begin(), events.end(), [&](const auto& e) { return e.what == what; }));
   }
 };
 
-tcp::endpoint ep(const char* address, std::uint16_t port) {
-  return {make_address(address), port};
-}
+tcp::endpoint ep(const char* address, std::uint16_t port) { return {make_address(address), port}; }
 
 const auto joined = fwd::membership_event::kind::joined;
 const auto left = fwd::membership_event::kind::left;
@@ -146,17 +140,19 @@ std::vector<tcp::endpoint> endpoints(const std::vector<fwd::member>& members) {
 }  // namespace
 
 TEST_CASE("A and AAAA records of a name become members on the given port") {
-  fwd::test::dnsmasq dns("127.0.0.11 node.cluster.test\n"
-                                   "127.0.0.12 node.cluster.test\n"
-                                   "fd00::11 node.cluster.test\n");
+  fwd::test::dnsmasq dns(
+      "127.0.0.11 node.cluster.test\n"
+      "127.0.0.12 node.cluster.test\n"
+      "fd00::11 node.cluster.test\n");
   io_thread io;
   fwd::membership members(io.io.get_executor(),
                           dns_options(dns, {fwd::dns_source::address("node.cluster.test", 7070)}));
 
   auto [ec, found] = resolve_once(members);
   REQUIRE_FALSE(ec);
-  CHECK(endpoints(found) == std::vector<tcp::endpoint>{ep("127.0.0.11", 7070), ep("127.0.0.12", 7070),
-                                                      ep("fd00::11", 7070)});
+  CHECK(endpoints(found) == std::vector<tcp::endpoint>{ep("127.0.0.11", 7070),
+                                                       ep("127.0.0.12", 7070),
+                                                       ep("fd00::11", 7070)});
   for (const auto& m : found) CHECK(m.host == "node.cluster.test");
   // Resolving once does not change the membership.
   CHECK(members.snapshot()->version == 0);
@@ -200,7 +196,8 @@ TEST_CASE("a name answering NXDOMAIN fails with fwd.dns ARES_ENOTFOUND") {
   fwd::test::dnsmasq dns("127.0.0.11 node.cluster.test\n");
   io_thread io;
   fwd::membership members(
-      io.io.get_executor(), dns_options(dns, {fwd::dns_source::address("absent.cluster.test", 7070)}));
+      io.io.get_executor(),
+      dns_options(dns, {fwd::dns_source::address("absent.cluster.test", 7070)}));
 
   auto [ec, found] = resolve_once(members);
   CHECK(found.empty());
@@ -337,8 +334,7 @@ TEST_CASE("a static list is published at start and needs no DNS") {
 }
 
 TEST_CASE("DNS and static members combined: static members stay, duplicates merge") {
-  fwd::test::dnsmasq dns(
-      "127.0.0.11 node.cluster.test\n127.0.0.12 node.cluster.test\n");
+  fwd::test::dnsmasq dns("127.0.0.11 node.cluster.test\n127.0.0.12 node.cluster.test\n");
   io_thread io;
   recorder seen;
   auto options = dns_options(dns, {fwd::dns_source::address("node.cluster.test", 7070)});
@@ -348,8 +344,9 @@ TEST_CASE("DNS and static members combined: static members stay, duplicates merg
 
   auto [ec, found] = resolve_once(members);
   REQUIRE_FALSE(ec);
-  CHECK(endpoints(found) == std::vector<tcp::endpoint>{ep("127.0.0.11", 7070), ep("127.0.0.12", 7070),
-                                                      ep("127.0.0.21", 7070)});
+  CHECK(endpoints(found) == std::vector<tcp::endpoint>{ep("127.0.0.11", 7070),
+                                                       ep("127.0.0.12", 7070),
+                                                       ep("127.0.0.21", 7070)});
 
   members.start();
   REQUIRE(seen.wait([](auto& r) { return r.count(joined) == 3; }));
@@ -413,8 +410,8 @@ TEST_CASE("async operations take callbacks, use_future, use_awaitable and deferr
     asio::co_spawn(
         io,
         [&]() -> asio::awaitable<void> {
-          auto [ec, found] = co_await members.async_resolve_once(
-              asio::as_tuple(asio::use_awaitable));
+          auto [ec, found] =
+              co_await members.async_resolve_once(asio::as_tuple(asio::use_awaitable));
           CHECK_FALSE(ec);
           CHECK(found.size() == 1);
           auto snapshot = co_await members.async_wait_change(0, asio::use_awaitable);
@@ -436,9 +433,8 @@ TEST_CASE("async operations take callbacks, use_future, use_awaitable and deferr
     });
     auto once = members.async_resolve_once(asio::deferred);
     std::size_t count = 0;
-    std::move(once)([&](boost::system::error_code, std::vector<fwd::member> found) {
-      count = found.size();
-    });
+    std::move(once)(
+        [&](boost::system::error_code, std::vector<fwd::member> found) { count = found.size(); });
     io.run_for(bound);
     REQUIRE(seen);
     CHECK(count == 1);

@@ -5,22 +5,20 @@
 // owns and closes it), and c-ares's timeouts are kept by an Asio steady_timer. Nothing
 // blocks and nothing polls: work happens only when a socket is ready or a timeout is due.
 
-#include <fwd/detail/cares_error.hpp>
-#include <fwd/error.hpp>
-
 #include <ares.h>
 
+#include <algorithm>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
-
-#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <fwd/detail/cares_error.hpp>
+#include <fwd/error.hpp>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -223,25 +221,25 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
       watcher->read_pending = true;
       watcher->descriptor.async_wait(
           boost::asio::posix::descriptor_base::wait_read,
-          boost::asio::bind_executor(strand_, [self = shared_from_this(), watcher](
-                                                  const boost::system::error_code& ec) {
-            watcher->read_pending = false;
-            if (watcher->closed || ec == boost::asio::error::operation_aborted) return;
-            if (watcher->want_read) self->process(watcher->fd, ARES_SOCKET_BAD);
-            self->arm_waits(watcher);
-          }));
+          boost::asio::bind_executor(
+              strand_, [self = shared_from_this(), watcher](const boost::system::error_code& ec) {
+                watcher->read_pending = false;
+                if (watcher->closed || ec == boost::asio::error::operation_aborted) return;
+                if (watcher->want_read) self->process(watcher->fd, ARES_SOCKET_BAD);
+                self->arm_waits(watcher);
+              }));
     }
     if (watcher->want_write && !watcher->write_pending) {
       watcher->write_pending = true;
       watcher->descriptor.async_wait(
           boost::asio::posix::descriptor_base::wait_write,
-          boost::asio::bind_executor(strand_, [self = shared_from_this(), watcher](
-                                                  const boost::system::error_code& ec) {
-            watcher->write_pending = false;
-            if (watcher->closed || ec == boost::asio::error::operation_aborted) return;
-            if (watcher->want_write) self->process(ARES_SOCKET_BAD, watcher->fd);
-            self->arm_waits(watcher);
-          }));
+          boost::asio::bind_executor(
+              strand_, [self = shared_from_this(), watcher](const boost::system::error_code& ec) {
+                watcher->write_pending = false;
+                if (watcher->closed || ec == boost::asio::error::operation_aborted) return;
+                if (watcher->want_write) self->process(ARES_SOCKET_BAD, watcher->fd);
+                self->arm_waits(watcher);
+              }));
     }
   }
 

@@ -7,7 +7,6 @@
 
 #include <boost/system/error_category.hpp>
 #include <boost/system/error_code.hpp>
-
 #include <string>
 #include <system_error>
 #include <type_traits>
@@ -16,22 +15,22 @@ namespace fwd {
 
 /// c-ares's status codes, under fwd's names; the values are c-ares's own.
 enum class dns_errc {
-  no_data = ARES_ENODATA,               ///< the name exists but has no record of that type
-  format_error = ARES_EFORMERR,         ///< the server could not read the query
-  server_failure = ARES_ESERVFAIL,      ///< the server failed (SERVFAIL)
-  not_found = ARES_ENOTFOUND,           ///< the name does not exist (NXDOMAIN)
-  not_implemented = ARES_ENOTIMP,       ///< the server does not implement that query
-  refused = ARES_EREFUSED,              ///< the server refused to answer
-  bad_query = ARES_EBADQUERY,           ///< the query was malformed
-  bad_name = ARES_EBADNAME,             ///< the name is not a valid DNS name
-  bad_response = ARES_EBADRESP,         ///< the answer was malformed
+  no_data = ARES_ENODATA,                  ///< the name exists but has no record of that type
+  format_error = ARES_EFORMERR,            ///< the server could not read the query
+  server_failure = ARES_ESERVFAIL,         ///< the server failed (SERVFAIL)
+  not_found = ARES_ENOTFOUND,              ///< the name does not exist (NXDOMAIN)
+  not_implemented = ARES_ENOTIMP,          ///< the server does not implement that query
+  refused = ARES_EREFUSED,                 ///< the server refused to answer
+  bad_query = ARES_EBADQUERY,              ///< the query was malformed
+  bad_name = ARES_EBADNAME,                ///< the name is not a valid DNS name
+  bad_response = ARES_EBADRESP,            ///< the answer was malformed
   connection_refused = ARES_ECONNREFUSED,  ///< no DNS server answered on its port
-  timeout = ARES_ETIMEOUT,              ///< no answer within the query timeout
-  out_of_memory = ARES_ENOMEM,          ///< c-ares ran out of memory
-  destroyed = ARES_EDESTRUCTION,        ///< the resolver was destroyed mid-query
-  bad_string = ARES_EBADSTR,            ///< a configuration string (e.g. a server) is malformed
+  timeout = ARES_ETIMEOUT,                 ///< no answer within the query timeout
+  out_of_memory = ARES_ENOMEM,             ///< c-ares ran out of memory
+  destroyed = ARES_EDESTRUCTION,           ///< the resolver was destroyed mid-query
+  bad_string = ARES_EBADSTR,               ///< a configuration string (e.g. a server) is malformed
   not_initialized = ARES_ENOTINITIALIZED,  ///< c-ares's library initialisation failed
-  cancelled = ARES_ECANCELLED,          ///< the query was cancelled
+  cancelled = ARES_ECANCELLED,             ///< the query was cancelled
 };
 
 namespace detail {

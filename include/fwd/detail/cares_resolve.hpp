@@ -6,17 +6,15 @@
 // is definitive when every query got one (records, "no such record" or NXDOMAIN), and
 // not when a query failed (timeout, refused, SERVFAIL, malformed answer, cancelled).
 
-#include <fwd/detail/cares_channel.hpp>
-#include <fwd/detail/cares_error.hpp>
-
 #include <ares.h>
 
-#include <boost/asio/ip/address.hpp>
-
 #include <array>
+#include <boost/asio/ip/address.hpp>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <fwd/detail/cares_channel.hpp>
+#include <fwd/detail/cares_error.hpp>
 #include <memory>
 #include <string>
 #include <utility>
@@ -29,7 +27,7 @@ inline constexpr int dns_type_aaaa = 28;  // ns_t_aaaa
 inline constexpr int dns_type_srv = 33;   // ns_t_srv
 
 struct dns_query_spec {
-  bool srv = false;        ///< SRV records of `name`, else A/AAAA of `name`
+  bool srv = false;  ///< SRV records of `name`, else A/AAAA of `name`
   std::string name;
   std::uint16_t port = 0;  ///< for A/AAAA
 };
@@ -59,8 +57,8 @@ class dns_resolve_round : public std::enable_shared_from_this<dns_resolve_round>
  public:
   using done_callback = std::function<void(std::vector<dns_source_answer>&&)>;
 
-  dns_resolve_round(cares_channel* channel, std::vector<dns_query_spec> specs, bool ipv4,
-                    bool ipv6, done_callback done)
+  dns_resolve_round(cares_channel* channel, std::vector<dns_query_spec> specs, bool ipv4, bool ipv6,
+                    done_callback done)
       : channel_(channel),
         specs_(std::move(specs)),
         ipv4_(ipv4),
@@ -91,8 +89,7 @@ class dns_resolve_round : public std::enable_shared_from_this<dns_resolve_round>
     channel_->query(name, type, search, std::move(cb));
   }
 
-  void resolve_addresses(std::size_t i, const std::string& name, std::uint16_t port,
-                         bool search) {
+  void resolve_addresses(std::size_t i, const std::string& name, std::uint16_t port, bool search) {
     if (ipv4_) {
       send(name, dns_type_a, search,
            [self = shared_from_this(), i, name, port](int status, const unsigned char* answer,
@@ -128,8 +125,8 @@ class dns_resolve_round : public std::enable_shared_from_this<dns_resolve_round>
     }
   }
 
-  void on_address(std::size_t i, const std::string& name, std::uint16_t port, int type,
-                  int status, const unsigned char* answer, int length) {
+  void on_address(std::size_t i, const std::string& name, std::uint16_t port, int type, int status,
+                  const unsigned char* answer, int length) {
     const std::string query = (type == dns_type_a ? "A " : "AAAA ") + name;
     if (status == ARES_SUCCESS) {
       // More records than this are cut: a cluster of more nodes than one answer
