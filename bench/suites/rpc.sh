@@ -1,7 +1,7 @@
 # bench/run rpc: fwd's RPC transport against a raw TCP ping-pong (the floor) and gRPC unary.
 # Goals: rpc.p50_ratio.fwd_over_tcp <= 1.5, rpc.tput_ratio.fwd_over_grpc.64 >= 5.
 
-SUITE_TARGETS=(bench_rpc_tcp bench_rpc_grpc bench_rpc_fwd)
+SUITE_TARGETS=(bench_rpc_tcp bench_rpc_asio bench_rpc_grpc bench_rpc_fwd)
 SUITE_OPTIONAL_TARGETS=(bench_rpc_fwd)
 RPC_DEPTHS=(1 16 64 256)
 
@@ -9,37 +9,48 @@ RPC_ROUNDS=3
 
 # Each system is measured in RPC_ROUNDS short rounds, interleaved, so that load from
 # elsewhere on the machine hits all of them alike; bench/run reports the median per key.
+# Ratios are taken within a round (figures measured seconds apart), then their median.
 suite_run() {
-  local bin=$1 round
-  local systems=(bench_rpc_tcp bench_rpc_grpc)
-  if have_target bench_rpc_fwd; then systems+=(bench_rpc_fwd); fi
+  local bin=$1 round s d out tcp asio fwd grpc
+  local fwd_here=0
+  if have_target bench_rpc_fwd; then fwd_here=1; fi
   for round in $(seq "$RPC_ROUNDS"); do
-    for s in "${systems[@]}"; do run_bench 60 "$bin/$s" latency 0.6; done
+    out=""
+    for s in asio tcp grpc fwd; do
+      [ $s != fwd ] || [ $fwd_here = 1 ] || continue
+      out+=$(run_bench 60 "$bin/bench_rpc_$s" latency 0.6)$'\n'
+    done
+    echo "$out"
+    tcp=$(value_of rpc.p50_us.tcp "$out")
+    fwd=$(value_of rpc.p50_us.fwd "$out")
+    ratio_of rpc.p50_ratio.fwd_over_tcp "$fwd" "$tcp"
+    ratio_of rpc.p50_ratio.fwd_over_asio "$fwd" "$(value_of rpc.p50_us.asio "$out")"
+    ratio_of rpc.p50_ratio.grpc_over_tcp "$(value_of rpc.p50_us.grpc "$out")" "$tcp"
+    ratio_of rpc.p99_ratio.fwd_over_tcp "$(value_of rpc.p99_us.fwd "$out")" "$(value_of rpc.p99_us.tcp "$out")"
+    ratio_of rpc.p50_ratio.fwd_telemetry_over_fwd "$(value_of rpc.p50_us.fwd_telemetry "$out")" "$fwd"
   done
   for round in $(seq "$RPC_ROUNDS"); do
-    for s in "${systems[@]}"; do run_bench 60 "$bin/$s" throughput "${RPC_DEPTHS[@]}"; done
+    for d in "${RPC_DEPTHS[@]}"; do
+      out=""
+      for s in tcp grpc fwd; do
+        [ $s != fwd ] || [ $fwd_here = 1 ] || continue
+        out+=$(run_bench 60 "$bin/bench_rpc_$s" throughput "$d")$'\n'
+      done
+      echo "$out"
+      ratio_of "rpc.tput_ratio.fwd_over_grpc.$d" "$(value_of "rpc.tput.fwd.$d" "$out")" \
+        "$(value_of "rpc.tput.grpc.$d" "$out")"
+    done
   done
   run_bench 90 "$bin/bench_rpc_grpc" memory
-  if have_target bench_rpc_fwd; then run_bench 90 "$bin/bench_rpc_fwd" memory; fi
-}
-
-suite_derive() {
-  ratio rpc.p50_ratio.fwd_over_tcp rpc.p50_us.fwd rpc.p50_us.tcp
-  ratio rpc.p99_ratio.fwd_over_tcp rpc.p99_us.fwd rpc.p99_us.tcp
-  ratio rpc.p50_ratio.grpc_over_tcp rpc.p50_us.grpc rpc.p50_us.tcp
-  ratio rpc.p50_ratio.fwd_telemetry_over_fwd rpc.p50_us.fwd_telemetry rpc.p50_us.fwd
-  ratio rpc.tput_ratio.fwd_telemetry_over_fwd.64 rpc.tput.fwd_telemetry.64 rpc.tput.fwd.64
-  local d
-  for d in "${RPC_DEPTHS[@]}"; do
-    ratio "rpc.tput_ratio.fwd_over_grpc.$d" "rpc.tput.fwd.$d" "rpc.tput.grpc.$d"
-  done
+  if [ $fwd_here = 1 ]; then run_bench 90 "$bin/bench_rpc_fwd" memory; fi
 }
 
 suite_table() {
   heading "sequential calls, 64-byte payload, one in flight (microseconds)"
-  columns fwd tcp grpc fwd/tcp
-  row "p50 latency" "us" rpc.p50_us.fwd rpc.p50_us.tcp rpc.p50_us.grpc rpc.p50_ratio.fwd_over_tcp
-  row "p99 latency" "us" rpc.p99_us.fwd rpc.p99_us.tcp rpc.p99_us.grpc rpc.p99_ratio.fwd_over_tcp
+  columns fwd tcp grpc fwd/tcp asio fwd/asio
+  row "p50 latency" "us" rpc.p50_us.fwd rpc.p50_us.tcp rpc.p50_us.grpc rpc.p50_ratio.fwd_over_tcp \
+    rpc.p50_us.asio rpc.p50_ratio.fwd_over_asio
+  row "p99 latency" "us" rpc.p99_us.fwd rpc.p99_us.tcp rpc.p99_us.grpc rpc.p99_ratio.fwd_over_tcp rpc.p99_us.asio
   row "p50, fwd with telemetry hooks set" "us" rpc.p50_us.fwd_telemetry
   row "p50, fwd blocking call()" "us" rpc.p50_us.fwd_blocking
   heading "throughput, one connection, N calls in flight (calls/s)"
