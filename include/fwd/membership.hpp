@@ -8,7 +8,9 @@
 // removed only after `remove_after_polls` consecutive definitive answers (records, "no
 // such record" or NXDOMAIN) that leave it out, or once it has been left out for the
 // `remove_after` grace period. A failed query (timeout, refused, SERVFAIL) counts for
-// nothing: the last good set is kept and the failure goes to the `on_resolve_error` hook.
+// nothing (it neither counts towards removal nor resets the count): the last good set is
+// kept and the failure goes to the `on_resolve_error` hook, as do NXDOMAIN and empty
+// answers.
 
 #include <atomic>
 #include <boost/asio/any_io_executor.hpp>
