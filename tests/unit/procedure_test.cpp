@@ -75,7 +75,25 @@ struct opaque {
   int secret = 0;
 };
 
+// Serialised by a free function in namespace boost::serialization, which fwd cannot
+// detect: the user says so with fwd::is_serializable.
+struct money {
+  std::int64_t cents = 0;
+  friend bool operator==(const money&, const money&) = default;
+};
+
 }  // namespace blog
+
+namespace boost::serialization {
+template <class Archive>
+void serialize(Archive& ar, blog::money& m, const unsigned int /*version*/) {
+  ar & m.cents;
+}
+}  // namespace boost::serialization
+
+template <>
+struct fwd::is_serializable<blog::money> : std::true_type {};
+FWD_TYPE_NAME(blog::money, "blog.money");
 
 FWD_TYPE_NAME(blog::status, "blog.status");
 FWD_TYPE_NAME(blog::big, "blog.big");
@@ -278,6 +296,7 @@ TEST_CASE("every supported type survives encoding and decoding") {
   CHECK(round_trip(now) == now);
   CHECK(round_trip(blog::tag{"urgent", 3}) == blog::tag{"urgent", 3});
   CHECK(round_trip(blog::point{1.5, -2}) == blog::point{1.5, -2});
+  CHECK(round_trip(blog::money{-250}) == blog::money{-250});
   const blog::post post{"title", {{"a", 1}, {"b", 2}}, blog::status::published};
   CHECK(round_trip(post) == post);
   using nested = std::map<std::string, std::vector<std::optional<std::tuple<blog::tag, std::variant<int, blog::post>>>>>;

@@ -101,9 +101,20 @@ TEST_CASE("a synchronous function serves a procedure on the executor, never insi
     ran_on = std::this_thread::get_id();
     return base + static_cast<std::int64_t>(label.size());
   });
-  const outcome out = run_call(procedures, add_tag, "hello", 100);
+  boost::asio::io_context io;
+  const std::string arguments = fwd::detail::encode_arguments(add_tag, "hello", 100);
+  outcome out;
+  procedures.dispatch(call_of(add_tag, arguments), io.get_executor(), record(out));
+  CHECK(ran_on == std::thread::id{});  // posted, not run inside dispatch
+  CHECK(out.replies == 0);
+  std::thread::id runner_id;
+  std::thread runner([&] {
+    runner_id = std::this_thread::get_id();
+    io.run();
+  });
+  runner.join();
   CHECK(result_of(out) == 105);
-  CHECK(ran_on == std::this_thread::get_id());  // the thread that ran io.run()
+  CHECK(ran_on == runner_id);  // the thread that ran the executor
 }
 
 TEST_CASE("a synchronous function may take the call context first") {
