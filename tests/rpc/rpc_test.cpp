@@ -507,8 +507,12 @@ TEST_CASE("the client reconnects after the server comes back") {
   const auto peer = server->endpoint();
   CHECK(client.call(peer, test_procs::add, 1, 1) == 2);
   server.reset();  // killed: the connection breaks
-  // A new server on another port; the old one's calls fail, the new one's succeed.
+  // A call racing the client's discovery of the break may be written to the dead socket
+  // (connection_lost, honestly "maybe executed"); once the break is known, nothing listens.
+  const auto first = call_and_wait(client, peer, test_procs::add, 1, 1).ec;
+  CHECK((first == fwd::errc::unreachable || first == fwd::errc::connection_lost));
   CHECK(call_and_wait(client, peer, test_procs::add, 1, 1).ec == fwd::errc::unreachable);
+  // A new server on another port; its calls succeed.
   child_server again;
   CHECK(client.call(again.endpoint(), test_procs::add, 2, 2) == 4);
 }
@@ -665,7 +669,12 @@ TEST_CASE("10,000 concurrent calls on one connection complete, with bounded serv
   INFO("server RSS before " << before << " KiB, peak " << after << " KiB");
   WARN("10,000 concurrent calls: " << std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count()
                                    << " ms; server peak RSS grew " << (after - before) << " KiB");
-  CHECK(after - before < 64 * 1024);
+#if defined(__SANITIZE_ADDRESS__)
+  constexpr long bound_kib = 256 * 1024;  // ASan's quarantine keeps freed memory
+#else
+  constexpr long bound_kib = 64 * 1024;
+#endif
+  CHECK(after - before < bound_kib);
 }
 
 TEST_CASE("telemetry hooks see calls and connections") {
