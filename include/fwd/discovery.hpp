@@ -1,0 +1,486 @@
+#pragma once
+
+// Who is primary. The answer is cached: a lookup that hits the cache is two atomic loads
+// and a clock read. When the cache is empty or stale, one refresh runs for all callers
+// (single-flight): the local LiteFS role first (the primary needs nobody), then the
+// `.primary` hostname mapped to a member through the members' earlier `fwd.hello` answers,
+// and only when that does not settle it, a probe of every member in parallel.
+
+#include <fwd/error.hpp>
+#include <fwd/litefs.hpp>
+#include <fwd/rpc/client.hpp>
+#include <fwd/rpc/hello.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/append.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fwd {
+
+/// What a node says of itself when probed (its `fwd.hello` answer).
+struct node_status {
+  std::string node_name;
+  std::string litefs_hostname;
+  litefs::role_kind role = litefs::role_kind::unknown;
+  std::uint64_t txid = 0;
+};
+
+/// A cluster member as discovery sees it: where its fwd server listens.
+struct peer {
+  std::string name;
+  boost::asio::ip::tcp::endpoint endpoint;
+  friend bool operator==(const peer&, const peer&) = default;
+};
+
+/// Where writes go.
+struct primary_location {
+  bool local = false;                       ///< this node is the primary
+  boost::asio::ip::tcp::endpoint endpoint;  ///< the primary's fwd server, when !local
+  std::string litefs_hostname;              ///< its LiteFS hostname, when known
+  friend bool operator==(const primary_location&, const primary_location&) = default;
+};
+
+/// Observers of discovery; each is optional and costs nothing when unset.
+struct discovery_hooks {
+  std::function<void(const primary_location& now)> primary_changed;
+  std::function<void()> cache_hit;   ///< called on every cached lookup: keep it cheap
+  std::function<void()> cache_miss;  ///< a lookup that had to wait for a refresh
+  std::function<void(const peer&, const boost::system::error_code&, const node_status&)>
+      probe_result;
+};
+
+struct discovery_options {
+  std::filesystem::path mount;                        ///< the LiteFS FUSE mount, e.g. /litefs
+  std::chrono::milliseconds ttl{2000};                ///< how long an answer is trusted
+  std::chrono::milliseconds probe_timeout{300};       ///< the deadline of one probe
+  std::chrono::milliseconds retry_interval{25};       ///< between rounds that found no primary
+  std::chrono::milliseconds role_poll_interval{100};  ///< how often `.primary` is re-read
+  std::size_t max_concurrent_probes = 16;
+  discovery_hooks hooks;
+};
+
+/// Finds the primary and caches the answer. Thread-safe: lookups from any thread; the
+/// slow path runs on a strand of the executor given at construction.
+class primary_finder : public std::enable_shared_from_this<primary_finder> {
+ public:
+  using clock = std::chrono::steady_clock;
+  using probe_handler = boost::asio::any_completion_handler<void(boost::system::error_code, node_status)>;
+  /// Asks one peer who it is, completing by the deadline at the latest.
+  using probe_function = std::function<void(const peer&, clock::time_point deadline, probe_handler)>;
+  /// Returns the current members (not including this node, or including it: both work).
+  using members_function = std::function<std::vector<peer>()>;
+  /// Reads the local role; defaults to litefs::read_role(options.mount).
+  using role_function = std::function<litefs::role()>;
+
+  static std::shared_ptr<primary_finder> create(boost::asio::any_io_executor ex,
+                                                discovery_options options,
+                                                members_function members, probe_function probe,
+                                                role_function role = {}) {
+    return std::shared_ptr<primary_finder>(new primary_finder(
+        std::move(ex), std::move(options), std::move(members), std::move(probe), std::move(role)));
+  }
+
+  primary_finder(const primary_finder&) = delete;
+  primary_finder& operator=(const primary_finder&) = delete;
+
+  /// The cached primary if the cache is fresh, else nullptr. Costs two atomic loads and
+  /// a clock read; never blocks. The pointer stays valid as long as the finder.
+  const primary_location* cached() const noexcept {
+    const primary_location* location = current_.load(std::memory_order_acquire);
+    if (location == nullptr) return nullptr;
+    if (clock::now().time_since_epoch().count() >= expires_.load(std::memory_order_relaxed)) {
+      return nullptr;
+    }
+    if (has_hit_hook_) options_.hooks.cache_hit();
+    return location;
+  }
+
+  /**
+   * Finds the primary, from the cache when it is fresh.
+   *
+   * Completion signature: `void(boost::system::error_code, primary_location)`.
+   * Fails with `errc::no_primary` when no primary is found before `deadline`
+   * (`last_failure()` then tells what was tried), `errc::not_litefs` when the mount is not
+   * LiteFS. Completes through the handler's associated executor, never inside this call.
+   *
+   * Per-operation cancellation: terminal; the operation completes with
+   * `errc::cancelled` and the refresh it joined goes on for the other callers.
+   */
+  template <class Token>
+  auto async_find(clock::time_point deadline, Token&& token) {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code, primary_location)>(
+        [self = shared_from_this(), deadline](auto handler) {
+          if (const primary_location* hit = self->cached()) {
+            self->complete(std::move(handler), {}, *hit);
+            return;
+          }
+          self->enqueue(deadline, std::move(handler));
+        },
+        token);
+  }
+
+  /// Forgets the cached primary: the next lookup refreshes. Call it on `not_primary` and
+  /// when a connection to the primary fails.
+  void invalidate() noexcept {
+    current_.store(nullptr, std::memory_order_release);
+    expires_.store(0, std::memory_order_relaxed);
+  }
+
+  /// Starts watching the local `.primary`: a change invalidates the cache at once.
+  void start() {
+    boost::asio::dispatch(strand_, [self = shared_from_this()] {
+      self->stopped_ = false;
+      self->watch_role();
+    });
+  }
+
+  /// Stops the watch and fails waiting lookups with `errc::cancelled`.
+  void stop() {
+    boost::asio::dispatch(strand_, [self = shared_from_this()] {
+      self->stopped_ = true;
+      self->role_timer_.cancel();
+      self->retry_timer_.cancel();
+      self->fail_waiters(errc::cancelled, [](const waiter&) { return true; });
+    });
+  }
+
+  /// Why the last refresh found no primary (what was tried), for error messages.
+  std::string last_failure() const {
+    std::lock_guard lock(failure_mutex_);
+    return last_failure_;
+  }
+
+  /// How many probe rounds have run (each probes every member at most once).
+  std::uint64_t probe_rounds() const noexcept { return probe_rounds_.load(std::memory_order_relaxed); }
+
+ private:
+  struct waiter {
+    std::uint64_t id;
+    clock::time_point deadline;
+    boost::asio::any_completion_handler<void(boost::system::error_code, primary_location)> handler;
+  };
+
+  struct round_state {
+    std::vector<peer> members;
+    std::size_t next = 0;
+    std::size_t in_flight = 0;
+    std::size_t answered = 0;
+    bool done = false;
+    litefs::role local;
+    clock::time_point deadline;
+    std::vector<std::pair<peer, node_status>> claimants;
+    std::string tried;
+  };
+
+  primary_finder(boost::asio::any_io_executor ex, discovery_options options,
+                 members_function members, probe_function probe, role_function role)
+      : executor_(std::move(ex)),
+        strand_(boost::asio::make_strand(executor_)),
+        options_(std::move(options)),
+        members_(std::move(members)),
+        probe_(std::move(probe)),
+        role_(std::move(role)),
+        role_timer_(strand_),
+        retry_timer_(strand_),
+        has_hit_hook_(static_cast<bool>(options_.hooks.cache_hit)) {
+    if (!role_) {
+      role_ = [mount = options_.mount] { return litefs::read_role(mount); };
+    }
+  }
+
+  template <class Handler>
+  void enqueue(clock::time_point deadline, Handler&& original) {
+    // Type-erase first: a slot handler installed before the conversion is lost with it.
+    boost::asio::any_completion_handler<void(boost::system::error_code, primary_location)> handler(
+        std::forward<Handler>(original));
+    auto slot = boost::asio::get_associated_cancellation_slot(handler);
+    const std::uint64_t id = next_waiter_id_.fetch_add(1, std::memory_order_relaxed);
+    if (slot.is_connected()) {
+      slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
+        if ((type & boost::asio::cancellation_type::terminal) == boost::asio::cancellation_type::none) return;
+        if (auto self = weak.lock()) {
+          boost::asio::dispatch(self->strand_, [self, id] {
+            self->fail_waiters(errc::cancelled, [id](const waiter& w) { return w.id == id; });
+          });
+        }
+      });
+    }
+    boost::asio::dispatch(strand_, [self = shared_from_this(), id, deadline,
+                                    h = std::move(handler)]() mutable {
+      if (self->options_.hooks.cache_miss) self->options_.hooks.cache_miss();
+      if (self->stopped_) {
+        self->complete(std::move(h), make_error_code(errc::cancelled), {});
+        return;
+      }
+      self->waiters_.push_back(waiter{id, deadline, std::move(h)});
+      self->start_round();
+    });
+  }
+
+  template <class Handler>
+  void complete(Handler&& handler, boost::system::error_code ec, primary_location location) {
+    // append() keeps the handler's associated executor, which post() then runs it on.
+    boost::asio::post(executor_,
+                      boost::asio::append(std::forward<Handler>(handler), ec, std::move(location)));
+  }
+
+  template <class Predicate>
+  void fail_waiters(errc why, Predicate&& which) {
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (which(*it)) {
+        complete(std::move(it->handler), make_error_code(why), {});
+        it = waiters_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // On the strand. Starts a round unless one runs (single-flight).
+  void start_round() {
+    if (round_ || waiters_.empty()) return;
+    if (const primary_location* hit = cached()) {
+      finish(*hit);
+      return;
+    }
+    auto round = std::make_shared<round_state>();
+    round_ = round;
+    clock::time_point latest = clock::now();
+    for (const auto& w : waiters_) latest = std::max(latest, w.deadline);
+    round->deadline = std::min(clock::now() + options_.probe_timeout, latest);
+
+    round->local = role_();
+    switch (round->local.kind) {
+      case litefs::role_kind::primary:
+        finish(primary_location{true, {}, {}});
+        return;
+      case litefs::role_kind::not_litefs:
+        round_.reset();
+        record_failure("the mount is not LiteFS: " + round->local.reason);
+        fail_waiters(errc::not_litefs, [](const waiter&) { return true; });
+        return;
+      case litefs::role_kind::replica:
+        if (auto it = hostnames_.find(round->local.primary_hostname); it != hostnames_.end()) {
+          for (const peer& p : members_()) {
+            if (p.endpoint == it->second) {
+              finish(primary_location{false, p.endpoint, round->local.primary_hostname});
+              return;
+            }
+          }
+        }
+        break;
+      case litefs::role_kind::unknown:
+        break;
+    }
+    probe_rounds_.fetch_add(1, std::memory_order_relaxed);
+    round->members = members_();
+    if (round->members.empty()) {
+      end_round(round, "no members are known");
+      return;
+    }
+    launch_probes(round);
+  }
+
+  void launch_probes(const std::shared_ptr<round_state>& round) {
+    while (!round->done && round->in_flight < options_.max_concurrent_probes &&
+           round->next < round->members.size()) {
+      const peer target = round->members[round->next++];
+      ++round->in_flight;
+      probe_(target, round->deadline,
+             boost::asio::bind_executor(strand_, [self = shared_from_this(), round, target](
+                                                     boost::system::error_code ec, node_status status) {
+               self->on_probe(round, target, ec, std::move(status));
+             }));
+    }
+  }
+
+  void on_probe(const std::shared_ptr<round_state>& round, const peer& target,
+                boost::system::error_code ec, node_status status) {
+    --round->in_flight;
+    ++round->answered;
+    if (options_.hooks.probe_result) options_.hooks.probe_result(target, ec, status);
+    if (round->done) return;
+    round->tried += target.name.empty() ? target.endpoint.address().to_string() : target.name;
+    if (ec) {
+      round->tried += " (" + ec.message().substr(0, 60) + "); ";
+    } else {
+      round->tried += " (" + std::string(litefs::to_string(status.role)) + "); ";
+      if (!status.litefs_hostname.empty()) hostnames_[status.litefs_hostname] = target.endpoint;
+      if (status.role == litefs::role_kind::primary) {
+        // The member that the local `.primary` names settles it at once.
+        if (round->local.kind == litefs::role_kind::replica &&
+            status.litefs_hostname == round->local.primary_hostname) {
+          round->done = true;
+          round_.reset();
+          finish(primary_location{false, target.endpoint, status.litefs_hostname});
+          return;
+        }
+        round->claimants.emplace_back(target, std::move(status));
+      }
+    }
+    if (round->next < round->members.size()) {
+      launch_probes(round);
+      return;
+    }
+    if (round->in_flight > 0) return;
+    // Every member answered or timed out.
+    round->done = true;
+    if (round->claimants.size() == 1 && round->local.kind != litefs::role_kind::replica) {
+      const auto& [p, s] = round->claimants.front();
+      round_.reset();
+      finish(primary_location{false, p.endpoint, s.litefs_hostname});
+      return;
+    }
+    std::string why;
+    if (round->claimants.empty()) {
+      why = "no member says it is primary";
+    } else if (round->local.kind == litefs::role_kind::replica) {
+      why = "LiteFS names " + round->local.primary_hostname + " but no member with that hostname is primary";
+    } else {
+      why = std::to_string(round->claimants.size()) + " members claim to be primary";
+    }
+    end_round(round, why + "; probed: " + round->tried);
+  }
+
+  // A round that found no primary: waiters past their deadline fail, others retry.
+  void end_round(const std::shared_ptr<round_state>& round, const std::string& why) {
+    round->done = true;
+    round_.reset();
+    record_failure(why);
+    const auto now = clock::now();
+    fail_waiters(errc::no_primary, [now](const waiter& w) { return w.deadline <= now; });
+    if (waiters_.empty() || stopped_) return;
+    retry_timer_.expires_after(options_.retry_interval);
+    retry_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (!ec) self->start_round();
+    });
+  }
+
+  void finish(primary_location location) {
+    round_.reset();
+    const primary_location* stored = intern(std::move(location));
+    const primary_location* before = current_.exchange(stored, std::memory_order_acq_rel);
+    expires_.store((clock::now() + options_.ttl).time_since_epoch().count(), std::memory_order_relaxed);
+    if (stored != before && stored != last_announced_) {
+      last_announced_ = stored;
+      if (options_.hooks.primary_changed) options_.hooks.primary_changed(*stored);
+    }
+    cached_role_ = role_();
+    for (auto& w : waiters_) complete(std::move(w.handler), {}, *stored);
+    waiters_.clear();
+  }
+
+  // Locations are kept for the finder's lifetime, so that cached() can hand out stable
+  // pointers without reference counting; a cluster has few distinct primaries.
+  const primary_location* intern(primary_location location) {
+    for (const auto& known : locations_) {
+      if (*known == location) return known.get();
+    }
+    locations_.push_back(std::make_unique<const primary_location>(std::move(location)));
+    return locations_.back().get();
+  }
+
+  void record_failure(std::string why) {
+    std::lock_guard lock(failure_mutex_);
+    last_failure_ = std::move(why);
+  }
+
+  void watch_role() {
+    if (stopped_) return;
+    role_timer_.expires_after(options_.role_poll_interval);
+    role_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (ec || self->stopped_) return;
+      if (self->current_.load(std::memory_order_acquire) != nullptr) {
+        const litefs::role now = self->role_();
+        if (now.kind != self->cached_role_.kind ||
+            now.primary_hostname != self->cached_role_.primary_hostname) {
+          self->invalidate();
+        }
+      }
+      self->watch_role();
+    });
+  }
+
+  boost::asio::any_io_executor executor_;
+  boost::asio::strand<boost::asio::any_io_executor> strand_;
+  discovery_options options_;
+  members_function members_;
+  probe_function probe_;
+  role_function role_;
+
+  // The cache: read from any thread.
+  std::atomic<const primary_location*> current_{nullptr};
+  std::atomic<clock::rep> expires_{0};
+
+  // The slow path: on the strand only.
+  boost::asio::steady_timer role_timer_;
+  boost::asio::steady_timer retry_timer_;
+  std::deque<waiter> waiters_;
+  std::shared_ptr<round_state> round_;
+  std::map<std::string, boost::asio::ip::tcp::endpoint> hostnames_;
+  std::vector<std::unique_ptr<const primary_location>> locations_;
+  const primary_location* last_announced_ = nullptr;
+  litefs::role cached_role_;
+  bool stopped_ = false;
+
+  std::atomic<std::uint64_t> next_waiter_id_{1};
+  std::atomic<std::uint64_t> probe_rounds_{0};
+  mutable std::mutex failure_mutex_;
+  std::string last_failure_;
+  const bool has_hit_hook_;
+};
+
+/// The role a `fwd.hello` answer names ("primary", "replica", "unknown", "not_litefs").
+inline litefs::role_kind role_from_string(std::string_view name) noexcept {
+  if (name == "primary") return litefs::role_kind::primary;
+  if (name == "replica") return litefs::role_kind::replica;
+  if (name == "not_litefs") return litefs::role_kind::not_litefs;
+  return litefs::role_kind::unknown;
+}
+
+/// A probe that asks each peer `fwd.hello` through `client`, which must outlive the
+/// finder that uses the probe.
+inline primary_finder::probe_function hello_prober(rpc::client& client) {
+  return [&client](const peer& target, primary_finder::clock::time_point deadline,
+                   primary_finder::probe_handler handler) {
+    rpc::call_options options;
+    options.deadline = deadline;
+    client.async_call(target.endpoint, options, rpc::hello,
+                      [h = std::move(handler)](boost::system::error_code ec,
+                                               rpc::hello_info info) mutable {
+                        node_status status;
+                        if (!ec) {
+                          status.node_name = std::move(info.node_name);
+                          status.litefs_hostname = std::move(info.litefs_hostname);
+                          status.role = role_from_string(info.role);
+                          status.txid = info.txid;
+                        }
+                        std::move(h)(ec, std::move(status));
+                      });
+  };
+}
+
+}  // namespace fwd
