@@ -4,3 +4,14 @@
 
 #include <fwd/version.hpp>
 #include <fwd/error.hpp>
+#include <fwd/litefs.hpp>
+#include <fwd/procedure.hpp>
+#include <fwd/wire.hpp>
+#include <fwd/telemetry.hpp>
+#include <fwd/rpc/registry.hpp>
+#include <fwd/rpc/hello.hpp>
+#include <fwd/rpc/server.hpp>
+#include <fwd/rpc/client.hpp>
+#include <fwd/membership.hpp>
+#include <fwd/discovery.hpp>
+#include <fwd/sqlite.hpp>

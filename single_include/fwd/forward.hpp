@@ -288,5 +288,7494 @@ template <>
 struct std::is_error_code_enum<fwd::errc> : std::true_type {};
 
 // ---- end fwd/error.hpp ----
+// ---- begin fwd/litefs.hpp ----
+
+// The LiteFS mount contract: the files LiteFS serves in its FUSE mount (.primary, .lag,
+// <db>-pos), the local role they imply, and the check that a database path really is on
+// a LiteFS mount (and not in LiteFS's data directory, where nothing replicates).
+//
+// Every function that can fail comes in three forms:
+//   f(args..., failure&)                   fills code + a detailed message, never throws
+//   f(args..., boost::system::error_code&) fills the code only, never throws
+//   f(args...)                             throws fwd::error carrying the detailed message
+// The detailed messages name the file, show the offending bytes (escaped, truncated) and
+// say what to do.
+//
+// Only std and POSIX: this header is cheap to include.
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <iterator>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+namespace fwd::litefs {
+
+/// The largest LiteFS control file (.primary, .lag, <db>-pos) fwd reads; a larger file
+/// is reported as bad_litefs_file rather than read into memory.
+inline constexpr std::size_t max_file_size = 4096;
+
+/// Size of a `<db>-pos` file: `"%016x/%016x\n"`.
+inline constexpr std::size_t position_size = 34;
+
+/// The value of `.lag` before this node has ever synced with a primary (Go's MaxInt32).
+inline constexpr std::chrono::milliseconds lag_never_synced{2147483647};
+
+/// `statfs().f_type` of every FUSE mount (FUSE_SUPER_MAGIC).
+inline constexpr std::uint64_t fuse_super_magic = 0x65735546;
+
+/// Where LiteFS's FUSE mount usually is (`fuse.dir` in litefs.yml), used in suggestions
+/// when /proc/self/mounts shows none.
+inline constexpr std::string_view default_mount = "/litefs";
+
+inline constexpr std::string_view lag_filename = ".lag";
+inline constexpr std::string_view primary_filename = ".primary";
+inline constexpr std::string_view position_suffix = "-pos";
+
+/// True when `lag` is LiteFS's "never synced" value.
+constexpr bool never_synced(std::chrono::milliseconds lag) noexcept {
+  return lag == lag_never_synced;
+}
+
+/// A failure with its detailed message (file, offending bytes, what to do).
+struct failure {
+  boost::system::error_code code;
+  std::string message;
+
+  bool failed() const noexcept { return static_cast<bool>(code); }
+  /// True when failed, like error_code.
+  explicit operator bool() const noexcept { return failed(); }
+  void clear() noexcept {
+    code.clear();
+    message.clear();
+  }
+  /// Throws fwd::error(code, message).
+  [[noreturn]] void raise() const { throw fwd::error(code, message); }
+};
+
+/// A database's replication position, as in `<db>-pos`.
+struct position {
+  std::uint64_t txid = 0;      ///< the last applied transaction id
+  std::uint64_t checksum = 0;  ///< the database checksum after applying it
+  friend bool operator==(const position&, const position&) = default;
+};
+
+/// What this node is, as far as its LiteFS mount tells.
+enum class role_kind {
+  primary,     ///< this node holds the lease: writes run here
+  replica,     ///< a replica connected to `primary_hostname`
+  unknown,     ///< no primary known (election, reconnect, none): writes must wait
+  not_litefs,  ///< the directory is not a LiteFS mount (no `.lag`)
+};
+
+/// "primary", "replica", "unknown" or "not_litefs".
+constexpr const char* to_string(role_kind k) noexcept {
+  switch (k) {
+    case role_kind::primary:
+      return "primary";
+    case role_kind::replica:
+      return "replica";
+    case role_kind::unknown:
+      return "unknown";
+    case role_kind::not_litefs:
+      return "not_litefs";
+  }
+  return "?";
+}
+
+/// The local role and why it was decided (for logs).
+struct role {
+  role_kind kind = role_kind::unknown;
+  std::string primary_hostname;  ///< the LiteFS lease hostname; set for replica only
+  std::string reason;            ///< the signals that decided `kind`
+};
+
+/// One line of /proc/self/mounts, octal escapes (`\040`) decoded.
+struct mount_entry {
+  std::string source;
+  std::filesystem::path mount_point;
+  std::string type;
+  std::string options;
+};
+
+/// Options of check_database_path.
+struct path_check_options {
+  /// Require the database's directory to be a FUSE mount. The LiteFS simulation used by
+  /// tests and the demo is a plain directory and sets this to false.
+  bool require_fuse = true;
+  /// Where to read the mount table (default /proc/self/mounts), for the suggestion in
+  /// messages; tests give a fixture.
+  std::optional<std::filesystem::path> mounts_file;
+};
+
+/// The outcome of check_database_path.
+struct path_check {
+  boost::system::error_code code;  ///< empty when the path is fine
+  std::string message;             ///< what is wrong and what to do; empty when ok
+  std::filesystem::path mount;  ///< the LiteFS mount directory (the database's directory), when ok
+  bool ok() const noexcept { return !code; }
+};
+
+namespace detail {
+
+inline bool is_lower_hex(char c) noexcept {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+inline bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
+inline unsigned hex_value(char c) noexcept {
+  return c <= '9' ? static_cast<unsigned>(c - '0') : static_cast<unsigned>(c - 'a' + 10);
+}
+
+inline void append_escaped_byte(std::string& out, unsigned char c) {
+  switch (c) {
+    case '\n':
+      out += "\\n";
+      return;
+    case '\r':
+      out += "\\r";
+      return;
+    case '\t':
+      out += "\\t";
+      return;
+    case '\\':
+      out += "\\\\";
+      return;
+    case '"':
+      out += "\\\"";
+      return;
+    default:
+      break;
+  }
+  if (c >= 0x20 && c < 0x7f) {
+    out += static_cast<char>(c);
+  } else {
+    char buf[5];
+    std::snprintf(buf, sizeof buf, "\\x%02x", c);
+    out += buf;
+  }
+}
+
+/// `bytes` quoted and C-escaped, at most `shown` bytes of it, with its size:
+/// `"ab\n" (3 bytes)` or `"abc..." (5000 bytes, first 48 shown)`.
+inline std::string escape_bytes(std::string_view bytes, std::size_t shown = 48) {
+  std::string out = "\"";
+  const std::size_t n = bytes.size() < shown ? bytes.size() : shown;
+  for (std::size_t i = 0; i < n; ++i)
+    append_escaped_byte(out, static_cast<unsigned char>(bytes[i]));
+  if (n < bytes.size()) {
+    out +=
+        "...\" (" + std::to_string(bytes.size()) + " bytes, first " + std::to_string(n) + " shown)";
+  } else {
+    out += "\" (" + std::to_string(bytes.size()) + (bytes.size() == 1 ? " byte)" : " bytes)");
+  }
+  return out;
+}
+
+/// `'A' (0x41)`, for messages about one byte.
+inline std::string describe_byte(char c) {
+  std::string out = "'";
+  append_escaped_byte(out, static_cast<unsigned char>(c));
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "' (0x%02x)", static_cast<unsigned char>(c));
+  return out + buf;
+}
+
+inline std::string errno_text(int err) { return std::generic_category().message(err); }
+
+inline void set_failure(failure& f, errc e, std::string message) {
+  f.code = make_error_code(e);
+  f.message = std::move(message);
+}
+
+inline void set_errno_failure(failure& f, int err, std::string message) {
+  f.code = boost::system::error_code(err, boost::system::system_category());
+  f.message = std::move(message);
+}
+
+template <class T>
+T value_or_throw(T value, const failure& f) {
+  if (f) f.raise();
+  return value;
+}
+
+// Closes a file descriptor on scope exit.
+class fd_guard {
+ public:
+  explicit fd_guard(int fd) noexcept : fd_(fd) {}
+  fd_guard(const fd_guard&) = delete;
+  fd_guard& operator=(const fd_guard&) = delete;
+  ~fd_guard() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+ private:
+  int fd_;
+};
+
+enum class read_outcome { ok, not_found, too_large, not_regular, io_error };
+
+struct file_read {
+  read_outcome outcome = read_outcome::ok;
+  int error = 0;  ///< errno for not_found and io_error
+  std::string bytes;
+};
+
+/// Reads a whole file of at most `limit` bytes with open/read (LiteFS's files are
+/// virtual: their size from stat is not to be trusted, and they may vanish between
+/// calls). Retries on EINTR; ENOENT at open or read is `not_found`.
+inline file_read read_bounded(const std::string& path, std::size_t limit) {
+  file_read result;
+  int fd;
+  do {
+    // O_NONBLOCK: a FIFO planted in place of a control file must not hang the open.
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    result.error = errno;
+    result.outcome = result.error == ENOENT ? read_outcome::not_found : read_outcome::io_error;
+    return result;
+  }
+  fd_guard guard{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    result.error = errno;
+    result.outcome = read_outcome::io_error;
+    return result;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    result.outcome = read_outcome::not_regular;
+    return result;
+  }
+  char buffer[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      result.error = errno;
+      result.outcome = result.error == ENOENT ? read_outcome::not_found : read_outcome::io_error;
+      result.bytes.clear();
+      return result;
+    }
+    if (n == 0) break;
+    if (result.bytes.size() + static_cast<std::size_t>(n) > limit) {
+      result.outcome = read_outcome::too_large;
+      result.bytes.clear();
+      return result;
+    }
+    result.bytes.append(buffer, static_cast<std::size_t>(n));
+  }
+  return result;
+}
+
+/// Turns a failed read into a failure naming the file. `what` says what the file is.
+inline void set_read_failure(failure& f, const file_read& r, const std::string& path,
+                             std::string_view what) {
+  switch (r.outcome) {
+    case read_outcome::ok:
+      return;
+    case read_outcome::not_found:
+      set_errno_failure(f, ENOENT,
+                        path + " (" + std::string(what) +
+                            ") does not exist: check that the directory is "
+                            "a LiteFS mount and that LiteFS is running");
+      return;
+    case read_outcome::too_large:
+      set_failure(
+          f, errc::bad_litefs_file,
+          path + " (" + std::string(what) + ") is larger than " + std::to_string(max_file_size) +
+              " bytes; LiteFS's control files are a few bytes: check that the directory is a "
+              "LiteFS mount");
+      return;
+    case read_outcome::not_regular:
+      set_failure(f, errc::bad_litefs_file,
+                  path + " (" + std::string(what) +
+                      ") is not a regular file; LiteFS serves it as one: "
+                      "check that the directory is a LiteFS mount");
+      return;
+    case read_outcome::io_error:
+      set_errno_failure(f, r.error,
+                        "cannot read " + path + " (" + std::string(what) +
+                            "): " + errno_text(r.error) +
+                            ": check the permissions and that LiteFS is running");
+      return;
+  }
+}
+
+inline std::string path_string(const std::filesystem::path& mount, std::string_view name) {
+  return (mount / std::filesystem::path(std::string(name))).string();
+}
+
+/// Decodes the octal escapes (`\040` space, `\011` tab, `\012` newline, `\134`
+/// backslash) the kernel writes in /proc/self/mounts fields.
+inline std::string decode_mount_field(std::string_view field) {
+  std::string out;
+  out.reserve(field.size());
+  for (std::size_t i = 0; i < field.size(); ++i) {
+    if (field[i] == '\\' && i + 3 < field.size() && field[i + 1] >= '0' && field[i + 1] <= '3' &&
+        field[i + 2] >= '0' && field[i + 2] <= '7' && field[i + 3] >= '0' && field[i + 3] <= '7') {
+      out += static_cast<char>((field[i + 1] - '0') * 64 + (field[i + 2] - '0') * 8 +
+                               (field[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += field[i];
+    }
+  }
+  return out;
+}
+
+inline const char* filesystem_name(std::uint64_t magic) noexcept {
+  switch (magic) {
+    case 0xef53:
+      return "ext2/ext3/ext4";
+    case 0x01021994:
+      return "tmpfs";
+    case 0x794c7630:
+      return "overlayfs";
+    case 0x58465342:
+      return "xfs";
+    case 0x9123683e:
+      return "btrfs";
+    case 0x6969:
+      return "nfs";
+    case 0x2fc12fc1:
+      return "zfs";
+    case 0xff534d42:
+      return "cifs";
+    case 0x65735546:
+      return "fuse";
+    default:
+      return nullptr;
+  }
+}
+
+inline std::string hex(std::uint64_t value) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(value));
+  return buf;
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------
+// Pure formatting and parsing over bytes
+// ---------------------------------------------------------------------------------------
+
+/// The exact bytes LiteFS writes in `<db>-pos`: `"%016x/%016x\n"`.
+inline std::string format_position(position p) {
+  char buf[position_size + 1];
+  std::snprintf(buf, sizeof buf, "%016llx/%016llx\n", static_cast<unsigned long long>(p.txid),
+                static_cast<unsigned long long>(p.checksum));
+  return std::string(buf, position_size);
+}
+
+/// The exact bytes LiteFS writes in `.lag`: Go's `"%+010d\n"`, where the width 10
+/// counts the sign: `+000000000\n` (11 bytes) for 0, `+2147483647\n` for never synced.
+inline std::string format_lag(std::chrono::milliseconds lag) {
+  char buf[32];
+  const int n = std::snprintf(buf, sizeof buf, "%+010lld\n", static_cast<long long>(lag.count()));
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
+/**
+ * Parses the contents of a `<db>-pos` file: exactly `"%016x/%016x\n"` (34 bytes,
+ * lowercase hex: TXID, then the post-apply checksum). Anything else is bad_litefs_file
+ * with a message naming `source` and the offending bytes; never a wrong number.
+ */
+inline position parse_position(std::string_view bytes, failure& fail,
+                               std::string_view source = "<db>-pos") {
+  fail.clear();
+  const std::string src(source);
+  const std::string expected =
+      "LiteFS writes \"%016x/%016x\\n\" (34 bytes, lowercase hex, e.g. "
+      "\"00000000002df417/ce552e44f23fbbdd\\n\"): check that the path is on a LiteFS mount";
+  if (bytes.empty()) {
+    detail::set_failure(fail, errc::bad_litefs_file, src + " is empty; " + expected);
+    return {};
+  }
+  const std::string shown = detail::escape_bytes(bytes);
+  const std::size_t n = bytes.size() < position_size ? bytes.size() : position_size;
+  for (std::size_t i = 0; i < n; ++i) {
+    const char c = bytes[i];
+    std::string problem;
+    if (i == 16) {
+      if (c != '/') problem = "expected '/' between TXID and checksum";
+    } else if (i == 33) {
+      if (c != '\n') problem = "expected the final newline";
+    } else if (!detail::is_lower_hex(c)) {
+      problem = (c >= 'A' && c <= 'F') ? "uppercase hex; LiteFS writes lowercase"
+                                       : "expected a lowercase hex digit";
+    }
+    if (!problem.empty()) {
+      detail::set_failure(fail, errc::bad_litefs_file,
+                          src + " holds " + shown + ", not a position: byte " + std::to_string(i) +
+                              " is " + detail::describe_byte(c) + ", " + problem + ". " + expected);
+      return {};
+    }
+  }
+  if (bytes.size() < position_size) {
+    detail::set_failure(
+        fail, errc::bad_litefs_file,
+        src + " holds " + shown + ", not a position: it ends after " +
+            std::to_string(bytes.size()) + " bytes" +
+            (bytes.size() == position_size - 1 ? " (the final newline is missing)" : "") + ". " +
+            expected);
+    return {};
+  }
+  if (bytes.size() > position_size) {
+    detail::set_failure(fail, errc::bad_litefs_file,
+                        src + " holds " + shown +
+                            ", not a position: " + std::to_string(bytes.size() - position_size) +
+                            " unexpected bytes follow the newline. " + expected);
+    return {};
+  }
+  position p;
+  for (std::size_t i = 0; i < 16; ++i) {
+    p.txid = (p.txid << 4) | detail::hex_value(bytes[i]);
+    p.checksum = (p.checksum << 4) | detail::hex_value(bytes[17 + i]);
+  }
+  return p;
+}
+
+inline position parse_position(std::string_view bytes, boost::system::error_code& ec,
+                               std::string_view source = "<db>-pos") {
+  failure f;
+  position p = parse_position(bytes, f, source);
+  ec = f.code;
+  return p;
+}
+
+/// Throws fwd::error (bad_litefs_file) with the detailed message.
+inline position parse_position(std::string_view bytes, std::string_view source = "<db>-pos") {
+  failure f;
+  return detail::value_or_throw(parse_position(bytes, f, source), f);
+}
+
+/**
+ * Parses the contents of `.lag`: milliseconds of replication lag written by Go's
+ * `"%+010d\n"`: a sign, digits zero-padded to a width of 10 counting the sign (9 digits
+ * for values below 10^9, 10 above), and a newline. 10 zero-padded digits (`+0000000000`)
+ * are accepted too. A 10-digit value of exactly 11 bytes without its newline is
+ * accepted: LiteFS advertises `.lag` as 11 bytes, so the kernel may cut the newline off
+ * `+2147483647\n`. The result may be negative (clock skew between nodes); compare with
+ * lag_never_synced (or never_synced()) for "never synced". Anything else is
+ * bad_litefs_file naming `source` and the bytes.
+ */
+inline std::chrono::milliseconds parse_lag(std::string_view bytes, failure& fail,
+                                           std::string_view source = ".lag") {
+  fail.clear();
+  const std::string src(source);
+  const std::string expected =
+      "LiteFS writes \"%+010d\\n\" (e.g. \"+000000000\\n\" on the primary, \"+2147483647\\n\" "
+      "before the "
+      "first sync): check that the path is a LiteFS mount";
+  auto bad = [&](const std::string& problem) {
+    detail::set_failure(fail, errc::bad_litefs_file,
+                        src + " holds " + detail::escape_bytes(bytes) + ", not a lag: " + problem +
+                            ". " + expected);
+    return std::chrono::milliseconds{0};
+  };
+  if (bytes.empty()) {
+    detail::set_failure(fail, errc::bad_litefs_file, src + " is empty; " + expected);
+    return std::chrono::milliseconds{0};
+  }
+  if (bytes[0] != '+' && bytes[0] != '-')
+    return bad("byte 0 is " + detail::describe_byte(bytes[0]) + ", expected '+' or '-'");
+  std::size_t i = 1;
+  while (i < bytes.size() && i <= 11 && detail::is_digit(bytes[i])) ++i;
+  const std::size_t digits = i - 1;
+  if (digits > 10) return bad("more than 10 digits");
+  if (i == bytes.size()) {
+    // Only the kernel's cut at LiteFS's advertised size (11 bytes) drops the newline.
+    if (!(digits == 10 && bytes.size() == 11)) return bad("the final newline is missing");
+  } else if (bytes[i] != '\n') {
+    return bad("byte " + std::to_string(i) + " is " + detail::describe_byte(bytes[i]) +
+               ", expected a digit or the final newline");
+  } else if (i + 1 != bytes.size()) {
+    return bad(std::to_string(bytes.size() - i - 1) + " unexpected bytes follow the newline");
+  }
+  if (digits < 9)
+    return bad("only " + std::to_string(digits) + " digits, expected 9 or 10 (zero-padded)");
+  long long value = 0;
+  for (std::size_t k = 1; k <= digits; ++k) value = value * 10 + (bytes[k] - '0');
+  if (bytes[0] == '-') value = -value;
+  if (value > 2147483647LL || value < -2147483648LL)
+    return bad("the value is outside a 32-bit integer");
+  return std::chrono::milliseconds{value};
+}
+
+inline std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec,
+                                           std::string_view source = ".lag") {
+  failure f;
+  auto lag = parse_lag(bytes, f, source);
+  ec = f.code;
+  return lag;
+}
+
+/// Throws fwd::error (bad_litefs_file) with the detailed message.
+inline std::chrono::milliseconds parse_lag(std::string_view bytes,
+                                           std::string_view source = ".lag") {
+  failure f;
+  return detail::value_or_throw(parse_lag(bytes, f, source), f);
+}
+
+/**
+ * Parses the contents of `.primary`: the primary's LiteFS lease hostname and a newline
+ * (not a URL). Surrounding whitespace is trimmed; an empty result, a control byte, NUL
+ * or a space inside, or more than max_file_size bytes is bad_litefs_file.
+ */
+inline std::string parse_primary(std::string_view bytes, failure& fail,
+                                 std::string_view source = ".primary") {
+  fail.clear();
+  const std::string src(source);
+  const std::string expected =
+      "LiteFS writes the primary's lease hostname and a newline (e.g. \"e829424aee6108\\n\"): "
+      "check "
+      "lease.hostname in the primary's litefs.yml";
+  if (bytes.size() > max_file_size) {
+    detail::set_failure(fail, errc::bad_litefs_file,
+                        src + " holds " + detail::escape_bytes(bytes) + ", more than " +
+                            std::to_string(max_file_size) + " bytes: not a hostname. " + expected);
+    return {};
+  }
+  auto is_space = [](char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+  };
+  std::size_t begin = 0, end = bytes.size();
+  while (begin < end && is_space(bytes[begin])) ++begin;
+  while (end > begin && is_space(bytes[end - 1])) --end;
+  if (begin == end) {
+    detail::set_failure(
+        fail, errc::bad_litefs_file,
+        src + " holds " + detail::escape_bytes(bytes) + ": no hostname. " + expected);
+    return {};
+  }
+  for (std::size_t i = begin; i < end; ++i) {
+    const auto c = static_cast<unsigned char>(bytes[i]);
+    if (c <= 0x20 || c == 0x7f) {
+      detail::set_failure(fail, errc::bad_litefs_file,
+                          src + " holds " + detail::escape_bytes(bytes) +
+                              ", not a hostname: byte " + std::to_string(i) + " is " +
+                              detail::describe_byte(bytes[i]) + ". " + expected);
+      return {};
+    }
+  }
+  return std::string(bytes.substr(begin, end - begin));
+}
+
+inline std::string parse_primary(std::string_view bytes, boost::system::error_code& ec,
+                                 std::string_view source = ".primary") {
+  failure f;
+  std::string host = parse_primary(bytes, f, source);
+  ec = f.code;
+  return host;
+}
+
+/// Throws fwd::error (bad_litefs_file) with the detailed message.
+inline std::string parse_primary(std::string_view bytes, std::string_view source = ".primary") {
+  failure f;
+  return detail::value_or_throw(parse_primary(bytes, f, source), f);
+}
+
+/// Parses a mount table in the format of /proc/self/mounts (`source target type options
+/// freq passno`, octal escapes decoded). Lines with fewer than 3 fields are skipped.
+inline std::vector<mount_entry> parse_mounts(std::string_view text) {
+  std::vector<mount_entry> entries;
+  while (!text.empty()) {
+    const std::size_t eol = text.find('\n');
+    std::string_view line = text.substr(0, eol);
+    text = eol == std::string_view::npos ? std::string_view{} : text.substr(eol + 1);
+    std::vector<std::string_view> fields;
+    std::size_t i = 0;
+    while (i < line.size() && fields.size() < 4) {
+      while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+      const std::size_t start = i;
+      while (i < line.size() && line[i] != ' ' && line[i] != '\t') ++i;
+      if (i > start) fields.push_back(line.substr(start, i - start));
+    }
+    if (fields.size() < 3) continue;
+    mount_entry e;
+    e.source = detail::decode_mount_field(fields[0]);
+    e.mount_point = detail::decode_mount_field(fields[1]);
+    e.type = detail::decode_mount_field(fields[2]);
+    if (fields.size() > 3) e.options = detail::decode_mount_field(fields[3]);
+    entries.push_back(std::move(e));
+  }
+  return entries;
+}
+
+/// True for a LiteFS FUSE mount: source `litefs`, type `fuse` (or `fuse.litefs`).
+inline bool is_litefs_mount(const mount_entry& e) noexcept {
+  return e.source == "litefs" && (e.type == "fuse" || e.type == "fuse.litefs");
+}
+
+/// The first LiteFS FUSE mount point in a mount table's text, if any.
+inline std::optional<std::filesystem::path> find_litefs_mount(std::string_view mounts_text) {
+  for (const auto& e : parse_mounts(mounts_text)) {
+    if (is_litefs_mount(e)) return e.mount_point;
+  }
+  return std::nullopt;
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading a mount directory
+// ---------------------------------------------------------------------------------------
+
+/**
+ * Reads `<mount>/<db_name>-pos`. `db_name` is the database's file name in the mount
+ * (e.g. "blog.db"); a name with '/', NUL, or "."/".." is bad_argument. A missing file is
+ * the system error ENOENT (the database does not exist on this mount); bad contents are
+ * bad_litefs_file.
+ */
+inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
+                              failure& fail) {
+  fail.clear();
+  if (db_name.empty() || db_name == "." || db_name == ".." ||
+      db_name.find('/') != std::string_view::npos || db_name.find('\0') != std::string_view::npos) {
+    detail::set_failure(
+        fail, errc::bad_argument,
+        "read_position: database name " + detail::escape_bytes(db_name) +
+            " is not a file name in the mount: give the database's file name, e.g. \"blog.db\"");
+    return {};
+  }
+  const std::string path =
+      detail::path_string(mount, std::string(db_name) + std::string(position_suffix));
+  const detail::file_read r = detail::read_bounded(path, max_file_size);
+  if (r.outcome == detail::read_outcome::not_found) {
+    detail::set_errno_failure(
+        fail, ENOENT,
+        path + " does not exist: the database " + std::string(db_name) +
+            " does not exist on this LiteFS mount yet (create it through the mount), "
+            "or " +
+            mount.string() + " is not a LiteFS mount");
+    return {};
+  }
+  detail::set_read_failure(fail, r, path, "the database's LiteFS position");
+  if (fail) return {};
+  return parse_position(r.bytes, fail, path);
+}
+
+inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
+                              boost::system::error_code& ec) {
+  failure f;
+  position p = read_position(mount, db_name, f);
+  ec = f.code;
+  return p;
+}
+
+/// Throws fwd::error with the detailed message.
+inline position read_position(const std::filesystem::path& mount, std::string_view db_name) {
+  failure f;
+  return detail::value_or_throw(read_position(mount, db_name, f), f);
+}
+
+/// Reads `<mount>/.lag` (see parse_lag). A missing file is not_litefs.
+inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount, failure& fail) {
+  fail.clear();
+  const std::string path = detail::path_string(mount, lag_filename);
+  const detail::file_read r = detail::read_bounded(path, max_file_size);
+  if (r.outcome == detail::read_outcome::not_found) {
+    detail::set_failure(
+        fail, errc::not_litefs,
+        path + " does not exist: " + mount.string() +
+            " is not a LiteFS mount (LiteFS always serves .lag): use the fuse.dir of "
+            "litefs.yml, e.g. " +
+            std::string(default_mount));
+    return {};
+  }
+  detail::set_read_failure(fail, r, path, "LiteFS's replication lag");
+  if (fail) return {};
+  return parse_lag(r.bytes, fail, path);
+}
+
+inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount,
+                                          boost::system::error_code& ec) {
+  failure f;
+  auto lag = read_lag(mount, f);
+  ec = f.code;
+  return lag;
+}
+
+/// Throws fwd::error with the detailed message.
+inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount) {
+  failure f;
+  return detail::value_or_throw(read_lag(mount, f), f);
+}
+
+/**
+ * Decides this node's role from its LiteFS mount:
+ *  - no `.lag` (or no such directory): not_litefs;
+ *  - `.primary` present and readable: replica, primary_hostname = its trimmed content;
+ *  - `.primary` absent, or present at lstat but gone at open/read (LiteFS re-checks it on
+ *    every access: ENOENT then means absent, never an error): primary only if the mount
+ *    root's mode has a write bit (LiteFS: 0777 on the primary, 0555 on replicas) AND
+ *    `.lag` reads 0; otherwise unknown (election, reconnect, no primary): writes must
+ *    wait, never run locally.
+ * `reason` says which signals decided. Failures: I/O errors other than ENOENT (system
+ * category) and malformed `.primary`/`.lag` (bad_litefs_file); the role is then unknown.
+ *
+ * The presence of `.primary` is tested with lstat (LiteFS serves no symlinks), so a
+ * dangling symlink reproduces "present at stat, ENOENT at open".
+ */
+inline role read_role(const std::filesystem::path& mount, failure& fail) {
+  fail.clear();
+  role result;
+  const std::string mount_str = mount.string();
+  auto fail_role = [&]() {
+    result.kind = role_kind::unknown;
+    result.reason = fail.message;
+    return result;
+  };
+
+  struct stat root {};
+  if (::stat(mount_str.c_str(), &root) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      result.kind = role_kind::not_litefs;
+      result.reason =
+          mount_str + " does not exist (" + detail::errno_text(err) + "): not a LiteFS mount";
+      return result;
+    }
+    detail::set_errno_failure(
+        fail, err, "cannot stat the LiteFS mount " + mount_str + ": " + detail::errno_text(err));
+    return fail_role();
+  }
+  if (!S_ISDIR(root.st_mode)) {
+    result.kind = role_kind::not_litefs;
+    result.reason = mount_str + " is not a directory: not a LiteFS mount";
+    return result;
+  }
+
+  const std::string lag_path = detail::path_string(mount, lag_filename);
+  struct stat lag_st {};
+  if (::stat(lag_path.c_str(), &lag_st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) {
+      result.kind = role_kind::not_litefs;
+      result.reason = mount_str + " has no .lag: not a LiteFS mount (LiteFS always serves .lag)";
+      return result;
+    }
+    detail::set_errno_failure(fail, err,
+                              "cannot stat " + lag_path + ": " + detail::errno_text(err));
+    return fail_role();
+  }
+
+  const std::string primary_path = detail::path_string(mount, primary_filename);
+  std::string absent_why = "no .primary";
+  struct stat primary_st {};
+  if (::lstat(primary_path.c_str(), &primary_st) == 0) {
+    const detail::file_read r = detail::read_bounded(primary_path, max_file_size);
+    if (r.outcome == detail::read_outcome::ok) {
+      std::string host = parse_primary(r.bytes, fail, primary_path);
+      if (fail) return fail_role();
+      result.kind = role_kind::replica;
+      result.reason = primary_path + " names the primary " + host;
+      result.primary_hostname = std::move(host);
+      return result;
+    }
+    if (r.outcome != detail::read_outcome::not_found) {
+      detail::set_read_failure(fail, r, primary_path, "the primary's hostname");
+      return fail_role();
+    }
+    absent_why = ".primary vanished between stat and read (ENOENT: LiteFS lost its primary)";
+  } else if (errno != ENOENT) {
+    const int err = errno;
+    detail::set_errno_failure(fail, err,
+                              "cannot stat " + primary_path + ": " + detail::errno_text(err));
+    return fail_role();
+  }
+
+  const detail::file_read lag_read = detail::read_bounded(lag_path, max_file_size);
+  if (lag_read.outcome == detail::read_outcome::not_found) {
+    result.kind = role_kind::not_litefs;
+    result.reason = lag_path + " vanished while reading it: the LiteFS mount went away";
+    return result;
+  }
+  detail::set_read_failure(fail, lag_read, lag_path, "LiteFS's replication lag");
+  if (fail) return fail_role();
+  const std::chrono::milliseconds lag = parse_lag(lag_read.bytes, fail, lag_path);
+  if (fail) return fail_role();
+
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(root.st_mode & 07777));
+  const bool writable = (root.st_mode & 0222) != 0;
+  const std::string lag_text = never_synced(lag) ? std::string("never synced (+2147483647)")
+                                                 : std::to_string(lag.count()) + " ms";
+  if (writable && lag.count() == 0) {
+    result.kind = role_kind::primary;
+    result.reason = absent_why + ", mount root writable (mode " + mode +
+                    ") and .lag 0: this node is the primary";
+    return result;
+  }
+  result.kind = role_kind::unknown;
+  result.reason = absent_why + ", mount root mode " + mode +
+                  (writable ? " (writable)" : " (read-only: a replica)") + ", .lag " + lag_text +
+                  ": no primary known (election, reconnect, or none); writes must wait";
+  return result;
+}
+
+inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec) {
+  failure f;
+  role r = read_role(mount, f);
+  ec = f.code;
+  return r;
+}
+
+/// Throws fwd::error on I/O failures other than ENOENT and on malformed files.
+inline role read_role(const std::filesystem::path& mount) {
+  failure f;
+  return detail::value_or_throw(read_role(mount, f), f);
+}
+
+// ---------------------------------------------------------------------------------------
+// The database-path check
+// ---------------------------------------------------------------------------------------
+
+namespace detail {
+
+/// A LiteFS data directory holds `dbs/`, whose entries are `<name>/` directories with a
+/// `database` file or an `ltx/` directory. An empty `dbs/` counts too (no database yet).
+inline bool looks_like_data_directory(const std::filesystem::path& dir) {
+  std::error_code ec;
+  const std::filesystem::path dbs = dir / "dbs";
+  if (!std::filesystem::is_directory(dbs, ec)) return false;
+  std::filesystem::directory_iterator it(dbs, ec);
+  if (ec) return false;
+  bool empty = true;
+  // Bounded: a huge unrelated directory must not make the check slow.
+  for (int seen = 0; it != std::filesystem::directory_iterator() && seen < 256;
+       it.increment(ec), ++seen) {
+    if (ec) return false;
+    empty = false;
+    const std::filesystem::path entry = it->path();
+    std::error_code e1, e2;
+    if (std::filesystem::is_directory(entry, e1) &&
+        (std::filesystem::exists(entry / "database", e1) ||
+         std::filesystem::is_directory(entry / "ltx", e2))) {
+      return true;
+    }
+  }
+  return empty;
+}
+
+/// The first LiteFS FUSE mount in `mounts_file` (default /proc/self/mounts), else /litefs.
+inline std::filesystem::path suggested_mount(
+    const std::optional<std::filesystem::path>& mounts_file) {
+  const std::string file = mounts_file ? mounts_file->string() : std::string("/proc/self/mounts");
+  const file_read r = read_bounded(file, 1u << 20);
+  if (r.outcome == read_outcome::ok) {
+    if (auto m = find_litefs_mount(r.bytes)) return *m;
+  }
+  return std::filesystem::path(std::string(default_mount));
+}
+
+}  // namespace detail
+
+/**
+ * Checks that `db` is a database path on a LiteFS FUSE mount, in this order:
+ *  1. empty path, a NUL byte, or a path naming no file ("/", "dir/", ".", "..") is bad_argument;
+ *  2. a path inside LiteFS's data directory (an ancestor holding `dbs/`) is
+ *     misconfigured_mount: nothing written there replicates;
+ *  3. the database's directory must be a FUSE mount (`statfs().f_type == 0x65735546`),
+ *     unless `options.require_fuse` is false: otherwise not_litefs;
+ *  4. that directory must hold `.lag`: otherwise not_litefs.
+ * Relative paths are taken from the current directory. Other I/O failures keep their
+ * system error code. On success, `mount` is the database's directory.
+ */
+inline path_check check_database_path(const std::filesystem::path& db,
+                                      const path_check_options& options = {}) {
+  path_check result;
+  auto fail = [&](boost::system::error_code code, std::string message) {
+    result.code = code;
+    result.message = std::move(message);
+    return result;
+  };
+  const std::string raw = db.string();
+  if (raw.empty()) {
+    return fail(errc::bad_argument,
+                "the database path is empty: give the database's path on the LiteFS mount, e.g. "
+                "/litefs/blog.db");
+  }
+  if (raw.find('\0') != std::string::npos) {
+    return fail(errc::bad_argument,
+                "the database path " + detail::escape_bytes(raw) +
+                    " contains a NUL byte: give the database's path on the LiteFS mount, "
+                    "e.g. /litefs/blog.db");
+  }
+  std::error_code fs_ec;
+  std::filesystem::path absolute = std::filesystem::absolute(db, fs_ec);
+  if (fs_ec) {
+    return fail(boost::system::error_code(fs_ec.value(), boost::system::system_category()),
+                "cannot make the database path " + raw + " absolute: " + fs_ec.message());
+  }
+  const std::string name = db.filename().string();
+  if (name.empty() || name == "." || name == "..") {
+    return fail(errc::bad_argument,
+                "the database path " + raw +
+                    " names a directory, not a database file: give the database's path on "
+                    "the LiteFS mount, e.g. /litefs/blog.db");
+  }
+  absolute = absolute.lexically_normal();
+  const std::filesystem::path dir = absolute.parent_path();
+
+  // 2. Inside LiteFS's data directory: the mistake that silently splits the cluster.
+  for (std::filesystem::path ancestor = dir;; ancestor = ancestor.parent_path()) {
+    if (detail::looks_like_data_directory(ancestor)) {
+      // For <data>/dbs/<name>/database, suggest <name>; otherwise the file's own name.
+      std::string suggested_name = absolute.filename().string();
+      const std::filesystem::path rel = absolute.lexically_relative(ancestor);
+      auto part = rel.begin();
+      if (part != rel.end() && *part == "dbs" && ++part != rel.end() &&
+          std::next(part) != rel.end()) {
+        suggested_name = part->string();
+      }
+      const std::filesystem::path suggestion =
+          detail::suggested_mount(options.mounts_file) / suggested_name;
+      return fail(errc::misconfigured_mount,
+                  absolute.string() + " is inside LiteFS's data directory (" + ancestor.string() +
+                      "); nothing written there replicates. Point SQLite at the FUSE mount, e.g. " +
+                      suggestion.string());
+    }
+    if (ancestor == ancestor.parent_path() || ancestor.empty()) break;
+  }
+
+  // 3. A FUSE mount.
+  struct statfs fs_info {};
+  if (::statfs(dir.c_str(), &fs_info) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      return fail(errc::not_litefs,
+                  "the directory " + dir.string() + " of the database " + absolute.string() +
+                      " does not exist (" + detail::errno_text(err) +
+                      "): point SQLite at the LiteFS FUSE mount, e.g. " +
+                      (detail::suggested_mount(options.mounts_file) / name).string() +
+                      ", and start LiteFS before the application");
+    }
+    return fail(boost::system::error_code(err, boost::system::system_category()),
+                "cannot statfs " + dir.string() + " (the directory of " + absolute.string() +
+                    "): " + detail::errno_text(err));
+  }
+  const auto magic = static_cast<std::uint64_t>(static_cast<unsigned long>(fs_info.f_type));
+  if (options.require_fuse && magic != fuse_super_magic) {
+    const char* fs_name = detail::filesystem_name(magic);
+    return fail(
+        errc::not_litefs,
+        dir.string() + " (the directory of " + absolute.string() +
+            ") is not a FUSE mount: its filesystem magic is " + detail::hex(magic) +
+            (fs_name ? std::string(" (") + fs_name + ")" : std::string()) +
+            ", a LiteFS mount has " + detail::hex(fuse_super_magic) +
+            " (FUSE), so nothing written there replicates. Point SQLite at the LiteFS FUSE mount, "
+            "e.g. " +
+            (detail::suggested_mount(options.mounts_file) / name).string() +
+            " (for a LiteFS simulation in tests, set path_check_options::require_fuse = false)");
+  }
+
+  // 4. `.lag`, which LiteFS always serves.
+  const std::string lag_path = detail::path_string(dir, lag_filename);
+  struct stat st {};
+  if (::stat(lag_path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) {
+      return fail(
+          errc::not_litefs,
+          dir.string() +
+              (options.require_fuse ? " is a FUSE mount but has no .lag: not a LiteFS mount"
+                                    : " has no .lag: not a LiteFS mount nor a LiteFS simulation") +
+              "; LiteFS always serves .lag in its mount. Point SQLite at the LiteFS FUSE mount, "
+              "e.g. " +
+              (detail::suggested_mount(options.mounts_file) / name).string());
+    }
+    return fail(boost::system::error_code(err, boost::system::system_category()),
+                "cannot stat " + lag_path + ": " + detail::errno_text(err));
+  }
+  result.mount = dir;
+  return result;
+}
+
+/// Throws fwd::error with check_database_path's message when the check fails; returns
+/// the LiteFS mount directory (the database's directory) otherwise.
+inline std::filesystem::path require_database_path(const std::filesystem::path& db,
+                                                   const path_check_options& options = {}) {
+  path_check check = check_database_path(db, options);
+  if (!check.ok()) throw fwd::error(check.code, check.message);
+  return check.mount;
+}
+
+}  // namespace fwd::litefs
+
+// ---- end fwd/litefs.hpp ----
+// ---- begin fwd/procedure.hpp ----
+
+// A procedure: the name and the typed signature of one write operation, declared once in
+// a header every node compiles. Callers and the primary agree on it by name and by a
+// fingerprint of its types; arguments and results travel as Boost.Serialization binary
+// archives (fwd/detail/procedure_codec.hpp, included at the end of this file).
+
+// ---- begin fwd/detail/procedure_signature.hpp ----
+
+// The canonical description of a procedure's types, and its 64-bit fingerprint.
+//
+// Two nodes agree on a procedure when they agree on its name and on this fingerprint.
+// It must be identical whichever compiler built each node, so it is computed from text
+// fwd writes itself (never from typeid or __PRETTY_FUNCTION__): FNV-1a 64 over the
+// canonical descriptor below. Integers are described by width and signedness (so
+// `long` and `long long` agree where both are 64 bits, as their encodings do).
+//
+//   bool char i8 i16 i32 i64 u8 u16 u32 u64 f32 f64 f80/f128 string monostate void
+//   vector<T> map<K,V> set<T> unordered_map<K,V> unordered_set<T> array<T,N>
+//   optional<T> variant<T,...> tuple<T,...> pair<A,B>
+//   duration<Rep,num/den> system_time<duration<...>>
+//   enum NAME:UNDERLYING   struct NAME        (NAME from fwd::type_name)
+//   signature: R(A,...)
+
+#include <array>
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace fwd {
+
+/**
+ * The wire name of a user type (a struct or an enum) that appears in a procedure's
+ * arguments or result. Specialise it, or give the type a static member
+ * `static constexpr std::string_view fwd_type_name = "...";`:
+ *
+ *     template <> struct fwd::type_name<blog::post> {
+ *       static constexpr std::string_view value = "blog.post";
+ *     };
+ *     // or, at global scope: FWD_TYPE_NAME(blog::post, "blog.post");
+ *
+ * The name enters the procedure's signature; the fields do not (fwd cannot see them).
+ * When you change a type's layout incompatibly, change its name (e.g. "blog.post/2") so
+ * that old and new nodes refuse each other's calls instead of misreading them.
+ */
+template <class T>
+struct type_name {};
+
+/**
+ * Says that Boost.Serialization can serialise a user class through means fwd cannot
+ * detect: free `serialize()` functions declared in namespace boost::serialization.
+ * (A member `serialize`, `save`/`load`, or a free `serialize` found by argument-dependent
+ * lookup are detected without it.)
+ */
+template <class T>
+struct is_serializable : std::false_type {};
+
+}  // namespace fwd
+
+/// Names a user type for fwd's signatures; use at global scope.
+#define FWD_TYPE_NAME(type, name)                   \
+  template <>                                       \
+  struct fwd::type_name<type> {                     \
+    static constexpr std::string_view value = name; \
+  }
+
+namespace fwd::detail {
+
+template <class T>
+inline constexpr bool dependent_false = false;
+
+template <class T, template <class...> class Template>
+inline constexpr bool is_specialization_of = false;
+template <template <class...> class Template, class... Ts>
+inline constexpr bool is_specialization_of<Template<Ts...>, Template> = true;
+
+template <class T>
+inline constexpr bool is_std_array = false;
+template <class T, std::size_t N>
+inline constexpr bool is_std_array<std::array<T, N>> = true;
+
+template <class T>
+inline constexpr bool is_std_span = false;
+template <class T, std::size_t N>
+inline constexpr bool is_std_span<std::span<T, N>> = true;
+
+template <class T>
+inline constexpr bool is_duration = false;
+template <class Rep, class Period>
+inline constexpr bool is_duration<std::chrono::duration<Rep, Period>> = true;
+
+template <class T>
+inline constexpr bool is_system_time = false;
+template <class Duration>
+inline constexpr bool is_system_time<std::chrono::time_point<std::chrono::system_clock, Duration>> =
+    true;
+
+template <class T>
+concept has_trait_name = requires {
+  { std::string_view{fwd::type_name<T>::value} };
+};
+template <class T>
+concept has_member_name = requires {
+  { std::string_view{T::fwd_type_name} };
+};
+template <class T>
+concept has_type_name = has_trait_name<T> || has_member_name<T>;
+
+template <has_type_name T>
+constexpr std::string_view user_type_name() {
+  if constexpr (has_trait_name<T>) {
+    return std::string_view{fwd::type_name<T>::value};
+  } else {
+    return std::string_view{T::fwd_type_name};
+  }
+}
+
+// An archive-shaped probe: finds a user's serialize() without including Boost.
+struct archive_probe {
+  template <class T>
+  archive_probe& operator&(T&&);
+  template <class T>
+  archive_probe& operator<<(T&&);
+  template <class T>
+  archive_probe& operator>>(T&&);
+};
+
+// Detects a member named `serialize` whatever its access (Boost's documented idiom makes
+// it private with `friend class boost::serialization::access`): if T has one, naming it
+// through a class that also inherits another `serialize` is ambiguous.
+struct serialize_decoy {
+  void serialize();
+};
+template <class T>
+struct serialize_ambiguity : T, serialize_decoy {};
+template <class T>
+concept has_member_serialize_any_access =
+    std::is_class_v<T> && !std::is_final_v<T> &&
+    !requires { &serialize_ambiguity<T>::serialize; };
+
+template <class T>
+concept has_public_member_serialize = requires(T& t, archive_probe& ar, const unsigned int v) {
+  t.serialize(ar, v);
+};
+template <class T>
+concept has_adl_serialize = requires(T& t, archive_probe& ar, const unsigned int v) {
+  serialize(ar, t, v);
+};
+
+template <class T>
+concept user_serializable = fwd::is_serializable<T>::value || has_member_serialize_any_access<T> ||
+                            has_public_member_serialize<T> || has_adl_serialize<T>;
+
+// Enums with a fixed underlying type accept any value of it; fwd decodes enums by value.
+template <class E>
+concept enum_with_fixed_underlying_type =
+    std::is_enum_v<E> && requires { E{std::underlying_type_t<E>{}}; };
+
+/// FNV-1a 64: the fingerprint's hash. Constexpr, the same everywhere.
+struct fnv1a_sink {
+  std::uint64_t state = 0xcbf29ce484222325ull;
+  constexpr void append(std::string_view text) {
+    for (const char c : text) {
+      state ^= static_cast<unsigned char>(c);
+      state *= 0x100000001b3ull;
+    }
+  }
+};
+
+/// Collects the canonical text itself (for messages and tests).
+struct text_sink {
+  std::string text;
+  void append(std::string_view s) { text.append(s); }
+};
+
+template <class Sink>
+constexpr void append_number(Sink& sink, std::intmax_t value) {
+  char digits[24] = {};
+  int length = 0;
+  const bool negative = value < 0;
+  // Work in the negative range so that the most negative value does not overflow.
+  std::intmax_t rest = negative ? value : -value;
+  do {
+    digits[length++] = static_cast<char>('0' - rest % 10);
+    rest /= 10;
+  } while (rest != 0);
+  if (negative) sink.append("-");
+  char text[24] = {};
+  for (int i = 0; i < length; ++i) text[i] = digits[length - 1 - i];
+  sink.append(std::string_view(text, static_cast<std::size_t>(length)));
+}
+
+template <class T, class Sink>
+constexpr void describe(Sink& sink);
+
+template <class... Ts, class Sink>
+constexpr void describe_list(Sink& sink) {
+  bool first = true;
+  ((sink.append(first ? "" : ","), first = false, describe<Ts>(sink)), ...);
+}
+
+template <class T>
+struct template_arguments;
+template <template <class...> class Template, class... Ts>
+struct template_arguments<Template<Ts...>> {
+  template <class Sink>
+  static constexpr void describe_all(Sink& sink) {
+    describe_list<Ts...>(sink);
+  }
+};
+
+// Each of these fails with a message that names what to do; the compiler's
+// "required from" lines name the type.
+template <class T>
+constexpr void reject_unsupported() {
+  if constexpr (std::is_pointer_v<T> || std::is_member_pointer_v<T>) {
+    static_assert(dependent_false<T>,
+                  "fwd: a pointer cannot be a procedure argument or result: pass the value "
+                  "(e.g. std::string instead of const char*, std::optional<T> for 'maybe')");
+  } else if constexpr (is_specialization_of<T, std::basic_string_view> ||
+                       is_std_span<T>) {
+    static_assert(dependent_false<T>,
+                  "fwd: a view (std::string_view, std::span) cannot be a procedure argument "
+                  "or result: declare the owning type (std::string, std::vector<T>); callers "
+                  "may still pass views where they convert");
+  } else if constexpr (std::is_enum_v<T> && !has_type_name<T>) {
+    static_assert(dependent_false<T>,
+                  "fwd: this enum has no wire name: specialise fwd::type_name<E> with "
+                  "'static constexpr std::string_view value = \"your.enum\";' or use "
+                  "FWD_TYPE_NAME(E, \"your.enum\") at global scope");
+  } else if constexpr (std::is_enum_v<T>) {
+    static_assert(dependent_false<T>,
+                  "fwd: this enum has no fixed underlying type, so not every value of it can "
+                  "be decoded safely: declare it 'enum class' or give it one (enum E : int)");
+  } else if constexpr (std::is_class_v<T> && !has_type_name<T>) {
+    static_assert(dependent_false<T>,
+                  "fwd: this type has no wire name (or is a standard type fwd does not "
+                  "serialise): for your own struct, specialise fwd::type_name<T> with "
+                  "'static constexpr std::string_view value = \"your.type\";', add a member "
+                  "'static constexpr std::string_view fwd_type_name = \"your.type\";', or use "
+                  "FWD_TYPE_NAME(T, \"your.type\") at global scope");
+  } else if constexpr (std::is_class_v<T> && !user_serializable<T>) {
+    static_assert(dependent_false<T>,
+                  "fwd: Boost.Serialization cannot serialise this type: give it a member "
+                  "'template <class Archive> void serialize(Archive& ar, unsigned) { ar & a & b; }' "
+                  "(or a free serialize found by ADL); if boost::serialization has one for it, "
+                  "specialise fwd::is_serializable<T> as std::true_type");
+  } else if constexpr (std::is_class_v<T> && !std::is_default_constructible_v<T>) {
+    static_assert(dependent_false<T>,
+                  "fwd: procedure arguments and results are decoded into default-constructed "
+                  "values: give this type a default constructor");
+  } else {
+    static_assert(dependent_false<T>,
+                  "fwd: this type cannot be a procedure argument or result (supported: bool, "
+                  "integers, floating point, std::string, vector, map, set, unordered_map, "
+                  "unordered_set, array, optional, variant, tuple, pair, chrono durations, "
+                  "system_clock time points, named enums and named structs)");
+  }
+}
+
+template <class T, class Sink>
+constexpr void describe(Sink& sink) {
+  if constexpr (std::is_void_v<T>) {
+    sink.append("void");
+  } else if constexpr (std::is_same_v<T, bool>) {
+    sink.append("bool");
+  } else if constexpr (std::is_same_v<T, char>) {
+    sink.append("char");
+  } else if constexpr (std::is_integral_v<T>) {
+    sink.append(std::is_signed_v<T> ? "i" : "u");
+    append_number(sink, static_cast<std::intmax_t>(sizeof(T) * 8));
+  } else if constexpr (std::is_floating_point_v<T>) {
+    // By significand: f32, f64, f80 (x87 extended) or f128 (IEEE quadruple).
+    constexpr int digits = std::numeric_limits<T>::digits;
+    sink.append(digits <= 24 ? "f32" : digits <= 53 ? "f64" : digits <= 64 ? "f80" : "f128");
+  } else if constexpr (std::is_enum_v<T> && has_type_name<T> && enum_with_fixed_underlying_type<T>) {
+    sink.append("enum ");
+    sink.append(user_type_name<T>());
+    sink.append(":");
+    describe<std::underlying_type_t<T>>(sink);
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    sink.append("string");
+  } else if constexpr (std::is_same_v<T, std::monostate>) {
+    sink.append("monostate");
+  } else if constexpr (is_specialization_of<T, std::vector>) {
+    sink.append("vector<");
+    describe<typename T::value_type>(sink);
+    sink.append(">");
+  } else if constexpr (is_specialization_of<T, std::map>) {
+    sink.append("map<");
+    describe_list<typename T::key_type, typename T::mapped_type>(sink);
+    sink.append(">");
+  } else if constexpr (is_specialization_of<T, std::unordered_map>) {
+    sink.append("unordered_map<");
+    describe_list<typename T::key_type, typename T::mapped_type>(sink);
+    sink.append(">");
+  } else if constexpr (is_specialization_of<T, std::set>) {
+    sink.append("set<");
+    describe<typename T::key_type>(sink);
+    sink.append(">");
+  } else if constexpr (is_specialization_of<T, std::unordered_set>) {
+    sink.append("unordered_set<");
+    describe<typename T::key_type>(sink);
+    sink.append(">");
+  } else if constexpr (is_std_array<T>) {
+    sink.append("array<");
+    describe<typename T::value_type>(sink);
+    sink.append(",");
+    append_number(sink, static_cast<std::intmax_t>(std::tuple_size_v<T>));
+    sink.append(">");
+  } else if constexpr (is_specialization_of<T, std::optional>) {
+    sink.append("optional<");
+    describe<typename T::value_type>(sink);
+    sink.append(">");
+  } else if constexpr (is_specialization_of<T, std::variant>) {
+    sink.append("variant<");
+    template_arguments<T>::describe_all(sink);
+    sink.append(">");
+  } else if constexpr (is_specialization_of<T, std::tuple>) {
+    sink.append("tuple<");
+    template_arguments<T>::describe_all(sink);
+    sink.append(">");
+  } else if constexpr (is_specialization_of<T, std::pair>) {
+    sink.append("pair<");
+    describe_list<typename T::first_type, typename T::second_type>(sink);
+    sink.append(">");
+  } else if constexpr (is_duration<T>) {
+    sink.append("duration<");
+    describe<typename T::rep>(sink);
+    sink.append(",");
+    append_number(sink, T::period::num);
+    sink.append("/");
+    append_number(sink, T::period::den);
+    sink.append(">");
+  } else if constexpr (is_system_time<T>) {
+    sink.append("system_time<");
+    describe<typename T::duration>(sink);
+    sink.append(">");
+  } else if constexpr (std::is_class_v<T> && has_type_name<T> && user_serializable<T> &&
+                       std::is_default_constructible_v<T>) {
+    sink.append("struct ");
+    sink.append(user_type_name<T>());
+  } else {
+    reject_unsupported<T>();
+  }
+}
+
+/// Describes a value type as it travels: references and cv-qualifiers do not matter.
+template <class T, class Sink>
+constexpr void describe_value(Sink& sink) {
+  static_assert(!std::is_array_v<std::remove_cvref_t<T>>,
+                "fwd: a C array cannot be a procedure argument or result: use std::array or "
+                "std::vector");
+  describe<std::remove_cvref_t<T>>(sink);
+}
+
+template <class Signature>
+struct signature_traits;
+
+template <class R, class... Args>
+struct signature_traits<R(Args...)> {
+  template <class Sink>
+  static constexpr void describe_signature(Sink& sink) {
+    describe_value<R>(sink);
+    sink.append("(");
+    bool first = true;
+    ((sink.append(first ? "" : ","), first = false, describe_value<Args>(sink)), ...);
+    sink.append(")");
+  }
+};
+
+/// The fingerprint of a signature `R(Args...)`: FNV-1a 64 of its canonical text.
+template <class Signature>
+constexpr std::uint64_t signature_fingerprint() {
+  fnv1a_sink sink;
+  signature_traits<Signature>::describe_signature(sink);
+  return sink.state;
+}
+
+/// The canonical text of a signature, e.g. "i64(string,vector<u8>)".
+template <class Signature>
+std::string signature_text() {
+  text_sink sink;
+  signature_traits<Signature>::describe_signature(sink);
+  return std::move(sink.text);
+}
+
+}  // namespace fwd::detail
+
+// ---- end fwd/detail/procedure_signature.hpp ----
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+
+namespace fwd {
+
+namespace detail {
+
+template <class Parameters, class Given>
+inline constexpr bool arguments_convert = false;
+template <class... P, class... G>
+  requires(sizeof...(P) == sizeof...(G))
+inline constexpr bool arguments_convert<std::tuple<P...>, std::tuple<G...>> =
+    (std::convertible_to<G, std::decay_t<P>> && ...);
+
+/// The longest procedure name fwd accepts, in bytes.
+inline constexpr std::size_t max_procedure_name = 255;
+
+}  // namespace detail
+
+template <class Signature>
+class procedure;
+
+/**
+ * A remote procedure with result `R` and parameters `Args...`, identified by its name:
+ *
+ *     inline constexpr fwd::procedure<std::int64_t(std::string)> add_tag{"blog.add_tag"};
+ *
+ * Parameter and result types must be serialisable: bool, integers, floating point,
+ * std::string, std::vector, std::map, std::set, std::unordered_map, std::unordered_set,
+ * std::array, std::optional, std::variant, std::tuple, std::pair, std::chrono durations,
+ * system_clock time points, and enums and structs that have a wire name
+ * (fwd::type_name) and, for structs, a Boost `serialize()`. Anything else fails to
+ * compile here, with a message that says what to do. `R` may be `void`.
+ *
+ * Parameters are passed by value on the wire: `void(const std::string&)` and
+ * `void(std::string)` are the same signature.
+ */
+template <class R, class... Args>
+class procedure<R(Args...)> {
+  static_assert(!std::is_reference_v<R>,
+                "fwd: a procedure returns a value, not a reference: declare R without '&'");
+  // Checks every type (each failure says why) and computes the fingerprint.
+  static_assert((detail::signature_fingerprint<R(Args...)>(), true));
+
+ public:
+  /// The result type (may be void).
+  using result_type = R;
+  /// The decoded arguments, as the remote side receives them.
+  using arguments = std::tuple<std::decay_t<Args>...>;
+  /// The declared signature.
+  using signature_type = R(Args...);
+
+  /// True when a call with arguments of types `Given...` compiles: same count, and each
+  /// converts to its parameter.
+  template <class... Given>
+  static constexpr bool accepts = detail::arguments_convert<std::tuple<Args...>, std::tuple<Given...>>;
+
+  /// A procedure named `name` (1 to 255 bytes; the name is not copied, so give a string
+  /// that outlives the procedure, such as a literal). In a constant expression, an invalid
+  /// name fails to compile; at run time it throws fwd::error(errc::bad_argument).
+  constexpr explicit procedure(std::string_view name) : name_(name) {
+    if (name.empty() || name.size() > detail::max_procedure_name) {
+      throw error(make_error_code(errc::bad_argument),
+                  "a procedure name must be 1 to 255 bytes long");
+    }
+  }
+
+  /// The name callers and servers match on.
+  constexpr std::string_view name() const noexcept { return name_; }
+
+  /// The fingerprint of the signature: FNV-1a 64 of its canonical text. The same on
+  /// every compiler and platform with the same type widths.
+  static constexpr std::uint64_t signature() noexcept { return fingerprint_; }
+
+  /// The canonical text the fingerprint hashes, e.g. "i64(string)": for messages.
+  static std::string signature_text() { return detail::signature_text<R(Args...)>(); }
+
+ private:
+  static constexpr std::uint64_t fingerprint_ = detail::signature_fingerprint<R(Args...)>();
+  std::string_view name_;
+};
+
+/// Satisfied when procedure `Proc` can be called with arguments of types `Given...`.
+template <class Proc, class... Given>
+concept accepts_arguments = Proc::template accepts<Given...>;
+
+}  // namespace fwd
+
+// ---- begin fwd/detail/procedure_codec.hpp ----
+
+// Encoding and decoding a procedure's arguments and result: the bytes a call carries.
+//
+// Arguments are written one after another into fwd's output archive (no tuple framing);
+// a result is one value; a void result is no bytes at all. Decoding never trusts its
+// input: any failure (truncated bytes, a count larger than the input, an invalid bool
+// or variant index, bytes left over, an exception from a user's serialize()) is reported
+// as errc::protocol_error, never a crash, never an allocation larger than the input
+// allows.
+
+// ---- begin fwd/detail/serialization.hpp ----
+
+// The Boost.Serialization side of fwd's procedures:
+//
+// - serialisation of std::tuple, std::optional, std::variant, std::monostate,
+//   std::chrono::duration and system_clock time points, which Boost 1.81 lacks;
+// - fwd's two archives, Boost binary archives over a byte buffer, with the checks that
+//   make decoding a peer's bytes safe: a collection or string may not claim more
+//   elements than bytes remain (Boost would allocate first), a bool must be 0 or 1
+//   (Boost asserts), nesting is bounded (no stack exhaustion), enums travel as their
+//   underlying type (Boost narrows them to int) and are read back without UB;
+// - archive_version(), which both ends of a connection must agree on.
+//
+// The archives are written without Boost's header (no_header): the version check is the
+// handshake's job, so every call's payload carries only the values.
+
+#include <boost/archive/basic_archive.hpp>
+#include <boost/archive/binary_iarchive_impl.hpp>
+#include <boost/archive/binary_oarchive_impl.hpp>
+#include <boost/archive/detail/register_archive.hpp>
+#include <boost/archive/archive_exception.hpp>
+#include <boost/serialization/array.hpp>
+#include <boost/serialization/collection_size_type.hpp>
+#include <boost/serialization/level.hpp>
+#include <boost/serialization/map.hpp>
+#include <boost/serialization/nvp.hpp>
+#include <boost/serialization/set.hpp>
+#include <boost/serialization/split_free.hpp>
+#include <boost/serialization/string.hpp>
+#include <boost/serialization/tracking.hpp>
+#include <boost/serialization/unordered_map.hpp>
+#include <boost/serialization/unordered_set.hpp>
+#include <boost/serialization/utility.hpp>
+#include <boost/serialization/vector.hpp>
+
+// The archive implementations are templates on the most derived archive; fwd's archives
+// instantiate them here (implicitly) so that fwd stays header-only.
+#include <boost/archive/impl/archive_serializer_map.ipp>
+#include <boost/archive/impl/basic_binary_iarchive.ipp>
+#include <boost/archive/impl/basic_binary_iprimitive.ipp>
+#include <boost/archive/impl/basic_binary_oarchive.ipp>
+#include <boost/archive/impl/basic_binary_oprimitive.ipp>
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <streambuf>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+// ---------------------------------------------------------------------------------------
+// Standard types Boost 1.81 does not serialise. Declared in boost::serialization, where
+// Boost's serialize_adl finds them (its version_type argument makes that namespace
+// associated). None is tracked and none writes class information: they are values.
+
+namespace boost::serialization {
+
+template <class Archive, class... Ts>
+void serialize(Archive& ar, std::tuple<Ts...>& t, const unsigned int /*version*/) {
+  std::apply([&ar](auto&... element) { ((ar & element), ...); }, t);
+}
+
+template <class Archive, class T>
+void save(Archive& ar, const std::optional<T>& t, const unsigned int /*version*/) {
+  const bool engaged = t.has_value();
+  ar << engaged;
+  if (engaged) ar << *t;
+}
+
+template <class Archive, class T>
+void load(Archive& ar, std::optional<T>& t, const unsigned int /*version*/) {
+  bool engaged = false;
+  ar >> engaged;
+  if (!engaged) {
+    t.reset();
+    return;
+  }
+  ar >> t.emplace();
+}
+
+template <class Archive, class T>
+void serialize(Archive& ar, std::optional<T>& t, const unsigned int version) {
+  split_free(ar, t, version);
+}
+
+template <class Archive, class... Ts>
+void save(Archive& ar, const std::variant<Ts...>& v, const unsigned int /*version*/) {
+  static_assert(sizeof...(Ts) < 0xffff'ffffu, "variant has too many alternatives");
+  if (v.valueless_by_exception()) {
+    boost::serialization::throw_exception(boost::archive::archive_exception(
+        boost::archive::archive_exception::output_stream_error,
+        "a valueless std::variant cannot be serialised"));
+  }
+  const auto index = static_cast<std::uint32_t>(v.index());
+  ar << index;
+  std::visit([&ar](const auto& alternative) { ar << alternative; }, v);
+}
+
+template <class Archive, class... Ts>
+void load(Archive& ar, std::variant<Ts...>& v, const unsigned int /*version*/) {
+  std::uint32_t index = 0;
+  ar >> index;
+  if (index >= sizeof...(Ts)) {
+    boost::serialization::throw_exception(boost::archive::archive_exception(
+        boost::archive::archive_exception::input_stream_error,
+        "std::variant alternative index out of range"));
+  }
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    (void)((index == I ? (ar >> v.template emplace<I>(), true) : false) || ...);
+  }(std::index_sequence_for<Ts...>{});
+}
+
+template <class Archive, class... Ts>
+void serialize(Archive& ar, std::variant<Ts...>& v, const unsigned int version) {
+  split_free(ar, v, version);
+}
+
+template <class Archive>
+void serialize(Archive& /*ar*/, std::monostate& /*m*/, const unsigned int /*version*/) {}
+
+template <class Archive, class Rep, class Period>
+void serialize(Archive& ar, std::chrono::duration<Rep, Period>& d, const unsigned int /*version*/) {
+  Rep count = d.count();
+  ar & count;
+  d = std::chrono::duration<Rep, Period>(count);
+}
+
+template <class Archive, class Clock, class Duration>
+void serialize(Archive& ar, std::chrono::time_point<Clock, Duration>& t,
+               const unsigned int /*version*/) {
+  Duration since_epoch = t.time_since_epoch();
+  ar & since_epoch;
+  t = std::chrono::time_point<Clock, Duration>(since_epoch);
+}
+
+// Boost reads implementation_level<T>::value and tracking_level<T>::value; partial
+// specialisations for the standard templates above make them plain values.
+template <class... Ts>
+struct implementation_level<std::tuple<Ts...>> : mpl::int_<object_serializable> {
+  typedef mpl::integral_c_tag tag;
+};
+template <class T>
+struct implementation_level<std::optional<T>> : mpl::int_<object_serializable> {
+  typedef mpl::integral_c_tag tag;
+};
+template <class... Ts>
+struct implementation_level<std::variant<Ts...>> : mpl::int_<object_serializable> {
+  typedef mpl::integral_c_tag tag;
+};
+template <class Rep, class Period>
+struct implementation_level<std::chrono::duration<Rep, Period>> : mpl::int_<object_serializable> {
+  typedef mpl::integral_c_tag tag;
+};
+template <class Clock, class Duration>
+struct implementation_level<std::chrono::time_point<Clock, Duration>>
+    : mpl::int_<object_serializable> {
+  typedef mpl::integral_c_tag tag;
+};
+
+template <>
+struct implementation_level<std::monostate> : mpl::int_<object_serializable> {
+  typedef mpl::integral_c_tag tag;
+};
+template <>
+struct tracking_level<std::monostate> : mpl::int_<track_never> {
+  typedef mpl::integral_c_tag tag;
+};
+
+template <class... Ts>
+struct tracking_level<std::tuple<Ts...>> : mpl::int_<track_never> {
+  typedef mpl::integral_c_tag tag;
+};
+template <class T>
+struct tracking_level<std::optional<T>> : mpl::int_<track_never> {
+  typedef mpl::integral_c_tag tag;
+};
+template <class... Ts>
+struct tracking_level<std::variant<Ts...>> : mpl::int_<track_never> {
+  typedef mpl::integral_c_tag tag;
+};
+template <class Rep, class Period>
+struct tracking_level<std::chrono::duration<Rep, Period>> : mpl::int_<track_never> {
+  typedef mpl::integral_c_tag tag;
+};
+template <class Clock, class Duration>
+struct tracking_level<std::chrono::time_point<Clock, Duration>> : mpl::int_<track_never> {
+  typedef mpl::integral_c_tag tag;
+};
+
+}  // namespace boost::serialization
+
+namespace fwd::detail {
+
+/// Boost's archive library version. Two nodes can exchange procedure payloads only when
+/// this (and the byte order) is equal on both: the handshake compares it.
+inline std::uint32_t archive_version() noexcept {
+  return static_cast<std::uint32_t>(boost::archive::BOOST_ARCHIVE_VERSION());
+}
+
+/// A read-only streambuf over bytes someone else owns; knows how many remain.
+class input_bytes final : public std::streambuf {
+ public:
+  explicit input_bytes(std::string_view bytes) {
+    char* begin = const_cast<char*>(bytes.data());  // never written: get area only
+    setg(begin, begin, begin + bytes.size());
+  }
+  std::size_t remaining() const noexcept { return static_cast<std::size_t>(egptr() - gptr()); }
+};
+
+/// A streambuf that appends to a std::string.
+class output_bytes final : public std::streambuf {
+ public:
+  explicit output_bytes(std::string& out) : out_(out) {}
+
+ protected:
+  int_type overflow(int_type c) override {
+    if (traits_type::eq_int_type(c, traits_type::eof())) return traits_type::not_eof(c);
+    out_.push_back(traits_type::to_char_type(c));
+    return c;
+  }
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    out_.append(s, static_cast<std::size_t>(n));
+    return n;
+  }
+
+ private:
+  std::string& out_;
+};
+
+/// The flags both archives use: no header (the handshake checks versions), no locale.
+inline constexpr unsigned archive_flags = boost::archive::no_header | boost::archive::no_codecvt;
+
+/// Nesting deeper than this (in archive operations, a few per nested value) is refused.
+inline constexpr int max_archive_depth = 512;
+
+/// fwd's output archive: Boost's binary format, enums as their underlying type.
+class output_archive final
+    : public boost::archive::binary_oarchive_impl<output_archive, char, std::char_traits<char>> {
+  using base = boost::archive::binary_oarchive_impl<output_archive, char, std::char_traits<char>>;
+  friend class boost::archive::detail::interface_oarchive<output_archive>;
+  friend class boost::archive::basic_binary_oarchive<output_archive>;
+  friend class boost::archive::save_access;
+  friend class boost::archive::basic_binary_oprimitive<output_archive, char, std::char_traits<char>>;
+
+ public:
+  explicit output_archive(std::streambuf& out) : base(out, archive_flags) { init(archive_flags); }
+
+ private:
+  template <class T>
+  void save_override(T& t) {
+    if constexpr (std::is_enum_v<std::remove_cv_t<T>>) {
+      const auto value = static_cast<std::underlying_type_t<std::remove_cv_t<T>>>(t);
+      base::save_override(value);
+    } else {
+      base::save_override(t);
+    }
+  }
+};
+
+/// fwd's input archive: reads what output_archive writes, and treats its input as
+/// untrusted (see the file comment). Every failure is an exception.
+class input_archive final
+    : public boost::archive::binary_iarchive_impl<input_archive, char, std::char_traits<char>> {
+  using base = boost::archive::binary_iarchive_impl<input_archive, char, std::char_traits<char>>;
+  using primitive = boost::archive::basic_binary_iprimitive<input_archive, char, std::char_traits<char>>;
+  friend class boost::archive::detail::interface_iarchive<input_archive>;
+  friend class boost::archive::basic_binary_iarchive<input_archive>;
+  friend class boost::archive::load_access;
+  friend primitive;
+
+ public:
+  explicit input_archive(input_bytes& in) : base(in, archive_flags), in_(in) { init(archive_flags); }
+
+  /// Bytes not yet read.
+  std::size_t remaining() const noexcept { return in_.remaining(); }
+
+ private:
+  [[noreturn]] static void fail(const char* what) {
+    boost::serialization::throw_exception(
+        boost::archive::archive_exception(boost::archive::archive_exception::input_stream_error, what));
+  }
+
+  // Counts nesting on the way in, so that deeply nested garbage cannot exhaust the stack.
+  struct depth_guard {
+    explicit depth_guard(int& depth) : depth_(depth) {
+      if (++depth_ > max_archive_depth) {
+        --depth_;
+        fail("values are nested too deeply");
+      }
+    }
+    ~depth_guard() { --depth_; }
+    depth_guard(const depth_guard&) = delete;
+    depth_guard& operator=(const depth_guard&) = delete;
+    int& depth_;
+  };
+
+  template <class T>
+  void load_override(T& t) {
+    depth_guard guard(depth_);
+    if constexpr (std::is_enum_v<T>) {
+      // Only enums with a fixed underlying type reach here (procedure.hpp checks it), so
+      // every value of the underlying type is a valid enum value.
+      std::underlying_type_t<T> value{};
+      base::load_override(value);
+      t = static_cast<T>(value);
+    } else {
+      base::load_override(t);
+    }
+  }
+
+  // A count is at most the bytes left: Boost resizes before it reads the elements.
+  void load_override(boost::serialization::collection_size_type& t) {
+    base::load_override(t);
+    if (static_cast<std::size_t>(t) > remaining()) fail("collection size exceeds the input");
+  }
+
+  using primitive::load;
+
+  void load(bool& t) {
+    unsigned char byte = 0;
+    load_binary(&byte, 1);
+    if (byte > 1) fail("invalid bool");
+    t = byte != 0;
+  }
+
+  void load(std::string& s) {
+    std::size_t size = 0;
+    load_binary(&size, sizeof(size));
+    if (size > remaining()) fail("string length exceeds the input");
+    s.resize(size);
+    if (size > 0) load_binary(s.data(), size);
+  }
+
+  input_bytes& in_;
+  int depth_ = 0;
+};
+
+}  // namespace fwd::detail
+
+BOOST_SERIALIZATION_REGISTER_ARCHIVE(fwd::detail::output_archive)
+BOOST_SERIALIZATION_USE_ARRAY_OPTIMIZATION(fwd::detail::output_archive)
+BOOST_SERIALIZATION_REGISTER_ARCHIVE(fwd::detail::input_archive)
+BOOST_SERIALIZATION_USE_ARRAY_OPTIMIZATION(fwd::detail::input_archive)
+
+// ---- end fwd/detail/serialization.hpp ----
+
+#include <boost/archive/archive_exception.hpp>
+#include <boost/core/demangle.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <exception>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+
+namespace fwd::detail {
+
+// The value as its parameter type: a reference when it already is one, else converted.
+template <class Parameter, class Given>
+decltype(auto) as_parameter(Given&& given) {
+  if constexpr (std::is_same_v<std::remove_cvref_t<Given>, Parameter>) {
+    return static_cast<const Parameter&>(given);
+  } else {
+    return Parameter(std::forward<Given>(given));
+  }
+}
+
+template <class Parameter, class Given>
+void save_parameter(output_archive& ar, Given&& given) {
+  decltype(auto) value = as_parameter<Parameter>(std::forward<Given>(given));
+  ar << static_cast<const Parameter&>(value);
+}
+
+template <class Write>
+std::string encode_with(Write&& write) {
+  std::string out;
+  output_bytes buffer(out);
+  {
+    output_archive ar(buffer);
+    std::forward<Write>(write)(ar);
+  }
+  return out;
+}
+
+/// Reads `bytes` with `read(input_archive&)`; reports any failure, or bytes left over,
+/// as errc::protocol_error in `ec` with an explanation in `*detail` (when given).
+template <class Read>
+void decode_with(std::string_view bytes, boost::system::error_code& ec, std::string* detail,
+                 Read&& read) {
+  ec = {};
+  std::string why;
+  try {
+    input_bytes in(bytes);
+    input_archive ar(in);
+    std::forward<Read>(read)(ar);
+    if (in.remaining() != 0) {
+      why = std::to_string(in.remaining()) + " unexpected bytes after the last value";
+    }
+  } catch (const boost::archive::archive_exception& e) {
+    why = e.what();
+  } catch (const std::exception& e) {
+    why = boost::core::demangle(typeid(e).name()) + ": " + e.what();
+  } catch (...) {
+    why = "an exception of unknown type";
+  }
+  if (!why.empty()) {
+    ec = make_error_code(errc::protocol_error);
+    if (detail != nullptr) *detail = "undecodable payload (" + why + ")";
+  }
+}
+
+/**
+ * Encodes the arguments of a call to `proc`: each given argument converted to its
+ * parameter type. Compiles only when `Given...` convert to the parameters (same count).
+ * Throws what a user's serialize() throws, or boost::archive::archive_exception.
+ */
+template <class R, class... A, class... Given>
+  requires procedure<R(A...)>::template accepts<Given...>
+std::string encode_arguments(const procedure<R(A...)>& /*proc*/, Given&&... given) {
+  return encode_with([&](output_archive& ar) {
+    (save_parameter<std::decay_t<A>>(ar, std::forward<Given>(given)), ...);
+  });
+}
+
+/**
+ * Decodes what encode_arguments wrote for procedure type `Proc`. On failure sets `ec` to
+ * errc::protocol_error, writes why into `*detail` (when not null) and returns
+ * default-constructed arguments. Never throws for bad input.
+ */
+template <class Proc>
+typename Proc::arguments decode_arguments(std::string_view bytes, boost::system::error_code& ec,
+                                          std::string* detail = nullptr) {
+  typename Proc::arguments args{};
+  decode_with(bytes, ec, detail, [&args](input_archive& ar) {
+    std::apply([&ar](auto&... value) { ((ar >> value), ...); }, args);
+  });
+  if (ec) return typename Proc::arguments{};
+  return args;
+}
+
+/// Encodes a result of type `R` (write the procedure's result_type: encode_result<R>(v)).
+template <class R>
+std::string encode_result(const R& value) {
+  static_assert((signature_fingerprint<R()>(), true));
+  return encode_with([&value](output_archive& ar) { ar << value; });
+}
+
+/// Encodes a void result: no bytes.
+inline std::string encode_result() { return {}; }
+
+/// Encodes `value` as the result of `proc`.
+template <class R, class... A>
+  requires(!std::is_void_v<R>)
+std::string encode_result(const procedure<R(A...)>& /*proc*/, const R& value) {
+  return encode_result<R>(value);
+}
+
+/**
+ * Decodes a result of type `R` (void: the payload must be empty). On failure sets `ec` to
+ * errc::protocol_error, writes why into `*detail` (when not null) and returns a
+ * default-constructed R. Never throws for bad input.
+ */
+template <class R>
+R decode_result(std::string_view bytes, boost::system::error_code& ec, std::string* detail = nullptr) {
+  if constexpr (std::is_void_v<R>) {
+    ec = {};
+    if (!bytes.empty()) {
+      ec = make_error_code(errc::protocol_error);
+      if (detail != nullptr) {
+        *detail = "undecodable payload (a void result carries no bytes, got " +
+                  std::to_string(bytes.size()) + ")";
+      }
+    }
+  } else {
+    static_assert((signature_fingerprint<R()>(), true));
+    R value{};
+    decode_with(bytes, ec, detail, [&value](input_archive& ar) { ar >> value; });
+    if (ec) return R{};
+    return value;
+  }
+}
+
+}  // namespace fwd::detail
+
+// ---- end fwd/detail/procedure_codec.hpp ----
+
+// ---- end fwd/procedure.hpp ----
+// ---- begin fwd/wire.hpp ----
+
+// fwd's wire format: frames and the connection handshake, as pure functions over bytes.
+// Nothing here touches a socket, so every decoder can be fuzzed on its own.
+//
+// A frame is a fixed 52-byte header followed by `meta_size` bytes of metadata (a procedure
+// name, an error message) and `body_size` bytes of payload (a Boost archive). All header
+// fields are little-endian:
+//
+//   offset size field
+//        0    4 magic "FWD1"
+//        4    1 type (frame_type)
+//        5    1 flags (frame_flags)
+//        6    2 reserved, zero
+//        8    8 stream id: matches a reply to its request on one connection
+//       16   16 request id: the caller's id, fixed across retries (exactly once)
+//       32    4 remaining deadline in milliseconds (meaningful with flag has_deadline)
+//       36    8 aux: a request's signature fingerprint, a reply's status (0 or fwd::errc)
+//       44    4 meta size
+//       48    4 body size
+//
+// The handshake, before any other frame: the client sends `client_hello` (versions and a
+// nonce); the server answers `server_hello` (its versions, its nonce, and its proof: an
+// HMAC-SHA256 of both nonces under the cluster secret); the client checks the proof and
+// sends `client_proof` (its own HMAC, with another label); the server checks it and sends
+// `welcome`. Either side that finds a version or proof wrong stops: the server says why in
+// a `goodbye` frame. Requests are only decoded after `welcome`, so no byte from an
+// unauthenticated peer reaches Boost.Serialization.
+
+// ---- begin fwd/detail/hmac.hpp ----
+
+// HMAC-SHA256, constant-time comparison and random bytes, from OpenSSL. Kept apart so that
+// only the handshake pulls OpenSSL's headers in.
+
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+
+namespace fwd::detail {
+
+using sha256_digest = std::array<std::uint8_t, 32>;
+
+/// HMAC-SHA256 of the concatenation of `parts`, keyed by `key`.
+inline sha256_digest hmac_sha256(std::string_view key, std::initializer_list<std::string_view> parts) {
+  std::string message;
+  for (std::string_view part : parts) message.append(part);
+  sha256_digest out{};
+  unsigned int length = 0;
+  const unsigned char* done =
+      HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+           reinterpret_cast<const unsigned char*>(message.data()), message.size(), out.data(), &length);
+  if (done == nullptr || length != out.size()) {
+    throw fwd::error(make_error_code(errc::bad_argument),
+                     "OpenSSL could not compute HMAC-SHA256: check the OpenSSL installation");
+  }
+  return out;
+}
+
+/// True when the two digests are equal, in time that does not depend on where they differ.
+inline bool digests_equal(const sha256_digest& a, const sha256_digest& b) noexcept {
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+/// Cryptographically random bytes.
+template <std::size_t N>
+std::array<std::uint8_t, N> random_bytes() {
+  std::array<std::uint8_t, N> out{};
+  if (RAND_bytes(out.data(), static_cast<int>(N)) != 1) {
+    throw fwd::error(make_error_code(errc::bad_argument),
+                     "OpenSSL's random generator failed: check the system's entropy source");
+  }
+  return out;
+}
+
+}  // namespace fwd::detail
+
+// ---- end fwd/detail/hmac.hpp ----
+// ---- begin fwd/detail/wire_bytes.hpp ----
+
+// Little-endian integer (de)serialisation for the wire codec. The wire's own fields are
+// little-endian on every host; only Boost archives inside payloads use native order (which
+// is why the handshake compares byte orders).
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fwd::detail {
+
+template <class T>
+inline void store_le(char* out, T value) noexcept {
+  for (std::size_t i = 0; i < sizeof(T); ++i) {
+    out[i] = static_cast<char>(static_cast<std::uint8_t>(static_cast<std::uint64_t>(value) >> (8 * i)));
+  }
+}
+
+template <class T>
+inline T load_le(const char* in) noexcept {
+  std::uint64_t value = 0;
+  for (std::size_t i = 0; i < sizeof(T); ++i) {
+    value |= static_cast<std::uint64_t>(static_cast<std::uint8_t>(in[i])) << (8 * i);
+  }
+  return static_cast<T>(value);
+}
+
+}  // namespace fwd::detail
+
+// ---- end fwd/detail/wire_bytes.hpp ----
+
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+namespace fwd::wire {
+
+/// The protocol version this build speaks. Peers must speak the same one.
+inline constexpr std::uint32_t protocol_version = 1;
+/// "FWD1", the first four bytes of every frame.
+inline constexpr std::uint32_t magic = 0x31445746u;
+/// Bytes in a frame header.
+inline constexpr std::size_t header_size = 52;
+/// The default largest frame (header included) either side accepts: 16 MiB.
+inline constexpr std::size_t default_max_frame_size = std::size_t{16} << 20;
+
+enum class frame_type : std::uint8_t {
+  client_hello = 1,  ///< body: hello (versions, client nonce)
+  server_hello = 2,  ///< body: hello (versions, server nonce) + server proof
+  client_proof = 3,  ///< body: client proof
+  welcome = 4,       ///< handshake accepted; empty
+  request = 5,       ///< meta: procedure name; body: arguments; aux: signature fingerprint
+  reply = 6,         ///< meta: error detail; body: result; aux: 0 or an fwd::errc value
+  goodbye = 7,       ///< the sender closes: aux: fwd::errc value; meta: why
+};
+
+/// Flag bits of a frame header.
+namespace frame_flags {
+inline constexpr std::uint8_t has_deadline = 0x01;  ///< deadline_ms is the remaining time
+inline constexpr std::uint8_t all = has_deadline;
+}  // namespace frame_flags
+
+/// A caller's request id: 128 bits, unique per call across the cluster, kept across retries.
+using request_id = std::array<std::uint8_t, 16>;
+
+struct frame_header {
+  frame_type type = frame_type::request;
+  std::uint8_t flags = 0;
+  std::uint64_t stream_id = 0;
+  request_id id{};
+  std::uint32_t deadline_ms = 0;
+  std::uint64_t aux = 0;
+  std::uint32_t meta_size = 0;
+  std::uint32_t body_size = 0;
+};
+
+/// A decoded frame; `meta` and `body` point into the decoded buffer.
+struct frame_view {
+  frame_header header;
+  std::string_view meta;
+  std::string_view body;
+};
+
+/// Offset of the deadline field, which a sender refreshes just before writing a frame.
+inline constexpr std::size_t deadline_offset = 32;
+
+/// Writes `h` (with sizes as given in `h`) into `out[0, header_size)`.
+inline void encode_header(const frame_header& h, char* out) noexcept {
+  detail::store_le<std::uint32_t>(out, magic);
+  out[4] = static_cast<char>(h.type);
+  out[5] = static_cast<char>(h.flags);
+  detail::store_le<std::uint16_t>(out + 6, 0);
+  detail::store_le<std::uint64_t>(out + 8, h.stream_id);
+  std::memcpy(out + 16, h.id.data(), h.id.size());
+  detail::store_le<std::uint32_t>(out + deadline_offset, h.deadline_ms);
+  detail::store_le<std::uint64_t>(out + 36, h.aux);
+  detail::store_le<std::uint32_t>(out + 44, h.meta_size);
+  detail::store_le<std::uint32_t>(out + 48, h.body_size);
+}
+
+/// Appends one frame to `out` (so that many frames can be coalesced into one write). The
+/// sizes in `h` are ignored: those of `meta` and `body` are written.
+inline void append_frame(std::string& out, frame_header h, std::string_view meta, std::string_view body) {
+  h.meta_size = static_cast<std::uint32_t>(meta.size());
+  h.body_size = static_cast<std::uint32_t>(body.size());
+  const std::size_t at = out.size();
+  out.resize(at + header_size);
+  encode_header(h, out.data() + at);
+  out.append(meta);
+  out.append(body);
+}
+
+/// One frame as a string.
+inline std::string encode_frame(const frame_header& h, std::string_view meta = {}, std::string_view body = {}) {
+  std::string out;
+  out.reserve(header_size + meta.size() + body.size());
+  append_frame(out, h, meta, body);
+  return out;
+}
+
+/// The whole size of a frame with that header.
+inline std::uint64_t frame_size(const frame_header& h) noexcept {
+  return header_size + std::uint64_t{h.meta_size} + h.body_size;
+}
+
+/**
+ * Decodes the header at the start of `bytes` (which must hold at least header_size bytes).
+ * Fails with errc::protocol_error when the bytes are not a fwd header, and with
+ * errc::frame_too_large when the frame it announces exceeds `max_frame_size`, before
+ * anything is allocated for it.
+ */
+inline boost::system::error_code decode_header(std::string_view bytes, std::size_t max_frame_size,
+                                               frame_header& out) noexcept {
+  if (bytes.size() < header_size) return make_error_code(errc::protocol_error);
+  const char* in = bytes.data();
+  if (detail::load_le<std::uint32_t>(in) != magic) return make_error_code(errc::protocol_error);
+  const auto type = static_cast<std::uint8_t>(in[4]);
+  if (type < static_cast<std::uint8_t>(frame_type::client_hello) ||
+      type > static_cast<std::uint8_t>(frame_type::goodbye)) {
+    return make_error_code(errc::protocol_error);
+  }
+  const auto flags = static_cast<std::uint8_t>(in[5]);
+  if ((flags & ~frame_flags::all) != 0) return make_error_code(errc::protocol_error);
+  if (detail::load_le<std::uint16_t>(in + 6) != 0) return make_error_code(errc::protocol_error);
+  frame_header h;
+  h.type = static_cast<frame_type>(type);
+  h.flags = flags;
+  h.stream_id = detail::load_le<std::uint64_t>(in + 8);
+  std::memcpy(h.id.data(), in + 16, h.id.size());
+  h.deadline_ms = detail::load_le<std::uint32_t>(in + deadline_offset);
+  h.aux = detail::load_le<std::uint64_t>(in + 36);
+  h.meta_size = detail::load_le<std::uint32_t>(in + 44);
+  h.body_size = detail::load_le<std::uint32_t>(in + 48);
+  if (frame_size(h) > max_frame_size) return make_error_code(errc::frame_too_large);
+  out = h;
+  return {};
+}
+
+/**
+ * Decodes the first frame in `buffer`. On success with a whole frame, sets `out` and
+ * `consumed` (the frame's size); with only part of a frame, returns success and sets
+ * `consumed` to 0 (read more and call again). Errors as decode_header.
+ */
+inline boost::system::error_code decode_frame(std::string_view buffer, std::size_t max_frame_size,
+                                              frame_view& out, std::size_t& consumed) noexcept {
+  consumed = 0;
+  if (buffer.size() < header_size) return {};
+  frame_header h;
+  if (auto ec = decode_header(buffer, max_frame_size, h)) return ec;
+  const std::uint64_t size = frame_size(h);
+  if (buffer.size() < size) return {};
+  out.header = h;
+  out.meta = buffer.substr(header_size, h.meta_size);
+  out.body = buffer.substr(header_size + h.meta_size, h.body_size);
+  consumed = static_cast<std::size_t>(size);
+  return {};
+}
+
+// ---------------------------------------------------------------------------------------
+// Handshake
+
+/// What two peers must share to understand each other's payloads.
+struct versions {
+  std::uint32_t protocol = protocol_version;
+  std::uint32_t archive = 0;  ///< Boost.Serialization's library version
+  std::uint8_t byte_order = std::endian::native == std::endian::little ? 1 : 2;  ///< 1 little, 2 big
+
+  friend bool operator==(const versions&, const versions&) = default;
+};
+
+/// "protocol 1, Boost archive 19, little-endian"
+inline std::string to_string(const versions& v) {
+  return "protocol " + std::to_string(v.protocol) + ", Boost archive " + std::to_string(v.archive) + ", " +
+         (v.byte_order == 1 ? "little-endian" : v.byte_order == 2 ? "big-endian" : "unknown byte order");
+}
+
+using nonce = std::array<std::uint8_t, 32>;
+using proof = detail::sha256_digest;
+
+/// A fresh random nonce (OpenSSL's RAND_bytes).
+inline nonce random_nonce() { return detail::random_bytes<32>(); }
+
+/// Bytes of a hello body: protocol u32, archive u32, byte order u8, nonce.
+inline constexpr std::size_t hello_size = 4 + 4 + 1 + 32;
+inline constexpr std::size_t proof_size = 32;
+
+namespace detail {
+
+inline std::string encode_hello(const versions& v, const nonce& n) {
+  std::string out(hello_size, '\0');
+  fwd::detail::store_le<std::uint32_t>(out.data(), v.protocol);
+  fwd::detail::store_le<std::uint32_t>(out.data() + 4, v.archive);
+  out[8] = static_cast<char>(v.byte_order);
+  std::memcpy(out.data() + 9, n.data(), n.size());
+  return out;
+}
+
+inline void decode_hello(std::string_view in, versions& v, nonce& n) noexcept {
+  v.protocol = fwd::detail::load_le<std::uint32_t>(in.data());
+  v.archive = fwd::detail::load_le<std::uint32_t>(in.data() + 4);
+  v.byte_order = static_cast<std::uint8_t>(in[8]);
+  std::memcpy(n.data(), in.data() + 9, n.size());
+}
+
+inline std::string_view as_chars(const nonce& n) noexcept {
+  return {reinterpret_cast<const char*>(n.data()), n.size()};
+}
+
+// Distinct labels, so that neither side's proof can be replayed as the other's.
+inline proof server_proof(std::string_view secret, const nonce& client, const nonce& server) {
+  return fwd::detail::hmac_sha256(secret, {"fwd server proof v1", as_chars(client), as_chars(server)});
+}
+inline proof client_proof(std::string_view secret, const nonce& client, const nonce& server) {
+  return fwd::detail::hmac_sha256(secret, {"fwd client proof v1", as_chars(client), as_chars(server)});
+}
+
+inline std::string mismatch_message(const versions& local, const versions& peer) {
+  return "this node speaks " + to_string(local) + "; the peer speaks " + to_string(peer) +
+         ": run compatible fwd builds (same fwd protocol and Boost version, same byte order) on every node";
+}
+
+}  // namespace detail
+
+/// What a handshake step asks of its caller.
+struct handshake_step {
+  boost::system::error_code ec;  ///< set: the handshake failed; send `send`, then close
+  std::string send;              ///< frames to write to the peer (may be empty)
+  bool done = false;             ///< the peer is authenticated: requests may flow
+  std::string detail;            ///< with ec: what went wrong, for the error's message
+};
+
+/// A goodbye frame: the sender closes the connection because of `code`.
+inline std::string encode_goodbye(errc code, std::string_view why) {
+  frame_header h;
+  h.type = frame_type::goodbye;
+  h.aux = static_cast<std::uint64_t>(code);
+  return encode_frame(h, why);
+}
+
+/**
+ * The client's side of the handshake. Call start() and send its bytes; then pass each
+ * frame received to on_frame() until a step is done or has an error.
+ */
+class client_handshake {
+ public:
+  client_handshake(std::string_view secret, versions local, nonce client_nonce = random_nonce())
+      : secret_(secret), local_(local), client_nonce_(client_nonce) {}
+
+  /// The client hello frame.
+  std::string start() const {
+    frame_header h;
+    h.type = frame_type::client_hello;
+    return encode_frame(h, {}, detail::encode_hello(local_, client_nonce_));
+  }
+
+  handshake_step on_frame(const frame_view& frame) {
+    handshake_step step;
+    if (state_ == state::failed || state_ == state::done) {
+      return fail(errc::protocol_error, "the handshake is already over");
+    }
+    if (frame.header.type == frame_type::goodbye) {
+      return from_goodbye(frame);
+    }
+    if (state_ == state::wait_server_hello) {
+      if (frame.header.type != frame_type::server_hello || frame.body.size() != hello_size + proof_size ||
+          !frame.meta.empty()) {
+        return fail(errc::protocol_error, "the peer did not answer with a fwd server hello: is it a fwd node?");
+      }
+      versions peer;
+      nonce server_nonce;
+      detail::decode_hello(frame.body.substr(0, hello_size), peer, server_nonce);
+      if (peer != local_) {
+        return fail(errc::version_mismatch, detail::mismatch_message(local_, peer));
+      }
+      proof claimed;
+      std::memcpy(claimed.data(), frame.body.data() + hello_size, proof_size);
+      if (!fwd::detail::digests_equal(claimed, detail::server_proof(secret_, client_nonce_, server_nonce))) {
+        return fail(errc::unauthenticated,
+                    "the server did not prove the cluster secret: give every node the same secret");
+      }
+      const proof mine = detail::client_proof(secret_, client_nonce_, server_nonce);
+      frame_header h;
+      h.type = frame_type::client_proof;
+      step.send = encode_frame(h, {}, std::string_view(reinterpret_cast<const char*>(mine.data()), mine.size()));
+      state_ = state::wait_welcome;
+      return step;
+    }
+    // wait_welcome
+    if (frame.header.type != frame_type::welcome || !frame.body.empty() || !frame.meta.empty()) {
+      return fail(errc::protocol_error, "the peer broke the fwd handshake (expected welcome)");
+    }
+    state_ = state::done;
+    step.done = true;
+    return step;
+  }
+
+ private:
+  enum class state { wait_server_hello, wait_welcome, done, failed };
+
+  handshake_step fail(errc code, std::string detail) {
+    state_ = state::failed;
+    handshake_step step;
+    step.ec = make_error_code(code);
+    step.detail = std::move(detail);
+    return step;
+  }
+
+  handshake_step from_goodbye(const frame_view& frame) {
+    const std::uint64_t code = frame.header.aux;
+    const bool known = code == static_cast<std::uint64_t>(errc::unauthenticated) ||
+                       code == static_cast<std::uint64_t>(errc::version_mismatch) ||
+                       code == static_cast<std::uint64_t>(errc::overloaded) ||
+                       code == static_cast<std::uint64_t>(errc::protocol_error);
+    std::string why = "the server refused the connection: ";
+    why.append(frame.meta.substr(0, 1024));
+    return fail(known ? static_cast<errc>(code) : errc::protocol_error, std::move(why));
+  }
+
+  std::string secret_;
+  versions local_;
+  nonce client_nonce_;
+  state state_ = state::wait_server_hello;
+};
+
+/**
+ * The server's side of the handshake: pass each frame received to on_frame(), send what
+ * each step asks, and close on an error (after sending the step's bytes).
+ */
+class server_handshake {
+ public:
+  server_handshake(std::string_view secret, versions local, nonce server_nonce = random_nonce())
+      : secret_(secret), local_(local), server_nonce_(server_nonce) {}
+
+  handshake_step on_frame(const frame_view& frame) {
+    handshake_step step;
+    if (state_ == state::wait_client_hello) {
+      if (frame.header.type != frame_type::client_hello || frame.body.size() != hello_size || !frame.meta.empty()) {
+        return fail(errc::protocol_error, "expected a fwd client hello");
+      }
+      versions peer;
+      detail::decode_hello(frame.body, peer, client_nonce_);
+      frame_header h;
+      h.type = frame_type::server_hello;
+      std::string body = detail::encode_hello(local_, server_nonce_);
+      if (peer != local_) {
+        // Still say who we are, so that the client can name both versions.
+        body.append(proof_size, '\0');
+        step = fail(errc::version_mismatch, detail::mismatch_message(local_, peer));
+        step.send = encode_frame(h, {}, body);
+        step.send += encode_goodbye(errc::version_mismatch, step.detail);
+        return step;
+      }
+      const proof mine = detail::server_proof(secret_, client_nonce_, server_nonce_);
+      body.append(reinterpret_cast<const char*>(mine.data()), mine.size());
+      step.send = encode_frame(h, {}, body);
+      state_ = state::wait_client_proof;
+      return step;
+    }
+    if (state_ == state::wait_client_proof) {
+      if (frame.header.type != frame_type::client_proof || frame.body.size() != proof_size || !frame.meta.empty()) {
+        return fail(errc::protocol_error, "expected a fwd client proof");
+      }
+      proof claimed;
+      std::memcpy(claimed.data(), frame.body.data(), proof_size);
+      if (!fwd::detail::digests_equal(claimed, detail::client_proof(secret_, client_nonce_, server_nonce_))) {
+        step = fail(errc::unauthenticated,
+                    "the client did not prove the cluster secret: give every node the same secret");
+        step.send = encode_goodbye(errc::unauthenticated, step.detail);
+        return step;
+      }
+      frame_header h;
+      h.type = frame_type::welcome;
+      step.send = encode_frame(h);
+      step.done = true;
+      state_ = state::done;
+      return step;
+    }
+    return fail(errc::protocol_error, "the handshake is already over");
+  }
+
+ private:
+  enum class state { wait_client_hello, wait_client_proof, done, failed };
+
+  handshake_step fail(errc code, std::string detail) {
+    state_ = state::failed;
+    handshake_step step;
+    step.ec = make_error_code(code);
+    step.detail = std::move(detail);
+    return step;
+  }
+
+  std::string secret_;
+  versions local_;
+  nonce server_nonce_;
+  nonce client_nonce_{};
+  state state_ = state::wait_client_hello;
+};
+
+/// The most bytes any handshake frame may have; a server decodes handshake frames with
+/// this limit, so an unauthenticated peer cannot make it allocate more.
+inline constexpr std::size_t max_handshake_frame_size = header_size + hello_size + proof_size + 1024;
+
+}  // namespace fwd::wire
+
+// ---- end fwd/wire.hpp ----
+// ---- begin fwd/telemetry.hpp ----
+
+// Telemetry hooks: what fwd tells a service about its calls, connections and cluster.
+// Every hook is optional. Components hold a `std::shared_ptr<const telemetry>`; when it is
+// null (the default) the only cost is one pointer test per event: no clock is read and no
+// event is built.
+
+#include <boost/system/error_code.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string_view>
+
+namespace fwd {
+
+/// A call is about to be sent (or run locally).
+struct call_started_event {
+  std::string_view procedure;
+  std::string_view peer;  ///< "address:port", or empty when the call runs locally
+  std::uint32_t attempt = 1;
+};
+
+/// A call completed, one way or another.
+struct call_finished_event {
+  std::string_view procedure;
+  std::string_view peer;
+  std::uint32_t attempt = 1;
+  std::chrono::nanoseconds duration{};
+  boost::system::error_code outcome;  ///< empty on success
+};
+
+/// A connection opened (handshake done), closed, or failed to open.
+struct connection_event {
+  std::string_view peer;
+  boost::system::error_code reason;  ///< why it closed or failed; empty for opened
+};
+
+/// A call is retried after `reason`.
+struct retry_event {
+  std::string_view procedure;
+  std::uint32_t next_attempt = 2;
+  std::chrono::nanoseconds backoff{};
+  boost::system::error_code reason;
+};
+
+/// The node believed to be primary changed (empty: none known).
+struct primary_changed_event {
+  std::string_view previous;
+  std::string_view current;
+};
+
+/// A member joined or left the cluster.
+struct member_event {
+  std::string_view member;
+};
+
+/// A peer's circuit breaker changed state ("closed", "open", "half-open").
+struct breaker_event {
+  std::string_view peer;
+  std::string_view state;
+};
+
+/**
+ * The hooks. Set the ones you want; they may run on any thread that runs fwd's work
+ * (the executors you give it), so they must be thread-safe and quick: copy what you need
+ * (the string_views live only during the call).
+ */
+struct telemetry {
+  std::function<void(const call_started_event&)> call_started;
+  std::function<void(const call_finished_event&)> call_finished;
+  std::function<void(const connection_event&)> connection_opened;
+  std::function<void(const connection_event&)> connection_closed;
+  std::function<void(const connection_event&)> connection_failed;
+  std::function<void(const retry_event&)> retry;
+  std::function<void(const primary_changed_event&)> primary_changed;
+  std::function<void(const member_event&)> member_joined;
+  std::function<void(const member_event&)> member_left;
+  std::function<void(const breaker_event&)> breaker_changed;
+};
+
+/// Shared, immutable hooks; null means "no telemetry".
+using telemetry_ptr = std::shared_ptr<const telemetry>;
+
+namespace detail {
+
+// Calls `hook` if telemetry is on and that hook is set.
+template <class Hook, class Event>
+inline void emit(const telemetry_ptr& t, Hook telemetry::*hook, const Event& event) {
+  if (t && (*t).*hook) ((*t).*hook)(event);
+}
+
+}  // namespace detail
+
+}  // namespace fwd
+
+// ---- end fwd/telemetry.hpp ----
+// ---- begin fwd/rpc/registry.hpp ----
+
+// The server side of procedures: which functions a node serves, under which names and
+// signatures, and how one incoming call is decoded, run on the user's executor and
+// answered exactly once.
+
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/core/demangle.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+#include <vector>
+
+namespace fwd::rpc {
+
+/// One call as the transport received it. The views need to stay valid only during
+/// registry::dispatch (the registry copies what it keeps).
+struct incoming_call {
+  std::string_view procedure;                      ///< the procedure's name
+  std::uint64_t signature = 0;                     ///< the caller's signature fingerprint
+  std::string_view arguments;                      ///< the encoded arguments
+  std::array<std::uint8_t, 16> request_id{};       ///< the caller's request id
+  std::chrono::steady_clock::time_point deadline;  ///< when the caller stops waiting; {} = none
+};
+
+/// What a procedure may learn about the call it serves.
+struct call_context {
+  std::array<std::uint8_t, 16> request_id{};       ///< the caller's request id (fixed across retries)
+  std::chrono::steady_clock::time_point deadline;  ///< when the caller stops waiting; {} = none
+};
+
+/// Receives the outcome of one call: on success an empty error code and the encoded
+/// result; on failure the error and a human-readable detail.
+using reply_handler =
+    boost::asio::any_completion_handler<void(boost::system::error_code, std::string)>;
+
+namespace detail {
+
+/// "<demangled exception type>: <what()>" for the exception in flight.
+inline std::string describe_exception(const std::exception_ptr& exception) {
+  try {
+    std::rethrow_exception(exception);
+  } catch (const std::exception& e) {
+    return boost::core::demangle(typeid(e).name()) + ": " + e.what();
+  } catch (...) {
+    return "an exception of a type not derived from std::exception";
+  }
+}
+
+/// A peer's procedure name, quoted and bounded for use in a message.
+inline std::string quoted_name(std::string_view name) {
+  constexpr std::size_t shown = 128;
+  std::string out = "'";
+  out.append(name.substr(0, shown));
+  if (name.size() > shown) out += "...";
+  out += "'";
+  return out;
+}
+
+inline std::string hex64(std::uint64_t value) {
+  char text[19];
+  std::snprintf(text, sizeof text, "0x%016llx", static_cast<unsigned long long>(value));
+  return text;
+}
+
+/// Guarantees that a reply handler is called exactly once: the first completion wins,
+/// later ones are ignored, and if every owner lets go without completing, the call is
+/// answered with errc::remote_failure. Completes through the reply handler's associated
+/// executor (or `executor`).
+class reply_once {
+ public:
+  reply_once(reply_handler reply, boost::asio::any_io_executor executor, std::string procedure)
+      : reply_(std::move(reply)), executor_(std::move(executor)), procedure_(std::move(procedure)) {}
+
+  reply_once(const reply_once&) = delete;
+  reply_once& operator=(const reply_once&) = delete;
+
+  ~reply_once() {
+    if (done_.load(std::memory_order_acquire)) return;
+    complete(make_error_code(errc::remote_failure),
+             "procedure " + quoted_name(procedure_) +
+                 " finished without producing a result (its completion handler was destroyed "
+                 "without being called)");
+  }
+
+  /// Answers the call, unless it was answered already. Thread-safe.
+  void complete(boost::system::error_code ec, std::string payload) {
+    if (done_.exchange(true, std::memory_order_acq_rel)) return;
+    reply_handler reply = std::move(reply_);
+    auto executor = boost::asio::get_associated_executor(reply, executor_);
+    boost::asio::dispatch(std::move(executor), [reply = std::move(reply), ec,
+                                                 payload = std::move(payload)]() mutable {
+      std::move(reply)(ec, std::move(payload));
+    });
+  }
+
+  /// Answers with errc::remote_failure describing `exception`.
+  void fail(const std::exception_ptr& exception) {
+    complete(make_error_code(errc::remote_failure), describe_exception(exception));
+  }
+
+  const boost::asio::any_io_executor& executor() const noexcept { return executor_; }
+  const std::string& procedure() const noexcept { return procedure_; }
+
+ private:
+  std::atomic<bool> done_{false};
+  reply_handler reply_;
+  boost::asio::any_io_executor executor_;
+  std::string procedure_;
+};
+
+template <class R>
+std::string encode_procedure_result(const R& value) {
+  return fwd::detail::encode_result<R>(value);
+}
+
+}  // namespace detail
+
+/**
+ * The completion handler an asynchronous procedure receives as its last argument. Call it
+ * once with `(boost::system::error_code, R)` (for `void` results: `(error_code)`): an
+ * empty error code sends the result, any other is sent to the caller as the error (with
+ * its message as the detail). Copies share one call: the first invocation wins. If every
+ * copy is destroyed without being called, the caller receives errc::remote_failure.
+ * Its associated executor is the executor the procedure runs on.
+ */
+template <class R>
+class result_handler {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  explicit result_handler(std::shared_ptr<detail::reply_once> reply) : reply_(std::move(reply)) {}
+
+  executor_type get_executor() const noexcept { return reply_->executor(); }
+
+  /// Completes the call with `value`, or with `ec` when it is set.
+  void operator()(boost::system::error_code ec, R value) const {
+    if (ec) {
+      reply_->complete(ec, ec.message());
+      return;
+    }
+    try {
+      reply_->complete({}, detail::encode_procedure_result<R>(value));
+    } catch (...) {
+      reply_->fail(std::current_exception());
+    }
+  }
+
+ private:
+  std::shared_ptr<detail::reply_once> reply_;
+};
+
+/// The completion handler of an asynchronous procedure whose result is void.
+template <>
+class result_handler<void> {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  explicit result_handler(std::shared_ptr<detail::reply_once> reply) : reply_(std::move(reply)) {}
+
+  executor_type get_executor() const noexcept { return reply_->executor(); }
+
+  /// Completes the call (with `ec` as the error when it is set).
+  void operator()(boost::system::error_code ec = {}) const {
+    reply_->complete(ec, ec ? ec.message() : std::string());
+  }
+
+ private:
+  std::shared_ptr<detail::reply_once> reply_;
+};
+
+namespace detail {
+
+template <class T>
+inline constexpr bool is_awaitable = false;
+template <class T, class Executor>
+inline constexpr bool is_awaitable<boost::asio::awaitable<T, Executor>> = true;
+
+template <class T>
+struct awaitable_value;
+template <class T, class Executor>
+struct awaitable_value<boost::asio::awaitable<T, Executor>> {
+  using type = T;
+};
+
+enum class handler_style { synchronous, asynchronous, coroutine };
+
+// How a user's function `F` serves procedure `R(Ds...)` (Ds: decayed parameters):
+// whether it takes a call_context first, and in which style it returns its result.
+template <class F, class R, class... Ds>
+struct handler_traits {
+  static constexpr bool async_with_context =
+      std::is_invocable_v<F&, const call_context&, Ds&&..., result_handler<R>>;
+  static constexpr bool async_plain = std::is_invocable_v<F&, Ds&&..., result_handler<R>>;
+  static constexpr bool direct_with_context = std::is_invocable_v<F&, const call_context&, Ds&&...>;
+  static constexpr bool direct_plain = std::is_invocable_v<F&, Ds&&...>;
+
+  static constexpr bool with_context =
+      async_with_context || (!async_plain && direct_with_context);
+  static constexpr bool asynchronous = async_with_context || async_plain;
+  static constexpr bool usable = asynchronous || direct_with_context || direct_plain;
+
+  static auto direct_result() {
+    if constexpr (asynchronous || !usable) {
+      return std::type_identity<void>{};
+    } else if constexpr (with_context) {
+      return std::type_identity<std::invoke_result_t<F&, const call_context&, Ds&&...>>{};
+    } else {
+      return std::type_identity<std::invoke_result_t<F&, Ds&&...>>{};
+    }
+  }
+  using result = typename decltype(direct_result())::type;
+
+  static constexpr handler_style style = asynchronous              ? handler_style::asynchronous
+                                         : is_awaitable<result>    ? handler_style::coroutine
+                                                                   : handler_style::synchronous;
+};
+
+// Calls `fn` with the context (when it takes one), the arguments (moved out of `args`)
+// and `extra...` (the completion handler, for asynchronous procedures).
+template <bool WithContext, class F, class Tuple, class... Extra>
+decltype(auto) invoke_procedure(F& fn, const call_context& context, Tuple& args, Extra&&... extra) {
+  return std::apply(
+      [&](auto&... values) -> decltype(auto) {
+        if constexpr (WithContext) {
+          return std::invoke(fn, context, std::move(values)..., std::forward<Extra>(extra)...);
+        } else {
+          return std::invoke(fn, std::move(values)..., std::forward<Extra>(extra)...);
+        }
+      },
+      args);
+}
+
+// The coroutine that owns the arguments (and keeps the function alive) while the user's
+// coroutine runs: a user coroutine may take its parameters by reference.
+template <class R, bool WithContext, class F, class Tuple>
+boost::asio::awaitable<R> run_coroutine(std::shared_ptr<F> fn, call_context context, Tuple args) {
+  if constexpr (std::is_void_v<R>) {
+    co_await invoke_procedure<WithContext>(*fn, context, args);
+  } else {
+    co_return co_await invoke_procedure<WithContext>(*fn, context, args);
+  }
+}
+
+}  // namespace detail
+
+/**
+ * The procedures a node serves. Define them all before the server starts: `define` and
+ * `define_raw` are not synchronised with `dispatch`; `dispatch`, `contains`, `names` and
+ * `signature_of` are const and may run concurrently. Functions may be invoked
+ * concurrently when the executor given to `dispatch` runs on several threads.
+ */
+class registry {
+ public:
+  /// A procedure working on bytes: receives the call (its views valid only during this
+  /// invocation), the executor it runs on, and the reply to call once.
+  using raw_handler =
+      std::function<void(const incoming_call&, boost::asio::any_io_executor, reply_handler)>;
+
+  registry() = default;
+
+  /**
+   * Serves `proc` with `fn`, which may be any of:
+   *
+   *  - synchronous: `R fn(A...)`: its return value (or exception) is the reply;
+   *  - asynchronous: `void fn(A..., result_handler<R> handler)`: call `handler(ec, r)`
+   *    (for void: `handler(ec)`) once, from any thread;
+   *  - coroutine: `boost::asio::awaitable<R> fn(A...)`, spawned on the dispatch executor;
+   *
+   * each optionally taking a first parameter `const fwd::rpc::call_context&` (request id,
+   * deadline). Arguments are passed as rvalues of the decayed parameter types, so `fn`
+   * may take them by value, by const reference or by rvalue reference. An exception from
+   * `fn` (or from encoding its result) is answered with errc::remote_failure and the
+   * detail "<exception type>: <what()>". Throws fwd::error(errc::bad_argument) when a
+   * procedure of that name is already defined. `fn` is kept (moved or copied) until the
+   * registry and every call it started are gone.
+   */
+  template <class R, class... A, class F>
+  void define(const procedure<R(A...)>& proc, F&& fn) {
+    using function = std::decay_t<F>;
+    using traits = detail::handler_traits<function, R, std::decay_t<A>...>;
+    static_assert(traits::usable,
+                  "fwd: this function cannot serve the procedure: it must be callable as "
+                  "R(A...), void(A..., fwd::rpc::result_handler<R>) or "
+                  "boost::asio::awaitable<R>(A...), optionally with a first parameter "
+                  "'const fwd::rpc::call_context&'");
+    if constexpr (traits::style == detail::handler_style::synchronous) {
+      static_assert(std::is_void_v<R> || std::is_convertible_v<typename traits::result, R>,
+                    "fwd: the function's return type does not convert to the procedure's "
+                    "result type");
+    } else if constexpr (traits::style == detail::handler_style::coroutine) {
+      using value = typename detail::awaitable_value<typename traits::result>::type;
+      static_assert(std::is_void_v<R> ? std::is_void_v<value> : std::is_convertible_v<value, R>,
+                    "fwd: the coroutine's awaitable<T> does not match the procedure's result type");
+    }
+    using procedure_type = procedure<R(A...)>;
+    auto shared_fn = std::make_shared<function>(std::forward<F>(fn));
+    add(std::string(proc.name()), proc.signature(), procedure_type::signature_text(),
+        [shared_fn](const incoming_call& call, boost::asio::any_io_executor executor,
+                    reply_handler reply) {
+          run_typed<procedure_type, traits>(shared_fn, call, std::move(executor), std::move(reply));
+        });
+  }
+
+  /**
+   * Serves a procedure that works on bytes (fwd's own, such as `fwd.hello`). `handler`
+   * runs on the dispatch executor and must call its reply once; if it throws, or drops
+   * the reply, the call is answered with errc::remote_failure. Throws
+   * fwd::error(errc::bad_argument) when the name is taken or empty.
+   */
+  void define_raw(std::string name, std::uint64_t signature, raw_handler handler) {
+    if (!handler) {
+      throw error(make_error_code(errc::bad_argument),
+                  "procedure " + detail::quoted_name(name) + " needs a handler");
+    }
+    add(std::move(name), signature, {}, std::move(handler));
+  }
+
+  /**
+   * Runs one call. Looks the procedure up by name and compares signatures here; then
+   * posts the work to `executor` (never running anything inside this call): decoding the
+   * arguments, running the function, encoding its result. `reply` is called exactly once,
+   * through its associated executor (default: `executor`), never inside `dispatch`:
+   *
+   *  - success: `({}, encoded result)` (empty for void);
+   *  - errc::unknown_procedure: no procedure of that name (the detail names it);
+   *  - errc::signature_mismatch: defined with another signature (nothing is decoded);
+   *  - errc::timeout: the call's deadline passed before the procedure started (it did
+   *    not run);
+   *  - errc::protocol_error: the arguments could not be decoded (it did not run);
+   *  - errc::remote_failure: the function threw ("<type>: <what()>"), or dropped its
+   *    completion handler;
+   *  - any error code an asynchronous procedure completes with (detail: its message).
+   */
+  void dispatch(const incoming_call& call, boost::asio::any_io_executor executor,
+                reply_handler reply) const {
+    auto answer = std::make_shared<detail::reply_once>(std::move(reply), executor,
+                                                       std::string(call.procedure.substr(0, 256)));
+    const auto found = entries_.find(call.procedure);
+    if (found == entries_.end()) {
+      post_failure(executor, std::move(answer), errc::unknown_procedure,
+                   "no procedure named " + detail::quoted_name(call.procedure) +
+                       " is defined on this node: define it on every node");
+      return;
+    }
+    std::shared_ptr<const entry> target = found->second;
+    if (target->signature != call.signature) {
+      std::string detail = "procedure " + detail::quoted_name(call.procedure) +
+                           " is defined on this node with signature " +
+                           detail::hex64(target->signature);
+      if (!target->signature_text.empty()) detail += " (" + target->signature_text + ")";
+      detail += " but the caller's is " + detail::hex64(call.signature) +
+                ": deploy the same procedure declarations on every node";
+      post_failure(executor, std::move(answer), errc::signature_mismatch, std::move(detail));
+      return;
+    }
+    boost::asio::post(executor, [target = std::move(target), answer = std::move(answer),
+                                 executor, request_id = call.request_id, deadline = call.deadline,
+                                 arguments = std::string(call.arguments)]() mutable {
+      if (deadline != std::chrono::steady_clock::time_point{} &&
+          std::chrono::steady_clock::now() >= deadline) {
+        answer->complete(make_error_code(errc::timeout),
+                         "the deadline of the call to " + detail::quoted_name(target->name) +
+                             " passed before it started; it did not run");
+        return;
+      }
+      const incoming_call owned{target->name, target->signature, arguments, request_id, deadline};
+      // The handler gets a reply that answers through `answer`, so that a throwing or
+      // forgetful raw handler still answers exactly once.
+      reply_handler forward = [answer](boost::system::error_code ec, std::string payload) {
+        answer->complete(ec, std::move(payload));
+      };
+      try {
+        target->handler(owned, executor, std::move(forward));
+      } catch (...) {
+        answer->fail(std::current_exception());
+      }
+    });
+  }
+
+  /// Whether a procedure named `name` is defined.
+  bool contains(std::string_view name) const { return entries_.find(name) != entries_.end(); }
+
+  /// The names of the defined procedures, sorted.
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    out.reserve(entries_.size());
+    for (const auto& [name, e] : entries_) out.push_back(name);
+    return out;
+  }
+
+  /// The signature fingerprint `name` is defined with, if it is defined.
+  std::optional<std::uint64_t> signature_of(std::string_view name) const {
+    const auto found = entries_.find(name);
+    if (found == entries_.end()) return std::nullopt;
+    return found->second->signature;
+  }
+
+ private:
+  struct entry {
+    std::string name;
+    std::uint64_t signature = 0;
+    std::string signature_text;  // empty for raw procedures
+    raw_handler handler;
+  };
+
+  void add(std::string name, std::uint64_t signature, std::string signature_text, raw_handler handler) {
+    if (name.empty()) {
+      throw error(make_error_code(errc::bad_argument), "a procedure name cannot be empty");
+    }
+    if (entries_.contains(name)) {
+      throw error(make_error_code(errc::bad_argument),
+                  "procedure " + detail::quoted_name(name) +
+                      " is already defined: each name can be defined once");
+    }
+    auto e = std::make_shared<entry>(entry{name, signature, std::move(signature_text), std::move(handler)});
+    entries_.emplace(std::move(name), std::move(e));
+  }
+
+  static void post_failure(const boost::asio::any_io_executor& executor,
+                           std::shared_ptr<detail::reply_once> answer, errc code, std::string detail) {
+    boost::asio::post(executor, [answer = std::move(answer), code, detail = std::move(detail)]() mutable {
+      answer->complete(make_error_code(code), std::move(detail));
+    });
+  }
+
+  // Decodes, runs and answers one call of a typed procedure. Runs on the executor.
+  template <class Proc, class Traits, class F>
+  static void run_typed(const std::shared_ptr<F>& fn, const incoming_call& call,
+                        boost::asio::any_io_executor executor, reply_handler reply) {
+    using R = typename Proc::result_type;
+    auto answer = std::make_shared<detail::reply_once>(std::move(reply), executor,
+                                                       std::string(call.procedure));
+    boost::system::error_code ec;
+    std::string why;
+    auto args = fwd::detail::decode_arguments<Proc>(call.arguments, ec, &why);
+    if (ec) {
+      answer->complete(ec, "the arguments of " + detail::quoted_name(call.procedure) +
+                               " could not be decoded as " + Proc::signature_text() + ": " + why);
+      return;
+    }
+    const call_context context{call.request_id, call.deadline};
+    try {
+      if constexpr (Traits::style == detail::handler_style::asynchronous) {
+        detail::invoke_procedure<Traits::with_context>(*fn, context, args, result_handler<R>(answer));
+      } else if constexpr (Traits::style == detail::handler_style::coroutine) {
+        auto on_done = [answer](std::exception_ptr exception, auto&&... value) {
+          if (exception) {
+            answer->fail(exception);
+            return;
+          }
+          if constexpr (sizeof...(value) == 0) {
+            answer->complete({}, std::string());
+          } else {
+            try {
+              answer->complete({}, detail::encode_procedure_result<R>(static_cast<R>(value)...));
+            } catch (...) {
+              answer->fail(std::current_exception());
+            }
+          }
+        };
+        boost::asio::co_spawn(
+            executor,
+            detail::run_coroutine<R, Traits::with_context>(fn, context, std::move(args)),
+            std::move(on_done));
+      } else if constexpr (std::is_void_v<R>) {
+        detail::invoke_procedure<Traits::with_context>(*fn, context, args);
+        answer->complete({}, std::string());
+      } else {
+        const R result = detail::invoke_procedure<Traits::with_context>(*fn, context, args);
+        answer->complete({}, detail::encode_procedure_result<R>(result));
+      }
+    } catch (...) {
+      answer->fail(std::current_exception());
+    }
+  }
+
+  std::map<std::string, std::shared_ptr<const entry>, std::less<>> entries_;
+};
+
+}  // namespace fwd::rpc
+
+// ---- end fwd/rpc/registry.hpp ----
+// ---- begin fwd/rpc/hello.hpp ----
+
+// `fwd.hello`, the procedure every fwd server answers: who the node is and what it knows
+// of LiteFS. Discovery and `fwdctl status` call it.
+
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace fwd::rpc {
+
+/// A node's answer to `fwd.hello`.
+struct hello_info {
+  static constexpr std::string_view fwd_type_name = "fwd.hello_info";
+
+  std::string node_name;        ///< the server's configured name
+  std::string litefs_hostname;  ///< the node's LiteFS hostname (what `.primary` names)
+  std::string role;             ///< "primary", "replica", "unknown" or "not_litefs"
+  std::uint64_t txid = 0;       ///< the database's TXID on that node (`<db>-pos`)
+  std::uint32_t protocol_version = wire::protocol_version;
+
+  template <class Archive>
+  void serialize(Archive& archive, unsigned /*version*/) {
+    archive & node_name & litefs_hostname & role & txid & protocol_version;
+  }
+};
+
+/// The built-in procedure: `client.async_call(peer, fwd::rpc::hello, token)`.
+inline const fwd::procedure<hello_info()> hello{"fwd.hello"};
+
+}  // namespace fwd::rpc
+
+// ---- end fwd/rpc/hello.hpp ----
+// ---- begin fwd/rpc/server.hpp ----
+
+// The RPC server: accepts fwd connections, authenticates them, and runs each request
+// through a registry on the user's executor.
+
+// ---- begin fwd/rpc/detail/frame_buffer.hpp ----
+
+// A read buffer that yields whole frames: bytes are read into its free tail, frames are
+// decoded in place, and it grows only to the size of the frame being received (which the
+// decoder has already checked against the maximum).
+
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <string_view>
+#include <utility>
+
+namespace fwd::rpc::detail {
+
+class frame_buffer {
+ public:
+  explicit frame_buffer(std::size_t initial = 16 * 1024) : capacity_(initial), data_(new char[initial]) {}
+
+  /// Room to read into: at least `min_free` bytes, or as much as the pending frame needs.
+  std::pair<char*, std::size_t> prepare(std::size_t min_free = 4096) {
+    if (begin_ == end_) begin_ = end_ = 0;
+    std::size_t want = std::max(min_free, needed_);
+    if (capacity_ - end_ < want) {
+      if (begin_ > 0) {  // slide the partial frame to the front
+        std::memmove(data_.get(), data_.get() + begin_, end_ - begin_);
+        end_ -= begin_;
+        begin_ = 0;
+      }
+      if (capacity_ - end_ < want) {
+        std::size_t grown = std::max(capacity_ * 2, end_ + want);
+        std::unique_ptr<char[]> bigger(new char[grown]);
+        std::memcpy(bigger.get(), data_.get(), end_);
+        data_ = std::move(bigger);
+        capacity_ = grown;
+      }
+    }
+    return {data_.get() + end_, capacity_ - end_};
+  }
+
+  void commit(std::size_t n) noexcept { end_ += n; }
+
+  /**
+   * The next whole frame, if any: returns true with `out` set (valid until the next
+   * prepare()). Returns false when more bytes are needed, or with `ec` set when the bytes
+   * are not a valid frame.
+   */
+  bool next(std::size_t max_frame_size, wire::frame_view& out, boost::system::error_code& ec) {
+    std::size_t consumed = 0;
+    const std::string_view bytes(data_.get() + begin_, end_ - begin_);
+    ec = wire::decode_frame(bytes, max_frame_size, out, consumed);
+    if (ec) return false;
+    if (consumed == 0) {
+      // Remember how much the pending frame needs, so that prepare() makes room for it.
+      wire::frame_header h;
+      needed_ = bytes.size() >= wire::header_size && !wire::decode_header(bytes, max_frame_size, h)
+                    ? static_cast<std::size_t>(wire::frame_size(h)) - bytes.size()
+                    : 0;
+      return false;
+    }
+    needed_ = 0;
+    begin_ += consumed;
+    return true;
+  }
+
+  /// Shrinks back after a large frame, so that an idle connection holds little memory.
+  void shrink(std::size_t initial = 16 * 1024) {
+    if (begin_ == end_ && capacity_ > 4 * initial) {
+      data_.reset(new char[initial]);
+      capacity_ = initial;
+      begin_ = end_ = 0;
+    }
+  }
+
+ private:
+  std::size_t capacity_;
+  std::unique_ptr<char[]> data_;
+  std::size_t begin_ = 0;
+  std::size_t end_ = 0;
+  std::size_t needed_ = 0;
+};
+
+}  // namespace fwd::rpc::detail
+
+// ---- end fwd/rpc/detail/frame_buffer.hpp ----
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace fwd::rpc {
+
+/// What the server says of the local node in `fwd.hello`, asked at each call.
+struct local_status {
+  std::string role = "unknown";  ///< "primary", "replica", "unknown" or "not_litefs"
+  std::uint64_t txid = 0;
+};
+
+/// How a server listens, authenticates and bounds its work.
+struct server_options {
+  /// Where to listen; port 0 picks a free port (see server::local_endpoint()).
+  boost::asio::ip::tcp::endpoint listen{boost::asio::ip::make_address("127.0.0.1"), 0};
+  /// The cluster secret every node shares (required, non-empty).
+  std::string secret;
+  /// `fwd.hello`'s node name and LiteFS hostname.
+  std::string node_name;
+  std::string litefs_hostname;
+  /// `fwd.hello`'s role and TXID, asked at each hello (null: "unknown", 0).
+  std::function<local_status()> status;
+  /// The largest frame accepted, header included; a bigger one closes that connection.
+  std::size_t max_frame_size = wire::default_max_frame_size;
+  /// Requests running at once on one connection; more are answered `overloaded`.
+  std::size_t max_in_flight_per_connection = 4096;
+  /// Requests running at once on the whole server; more are answered `overloaded`.
+  std::size_t max_in_flight = 65536;
+  /// Replies waiting to be written on one connection, in bytes, beyond which the server
+  /// stops reading that connection until its peer reads (bounds memory per connection).
+  std::size_t max_pending_reply_bytes = std::size_t{8} << 20;
+  /// A connection must finish the handshake within this time.
+  std::chrono::milliseconds handshake_timeout{5000};
+  /// A connection with no request running and nothing received for this long is closed.
+  std::chrono::milliseconds idle_timeout{std::chrono::minutes(5)};
+  /// The Boost archive version announced in the handshake (0: this build's).
+  std::uint32_t archive_version = 0;
+  /// Hooks: connection opened, closed and failed (the peer is the client's address).
+  telemetry_ptr telemetry;
+};
+
+namespace detail {
+
+// How an error crosses the wire in a reply's aux field: the category in the high half,
+// the value in the low half. Categories other than fwd's and SQLite's become remote_failure.
+inline constexpr std::uint64_t status_fwd = 1;
+inline constexpr std::uint64_t status_sqlite = 2;
+
+inline std::uint64_t encode_status(const boost::system::error_code& ec) noexcept {
+  if (!ec) return 0;
+  if (ec.category() == fwd_category()) return (status_fwd << 32) | static_cast<std::uint32_t>(ec.value());
+  if (ec.category() == sqlite_category()) return (status_sqlite << 32) | static_cast<std::uint32_t>(ec.value());
+  return (status_fwd << 32) | static_cast<std::uint32_t>(errc::remote_failure);
+}
+
+inline boost::system::error_code decode_status(std::uint64_t aux) noexcept {
+  if (aux == 0) return {};
+  const auto value = static_cast<int>(static_cast<std::uint32_t>(aux));
+  switch (aux >> 32) {
+    case status_fwd: return {value, fwd_category()};
+    case status_sqlite: return {value, sqlite_category()};
+    default: return make_error_code(errc::protocol_error);
+  }
+}
+
+inline std::string endpoint_string(const boost::asio::ip::tcp::endpoint& e) {
+  const auto address = e.address();
+  return (address.is_v6() ? "[" + address.to_string() + "]" : address.to_string()) + ":" + std::to_string(e.port());
+}
+
+class server_connection;
+
+struct server_state {
+  boost::asio::any_io_executor executor;
+  const registry* user_registry = nullptr;
+  registry builtins;
+  server_options options;
+  wire::versions versions;
+  std::atomic<std::size_t> in_flight{0};
+  std::atomic<std::size_t> connections{0};
+  std::atomic<bool> stopping{false};
+  std::mutex mutex;  // guards live
+  std::list<std::weak_ptr<server_connection>> live;
+  std::optional<boost::asio::ip::tcp::acceptor> acceptor;  // used on its own strand
+};
+
+class server_connection : public std::enable_shared_from_this<server_connection> {
+ public:
+  using tcp = boost::asio::ip::tcp;
+
+  server_connection(std::shared_ptr<server_state> state, tcp::socket socket)
+      : state_(std::move(state)),
+        socket_(std::move(socket)),
+        strand_(socket_.get_executor()),
+        timer_(strand_),
+        handshake_(std::in_place, state_->options.secret, state_->versions) {
+    boost::system::error_code ignored;
+    peer_ = endpoint_string(socket_.remote_endpoint(ignored));
+    socket_.set_option(tcp::no_delay(true), ignored);
+    socket_.set_option(boost::asio::socket_base::keep_alive(true), ignored);
+  }
+
+  void start() {
+    state_->connections.fetch_add(1, std::memory_order_relaxed);
+    last_activity_ = std::chrono::steady_clock::now();
+    arm_timer(state_->options.handshake_timeout);
+    read();
+  }
+
+  /// Graceful stop: read nothing more; close once every running request has replied.
+  void stop() {
+    boost::asio::dispatch(strand_, [self = shared_from_this()] {
+      self->draining_ = true;
+      self->maybe_close_drained();
+    });
+  }
+
+  ~server_connection() { state_->connections.fetch_sub(1, std::memory_order_relaxed); }
+
+ private:
+  struct running_call {
+    std::uint64_t stream_id = 0;
+    wire::request_id id{};
+    bool replied = false;
+  };
+
+  void arm_timer(std::chrono::milliseconds after) {
+    timer_.expires_after(after);
+    timer_.async_wait([self = shared_from_this(), generation = ++timer_generation_](boost::system::error_code ec) {
+      if (ec || generation != self->timer_generation_ || self->closed_) return;
+      self->on_timer();
+    });
+  }
+
+  void on_timer() {
+    const auto now = std::chrono::steady_clock::now();
+    if (!authenticated_) {
+      close(make_error_code(errc::timeout));  // slow (or silent) handshake
+      return;
+    }
+    const auto idle_for = now - last_activity_;
+    if (in_flight_ == 0 && idle_for >= state_->options.idle_timeout) {
+      close({});
+      return;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(state_->options.idle_timeout - idle_for);
+    arm_timer(std::max(left, std::chrono::milliseconds(1)));
+  }
+
+  void read() {
+    if (closed_ || draining_ || reading_) return;
+    if (pending_reply_bytes() > state_->options.max_pending_reply_bytes) return;  // resumed after a write
+    reading_ = true;
+    auto [data, size] = buffer_.prepare();
+    socket_.async_read_some(boost::asio::buffer(data, size),
+                            [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
+                              self->reading_ = false;
+                              self->on_read(ec, n);
+                            });
+  }
+
+  void on_read(boost::system::error_code ec, std::size_t n) {
+    if (closed_) return;
+    if (ec) {
+      close(ec == boost::asio::error::eof ? boost::system::error_code{} : ec);
+      return;
+    }
+    buffer_.commit(n);
+    last_activity_ = std::chrono::steady_clock::now();
+    wire::frame_view frame;
+    while (!closed_ && !draining_) {
+      const std::size_t limit = authenticated_ ? state_->options.max_frame_size : wire::max_handshake_frame_size;
+      if (!buffer_.next(limit, frame, ec)) break;
+      on_frame(frame);
+    }
+    if (ec) {
+      close(ec);  // malformed or oversized: this connection only
+      return;
+    }
+    if (in_flight_ == 0) buffer_.shrink();
+    read();
+  }
+
+  void on_frame(const wire::frame_view& frame) {
+    if (!authenticated_) {
+      auto step = handshake_->on_frame(frame);
+      if (!step.send.empty()) queue(step.send);
+      if (step.ec) {
+        failed_ = step.ec;
+        fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_, step.ec});
+        draining_ = true;  // write the goodbye, then close
+        maybe_close_drained();
+        return;
+      }
+      if (step.done) {
+        authenticated_ = true;
+        handshake_.reset();
+        fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened, connection_event{peer_, {}});
+        arm_timer(state_->options.idle_timeout);
+      }
+      return;
+    }
+    if (frame.header.type == wire::frame_type::goodbye) {
+      draining_ = true;
+      maybe_close_drained();
+      return;
+    }
+    if (frame.header.type != wire::frame_type::request) {
+      close(make_error_code(errc::protocol_error));
+      return;
+    }
+    on_request(frame);
+  }
+
+  void on_request(const wire::frame_view& frame) {
+    const auto& h = frame.header;
+    if (state_->stopping.load(std::memory_order_relaxed)) {
+      reply(h.stream_id, h.id, make_error_code(errc::overloaded), "the server is shutting down");
+      return;
+    }
+    if ((h.flags & wire::frame_flags::has_deadline) != 0 && h.deadline_ms == 0) {
+      // The caller's deadline passed before the request got here: do not run it.
+      reply(h.stream_id, h.id, make_error_code(errc::timeout), "the deadline had passed when the request arrived");
+      return;
+    }
+    if (in_flight_ >= state_->options.max_in_flight_per_connection ||
+        state_->in_flight.fetch_add(1, std::memory_order_relaxed) >= state_->options.max_in_flight) {
+      if (in_flight_ < state_->options.max_in_flight_per_connection) {
+        state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+      }
+      reply(h.stream_id, h.id, make_error_code(errc::overloaded), "too many requests in flight on the server");
+      return;
+    }
+    ++in_flight_;
+    auto call = std::make_shared<running_call>();
+    call->stream_id = h.stream_id;
+    call->id = h.id;
+
+    // The views are valid during dispatch() only; the registry copies what it keeps.
+    incoming_call incoming;
+    incoming.procedure = frame.meta;
+    incoming.signature = h.aux;
+    incoming.arguments = frame.body;
+    incoming.request_id = h.id;
+    if ((h.flags & wire::frame_flags::has_deadline) != 0) {
+      incoming.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(h.deadline_ms);
+    }
+
+    auto on_done = [self = shared_from_this(), call](boost::system::error_code ec, std::string result) mutable {
+      boost::asio::dispatch(self->strand_, [self, call = std::move(call), ec, result = std::move(result)]() mutable {
+        self->on_reply(*call, ec, std::move(result));
+      });
+    };
+    const registry& target = incoming.procedure.starts_with("fwd.") ? state_->builtins : *state_->user_registry;
+    try {
+      target.dispatch(incoming, state_->executor, boost::asio::bind_executor(strand_, std::move(on_done)));
+    } catch (const std::exception& e) {
+      on_reply(*call, make_error_code(errc::remote_failure), std::string("dispatch failed: ") + e.what());
+    }
+  }
+
+  void on_reply(running_call& call, boost::system::error_code ec, std::string result) {
+    if (call.replied) return;
+    call.replied = true;
+    --in_flight_;
+    state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    if (closed_) return;
+    if (ec) {
+      reply(call.stream_id, call.id, ec, result);
+    } else {
+      wire::frame_header h;
+      h.type = wire::frame_type::reply;
+      h.stream_id = call.stream_id;
+      h.id = call.id;
+      wire::append_frame(queued_, h, {}, result);
+      write();
+    }
+    if (draining_) maybe_close_drained();
+  }
+
+  void reply(std::uint64_t stream_id, const wire::request_id& id, boost::system::error_code ec, std::string_view why) {
+    wire::frame_header h;
+    h.type = wire::frame_type::reply;
+    h.stream_id = stream_id;
+    h.id = id;
+    h.aux = encode_status(ec);
+    wire::append_frame(queued_, h, why.substr(0, 64 * 1024), {});
+    write();
+  }
+
+  void queue(std::string_view bytes) {
+    queued_.append(bytes);
+    write();
+  }
+
+  std::size_t pending_reply_bytes() const noexcept { return queued_.size() + writing_.size(); }
+
+  // Replies are coalesced: while one write runs, later replies gather in `queued_` and go
+  // out together in the next write.
+  void write() {
+    if (writing_in_progress_ || queued_.empty() || closed_) return;
+    writing_in_progress_ = true;
+    std::swap(queued_, writing_);
+    boost::asio::async_write(socket_, boost::asio::buffer(writing_),
+                             [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+                               self->writing_in_progress_ = false;
+                               self->writing_.clear();
+                               if (self->writing_.capacity() > (std::size_t{1} << 20)) self->writing_.shrink_to_fit();
+                               if (ec) {
+                                 self->close(ec);
+                                 return;
+                               }
+                               self->write();
+                               if (self->draining_) self->maybe_close_drained();
+                               self->read();  // reading pauses while too many replies wait
+                             });
+  }
+
+  void maybe_close_drained() {
+    if (closed_) return;
+    if (in_flight_ == 0 && !writing_in_progress_ && queued_.empty()) close(failed_);
+  }
+
+  void close(boost::system::error_code why) {
+    if (closed_) return;
+    closed_ = true;
+    timer_.cancel();
+    boost::system::error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_both, ignored);
+    socket_.close(ignored);
+    if (authenticated_) {
+      fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed, connection_event{peer_, why});
+    } else if (!failed_) {
+      fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
+                   connection_event{peer_, why ? why : make_error_code(errc::protocol_error)});
+    }
+  }
+
+  std::shared_ptr<server_state> state_;
+  tcp::socket socket_;
+  boost::asio::strand<boost::asio::any_io_executor> strand_;
+  boost::asio::steady_timer timer_;
+  std::optional<wire::server_handshake> handshake_;
+  std::string peer_;
+  frame_buffer buffer_;
+  std::string queued_;
+  std::string writing_;
+  std::size_t in_flight_ = 0;
+  std::uint64_t timer_generation_ = 0;
+  std::chrono::steady_clock::time_point last_activity_;
+  boost::system::error_code failed_;
+  bool authenticated_ = false;
+  bool reading_ = false;
+  bool writing_in_progress_ = false;
+  bool draining_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace detail
+
+/**
+ * A fwd RPC server. It listens on `options.listen`, authenticates each connection with
+ * the cluster secret, and runs each request through `procedures` on `executor` (the
+ * user's), with the caller's remaining deadline. It answers `fwd.hello` itself.
+ *
+ * Every request gets exactly one reply: the result; `unknown_procedure`,
+ * `signature_mismatch` or `remote_failure` from the registry; `timeout` when the
+ * caller's deadline had passed on arrival (the procedure does not run); `overloaded` when
+ * more than `max_in_flight_per_connection` / `max_in_flight` requests are running (it does
+ * not run). A connection that sends a malformed or oversized frame, fails the handshake,
+ * or does not finish it within `handshake_timeout` is closed; nothing else is affected.
+ *
+ * `procedures` must outlive the server's connections. Thread-safe: start(), stop() and
+ * local_endpoint() may be called from any thread.
+ */
+class server {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  server(executor_type executor, const registry& procedures, server_options options)
+      : state_(std::make_shared<detail::server_state>()) {
+    if (options.secret.empty()) {
+      throw fwd::error(make_error_code(errc::bad_argument),
+                       "server_options::secret is empty: give every node the same cluster secret");
+    }
+    state_->acceptor.emplace(boost::asio::make_strand(executor));
+    state_->executor = std::move(executor);
+    state_->user_registry = &procedures;
+    state_->versions.archive = options.archive_version != 0 ? options.archive_version : fwd::detail::archive_version();
+    state_->options = std::move(options);
+    std::weak_ptr<detail::server_state> weak = state_;
+    state_->builtins.define(hello, [weak]() {
+      hello_info info;
+      if (auto state = weak.lock()) {
+        info.node_name = state->options.node_name;
+        info.litefs_hostname = state->options.litefs_hostname;
+        if (state->options.status) {
+          local_status status = state->options.status();
+          info.role = std::move(status.role);
+          info.txid = status.txid;
+        } else {
+          info.role = "unknown";
+        }
+      }
+      return info;
+    });
+  }
+
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+  ~server() { stop(); }
+
+  /// Binds and starts accepting. Throws fwd::error (bad_argument) when it cannot listen.
+  void start() {
+    boost::system::error_code ec;
+    const auto& endpoint = state_->options.listen;
+    auto& acceptor = *state_->acceptor;
+    acceptor.open(endpoint.protocol(), ec);
+    if (!ec) acceptor.set_option(boost::asio::socket_base::reuse_address(true), ec);
+    if (!ec) acceptor.bind(endpoint, ec);
+    if (!ec) acceptor.listen(boost::asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      throw fwd::error(make_error_code(errc::bad_argument), "cannot listen on " + detail::endpoint_string(endpoint) +
+                                                                ": " + ec.message() +
+                                                                ": choose a free address and port");
+    }
+    local_ = acceptor.local_endpoint(ec);
+    accept(state_);
+  }
+
+  /// The address the server listens on (with the port picked when options.listen had 0).
+  boost::asio::ip::tcp::endpoint local_endpoint() const { return local_; }
+
+  /// Requests running now, across all connections.
+  std::size_t in_flight() const noexcept { return state_->in_flight.load(std::memory_order_relaxed); }
+  /// Connections open now (authenticated or not).
+  std::size_t connection_count() const noexcept { return state_->connections.load(std::memory_order_relaxed); }
+
+  /**
+   * Graceful stop: accepts no more connections; every connection reads no more requests,
+   * finishes those running, writes their replies and closes. Returns at once.
+   */
+  void stop() {
+    if (state_->stopping.exchange(true)) return;
+    boost::asio::dispatch(state_->acceptor->get_executor(), [state = state_] {
+      boost::system::error_code ignored;
+      state->acceptor->close(ignored);
+    });
+    std::lock_guard lock(state_->mutex);
+    for (auto& weak : state_->live) {
+      if (auto connection = weak.lock()) connection->stop();
+    }
+  }
+
+ private:
+  static void accept(std::shared_ptr<detail::server_state> state) {
+    auto& acceptor = *state->acceptor;
+    acceptor.async_accept(boost::asio::make_strand(state->executor),
+                           [state](boost::system::error_code ec, boost::asio::ip::tcp::socket socket) {
+                             if (state->stopping.load()) return;
+                             if (!ec) {
+                               auto connection = std::make_shared<detail::server_connection>(state, std::move(socket));
+                               {
+                                 std::lock_guard lock(state->mutex);
+                                 // Forget connections that are gone, so the list stays small.
+                                 state->live.remove_if([](const auto& w) { return w.expired(); });
+                                 state->live.push_back(connection);
+                               }
+                               connection->start();
+                             } else if (ec == boost::asio::error::operation_aborted) {
+                               return;
+                             }
+                             accept(std::move(state));  // an accept error (EMFILE...) affects one connection only
+                           });
+  }
+
+  std::shared_ptr<detail::server_state> state_;
+  boost::asio::ip::tcp::endpoint local_;
+};
+
+}  // namespace fwd::rpc
+
+// ---- end fwd/rpc/server.hpp ----
+// ---- begin fwd/rpc/client.hpp ----
+
+// The RPC client: typed calls to fwd servers, many in flight on one connection per peer.
+
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace fwd::rpc {
+
+/// How a client connects, authenticates and times out.
+struct client_options {
+  /// The cluster secret every node shares (required, non-empty).
+  std::string secret;
+  /// The largest frame sent or accepted, header included. A call whose request would be
+  /// bigger fails with `frame_too_large` and is not sent.
+  std::size_t max_frame_size = wire::default_max_frame_size;
+  /// Connecting and the handshake together must finish within this time.
+  std::chrono::milliseconds connect_timeout{3000};
+  /// The deadline of a call that sets none.
+  std::chrono::milliseconds default_timeout{30000};
+  /// After a failed connection attempt, the next waits this long, doubling up to the max.
+  std::chrono::milliseconds reconnect_backoff{50};
+  std::chrono::milliseconds max_reconnect_backoff{2000};
+  /// The Boost archive version announced in the handshake (0: this build's).
+  std::uint32_t archive_version = 0;
+  /// Hooks: call started/finished, connection opened/closed/failed.
+  telemetry_ptr telemetry;
+};
+
+/// Per-call settings.
+struct call_options {
+  /// When the call gives up with `timeout` (default: now + client_options::default_timeout).
+  /// The server receives the remaining time and does not start the call after it.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  /// The request id (default: a fresh unique id). Retries of one logical call must reuse
+  /// it, so that the primary runs it at most once.
+  std::optional<wire::request_id> request_id;
+  /// Which attempt this is, for telemetry.
+  std::uint32_t attempt = 1;
+  /// When set, receives the failure's details (the remote exception's type and message,
+  /// both versions on a mismatch, the connect error) before the completion handler runs.
+  std::shared_ptr<std::string> error_detail;
+};
+
+namespace detail {
+
+// A call waiting for its reply. Lives on its connection's strand once submitted.
+struct pending_call {
+  virtual ~pending_call() = default;
+  // Completes the caller's operation exactly once; `payload` is the result or, on error,
+  // the failure's detail.
+  virtual void complete(boost::system::error_code ec, std::string payload) = 0;
+
+  std::uint64_t stream_id = 0;
+  std::string frame;  // the encoded request
+  std::chrono::steady_clock::time_point deadline;
+  std::multimap<std::chrono::steady_clock::time_point, std::uint64_t>::iterator deadline_entry;
+  std::string procedure;  // for telemetry
+  std::uint32_t attempt = 1;
+  std::chrono::steady_clock::time_point started;
+  bool sent = false;
+  bool done = false;
+};
+
+template <class R>
+struct call_signature_of {
+  using type = void(boost::system::error_code, R);
+};
+template <>
+struct call_signature_of<void> {
+  using type = void(boost::system::error_code);
+};
+template <class R>
+using call_signature = typename call_signature_of<R>::type;
+
+template <class R, class Handler, class Executor>
+class call_op final : public pending_call {
+ public:
+  using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
+
+  call_op(Handler handler, const Executor& fallback, std::shared_ptr<std::string> detail)
+      : handler_(std::move(handler)),
+        work_(boost::asio::get_associated_executor(handler_, fallback)),
+        detail_(std::move(detail)) {}
+
+  void complete(boost::system::error_code ec, std::string payload) override {
+    auto executor = work_.get_executor();
+    // Through the handler's own executor; never inside the initiating call, since
+    // completion always starts from the connection's strand.
+    boost::asio::dispatch(executor, [handler = std::move(handler_), work = std::move(work_), ec,
+                                     payload = std::move(payload), detail = std::move(detail_)]() mutable {
+      boost::asio::get_associated_cancellation_slot(handler).clear();
+      if constexpr (std::is_void_v<R>) {
+        if (ec && detail) *detail = std::move(payload);
+        if (!ec) fwd::detail::decode_result<void>(payload, ec);
+        std::move(handler)(ec);
+      } else {
+        if (ec) {
+          if (detail) *detail = std::move(payload);
+          std::move(handler)(ec, R{});
+          return;
+        }
+        boost::system::error_code decode_ec;
+        std::string why;
+        R result = fwd::detail::decode_result<R>(payload, decode_ec, &why);
+        if (decode_ec && detail) *detail = "the reply could not be decoded: " + why;
+        std::move(handler)(decode_ec, std::move(result));
+      }
+    });
+  }
+
+ private:
+  Handler handler_;
+  boost::asio::executor_work_guard<handler_executor> work_;
+  std::shared_ptr<std::string> detail_;
+};
+
+// Raw payload completion (no decoding): used by async_call_raw.
+template <class Handler, class Executor>
+class raw_call_op final : public pending_call {
+ public:
+  using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
+
+  raw_call_op(Handler handler, const Executor& fallback, std::shared_ptr<std::string> detail)
+      : handler_(std::move(handler)),
+        work_(boost::asio::get_associated_executor(handler_, fallback)),
+        detail_(std::move(detail)) {}
+
+  void complete(boost::system::error_code ec, std::string payload) override {
+    auto executor = work_.get_executor();
+    boost::asio::dispatch(executor, [handler = std::move(handler_), work = std::move(work_), ec,
+                                     payload = std::move(payload), detail = std::move(detail_)]() mutable {
+      boost::asio::get_associated_cancellation_slot(handler).clear();
+      if (ec) {
+        if (detail) *detail = std::move(payload);
+        std::move(handler)(ec, std::string());
+      } else {
+        std::move(handler)(ec, std::move(payload));
+      }
+    });
+  }
+
+ private:
+  Handler handler_;
+  boost::asio::executor_work_guard<handler_executor> work_;
+  std::shared_ptr<std::string> detail_;
+};
+
+struct client_state {
+  client_options options;
+  wire::versions versions;
+  std::array<std::uint8_t, 8> id_prefix{};  // random per client; request ids add a counter
+  std::atomic<std::uint64_t> next_id{1};
+};
+
+class client_connection : public std::enable_shared_from_this<client_connection> {
+ public:
+  using tcp = boost::asio::ip::tcp;
+  using clock = std::chrono::steady_clock;
+
+  client_connection(boost::asio::any_io_executor executor, tcp::endpoint peer, std::shared_ptr<client_state> state)
+      : strand_(boost::asio::make_strand(executor)),
+        peer_(peer),
+        peer_name_(endpoint_string(peer)),
+        state_(std::move(state)),
+        socket_(strand_),
+        connect_timer_(strand_),
+        deadline_timer_(strand_),
+        backoff_(state_->options.reconnect_backoff) {}
+
+  const boost::asio::strand<boost::asio::any_io_executor>& strand() const noexcept { return strand_; }
+  std::uint64_t next_stream_id() noexcept { return next_stream_.fetch_add(1, std::memory_order_relaxed); }
+
+  /// Takes ownership of a call; runs on the strand.
+  void submit(std::shared_ptr<pending_call> call) {
+    // post, not dispatch: nothing may complete inside the initiating call.
+    boost::asio::post(strand_, [self = shared_from_this(), call = std::move(call)]() mutable {
+      self->on_submit(std::move(call));
+    });
+  }
+
+  /// Cancels a call (terminal): it completes with `cancelled`; a reply is ignored.
+  void cancel(std::uint64_t stream_id) {
+    boost::asio::post(strand_, [self = shared_from_this(), stream_id] {
+      self->finish(stream_id, make_error_code(errc::cancelled), "the call was cancelled");
+    });
+  }
+
+  /// Fails every call with `cancelled` and closes (the client is going away).
+  void shutdown() {
+    boost::asio::dispatch(strand_, [self = shared_from_this()] {
+      self->shut_down_ = true;
+      self->close_socket(make_error_code(errc::cancelled));
+      self->fail_all(make_error_code(errc::cancelled), "the client was closed", true);
+      self->connect_timer_.cancel();
+      self->deadline_timer_.cancel();
+    });
+  }
+
+ private:
+  enum class state { idle, backoff, connecting, handshaking, ready };
+
+  void on_submit(std::shared_ptr<pending_call> call) {
+    if (shut_down_) {
+      call->done = true;
+      emit_finished(*call, make_error_code(errc::cancelled));
+      call->complete(make_error_code(errc::cancelled), "the client was closed");
+      return;
+    }
+    if (call->frame.size() > state_->options.max_frame_size) {
+      call->done = true;
+      auto ec = make_error_code(errc::frame_too_large);
+      emit_finished(*call, ec);
+      call->complete(ec, "the request is " + std::to_string(call->frame.size()) +
+                             " bytes; max_frame_size is " + std::to_string(state_->options.max_frame_size));
+      return;
+    }
+    call->deadline_entry = deadlines_.emplace(call->deadline, call->stream_id);
+    if (call->deadline_entry == deadlines_.begin()) arm_deadline_timer();
+    unsent_.push_back(call);
+    calls_.emplace(call->stream_id, std::move(call));
+    switch (state_now_) {
+      case state::ready: flush(); break;
+      case state::idle: connect(); break;
+      default: break;  // sent once the connection is up
+    }
+  }
+
+  // --- connecting ---------------------------------------------------------------------
+
+  void connect() {
+    state_now_ = state::connecting;
+    const std::uint64_t generation = ++generation_;
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+    socket_ = tcp::socket(strand_);
+    connect_timer_.expires_after(state_->options.connect_timeout);
+    connect_timer_.async_wait([self = shared_from_this(), generation](boost::system::error_code ec) {
+      if (ec || generation != self->generation_) return;
+      if (self->state_now_ == state::connecting || self->state_now_ == state::handshaking) {
+        self->connect_failed(make_error_code(errc::unreachable),
+                             "no connection to " + self->peer_name_ + " within the connect timeout");
+      }
+    });
+    socket_.async_connect(peer_, [self = shared_from_this(), generation](boost::system::error_code ec) {
+      if (generation != self->generation_ || self->state_now_ != state::connecting) return;
+      if (ec) {
+        self->connect_failed(make_error_code(errc::unreachable),
+                             "could not connect to " + self->peer_name_ + ": " + ec.message());
+        return;
+      }
+      self->on_connected();
+    });
+  }
+
+  void on_connected() {
+    boost::system::error_code ignored;
+    socket_.set_option(tcp::no_delay(true), ignored);
+    socket_.set_option(boost::asio::socket_base::keep_alive(true), ignored);
+    state_now_ = state::handshaking;
+    handshake_.emplace(state_->options.secret, state_->versions);
+    control_ = handshake_->start();
+    buffer_ = frame_buffer();
+    read();
+    flush();
+  }
+
+  // Nothing was sent: the waiting calls fail with `ec`, and the next attempt waits.
+  void connect_failed(boost::system::error_code ec, std::string detail) {
+    ++generation_;
+    close_socket(ec);
+    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_name_, ec});
+    fail_all(ec, detail, true);
+    state_now_ = state::backoff;
+    connect_timer_.expires_after(backoff_);
+    backoff_ = std::min(backoff_ * 2, state_->options.max_reconnect_backoff);
+    connect_timer_.async_wait([self = shared_from_this(), generation = generation_](boost::system::error_code e) {
+      if (e || generation != self->generation_ || self->state_now_ != state::backoff) return;
+      self->state_now_ = state::idle;
+      if (!self->unsent_.empty()) self->connect();
+    });
+  }
+
+  void close_socket(boost::system::error_code /*why*/) {
+    boost::system::error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_both, ignored);
+    socket_.close(ignored);
+    control_.clear();
+    handshake_.reset();
+  }
+
+  // --- reading --------------------------------------------------------------------------
+
+  void read() {
+    auto [data, size] = buffer_.prepare();
+    socket_.async_read_some(boost::asio::buffer(data, size),
+                            [self = shared_from_this(), generation = generation_](boost::system::error_code ec,
+                                                                                   std::size_t n) {
+                              if (generation != self->generation_) return;
+                              self->on_read(ec, n);
+                            });
+  }
+
+  void on_read(boost::system::error_code ec, std::size_t n) {
+    if (ec) {
+      connection_broke(ec, "the connection to " + peer_name_ + " broke: " + ec.message());
+      return;
+    }
+    buffer_.commit(n);
+    wire::frame_view frame;
+    const std::uint64_t generation = generation_;
+    while (generation == generation_) {
+      const std::size_t limit =
+          state_now_ == state::ready ? state_->options.max_frame_size : wire::max_handshake_frame_size;
+      if (!buffer_.next(limit, frame, ec)) break;
+      on_frame(frame);
+    }
+    if (generation != generation_) return;
+    if (ec) {
+      connection_broke(ec, "the server at " + peer_name_ + " sent bytes that are not fwd's protocol");
+      return;
+    }
+    if (calls_.empty()) buffer_.shrink();
+    read();
+  }
+
+  void on_frame(const wire::frame_view& frame) {
+    if (state_now_ == state::handshaking) {
+      auto step = handshake_->on_frame(frame);
+      if (step.ec) {
+        connect_failed(step.ec, step.detail);  // nothing was sent yet
+        return;
+      }
+      if (!step.send.empty()) {
+        control_ += step.send;
+        flush();
+      }
+      if (step.done) {
+        state_now_ = state::ready;
+        handshake_.reset();
+        connect_timer_.cancel();
+        backoff_ = state_->options.reconnect_backoff;
+        fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened, connection_event{peer_name_, {}});
+        flush();
+      }
+      return;
+    }
+    if (frame.header.type != wire::frame_type::reply) {
+      connection_broke(make_error_code(errc::protocol_error),
+                       "the server at " + peer_name_ + " sent an unexpected frame");
+      return;
+    }
+    const auto ec = decode_status(frame.header.aux);
+    finish(frame.header.stream_id, ec, std::string(ec ? frame.meta : frame.body));
+  }
+
+  // The connection broke: calls already sent may have run (connection_lost); the others
+  // were never sent and wait for the next connection.
+  void connection_broke(boost::system::error_code why, const std::string& detail) {
+    const bool was_ready = state_now_ == state::ready;
+    if (!was_ready) {
+      connect_failed(why == errc::protocol_error ? why : make_error_code(errc::unreachable), detail);
+      return;
+    }
+    ++generation_;
+    close_socket(why);
+    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed, connection_event{peer_name_, why});
+    fail_all(make_error_code(errc::connection_lost), detail, false);
+    state_now_ = state::idle;
+    writing_ = false;
+    if (!unsent_.empty()) connect();
+  }
+
+  // --- writing --------------------------------------------------------------------------
+
+  // Frames are coalesced: every call queued while a write runs goes out in the next one,
+  // as one gathered write.
+  void flush() {
+    if (writing_) return;
+    buffers_.clear();
+    batch_.clear();
+    if (!control_.empty()) {
+      control_in_flight_.swap(control_);
+      control_.clear();
+      buffers_.push_back(boost::asio::buffer(control_in_flight_));
+    }
+    if (state_now_ == state::ready) {
+      const auto now = clock::now();
+      std::size_t bytes = 0;
+      while (!unsent_.empty() && batch_.size() < 1024 && bytes < (std::size_t{1} << 22)) {
+        auto call = std::move(unsent_.front());
+        unsent_.pop_front();
+        if (call->done) continue;
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(call->deadline - now).count();
+        if (left <= 0) {
+          finish(call->stream_id, make_error_code(errc::timeout), "the deadline passed before the call was sent");
+          continue;
+        }
+        // The remaining time, as of now: the server drops the request if it runs out.
+        fwd::detail::store_le<std::uint32_t>(call->frame.data() + wire::deadline_offset,
+                                             static_cast<std::uint32_t>(std::min<long long>(left, 0xffffffffLL)));
+        call->sent = true;
+        bytes += call->frame.size();
+        buffers_.push_back(boost::asio::buffer(call->frame));
+        batch_.push_back(std::move(call));
+      }
+    }
+    if (buffers_.empty()) return;
+    writing_ = true;
+    boost::asio::async_write(socket_, buffers_,
+                             [self = shared_from_this(), generation = generation_](boost::system::error_code ec,
+                                                                                    std::size_t) {
+                               if (generation != self->generation_) return;
+                               self->writing_ = false;
+                               self->batch_.clear();
+                               self->control_in_flight_.clear();
+                               if (ec) {
+                                 self->connection_broke(ec, "writing to " + self->peer_name_ + " failed: " + ec.message());
+                                 return;
+                               }
+                               self->flush();
+                             });
+  }
+
+  // --- completion -----------------------------------------------------------------------
+
+  void finish(std::uint64_t stream_id, boost::system::error_code ec, std::string payload) {
+    auto it = calls_.find(stream_id);
+    if (it == calls_.end()) return;  // already done (timed out, cancelled): drop the reply
+    auto call = std::move(it->second);
+    calls_.erase(it);
+    complete(*call, ec, std::move(payload));
+  }
+
+  void complete(pending_call& call, boost::system::error_code ec, std::string payload) {
+    if (call.done) return;
+    call.done = true;
+    const bool was_first = call.deadline_entry == deadlines_.begin();
+    deadlines_.erase(call.deadline_entry);
+    if (was_first) arm_deadline_timer();
+    emit_finished(call, ec);
+    call.frame.clear();
+    call.frame.shrink_to_fit();
+    call.complete(ec, std::move(payload));
+  }
+
+  void emit_finished(const pending_call& call, boost::system::error_code ec) {
+    if (state_->options.telemetry && state_->options.telemetry->call_finished) {
+      state_->options.telemetry->call_finished(call_finished_event{
+          call.procedure, peer_name_, call.attempt, clock::now() - call.started, ec});
+    }
+  }
+
+  // Fails every call (only the unsent ones when `include_sent` is false is not what this
+  // does: sent calls always fail; unsent ones fail only when `include_unsent`).
+  void fail_all(boost::system::error_code ec, const std::string& detail, bool include_unsent) {
+    std::vector<std::shared_ptr<pending_call>> failing;
+    for (auto it = calls_.begin(); it != calls_.end();) {
+      if (it->second->sent || include_unsent) {
+        failing.push_back(std::move(it->second));
+        it = calls_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (include_unsent) unsent_.clear();
+    for (auto& call : failing) complete(*call, ec, detail);
+  }
+
+  void arm_deadline_timer() {
+    if (deadlines_.empty()) {
+      deadline_timer_.cancel();
+      return;
+    }
+    const auto first = deadlines_.begin()->first;
+    if (timer_armed_ && armed_for_ == first) return;
+    timer_armed_ = true;
+    armed_for_ = first;
+    deadline_timer_.expires_at(first);
+    deadline_timer_.async_wait([self = shared_from_this(), first](boost::system::error_code ec) {
+      if (ec || self->armed_for_ != first) return;
+      self->timer_armed_ = false;
+      self->on_deadlines();
+    });
+  }
+
+  void on_deadlines() {
+    const auto now = clock::now();
+    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+      finish(deadlines_.begin()->second, make_error_code(errc::timeout),
+             "no reply from " + peer_name_ + " before the call's deadline");
+    }
+    arm_deadline_timer();
+  }
+
+  boost::asio::strand<boost::asio::any_io_executor> strand_;
+  tcp::endpoint peer_;
+  std::string peer_name_;
+  std::shared_ptr<client_state> state_;
+  tcp::socket socket_;
+  boost::asio::steady_timer connect_timer_;
+  boost::asio::steady_timer deadline_timer_;
+  std::chrono::milliseconds backoff_;
+  std::atomic<std::uint64_t> next_stream_{1};
+
+  state state_now_ = state::idle;
+  std::uint64_t generation_ = 0;  // bumped per connection attempt: stale handlers do nothing
+  std::optional<wire::client_handshake> handshake_;
+  frame_buffer buffer_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<pending_call>> calls_;
+  std::deque<std::shared_ptr<pending_call>> unsent_;
+  std::multimap<clock::time_point, std::uint64_t> deadlines_;
+  clock::time_point armed_for_{};
+  bool timer_armed_ = false;
+  std::string control_;            // handshake frames to write
+  std::string control_in_flight_;  // ... being written
+  std::vector<boost::asio::const_buffer> buffers_;
+  std::vector<std::shared_ptr<pending_call>> batch_;  // keeps written frames alive
+  bool writing_ = false;
+  bool shut_down_ = false;
+};
+
+}  // namespace detail
+
+/**
+ * A fwd RPC client: typed calls to fwd servers. It keeps one connection per peer,
+ * opened on the first call, authenticated with the cluster secret, and reopened (with
+ * backoff) after it breaks. Many calls run at once on a connection, matched by stream
+ * id; requests queued while a write runs go out together in the next one.
+ *
+ * Thread-safe: calls may start from any thread. Calls complete through their handler's
+ * associated executor (default: the client's executor).
+ *
+ * Errors, each an fwd::errc (fwd::classify() says what to do):
+ *   - `unreachable` (not sent): no connection to the peer;
+ *   - `connection_lost` (maybe executed): the connection broke after the request was sent;
+ *   - `timeout` (maybe executed): the deadline passed;
+ *   - `cancelled` (maybe executed): cancelled through the cancellation slot;
+ *   - `unauthenticated`, `version_mismatch`, `protocol_error`: the handshake failed;
+ *   - `frame_too_large`: the request exceeds max_frame_size (not sent);
+ *   - from the server: `unknown_procedure`, `signature_mismatch`, `remote_failure`,
+ *     `overloaded`, `timeout`, or the procedure's own error (e.g. a SQLite code).
+ */
+class client {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+  using endpoint = boost::asio::ip::tcp::endpoint;
+
+  client(executor_type executor, client_options options)
+      : executor_(std::move(executor)), state_(std::make_shared<detail::client_state>()) {
+    if (options.secret.empty()) {
+      throw fwd::error(make_error_code(errc::bad_argument),
+                       "client_options::secret is empty: give every node the same cluster secret");
+    }
+    state_->versions.archive = options.archive_version != 0 ? options.archive_version : fwd::detail::archive_version();
+    state_->options = std::move(options);
+    state_->id_prefix = fwd::detail::random_bytes<8>();
+  }
+
+  client(const client&) = delete;
+  client& operator=(const client&) = delete;
+
+  /// Closes every connection; calls still running complete with `cancelled`.
+  ~client() { close(); }
+
+  executor_type get_executor() const noexcept { return executor_; }
+
+  /**
+   * Calls `proc` on `peer` with `args`, then completes `token`.
+   *
+   * Completion signature: `void(boost::system::error_code, R)`, or
+   * `void(boost::system::error_code)` when R is void. Works with callbacks, use_future,
+   * use_awaitable, deferred and any other completion token.
+   *
+   * **Per-Operation Cancellation**: terminal, partial and total cancellation all end the
+   * call with `errc::cancelled` (terminal: the call is abandoned; a request already sent
+   * may still run on the server, and its reply is dropped).
+   */
+  template <class R, class... Params, class... ArgsAndToken>
+  auto async_call(const endpoint& peer, const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
+    return async_call(peer, call_options{}, proc, std::forward<ArgsAndToken>(args_and_token)...);
+  }
+
+  /// As above, with per-call options (deadline, request id, attempt, error detail).
+  template <class R, class... Params, class... ArgsAndToken>
+  auto async_call(const endpoint& peer, call_options options, const procedure<R(Params...)>& proc,
+                  ArgsAndToken&&... args_and_token) {
+    static_assert(sizeof...(ArgsAndToken) == sizeof...(Params) + 1,
+                  "async_call takes the procedure's arguments, then a completion token");
+    auto all = std::forward_as_tuple(std::forward<ArgsAndToken>(args_and_token)...);
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      static_assert((std::is_convertible_v<std::tuple_element_t<I, std::tuple<ArgsAndToken...>>, Params> && ...),
+                    "an argument of async_call does not convert to the procedure's parameter type");
+      std::string arguments = fwd::detail::encode_arguments(proc, std::get<I>(all)...);
+      return start<R>(peer, std::move(options), proc.name(), proc.signature(), std::move(arguments),
+                      std::forward<std::tuple_element_t<sizeof...(Params), std::tuple<ArgsAndToken...>>>(
+                          std::get<sizeof...(Params)>(all)));
+    }(std::make_index_sequence<sizeof...(Params)>{});
+  }
+
+  /**
+   * Calls a procedure by name with already-encoded arguments; completes with
+   * `void(boost::system::error_code, std::string)`, the encoded result. For layers that
+   * forward calls without knowing their types. Cancellation as async_call.
+   */
+  template <class Token>
+  auto async_call_raw(const endpoint& peer, call_options options, std::string_view procedure_name,
+                      std::uint64_t signature, std::string arguments, Token&& token) {
+    return start<raw_result>(peer, std::move(options), procedure_name, signature, std::move(arguments),
+                             std::forward<Token>(token));
+  }
+
+  /**
+   * Blocking call: returns the result or throws fwd::error (code and details). Must not
+   * be called from a thread that runs the client's executor (it waits for that executor).
+   */
+  template <class R, class... Params, class... Args>
+  R call(const endpoint& peer, const procedure<R(Params...)>& proc, Args&&... args) {
+    return call(peer, call_options{}, proc, std::forward<Args>(args)...);
+  }
+
+  template <class R, class... Params, class... Args>
+  R call(const endpoint& peer, call_options options, const procedure<R(Params...)>& proc, Args&&... args) {
+    auto detail = options.error_detail ? options.error_detail : std::make_shared<std::string>();
+    options.error_detail = detail;
+    std::promise<std::conditional_t<std::is_void_v<R>, void, R>> promise;
+    auto future = promise.get_future();
+    if constexpr (std::is_void_v<R>) {
+      async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
+                 [&promise, detail, p = proc.name()](boost::system::error_code ec) {
+                   if (ec) {
+                     promise.set_exception(std::make_exception_ptr(failure(ec, p, *detail)));
+                   } else {
+                     promise.set_value();
+                   }
+                 });
+      future.get();
+    } else {
+      async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
+                 [&promise, detail, p = proc.name()](boost::system::error_code ec, R result) {
+                   if (ec) {
+                     promise.set_exception(std::make_exception_ptr(failure(ec, p, *detail)));
+                   } else {
+                     promise.set_value(std::move(result));
+                   }
+                 });
+      return future.get();
+    }
+  }
+
+  /// Closes every connection; calls still running complete with `cancelled`.
+  void close() {
+    std::lock_guard lock(mutex_);
+    for (auto& [peer, connection] : connections_) connection->shutdown();
+    connections_.clear();
+  }
+
+ private:
+  struct raw_result {};
+
+  static fwd::error failure(boost::system::error_code ec, std::string_view procedure, const std::string& detail) {
+    std::string what = "call to ";
+    what.append(procedure);
+    if (!detail.empty()) what.append(": ").append(detail);
+    return fwd::error(ec, what);
+  }
+
+  std::shared_ptr<detail::client_connection> connection_to(const endpoint& peer) {
+    std::lock_guard lock(mutex_);
+    auto& slot = connections_[peer];
+    if (!slot) slot = std::make_shared<detail::client_connection>(executor_, peer, state_);
+    return slot;
+  }
+
+  template <class R>
+  struct initiation {
+    std::shared_ptr<detail::client_connection> connection;
+    std::shared_ptr<detail::client_state> state;
+    executor_type fallback;
+
+    template <class Handler>
+    void operator()(Handler&& handler, call_options options, std::string procedure_name, std::uint64_t signature,
+                    std::string arguments) const {
+      using handler_t = std::decay_t<Handler>;
+      auto slot = boost::asio::get_associated_cancellation_slot(handler);
+      std::shared_ptr<detail::pending_call> call;
+      if constexpr (std::is_same_v<R, raw_result>) {
+        call = std::make_shared<detail::raw_call_op<handler_t, executor_type>>(std::forward<Handler>(handler),
+                                                                               fallback, options.error_detail);
+      } else {
+        call = std::make_shared<detail::call_op<R, handler_t, executor_type>>(std::forward<Handler>(handler),
+                                                                              fallback, options.error_detail);
+      }
+      const auto now = std::chrono::steady_clock::now();
+      call->stream_id = connection->next_stream_id();
+      call->deadline = options.deadline.value_or(now + state->options.default_timeout);
+      call->attempt = options.attempt;
+      const auto& telemetry = state->options.telemetry;
+      if (telemetry && (telemetry->call_started || telemetry->call_finished)) {
+        call->procedure = procedure_name;
+        call->started = now;
+        fwd::detail::emit(telemetry, &fwd::telemetry::call_started,
+                          call_started_event{call->procedure, {}, call->attempt});
+      }
+      wire::frame_header h;
+      h.type = wire::frame_type::request;
+      h.flags = wire::frame_flags::has_deadline;
+      h.stream_id = call->stream_id;
+      if (options.request_id) {
+        h.id = *options.request_id;
+      } else {
+        std::memcpy(h.id.data(), state->id_prefix.data(), 8);
+        fwd::detail::store_le<std::uint64_t>(reinterpret_cast<char*>(h.id.data() + 8),
+                                             state->next_id.fetch_add(1, std::memory_order_relaxed));
+      }
+      h.aux = signature;
+      call->frame = wire::encode_frame(h, procedure_name, arguments);
+      if (slot.is_connected()) {
+        slot.assign([weak = std::weak_ptr<detail::client_connection>(connection),
+                     stream_id = call->stream_id](boost::asio::cancellation_type type) {
+          if (type == boost::asio::cancellation_type::none) return;
+          if (auto c = weak.lock()) c->cancel(stream_id);
+        });
+      }
+      connection->submit(std::move(call));
+    }
+  };
+
+  template <class R, class Token>
+  auto start(const endpoint& peer, call_options options, std::string_view procedure_name, std::uint64_t signature,
+             std::string arguments, Token&& token) {
+    using signature_t = std::conditional_t<std::is_same_v<R, raw_result>,
+                                           void(boost::system::error_code, std::string), detail::call_signature<R>>;
+    return boost::asio::async_initiate<Token, signature_t>(
+        initiation<R>{connection_to(peer), state_, executor_}, token, std::move(options),
+        std::string(procedure_name), signature, std::move(arguments));
+  }
+
+  executor_type executor_;
+  std::shared_ptr<detail::client_state> state_;
+  std::mutex mutex_;
+  std::map<endpoint, std::shared_ptr<detail::client_connection>> connections_;
+};
+
+}  // namespace fwd::rpc
+
+// ---- end fwd/rpc/client.hpp ----
+// ---- begin fwd/membership.hpp ----
+
+// Who is in the cluster: members found in DNS (A/AAAA of a name with a port, or SRV
+// records) polled with c-ares on the Asio reactor, a static list, or both. Changes are
+// told as joined/left events; a snapshot of the current members costs an atomic load.
+//
+// A failed, empty or partial DNS answer does not drop members: a member found before is
+// removed only after `remove_after_polls` consecutive definitive answers (records, "no
+// such record" or NXDOMAIN) that leave it out, or once it has been left out for the
+// `remove_after` grace period. A failed query (timeout, refused, SERVFAIL) counts for
+// nothing (it neither counts towards removal nor resets the count): the last good set is
+// kept and the failure goes to the `on_resolve_error` hook, as do NXDOMAIN and empty
+// answers.
+
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_allocator.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_allocator.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+// ---- begin fwd/detail/cares_channel.hpp ----
+
+// A c-ares channel driven by the Asio reactor: the sockets c-ares opens are watched with
+// Asio descriptors (assigned with c-ares's fd, released without closing it, since c-ares
+// owns and closes it), and c-ares's timeouts are kept by an Asio steady_timer. Nothing
+// blocks and nothing polls: work happens only when a socket is ready or a timeout is due.
+
+#include <ares.h>
+
+#include <algorithm>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+// ---- begin fwd/detail/cares_error.hpp ----
+
+// DNS resolver errors: c-ares's status codes kept as they are (ARES_ENOTFOUND stays 4) in
+// their own category "fwd.dns", with c-ares's message followed by what to do.
+
+#include <ares.h>
+
+#include <boost/system/error_category.hpp>
+#include <boost/system/error_code.hpp>
+#include <string>
+#include <system_error>
+#include <type_traits>
+
+namespace fwd {
+
+/// c-ares's status codes, under fwd's names; the values are c-ares's own.
+enum class dns_errc {
+  no_data = ARES_ENODATA,                  ///< the name exists but has no record of that type
+  format_error = ARES_EFORMERR,            ///< the server could not read the query
+  server_failure = ARES_ESERVFAIL,         ///< the server failed (SERVFAIL)
+  not_found = ARES_ENOTFOUND,              ///< the name does not exist (NXDOMAIN)
+  not_implemented = ARES_ENOTIMP,          ///< the server does not implement that query
+  refused = ARES_EREFUSED,                 ///< the server refused to answer
+  bad_query = ARES_EBADQUERY,              ///< the query was malformed
+  bad_name = ARES_EBADNAME,                ///< the name is not a valid DNS name
+  bad_response = ARES_EBADRESP,            ///< the answer was malformed
+  connection_refused = ARES_ECONNREFUSED,  ///< no DNS server answered on its port
+  timeout = ARES_ETIMEOUT,                 ///< no answer within the query timeout
+  out_of_memory = ARES_ENOMEM,             ///< c-ares ran out of memory
+  destroyed = ARES_EDESTRUCTION,           ///< the resolver was destroyed mid-query
+  bad_string = ARES_EBADSTR,               ///< a configuration string (e.g. a server) is malformed
+  not_initialized = ARES_ENOTINITIALIZED,  ///< c-ares's library initialisation failed
+  cancelled = ARES_ECANCELLED,             ///< the query was cancelled
+};
+
+namespace detail {
+
+// What to do after each c-ares status, appended to ares_strerror's text.
+inline const char* dns_advice(int status) noexcept {
+  switch (status) {
+    case ARES_ENODATA:
+      return "the name exists but has no record of the requested type: add A/AAAA (or SRV) "
+             "records for the cluster's nodes";
+    case ARES_EFORMERR:
+    case ARES_EBADQUERY:
+      return "the server could not parse the query: check the name and the DNS server";
+    case ARES_ESERVFAIL:
+      return "the DNS server failed to answer: check its upstream and its logs; members "
+             "from the last good answer are kept";
+    case ARES_ENOTFOUND:
+      return "the name does not exist (NXDOMAIN): check the configured name and the DNS "
+             "zone; members are removed only after repeated NXDOMAIN answers";
+    case ARES_ENOTIMP:
+      return "the DNS server does not implement this query type: use another server or "
+             "A/AAAA records instead of SRV";
+    case ARES_EREFUSED:
+      return "the DNS server refused the query: check that it serves this zone to this host";
+    case ARES_EBADNAME:
+      return "the name is not a valid DNS name: fix the configured name";
+    case ARES_EBADRESP:
+      return "the DNS answer was malformed: check the DNS server";
+    case ARES_ECONNREFUSED:
+      return "no DNS server answered on its address and port: check that the server runs "
+             "and the configured servers (host:port); members from the last good answer "
+             "are kept";
+    case ARES_ETIMEOUT:
+      return "no DNS answer within the query timeout: check the server and the network, or "
+             "raise the query timeout; members from the last good answer are kept";
+    case ARES_ENOMEM:
+      return "out of memory";
+    case ARES_EDESTRUCTION:
+    case ARES_ECANCELLED:
+      return "the resolver was stopped or destroyed before the answer arrived";
+    case ARES_EBADSTR:
+      return "a DNS server must be written as an IP address with an optional port: "
+             "\"10.0.0.2:53\" or \"[fd00::2]:53\"";
+    case ARES_ENOTINITIALIZED:
+      return "c-ares could not initialise: check the resolver configuration "
+             "(/etc/resolv.conf) or give explicit DNS servers";
+    default:
+      return "see c-ares's documentation for this status";
+  }
+}
+
+class dns_category_impl final : public boost::system::error_category {
+ public:
+  // A fixed id lets categories from different shared libraries compare equal.
+  constexpr dns_category_impl() noexcept
+      : boost::system::error_category(0x8e1f'3c7a'5d02'4b93ull) {}
+  const char* name() const noexcept override { return "fwd.dns"; }
+  std::string message(int status) const override {
+    return std::string(ares_strerror(status)) + " (c-ares status " + std::to_string(status) +
+           "): " + dns_advice(status);
+  }
+};
+
+}  // namespace detail
+
+/// The category of c-ares status codes, named "fwd.dns"; the value is c-ares's status
+/// (e.g. ARES_ENOTFOUND, 4).
+inline const boost::system::error_category& dns_category() noexcept {
+  static constexpr detail::dns_category_impl instance;
+  return instance;
+}
+
+/// An error_code for c-ares's status `status`.
+inline boost::system::error_code make_dns_error(int status) noexcept {
+  return {status, dns_category()};
+}
+
+inline boost::system::error_code make_error_code(dns_errc e) noexcept {
+  return make_dns_error(static_cast<int>(e));
+}
+
+}  // namespace fwd
+
+template <>
+struct boost::system::is_error_code_enum<fwd::dns_errc> : std::true_type {};
+template <>
+struct std::is_error_code_enum<fwd::dns_errc> : std::true_type {};
+
+// ---- end fwd/detail/cares_error.hpp ----
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace fwd::detail {
+
+/// Initialises the c-ares library once per process, thread-safely; throws fwd::error.
+inline void cares_library_init() {
+  // A function-local static is initialised once even when threads race to it; if the
+  // initialisation throws, the next call tries again.
+  static const bool initialised = [] {
+    const int status = ares_library_init(ARES_LIB_INIT_ALL);
+    if (status != ARES_SUCCESS) {
+      throw fwd::error(make_dns_error(status), "ares_library_init failed");
+    }
+    return true;
+  }();
+  (void)initialised;
+}
+
+struct cares_channel_options {
+  /// Explicit servers ("10.0.0.2", "10.0.0.2:5353", "[fd00::2]:53"); empty = the system's
+  /// resolver configuration (/etc/resolv.conf).
+  std::vector<std::string> servers;
+  std::chrono::milliseconds timeout{2000};  ///< per try
+  int tries = 2;
+};
+
+/// Checks one server string and returns it in c-ares's CSV syntax; throws fwd::error
+/// (errc::bad_argument) with what to write instead.
+inline std::string cares_server_csv_entry(const std::string& server) {
+  const auto fail = [&server] {
+    throw fwd::error(make_error_code(errc::bad_argument),
+                     "bad DNS server \"" + server +
+                         "\": write an IP address with an optional port, e.g. \"10.0.0.2\", "
+                         "\"127.0.0.1:5353\" or \"[fd00::2]:53\" (names are not resolved)");
+  };
+  std::string host = server;
+  std::string port;
+  if (!server.empty() && server.front() == '[') {
+    const auto close = server.find(']');
+    if (close == std::string::npos) fail();
+    host = server.substr(1, close - 1);
+    if (close + 1 < server.size()) {
+      if (server[close + 1] != ':') fail();
+      port = server.substr(close + 2);
+    }
+  } else if (std::count(server.begin(), server.end(), ':') == 1) {
+    const auto colon = server.find(':');
+    host = server.substr(0, colon);
+    port = server.substr(colon + 1);
+  }
+  boost::system::error_code ec;
+  const auto address = boost::asio::ip::make_address(host, ec);
+  if (ec) fail();
+  if (!port.empty()) {
+    if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) fail();
+    const long value = std::stol(port);
+    if (value < 1 || value > 65535) fail();
+  }
+  std::string entry = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
+  if (!port.empty()) entry += ":" + port;
+  return entry;
+}
+
+/// One c-ares channel on a strand. Every member function must be called on that strand;
+/// c-ares's callbacks (query completions, socket state) run on it too.
+class cares_channel : public std::enable_shared_from_this<cares_channel> {
+ public:
+  using strand_type = boost::asio::strand<boost::asio::any_io_executor>;
+  /// Called once per query with c-ares's status and, on success, the raw answer.
+  using answer_callback = std::function<void(int status, const unsigned char* answer, int length)>;
+
+  /// Creates a channel; throws fwd::error on bad options or when c-ares cannot start.
+  static std::shared_ptr<cares_channel> create(strand_type strand,
+                                               const cares_channel_options& options) {
+    cares_library_init();
+    std::string csv;
+    for (const auto& server : options.servers) {
+      if (!csv.empty()) csv += ',';
+      csv += cares_server_csv_entry(server);
+    }
+    auto channel = std::shared_ptr<cares_channel>(new cares_channel(std::move(strand)));
+    ares_options opts{};
+    opts.sock_state_cb = &cares_channel::on_socket_state;
+    opts.sock_state_cb_data = channel.get();
+    opts.timeout = static_cast<int>(options.timeout.count());
+    opts.tries = options.tries;
+    const int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES;
+    int status = ares_init_options(&channel->channel_, &opts, mask);
+    if (status != ARES_SUCCESS) {
+      channel->channel_ = nullptr;
+      throw fwd::error(make_dns_error(status), "ares_init_options failed");
+    }
+    if (!csv.empty()) {
+      status = ares_set_servers_ports_csv(channel->channel_, csv.c_str());
+      if (status != ARES_SUCCESS) {
+        throw fwd::error(make_dns_error(status), "ares_set_servers_ports_csv(\"" + csv + "\")");
+      }
+    }
+    return channel;
+  }
+
+  cares_channel(const cares_channel&) = delete;
+  cares_channel& operator=(const cares_channel&) = delete;
+
+  /// Pending queries complete with ARES_EDESTRUCTION, inside the destructor.
+  ~cares_channel() {
+    if (channel_ != nullptr) ares_destroy(channel_);  // calls on_socket_state(fd, 0, 0)
+    for (auto& [fd, watcher] : watchers_) release(*watcher);
+  }
+
+  const strand_type& strand() const noexcept { return strand_; }
+
+  /// Sends a query of `type` (ns_t_a, ns_t_aaaa, ns_t_srv) for `name`, class IN; `search`
+  /// applies the resolver's search domains (ares_search) rather than the name as given
+  /// (ares_query). `callback` may run inside this call when c-ares fails at once.
+  void query(const std::string& name, int type, bool search, answer_callback callback) {
+    auto* context = new answer_callback(std::move(callback));
+    if (search) {
+      ares_search(channel_, name.c_str(), 1 /* C_IN */, type, &cares_channel::on_answer, context);
+    } else {
+      ares_query(channel_, name.c_str(), 1 /* C_IN */, type, &cares_channel::on_answer, context);
+    }
+    arm_timeout();
+  }
+
+  /// Completes every pending query with ARES_ECANCELLED, inside this call.
+  void cancel() {
+    ares_cancel(channel_);
+    arm_timeout();
+  }
+
+  /// How many sockets c-ares has open now (for tests and diagnostics).
+  std::size_t open_sockets() const noexcept { return watchers_.size(); }
+
+ private:
+  struct socket_watcher {
+    explicit socket_watcher(const strand_type& strand) : descriptor(strand) {}
+    boost::asio::posix::stream_descriptor descriptor;
+    int fd = -1;
+    bool want_read = false;
+    bool want_write = false;
+    bool read_pending = false;
+    bool write_pending = false;
+    bool closed = false;
+  };
+
+  explicit cares_channel(strand_type strand) : strand_(std::move(strand)), timer_(strand_) {}
+
+  static void on_answer(void* arg, int status, int /*timeouts*/, unsigned char* answer,
+                        int length) {
+    std::unique_ptr<answer_callback> callback(static_cast<answer_callback*>(arg));
+    (*callback)(status, answer, length);
+  }
+
+  static void on_socket_state(void* data, ares_socket_t fd, int readable, int writable) {
+    static_cast<cares_channel*>(data)->update_watch(fd, readable != 0, writable != 0);
+  }
+
+  static void release(socket_watcher& watcher) {
+    if (watcher.closed) return;
+    watcher.closed = true;
+    // release() deregisters the fd from the reactor (pending waits complete with
+    // operation_aborted) and leaves it open: c-ares closes it right after this callback.
+    if (watcher.descriptor.is_open()) watcher.descriptor.release();
+  }
+
+  void update_watch(int fd, bool readable, bool writable) {
+    auto found = watchers_.find(fd);
+    if (!readable && !writable) {
+      if (found != watchers_.end()) {
+        release(*found->second);
+        watchers_.erase(found);
+      }
+      return;
+    }
+    if (found == watchers_.end()) {
+      auto watcher = std::make_shared<socket_watcher>(strand_);
+      watcher->fd = fd;
+      boost::system::error_code ec;
+      watcher->descriptor.assign(fd, ec);
+      if (ec) {
+        // The reactor refused the fd: c-ares's own timeout will fail the query, so the
+        // caller still gets an answer; nothing is watched for this socket.
+        watcher->closed = true;
+      }
+      found = watchers_.emplace(fd, std::move(watcher)).first;
+    }
+    auto& watcher = found->second;
+    watcher->want_read = readable;
+    watcher->want_write = writable;
+    arm_waits(watcher);
+  }
+
+  void arm_waits(const std::shared_ptr<socket_watcher>& watcher) {
+    if (watcher->closed) return;
+    if (watcher->want_read && !watcher->read_pending) {
+      watcher->read_pending = true;
+      watcher->descriptor.async_wait(
+          boost::asio::posix::descriptor_base::wait_read,
+          boost::asio::bind_executor(
+              strand_, [self = shared_from_this(), watcher](const boost::system::error_code& ec) {
+                watcher->read_pending = false;
+                if (watcher->closed || ec == boost::asio::error::operation_aborted) return;
+                if (watcher->want_read) self->process(watcher->fd, ARES_SOCKET_BAD);
+                self->arm_waits(watcher);
+              }));
+    }
+    if (watcher->want_write && !watcher->write_pending) {
+      watcher->write_pending = true;
+      watcher->descriptor.async_wait(
+          boost::asio::posix::descriptor_base::wait_write,
+          boost::asio::bind_executor(
+              strand_, [self = shared_from_this(), watcher](const boost::system::error_code& ec) {
+                watcher->write_pending = false;
+                if (watcher->closed || ec == boost::asio::error::operation_aborted) return;
+                if (watcher->want_write) self->process(ARES_SOCKET_BAD, watcher->fd);
+                self->arm_waits(watcher);
+              }));
+    }
+  }
+
+  void process(ares_socket_t read_fd, ares_socket_t write_fd) {
+    ares_process_fd(channel_, read_fd, write_fd);
+    arm_timeout();
+  }
+
+  // Sets the timer to c-ares's next timeout, or leaves it idle when nothing is pending.
+  void arm_timeout() {
+    timeval tv{};
+    const timeval* next = ares_timeout(channel_, nullptr, &tv);
+    const std::uint64_t generation = ++timer_generation_;
+    if (next == nullptr) {
+      timer_.cancel();
+      return;
+    }
+    timer_.expires_after(std::chrono::seconds(next->tv_sec) +
+                         std::chrono::microseconds(next->tv_usec));
+    timer_.async_wait(boost::asio::bind_executor(
+        strand_, [self = shared_from_this(), generation](const boost::system::error_code& ec) {
+          if (ec || generation != self->timer_generation_) return;
+          self->process(ARES_SOCKET_BAD, ARES_SOCKET_BAD);  // handles the expired queries
+        }));
+  }
+
+  ares_channel channel_ = nullptr;
+  strand_type strand_;
+  boost::asio::steady_timer timer_;
+  std::uint64_t timer_generation_ = 0;
+  std::unordered_map<int, std::shared_ptr<socket_watcher>> watchers_;
+};
+
+}  // namespace fwd::detail
+
+// ---- end fwd/detail/cares_channel.hpp ----
+// ---- begin fwd/detail/cares_resolve.hpp ----
+
+// One resolution round over several DNS sources on a cares_channel: A and AAAA of a name
+// (with a fixed port), or SRV of a name (each target's A and AAAA, with the SRV port).
+// Every source ends with what it found and whether its answer was definitive: an answer
+// is definitive when every query got one (records, "no such record" or NXDOMAIN), and
+// not when a query failed (timeout, refused, SERVFAIL, malformed answer, cancelled).
+
+#include <ares.h>
+
+#include <array>
+#include <boost/asio/ip/address.hpp>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fwd::detail {
+
+inline constexpr int dns_type_a = 1;      // ns_t_a
+inline constexpr int dns_type_aaaa = 28;  // ns_t_aaaa
+inline constexpr int dns_type_srv = 33;   // ns_t_srv
+
+struct dns_query_spec {
+  bool srv = false;  ///< SRV records of `name`, else A/AAAA of `name`
+  std::string name;
+  std::uint16_t port = 0;  ///< for A/AAAA
+};
+
+struct dns_found_address {
+  std::string host;  ///< the name the address belongs to (the SRV target for SRV)
+  boost::asio::ip::address address;
+  std::uint16_t port = 0;
+};
+
+struct dns_source_answer {
+  bool definitive = true;
+  std::vector<dns_found_address> found;
+  /// The first failed query (definitive == false), or, when nothing was found, why
+  /// (ARES_ENOTFOUND before ARES_ENODATA); empty otherwise.
+  boost::system::error_code error;
+  std::string failed_query;  ///< e.g. "AAAA node1.cluster.test"
+
+  // While the round runs: the best "empty" status seen, for when nothing is found.
+  int empty_status = ARES_SUCCESS;
+  std::string empty_query;
+};
+
+/// A round of queries; `done` runs on the channel's strand once every query has
+/// answered, unless the channel is destroyed first (then nothing runs).
+class dns_resolve_round : public std::enable_shared_from_this<dns_resolve_round> {
+ public:
+  using done_callback = std::function<void(std::vector<dns_source_answer>&&)>;
+
+  dns_resolve_round(cares_channel* channel, std::vector<dns_query_spec> specs, bool ipv4, bool ipv6,
+                    done_callback done)
+      : channel_(channel),
+        specs_(std::move(specs)),
+        ipv4_(ipv4),
+        ipv6_(ipv6),
+        answers_(specs_.size()),
+        done_(std::move(done)) {}
+
+  /// Must run on the channel's strand.
+  void start() {
+    ++outstanding_;  // held until every query is sent, so `done` cannot run early
+    for (std::size_t i = 0; i < specs_.size(); ++i) {
+      const auto& spec = specs_[i];
+      if (spec.srv) {
+        send(spec.name, dns_type_srv, true,
+             [self = shared_from_this(), i](int status, const unsigned char* answer, int length) {
+               self->on_srv(i, status, answer, length);
+             });
+      } else {
+        resolve_addresses(i, spec.name, spec.port, true);
+      }
+    }
+    finish_one();
+  }
+
+ private:
+  void send(const std::string& name, int type, bool search, cares_channel::answer_callback cb) {
+    ++outstanding_;
+    channel_->query(name, type, search, std::move(cb));
+  }
+
+  void resolve_addresses(std::size_t i, const std::string& name, std::uint16_t port, bool search) {
+    if (ipv4_) {
+      send(name, dns_type_a, search,
+           [self = shared_from_this(), i, name, port](int status, const unsigned char* answer,
+                                                      int length) {
+             self->on_address(i, name, port, dns_type_a, status, answer, length);
+           });
+    }
+    if (ipv6_) {
+      send(name, dns_type_aaaa, search,
+           [self = shared_from_this(), i, name, port](int status, const unsigned char* answer,
+                                                      int length) {
+             self->on_address(i, name, port, dns_type_aaaa, status, answer, length);
+           });
+    }
+  }
+
+  void note(std::size_t i, int status, std::string query) {
+    auto& answer = answers_[i];
+    if (status == ARES_SUCCESS) return;
+    if (status == ARES_EDESTRUCTION) destroyed_ = true;
+    if (status == ARES_ENODATA || status == ARES_ENOTFOUND) {
+      if (answer.empty_status == ARES_SUCCESS ||
+          (answer.empty_status == ARES_ENODATA && status == ARES_ENOTFOUND)) {
+        answer.empty_status = status;
+        answer.empty_query = std::move(query);
+      }
+      return;
+    }
+    if (answer.definitive) {
+      answer.definitive = false;
+      answer.error = make_dns_error(status);
+      answer.failed_query = std::move(query);
+    }
+  }
+
+  void on_address(std::size_t i, const std::string& name, std::uint16_t port, int type, int status,
+                  const unsigned char* answer, int length) {
+    const std::string query = (type == dns_type_a ? "A " : "AAAA ") + name;
+    if (status == ARES_SUCCESS) {
+      // More records than this are cut: a cluster of more nodes than one answer
+      // carries needs SRV or several names.
+      constexpr int capacity = 256;
+      int count = capacity;
+      if (type == dns_type_a) {
+        std::array<ares_addrttl, capacity> records{};
+        status = ares_parse_a_reply(answer, length, nullptr, records.data(), &count);
+        for (int k = 0; status == ARES_SUCCESS && k < count; ++k) {
+          boost::asio::ip::address_v4::bytes_type bytes;
+          std::memcpy(bytes.data(), &records[k].ipaddr, bytes.size());
+          answers_[i].found.push_back({name, boost::asio::ip::address_v4(bytes), port});
+        }
+      } else {
+        std::array<ares_addr6ttl, capacity> records{};
+        status = ares_parse_aaaa_reply(answer, length, nullptr, records.data(), &count);
+        for (int k = 0; status == ARES_SUCCESS && k < count; ++k) {
+          boost::asio::ip::address_v6::bytes_type bytes;
+          std::memcpy(bytes.data(), &records[k].ip6addr, bytes.size());
+          answers_[i].found.push_back({name, boost::asio::ip::address_v6(bytes), port});
+        }
+      }
+    }
+    note(i, status, query);
+    finish_one();
+  }
+
+  void on_srv(std::size_t i, int status, const unsigned char* answer, int length) {
+    const std::string query = "SRV " + specs_[i].name;
+    if (status == ARES_SUCCESS) {
+      ares_srv_reply* records = nullptr;
+      status = ares_parse_srv_reply(answer, length, &records);
+      if (status == ARES_SUCCESS) {
+        std::vector<std::pair<std::string, std::uint16_t>> targets;
+        for (auto* r = records; r != nullptr; r = r->next) {
+          // A target of "." says the service is deliberately not offered there.
+          if (r->host != nullptr && r->host[0] != '\0' && std::strcmp(r->host, ".") != 0) {
+            targets.emplace_back(r->host, r->port);
+          }
+        }
+        ares_free_data(records);
+        if (targets.empty()) status = ARES_ENODATA;
+        if (!destroyed_) {
+          for (const auto& [target, port] : targets) resolve_addresses(i, target, port, false);
+        }
+      }
+    }
+    note(i, status, query);
+    finish_one();
+  }
+
+  void finish_one() {
+    if (--outstanding_ > 0) return;
+    if (destroyed_) return;  // the channel is being destroyed: nobody waits for this round
+    for (auto& answer : answers_) {
+      if (answer.definitive && answer.found.empty() && answer.empty_status != ARES_SUCCESS) {
+        answer.error = make_dns_error(answer.empty_status);
+        answer.failed_query = answer.empty_query;
+      }
+    }
+    auto done = std::move(done_);
+    done(std::move(answers_));
+  }
+
+  cares_channel* channel_;  // alive while queries are pending: it owns them
+  std::vector<dns_query_spec> specs_;
+  bool ipv4_;
+  bool ipv6_;
+  std::vector<dns_source_answer> answers_;
+  done_callback done_;
+  std::size_t outstanding_ = 0;
+  bool destroyed_ = false;
+};
+
+}  // namespace fwd::detail
+
+// ---- end fwd/detail/cares_resolve.hpp ----
+#include <map>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace fwd {
+
+/// A cluster member: the name it was found under and the address fwd connects to.
+/// Members are equal, ordered and hashed by `endpoint` only.
+struct member {
+  std::string host;  ///< the DNS name (SRV target for SRV), or a static member's label
+  boost::asio::ip::tcp::endpoint endpoint;
+
+  friend bool operator==(const member& a, const member& b) noexcept {
+    return a.endpoint == b.endpoint;
+  }
+  friend bool operator<(const member& a, const member& b) noexcept {
+    return a.endpoint < b.endpoint;
+  }
+  friend std::ostream& operator<<(std::ostream& out, const member& m) {
+    return out << m.host << " (" << m.endpoint << ")";
+  }
+};
+
+/// "host (address:port)".
+inline std::string to_string(const member& m) {
+  const auto address = m.endpoint.address();
+  const std::string ip = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
+  return m.host + " (" + ip + ":" + std::to_string(m.endpoint.port()) + ")";
+}
+
+/// Hashes a member by its endpoint.
+struct member_hash {
+  std::size_t operator()(const member& m) const noexcept {
+    return std::hash<boost::asio::ip::tcp::endpoint>{}(m.endpoint);
+  }
+};
+
+/// A DNS name whose records are cluster members.
+struct dns_source {
+  enum class record_type {
+    address,  ///< A and AAAA records of `name`, each member on `port`
+    srv,      ///< SRV records of `name`: each target's A and AAAA, on the record's port
+  };
+  record_type type = record_type::address;
+  std::string name;
+  std::uint16_t port = 0;  ///< for `address`
+
+  /// A and AAAA records of `name`, every member listening on `port`.
+  static dns_source address(std::string name, std::uint16_t port) {
+    return {record_type::address, std::move(name), port};
+  }
+  /// SRV records of `name` (e.g. "_fwd._tcp.cluster.internal").
+  static dns_source srv(std::string name) { return {record_type::srv, std::move(name), 0}; }
+};
+
+/// One change of the member set.
+struct membership_event {
+  enum class kind { joined, left };
+  kind what;
+  member who;
+};
+
+/// The member set at one moment. Immutable once published.
+struct membership_snapshot {
+  /// 0 until the first poll has completed; then +1 at each change.
+  std::uint64_t version = 0;
+  /// Current members, sorted by endpoint.
+  std::vector<member> members;
+  /// The events that turned the previous version into this one.
+  std::vector<membership_event> changes;
+
+  bool contains(const boost::asio::ip::tcp::endpoint& endpoint) const noexcept {
+    for (const auto& m : members) {
+      if (m.endpoint == endpoint) return true;
+    }
+    return false;
+  }
+};
+
+using membership_snapshot_ptr = std::shared_ptr<const membership_snapshot>;
+
+/// Telemetry hooks; each runs on the membership's strand and must not block. Unset hooks
+/// cost nothing.
+struct membership_hooks {
+  std::function<void(const member&)> on_joined;
+  std::function<void(const member&)> on_left;
+  /// A DNS query failed, or a name answered NXDOMAIN or no records; `message` says which
+  /// query and what is done about it (members kept, or counted towards removal).
+  std::function<void(const boost::system::error_code&, std::string_view message)> on_resolve_error;
+};
+
+struct membership_options {
+  /// DNS names to poll; may be combined with `static_members`.
+  std::vector<dns_source> dns;
+  /// Members that are always present (never removed by DNS answers).
+  std::vector<member> static_members;
+  /// DNS servers as "ip", "ip:port" or "[ipv6]:port"; empty: the system's resolver
+  /// configuration (/etc/resolv.conf).
+  std::vector<std::string> dns_servers;
+  /// Time between the end of one poll and the start of the next.
+  std::chrono::milliseconds poll_interval{std::chrono::seconds(5)};
+  /// c-ares's timeout for one try of one query, and how many tries.
+  std::chrono::milliseconds query_timeout{std::chrono::seconds(2)};
+  int query_tries = 2;
+  /// A member left out of this many consecutive definitive answers is removed.
+  unsigned remove_after_polls = 3;
+  /// If non-zero, a member left out of definitive answers for this long is removed too,
+  /// even before `remove_after_polls` answers.
+  std::chrono::milliseconds remove_after{0};
+  /// Which address families to look up.
+  bool ipv4 = true;
+  bool ipv6 = true;
+  membership_hooks hooks;
+};
+
+namespace detail {
+
+// A type-erased, move-only completion handler with its work guard. `complete` posts the
+// handler through its associated executor (never inline) with its associated allocator.
+template <class... Args>
+class membership_completion {
+ public:
+  membership_completion() = default;
+
+  template <class Handler>
+  membership_completion(Handler&& handler, const boost::asio::any_io_executor& fallback)
+      : holder_(std::make_unique<holder<std::decay_t<Handler>>>(std::forward<Handler>(handler),
+                                                                fallback)) {}
+
+  explicit operator bool() const noexcept { return holder_ != nullptr; }
+
+  void complete(Args... args) {
+    auto holder = std::move(holder_);
+    holder->complete(std::move(args)...);
+  }
+
+ private:
+  struct holder_base {
+    virtual ~holder_base() = default;
+    virtual void complete(Args... args) = 0;
+  };
+
+  template <class Handler>
+  struct holder final : holder_base {
+    using executor_type = boost::asio::associated_executor_t<Handler, boost::asio::any_io_executor>;
+
+    holder(Handler&& h, const boost::asio::any_io_executor& fallback)
+        : handler(std::move(h)),
+          work(boost::asio::make_work_guard(
+              boost::asio::get_associated_executor(handler, fallback))) {}
+
+    void complete(Args... args) override {
+      auto executor = work.get_executor();
+      auto allocator = boost::asio::get_associated_allocator(handler);
+      boost::asio::post(executor,
+                        boost::asio::bind_allocator(
+                            allocator, [h = std::move(handler),
+                                        values = std::make_tuple(std::move(args)...)]() mutable {
+                              std::apply(std::move(h), std::move(values));
+                            }));
+      work.reset();
+    }
+
+    Handler handler;
+    boost::asio::executor_work_guard<executor_type> work;
+  };
+
+  std::unique_ptr<holder_base> holder_;
+};
+
+inline std::string describe(const dns_source& source) {
+  if (source.type == dns_source::record_type::srv) return "SRV records of " + source.name;
+  return "A/AAAA records of " + source.name + " (port " + std::to_string(source.port) + ")";
+}
+
+class membership_impl : public std::enable_shared_from_this<membership_impl> {
+ public:
+  using strand_type = boost::asio::strand<boost::asio::any_io_executor>;
+  using wait_completion = membership_completion<boost::system::error_code, membership_snapshot_ptr>;
+  using resolve_completion = membership_completion<boost::system::error_code, std::vector<member>>;
+
+  membership_impl(boost::asio::any_io_executor executor, membership_options options)
+      : executor_(executor),
+        strand_(boost::asio::make_strand(executor)),
+        options_(std::move(options)),
+        poll_timer_(strand_),
+        snapshot_(std::make_shared<const membership_snapshot>()),
+        tracked_(options_.dns.size()) {
+    validate();
+    for (const auto& source : options_.dns) {
+      specs_.push_back({source.type == dns_source::record_type::srv, source.name, source.port});
+    }
+    if (!options_.dns.empty()) {
+      channel_ = cares_channel::create(
+          strand_, {options_.dns_servers, options_.query_timeout, options_.query_tries});
+    }
+  }
+
+  const boost::asio::any_io_executor& executor() const noexcept { return executor_; }
+
+  membership_snapshot_ptr snapshot() const noexcept {
+    return snapshot_.load(std::memory_order_acquire);
+  }
+
+  void start() {
+    boost::asio::post(strand_, [self = shared_from_this()] {
+      if (self->polling_) return;
+      self->polling_ = true;
+      self->poll(++self->poll_generation_);
+    });
+  }
+
+  void stop() {
+    boost::asio::post(strand_, [self = shared_from_this()] {
+      self->polling_ = false;
+      ++self->poll_generation_;
+      self->poll_timer_.cancel();
+      if (self->channel_) self->channel_->cancel();  // pending rounds end with ECANCELLED
+      auto waiters = std::move(self->waiters_);
+      self->waiters_.clear();
+      for (auto& [id, w] : waiters) self->finish_wait(w, boost::asio::error::operation_aborted);
+    });
+  }
+
+  template <class Handler>
+  void initiate_resolve_once(Handler&& handler) {
+    auto slot = boost::asio::get_associated_cancellation_slot(handler);
+    auto op = std::make_shared<resolve_op>();
+    op->completion = resolve_completion(std::forward<Handler>(handler), executor_);
+    if (slot.is_connected()) {
+      op->slot = slot;
+      slot.assign([weak = weak_from_this(), op](boost::asio::cancellation_type type) {
+        if (!(type &
+              (boost::asio::cancellation_type::terminal | boost::asio::cancellation_type::partial |
+               boost::asio::cancellation_type::total))) {
+          return;
+        }
+        if (auto self = weak.lock()) {
+          boost::asio::post(self->strand_, [op] {
+            finish_resolve(*op, boost::asio::error::operation_aborted, {});
+          });
+        }
+      });
+    }
+    boost::asio::post(strand_, [self = shared_from_this(), op] {
+      if (!op->completion) return;  // cancelled before it started
+      self->resolve([weak = self->weak_from_this(), op](std::vector<dns_source_answer>&& answers) {
+        auto self = weak.lock();
+        if (!self) return;
+        boost::system::error_code ec;
+        for (const auto& answer : answers) {
+          if (answer.error == make_dns_error(ARES_ECANCELLED)) {
+            ec = boost::asio::error::operation_aborted;
+            break;
+          }
+          if (!ec && answer.error) ec = answer.error;
+        }
+        std::vector<member> members;
+        for (auto& [endpoint, m] : self->merge(answers)) members.push_back(std::move(m));
+        finish_resolve(*op, ec, std::move(members));
+      });
+    });
+  }
+
+  template <class Handler>
+  void initiate_wait_change(Handler&& handler, std::uint64_t after_version) {
+    auto slot = boost::asio::get_associated_cancellation_slot(handler);
+    const std::uint64_t id = next_waiter_id_.fetch_add(1, std::memory_order_relaxed);
+    waiter w;
+    w.after_version = after_version;
+    w.completion = wait_completion(std::forward<Handler>(handler), executor_);
+    if (slot.is_connected()) {
+      w.slot = slot;
+      slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
+        if (!(type &
+              (boost::asio::cancellation_type::terminal | boost::asio::cancellation_type::partial |
+               boost::asio::cancellation_type::total))) {
+          return;
+        }
+        if (auto self = weak.lock()) {
+          boost::asio::post(self->strand_, [self, id] {
+            auto found = self->waiters_.find(id);
+            if (found == self->waiters_.end()) return;
+            auto w = std::move(found->second);
+            self->waiters_.erase(found);
+            self->finish_wait(w, boost::asio::error::operation_aborted);
+          });
+        }
+      });
+    }
+    boost::asio::post(strand_, [self = shared_from_this(), id, w = std::move(w)]() mutable {
+      if (self->snapshot()->version > w.after_version) {
+        self->finish_wait(w, {});
+      } else {
+        self->waiters_.emplace(id, std::move(w));
+      }
+    });
+  }
+
+ private:
+  struct tracked_member {
+    member who;
+    unsigned missed_polls = 0;
+    std::chrono::steady_clock::time_point first_missed{};
+  };
+
+  struct waiter {
+    std::uint64_t after_version = 0;
+    wait_completion completion;
+    boost::asio::cancellation_slot slot;
+  };
+
+  struct resolve_op {
+    resolve_completion completion;
+    boost::asio::cancellation_slot slot;
+  };
+
+  static void finish_resolve(resolve_op& op, boost::system::error_code ec,
+                             std::vector<member> members) {
+    if (!op.completion) return;
+    if (op.slot.is_connected()) op.slot.clear();
+    op.completion.complete(ec, std::move(members));
+  }
+
+  void finish_wait(waiter& w, boost::system::error_code ec) {
+    if (!w.completion) return;
+    if (w.slot.is_connected()) w.slot.clear();
+    w.completion.complete(ec, ec ? membership_snapshot_ptr{} : snapshot());
+  }
+
+  void validate() const {
+    const auto bad = [](const std::string& what) {
+      throw fwd::error(make_error_code(errc::bad_argument), "membership_options: " + what);
+    };
+    for (const auto& source : options_.dns) {
+      if (source.name.empty()) bad("a DNS source has an empty name: give the cluster's DNS name");
+      if (source.type == dns_source::record_type::address && source.port == 0) {
+        bad("DNS source " + source.name + " has port 0: give the port members listen on");
+      }
+    }
+    if (options_.poll_interval <= std::chrono::milliseconds::zero()) {
+      bad("poll_interval must be positive");
+    }
+    if (options_.query_timeout <= std::chrono::milliseconds::zero() || options_.query_tries < 1) {
+      bad("query_timeout must be positive and query_tries at least 1");
+    }
+    if (!options_.ipv4 && !options_.ipv6) bad("enable ipv4, ipv6 or both");
+  }
+
+  // Resolves every DNS source once; `done` runs on the strand.
+  void resolve(std::function<void(std::vector<dns_source_answer>&&)> done) {
+    if (!channel_) {
+      done({});
+      return;
+    }
+    std::make_shared<dns_resolve_round>(channel_.get(), specs_, options_.ipv4, options_.ipv6,
+                                        std::move(done))
+        ->start();
+  }
+
+  // Static members and what the answers found, by endpoint.
+  std::map<boost::asio::ip::tcp::endpoint, member> merge(
+      const std::vector<dns_source_answer>& answers) const {
+    std::map<boost::asio::ip::tcp::endpoint, member> merged;
+    for (const auto& m : options_.static_members) merged.emplace(m.endpoint, m);
+    for (const auto& answer : answers) {
+      for (const auto& found : answer.found) {
+        boost::asio::ip::tcp::endpoint endpoint(found.address, found.port);
+        merged.emplace(endpoint, member{found.host, endpoint});
+      }
+    }
+    return merged;
+  }
+
+  void poll(std::uint64_t generation) {
+    resolve([weak = weak_from_this(), generation](std::vector<dns_source_answer>&& answers) {
+      auto self = weak.lock();
+      if (!self || !self->polling_ || generation != self->poll_generation_) return;
+      self->apply(answers);
+      if (!self->channel_) return;  // a static list alone never changes: nothing to poll
+      self->poll_timer_.expires_after(self->options_.poll_interval);
+      self->poll_timer_.async_wait(boost::asio::bind_executor(
+          self->strand_, [weak, generation](const boost::system::error_code& ec) {
+            auto self = weak.lock();
+            if (ec || !self || !self->polling_ || generation != self->poll_generation_) return;
+            self->poll(generation);
+          }));
+    });
+  }
+
+  void report(const boost::system::error_code& ec, const std::string& message) {
+    if (options_.hooks.on_resolve_error) options_.hooks.on_resolve_error(ec, message);
+  }
+
+  // Folds one poll's answers into the tracked members and publishes what changed.
+  void apply(const std::vector<dns_source_answer>& answers) {
+    const auto now = std::chrono::steady_clock::now();
+    const unsigned polls_to_remove = std::max(1u, options_.remove_after_polls);
+    for (std::size_t i = 0; i < answers.size(); ++i) {
+      const auto& answer = answers[i];
+      auto& tracked = tracked_[i];
+      const std::string what = describe(options_.dns[i]);
+      if (!answer.definitive) {
+        report(answer.error, "DNS query " + answer.failed_query + " for " + what +
+                                 " failed: " + answer.error.message() + "; keeping the " +
+                                 std::to_string(tracked.size()) +
+                                 " member(s) of the last good answer");
+        continue;
+      }
+      if (answer.error) {
+        report(answer.error, "DNS query " + answer.failed_query + " for " + what +
+                                 " found no member: " + answer.error.message() + "; " +
+                                 std::to_string(tracked.size()) + " member(s) are removed after " +
+                                 std::to_string(polls_to_remove) + " such answer(s)");
+      }
+      std::unordered_map<boost::asio::ip::tcp::endpoint, const dns_found_address*> found;
+      for (const auto& f : answer.found) {
+        found.emplace(boost::asio::ip::tcp::endpoint(f.address, f.port), &f);
+      }
+      for (const auto& [endpoint, f] : found) {
+        tracked[endpoint] = tracked_member{member{f->host, endpoint}, 0, {}};
+      }
+      for (auto it = tracked.begin(); it != tracked.end();) {
+        auto& t = it->second;
+        if (found.count(it->first) != 0) {
+          ++it;
+          continue;
+        }
+        if (t.missed_polls++ == 0) t.first_missed = now;
+        const bool grace_over = options_.remove_after > std::chrono::milliseconds::zero() &&
+                                now - t.first_missed >= options_.remove_after;
+        if (t.missed_polls >= polls_to_remove || grace_over) {
+          it = tracked.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+
+    std::map<boost::asio::ip::tcp::endpoint, member> next;
+    for (const auto& m : options_.static_members) next.emplace(m.endpoint, m);
+    for (const auto& tracked : tracked_) {
+      for (const auto& [endpoint, t] : tracked) next.emplace(endpoint, t.who);
+    }
+
+    const auto previous = snapshot();
+    std::vector<membership_event> changes;
+    for (const auto& m : previous->members) {
+      if (next.count(m.endpoint) == 0) changes.push_back({membership_event::kind::left, m});
+    }
+    for (const auto& [endpoint, m] : next) {
+      if (!previous->contains(endpoint)) changes.push_back({membership_event::kind::joined, m});
+    }
+    if (changes.empty() && previous->version != 0) return;
+
+    auto published = std::make_shared<membership_snapshot>();
+    published->version = previous->version + 1;
+    for (auto& [endpoint, m] : next) published->members.push_back(std::move(m));
+    published->changes = std::move(changes);
+    snapshot_.store(published, std::memory_order_release);
+
+    for (const auto& event : published->changes) {
+      const auto& hook = event.what == membership_event::kind::joined ? options_.hooks.on_joined
+                                                                      : options_.hooks.on_left;
+      if (hook) hook(event.who);
+    }
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (published->version > it->second.after_version) {
+        finish_wait(it->second, {});
+        it = waiters_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  boost::asio::any_io_executor executor_;
+  strand_type strand_;
+  membership_options options_;
+  std::vector<dns_query_spec> specs_;
+  std::shared_ptr<cares_channel> channel_;
+  boost::asio::steady_timer poll_timer_;
+  std::atomic<membership_snapshot_ptr> snapshot_;
+  // Per DNS source: the members its answers found, with how often they were missed since.
+  std::vector<std::unordered_map<boost::asio::ip::tcp::endpoint, tracked_member>> tracked_;
+  std::map<std::uint64_t, waiter> waiters_;
+  std::atomic<std::uint64_t> next_waiter_id_{1};
+  bool polling_ = false;
+  std::uint64_t poll_generation_ = 0;
+};
+
+}  // namespace detail
+
+/**
+ * Cluster membership: polls DNS and/or holds a static list, tells joins and leaves, and
+ * keeps a snapshot of the current members.
+ *
+ * Thread safety: every member function may be called from any thread. Hooks and the
+ * internal work run on a strand of the given executor; completion handlers run through
+ * their own associated executor (default: the membership's executor).
+ *
+ * Destroying the membership stops it: pending operations complete with
+ * `boost::asio::error::operation_aborted` (the executor must still run for that).
+ */
+class membership {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  /// Throws fwd::error (errc::bad_argument) on invalid options, e.g. a malformed DNS
+  /// server, and a "fwd.dns" error when c-ares cannot initialise.
+  membership(executor_type executor, membership_options options)
+      : impl_(std::make_shared<detail::membership_impl>(std::move(executor), std::move(options))) {}
+
+  membership(const membership&) = delete;
+  membership& operator=(const membership&) = delete;
+  membership(membership&&) noexcept = default;
+  membership& operator=(membership&& other) noexcept {
+    if (this != &other) {
+      if (impl_) impl_->stop();
+      impl_ = std::move(other.impl_);
+    }
+    return *this;
+  }
+
+  ~membership() {
+    if (impl_) impl_->stop();
+  }
+
+  executor_type get_executor() const noexcept { return impl_->executor(); }
+
+  /// Starts polling (the first poll at once). Static members are published with the
+  /// first poll's result. Calling it while polling does nothing.
+  void start() { impl_->start(); }
+
+  /// Stops polling; pending `async_wait_change` and `async_resolve_once` operations
+  /// complete with `operation_aborted`. The snapshot keeps its last value; `start()`
+  /// resumes.
+  void stop() { impl_->stop(); }
+
+  /// The current member set; never null (version 0 before the first poll). Cheap: an
+  /// atomic load of a shared pointer.
+  membership_snapshot_ptr snapshot() const noexcept { return impl_->snapshot(); }
+
+  /// The current members, sorted by endpoint.
+  std::vector<member> members() const { return snapshot()->members; }
+
+  /**
+   * Resolves every source once, now, without changing the membership's state.
+   *
+   * Completion signature: `void(boost::system::error_code, std::vector<member>)`: the
+   * static members and what DNS found, sorted by endpoint. The error is the first
+   * failed source's ("fwd.dns" category, c-ares's status: ARES_ENOTFOUND for NXDOMAIN,
+   * ARES_ETIMEOUT, ARES_ECONNREFUSED, ...); the members of the other sources are still
+   * given.
+   *
+   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: the operation
+   * completes with `operation_aborted` and an empty vector; its queries finish in the
+   * background and their answers are dropped. `stop()` cancels it too.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void(boost::system::error_code, std::vector<member>))
+                CompletionToken>
+  auto async_resolve_once(CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken,
+                                       void(boost::system::error_code, std::vector<member>)>(
+        [](auto handler, std::shared_ptr<detail::membership_impl> impl) {
+          impl->initiate_resolve_once(std::move(handler));
+        },
+        token, impl_);
+  }
+
+  /**
+   * Waits until the member set's version is greater than `after_version` (pass the
+   * version of the snapshot you hold; 0 waits for the first poll's result).
+   *
+   * Completion signature: `void(boost::system::error_code, membership_snapshot_ptr)`:
+   * the snapshot at completion (its `changes` are those of its own version only; compare
+   * snapshots to see everything since `after_version`). Completes at once (still
+   * through the handler's executor) when the version is already greater.
+   *
+   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: completes with
+   * `operation_aborted` and a null snapshot; nothing else changes. `stop()` and the
+   * destructor complete it the same way.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void(boost::system::error_code,
+                                                 membership_snapshot_ptr)) CompletionToken>
+  auto async_wait_change(std::uint64_t after_version, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken,
+                                       void(boost::system::error_code, membership_snapshot_ptr)>(
+        [](auto handler, std::shared_ptr<detail::membership_impl> impl, std::uint64_t after) {
+          impl->initiate_wait_change(std::move(handler), after);
+        },
+        token, impl_, after_version);
+  }
+
+ private:
+  std::shared_ptr<detail::membership_impl> impl_;
+};
+
+}  // namespace fwd
+
+template <>
+struct std::hash<fwd::member> {
+  std::size_t operator()(const fwd::member& m) const noexcept { return fwd::member_hash{}(m); }
+};
+
+// ---- end fwd/membership.hpp ----
+// ---- begin fwd/discovery.hpp ----
+
+// Who is primary. The answer is cached: a lookup that hits the cache is two atomic loads
+// and a clock read. When the cache is empty or stale, one refresh runs for all callers
+// (single-flight): the local LiteFS role first (the primary needs nobody), then the
+// `.primary` hostname mapped to a member through the members' earlier `fwd.hello` answers,
+// and only when that does not settle it, a probe of every member in parallel.
+
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/append.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fwd {
+
+/// What a node says of itself when probed (its `fwd.hello` answer).
+struct node_status {
+  std::string node_name;
+  std::string litefs_hostname;
+  litefs::role_kind role = litefs::role_kind::unknown;
+  std::uint64_t txid = 0;
+};
+
+/// A cluster member as discovery sees it: where its fwd server listens.
+struct peer {
+  std::string name;
+  boost::asio::ip::tcp::endpoint endpoint;
+  friend bool operator==(const peer&, const peer&) = default;
+};
+
+/// Where writes go.
+struct primary_location {
+  bool local = false;                       ///< this node is the primary
+  boost::asio::ip::tcp::endpoint endpoint;  ///< the primary's fwd server, when !local
+  std::string litefs_hostname;              ///< its LiteFS hostname, when known
+  friend bool operator==(const primary_location&, const primary_location&) = default;
+};
+
+/// Observers of discovery; each is optional and costs nothing when unset.
+struct discovery_hooks {
+  std::function<void(const primary_location& now)> primary_changed;
+  std::function<void()> cache_hit;   ///< called on every cached lookup: keep it cheap
+  std::function<void()> cache_miss;  ///< a lookup that had to wait for a refresh
+  std::function<void(const peer&, const boost::system::error_code&, const node_status&)>
+      probe_result;
+};
+
+struct discovery_options {
+  std::filesystem::path mount;                        ///< the LiteFS FUSE mount, e.g. /litefs
+  std::chrono::milliseconds ttl{2000};                ///< how long an answer is trusted
+  std::chrono::milliseconds probe_timeout{300};       ///< the deadline of one probe
+  std::chrono::milliseconds retry_interval{25};       ///< between rounds that found no primary
+  std::chrono::milliseconds role_poll_interval{100};  ///< how often `.primary` is re-read
+  std::size_t max_concurrent_probes = 16;
+  discovery_hooks hooks;
+};
+
+/// Finds the primary and caches the answer. Thread-safe: lookups from any thread; the
+/// slow path runs on a strand of the executor given at construction.
+class primary_finder : public std::enable_shared_from_this<primary_finder> {
+ public:
+  using clock = std::chrono::steady_clock;
+  using probe_handler = boost::asio::any_completion_handler<void(boost::system::error_code, node_status)>;
+  /// Asks one peer who it is, completing by the deadline at the latest.
+  using probe_function = std::function<void(const peer&, clock::time_point deadline, probe_handler)>;
+  /// Returns the current members (not including this node, or including it: both work).
+  using members_function = std::function<std::vector<peer>()>;
+  /// Reads the local role; defaults to litefs::read_role(options.mount).
+  using role_function = std::function<litefs::role()>;
+
+  static std::shared_ptr<primary_finder> create(boost::asio::any_io_executor ex,
+                                                discovery_options options,
+                                                members_function members, probe_function probe,
+                                                role_function role = {}) {
+    return std::shared_ptr<primary_finder>(new primary_finder(
+        std::move(ex), std::move(options), std::move(members), std::move(probe), std::move(role)));
+  }
+
+  primary_finder(const primary_finder&) = delete;
+  primary_finder& operator=(const primary_finder&) = delete;
+
+  /// The cached primary if the cache is fresh, else nullptr. Costs two atomic loads and
+  /// a clock read; never blocks. The pointer stays valid as long as the finder.
+  const primary_location* cached() const noexcept {
+    const primary_location* location = current_.load(std::memory_order_acquire);
+    if (location == nullptr) return nullptr;
+    if (clock::now().time_since_epoch().count() >= expires_.load(std::memory_order_relaxed)) {
+      return nullptr;
+    }
+    if (has_hit_hook_) options_.hooks.cache_hit();
+    return location;
+  }
+
+  /**
+   * Finds the primary, from the cache when it is fresh.
+   *
+   * Completion signature: `void(boost::system::error_code, primary_location)`.
+   * Fails with `errc::no_primary` when no primary is found before `deadline`
+   * (`last_failure()` then tells what was tried), `errc::not_litefs` when the mount is not
+   * LiteFS. Completes through the handler's associated executor, never inside this call.
+   *
+   * Per-operation cancellation: terminal; the operation completes with
+   * `errc::cancelled` and the refresh it joined goes on for the other callers.
+   */
+  template <class Token>
+  auto async_find(clock::time_point deadline, Token&& token) {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code, primary_location)>(
+        [self = shared_from_this(), deadline](auto handler) {
+          if (const primary_location* hit = self->cached()) {
+            self->complete(std::move(handler), {}, *hit);
+            return;
+          }
+          self->enqueue(deadline, std::move(handler));
+        },
+        token);
+  }
+
+  /// Forgets the cached primary: the next lookup refreshes. Call it on `not_primary` and
+  /// when a connection to the primary fails.
+  void invalidate() noexcept {
+    current_.store(nullptr, std::memory_order_release);
+    expires_.store(0, std::memory_order_relaxed);
+  }
+
+  /// Starts watching the local `.primary`: a change invalidates the cache at once.
+  void start() {
+    boost::asio::dispatch(strand_, [self = shared_from_this()] {
+      self->stopped_ = false;
+      self->watch_role();
+    });
+  }
+
+  /// Stops the watch and fails waiting lookups with `errc::cancelled`.
+  void stop() {
+    boost::asio::dispatch(strand_, [self = shared_from_this()] {
+      self->stopped_ = true;
+      self->role_timer_.cancel();
+      self->retry_timer_.cancel();
+      self->fail_waiters(errc::cancelled, [](const waiter&) { return true; });
+    });
+  }
+
+  /// Why the last refresh found no primary (what was tried), for error messages.
+  std::string last_failure() const {
+    std::lock_guard lock(failure_mutex_);
+    return last_failure_;
+  }
+
+  /// How many probe rounds have run (each probes every member at most once).
+  std::uint64_t probe_rounds() const noexcept { return probe_rounds_.load(std::memory_order_relaxed); }
+
+ private:
+  struct waiter {
+    std::uint64_t id;
+    clock::time_point deadline;
+    boost::asio::any_completion_handler<void(boost::system::error_code, primary_location)> handler;
+  };
+
+  struct round_state {
+    std::vector<peer> members;
+    std::size_t next = 0;
+    std::size_t in_flight = 0;
+    std::size_t answered = 0;
+    bool done = false;
+    litefs::role local;
+    clock::time_point deadline;
+    std::vector<std::pair<peer, node_status>> claimants;
+    std::string tried;
+  };
+
+  primary_finder(boost::asio::any_io_executor ex, discovery_options options,
+                 members_function members, probe_function probe, role_function role)
+      : executor_(std::move(ex)),
+        strand_(boost::asio::make_strand(executor_)),
+        options_(std::move(options)),
+        members_(std::move(members)),
+        probe_(std::move(probe)),
+        role_(std::move(role)),
+        role_timer_(strand_),
+        retry_timer_(strand_),
+        has_hit_hook_(static_cast<bool>(options_.hooks.cache_hit)) {
+    if (!role_) {
+      role_ = [mount = options_.mount] { return litefs::read_role(mount); };
+    }
+  }
+
+  template <class Handler>
+  void enqueue(clock::time_point deadline, Handler&& original) {
+    // Type-erase first: a slot handler installed before the conversion is lost with it.
+    boost::asio::any_completion_handler<void(boost::system::error_code, primary_location)> handler(
+        std::forward<Handler>(original));
+    auto slot = boost::asio::get_associated_cancellation_slot(handler);
+    const std::uint64_t id = next_waiter_id_.fetch_add(1, std::memory_order_relaxed);
+    if (slot.is_connected()) {
+      slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
+        if ((type & boost::asio::cancellation_type::terminal) == boost::asio::cancellation_type::none) return;
+        if (auto self = weak.lock()) {
+          boost::asio::dispatch(self->strand_, [self, id] {
+            self->fail_waiters(errc::cancelled, [id](const waiter& w) { return w.id == id; });
+          });
+        }
+      });
+    }
+    boost::asio::dispatch(strand_, [self = shared_from_this(), id, deadline,
+                                    h = std::move(handler)]() mutable {
+      if (self->options_.hooks.cache_miss) self->options_.hooks.cache_miss();
+      if (self->stopped_) {
+        self->complete(std::move(h), make_error_code(errc::cancelled), {});
+        return;
+      }
+      self->waiters_.push_back(waiter{id, deadline, std::move(h)});
+      self->start_round();
+    });
+  }
+
+  template <class Handler>
+  void complete(Handler&& handler, boost::system::error_code ec, primary_location location) {
+    // append() keeps the handler's associated executor, which post() then runs it on.
+    boost::asio::post(executor_,
+                      boost::asio::append(std::forward<Handler>(handler), ec, std::move(location)));
+  }
+
+  template <class Predicate>
+  void fail_waiters(errc why, Predicate&& which) {
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (which(*it)) {
+        complete(std::move(it->handler), make_error_code(why), {});
+        it = waiters_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // On the strand. Starts a round unless one runs (single-flight).
+  void start_round() {
+    if (round_ || waiters_.empty()) return;
+    if (const primary_location* hit = cached()) {
+      finish(*hit);
+      return;
+    }
+    auto round = std::make_shared<round_state>();
+    round_ = round;
+    clock::time_point latest = clock::now();
+    for (const auto& w : waiters_) latest = std::max(latest, w.deadline);
+    round->deadline = std::min(clock::now() + options_.probe_timeout, latest);
+
+    round->local = role_();
+    switch (round->local.kind) {
+      case litefs::role_kind::primary:
+        finish(primary_location{true, {}, {}});
+        return;
+      case litefs::role_kind::not_litefs:
+        round_.reset();
+        record_failure("the mount is not LiteFS: " + round->local.reason);
+        fail_waiters(errc::not_litefs, [](const waiter&) { return true; });
+        return;
+      case litefs::role_kind::replica:
+        if (auto it = hostnames_.find(round->local.primary_hostname); it != hostnames_.end()) {
+          for (const peer& p : members_()) {
+            if (p.endpoint == it->second) {
+              finish(primary_location{false, p.endpoint, round->local.primary_hostname});
+              return;
+            }
+          }
+        }
+        break;
+      case litefs::role_kind::unknown:
+        break;
+    }
+    probe_rounds_.fetch_add(1, std::memory_order_relaxed);
+    round->members = members_();
+    if (round->members.empty()) {
+      end_round(round, "no members are known");
+      return;
+    }
+    launch_probes(round);
+  }
+
+  void launch_probes(const std::shared_ptr<round_state>& round) {
+    while (!round->done && round->in_flight < options_.max_concurrent_probes &&
+           round->next < round->members.size()) {
+      const peer target = round->members[round->next++];
+      ++round->in_flight;
+      probe_(target, round->deadline,
+             boost::asio::bind_executor(strand_, [self = shared_from_this(), round, target](
+                                                     boost::system::error_code ec, node_status status) {
+               self->on_probe(round, target, ec, std::move(status));
+             }));
+    }
+  }
+
+  void on_probe(const std::shared_ptr<round_state>& round, const peer& target,
+                boost::system::error_code ec, node_status status) {
+    --round->in_flight;
+    ++round->answered;
+    if (options_.hooks.probe_result) options_.hooks.probe_result(target, ec, status);
+    if (round->done) return;
+    round->tried += target.name.empty() ? target.endpoint.address().to_string() : target.name;
+    if (ec) {
+      round->tried += " (" + ec.message().substr(0, 60) + "); ";
+    } else {
+      round->tried += " (" + std::string(litefs::to_string(status.role)) + "); ";
+      if (!status.litefs_hostname.empty()) hostnames_[status.litefs_hostname] = target.endpoint;
+      if (status.role == litefs::role_kind::primary) {
+        // The member that the local `.primary` names settles it at once.
+        if (round->local.kind == litefs::role_kind::replica &&
+            status.litefs_hostname == round->local.primary_hostname) {
+          round->done = true;
+          round_.reset();
+          finish(primary_location{false, target.endpoint, status.litefs_hostname});
+          return;
+        }
+        round->claimants.emplace_back(target, std::move(status));
+      }
+    }
+    if (round->next < round->members.size()) {
+      launch_probes(round);
+      return;
+    }
+    if (round->in_flight > 0) return;
+    // Every member answered or timed out.
+    round->done = true;
+    if (round->claimants.size() == 1 && round->local.kind != litefs::role_kind::replica) {
+      const auto& [p, s] = round->claimants.front();
+      round_.reset();
+      finish(primary_location{false, p.endpoint, s.litefs_hostname});
+      return;
+    }
+    std::string why;
+    if (round->claimants.empty()) {
+      why = "no member says it is primary";
+    } else if (round->local.kind == litefs::role_kind::replica) {
+      why = "LiteFS names " + round->local.primary_hostname + " but no member with that hostname is primary";
+    } else {
+      why = std::to_string(round->claimants.size()) + " members claim to be primary";
+    }
+    end_round(round, why + "; probed: " + round->tried);
+  }
+
+  // A round that found no primary: waiters past their deadline fail, others retry.
+  void end_round(const std::shared_ptr<round_state>& round, const std::string& why) {
+    round->done = true;
+    round_.reset();
+    record_failure(why);
+    const auto now = clock::now();
+    fail_waiters(errc::no_primary, [now](const waiter& w) { return w.deadline <= now; });
+    if (waiters_.empty() || stopped_) return;
+    retry_timer_.expires_after(options_.retry_interval);
+    retry_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (!ec) self->start_round();
+    });
+  }
+
+  void finish(primary_location location) {
+    round_.reset();
+    const primary_location* stored = intern(std::move(location));
+    const primary_location* before = current_.exchange(stored, std::memory_order_acq_rel);
+    expires_.store((clock::now() + options_.ttl).time_since_epoch().count(), std::memory_order_relaxed);
+    if (stored != before && stored != last_announced_) {
+      last_announced_ = stored;
+      if (options_.hooks.primary_changed) options_.hooks.primary_changed(*stored);
+    }
+    cached_role_ = role_();
+    for (auto& w : waiters_) complete(std::move(w.handler), {}, *stored);
+    waiters_.clear();
+  }
+
+  // Locations are kept for the finder's lifetime, so that cached() can hand out stable
+  // pointers without reference counting; a cluster has few distinct primaries.
+  const primary_location* intern(primary_location location) {
+    for (const auto& known : locations_) {
+      if (*known == location) return known.get();
+    }
+    locations_.push_back(std::make_unique<const primary_location>(std::move(location)));
+    return locations_.back().get();
+  }
+
+  void record_failure(std::string why) {
+    std::lock_guard lock(failure_mutex_);
+    last_failure_ = std::move(why);
+  }
+
+  void watch_role() {
+    if (stopped_) return;
+    role_timer_.expires_after(options_.role_poll_interval);
+    role_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (ec || self->stopped_) return;
+      if (self->current_.load(std::memory_order_acquire) != nullptr) {
+        const litefs::role now = self->role_();
+        if (now.kind != self->cached_role_.kind ||
+            now.primary_hostname != self->cached_role_.primary_hostname) {
+          self->invalidate();
+        }
+      }
+      self->watch_role();
+    });
+  }
+
+  boost::asio::any_io_executor executor_;
+  boost::asio::strand<boost::asio::any_io_executor> strand_;
+  discovery_options options_;
+  members_function members_;
+  probe_function probe_;
+  role_function role_;
+
+  // The cache: read from any thread.
+  std::atomic<const primary_location*> current_{nullptr};
+  std::atomic<clock::rep> expires_{0};
+
+  // The slow path: on the strand only.
+  boost::asio::steady_timer role_timer_;
+  boost::asio::steady_timer retry_timer_;
+  std::deque<waiter> waiters_;
+  std::shared_ptr<round_state> round_;
+  std::map<std::string, boost::asio::ip::tcp::endpoint> hostnames_;
+  std::vector<std::unique_ptr<const primary_location>> locations_;
+  const primary_location* last_announced_ = nullptr;
+  litefs::role cached_role_;
+  bool stopped_ = false;
+
+  std::atomic<std::uint64_t> next_waiter_id_{1};
+  std::atomic<std::uint64_t> probe_rounds_{0};
+  mutable std::mutex failure_mutex_;
+  std::string last_failure_;
+  const bool has_hit_hook_;
+};
+
+/// The role a `fwd.hello` answer names ("primary", "replica", "unknown", "not_litefs").
+inline litefs::role_kind role_from_string(std::string_view name) noexcept {
+  if (name == "primary") return litefs::role_kind::primary;
+  if (name == "replica") return litefs::role_kind::replica;
+  if (name == "not_litefs") return litefs::role_kind::not_litefs;
+  return litefs::role_kind::unknown;
+}
+
+/// A probe that asks each peer `fwd.hello` through `client`, which must outlive the
+/// finder that uses the probe.
+inline primary_finder::probe_function hello_prober(rpc::client& client) {
+  return [&client](const peer& target, primary_finder::clock::time_point deadline,
+                   primary_finder::probe_handler handler) {
+    rpc::call_options options;
+    options.deadline = deadline;
+    client.async_call(target.endpoint, options, rpc::hello,
+                      [h = std::move(handler)](boost::system::error_code ec,
+                                               rpc::hello_info info) mutable {
+                        node_status status;
+                        if (!ec) {
+                          status.node_name = std::move(info.node_name);
+                          status.litefs_hostname = std::move(info.litefs_hostname);
+                          status.role = role_from_string(info.role);
+                          status.txid = info.txid;
+                        }
+                        std::move(h)(ec, std::move(status));
+                      });
+  };
+}
+
+}  // namespace fwd
+
+// ---- end fwd/discovery.hpp ----
+// ---- begin fwd/sqlite.hpp ----
+
+// SQLite for fwd: RAII over sqlite3* (connection, statement, transaction) and the
+// primary's write executor (exactly once via a dedup table, group commit).
+//
+//   fwd::sqlite::connection db{"/litefs/app.db"};
+//   auto stmt = db.prepare("INSERT INTO tags(label) VALUES (?1)");
+//   stmt.bind(1, "hello").execute();
+//
+//   fwd::sqlite::write_executor writer{io, "/litefs/app.db"};
+//   writer.async_write(id, [](sqlite3* db) { ...; return std::string(result); },
+//                      [](boost::system::error_code ec, std::string result, std::uint64_t txid)
+//                      {});
+
+// ---- begin fwd/detail/sqlite_connection.hpp ----
+
+// RAII over SQLite: fwd::sqlite::connection, statement, transaction and savepoint.
+// Every failure keeps SQLite's extended result code (category "fwd.sqlite") and says
+// which SQL failed and why (sqlite3_errmsg).
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <ranges>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+namespace fwd::sqlite {
+
+namespace detail {
+
+/// "<what> failed: <sqlite3_errmsg> [in: <sql>]": the detail of a thrown fwd::error.
+inline std::string describe_failure(sqlite3* db, int rc, std::string_view what,
+                                    std::string_view sql) {
+  std::string text(what);
+  text += " failed: ";
+  text += db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  if (!sql.empty()) {
+    text += " [in: ";
+    text += sql;
+    text += "]";
+  }
+  return text;
+}
+
+/// The extended result code of a failed call: `rc` when extended codes are on (fwd
+/// always turns them on), otherwise the connection's last extended code.
+inline int extended_code(sqlite3* db, int rc) noexcept {
+  if (db != nullptr && (rc & 0xff) == rc && rc != SQLITE_OK) {
+    const int extended = sqlite3_extended_errcode(db);
+    if ((extended & 0xff) == rc) return extended;
+  }
+  return rc;
+}
+
+[[noreturn]] inline void throw_failure(sqlite3* db, int rc, std::string_view what,
+                                       std::string_view sql) {
+  throw fwd::error(make_sqlite_error(extended_code(db, rc)), describe_failure(db, rc, what, sql));
+}
+
+inline void set_error(boost::system::error_code& ec, sqlite3* db, int rc) noexcept {
+  ec = make_sqlite_error(extended_code(db, rc));
+}
+
+}  // namespace detail
+
+/// Bytes to bind as a BLOB (distinct from text, which binds as TEXT).
+struct blob_view {
+  const void* data = nullptr;
+  std::size_t size = 0;
+
+  blob_view() = default;
+  blob_view(const void* d, std::size_t n) noexcept : data(d), size(n) {}
+  blob_view(std::span<const std::uint8_t> bytes) noexcept  // NOLINT: implicit on purpose
+      : data(bytes.data()), size(bytes.size()) {}
+  blob_view(std::span<const std::byte> bytes) noexcept  // NOLINT: implicit on purpose
+      : data(bytes.data()), size(bytes.size()) {}
+  /// Any contiguous range of bytes (std::vector<std::uint8_t>, std::array<std::byte, N>, ...).
+  template <std::ranges::contiguous_range Range>
+  requires(sizeof(std::ranges::range_value_t<Range>) == 1 &&
+           !std::is_same_v<std::remove_cv_t<std::ranges::range_value_t<Range>>, char>)
+      blob_view(const Range& bytes)
+  noexcept  // NOLINT: implicit on purpose
+      : data(std::ranges::data(bytes)), size(std::ranges::size(bytes)) {}
+};
+
+class connection;
+
+/**
+ * A prepared statement (sqlite3_stmt*), finalized on destruction. Move-only.
+ *
+ * Bind indexes start at 1, column indexes at 0 (as in SQLite). Every bind copies its
+ * value (SQLITE_TRANSIENT), so arguments need not outlive the call. Views returned by
+ * column_text/column_blob stay valid until the next step, reset or destruction.
+ * Not thread-safe: use a statement from one thread at a time, like its connection.
+ */
+class statement {
+ public:
+  statement() = default;
+  /// Takes ownership of `stmt` (prepared on `db`).
+  statement(sqlite3* db, sqlite3_stmt* stmt) noexcept : db_(db), stmt_(stmt) {}
+  statement(statement&& other) noexcept
+      : db_(std::exchange(other.db_, nullptr)), stmt_(std::exchange(other.stmt_, nullptr)) {}
+  statement& operator=(statement&& other) noexcept {
+    if (this != &other) {
+      finalize();
+      db_ = std::exchange(other.db_, nullptr);
+      stmt_ = std::exchange(other.stmt_, nullptr);
+    }
+    return *this;
+  }
+  statement(const statement&) = delete;
+  statement& operator=(const statement&) = delete;
+  ~statement() { finalize(); }
+
+  sqlite3_stmt* native_handle() const noexcept { return stmt_; }
+  explicit operator bool() const noexcept { return stmt_ != nullptr; }
+  /// The SQL text this statement was prepared from.
+  std::string_view sql() const noexcept {
+    const char* text = stmt_ != nullptr ? sqlite3_sql(stmt_) : nullptr;
+    return text != nullptr ? std::string_view(text) : std::string_view();
+  }
+
+  // --- binding (throw fwd::error on failure, e.g. SQLITE_RANGE for a bad index) ---
+
+  statement& bind(int index, std::nullptr_t) {
+    return check(sqlite3_bind_null(stmt_, index), "bind");
+  }
+  template <class Integer>
+  requires std::is_integral_v<Integer> statement& bind(int index, Integer value) {
+    return check(sqlite3_bind_int64(stmt_, index, static_cast<sqlite3_int64>(value)), "bind");
+  }
+  statement& bind(int index, double value) {
+    return check(sqlite3_bind_double(stmt_, index, value), "bind");
+  }
+  statement& bind(int index, std::string_view text) {
+    return check(
+        sqlite3_bind_text64(stmt_, index, text.data(), text.size(), SQLITE_TRANSIENT, SQLITE_UTF8),
+        "bind");
+  }
+  statement& bind(int index, const char* text) { return bind(index, std::string_view(text)); }
+  statement& bind(int index, const std::string& text) {
+    return bind(index, std::string_view(text));
+  }
+  statement& bind(int index, blob_view blob) {
+    // A zero-length blob must still bind as a BLOB, not NULL: give SQLite a non-null pointer.
+    static const char empty = 0;
+    return check(sqlite3_bind_blob64(stmt_, index, blob.size != 0 ? blob.data : &empty, blob.size,
+                                     SQLITE_TRANSIENT),
+                 "bind");
+  }
+
+  /// Binds by parameter name, including its prefix (":id", "@id", "$id").
+  template <class T>
+  statement& bind(std::string_view name, T&& value) {
+    return bind(parameter_index(name), std::forward<T>(value));
+  }
+  template <class T>
+  statement& bind(const char* name, T&& value) {
+    return bind(parameter_index(name), std::forward<T>(value));
+  }
+
+  /// The index of a named parameter; throws fwd::error(SQLITE_RANGE) if there is none.
+  int parameter_index(std::string_view name) const {
+    const std::string zname(name);
+    const int index = sqlite3_bind_parameter_index(stmt_, zname.c_str());
+    if (index == 0) {
+      throw fwd::error(make_sqlite_error(SQLITE_RANGE),
+                       "no SQL parameter named " + zname + " [in: " + std::string(sql()) + "]");
+    }
+    return index;
+  }
+  int parameter_count() const noexcept { return sqlite3_bind_parameter_count(stmt_); }
+  statement& clear_bindings() {
+    sqlite3_clear_bindings(stmt_);
+    return *this;
+  }
+
+  // --- execution ---
+
+  /// Runs one step: true when a row is available, false when done. Throws fwd::error.
+  bool step() {
+    boost::system::error_code ec;
+    const bool row = step(ec);
+    if (ec) detail::throw_failure(db_, ec.value(), "step", sql());
+    return row;
+  }
+  /// Runs one step: true when a row is available; on failure false with `ec` set.
+  bool step(boost::system::error_code& ec) noexcept {
+    ec.clear();
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    detail::set_error(ec, db_, rc);
+    return false;
+  }
+  /// Steps until done (for statements that return no rows, or whose rows are ignored).
+  void execute() {
+    while (step()) {
+    }
+  }
+  /// Makes the statement ready to run again; bindings are kept.
+  statement& reset() noexcept {
+    sqlite3_reset(stmt_);
+    return *this;
+  }
+
+  // --- columns of the current row ---
+
+  int column_count() const noexcept { return sqlite3_column_count(stmt_); }
+  std::string_view column_name(int column) const noexcept {
+    const char* name = sqlite3_column_name(stmt_, column);
+    return name != nullptr ? std::string_view(name) : std::string_view();
+  }
+  /// SQLITE_INTEGER, SQLITE_FLOAT, SQLITE_TEXT, SQLITE_BLOB or SQLITE_NULL.
+  int column_type(int column) const noexcept { return sqlite3_column_type(stmt_, column); }
+  bool column_is_null(int column) const noexcept { return column_type(column) == SQLITE_NULL; }
+  std::int64_t column_int64(int column) const noexcept {
+    return static_cast<std::int64_t>(sqlite3_column_int64(stmt_, column));
+  }
+  double column_double(int column) const noexcept { return sqlite3_column_double(stmt_, column); }
+  std::string_view column_text(int column) const noexcept {
+    const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, column));
+    const int size = sqlite3_column_bytes(stmt_, column);
+    return text != nullptr ? std::string_view(text, static_cast<std::size_t>(size))
+                           : std::string_view();
+  }
+  std::span<const std::uint8_t> column_blob(int column) const noexcept {
+    const auto* data = static_cast<const std::uint8_t*>(sqlite3_column_blob(stmt_, column));
+    const int size = sqlite3_column_bytes(stmt_, column);
+    return data != nullptr ? std::span<const std::uint8_t>(data, static_cast<std::size_t>(size))
+                           : std::span<const std::uint8_t>();
+  }
+
+ private:
+  statement& check(int rc, std::string_view what) {
+    if (rc != SQLITE_OK) detail::throw_failure(db_, rc, what, sql());
+    return *this;
+  }
+  void finalize() noexcept {
+    if (stmt_ != nullptr) sqlite3_finalize(stmt_);
+    stmt_ = nullptr;
+  }
+
+  sqlite3* db_ = nullptr;
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+/// Default flags of connection: read-write, create if missing, full mutex off (fwd uses a
+/// connection from one thread at a time), extended result codes on.
+inline constexpr int default_open_flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+
+/**
+ * A SQLite connection (sqlite3*), closed on destruction unless borrowed. Move-only.
+ *
+ * Extended result codes are always on, so every fwd::error carries e.g. 2067
+ * (SQLITE_CONSTRAINT_UNIQUE) rather than 19. Not thread-safe: use a connection from one
+ * thread at a time.
+ */
+class connection {
+ public:
+  connection() = default;
+
+  /**
+   * Opens `path` with `flags` (SQLITE_OPEN_*) and sets the busy timeout.
+   * Throws fwd::error (e.g. SQLITE_CANTOPEN, 14) with the path in its message.
+   */
+  explicit connection(const std::string& path, int flags = default_open_flags,
+                      std::chrono::milliseconds busy_timeout = std::chrono::seconds(5)) {
+    boost::system::error_code ec;
+    std::string message;
+    open(path, flags, busy_timeout, ec, &message);
+    if (ec) throw fwd::error(ec, message);
+  }
+
+  /// Opens like the throwing constructor; on failure returns an empty connection and sets ec.
+  static connection open(const std::string& path, int flags, std::chrono::milliseconds busy_timeout,
+                         boost::system::error_code& ec) {
+    connection c;
+    c.open(path, flags, busy_timeout, ec, nullptr);
+    return c;
+  }
+
+  /// A non-owning wrapper around a handle someone else owns (e.g. the `sqlite3*` a
+  /// write_executor passes to a write): it never closes it.
+  static connection borrow(sqlite3* db) noexcept {
+    connection c;
+    c.db_ = db;
+    c.owned_ = false;
+    return c;
+  }
+
+  connection(connection&& other) noexcept
+      : db_(std::exchange(other.db_, nullptr)), owned_(std::exchange(other.owned_, false)) {}
+  connection& operator=(connection&& other) noexcept {
+    if (this != &other) {
+      close();
+      db_ = std::exchange(other.db_, nullptr);
+      owned_ = std::exchange(other.owned_, false);
+    }
+    return *this;
+  }
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+  ~connection() { close(); }
+
+  sqlite3* native_handle() const noexcept { return db_; }
+  explicit operator bool() const noexcept { return db_ != nullptr; }
+
+  /// Closes the connection now (a no-op when empty or borrowed). Unfinalized statements
+  /// keep it alive until they are finalized (sqlite3_close_v2).
+  void close() noexcept {
+    if (db_ != nullptr && owned_) sqlite3_close_v2(db_);
+    db_ = nullptr;
+    owned_ = false;
+  }
+
+  /// How long a statement waits for another connection's lock before SQLITE_BUSY.
+  void busy_timeout(std::chrono::milliseconds timeout) noexcept {
+    sqlite3_busy_timeout(db_, static_cast<int>(timeout.count()));
+  }
+
+  /// Runs one or more SQL statements without results. Throws fwd::error.
+  void exec(std::string_view sql) {
+    boost::system::error_code ec;
+    std::string message;
+    exec(sql, ec, &message);
+    if (ec) throw fwd::error(ec, message);
+  }
+  /// Runs one or more SQL statements; on failure sets `ec` (and `message`, if given).
+  void exec(std::string_view sql, boost::system::error_code& ec,
+            std::string* message = nullptr) noexcept {
+    ec.clear();
+    // sqlite3_exec needs a NUL-terminated string; SQL text is short, the copy is cheap.
+    std::string zsql;
+    try {
+      zsql.assign(sql);
+    } catch (...) {
+      ec = make_sqlite_error(SQLITE_NOMEM);
+      return;
+    }
+    const int rc = sqlite3_exec(db_, zsql.c_str(), nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) {
+      detail::set_error(ec, db_, rc);
+      if (message != nullptr) {
+        try {
+          *message = detail::describe_failure(db_, rc, "exec", sql);
+        } catch (...) {
+        }
+      }
+    }
+  }
+
+  /// Prepares one statement. Throws fwd::error (e.g. SQLITE_ERROR for a syntax error).
+  statement prepare(std::string_view sql) {
+    sqlite3_stmt* stmt = nullptr;
+    const int rc =
+        sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+    if (rc != SQLITE_OK) detail::throw_failure(db_, rc, "prepare", sql);
+    return statement(db_, stmt);
+  }
+  /// Prepares one statement; on failure returns an empty statement and sets `ec`.
+  statement prepare(std::string_view sql, boost::system::error_code& ec) noexcept {
+    ec.clear();
+    sqlite3_stmt* stmt = nullptr;
+    const int rc =
+        sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+    if (rc != SQLITE_OK) {
+      detail::set_error(ec, db_, rc);
+      return {};
+    }
+    return statement(db_, stmt);
+  }
+
+  std::int64_t last_insert_rowid() const noexcept {
+    return static_cast<std::int64_t>(sqlite3_last_insert_rowid(db_));
+  }
+  /// Rows changed by the last INSERT, UPDATE or DELETE.
+  std::int64_t changes() const noexcept {
+    return static_cast<std::int64_t>(sqlite3_changes64(db_));
+  }
+  /// True outside any explicit transaction (SQLite's autocommit mode).
+  bool autocommit() const noexcept { return sqlite3_get_autocommit(db_) != 0; }
+  /// The last error's text (sqlite3_errmsg).
+  std::string_view last_error_message() const noexcept { return sqlite3_errmsg(db_); }
+
+ private:
+  void open(const std::string& path, int flags, std::chrono::milliseconds busy_timeout,
+            boost::system::error_code& ec, std::string* message) {
+    ec.clear();
+    close();
+    sqlite3* db = nullptr;
+    const int rc = sqlite3_open_v2(path.c_str(), &db, flags, nullptr);
+    if (rc != SQLITE_OK) {
+      const int code = db != nullptr ? sqlite3_extended_errcode(db) : rc;
+      ec = make_sqlite_error(code);
+      if (message != nullptr) {
+        *message = "opening SQLite database " + path +
+                   " failed: " + (db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)) +
+                   ": check that the path exists and is accessible";
+      }
+      sqlite3_close_v2(db);
+      return;
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, static_cast<int>(busy_timeout.count()));
+    db_ = db;
+    owned_ = true;
+  }
+
+  sqlite3* db_ = nullptr;
+  bool owned_ = false;
+};
+
+/// How a transaction takes its locks (BEGIN DEFERRED / IMMEDIATE / EXCLUSIVE).
+enum class transaction_kind { deferred, immediate, exclusive };
+
+/**
+ * A transaction guard: BEGIN on construction, ROLLBACK on destruction unless commit()
+ * (or rollback()) was called. Defaults to BEGIN IMMEDIATE, which takes the write lock at
+ * once, so a write never fails half-way with SQLITE_BUSY on lock upgrade.
+ */
+class transaction {
+ public:
+  explicit transaction(connection& conn, transaction_kind kind = transaction_kind::immediate)
+      : conn_(&conn) {
+    switch (kind) {
+      case transaction_kind::deferred:
+        conn.exec("BEGIN DEFERRED");
+        break;
+      case transaction_kind::immediate:
+        conn.exec("BEGIN IMMEDIATE");
+        break;
+      case transaction_kind::exclusive:
+        conn.exec("BEGIN EXCLUSIVE");
+        break;
+    }
+    active_ = true;
+  }
+  transaction(const transaction&) = delete;
+  transaction& operator=(const transaction&) = delete;
+  ~transaction() {
+    if (active_ && !conn_->autocommit()) {
+      boost::system::error_code ignored;
+      conn_->exec("ROLLBACK", ignored);
+    }
+  }
+
+  /// COMMIT. On failure throws fwd::error; the destructor then rolls back.
+  void commit() {
+    conn_->exec("COMMIT");
+    active_ = false;
+  }
+  /// ROLLBACK now.
+  void rollback() {
+    active_ = false;
+    if (!conn_->autocommit()) conn_->exec("ROLLBACK");
+  }
+  bool active() const noexcept { return active_; }
+
+ private:
+  connection* conn_;
+  bool active_ = false;
+};
+
+}  // namespace fwd::sqlite
+
+// ---- end fwd/detail/sqlite_connection.hpp ----
+// ---- begin fwd/detail/sqlite_write_executor.hpp ----
+
+// fwd::sqlite::write_executor: the primary's writer. One connection, one writer thread (or
+// an executor the user gives), BEGIN IMMEDIATE, a dedup table written in the same
+// transaction as each write (exactly once), and group commit (one transaction for many
+// writes, each in its own SAVEPOINT so one failing write fails alone).
+
+#include <sqlite3.h>
+
+#include <array>
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
+namespace fwd::sqlite {
+
+/// A write's identity, fixed across all retries of one call (128 random bits).
+using request_id = std::array<std::uint8_t, 16>;
+
+/// The name of the dedup table the write executor keeps in the user's database.
+inline constexpr const char* dedup_table_name = "_fwd_requests";
+
+/// Settings of a write_executor. The defaults suit a LiteFS primary.
+struct write_options {
+  /// Most writes run in one transaction (group commit). At least 1.
+  std::size_t max_batch = 128;
+  /// How long the writer may wait for a batch to fill once a write is waiting. Zero (the
+  /// default) batches only what queued up while the previous batch ran: no added latency.
+  std::chrono::microseconds max_batch_delay{0};
+  /// Most writes waiting for the writer; beyond it async_write completes with
+  /// errc::overloaded (nothing ran). Repeats of a request id already waiting don't count.
+  std::size_t max_queue = 10000;
+  /// How long BEGIN IMMEDIATE (and every statement) waits for another connection's lock.
+  std::chrono::milliseconds busy_timeout{5000};
+  /// sqlite3_open_v2 flags.
+  int open_flags = default_open_flags;
+  /// Dedup rows older than this are pruned: a retry arriving later runs again. Keep it far
+  /// longer than any caller's retry deadline.
+  std::chrono::milliseconds dedup_retention = std::chrono::hours(24);
+  /// Prune (inside a write transaction) after this many commits...
+  std::uint64_t prune_every_commits = 1000;
+  /// ...or when this long has passed since the last prune, whichever comes first.
+  std::chrono::milliseconds prune_interval = std::chrono::minutes(1);
+  /// Called once with the new connection, before any write (e.g. PRAGMAs, hooks).
+  std::function<void(connection&)> on_open;
+  /// Called on the writer thread after each successful COMMIT; its value is passed to
+  /// every write of that batch as its TXID (on LiteFS: the TXID read from `<db>-pos`).
+  /// Without it the TXID is 0. If it throws, the TXID is 0.
+  std::function<std::uint64_t()> position_after_commit;
+  /// Run the blocking SQLite work on this executor instead of a thread the write
+  /// executor owns. At most one batch runs at a time; a batch may block a thread of this
+  /// executor for as long as its writes take (plus max_batch_delay).
+  std::optional<boost::asio::any_io_executor> work_executor;
+};
+
+namespace detail {
+
+/// The signature every write completes with.
+using write_signature = void(boost::system::error_code, std::string, std::uint64_t);
+
+/// A waiting caller: its handler, and work tracked on the handler's executor until done.
+class write_waiter {
+ public:
+  explicit write_waiter(std::uint64_t serial) noexcept : serial_(serial) {}
+  virtual ~write_waiter() = default;
+  /// Identifies the waiter to a cancellation (never reused within a process).
+  std::uint64_t serial() const noexcept { return serial_; }
+  /// Posts the handler with these arguments to its associated executor.
+  virtual void complete(const boost::system::error_code& ec, std::string result,
+                        std::uint64_t txid) = 0;
+
+ private:
+  std::uint64_t serial_;
+};
+
+template <class Handler, class IoExecutor>
+class write_waiter_for final : public write_waiter {
+ public:
+  write_waiter_for(std::uint64_t serial, Handler&& handler, const IoExecutor& io_executor)
+      : write_waiter(serial),
+        handler_(std::move(handler)),
+        work_(boost::asio::get_associated_executor(handler_, io_executor)) {}
+
+  void complete(const boost::system::error_code& ec, std::string result,
+                std::uint64_t txid) override {
+    auto executor = work_.get_executor();
+    // Always post: a completion never runs inside async_write nor on the writer thread.
+    boost::asio::post(
+        executor, [handler = std::move(handler_), ec, result = std::move(result), txid]() mutable {
+          // On the handler's executor, where the cancellation slot is emitted and cleared.
+          auto slot = boost::asio::get_associated_cancellation_slot(handler);
+          if (slot.is_connected()) slot.clear();
+          std::move(handler)(ec, std::move(result), txid);
+        });
+    work_.reset();
+  }
+
+ private:
+  Handler handler_;
+  boost::asio::executor_work_guard<boost::asio::associated_executor_t<Handler, IoExecutor>> work_;
+};
+
+/// One request id's write: the work, and everyone waiting for its outcome.
+struct write_job {
+  request_id id{};
+  std::function<std::string(sqlite3*)> work;
+  std::vector<std::unique_ptr<write_waiter>> waiters;  // guarded by the state's mutex
+};
+
+/// What one write ended with.
+struct write_outcome {
+  boost::system::error_code ec;
+  std::string result;  // the result bytes, or on failure a description of the failure
+};
+
+/// SQLite's signs that LiteFS refused the write because this node is a replica.
+inline bool is_replica_refusal(const boost::system::error_code& ec) noexcept {
+  if (ec.category() != sqlite_category()) return false;
+  return (ec.value() & 0xff) == SQLITE_READONLY || ec.value() == SQLITE_IOERR_WRITE;
+}
+
+/// Maps a refusal from LiteFS to not_primary, keeping SQLite's text in the message.
+inline write_outcome write_failure(const boost::system::error_code& ec, std::string message) {
+  if (is_replica_refusal(ec)) {
+    return {make_error_code(errc::not_primary),
+            message + " (SQLite extended code " + std::to_string(ec.value()) +
+                "): this node is not the primary (a failover happened); nothing was applied: "
+                "rediscover the primary and retry with the same request id"};
+  }
+  return {ec, std::move(message)};
+}
+
+inline std::int64_t unix_milliseconds() noexcept {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+/// The state shared by a write_executor, its writer and its pending operations.
+class write_executor_state : public std::enable_shared_from_this<write_executor_state> {
+ public:
+  write_executor_state(const std::string& path, write_options options)
+      : options_(std::move(options)),
+        connection_(path, options_.open_flags, options_.busy_timeout) {
+    if (options_.max_batch == 0) options_.max_batch = 1;
+    if (options_.on_open) options_.on_open(connection_);
+    last_prune_ = std::chrono::steady_clock::now();
+  }
+
+  const write_options& options() const noexcept { return options_; }
+
+  /// Queues `work` for `id` (or joins the write already waiting with that id).
+  void submit(const request_id& id, std::function<std::string(sqlite3*)> work,
+              std::unique_ptr<write_waiter> waiter) {
+    if (!work) {
+      waiter->complete(make_error_code(errc::bad_argument),
+                       "async_write needs a work function; it was empty", 0);
+      return;
+    }
+    std::unique_lock lock(mutex_);
+    if (stopping_) {
+      lock.unlock();
+      waiter->complete(make_error_code(errc::cancelled),
+                       "the write executor is stopped; nothing was applied", 0);
+      return;
+    }
+    if (const auto it = pending_.find(id); it != pending_.end()) {
+      // The same request is already waiting or running: it runs once, both get its outcome.
+      it->second->waiters.push_back(std::move(waiter));
+      return;
+    }
+    if (queue_.size() >= options_.max_queue) {
+      lock.unlock();
+      waiter->complete(make_error_code(errc::overloaded),
+                       "the write executor's queue is full (max_queue " +
+                           std::to_string(options_.max_queue) +
+                           "); nothing was applied: retry after a backoff",
+                       0);
+      return;
+    }
+    auto job = std::make_shared<write_job>();
+    job->id = id;
+    job->work = std::move(work);
+    job->waiters.push_back(std::move(waiter));
+    pending_.emplace(id, job);
+    queue_.push_back(std::move(job));
+    wake_.notify_one();  // the writer thread, or a batch gathering for max_batch_delay
+    if (options_.work_executor && !drain_scheduled_) {
+      drain_scheduled_ = true;
+      boost::asio::post(*options_.work_executor, [self = shared_from_this()] { self->drain(); });
+    }
+  }
+
+  /// The writer thread's loop (when the write executor owns a thread).
+  void run_writer_thread() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      run_one_batch(lock);
+    }
+  }
+
+  /// Runs batches on the user's work executor until the queue is empty.
+  void drain() {
+    std::unique_lock lock(mutex_);
+    while (!stopping_ && !queue_.empty()) run_one_batch(lock);
+    drain_scheduled_ = false;
+    idle_.notify_all();
+  }
+
+  /// Fails queued writes with cancelled, then waits for the running batch to finish.
+  void stop() {
+    std::deque<std::shared_ptr<write_job>> cancelled;
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+      cancelled.swap(queue_);
+      for (const auto& job : cancelled) pending_.erase(job->id);
+      wake_.notify_all();
+    }
+    for (const auto& job : cancelled) {
+      for (auto& waiter : job->waiters) {
+        waiter->complete(make_error_code(errc::cancelled),
+                         "the write executor stopped before this write ran; nothing was applied",
+                         0);
+      }
+    }
+    std::unique_lock lock(mutex_);
+    idle_.wait(lock, [&] { return !running_batch_; });
+  }
+
+  /// Closes the connection; only once no batch can run any more (after stop and join).
+  void close() noexcept {
+    lookup_ = {};
+    insert_ = {};
+    prune_ = {};
+    connection_.close();
+  }
+
+  /// Per-operation cancellation: a waiter whose write has not started leaves the queue
+  /// and completes with cancelled; the write itself is dropped once nobody waits for it.
+  void cancel_waiter(std::uint64_t serial) {
+    std::unique_ptr<write_waiter> cancelled;
+    {
+      std::lock_guard lock(mutex_);
+      cancelled = take_queued_waiter(serial);
+    }
+    if (cancelled) {
+      cancelled->complete(make_error_code(errc::cancelled),
+                          "the write was cancelled before it ran; nothing was applied", 0);
+    }
+  }
+
+  // With the lock held: removes the waiter from a write that has not started.
+  std::unique_ptr<write_waiter> take_queued_waiter(std::uint64_t serial) {
+    for (auto job_it = queue_.begin(); job_it != queue_.end(); ++job_it) {
+      auto& waiters = (*job_it)->waiters;
+      for (auto it = waiters.begin(); it != waiters.end(); ++it) {
+        if ((*it)->serial() != serial) continue;
+        std::unique_ptr<write_waiter> found = std::move(*it);
+        waiters.erase(it);
+        if (waiters.empty()) {
+          pending_.erase((*job_it)->id);
+          queue_.erase(job_it);
+        }
+        return found;
+      }
+    }
+    return nullptr;
+  }
+
+  std::uint64_t next_serial() noexcept { return next_serial_.fetch_add(1) + 1; }
+
+  std::size_t queued() const {
+    std::lock_guard lock(mutex_);
+    return queue_.size();
+  }
+
+ private:
+  // Called with the lock held and work queued; returns with the lock held.
+  void run_one_batch(std::unique_lock<std::mutex>& lock) {
+    if (options_.max_batch_delay.count() > 0 && queue_.size() < options_.max_batch) {
+      const auto deadline = std::chrono::steady_clock::now() + options_.max_batch_delay;
+      wake_.wait_until(lock, deadline,
+                       [&] { return stopping_ || queue_.size() >= options_.max_batch; });
+      if (stopping_) return;  // not yet started: stop() cancels it
+    }
+    std::vector<std::shared_ptr<write_job>> batch;
+    while (!queue_.empty() && batch.size() < options_.max_batch) {
+      batch.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    if (batch.empty()) return;
+    running_batch_ = true;
+    lock.unlock();
+    try {
+      run_batch(batch);
+    } catch (const std::exception& e) {
+      // Only resource exhaustion gets here (e.g. std::bad_alloc): fail the batch, keep going.
+      abandon_batch(batch, e.what());
+    }
+    lock.lock();
+    running_batch_ = false;
+    idle_.notify_all();
+  }
+
+  void abandon_batch(const std::vector<std::shared_ptr<write_job>>& batch,
+                     const char* what) noexcept {
+    try {
+      if (!connection_.autocommit()) {
+        boost::system::error_code ignored;
+        connection_.exec("ROLLBACK", ignored);
+      }
+      std::vector<write_outcome> outcomes(
+          batch.size(), write_outcome{make_sqlite_error(SQLITE_NOMEM),
+                                      std::string("the write batch failed: ") + what});
+      finish(batch, outcomes, 0);
+    } catch (...) {
+    }
+  }
+
+  void run_batch(const std::vector<std::shared_ptr<write_job>>& batch) {
+    std::vector<write_outcome> outcomes(batch.size());
+    auto fail_all = [&](const write_outcome& failure) {
+      if (!connection_.autocommit()) {
+        boost::system::error_code ignored;
+        connection_.exec("ROLLBACK", ignored);
+      }
+      for (auto& outcome : outcomes) outcome = failure;
+      finish(batch, outcomes, 0);
+    };
+
+    boost::system::error_code ec;
+    std::string message;
+    connection_.exec("BEGIN IMMEDIATE", ec, &message);
+    if (ec) return fail_all(write_failure(ec, message));
+    if (!schema_ready_) {
+      prepare_schema(ec, message);
+      if (ec) return fail_all(write_failure(ec, message));
+    }
+
+    const std::int64_t now_ms = unix_milliseconds();
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (auto fatal = run_write(*batch[i], now_ms, outcomes[i])) return fail_all(*fatal);
+    }
+    if (prune_due()) {
+      if (auto fatal = prune(now_ms)) return fail_all(*fatal);
+    }
+
+    connection_.exec("COMMIT", ec, &message);
+    if (ec) return fail_all(write_failure(ec, message));
+    schema_ready_ = true;
+    ++commits_since_prune_;
+
+    std::uint64_t txid = 0;
+    if (options_.position_after_commit) {
+      try {
+        txid = options_.position_after_commit();
+      } catch (...) {
+        txid = 0;
+      }
+    }
+    finish(batch, outcomes, txid);
+  }
+
+  // Runs one write inside its own SAVEPOINT. Returns a failure only when the whole batch
+  // must fail (the transaction is gone, or LiteFS refused the write).
+  std::optional<write_outcome> run_write(write_job& job, std::int64_t now_ms,
+                                         write_outcome& outcome) {
+    boost::system::error_code ec;
+    std::string message;
+
+    // Exactly once: a request id already recorded answers with its stored result.
+    lookup_.reset().bind(1, blob_view(job.id));
+    const bool found = lookup_.step(ec);
+    if (ec) {
+      lookup_.reset();
+      return write_failure(ec,
+                           detail::describe_failure(connection_.native_handle(), ec.value(),
+                                                    "looking up the request id", lookup_.sql()));
+    }
+    if (found) {
+      const auto stored = lookup_.column_blob(0);
+      outcome.result.assign(stored.begin(), stored.end());
+      lookup_.reset();
+      return std::nullopt;
+    }
+    lookup_.reset();
+
+    connection_.exec("SAVEPOINT fwd_write", ec, &message);
+    if (ec) return write_failure(ec, message);
+
+    try {
+      outcome.result = job.work(connection_.native_handle());
+      if (connection_.autocommit()) {
+        // The write ended the batch's transaction itself: what it and the writes before
+        // it did may be committed or undone; the batch cannot continue either way.
+        return write_outcome{make_error_code(errc::bad_argument),
+                             "a write ran COMMIT, ROLLBACK or END itself: a write must leave "
+                             "transaction control to the write executor (use SAVEPOINTs)"};
+      }
+      if (has_unresolved_deferred_foreign_keys()) {
+        // COMMIT would fail for the whole batch: fail this write alone instead.
+        outcome.ec = make_sqlite_error(SQLITE_CONSTRAINT_FOREIGNKEY);
+        outcome.result =
+            "FOREIGN KEY constraint failed: the write left a deferred foreign key unresolved";
+      }
+    } catch (const fwd::error& e) {
+      outcome.ec = boost::system::error_code(e.code());
+      outcome.result = e.what();
+    } catch (const std::exception& e) {
+      outcome.ec = make_error_code(errc::remote_failure);
+      outcome.result = e.what();
+    } catch (...) {
+      outcome.ec = make_error_code(errc::remote_failure);
+      outcome.result = "the write threw an exception that is not a std::exception";
+    }
+
+    if (!outcome.ec) {
+      insert_.reset()
+          .bind(1, blob_view(job.id))
+          .bind(2, blob_view(outcome.result.data(), outcome.result.size()))
+          .bind(3, now_ms);
+      insert_.step(ec);
+      insert_.reset();
+      if (ec) {
+        outcome.ec = ec;
+        outcome.result = detail::describe_failure(connection_.native_handle(), ec.value(),
+                                                  "recording the request id", insert_.sql());
+      }
+    }
+
+    if (outcome.ec) {
+      // A replica refusal, or an error after which SQLite rolled back the whole
+      // transaction (e.g. SQLITE_FULL, SQLITE_BUSY): the batch cannot commit.
+      if (is_replica_refusal(outcome.ec) || connection_.autocommit()) {
+        return write_failure(outcome.ec, outcome.result);
+      }
+      connection_.exec("ROLLBACK TO fwd_write", ec, &message);
+      if (!ec) connection_.exec("RELEASE fwd_write", ec, &message);
+      if (ec) return write_failure(ec, message);
+      return std::nullopt;
+    }
+    connection_.exec("RELEASE fwd_write", ec, &message);
+    if (ec) return write_failure(ec, message);
+    return std::nullopt;
+  }
+
+  bool has_unresolved_deferred_foreign_keys() const noexcept {
+    int current = 0;
+    int highest = 0;
+    sqlite3_db_status(connection_.native_handle(), SQLITE_DBSTATUS_DEFERRED_FKS, &current, &highest,
+                      0);
+    return current > 0;
+  }
+
+  void prepare_schema(boost::system::error_code& ec, std::string& message) {
+    connection_.exec(std::string("CREATE TABLE IF NOT EXISTS ") + dedup_table_name +
+                         "(id BLOB PRIMARY KEY, result BLOB NOT NULL, created_at INTEGER NOT "
+                         "NULL) WITHOUT ROWID",
+                     ec, &message);
+    if (ec) return;
+    const std::string table = dedup_table_name;
+    try {
+      lookup_ = connection_.prepare("SELECT result FROM " + table + " WHERE id = ?1");
+      insert_ = connection_.prepare("INSERT INTO " + table +
+                                    "(id, result, created_at) VALUES (?1, ?2, ?3)");
+      prune_ = connection_.prepare("DELETE FROM " + table + " WHERE created_at < ?1");
+    } catch (const fwd::error& e) {
+      ec = boost::system::error_code(e.code());
+      message = e.what();
+    }
+  }
+
+  bool prune_due() const noexcept {
+    return commits_since_prune_ + 1 >= options_.prune_every_commits ||
+           std::chrono::steady_clock::now() - last_prune_ >= options_.prune_interval;
+  }
+
+  std::optional<write_outcome> prune(std::int64_t now_ms) {
+    boost::system::error_code ec;
+    prune_.reset().bind(1, now_ms - static_cast<std::int64_t>(options_.dedup_retention.count()));
+    prune_.step(ec);
+    prune_.reset();
+    if (ec && (is_replica_refusal(ec) || connection_.autocommit())) {
+      return write_failure(ec, detail::describe_failure(connection_.native_handle(), ec.value(),
+                                                        "pruning old request ids", prune_.sql()));
+    }
+    // A failed prune alone does not fail the writes: SQLite undid the statement, and the
+    // next prune tries again.
+    if (!ec) {
+      commits_since_prune_ = 0;
+      last_prune_ = std::chrono::steady_clock::now();
+    }
+    return std::nullopt;
+  }
+
+  void finish(const std::vector<std::shared_ptr<write_job>>& batch,
+              std::vector<write_outcome>& outcomes, std::uint64_t txid) {
+    std::vector<std::vector<std::unique_ptr<write_waiter>>> waiters(batch.size());
+    {
+      std::lock_guard lock(mutex_);
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        pending_.erase(batch[i]->id);
+        waiters[i] = std::move(batch[i]->waiters);
+      }
+    }
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const std::uint64_t job_txid = outcomes[i].ec ? 0 : txid;
+      for (std::size_t w = 0; w < waiters[i].size(); ++w) {
+        std::string result =
+            w + 1 == waiters[i].size() ? std::move(outcomes[i].result) : outcomes[i].result;
+        waiters[i][w]->complete(outcomes[i].ec, std::move(result), job_txid);
+      }
+    }
+  }
+
+  write_options options_;
+  connection connection_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;  // work queued, or stopping
+  std::condition_variable idle_;  // a batch finished
+  std::deque<std::shared_ptr<write_job>> queue_;
+  std::map<request_id, std::shared_ptr<write_job>> pending_;  // queued or running, by id
+  bool stopping_ = false;
+  bool running_batch_ = false;
+  bool drain_scheduled_ = false;
+  std::atomic<std::uint64_t> next_serial_{0};
+
+  // Used only by the batch that is running.
+  bool schema_ready_ = false;
+  statement lookup_;
+  statement insert_;
+  statement prune_;
+  std::uint64_t commits_since_prune_ = 0;
+  std::chrono::steady_clock::time_point last_prune_;
+};
+
+}  // namespace detail
+
+/**
+ * The primary's writer: runs writes on one SQLite connection, exactly once per request
+ * id, many writes per transaction.
+ *
+ * **Thread.** All blocking SQLite work runs on one writer thread that the write executor
+ * owns (named "fwd-writer" on Linux), or, if write_options::work_executor is set, on that
+ * executor (one batch at a time). Completions never run there: each is posted to the
+ * handler's associated executor (by default this object's executor).
+ *
+ * **A batch** is one `BEGIN IMMEDIATE ... COMMIT` transaction holding up to `max_batch`
+ * writes that were waiting (optionally gathered for up to `max_batch_delay`). In it, each
+ * write runs in its own `SAVEPOINT`: if it fails (throws, violates a constraint, leaves a
+ * deferred foreign key unresolved) only it is rolled back. A write completes only after
+ * its batch's COMMIT succeeded; if COMMIT fails, every write of the batch fails with
+ * COMMIT's error and nothing of it was applied.
+ *
+ * **Exactly once.** The table `_fwd_requests(id BLOB PRIMARY KEY, result BLOB NOT NULL,
+ * created_at INTEGER NOT NULL)` (created if missing; created_at in Unix milliseconds)
+ * records each successful write's request id and result in the write's own transaction.
+ * A request id found there is answered with the stored result without running anything;
+ * a repeat that arrives while the first is still waiting or running joins it. Rows older
+ * than `dedup_retention` are pruned inside a write transaction.
+ *
+ * **Replicas.** SQLITE_READONLY (e.g. 1544) and SQLITE_IOERR_WRITE (778), LiteFS's
+ * refusals on a replica, fail the whole batch with errc::not_primary: nothing was applied.
+ *
+ * Thread-safe: async_write and stop may be called from any thread.
+ */
+class write_executor {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  /**
+   * Opens `path` (write_options::open_flags) and starts the writer. The dedup table is
+   * created by the first write, so opening a replica's database does not fail.
+   * Throws fwd::error if the database cannot be opened.
+   *
+   * @param executor the default executor for completions (handlers with no associated
+   *        executor run there).
+   */
+  write_executor(executor_type executor, const std::string& path, write_options options = {})
+      : executor_(std::move(executor)),
+        state_(std::make_shared<detail::write_executor_state>(path, std::move(options))) {
+    if (!state_->options().work_executor) {
+      writer_ = std::thread([state = state_] {
+#if defined(__linux__)
+        pthread_setname_np(pthread_self(), "fwd-writer");
+#endif
+        state->run_writer_thread();
+      });
+      writer_id_ = writer_.get_id();
+    }
+  }
+
+  /// Uses `context`'s executor for completions.
+  template <class ExecutionContext>
+  requires std::is_convertible_v<ExecutionContext&, boost::asio::execution_context&> write_executor(
+      ExecutionContext& context, const std::string& path, write_options options = {})
+      : write_executor(executor_type(context.get_executor()), path, std::move(options)) {}
+
+  write_executor(const write_executor&) = delete;
+  write_executor& operator=(const write_executor&) = delete;
+
+  /// Stops (see stop()).
+  ~write_executor() { stop(); }
+
+  executor_type get_executor() const noexcept { return executor_; }
+
+  /// The id of the writer thread, or a default id when work runs on a work_executor.
+  std::thread::id writer_thread_id() const noexcept { return writer_id_; }
+
+  /// Writes waiting for the writer (not counting the batch that is running).
+  std::size_t queued() const { return state_->queued(); }
+
+  /**
+   * Runs `work` once for request id `id`, inside a transaction on the writer, and
+   * completes with its result after COMMIT.
+   *
+   * `work(db)` runs its SQL on `db` (wrap it with connection::borrow(db) if useful) and
+   * returns the result bytes, which are stored with `id`. It must not BEGIN, COMMIT or
+   * ROLLBACK itself (savepoints of its own are fine). If it throws, it alone is rolled
+   * back: a fwd::error keeps its code (SQLite's extended code, e.g. 2067
+   * SQLITE_CONSTRAINT_UNIQUE); any other exception completes with errc::remote_failure.
+   *
+   * **Completion signature** `void(boost::system::error_code ec, std::string result,
+   * std::uint64_t txid)`: on success `result` is what `work` returned (or returned the
+   * first time `id` ran) and `txid` is write_options::position_after_commit's value after
+   * the COMMIT (0 without it); on failure `result` describes the failure (the exception's
+   * text, or SQLite's message and SQL) and `txid` is 0. Errors: SQLite's codes;
+   * errc::not_primary (LiteFS refused: nothing applied); errc::remote_failure;
+   * errc::overloaded (queue full: nothing ran); errc::cancelled (stopped before it ran);
+   * errc::bad_argument (empty `work`). The handler runs on its associated executor
+   * (default: get_executor()), never inside this call.
+   *
+   * **Per-operation cancellation** (`cancellation_type::terminal`, `partial` or `total`,
+   * emitted on the handler's executor): a write that has not started yet is dropped and
+   * completes with errc::cancelled, nothing applied (if other callers wait on the same
+   * `id`, the write still runs for them). A write that has started runs to its COMMIT
+   * and completes normally. stop() cancels every write that has not started.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(detail::write_signature)
+                WriteToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_write(const request_id& id, std::function<std::string(sqlite3*)> work,
+                   WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<WriteToken, detail::write_signature>(
+        initiate_write{state_, executor_}, token, id, std::move(work));
+  }
+
+  /**
+   * Stops the writer: the batch that is running finishes (and completes normally); writes
+   * still waiting complete with errc::cancelled; later async_write calls complete with
+   * errc::cancelled. Blocks until the running batch is done and the writer thread has
+   * exited, then closes the connection. Idempotent. Must not be called from inside a
+   * write's `work`.
+   */
+  void stop() {
+    state_->stop();
+    if (writer_.joinable() && std::this_thread::get_id() != writer_id_) writer_.join();
+    if (!writer_.joinable()) state_->close();
+  }
+
+ private:
+  struct initiate_write {
+    std::shared_ptr<detail::write_executor_state> state;
+    executor_type executor;
+
+    /// Dispatches a cancellation to the write executor, if it still exists.
+    struct cancel_handler {
+      cancel_handler(const std::shared_ptr<detail::write_executor_state>& s, std::uint64_t n)
+          : state(s), serial(n) {}
+      std::weak_ptr<detail::write_executor_state> state;
+      std::uint64_t serial;
+      void operator()(boost::asio::cancellation_type type) const {
+        using boost::asio::cancellation_type;
+        if ((type & (cancellation_type::terminal | cancellation_type::partial |
+                     cancellation_type::total)) == cancellation_type::none) {
+          return;
+        }
+        if (auto s = state.lock()) s->cancel_waiter(serial);
+      }
+    };
+
+    template <class Handler>
+    void operator()(Handler&& handler, const request_id& id,
+                    std::function<std::string(sqlite3*)> work) const {
+      using waiter_type = detail::write_waiter_for<std::decay_t<Handler>, executor_type>;
+      const std::uint64_t serial = state->next_serial();
+      // Installed before the write is queued, so that nothing else touches the slot yet.
+      auto slot = boost::asio::get_associated_cancellation_slot(handler);
+      if (slot.is_connected()) slot.template emplace<cancel_handler>(state, serial);
+      state->submit(
+          id, std::move(work),
+          std::make_unique<waiter_type>(serial, std::forward<Handler>(handler), executor));
+    }
+  };
+
+  executor_type executor_;
+  std::shared_ptr<detail::write_executor_state> state_;
+  std::thread writer_;
+  std::thread::id writer_id_;
+};
+
+}  // namespace fwd::sqlite
+
+// ---- end fwd/detail/sqlite_write_executor.hpp ----
+
+// ---- end fwd/sqlite.hpp ----
 
 // ---- end fwd/forward.hpp ----
