@@ -1,8 +1,8 @@
 # bench/run rpc: fwd's RPC transport against a raw TCP ping-pong (the floor) and gRPC unary.
 # Goals: rpc.p50_ratio.fwd_over_tcp <= 1.5, rpc.tput_ratio.fwd_over_grpc.64 >= 5.
 
-SUITE_TARGETS=(bench_rpc_tcp bench_rpc_asio bench_rpc_grpc bench_rpc_fwd)
-SUITE_OPTIONAL_TARGETS=(bench_rpc_fwd)
+SUITE_TARGETS=(bench_rpc_tcp bench_rpc_asio bench_rpc_grpc bench_rpc_fwd bench_rpc_fwd_codec)
+SUITE_OPTIONAL_TARGETS=(bench_rpc_fwd bench_rpc_fwd_codec)
 RPC_DEPTHS=(1 16 64 256)
 
 RPC_ROUNDS=3
@@ -41,6 +41,7 @@ suite_run() {
         "$(value_of "rpc.tput.grpc.$d" "$out")"
     done
   done
+  if have_target bench_rpc_fwd_codec; then run_bench 30 "$bin/bench_rpc_fwd_codec" run; fi
   run_bench 90 "$bin/bench_rpc_grpc" memory
   if [ $fwd_here = 1 ]; then run_bench 90 "$bin/bench_rpc_fwd" memory; fi
 }
@@ -60,6 +61,11 @@ suite_table() {
     row "$d in flight" "calls/s" "rpc.tput.fwd.$d" "rpc.tput.grpc.$d" "rpc.tput_ratio.fwd_over_grpc.$d" "rpc.tput.tcp.$d"
   done
   row "64 in flight, fwd telemetry hooks set" "calls/s" rpc.tput.fwd_telemetry.64
+  heading "fwd serialisation, in process (nanoseconds)"
+  row "encode arguments / decode arguments" "ns" rpc.codec_ns.encode_args rpc.codec_ns.decode_args
+  row "encode result / decode result" "ns" rpc.codec_ns.encode_result rpc.codec_ns.decode_result
+  row "all four, one round trip" "ns" rpc.codec_ns.per_call
+  row "one std::locale with a facet" "ns" rpc.codec_ns.locale_with_facet
   heading "server memory (RSS from /proc/<pid>/status)"
   columns fwd grpc
   row "per idle connection (of 1000)" "KiB" rpc.rss_kib_per_idle_conn rpc.rss_kib_per_idle_conn.grpc
