@@ -1,8 +1,8 @@
 # bench/run rpc: fwd's RPC transport against a raw TCP ping-pong (the floor) and gRPC unary.
 # Goals: rpc.p50_ratio.fwd_over_tcp <= 1.5, rpc.tput_ratio.fwd_over_grpc.64 >= 5.
 
-SUITE_TARGETS=(bench_rpc_tcp bench_rpc_asio bench_rpc_grpc bench_rpc_fwd bench_rpc_fwd_codec)
-SUITE_OPTIONAL_TARGETS=(bench_rpc_fwd bench_rpc_fwd_codec)
+SUITE_TARGETS=(bench_rpc_tcp bench_rpc_asio bench_rpc_grpc bench_rpc_fwd)
+SUITE_OPTIONAL_TARGETS=(bench_rpc_fwd)
 RPC_DEPTHS=(1 16 64 256)
 
 RPC_ROUNDS=3
@@ -41,7 +41,7 @@ suite_run() {
         "$(value_of "rpc.tput.grpc.$d" "$out")"
     done
   done
-  if have_target bench_rpc_fwd_codec; then run_bench 30 "$bin/bench_rpc_fwd_codec" run; fi
+  if [ $fwd_here = 1 ]; then run_bench 30 "$bin/bench_rpc_fwd" codec; fi
   run_bench 90 "$bin/bench_rpc_grpc" memory
   if [ $fwd_here = 1 ]; then run_bench 90 "$bin/bench_rpc_fwd" memory; fi
 }
