@@ -1,0 +1,176 @@
+// fwd::node in one process, as the primary of a one-node simulated cluster: every
+// completion token works, the blocking call throws fwd::error, and the node refuses
+// to run without a secret or on a database outside a LiteFS mount.
+
+#include <catch2/catch.hpp>
+
+#include "demo_procedures.hpp"
+#include "litefs_sim.hpp"
+
+#include <fwd/migrate.hpp>
+#include <fwd/node.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <future>
+#include <string>
+#include <thread>
+
+using namespace std::chrono_literals;
+
+namespace {
+
+const fwd::procedure<std::int64_t(std::string)> add_label{"test.add_label"};
+
+std::int64_t insert_label(sqlite3* db, const std::string& label) {
+  auto c = fwd::sqlite::connection::borrow(db);
+  c.prepare("INSERT INTO labels(label) VALUES (?1)").bind(1, label).execute();
+  return c.last_insert_rowid();
+}
+
+struct solo_node {
+  fwd_sim::cluster sim{[] {
+    fwd_sim::cluster_options o;
+    o.hostnames = {"solo"};
+    return o;
+  }()};
+  boost::asio::io_context io;
+  std::unique_ptr<fwd::node> node;
+  std::thread runner;
+
+  solo_node() {
+    fwd_sim::install_vfs();
+    fwd::node_options o;
+    o.database = sim.database_path(0);
+    o.secret = "test-secret";
+    o.litefs_hostname = "solo";
+    o.require_fuse = false;
+    node = std::make_unique<fwd::node>(io.get_executor(), o);
+    node->define(add_label, insert_label);
+    node->start();
+    runner = std::thread([this] {
+      auto guard = boost::asio::make_work_guard(io);
+      io.run();
+    });
+    fwd::migrate(*node, {{1, "labels", "CREATE TABLE labels(id INTEGER PRIMARY KEY, label TEXT UNIQUE)"}}, 5s);
+  }
+  ~solo_node() {
+    node->stop();
+    io.stop();
+    runner.join();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("node::async_call completes a callback on the primary, run locally") {
+  solo_node s;
+  std::promise<std::pair<boost::system::error_code, std::int64_t>> done;
+  auto report = std::make_shared<fwd::call_report>();
+  fwd::forward_options o;
+  o.report = report;
+  s.node->async_call(o, add_label, "callback",
+                     [&](boost::system::error_code ec, std::int64_t id) { done.set_value({ec, id}); });
+  auto f = done.get_future();
+  REQUIRE(f.wait_for(5s) == std::future_status::ready);
+  const auto [ec, id] = f.get();
+  CHECK_FALSE(ec);
+  CHECK(id > 0);
+  CHECK(report->ran_locally);
+  CHECK(report->attempts == 1);
+}
+
+TEST_CASE("node::async_call works with use_future, deferred and use_awaitable") {
+  solo_node s;
+  auto future = s.node->async_call(add_label, "future", boost::asio::use_future);
+  REQUIRE(future.wait_for(5s) == std::future_status::ready);
+  CHECK(future.get() > 0);
+
+  auto op = s.node->async_call(add_label, "deferred", boost::asio::deferred);
+  std::promise<std::int64_t> deferred_done;
+  std::move(op)([&](boost::system::error_code ec, std::int64_t id) { deferred_done.set_value(ec ? -1 : id); });
+  auto f2 = deferred_done.get_future();
+  REQUIRE(f2.wait_for(5s) == std::future_status::ready);
+  CHECK(f2.get() > 0);
+
+  std::promise<std::int64_t> awaited;
+  boost::asio::co_spawn(
+      s.io,
+      [&]() -> boost::asio::awaitable<void> {
+        const std::int64_t id = co_await s.node->async_call(add_label, "awaitable", boost::asio::use_awaitable);
+        awaited.set_value(id);
+      },
+      boost::asio::detached);
+  auto f3 = awaited.get_future();
+  REQUIRE(f3.wait_for(5s) == std::future_status::ready);
+  CHECK(f3.get() > 0);
+}
+
+TEST_CASE("the blocking node::call throws fwd::error with SQLite's code and message") {
+  solo_node s;
+  CHECK(s.node->call(add_label, "once") > 0);
+  try {
+    s.node->call(add_label, "once");
+    FAIL("a UNIQUE violation must throw");
+  } catch (const fwd::error& e) {
+    CHECK(e.code().value() == 2067);
+    CHECK(e.classification() == fwd::error_class::permanent);
+    CHECK(std::string(e.what()).find("UNIQUE") != std::string::npos);
+  }
+}
+
+TEST_CASE("the built-in statement procedure returns changes and the last insert rowid") {
+  solo_node s;
+  const auto r = s.node->call(fwd::execute_statement, "INSERT INTO labels(label) VALUES (?1)",
+                              std::vector<fwd::sql_value>{std::string("built-in")});
+  CHECK(r.changes == 1);
+  CHECK(r.last_insert_rowid > 0);
+  // The wrong number of values is a clear error, not a crash.
+  CHECK_THROWS_AS(s.node->call(fwd::execute_statement, "INSERT INTO labels(label) VALUES (?1)",
+                               std::vector<fwd::sql_value>{}),
+                  fwd::error);
+}
+
+TEST_CASE("a node refuses to run without a secret unless insecure is set") {
+  boost::asio::io_context io;
+  fwd::node_options o;
+  o.database = "/tmp/never-opened.db";
+  CHECK_THROWS_AS(fwd::node(io.get_executor(), o), fwd::error);
+  o.insecure = true;
+  CHECK_NOTHROW(fwd::node(io.get_executor(), o));
+}
+
+TEST_CASE("a node refuses to start on a database outside a LiteFS mount, or warns when told to") {
+  const auto dir = std::filesystem::temp_directory_path() / ("fwd-not-litefs-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  boost::asio::io_context io;
+  fwd::node_options o;
+  o.database = dir / "app.db";
+  o.secret = "s";
+  o.require_fuse = false;
+  {
+    fwd::node n(io.get_executor(), o);
+    try {
+      n.start();
+      FAIL("start must refuse");
+    } catch (const fwd::error& e) {
+      CHECK((e.code() == fwd::errc::not_litefs || e.code() == fwd::errc::misconfigured_mount));
+    }
+  }
+  std::string warned;
+  o.path_check = fwd::path_check_mode::warn;
+  o.on_warning = [&](std::string_view text) { warned = text; };
+  {
+    fwd::node n(io.get_executor(), o);
+    CHECK_NOTHROW(n.start());
+    CHECK_FALSE(warned.empty());
+  }
+  std::filesystem::remove_all(dir);
+}
