@@ -4,23 +4,19 @@
 // them on free loopback ports over a simulated LiteFS cluster, wait for their output
 // lines, ask them to make calls (demo.control over fwd's RPC), kill them.
 
-#include "demo_procedures.hpp"
-
-#include <fwd/rpc/client.hpp>
-
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <functional>
+#include <fwd/rpc/client.hpp>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -28,6 +24,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "demo_procedures.hpp"
 
 extern char** environ;
 
@@ -78,7 +76,8 @@ class node_process {
   pid_t pid() const noexcept { return pid_; }
 
   /// Waits (bounded) for a line starting with `prefix`; returns the rest of that line.
-  std::optional<std::string> wait_for(const std::string& prefix, std::chrono::milliseconds timeout) {
+  std::optional<std::string> wait_for(const std::string& prefix,
+                                      std::chrono::milliseconds timeout) {
     std::unique_lock lock(mutex_);
     std::optional<std::string> found;
     changed_.wait_for(lock, timeout, [&] {
@@ -161,7 +160,8 @@ class node_process {
 class controller {
  public:
   explicit controller(std::string secret = "demo-secret")
-      : work_(boost::asio::make_work_guard(io_)), client_(io_.get_executor(), options(std::move(secret))) {
+      : work_(boost::asio::make_work_guard(io_)),
+        client_(io_.get_executor(), options(std::move(secret))) {
     thread_ = std::thread([this] { io_.run(); });
   }
   ~controller() {
@@ -176,7 +176,8 @@ class controller {
                       std::int64_t deadline_ms = 5000, bool read_your_writes = true) {
     fwd::rpc::call_options o;
     o.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(deadline_ms + 10000);
-    return client_.call(endpoint(port), o, control, what, std::move(args), deadline_ms, read_your_writes);
+    return client_.call(endpoint(port), o, control, what, std::move(args), deadline_ms,
+                        read_your_writes);
   }
 
   /// The node's counters (see demo::stats).
@@ -207,12 +208,14 @@ class controller {
 };
 
 /// The arguments of fwd_node for node `name` on `port`, with `members` ports.
-inline std::vector<std::string> node_arguments(const std::string& name, const std::string& mount, std::uint16_t port,
-                                               const std::vector<std::uint16_t>& members, bool quiet,
-                                               std::vector<std::string> extra = {}) {
+inline std::vector<std::string> node_arguments(const std::string& name, const std::string& mount,
+                                               std::uint16_t port,
+                                               const std::vector<std::uint16_t>& members,
+                                               bool quiet, std::vector<std::string> extra = {}) {
   std::string list;
   for (auto p : members) list += (list.empty() ? "" : ",") + std::to_string(p);
-  std::vector<std::string> args = {"--name", name, "--mount", mount, "--port", std::to_string(port), "--members", list};
+  std::vector<std::string> args = {
+      "--name", name, "--mount", mount, "--port", std::to_string(port), "--members", list};
   if (quiet) args.push_back("--quiet");
   args.insert(args.end(), extra.begin(), extra.end());
   return args;

@@ -4,9 +4,6 @@
 // proves that every acknowledged write is in the database exactly once, and exits 0
 // only then.
 
-#include "cluster_driver.hpp"
-#include "litefs_sim.hpp"
-
 #include <sqlite3.h>
 
 #include <atomic>
@@ -19,6 +16,9 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "cluster_driver.hpp"
+#include "litefs_sim.hpp"
 
 namespace {
 
@@ -47,7 +47,9 @@ int main() {
   std::vector<std::unique_ptr<demo::node_process>> nodes;
   for (std::size_t i = 0; i < 3; ++i) {
     nodes.push_back(std::make_unique<demo::node_process>(
-        FWD_NODE_PATH, demo::node_arguments(cluster.hostname(i), cluster.mount(i).string(), ports[i], ports, false),
+        FWD_NODE_PATH,
+        demo::node_arguments(cluster.hostname(i), cluster.mount(i).string(), ports[i], ports,
+                             false),
         true));
   }
   for (std::size_t i = 0; i < 3; ++i) {
@@ -56,8 +58,9 @@ int main() {
       return 1;
     }
   }
-  std::printf("all nodes up; primary: node-a (port %u); replicas node-b, node-c migrated the schema\n",
-              static_cast<unsigned>(ports[0]));
+  std::printf(
+      "all nodes up; primary: node-a (port %u); replicas node-b, node-c migrated the schema\n",
+      static_cast<unsigned>(ports[0]));
 
   demo::controller control;
   std::mutex mutex;
@@ -79,10 +82,11 @@ int main() {
         o.acknowledged = r.category == 0;
         o.error = r.detail;
         if (r.category == 0 && (r.attempts > 1 || seq % 10 == 0)) {
-          std::printf("%s: write %s#%d -> row %lld, %s, %u attempt(s), TXID %llu, visible here: %s\n",
-                      name.c_str(), name.c_str(), seq, static_cast<long long>(r.value),
-                      r.ran_locally ? "ran locally (primary)" : "forwarded", r.attempts,
-                      static_cast<unsigned long long>(r.txid), r.visible == 1 ? "yes" : "no");
+          std::printf(
+              "%s: write %s#%d -> row %lld, %s, %u attempt(s), TXID %llu, visible here: %s\n",
+              name.c_str(), name.c_str(), seq, static_cast<long long>(r.value),
+              r.ran_locally ? "ran locally (primary)" : "forwarded", r.attempts,
+              static_cast<unsigned long long>(r.txid), r.visible == 1 ? "yes" : "no");
         } else if (r.category != 0) {
           std::printf("%s: write %s#%d FAILED (reported): %s\n", name.c_str(), name.c_str(), seq,
                       r.detail.substr(0, 160).c_str());
@@ -96,7 +100,8 @@ int main() {
 
   // Wait until both writers are well under way, then kill the primary.
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while ((progress_b < kill_after || progress_c < kill_after) && std::chrono::steady_clock::now() < until) {
+  while ((progress_b < kill_after || progress_c < kill_after) &&
+         std::chrono::steady_clock::now() < until) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));  // a progress poll, bounded above
   }
   std::printf("*** killing the primary node-a (SIGKILL) mid-stream\n");
@@ -114,15 +119,17 @@ int main() {
   // The proof: read the final primary's database.
   std::map<std::pair<std::string, int>, int> counts;
   sqlite3* db = nullptr;
-  if (sqlite3_open_v2(cluster.database_path(2).c_str(), &db, SQLITE_OPEN_READONLY, "unix") != SQLITE_OK) {
+  if (sqlite3_open_v2(cluster.database_path(2).c_str(), &db, SQLITE_OPEN_READONLY, "unix") !=
+      SQLITE_OK) {
     std::printf("FAILED: cannot open the primary's database\n");
     return 1;
   }
   sqlite3_stmt* stmt = nullptr;
-  sqlite3_prepare_v2(db, "SELECT writer, seq, count(*) FROM events GROUP BY writer, seq", -1, &stmt, nullptr);
+  sqlite3_prepare_v2(db, "SELECT writer, seq, count(*) FROM events GROUP BY writer, seq", -1, &stmt,
+                     nullptr);
   while (sqlite3_step(stmt) == SQLITE_ROW) {
-    counts[{reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)), sqlite3_column_int(stmt, 1)}] =
-        sqlite3_column_int(stmt, 2);
+    counts[{reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0)),
+            sqlite3_column_int(stmt, 1)}] = sqlite3_column_int(stmt, 2);
   }
   sqlite3_finalize(stmt);
   sqlite3_close(db);
@@ -145,11 +152,14 @@ int main() {
   for (auto& n : nodes) n->terminate();
   for (auto& n : nodes) n->wait_exit(std::chrono::seconds(5));
 
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  std::printf("\nproof over node-c's database: %d writes acknowledged, %d reported failed (%d of those applied once)\n",
-              acknowledged, failed, failed_applied);
-  std::printf("acknowledged writes missing: %d; rows present more than once: %d; took %.1f s\n", missing, duplicated,
-              seconds);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::printf(
+      "\nproof over node-c's database: %d writes acknowledged, %d reported failed (%d of those "
+      "applied once)\n",
+      acknowledged, failed, failed_applied);
+  std::printf("acknowledged writes missing: %d; rows present more than once: %d; took %.1f s\n",
+              missing, duplicated, seconds);
   if (missing == 0 && duplicated == 0 && acknowledged > 0) {
     std::printf("PROVED: every acknowledged write is present exactly once\n");
     return 0;

@@ -3,10 +3,9 @@
 // The procedures of the demo service: declared once, compiled by every node and by the
 // programs that drive the nodes (the demo and the cluster tests).
 
+#include <cstdint>
 #include <fwd/detail/forward_builtins.hpp>
 #include <fwd/procedure.hpp>
-
-#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,16 +18,19 @@ inline const fwd::procedure<std::int64_t(std::string, std::int64_t)> append{"dem
 inline const fwd::procedure<std::int64_t(std::string)> add_tag{"demo.add_tag"};
 /// Moves `amount` between two accounts in one transaction; fails (and changes nothing) if
 /// the source would go negative. Returns the source's new balance.
-inline const fwd::procedure<std::int64_t(std::int64_t, std::int64_t, std::int64_t)> transfer{"demo.transfer"};
+inline const fwd::procedure<std::int64_t(std::int64_t, std::int64_t, std::int64_t)> transfer{
+    "demo.transfer"};
 
 /// The demo's schema, applied with fwd::migrate by every node at start.
 inline std::vector<fwd::migration> schema() {
   return {
-      {1, "events", "CREATE TABLE events(id INTEGER PRIMARY KEY, writer TEXT NOT NULL, seq INTEGER NOT NULL, "
-                    "ran_on TEXT NOT NULL)"},
+      {1, "events",
+       "CREATE TABLE events(id INTEGER PRIMARY KEY, writer TEXT NOT NULL, seq INTEGER NOT NULL, "
+       "ran_on TEXT NOT NULL)"},
       {2, "tags", "CREATE TABLE tags(id INTEGER PRIMARY KEY, label TEXT NOT NULL UNIQUE)"},
-      {3, "accounts", "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL); "
-                      "INSERT INTO accounts(id, balance) VALUES (1, 100), (2, 0)"},
+      {3, "accounts",
+       "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL); "
+       "INSERT INTO accounts(id, balance) VALUES (1, 100), (2, 0)"},
   };
 }
 
@@ -47,16 +49,18 @@ struct control_result {
 
   template <class Archive>
   void serialize(Archive& a, unsigned /*version*/) {
-    a & category & code & detail & value & attempts & ran_locally & txid & local_txid & visible;
+    a& category& code& detail& value& attempts& ran_locally& txid& local_txid& visible;
   }
 };
 
 /// Asks a node to make one call: what ("append", "tag", "transfer", "execute", "bulk",
 /// "migrate"), its arguments as text, the call's deadline in ms, read-your-writes.
-inline const fwd::procedure<control_result(std::string, std::vector<std::string>, std::int64_t, bool)> control{
-    "demo.control"};
+inline const fwd::procedure<control_result(std::string, std::vector<std::string>, std::int64_t,
+                                           bool)>
+    control{"demo.control"};
 
-/// A node's counters: [append bodies run here, calls started here, retries, schema version, primary?].
+/// A node's counters: [append bodies run here, calls started here, retries, schema version,
+/// primary?].
 inline const fwd::procedure<std::vector<std::int64_t>()> stats{"demo.stats"};
 
 }  // namespace demo

@@ -7,25 +7,23 @@
 // once listening and "MIGRATED <version>" once the schema is here, and answers
 // demo.control / demo.stats for the program driving it. SIGTERM stops it cleanly.
 
-#include "demo_procedures.hpp"
-#include "litefs_sim.hpp"
-
-#include <fwd/migrate.hpp>
-#include <fwd/node.hpp>
-
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/signal_set.hpp>
-
 #include <sqlite3.h>
 
 #include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <fwd/migrate.hpp>
+#include <fwd/node.hpp>
 #include <iostream>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "demo_procedures.hpp"
+#include "litefs_sim.hpp"
 
 namespace {
 
@@ -59,11 +57,13 @@ std::vector<std::string> split(const std::string& text, char by) {
 }
 
 fwd::sql_value as_sql_value(const std::string& text) {
-  if (!text.empty() && text.find_first_not_of("-0123456789") == std::string::npos) return std::int64_t{std::stoll(text)};
+  if (!text.empty() && text.find_first_not_of("-0123456789") == std::string::npos)
+    return std::int64_t{std::stoll(text)};
   return text;
 }
 
-std::int64_t local_count(const std::filesystem::path& db, const std::string& writer, std::int64_t seq) {
+std::int64_t local_count(const std::filesystem::path& db, const std::string& writer,
+                         std::int64_t seq) {
   try {
     fwd::sqlite::connection c(db.string(), SQLITE_OPEN_READONLY, std::chrono::milliseconds(1000));
     auto stmt = c.prepare("SELECT count(*) FROM events WHERE writer = ?1 AND seq = ?2");
@@ -92,23 +92,36 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (arg == "--name") node_name = next();
-    else if (arg == "--mount") mount = next();
-    else if (arg == "--db") db_name = next();
-    else if (arg == "--port") port = static_cast<std::uint16_t>(std::stoi(next()));
-    else if (arg == "--members") for (const auto& p : split(next(), ',')) member_ports.push_back(static_cast<std::uint16_t>(std::stoi(p)));
-    else if (arg == "--secret") secret = next();
-    else if (arg == "--no-ryw") ryw = false;
-    else if (arg == "--quiet") quiet = true;
-    else if (arg == "--ttl-ms") ttl_ms = std::stoi(next());
-    else if (arg == "--no-migrate") run_migrations = false;
+    if (arg == "--name")
+      node_name = next();
+    else if (arg == "--mount")
+      mount = next();
+    else if (arg == "--db")
+      db_name = next();
+    else if (arg == "--port")
+      port = static_cast<std::uint16_t>(std::stoi(next()));
+    else if (arg == "--members")
+      for (const auto& p : split(next(), ','))
+        member_ports.push_back(static_cast<std::uint16_t>(std::stoi(p)));
+    else if (arg == "--secret")
+      secret = next();
+    else if (arg == "--no-ryw")
+      ryw = false;
+    else if (arg == "--quiet")
+      quiet = true;
+    else if (arg == "--ttl-ms")
+      ttl_ms = std::stoi(next());
+    else if (arg == "--no-migrate")
+      run_migrations = false;
     else {
       std::fprintf(stderr, "fwd_node: unknown option %s\n", arg.c_str());
       return 2;
     }
   }
   if (mount.empty() || node_name.empty()) {
-    std::fprintf(stderr, "usage: fwd_node --name NAME --mount DIR [--db app.db] --port P --members P1,P2,...\n");
+    std::fprintf(
+        stderr,
+        "usage: fwd_node --name NAME --mount DIR [--db app.db] --port P --members P1,P2,...\n");
     return 2;
   }
   fwd_sim::install_vfs();
@@ -122,11 +135,12 @@ int main(int argc, char** argv) {
   hooks->call_started = [](const fwd::call_started_event&) { ++calls_started; };
   hooks->retry = [](const fwd::retry_event& e) {
     ++retries;
-    say("retry #" + std::to_string(e.next_attempt) + " of " + std::string(e.procedure) + " after: " +
-        e.reason.message().substr(0, 70));
+    say("retry #" + std::to_string(e.next_attempt) + " of " + std::string(e.procedure) +
+        " after: " + e.reason.message().substr(0, 70));
   };
   hooks->primary_changed = [](const fwd::primary_changed_event& e) {
-    say("primary is now " + std::string(e.current) + (e.previous.empty() ? "" : " (was " + std::string(e.previous) + ")"));
+    say("primary is now " + std::string(e.current) +
+        (e.previous.empty() ? "" : " (was " + std::string(e.previous) + ")"));
   };
   hooks->breaker_changed = [](const fwd::breaker_event& e) {
     say("circuit breaker for " + std::string(e.peer) + " is " + std::string(e.state));
@@ -160,9 +174,16 @@ int main(int argc, char** argv) {
     c.prepare("INSERT INTO tags(label) VALUES (?1)").bind(1, label).execute();
     return c.last_insert_rowid();
   });
-  node.define(demo::transfer, [](fwd::sqlite::connection& c, std::int64_t from, std::int64_t to, std::int64_t amount) {
-    c.prepare("UPDATE accounts SET balance = balance - ?1 WHERE id = ?2").bind(1, amount).bind(2, from).execute();
-    c.prepare("UPDATE accounts SET balance = balance + ?1 WHERE id = ?2").bind(1, amount).bind(2, to).execute();
+  node.define(demo::transfer, [](fwd::sqlite::connection& c, std::int64_t from, std::int64_t to,
+                                 std::int64_t amount) {
+    c.prepare("UPDATE accounts SET balance = balance - ?1 WHERE id = ?2")
+        .bind(1, amount)
+        .bind(2, from)
+        .execute();
+    c.prepare("UPDATE accounts SET balance = balance + ?1 WHERE id = ?2")
+        .bind(1, amount)
+        .bind(2, to)
+        .execute();
     auto check = c.prepare("SELECT balance FROM accounts WHERE id = ?1");
     check.bind(1, from).step();
     const std::int64_t balance = check.column_int64(0);
@@ -177,21 +198,26 @@ int main(int argc, char** argv) {
       version = fwd::local_schema_version(database);
     } catch (const std::exception&) {
     }
-    return std::vector<std::int64_t>{append_runs.load(), calls_started.load(), retries.load(), version,
+    return std::vector<std::int64_t>{append_runs.load(), calls_started.load(), retries.load(),
+                                     version,
                                      node.role().kind == fwd::litefs::role_kind::primary ? 1 : 0};
   });
-  node.registry().define(demo::control, [&node, database](std::string what, std::vector<std::string> args,
-                                                          std::int64_t deadline_ms, bool call_ryw,
-                                                          fwd::rpc::result_handler<demo::control_result> done) {
+  node.registry().define(demo::control, [&node, database](
+                                            std::string what, std::vector<std::string> args,
+                                            std::int64_t deadline_ms, bool call_ryw,
+                                            fwd::rpc::result_handler<demo::control_result> done) {
     fwd::forward_options o;
     o.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(deadline_ms);
     o.read_your_writes = call_ryw;
     o.error_detail = std::make_shared<std::string>();
     o.report = std::make_shared<fwd::call_report>();
-    auto finish = [&node, done, o, database, what, args](boost::system::error_code ec, std::int64_t value) {
+    auto finish = [&node, done, o, database, what, args](boost::system::error_code ec,
+                                                         std::int64_t value) {
       demo::control_result r;
       if (ec) {
-        r.category = ec.category() == fwd::fwd_category() ? 1 : ec.category() == fwd::sqlite_category() ? 2 : 3;
+        r.category = ec.category() == fwd::fwd_category()      ? 1
+                     : ec.category() == fwd::sqlite_category() ? 2
+                                                               : 3;
         r.code = ec.value();
         r.detail = ec.message() + ": " + *o.error_detail;
       }
@@ -200,7 +226,8 @@ int main(int argc, char** argv) {
       r.ran_locally = o.report->ran_locally;
       r.txid = o.report->txid;
       r.local_txid = node.local_txid();
-      if (what == "append" && args.size() == 2) r.visible = local_count(database, args[0], std::stoll(args[1]));
+      if (what == "append" && args.size() == 2)
+        r.visible = local_count(database, args[0], std::stoll(args[1]));
       done({}, r);
     };
     auto bad = [&](const std::string& why) {
@@ -215,18 +242,23 @@ int main(int argc, char** argv) {
     } else if (what == "tag" && args.size() == 1) {
       node.async_call(o, demo::add_tag, args[0], finish);
     } else if (what == "transfer" && args.size() == 3) {
-      node.async_call(o, demo::transfer, std::int64_t{std::stoll(args[0])}, std::int64_t{std::stoll(args[1])},
-                      std::int64_t{std::stoll(args[2])}, finish);
+      node.async_call(o, demo::transfer, std::int64_t{std::stoll(args[0])},
+                      std::int64_t{std::stoll(args[1])}, std::int64_t{std::stoll(args[2])}, finish);
     } else if (what == "execute" && !args.empty()) {
       std::vector<fwd::sql_value> values;
       for (std::size_t i = 1; i < args.size(); ++i) values.push_back(as_sql_value(args[i]));
       node.async_call(o, fwd::execute_statement, args[0], values,
-                      [finish](boost::system::error_code ec, fwd::statement_result r) { finish(ec, r.changes); });
+                      [finish](boost::system::error_code ec, fwd::statement_result r) {
+                        finish(ec, r.changes);
+                      });
     } else if (what == "bulk" && args.size() == 3) {
       std::vector<std::vector<fwd::sql_value>> rows;
-      for (std::int64_t i = 0; i < std::stoll(args[1]); ++i) rows.push_back({args[2] + std::to_string(i)});
+      for (std::int64_t i = 0; i < std::stoll(args[1]); ++i)
+        rows.push_back({args[2] + std::to_string(i)});
       node.async_call(o, fwd::execute_bulk, args[0], rows,
-                      [finish](boost::system::error_code ec, fwd::statement_result r) { finish(ec, r.changes); });
+                      [finish](boost::system::error_code ec, fwd::statement_result r) {
+                        finish(ec, r.changes);
+                      });
     } else {
       bad("unknown control call " + what);
     }

@@ -24,9 +24,12 @@ enum class breaker_state {
 /// "closed", "open" or "half-open".
 constexpr const char* to_string(breaker_state s) noexcept {
   switch (s) {
-    case breaker_state::closed: return "closed";
-    case breaker_state::open: return "open";
-    case breaker_state::half_open: return "half-open";
+    case breaker_state::closed:
+      return "closed";
+    case breaker_state::open:
+      return "open";
+    case breaker_state::half_open:
+      return "half-open";
   }
   return "?";
 }

@@ -9,6 +9,22 @@
 // per peer. With read-your-writes (the default) a forwarded call completes only once the
 // local replica has replicated the primary's commit.
 
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <future>
 #include <fwd/breaker.hpp>
 #include <fwd/detail/forward_builtins.hpp>
 #include <fwd/discovery.hpp>
@@ -20,24 +36,6 @@
 #include <fwd/rpc/registry.hpp>
 #include <fwd/sqlite.hpp>
 #include <fwd/telemetry.hpp>
-
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/associated_cancellation_slot.hpp>
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/bind_executor.hpp>
-#include <boost/asio/execution/outstanding_work.hpp>
-#include <boost/asio/prefer.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
-
-#include <atomic>
-#include <chrono>
-#include <cstdint>
-#include <filesystem>
-#include <functional>
-#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -71,12 +69,12 @@ inline request_id make_request_id() {
 
 /// What happened to one call (filled in as the call runs, read after it completes).
 struct call_report {
-  std::uint32_t attempts = 0;      ///< attempts made (1 = no retry)
-  bool ran_locally = false;        ///< the last attempt ran on this node (it was primary)
-  std::string peer;                ///< the last peer the call was sent to ("address:port")
-  std::uint64_t txid = 0;          ///< the primary's TXID after the commit (0 if unknown)
+  std::uint32_t attempts = 0;  ///< attempts made (1 = no retry)
+  bool ran_locally = false;    ///< the last attempt ran on this node (it was primary)
+  std::string peer;            ///< the last peer the call was sent to ("address:port")
+  std::uint64_t txid = 0;      ///< the primary's TXID after the commit (0 if unknown)
   bool waited_for_replication = false;
-  request_id id{};                 ///< the call's request id
+  request_id id{};  ///< the call's request id
 };
 
 /// Per-call settings of a forwarded write.
@@ -95,8 +93,8 @@ struct forward_options {
 
 /// How a forwarder finds, reaches and waits for the primary.
 struct forwarder_options {
-  std::filesystem::path mount;   ///< the LiteFS mount (holds `<db>-pos`)
-  std::string database_name;     ///< the database's file name in the mount
+  std::filesystem::path mount;  ///< the LiteFS mount (holds `<db>-pos`)
+  std::string database_name;    ///< the database's file name in the mount
   std::chrono::milliseconds default_deadline{5000};
   retry_policy retry;
   breaker_options breaker;
@@ -135,8 +133,8 @@ struct forward_core {
   };
   std::map<std::string, local_procedure, std::less<>> procedures;  // filled before start
 
-  forward_core(boost::asio::any_io_executor ex, forwarder_options opts, std::shared_ptr<rpc::client> c,
-               std::shared_ptr<primary_finder> f)
+  forward_core(boost::asio::any_io_executor ex, forwarder_options opts,
+               std::shared_ptr<rpc::client> c, std::shared_ptr<primary_finder> f)
       : executor(std::move(ex)),
         options(std::move(opts)),
         client(std::move(c)),
@@ -167,8 +165,9 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
  public:
   using clock = std::chrono::steady_clock;
 
-  forward_op(std::shared_ptr<forward_core> core, std::string name, std::uint64_t signature, std::string arguments,
-             forward_options options, std::unique_ptr<forward_completion> completion)
+  forward_op(std::shared_ptr<forward_core> core, std::string name, std::uint64_t signature,
+             std::string arguments, forward_options options,
+             std::unique_ptr<forward_completion> completion)
       : core_(std::move(core)),
         strand_(boost::asio::make_strand(core_->executor)),
         timer_(strand_),
@@ -211,23 +210,24 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
       on_location(*hit);
       return;
     }
-    core_->finder->async_find(deadline_, [self = shared_from_this()](boost::system::error_code e,
-                                                                      primary_location w) {
-      boost::asio::post(self->strand_, [self, e, w = std::move(w)] { self->on_found(e, w); });
-    });
+    core_->finder->async_find(
+        deadline_, [self = shared_from_this()](boost::system::error_code e, primary_location w) {
+          boost::asio::post(self->strand_, [self, e, w = std::move(w)] { self->on_found(e, w); });
+        });
   }
 
   void on_found(boost::system::error_code ec, const primary_location& where) {
     {
       auto self = this;
-          if (self->done_) return;
-          if (ec) {
-            std::string why = ec == errc::no_primary ? "no primary found: " + self->core_->finder->last_failure()
-                                                      : ec.message();
-            self->on_failure(ec, std::move(why));
-            return;
-          }
-          self->on_location(where);
+      if (self->done_) return;
+      if (ec) {
+        std::string why = ec == errc::no_primary
+                              ? "no primary found: " + self->core_->finder->last_failure()
+                              : ec.message();
+        self->on_failure(ec, std::move(why));
+        return;
+      }
+      self->on_location(where);
     }
   }
 
@@ -244,27 +244,32 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     report_->peer.clear();
     const auto found = core_->procedures.find(name_);
     if (found == core_->procedures.end() || found->second.signature != signature_) {
-      finish(make_error_code(found == core_->procedures.end() ? errc::unknown_procedure : errc::signature_mismatch),
-             "procedure '" + name_ + "' is not defined on this node with this signature: define it with node.define");
+      finish(make_error_code(found == core_->procedures.end() ? errc::unknown_procedure
+                                                              : errc::signature_mismatch),
+             "procedure '" + name_ +
+                 "' is not defined on this node with this signature: define it with node.define");
       return;
     }
     const auto& t = core_->options.telemetry;
     const auto started = clock::now();
-    fwd::detail::emit(t, &telemetry::call_started, call_started_event{name_, {}, report_->attempts});
+    fwd::detail::emit(t, &telemetry::call_started,
+                      call_started_event{name_, {}, report_->attempts});
     const rpc::incoming_call call{name_, signature_, arguments_, id_, deadline_};
     // The write handler may answer from any thread: hop to the strand.
     rpc::reply_handler reply = [self = shared_from_this(), started](boost::system::error_code ec,
                                                                     std::string payload) {
       boost::asio::post(self->strand_, [self, started, ec, payload = std::move(payload)]() mutable {
-          const auto& tel = self->core_->options.telemetry;
-          fwd::detail::emit(tel, &telemetry::call_finished,
-                            call_finished_event{self->name_, {}, self->report_->attempts, clock::now() - started, ec});
-          if (self->done_) return;
-          if (ec) {
-            self->on_failure(ec, std::move(payload));
-            return;
-          }
-          self->on_reply(std::move(payload), /*remote=*/false);
+        const auto& tel = self->core_->options.telemetry;
+        fwd::detail::emit(
+            tel, &telemetry::call_finished,
+            call_finished_event{
+                self->name_, {}, self->report_->attempts, clock::now() - started, ec});
+        if (self->done_) return;
+        if (ec) {
+          self->on_failure(ec, std::move(payload));
+          return;
+        }
+        self->on_reply(std::move(payload), /*remote=*/false);
       });
     };
     try {
@@ -281,7 +286,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     circuit_breaker& breaker = core_->breakers.for_peer(peer);
     if (!breaker.allow()) {
       core_->finder->invalidate();
-      on_failure(make_error_code(errc::circuit_open), "the circuit breaker for " + peer + " is open");
+      on_failure(make_error_code(errc::circuit_open),
+                 "the circuit breaker for " + peer + " is open");
       return;
     }
     auto detail = std::make_shared<std::string>();
@@ -299,30 +305,32 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
         });
   }
 
-  void on_sent(const std::string& peer, const std::string& detail, boost::system::error_code ec, std::string payload) {
+  void on_sent(const std::string& peer, const std::string& detail, boost::system::error_code ec,
+               std::string payload) {
     {
       auto self = this;
-          circuit_breaker& b = self->core_->breakers.for_peer(peer);
-          if (ec && (is_transport_failure(ec) || ec == errc::timeout)) {
-            const breaker_state before = b.state();
-            const breaker_state after = b.on_failure();
-            if (before != after) self->breaker_changed(peer, after);
-          } else {
-            const breaker_state before = b.on_success();
-            if (before != breaker_state::closed) self->breaker_changed(peer, breaker_state::closed);
-          }
-          if (self->done_) return;
-          if (ec) {
-            if (ec == errc::not_primary || is_transport_failure(ec)) self->core_->finder->invalidate();
-            self->on_failure(ec, peer + ": " + detail);
-            return;
-          }
-          self->on_reply(std::move(payload), /*remote=*/true);
+      circuit_breaker& b = self->core_->breakers.for_peer(peer);
+      if (ec && (is_transport_failure(ec) || ec == errc::timeout)) {
+        const breaker_state before = b.state();
+        const breaker_state after = b.on_failure();
+        if (before != after) self->breaker_changed(peer, after);
+      } else {
+        const breaker_state before = b.on_success();
+        if (before != breaker_state::closed) self->breaker_changed(peer, breaker_state::closed);
+      }
+      if (self->done_) return;
+      if (ec) {
+        if (ec == errc::not_primary || is_transport_failure(ec)) self->core_->finder->invalidate();
+        self->on_failure(ec, peer + ": " + detail);
+        return;
+      }
+      self->on_reply(std::move(payload), /*remote=*/true);
     }
   }
 
   void breaker_changed(const std::string& peer, breaker_state state) {
-    fwd::detail::emit(core_->options.telemetry, &telemetry::breaker_changed, breaker_event{peer, to_string(state)});
+    fwd::detail::emit(core_->options.telemetry, &telemetry::breaker_changed,
+                      breaker_event{peer, to_string(state)});
   }
 
   void on_reply(std::string payload, bool remote) {
@@ -392,7 +400,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
       return;
     }
     auto wait = full_jitter_backoff(core_->options.retry, report_->attempts);
-    if (now + wait > deadline_) wait = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline_ - now);
+    if (now + wait > deadline_)
+      wait = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline_ - now);
     fwd::detail::emit(core_->options.telemetry, &telemetry::retry,
                       retry_event{name_, report_->attempts + 1, wait, ec});
     last_ec_ = ec;
@@ -459,7 +468,8 @@ class typed_completion final : public forward_completion {
   void complete(boost::system::error_code ec, std::string result, std::string why) override {
     auto executor = work_;
     boost::asio::post(executor, [handler = std::move(handler_), work = std::move(work_), ec,
-                                 result = std::move(result), why = std::move(why), detail = std::move(detail_)]() mutable {
+                                 result = std::move(result), why = std::move(why),
+                                 detail = std::move(detail_)]() mutable {
       boost::asio::get_associated_cancellation_slot(handler).clear();
       boost::system::error_code e = ec;
       if (e) {
@@ -486,8 +496,9 @@ class typed_completion final : public forward_completion {
  private:
   Handler handler_;
   // The handler's executor, tracking outstanding work until the call completes.
-  std::decay_t<decltype(boost::asio::prefer(std::declval<boost::asio::associated_executor_t<Handler, Executor>>(),
-                                            boost::asio::execution::outstanding_work.tracked))>
+  std::decay_t<decltype(boost::asio::prefer(
+      std::declval<boost::asio::associated_executor_t<Handler, Executor>>(),
+      boost::asio::execution::outstanding_work.tracked))>
       work_;
   std::shared_ptr<std::string> detail_;
 };
@@ -506,12 +517,12 @@ decltype(auto) invoke_writer(F& fn, sqlite3* db, std::tuple<Ds...>& args) {
       args);
 }
 
-
 // The server side of a write procedure (also run directly for local calls): checks the
 // local role, decodes the arguments, and runs the user's function through the write
 // executor with the call's request id; replies with the TXID envelope.
 template <class Proc, class F>
-rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak, std::shared_ptr<F> fn) {
+rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
+                                              std::shared_ptr<F> fn) {
   return [weak, fn](const rpc::incoming_call& call, boost::asio::any_io_executor /*executor*/,
                     rpc::reply_handler reply) {
     auto core = weak.lock();
@@ -522,21 +533,24 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak, 
     const litefs::role role = core->options.role();
     if (role.kind != litefs::role_kind::primary) {
       std::string why = "this node is not the primary (" + role.reason + "); nothing ran";
-      if (role.kind == litefs::role_kind::replica) why += "; LiteFS names the primary " + role.primary_hostname;
+      if (role.kind == litefs::role_kind::replica)
+        why += "; LiteFS names the primary " + role.primary_hostname;
       std::move(reply)(make_error_code(errc::not_primary), std::move(why));
       return;
     }
     auto writer = core->writer;
     if (!writer) {
-      std::move(reply)(make_error_code(errc::not_primary), "this node has not started its writer; nothing ran");
+      std::move(reply)(make_error_code(errc::not_primary),
+                       "this node has not started its writer; nothing ran");
       return;
     }
     boost::system::error_code ec;
     std::string why;
-    auto args = std::make_shared<typename Proc::arguments>(fwd::detail::decode_arguments<Proc>(call.arguments, ec, &why));
+    auto args = std::make_shared<typename Proc::arguments>(
+        fwd::detail::decode_arguments<Proc>(call.arguments, ec, &why));
     if (ec) {
-      std::move(reply)(ec, "the arguments of '" + std::string(call.procedure) + "' could not be decoded as " +
-                               Proc::signature_text() + ": " + why);
+      std::move(reply)(ec, "the arguments of '" + std::string(call.procedure) +
+                               "' could not be decoded as " + Proc::signature_text() + ": " + why);
       return;
     }
     using R = typename Proc::result_type;
@@ -550,7 +564,8 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak, 
             return fwd::detail::encode_result<R>(static_cast<R>(invoke_writer(*fn, db, *args)));
           }
         },
-        [reply = std::move(reply)](boost::system::error_code e, std::string result, std::uint64_t txid) mutable {
+        [reply = std::move(reply)](boost::system::error_code e, std::string result,
+                                   std::uint64_t txid) mutable {
           if (e) {
             std::move(reply)(e, std::move(result));
           } else {
@@ -574,8 +589,8 @@ class forwarder {
 
   forwarder(executor_type executor, forwarder_options options, std::shared_ptr<rpc::client> client,
             std::shared_ptr<primary_finder> finder)
-      : core_(std::make_shared<detail::forward_core>(std::move(executor), std::move(options), std::move(client),
-                                                     std::move(finder))) {}
+      : core_(std::make_shared<detail::forward_core>(std::move(executor), std::move(options),
+                                                     std::move(client), std::move(finder))) {}
 
   forwarder(const forwarder&) = delete;
   forwarder& operator=(const forwarder&) = delete;
@@ -599,14 +614,18 @@ class forwarder {
                       std::is_invocable_v<function&, sqlite::connection&, std::decay_t<A>&...>,
                   "fwd: a write procedure's function must be callable as R(sqlite3*, A...) or "
                   "R(fwd::sqlite::connection&, A...)");
-    auto handler = detail::make_write_handler<procedure<R(A...)>>(std::weak_ptr<detail::forward_core>(core_),
-                                                                   std::make_shared<function>(std::forward<F>(fn)));
+    auto handler = detail::make_write_handler<procedure<R(A...)>>(
+        std::weak_ptr<detail::forward_core>(core_),
+        std::make_shared<function>(std::forward<F>(fn)));
     registry.define_raw(std::string(proc.name()), proc.signature(), handler);
-    core_->procedures.emplace(std::string(proc.name()), detail::forward_core::local_procedure{proc.signature(), handler});
+    core_->procedures.emplace(std::string(proc.name()),
+                              detail::forward_core::local_procedure{proc.signature(), handler});
   }
 
   /// Gives the forwarder the primary's write executor (the node opens it at start).
-  void attach_writer(std::shared_ptr<sqlite::write_executor> writer) { core_->writer = std::move(writer); }
+  void attach_writer(std::shared_ptr<sqlite::write_executor> writer) {
+    core_->writer = std::move(writer);
+  }
 
   /// Refuses new calls (cancelled); calls waiting for a retry or replication end soon.
   void stop() { core_->stopped.store(true); }
@@ -636,20 +655,24 @@ class forwarder {
 
   /// As above, with per-call options.
   template <class R, class... Params, class... ArgsAndToken>
-  auto async_call(forward_options options, const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
+  auto async_call(forward_options options, const procedure<R(Params...)>& proc,
+                  ArgsAndToken&&... args_and_token) {
     static_assert(sizeof...(ArgsAndToken) == sizeof...(Params) + 1,
                   "async_call takes the procedure's arguments, then a completion token");
     auto all = std::forward_as_tuple(std::forward<ArgsAndToken>(args_and_token)...);
     return [&]<std::size_t... I>(std::index_sequence<I...>) {
-      static_assert((std::is_convertible_v<std::tuple_element_t<I, std::tuple<ArgsAndToken...>>, Params> && ...),
-                    "an argument of async_call does not convert to the procedure's parameter type");
+      static_assert(
+          (std::is_convertible_v<std::tuple_element_t<I, std::tuple<ArgsAndToken...>>, Params> &&
+           ...),
+          "an argument of async_call does not convert to the procedure's parameter type");
       std::string arguments = fwd::detail::encode_arguments(proc, std::get<I>(all)...);
       using signature_t = typename detail::forward_signature_of<R>::type;
-      return boost::asio::async_initiate<std::tuple_element_t<sizeof...(Params), std::tuple<ArgsAndToken...>>,
-                                         signature_t>(initiation<R>{core_}, std::get<sizeof...(Params)>(all),
-                                                      std::move(options), std::string(proc.name()),
-                                                      proc.signature(), std::move(arguments));
-    }(std::make_index_sequence<sizeof...(Params)>{});
+      return boost::asio::async_initiate<
+          std::tuple_element_t<sizeof...(Params), std::tuple<ArgsAndToken...>>, signature_t>(
+          initiation<R>{core_}, std::get<sizeof...(Params)>(all), std::move(options),
+          std::string(proc.name()), proc.signature(), std::move(arguments));
+    }
+    (std::make_index_sequence<sizeof...(Params)>{});
   }
 
   /**
@@ -666,23 +689,30 @@ class forwarder {
     auto detail = options.error_detail ? options.error_detail : std::make_shared<std::string>();
     options.error_detail = detail;
     auto fail = [&](boost::system::error_code ec) {
-      return fwd::error(ec, "call to " + std::string(proc.name()) + (detail->empty() ? "" : ": " + *detail));
+      return fwd::error(
+          ec, "call to " + std::string(proc.name()) + (detail->empty() ? "" : ": " + *detail));
     };
     if constexpr (std::is_void_v<R>) {
       std::promise<void> promise;
       auto future = promise.get_future();
-      async_call(std::move(options), proc, std::forward<Args>(args)..., [&](boost::system::error_code ec) {
-        if (ec) promise.set_exception(std::make_exception_ptr(fail(ec)));
-        else promise.set_value();
-      });
+      async_call(std::move(options), proc, std::forward<Args>(args)...,
+                 [&](boost::system::error_code ec) {
+                   if (ec)
+                     promise.set_exception(std::make_exception_ptr(fail(ec)));
+                   else
+                     promise.set_value();
+                 });
       future.get();
     } else {
       std::promise<R> promise;
       auto future = promise.get_future();
-      async_call(std::move(options), proc, std::forward<Args>(args)..., [&](boost::system::error_code ec, R result) {
-        if (ec) promise.set_exception(std::make_exception_ptr(fail(ec)));
-        else promise.set_value(std::move(result));
-      });
+      async_call(std::move(options), proc, std::forward<Args>(args)...,
+                 [&](boost::system::error_code ec, R result) {
+                   if (ec)
+                     promise.set_exception(std::make_exception_ptr(fail(ec)));
+                   else
+                     promise.set_value(std::move(result));
+                 });
       return future.get();
     }
   }
@@ -693,20 +723,22 @@ class forwarder {
     std::shared_ptr<detail::forward_core> core;
 
     template <class Handler>
-    void operator()(Handler&& handler, forward_options options, std::string name, std::uint64_t signature,
-                    std::string arguments) const {
+    void operator()(Handler&& handler, forward_options options, std::string name,
+                    std::uint64_t signature, std::string arguments) const {
       using handler_t = std::decay_t<Handler>;
       auto slot = boost::asio::get_associated_cancellation_slot(handler);
       auto detail = options.error_detail;
       auto completion = std::make_unique<detail::typed_completion<R, handler_t, executor_type>>(
           std::forward<Handler>(handler), core->executor, std::move(detail));
-      auto op = std::make_shared<detail::forward_op>(core, std::move(name), signature, std::move(arguments),
-                                                     std::move(options), std::move(completion));
+      auto op = std::make_shared<detail::forward_op>(core, std::move(name), signature,
+                                                     std::move(arguments), std::move(options),
+                                                     std::move(completion));
       if (slot.is_connected()) {
-        slot.assign([weak = std::weak_ptr<detail::forward_op>(op)](boost::asio::cancellation_type type) {
-          if (type == boost::asio::cancellation_type::none) return;
-          if (auto o = weak.lock()) o->cancel();
-        });
+        slot.assign(
+            [weak = std::weak_ptr<detail::forward_op>(op)](boost::asio::cancellation_type type) {
+              if (type == boost::asio::cancellation_type::none) return;
+              if (auto o = weak.lock()) o->cancel();
+            });
       }
       op->start();
     }

@@ -9,17 +9,15 @@
 //       {2, "tags.created", "ALTER TABLE tags ADD COLUMN created INTEGER"}};
 //   fwd::migrate(node, schema, std::chrono::seconds(30));   // on every node, at start
 
-#include <fwd/detail/forward_builtins.hpp>
-#include <fwd/error.hpp>
-#include <fwd/node.hpp>
-
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-
 #include <chrono>
 #include <cstdint>
 #include <future>
+#include <fwd/detail/forward_builtins.hpp>
+#include <fwd/error.hpp>
+#include <fwd/node.hpp>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,15 +51,18 @@ inline std::int64_t local_schema_version(const std::filesystem::path& database) 
  * Per-Operation Cancellation: as node::async_call.
  */
 template <class Token>
-auto async_migrate(node& n, std::vector<migration> migrations, std::chrono::milliseconds timeout, Token&& token) {
+auto async_migrate(node& n, std::vector<migration> migrations, std::chrono::milliseconds timeout,
+                   Token&& token) {
   forward_options options;
   options.deadline = std::chrono::steady_clock::now() + timeout;
   options.read_your_writes = true;
-  return n.async_call(std::move(options), migrate_procedure, std::move(migrations), std::forward<Token>(token));
+  return n.async_call(std::move(options), migrate_procedure, std::move(migrations),
+                      std::forward<Token>(token));
 }
 
 /// Blocking async_migrate: the schema version, or throws fwd::error.
-inline std::int64_t migrate(node& n, std::vector<migration> migrations, std::chrono::milliseconds timeout) {
+inline std::int64_t migrate(node& n, std::vector<migration> migrations,
+                            std::chrono::milliseconds timeout) {
   forward_options options;
   options.deadline = std::chrono::steady_clock::now() + timeout;
   options.read_your_writes = true;

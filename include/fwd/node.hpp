@@ -13,6 +13,16 @@
 //   node.start();
 //   std::int64_t id = node.call(add_tag, "hello");   // on any node
 
+#include <unistd.h>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <fwd/breaker.hpp>
 #include <fwd/discovery.hpp>
 #include <fwd/error.hpp>
@@ -26,18 +36,6 @@
 #include <fwd/rpc/server.hpp>
 #include <fwd/sqlite.hpp>
 #include <fwd/telemetry.hpp>
-
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/ip/tcp.hpp>
-
-#include <unistd.h>
-
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -64,7 +62,8 @@ inline std::string secret_from_env(const char* name) {
   if (value == nullptr || *value == '\0') {
     throw fwd::error(make_error_code(errc::bad_argument),
                      std::string("the environment variable ") + name +
-                         " holding the cluster secret is unset or empty: set it to the same secret on every node");
+                         " holding the cluster secret is unset or empty: set it to the same secret "
+                         "on every node");
   }
   return value;
 }
@@ -77,22 +76,26 @@ inline std::string secret_from_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     throw fwd::error(make_error_code(errc::bad_argument),
-                     "cannot read the cluster secret file " + path.string() + ": create it (same content on every node)");
+                     "cannot read the cluster secret file " + path.string() +
+                         ": create it (same content on every node)");
   }
   std::stringstream text;
   text << in.rdbuf();
   std::string secret = text.str();
   while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
   if (secret.empty()) {
-    throw fwd::error(make_error_code(errc::bad_argument), "the cluster secret file " + path.string() + " is empty");
+    throw fwd::error(make_error_code(errc::bad_argument),
+                     "the cluster secret file " + path.string() + " is empty");
   }
   return secret;
 }
 
 /// Members from a fixed list of fwd listen addresses.
-inline membership_options static_members(const std::vector<boost::asio::ip::tcp::endpoint>& endpoints) {
+inline membership_options static_members(
+    const std::vector<boost::asio::ip::tcp::endpoint>& endpoints) {
   membership_options options;
-  for (const auto& e : endpoints) options.static_members.push_back(member{e.address().to_string(), e});
+  for (const auto& e : endpoints)
+    options.static_members.push_back(member{e.address().to_string(), e});
   return options;
 }
 
@@ -163,24 +166,28 @@ class node {
   using executor_type = boost::asio::any_io_executor;
 
   /// Throws fwd::error(bad_argument) on a missing database or secret.
-  node(executor_type executor, node_options options) : executor_(std::move(executor)), options_(std::move(options)) {
+  node(executor_type executor, node_options options)
+      : executor_(std::move(executor)), options_(std::move(options)) {
     if (options_.database.empty()) {
-      throw fwd::error(make_error_code(errc::bad_argument),
-                       "node_options::database is empty: give the database's path in the LiteFS mount, e.g. "
-                       "/litefs/app.db");
+      throw fwd::error(
+          make_error_code(errc::bad_argument),
+          "node_options::database is empty: give the database's path in the LiteFS mount, e.g. "
+          "/litefs/app.db");
     }
     if (options_.secret.empty()) {
       if (!options_.insecure) {
         throw fwd::error(make_error_code(errc::bad_argument),
                          "node_options::secret is empty: give every node the same cluster secret "
-                         "(fwd::secret_from_env(\"FWD_SECRET\")), or set insecure = true on a private test machine");
+                         "(fwd::secret_from_env(\"FWD_SECRET\")), or set insecure = true on a "
+                         "private test machine");
       }
       options_.secret = "fwd-insecure-no-secret";
     }
     if (options_.mount.empty()) options_.mount = options_.database.parent_path();
     if (options_.litefs_hostname.empty()) options_.litefs_hostname = os_hostname();
     if (options_.name.empty()) options_.name = options_.litefs_hostname;
-    if (!options_.role) options_.role = [mount = options_.mount] { return litefs::read_role(mount); };
+    if (!options_.role)
+      options_.role = [mount = options_.mount] { return litefs::read_role(mount); };
     if (!options_.on_warning) {
       options_.on_warning = [](std::string_view text) {
         std::fprintf(stderr, "fwd: warning: %.*s\n", static_cast<int>(text.size()), text.data());
@@ -203,12 +210,14 @@ class node {
     discovery.ttl = options_.discovery_ttl;
     discovery.probe_timeout = options_.probe_timeout;
     if (options_.telemetry && options_.telemetry->primary_changed) {
-      discovery.hooks.primary_changed = [t = options_.telemetry, previous = std::make_shared<std::string>()](
-                                            const primary_location& now) {
-        const std::string current = now.local ? std::string("local") : rpc::detail::endpoint_string(now.endpoint);
-        t->primary_changed(primary_changed_event{*previous, current});
-        *previous = current;
-      };
+      discovery.hooks.primary_changed =
+          [t = options_.telemetry,
+           previous = std::make_shared<std::string>()](const primary_location& now) {
+            const std::string current =
+                now.local ? std::string("local") : rpc::detail::endpoint_string(now.endpoint);
+            t->primary_changed(primary_changed_event{*previous, current});
+            *previous = current;
+          };
     }
     std::weak_ptr<rpc::client> weak_client = client_;
     membership* members = membership_.get();
@@ -216,10 +225,12 @@ class node {
         executor_, std::move(discovery),
         [members] {
           std::vector<peer> out;
-          for (const auto& m : members->snapshot()->members) out.push_back(peer{m.host, m.endpoint});
+          for (const auto& m : members->snapshot()->members)
+            out.push_back(peer{m.host, m.endpoint});
           return out;
         },
-        [weak_client](const peer& p, primary_finder::clock::time_point deadline, primary_finder::probe_handler done) {
+        [weak_client](const peer& p, primary_finder::clock::time_point deadline,
+                      primary_finder::probe_handler done) {
           auto c = weak_client.lock();
           if (!c) {
             std::move(done)(make_error_code(errc::cancelled), node_status{});
@@ -227,15 +238,16 @@ class node {
           }
           rpc::call_options call;
           call.deadline = deadline;
-          c->async_call(p.endpoint, call, rpc::hello,
-                        [done = std::move(done)](boost::system::error_code ec, rpc::hello_info info) mutable {
-                          node_status status;
-                          status.node_name = std::move(info.node_name);
-                          status.litefs_hostname = std::move(info.litefs_hostname);
-                          status.role = role_from_text(info.role);
-                          status.txid = info.txid;
-                          std::move(done)(ec, std::move(status));
-                        });
+          c->async_call(
+              p.endpoint, call, rpc::hello,
+              [done = std::move(done)](boost::system::error_code ec, rpc::hello_info info) mutable {
+                node_status status;
+                status.node_name = std::move(info.node_name);
+                status.litefs_hostname = std::move(info.litefs_hostname);
+                status.role = role_from_text(info.role);
+                status.txid = info.txid;
+                std::move(done)(ec, std::move(status));
+              });
         },
         options_.role);
 
@@ -248,19 +260,23 @@ class node {
     forwarding.read_your_writes = options_.read_your_writes;
     forwarding.role = options_.role;
     forwarding.telemetry = options_.telemetry;
-    forwarder_ = std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
+    forwarder_ =
+        std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
 
-    forwarder_->define(registry_, execute_statement,
-                       [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
-                         return detail::run_statement(db, sql, values);
+    forwarder_->define(
+        registry_, execute_statement,
+        [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
+          return detail::run_statement(db, sql, values);
+        });
+    forwarder_->define(
+        registry_, execute_bulk,
+        [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
+          return detail::run_bulk(db, sql, rows);
+        });
+    forwarder_->define(registry_, migrate_procedure,
+                       [](sqlite3* db, const std::vector<migration>& migrations) {
+                         return detail::run_migrations(db, migrations);
                        });
-    forwarder_->define(registry_, execute_bulk,
-                       [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
-                         return detail::run_bulk(db, sql, rows);
-                       });
-    forwarder_->define(registry_, migrate_procedure, [](sqlite3* db, const std::vector<migration>& migrations) {
-      return detail::run_migrations(db, migrations);
-    });
   }
 
   node(const node&) = delete;
@@ -291,19 +307,23 @@ class node {
     if (options_.path_check != path_check_mode::off) {
       litefs::path_check_options check_options;
       check_options.require_fuse = options_.require_fuse;
-      const litefs::path_check check = litefs::check_database_path(options_.database, check_options);
+      const litefs::path_check check =
+          litefs::check_database_path(options_.database, check_options);
       if (!check.ok()) {
-        if (options_.path_check == path_check_mode::refuse) throw fwd::error(check.code, check.message);
+        if (options_.path_check == path_check_mode::refuse)
+          throw fwd::error(check.code, check.message);
         options_.on_warning(check.message);
       }
     }
     sqlite::write_options write = options_.write;
     if (!write.position_after_commit) {
-      write.position_after_commit = [mount = options_.mount, db = options_.database.filename().string()] {
+      write.position_after_commit = [mount = options_.mount,
+                                     db = options_.database.filename().string()] {
         return litefs::read_position(mount, db).txid;
       };
     }
-    writer_ = std::make_shared<sqlite::write_executor>(executor_, options_.database.string(), std::move(write));
+    writer_ = std::make_shared<sqlite::write_executor>(executor_, options_.database.string(),
+                                                       std::move(write));
     forwarder_->attach_writer(writer_);
 
     rpc::server_options server_options;
@@ -346,7 +366,9 @@ class node {
   }
 
   /// Where the server listens (after start()).
-  boost::asio::ip::tcp::endpoint local_endpoint() const { return server_ ? server_->local_endpoint() : options_.listen; }
+  boost::asio::ip::tcp::endpoint local_endpoint() const {
+    return server_ ? server_->local_endpoint() : options_.listen;
+  }
 
   const node_options& options() const noexcept { return options_; }
   rpc::registry& registry() noexcept { return registry_; }
@@ -369,8 +391,10 @@ class node {
     return forwarder_->async_call(proc, std::forward<ArgsAndToken>(args_and_token)...);
   }
   template <class R, class... Params, class... ArgsAndToken>
-  auto async_call(forward_options options, const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
-    return forwarder_->async_call(std::move(options), proc, std::forward<ArgsAndToken>(args_and_token)...);
+  auto async_call(forward_options options, const procedure<R(Params...)>& proc,
+                  ArgsAndToken&&... args_and_token) {
+    return forwarder_->async_call(std::move(options), proc,
+                                  std::forward<ArgsAndToken>(args_and_token)...);
   }
 
   /// Blocking: the result, or throws fwd::error. Not from a thread running the executor.

@@ -34,7 +34,8 @@ struct retry_policy {
  * The cap of the backoff before retry number `retry` (1 = the first retry):
  * `min(max_backoff, initial_backoff * multiplier^(retry-1))`.
  */
-inline std::chrono::nanoseconds backoff_cap(const retry_policy& policy, std::uint32_t retry) noexcept {
+inline std::chrono::nanoseconds backoff_cap(const retry_policy& policy,
+                                            std::uint32_t retry) noexcept {
   double cap = std::chrono::duration<double, std::nano>(policy.initial_backoff).count();
   const double max = std::chrono::duration<double, std::nano>(policy.max_backoff).count();
   const double multiplier = policy.multiplier < 1.0 ? 1.0 : policy.multiplier;
@@ -48,7 +49,8 @@ inline std::chrono::nanoseconds backoff_cap(const retry_policy& policy, std::uin
  * they do not arrive at the new primary in one burst.
  */
 template <class Generator>
-std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy, std::uint32_t retry, Generator& rng) {
+std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy, std::uint32_t retry,
+                                             Generator& rng) {
   const auto cap = backoff_cap(policy, retry).count();
   if (cap <= 0) return std::chrono::nanoseconds(0);
   std::uniform_int_distribution<std::int64_t> pick(0, cap);
@@ -56,7 +58,8 @@ std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy, std::ui
 }
 
 /// full_jitter_backoff with a thread-local generator.
-inline std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy, std::uint32_t retry) {
+inline std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy,
+                                                    std::uint32_t retry) {
   thread_local std::minstd_rand rng{std::random_device{}()};
   return full_jitter_backoff(policy, retry, rng);
 }
@@ -72,8 +75,10 @@ class retry_budget {
   /// A bucket of `capacity` tokens (starting full) refilled at `refill_per_second`.
   /// A capacity of 0 or less means "no budget": every retry is allowed.
   retry_budget(double capacity, double refill_per_second) noexcept
-      : capacity_(capacity), refill_per_second_(refill_per_second < 0 ? 0 : refill_per_second),
-        tokens_(capacity), last_(clock::now()) {}
+      : capacity_(capacity),
+        refill_per_second_(refill_per_second < 0 ? 0 : refill_per_second),
+        tokens_(capacity),
+        last_(clock::now()) {}
 
   explicit retry_budget(const retry_policy& policy) noexcept
       : retry_budget(policy.budget_capacity, policy.budget_refill_per_second) {}
@@ -99,7 +104,8 @@ class retry_budget {
  private:
   void refill(clock::time_point now) noexcept {
     if (now > last_) {
-      tokens_ = std::min(capacity_, tokens_ + std::chrono::duration<double>(now - last_).count() * refill_per_second_);
+      tokens_ = std::min(capacity_, tokens_ + std::chrono::duration<double>(now - last_).count() *
+                                                  refill_per_second_);
       last_ = now;
     }
   }

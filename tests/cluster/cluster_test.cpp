@@ -2,28 +2,25 @@
 // driven through their demo.control procedure. Each TEST_CASE is a promise fwd makes to a
 // service that writes from any node.
 
-#include <catch2/catch.hpp>
+#include <sqlite3.h>
 
-#include "cluster_driver.hpp"
-#include "litefs_sim.hpp"
-
-#include <fwd/error.hpp>
-
+#include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
-
-#include <sqlite3.h>
-
-#include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
+#include <fwd/error.hpp>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "cluster_driver.hpp"
+#include "litefs_sim.hpp"
 
 using namespace std::chrono_literals;
 
@@ -44,10 +41,13 @@ struct test_cluster {
     sim.start_replication(2ms);
   }
 
-  void start(std::size_t i, std::vector<std::string> extra = {}, std::vector<std::uint16_t> members = {}) {
+  void start(std::size_t i, std::vector<std::string> extra = {},
+             std::vector<std::uint16_t> members = {}) {
     if (members.empty()) members = ports;
     nodes[i] = std::make_unique<demo::node_process>(
-        FWD_NODE_PATH, demo::node_arguments(sim.hostname(i), sim.mount(i).string(), ports[i], members, true, extra),
+        FWD_NODE_PATH,
+        demo::node_arguments(sim.hostname(i), sim.mount(i).string(), ports[i], members, true,
+                             extra),
         false);
   }
 
@@ -60,8 +60,8 @@ struct test_cluster {
     for (std::size_t i = 0; i < sim.size(); ++i) REQUIRE(migrated(i));
   }
 
-  demo::control_result append(std::size_t from, const std::string& writer, int seq, std::int64_t deadline_ms = 5000,
-                              bool ryw = true) {
+  demo::control_result append(std::size_t from, const std::string& writer, int seq,
+                              std::int64_t deadline_ms = 5000, bool ryw = true) {
     return control.call(ports[from], "append", {writer, std::to_string(seq)}, deadline_ms, ryw);
   }
 
@@ -71,10 +71,12 @@ struct test_cluster {
   std::int64_t query(std::size_t i, const std::string& sql) {
     sqlite3* db = nullptr;
     std::int64_t value = -1;
-    if (sqlite3_open_v2(sim.database_path(i).c_str(), &db, SQLITE_OPEN_READONLY, "unix") == SQLITE_OK) {
+    if (sqlite3_open_v2(sim.database_path(i).c_str(), &db, SQLITE_OPEN_READONLY, "unix") ==
+        SQLITE_OK) {
       sqlite3_busy_timeout(db, 2000);
       sqlite3_stmt* stmt = nullptr;
-      if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW) {
+      if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK &&
+          sqlite3_step(stmt) == SQLITE_ROW) {
         value = sqlite3_column_int64(stmt, 0);
       }
       sqlite3_finalize(stmt);
@@ -84,7 +86,8 @@ struct test_cluster {
   }
 
   std::int64_t rows(std::size_t i, const std::string& writer, int seq) {
-    return query(i, "SELECT count(*) FROM events WHERE writer = '" + writer + "' AND seq = " + std::to_string(seq));
+    return query(i, "SELECT count(*) FROM events WHERE writer = '" + writer +
+                        "' AND seq = " + std::to_string(seq));
   }
 };
 
@@ -136,28 +139,30 @@ class cutting_proxy {
     });
   }
   void pump_up(std::shared_ptr<session> s) {
-    s->client.async_read_some(boost::asio::buffer(s->up), [this, s](boost::system::error_code ec, std::size_t n) {
-      if (ec) return s->close();
-      boost::asio::async_write(s->server, boost::asio::buffer(s->up.data(), n),
-                               [this, s](boost::system::error_code e, std::size_t) {
-                                 if (e) return s->close();
-                                 pump_up(s);
-                               });
-    });
+    s->client.async_read_some(
+        boost::asio::buffer(s->up), [this, s](boost::system::error_code ec, std::size_t n) {
+          if (ec) return s->close();
+          boost::asio::async_write(s->server, boost::asio::buffer(s->up.data(), n),
+                                   [this, s](boost::system::error_code e, std::size_t) {
+                                     if (e) return s->close();
+                                     pump_up(s);
+                                   });
+        });
   }
   void pump_down(std::shared_ptr<session> s) {
-    s->server.async_read_some(boost::asio::buffer(s->down), [this, s](boost::system::error_code ec, std::size_t n) {
-      if (ec) return s->close();
-      if (armed_.exchange(false)) {
-        ++cuts_;
-        return s->close();  // the reply is lost
-      }
-      boost::asio::async_write(s->client, boost::asio::buffer(s->down.data(), n),
-                               [this, s](boost::system::error_code e, std::size_t) {
-                                 if (e) return s->close();
-                                 pump_down(s);
-                               });
-    });
+    s->server.async_read_some(
+        boost::asio::buffer(s->down), [this, s](boost::system::error_code ec, std::size_t n) {
+          if (ec) return s->close();
+          if (armed_.exchange(false)) {
+            ++cuts_;
+            return s->close();  // the reply is lost
+          }
+          boost::asio::async_write(s->client, boost::asio::buffer(s->down.data(), n),
+                                   [this, s](boost::system::error_code e, std::size_t) {
+                                     if (e) return s->close();
+                                     pump_down(s);
+                                   });
+        });
   }
 
   boost::asio::io_context io_;
@@ -170,7 +175,9 @@ class cutting_proxy {
 
 }  // namespace
 
-TEST_CASE("a write from a replica runs on the primary and returns its result; the replica never runs it") {
+TEST_CASE(
+    "a write from a replica runs on the primary and returns its result; the replica never runs "
+    "it") {
   test_cluster c;
   c.start_all();
   const auto r = c.append(1, "node-b", 1);
@@ -181,8 +188,10 @@ TEST_CASE("a write from a replica runs on the primary and returns its result; th
   CHECK(r.attempts == 1);
   CHECK(c.append_runs(1) == 0);  // never attempted on the replica
   CHECK(c.append_runs(0) == 1);
-  CHECK(c.query(0, "SELECT count(*) FROM events WHERE writer = 'node-b' AND seq = 1 AND ran_on = 'node-a' AND id = " +
-                       std::to_string(r.value)) == 1);
+  CHECK(c.query(0,
+                "SELECT count(*) FROM events WHERE writer = 'node-b' AND seq = 1 AND ran_on = "
+                "'node-a' AND id = " +
+                    std::to_string(r.value)) == 1);
   // On the primary itself, the call runs locally and nothing is sent.
   const auto local = c.append(0, "node-a", 1);
   REQUIRE(local.category == 0);
@@ -190,7 +199,8 @@ TEST_CASE("a write from a replica runs on the primary and returns its result; th
   CHECK(c.append_runs(0) == 2);
 }
 
-TEST_CASE("a reply lost after the commit: the retry returns the stored result and the row exists once") {
+TEST_CASE(
+    "a reply lost after the commit: the retry returns the stored result and the row exists once") {
   test_cluster c;
   cutting_proxy proxy(c.ports[0]);
   c.start(0);
@@ -206,10 +216,11 @@ TEST_CASE("a reply lost after the commit: the retry returns the stored result an
   INFO(r.detail);
   REQUIRE(r.category == 0);
   CHECK(proxy.cuts() == 1);
-  CHECK(r.attempts >= 2);                           // the first reply was lost
-  CHECK(c.append_runs(0) == runs_before + 1);       // the function ran once
-  CHECK(c.rows(0, "node-b", 2) == 1);               // the row exists once
-  CHECK(c.query(0, "SELECT id FROM events WHERE writer = 'node-b' AND seq = 2") == r.value);  // the stored result
+  CHECK(r.attempts >= 2);                      // the first reply was lost
+  CHECK(c.append_runs(0) == runs_before + 1);  // the function ran once
+  CHECK(c.rows(0, "node-b", 2) == 1);          // the row exists once
+  CHECK(c.query(0, "SELECT id FROM events WHERE writer = 'node-b' AND seq = 2") ==
+        r.value);  // the stored result
 }
 
 TEST_CASE("failover during writes from two replicas: every acknowledged write exactly once") {
@@ -254,11 +265,14 @@ TEST_CASE("failover during writes from two replicas: every acknowledged write ex
     }
   }
   CHECK(acked >= 50);
-  CHECK(c.query(2, "SELECT count(*) FROM (SELECT writer, seq FROM events GROUP BY writer, seq HAVING count(*) > 1)") ==
-        0);
+  CHECK(c.query(2,
+                "SELECT count(*) FROM (SELECT writer, seq FROM events GROUP BY writer, seq HAVING "
+                "count(*) > 1)") == 0);
 }
 
-TEST_CASE("read-your-writes: with replication lag the caller's next read sees its write; without it, it may not") {
+TEST_CASE(
+    "read-your-writes: with replication lag the caller's next read sees its write; without it, it "
+    "may not") {
   test_cluster c;
   c.start_all();
   c.sim.start_replication(300ms);
@@ -274,7 +288,9 @@ TEST_CASE("read-your-writes: with replication lag the caller's next read sees it
   CHECK(c.rows(0, "node-b", 2) == 1);
 }
 
-TEST_CASE("a write whose replication wait runs out is reported as committed (replication_lag), not as failed") {
+TEST_CASE(
+    "a write whose replication wait runs out is reported as committed (replication_lag), not as "
+    "failed") {
   test_cluster c;
   c.start_all();
   c.sim.start_replication(2000ms);
@@ -282,7 +298,7 @@ TEST_CASE("a write whose replication wait runs out is reported as committed (rep
   CHECK(r.category == 1);
   CHECK(r.code == fwd_code(fwd::errc::replication_lag));
   CHECK(fwd::classify(fwd::errc::replication_lag) == fwd::error_class::permanent);  // not retried
-  CHECK(c.rows(0, "node-b", 1) == 1);  // it did commit
+  CHECK(c.rows(0, "node-b", 1) == 1);                                               // it did commit
 }
 
 TEST_CASE("a constraint violation on the primary returns SQLite's code and is not retried") {
@@ -305,7 +321,9 @@ TEST_CASE("a call whose deadline has passed fails with timeout and writes nothin
   CHECK(c.rows(0, "node-b", 1) == 0);
 }
 
-TEST_CASE("with no primary (an election) a write fails with no_primary by its deadline, then works once one is elected") {
+TEST_CASE(
+    "with no primary (an election) a write fails with no_primary by its deadline, then works once "
+    "one is elected") {
   test_cluster c;
   c.start_all();
   c.sim.begin_election();
@@ -328,14 +346,16 @@ TEST_CASE("a bulk insert from a replica is one forwarded call, all rows in one t
   test_cluster c;
   c.start_all();
   const auto txid_before = c.sim.position(0).txid;
-  const auto r = c.control.call(c.ports[2], "bulk", {"INSERT INTO tags(label) VALUES (?1)", "200", "bulk-"});
+  const auto r =
+      c.control.call(c.ports[2], "bulk", {"INSERT INTO tags(label) VALUES (?1)", "200", "bulk-"});
   INFO(r.detail);
   REQUIRE(r.category == 0);
   CHECK(r.value == 200);
   CHECK(c.query(0, "SELECT count(*) FROM tags WHERE label LIKE 'bulk-%'") == 200);
   CHECK(c.sim.position(0).txid == txid_before + 1);  // one transaction
   // A failing row fails the whole bulk call: nothing of it is applied.
-  const auto dup = c.control.call(c.ports[2], "bulk", {"INSERT INTO tags(label) VALUES (?1)", "201", "bulk-"});
+  const auto dup =
+      c.control.call(c.ports[2], "bulk", {"INSERT INTO tags(label) VALUES (?1)", "201", "bulk-"});
   CHECK(dup.category == 2);
   CHECK(c.query(0, "SELECT count(*) FROM tags WHERE label LIKE 'bulk-%'") == 200);
 }
@@ -355,7 +375,9 @@ TEST_CASE("a user's multi-statement transaction function runs whole or not at al
   CHECK(c.query(0, "SELECT balance FROM accounts WHERE id = 2") == 30);
 }
 
-TEST_CASE("migrations: replicas that start before the primary wait, the primary applies each migration once") {
+TEST_CASE(
+    "migrations: replicas that start before the primary wait, the primary applies each migration "
+    "once") {
   test_cluster c;
   c.start(1);
   c.start(2);
@@ -367,5 +389,7 @@ TEST_CASE("migrations: replicas that start before the primary wait, the primary 
   CHECK(c.query(0, "SELECT count(*) FROM _fwd_migrations") == 3);
   CHECK(c.query(1, "SELECT max(version) FROM _fwd_migrations") == 3);
   CHECK(c.query(2, "SELECT max(version) FROM _fwd_migrations") == 3);
-  CHECK(c.query(0, "SELECT count(*) FROM sqlite_master WHERE name IN ('events', 'tags', 'accounts')") == 3);
+  CHECK(c.query(
+            0, "SELECT count(*) FROM sqlite_master WHERE name IN ('events', 'tags', 'accounts')") ==
+        3);
 }

@@ -2,26 +2,23 @@
 // completion token works, the blocking call throws fwd::error, and the node refuses
 // to run without a secret or on a database outside a LiteFS mount.
 
-#include <catch2/catch.hpp>
-
-#include "demo_procedures.hpp"
-#include "litefs_sim.hpp"
-
-#include <fwd/migrate.hpp>
-#include <fwd/node.hpp>
-
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
-
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
 #include <future>
+#include <fwd/migrate.hpp>
+#include <fwd/node.hpp>
 #include <string>
 #include <thread>
+
+#include "demo_procedures.hpp"
+#include "litefs_sim.hpp"
 
 using namespace std::chrono_literals;
 
@@ -59,7 +56,9 @@ struct solo_node {
       auto guard = boost::asio::make_work_guard(io);
       io.run();
     });
-    fwd::migrate(*node, {{1, "labels", "CREATE TABLE labels(id INTEGER PRIMARY KEY, label TEXT UNIQUE)"}}, 5s);
+    fwd::migrate(*node,
+                 {{1, "labels", "CREATE TABLE labels(id INTEGER PRIMARY KEY, label TEXT UNIQUE)"}},
+                 5s);
   }
   ~solo_node() {
     node->stop();
@@ -76,8 +75,9 @@ TEST_CASE("node::async_call completes a callback on the primary, run locally") {
   auto report = std::make_shared<fwd::call_report>();
   fwd::forward_options o;
   o.report = report;
-  s.node->async_call(o, add_label, "callback",
-                     [&](boost::system::error_code ec, std::int64_t id) { done.set_value({ec, id}); });
+  s.node->async_call(o, add_label, "callback", [&](boost::system::error_code ec, std::int64_t id) {
+    done.set_value({ec, id});
+  });
   auto f = done.get_future();
   REQUIRE(f.wait_for(5s) == std::future_status::ready);
   const auto [ec, id] = f.get();
@@ -95,7 +95,9 @@ TEST_CASE("node::async_call works with use_future, deferred and use_awaitable") 
 
   auto op = s.node->async_call(add_label, "deferred", boost::asio::deferred);
   std::promise<std::int64_t> deferred_done;
-  std::move(op)([&](boost::system::error_code ec, std::int64_t id) { deferred_done.set_value(ec ? -1 : id); });
+  std::move(op)([&](boost::system::error_code ec, std::int64_t id) {
+    deferred_done.set_value(ec ? -1 : id);
+  });
   auto f2 = deferred_done.get_future();
   REQUIRE(f2.wait_for(5s) == std::future_status::ready);
   CHECK(f2.get() > 0);
@@ -104,7 +106,8 @@ TEST_CASE("node::async_call works with use_future, deferred and use_awaitable") 
   boost::asio::co_spawn(
       s.io,
       [&]() -> boost::asio::awaitable<void> {
-        const std::int64_t id = co_await s.node->async_call(add_label, "awaitable", boost::asio::use_awaitable);
+        const std::int64_t id =
+            co_await s.node->async_call(add_label, "awaitable", boost::asio::use_awaitable);
         awaited.set_value(id);
       },
       boost::asio::detached);
@@ -148,7 +151,8 @@ TEST_CASE("a node refuses to run without a secret unless insecure is set") {
 }
 
 TEST_CASE("a node refuses to start on a database outside a LiteFS mount, or warns when told to") {
-  const auto dir = std::filesystem::temp_directory_path() / ("fwd-not-litefs-" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("fwd-not-litefs-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   boost::asio::io_context io;
   fwd::node_options o;

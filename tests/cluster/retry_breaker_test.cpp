@@ -2,11 +2,9 @@
 // follows when the primary is slow, gone, or moving.
 
 #include <catch2/catch.hpp>
-
+#include <chrono>
 #include <fwd/breaker.hpp>
 #include <fwd/retry.hpp>
-
-#include <chrono>
 #include <random>
 
 using namespace std::chrono_literals;
@@ -50,7 +48,7 @@ TEST_CASE("the retry budget allows a burst of its capacity, then only its refill
   CHECK(budget.try_acquire(t0));
   CHECK_FALSE(budget.try_acquire(t0));
   CHECK_FALSE(budget.try_acquire(t0 + 50ms));  // half a token
-  CHECK(budget.try_acquire(t0 + 100ms));        // one token refilled
+  CHECK(budget.try_acquire(t0 + 100ms));       // one token refilled
   CHECK_FALSE(budget.try_acquire(t0 + 100ms));
   // Refill stops at the capacity.
   CHECK(budget.available(t0 + 10s) == Approx(3.0));
@@ -62,7 +60,8 @@ TEST_CASE("a retry budget of capacity 0 never refuses") {
 }
 
 TEST_CASE("a breaker opens after the threshold of consecutive failures and refuses calls") {
-  fwd::circuit_breaker b({.failure_threshold = 3, .open_duration = 100ms, .half_open_max_calls = 1});
+  fwd::circuit_breaker b(
+      {.failure_threshold = 3, .open_duration = 100ms, .half_open_max_calls = 1});
   const auto t0 = fwd::circuit_breaker::clock::now();
   CHECK(b.allow(t0));
   b.on_failure(t0);
@@ -74,7 +73,8 @@ TEST_CASE("a breaker opens after the threshold of consecutive failures and refus
 }
 
 TEST_CASE("a success between failures resets the count: only consecutive failures open it") {
-  fwd::circuit_breaker b({.failure_threshold = 2, .open_duration = 100ms, .half_open_max_calls = 1});
+  fwd::circuit_breaker b(
+      {.failure_threshold = 2, .open_duration = 100ms, .half_open_max_calls = 1});
   b.on_failure();
   b.on_success();
   b.on_failure();
@@ -83,7 +83,8 @@ TEST_CASE("a success between failures resets the count: only consecutive failure
 }
 
 TEST_CASE("after the cool-down one trial call passes; its success closes the breaker") {
-  fwd::circuit_breaker b({.failure_threshold = 1, .open_duration = 100ms, .half_open_max_calls = 1});
+  fwd::circuit_breaker b(
+      {.failure_threshold = 1, .open_duration = 100ms, .half_open_max_calls = 1});
   const auto t0 = fwd::circuit_breaker::clock::now();
   b.on_failure(t0);
   CHECK(b.state(t0 + 100ms) == fwd::breaker_state::half_open);
@@ -95,7 +96,8 @@ TEST_CASE("after the cool-down one trial call passes; its success closes the bre
 }
 
 TEST_CASE("a failed trial call opens the breaker again for another cool-down") {
-  fwd::circuit_breaker b({.failure_threshold = 1, .open_duration = 100ms, .half_open_max_calls = 1});
+  fwd::circuit_breaker b(
+      {.failure_threshold = 1, .open_duration = 100ms, .half_open_max_calls = 1});
   const auto t0 = fwd::circuit_breaker::clock::now();
   b.on_failure(t0);
   REQUIRE(b.allow(t0 + 100ms));

@@ -4,15 +4,15 @@
 // statement with bound parameters, one statement over many parameter rows (bulk), and
 // versioned migrations. Also the envelope of a write's reply (the primary's TXID + the
 // result). Their names start with "fwd_write." because the server keeps "fwd." for the
-// procedures it answers itself. Includes <sqlite3.h>: only forwarder.hpp and node.hpp include this file.
-
-#include <fwd/detail/sqlite_connection.hpp>
-#include <fwd/error.hpp>
-#include <fwd/procedure.hpp>
+// procedures it answers itself. Includes <sqlite3.h>: only forwarder.hpp and node.hpp include this
+// file.
 
 #include <sqlite3.h>
 
 #include <cstdint>
+#include <fwd/detail/sqlite_connection.hpp>
+#include <fwd/error.hpp>
+#include <fwd/procedure.hpp>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -22,7 +22,8 @@
 namespace fwd {
 
 /// One SQL value: NULL, INTEGER, REAL, TEXT or BLOB.
-using sql_value = std::variant<std::monostate, std::int64_t, double, std::string, std::vector<std::uint8_t>>;
+using sql_value =
+    std::variant<std::monostate, std::int64_t, double, std::string, std::vector<std::uint8_t>>;
 
 /// What a built-in statement procedure returns.
 struct statement_result {
@@ -32,17 +33,18 @@ struct statement_result {
 
   template <class Archive>
   void serialize(Archive& archive, unsigned /*version*/) {
-    archive & changes & last_insert_rowid;
+    archive& changes& last_insert_rowid;
   }
   friend bool operator==(const statement_result&, const statement_result&) = default;
 };
 
 /// Built-in: runs one statement with bound parameters (?1, ?2, ...) on the primary.
-inline const procedure<statement_result(std::string, std::vector<sql_value>)> execute_statement{"fwd_write.execute"};
+inline const procedure<statement_result(std::string, std::vector<sql_value>)> execute_statement{
+    "fwd_write.execute"};
 
 /// Built-in: runs one statement once per parameter row, all in one transaction (bulk insert).
-inline const procedure<statement_result(std::string, std::vector<std::vector<sql_value>>)> execute_bulk{
-    "fwd_write.execute_bulk"};
+inline const procedure<statement_result(std::string, std::vector<std::vector<sql_value>>)>
+    execute_bulk{"fwd_write.execute_bulk"};
 
 /// One schema migration: applied once, in version order, on the primary.
 struct migration {
@@ -53,7 +55,7 @@ struct migration {
 
   template <class Archive>
   void serialize(Archive& archive, unsigned /*version*/) {
-    archive & version & name & sql;
+    archive& version& name& sql;
   }
 };
 
@@ -66,8 +68,9 @@ namespace detail {
 inline void bind_sql_values(sqlite::statement& stmt, const std::vector<sql_value>& values) {
   if (static_cast<int>(values.size()) != stmt.parameter_count()) {
     throw fwd::error(make_error_code(errc::bad_argument),
-                     "the statement has " + std::to_string(stmt.parameter_count()) + " parameters but " +
-                         std::to_string(values.size()) + " values were given: give one value per parameter");
+                     "the statement has " + std::to_string(stmt.parameter_count()) +
+                         " parameters but " + std::to_string(values.size()) +
+                         " values were given: give one value per parameter");
   }
   int index = 1;
   for (const auto& value : values) {
@@ -87,7 +90,8 @@ inline void bind_sql_values(sqlite::statement& stmt, const std::vector<sql_value
   }
 }
 
-inline statement_result run_statement(sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
+inline statement_result run_statement(sqlite3* db, const std::string& sql,
+                                      const std::vector<sql_value>& values) {
   auto c = sqlite::connection::borrow(db);
   auto stmt = c.prepare(sql);
   bind_sql_values(stmt, values);
@@ -95,7 +99,8 @@ inline statement_result run_statement(sqlite3* db, const std::string& sql, const
   return {c.changes(), c.last_insert_rowid()};
 }
 
-inline statement_result run_bulk(sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
+inline statement_result run_bulk(sqlite3* db, const std::string& sql,
+                                 const std::vector<std::vector<sql_value>>& rows) {
   auto c = sqlite::connection::borrow(db);
   auto stmt = c.prepare(sql);
   statement_result out;
@@ -133,14 +138,16 @@ inline std::int64_t run_migrations(sqlite3* db, const std::vector<migration>& mi
     previous = m.version;
   }
   auto c = sqlite::connection::borrow(db);
-  c.exec("CREATE TABLE IF NOT EXISTS _fwd_migrations(version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-         "applied_at INTEGER NOT NULL)");
+  c.exec(
+      "CREATE TABLE IF NOT EXISTS _fwd_migrations(version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+      "applied_at INTEGER NOT NULL)");
   std::int64_t current = schema_version(db);
   for (const auto& m : migrations) {
     if (m.version <= current) continue;
     c.exec(m.sql);
-    auto record = c.prepare("INSERT INTO _fwd_migrations(version, name, applied_at) VALUES (?1, ?2, "
-                            "CAST(strftime('%s','now') AS INTEGER))");
+    auto record = c.prepare(
+        "INSERT INTO _fwd_migrations(version, name, applied_at) VALUES (?1, ?2, "
+        "CAST(strftime('%s','now') AS INTEGER))");
     record.bind(1, m.version).bind(2, m.name).execute();
     current = m.version;
   }
@@ -151,16 +158,20 @@ inline std::int64_t run_migrations(sqlite3* db, const std::vector<migration>& mi
 // encoded result.
 inline std::string encode_write_reply(std::uint64_t txid, std::string_view result) {
   std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<char>((txid >> (8 * i)) & 0xff);
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<std::size_t>(i)] = static_cast<char>((txid >> (8 * i)) & 0xff);
   out.append(result);
   return out;
 }
 
-inline bool decode_write_reply(std::string_view bytes, std::uint64_t& txid, std::string_view& result) noexcept {
+inline bool decode_write_reply(std::string_view bytes, std::uint64_t& txid,
+                               std::string_view& result) noexcept {
   if (bytes.size() < 8) return false;
   txid = 0;
   for (int i = 0; i < 8; ++i) {
-    txid |= static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)])) << (8 * i);
+    txid |=
+        static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]))
+        << (8 * i);
   }
   result = bytes.substr(8);
   return true;
