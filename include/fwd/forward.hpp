@@ -15,3 +15,8 @@
 #include <fwd/membership.hpp>
 #include <fwd/discovery.hpp>
 #include <fwd/sqlite.hpp>
+#include <fwd/retry.hpp>
+#include <fwd/breaker.hpp>
+#include <fwd/forwarder.hpp>
+#include <fwd/migrate.hpp>
+#include <fwd/node.hpp>
