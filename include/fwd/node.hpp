@@ -203,7 +203,26 @@ class node {
     client_options.telemetry = options_.telemetry;
     client_ = std::make_shared<rpc::client>(executor_, std::move(client_options));
 
-    membership_ = std::make_unique<membership>(executor_, options_.members);
+    membership_options members_options = options_.members;
+    if (const telemetry_ptr& t = options_.telemetry) {
+      if (t->member_joined && !members_options.hooks.on_joined) {
+        members_options.hooks.on_joined = [t](const member& m) {
+          t->member_joined(member_event{to_string(m)});
+        };
+      }
+      if (t->member_left && !members_options.hooks.on_left) {
+        members_options.hooks.on_left = [t](const member& m) {
+          t->member_left(member_event{to_string(m)});
+        };
+      }
+      if (t->resolver_error && !members_options.hooks.on_resolve_error) {
+        members_options.hooks.on_resolve_error = [t](const boost::system::error_code& ec,
+                                                     std::string_view message) {
+          t->resolver_error(resolver_error_event{ec, message});
+        };
+      }
+    }
+    membership_ = std::make_unique<membership>(executor_, std::move(members_options));
 
     discovery_options discovery;
     discovery.mount = options_.mount;
@@ -218,6 +237,19 @@ class node {
             t->primary_changed(primary_changed_event{*previous, current});
             *previous = current;
           };
+    }
+    if (const telemetry_ptr& t = options_.telemetry) {
+      if (t->discovery_lookup) {
+        discovery.hooks.cache_hit = [t] { t->discovery_lookup(discovery_lookup_event{true}); };
+        discovery.hooks.cache_miss = [t] { t->discovery_lookup(discovery_lookup_event{false}); };
+      }
+      if (t->probe_finished) {
+        discovery.hooks.probe_result = [t](const peer& p, const boost::system::error_code& ec,
+                                           const node_status& status) {
+          const std::string where = rpc::detail::endpoint_string(p.endpoint);
+          t->probe_finished(probe_event{where, litefs::to_string(status.role), ec});
+        };
+      }
     }
     std::weak_ptr<rpc::client> weak_client = client_;
     membership* members = membership_.get();

@@ -56,6 +56,25 @@ struct member_event {
   std::string_view member;
 };
 
+/// A primary lookup: served from the cache (hit) or waiting for a refresh (miss).
+struct discovery_lookup_event {
+  bool hit = false;
+};
+
+/// One member answered a discovery probe, or failed to.
+struct probe_event {
+  std::string_view peer;
+  std::string_view role;  ///< what the member says it is ("primary", "replica", ...)
+  boost::system::error_code outcome;
+};
+
+/// A DNS poll of the membership failed or came back empty; members are kept until
+/// answers agree (see membership_options).
+struct resolver_error_event {
+  boost::system::error_code error;  ///< category "fwd.dns" keeps c-ares's status
+  std::string_view message;
+};
+
 /// A peer's circuit breaker changed state ("closed", "open", "half-open").
 struct breaker_event {
   std::string_view peer;
@@ -78,6 +97,10 @@ struct telemetry {
   std::function<void(const member_event&)> member_joined;
   std::function<void(const member_event&)> member_left;
   std::function<void(const breaker_event&)> breaker_changed;
+  /// Called on every primary lookup, hits included: keep it to a counter increment.
+  std::function<void(const discovery_lookup_event&)> discovery_lookup;
+  std::function<void(const probe_event&)> probe_finished;
+  std::function<void(const resolver_error_event&)> resolver_error;
 };
 
 /// Shared, immutable hooks; null means "no telemetry".

@@ -9,6 +9,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 #include <catch2/catch.hpp>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <future>
@@ -177,4 +178,80 @@ TEST_CASE("a node refuses to start on a database outside a LiteFS mount, or warn
     CHECK_FALSE(warned.empty());
   }
   std::filesystem::remove_all(dir);
+}
+
+namespace {
+
+std::uint16_t free_loopback_port() {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::acceptor probe(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  return probe.local_endpoint().port();
+}
+
+struct telemetry_counts {
+  std::atomic<int> joined{0}, lookups_missed{0}, probes{0}, forwarded_ok{0}, primary_changes{0};
+};
+
+}  // namespace
+
+TEST_CASE("telemetry reports members joining, lookups, probes, the primary and forwarded calls") {
+  fwd_sim::cluster sim{[] {
+    fwd_sim::cluster_options o;
+    o.hostnames = {"tel-a", "tel-b"};
+    return o;
+  }()};
+  fwd_sim::install_vfs();
+  sim.start_replication(0ms);
+  const boost::asio::ip::tcp::endpoint a_ep{boost::asio::ip::make_address("127.0.0.1"), free_loopback_port()};
+  const boost::asio::ip::tcp::endpoint b_ep{boost::asio::ip::make_address("127.0.0.1"), free_loopback_port()};
+
+  auto counts = std::make_shared<telemetry_counts>();
+  auto hooks = std::make_shared<fwd::telemetry>();
+  hooks->member_joined = [counts](const fwd::member_event&) { ++counts->joined; };
+  hooks->discovery_lookup = [counts](const fwd::discovery_lookup_event& e) {
+    if (!e.hit) ++counts->lookups_missed;
+  };
+  hooks->probe_finished = [counts](const fwd::probe_event&) { ++counts->probes; };
+  hooks->primary_changed = [counts](const fwd::primary_changed_event&) { ++counts->primary_changes; };
+  hooks->call_finished = [counts](const fwd::call_finished_event& e) {
+    if (!e.outcome && !e.peer.empty()) ++counts->forwarded_ok;
+  };
+
+  boost::asio::io_context io;
+  auto options_for = [&](std::size_t i, const boost::asio::ip::tcp::endpoint& listen) {
+    fwd::node_options o;
+    o.listen = listen;
+    o.members = fwd::static_members({a_ep, b_ep});
+    o.database = sim.database_path(i);
+    o.secret = "telemetry-secret";
+    o.litefs_hostname = sim.hostname(i);
+    o.require_fuse = false;
+    return o;
+  };
+  fwd::node a(io.get_executor(), options_for(0, a_ep));
+  auto b_options = options_for(1, b_ep);
+  b_options.telemetry = hooks;
+  fwd::node b(io.get_executor(), b_options);
+  for (fwd::node* n : {&a, &b}) {
+    n->define(add_label, insert_label);
+    n->start();
+  }
+  std::thread runner([&] {
+    auto guard = boost::asio::make_work_guard(io);
+    io.run();
+  });
+  fwd::migrate(a, {{1, "labels", "CREATE TABLE labels(id INTEGER PRIMARY KEY, label TEXT UNIQUE)"}}, 5s);
+
+  CHECK(b.call(add_label, "through telemetry") > 0);
+  CHECK(counts->joined >= 2);
+  CHECK(counts->lookups_missed >= 1);
+  CHECK(counts->probes >= 1);
+  CHECK(counts->primary_changes >= 1);
+  CHECK(counts->forwarded_ok >= 1);
+
+  b.stop();
+  a.stop();
+  io.stop();
+  runner.join();
+  sim.stop_replication();
 }
