@@ -8,7 +8,13 @@
 // or variant index, bytes left over, an exception from a user's serialize()) is reported
 // as errc::protocol_error, never a crash, never an allocation larger than the input
 // allows.
+//
+// Values of the common types (arithmetic, enums, strings, vectors of arithmetic, and
+// tuples, optionals and variants of these: codec_fast_path.hpp) are written and read
+// without a Boost archive, to the same bytes and with the same checks; the others go
+// through fwd's archives. A call's arguments take the fast path when all of them can.
 
+#include <fwd/detail/codec_fast_path.hpp>
 #include <fwd/detail/serialization.hpp>
 #include <fwd/error.hpp>
 #include <fwd/procedure.hpp>
@@ -17,6 +23,7 @@
 #include <boost/core/demangle.hpp>
 #include <boost/system/error_code.hpp>
 
+#include <cstddef>
 #include <exception>
 #include <string>
 #include <string_view>
@@ -54,20 +61,16 @@ std::string encode_with(Write&& write) {
   return out;
 }
 
-/// Reads `bytes` with `read(input_archive&)`; reports any failure, or bytes left over,
-/// as errc::protocol_error in `ec` with an explanation in `*detail` (when given).
+/// Runs `read()`, which returns how many bytes it left unread; reports any failure, or
+/// bytes left over, as errc::protocol_error in `ec` with an explanation in `*detail`
+/// (when given).
 template <class Read>
-void decode_with(std::string_view bytes, boost::system::error_code& ec, std::string* detail,
-                 Read&& read) {
+void decode_guarded(boost::system::error_code& ec, std::string* detail, Read&& read) {
   ec = {};
   std::string why;
   try {
-    input_bytes in(bytes);
-    input_archive ar(in);
-    std::forward<Read>(read)(ar);
-    if (in.remaining() != 0) {
-      why = std::to_string(in.remaining()) + " unexpected bytes after the last value";
-    }
+    const std::size_t left = std::forward<Read>(read)();
+    if (left != 0) why = std::to_string(left) + " unexpected bytes after the last value";
   } catch (const boost::archive::archive_exception& e) {
     why = e.what();
   } catch (const std::exception& e) {
@@ -81,6 +84,63 @@ void decode_with(std::string_view bytes, boost::system::error_code& ec, std::str
   }
 }
 
+/// Reads `bytes` with `read(input_archive&)`; reports any failure, or bytes left over,
+/// as errc::protocol_error in `ec` with an explanation in `*detail` (when given).
+template <class Read>
+void decode_with(std::string_view bytes, boost::system::error_code& ec, std::string* detail,
+                 Read&& read) {
+  decode_guarded(ec, detail, [&] {
+    input_bytes in(bytes);
+    input_archive ar(in);
+    std::forward<Read>(read)(ar);
+    return in.remaining();
+  });
+}
+
+/// `values...` written one after another through fwd's output archive (never the fast
+/// path: the reference the fast path is tested against).
+template <class... Ts>
+std::string archive_encode(const Ts&... values) {
+  return encode_with([&](output_archive& ar) { ((ar << values), ...); });
+}
+
+/// Reads `values...` in order through fwd's input archive (never the fast path).
+template <class... Ts>
+void archive_decode(std::string_view bytes, boost::system::error_code& ec, std::string* detail, Ts&... values) {
+  decode_with(bytes, ec, detail, [&](input_archive& ar) { ((ar >> values), ...); });
+}
+
+/// Reads `values...` in order without an archive; as archive_decode otherwise.
+template <class... Ts>
+  requires fast_codable<Ts...>
+void fast_decode(std::string_view bytes, boost::system::error_code& ec, std::string* detail, Ts&... values) {
+  decode_guarded(ec, detail, [&] {
+    fast_reader in(bytes);
+    fast_decode(in, values...);
+    return in.remaining();
+  });
+}
+
+/// Encodes `values...` as fwd's archives would, through the fast path when it can.
+template <class... Ts>
+std::string encode_values(const Ts&... values) {
+  if constexpr (fast_codable<Ts...>) {
+    return fast_encode(values...);
+  } else {
+    return archive_encode(values...);
+  }
+}
+
+/// Decodes `values...` as fwd's archives would, through the fast path when it can.
+template <class... Ts>
+void decode_values(std::string_view bytes, boost::system::error_code& ec, std::string* detail, Ts&... values) {
+  if constexpr (fast_codable<Ts...>) {
+    fast_decode(bytes, ec, detail, values...);
+  } else {
+    archive_decode(bytes, ec, detail, values...);
+  }
+}
+
 /**
  * Encodes the arguments of a call to `proc`: each given argument converted to its
  * parameter type. Compiles only when `Given...` convert to the parameters (same count).
@@ -89,9 +149,13 @@ void decode_with(std::string_view bytes, boost::system::error_code& ec, std::str
 template <class R, class... A, class... Given>
   requires procedure<R(A...)>::template accepts<Given...>
 std::string encode_arguments(const procedure<R(A...)>& /*proc*/, Given&&... given) {
-  return encode_with([&](output_archive& ar) {
-    (save_parameter<std::decay_t<A>>(ar, std::forward<Given>(given)), ...);
-  });
+  if constexpr (fast_codable<std::decay_t<A>...>) {
+    return fast_encode<std::decay_t<A>...>(as_parameter<std::decay_t<A>>(std::forward<Given>(given))...);
+  } else {
+    return encode_with([&](output_archive& ar) {
+      (save_parameter<std::decay_t<A>>(ar, std::forward<Given>(given)), ...);
+    });
+  }
 }
 
 /**
@@ -103,9 +167,7 @@ template <class Proc>
 typename Proc::arguments decode_arguments(std::string_view bytes, boost::system::error_code& ec,
                                           std::string* detail = nullptr) {
   typename Proc::arguments args{};
-  decode_with(bytes, ec, detail, [&args](input_archive& ar) {
-    std::apply([&ar](auto&... value) { ((ar >> value), ...); }, args);
-  });
+  std::apply([&](auto&... value) { decode_values(bytes, ec, detail, value...); }, args);
   if (ec) return typename Proc::arguments{};
   return args;
 }
@@ -114,7 +176,7 @@ typename Proc::arguments decode_arguments(std::string_view bytes, boost::system:
 template <class R>
 std::string encode_result(const R& value) {
   static_assert((signature_fingerprint<R()>(), true));
-  return encode_with([&value](output_archive& ar) { ar << value; });
+  return encode_values(value);
 }
 
 /// Encodes a void result: no bytes.
@@ -146,7 +208,7 @@ R decode_result(std::string_view bytes, boost::system::error_code& ec, std::stri
   } else {
     static_assert((signature_fingerprint<R()>(), true));
     R value{};
-    decode_with(bytes, ec, detail, [&value](input_archive& ar) { ar >> value; });
+    decode_values(bytes, ec, detail, value);
     if (ec) return R{};
     return value;
   }
