@@ -1,0 +1,36 @@
+# bench/run write: single-row inserts (a small indexed table) forwarded by fwd::node from two
+# replica processes to the primary process over the LiteFS simulation, against the same
+# inserts on the primary, one transaction each, and on the primary with group commit.
+# Goal: write.tput_ratio.forwarded_over_local.64 >= 1.0.
+
+SUITE_TARGETS=(bench_write)
+
+WRITE_ROUNDS=3
+
+# One program run: the cluster (three node processes) starts once, then every system is
+# measured in WRITE_ROUNDS interleaved rounds (2 s windows); the program prints the ratios of
+# each round itself, bench/run reports the median per key.
+suite_run() {
+  local bin=$1
+  run_bench 80 "$bin/bench_write" "$WRITE_ROUNDS" 2.0
+}
+
+suite_table() {
+  heading "single-row inserts, 64 concurrent callers, WAL, synchronous=${FWD_BENCH_WRITE_SYNC:-NORMAL}"
+  columns rows/s p50_ms p99_ms rows/commit
+  row "forwarded from 2 replicas (group commit)" "" write.tput.forwarded.64 write.p50_ms.forwarded.64 \
+    write.p99_ms.forwarded.64 write.rows_per_commit.forwarded.64
+  row "on the primary, one transaction each" "" write.tput.local_single_txn.64 \
+    write.p50_ms.local_single_txn.64 write.p99_ms.local_single_txn.64 \
+    write.rows_per_commit.local_single_txn.64
+  row "on the primary, group commit" "" write.tput.local_group_commit.64 \
+    write.p50_ms.local_group_commit.64 write.p99_ms.local_group_commit.64 \
+    write.rows_per_commit.local_group_commit.64
+  row "plain SQLite, 1 writer, 1 txn each" "" write.tput.plain_sqlite_one_writer
+  heading "ratios (rows/s, paired within a round)"
+  row "forwarded / primary, one txn each" "" write.tput_ratio.forwarded_over_local.64
+  row "forwarded / primary, group commit" "" write.tput_ratio.forwarded_over_group_commit.64
+  row "group commit / one txn each" "" write.tput_ratio.group_commit_over_single_txn.64
+  heading "goals"
+  row "forwarded / primary one txn each >= 1.0" "" write.tput_ratio.forwarded_over_local.64
+}

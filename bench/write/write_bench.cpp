@@ -1,0 +1,565 @@
+// fwd's write path: single-row inserts into a small indexed table, forwarded from two
+// replica processes to the primary process (fwd::node over the LiteFS simulation, three
+// nodes on 127.0.0.1), against the same inserts on the primary, one transaction each, and
+// on the primary with group commit.
+//
+//   bench_write [rounds] [window s]   the driver: builds the simulated cluster (WAL), starts
+//                                     three node processes (itself, re-executed with `node`),
+//                                     measures every system in interleaved rounds and prints
+//                                     BENCH lines (write.*)
+//   bench_write node NAME MOUNT PORT MEMBER_PORTS
+//                                     one fwd::node; serves bench.write.insert and the load
+//                                     generator bench.write.load; prints "READY <port>"
+//
+// Every system runs the same insert function (the service's own `R fn(sqlite3*, ...)`)
+// through fwd's write executor, so each write also records its request id in the dedup
+// table, as every fwd write does. The journal mode is WAL and `synchronous` is NORMAL on
+// every connection (FWD_BENCH_WRITE_SYNC=FULL|NORMAL|OFF overrides it): see bench/README.md.
+#include <sqlite3.h>
+#include <sys/prctl.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <algorithm>
+#include <cinttypes>
+#include <csignal>
+#include <fwd/node.hpp>
+#include <fwd/sqlite.hpp>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../common/bench_support.hpp"
+#include "litefs_sim.hpp"
+
+namespace {
+
+using namespace fwd_bench;
+using endpoint = boost::asio::ip::tcp::endpoint;
+
+/// Inserts one row (k, v) into t; returns its rowid.
+inline const fwd::procedure<std::int64_t(std::string, std::int64_t)> insert_row{
+    "bench.write.insert"};
+
+/// Runs a load on the node it is sent to: (callers, warm-up ms, window ms, key salt) ->
+/// [calls issued, completed in the window, failed, latency of each call started in the
+/// window in microseconds...]. Each caller issues its next insert when the previous completes.
+inline const fwd::procedure<std::vector<std::int64_t>(std::int64_t, std::int64_t, std::int64_t,
+                                                      std::int64_t)>
+    run_load{"bench.write.load"};
+
+constexpr const char* secret = "bench-write-secret";
+constexpr int total_callers = 64;
+
+const char* schema =
+    "CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, v INTEGER);"
+    "CREATE INDEX t_k ON t(k);";
+
+/// The service's writer, as a user would write it.
+std::int64_t insert(sqlite3* db, const std::string& k, std::int64_t v) {
+  auto c = fwd::sqlite::connection::borrow(db);
+  c.prepare("INSERT INTO t(k, v) VALUES (?1, ?2)").bind(1, k).bind(2, v).execute();
+  return c.last_insert_rowid();
+}
+
+/// The `synchronous` setting of every writer connection.
+std::string synchronous_setting() {
+  const char* s = std::getenv("FWD_BENCH_WRITE_SYNC");
+  if (s == nullptr || *s == '\0') return "NORMAL";
+  const std::string v = s;
+  if (v != "FULL" && v != "NORMAL" && v != "OFF" && v != "EXTRA")
+    die("FWD_BENCH_WRITE_SYNC must be FULL, NORMAL, OFF or EXTRA (got " + v + ")");
+  return v;
+}
+
+std::function<void(fwd::sqlite::connection&)> configure_connection() {
+  return [sync = synchronous_setting()](fwd::sqlite::connection& c) {
+    c.exec("PRAGMA synchronous=" + sync);
+  };
+}
+
+std::uint64_t splitmix64(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+struct load_result {
+  std::int64_t issued = 0;
+  std::int64_t in_window = 0;
+  std::int64_t failed = 0;
+  std::vector<std::int64_t> latency_us;
+  std::string first_error;
+};
+
+/**
+ * `callers` concurrent callers, each issuing its next insert from the completion of its
+ * previous one, until the window ends. Calls completing inside the window count towards
+ * throughput; calls started inside it give the latencies. Completions may run on several
+ * threads (the mutex).
+ */
+class load_generator : public std::enable_shared_from_this<load_generator> {
+ public:
+  using done_fn = std::function<void(boost::system::error_code)>;
+  using issue_fn = std::function<void(std::string key, std::int64_t v, done_fn done)>;
+
+  load_generator(int callers, clock::duration warmup, clock::duration window, std::uint64_t salt,
+                 issue_fn issue, std::function<void(load_result)> finished)
+      : callers_(callers),
+        warmup_(warmup),
+        window_(window),
+        salt_(salt),
+        issue_(std::move(issue)),
+        finished_(std::move(finished)) {}
+
+  void start() {
+    from_ = clock::now() + warmup_;
+    to_ = from_ + window_;
+    active_ = callers_;
+    result_.latency_us.reserve(1 << 16);
+    for (int i = 0; i < callers_; ++i) issue_one();
+  }
+
+ private:
+  void issue_one() {
+    std::uint64_t n;
+    {
+      std::lock_guard lock(mutex_);
+      n = next_++;
+      ++result_.issued;
+    }
+    char key[24];
+    std::snprintf(key, sizeof key, "k%016" PRIx64, splitmix64(salt_ << 40 ^ n));
+    const auto started = clock::now();
+    issue_(key, static_cast<std::int64_t>(n),
+           [self = shared_from_this(), started](boost::system::error_code ec) {
+             self->completed(started, ec);
+           });
+  }
+
+  void completed(clock::time_point started, boost::system::error_code ec) {
+    const auto now = clock::now();
+    bool more = false;
+    bool last = false;
+    {
+      std::lock_guard lock(mutex_);
+      if (ec) {
+        ++result_.failed;
+        if (result_.first_error.empty()) result_.first_error = ec.message();
+      } else {
+        if (now >= from_ && now < to_) ++result_.in_window;
+        if (started >= from_ && started < to_)
+          result_.latency_us.push_back(elapsed_ns(started, now) / 1000);
+      }
+      more = now < to_;
+      if (!more) last = --active_ == 0;
+    }
+    if (more) {
+      issue_one();
+    } else if (last) {
+      finished_(std::move(result_));
+    }
+  }
+
+  int callers_;
+  clock::duration warmup_, window_;
+  std::uint64_t salt_;
+  issue_fn issue_;
+  std::function<void(load_result)> finished_;
+  clock::time_point from_, to_;
+  std::mutex mutex_;
+  int active_ = 0;
+  std::uint64_t next_ = 0;
+  load_result result_;
+};
+
+// --- node process --------------------------------------------------------------------------
+
+std::vector<std::uint16_t> parse_ports(const std::string& text) {
+  std::vector<std::uint16_t> out;
+  std::size_t at = 0;
+  while (at < text.size()) {
+    const std::size_t comma = text.find(',', at);
+    const std::string part = text.substr(at, comma == std::string::npos ? std::string::npos
+                                                                        : comma - at);
+    out.push_back(static_cast<std::uint16_t>(std::stoi(part)));
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return out;
+}
+
+int node_main(int argc, char** argv) {
+  if (argc < 6) die("usage: bench_write node NAME MOUNT PORT MEMBER_PORTS");
+  prctl(PR_SET_PDEATHSIG, SIGKILL);  // an interrupted run leaves no node behind
+  const std::string name = argv[2];
+  const std::filesystem::path mount = argv[3];
+  const auto port = static_cast<std::uint16_t>(std::stoi(argv[4]));
+  fwd_sim::install_vfs();
+
+  boost::asio::io_context io;
+  const auto loopback = boost::asio::ip::make_address("127.0.0.1");
+  std::vector<endpoint> members;
+  for (auto p : parse_ports(argv[5])) members.emplace_back(loopback, p);
+
+  fwd::node_options options;
+  options.listen = {loopback, port};
+  options.members = fwd::static_members(members);
+  options.database = mount / "app.db";
+  options.secret = secret;
+  options.litefs_hostname = name;
+  options.name = name;
+  options.require_fuse = false;  // the simulation's mounts are plain directories
+  // The simulation replicates by copying the whole database (not LiteFS's page shipping):
+  // the benchmark measures forwarding and commits, not that copy. See bench/README.md.
+  options.read_your_writes = false;
+  options.write.on_open = configure_connection();
+  fwd::node node(io.get_executor(), options);
+  node.define(insert_row, insert);
+
+  node.registry().define(run_load, [&node](std::int64_t callers, std::int64_t warmup_ms,
+                                           std::int64_t window_ms, std::int64_t salt,
+                                           fwd::rpc::result_handler<std::vector<std::int64_t>>
+                                               done) {
+    auto issue = [&node](std::string key, std::int64_t v, load_generator::done_fn finished) {
+      fwd::forward_options o;
+      o.deadline = clock::now() + std::chrono::seconds(10);
+      node.async_call(o, insert_row, std::move(key), v,
+                      [finished = std::move(finished)](boost::system::error_code ec,
+                                                       std::int64_t) { finished(ec); });
+    };
+    auto report = [done](load_result r) {
+      if (r.failed > 0) std::fprintf(stderr, "bench_write node: %s\n", r.first_error.c_str());
+      std::vector<std::int64_t> out{r.issued, r.in_window, r.failed};
+      out.insert(out.end(), r.latency_us.begin(), r.latency_us.end());
+      done({}, std::move(out));
+    };
+    std::make_shared<load_generator>(
+        static_cast<int>(callers), std::chrono::milliseconds(warmup_ms),
+        std::chrono::milliseconds(window_ms), static_cast<std::uint64_t>(salt), std::move(issue),
+        std::move(report))
+        ->start();
+  });
+
+  try {
+    node.start();
+  } catch (const std::exception& e) {
+    die("node " + name + " cannot start: " + e.what());
+  }
+  std::printf("READY %u\n", static_cast<unsigned>(node.local_endpoint().port()));
+  std::fflush(stdout);
+
+  boost::asio::signal_set signals(io, SIGTERM, SIGINT);
+  signals.async_wait([&](boost::system::error_code, int) {
+    node.stop();
+    io.stop();
+  });
+  std::thread second([&io] { io.run(); });  // two io threads, as a service would run
+  io.run();
+  second.join();
+  return 0;
+}
+
+// --- driver --------------------------------------------------------------------------------
+
+/// A node process: this program re-executed with `node ...`; killed on destruction.
+class node_process {
+ public:
+  explicit node_process(std::vector<std::string> args) {
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) die("pipe2 failed");
+    pid_ = fork();
+    if (pid_ < 0) die("fork failed");
+    if (pid_ == 0) {
+      dup2(out[1], STDOUT_FILENO);
+      args.insert(args.begin(), {"bench-write-node", "node"});
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv("/proc/self/exe", argv.data());
+      _exit(127);
+    }
+    close(out[1]);
+    fd_ = out[0];
+  }
+  node_process(const node_process&) = delete;
+  node_process& operator=(const node_process&) = delete;
+  ~node_process() {
+    kill(pid_, SIGKILL);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    close(fd_);
+  }
+  /// Blocks until the node prints "READY" (or dies: then the whole run fails).
+  void wait_ready() {
+    std::string line;
+    char c;
+    while (read(fd_, &c, 1) == 1 && c != '\n') line.push_back(c);
+    if (line.rfind("READY ", 0) != 0) die("a node process did not start (got '" + line + "')");
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int fd_ = -1;
+};
+
+std::uint16_t free_port() {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::acceptor acceptor(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  return acceptor.local_endpoint().port();
+}
+
+struct measurement {
+  double rows_per_s = 0;
+  double p50_ms = 0;
+  double p99_ms = 0;
+  double rows_per_commit = 0;
+};
+
+measurement summarise_load(const load_result& r, clock::duration window, std::uint64_t commits,
+                           const std::string& system) {
+  if (r.failed > 0)
+    die(system + ": " + std::to_string(r.failed) + " write(s) failed: " + r.first_error);
+  measurement m;
+  const auto lat = summarise([&] {
+    std::vector<std::int64_t> ns;
+    ns.reserve(r.latency_us.size());
+    for (auto us : r.latency_us) ns.push_back(us * 1000);
+    return ns;
+  }());
+  m.rows_per_s = static_cast<double>(r.in_window) / std::chrono::duration<double>(window).count();
+  m.p50_ms = lat.p50_us / 1000.0;
+  m.p99_ms = lat.p99_us / 1000.0;
+  m.rows_per_commit = commits > 0 ? static_cast<double>(r.issued) / static_cast<double>(commits) : 0;
+  return m;
+}
+
+void emit_measurement(const std::string& system, const measurement& m) {
+  const std::string n = "." + std::to_string(total_callers);
+  emit("write.tput." + system + n, m.rows_per_s, 0);
+  emit("write.p50_ms." + system + n, m.p50_ms, 3);
+  emit("write.p99_ms." + system + n, m.p99_ms, 3);
+  emit("write.rows_per_commit." + system + n, m.rows_per_commit, 1);
+}
+
+class driver {
+ public:
+  driver(double window_s)
+      : warmup_(window(0.3)), window_(window(window_s)), sim_(sim_options()) {
+    {
+      fwd::sqlite::connection db(sim_.database_path(0).string());
+      db.exec(schema);
+    }
+    sim_.replicate_now();  // the replicas get the schema; later commits stay on the primary
+
+    std::vector<std::uint16_t> ports;
+    std::string list;
+    for (int i = 0; i < 3; ++i) {
+      ports.push_back(free_port());
+      list += (i ? "," : "") + std::to_string(ports.back());
+    }
+    for (std::size_t i = 0; i < 3; ++i) {
+      nodes_.push_back(std::make_unique<node_process>(std::vector<std::string>{
+          sim_.hostname(i), sim_.mount(i).string(), std::to_string(ports[i]), list}));
+    }
+    for (auto& n : nodes_) n->wait_ready();
+    replicas_ = {endpoint(boost::asio::ip::make_address("127.0.0.1"), ports[1]),
+                 endpoint(boost::asio::ip::make_address("127.0.0.1"), ports[2])};
+
+    fwd::rpc::client_options o;
+    o.secret = secret;
+    client_ = std::make_unique<fwd::rpc::client>(io_.get_executor(), o);
+    io_thread_ = std::thread([this] { io_.run(); });
+  }
+
+  ~driver() {
+    client_->close();
+    work_.reset();
+    io_.stop();
+    io_thread_.join();
+  }
+
+  /// 64 callers, half on each replica: every insert forwarded to the primary.
+  measurement forwarded(std::uint64_t salt, clock::duration warmup) {
+    const std::uint64_t before = sim_.position(0).txid;
+    std::vector<std::future<std::vector<std::int64_t>>> replies;
+    for (std::size_t i = 0; i < replicas_.size(); ++i) {
+      auto promise = std::make_shared<std::promise<std::vector<std::int64_t>>>();
+      replies.push_back(promise->get_future());
+      fwd::rpc::call_options o;
+      o.deadline = clock::now() + warmup + window_ + std::chrono::seconds(30);
+      client_->async_call(
+          replicas_[i], o, run_load, std::int64_t{total_callers / 2},
+          std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(warmup).count()},
+          std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(window_).count()},
+          static_cast<std::int64_t>(salt * 2 + i),
+          [promise](boost::system::error_code ec, std::vector<std::int64_t> r) {
+            if (ec) {
+              promise->set_exception(std::make_exception_ptr(fwd::error(ec, "bench.write.load")));
+            } else {
+              promise->set_value(std::move(r));
+            }
+          });
+    }
+    load_result total;
+    for (auto& f : replies) {
+      std::vector<std::int64_t> r;
+      try {
+        r = f.get();
+      } catch (const std::exception& e) {
+        die(std::string("forwarded: the load call failed: ") + e.what());
+      }
+      if (r.size() < 3) die("forwarded: a malformed load report");
+      total.issued += r[0];
+      total.in_window += r[1];
+      total.failed += r[2];
+      if (r[2] > 0) total.first_error = "see the node's stderr";
+      total.latency_us.insert(total.latency_us.end(), r.begin() + 3, r.end());
+    }
+    const std::uint64_t after = sim_.position(0).txid;
+    return summarise_load(total, window_, after - before, "forwarded");
+  }
+
+  /// 64 callers in this process on the primary's database, through a write executor of
+  /// their own: `max_batch` 1 is one transaction per insert, the default is group commit.
+  measurement local(std::size_t max_batch, std::uint64_t salt, const std::string& system) {
+    boost::asio::io_context io;
+    auto work = boost::asio::make_work_guard(io);
+    fwd::sqlite::write_options o;
+    if (max_batch > 0) o.max_batch = max_batch;
+    o.on_open = configure_connection();
+    o.position_after_commit = [mount = sim_.mount(0)] {
+      return fwd::litefs::read_position(mount, "app.db").txid;
+    };
+    fwd::sqlite::write_executor writer(io.get_executor(), sim_.database_path(0).string(), o);
+    const std::uint64_t before = sim_.position(0).txid;
+    std::promise<load_result> finished;
+    auto issue = [&writer](std::string key, std::int64_t v, load_generator::done_fn done) {
+      writer.async_write(
+          fwd::make_request_id(),
+          [key = std::move(key), v](sqlite3* db) {
+            const std::int64_t id = insert(db, key, v);
+            return std::string(reinterpret_cast<const char*>(&id), sizeof id);
+          },
+          [done = std::move(done)](boost::system::error_code ec, std::string, std::uint64_t) {
+            done(ec);
+          });
+    };
+    auto generator = std::make_shared<load_generator>(
+        total_callers, warmup_, window_, salt, std::move(issue),
+        [&finished](load_result r) { finished.set_value(std::move(r)); });
+    boost::asio::post(io, [generator] { generator->start(); });
+    std::thread runner([&io] { io.run(); });
+    load_result r = finished.get_future().get();
+    work.reset();
+    runner.join();
+    writer.stop();
+    const std::uint64_t after = sim_.position(0).txid;
+    return summarise_load(r, window_, after - before, system);
+  }
+
+  /// For scale: plain SQLite, one connection and one thread inserting back to back, one
+  /// transaction per insert (BEGIN IMMEDIATE, a prepared INSERT, COMMIT), no dedup row, no
+  /// executor: the most a single-transaction writer gets from this database and machine.
+  double plain_sqlite_rows_per_s(std::uint64_t salt) {
+    fwd::sqlite::connection db(sim_.database_path(0).string());
+    configure_connection()(db);
+    auto stmt = db.prepare("INSERT INTO t(k, v) VALUES (?1, ?2)");
+    const auto from = clock::now() + warmup_;
+    const auto to = from + window_;
+    std::int64_t rows = 0;
+    for (std::uint64_t n = 0;; ++n) {
+      char key[24];
+      std::snprintf(key, sizeof key, "k%016" PRIx64, splitmix64(salt << 40 ^ n));
+      db.exec("BEGIN IMMEDIATE");
+      stmt.reset().bind(1, std::string_view(key)).bind(2, static_cast<std::int64_t>(n)).execute();
+      db.exec("COMMIT");
+      const auto now = clock::now();
+      if (now >= to) break;
+      if (now >= from) ++rows;
+    }
+    return static_cast<double>(rows) / std::chrono::duration<double>(window_).count();
+  }
+
+  clock::duration warmup() const { return warmup_; }
+
+ private:
+  static fwd_sim::cluster_options sim_options() {
+    fwd_sim::cluster_options o;
+    o.hostnames = {"node-a", "node-b", "node-c"};
+    o.mode = fwd_sim::journal_mode::wal;
+    return o;
+  }
+
+  clock::duration warmup_, window_;
+  fwd_sim::cluster sim_;
+  std::vector<std::unique_ptr<node_process>> nodes_;
+  std::vector<endpoint> replicas_;
+  boost::asio::io_context io_;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_{
+      io_.get_executor()};
+  std::unique_ptr<fwd::rpc::client> client_;
+  std::thread io_thread_;
+};
+
+int driver_main(int argc, char** argv) {
+  const int rounds = argc > 1 ? std::max(1, std::atoi(argv[1])) : 3;
+  const double window_s = seconds_arg(argc, argv, 2, 2.0);
+  fwd_sim::install_vfs();  // the driver writes the primary's database too: same shim
+  std::fprintf(stderr, "bench_write: WAL, synchronous=%s, %d rounds of %.1f s windows\n",
+               synchronous_setting().c_str(), rounds,
+               window_s * seconds_scale());
+  driver d(window_s);
+  // Discovery, connections and the primary's writer come up before anything is measured.
+  d.forwarded(1000, window(0.5));
+
+  for (int round = 0; round < rounds; ++round) {
+    measurement fwd_m, single_m, group_m;
+    const std::uint64_t salt = static_cast<std::uint64_t>(round) * 8;
+    // The order turns each round, so that no system always follows the same one.
+    for (int k = 0; k < 3; ++k) {
+      switch ((round + k) % 3) {
+        case 0:
+          fwd_m = d.forwarded(salt + 1, d.warmup());
+          emit_measurement("forwarded", fwd_m);
+          break;
+        case 1:
+          single_m = d.local(1, salt + 4, "local_single_txn");
+          emit_measurement("local_single_txn", single_m);
+          break;
+        default:
+          group_m = d.local(0, salt + 5, "local_group_commit");
+          emit_measurement("local_group_commit", group_m);
+          break;
+      }
+    }
+    const std::string n = "." + std::to_string(total_callers);
+    emit("write.tput.plain_sqlite_one_writer", d.plain_sqlite_rows_per_s(salt + 6), 0);
+    if (single_m.rows_per_s > 0)
+      emit("write.tput_ratio.forwarded_over_local" + n, fwd_m.rows_per_s / single_m.rows_per_s, 2);
+    if (group_m.rows_per_s > 0)
+      emit("write.tput_ratio.forwarded_over_group_commit" + n,
+           fwd_m.rows_per_s / group_m.rows_per_s, 2);
+    if (single_m.rows_per_s > 0)
+      emit("write.tput_ratio.group_commit_over_single_txn" + n,
+           group_m.rows_per_s / single_m.rows_per_s, 2);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    if (argc > 1 && std::string(argv[1]) == "node") return node_main(argc, argv);
+    return driver_main(argc, argv);
+  } catch (const std::exception& e) {
+    die(std::string("bench_write: ") + e.what());
+  }
+}
