@@ -190,7 +190,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     std::size_t answered = 0;
     bool done = false;
     litefs::role local;
-    clock::time_point deadline;
+    clock::time_point latest_deadline;
     std::vector<std::pair<peer, node_status>> claimants;
     std::string tried;
   };
@@ -268,9 +268,9 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     }
     auto round = std::make_shared<round_state>();
     round_ = round;
-    clock::time_point latest = clock::now();
-    for (const auto& w : waiters_) latest = std::max(latest, w.deadline);
-    round->deadline = std::min(clock::now() + options_.probe_timeout, latest);
+    // No probe outlives the most patient caller.
+    round->latest_deadline = clock::now();
+    for (const auto& w : waiters_) round->latest_deadline = std::max(round->latest_deadline, w.deadline);
 
     round->local = role_();
     switch (round->local.kind) {
@@ -309,7 +309,11 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
            round->next < round->members.size()) {
       const peer target = round->members[round->next++];
       ++round->in_flight;
-      probe_(target, round->deadline,
+      // Each probe gets its own deadline, so members queued behind a slow one (when
+      // max_concurrent_probes is below the member count) still get a full probe.
+      const clock::time_point deadline =
+          std::min(clock::now() + options_.probe_timeout, round->latest_deadline);
+      probe_(target, deadline,
              boost::asio::bind_executor(strand_, [self = shared_from_this(), round, target](
                                                      boost::system::error_code ec, node_status status) {
                self->on_probe(round, target, ec, std::move(status));
