@@ -95,6 +95,19 @@ struct pending_call {
   std::chrono::steady_clock::time_point started;
   bool sent = false;
   bool done = false;
+  bool in_initiation = false;  // submitted inline: its initiating call has not returned yet
+
+ protected:
+  // Runs the completion through the handler's executor: dispatched, or posted while the
+  // initiating call is still running (nothing may complete inside it).
+  template <class Executor, class Function>
+  void deliver(const Executor& executor, Function&& function) {
+    if (in_initiation) {
+      boost::asio::post(executor, std::forward<Function>(function));
+    } else {
+      boost::asio::dispatch(executor, std::forward<Function>(function));
+    }
+  }
 };
 
 template <class R>
@@ -122,7 +135,7 @@ class call_op final : public pending_call {
     auto executor = work_.get_executor();
     // Through the handler's own executor; never inside the initiating call, since
     // completion always starts from the connection's strand.
-    boost::asio::dispatch(executor, [handler = std::move(handler_), work = std::move(work_), ec,
+    deliver(executor, [handler = std::move(handler_), work = std::move(work_), ec,
                                      payload = std::move(payload), detail = std::move(detail_)]() mutable {
       boost::asio::get_associated_cancellation_slot(handler).clear();
       if constexpr (std::is_void_v<R>) {
@@ -163,7 +176,7 @@ class raw_call_op final : public pending_call {
 
   void complete(boost::system::error_code ec, std::string payload) override {
     auto executor = work_.get_executor();
-    boost::asio::dispatch(executor, [handler = std::move(handler_), work = std::move(work_), ec,
+    deliver(executor, [handler = std::move(handler_), work = std::move(work_), ec,
                                      payload = std::move(payload), detail = std::move(detail_)]() mutable {
       boost::asio::get_associated_cancellation_slot(handler).clear();
       if (ec) {
@@ -208,6 +221,16 @@ class client_connection : public std::enable_shared_from_this<client_connection>
 
   /// Takes ownership of a call; runs on the strand.
   void submit(std::shared_ptr<pending_call> call) {
+    if (strand_.running_in_this_thread()) {
+      // A call started from a completion on this connection (callers chain calls so): taken
+      // at once, without a hop through the scheduler. Whatever completes it before the
+      // initiating call returns (a closed client, a frame too large) posts the completion.
+      auto taken = call;
+      taken->in_initiation = true;
+      on_submit(std::move(call));
+      taken->in_initiation = false;
+      return;
+    }
     // post, not dispatch: nothing may complete inside the initiating call.
     boost::asio::post(strand_, [self = shared_from_this(), call = std::move(call)]() mutable {
       self->on_submit(std::move(call));
@@ -322,6 +345,8 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     socket_.close(ignored);
     control_.clear();
     handshake_.reset();
+    // The deadline timer outlives its last call only while connected (arm_deadline_timer).
+    if (deadlines_.empty()) cancel_deadline_timer();
   }
 
   // --- reading --------------------------------------------------------------------------
@@ -502,21 +527,31 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     for (auto& call : failing) complete(*call, ec, detail);
   }
 
+  // Re-arms the timer only for an earlier deadline, since each change is a system call:
+  // when the earliest deadline moves later (calls finish in order), the timer fires early
+  // once and is then armed for the earliest. While connected it also stays armed after
+  // the last call (a read is pending anyway), so a call at a time costs no timer change.
   void arm_deadline_timer() {
     if (deadlines_.empty()) {
-      deadline_timer_.cancel();
+      if (!socket_.is_open()) cancel_deadline_timer();
       return;
     }
     const auto first = deadlines_.begin()->first;
-    if (timer_armed_ && armed_for_ == first) return;
+    if (timer_armed_ && armed_for_ <= first) return;
     timer_armed_ = true;
     armed_for_ = first;
     deadline_timer_.expires_at(first);
     deadline_timer_.async_wait([self = shared_from_this(), first](boost::system::error_code ec) {
-      if (ec || self->armed_for_ != first) return;
+      if (ec || !self->timer_armed_ || self->armed_for_ != first) return;
       self->timer_armed_ = false;
       self->on_deadlines();
     });
+  }
+
+  void cancel_deadline_timer() {
+    if (!timer_armed_) return;
+    timer_armed_ = false;
+    deadline_timer_.cancel();
   }
 
   void on_deadlines() {
