@@ -18,16 +18,16 @@
 #include <sqlite3.h>
 #include <sys/prctl.h>
 
+#include <algorithm>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
-#include <algorithm>
 #include <cinttypes>
 #include <csignal>
+#include <future>
 #include <fwd/node.hpp>
 #include <fwd/sqlite.hpp>
-#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -186,8 +186,8 @@ std::vector<std::uint16_t> parse_ports(const std::string& text) {
   std::size_t at = 0;
   while (at < text.size()) {
     const std::size_t comma = text.find(',', at);
-    const std::string part = text.substr(at, comma == std::string::npos ? std::string::npos
-                                                                        : comma - at);
+    const std::string part =
+        text.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
     out.push_back(static_cast<std::uint16_t>(std::stoi(part)));
     if (comma == std::string::npos) break;
     at = comma + 1;
@@ -223,29 +223,29 @@ int node_main(int argc, char** argv) {
   fwd::node node(io.get_executor(), options);
   node.define(insert_row, insert);
 
-  node.registry().define(run_load, [&node](std::int64_t callers, std::int64_t warmup_ms,
-                                           std::int64_t window_ms, std::int64_t salt,
-                                           fwd::rpc::result_handler<std::vector<std::int64_t>>
-                                               done) {
-    auto issue = [&node](std::string key, std::int64_t v, load_generator::done_fn finished) {
-      fwd::forward_options o;
-      o.deadline = clock::now() + std::chrono::seconds(10);
-      node.async_call(o, insert_row, std::move(key), v,
-                      [finished = std::move(finished)](boost::system::error_code ec,
-                                                       std::int64_t) { finished(ec); });
-    };
-    auto report = [done](load_result r) {
-      if (r.failed > 0) std::fprintf(stderr, "bench_write node: %s\n", r.first_error.c_str());
-      std::vector<std::int64_t> out{r.issued, r.in_window, r.failed};
-      out.insert(out.end(), r.latency_us.begin(), r.latency_us.end());
-      done({}, std::move(out));
-    };
-    std::make_shared<load_generator>(
-        static_cast<int>(callers), std::chrono::milliseconds(warmup_ms),
-        std::chrono::milliseconds(window_ms), static_cast<std::uint64_t>(salt), std::move(issue),
-        std::move(report))
-        ->start();
-  });
+  node.registry().define(
+      run_load,
+      [&node](std::int64_t callers, std::int64_t warmup_ms, std::int64_t window_ms,
+              std::int64_t salt, fwd::rpc::result_handler<std::vector<std::int64_t>> done) {
+        auto issue = [&node](std::string key, std::int64_t v, load_generator::done_fn finished) {
+          fwd::forward_options o;
+          o.deadline = clock::now() + std::chrono::seconds(10);
+          node.async_call(o, insert_row, std::move(key), v,
+                          [finished = std::move(finished)](boost::system::error_code ec,
+                                                           std::int64_t) { finished(ec); });
+        };
+        auto report = [done](load_result r) {
+          if (r.failed > 0) std::fprintf(stderr, "bench_write node: %s\n", r.first_error.c_str());
+          std::vector<std::int64_t> out{r.issued, r.in_window, r.failed};
+          out.insert(out.end(), r.latency_us.begin(), r.latency_us.end());
+          done({}, std::move(out));
+        };
+        std::make_shared<load_generator>(
+            static_cast<int>(callers), std::chrono::milliseconds(warmup_ms),
+            std::chrono::milliseconds(window_ms), static_cast<std::uint64_t>(salt),
+            std::move(issue), std::move(report))
+            ->start();
+      });
 
   try {
     node.start();
@@ -336,7 +336,8 @@ measurement summarise_load(const load_result& r, clock::duration window, std::ui
   m.rows_per_s = static_cast<double>(r.in_window) / std::chrono::duration<double>(window).count();
   m.p50_ms = lat.p50_us / 1000.0;
   m.p99_ms = lat.p99_us / 1000.0;
-  m.rows_per_commit = commits > 0 ? static_cast<double>(r.issued) / static_cast<double>(commits) : 0;
+  m.rows_per_commit =
+      commits > 0 ? static_cast<double>(r.issued) / static_cast<double>(commits) : 0;
   return m;
 }
 
@@ -350,8 +351,7 @@ void emit_measurement(const std::string& system, const measurement& m) {
 
 class driver {
  public:
-  driver(double window_s)
-      : warmup_(window(0.3)), window_(window(window_s)), sim_(sim_options()) {
+  driver(double window_s) : warmup_(window(0.3)), window_(window(window_s)), sim_(sim_options()) {
     {
       fwd::sqlite::connection db(sim_.database_path(0).string());
       db.exec(schema);
@@ -513,8 +513,7 @@ int driver_main(int argc, char** argv) {
   const double window_s = seconds_arg(argc, argv, 2, 2.0);
   fwd_sim::install_vfs();  // the driver writes the primary's database too: same shim
   std::fprintf(stderr, "bench_write: WAL, synchronous=%s, %d rounds of %.1f s windows\n",
-               synchronous_setting().c_str(), rounds,
-               window_s * seconds_scale());
+               synchronous_setting().c_str(), rounds, window_s * seconds_scale());
   driver d(window_s);
   // Discovery, connections and the primary's writer come up before anything is measured.
   d.forwarded(1000, window(0.5));
