@@ -5,8 +5,10 @@
 #include <fwd/error.hpp>
 #include <fwd/procedure.hpp>
 #include <fwd/rpc/detail/frame_buffer.hpp>
+#include <fwd/rpc/detail/tls_stream.hpp>
 #include <fwd/rpc/hello.hpp>
 #include <fwd/rpc/server.hpp>  // status codes on the wire, endpoint_string
+#include <fwd/rpc/tls.hpp>
 #include <fwd/telemetry.hpp>
 #include <fwd/wire.hpp>
 
@@ -60,6 +62,12 @@ struct client_options {
   std::uint32_t archive_version = 0;
   /// Hooks: call started/finished, connection opened/closed/failed.
   telemetry_ptr telemetry;
+  /// Mutual TLS (see tls_options). Unset: plain TCP. Set: each connection runs a TLS
+  /// handshake, verifying the server's certificate against `tls->ca_file` and presenting
+  /// `tls->certificate_chain_file`, before fwd's handshake (`connect_timeout` covers both).
+  /// A TLS failure fails the waiting calls with `unauthenticated`, OpenSSL's reason in
+  /// their error detail.
+  std::optional<tls_options> tls;
 };
 
 /// Per-call settings.
@@ -199,6 +207,7 @@ struct client_state {
   wire::versions versions;
   std::array<std::uint8_t, 8> id_prefix{};  // random per client; request ids add a counter
   std::atomic<std::uint64_t> next_id{1};
+  std::shared_ptr<boost::asio::ssl::context> tls_context;  // set: connections use TLS
 };
 
 class client_connection : public std::enable_shared_from_this<client_connection> {
@@ -211,7 +220,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
         peer_(peer),
         peer_name_(endpoint_string(peer)),
         state_(std::move(state)),
-        socket_(strand_),
+        stream_(tcp::socket(strand_)),
         connect_timer_(strand_),
         deadline_timer_(strand_),
         backoff_(state_->options.reconnect_backoff) {}
@@ -289,9 +298,8 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   void connect() {
     state_now_ = state::connecting;
     const std::uint64_t generation = ++generation_;
-    boost::system::error_code ignored;
-    socket_.close(ignored);
-    socket_ = tcp::socket(strand_);
+    stream_.close();
+    stream_ = transport_stream(tcp::socket(strand_));
     connect_timer_.expires_after(state_->options.connect_timeout);
     connect_timer_.async_wait([self = shared_from_this(), generation](boost::system::error_code ec) {
       if (ec || generation != self->generation_) return;
@@ -300,7 +308,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
                              "no connection to " + self->peer_name_ + " within the connect timeout");
       }
     });
-    socket_.async_connect(peer_, [self = shared_from_this(), generation](boost::system::error_code ec) {
+    stream_.socket().async_connect(peer_, [self = shared_from_this(), generation](boost::system::error_code ec) {
       if (generation != self->generation_ || self->state_now_ != state::connecting) return;
       if (ec) {
         self->connect_failed(make_error_code(errc::unreachable),
@@ -313,9 +321,34 @@ class client_connection : public std::enable_shared_from_this<client_connection>
 
   void on_connected() {
     boost::system::error_code ignored;
-    socket_.set_option(tcp::no_delay(true), ignored);
-    socket_.set_option(boost::asio::socket_base::keep_alive(true), ignored);
+    stream_.socket().set_option(tcp::no_delay(true), ignored);
+    stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
     state_now_ = state::handshaking;
+    if (!state_->tls_context) {
+      start_handshake();
+      return;
+    }
+    stream_.start_tls(*state_->tls_context);
+    stream_.expect_server_name(state_->options.tls->verify_hostname);
+    stream_.async_tls_handshake(boost::asio::ssl::stream_base::client,
+                                [self = shared_from_this(), generation = generation_](boost::system::error_code ec) {
+                                  if (generation != self->generation_ || self->state_now_ != state::handshaking) return;
+                                  if (ec) {
+                                    // Nothing was sent; a certificate or TLS mismatch is not
+                                    // fixed by retrying, hence unauthenticated.
+                                    self->connect_failed(make_error_code(errc::unauthenticated),
+                                                         "the TLS handshake with " + self->peer_name_ +
+                                                             " failed: " + self->stream_.tls_failure_reason(ec) +
+                                                             ": check both nodes' certificates and CA, and that "
+                                                             "the server has TLS on");
+                                    return;
+                                  }
+                                  self->start_handshake();
+                                });
+  }
+
+  // fwd's own handshake (after TLS, when on): versions, then the cluster secret.
+  void start_handshake() {
     handshake_.emplace(state_->options.secret, state_->versions);
     control_ = handshake_->start();
     buffer_ = frame_buffer();
@@ -340,9 +373,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   }
 
   void close_socket(boost::system::error_code /*why*/) {
-    boost::system::error_code ignored;
-    socket_.shutdown(tcp::socket::shutdown_both, ignored);
-    socket_.close(ignored);
+    stream_.close();
     control_.clear();
     handshake_.reset();
     // The deadline timer outlives its last call only while connected (arm_deadline_timer).
@@ -353,7 +384,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
 
   void read() {
     auto [data, size] = buffer_.prepare();
-    socket_.async_read_some(boost::asio::buffer(data, size),
+    stream_.async_read_some(boost::asio::buffer(data, size),
                             [self = shared_from_this(), generation = generation_](boost::system::error_code ec,
                                                                                    std::size_t n) {
                               if (generation != self->generation_) return;
@@ -418,6 +449,15 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   // were never sent and wait for the next connection.
   void connection_broke(boost::system::error_code why, const std::string& detail) {
     const bool was_ready = state_now_ == state::ready;
+    if (!was_ready && stream_.is_tls() && why.category() == boost::asio::error::get_ssl_category()) {
+      // Under TLS 1.3 the server checks the client's certificate after the client's side of
+      // the TLS handshake is done: its refusal arrives here, as an alert.
+      connect_failed(make_error_code(errc::unauthenticated), "TLS with " + peer_name_ + " failed: " +
+                                                                 stream_.tls_failure_reason(why) +
+                                                                 ": check this node's certificate and the CA "
+                                                                 "the server trusts");
+      return;
+    }
     if (!was_ready) {
       connect_failed(why == errc::protocol_error ? why : make_error_code(errc::unreachable), detail);
       return;
@@ -467,13 +507,19 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     }
     if (buffers_.empty()) return;
     writing_ = true;
-    boost::asio::async_write(socket_, buffers_,
+    boost::asio::async_write(stream_, buffers_,
                              [self = shared_from_this(), generation = generation_](boost::system::error_code ec,
                                                                                     std::size_t) {
                                if (generation != self->generation_) return;
                                self->writing_ = false;
                                self->batch_.clear();
                                self->control_in_flight_.clear();
+                               if (ec && self->state_now_ == state::handshaking && self->stream_.is_tls()) {
+                                 // A server that refuses this TLS client resets the connection
+                                 // after its alert: the pending read reports the alert (or the
+                                 // connect timeout ends the attempt).
+                                 return;
+                               }
                                if (ec) {
                                  self->connection_broke(ec, "writing to " + self->peer_name_ + " failed: " + ec.message());
                                  return;
@@ -533,7 +579,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   // the last call (a read is pending anyway), so a call at a time costs no timer change.
   void arm_deadline_timer() {
     if (deadlines_.empty()) {
-      if (!socket_.is_open()) cancel_deadline_timer();
+      if (!stream_.socket().is_open()) cancel_deadline_timer();
       return;
     }
     const auto first = deadlines_.begin()->first;
@@ -567,7 +613,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   tcp::endpoint peer_;
   std::string peer_name_;
   std::shared_ptr<client_state> state_;
-  tcp::socket socket_;
+  transport_stream stream_;
   boost::asio::steady_timer connect_timer_;
   boost::asio::steady_timer deadline_timer_;
   std::chrono::milliseconds backoff_;
@@ -606,7 +652,9 @@ class client_connection : public std::enable_shared_from_this<client_connection>
  *   - `connection_lost` (maybe executed): the connection broke after the request was sent;
  *   - `timeout` (maybe executed): the deadline passed;
  *   - `cancelled` (maybe executed): cancelled through the cancellation slot;
- *   - `unauthenticated`, `version_mismatch`, `protocol_error`: the handshake failed;
+ *   - `unauthenticated`, `version_mismatch`, `protocol_error`: the handshake failed
+ *     (`unauthenticated` also when TLS fails: a certificate missing or untrusted, or TLS on
+ *     one side only; the error detail has OpenSSL's reason);
  *   - `frame_too_large`: the request exceeds max_frame_size (not sent);
  *   - from the server: `unknown_procedure`, `signature_mismatch`, `remote_failure`,
  *     `overloaded`, `timeout`, or the procedure's own error (e.g. a SQLite code).
@@ -623,6 +671,7 @@ class client {
                        "client_options::secret is empty: give every node the same cluster secret");
     }
     state_->versions.archive = options.archive_version != 0 ? options.archive_version : fwd::detail::archive_version();
+    if (options.tls) state_->tls_context = detail::make_tls_context(*options.tls, false, "client_options::tls");
     state_->options = std::move(options);
     state_->id_prefix = fwd::detail::random_bytes<8>();
   }

@@ -5,8 +5,10 @@
 
 #include <fwd/error.hpp>
 #include <fwd/rpc/detail/frame_buffer.hpp>
+#include <fwd/rpc/detail/tls_stream.hpp>
 #include <fwd/rpc/hello.hpp>
 #include <fwd/rpc/registry.hpp>
+#include <fwd/rpc/tls.hpp>
 #include <fwd/telemetry.hpp>
 #include <fwd/wire.hpp>
 
@@ -19,6 +21,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -67,6 +70,11 @@ struct server_options {
   std::uint32_t archive_version = 0;
   /// Hooks: connection opened, closed and failed (the peer is the client's address).
   telemetry_ptr telemetry;
+  /// Mutual TLS (see tls_options). Unset: connections are plain TCP. Set: every connection
+  /// must complete a TLS handshake, with a client certificate signed by `tls->ca_file` (unless
+  /// `require_peer_certificate` is false), before fwd's handshake (`handshake_timeout` covers
+  /// both). A plain fwd client is answered `unauthenticated` ("this server requires TLS").
+  std::optional<tls_options> tls;
 };
 
 namespace detail {
@@ -112,6 +120,7 @@ struct server_state {
   std::mutex mutex;  // guards live
   std::list<std::weak_ptr<server_connection>> live;
   std::optional<boost::asio::ip::tcp::acceptor> acceptor;  // used on its own strand
+  std::shared_ptr<boost::asio::ssl::context> tls_context;  // set: connections use TLS
 };
 
 class server_connection : public std::enable_shared_from_this<server_connection> {
@@ -120,21 +129,25 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
   server_connection(std::shared_ptr<server_state> state, tcp::socket socket)
       : state_(std::move(state)),
-        socket_(std::move(socket)),
-        strand_(socket_.get_executor()),
+        stream_(std::move(socket)),
+        strand_(stream_.get_executor()),
         timer_(strand_),
         handshake_(std::in_place, state_->options.secret, state_->versions) {
     boost::system::error_code ignored;
-    peer_ = endpoint_string(socket_.remote_endpoint(ignored));
-    socket_.set_option(tcp::no_delay(true), ignored);
-    socket_.set_option(boost::asio::socket_base::keep_alive(true), ignored);
+    peer_ = endpoint_string(stream_.socket().remote_endpoint(ignored));
+    stream_.socket().set_option(tcp::no_delay(true), ignored);
+    stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
   }
 
   void start() {
     state_->connections.fetch_add(1, std::memory_order_relaxed);
     last_activity_ = std::chrono::steady_clock::now();
     arm_timer(state_->options.handshake_timeout);
-    read();
+    if (state_->tls_context) {
+      await_first_byte();
+    } else {
+      read();
+    }
   }
 
   /// Graceful stop: read nothing more; close once every running request has replied.
@@ -177,12 +190,73 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     arm_timer(std::max(left, std::chrono::milliseconds(1)));
   }
 
+  // --- TLS, before fwd's handshake -------------------------------------------------------
+
+  // Looks at the first byte without consuming it: a TLS client opens with a handshake record
+  // (0x16); a plain fwd client with fwd's magic, and is told that TLS is required.
+  void await_first_byte() {
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](boost::system::error_code ec) {
+      if (self->closed_) return;
+      if (ec) {
+        self->close(ec);
+        return;
+      }
+      char first = 0;
+      const std::size_t n =
+          self->stream_.socket().receive(boost::asio::buffer(&first, 1), tcp::socket::message_peek, ec);
+      if (ec || n == 0) {
+        self->close(ec == boost::asio::error::eof ? boost::system::error_code{} : ec);
+        return;
+      }
+      if (first == static_cast<char>(wire::magic & 0xff)) {
+        self->refuse_plain_client();
+        return;
+      }
+      self->stream_.start_tls(*self->state_->tls_context);
+      self->stream_.async_tls_handshake(boost::asio::ssl::stream_base::server,
+                                        [self](boost::system::error_code handshake_ec) {
+                                          if (self->closed_) return;
+                                          if (handshake_ec) {
+                                            // The peer's certificate is missing or untrusted, or it
+                                            // does not speak TLS: OpenSSL's reason says which.
+                                            self->failed_ = handshake_ec;
+                                            fwd::detail::emit(self->state_->options.telemetry,
+                                                              &telemetry::connection_failed,
+                                                              connection_event{self->peer_, handshake_ec});
+                                            self->close(handshake_ec);
+                                            return;
+                                          }
+                                          self->read();
+                                        });
+    });
+  }
+
+  void refuse_plain_client() {
+    failed_ = make_error_code(errc::unauthenticated);
+    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_, failed_});
+    // Take in what the client sent (its hello), so that closing does not reset the
+    // connection before the client reads why.
+    boost::system::error_code ignored;
+    const std::size_t available = std::min<std::size_t>(stream_.socket().available(ignored), 4096);
+    if (!ignored && available > 0) {
+      std::string sink(available, '\0');
+      stream_.socket().receive(boost::asio::buffer(sink), 0, ignored);
+    }
+    queue(wire::encode_goodbye(errc::unauthenticated,
+                               "this server requires TLS: set client_options::tls (the node's certificate, its "
+                               "key and the cluster's CA)"));
+    draining_ = true;
+    maybe_close_drained();
+  }
+
+  // --- frames ------------------------------------------------------------------------------
+
   void read() {
     if (closed_ || draining_ || reading_) return;
     if (pending_reply_bytes() > state_->options.max_pending_reply_bytes) return;  // resumed after a write
     reading_ = true;
     auto [data, size] = buffer_.prepare();
-    socket_.async_read_some(boost::asio::buffer(data, size),
+    stream_.async_read_some(boost::asio::buffer(data, size),
                             [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
                               self->reading_ = false;
                               self->on_read(ec, n);
@@ -192,7 +266,9 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   void on_read(boost::system::error_code ec, std::size_t n) {
     if (closed_) return;
     if (ec) {
-      close(ec == boost::asio::error::eof ? boost::system::error_code{} : ec);
+      // A TLS peer that just closes its socket truncates the TLS stream: an ordinary close too.
+      const bool closed_by_peer = ec == boost::asio::error::eof || ec == boost::asio::ssl::error::stream_truncated;
+      close(closed_by_peer ? boost::system::error_code{} : ec);
       return;
     }
     buffer_.commit(n);
@@ -331,7 +407,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     if (writing_in_progress_ || queued_.empty() || closed_) return;
     writing_in_progress_ = true;
     std::swap(queued_, writing_);
-    boost::asio::async_write(socket_, boost::asio::buffer(writing_),
+    boost::asio::async_write(stream_, boost::asio::buffer(writing_),
                              [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
                                self->writing_in_progress_ = false;
                                self->writing_.clear();
@@ -355,9 +431,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     if (closed_) return;
     closed_ = true;
     timer_.cancel();
-    boost::system::error_code ignored;
-    socket_.shutdown(tcp::socket::shutdown_both, ignored);
-    socket_.close(ignored);
+    stream_.close();
     if (authenticated_) {
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed, connection_event{peer_, why});
     } else if (!failed_) {
@@ -367,7 +441,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   }
 
   std::shared_ptr<server_state> state_;
-  tcp::socket socket_;
+  transport_stream stream_;
   boost::asio::strand<boost::asio::any_io_executor> strand_;
   boost::asio::steady_timer timer_;
   std::optional<wire::server_handshake> handshake_;
@@ -400,6 +474,9 @@ class server_connection : public std::enable_shared_from_this<server_connection>
  * not run). A connection that sends a malformed or oversized frame, fails the handshake,
  * or does not finish it within `handshake_timeout` is closed; nothing else is affected.
  *
+ * With `options.tls`, connections run mutual TLS under fwd's handshake (see tls_options);
+ * a connection that fails TLS is closed the same way, and the others keep being served.
+ *
  * `procedures` must outlive the server's connections. Thread-safe: start(), stop() and
  * local_endpoint() may be called from any thread.
  */
@@ -413,6 +490,7 @@ class server {
       throw fwd::error(make_error_code(errc::bad_argument),
                        "server_options::secret is empty: give every node the same cluster secret");
     }
+    if (options.tls) state_->tls_context = detail::make_tls_context(*options.tls, true, "server_options::tls");
     state_->acceptor.emplace(boost::asio::make_strand(executor));
     state_->executor = std::move(executor);
     state_->user_registry = &procedures;
