@@ -319,10 +319,10 @@ class registry {
     }
     using procedure_type = procedure<R(A...)>;
     auto shared_fn = std::make_shared<function>(std::forward<F>(fn));
-    add(std::string(proc.name()), proc.signature(), procedure_type::signature_text(),
-        [shared_fn](const incoming_call& call, boost::asio::any_io_executor executor,
-                    reply_handler reply) {
-          run_typed<procedure_type, traits>(shared_fn, call, std::move(executor), std::move(reply));
+    add(std::string(proc.name()), proc.signature(), procedure_type::signature_text(), nullptr,
+        [shared_fn](const incoming_call& call, const boost::asio::any_io_executor& executor,
+                    std::shared_ptr<detail::reply_once> answer) {
+          run_typed<procedure_type, traits>(shared_fn, call, executor, std::move(answer));
         });
   }
 
@@ -337,7 +337,7 @@ class registry {
       throw error(make_error_code(errc::bad_argument),
                   "procedure " + detail::quoted_name(name) + " needs a handler");
     }
-    add(std::move(name), signature, {}, std::move(handler));
+    add(std::move(name), signature, {}, std::move(handler), nullptr);
   }
 
   /**
@@ -389,6 +389,15 @@ class registry {
         return;
       }
       const incoming_call owned{target->name, target->signature, arguments, request_id, deadline};
+      if (target->typed) {
+        // A typed procedure answers through `answer` itself.
+        try {
+          target->typed(owned, executor, answer);
+        } catch (...) {
+          answer->fail(std::current_exception());
+        }
+        return;
+      }
       // The handler gets a reply that answers through `answer`, so that a throwing or
       // forgetful raw handler still answers exactly once.
       reply_handler forward = [answer](boost::system::error_code ec, std::string payload) {
@@ -421,14 +430,20 @@ class registry {
   }
 
  private:
+  // Runs a typed procedure's call, answering through the reply given.
+  using typed_handler = std::function<void(const incoming_call&, const boost::asio::any_io_executor&,
+                                           std::shared_ptr<detail::reply_once>)>;
+
   struct entry {
     std::string name;
     std::uint64_t signature = 0;
     std::string signature_text;  // empty for raw procedures
-    raw_handler handler;
+    raw_handler handler;         // raw procedures
+    typed_handler typed;         // typed procedures
   };
 
-  void add(std::string name, std::uint64_t signature, std::string signature_text, raw_handler handler) {
+  void add(std::string name, std::uint64_t signature, std::string signature_text, raw_handler handler,
+           typed_handler typed) {
     if (name.empty()) {
       throw error(make_error_code(errc::bad_argument), "a procedure name cannot be empty");
     }
@@ -437,7 +452,8 @@ class registry {
                   "procedure " + detail::quoted_name(name) +
                       " is already defined: each name can be defined once");
     }
-    auto e = std::make_shared<entry>(entry{name, signature, std::move(signature_text), std::move(handler)});
+    auto e = std::make_shared<entry>(
+        entry{name, signature, std::move(signature_text), std::move(handler), std::move(typed)});
     entries_.emplace(std::move(name), std::move(e));
   }
 
@@ -451,10 +467,8 @@ class registry {
   // Decodes, runs and answers one call of a typed procedure. Runs on the executor.
   template <class Proc, class Traits, class F>
   static void run_typed(const std::shared_ptr<F>& fn, const incoming_call& call,
-                        boost::asio::any_io_executor executor, reply_handler reply) {
+                        const boost::asio::any_io_executor& executor, std::shared_ptr<detail::reply_once> answer) {
     using R = typename Proc::result_type;
-    auto answer = std::make_shared<detail::reply_once>(std::move(reply), executor,
-                                                       std::string(call.procedure));
     boost::system::error_code ec;
     std::string why;
     auto args = fwd::detail::decode_arguments<Proc>(call.arguments, ec, &why);
