@@ -1823,7 +1823,372 @@ concept accepts_arguments = Proc::template accepts<Given...>;
 // or variant index, bytes left over, an exception from a user's serialize()) is reported
 // as errc::protocol_error, never a crash, never an allocation larger than the input
 // allows.
+//
+// Values of the common types (arithmetic, enums, strings, vectors of arithmetic, and
+// tuples, optionals and variants of these: codec_fast_path.hpp) are written and read
+// without a Boost archive, to the same bytes and with the same checks; the others go
+// through fwd's archives. A call's arguments take the fast path when all of them can.
 
+// ---- begin fwd/detail/codec_fast_path.hpp ----
+
+// The codec's fast path: the values whose Boost binary encoding is fixed and simple,
+// written and read without constructing an archive.
+//
+// A Boost archive costs far more to construct than a small payload costs to encode (it
+// allocates its state and builds a std::locale with an extra facet, even with
+// no_codecvt), and a call constructs four of them. For the types below, fwd's archives
+// write nothing but the values themselves, in native byte order, with no class
+// information and no tracking, so the bytes are known:
+//
+//   bool                     1 byte, 0 or 1 (reading anything else is an error)
+//   char, signed/unsigned char, short, int, long, long long (and unsigned), float, double
+//                            sizeof(T) bytes, native order
+//   enum (fixed underlying)  its underlying type (fwd's archives write enums so)
+//   std::string              size as std::size_t, then the bytes
+//   std::vector<U>, U one of the arithmetic types above
+//                            count as std::size_t, then the elements (bools one byte each)
+//   std::tuple<Ts...>        the elements in order
+//   std::optional<T>         bool engaged, then the value if engaged
+//   std::variant<Ts...>      the index as std::uint32_t, then the alternative
+//   std::monostate           nothing
+//   std::chrono::duration    its count; a time_point: its duration since the epoch
+//
+// These are exactly the types whose Boost implementation level is `primitive_type` or
+// `object_serializable` (Boost's collection traits give std::vector of these element
+// types that level), so an archive writes no preamble for them, the first time or any
+// other. Anything else (std::map, std::array, std::pair, vectors of other types, user
+// structs, long double, whose padding bytes Boost copies) takes the archive path.
+//
+// Reading is exactly as strict as fwd's input archive, in the same order, and fails with
+// the same boost::archive::archive_exception (so with the same message): a truncated
+// value, a count or length larger than the bytes left (refused before anything is
+// allocated), a bool that is not 0 or 1, a variant index out of range.
+// tests/unit/codec_fast_path_test.cpp compares both paths byte for byte and error for
+// error.
+
+#include <boost/archive/archive_exception.hpp>
+#include <boost/serialization/throw_exception.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace fwd::detail {
+
+/// Reads values from bytes someone else owns; every failure is an archive_exception.
+class fast_reader {
+ public:
+  explicit fast_reader(std::string_view bytes) noexcept
+      : next_(bytes.data()), end_(bytes.data() + bytes.size()) {}
+
+  std::size_t remaining() const noexcept { return static_cast<std::size_t>(end_ - next_); }
+
+  /// Copies `size` bytes out, or fails as a short read of Boost's does.
+  void read(void* out, std::size_t size) {
+    if (size > remaining()) fail(nullptr);
+    if (size > 0) std::memcpy(out, next_, size);
+    next_ += size;
+  }
+
+  const char* take(std::size_t size) {
+    if (size > remaining()) fail(nullptr);
+    const char* at = next_;
+    next_ += size;
+    return at;
+  }
+
+  // The exception fwd's input_archive throws (what() is "input stream error[-what]").
+  [[noreturn]] static void fail(const char* what) {
+    boost::serialization::throw_exception(
+        boost::archive::archive_exception(boost::archive::archive_exception::input_stream_error, what));
+  }
+
+ private:
+  const char* next_;
+  const char* end_;
+};
+
+template <class T>
+inline constexpr bool fast_arithmetic =
+    std::is_same_v<T, bool> || std::is_same_v<T, char> || std::is_same_v<T, signed char> ||
+    std::is_same_v<T, unsigned char> || std::is_same_v<T, short> || std::is_same_v<T, unsigned short> ||
+    std::is_same_v<T, int> || std::is_same_v<T, unsigned int> || std::is_same_v<T, long> ||
+    std::is_same_v<T, unsigned long> || std::is_same_v<T, long long> ||
+    std::is_same_v<T, unsigned long long> || std::is_same_v<T, float> || std::is_same_v<T, double>;
+
+static_assert(sizeof(bool) == 1, "fwd's codec writes bools as one byte");
+
+/// How the fast path encodes T; `enabled` is false for types it leaves to the archives.
+/// `depth` bounds the nesting (deeply nested types stay with the archives, whose input
+/// side counts nesting).
+template <class T>
+struct fast_codec {
+  static constexpr bool enabled = false;
+  static constexpr int depth = 0;
+};
+
+template <class T>
+  requires fast_arithmetic<T>
+struct fast_codec<T> {
+  static constexpr bool enabled = true;
+  static constexpr int depth = 1;
+  static constexpr std::size_t size(const T& /*value*/) noexcept { return sizeof(T); }
+  static void write(char*& out, const T& value) noexcept {
+    std::memcpy(out, &value, sizeof(T));
+    out += sizeof(T);
+  }
+  static void read(fast_reader& in, T& value) {
+    if constexpr (std::is_same_v<T, bool>) {
+      unsigned char byte = 0;
+      in.read(&byte, 1);
+      if (byte > 1) fast_reader::fail("invalid bool");
+      value = byte != 0;
+    } else {
+      in.read(&value, sizeof(T));
+    }
+  }
+};
+
+template <class E>
+  requires(std::is_enum_v<E> && fast_arithmetic<std::underlying_type_t<E>> &&
+           !std::is_same_v<std::underlying_type_t<E>, bool>)
+struct fast_codec<E> {
+  using underlying = std::underlying_type_t<E>;
+  static constexpr bool enabled = true;
+  static constexpr int depth = 1;
+  static constexpr std::size_t size(const E& /*value*/) noexcept { return sizeof(underlying); }
+  static void write(char*& out, const E& value) noexcept {
+    fast_codec<underlying>::write(out, static_cast<underlying>(value));
+  }
+  static void read(fast_reader& in, E& value) {
+    underlying raw{};
+    fast_codec<underlying>::read(in, raw);
+    value = static_cast<E>(raw);
+  }
+};
+
+template <>
+struct fast_codec<std::string> {
+  static constexpr bool enabled = true;
+  static constexpr int depth = 1;
+  static std::size_t size(const std::string& value) noexcept { return sizeof(std::size_t) + value.size(); }
+  static void write(char*& out, const std::string& value) noexcept {
+    fast_codec<std::size_t>::write(out, value.size());
+    if (!value.empty()) std::memcpy(out, value.data(), value.size());
+    out += value.size();
+  }
+  static void read(fast_reader& in, std::string& value) {
+    std::size_t size = 0;
+    in.read(&size, sizeof(size));
+    if (size > in.remaining()) fast_reader::fail("string length exceeds the input");
+    value.assign(in.take(size), size);
+  }
+};
+
+template <class U>
+  requires fast_arithmetic<U>
+struct fast_codec<std::vector<U>> {
+  static constexpr bool enabled = true;
+  static constexpr int depth = 2;
+  static std::size_t size(const std::vector<U>& value) noexcept {
+    return sizeof(std::size_t) + value.size() * sizeof(U);
+  }
+  static void write(char*& out, const std::vector<U>& value) noexcept {
+    fast_codec<std::size_t>::write(out, value.size());
+    if constexpr (std::is_same_v<U, bool>) {
+      for (const bool element : value) *out++ = element ? '\1' : '\0';
+    } else {
+      if (!value.empty()) std::memcpy(out, value.data(), value.size() * sizeof(U));
+      out += value.size() * sizeof(U);
+    }
+  }
+  static void read(fast_reader& in, std::vector<U>& value) {
+    std::size_t count = 0;
+    in.read(&count, sizeof(count));
+    // As the archive: a count is at most the bytes left, whatever the element size.
+    if (count > in.remaining()) fast_reader::fail("collection size exceeds the input");
+    if constexpr (std::is_same_v<U, bool>) {
+      value.resize(count);
+      for (std::size_t i = 0; i < count; ++i) {
+        bool element = false;
+        fast_codec<bool>::read(in, element);
+        value[i] = element;
+      }
+    } else {
+      // The archive resizes, then fails the short read; failing first allocates nothing.
+      const char* bytes = in.take(count * sizeof(U));
+      value.resize(count);
+      if (count > 0) std::memcpy(value.data(), bytes, count * sizeof(U));
+    }
+  }
+};
+
+template <class... Ts>
+  requires(fast_codec<Ts>::enabled && ...)
+struct fast_codec<std::tuple<Ts...>> {
+  static constexpr bool enabled = true;
+  static constexpr int depth = 1 + std::max({0, fast_codec<Ts>::depth...});
+  static std::size_t size(const std::tuple<Ts...>& value) noexcept {
+    return std::apply([](const auto&... element) { return (std::size_t{0} + ... + fast_codec<Ts>::size(element)); },
+                      value);
+  }
+  static void write(char*& out, const std::tuple<Ts...>& value) {
+    std::apply([&out](const auto&... element) { (fast_codec<Ts>::write(out, element), ...); }, value);
+  }
+  static void read(fast_reader& in, std::tuple<Ts...>& value) {
+    std::apply([&in](auto&... element) { (fast_codec<Ts>::read(in, element), ...); }, value);
+  }
+};
+
+template <class T>
+  requires fast_codec<T>::enabled
+struct fast_codec<std::optional<T>> {
+  static constexpr bool enabled = true;
+  static constexpr int depth = 1 + fast_codec<T>::depth;
+  static std::size_t size(const std::optional<T>& value) noexcept {
+    return 1 + (value ? fast_codec<T>::size(*value) : 0);
+  }
+  static void write(char*& out, const std::optional<T>& value) {
+    fast_codec<bool>::write(out, value.has_value());
+    if (value) fast_codec<T>::write(out, *value);
+  }
+  static void read(fast_reader& in, std::optional<T>& value) {
+    bool engaged = false;
+    fast_codec<bool>::read(in, engaged);
+    if (!engaged) {
+      value.reset();
+      return;
+    }
+    fast_codec<T>::read(in, value.emplace());
+  }
+};
+
+template <>
+struct fast_codec<std::monostate> {
+  static constexpr bool enabled = true;
+  static constexpr int depth = 1;
+  static constexpr std::size_t size(const std::monostate& /*value*/) noexcept { return 0; }
+  static void write(char*& /*out*/, const std::monostate& /*value*/) noexcept {}
+  static void read(fast_reader& /*in*/, std::monostate& /*value*/) noexcept {}
+};
+
+template <class... Ts>
+  requires(fast_codec<Ts>::enabled && ...)
+struct fast_codec<std::variant<Ts...>> {
+  static constexpr bool enabled = true;
+  static constexpr int depth = 1 + std::max({0, fast_codec<Ts>::depth...});
+  static std::size_t size(const std::variant<Ts...>& value) {
+    fail_if_valueless(value);
+    return sizeof(std::uint32_t) +
+           std::visit([](const auto& alternative) {
+             return fast_codec<std::remove_cvref_t<decltype(alternative)>>::size(alternative);
+           }, value);
+  }
+  static void write(char*& out, const std::variant<Ts...>& value) {
+    fail_if_valueless(value);
+    fast_codec<std::uint32_t>::write(out, static_cast<std::uint32_t>(value.index()));
+    std::visit([&out](const auto& alternative) {
+      fast_codec<std::remove_cvref_t<decltype(alternative)>>::write(out, alternative);
+    }, value);
+  }
+  static void read(fast_reader& in, std::variant<Ts...>& value) {
+    std::uint32_t index = 0;
+    fast_codec<std::uint32_t>::read(in, index);
+    if (index >= sizeof...(Ts)) fast_reader::fail("std::variant alternative index out of range");
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (void)((index == I
+                  ? (fast_codec<std::variant_alternative_t<I, std::variant<Ts...>>>::read(
+                         in, value.template emplace<I>()),
+                     true)
+                  : false) ||
+             ...);
+    }(std::index_sequence_for<Ts...>{});
+  }
+
+ private:
+  // What the archive's save of a variant throws.
+  static void fail_if_valueless(const std::variant<Ts...>& value) {
+    if (value.valueless_by_exception()) {
+      boost::serialization::throw_exception(boost::archive::archive_exception(
+          boost::archive::archive_exception::output_stream_error,
+          "a valueless std::variant cannot be serialised"));
+    }
+  }
+};
+
+template <class Rep, class Period>
+  requires fast_arithmetic<Rep>
+struct fast_codec<std::chrono::duration<Rep, Period>> {
+  using duration = std::chrono::duration<Rep, Period>;
+  static constexpr bool enabled = true;
+  static constexpr int depth = 2;
+  static constexpr std::size_t size(const duration& /*value*/) noexcept { return sizeof(Rep); }
+  static void write(char*& out, const duration& value) noexcept { fast_codec<Rep>::write(out, value.count()); }
+  static void read(fast_reader& in, duration& value) {
+    Rep count{};
+    fast_codec<Rep>::read(in, count);
+    value = duration(count);
+  }
+};
+
+template <class Clock, class Duration>
+  requires fast_codec<Duration>::enabled
+struct fast_codec<std::chrono::time_point<Clock, Duration>> {
+  using time_point = std::chrono::time_point<Clock, Duration>;
+  static constexpr bool enabled = true;
+  static constexpr int depth = 1 + fast_codec<Duration>::depth;
+  static constexpr std::size_t size(const time_point& value) noexcept {
+    return fast_codec<Duration>::size(value.time_since_epoch());
+  }
+  static void write(char*& out, const time_point& value) noexcept {
+    fast_codec<Duration>::write(out, value.time_since_epoch());
+  }
+  static void read(fast_reader& in, time_point& value) {
+    Duration since_epoch{};
+    fast_codec<Duration>::read(in, since_epoch);
+    value = time_point(since_epoch);
+  }
+};
+
+/// True when every one of `Ts` takes the fast path (and none nests deeply).
+template <class... Ts>
+inline constexpr bool fast_codable = ((fast_codec<Ts>::enabled && fast_codec<Ts>::depth <= 32) && ...);
+
+/// The bytes of `values...`, one after another: what an archive writes for them.
+template <class... Ts>
+  requires fast_codable<Ts...>
+std::string fast_encode(const Ts&... values) {
+  const std::size_t size = (std::size_t{0} + ... + fast_codec<Ts>::size(values));
+  // Written in place, after a single allocation.
+  std::string out;
+  out.resize(size);
+  char* next = out.data();
+  (fast_codec<Ts>::write(next, values), ...);
+  (void)next;  // unused when there are no values
+  return out;
+}
+
+/// Reads `values...` in order from `in` (throws archive_exception on bad input).
+template <class... Ts>
+  requires fast_codable<Ts...>
+void fast_decode(fast_reader& in, Ts&... values) {
+  (fast_codec<Ts>::read(in, values), ...);
+}
+
+}  // namespace fwd::detail
+
+// ---- end fwd/detail/codec_fast_path.hpp ----
 // ---- begin fwd/detail/serialization.hpp ----
 
 // The Boost.Serialization side of fwd's procedures:
@@ -2180,6 +2545,7 @@ BOOST_SERIALIZATION_USE_ARRAY_OPTIMIZATION(fwd::detail::input_archive)
 #include <boost/core/demangle.hpp>
 #include <boost/system/error_code.hpp>
 
+#include <cstddef>
 #include <exception>
 #include <string>
 #include <string_view>
@@ -2217,20 +2583,16 @@ std::string encode_with(Write&& write) {
   return out;
 }
 
-/// Reads `bytes` with `read(input_archive&)`; reports any failure, or bytes left over,
-/// as errc::protocol_error in `ec` with an explanation in `*detail` (when given).
+/// Runs `read()`, which returns how many bytes it left unread; reports any failure, or
+/// bytes left over, as errc::protocol_error in `ec` with an explanation in `*detail`
+/// (when given).
 template <class Read>
-void decode_with(std::string_view bytes, boost::system::error_code& ec, std::string* detail,
-                 Read&& read) {
+void decode_guarded(boost::system::error_code& ec, std::string* detail, Read&& read) {
   ec = {};
   std::string why;
   try {
-    input_bytes in(bytes);
-    input_archive ar(in);
-    std::forward<Read>(read)(ar);
-    if (in.remaining() != 0) {
-      why = std::to_string(in.remaining()) + " unexpected bytes after the last value";
-    }
+    const std::size_t left = std::forward<Read>(read)();
+    if (left != 0) why = std::to_string(left) + " unexpected bytes after the last value";
   } catch (const boost::archive::archive_exception& e) {
     why = e.what();
   } catch (const std::exception& e) {
@@ -2244,6 +2606,63 @@ void decode_with(std::string_view bytes, boost::system::error_code& ec, std::str
   }
 }
 
+/// Reads `bytes` with `read(input_archive&)`; reports any failure, or bytes left over,
+/// as errc::protocol_error in `ec` with an explanation in `*detail` (when given).
+template <class Read>
+void decode_with(std::string_view bytes, boost::system::error_code& ec, std::string* detail,
+                 Read&& read) {
+  decode_guarded(ec, detail, [&] {
+    input_bytes in(bytes);
+    input_archive ar(in);
+    std::forward<Read>(read)(ar);
+    return in.remaining();
+  });
+}
+
+/// `values...` written one after another through fwd's output archive (never the fast
+/// path: the reference the fast path is tested against).
+template <class... Ts>
+std::string archive_encode(const Ts&... values) {
+  return encode_with([&](output_archive& ar) { ((ar << values), ...); });
+}
+
+/// Reads `values...` in order through fwd's input archive (never the fast path).
+template <class... Ts>
+void archive_decode(std::string_view bytes, boost::system::error_code& ec, std::string* detail, Ts&... values) {
+  decode_with(bytes, ec, detail, [&](input_archive& ar) { ((ar >> values), ...); });
+}
+
+/// Reads `values...` in order without an archive; as archive_decode otherwise.
+template <class... Ts>
+  requires fast_codable<Ts...>
+void fast_decode(std::string_view bytes, boost::system::error_code& ec, std::string* detail, Ts&... values) {
+  decode_guarded(ec, detail, [&] {
+    fast_reader in(bytes);
+    fast_decode(in, values...);
+    return in.remaining();
+  });
+}
+
+/// Encodes `values...` as fwd's archives would, through the fast path when it can.
+template <class... Ts>
+std::string encode_values(const Ts&... values) {
+  if constexpr (fast_codable<Ts...>) {
+    return fast_encode(values...);
+  } else {
+    return archive_encode(values...);
+  }
+}
+
+/// Decodes `values...` as fwd's archives would, through the fast path when it can.
+template <class... Ts>
+void decode_values(std::string_view bytes, boost::system::error_code& ec, std::string* detail, Ts&... values) {
+  if constexpr (fast_codable<Ts...>) {
+    fast_decode(bytes, ec, detail, values...);
+  } else {
+    archive_decode(bytes, ec, detail, values...);
+  }
+}
+
 /**
  * Encodes the arguments of a call to `proc`: each given argument converted to its
  * parameter type. Compiles only when `Given...` convert to the parameters (same count).
@@ -2252,9 +2671,13 @@ void decode_with(std::string_view bytes, boost::system::error_code& ec, std::str
 template <class R, class... A, class... Given>
   requires procedure<R(A...)>::template accepts<Given...>
 std::string encode_arguments(const procedure<R(A...)>& /*proc*/, Given&&... given) {
-  return encode_with([&](output_archive& ar) {
-    (save_parameter<std::decay_t<A>>(ar, std::forward<Given>(given)), ...);
-  });
+  if constexpr (fast_codable<std::decay_t<A>...>) {
+    return fast_encode<std::decay_t<A>...>(as_parameter<std::decay_t<A>>(std::forward<Given>(given))...);
+  } else {
+    return encode_with([&](output_archive& ar) {
+      (save_parameter<std::decay_t<A>>(ar, std::forward<Given>(given)), ...);
+    });
+  }
 }
 
 /**
@@ -2266,9 +2689,7 @@ template <class Proc>
 typename Proc::arguments decode_arguments(std::string_view bytes, boost::system::error_code& ec,
                                           std::string* detail = nullptr) {
   typename Proc::arguments args{};
-  decode_with(bytes, ec, detail, [&args](input_archive& ar) {
-    std::apply([&ar](auto&... value) { ((ar >> value), ...); }, args);
-  });
+  std::apply([&](auto&... value) { decode_values(bytes, ec, detail, value...); }, args);
   if (ec) return typename Proc::arguments{};
   return args;
 }
@@ -2277,7 +2698,7 @@ typename Proc::arguments decode_arguments(std::string_view bytes, boost::system:
 template <class R>
 std::string encode_result(const R& value) {
   static_assert((signature_fingerprint<R()>(), true));
-  return encode_with([&value](output_archive& ar) { ar << value; });
+  return encode_values(value);
 }
 
 /// Encodes a void result: no bytes.
@@ -2309,7 +2730,7 @@ R decode_result(std::string_view bytes, boost::system::error_code& ec, std::stri
   } else {
     static_assert((signature_fingerprint<R()>(), true));
     R value{};
-    decode_with(bytes, ec, detail, [&value](input_archive& ar) { ar >> value; });
+    decode_values(bytes, ec, detail, value);
     if (ec) return R{};
     return value;
   }
@@ -2893,6 +3314,25 @@ struct member_event {
   std::string_view member;
 };
 
+/// A primary lookup: served from the cache (hit) or waiting for a refresh (miss).
+struct discovery_lookup_event {
+  bool hit = false;
+};
+
+/// One member answered a discovery probe, or failed to.
+struct probe_event {
+  std::string_view peer;
+  std::string_view role;  ///< what the member says it is ("primary", "replica", ...)
+  boost::system::error_code outcome;
+};
+
+/// A DNS poll of the membership failed or came back empty; members are kept until
+/// answers agree (see membership_options).
+struct resolver_error_event {
+  boost::system::error_code error;  ///< category "fwd.dns" keeps c-ares's status
+  std::string_view message;
+};
+
 /// A peer's circuit breaker changed state ("closed", "open", "half-open").
 struct breaker_event {
   std::string_view peer;
@@ -2915,6 +3355,10 @@ struct telemetry {
   std::function<void(const member_event&)> member_joined;
   std::function<void(const member_event&)> member_left;
   std::function<void(const breaker_event&)> breaker_changed;
+  /// Called on every primary lookup, hits included: keep it to a counter increment.
+  std::function<void(const discovery_lookup_event&)> discovery_lookup;
+  std::function<void(const probe_event&)> probe_finished;
+  std::function<void(const resolver_error_event&)> resolver_error;
 };
 
 /// Shared, immutable hooks; null means "no telemetry".
@@ -3252,10 +3696,10 @@ class registry {
     }
     using procedure_type = procedure<R(A...)>;
     auto shared_fn = std::make_shared<function>(std::forward<F>(fn));
-    add(std::string(proc.name()), proc.signature(), procedure_type::signature_text(),
-        [shared_fn](const incoming_call& call, boost::asio::any_io_executor executor,
-                    reply_handler reply) {
-          run_typed<procedure_type, traits>(shared_fn, call, std::move(executor), std::move(reply));
+    add(std::string(proc.name()), proc.signature(), procedure_type::signature_text(), nullptr,
+        [shared_fn](const incoming_call& call, const boost::asio::any_io_executor& executor,
+                    std::shared_ptr<detail::reply_once> answer) {
+          run_typed<procedure_type, traits>(shared_fn, call, executor, std::move(answer));
         });
   }
 
@@ -3270,7 +3714,7 @@ class registry {
       throw error(make_error_code(errc::bad_argument),
                   "procedure " + detail::quoted_name(name) + " needs a handler");
     }
-    add(std::move(name), signature, {}, std::move(handler));
+    add(std::move(name), signature, {}, std::move(handler), nullptr);
   }
 
   /**
@@ -3322,6 +3766,15 @@ class registry {
         return;
       }
       const incoming_call owned{target->name, target->signature, arguments, request_id, deadline};
+      if (target->typed) {
+        // A typed procedure answers through `answer` itself.
+        try {
+          target->typed(owned, executor, answer);
+        } catch (...) {
+          answer->fail(std::current_exception());
+        }
+        return;
+      }
       // The handler gets a reply that answers through `answer`, so that a throwing or
       // forgetful raw handler still answers exactly once.
       reply_handler forward = [answer](boost::system::error_code ec, std::string payload) {
@@ -3354,14 +3807,20 @@ class registry {
   }
 
  private:
+  // Runs a typed procedure's call, answering through the reply given.
+  using typed_handler = std::function<void(const incoming_call&, const boost::asio::any_io_executor&,
+                                           std::shared_ptr<detail::reply_once>)>;
+
   struct entry {
     std::string name;
     std::uint64_t signature = 0;
     std::string signature_text;  // empty for raw procedures
-    raw_handler handler;
+    raw_handler handler;         // raw procedures
+    typed_handler typed;         // typed procedures
   };
 
-  void add(std::string name, std::uint64_t signature, std::string signature_text, raw_handler handler) {
+  void add(std::string name, std::uint64_t signature, std::string signature_text, raw_handler handler,
+           typed_handler typed) {
     if (name.empty()) {
       throw error(make_error_code(errc::bad_argument), "a procedure name cannot be empty");
     }
@@ -3370,7 +3829,8 @@ class registry {
                   "procedure " + detail::quoted_name(name) +
                       " is already defined: each name can be defined once");
     }
-    auto e = std::make_shared<entry>(entry{name, signature, std::move(signature_text), std::move(handler)});
+    auto e = std::make_shared<entry>(
+        entry{name, signature, std::move(signature_text), std::move(handler), std::move(typed)});
     entries_.emplace(std::move(name), std::move(e));
   }
 
@@ -3384,10 +3844,8 @@ class registry {
   // Decodes, runs and answers one call of a typed procedure. Runs on the executor.
   template <class Proc, class Traits, class F>
   static void run_typed(const std::shared_ptr<F>& fn, const incoming_call& call,
-                        boost::asio::any_io_executor executor, reply_handler reply) {
+                        const boost::asio::any_io_executor& executor, std::shared_ptr<detail::reply_once> answer) {
     using R = typename Proc::result_type;
-    auto answer = std::make_shared<detail::reply_once>(std::move(reply), executor,
-                                                       std::string(call.procedure));
     boost::system::error_code ec;
     std::string why;
     auto args = fwd::detail::decode_arguments<Proc>(call.arguments, ec, &why);
@@ -3563,6 +4021,306 @@ class frame_buffer {
 }  // namespace fwd::rpc::detail
 
 // ---- end fwd/rpc/detail/frame_buffer.hpp ----
+// ---- begin fwd/rpc/detail/tls_stream.hpp ----
+
+// The byte stream under an RPC connection: a plain TCP socket, or TLS over one, chosen when
+// the connection is set up. Each operation branches once on which it is instead of going
+// through a virtual call, so that the plain path costs what a bare socket costs.
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
+
+#include <algorithm>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <cstddef>
+// ---- begin fwd/rpc/tls.hpp ----
+
+// Optional mutual TLS for the RPC transport: what a node presents and whom it trusts.
+// Only strings here, so that the options can be named without pulling in OpenSSL.
+
+#include <string>
+
+namespace fwd::rpc {
+
+/**
+ * TLS settings of a server (`server_options::tls`) or a client (`client_options::tls`).
+ *
+ * With TLS, each connection runs a TLS handshake (TLS 1.2 at least; 1.3 when both sides
+ * have it) before fwd's own handshake, which still proves the cluster secret: a peer needs
+ * both a certificate the other side trusts and the secret. Mutual: a server asks every
+ * client for its certificate and verifies it against `ca_file`; a client verifies the
+ * server's.
+ *
+ * Files are PEM. They are read once, when the server or client is constructed; a file that
+ * cannot be read or parsed, or a key that does not match its certificate, throws
+ * fwd::error (`bad_argument`) naming the file and OpenSSL's reason.
+ *
+ * A TLS failure (no certificate, a certificate from another CA, a plain fwd client against
+ * a TLS server, a TLS client against a plain server) closes that connection only. The
+ * client's calls fail with `unauthenticated` and OpenSSL's reason in
+ * `call_options::error_detail`; the server reports `telemetry::connection_failed` with
+ * OpenSSL's error (category "asio.ssl"), or `unauthenticated` for a plain fwd client.
+ */
+struct tls_options {
+  /// This node's certificate, then any intermediate CA certificates. Required on a server;
+  /// on a client, needed whenever the server requires client certificates (the default).
+  std::string certificate_chain_file;
+  /// The private key of that certificate (unencrypted PEM). Required with the certificate.
+  std::string private_key_file;
+  /// The CA certificates a peer's certificate must chain to: the cluster's CA. Empty: the
+  /// system's default trust store (rarely what a cluster wants).
+  std::string ca_file;
+  /// Server: refuse a client that presents no valid certificate (mutual TLS). False: a
+  /// client certificate is verified when one is presented, and not required.
+  /// Client: verify the server's certificate. False: accept any server certificate; then only
+  /// the cluster secret authenticates the server, which does not stop a relaying
+  /// man-in-the-middle. For tests only.
+  bool require_peer_certificate = true;
+  /// Client only: the name the server's certificate must carry (a DNS name, or an IP address
+  /// matched against its IP subjectAltNames); a DNS name is also sent as SNI. Empty: the
+  /// certificate's chain is verified, not its name. A server ignores it.
+  std::string verify_hostname;
+};
+
+}  // namespace fwd::rpc
+
+// ---- end fwd/rpc/tls.hpp ----
+#include <iterator>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace fwd::rpc::detail {
+
+/**
+ * The SSL context of one side, built from `options`. `owner` names the options in errors
+ * ("server_options::tls"). Throws fwd::error (bad_argument) naming the file and OpenSSL's
+ * reason when a file cannot be loaded.
+ */
+inline std::shared_ptr<boost::asio::ssl::context> make_tls_context(const tls_options& options,
+                                                                   bool server,
+                                                                   std::string_view owner) {
+  namespace ssl = boost::asio::ssl;
+  auto context =
+      std::make_shared<ssl::context>(server ? ssl::context::tls_server : ssl::context::tls_client);
+  SSL_CTX* native = context->native_handle();
+  auto fail = [&](const std::string& what, const boost::system::error_code& ec) {
+    std::string message(owner);
+    message += ": " + what;
+    if (ec) message += ": " + ec.message();
+    throw fwd::error(make_error_code(errc::bad_argument), message);
+  };
+  // TLS 1.2 at least; OpenSSL negotiates 1.3 when the peer has it.
+  if (SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION) != 1)
+    fail("cannot require TLS 1.2", {});
+  context->set_options(ssl::context::default_workarounds | ssl::context::no_compression);
+  SSL_CTX_set_options(native, SSL_OP_NO_RENEGOTIATION);
+  boost::system::error_code ec;
+  const bool has_certificate =
+      !options.certificate_chain_file.empty() || !options.private_key_file.empty();
+  if (has_certificate) {
+    if (options.certificate_chain_file.empty() || options.private_key_file.empty()) {
+      fail("set both certificate_chain_file and private_key_file (PEM), or neither", {});
+    }
+    context->use_certificate_chain_file(options.certificate_chain_file, ec);
+    if (ec)
+      fail(
+          "cannot load the certificate chain " + options.certificate_chain_file + " (PEM expected)",
+          ec);
+    context->use_private_key_file(options.private_key_file, ssl::context::pem, ec);
+    if (ec)
+      fail(
+          "cannot load the private key " + options.private_key_file + " (unencrypted PEM expected)",
+          ec);
+    if (SSL_CTX_check_private_key(native) != 1) {
+      fail("the private key " + options.private_key_file + " does not match the certificate " +
+               options.certificate_chain_file,
+           {});
+    }
+  } else if (server) {
+    fail("a TLS server needs certificate_chain_file and private_key_file", {});
+  }
+  if (!options.ca_file.empty()) {
+    context->load_verify_file(options.ca_file, ec);
+    if (ec) fail("cannot load the CA certificates " + options.ca_file + " (PEM expected)", ec);
+  } else {
+    context->set_default_verify_paths(ec);
+    if (ec) fail("cannot load the system's trust store; set ca_file", ec);
+  }
+  if (server) {
+    context->set_verify_mode(options.require_peer_certificate
+                                 ? ssl::verify_peer | ssl::verify_fail_if_no_peer_cert
+                                 : ssl::verify_peer);
+    if (!options.ca_file.empty()) {
+      // Tell clients which CAs are acceptable, so that one holding several certificates picks
+      // right.
+      if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(options.ca_file.c_str())) {
+        SSL_CTX_set_client_CA_list(native, names);
+      }
+    }
+    // Clients do not resume sessions (each connection is long-lived): send no tickets.
+    SSL_CTX_set_num_tickets(native, 0);
+  } else {
+    context->set_verify_mode(options.require_peer_certificate ? ssl::verify_peer
+                                                              : ssl::verify_none);
+  }
+  return context;
+}
+
+/// True when `ec` came from TLS (OpenSSL's reasons, alerts, a truncated TLS stream).
+inline bool is_tls_error(const boost::system::error_code& ec) noexcept {
+  return ec.category() == boost::asio::error::get_ssl_category() ||
+         ec.category() == boost::asio::ssl::error::get_stream_category();
+}
+
+/**
+ * A plain TCP socket, or TLS over one (after start_tls()). Movable; one read and one write
+ * may run at once, on the socket's executor (a strand). A TLS stream lives until its last
+ * operation completes, even when this object is reassigned for the next connection.
+ */
+class transport_stream {
+ public:
+  using tcp = boost::asio::ip::tcp;
+  using executor_type = tcp::socket::executor_type;
+  using tls_stream_type = boost::asio::ssl::stream<tcp::socket>;
+
+  explicit transport_stream(tcp::socket socket) : socket_(std::move(socket)) {}
+
+  executor_type get_executor() noexcept { return socket().get_executor(); }
+
+  /// The TCP socket (under TLS, the TLS stream's).
+  tcp::socket& socket() noexcept { return tls_ ? tls_->stream.next_layer() : socket_; }
+
+  bool is_tls() const noexcept { return tls_ != nullptr; }
+
+  /// From now on, bytes go through TLS with `context` (call before any byte is exchanged).
+  void start_tls(boost::asio::ssl::context& context) {
+    tls_ = std::make_shared<tls_session>(std::move(socket_), context);
+  }
+
+  /// Client side: the server's certificate must carry `name`; a DNS name also goes as SNI.
+  void expect_server_name(const std::string& name) {
+    if (!tls_ || name.empty()) return;
+    SSL* ssl = tls_->stream.native_handle();
+    boost::system::error_code not_address;
+    boost::asio::ip::make_address(name, not_address);
+    // OpenSSL's own checks, so that a mismatch has its own verify error ("hostname mismatch").
+    if (not_address) {
+      SSL_set_tlsext_host_name(ssl, name.c_str());
+      SSL_set1_host(ssl, name.c_str());
+    } else {
+      X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name.c_str());
+    }
+  }
+
+  /// OpenSSL's reason for a TLS failure, with the certificate verification's when it failed.
+  std::string tls_failure_reason(const boost::system::error_code& ec) const {
+    std::string reason = ec.message();
+    if (tls_) {
+      const long verify = SSL_get_verify_result(tls_->stream.native_handle());
+      if (verify != X509_V_OK) {
+        reason += " (";
+        reason += X509_verify_cert_error_string(verify);
+        reason += ")";
+      }
+    }
+    return reason;
+  }
+
+  /// The TLS handshake, as `type`; completes `handler(error_code)` on the socket's executor.
+  template <class Handler>
+  void async_tls_handshake(boost::asio::ssl::stream_base::handshake_type type, Handler&& handler) {
+    auto& stream = tls_->stream;
+    stream.async_handshake(type, [keep = tls_, h = std::forward<Handler>(handler)](
+                                     boost::system::error_code ec) mutable { std::move(h)(ec); });
+  }
+
+  /// AsyncReadStream: `void(error_code, std::size_t)`.
+  template <class MutableBuffers, class Token>
+  auto async_read_some(const MutableBuffers& buffers, Token&& token) {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code, std::size_t)>(
+        [this](auto handler, const MutableBuffers& b) {
+          if (!tls_) {
+            socket_.async_read_some(b, std::move(handler));
+            return;
+          }
+          auto& stream = tls_->stream;
+          stream.async_read_some(
+              b, [keep = tls_, h = std::move(handler)](
+                     boost::system::error_code ec, std::size_t n) mutable { std::move(h)(ec, n); });
+        },
+        token, buffers);
+  }
+
+  /// AsyncWriteStream: `void(error_code, std::size_t)`.
+  template <class ConstBuffers, class Token>
+  auto async_write_some(const ConstBuffers& buffers, Token&& token) {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code, std::size_t)>(
+        [this](auto handler, const ConstBuffers& b) {
+          if (!tls_) {
+            socket_.async_write_some(b, std::move(handler));
+            return;
+          }
+          // TLS writes one buffer at a time; gather many small frames into one, so that
+          // coalesced frames still make few TLS records and few system calls.
+          const auto data = tls_->gather(b);
+          auto& stream = tls_->stream;
+          stream.async_write_some(data, [keep = tls_, h = std::move(handler)](
+                                            boost::system::error_code ec, std::size_t n) mutable {
+            std::move(h)(ec, n);
+          });
+        },
+        token, buffers);
+  }
+
+  /// Closes the connection at once (no TLS close_notify: fwd's goodbye frame says why).
+  void close() noexcept {
+    boost::system::error_code ignored;
+    socket().shutdown(tcp::socket::shutdown_both, ignored);
+    socket().close(ignored);
+  }
+
+ private:
+  struct tls_session {
+    tls_session(tcp::socket socket, boost::asio::ssl::context& context)
+        : stream(std::move(socket), context) {}
+
+    template <class ConstBuffers>
+    boost::asio::const_buffer gather(const ConstBuffers& buffers) {
+      auto it = boost::asio::buffer_sequence_begin(buffers);
+      const auto end = boost::asio::buffer_sequence_end(buffers);
+      if (it == end) return {};
+      boost::asio::const_buffer first(*it);
+      if (std::next(it) == end || first.size() >= gather_limit) return first;
+      gathered.clear();
+      for (; it != end && gathered.size() < gather_limit; ++it) {
+        boost::asio::const_buffer b(*it);
+        const std::size_t take = std::min(b.size(), gather_limit - gathered.size());
+        gathered.append(static_cast<const char*>(b.data()), take);
+      }
+      return boost::asio::buffer(gathered);
+    }
+
+    static constexpr std::size_t gather_limit = 64 * 1024;
+    tls_stream_type stream;
+    std::string gathered;  // one write at a time, so one buffer serves them all
+  };
+
+  tcp::socket socket_;                // the connection, until start_tls()
+  std::shared_ptr<tls_session> tls_;  // after start_tls(): owns the socket
+};
+
+}  // namespace fwd::rpc::detail
+
+// ---- end fwd/rpc/detail/tls_stream.hpp ----
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/bind_executor.hpp>
@@ -3573,6 +4331,7 @@ class frame_buffer {
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -3621,6 +4380,11 @@ struct server_options {
   std::uint32_t archive_version = 0;
   /// Hooks: connection opened, closed and failed (the peer is the client's address).
   telemetry_ptr telemetry;
+  /// Mutual TLS (see tls_options). Unset: connections are plain TCP. Set: every connection
+  /// must complete a TLS handshake, with a client certificate signed by `tls->ca_file` (unless
+  /// `require_peer_certificate` is false), before fwd's handshake (`handshake_timeout` covers
+  /// both). A plain fwd client is answered `unauthenticated` ("this server requires TLS").
+  std::optional<tls_options> tls;
 };
 
 namespace detail {
@@ -3666,6 +4430,7 @@ struct server_state {
   std::mutex mutex;  // guards live
   std::list<std::weak_ptr<server_connection>> live;
   std::optional<boost::asio::ip::tcp::acceptor> acceptor;  // used on its own strand
+  std::shared_ptr<boost::asio::ssl::context> tls_context;  // set: connections use TLS
 };
 
 class server_connection : public std::enable_shared_from_this<server_connection> {
@@ -3674,21 +4439,25 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
   server_connection(std::shared_ptr<server_state> state, tcp::socket socket)
       : state_(std::move(state)),
-        socket_(std::move(socket)),
-        strand_(socket_.get_executor()),
+        stream_(std::move(socket)),
+        strand_(stream_.get_executor()),
         timer_(strand_),
         handshake_(std::in_place, state_->options.secret, state_->versions) {
     boost::system::error_code ignored;
-    peer_ = endpoint_string(socket_.remote_endpoint(ignored));
-    socket_.set_option(tcp::no_delay(true), ignored);
-    socket_.set_option(boost::asio::socket_base::keep_alive(true), ignored);
+    peer_ = endpoint_string(stream_.socket().remote_endpoint(ignored));
+    stream_.socket().set_option(tcp::no_delay(true), ignored);
+    stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
   }
 
   void start() {
     state_->connections.fetch_add(1, std::memory_order_relaxed);
     last_activity_ = std::chrono::steady_clock::now();
     arm_timer(state_->options.handshake_timeout);
-    read();
+    if (state_->tls_context) {
+      await_first_byte();
+    } else {
+      read();
+    }
   }
 
   /// Graceful stop: read nothing more; close once every running request has replied.
@@ -3731,12 +4500,73 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     arm_timer(std::max(left, std::chrono::milliseconds(1)));
   }
 
+  // --- TLS, before fwd's handshake -------------------------------------------------------
+
+  // Looks at the first byte without consuming it: a TLS client opens with a handshake record
+  // (0x16); a plain fwd client with fwd's magic, and is told that TLS is required.
+  void await_first_byte() {
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](boost::system::error_code ec) {
+      if (self->closed_) return;
+      if (ec) {
+        self->close(ec);
+        return;
+      }
+      char first = 0;
+      const std::size_t n =
+          self->stream_.socket().receive(boost::asio::buffer(&first, 1), tcp::socket::message_peek, ec);
+      if (ec || n == 0) {
+        self->close(ec == boost::asio::error::eof ? boost::system::error_code{} : ec);
+        return;
+      }
+      if (first == static_cast<char>(wire::magic & 0xff)) {
+        self->refuse_plain_client();
+        return;
+      }
+      self->stream_.start_tls(*self->state_->tls_context);
+      self->stream_.async_tls_handshake(boost::asio::ssl::stream_base::server,
+                                        [self](boost::system::error_code handshake_ec) {
+                                          if (self->closed_) return;
+                                          if (handshake_ec) {
+                                            // The peer's certificate is missing or untrusted, or it
+                                            // does not speak TLS: OpenSSL's reason says which.
+                                            self->failed_ = handshake_ec;
+                                            fwd::detail::emit(self->state_->options.telemetry,
+                                                              &telemetry::connection_failed,
+                                                              connection_event{self->peer_, handshake_ec});
+                                            self->close(handshake_ec);
+                                            return;
+                                          }
+                                          self->read();
+                                        });
+    });
+  }
+
+  void refuse_plain_client() {
+    failed_ = make_error_code(errc::unauthenticated);
+    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_, failed_});
+    // Take in what the client sent (its hello), so that closing does not reset the
+    // connection before the client reads why.
+    boost::system::error_code ignored;
+    const std::size_t available = std::min<std::size_t>(stream_.socket().available(ignored), 4096);
+    if (!ignored && available > 0) {
+      std::string sink(available, '\0');
+      stream_.socket().receive(boost::asio::buffer(sink), 0, ignored);
+    }
+    queue(wire::encode_goodbye(errc::unauthenticated,
+                               "this server requires TLS: set client_options::tls (the node's certificate, its "
+                               "key and the cluster's CA)"));
+    draining_ = true;
+    maybe_close_drained();
+  }
+
+  // --- frames ------------------------------------------------------------------------------
+
   void read() {
     if (closed_ || draining_ || reading_) return;
     if (pending_reply_bytes() > state_->options.max_pending_reply_bytes) return;  // resumed after a write
     reading_ = true;
     auto [data, size] = buffer_.prepare();
-    socket_.async_read_some(boost::asio::buffer(data, size),
+    stream_.async_read_some(boost::asio::buffer(data, size),
                             [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
                               self->reading_ = false;
                               self->on_read(ec, n);
@@ -3746,7 +4576,9 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   void on_read(boost::system::error_code ec, std::size_t n) {
     if (closed_) return;
     if (ec) {
-      close(ec == boost::asio::error::eof ? boost::system::error_code{} : ec);
+      // A TLS peer that just closes its socket truncates the TLS stream: an ordinary close too.
+      const bool closed_by_peer = ec == boost::asio::error::eof || ec == boost::asio::ssl::error::stream_truncated;
+      close(closed_by_peer ? boost::system::error_code{} : ec);
       return;
     }
     buffer_.commit(n);
@@ -3885,7 +4717,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     if (writing_in_progress_ || queued_.empty() || closed_) return;
     writing_in_progress_ = true;
     std::swap(queued_, writing_);
-    boost::asio::async_write(socket_, boost::asio::buffer(writing_),
+    boost::asio::async_write(stream_, boost::asio::buffer(writing_),
                              [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
                                self->writing_in_progress_ = false;
                                self->writing_.clear();
@@ -3909,9 +4741,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     if (closed_) return;
     closed_ = true;
     timer_.cancel();
-    boost::system::error_code ignored;
-    socket_.shutdown(tcp::socket::shutdown_both, ignored);
-    socket_.close(ignored);
+    stream_.close();
     if (authenticated_) {
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed, connection_event{peer_, why});
     } else if (!failed_) {
@@ -3921,7 +4751,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   }
 
   std::shared_ptr<server_state> state_;
-  tcp::socket socket_;
+  transport_stream stream_;
   boost::asio::strand<boost::asio::any_io_executor> strand_;
   boost::asio::steady_timer timer_;
   std::optional<wire::server_handshake> handshake_;
@@ -3954,6 +4784,9 @@ class server_connection : public std::enable_shared_from_this<server_connection>
  * not run). A connection that sends a malformed or oversized frame, fails the handshake,
  * or does not finish it within `handshake_timeout` is closed; nothing else is affected.
  *
+ * With `options.tls`, connections run mutual TLS under fwd's handshake (see tls_options);
+ * a connection that fails TLS is closed the same way, and the others keep being served.
+ *
  * `procedures` must outlive the server's connections. Thread-safe: start(), stop() and
  * local_endpoint() may be called from any thread.
  */
@@ -3967,6 +4800,7 @@ class server {
       throw fwd::error(make_error_code(errc::bad_argument),
                        "server_options::secret is empty: give every node the same cluster secret");
     }
+    if (options.tls) state_->tls_context = detail::make_tls_context(*options.tls, true, "server_options::tls");
     state_->acceptor.emplace(boost::asio::make_strand(executor));
     state_->executor = std::move(executor);
     state_->user_registry = &procedures;
@@ -4120,6 +4954,12 @@ struct client_options {
   std::uint32_t archive_version = 0;
   /// Hooks: call started/finished, connection opened/closed/failed.
   telemetry_ptr telemetry;
+  /// Mutual TLS (see tls_options). Unset: plain TCP. Set: each connection runs a TLS
+  /// handshake, verifying the server's certificate against `tls->ca_file` and presenting
+  /// `tls->certificate_chain_file`, before fwd's handshake (`connect_timeout` covers both).
+  /// A TLS failure fails the waiting calls with `unauthenticated`, OpenSSL's reason in
+  /// their error detail.
+  std::optional<tls_options> tls;
 };
 
 /// Per-call settings.
@@ -4155,6 +4995,19 @@ struct pending_call {
   std::chrono::steady_clock::time_point started;
   bool sent = false;
   bool done = false;
+  bool in_initiation = false;  // submitted inline: its initiating call has not returned yet
+
+ protected:
+  // Runs the completion through the handler's executor: dispatched, or posted while the
+  // initiating call is still running (nothing may complete inside it).
+  template <class Executor, class Function>
+  void deliver(const Executor& executor, Function&& function) {
+    if (in_initiation) {
+      boost::asio::post(executor, std::forward<Function>(function));
+    } else {
+      boost::asio::dispatch(executor, std::forward<Function>(function));
+    }
+  }
 };
 
 template <class R>
@@ -4182,7 +5035,7 @@ class call_op final : public pending_call {
     auto executor = work_.get_executor();
     // Through the handler's own executor; never inside the initiating call, since
     // completion always starts from the connection's strand.
-    boost::asio::dispatch(executor, [handler = std::move(handler_), work = std::move(work_), ec,
+    deliver(executor, [handler = std::move(handler_), work = std::move(work_), ec,
                                      payload = std::move(payload), detail = std::move(detail_)]() mutable {
       boost::asio::get_associated_cancellation_slot(handler).clear();
       if constexpr (std::is_void_v<R>) {
@@ -4223,7 +5076,7 @@ class raw_call_op final : public pending_call {
 
   void complete(boost::system::error_code ec, std::string payload) override {
     auto executor = work_.get_executor();
-    boost::asio::dispatch(executor, [handler = std::move(handler_), work = std::move(work_), ec,
+    deliver(executor, [handler = std::move(handler_), work = std::move(work_), ec,
                                      payload = std::move(payload), detail = std::move(detail_)]() mutable {
       boost::asio::get_associated_cancellation_slot(handler).clear();
       if (ec) {
@@ -4246,6 +5099,7 @@ struct client_state {
   wire::versions versions;
   std::array<std::uint8_t, 8> id_prefix{};  // random per client; request ids add a counter
   std::atomic<std::uint64_t> next_id{1};
+  std::shared_ptr<boost::asio::ssl::context> tls_context;  // set: connections use TLS
 };
 
 class client_connection : public std::enable_shared_from_this<client_connection> {
@@ -4258,7 +5112,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
         peer_(peer),
         peer_name_(endpoint_string(peer)),
         state_(std::move(state)),
-        socket_(strand_),
+        stream_(tcp::socket(strand_)),
         connect_timer_(strand_),
         deadline_timer_(strand_),
         backoff_(state_->options.reconnect_backoff) {}
@@ -4268,6 +5122,16 @@ class client_connection : public std::enable_shared_from_this<client_connection>
 
   /// Takes ownership of a call; runs on the strand.
   void submit(std::shared_ptr<pending_call> call) {
+    if (strand_.running_in_this_thread()) {
+      // A call started from a completion on this connection (callers chain calls so): taken
+      // at once, without a hop through the scheduler. Whatever completes it before the
+      // initiating call returns (a closed client, a frame too large) posts the completion.
+      auto taken = call;
+      taken->in_initiation = true;
+      on_submit(std::move(call));
+      taken->in_initiation = false;
+      return;
+    }
     // post, not dispatch: nothing may complete inside the initiating call.
     boost::asio::post(strand_, [self = shared_from_this(), call = std::move(call)]() mutable {
       self->on_submit(std::move(call));
@@ -4326,9 +5190,8 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   void connect() {
     state_now_ = state::connecting;
     const std::uint64_t generation = ++generation_;
-    boost::system::error_code ignored;
-    socket_.close(ignored);
-    socket_ = tcp::socket(strand_);
+    stream_.close();
+    stream_ = transport_stream(tcp::socket(strand_));
     connect_timer_.expires_after(state_->options.connect_timeout);
     connect_timer_.async_wait([self = shared_from_this(), generation](boost::system::error_code ec) {
       if (ec || generation != self->generation_) return;
@@ -4337,7 +5200,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
                              "no connection to " + self->peer_name_ + " within the connect timeout");
       }
     });
-    socket_.async_connect(peer_, [self = shared_from_this(), generation](boost::system::error_code ec) {
+    stream_.socket().async_connect(peer_, [self = shared_from_this(), generation](boost::system::error_code ec) {
       if (generation != self->generation_ || self->state_now_ != state::connecting) return;
       if (ec) {
         self->connect_failed(make_error_code(errc::unreachable),
@@ -4350,9 +5213,34 @@ class client_connection : public std::enable_shared_from_this<client_connection>
 
   void on_connected() {
     boost::system::error_code ignored;
-    socket_.set_option(tcp::no_delay(true), ignored);
-    socket_.set_option(boost::asio::socket_base::keep_alive(true), ignored);
+    stream_.socket().set_option(tcp::no_delay(true), ignored);
+    stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
     state_now_ = state::handshaking;
+    if (!state_->tls_context) {
+      start_handshake();
+      return;
+    }
+    stream_.start_tls(*state_->tls_context);
+    stream_.expect_server_name(state_->options.tls->verify_hostname);
+    stream_.async_tls_handshake(boost::asio::ssl::stream_base::client,
+                                [self = shared_from_this(), generation = generation_](boost::system::error_code ec) {
+                                  if (generation != self->generation_ || self->state_now_ != state::handshaking) return;
+                                  if (ec) {
+                                    // Nothing was sent; a certificate or TLS mismatch is not
+                                    // fixed by retrying, hence unauthenticated.
+                                    self->connect_failed(make_error_code(errc::unauthenticated),
+                                                         "the TLS handshake with " + self->peer_name_ +
+                                                             " failed: " + self->stream_.tls_failure_reason(ec) +
+                                                             ": check both nodes' certificates and CA, and that "
+                                                             "the server has TLS on");
+                                    return;
+                                  }
+                                  self->start_handshake();
+                                });
+  }
+
+  // fwd's own handshake (after TLS, when on): versions, then the cluster secret.
+  void start_handshake() {
     handshake_.emplace(state_->options.secret, state_->versions);
     control_ = handshake_->start();
     buffer_ = frame_buffer();
@@ -4377,18 +5265,18 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   }
 
   void close_socket(boost::system::error_code /*why*/) {
-    boost::system::error_code ignored;
-    socket_.shutdown(tcp::socket::shutdown_both, ignored);
-    socket_.close(ignored);
+    stream_.close();
     control_.clear();
     handshake_.reset();
+    // The deadline timer outlives its last call only while connected (arm_deadline_timer).
+    if (deadlines_.empty()) cancel_deadline_timer();
   }
 
   // --- reading --------------------------------------------------------------------------
 
   void read() {
     auto [data, size] = buffer_.prepare();
-    socket_.async_read_some(boost::asio::buffer(data, size),
+    stream_.async_read_some(boost::asio::buffer(data, size),
                             [self = shared_from_this(), generation = generation_](boost::system::error_code ec,
                                                                                    std::size_t n) {
                               if (generation != self->generation_) return;
@@ -4453,6 +5341,15 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   // were never sent and wait for the next connection.
   void connection_broke(boost::system::error_code why, const std::string& detail) {
     const bool was_ready = state_now_ == state::ready;
+    if (!was_ready && stream_.is_tls() && why.category() == boost::asio::error::get_ssl_category()) {
+      // Under TLS 1.3 the server checks the client's certificate after the client's side of
+      // the TLS handshake is done: its refusal arrives here, as an alert.
+      connect_failed(make_error_code(errc::unauthenticated), "TLS with " + peer_name_ + " failed: " +
+                                                                 stream_.tls_failure_reason(why) +
+                                                                 ": check this node's certificate and the CA "
+                                                                 "the server trusts");
+      return;
+    }
     if (!was_ready) {
       connect_failed(why == errc::protocol_error ? why : make_error_code(errc::unreachable), detail);
       return;
@@ -4502,13 +5399,19 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     }
     if (buffers_.empty()) return;
     writing_ = true;
-    boost::asio::async_write(socket_, buffers_,
+    boost::asio::async_write(stream_, buffers_,
                              [self = shared_from_this(), generation = generation_](boost::system::error_code ec,
                                                                                     std::size_t) {
                                if (generation != self->generation_) return;
                                self->writing_ = false;
                                self->batch_.clear();
                                self->control_in_flight_.clear();
+                               if (ec && self->state_now_ == state::handshaking && self->stream_.is_tls()) {
+                                 // A server that refuses this TLS client resets the connection
+                                 // after its alert: the pending read reports the alert (or the
+                                 // connect timeout ends the attempt).
+                                 return;
+                               }
                                if (ec) {
                                  self->connection_broke(ec, "writing to " + self->peer_name_ + " failed: " + ec.message());
                                  return;
@@ -4562,21 +5465,31 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     for (auto& call : failing) complete(*call, ec, detail);
   }
 
+  // Re-arms the timer only for an earlier deadline, since each change is a system call:
+  // when the earliest deadline moves later (calls finish in order), the timer fires early
+  // once and is then armed for the earliest. While connected it also stays armed after
+  // the last call (a read is pending anyway), so a call at a time costs no timer change.
   void arm_deadline_timer() {
     if (deadlines_.empty()) {
-      deadline_timer_.cancel();
+      if (!stream_.socket().is_open()) cancel_deadline_timer();
       return;
     }
     const auto first = deadlines_.begin()->first;
-    if (timer_armed_ && armed_for_ == first) return;
+    if (timer_armed_ && armed_for_ <= first) return;
     timer_armed_ = true;
     armed_for_ = first;
     deadline_timer_.expires_at(first);
     deadline_timer_.async_wait([self = shared_from_this(), first](boost::system::error_code ec) {
-      if (ec || self->armed_for_ != first) return;
+      if (ec || !self->timer_armed_ || self->armed_for_ != first) return;
       self->timer_armed_ = false;
       self->on_deadlines();
     });
+  }
+
+  void cancel_deadline_timer() {
+    if (!timer_armed_) return;
+    timer_armed_ = false;
+    deadline_timer_.cancel();
   }
 
   void on_deadlines() {
@@ -4592,7 +5505,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   tcp::endpoint peer_;
   std::string peer_name_;
   std::shared_ptr<client_state> state_;
-  tcp::socket socket_;
+  transport_stream stream_;
   boost::asio::steady_timer connect_timer_;
   boost::asio::steady_timer deadline_timer_;
   std::chrono::milliseconds backoff_;
@@ -4631,7 +5544,9 @@ class client_connection : public std::enable_shared_from_this<client_connection>
  *   - `connection_lost` (maybe executed): the connection broke after the request was sent;
  *   - `timeout` (maybe executed): the deadline passed;
  *   - `cancelled` (maybe executed): cancelled through the cancellation slot;
- *   - `unauthenticated`, `version_mismatch`, `protocol_error`: the handshake failed;
+ *   - `unauthenticated`, `version_mismatch`, `protocol_error`: the handshake failed
+ *     (`unauthenticated` also when TLS fails: a certificate missing or untrusted, or TLS on
+ *     one side only; the error detail has OpenSSL's reason);
  *   - `frame_too_large`: the request exceeds max_frame_size (not sent);
  *   - from the server: `unknown_procedure`, `signature_mismatch`, `remote_failure`,
  *     `overloaded`, `timeout`, or the procedure's own error (e.g. a SQLite code).
@@ -4648,6 +5563,7 @@ class client {
                        "client_options::secret is empty: give every node the same cluster secret");
     }
     state_->versions.archive = options.archive_version != 0 ? options.archive_version : fwd::detail::archive_version();
+    if (options.tls) state_->tls_context = detail::make_tls_context(*options.tls, false, "client_options::tls");
     state_->options = std::move(options);
     state_->id_prefix = fwd::detail::random_bytes<8>();
   }
@@ -6109,6 +7025,8 @@ struct std::hash<fwd::member> {
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 
+#include <time.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -6195,7 +7113,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
   const primary_location* cached() const noexcept {
     const primary_location* location = current_.load(std::memory_order_acquire);
     if (location == nullptr) return nullptr;
-    if (clock::now().time_since_epoch().count() >= expires_.load(std::memory_order_relaxed)) {
+    if (expiry_clock_ns() >= expires_.load(std::memory_order_relaxed)) {
       return nullptr;
     }
     if (has_hit_hook_) options_.hooks.cache_hit();
@@ -6261,6 +7179,18 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
   std::uint64_t probe_rounds() const noexcept { return probe_rounds_.load(std::memory_order_relaxed); }
 
  private:
+  // The cache's expiry is read on every lookup: a coarse monotonic clock (a few ms of
+  // resolution, a fraction of any sensible TTL) is several times cheaper to read than steady_clock.
+  static std::int64_t expiry_clock_ns() noexcept {
+#if defined(CLOCK_MONOTONIC_COARSE)
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    return static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+#else
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now().time_since_epoch()).count();
+#endif
+  }
+
   struct waiter {
     std::uint64_t id;
     clock::time_point deadline;
@@ -6274,7 +7204,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     std::size_t answered = 0;
     bool done = false;
     litefs::role local;
-    clock::time_point deadline;
+    clock::time_point latest_deadline;
     std::vector<std::pair<peer, node_status>> claimants;
     std::string tried;
   };
@@ -6352,9 +7282,9 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     }
     auto round = std::make_shared<round_state>();
     round_ = round;
-    clock::time_point latest = clock::now();
-    for (const auto& w : waiters_) latest = std::max(latest, w.deadline);
-    round->deadline = std::min(clock::now() + options_.probe_timeout, latest);
+    // No probe outlives the most patient caller.
+    round->latest_deadline = clock::now();
+    for (const auto& w : waiters_) round->latest_deadline = std::max(round->latest_deadline, w.deadline);
 
     round->local = role_();
     switch (round->local.kind) {
@@ -6393,7 +7323,11 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
            round->next < round->members.size()) {
       const peer target = round->members[round->next++];
       ++round->in_flight;
-      probe_(target, round->deadline,
+      // Each probe gets its own deadline, so members queued behind a slow one (when
+      // max_concurrent_probes is below the member count) still get a full probe.
+      const clock::time_point deadline =
+          std::min(clock::now() + options_.probe_timeout, round->latest_deadline);
+      probe_(target, deadline,
              boost::asio::bind_executor(strand_, [self = shared_from_this(), round, target](
                                                      boost::system::error_code ec, node_status status) {
                self->on_probe(round, target, ec, std::move(status));
@@ -6467,7 +7401,8 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     round_.reset();
     const primary_location* stored = intern(std::move(location));
     const primary_location* before = current_.exchange(stored, std::memory_order_acq_rel);
-    expires_.store((clock::now() + options_.ttl).time_since_epoch().count(), std::memory_order_relaxed);
+    expires_.store(expiry_clock_ns() + std::chrono::nanoseconds(options_.ttl).count(),
+                   std::memory_order_relaxed);
     if (stored != before && stored != last_announced_) {
       last_announced_ = stored;
       if (options_.hooks.primary_changed) options_.hooks.primary_changed(*stored);
@@ -6517,7 +7452,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
 
   // The cache: read from any thread.
   std::atomic<const primary_location*> current_{nullptr};
-  std::atomic<clock::rep> expires_{0};
+  std::atomic<std::int64_t> expires_{0};
 
   // The slow path: on the strand only.
   boost::asio::steady_timer role_timer_;
@@ -7777,5 +8712,1720 @@ class write_executor {
 // ---- end fwd/detail/sqlite_write_executor.hpp ----
 
 // ---- end fwd/sqlite.hpp ----
+// ---- begin fwd/retry.hpp ----
+
+// Retrying a call: exponential backoff with full jitter, an overall deadline, and a retry
+// budget (a token bucket shared by every call of a node) so that a failing cluster is
+// not hammered by retries of retries.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <random>
+
+namespace fwd {
+
+/// How a forwarded call retries. The defaults suit a LAN cluster with sub-second failover.
+struct retry_policy {
+  /// Attempts in all, the first included. 1 = never retry. The call's deadline bounds
+  /// the attempts too: whichever comes first ends the call.
+  std::uint32_t max_attempts = 10;
+  /// The backoff cap of the first retry; each further retry doubles it (`multiplier`)
+  /// up to `max_backoff`. The wait is uniform in [0, cap] ("full jitter").
+  std::chrono::milliseconds initial_backoff{10};
+  std::chrono::milliseconds max_backoff{1000};
+  double multiplier = 2.0;
+  /// The retry budget: a bucket of `budget_capacity` tokens, refilled at
+  /// `budget_refill_per_second`; each retry takes one token, and a retry finding the
+  /// bucket empty is not made (the call fails with its last error). 0 capacity disables
+  /// the budget (unbounded retries within attempts and deadline).
+  double budget_capacity = 100;
+  double budget_refill_per_second = 20;
+};
+
+/**
+ * The cap of the backoff before retry number `retry` (1 = the first retry):
+ * `min(max_backoff, initial_backoff * multiplier^(retry-1))`.
+ */
+inline std::chrono::nanoseconds backoff_cap(const retry_policy& policy,
+                                            std::uint32_t retry) noexcept {
+  double cap = std::chrono::duration<double, std::nano>(policy.initial_backoff).count();
+  const double max = std::chrono::duration<double, std::nano>(policy.max_backoff).count();
+  const double multiplier = policy.multiplier < 1.0 ? 1.0 : policy.multiplier;
+  for (std::uint32_t i = 1; i < retry && cap < max; ++i) cap *= multiplier;
+  return std::chrono::nanoseconds(static_cast<std::int64_t>(std::min(cap, max)));
+}
+
+/**
+ * The wait before retry number `retry` with full jitter: uniform in [0, backoff_cap].
+ * Jitter spreads the retries of many callers that failed together (a failover) so that
+ * they do not arrive at the new primary in one burst.
+ */
+template <class Generator>
+std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy, std::uint32_t retry,
+                                             Generator& rng) {
+  const auto cap = backoff_cap(policy, retry).count();
+  if (cap <= 0) return std::chrono::nanoseconds(0);
+  std::uniform_int_distribution<std::int64_t> pick(0, cap);
+  return std::chrono::nanoseconds(pick(rng));
+}
+
+/// full_jitter_backoff with a thread-local generator.
+inline std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy,
+                                                    std::uint32_t retry) {
+  thread_local std::minstd_rand rng{std::random_device{}()};
+  return full_jitter_backoff(policy, retry, rng);
+}
+
+/**
+ * A token bucket limiting retries across calls. Thread-safe. A full bucket lets a burst
+ * of `capacity` retries through; after that, retries are made at the refill rate.
+ */
+class retry_budget {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  /// A bucket of `capacity` tokens (starting full) refilled at `refill_per_second`.
+  /// A capacity of 0 or less means "no budget": every retry is allowed.
+  retry_budget(double capacity, double refill_per_second) noexcept
+      : capacity_(capacity),
+        refill_per_second_(refill_per_second < 0 ? 0 : refill_per_second),
+        tokens_(capacity),
+        last_(clock::now()) {}
+
+  explicit retry_budget(const retry_policy& policy) noexcept
+      : retry_budget(policy.budget_capacity, policy.budget_refill_per_second) {}
+
+  /// Takes one token if there is one (at `now`). Returns whether the retry may be made.
+  bool try_acquire(clock::time_point now = clock::now()) noexcept {
+    if (capacity_ <= 0) return true;
+    std::lock_guard lock(mutex_);
+    refill(now);
+    if (tokens_ < 1.0) return false;
+    tokens_ -= 1.0;
+    return true;
+  }
+
+  /// The tokens left now (for telemetry and tests).
+  double available(clock::time_point now = clock::now()) noexcept {
+    if (capacity_ <= 0) return 0;
+    std::lock_guard lock(mutex_);
+    refill(now);
+    return tokens_;
+  }
+
+ private:
+  void refill(clock::time_point now) noexcept {
+    if (now > last_) {
+      tokens_ = std::min(capacity_, tokens_ + std::chrono::duration<double>(now - last_).count() *
+                                                  refill_per_second_);
+      last_ = now;
+    }
+  }
+
+  const double capacity_;
+  const double refill_per_second_;
+  std::mutex mutex_;
+  double tokens_;
+  clock::time_point last_;
+};
+
+}  // namespace fwd
+
+// ---- end fwd/retry.hpp ----
+// ---- begin fwd/breaker.hpp ----
+
+// A circuit breaker per peer: after repeated transport failures to one peer, calls to it
+// fail at once with errc::circuit_open (nothing sent) for a cool-down, then one trial call
+// decides whether the peer is back. It stops a node from queueing work for a dead peer.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+namespace fwd {
+
+/// A breaker's state.
+enum class breaker_state {
+  closed,     ///< calls pass
+  open,       ///< calls fail at once with circuit_open until the cool-down ends
+  half_open,  ///< after the cool-down: a limited number of trial calls pass
+};
+
+/// "closed", "open" or "half-open".
+constexpr const char* to_string(breaker_state s) noexcept {
+  switch (s) {
+    case breaker_state::closed:
+      return "closed";
+    case breaker_state::open:
+      return "open";
+    case breaker_state::half_open:
+      return "half-open";
+  }
+  return "?";
+}
+
+/// When a breaker opens and how long it stays open.
+struct breaker_options {
+  /// Consecutive failures that open the breaker. 0 disables the breaker (always closed).
+  std::uint32_t failure_threshold = 5;
+  /// How long an open breaker refuses calls before letting trial calls through.
+  std::chrono::milliseconds open_duration{500};
+  /// Trial calls allowed at once in half-open; one success closes the breaker, one
+  /// failure opens it again for another open_duration.
+  std::uint32_t half_open_max_calls = 1;
+};
+
+/**
+ * One peer's circuit breaker. Thread-safe. Callers ask allow() before sending, and
+ * report the outcome with on_success() / on_failure() (count only failures that say
+ * something about the peer: unreachable, connection lost, timeout; not the procedure's
+ * own errors).
+ */
+class circuit_breaker {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  explicit circuit_breaker(breaker_options options = {}) noexcept : options_(options) {}
+
+  /// Whether a call may be sent now. In half-open, it reserves one of the trial slots:
+  /// report the call's outcome.
+  bool allow(clock::time_point now = clock::now()) noexcept {
+    if (options_.failure_threshold == 0) return true;
+    std::lock_guard lock(mutex_);
+    if (state_ == breaker_state::open) {
+      if (now < open_until_) return false;
+      state_ = breaker_state::half_open;
+      trials_ = 0;
+    }
+    if (state_ == breaker_state::half_open) {
+      if (trials_ >= options_.half_open_max_calls) return false;
+      ++trials_;
+    }
+    return true;
+  }
+
+  /// The call succeeded: closes the breaker. Returns the state before.
+  breaker_state on_success() noexcept {
+    std::lock_guard lock(mutex_);
+    const breaker_state before = state_;
+    failures_ = 0;
+    state_ = breaker_state::closed;
+    trials_ = 0;
+    return before;
+  }
+
+  /// The call failed at the transport: may open the breaker. Returns the state after.
+  breaker_state on_failure(clock::time_point now = clock::now()) noexcept {
+    if (options_.failure_threshold == 0) return breaker_state::closed;
+    std::lock_guard lock(mutex_);
+    ++failures_;
+    if (state_ == breaker_state::half_open || failures_ >= options_.failure_threshold) {
+      state_ = breaker_state::open;
+      open_until_ = now + options_.open_duration;
+      trials_ = 0;
+    }
+    return state_;
+  }
+
+  /// The state now (an open breaker whose cool-down ended reports half_open).
+  breaker_state state(clock::time_point now = clock::now()) const noexcept {
+    std::lock_guard lock(mutex_);
+    if (state_ == breaker_state::open && now >= open_until_) return breaker_state::half_open;
+    return state_;
+  }
+
+ private:
+  breaker_options options_;
+  mutable std::mutex mutex_;
+  breaker_state state_ = breaker_state::closed;
+  std::uint32_t failures_ = 0;
+  std::uint32_t trials_ = 0;
+  clock::time_point open_until_{};
+};
+
+/// One breaker per peer, created on first use. Thread-safe.
+class breaker_set {
+ public:
+  explicit breaker_set(breaker_options options = {}) : options_(options) {}
+
+  /// The breaker of `peer` (e.g. "127.0.0.1:7070"); stays valid as long as the set.
+  circuit_breaker& for_peer(std::string_view peer) {
+    std::lock_guard lock(mutex_);
+    auto it = breakers_.find(peer);
+    if (it == breakers_.end()) {
+      it = breakers_.emplace(std::string(peer), std::make_unique<circuit_breaker>(options_)).first;
+    }
+    return *it->second;
+  }
+
+ private:
+  breaker_options options_;
+  std::mutex mutex_;
+  std::map<std::string, std::unique_ptr<circuit_breaker>, std::less<>> breakers_;
+};
+
+}  // namespace fwd
+
+// ---- end fwd/breaker.hpp ----
+// ---- begin fwd/forwarder.hpp ----
+
+// The write path. A call runs on the primary exactly once, wherever it starts: on the
+// primary it goes to the local write executor (nothing is sent); on a replica it is sent
+// to the primary found by discovery (never both). Each call has one request id for all
+// its retries, so the primary's dedup table answers a repeated attempt with the stored
+// result. Failures are retried by class (not sent / maybe executed / permanent) with
+// full-jitter backoff, the call's deadline and a retry budget, through a circuit breaker
+// per peer. With read-your-writes (the default) a forwarded call completes only once the
+// local replica has replicated the primary's commit.
+
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <future>
+// ---- begin fwd/detail/forward_builtins.hpp ----
+
+// What every node serves on the write path besides the user's procedures: one SQL
+// statement with bound parameters, one statement over many parameter rows (bulk), and
+// versioned migrations. Also the envelope of a write's reply (the primary's TXID + the
+// result). Their names start with "fwd_write." because the server keeps "fwd." for the
+// procedures it answers itself. Includes <sqlite3.h>: only forwarder.hpp and node.hpp include this
+// file.
+
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <variant>
+#include <vector>
+
+namespace fwd {
+
+/// One SQL value: NULL, INTEGER, REAL, TEXT or BLOB.
+using sql_value =
+    std::variant<std::monostate, std::int64_t, double, std::string, std::vector<std::uint8_t>>;
+
+/// What a built-in statement procedure returns.
+struct statement_result {
+  static constexpr std::string_view fwd_type_name = "fwd.statement_result";
+  std::int64_t changes = 0;            ///< rows changed (summed over all rows for bulk)
+  std::int64_t last_insert_rowid = 0;  ///< sqlite3_last_insert_rowid after the (last) row
+
+  template <class Archive>
+  void serialize(Archive& archive, unsigned /*version*/) {
+    archive& changes& last_insert_rowid;
+  }
+  friend bool operator==(const statement_result&, const statement_result&) = default;
+};
+
+/// Built-in: runs one statement with bound parameters (?1, ?2, ...) on the primary.
+inline const procedure<statement_result(std::string, std::vector<sql_value>)> execute_statement{
+    "fwd_write.execute"};
+
+/// Built-in: runs one statement once per parameter row, all in one transaction (bulk insert).
+inline const procedure<statement_result(std::string, std::vector<std::vector<sql_value>>)>
+    execute_bulk{"fwd_write.execute_bulk"};
+
+/// One schema migration: applied once, in version order, on the primary.
+struct migration {
+  static constexpr std::string_view fwd_type_name = "fwd.migration";
+  std::int64_t version = 0;  ///< strictly increasing, > 0; recorded in _fwd_migrations
+  std::string name;          ///< for humans (kept in the _fwd_migrations table)
+  std::string sql;           ///< one or more statements
+
+  template <class Archive>
+  void serialize(Archive& archive, unsigned /*version*/) {
+    archive& version& name& sql;
+  }
+};
+
+/// Built-in: applies the migrations newer than the last recorded one; returns the
+/// schema version after it.
+inline const procedure<std::int64_t(std::vector<migration>)> migrate_procedure{"fwd_write.migrate"};
+
+namespace detail {
+
+inline void bind_sql_values(sqlite::statement& stmt, const std::vector<sql_value>& values) {
+  if (static_cast<int>(values.size()) != stmt.parameter_count()) {
+    throw fwd::error(make_error_code(errc::bad_argument),
+                     "the statement has " + std::to_string(stmt.parameter_count()) +
+                         " parameters but " + std::to_string(values.size()) +
+                         " values were given: give one value per parameter");
+  }
+  int index = 1;
+  for (const auto& value : values) {
+    std::visit(
+        [&](const auto& v) {
+          using T = std::decay_t<decltype(v)>;
+          if constexpr (std::is_same_v<T, std::monostate>) {
+            stmt.bind(index, nullptr);
+          } else if constexpr (std::is_same_v<T, std::vector<std::uint8_t>>) {
+            stmt.bind(index, sqlite::blob_view(v.data(), v.size()));
+          } else {
+            stmt.bind(index, v);
+          }
+        },
+        value);
+    ++index;
+  }
+}
+
+inline statement_result run_statement(sqlite3* db, const std::string& sql,
+                                      const std::vector<sql_value>& values) {
+  auto c = sqlite::connection::borrow(db);
+  auto stmt = c.prepare(sql);
+  bind_sql_values(stmt, values);
+  stmt.execute();
+  return {c.changes(), c.last_insert_rowid()};
+}
+
+inline statement_result run_bulk(sqlite3* db, const std::string& sql,
+                                 const std::vector<std::vector<sql_value>>& rows) {
+  auto c = sqlite::connection::borrow(db);
+  auto stmt = c.prepare(sql);
+  statement_result out;
+  for (const auto& row : rows) {
+    stmt.reset();
+    stmt.clear_bindings();
+    bind_sql_values(stmt, row);
+    stmt.execute();
+    out.changes += c.changes();
+  }
+  out.last_insert_rowid = c.last_insert_rowid();
+  return out;
+}
+
+// The highest migration recorded in _fwd_migrations (0 when none: the table is missing).
+// fwd keeps its own table rather than SQLite's user_version, which applications and
+// tools use for their own purposes.
+inline std::int64_t schema_version(sqlite3* db) {
+  auto c = sqlite::connection::borrow(db);
+  boost::system::error_code ec;
+  auto stmt = c.prepare("SELECT coalesce(max(version), 0) FROM _fwd_migrations", ec);
+  if (ec) return 0;  // no migration ran yet
+  stmt.step();
+  return stmt.column_int64(0);
+}
+
+inline std::int64_t run_migrations(sqlite3* db, const std::vector<migration>& migrations) {
+  std::int64_t previous = 0;
+  for (const auto& m : migrations) {
+    if (m.version <= previous) {
+      throw fwd::error(make_error_code(errc::bad_argument),
+                       "migration versions must be positive and strictly increasing; version " +
+                           std::to_string(m.version) + " follows " + std::to_string(previous));
+    }
+    previous = m.version;
+  }
+  auto c = sqlite::connection::borrow(db);
+  c.exec(
+      "CREATE TABLE IF NOT EXISTS _fwd_migrations(version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+      "applied_at INTEGER NOT NULL)");
+  std::int64_t current = schema_version(db);
+  for (const auto& m : migrations) {
+    if (m.version <= current) continue;
+    c.exec(m.sql);
+    auto record = c.prepare(
+        "INSERT INTO _fwd_migrations(version, name, applied_at) VALUES (?1, ?2, "
+        "CAST(strftime('%s','now') AS INTEGER))");
+    record.bind(1, m.version).bind(2, m.name).execute();
+    current = m.version;
+  }
+  return current;
+}
+
+// A write's reply: the primary's TXID after the commit (8 bytes, little endian), then the
+// encoded result.
+inline std::string encode_write_reply(std::uint64_t txid, std::string_view result) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<std::size_t>(i)] = static_cast<char>((txid >> (8 * i)) & 0xff);
+  out.append(result);
+  return out;
+}
+
+inline bool decode_write_reply(std::string_view bytes, std::uint64_t& txid,
+                               std::string_view& result) noexcept {
+  if (bytes.size() < 8) return false;
+  txid = 0;
+  for (int i = 0; i < 8; ++i) {
+    txid |=
+        static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]))
+        << (8 * i);
+  }
+  result = bytes.substr(8);
+  return true;
+}
+
+}  // namespace detail
+}  // namespace fwd
+
+// ---- end fwd/detail/forward_builtins.hpp ----
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace fwd {
+
+/// A call's identity, fixed across all its retries (128 random bits).
+using request_id = sqlite::request_id;
+
+/// A fresh random request id (128 bits from a per-thread generator seeded from the OS).
+inline request_id make_request_id() {
+  thread_local std::mt19937_64 rng = [] {
+    std::random_device device;
+    std::seed_seq seed{device(), device(), device(), device(), device(), device()};
+    return std::mt19937_64(seed);
+  }();
+  request_id id{};
+  for (std::size_t i = 0; i < id.size(); i += 8) {
+    const std::uint64_t word = rng();
+    for (std::size_t j = 0; j < 8; ++j) id[i + j] = static_cast<std::uint8_t>(word >> (8 * j));
+  }
+  return id;
+}
+
+/// What happened to one call (filled in as the call runs, read after it completes).
+struct call_report {
+  std::uint32_t attempts = 0;  ///< attempts made (1 = no retry)
+  bool ran_locally = false;    ///< the last attempt ran on this node (it was primary)
+  std::string peer;            ///< the last peer the call was sent to ("address:port")
+  std::uint64_t txid = 0;      ///< the primary's TXID after the commit (0 if unknown)
+  bool waited_for_replication = false;
+  request_id id{};  ///< the call's request id
+};
+
+/// Per-call settings of a forwarded write.
+struct forward_options {
+  /// When the call gives up (default: now + forwarder_options::default_deadline).
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  /// The request id (default: fresh random). Give the same id to repeat a call safely.
+  std::optional<request_id> id;
+  /// Overrides forwarder_options::read_your_writes for this call.
+  std::optional<bool> read_your_writes;
+  /// Receives the failure's details (remote exception, SQLite message, what was tried).
+  std::shared_ptr<std::string> error_detail;
+  /// Receives what happened (attempts, where it ran, TXID).
+  std::shared_ptr<call_report> report;
+};
+
+/// How a forwarder finds, reaches and waits for the primary.
+struct forwarder_options {
+  std::filesystem::path mount;  ///< the LiteFS mount (holds `<db>-pos`)
+  std::string database_name;    ///< the database's file name in the mount
+  std::chrono::milliseconds default_deadline{5000};
+  retry_policy retry;
+  breaker_options breaker;
+  /// Wait, after a forwarded write, until this replica's `<db>-pos` reaches the
+  /// primary's TXID (bounded by the call's deadline).
+  bool read_your_writes = true;
+  /// How often the replication wait re-reads `<db>-pos` (LiteFS's own proxy: 1 ms).
+  std::chrono::milliseconds replication_poll{1};
+  /// The local role (default: litefs::read_role(mount)); the server side checks it
+  /// before running any write.
+  std::function<litefs::role()> role;
+  telemetry_ptr telemetry;
+};
+
+namespace detail {
+
+/// How a completed forwarded call reaches its caller.
+struct forward_completion {
+  virtual ~forward_completion() = default;
+  virtual void complete(boost::system::error_code ec, std::string result, std::string detail) = 0;
+};
+
+/// The shared state of a forwarder: what every call needs, kept alive by the calls.
+struct forward_core {
+  boost::asio::any_io_executor executor;
+  forwarder_options options;
+  std::shared_ptr<rpc::client> client;
+  std::shared_ptr<primary_finder> finder;
+  std::shared_ptr<sqlite::write_executor> writer;  // set at start
+  retry_budget budget;
+  breaker_set breakers;
+  std::atomic<bool> stopped{false};
+  struct local_procedure {
+    std::uint64_t signature;
+    rpc::registry::raw_handler handler;
+  };
+  std::map<std::string, local_procedure, std::less<>> procedures;  // filled before start
+
+  forward_core(boost::asio::any_io_executor ex, forwarder_options opts,
+               std::shared_ptr<rpc::client> c, std::shared_ptr<primary_finder> f)
+      : executor(std::move(ex)),
+        options(std::move(opts)),
+        client(std::move(c)),
+        finder(std::move(f)),
+        budget(options.retry),
+        breakers(options.breaker) {
+    if (!options.role) options.role = [mount = options.mount] { return litefs::read_role(mount); };
+  }
+};
+
+inline bool is_transport_failure(const boost::system::error_code& ec) noexcept {
+  return ec == errc::unreachable || ec == errc::connection_lost || ec == errc::protocol_error ||
+         ec == errc::unauthenticated || ec == errc::version_mismatch;
+}
+
+inline std::string hex_id(const request_id& id) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  for (auto b : id) {
+    out += digits[b >> 4];
+    out += digits[b & 15];
+  }
+  return out;
+}
+
+// One forwarded call, from its first attempt to its completion. Runs on its own strand.
+class forward_op : public std::enable_shared_from_this<forward_op> {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  forward_op(std::shared_ptr<forward_core> core, std::string name, std::uint64_t signature,
+             std::string arguments, forward_options options,
+             std::unique_ptr<forward_completion> completion)
+      : core_(std::move(core)),
+        strand_(boost::asio::make_strand(core_->executor)),
+        timer_(strand_),
+        name_(std::move(name)),
+        signature_(signature),
+        arguments_(std::move(arguments)),
+        id_(options.id.value_or(make_request_id())),
+        deadline_(options.deadline.value_or(clock::now() + core_->options.default_deadline)),
+        read_your_writes_(options.read_your_writes.value_or(core_->options.read_your_writes)),
+        report_(options.report ? std::move(options.report) : std::make_shared<call_report>()),
+        completion_(std::move(completion)) {
+    report_->id = id_;
+  }
+
+  void start() {
+    boost::asio::post(strand_, [self = shared_from_this()] { self->attempt(); });
+  }
+
+  void cancel() {
+    boost::asio::post(strand_, [self = shared_from_this()] {
+      self->timer_.cancel();
+      self->finish(make_error_code(errc::cancelled),
+                   "the call was cancelled; if it was sent it may still run on the primary (once)");
+    });
+  }
+
+ private:
+  void attempt() {
+    if (done_) return;
+    if (core_->stopped.load()) {
+      finish(make_error_code(errc::cancelled), "the node is shutting down");
+      return;
+    }
+    if (clock::now() >= deadline_) {
+      finish_deadline();
+      return;
+    }
+    ++report_->attempts;
+    if (const primary_location* hit = core_->finder->cached()) {
+      on_location(*hit);
+      return;
+    }
+    core_->finder->async_find(
+        deadline_, [self = shared_from_this()](boost::system::error_code e, primary_location w) {
+          boost::asio::post(self->strand_, [self, e, w = std::move(w)] { self->on_found(e, w); });
+        });
+  }
+
+  void on_found(boost::system::error_code ec, const primary_location& where) {
+    {
+      auto self = this;
+      if (self->done_) return;
+      if (ec) {
+        std::string why = ec == errc::no_primary
+                              ? "no primary found: " + self->core_->finder->last_failure()
+                              : ec.message();
+        self->on_failure(ec, std::move(why));
+        return;
+      }
+      self->on_location(where);
+    }
+  }
+
+  void on_location(const primary_location& where) {
+    if (where.local) {
+      run_local();
+    } else {
+      send(where);
+    }
+  }
+
+  void run_local() {
+    report_->ran_locally = true;
+    report_->peer.clear();
+    const auto found = core_->procedures.find(name_);
+    if (found == core_->procedures.end() || found->second.signature != signature_) {
+      finish(make_error_code(found == core_->procedures.end() ? errc::unknown_procedure
+                                                              : errc::signature_mismatch),
+             "procedure '" + name_ +
+                 "' is not defined on this node with this signature: define it with node.define");
+      return;
+    }
+    const auto& t = core_->options.telemetry;
+    const auto started = clock::now();
+    fwd::detail::emit(t, &telemetry::call_started,
+                      call_started_event{name_, {}, report_->attempts});
+    const rpc::incoming_call call{name_, signature_, arguments_, id_, deadline_};
+    // The write handler may answer from any thread: hop to the strand.
+    rpc::reply_handler reply = [self = shared_from_this(), started](boost::system::error_code ec,
+                                                                    std::string payload) {
+      boost::asio::post(self->strand_, [self, started, ec, payload = std::move(payload)]() mutable {
+        const auto& tel = self->core_->options.telemetry;
+        fwd::detail::emit(
+            tel, &telemetry::call_finished,
+            call_finished_event{
+                self->name_, {}, self->report_->attempts, clock::now() - started, ec});
+        if (self->done_) return;
+        if (ec) {
+          self->on_failure(ec, std::move(payload));
+          return;
+        }
+        self->on_reply(std::move(payload), /*remote=*/false);
+      });
+    };
+    try {
+      found->second.handler(call, core_->executor, std::move(reply));
+    } catch (...) {
+      // The handler answers through `reply` even when it throws (see make_write_handler).
+    }
+  }
+
+  void send(const primary_location& where) {
+    const std::string peer = rpc::detail::endpoint_string(where.endpoint);
+    report_->ran_locally = false;
+    report_->peer = peer;
+    circuit_breaker& breaker = core_->breakers.for_peer(peer);
+    if (!breaker.allow()) {
+      core_->finder->invalidate();
+      on_failure(make_error_code(errc::circuit_open),
+                 "the circuit breaker for " + peer + " is open");
+      return;
+    }
+    auto detail = std::make_shared<std::string>();
+    rpc::call_options options;
+    options.deadline = deadline_;
+    options.request_id = id_;
+    options.attempt = report_->attempts;
+    options.error_detail = detail;
+    core_->client->async_call_raw(
+        where.endpoint, options, name_, signature_, arguments_,
+        [self = shared_from_this(), peer, detail](boost::system::error_code e, std::string p) {
+          boost::asio::post(self->strand_, [self, peer, detail, e, p = std::move(p)]() mutable {
+            self->on_sent(peer, *detail, e, std::move(p));
+          });
+        });
+  }
+
+  void on_sent(const std::string& peer, const std::string& detail, boost::system::error_code ec,
+               std::string payload) {
+    {
+      auto self = this;
+      circuit_breaker& b = self->core_->breakers.for_peer(peer);
+      if (ec && (is_transport_failure(ec) || ec == errc::timeout)) {
+        const breaker_state before = b.state();
+        const breaker_state after = b.on_failure();
+        if (before != after) self->breaker_changed(peer, after);
+      } else {
+        const breaker_state before = b.on_success();
+        if (before != breaker_state::closed) self->breaker_changed(peer, breaker_state::closed);
+      }
+      if (self->done_) return;
+      if (ec) {
+        if (ec == errc::not_primary || is_transport_failure(ec)) self->core_->finder->invalidate();
+        self->on_failure(ec, peer + ": " + detail);
+        return;
+      }
+      self->on_reply(std::move(payload), /*remote=*/true);
+    }
+  }
+
+  void breaker_changed(const std::string& peer, breaker_state state) {
+    fwd::detail::emit(core_->options.telemetry, &telemetry::breaker_changed,
+                      breaker_event{peer, to_string(state)});
+  }
+
+  void on_reply(std::string payload, bool remote) {
+    std::uint64_t txid = 0;
+    std::string_view result;
+    if (!decode_write_reply(payload, txid, result)) {
+      finish(make_error_code(errc::protocol_error), "the write's reply is shorter than its TXID");
+      return;
+    }
+    report_->txid = txid;
+    result_ = std::string(result);
+    if (!remote || !read_your_writes_ || txid == 0) {
+      finish({}, {});
+      return;
+    }
+    report_->waited_for_replication = true;
+    wait_replication();
+  }
+
+  // Polls the local `<db>-pos` until it reaches the primary's TXID, as LiteFS's proxy does.
+  void wait_replication() {
+    if (done_) return;
+    boost::system::error_code ec;
+    const litefs::position local =
+        litefs::read_position(core_->options.mount, core_->options.database_name, ec);
+    if (!ec && local.txid >= report_->txid) {
+      finish({}, {});
+      return;
+    }
+    if (core_->stopped.load() || clock::now() >= deadline_) {
+      finish(make_error_code(errc::replication_lag),
+             "the write COMMITTED on the primary at TXID " + std::to_string(report_->txid) +
+                 " but this node is at TXID " + std::to_string(local.txid) +
+                 " when the deadline passed: do not retry it; a local read may not see it yet");
+      return;
+    }
+    timer_.expires_after(core_->options.replication_poll);
+    timer_.async_wait([self = shared_from_this()](boost::system::error_code e) {
+      if (e) return;  // cancelled: cancel() finishes the call
+      self->wait_replication();
+    });
+  }
+
+  void on_failure(boost::system::error_code ec, std::string detail) {
+    if (done_) return;
+    if (ec == errc::not_primary) core_->finder->invalidate();
+    const error_class cls = classify(ec);
+    if (cls == error_class::permanent) {
+      finish(ec, std::move(detail));
+      return;
+    }
+    if (core_->stopped.load()) {
+      finish(ec, std::move(detail));
+      return;
+    }
+    if (report_->attempts >= core_->options.retry.max_attempts) {
+      finish(ec, std::move(detail) + " (after " + std::to_string(report_->attempts) + " attempts)");
+      return;
+    }
+    const auto now = clock::now();
+    if (now >= deadline_) {
+      finish(ec, std::move(detail) + " (the call's deadline passed)");
+      return;
+    }
+    if (!core_->budget.try_acquire(now)) {
+      finish(ec, std::move(detail) + " (the node's retry budget is exhausted: not retried)");
+      return;
+    }
+    auto wait = full_jitter_backoff(core_->options.retry, report_->attempts);
+    if (now + wait > deadline_)
+      wait = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline_ - now);
+    fwd::detail::emit(core_->options.telemetry, &telemetry::retry,
+                      retry_event{name_, report_->attempts + 1, wait, ec});
+    last_ec_ = ec;
+    last_detail_ = std::move(detail);
+    timer_.expires_after(wait);
+    timer_.async_wait([self = shared_from_this()](boost::system::error_code e) {
+      if (e) return;
+      self->attempt();
+    });
+  }
+
+  void finish_deadline() {
+    if (last_ec_) {
+      finish(last_ec_, last_detail_ + " (the call's deadline passed while retrying)");
+    } else {
+      finish(make_error_code(errc::timeout), "the call's deadline passed before it could be sent");
+    }
+  }
+
+  void finish(boost::system::error_code ec, std::string detail) {
+    if (done_) return;
+    done_ = true;
+    timer_.cancel();
+    auto completion = std::move(completion_);
+    completion->complete(ec, ec ? std::string() : std::move(result_), std::move(detail));
+  }
+
+  std::shared_ptr<forward_core> core_;
+  boost::asio::strand<boost::asio::any_io_executor> strand_;
+  boost::asio::steady_timer timer_;
+  std::string name_;
+  std::uint64_t signature_;
+  std::string arguments_;
+  request_id id_;
+  clock::time_point deadline_;
+  bool read_your_writes_;
+  std::shared_ptr<call_report> report_;
+  std::unique_ptr<forward_completion> completion_;
+  std::string result_;
+  boost::system::error_code last_ec_;
+  std::string last_detail_;
+  bool done_ = false;
+};
+
+template <class R>
+struct forward_signature_of {
+  using type = void(boost::system::error_code, R);
+};
+template <>
+struct forward_signature_of<void> {
+  using type = void(boost::system::error_code);
+};
+
+// Decodes the result and completes the caller's handler on its associated executor.
+template <class R, class Handler, class Executor>
+class typed_completion final : public forward_completion {
+ public:
+  typed_completion(Handler handler, const Executor& fallback, std::shared_ptr<std::string> detail)
+      : handler_(std::move(handler)),
+        work_(boost::asio::prefer(boost::asio::get_associated_executor(handler_, fallback),
+                                  boost::asio::execution::outstanding_work.tracked)),
+        detail_(std::move(detail)) {}
+
+  void complete(boost::system::error_code ec, std::string result, std::string why) override {
+    auto executor = work_;
+    boost::asio::post(executor, [handler = std::move(handler_), work = std::move(work_), ec,
+                                 result = std::move(result), why = std::move(why),
+                                 detail = std::move(detail_)]() mutable {
+      boost::asio::get_associated_cancellation_slot(handler).clear();
+      boost::system::error_code e = ec;
+      if (e) {
+        if (detail) *detail = why;
+      }
+      if constexpr (std::is_void_v<R>) {
+        if (!e) {
+          fwd::detail::decode_result<void>(result, e);
+          if (e && detail) *detail = "the result could not be decoded";
+        }
+        std::move(handler)(e);
+      } else {
+        R value{};
+        if (!e) {
+          std::string decode_why;
+          value = fwd::detail::decode_result<R>(result, e, &decode_why);
+          if (e && detail) *detail = "the result could not be decoded: " + decode_why;
+        }
+        std::move(handler)(e, std::move(value));
+      }
+    });
+  }
+
+ private:
+  Handler handler_;
+  // The handler's executor, tracking outstanding work until the call completes.
+  std::decay_t<decltype(boost::asio::prefer(
+      std::declval<boost::asio::associated_executor_t<Handler, Executor>>(),
+      boost::asio::execution::outstanding_work.tracked))>
+      work_;
+  std::shared_ptr<std::string> detail_;
+};
+
+template <class F, class... Ds>
+decltype(auto) invoke_writer(F& fn, sqlite3* db, std::tuple<Ds...>& args) {
+  return std::apply(
+      [&](auto&... values) -> decltype(auto) {
+        if constexpr (std::is_invocable_v<F&, sqlite3*, Ds&...>) {
+          return std::invoke(fn, db, values...);
+        } else {
+          auto c = sqlite::connection::borrow(db);
+          return std::invoke(fn, c, values...);
+        }
+      },
+      args);
+}
+
+// The server side of a write procedure (also run directly for local calls): checks the
+// local role, decodes the arguments, and runs the user's function through the write
+// executor with the call's request id; replies with the TXID envelope.
+template <class Proc, class F>
+rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
+                                              std::shared_ptr<F> fn) {
+  return [weak, fn](const rpc::incoming_call& call, boost::asio::any_io_executor /*executor*/,
+                    rpc::reply_handler reply) {
+    auto core = weak.lock();
+    if (!core || core->stopped.load()) {
+      std::move(reply)(make_error_code(errc::cancelled), "the node is shutting down; nothing ran");
+      return;
+    }
+    const litefs::role role = core->options.role();
+    if (role.kind != litefs::role_kind::primary) {
+      std::string why = "this node is not the primary (" + role.reason + "); nothing ran";
+      if (role.kind == litefs::role_kind::replica)
+        why += "; LiteFS names the primary " + role.primary_hostname;
+      std::move(reply)(make_error_code(errc::not_primary), std::move(why));
+      return;
+    }
+    auto writer = core->writer;
+    if (!writer) {
+      std::move(reply)(make_error_code(errc::not_primary),
+                       "this node has not started its writer; nothing ran");
+      return;
+    }
+    boost::system::error_code ec;
+    std::string why;
+    auto args = std::make_shared<typename Proc::arguments>(
+        fwd::detail::decode_arguments<Proc>(call.arguments, ec, &why));
+    if (ec) {
+      std::move(reply)(ec, "the arguments of '" + std::string(call.procedure) +
+                               "' could not be decoded as " + Proc::signature_text() + ": " + why);
+      return;
+    }
+    using R = typename Proc::result_type;
+    writer->async_write(
+        call.request_id,
+        [fn, args](sqlite3* db) -> std::string {
+          if constexpr (std::is_void_v<R>) {
+            invoke_writer(*fn, db, *args);
+            return {};
+          } else {
+            return fwd::detail::encode_result<R>(static_cast<R>(invoke_writer(*fn, db, *args)));
+          }
+        },
+        [reply = std::move(reply)](boost::system::error_code e, std::string result,
+                                   std::uint64_t txid) mutable {
+          if (e) {
+            std::move(reply)(e, std::move(result));
+          } else {
+            std::move(reply)(boost::system::error_code{}, encode_write_reply(txid, result));
+          }
+        });
+  };
+}
+
+}  // namespace detail
+
+/**
+ * Runs write procedures on the primary, from any node. Usually owned by fwd::node, which
+ * wires its parts; usable alone with a client, a primary_finder and a write executor.
+ *
+ * Thread-safe after start: calls may start from any thread.
+ */
+class forwarder {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  forwarder(executor_type executor, forwarder_options options, std::shared_ptr<rpc::client> client,
+            std::shared_ptr<primary_finder> finder)
+      : core_(std::make_shared<detail::forward_core>(std::move(executor), std::move(options),
+                                                     std::move(client), std::move(finder))) {}
+
+  forwarder(const forwarder&) = delete;
+  forwarder& operator=(const forwarder&) = delete;
+  ~forwarder() { stop(); }
+
+  executor_type get_executor() const noexcept { return core_->executor; }
+
+  /**
+   * Serves write procedure `proc` with `fn`, the service's own writer:
+   * `R fn(sqlite3*, A...)` or `R fn(fwd::sqlite::connection&, A...)`. On the primary it
+   * runs on the write executor's thread, inside one transaction (with the dedup record
+   * of the call's request id: exactly once), grouped with concurrent writes, each in its
+   * own savepoint. It must not BEGIN/COMMIT/ROLLBACK itself. A fwd::error it throws
+   * keeps its code (SQLite's extended code); other exceptions become remote_failure.
+   * Define every procedure before start, on every node. Registers it in `registry`.
+   */
+  template <class R, class... A, class F>
+  void define(rpc::registry& registry, const procedure<R(A...)>& proc, F&& fn) {
+    using function = std::decay_t<F>;
+    static_assert(std::is_invocable_v<function&, sqlite3*, std::decay_t<A>&...> ||
+                      std::is_invocable_v<function&, sqlite::connection&, std::decay_t<A>&...>,
+                  "fwd: a write procedure's function must be callable as R(sqlite3*, A...) or "
+                  "R(fwd::sqlite::connection&, A...)");
+    auto handler = detail::make_write_handler<procedure<R(A...)>>(
+        std::weak_ptr<detail::forward_core>(core_),
+        std::make_shared<function>(std::forward<F>(fn)));
+    registry.define_raw(std::string(proc.name()), proc.signature(), handler);
+    core_->procedures.emplace(std::string(proc.name()),
+                              detail::forward_core::local_procedure{proc.signature(), handler});
+  }
+
+  /// Gives the forwarder the primary's write executor (the node opens it at start).
+  void attach_writer(std::shared_ptr<sqlite::write_executor> writer) {
+    core_->writer = std::move(writer);
+  }
+
+  /// Refuses new calls (cancelled); calls waiting for a retry or replication end soon.
+  void stop() { core_->stopped.store(true); }
+
+  const forwarder_options& options() const noexcept { return core_->options; }
+
+  /**
+   * Runs `proc(args...)` on the primary: locally when this node is the primary,
+   * forwarded otherwise; retried with the same request id on failures that allow it.
+   *
+   * Completion signature: `void(boost::system::error_code, R)` (`void(error_code)` for
+   * void R). Errors: the procedure's own (SQLite's extended code, e.g. 2067 for a UNIQUE
+   * violation; remote_failure for an exception), never retried; `no_primary`,
+   * `not_primary`, `unreachable`, `connection_lost`, `timeout`, `circuit_open` after the
+   * retries, the deadline or the retry budget ran out; `replication_lag`: the write
+   * COMMITTED but this node had not replicated it by the deadline (do not retry);
+   * `cancelled`. forward_options::error_detail receives the details.
+   *
+   * **Per-Operation Cancellation**: terminal, partial and total: the call completes with
+   * `cancelled` at once; an attempt already sent may still run on the primary (exactly
+   * once), and its reply is dropped.
+   */
+  template <class R, class... Params, class... ArgsAndToken>
+  auto async_call(const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
+    return async_call(forward_options{}, proc, std::forward<ArgsAndToken>(args_and_token)...);
+  }
+
+  /// As above, with per-call options.
+  template <class R, class... Params, class... ArgsAndToken>
+  auto async_call(forward_options options, const procedure<R(Params...)>& proc,
+                  ArgsAndToken&&... args_and_token) {
+    static_assert(sizeof...(ArgsAndToken) == sizeof...(Params) + 1,
+                  "async_call takes the procedure's arguments, then a completion token");
+    auto all = std::forward_as_tuple(std::forward<ArgsAndToken>(args_and_token)...);
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      static_assert(
+          (std::is_convertible_v<std::tuple_element_t<I, std::tuple<ArgsAndToken...>>, Params> &&
+           ...),
+          "an argument of async_call does not convert to the procedure's parameter type");
+      std::string arguments = fwd::detail::encode_arguments(proc, std::get<I>(all)...);
+      using signature_t = typename detail::forward_signature_of<R>::type;
+      return boost::asio::async_initiate<
+          std::tuple_element_t<sizeof...(Params), std::tuple<ArgsAndToken...>>, signature_t>(
+          initiation<R>{core_}, std::get<sizeof...(Params)>(all), std::move(options),
+          std::string(proc.name()), proc.signature(), std::move(arguments));
+    }
+    (std::make_index_sequence<sizeof...(Params)>{});
+  }
+
+  /**
+   * Blocking call: returns the result or throws fwd::error (its what() carries the
+   * details). Must not be called from a thread that runs the forwarder's executor.
+   */
+  template <class R, class... Params, class... Args>
+  R call(const procedure<R(Params...)>& proc, Args&&... args) {
+    return call(forward_options{}, proc, std::forward<Args>(args)...);
+  }
+
+  template <class R, class... Params, class... Args>
+  R call(forward_options options, const procedure<R(Params...)>& proc, Args&&... args) {
+    auto detail = options.error_detail ? options.error_detail : std::make_shared<std::string>();
+    options.error_detail = detail;
+    auto fail = [&](boost::system::error_code ec) {
+      return fwd::error(
+          ec, "call to " + std::string(proc.name()) + (detail->empty() ? "" : ": " + *detail));
+    };
+    if constexpr (std::is_void_v<R>) {
+      std::promise<void> promise;
+      auto future = promise.get_future();
+      async_call(std::move(options), proc, std::forward<Args>(args)...,
+                 [&](boost::system::error_code ec) {
+                   if (ec)
+                     promise.set_exception(std::make_exception_ptr(fail(ec)));
+                   else
+                     promise.set_value();
+                 });
+      future.get();
+    } else {
+      std::promise<R> promise;
+      auto future = promise.get_future();
+      async_call(std::move(options), proc, std::forward<Args>(args)...,
+                 [&](boost::system::error_code ec, R result) {
+                   if (ec)
+                     promise.set_exception(std::make_exception_ptr(fail(ec)));
+                   else
+                     promise.set_value(std::move(result));
+                 });
+      return future.get();
+    }
+  }
+
+ private:
+  template <class R>
+  struct initiation {
+    std::shared_ptr<detail::forward_core> core;
+
+    template <class Handler>
+    void operator()(Handler&& handler, forward_options options, std::string name,
+                    std::uint64_t signature, std::string arguments) const {
+      using handler_t = std::decay_t<Handler>;
+      auto slot = boost::asio::get_associated_cancellation_slot(handler);
+      auto detail = options.error_detail;
+      auto completion = std::make_unique<detail::typed_completion<R, handler_t, executor_type>>(
+          std::forward<Handler>(handler), core->executor, std::move(detail));
+      auto op = std::make_shared<detail::forward_op>(core, std::move(name), signature,
+                                                     std::move(arguments), std::move(options),
+                                                     std::move(completion));
+      if (slot.is_connected()) {
+        slot.assign(
+            [weak = std::weak_ptr<detail::forward_op>(op)](boost::asio::cancellation_type type) {
+              if (type == boost::asio::cancellation_type::none) return;
+              if (auto o = weak.lock()) o->cancel();
+            });
+      }
+      op->start();
+    }
+  };
+
+  std::shared_ptr<detail::forward_core> core_;
+};
+
+}  // namespace fwd
+
+// ---- end fwd/forwarder.hpp ----
+// ---- begin fwd/migrate.hpp ----
+
+// Schema migrations for a LiteFS cluster: ordered, versioned, run on the primary only
+// (through the write path, so exactly once even when every node asks at start), and
+// waited for on replicas until the schema version has replicated to them.
+//
+//   const std::vector<fwd::migration> schema = {
+//       {1, "tags", "CREATE TABLE tags(id INTEGER PRIMARY KEY, label TEXT UNIQUE)"},
+//       {2, "tags.created", "ALTER TABLE tags ADD COLUMN created INTEGER"}};
+//   fwd::migrate(node, schema, std::chrono::seconds(30));   // on every node, at start
+
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <cstdint>
+#include <future>
+// ---- begin fwd/node.hpp ----
+
+// fwd::node: one service instance in a LiteFS cluster. It serves its write procedures to
+// the other nodes, finds the primary, and runs every write on the primary exactly once,
+// wherever the call starts.
+//
+//   fwd::node node{io.get_executor(), fwd::node_options{
+//       .listen = {boost::asio::ip::make_address("0.0.0.0"), 7070},
+//       .members = fwd::dns_members("blog.internal", 7070),
+//       .database = "/litefs/blog.db",
+//       .secret = fwd::secret_from_env("FWD_SECRET")}};
+//   node.define(add_tag, insert_tag);   // std::int64_t insert_tag(sqlite3*, const std::string&)
+//   node.start();
+//   std::int64_t id = node.call(add_tag, "hello");   // on any node
+
+#include <unistd.h>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace fwd {
+
+/// What the node does when the database path is not on a LiteFS mount.
+enum class path_check_mode {
+  refuse,  ///< start() throws fwd::error (not_litefs / misconfigured_mount)
+  warn,    ///< start() reports the problem through node_options::on_warning and goes on
+  off,     ///< no check
+};
+
+/**
+ * The cluster secret from environment variable `name`. Throws fwd::error(bad_argument)
+ * when it is unset or empty, saying what to set.
+ */
+inline std::string secret_from_env(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || *value == '\0') {
+    throw fwd::error(make_error_code(errc::bad_argument),
+                     std::string("the environment variable ") + name +
+                         " holding the cluster secret is unset or empty: set it to the same secret "
+                         "on every node");
+  }
+  return value;
+}
+
+/**
+ * The cluster secret from the file at `path` (trailing newlines removed). Throws
+ * fwd::error(bad_argument) when it cannot be read or is empty.
+ */
+inline std::string secret_from_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    throw fwd::error(make_error_code(errc::bad_argument),
+                     "cannot read the cluster secret file " + path.string() +
+                         ": create it (same content on every node)");
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string secret = text.str();
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
+  if (secret.empty()) {
+    throw fwd::error(make_error_code(errc::bad_argument),
+                     "the cluster secret file " + path.string() + " is empty");
+  }
+  return secret;
+}
+
+/// Members from a fixed list of fwd listen addresses.
+inline membership_options static_members(
+    const std::vector<boost::asio::ip::tcp::endpoint>& endpoints) {
+  membership_options options;
+  for (const auto& e : endpoints)
+    options.static_members.push_back(member{e.address().to_string(), e});
+  return options;
+}
+
+/// Members from DNS: every A/AAAA address of `name`, at fwd port `port`.
+inline membership_options dns_members(std::string name, std::uint16_t port) {
+  membership_options options;
+  options.dns.push_back(dns_source::address(std::move(name), port));
+  return options;
+}
+
+/// The OS hostname (LiteFS's default lease hostname).
+inline std::string os_hostname() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0) return {};
+  return name;
+}
+
+/// Everything a node needs. Only `database` and a secret (or `insecure`) are required.
+struct node_options {
+  /// Where this node's fwd server listens (port 0: a free port, see local_endpoint()).
+  boost::asio::ip::tcp::endpoint listen{boost::asio::ip::make_address("127.0.0.1"), 0};
+  /// The cluster's members (their listen addresses): static_members() or dns_members().
+  membership_options members;
+  /// The LiteFS mount (default: the database's directory).
+  std::filesystem::path mount;
+  /// The database inside the mount, e.g. /litefs/blog.db.
+  std::filesystem::path database;
+  /// The cluster secret every node shares (secret_from_env / secret_from_file).
+  std::string secret;
+  /// Run without a secret (a fixed, public one): only for tests on a private machine.
+  bool insecure = false;
+  /// This node's LiteFS hostname, what replicas see in `.primary` (default: OS hostname).
+  std::string litefs_hostname;
+  /// A name for logs and `fwd.hello` (default: the LiteFS hostname).
+  std::string name;
+  /// The database-path check at start, and whether the mount must be FUSE (false for
+  /// the LiteFS simulation).
+  path_check_mode path_check = path_check_mode::refuse;
+  bool require_fuse = true;
+  /// Deadline of a call that sets none.
+  std::chrono::milliseconds default_deadline{5000};
+  retry_policy retry;
+  breaker_options breaker;
+  /// Forwarded writes wait until they are visible locally (see forwarder).
+  bool read_your_writes = true;
+  /// Discovery: how long the primary's address is trusted, and one probe's deadline.
+  std::chrono::milliseconds discovery_ttl{2000};
+  std::chrono::milliseconds probe_timeout{300};
+  /// Connecting to a peer (and its handshake) must finish within this.
+  std::chrono::milliseconds connect_timeout{1000};
+  /// The primary's writer (group commit, dedup retention, busy timeout...).
+  sqlite::write_options write;
+  /// The local LiteFS role (default: read from the mount). For tests.
+  std::function<litefs::role()> role;
+  telemetry_ptr telemetry;
+  /// Receives warnings (path check in warn mode). Default: stderr.
+  std::function<void(std::string_view)> on_warning;
+};
+
+/**
+ * A node of a fwd cluster. Construct, define the write procedures, start(); then call
+ * from any thread. Owns its server, client, membership, discovery and, once started, the
+ * write executor (its one writer thread). Built-in procedures on every node:
+ * fwd::execute_statement, fwd::execute_bulk, fwd::migrate_procedure.
+ */
+class node {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  /// Throws fwd::error(bad_argument) on a missing database or secret.
+  node(executor_type executor, node_options options)
+      : executor_(std::move(executor)), options_(std::move(options)) {
+    if (options_.database.empty()) {
+      throw fwd::error(
+          make_error_code(errc::bad_argument),
+          "node_options::database is empty: give the database's path in the LiteFS mount, e.g. "
+          "/litefs/app.db");
+    }
+    if (options_.secret.empty()) {
+      if (!options_.insecure) {
+        throw fwd::error(make_error_code(errc::bad_argument),
+                         "node_options::secret is empty: give every node the same cluster secret "
+                         "(fwd::secret_from_env(\"FWD_SECRET\")), or set insecure = true on a "
+                         "private test machine");
+      }
+      options_.secret = "fwd-insecure-no-secret";
+    }
+    if (options_.mount.empty()) options_.mount = options_.database.parent_path();
+    if (options_.litefs_hostname.empty()) options_.litefs_hostname = os_hostname();
+    if (options_.name.empty()) options_.name = options_.litefs_hostname;
+    if (!options_.role)
+      options_.role = [mount = options_.mount] { return litefs::read_role(mount); };
+    if (!options_.on_warning) {
+      options_.on_warning = [](std::string_view text) {
+        std::fprintf(stderr, "fwd: warning: %.*s\n", static_cast<int>(text.size()), text.data());
+      };
+    }
+
+    rpc::client_options client_options;
+    client_options.secret = options_.secret;
+    client_options.connect_timeout = options_.connect_timeout;
+    client_options.default_timeout = options_.default_deadline;
+    client_options.reconnect_backoff = std::chrono::milliseconds(10);
+    client_options.max_reconnect_backoff = std::chrono::milliseconds(200);
+    client_options.telemetry = options_.telemetry;
+    client_ = std::make_shared<rpc::client>(executor_, std::move(client_options));
+
+    membership_options members_options = options_.members;
+    if (const telemetry_ptr& t = options_.telemetry) {
+      if (t->member_joined && !members_options.hooks.on_joined) {
+        members_options.hooks.on_joined = [t](const member& m) {
+          t->member_joined(member_event{to_string(m)});
+        };
+      }
+      if (t->member_left && !members_options.hooks.on_left) {
+        members_options.hooks.on_left = [t](const member& m) {
+          t->member_left(member_event{to_string(m)});
+        };
+      }
+      if (t->resolver_error && !members_options.hooks.on_resolve_error) {
+        members_options.hooks.on_resolve_error = [t](const boost::system::error_code& ec,
+                                                     std::string_view message) {
+          t->resolver_error(resolver_error_event{ec, message});
+        };
+      }
+    }
+    membership_ = std::make_unique<membership>(executor_, std::move(members_options));
+
+    discovery_options discovery;
+    discovery.mount = options_.mount;
+    discovery.ttl = options_.discovery_ttl;
+    discovery.probe_timeout = options_.probe_timeout;
+    if (options_.telemetry && options_.telemetry->primary_changed) {
+      discovery.hooks.primary_changed =
+          [t = options_.telemetry,
+           previous = std::make_shared<std::string>()](const primary_location& now) {
+            const std::string current =
+                now.local ? std::string("local") : rpc::detail::endpoint_string(now.endpoint);
+            t->primary_changed(primary_changed_event{*previous, current});
+            *previous = current;
+          };
+    }
+    if (const telemetry_ptr& t = options_.telemetry) {
+      if (t->discovery_lookup) {
+        discovery.hooks.cache_hit = [t] { t->discovery_lookup(discovery_lookup_event{true}); };
+        discovery.hooks.cache_miss = [t] { t->discovery_lookup(discovery_lookup_event{false}); };
+      }
+      if (t->probe_finished) {
+        discovery.hooks.probe_result = [t](const peer& p, const boost::system::error_code& ec,
+                                           const node_status& status) {
+          const std::string where = rpc::detail::endpoint_string(p.endpoint);
+          t->probe_finished(probe_event{where, litefs::to_string(status.role), ec});
+        };
+      }
+    }
+    std::weak_ptr<rpc::client> weak_client = client_;
+    membership* members = membership_.get();
+    finder_ = primary_finder::create(
+        executor_, std::move(discovery),
+        [members] {
+          std::vector<peer> out;
+          for (const auto& m : members->snapshot()->members)
+            out.push_back(peer{m.host, m.endpoint});
+          return out;
+        },
+        [weak_client](const peer& p, primary_finder::clock::time_point deadline,
+                      primary_finder::probe_handler done) {
+          auto c = weak_client.lock();
+          if (!c) {
+            std::move(done)(make_error_code(errc::cancelled), node_status{});
+            return;
+          }
+          rpc::call_options call;
+          call.deadline = deadline;
+          c->async_call(
+              p.endpoint, call, rpc::hello,
+              [done = std::move(done)](boost::system::error_code ec, rpc::hello_info info) mutable {
+                node_status status;
+                status.node_name = std::move(info.node_name);
+                status.litefs_hostname = std::move(info.litefs_hostname);
+                status.role = role_from_text(info.role);
+                status.txid = info.txid;
+                std::move(done)(ec, std::move(status));
+              });
+        },
+        options_.role);
+
+    forwarder_options forwarding;
+    forwarding.mount = options_.mount;
+    forwarding.database_name = options_.database.filename().string();
+    forwarding.default_deadline = options_.default_deadline;
+    forwarding.retry = options_.retry;
+    forwarding.breaker = options_.breaker;
+    forwarding.read_your_writes = options_.read_your_writes;
+    forwarding.role = options_.role;
+    forwarding.telemetry = options_.telemetry;
+    forwarder_ =
+        std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
+
+    forwarder_->define(
+        registry_, execute_statement,
+        [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
+          return detail::run_statement(db, sql, values);
+        });
+    forwarder_->define(
+        registry_, execute_bulk,
+        [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
+          return detail::run_bulk(db, sql, rows);
+        });
+    forwarder_->define(registry_, migrate_procedure,
+                       [](sqlite3* db, const std::vector<migration>& migrations) {
+                         return detail::run_migrations(db, migrations);
+                       });
+  }
+
+  node(const node&) = delete;
+  node& operator=(const node&) = delete;
+
+  /// Stops the node (see stop()).
+  ~node() { stop(); }
+
+  executor_type get_executor() const noexcept { return executor_; }
+
+  /**
+   * Serves write procedure `proc` with the service's own writer `fn`:
+   * `R fn(sqlite3*, A...)` or `R fn(fwd::sqlite::connection&, A...)`, run on the primary
+   * inside one transaction, exactly once per call. Define before start(), on every node.
+   * Throws fwd::error(bad_argument) if the name is taken.
+   */
+  template <class R, class... A, class F>
+  void define(const procedure<R(A...)>& proc, F&& fn) {
+    forwarder_->define(registry_, proc, std::forward<F>(fn));
+  }
+
+  /**
+   * Checks the database path, opens the write executor, starts membership, discovery
+   * and the server. Throws fwd::error: not_litefs / misconfigured_mount (path check in
+   * refuse mode), bad_argument (cannot listen), a SQLite code (cannot open the database).
+   */
+  void start() {
+    if (options_.path_check != path_check_mode::off) {
+      litefs::path_check_options check_options;
+      check_options.require_fuse = options_.require_fuse;
+      const litefs::path_check check =
+          litefs::check_database_path(options_.database, check_options);
+      if (!check.ok()) {
+        if (options_.path_check == path_check_mode::refuse)
+          throw fwd::error(check.code, check.message);
+        options_.on_warning(check.message);
+      }
+    }
+    sqlite::write_options write = options_.write;
+    if (!write.position_after_commit) {
+      write.position_after_commit = [mount = options_.mount,
+                                     db = options_.database.filename().string()] {
+        return litefs::read_position(mount, db).txid;
+      };
+    }
+    writer_ = std::make_shared<sqlite::write_executor>(executor_, options_.database.string(),
+                                                       std::move(write));
+    forwarder_->attach_writer(writer_);
+
+    rpc::server_options server_options;
+    server_options.listen = options_.listen;
+    server_options.secret = options_.secret;
+    server_options.node_name = options_.name;
+    server_options.litefs_hostname = options_.litefs_hostname;
+    server_options.telemetry = options_.telemetry;
+    server_options.status = [role = options_.role, mount = options_.mount,
+                             db = options_.database.filename().string()] {
+      rpc::local_status status;
+      status.role = litefs::to_string(role().kind);
+      boost::system::error_code ec;
+      status.txid = litefs::read_position(mount, db, ec).txid;
+      return status;
+    };
+    server_ = std::make_unique<rpc::server>(executor_, registry_, std::move(server_options));
+    server_->start();
+    membership_->start();
+    finder_->start();
+    started_ = true;
+  }
+
+  /**
+   * Clean shutdown: new calls and calls waiting to retry complete with `cancelled`; the
+   * server answers the calls it is running and closes; the writer finishes its running
+   * batch (committed or rolled back as a whole, never half-written) and fails the writes
+   * still queued with `cancelled`. Blocks until the writer is stopped. Idempotent.
+   */
+  void stop() {
+    std::lock_guard lock(stop_mutex_);
+    if (stopped_) return;
+    stopped_ = true;
+    forwarder_->stop();
+    if (server_) server_->stop();
+    finder_->stop();
+    membership_->stop();
+    client_->close();
+    if (writer_) writer_->stop();
+  }
+
+  /// Where the server listens (after start()).
+  boost::asio::ip::tcp::endpoint local_endpoint() const {
+    return server_ ? server_->local_endpoint() : options_.listen;
+  }
+
+  const node_options& options() const noexcept { return options_; }
+  rpc::registry& registry() noexcept { return registry_; }
+  primary_finder& discovery() noexcept { return *finder_; }
+  fwd::membership& members() noexcept { return *membership_; }
+  fwd::forwarder& forwarder() noexcept { return *forwarder_; }
+
+  /// This node's role as LiteFS tells it now.
+  litefs::role role() const { return options_.role(); }
+
+  /// This node's `<db>-pos` TXID now (0 if unreadable).
+  std::uint64_t local_txid() const {
+    boost::system::error_code ec;
+    return litefs::read_position(options_.mount, options_.database.filename().string(), ec).txid;
+  }
+
+  /// Runs `proc(args...)` on the primary (see forwarder::async_call).
+  template <class R, class... Params, class... ArgsAndToken>
+  auto async_call(const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
+    return forwarder_->async_call(proc, std::forward<ArgsAndToken>(args_and_token)...);
+  }
+  template <class R, class... Params, class... ArgsAndToken>
+  auto async_call(forward_options options, const procedure<R(Params...)>& proc,
+                  ArgsAndToken&&... args_and_token) {
+    return forwarder_->async_call(std::move(options), proc,
+                                  std::forward<ArgsAndToken>(args_and_token)...);
+  }
+
+  /// Blocking: the result, or throws fwd::error. Not from a thread running the executor.
+  template <class R, class... Params, class... Args>
+  R call(const procedure<R(Params...)>& proc, Args&&... args) {
+    return forwarder_->call(proc, std::forward<Args>(args)...);
+  }
+  template <class R, class... Params, class... Args>
+  R call(forward_options options, const procedure<R(Params...)>& proc, Args&&... args) {
+    return forwarder_->call(std::move(options), proc, std::forward<Args>(args)...);
+  }
+
+ private:
+  static litefs::role_kind role_from_text(std::string_view text) noexcept {
+    if (text == "primary") return litefs::role_kind::primary;
+    if (text == "replica") return litefs::role_kind::replica;
+    if (text == "not_litefs") return litefs::role_kind::not_litefs;
+    return litefs::role_kind::unknown;
+  }
+
+  executor_type executor_;
+  node_options options_;
+  rpc::registry registry_;
+  std::shared_ptr<rpc::client> client_;
+  std::unique_ptr<fwd::membership> membership_;
+  std::shared_ptr<primary_finder> finder_;
+  std::unique_ptr<fwd::forwarder> forwarder_;
+  std::shared_ptr<sqlite::write_executor> writer_;
+  std::unique_ptr<rpc::server> server_;
+  std::mutex stop_mutex_;
+  bool stopped_ = false;
+  bool started_ = false;
+};
+
+}  // namespace fwd
+
+// ---- end fwd/node.hpp ----
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace fwd {
+
+/**
+ * The schema version of the local copy of the database (the last migration recorded in
+ * `_fwd_migrations`; 0 before any), read with a read-only connection. Throws fwd::error.
+ */
+inline std::int64_t local_schema_version(const std::filesystem::path& database) {
+  sqlite::connection db(database.string(), SQLITE_OPEN_READONLY, std::chrono::milliseconds(1000));
+  return detail::schema_version(db.native_handle());
+}
+
+/**
+ * Brings the cluster's schema to the last of `migrations` (versions > 0, strictly
+ * increasing), then waits until the local copy has it.
+ *
+ * The migrations newer than the database's schema version run on the primary, in
+ * order, in one transaction, each recorded in `_fwd_migrations`.
+ * Called on a replica, the request is forwarded (and, while no primary exists yet, retried
+ * until one does, within `timeout`); the call completes once the local copy shows the
+ * version. Every node may call it at start: the primary applies each migration once.
+ *
+ * Completion signature: `void(boost::system::error_code, std::int64_t version)`. Errors:
+ * those of node::async_call (no_primary, timeout, a SQLite code from a failing
+ * migration, whose transaction is rolled back), and errc::replication_lag when the
+ * migrations COMMITTED but this replica had not received them within `timeout`.
+ *
+ * Per-Operation Cancellation: as node::async_call.
+ */
+template <class Token>
+auto async_migrate(node& n, std::vector<migration> migrations, std::chrono::milliseconds timeout,
+                   Token&& token) {
+  forward_options options;
+  options.deadline = std::chrono::steady_clock::now() + timeout;
+  options.read_your_writes = true;
+  return n.async_call(std::move(options), migrate_procedure, std::move(migrations),
+                      std::forward<Token>(token));
+}
+
+/// Blocking async_migrate: the schema version, or throws fwd::error.
+inline std::int64_t migrate(node& n, std::vector<migration> migrations,
+                            std::chrono::milliseconds timeout) {
+  forward_options options;
+  options.deadline = std::chrono::steady_clock::now() + timeout;
+  options.read_your_writes = true;
+  const std::int64_t target = migrations.empty() ? 0 : migrations.back().version;
+  const std::int64_t version = n.call(std::move(options), migrate_procedure, std::move(migrations));
+  // Read-your-writes waited for the TXID; the schema version must now be here too.
+  const std::int64_t local = local_schema_version(n.options().database);
+  if (local < target) {
+    throw fwd::error(make_error_code(errc::replication_lag),
+                     "the migrations committed on the primary (version " + std::to_string(version) +
+                         ") but the local copy shows version " + std::to_string(local));
+  }
+  return version;
+}
+
+}  // namespace fwd
+
+// ---- end fwd/migrate.hpp ----
 
 // ---- end fwd/forward.hpp ----
