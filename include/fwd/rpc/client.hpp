@@ -325,6 +325,9 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
     state_now_ = state::handshaking;
     if (!state_->tls_context) {
+      // Lets flush() write at once without ever blocking (Asio's own operations are
+      // unaffected).
+      stream_.socket().non_blocking(true, ignored);
       start_handshake();
       return;
     }
@@ -507,6 +510,25 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     }
     if (buffers_.empty()) return;
     writing_ = true;
+    if (!stream_.is_tls() && stream_.socket().non_blocking()) {
+      // Plain TCP: what the socket takes now is written now, which spares the trip through
+      // the scheduler that an asynchronous write's completion costs. The rest, and any
+      // error, go through async_write below.
+      boost::system::error_code ec;
+      std::size_t written = stream_.socket().write_some(buffers_, ec);
+      if (ec) written = 0;
+      if (written == boost::asio::buffer_size(buffers_)) {
+        writing_ = false;
+        batch_.clear();
+        control_in_flight_.clear();
+        flush();  // what the batch limits left behind
+        return;
+      }
+      auto first = buffers_.begin();
+      while (written >= first->size()) written -= (first++)->size();
+      buffers_.erase(buffers_.begin(), first);
+      buffers_.front() += written;
+    }
     boost::asio::async_write(stream_, buffers_,
                              [self = shared_from_this(), generation = generation_](boost::system::error_code ec,
                                                                                     std::size_t) {
