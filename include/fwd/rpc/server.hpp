@@ -137,6 +137,9 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     peer_ = endpoint_string(stream_.socket().remote_endpoint(ignored));
     stream_.socket().set_option(tcp::no_delay(true), ignored);
     stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
+    // Lets write() write at once without ever blocking (Asio's own operations, TLS's
+    // included, are unaffected).
+    stream_.socket().non_blocking(true, ignored);
   }
 
   void start() {
@@ -407,6 +410,28 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     if (writing_in_progress_ || queued_.empty() || closed_) return;
     writing_in_progress_ = true;
     std::swap(queued_, writing_);
+    if (!stream_.is_tls() && stream_.socket().non_blocking()) {
+      // Plain TCP: what the socket takes now is written now, which spares the trip through
+      // the scheduler that an asynchronous write's completion costs. The rest, and any
+      // error, go through async_write below.
+      boost::system::error_code ec;
+      std::size_t written = stream_.socket().write_some(boost::asio::buffer(writing_), ec);
+      if (ec) written = 0;
+      if (written == writing_.size()) {
+        writing_in_progress_ = false;
+        writing_.clear();
+        if (writing_.capacity() > (std::size_t{1} << 20)) writing_.shrink_to_fit();
+        if (draining_ || !reading_) {
+          // What a write's completion does next, outside this call (on_read calls it).
+          boost::asio::post(strand_, [self = shared_from_this()] {
+            if (self->draining_) self->maybe_close_drained();
+            self->read();
+          });
+        }
+        return;
+      }
+      writing_.erase(0, written);
+    }
     boost::asio::async_write(stream_, boost::asio::buffer(writing_),
                              [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
                                self->writing_in_progress_ = false;
