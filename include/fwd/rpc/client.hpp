@@ -510,10 +510,12 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     }
     if (buffers_.empty()) return;
     writing_ = true;
-    if (!stream_.is_tls() && stream_.socket().non_blocking()) {
-      // Plain TCP: what the socket takes now is written now, which spares the trip through
-      // the scheduler that an asynchronous write's completion costs. The rest, and any
-      // error, go through async_write below.
+    if (!stream_.is_tls() && stream_.socket().non_blocking() && batch_.size() == calls_.size()) {
+      // Plain TCP, and no other call waits for a reply: what the socket takes now is written
+      // now, which spares the trip through the scheduler that an asynchronous write's
+      // completion costs. The rest, and any error, go through async_write below. With
+      // other calls in flight, the asynchronous write is kept: calls started while it
+      // completes (as replies arrive) go out together in the next write.
       boost::system::error_code ec;
       std::size_t written = stream_.socket().write_some(buffers_, ec);
       if (ec) written = 0;

@@ -410,10 +410,12 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     if (writing_in_progress_ || queued_.empty() || closed_) return;
     writing_in_progress_ = true;
     std::swap(queued_, writing_);
-    if (!stream_.is_tls() && stream_.socket().non_blocking()) {
-      // Plain TCP: what the socket takes now is written now, which spares the trip through
-      // the scheduler that an asynchronous write's completion costs. The rest, and any
-      // error, go through async_write below.
+    if (!stream_.is_tls() && stream_.socket().non_blocking() && in_flight_ == 0) {
+      // Plain TCP, and no other call of this connection running: what the socket takes now
+      // is written now, which spares the trip through the scheduler that an asynchronous
+      // write's completion costs. The rest, and any error, go through async_write below.
+      // With calls running, the asynchronous write is kept: replies that come while it
+      // completes go out together in the next write.
       boost::system::error_code ec;
       std::size_t written = stream_.socket().write_some(boost::asio::buffer(writing_), ec);
       if (ec) written = 0;
