@@ -768,3 +768,41 @@ TEST_CASE("a graceful stop finishes the calls in flight, then refuses new connec
   fwd::rpc::client late(io.io.get_executor(), client_options());
   CHECK(call_and_wait(late, peer, test_procs::hold, std::string("h")).ec == fwd::errc::unreachable);
 }
+
+TEST_CASE("a completion bound to a strand of any_io_executor runs on that strand") {
+  child_server server;
+  io_thread io;
+  fwd::rpc::client client(io.io.get_executor(), client_options());
+  asio::strand<asio::any_io_executor> strand(asio::any_io_executor(io.io.get_executor()));
+  std::promise<std::pair<int, bool>> done;
+  client.async_call(server.endpoint(), test_procs::add, 20, 22,
+                    asio::bind_executor(strand, [&](boost::system::error_code ec, std::int64_t sum) {
+                      done.set_value({ec ? -1 : static_cast<int>(sum), strand.running_in_this_thread()});
+                    }));
+  auto f = done.get_future();
+  const auto [sum, on_strand] = get_within(f);
+  CHECK(sum == 42);
+  CHECK(on_strand);
+}
+
+TEST_CASE("a call that fails at once from inside a completion handler still completes after async_call returns") {
+  child_server server;
+  io_thread io;
+  auto options = client_options();
+  options.max_frame_size = 4096;
+  fwd::rpc::client client(io.io.get_executor(), options);
+  // Warm the connection up, then start an oversized call from inside a completion.
+  std::promise<std::pair<bool, boost::system::error_code>> done;
+  client.async_call(server.endpoint(), test_procs::add, 1, 2, [&](boost::system::error_code, std::int64_t) {
+    auto initiating = std::make_shared<bool>(true);
+    client.async_call(server.endpoint(), test_procs::echo, std::string(10000, 'x'),
+                      [&done, initiating](boost::system::error_code ec, std::string) {
+                        done.set_value({*initiating, ec});
+                      });
+    *initiating = false;
+  });
+  auto f = done.get_future();
+  const auto [completed_inside, ec] = get_within(f);
+  CHECK_FALSE(completed_inside);
+  CHECK(ec == fwd::errc::frame_too_large);
+}

@@ -19,7 +19,10 @@
 #include <boost/asio/cancellation_type.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/execution/executor.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/prefer.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -118,6 +121,33 @@ struct pending_call {
   }
 };
 
+// Keeps the handler's executor from running out of work until the call completes.
+// executor_work_guard cannot hold every executor (strand<any_io_executor> has
+// outstanding_work only as a preferable property), so new-style executors are tracked
+// through prefer(); legacy ones through the guard.
+template <class Executor>
+class tracked_executor {
+ public:
+  explicit tracked_executor(const Executor& executor) : executor_(track(executor)) {}
+  auto get_executor() const noexcept {
+    if constexpr (boost::asio::execution::is_executor<Executor>::value) {
+      return executor_;
+    } else {
+      return executor_.get_executor();
+    }
+  }
+
+ private:
+  static auto track(const Executor& executor) {
+    if constexpr (boost::asio::execution::is_executor<Executor>::value) {
+      return boost::asio::prefer(executor, boost::asio::execution::outstanding_work.tracked);
+    } else {
+      return boost::asio::make_work_guard(executor);
+    }
+  }
+  decltype(track(std::declval<const Executor&>())) executor_;
+};
+
 template <class R>
 struct call_signature_of {
   using type = void(boost::system::error_code, R);
@@ -167,7 +197,7 @@ class call_op final : public pending_call {
 
  private:
   Handler handler_;
-  boost::asio::executor_work_guard<handler_executor> work_;
+  tracked_executor<handler_executor> work_;
   std::shared_ptr<std::string> detail_;
 };
 
@@ -198,7 +228,7 @@ class raw_call_op final : public pending_call {
 
  private:
   Handler handler_;
-  boost::asio::executor_work_guard<handler_executor> work_;
+  tracked_executor<handler_executor> work_;
   std::shared_ptr<std::string> detail_;
 };
 
