@@ -159,6 +159,9 @@ struct call_signature_of<void> {
 template <class R>
 using call_signature = typename call_signature_of<R>::type;
 
+// The result type of async_call_raw's operation: the reply's bytes, not decoded.
+struct raw_reply {};
+
 template <class R, class Handler, class Executor>
 class call_op final : public pending_call {
  public:
@@ -176,7 +179,10 @@ class call_op final : public pending_call {
     deliver(executor, [handler = std::move(handler_), work = std::move(work_), ec,
                                      payload = std::move(payload), detail = std::move(detail_)]() mutable {
       boost::asio::get_associated_cancellation_slot(handler).clear();
-      if constexpr (std::is_void_v<R>) {
+      if constexpr (std::is_same_v<R, raw_reply>) {
+        if (ec && detail) *detail = std::move(payload);
+        std::move(handler)(ec, ec ? std::string() : std::move(payload));
+      } else if constexpr (std::is_void_v<R>) {
         if (ec && detail) *detail = std::move(payload);
         if (!ec) fwd::detail::decode_result<void>(payload, ec);
         std::move(handler)(ec);
@@ -191,37 +197,6 @@ class call_op final : public pending_call {
         R result = fwd::detail::decode_result<R>(payload, decode_ec, &why);
         if (decode_ec && detail) *detail = "the reply could not be decoded: " + why;
         std::move(handler)(decode_ec, std::move(result));
-      }
-    });
-  }
-
- private:
-  Handler handler_;
-  tracked_executor<handler_executor> work_;
-  std::shared_ptr<std::string> detail_;
-};
-
-// Raw payload completion (no decoding): used by async_call_raw.
-template <class Handler, class Executor>
-class raw_call_op final : public pending_call {
- public:
-  using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
-
-  raw_call_op(Handler handler, const Executor& fallback, std::shared_ptr<std::string> detail)
-      : handler_(std::move(handler)),
-        work_(boost::asio::get_associated_executor(handler_, fallback)),
-        detail_(std::move(detail)) {}
-
-  void complete(boost::system::error_code ec, std::string payload) override {
-    auto executor = work_.get_executor();
-    deliver(executor, [handler = std::move(handler_), work = std::move(work_), ec,
-                                     payload = std::move(payload), detail = std::move(detail_)]() mutable {
-      boost::asio::get_associated_cancellation_slot(handler).clear();
-      if (ec) {
-        if (detail) *detail = std::move(payload);
-        std::move(handler)(ec, std::string());
-      } else {
-        std::move(handler)(ec, std::move(payload));
       }
     });
   }
@@ -858,7 +833,7 @@ class client {
       auto slot = boost::asio::get_associated_cancellation_slot(handler);
       std::shared_ptr<detail::pending_call> call;
       if constexpr (std::is_same_v<R, raw_result>) {
-        call = std::make_shared<detail::raw_call_op<handler_t, executor_type>>(std::forward<Handler>(handler),
+        call = std::make_shared<detail::call_op<detail::raw_reply, handler_t, executor_type>>(std::forward<Handler>(handler),
                                                                                fallback, options.error_detail);
       } else {
         call = std::make_shared<detail::call_op<R, handler_t, executor_type>>(std::forward<Handler>(handler),
