@@ -38,6 +38,7 @@
 #include <fwd/telemetry.hpp>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -151,6 +152,9 @@ struct node_options {
   /// The local LiteFS role (default: read from the mount). For tests.
   std::function<litefs::role()> role;
   telemetry_ptr telemetry;
+  /// Mutual TLS between the nodes (under fwd's own secret check), for networks that are
+  /// not private. Every node needs its certificate, its key and the cluster's CA.
+  std::optional<rpc::tls_options> tls;
   /// Receives warnings (path check in warn mode). Default: stderr.
   std::function<void(std::string_view)> on_warning;
 };
@@ -201,6 +205,7 @@ class node {
     client_options.reconnect_backoff = std::chrono::milliseconds(10);
     client_options.max_reconnect_backoff = std::chrono::milliseconds(200);
     client_options.telemetry = options_.telemetry;
+    client_options.tls = options_.tls;
     client_ = std::make_shared<rpc::client>(executor_, std::move(client_options));
 
     membership_options members_options = options_.members;
@@ -364,6 +369,7 @@ class node {
     server_options.node_name = options_.name;
     server_options.litefs_hostname = options_.litefs_hostname;
     server_options.telemetry = options_.telemetry;
+    server_options.tls = options_.tls;
     server_options.status = [role = options_.role, mount = options_.mount,
                              db = options_.database.filename().string()] {
       rpc::local_status status;
