@@ -6,9 +6,11 @@
 //   std::chrono::duration and system_clock time points, which Boost 1.81 lacks;
 // - fwd's two archives, Boost binary archives over a byte buffer, with the checks that
 //   make decoding a peer's bytes safe: a collection or string may not claim more
-//   elements than bytes remain (Boost would allocate first), a bool must be 0 or 1
-//   (Boost asserts), nesting is bounded (no stack exhaustion), enums travel as their
-//   underlying type (Boost narrows them to int) and are read back without UB;
+//   elements than bytes remain (Boost would allocate first), a vector whose elements
+//   would take far more memory than the bytes left grows as they are read (Boost would
+//   reserve them all), a bool must be 0 or 1 (Boost asserts), nesting is bounded (no
+//   stack exhaustion), enums travel as their underlying type (Boost narrows them to
+//   int) and are read back without UB;
 // - archive_version(), which both ends of a connection must agree on.
 //
 // The archives are written without Boost's header (no_header): the version check is the
@@ -21,6 +23,10 @@
 #include <boost/archive/archive_exception.hpp>
 #include <boost/serialization/array.hpp>
 #include <boost/serialization/collection_size_type.hpp>
+#include <boost/serialization/collections_load_imp.hpp>
+#include <boost/serialization/detail/stack_constructor.hpp>
+#include <boost/serialization/item_version_type.hpp>
+#include <boost/serialization/library_version_type.hpp>
 #include <boost/serialization/level.hpp>
 #include <boost/serialization/map.hpp>
 #include <boost/serialization/nvp.hpp>
@@ -53,6 +59,7 @@
 #include <type_traits>
 #include <utility>
 #include <variant>
+#include <vector>
 
 // ---------------------------------------------------------------------------------------
 // Standard types Boost 1.81 does not serialise. Declared in boost::serialization, where
@@ -340,6 +347,47 @@ class input_archive final
   input_bytes& in_;
   int depth_ = 0;
 };
+
+/// Bytes of vector storage fwd's input archive reserves up front per byte of input left.
+inline constexpr std::size_t max_reserve_per_input_byte = 64;
+
+// A vector of non-primitive elements (strings, structs, containers), read by fwd's input
+// archive; found by ADL from Boost's vector load, and more specialised than Boost's own.
+// Boost reserves `count` elements before reading one: the count is at most the bytes
+// left, but each element costs sizeof(U), so a peer's N bytes could cost N * sizeof(U)
+// (a 16 MiB frame of a 200-byte struct: over 3 GiB). Here a count whose elements would
+// need more than max_reserve_per_input_byte times the bytes left is grown as the elements
+// are actually read, so memory follows what the input holds. Counts that fit (all honest
+// ones, unless an element's memory is dozens of times its encoding) are read as Boost
+// reads them, into storage reserved once, where element addresses never move.
+template <class U, class Allocator>
+void load(input_archive& ar, std::vector<U, Allocator>& t, const unsigned int /*version*/,
+          boost::mpl::false_ /*not bitwise*/) {
+  boost::serialization::collection_size_type count;
+  boost::serialization::item_version_type item_version(0);
+  ar >> BOOST_SERIALIZATION_NVP(count);
+  if (boost::serialization::library_version_type(3) < ar.get_library_version()) {
+    ar >> BOOST_SERIALIZATION_NVP(item_version);
+  }
+  const std::size_t n = count;
+  if (n <= ar.remaining() * max_reserve_per_input_byte / sizeof(U)) {
+    t.reserve(n);
+    boost::serialization::stl::collection_load_impl(ar, t, count, item_version);
+    return;
+  }
+  t.clear();
+  for (std::size_t i = 0; i < n; ++i) {
+    if constexpr (std::is_default_constructible_v<U>) {
+      ar >> boost::serialization::make_nvp("item", t.emplace_back());
+    } else {
+      // As Boost's load for such elements: built on the stack, then moved in.
+      boost::serialization::detail::stack_construct<input_archive, U> u(ar, item_version);
+      ar >> boost::serialization::make_nvp("item", u.reference());
+      t.push_back(std::move(u.reference()));
+      ar.reset_object_address(&t.back(), u.address());
+    }
+  }
+}
 
 }  // namespace fwd::detail
 
