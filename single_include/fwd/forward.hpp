@@ -2197,9 +2197,11 @@ void fast_decode(fast_reader& in, Ts&... values) {
 //   std::chrono::duration and system_clock time points, which Boost 1.81 lacks;
 // - fwd's two archives, Boost binary archives over a byte buffer, with the checks that
 //   make decoding a peer's bytes safe: a collection or string may not claim more
-//   elements than bytes remain (Boost would allocate first), a bool must be 0 or 1
-//   (Boost asserts), nesting is bounded (no stack exhaustion), enums travel as their
-//   underlying type (Boost narrows them to int) and are read back without UB;
+//   elements than bytes remain (Boost would allocate first), a vector whose elements
+//   would take far more memory than the bytes left grows as they are read (Boost would
+//   reserve them all), a bool must be 0 or 1 (Boost asserts), nesting is bounded (no
+//   stack exhaustion), enums travel as their underlying type (Boost narrows them to
+//   int) and are read back without UB;
 // - archive_version(), which both ends of a connection must agree on.
 //
 // The archives are written without Boost's header (no_header): the version check is the
@@ -2212,6 +2214,10 @@ void fast_decode(fast_reader& in, Ts&... values) {
 #include <boost/archive/archive_exception.hpp>
 #include <boost/serialization/array.hpp>
 #include <boost/serialization/collection_size_type.hpp>
+#include <boost/serialization/collections_load_imp.hpp>
+#include <boost/serialization/detail/stack_constructor.hpp>
+#include <boost/serialization/item_version_type.hpp>
+#include <boost/serialization/library_version_type.hpp>
 #include <boost/serialization/level.hpp>
 #include <boost/serialization/map.hpp>
 #include <boost/serialization/nvp.hpp>
@@ -2244,6 +2250,7 @@ void fast_decode(fast_reader& in, Ts&... values) {
 #include <type_traits>
 #include <utility>
 #include <variant>
+#include <vector>
 
 // ---------------------------------------------------------------------------------------
 // Standard types Boost 1.81 does not serialise. Declared in boost::serialization, where
@@ -2531,6 +2538,47 @@ class input_archive final
   input_bytes& in_;
   int depth_ = 0;
 };
+
+/// Bytes of vector storage fwd's input archive reserves up front per byte of input left.
+inline constexpr std::size_t max_reserve_per_input_byte = 64;
+
+// A vector of non-primitive elements (strings, structs, containers), read by fwd's input
+// archive; found by ADL from Boost's vector load, and more specialised than Boost's own.
+// Boost reserves `count` elements before reading one: the count is at most the bytes
+// left, but each element costs sizeof(U), so a peer's N bytes could cost N * sizeof(U)
+// (a 16 MiB frame of a 200-byte struct: over 3 GiB). Here a count whose elements would
+// need more than max_reserve_per_input_byte times the bytes left is grown as the elements
+// are actually read, so memory follows what the input holds. Counts that fit (all honest
+// ones, unless an element's memory is dozens of times its encoding) are read as Boost
+// reads them, into storage reserved once, where element addresses never move.
+template <class U, class Allocator>
+void load(input_archive& ar, std::vector<U, Allocator>& t, const unsigned int /*version*/,
+          boost::mpl::false_ /*not bitwise*/) {
+  boost::serialization::collection_size_type count;
+  boost::serialization::item_version_type item_version(0);
+  ar >> BOOST_SERIALIZATION_NVP(count);
+  if (boost::serialization::library_version_type(3) < ar.get_library_version()) {
+    ar >> BOOST_SERIALIZATION_NVP(item_version);
+  }
+  const std::size_t n = count;
+  if (n <= ar.remaining() * max_reserve_per_input_byte / sizeof(U)) {
+    t.reserve(n);
+    boost::serialization::stl::collection_load_impl(ar, t, count, item_version);
+    return;
+  }
+  t.clear();
+  for (std::size_t i = 0; i < n; ++i) {
+    if constexpr (std::is_default_constructible_v<U>) {
+      ar >> boost::serialization::make_nvp("item", t.emplace_back());
+    } else {
+      // As Boost's load for such elements: built on the stack, then moved in.
+      boost::serialization::detail::stack_construct<input_archive, U> u(ar, item_version);
+      ar >> boost::serialization::make_nvp("item", u.reference());
+      t.push_back(std::move(u.reference()));
+      ar.reset_object_address(&t.back(), u.address());
+    }
+  }
+}
 
 }  // namespace fwd::detail
 
@@ -4447,6 +4495,9 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     peer_ = endpoint_string(stream_.socket().remote_endpoint(ignored));
     stream_.socket().set_option(tcp::no_delay(true), ignored);
     stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
+    // Lets write() write at once without ever blocking (Asio's own operations, TLS's
+    // included, are unaffected).
+    stream_.socket().non_blocking(true, ignored);
   }
 
   void start() {
@@ -4717,6 +4768,30 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     if (writing_in_progress_ || queued_.empty() || closed_) return;
     writing_in_progress_ = true;
     std::swap(queued_, writing_);
+    if (!stream_.is_tls() && stream_.socket().non_blocking() && in_flight_ == 0) {
+      // Plain TCP, and no other call of this connection running: what the socket takes now
+      // is written now, which spares the trip through the scheduler that an asynchronous
+      // write's completion costs. The rest, and any error, go through async_write below.
+      // With calls running, the asynchronous write is kept: replies that come while it
+      // completes go out together in the next write.
+      boost::system::error_code ec;
+      std::size_t written = stream_.socket().write_some(boost::asio::buffer(writing_), ec);
+      if (ec) written = 0;
+      if (written == writing_.size()) {
+        writing_in_progress_ = false;
+        writing_.clear();
+        if (writing_.capacity() > (std::size_t{1} << 20)) writing_.shrink_to_fit();
+        if (draining_ || !reading_) {
+          // What a write's completion does next, outside this call (on_read calls it).
+          boost::asio::post(strand_, [self = shared_from_this()] {
+            if (self->draining_) self->maybe_close_drained();
+            self->read();
+          });
+        }
+        return;
+      }
+      writing_.erase(0, written);
+    }
     boost::asio::async_write(stream_, boost::asio::buffer(writing_),
                              [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
                                self->writing_in_progress_ = false;
@@ -4911,7 +4986,10 @@ class server {
 #include <boost/asio/cancellation_type.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/execution/executor.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/prefer.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -5010,6 +5088,33 @@ struct pending_call {
   }
 };
 
+// Keeps the handler's executor from running out of work until the call completes.
+// executor_work_guard cannot hold every executor (strand<any_io_executor> has
+// outstanding_work only as a preferable property), so new-style executors are tracked
+// through prefer(); legacy ones through the guard.
+template <class Executor>
+class tracked_executor {
+ public:
+  explicit tracked_executor(const Executor& executor) : executor_(track(executor)) {}
+  auto get_executor() const noexcept {
+    if constexpr (boost::asio::execution::is_executor<Executor>::value) {
+      return executor_;
+    } else {
+      return executor_.get_executor();
+    }
+  }
+
+ private:
+  static auto track(const Executor& executor) {
+    if constexpr (boost::asio::execution::is_executor<Executor>::value) {
+      return boost::asio::prefer(executor, boost::asio::execution::outstanding_work.tracked);
+    } else {
+      return boost::asio::make_work_guard(executor);
+    }
+  }
+  decltype(track(std::declval<const Executor&>())) executor_;
+};
+
 template <class R>
 struct call_signature_of {
   using type = void(boost::system::error_code, R);
@@ -5020,6 +5125,9 @@ struct call_signature_of<void> {
 };
 template <class R>
 using call_signature = typename call_signature_of<R>::type;
+
+// The result type of async_call_raw's operation: the reply's bytes, not decoded.
+struct raw_reply {};
 
 template <class R, class Handler, class Executor>
 class call_op final : public pending_call {
@@ -5038,7 +5146,10 @@ class call_op final : public pending_call {
     deliver(executor, [handler = std::move(handler_), work = std::move(work_), ec,
                                      payload = std::move(payload), detail = std::move(detail_)]() mutable {
       boost::asio::get_associated_cancellation_slot(handler).clear();
-      if constexpr (std::is_void_v<R>) {
+      if constexpr (std::is_same_v<R, raw_reply>) {
+        if (ec && detail) *detail = std::move(payload);
+        std::move(handler)(ec, ec ? std::string() : std::move(payload));
+      } else if constexpr (std::is_void_v<R>) {
         if (ec && detail) *detail = std::move(payload);
         if (!ec) fwd::detail::decode_result<void>(payload, ec);
         std::move(handler)(ec);
@@ -5059,38 +5170,7 @@ class call_op final : public pending_call {
 
  private:
   Handler handler_;
-  boost::asio::executor_work_guard<handler_executor> work_;
-  std::shared_ptr<std::string> detail_;
-};
-
-// Raw payload completion (no decoding): used by async_call_raw.
-template <class Handler, class Executor>
-class raw_call_op final : public pending_call {
- public:
-  using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
-
-  raw_call_op(Handler handler, const Executor& fallback, std::shared_ptr<std::string> detail)
-      : handler_(std::move(handler)),
-        work_(boost::asio::get_associated_executor(handler_, fallback)),
-        detail_(std::move(detail)) {}
-
-  void complete(boost::system::error_code ec, std::string payload) override {
-    auto executor = work_.get_executor();
-    deliver(executor, [handler = std::move(handler_), work = std::move(work_), ec,
-                                     payload = std::move(payload), detail = std::move(detail_)]() mutable {
-      boost::asio::get_associated_cancellation_slot(handler).clear();
-      if (ec) {
-        if (detail) *detail = std::move(payload);
-        std::move(handler)(ec, std::string());
-      } else {
-        std::move(handler)(ec, std::move(payload));
-      }
-    });
-  }
-
- private:
-  Handler handler_;
-  boost::asio::executor_work_guard<handler_executor> work_;
+  tracked_executor<handler_executor> work_;
   std::shared_ptr<std::string> detail_;
 };
 
@@ -5217,6 +5297,9 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
     state_now_ = state::handshaking;
     if (!state_->tls_context) {
+      // Lets flush() write at once without ever blocking (Asio's own operations are
+      // unaffected).
+      stream_.socket().non_blocking(true, ignored);
       start_handshake();
       return;
     }
@@ -5399,6 +5482,27 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     }
     if (buffers_.empty()) return;
     writing_ = true;
+    if (!stream_.is_tls() && stream_.socket().non_blocking() && batch_.size() == calls_.size()) {
+      // Plain TCP, and no other call waits for a reply: what the socket takes now is written
+      // now, which spares the trip through the scheduler that an asynchronous write's
+      // completion costs. The rest, and any error, go through async_write below. With
+      // other calls in flight, the asynchronous write is kept: calls started while it
+      // completes (as replies arrive) go out together in the next write.
+      boost::system::error_code ec;
+      std::size_t written = stream_.socket().write_some(buffers_, ec);
+      if (ec) written = 0;
+      if (written == boost::asio::buffer_size(buffers_)) {
+        writing_ = false;
+        batch_.clear();
+        control_in_flight_.clear();
+        flush();  // what the batch limits left behind
+        return;
+      }
+      auto first = buffers_.begin();
+      while (written >= first->size()) written -= (first++)->size();
+      buffers_.erase(buffers_.begin(), first);
+      buffers_.front() += written;
+    }
     boost::asio::async_write(stream_, buffers_,
                              [self = shared_from_this(), generation = generation_](boost::system::error_code ec,
                                                                                     std::size_t) {
@@ -5696,7 +5800,7 @@ class client {
       auto slot = boost::asio::get_associated_cancellation_slot(handler);
       std::shared_ptr<detail::pending_call> call;
       if constexpr (std::is_same_v<R, raw_result>) {
-        call = std::make_shared<detail::raw_call_op<handler_t, executor_type>>(std::forward<Handler>(handler),
+        call = std::make_shared<detail::call_op<detail::raw_reply, handler_t, executor_type>>(std::forward<Handler>(handler),
                                                                                fallback, options.error_detail);
       } else {
         call = std::make_shared<detail::call_op<R, handler_t, executor_type>>(std::forward<Handler>(handler),
@@ -9938,6 +10042,7 @@ class forwarder {
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -10051,6 +10156,9 @@ struct node_options {
   /// The local LiteFS role (default: read from the mount). For tests.
   std::function<litefs::role()> role;
   telemetry_ptr telemetry;
+  /// Mutual TLS between the nodes (under fwd's own secret check), for networks that are
+  /// not private. Every node needs its certificate, its key and the cluster's CA.
+  std::optional<rpc::tls_options> tls;
   /// Receives warnings (path check in warn mode). Default: stderr.
   std::function<void(std::string_view)> on_warning;
 };
@@ -10101,6 +10209,7 @@ class node {
     client_options.reconnect_backoff = std::chrono::milliseconds(10);
     client_options.max_reconnect_backoff = std::chrono::milliseconds(200);
     client_options.telemetry = options_.telemetry;
+    client_options.tls = options_.tls;
     client_ = std::make_shared<rpc::client>(executor_, std::move(client_options));
 
     membership_options members_options = options_.members;
@@ -10264,6 +10373,7 @@ class node {
     server_options.node_name = options_.name;
     server_options.litefs_hostname = options_.litefs_hostname;
     server_options.telemetry = options_.telemetry;
+    server_options.tls = options_.tls;
     server_options.status = [role = options_.role, mount = options_.mount,
                              db = options_.database.filename().string()] {
       rpc::local_status status;
