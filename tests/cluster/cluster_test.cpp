@@ -248,6 +248,9 @@ TEST_CASE("failover during writes from two replicas: every acknowledged write ex
     std::this_thread::sleep_for(1ms);  // polling the writers' progress, bounded
   }
   c.nodes[0]->kill_now();
+  REQUIRE(c.nodes[0]->wait_exit(5s).has_value());
+  // node-c is promoted with everything node-a committed: exactly once covers what LiteFS
+  // replicated (with promotion::as_is, node-a's unshipped transactions would be lost).
   c.sim.failover(2, 150ms);
   b.join();
   w.join();

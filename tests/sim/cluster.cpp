@@ -220,7 +220,9 @@ void cluster::replicate_locked(std::size_t node) {
   // never claims data it does not have.
   const db_position pos = read_position(position_path(p)).value_or(db_position{});
   {
-    unix_connection source(database_path(p), SQLITE_OPEN_READONLY);
+    // Read-write, so that SQLite can roll back a hot journal that a primary killed
+    // mid-transaction left behind (LiteFS recovers the same way before shipping).
+    unix_connection source(database_path(p), SQLITE_OPEN_READWRITE);
     unix_connection target(database_path(node), SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
     sqlite3_backup* backup = sqlite3_backup_init(target.db, "main", source.db, "main");
     if (backup == nullptr) {
@@ -376,8 +378,10 @@ void cluster::elect(std::size_t node) {
   write_primary_files_locked();
 }
 
-void cluster::failover(std::size_t new_primary, std::chrono::milliseconds election_window) {
+void cluster::failover(std::size_t new_primary, std::chrono::milliseconds election_window,
+                       promotion how) {
   check_node(new_primary);
+  if (how == promotion::caught_up) replicate(new_primary);
   begin_election();
   // The election window is the simulated time a new lease takes, not a wait for an event.
   if (election_window.count() > 0) std::this_thread::sleep_for(election_window);

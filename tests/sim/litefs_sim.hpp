@@ -189,9 +189,20 @@ class cluster {
    * gets `.primary` = its hostname. Begins the election first if none is running.
    * @throws std::invalid_argument if the node has no database. */
   void elect(std::size_t node);
-  /** `begin_election()`, wait `election_window`, `elect(new_primary)`. */
+  /** How far the new primary has got when it takes over. */
+  enum class promotion {
+    /** It has everything the old primary committed (a candidate that was connected and
+     * caught up when the primary died): fwd's exactly-once covers all of it. */
+    caught_up,
+    /** It has only what replication had shipped to it: LiteFS replicates
+     * asynchronously, so the old primary's last transactions may be lost. */
+    as_is,
+  };
+  /** Catches `new_primary` up with the old primary (unless `as_is`), `begin_election()`,
+   * waits `election_window`, `elect(new_primary)`. */
   void failover(std::size_t new_primary,
-                std::chrono::milliseconds election_window = std::chrono::milliseconds{0});
+                std::chrono::milliseconds election_window = std::chrono::milliseconds{0},
+                promotion how = promotion::caught_up);
 
   /** Cuts a replica from the primary: no `.primary`, no replication. */
   void disconnect(std::size_t node);

@@ -607,3 +607,26 @@ TEST_CASE("bad cluster options are refused with a clear error") {
   out_of_range.primary = 3;
   CHECK_THROWS_AS(cluster(out_of_range), std::invalid_argument);
 }
+
+TEST_CASE("failover promotes a caught-up replica by default; as_is loses what was not shipped") {
+  for (auto how : {cluster::promotion::caught_up, cluster::promotion::as_is}) {
+    cluster sim(options_for(journal_mode::wal));
+    {
+      connection primary(sim.database_path(0));
+      primary.must("CREATE TABLE t(x)");
+      sim.replicate_now();
+      primary.must("INSERT INTO t VALUES (1)");  // committed on node-a, not yet shipped
+    }
+    const auto committed = sim.position(0);
+    REQUIRE(sim.position(2).txid < committed.txid);
+    sim.failover(2, 0ms, how);
+    connection c(sim.database_path(2));
+    if (how == cluster::promotion::caught_up) {
+      CHECK(sim.position(2).txid == committed.txid);
+      CHECK(c.count("t") == 1);
+    } else {
+      CHECK(sim.position(2).txid < committed.txid);
+      CHECK(c.count("t") == 0);
+    }
+  }
+}
