@@ -92,6 +92,14 @@ class node_process {
     return found;
   }
 
+  /// Every line the process has printed so far, for a failing test to show.
+  std::string output() {
+    std::lock_guard lock(mutex_);
+    std::string all;
+    for (const auto& line : lines_) all += line + "\n";
+    return all;
+  }
+
   /// SIGKILL: the process dies at once, mid-work.
   void kill_now() {
     if (pid_ > 0 && !exited_) ::kill(pid_, SIGKILL);

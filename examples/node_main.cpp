@@ -3,6 +3,9 @@
 //   fwd_node --name node-a --mount DIR --db app.db --port 7001 --members 7001,7002,7003
 //            [--secret S] [--no-ryw] [--quiet] [--ttl-ms N] [--no-migrate]
 //
+// With FWD_NODE_TRACE set in its environment it also prints every probe, connection
+// event, lookup miss and finished call (also with --quiet), for a failing test to show.
+//
 // It serves the demo procedures, migrates the schema at start, prints "READY <port>"
 // once listening and "MIGRATED <version>" once the schema is here, and answers
 // demo.control / demo.stats for the program driving it. SIGTERM stops it cleanly.
@@ -142,6 +145,33 @@ int main(int argc, char** argv) {
     say("primary is now " + std::string(e.current) +
         (e.previous.empty() ? "" : " (was " + std::string(e.previous) + ")"));
   };
+  auto trace = [](const std::string& t) {
+    std::lock_guard lock(out_mutex);
+    std::printf("  [%s] %s\n", node_name.c_str(), t.c_str());
+    std::fflush(stdout);
+  };
+  if (std::getenv("FWD_NODE_TRACE")) {
+    hooks->probe_finished = [trace](const fwd::probe_event& e) {
+      trace("TRACE probe " + std::string(e.peer) + " " + std::string(e.role) + " " +
+            e.outcome.message());
+    };
+    hooks->connection_failed = [trace](const fwd::connection_event& e) {
+      trace("TRACE connfail " + std::string(e.peer) + " " + e.reason.message());
+    };
+    hooks->connection_closed = [trace](const fwd::connection_event& e) {
+      trace("TRACE connclosed " + std::string(e.peer) + " " + e.reason.message());
+    };
+    hooks->connection_opened = [trace](const fwd::connection_event& e) {
+      trace("TRACE connopened " + std::string(e.peer));
+    };
+    hooks->discovery_lookup = [trace](const fwd::discovery_lookup_event& e) {
+      if (!e.hit) trace("TRACE lookup miss");
+    };
+    hooks->call_finished = [trace](const fwd::call_finished_event& e) {
+      trace("TRACE call_finished " + std::string(e.procedure) + " " + std::string(e.peer) + " " +
+            e.outcome.message());
+    };
+  }
   hooks->breaker_changed = [](const fwd::breaker_event& e) {
     say("circuit breaker for " + std::string(e.peer) + " is " + std::string(e.state));
   };

@@ -36,6 +36,7 @@ struct test_cluster {
   demo::controller control;
 
   explicit test_cluster(fwd_sim::cluster_options options = {}) : sim(std::move(options)) {
+    ::setenv("FWD_NODE_TRACE", "1", 0);  // a failing test shows each node's probes and calls
     for (std::size_t i = 0; i < sim.size(); ++i) ports.push_back(demo::free_port());
     nodes.resize(sim.size());
     sim.start_replication(2ms);
@@ -52,7 +53,9 @@ struct test_cluster {
   }
 
   bool migrated(std::size_t i, std::chrono::milliseconds timeout = 20s) {
-    return nodes[i]->wait_for("MIGRATED ", timeout).has_value();
+    const bool ok = nodes[i]->wait_for("MIGRATED ", timeout).has_value();
+    if (!ok) UNSCOPED_INFO("node " << i << " printed:\n" << nodes[i]->output());
+    return ok;
   }
 
   void start_all() {
@@ -176,7 +179,7 @@ class cutting_proxy {
 }  // namespace
 
 TEST_CASE(
-    "a write from a replica runs on the primary and returns its result; the replica never runs "
+    "a write from a replica runs on the primary and returns its result, the replica never runs "
     "it") {
   test_cluster c;
   c.start_all();
@@ -274,7 +277,7 @@ TEST_CASE("failover during writes from two replicas: every acknowledged write ex
 }
 
 TEST_CASE(
-    "read-your-writes: with replication lag the caller's next read sees its write; without it, it "
+    "read-your-writes: with replication lag the caller's next read sees its write, without it, it "
     "may not") {
   test_cluster c;
   c.start_all();

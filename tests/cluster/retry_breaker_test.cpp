@@ -82,7 +82,7 @@ TEST_CASE("a success between failures resets the count: only consecutive failure
   CHECK(b.allow());
 }
 
-TEST_CASE("after the cool-down one trial call passes; its success closes the breaker") {
+TEST_CASE("after the cool-down one trial call passes, its success closes the breaker") {
   fwd::circuit_breaker b(
       {.failure_threshold = 1, .open_duration = 100ms, .half_open_max_calls = 1});
   const auto t0 = fwd::circuit_breaker::clock::now();

@@ -291,6 +291,73 @@ class raw_peer {
   std::string pending_;
 };
 
+// A front for a server on loopback: it resets (RST) the first `resets` connections the
+// moment it accepts them, then forwards bytes both ways to `upstream`.
+class resetting_front {
+ public:
+  resetting_front(tcp::endpoint upstream, int resets) : upstream_(upstream), resets_(resets) {
+    accept();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  ~resetting_front() {
+    io_.stop();
+    thread_.join();
+  }
+  tcp::endpoint endpoint() const { return acceptor_.local_endpoint(); }
+  int reset_count() const { return reset_count_.load(); }
+
+ private:
+  struct pair {
+    tcp::socket client, server;
+    std::array<char, 16384> up{}, down{};
+    explicit pair(asio::io_context& io) : client(io), server(io) {}
+    void close() {
+      boost::system::error_code ignored;
+      client.close(ignored);
+      server.close(ignored);
+    }
+  };
+
+  void accept() {
+    auto p = std::make_shared<pair>(io_);
+    acceptor_.async_accept(p->client, [this, p](boost::system::error_code ec) {
+      if (ec) return;
+      if (reset_count_ < resets_) {
+        ++reset_count_;
+        boost::system::error_code ignored;
+        p->client.set_option(asio::socket_base::linger(true, 0), ignored);
+        p->client.close(ignored);  // linger 0: the peer gets a RST
+      } else {
+        p->server.async_connect(upstream_, [this, p](boost::system::error_code e) {
+          if (e) return p->close();
+          pump(p, p->client, p->server, p->up);
+          pump(p, p->server, p->client, p->down);
+        });
+      }
+      accept();
+    });
+  }
+  void pump(std::shared_ptr<pair> p, tcp::socket& from, tcp::socket& to,
+            std::array<char, 16384>& buf) {
+    from.async_read_some(asio::buffer(buf), [this, p, &from, &to, &buf](
+                                                boost::system::error_code ec, std::size_t n) {
+      if (ec) return p->close();
+      asio::async_write(to, asio::buffer(buf.data(), n),
+                        [this, p, &from, &to, &buf](boost::system::error_code e, std::size_t) {
+                          if (e) return p->close();
+                          pump(p, from, to, buf);
+                        });
+    });
+  }
+
+  asio::io_context io_;
+  tcp::acceptor acceptor_{io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)};
+  tcp::endpoint upstream_;
+  const int resets_;
+  std::atomic<int> reset_count_{0};
+  std::thread thread_;
+};
+
 tcp::endpoint closed_port() {
   asio::io_context io;
   tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
@@ -406,7 +473,7 @@ TEST_CASE("remote errors arrive as their fwd::errc, with details") {
   }
 }
 
-TEST_CASE("a call whose deadline passes fails with timeout; expired requests do not run") {
+TEST_CASE("a call whose deadline passes fails with timeout, expired requests do not run") {
   child_server server;
   io_thread io;
   fwd::rpc::client client(io.io.get_executor(), client_options());
@@ -554,7 +621,7 @@ TEST_CASE("a protocol or archive version mismatch is version_mismatch naming bot
   CHECK(good.call(server.endpoint(), test_procs::add, 1, 2) == 3);
 }
 
-TEST_CASE("hostile bytes close that connection only; the server keeps serving") {
+TEST_CASE("hostile bytes close that connection only, the server keeps serving") {
   child_server server({"--max-frame-size", "65536", "--handshake-timeout-ms", "300"});
   io_thread io;
   fwd::rpc::client client(io.io.get_executor(), client_options());
@@ -616,7 +683,7 @@ TEST_CASE("hostile bytes close that connection only; the server keeps serving") 
   CHECK(client.call(peer, test_procs::runs) == 0);
 }
 
-TEST_CASE("a cancelled call completes with cancelled; the connection stays usable") {
+TEST_CASE("a cancelled call completes with cancelled, the connection stays usable") {
   child_server server;
   io_thread io;
   fwd::rpc::client client(io.io.get_executor(), client_options());
@@ -805,4 +872,45 @@ TEST_CASE("a call that fails at once from inside a completion handler still comp
   const auto [completed_inside, ec] = get_within(f);
   CHECK_FALSE(completed_inside);
   CHECK(ec == fwd::errc::frame_too_large);
+}
+
+TEST_CASE(
+    "a client whose connection attempts are reset during the handshake connects once the peer "
+    "serves") {
+  child_server server;
+  constexpr int resets = 40;
+  resetting_front front(server.endpoint(), resets);
+  // Two threads run the client: a reset's read error and the handshake's failed write then
+  // complete on different threads, in either order.
+  asio::io_context io;
+  auto work = asio::make_work_guard(io);
+  std::thread t1([&] { io.run(); }), t2([&] { io.run(); });
+  fwd::rpc::client_options options = client_options();
+  options.reconnect_backoff = 1ms;
+  options.max_reconnect_backoff = 1ms;
+  options.connect_timeout = 2s;
+  fwd::rpc::client client(io.get_executor(), options);
+  int refused = 0;
+  while (front.reset_count() < resets) {
+    fwd::rpc::call_options call;
+    call.deadline = std::chrono::steady_clock::now() + 3s;
+    const auto r = call_and_wait(client, front.endpoint(), call, test_procs::add, 1, 2);
+    if (r.ec) {
+      ++refused;
+      CHECK(fwd::classify(r.ec) == fwd::error_class::not_sent);
+    }
+  }
+  CHECK(refused > 0);
+  // Every attempt after the resets reaches the server: the handshake is sent on the new
+  // connection, not held back by the write that the reset interrupted.
+  fwd::rpc::call_options call;
+  call.deadline = std::chrono::steady_clock::now() + 5s;
+  const auto r = call_and_wait(client, front.endpoint(), call, test_procs::add, 1, 2);
+  INFO(r.detail);
+  CHECK_FALSE(r.ec);
+  CHECK(r.value == 3);
+  client.close();
+  work.reset();
+  t1.join();
+  t2.join();
 }

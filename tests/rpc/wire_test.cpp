@@ -51,7 +51,7 @@ TEST_CASE("the header is little-endian with the magic FWD1 first, whatever the h
   CHECK(static_cast<std::uint8_t>(bytes[15]) == 0x01);
 }
 
-TEST_CASE("coalesced frames decode one after another; a partial frame asks for more bytes") {
+TEST_CASE("coalesced frames decode one after another, a partial frame asks for more bytes") {
   std::string bytes;
   for (int i = 0; i < 3; ++i) {
     auto h = sample_header();

@@ -608,7 +608,7 @@ TEST_CASE("bad cluster options are refused with a clear error") {
   CHECK_THROWS_AS(cluster(out_of_range), std::invalid_argument);
 }
 
-TEST_CASE("failover promotes a caught-up replica by default; as_is loses what was not shipped") {
+TEST_CASE("failover promotes a caught-up replica by default, as_is loses what was not shipped") {
   for (auto how : {cluster::promotion::caught_up, cluster::promotion::as_is}) {
     cluster sim(options_for(journal_mode::wal));
     {

@@ -201,7 +201,7 @@ TEST_CASE("the fingerprint is FNV-1a 64 of the canonical text, fixed for every c
   STATIC_REQUIRE(fnv("i64(string)") == 0x14d9744700d5fadeull);
 }
 
-TEST_CASE("equal signatures have equal fingerprints; any change in a type, arity or result changes it") {
+TEST_CASE("equal signatures have equal fingerprints, any change in a type, arity or result changes it") {
   STATIC_REQUIRE(fp<std::int64_t(std::string)>() == fp<std::int64_t(std::string)>());
   STATIC_REQUIRE(fp<std::int64_t(std::string)>() == fp<long(const std::string&)>());
   STATIC_REQUIRE(fp<std::int64_t(std::string)>() != fp<std::int32_t(std::string)>());

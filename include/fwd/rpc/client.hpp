@@ -384,6 +384,13 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     stream_.close();
     control_.clear();
     handshake_.reset();
+    // The write in flight belonged to this connection: its completion is stale (generation)
+    // and will not clear this, so the next connection's first flush() must not wait for it.
+    // (A reset during the handshake left this set, and no later handshake was ever sent.)
+    writing_ = false;
+    buffers_.clear();
+    batch_.clear();
+    control_in_flight_.clear();
     // The deadline timer outlives its last call only while connected (arm_deadline_timer).
     if (deadlines_.empty()) cancel_deadline_timer();
   }
@@ -475,7 +482,6 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed, connection_event{peer_name_, why});
     fail_all(make_error_code(errc::connection_lost), detail, false);
     state_now_ = state::idle;
-    writing_ = false;
     if (!unsent_.empty()) connect();
   }
 
