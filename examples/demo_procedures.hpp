@@ -4,7 +4,7 @@
 // programs that drive the nodes (the demo and the cluster tests).
 
 #include <cstdint>
-#include <fwd/detail/forward_builtins.hpp>
+#include <fwd/write/builtins.hpp>
 #include <fwd/procedure.hpp>
 #include <string>
 #include <string_view>

@@ -14,8 +14,8 @@
 #include "../common/bench_support.hpp"
 #include "dnsmasq.hpp"
 
-#include <fwd/discovery.hpp>
-#include <fwd/membership.hpp>
+#include <fwd/cluster/discovery.hpp>
+#include <fwd/cluster/membership.hpp>
 #include <fwd/rpc/registry.hpp>
 #include <fwd/rpc/server.hpp>
 

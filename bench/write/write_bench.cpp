@@ -27,7 +27,9 @@
 #include <csignal>
 #include <future>
 #include <fwd/node.hpp>
-#include <fwd/sqlite.hpp>
+#include <fwd/sqlite/connection.hpp>
+#include <fwd/sqlite/transaction.hpp>
+#include <fwd/write/executor.hpp>
 #include <memory>
 #include <mutex>
 #include <string>

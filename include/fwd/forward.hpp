@@ -1,22 +1,35 @@
 #pragma once
 
-// The one include a service needs: everything fwd offers.
+// The one include a service needs: everything fwd offers, in the order of the write path.
+//
+//   node                a call on any node (node.hpp)
+//   write/forwarder     is run locally or forwarded, with retries and a breaker,
+//   cluster/discovery   to the primary (found from LiteFS's mount and the members),
+//   rpc/                over an authenticated, multiplexed connection,
+//   write/executor      where it runs exactly once (its dedup row) in a group commit.
 
 #include <fwd/version.hpp>
 #include <fwd/error.hpp>
-#include <fwd/litefs.hpp>
-#include <fwd/procedure.hpp>
-#include <fwd/wire.hpp>
 #include <fwd/telemetry.hpp>
+#include <fwd/procedure.hpp>
+#include <fwd/litefs/types.hpp>
+#include <fwd/litefs/files.hpp>
+#include <fwd/litefs/mount.hpp>
+#include <fwd/litefs/path_check.hpp>
+#include <fwd/sqlite/statement.hpp>
+#include <fwd/sqlite/connection.hpp>
+#include <fwd/sqlite/transaction.hpp>
+#include <fwd/rpc/wire.hpp>
 #include <fwd/rpc/registry.hpp>
 #include <fwd/rpc/hello.hpp>
 #include <fwd/rpc/server.hpp>
 #include <fwd/rpc/client.hpp>
-#include <fwd/membership.hpp>
-#include <fwd/discovery.hpp>
-#include <fwd/sqlite.hpp>
-#include <fwd/retry.hpp>
-#include <fwd/breaker.hpp>
-#include <fwd/forwarder.hpp>
+#include <fwd/cluster/membership.hpp>
+#include <fwd/cluster/discovery.hpp>
+#include <fwd/write/executor.hpp>
+#include <fwd/write/builtins.hpp>
+#include <fwd/write/retry.hpp>
+#include <fwd/write/breaker.hpp>
+#include <fwd/write/forwarder.hpp>
 #include <fwd/migrate.hpp>
 #include <fwd/node.hpp>

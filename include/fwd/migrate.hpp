@@ -15,7 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <future>
-#include <fwd/detail/forward_builtins.hpp>
+#include <fwd/write/builtins.hpp>
 #include <fwd/error.hpp>
 #include <fwd/node.hpp>
 #include <memory>

@@ -5,7 +5,13 @@
 
 // ---- begin fwd/forward.hpp ----
 
-// The one include a service needs: everything fwd offers.
+// The one include a service needs: everything fwd offers, in the order of the write path.
+//
+//   node                a call on any node (node.hpp)
+//   write/forwarder     is run locally or forwarded, with retries and a breaker,
+//   cluster/discovery   to the primary (found from LiteFS's mount and the members),
+//   rpc/                over an authenticated, multiplexed connection,
+//   write/executor      where it runs exactly once (its dedup row) in a group commit.
 
 // ---- begin fwd/version.hpp ----
 
@@ -288,1033 +294,127 @@ template <>
 struct std::is_error_code_enum<fwd::errc> : std::true_type {};
 
 // ---- end fwd/error.hpp ----
-// ---- begin fwd/litefs.hpp ----
+// ---- begin fwd/telemetry.hpp ----
 
-// The LiteFS mount contract: the files LiteFS serves in its FUSE mount (.primary, .lag,
-// <db>-pos), the local role they imply, and the check that a database path really is on
-// a LiteFS mount (and not in LiteFS's data directory, where nothing replicates).
-//
-// Every function that can fail comes in three forms:
-//   f(args..., failure&)                   fills code + a detailed message, never throws
-//   f(args..., boost::system::error_code&) fills the code only, never throws
-//   f(args...)                             throws fwd::error carrying the detailed message
-// The detailed messages name the file, show the offending bytes (escaped, truncated) and
-// say what to do.
-//
-// Only std and POSIX: this header is cheap to include.
+// Telemetry hooks: what fwd tells a service about its calls, connections and cluster.
+// Every hook is optional. Components hold a `std::shared_ptr<const telemetry>`; when it is
+// null (the default) the only cost is one pointer test per event: no clock is read and no
+// event is built.
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <sys/vfs.h>
-#include <unistd.h>
+#include <boost/system/error_code.hpp>
 
-#include <cerrno>
 #include <chrono>
-#include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <filesystem>
-#include <iterator>
-#include <optional>
-#include <string>
+#include <functional>
+#include <memory>
 #include <string_view>
-#include <system_error>
-#include <vector>
 
-namespace fwd::litefs {
+namespace fwd {
 
-/// The largest LiteFS control file (.primary, .lag, <db>-pos) fwd reads; a larger file
-/// is reported as bad_litefs_file rather than read into memory.
-inline constexpr std::size_t max_file_size = 4096;
-
-/// Size of a `<db>-pos` file: `"%016x/%016x\n"`.
-inline constexpr std::size_t position_size = 34;
-
-/// The value of `.lag` before this node has ever synced with a primary (Go's MaxInt32).
-inline constexpr std::chrono::milliseconds lag_never_synced{2147483647};
-
-/// `statfs().f_type` of every FUSE mount (FUSE_SUPER_MAGIC).
-inline constexpr std::uint64_t fuse_super_magic = 0x65735546;
-
-/// Where LiteFS's FUSE mount usually is (`fuse.dir` in litefs.yml), used in suggestions
-/// when /proc/self/mounts shows none.
-inline constexpr std::string_view default_mount = "/litefs";
-
-inline constexpr std::string_view lag_filename = ".lag";
-inline constexpr std::string_view primary_filename = ".primary";
-inline constexpr std::string_view position_suffix = "-pos";
-
-/// True when `lag` is LiteFS's "never synced" value.
-constexpr bool never_synced(std::chrono::milliseconds lag) noexcept {
-  return lag == lag_never_synced;
-}
-
-/// A failure with its detailed message (file, offending bytes, what to do).
-struct failure {
-  boost::system::error_code code;
-  std::string message;
-
-  bool failed() const noexcept { return static_cast<bool>(code); }
-  /// True when failed, like error_code.
-  explicit operator bool() const noexcept { return failed(); }
-  void clear() noexcept {
-    code.clear();
-    message.clear();
-  }
-  /// Throws fwd::error(code, message).
-  [[noreturn]] void raise() const { throw fwd::error(code, message); }
+/// A call is about to be sent (or run locally).
+struct call_started_event {
+  std::string_view procedure;
+  std::string_view peer;  ///< "address:port", or empty when the call runs locally
+  std::uint32_t attempt = 1;
 };
 
-/// A database's replication position, as in `<db>-pos`.
-struct position {
-  std::uint64_t txid = 0;      ///< the last applied transaction id
-  std::uint64_t checksum = 0;  ///< the database checksum after applying it
-  friend bool operator==(const position&, const position&) = default;
+/// A call completed, one way or another.
+struct call_finished_event {
+  std::string_view procedure;
+  std::string_view peer;
+  std::uint32_t attempt = 1;
+  std::chrono::nanoseconds duration{};
+  boost::system::error_code outcome;  ///< empty on success
 };
 
-/// What this node is, as far as its LiteFS mount tells.
-enum class role_kind {
-  primary,     ///< this node holds the lease: writes run here
-  replica,     ///< a replica connected to `primary_hostname`
-  unknown,     ///< no primary known (election, reconnect, none): writes must wait
-  not_litefs,  ///< the directory is not a LiteFS mount (no `.lag`)
+/// A connection opened (handshake done), closed, or failed to open.
+struct connection_event {
+  std::string_view peer;
+  boost::system::error_code reason;  ///< why it closed or failed; empty for opened
 };
 
-/// "primary", "replica", "unknown" or "not_litefs".
-constexpr const char* to_string(role_kind k) noexcept {
-  switch (k) {
-    case role_kind::primary:
-      return "primary";
-    case role_kind::replica:
-      return "replica";
-    case role_kind::unknown:
-      return "unknown";
-    case role_kind::not_litefs:
-      return "not_litefs";
-  }
-  return "?";
-}
-
-/// The local role and why it was decided (for logs).
-struct role {
-  role_kind kind = role_kind::unknown;
-  std::string primary_hostname;  ///< the LiteFS lease hostname; set for replica only
-  std::string reason;            ///< the signals that decided `kind`
+/// A call is retried after `reason`.
+struct retry_event {
+  std::string_view procedure;
+  std::uint32_t next_attempt = 2;
+  std::chrono::nanoseconds backoff{};
+  boost::system::error_code reason;
 };
 
-/// One line of /proc/self/mounts, octal escapes (`\040`) decoded.
-struct mount_entry {
-  std::string source;
-  std::filesystem::path mount_point;
-  std::string type;
-  std::string options;
+/// The node believed to be primary changed (empty: none known).
+struct primary_changed_event {
+  std::string_view previous;
+  std::string_view current;
 };
 
-/// Options of check_database_path.
-struct path_check_options {
-  /// Require the database's directory to be a FUSE mount. The LiteFS simulation used by
-  /// tests and the demo is a plain directory and sets this to false.
-  bool require_fuse = true;
-  /// Where to read the mount table (default /proc/self/mounts), for the suggestion in
-  /// messages; tests give a fixture.
-  std::optional<std::filesystem::path> mounts_file;
+/// A member joined or left the cluster.
+struct member_event {
+  std::string_view member;
 };
 
-/// The outcome of check_database_path.
-struct path_check {
-  boost::system::error_code code;  ///< empty when the path is fine
-  std::string message;             ///< what is wrong and what to do; empty when ok
-  std::filesystem::path mount;  ///< the LiteFS mount directory (the database's directory), when ok
-  bool ok() const noexcept { return !code; }
+/// A primary lookup: served from the cache (hit) or waiting for a refresh (miss).
+struct discovery_lookup_event {
+  bool hit = false;
 };
+
+/// One member answered a discovery probe, or failed to.
+struct probe_event {
+  std::string_view peer;
+  std::string_view role;  ///< what the member says it is ("primary", "replica", ...)
+  boost::system::error_code outcome;
+};
+
+/// A DNS poll of the membership failed or came back empty; members are kept until
+/// answers agree (see membership_options).
+struct resolver_error_event {
+  boost::system::error_code error;  ///< category "fwd.dns" keeps c-ares's status
+  std::string_view message;
+};
+
+/// A peer's circuit breaker changed state ("closed", "open", "half-open").
+struct breaker_event {
+  std::string_view peer;
+  std::string_view state;
+};
+
+/**
+ * The hooks. Set the ones you want; they may run on any thread that runs fwd's work
+ * (the executors you give it), so they must be thread-safe and quick: copy what you need
+ * (the string_views live only during the call).
+ */
+struct telemetry {
+  std::function<void(const call_started_event&)> call_started;
+  std::function<void(const call_finished_event&)> call_finished;
+  std::function<void(const connection_event&)> connection_opened;
+  std::function<void(const connection_event&)> connection_closed;
+  std::function<void(const connection_event&)> connection_failed;
+  std::function<void(const retry_event&)> retry;
+  std::function<void(const primary_changed_event&)> primary_changed;
+  std::function<void(const member_event&)> member_joined;
+  std::function<void(const member_event&)> member_left;
+  std::function<void(const breaker_event&)> breaker_changed;
+  /// Called on every primary lookup, hits included: keep it to a counter increment.
+  std::function<void(const discovery_lookup_event&)> discovery_lookup;
+  std::function<void(const probe_event&)> probe_finished;
+  std::function<void(const resolver_error_event&)> resolver_error;
+};
+
+/// Shared, immutable hooks; null means "no telemetry".
+using telemetry_ptr = std::shared_ptr<const telemetry>;
 
 namespace detail {
 
-inline bool is_lower_hex(char c) noexcept {
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-}
-inline bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
-inline unsigned hex_value(char c) noexcept {
-  return c <= '9' ? static_cast<unsigned>(c - '0') : static_cast<unsigned>(c - 'a' + 10);
-}
-
-inline void append_escaped_byte(std::string& out, unsigned char c) {
-  switch (c) {
-    case '\n':
-      out += "\\n";
-      return;
-    case '\r':
-      out += "\\r";
-      return;
-    case '\t':
-      out += "\\t";
-      return;
-    case '\\':
-      out += "\\\\";
-      return;
-    case '"':
-      out += "\\\"";
-      return;
-    default:
-      break;
-  }
-  if (c >= 0x20 && c < 0x7f) {
-    out += static_cast<char>(c);
-  } else {
-    char buf[5];
-    std::snprintf(buf, sizeof buf, "\\x%02x", c);
-    out += buf;
-  }
-}
-
-/// `bytes` quoted and C-escaped, at most `shown` bytes of it, with its size:
-/// `"ab\n" (3 bytes)` or `"abc..." (5000 bytes, first 48 shown)`.
-inline std::string escape_bytes(std::string_view bytes, std::size_t shown = 48) {
-  std::string out = "\"";
-  const std::size_t n = bytes.size() < shown ? bytes.size() : shown;
-  for (std::size_t i = 0; i < n; ++i)
-    append_escaped_byte(out, static_cast<unsigned char>(bytes[i]));
-  if (n < bytes.size()) {
-    out +=
-        "...\" (" + std::to_string(bytes.size()) + " bytes, first " + std::to_string(n) + " shown)";
-  } else {
-    out += "\" (" + std::to_string(bytes.size()) + (bytes.size() == 1 ? " byte)" : " bytes)");
-  }
-  return out;
-}
-
-/// `'A' (0x41)`, for messages about one byte.
-inline std::string describe_byte(char c) {
-  std::string out = "'";
-  append_escaped_byte(out, static_cast<unsigned char>(c));
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "' (0x%02x)", static_cast<unsigned char>(c));
-  return out + buf;
-}
-
-inline std::string errno_text(int err) { return std::generic_category().message(err); }
-
-inline void set_failure(failure& f, errc e, std::string message) {
-  f.code = make_error_code(e);
-  f.message = std::move(message);
-}
-
-inline void set_errno_failure(failure& f, int err, std::string message) {
-  f.code = boost::system::error_code(err, boost::system::system_category());
-  f.message = std::move(message);
-}
-
-template <class T>
-T value_or_throw(T value, const failure& f) {
-  if (f) f.raise();
-  return value;
-}
-
-// Closes a file descriptor on scope exit.
-class fd_guard {
- public:
-  explicit fd_guard(int fd) noexcept : fd_(fd) {}
-  fd_guard(const fd_guard&) = delete;
-  fd_guard& operator=(const fd_guard&) = delete;
-  ~fd_guard() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-
- private:
-  int fd_;
-};
-
-enum class read_outcome { ok, not_found, too_large, not_regular, io_error };
-
-struct file_read {
-  read_outcome outcome = read_outcome::ok;
-  int error = 0;  ///< errno for not_found and io_error
-  std::string bytes;
-};
-
-/// Reads a whole file of at most `limit` bytes with open/read (LiteFS's files are
-/// virtual: their size from stat is not to be trusted, and they may vanish between
-/// calls). Retries on EINTR; ENOENT at open or read is `not_found`.
-inline file_read read_bounded(const std::string& path, std::size_t limit) {
-  file_read result;
-  int fd;
-  do {
-    // O_NONBLOCK: a FIFO planted in place of a control file must not hang the open.
-    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  } while (fd < 0 && errno == EINTR);
-  if (fd < 0) {
-    result.error = errno;
-    result.outcome = result.error == ENOENT ? read_outcome::not_found : read_outcome::io_error;
-    return result;
-  }
-  fd_guard guard{fd};
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    result.error = errno;
-    result.outcome = read_outcome::io_error;
-    return result;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    result.outcome = read_outcome::not_regular;
-    return result;
-  }
-  char buffer[4096];
-  for (;;) {
-    const ssize_t n = ::read(fd, buffer, sizeof buffer);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      result.error = errno;
-      result.outcome = result.error == ENOENT ? read_outcome::not_found : read_outcome::io_error;
-      result.bytes.clear();
-      return result;
-    }
-    if (n == 0) break;
-    if (result.bytes.size() + static_cast<std::size_t>(n) > limit) {
-      result.outcome = read_outcome::too_large;
-      result.bytes.clear();
-      return result;
-    }
-    result.bytes.append(buffer, static_cast<std::size_t>(n));
-  }
-  return result;
-}
-
-/// Turns a failed read into a failure naming the file. `what` says what the file is.
-inline void set_read_failure(failure& f, const file_read& r, const std::string& path,
-                             std::string_view what) {
-  switch (r.outcome) {
-    case read_outcome::ok:
-      return;
-    case read_outcome::not_found:
-      set_errno_failure(f, ENOENT,
-                        path + " (" + std::string(what) +
-                            ") does not exist: check that the directory is "
-                            "a LiteFS mount and that LiteFS is running");
-      return;
-    case read_outcome::too_large:
-      set_failure(
-          f, errc::bad_litefs_file,
-          path + " (" + std::string(what) + ") is larger than " + std::to_string(max_file_size) +
-              " bytes; LiteFS's control files are a few bytes: check that the directory is a "
-              "LiteFS mount");
-      return;
-    case read_outcome::not_regular:
-      set_failure(f, errc::bad_litefs_file,
-                  path + " (" + std::string(what) +
-                      ") is not a regular file; LiteFS serves it as one: "
-                      "check that the directory is a LiteFS mount");
-      return;
-    case read_outcome::io_error:
-      set_errno_failure(f, r.error,
-                        "cannot read " + path + " (" + std::string(what) +
-                            "): " + errno_text(r.error) +
-                            ": check the permissions and that LiteFS is running");
-      return;
-  }
-}
-
-inline std::string path_string(const std::filesystem::path& mount, std::string_view name) {
-  return (mount / std::filesystem::path(std::string(name))).string();
-}
-
-/// Decodes the octal escapes (`\040` space, `\011` tab, `\012` newline, `\134`
-/// backslash) the kernel writes in /proc/self/mounts fields.
-inline std::string decode_mount_field(std::string_view field) {
-  std::string out;
-  out.reserve(field.size());
-  for (std::size_t i = 0; i < field.size(); ++i) {
-    if (field[i] == '\\' && i + 3 < field.size() && field[i + 1] >= '0' && field[i + 1] <= '3' &&
-        field[i + 2] >= '0' && field[i + 2] <= '7' && field[i + 3] >= '0' && field[i + 3] <= '7') {
-      out += static_cast<char>((field[i + 1] - '0') * 64 + (field[i + 2] - '0') * 8 +
-                               (field[i + 3] - '0'));
-      i += 3;
-    } else {
-      out += field[i];
-    }
-  }
-  return out;
-}
-
-inline const char* filesystem_name(std::uint64_t magic) noexcept {
-  switch (magic) {
-    case 0xef53:
-      return "ext2/ext3/ext4";
-    case 0x01021994:
-      return "tmpfs";
-    case 0x794c7630:
-      return "overlayfs";
-    case 0x58465342:
-      return "xfs";
-    case 0x9123683e:
-      return "btrfs";
-    case 0x6969:
-      return "nfs";
-    case 0x2fc12fc1:
-      return "zfs";
-    case 0xff534d42:
-      return "cifs";
-    case 0x65735546:
-      return "fuse";
-    default:
-      return nullptr;
-  }
-}
-
-inline std::string hex(std::uint64_t value) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(value));
-  return buf;
+// Calls `hook` if telemetry is on and that hook is set.
+template <class Hook, class Event>
+inline void emit(const telemetry_ptr& t, Hook telemetry::*hook, const Event& event) {
+  if (t && (*t).*hook) ((*t).*hook)(event);
 }
 
 }  // namespace detail
 
-// ---------------------------------------------------------------------------------------
-// Pure formatting and parsing over bytes
-// ---------------------------------------------------------------------------------------
+}  // namespace fwd
 
-/// The exact bytes LiteFS writes in `<db>-pos`: `"%016x/%016x\n"`.
-inline std::string format_position(position p) {
-  char buf[position_size + 1];
-  std::snprintf(buf, sizeof buf, "%016llx/%016llx\n", static_cast<unsigned long long>(p.txid),
-                static_cast<unsigned long long>(p.checksum));
-  return std::string(buf, position_size);
-}
-
-/// The exact bytes LiteFS writes in `.lag`: Go's `"%+010d\n"`, where the width 10
-/// counts the sign: `+000000000\n` (11 bytes) for 0, `+2147483647\n` for never synced.
-inline std::string format_lag(std::chrono::milliseconds lag) {
-  char buf[32];
-  const int n = std::snprintf(buf, sizeof buf, "%+010lld\n", static_cast<long long>(lag.count()));
-  return std::string(buf, static_cast<std::size_t>(n));
-}
-
-/**
- * Parses the contents of a `<db>-pos` file: exactly `"%016x/%016x\n"` (34 bytes,
- * lowercase hex: TXID, then the post-apply checksum). Anything else is bad_litefs_file
- * with a message naming `source` and the offending bytes; never a wrong number.
- */
-inline position parse_position(std::string_view bytes, failure& fail,
-                               std::string_view source = "<db>-pos") {
-  fail.clear();
-  const std::string src(source);
-  const std::string expected =
-      "LiteFS writes \"%016x/%016x\\n\" (34 bytes, lowercase hex, e.g. "
-      "\"00000000002df417/ce552e44f23fbbdd\\n\"): check that the path is on a LiteFS mount";
-  if (bytes.empty()) {
-    detail::set_failure(fail, errc::bad_litefs_file, src + " is empty; " + expected);
-    return {};
-  }
-  const std::string shown = detail::escape_bytes(bytes);
-  const std::size_t n = bytes.size() < position_size ? bytes.size() : position_size;
-  for (std::size_t i = 0; i < n; ++i) {
-    const char c = bytes[i];
-    std::string problem;
-    if (i == 16) {
-      if (c != '/') problem = "expected '/' between TXID and checksum";
-    } else if (i == 33) {
-      if (c != '\n') problem = "expected the final newline";
-    } else if (!detail::is_lower_hex(c)) {
-      problem = (c >= 'A' && c <= 'F') ? "uppercase hex; LiteFS writes lowercase"
-                                       : "expected a lowercase hex digit";
-    }
-    if (!problem.empty()) {
-      detail::set_failure(fail, errc::bad_litefs_file,
-                          src + " holds " + shown + ", not a position: byte " + std::to_string(i) +
-                              " is " + detail::describe_byte(c) + ", " + problem + ". " + expected);
-      return {};
-    }
-  }
-  if (bytes.size() < position_size) {
-    detail::set_failure(
-        fail, errc::bad_litefs_file,
-        src + " holds " + shown + ", not a position: it ends after " +
-            std::to_string(bytes.size()) + " bytes" +
-            (bytes.size() == position_size - 1 ? " (the final newline is missing)" : "") + ". " +
-            expected);
-    return {};
-  }
-  if (bytes.size() > position_size) {
-    detail::set_failure(fail, errc::bad_litefs_file,
-                        src + " holds " + shown +
-                            ", not a position: " + std::to_string(bytes.size() - position_size) +
-                            " unexpected bytes follow the newline. " + expected);
-    return {};
-  }
-  position p;
-  for (std::size_t i = 0; i < 16; ++i) {
-    p.txid = (p.txid << 4) | detail::hex_value(bytes[i]);
-    p.checksum = (p.checksum << 4) | detail::hex_value(bytes[17 + i]);
-  }
-  return p;
-}
-
-inline position parse_position(std::string_view bytes, boost::system::error_code& ec,
-                               std::string_view source = "<db>-pos") {
-  failure f;
-  position p = parse_position(bytes, f, source);
-  ec = f.code;
-  return p;
-}
-
-/// Throws fwd::error (bad_litefs_file) with the detailed message.
-inline position parse_position(std::string_view bytes, std::string_view source = "<db>-pos") {
-  failure f;
-  return detail::value_or_throw(parse_position(bytes, f, source), f);
-}
-
-/**
- * Parses the contents of `.lag`: milliseconds of replication lag written by Go's
- * `"%+010d\n"`: a sign, digits zero-padded to a width of 10 counting the sign (9 digits
- * for values below 10^9, 10 above), and a newline. 10 zero-padded digits (`+0000000000`)
- * are accepted too. A 10-digit value of exactly 11 bytes without its newline is
- * accepted: LiteFS advertises `.lag` as 11 bytes, so the kernel may cut the newline off
- * `+2147483647\n`. The result may be negative (clock skew between nodes); compare with
- * lag_never_synced (or never_synced()) for "never synced". Anything else is
- * bad_litefs_file naming `source` and the bytes.
- */
-inline std::chrono::milliseconds parse_lag(std::string_view bytes, failure& fail,
-                                           std::string_view source = ".lag") {
-  fail.clear();
-  const std::string src(source);
-  const std::string expected =
-      "LiteFS writes \"%+010d\\n\" (e.g. \"+000000000\\n\" on the primary, \"+2147483647\\n\" "
-      "before the "
-      "first sync): check that the path is a LiteFS mount";
-  auto bad = [&](const std::string& problem) {
-    detail::set_failure(fail, errc::bad_litefs_file,
-                        src + " holds " + detail::escape_bytes(bytes) + ", not a lag: " + problem +
-                            ". " + expected);
-    return std::chrono::milliseconds{0};
-  };
-  if (bytes.empty()) {
-    detail::set_failure(fail, errc::bad_litefs_file, src + " is empty; " + expected);
-    return std::chrono::milliseconds{0};
-  }
-  if (bytes[0] != '+' && bytes[0] != '-')
-    return bad("byte 0 is " + detail::describe_byte(bytes[0]) + ", expected '+' or '-'");
-  std::size_t i = 1;
-  while (i < bytes.size() && i <= 11 && detail::is_digit(bytes[i])) ++i;
-  const std::size_t digits = i - 1;
-  if (digits > 10) return bad("more than 10 digits");
-  if (i == bytes.size()) {
-    // Only the kernel's cut at LiteFS's advertised size (11 bytes) drops the newline.
-    if (!(digits == 10 && bytes.size() == 11)) return bad("the final newline is missing");
-  } else if (bytes[i] != '\n') {
-    return bad("byte " + std::to_string(i) + " is " + detail::describe_byte(bytes[i]) +
-               ", expected a digit or the final newline");
-  } else if (i + 1 != bytes.size()) {
-    return bad(std::to_string(bytes.size() - i - 1) + " unexpected bytes follow the newline");
-  }
-  if (digits < 9)
-    return bad("only " + std::to_string(digits) + " digits, expected 9 or 10 (zero-padded)");
-  long long value = 0;
-  for (std::size_t k = 1; k <= digits; ++k) value = value * 10 + (bytes[k] - '0');
-  if (bytes[0] == '-') value = -value;
-  if (value > 2147483647LL || value < -2147483648LL)
-    return bad("the value is outside a 32-bit integer");
-  return std::chrono::milliseconds{value};
-}
-
-inline std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec,
-                                           std::string_view source = ".lag") {
-  failure f;
-  auto lag = parse_lag(bytes, f, source);
-  ec = f.code;
-  return lag;
-}
-
-/// Throws fwd::error (bad_litefs_file) with the detailed message.
-inline std::chrono::milliseconds parse_lag(std::string_view bytes,
-                                           std::string_view source = ".lag") {
-  failure f;
-  return detail::value_or_throw(parse_lag(bytes, f, source), f);
-}
-
-/**
- * Parses the contents of `.primary`: the primary's LiteFS lease hostname and a newline
- * (not a URL). Surrounding whitespace is trimmed; an empty result, a control byte, NUL
- * or a space inside, or more than max_file_size bytes is bad_litefs_file.
- */
-inline std::string parse_primary(std::string_view bytes, failure& fail,
-                                 std::string_view source = ".primary") {
-  fail.clear();
-  const std::string src(source);
-  const std::string expected =
-      "LiteFS writes the primary's lease hostname and a newline (e.g. \"e829424aee6108\\n\"): "
-      "check "
-      "lease.hostname in the primary's litefs.yml";
-  if (bytes.size() > max_file_size) {
-    detail::set_failure(fail, errc::bad_litefs_file,
-                        src + " holds " + detail::escape_bytes(bytes) + ", more than " +
-                            std::to_string(max_file_size) + " bytes: not a hostname. " + expected);
-    return {};
-  }
-  auto is_space = [](char c) {
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
-  };
-  std::size_t begin = 0, end = bytes.size();
-  while (begin < end && is_space(bytes[begin])) ++begin;
-  while (end > begin && is_space(bytes[end - 1])) --end;
-  if (begin == end) {
-    detail::set_failure(
-        fail, errc::bad_litefs_file,
-        src + " holds " + detail::escape_bytes(bytes) + ": no hostname. " + expected);
-    return {};
-  }
-  for (std::size_t i = begin; i < end; ++i) {
-    const auto c = static_cast<unsigned char>(bytes[i]);
-    if (c <= 0x20 || c == 0x7f) {
-      detail::set_failure(fail, errc::bad_litefs_file,
-                          src + " holds " + detail::escape_bytes(bytes) +
-                              ", not a hostname: byte " + std::to_string(i) + " is " +
-                              detail::describe_byte(bytes[i]) + ". " + expected);
-      return {};
-    }
-  }
-  return std::string(bytes.substr(begin, end - begin));
-}
-
-inline std::string parse_primary(std::string_view bytes, boost::system::error_code& ec,
-                                 std::string_view source = ".primary") {
-  failure f;
-  std::string host = parse_primary(bytes, f, source);
-  ec = f.code;
-  return host;
-}
-
-/// Throws fwd::error (bad_litefs_file) with the detailed message.
-inline std::string parse_primary(std::string_view bytes, std::string_view source = ".primary") {
-  failure f;
-  return detail::value_or_throw(parse_primary(bytes, f, source), f);
-}
-
-/// Parses a mount table in the format of /proc/self/mounts (`source target type options
-/// freq passno`, octal escapes decoded). Lines with fewer than 3 fields are skipped.
-inline std::vector<mount_entry> parse_mounts(std::string_view text) {
-  std::vector<mount_entry> entries;
-  while (!text.empty()) {
-    const std::size_t eol = text.find('\n');
-    std::string_view line = text.substr(0, eol);
-    text = eol == std::string_view::npos ? std::string_view{} : text.substr(eol + 1);
-    std::vector<std::string_view> fields;
-    std::size_t i = 0;
-    while (i < line.size() && fields.size() < 4) {
-      while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
-      const std::size_t start = i;
-      while (i < line.size() && line[i] != ' ' && line[i] != '\t') ++i;
-      if (i > start) fields.push_back(line.substr(start, i - start));
-    }
-    if (fields.size() < 3) continue;
-    mount_entry e;
-    e.source = detail::decode_mount_field(fields[0]);
-    e.mount_point = detail::decode_mount_field(fields[1]);
-    e.type = detail::decode_mount_field(fields[2]);
-    if (fields.size() > 3) e.options = detail::decode_mount_field(fields[3]);
-    entries.push_back(std::move(e));
-  }
-  return entries;
-}
-
-/// True for a LiteFS FUSE mount: source `litefs`, type `fuse` (or `fuse.litefs`).
-inline bool is_litefs_mount(const mount_entry& e) noexcept {
-  return e.source == "litefs" && (e.type == "fuse" || e.type == "fuse.litefs");
-}
-
-/// The first LiteFS FUSE mount point in a mount table's text, if any.
-inline std::optional<std::filesystem::path> find_litefs_mount(std::string_view mounts_text) {
-  for (const auto& e : parse_mounts(mounts_text)) {
-    if (is_litefs_mount(e)) return e.mount_point;
-  }
-  return std::nullopt;
-}
-
-// ---------------------------------------------------------------------------------------
-// Reading a mount directory
-// ---------------------------------------------------------------------------------------
-
-/**
- * Reads `<mount>/<db_name>-pos`. `db_name` is the database's file name in the mount
- * (e.g. "blog.db"); a name with '/', NUL, or "."/".." is bad_argument. A missing file is
- * the system error ENOENT (the database does not exist on this mount); bad contents are
- * bad_litefs_file.
- */
-inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
-                              failure& fail) {
-  fail.clear();
-  if (db_name.empty() || db_name == "." || db_name == ".." ||
-      db_name.find('/') != std::string_view::npos || db_name.find('\0') != std::string_view::npos) {
-    detail::set_failure(
-        fail, errc::bad_argument,
-        "read_position: database name " + detail::escape_bytes(db_name) +
-            " is not a file name in the mount: give the database's file name, e.g. \"blog.db\"");
-    return {};
-  }
-  const std::string path =
-      detail::path_string(mount, std::string(db_name) + std::string(position_suffix));
-  const detail::file_read r = detail::read_bounded(path, max_file_size);
-  if (r.outcome == detail::read_outcome::not_found) {
-    detail::set_errno_failure(
-        fail, ENOENT,
-        path + " does not exist: the database " + std::string(db_name) +
-            " does not exist on this LiteFS mount yet (create it through the mount), "
-            "or " +
-            mount.string() + " is not a LiteFS mount");
-    return {};
-  }
-  detail::set_read_failure(fail, r, path, "the database's LiteFS position");
-  if (fail) return {};
-  return parse_position(r.bytes, fail, path);
-}
-
-inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
-                              boost::system::error_code& ec) {
-  failure f;
-  position p = read_position(mount, db_name, f);
-  ec = f.code;
-  return p;
-}
-
-/// Throws fwd::error with the detailed message.
-inline position read_position(const std::filesystem::path& mount, std::string_view db_name) {
-  failure f;
-  return detail::value_or_throw(read_position(mount, db_name, f), f);
-}
-
-/// Reads `<mount>/.lag` (see parse_lag). A missing file is not_litefs.
-inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount, failure& fail) {
-  fail.clear();
-  const std::string path = detail::path_string(mount, lag_filename);
-  const detail::file_read r = detail::read_bounded(path, max_file_size);
-  if (r.outcome == detail::read_outcome::not_found) {
-    detail::set_failure(
-        fail, errc::not_litefs,
-        path + " does not exist: " + mount.string() +
-            " is not a LiteFS mount (LiteFS always serves .lag): use the fuse.dir of "
-            "litefs.yml, e.g. " +
-            std::string(default_mount));
-    return {};
-  }
-  detail::set_read_failure(fail, r, path, "LiteFS's replication lag");
-  if (fail) return {};
-  return parse_lag(r.bytes, fail, path);
-}
-
-inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount,
-                                          boost::system::error_code& ec) {
-  failure f;
-  auto lag = read_lag(mount, f);
-  ec = f.code;
-  return lag;
-}
-
-/// Throws fwd::error with the detailed message.
-inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount) {
-  failure f;
-  return detail::value_or_throw(read_lag(mount, f), f);
-}
-
-/**
- * Decides this node's role from its LiteFS mount:
- *  - no `.lag` (or no such directory): not_litefs;
- *  - `.primary` present and readable: replica, primary_hostname = its trimmed content;
- *  - `.primary` absent, or present at lstat but gone at open/read (LiteFS re-checks it on
- *    every access: ENOENT then means absent, never an error): primary only if the mount
- *    root's mode has a write bit (LiteFS: 0777 on the primary, 0555 on replicas) AND
- *    `.lag` reads 0; otherwise unknown (election, reconnect, no primary): writes must
- *    wait, never run locally.
- * `reason` says which signals decided. Failures: I/O errors other than ENOENT (system
- * category) and malformed `.primary`/`.lag` (bad_litefs_file); the role is then unknown.
- *
- * The presence of `.primary` is tested with lstat (LiteFS serves no symlinks), so a
- * dangling symlink reproduces "present at stat, ENOENT at open".
- */
-inline role read_role(const std::filesystem::path& mount, failure& fail) {
-  fail.clear();
-  role result;
-  const std::string mount_str = mount.string();
-  auto fail_role = [&]() {
-    result.kind = role_kind::unknown;
-    result.reason = fail.message;
-    return result;
-  };
-
-  struct stat root {};
-  if (::stat(mount_str.c_str(), &root) != 0) {
-    const int err = errno;
-    if (err == ENOENT || err == ENOTDIR) {
-      result.kind = role_kind::not_litefs;
-      result.reason =
-          mount_str + " does not exist (" + detail::errno_text(err) + "): not a LiteFS mount";
-      return result;
-    }
-    detail::set_errno_failure(
-        fail, err, "cannot stat the LiteFS mount " + mount_str + ": " + detail::errno_text(err));
-    return fail_role();
-  }
-  if (!S_ISDIR(root.st_mode)) {
-    result.kind = role_kind::not_litefs;
-    result.reason = mount_str + " is not a directory: not a LiteFS mount";
-    return result;
-  }
-
-  const std::string lag_path = detail::path_string(mount, lag_filename);
-  struct stat lag_st {};
-  if (::stat(lag_path.c_str(), &lag_st) != 0) {
-    const int err = errno;
-    if (err == ENOENT) {
-      result.kind = role_kind::not_litefs;
-      result.reason = mount_str + " has no .lag: not a LiteFS mount (LiteFS always serves .lag)";
-      return result;
-    }
-    detail::set_errno_failure(fail, err,
-                              "cannot stat " + lag_path + ": " + detail::errno_text(err));
-    return fail_role();
-  }
-
-  const std::string primary_path = detail::path_string(mount, primary_filename);
-  std::string absent_why = "no .primary";
-  struct stat primary_st {};
-  if (::lstat(primary_path.c_str(), &primary_st) == 0) {
-    const detail::file_read r = detail::read_bounded(primary_path, max_file_size);
-    if (r.outcome == detail::read_outcome::ok) {
-      std::string host = parse_primary(r.bytes, fail, primary_path);
-      if (fail) return fail_role();
-      result.kind = role_kind::replica;
-      result.reason = primary_path + " names the primary " + host;
-      result.primary_hostname = std::move(host);
-      return result;
-    }
-    if (r.outcome != detail::read_outcome::not_found) {
-      detail::set_read_failure(fail, r, primary_path, "the primary's hostname");
-      return fail_role();
-    }
-    absent_why = ".primary vanished between stat and read (ENOENT: LiteFS lost its primary)";
-  } else if (errno != ENOENT) {
-    const int err = errno;
-    detail::set_errno_failure(fail, err,
-                              "cannot stat " + primary_path + ": " + detail::errno_text(err));
-    return fail_role();
-  }
-
-  const detail::file_read lag_read = detail::read_bounded(lag_path, max_file_size);
-  if (lag_read.outcome == detail::read_outcome::not_found) {
-    result.kind = role_kind::not_litefs;
-    result.reason = lag_path + " vanished while reading it: the LiteFS mount went away";
-    return result;
-  }
-  detail::set_read_failure(fail, lag_read, lag_path, "LiteFS's replication lag");
-  if (fail) return fail_role();
-  const std::chrono::milliseconds lag = parse_lag(lag_read.bytes, fail, lag_path);
-  if (fail) return fail_role();
-
-  char mode[8];
-  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(root.st_mode & 07777));
-  const bool writable = (root.st_mode & 0222) != 0;
-  const std::string lag_text = never_synced(lag) ? std::string("never synced (+2147483647)")
-                                                 : std::to_string(lag.count()) + " ms";
-  if (writable && lag.count() == 0) {
-    result.kind = role_kind::primary;
-    result.reason = absent_why + ", mount root writable (mode " + mode +
-                    ") and .lag 0: this node is the primary";
-    return result;
-  }
-  result.kind = role_kind::unknown;
-  result.reason = absent_why + ", mount root mode " + mode +
-                  (writable ? " (writable)" : " (read-only: a replica)") + ", .lag " + lag_text +
-                  ": no primary known (election, reconnect, or none); writes must wait";
-  return result;
-}
-
-inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec) {
-  failure f;
-  role r = read_role(mount, f);
-  ec = f.code;
-  return r;
-}
-
-/// Throws fwd::error on I/O failures other than ENOENT and on malformed files.
-inline role read_role(const std::filesystem::path& mount) {
-  failure f;
-  return detail::value_or_throw(read_role(mount, f), f);
-}
-
-// ---------------------------------------------------------------------------------------
-// The database-path check
-// ---------------------------------------------------------------------------------------
-
-namespace detail {
-
-/// A LiteFS data directory holds `dbs/`, whose entries are `<name>/` directories with a
-/// `database` file or an `ltx/` directory. An empty `dbs/` counts too (no database yet).
-inline bool looks_like_data_directory(const std::filesystem::path& dir) {
-  std::error_code ec;
-  const std::filesystem::path dbs = dir / "dbs";
-  if (!std::filesystem::is_directory(dbs, ec)) return false;
-  std::filesystem::directory_iterator it(dbs, ec);
-  if (ec) return false;
-  bool empty = true;
-  // Bounded: a huge unrelated directory must not make the check slow.
-  for (int seen = 0; it != std::filesystem::directory_iterator() && seen < 256;
-       it.increment(ec), ++seen) {
-    if (ec) return false;
-    empty = false;
-    const std::filesystem::path entry = it->path();
-    std::error_code e1, e2;
-    if (std::filesystem::is_directory(entry, e1) &&
-        (std::filesystem::exists(entry / "database", e1) ||
-         std::filesystem::is_directory(entry / "ltx", e2))) {
-      return true;
-    }
-  }
-  return empty;
-}
-
-/// The first LiteFS FUSE mount in `mounts_file` (default /proc/self/mounts), else /litefs.
-inline std::filesystem::path suggested_mount(
-    const std::optional<std::filesystem::path>& mounts_file) {
-  const std::string file = mounts_file ? mounts_file->string() : std::string("/proc/self/mounts");
-  const file_read r = read_bounded(file, 1u << 20);
-  if (r.outcome == read_outcome::ok) {
-    if (auto m = find_litefs_mount(r.bytes)) return *m;
-  }
-  return std::filesystem::path(std::string(default_mount));
-}
-
-}  // namespace detail
-
-/**
- * Checks that `db` is a database path on a LiteFS FUSE mount, in this order:
- *  1. empty path, a NUL byte, or a path naming no file ("/", "dir/", ".", "..") is bad_argument;
- *  2. a path inside LiteFS's data directory (an ancestor holding `dbs/`) is
- *     misconfigured_mount: nothing written there replicates;
- *  3. the database's directory must be a FUSE mount (`statfs().f_type == 0x65735546`),
- *     unless `options.require_fuse` is false: otherwise not_litefs;
- *  4. that directory must hold `.lag`: otherwise not_litefs.
- * Relative paths are taken from the current directory. Other I/O failures keep their
- * system error code. On success, `mount` is the database's directory.
- */
-inline path_check check_database_path(const std::filesystem::path& db,
-                                      const path_check_options& options = {}) {
-  path_check result;
-  auto fail = [&](boost::system::error_code code, std::string message) {
-    result.code = code;
-    result.message = std::move(message);
-    return result;
-  };
-  const std::string raw = db.string();
-  if (raw.empty()) {
-    return fail(errc::bad_argument,
-                "the database path is empty: give the database's path on the LiteFS mount, e.g. "
-                "/litefs/blog.db");
-  }
-  if (raw.find('\0') != std::string::npos) {
-    return fail(errc::bad_argument,
-                "the database path " + detail::escape_bytes(raw) +
-                    " contains a NUL byte: give the database's path on the LiteFS mount, "
-                    "e.g. /litefs/blog.db");
-  }
-  std::error_code fs_ec;
-  std::filesystem::path absolute = std::filesystem::absolute(db, fs_ec);
-  if (fs_ec) {
-    return fail(boost::system::error_code(fs_ec.value(), boost::system::system_category()),
-                "cannot make the database path " + raw + " absolute: " + fs_ec.message());
-  }
-  const std::string name = db.filename().string();
-  if (name.empty() || name == "." || name == "..") {
-    return fail(errc::bad_argument,
-                "the database path " + raw +
-                    " names a directory, not a database file: give the database's path on "
-                    "the LiteFS mount, e.g. /litefs/blog.db");
-  }
-  absolute = absolute.lexically_normal();
-  const std::filesystem::path dir = absolute.parent_path();
-
-  // 2. Inside LiteFS's data directory: the mistake that silently splits the cluster.
-  for (std::filesystem::path ancestor = dir;; ancestor = ancestor.parent_path()) {
-    if (detail::looks_like_data_directory(ancestor)) {
-      // For <data>/dbs/<name>/database, suggest <name>; otherwise the file's own name.
-      std::string suggested_name = absolute.filename().string();
-      const std::filesystem::path rel = absolute.lexically_relative(ancestor);
-      auto part = rel.begin();
-      if (part != rel.end() && *part == "dbs" && ++part != rel.end() &&
-          std::next(part) != rel.end()) {
-        suggested_name = part->string();
-      }
-      const std::filesystem::path suggestion =
-          detail::suggested_mount(options.mounts_file) / suggested_name;
-      return fail(errc::misconfigured_mount,
-                  absolute.string() + " is inside LiteFS's data directory (" + ancestor.string() +
-                      "); nothing written there replicates. Point SQLite at the FUSE mount, e.g. " +
-                      suggestion.string());
-    }
-    if (ancestor == ancestor.parent_path() || ancestor.empty()) break;
-  }
-
-  // 3. A FUSE mount.
-  struct statfs fs_info {};
-  if (::statfs(dir.c_str(), &fs_info) != 0) {
-    const int err = errno;
-    if (err == ENOENT || err == ENOTDIR) {
-      return fail(errc::not_litefs,
-                  "the directory " + dir.string() + " of the database " + absolute.string() +
-                      " does not exist (" + detail::errno_text(err) +
-                      "): point SQLite at the LiteFS FUSE mount, e.g. " +
-                      (detail::suggested_mount(options.mounts_file) / name).string() +
-                      ", and start LiteFS before the application");
-    }
-    return fail(boost::system::error_code(err, boost::system::system_category()),
-                "cannot statfs " + dir.string() + " (the directory of " + absolute.string() +
-                    "): " + detail::errno_text(err));
-  }
-  const auto magic = static_cast<std::uint64_t>(static_cast<unsigned long>(fs_info.f_type));
-  if (options.require_fuse && magic != fuse_super_magic) {
-    const char* fs_name = detail::filesystem_name(magic);
-    return fail(
-        errc::not_litefs,
-        dir.string() + " (the directory of " + absolute.string() +
-            ") is not a FUSE mount: its filesystem magic is " + detail::hex(magic) +
-            (fs_name ? std::string(" (") + fs_name + ")" : std::string()) +
-            ", a LiteFS mount has " + detail::hex(fuse_super_magic) +
-            " (FUSE), so nothing written there replicates. Point SQLite at the LiteFS FUSE mount, "
-            "e.g. " +
-            (detail::suggested_mount(options.mounts_file) / name).string() +
-            " (for a LiteFS simulation in tests, set path_check_options::require_fuse = false)");
-  }
-
-  // 4. `.lag`, which LiteFS always serves.
-  const std::string lag_path = detail::path_string(dir, lag_filename);
-  struct stat st {};
-  if (::stat(lag_path.c_str(), &st) != 0) {
-    const int err = errno;
-    if (err == ENOENT) {
-      return fail(
-          errc::not_litefs,
-          dir.string() +
-              (options.require_fuse ? " is a FUSE mount but has no .lag: not a LiteFS mount"
-                                    : " has no .lag: not a LiteFS mount nor a LiteFS simulation") +
-              "; LiteFS always serves .lag in its mount. Point SQLite at the LiteFS FUSE mount, "
-              "e.g. " +
-              (detail::suggested_mount(options.mounts_file) / name).string());
-    }
-    return fail(boost::system::error_code(err, boost::system::system_category()),
-                "cannot stat " + lag_path + ": " + detail::errno_text(err));
-  }
-  result.mount = dir;
-  return result;
-}
-
-/// Throws fwd::error with check_database_path's message when the check fails; returns
-/// the LiteFS mount directory (the database's directory) otherwise.
-inline std::filesystem::path require_database_path(const std::filesystem::path& db,
-                                                   const path_check_options& options = {}) {
-  path_check check = check_database_path(db, options);
-  if (!check.ok()) throw fwd::error(check.code, check.message);
-  return check.mount;
-}
-
-}  // namespace fwd::litefs
-
-// ---- end fwd/litefs.hpp ----
+// ---- end fwd/telemetry.hpp ----
 // ---- begin fwd/procedure.hpp ----
 
 // A procedure: the name and the typed signature of one write operation, declared once in
@@ -2789,7 +1889,1565 @@ R decode_result(std::string_view bytes, boost::system::error_code& ec, std::stri
 // ---- end fwd/detail/procedure_codec.hpp ----
 
 // ---- end fwd/procedure.hpp ----
-// ---- begin fwd/wire.hpp ----
+// ---- begin fwd/litefs/types.hpp ----
+
+// What fwd knows of LiteFS, as values: the files' limits and names, a position
+// (TXID, checksum), the local role, and the result of the database-path check.
+
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace fwd::litefs {
+
+/// The largest LiteFS control file (.primary, .lag, <db>-pos) fwd reads; a larger file
+/// is reported as bad_litefs_file rather than read into memory.
+inline constexpr std::size_t max_file_size = 4096;
+
+/// Size of a `<db>-pos` file: `"%016x/%016x\n"`.
+inline constexpr std::size_t position_size = 34;
+
+/// The value of `.lag` before this node has ever synced with a primary (Go's MaxInt32).
+inline constexpr std::chrono::milliseconds lag_never_synced{2147483647};
+
+/// `statfs().f_type` of every FUSE mount (FUSE_SUPER_MAGIC).
+inline constexpr std::uint64_t fuse_super_magic = 0x65735546;
+
+/// Where LiteFS's FUSE mount usually is (`fuse.dir` in litefs.yml), used in suggestions
+/// when /proc/self/mounts shows none.
+inline constexpr std::string_view default_mount = "/litefs";
+
+inline constexpr std::string_view lag_filename = ".lag";
+inline constexpr std::string_view primary_filename = ".primary";
+inline constexpr std::string_view position_suffix = "-pos";
+
+/// True when `lag` is LiteFS's "never synced" value.
+constexpr bool never_synced(std::chrono::milliseconds lag) noexcept {
+  return lag == lag_never_synced;
+}
+
+/// A failure with its detailed message (file, offending bytes, what to do).
+struct failure {
+  boost::system::error_code code;
+  std::string message;
+
+  bool failed() const noexcept { return static_cast<bool>(code); }
+  /// True when failed, like error_code.
+  explicit operator bool() const noexcept { return failed(); }
+  void clear() noexcept {
+    code.clear();
+    message.clear();
+  }
+  /// Throws fwd::error(code, message).
+  [[noreturn]] void raise() const { throw fwd::error(code, message); }
+};
+
+/// A database's replication position, as in `<db>-pos`.
+struct position {
+  std::uint64_t txid = 0;      ///< the last applied transaction id
+  std::uint64_t checksum = 0;  ///< the database checksum after applying it
+  friend bool operator==(const position&, const position&) = default;
+};
+
+/// What this node is, as far as its LiteFS mount tells.
+enum class role_kind {
+  primary,     ///< this node holds the lease: writes run here
+  replica,     ///< a replica connected to `primary_hostname`
+  unknown,     ///< no primary known (election, reconnect, none): writes must wait
+  not_litefs,  ///< the directory is not a LiteFS mount (no `.lag`)
+};
+
+/// "primary", "replica", "unknown" or "not_litefs".
+constexpr const char* to_string(role_kind k) noexcept {
+  switch (k) {
+    case role_kind::primary:
+      return "primary";
+    case role_kind::replica:
+      return "replica";
+    case role_kind::unknown:
+      return "unknown";
+    case role_kind::not_litefs:
+      return "not_litefs";
+  }
+  return "?";
+}
+
+/// The local role and why it was decided (for logs).
+struct role {
+  role_kind kind = role_kind::unknown;
+  std::string primary_hostname;  ///< the LiteFS lease hostname; set for replica only
+  std::string reason;            ///< the signals that decided `kind`
+};
+
+/// One line of /proc/self/mounts, octal escapes (`\040`) decoded.
+struct mount_entry {
+  std::string source;
+  std::filesystem::path mount_point;
+  std::string type;
+  std::string options;
+};
+
+/// Options of check_database_path.
+struct path_check_options {
+  /// Require the database's directory to be a FUSE mount. The LiteFS simulation used by
+  /// tests and the demo is a plain directory and sets this to false.
+  bool require_fuse = true;
+  /// Where to read the mount table (default /proc/self/mounts), for the suggestion in
+  /// messages; tests give a fixture.
+  std::optional<std::filesystem::path> mounts_file;
+};
+
+/// The outcome of check_database_path.
+struct path_check {
+  boost::system::error_code code;  ///< empty when the path is fine
+  std::string message;             ///< what is wrong and what to do; empty when ok
+  std::filesystem::path mount;  ///< the LiteFS mount directory (the database's directory), when ok
+  bool ok() const noexcept { return !code; }
+};
+
+}  // namespace fwd::litefs
+
+// ---- end fwd/litefs/types.hpp ----
+// ---- begin fwd/litefs/files.hpp ----
+
+// The exact bytes of LiteFS's control files (<db>-pos, .lag, .primary, /proc/mounts):
+// formatting and parsing, with errors that show the offending bytes and say what to do.
+//
+// Every function that can fail comes in three forms:
+//   f(args..., failure&)                   fills code + a detailed message, never throws
+//   f(args..., boost::system::error_code&) fills the code only, never throws
+//   f(args...)                             throws fwd::error carrying the detailed message
+
+// ---- begin fwd/litefs/detail/io.hpp ----
+
+// Bounded reads of LiteFS's control files, byte escaping for error messages, and the
+// other small helpers the LiteFS headers share. Internal.
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+
+#include <cerrno>
+#include <cstdio>
+#include <iterator>
+#include <system_error>
+
+namespace fwd::litefs {
+
+namespace detail {
+
+inline bool is_lower_hex(char c) noexcept {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+inline bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
+inline unsigned hex_value(char c) noexcept {
+  return c <= '9' ? static_cast<unsigned>(c - '0') : static_cast<unsigned>(c - 'a' + 10);
+}
+
+inline void append_escaped_byte(std::string& out, unsigned char c) {
+  switch (c) {
+    case '\n':
+      out += "\\n";
+      return;
+    case '\r':
+      out += "\\r";
+      return;
+    case '\t':
+      out += "\\t";
+      return;
+    case '\\':
+      out += "\\\\";
+      return;
+    case '"':
+      out += "\\\"";
+      return;
+    default:
+      break;
+  }
+  if (c >= 0x20 && c < 0x7f) {
+    out += static_cast<char>(c);
+  } else {
+    char buf[5];
+    std::snprintf(buf, sizeof buf, "\\x%02x", c);
+    out += buf;
+  }
+}
+
+/// `bytes` quoted and C-escaped, at most `shown` bytes of it, with its size:
+/// `"ab\n" (3 bytes)` or `"abc..." (5000 bytes, first 48 shown)`.
+inline std::string escape_bytes(std::string_view bytes, std::size_t shown = 48) {
+  std::string out = "\"";
+  const std::size_t n = bytes.size() < shown ? bytes.size() : shown;
+  for (std::size_t i = 0; i < n; ++i)
+    append_escaped_byte(out, static_cast<unsigned char>(bytes[i]));
+  if (n < bytes.size()) {
+    out +=
+        "...\" (" + std::to_string(bytes.size()) + " bytes, first " + std::to_string(n) + " shown)";
+  } else {
+    out += "\" (" + std::to_string(bytes.size()) + (bytes.size() == 1 ? " byte)" : " bytes)");
+  }
+  return out;
+}
+
+/// `'A' (0x41)`, for messages about one byte.
+inline std::string describe_byte(char c) {
+  std::string out = "'";
+  append_escaped_byte(out, static_cast<unsigned char>(c));
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "' (0x%02x)", static_cast<unsigned char>(c));
+  return out + buf;
+}
+
+inline std::string errno_text(int err) { return std::generic_category().message(err); }
+
+inline void set_failure(failure& f, errc e, std::string message) {
+  f.code = make_error_code(e);
+  f.message = std::move(message);
+}
+
+inline void set_errno_failure(failure& f, int err, std::string message) {
+  f.code = boost::system::error_code(err, boost::system::system_category());
+  f.message = std::move(message);
+}
+
+template <class T>
+T value_or_throw(T value, const failure& f) {
+  if (f) f.raise();
+  return value;
+}
+
+// Closes a file descriptor on scope exit.
+class fd_guard {
+ public:
+  explicit fd_guard(int fd) noexcept : fd_(fd) {}
+  fd_guard(const fd_guard&) = delete;
+  fd_guard& operator=(const fd_guard&) = delete;
+  ~fd_guard() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+ private:
+  int fd_;
+};
+
+enum class read_outcome { ok, not_found, too_large, not_regular, io_error };
+
+struct file_read {
+  read_outcome outcome = read_outcome::ok;
+  int error = 0;  ///< errno for not_found and io_error
+  std::string bytes;
+};
+
+/// Reads a whole file of at most `limit` bytes with open/read (LiteFS's files are
+/// virtual: their size from stat is not to be trusted, and they may vanish between
+/// calls). Retries on EINTR; ENOENT at open or read is `not_found`.
+inline file_read read_bounded(const std::string& path, std::size_t limit) {
+  file_read result;
+  int fd;
+  do {
+    // O_NONBLOCK: a FIFO planted in place of a control file must not hang the open.
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    result.error = errno;
+    result.outcome = result.error == ENOENT ? read_outcome::not_found : read_outcome::io_error;
+    return result;
+  }
+  fd_guard guard{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    result.error = errno;
+    result.outcome = read_outcome::io_error;
+    return result;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    result.outcome = read_outcome::not_regular;
+    return result;
+  }
+  char buffer[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      result.error = errno;
+      result.outcome = result.error == ENOENT ? read_outcome::not_found : read_outcome::io_error;
+      result.bytes.clear();
+      return result;
+    }
+    if (n == 0) break;
+    if (result.bytes.size() + static_cast<std::size_t>(n) > limit) {
+      result.outcome = read_outcome::too_large;
+      result.bytes.clear();
+      return result;
+    }
+    result.bytes.append(buffer, static_cast<std::size_t>(n));
+  }
+  return result;
+}
+
+/// Turns a failed read into a failure naming the file. `what` says what the file is.
+inline void set_read_failure(failure& f, const file_read& r, const std::string& path,
+                             std::string_view what) {
+  switch (r.outcome) {
+    case read_outcome::ok:
+      return;
+    case read_outcome::not_found:
+      set_errno_failure(f, ENOENT,
+                        path + " (" + std::string(what) +
+                            ") does not exist: check that the directory is "
+                            "a LiteFS mount and that LiteFS is running");
+      return;
+    case read_outcome::too_large:
+      set_failure(
+          f, errc::bad_litefs_file,
+          path + " (" + std::string(what) + ") is larger than " + std::to_string(max_file_size) +
+              " bytes; LiteFS's control files are a few bytes: check that the directory is a "
+              "LiteFS mount");
+      return;
+    case read_outcome::not_regular:
+      set_failure(f, errc::bad_litefs_file,
+                  path + " (" + std::string(what) +
+                      ") is not a regular file; LiteFS serves it as one: "
+                      "check that the directory is a LiteFS mount");
+      return;
+    case read_outcome::io_error:
+      set_errno_failure(f, r.error,
+                        "cannot read " + path + " (" + std::string(what) +
+                            "): " + errno_text(r.error) +
+                            ": check the permissions and that LiteFS is running");
+      return;
+  }
+}
+
+inline std::string path_string(const std::filesystem::path& mount, std::string_view name) {
+  return (mount / std::filesystem::path(std::string(name))).string();
+}
+
+/// Decodes the octal escapes (`\040` space, `\011` tab, `\012` newline, `\134`
+/// backslash) the kernel writes in /proc/self/mounts fields.
+inline std::string decode_mount_field(std::string_view field) {
+  std::string out;
+  out.reserve(field.size());
+  for (std::size_t i = 0; i < field.size(); ++i) {
+    if (field[i] == '\\' && i + 3 < field.size() && field[i + 1] >= '0' && field[i + 1] <= '3' &&
+        field[i + 2] >= '0' && field[i + 2] <= '7' && field[i + 3] >= '0' && field[i + 3] <= '7') {
+      out += static_cast<char>((field[i + 1] - '0') * 64 + (field[i + 2] - '0') * 8 +
+                               (field[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += field[i];
+    }
+  }
+  return out;
+}
+
+inline const char* filesystem_name(std::uint64_t magic) noexcept {
+  switch (magic) {
+    case 0xef53:
+      return "ext2/ext3/ext4";
+    case 0x01021994:
+      return "tmpfs";
+    case 0x794c7630:
+      return "overlayfs";
+    case 0x58465342:
+      return "xfs";
+    case 0x9123683e:
+      return "btrfs";
+    case 0x6969:
+      return "nfs";
+    case 0x2fc12fc1:
+      return "zfs";
+    case 0xff534d42:
+      return "cifs";
+    case 0x65735546:
+      return "fuse";
+    default:
+      return nullptr;
+  }
+}
+
+inline std::string hex(std::uint64_t value) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(value));
+  return buf;
+}
+
+}  // namespace detail
+
+}  // namespace fwd::litefs
+
+// ---- end fwd/litefs/detail/io.hpp ----
+
+#include <optional>
+#include <vector>
+
+namespace fwd::litefs {
+
+// ---------------------------------------------------------------------------------------
+// Pure formatting and parsing over bytes
+// ---------------------------------------------------------------------------------------
+
+/// The exact bytes LiteFS writes in `<db>-pos`: `"%016x/%016x\n"`.
+inline std::string format_position(position p) {
+  char buf[position_size + 1];
+  std::snprintf(buf, sizeof buf, "%016llx/%016llx\n", static_cast<unsigned long long>(p.txid),
+                static_cast<unsigned long long>(p.checksum));
+  return std::string(buf, position_size);
+}
+
+/// The exact bytes LiteFS writes in `.lag`: Go's `"%+010d\n"`, where the width 10
+/// counts the sign: `+000000000\n` (11 bytes) for 0, `+2147483647\n` for never synced.
+inline std::string format_lag(std::chrono::milliseconds lag) {
+  char buf[32];
+  const int n = std::snprintf(buf, sizeof buf, "%+010lld\n", static_cast<long long>(lag.count()));
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
+/**
+ * Parses the contents of a `<db>-pos` file: exactly `"%016x/%016x\n"` (34 bytes,
+ * lowercase hex: TXID, then the post-apply checksum). Anything else is bad_litefs_file
+ * with a message naming `source` and the offending bytes; never a wrong number.
+ */
+inline position parse_position(std::string_view bytes, failure& fail,
+                               std::string_view source = "<db>-pos") {
+  fail.clear();
+  const std::string src(source);
+  const std::string expected =
+      "LiteFS writes \"%016x/%016x\\n\" (34 bytes, lowercase hex, e.g. "
+      "\"00000000002df417/ce552e44f23fbbdd\\n\"): check that the path is on a LiteFS mount";
+  if (bytes.empty()) {
+    detail::set_failure(fail, errc::bad_litefs_file, src + " is empty; " + expected);
+    return {};
+  }
+  const std::string shown = detail::escape_bytes(bytes);
+  const std::size_t n = bytes.size() < position_size ? bytes.size() : position_size;
+  for (std::size_t i = 0; i < n; ++i) {
+    const char c = bytes[i];
+    std::string problem;
+    if (i == 16) {
+      if (c != '/') problem = "expected '/' between TXID and checksum";
+    } else if (i == 33) {
+      if (c != '\n') problem = "expected the final newline";
+    } else if (!detail::is_lower_hex(c)) {
+      problem = (c >= 'A' && c <= 'F') ? "uppercase hex; LiteFS writes lowercase"
+                                       : "expected a lowercase hex digit";
+    }
+    if (!problem.empty()) {
+      detail::set_failure(fail, errc::bad_litefs_file,
+                          src + " holds " + shown + ", not a position: byte " + std::to_string(i) +
+                              " is " + detail::describe_byte(c) + ", " + problem + ". " + expected);
+      return {};
+    }
+  }
+  if (bytes.size() < position_size) {
+    detail::set_failure(
+        fail, errc::bad_litefs_file,
+        src + " holds " + shown + ", not a position: it ends after " +
+            std::to_string(bytes.size()) + " bytes" +
+            (bytes.size() == position_size - 1 ? " (the final newline is missing)" : "") + ". " +
+            expected);
+    return {};
+  }
+  if (bytes.size() > position_size) {
+    detail::set_failure(fail, errc::bad_litefs_file,
+                        src + " holds " + shown +
+                            ", not a position: " + std::to_string(bytes.size() - position_size) +
+                            " unexpected bytes follow the newline. " + expected);
+    return {};
+  }
+  position p;
+  for (std::size_t i = 0; i < 16; ++i) {
+    p.txid = (p.txid << 4) | detail::hex_value(bytes[i]);
+    p.checksum = (p.checksum << 4) | detail::hex_value(bytes[17 + i]);
+  }
+  return p;
+}
+
+inline position parse_position(std::string_view bytes, boost::system::error_code& ec,
+                               std::string_view source = "<db>-pos") {
+  failure f;
+  position p = parse_position(bytes, f, source);
+  ec = f.code;
+  return p;
+}
+
+/// Throws fwd::error (bad_litefs_file) with the detailed message.
+inline position parse_position(std::string_view bytes, std::string_view source = "<db>-pos") {
+  failure f;
+  return detail::value_or_throw(parse_position(bytes, f, source), f);
+}
+
+/**
+ * Parses the contents of `.lag`: milliseconds of replication lag written by Go's
+ * `"%+010d\n"`: a sign, digits zero-padded to a width of 10 counting the sign (9 digits
+ * for values below 10^9, 10 above), and a newline. 10 zero-padded digits (`+0000000000`)
+ * are accepted too. A 10-digit value of exactly 11 bytes without its newline is
+ * accepted: LiteFS advertises `.lag` as 11 bytes, so the kernel may cut the newline off
+ * `+2147483647\n`. The result may be negative (clock skew between nodes); compare with
+ * lag_never_synced (or never_synced()) for "never synced". Anything else is
+ * bad_litefs_file naming `source` and the bytes.
+ */
+inline std::chrono::milliseconds parse_lag(std::string_view bytes, failure& fail,
+                                           std::string_view source = ".lag") {
+  fail.clear();
+  const std::string src(source);
+  const std::string expected =
+      "LiteFS writes \"%+010d\\n\" (e.g. \"+000000000\\n\" on the primary, \"+2147483647\\n\" "
+      "before the "
+      "first sync): check that the path is a LiteFS mount";
+  auto bad = [&](const std::string& problem) {
+    detail::set_failure(fail, errc::bad_litefs_file,
+                        src + " holds " + detail::escape_bytes(bytes) + ", not a lag: " + problem +
+                            ". " + expected);
+    return std::chrono::milliseconds{0};
+  };
+  if (bytes.empty()) {
+    detail::set_failure(fail, errc::bad_litefs_file, src + " is empty; " + expected);
+    return std::chrono::milliseconds{0};
+  }
+  if (bytes[0] != '+' && bytes[0] != '-')
+    return bad("byte 0 is " + detail::describe_byte(bytes[0]) + ", expected '+' or '-'");
+  std::size_t i = 1;
+  while (i < bytes.size() && i <= 11 && detail::is_digit(bytes[i])) ++i;
+  const std::size_t digits = i - 1;
+  if (digits > 10) return bad("more than 10 digits");
+  if (i == bytes.size()) {
+    // Only the kernel's cut at LiteFS's advertised size (11 bytes) drops the newline.
+    if (!(digits == 10 && bytes.size() == 11)) return bad("the final newline is missing");
+  } else if (bytes[i] != '\n') {
+    return bad("byte " + std::to_string(i) + " is " + detail::describe_byte(bytes[i]) +
+               ", expected a digit or the final newline");
+  } else if (i + 1 != bytes.size()) {
+    return bad(std::to_string(bytes.size() - i - 1) + " unexpected bytes follow the newline");
+  }
+  if (digits < 9)
+    return bad("only " + std::to_string(digits) + " digits, expected 9 or 10 (zero-padded)");
+  long long value = 0;
+  for (std::size_t k = 1; k <= digits; ++k) value = value * 10 + (bytes[k] - '0');
+  if (bytes[0] == '-') value = -value;
+  if (value > 2147483647LL || value < -2147483648LL)
+    return bad("the value is outside a 32-bit integer");
+  return std::chrono::milliseconds{value};
+}
+
+inline std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec,
+                                           std::string_view source = ".lag") {
+  failure f;
+  auto lag = parse_lag(bytes, f, source);
+  ec = f.code;
+  return lag;
+}
+
+/// Throws fwd::error (bad_litefs_file) with the detailed message.
+inline std::chrono::milliseconds parse_lag(std::string_view bytes,
+                                           std::string_view source = ".lag") {
+  failure f;
+  return detail::value_or_throw(parse_lag(bytes, f, source), f);
+}
+
+/**
+ * Parses the contents of `.primary`: the primary's LiteFS lease hostname and a newline
+ * (not a URL). Surrounding whitespace is trimmed; an empty result, a control byte, NUL
+ * or a space inside, or more than max_file_size bytes is bad_litefs_file.
+ */
+inline std::string parse_primary(std::string_view bytes, failure& fail,
+                                 std::string_view source = ".primary") {
+  fail.clear();
+  const std::string src(source);
+  const std::string expected =
+      "LiteFS writes the primary's lease hostname and a newline (e.g. \"e829424aee6108\\n\"): "
+      "check "
+      "lease.hostname in the primary's litefs.yml";
+  if (bytes.size() > max_file_size) {
+    detail::set_failure(fail, errc::bad_litefs_file,
+                        src + " holds " + detail::escape_bytes(bytes) + ", more than " +
+                            std::to_string(max_file_size) + " bytes: not a hostname. " + expected);
+    return {};
+  }
+  auto is_space = [](char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+  };
+  std::size_t begin = 0, end = bytes.size();
+  while (begin < end && is_space(bytes[begin])) ++begin;
+  while (end > begin && is_space(bytes[end - 1])) --end;
+  if (begin == end) {
+    detail::set_failure(
+        fail, errc::bad_litefs_file,
+        src + " holds " + detail::escape_bytes(bytes) + ": no hostname. " + expected);
+    return {};
+  }
+  for (std::size_t i = begin; i < end; ++i) {
+    const auto c = static_cast<unsigned char>(bytes[i]);
+    if (c <= 0x20 || c == 0x7f) {
+      detail::set_failure(fail, errc::bad_litefs_file,
+                          src + " holds " + detail::escape_bytes(bytes) +
+                              ", not a hostname: byte " + std::to_string(i) + " is " +
+                              detail::describe_byte(bytes[i]) + ". " + expected);
+      return {};
+    }
+  }
+  return std::string(bytes.substr(begin, end - begin));
+}
+
+inline std::string parse_primary(std::string_view bytes, boost::system::error_code& ec,
+                                 std::string_view source = ".primary") {
+  failure f;
+  std::string host = parse_primary(bytes, f, source);
+  ec = f.code;
+  return host;
+}
+
+/// Throws fwd::error (bad_litefs_file) with the detailed message.
+inline std::string parse_primary(std::string_view bytes, std::string_view source = ".primary") {
+  failure f;
+  return detail::value_or_throw(parse_primary(bytes, f, source), f);
+}
+
+/// Parses a mount table in the format of /proc/self/mounts (`source target type options
+/// freq passno`, octal escapes decoded). Lines with fewer than 3 fields are skipped.
+inline std::vector<mount_entry> parse_mounts(std::string_view text) {
+  std::vector<mount_entry> entries;
+  while (!text.empty()) {
+    const std::size_t eol = text.find('\n');
+    std::string_view line = text.substr(0, eol);
+    text = eol == std::string_view::npos ? std::string_view{} : text.substr(eol + 1);
+    std::vector<std::string_view> fields;
+    std::size_t i = 0;
+    while (i < line.size() && fields.size() < 4) {
+      while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+      const std::size_t start = i;
+      while (i < line.size() && line[i] != ' ' && line[i] != '\t') ++i;
+      if (i > start) fields.push_back(line.substr(start, i - start));
+    }
+    if (fields.size() < 3) continue;
+    mount_entry e;
+    e.source = detail::decode_mount_field(fields[0]);
+    e.mount_point = detail::decode_mount_field(fields[1]);
+    e.type = detail::decode_mount_field(fields[2]);
+    if (fields.size() > 3) e.options = detail::decode_mount_field(fields[3]);
+    entries.push_back(std::move(e));
+  }
+  return entries;
+}
+
+/// True for a LiteFS FUSE mount: source `litefs`, type `fuse` (or `fuse.litefs`).
+inline bool is_litefs_mount(const mount_entry& e) noexcept {
+  return e.source == "litefs" && (e.type == "fuse" || e.type == "fuse.litefs");
+}
+
+/// The first LiteFS FUSE mount point in a mount table's text, if any.
+inline std::optional<std::filesystem::path> find_litefs_mount(std::string_view mounts_text) {
+  for (const auto& e : parse_mounts(mounts_text)) {
+    if (is_litefs_mount(e)) return e.mount_point;
+  }
+  return std::nullopt;
+}
+
+}  // namespace fwd::litefs
+
+// ---- end fwd/litefs/files.hpp ----
+// ---- begin fwd/litefs/mount.hpp ----
+
+// Reading a LiteFS mount directory: this node's position, lag and role, in the three
+// forms of files.hpp. The role never comes from `.primary`'s absence alone.
+
+
+namespace fwd::litefs {
+
+// ---------------------------------------------------------------------------------------
+// Reading a mount directory
+// ---------------------------------------------------------------------------------------
+
+/**
+ * Reads `<mount>/<db_name>-pos`. `db_name` is the database's file name in the mount
+ * (e.g. "blog.db"); a name with '/', NUL, or "."/".." is bad_argument. A missing file is
+ * the system error ENOENT (the database does not exist on this mount); bad contents are
+ * bad_litefs_file.
+ */
+inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
+                              failure& fail) {
+  fail.clear();
+  if (db_name.empty() || db_name == "." || db_name == ".." ||
+      db_name.find('/') != std::string_view::npos || db_name.find('\0') != std::string_view::npos) {
+    detail::set_failure(
+        fail, errc::bad_argument,
+        "read_position: database name " + detail::escape_bytes(db_name) +
+            " is not a file name in the mount: give the database's file name, e.g. \"blog.db\"");
+    return {};
+  }
+  const std::string path =
+      detail::path_string(mount, std::string(db_name) + std::string(position_suffix));
+  const detail::file_read r = detail::read_bounded(path, max_file_size);
+  if (r.outcome == detail::read_outcome::not_found) {
+    detail::set_errno_failure(
+        fail, ENOENT,
+        path + " does not exist: the database " + std::string(db_name) +
+            " does not exist on this LiteFS mount yet (create it through the mount), "
+            "or " +
+            mount.string() + " is not a LiteFS mount");
+    return {};
+  }
+  detail::set_read_failure(fail, r, path, "the database's LiteFS position");
+  if (fail) return {};
+  return parse_position(r.bytes, fail, path);
+}
+
+inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
+                              boost::system::error_code& ec) {
+  failure f;
+  position p = read_position(mount, db_name, f);
+  ec = f.code;
+  return p;
+}
+
+/// Throws fwd::error with the detailed message.
+inline position read_position(const std::filesystem::path& mount, std::string_view db_name) {
+  failure f;
+  return detail::value_or_throw(read_position(mount, db_name, f), f);
+}
+
+/// Reads `<mount>/.lag` (see parse_lag). A missing file is not_litefs.
+inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount, failure& fail) {
+  fail.clear();
+  const std::string path = detail::path_string(mount, lag_filename);
+  const detail::file_read r = detail::read_bounded(path, max_file_size);
+  if (r.outcome == detail::read_outcome::not_found) {
+    detail::set_failure(
+        fail, errc::not_litefs,
+        path + " does not exist: " + mount.string() +
+            " is not a LiteFS mount (LiteFS always serves .lag): use the fuse.dir of "
+            "litefs.yml, e.g. " +
+            std::string(default_mount));
+    return {};
+  }
+  detail::set_read_failure(fail, r, path, "LiteFS's replication lag");
+  if (fail) return {};
+  return parse_lag(r.bytes, fail, path);
+}
+
+inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount,
+                                          boost::system::error_code& ec) {
+  failure f;
+  auto lag = read_lag(mount, f);
+  ec = f.code;
+  return lag;
+}
+
+/// Throws fwd::error with the detailed message.
+inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount) {
+  failure f;
+  return detail::value_or_throw(read_lag(mount, f), f);
+}
+
+/**
+ * Decides this node's role from its LiteFS mount:
+ *  - no `.lag` (or no such directory): not_litefs;
+ *  - `.primary` present and readable: replica, primary_hostname = its trimmed content;
+ *  - `.primary` absent, or present at lstat but gone at open/read (LiteFS re-checks it on
+ *    every access: ENOENT then means absent, never an error): primary only if the mount
+ *    root's mode has a write bit (LiteFS: 0777 on the primary, 0555 on replicas) AND
+ *    `.lag` reads 0; otherwise unknown (election, reconnect, no primary): writes must
+ *    wait, never run locally.
+ * `reason` says which signals decided. Failures: I/O errors other than ENOENT (system
+ * category) and malformed `.primary`/`.lag` (bad_litefs_file); the role is then unknown.
+ *
+ * The presence of `.primary` is tested with lstat (LiteFS serves no symlinks), so a
+ * dangling symlink reproduces "present at stat, ENOENT at open".
+ */
+inline role read_role(const std::filesystem::path& mount, failure& fail) {
+  fail.clear();
+  role result;
+  const std::string mount_str = mount.string();
+  auto fail_role = [&]() {
+    result.kind = role_kind::unknown;
+    result.reason = fail.message;
+    return result;
+  };
+
+  struct stat root {};
+  if (::stat(mount_str.c_str(), &root) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      result.kind = role_kind::not_litefs;
+      result.reason =
+          mount_str + " does not exist (" + detail::errno_text(err) + "): not a LiteFS mount";
+      return result;
+    }
+    detail::set_errno_failure(
+        fail, err, "cannot stat the LiteFS mount " + mount_str + ": " + detail::errno_text(err));
+    return fail_role();
+  }
+  if (!S_ISDIR(root.st_mode)) {
+    result.kind = role_kind::not_litefs;
+    result.reason = mount_str + " is not a directory: not a LiteFS mount";
+    return result;
+  }
+
+  const std::string lag_path = detail::path_string(mount, lag_filename);
+  struct stat lag_st {};
+  if (::stat(lag_path.c_str(), &lag_st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) {
+      result.kind = role_kind::not_litefs;
+      result.reason = mount_str + " has no .lag: not a LiteFS mount (LiteFS always serves .lag)";
+      return result;
+    }
+    detail::set_errno_failure(fail, err,
+                              "cannot stat " + lag_path + ": " + detail::errno_text(err));
+    return fail_role();
+  }
+
+  const std::string primary_path = detail::path_string(mount, primary_filename);
+  std::string absent_why = "no .primary";
+  struct stat primary_st {};
+  if (::lstat(primary_path.c_str(), &primary_st) == 0) {
+    const detail::file_read r = detail::read_bounded(primary_path, max_file_size);
+    if (r.outcome == detail::read_outcome::ok) {
+      std::string host = parse_primary(r.bytes, fail, primary_path);
+      if (fail) return fail_role();
+      result.kind = role_kind::replica;
+      result.reason = primary_path + " names the primary " + host;
+      result.primary_hostname = std::move(host);
+      return result;
+    }
+    if (r.outcome != detail::read_outcome::not_found) {
+      detail::set_read_failure(fail, r, primary_path, "the primary's hostname");
+      return fail_role();
+    }
+    absent_why = ".primary vanished between stat and read (ENOENT: LiteFS lost its primary)";
+  } else if (errno != ENOENT) {
+    const int err = errno;
+    detail::set_errno_failure(fail, err,
+                              "cannot stat " + primary_path + ": " + detail::errno_text(err));
+    return fail_role();
+  }
+
+  const detail::file_read lag_read = detail::read_bounded(lag_path, max_file_size);
+  if (lag_read.outcome == detail::read_outcome::not_found) {
+    result.kind = role_kind::not_litefs;
+    result.reason = lag_path + " vanished while reading it: the LiteFS mount went away";
+    return result;
+  }
+  detail::set_read_failure(fail, lag_read, lag_path, "LiteFS's replication lag");
+  if (fail) return fail_role();
+  const std::chrono::milliseconds lag = parse_lag(lag_read.bytes, fail, lag_path);
+  if (fail) return fail_role();
+
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(root.st_mode & 07777));
+  const bool writable = (root.st_mode & 0222) != 0;
+  const std::string lag_text = never_synced(lag) ? std::string("never synced (+2147483647)")
+                                                 : std::to_string(lag.count()) + " ms";
+  if (writable && lag.count() == 0) {
+    result.kind = role_kind::primary;
+    result.reason = absent_why + ", mount root writable (mode " + mode +
+                    ") and .lag 0: this node is the primary";
+    return result;
+  }
+  result.kind = role_kind::unknown;
+  result.reason = absent_why + ", mount root mode " + mode +
+                  (writable ? " (writable)" : " (read-only: a replica)") + ", .lag " + lag_text +
+                  ": no primary known (election, reconnect, or none); writes must wait";
+  return result;
+}
+
+inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec) {
+  failure f;
+  role r = read_role(mount, f);
+  ec = f.code;
+  return r;
+}
+
+/// Throws fwd::error on I/O failures other than ENOENT and on malformed files.
+inline role read_role(const std::filesystem::path& mount) {
+  failure f;
+  return detail::value_or_throw(read_role(mount, f), f);
+}
+
+}  // namespace fwd::litefs
+
+// ---- end fwd/litefs/mount.hpp ----
+// ---- begin fwd/litefs/path_check.hpp ----
+
+// The database-path check: a database must be on a LiteFS FUSE mount, never in LiteFS's
+// data directory (where nothing replicates: every node silently gets its own database).
+
+
+namespace fwd::litefs {
+
+// ---------------------------------------------------------------------------------------
+// The database-path check
+// ---------------------------------------------------------------------------------------
+
+namespace detail {
+
+/// A LiteFS data directory holds `dbs/`, whose entries are `<name>/` directories with a
+/// `database` file or an `ltx/` directory. An empty `dbs/` counts too (no database yet).
+inline bool looks_like_data_directory(const std::filesystem::path& dir) {
+  std::error_code ec;
+  const std::filesystem::path dbs = dir / "dbs";
+  if (!std::filesystem::is_directory(dbs, ec)) return false;
+  std::filesystem::directory_iterator it(dbs, ec);
+  if (ec) return false;
+  bool empty = true;
+  // Bounded: a huge unrelated directory must not make the check slow.
+  for (int seen = 0; it != std::filesystem::directory_iterator() && seen < 256;
+       it.increment(ec), ++seen) {
+    if (ec) return false;
+    empty = false;
+    const std::filesystem::path entry = it->path();
+    std::error_code e1, e2;
+    if (std::filesystem::is_directory(entry, e1) &&
+        (std::filesystem::exists(entry / "database", e1) ||
+         std::filesystem::is_directory(entry / "ltx", e2))) {
+      return true;
+    }
+  }
+  return empty;
+}
+
+/// The first LiteFS FUSE mount in `mounts_file` (default /proc/self/mounts), else /litefs.
+inline std::filesystem::path suggested_mount(
+    const std::optional<std::filesystem::path>& mounts_file) {
+  const std::string file = mounts_file ? mounts_file->string() : std::string("/proc/self/mounts");
+  const file_read r = read_bounded(file, 1u << 20);
+  if (r.outcome == read_outcome::ok) {
+    if (auto m = find_litefs_mount(r.bytes)) return *m;
+  }
+  return std::filesystem::path(std::string(default_mount));
+}
+
+}  // namespace detail
+
+/**
+ * Checks that `db` is a database path on a LiteFS FUSE mount, in this order:
+ *  1. empty path, a NUL byte, or a path naming no file ("/", "dir/", ".", "..") is bad_argument;
+ *  2. a path inside LiteFS's data directory (an ancestor holding `dbs/`) is
+ *     misconfigured_mount: nothing written there replicates;
+ *  3. the database's directory must be a FUSE mount (`statfs().f_type == 0x65735546`),
+ *     unless `options.require_fuse` is false: otherwise not_litefs;
+ *  4. that directory must hold `.lag`: otherwise not_litefs.
+ * Relative paths are taken from the current directory. Other I/O failures keep their
+ * system error code. On success, `mount` is the database's directory.
+ */
+inline path_check check_database_path(const std::filesystem::path& db,
+                                      const path_check_options& options = {}) {
+  path_check result;
+  auto fail = [&](boost::system::error_code code, std::string message) {
+    result.code = code;
+    result.message = std::move(message);
+    return result;
+  };
+  const std::string raw = db.string();
+  if (raw.empty()) {
+    return fail(errc::bad_argument,
+                "the database path is empty: give the database's path on the LiteFS mount, e.g. "
+                "/litefs/blog.db");
+  }
+  if (raw.find('\0') != std::string::npos) {
+    return fail(errc::bad_argument,
+                "the database path " + detail::escape_bytes(raw) +
+                    " contains a NUL byte: give the database's path on the LiteFS mount, "
+                    "e.g. /litefs/blog.db");
+  }
+  std::error_code fs_ec;
+  std::filesystem::path absolute = std::filesystem::absolute(db, fs_ec);
+  if (fs_ec) {
+    return fail(boost::system::error_code(fs_ec.value(), boost::system::system_category()),
+                "cannot make the database path " + raw + " absolute: " + fs_ec.message());
+  }
+  const std::string name = db.filename().string();
+  if (name.empty() || name == "." || name == "..") {
+    return fail(errc::bad_argument,
+                "the database path " + raw +
+                    " names a directory, not a database file: give the database's path on "
+                    "the LiteFS mount, e.g. /litefs/blog.db");
+  }
+  absolute = absolute.lexically_normal();
+  const std::filesystem::path dir = absolute.parent_path();
+
+  // 2. Inside LiteFS's data directory: the mistake that silently splits the cluster.
+  for (std::filesystem::path ancestor = dir;; ancestor = ancestor.parent_path()) {
+    if (detail::looks_like_data_directory(ancestor)) {
+      // For <data>/dbs/<name>/database, suggest <name>; otherwise the file's own name.
+      std::string suggested_name = absolute.filename().string();
+      const std::filesystem::path rel = absolute.lexically_relative(ancestor);
+      auto part = rel.begin();
+      if (part != rel.end() && *part == "dbs" && ++part != rel.end() &&
+          std::next(part) != rel.end()) {
+        suggested_name = part->string();
+      }
+      const std::filesystem::path suggestion =
+          detail::suggested_mount(options.mounts_file) / suggested_name;
+      return fail(errc::misconfigured_mount,
+                  absolute.string() + " is inside LiteFS's data directory (" + ancestor.string() +
+                      "); nothing written there replicates. Point SQLite at the FUSE mount, e.g. " +
+                      suggestion.string());
+    }
+    if (ancestor == ancestor.parent_path() || ancestor.empty()) break;
+  }
+
+  // 3. A FUSE mount.
+  struct statfs fs_info {};
+  if (::statfs(dir.c_str(), &fs_info) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      return fail(errc::not_litefs,
+                  "the directory " + dir.string() + " of the database " + absolute.string() +
+                      " does not exist (" + detail::errno_text(err) +
+                      "): point SQLite at the LiteFS FUSE mount, e.g. " +
+                      (detail::suggested_mount(options.mounts_file) / name).string() +
+                      ", and start LiteFS before the application");
+    }
+    return fail(boost::system::error_code(err, boost::system::system_category()),
+                "cannot statfs " + dir.string() + " (the directory of " + absolute.string() +
+                    "): " + detail::errno_text(err));
+  }
+  const auto magic = static_cast<std::uint64_t>(static_cast<unsigned long>(fs_info.f_type));
+  if (options.require_fuse && magic != fuse_super_magic) {
+    const char* fs_name = detail::filesystem_name(magic);
+    return fail(
+        errc::not_litefs,
+        dir.string() + " (the directory of " + absolute.string() +
+            ") is not a FUSE mount: its filesystem magic is " + detail::hex(magic) +
+            (fs_name ? std::string(" (") + fs_name + ")" : std::string()) +
+            ", a LiteFS mount has " + detail::hex(fuse_super_magic) +
+            " (FUSE), so nothing written there replicates. Point SQLite at the LiteFS FUSE mount, "
+            "e.g. " +
+            (detail::suggested_mount(options.mounts_file) / name).string() +
+            " (for a LiteFS simulation in tests, set path_check_options::require_fuse = false)");
+  }
+
+  // 4. `.lag`, which LiteFS always serves.
+  const std::string lag_path = detail::path_string(dir, lag_filename);
+  struct stat st {};
+  if (::stat(lag_path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) {
+      return fail(
+          errc::not_litefs,
+          dir.string() +
+              (options.require_fuse ? " is a FUSE mount but has no .lag: not a LiteFS mount"
+                                    : " has no .lag: not a LiteFS mount nor a LiteFS simulation") +
+              "; LiteFS always serves .lag in its mount. Point SQLite at the LiteFS FUSE mount, "
+              "e.g. " +
+              (detail::suggested_mount(options.mounts_file) / name).string());
+    }
+    return fail(boost::system::error_code(err, boost::system::system_category()),
+                "cannot stat " + lag_path + ": " + detail::errno_text(err));
+  }
+  result.mount = dir;
+  return result;
+}
+
+/// Throws fwd::error with check_database_path's message when the check fails; returns
+/// the LiteFS mount directory (the database's directory) otherwise.
+inline std::filesystem::path require_database_path(const std::filesystem::path& db,
+                                                   const path_check_options& options = {}) {
+  path_check check = check_database_path(db, options);
+  if (!check.ok()) throw fwd::error(check.code, check.message);
+  return check.mount;
+}
+
+}  // namespace fwd::litefs
+
+// ---- end fwd/litefs/path_check.hpp ----
+// ---- begin fwd/sqlite/statement.hpp ----
+
+// RAII over SQLite: a prepared statement (fwd::sqlite::statement).
+// Every failure keeps SQLite's extended result code (category "fwd.sqlite") and says
+// which SQL failed and why (sqlite3_errmsg).
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <ranges>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+namespace fwd::sqlite {
+
+namespace detail {
+
+/// "<what> failed: <sqlite3_errmsg> [in: <sql>]": the detail of a thrown fwd::error.
+inline std::string describe_failure(sqlite3* db, int rc, std::string_view what,
+                                    std::string_view sql) {
+  std::string text(what);
+  text += " failed: ";
+  text += db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  if (!sql.empty()) {
+    text += " [in: ";
+    text += sql;
+    text += "]";
+  }
+  return text;
+}
+
+/// The extended result code of a failed call: `rc` when extended codes are on (fwd
+/// always turns them on), otherwise the connection's last extended code.
+inline int extended_code(sqlite3* db, int rc) noexcept {
+  if (db != nullptr && (rc & 0xff) == rc && rc != SQLITE_OK) {
+    const int extended = sqlite3_extended_errcode(db);
+    if ((extended & 0xff) == rc) return extended;
+  }
+  return rc;
+}
+
+[[noreturn]] inline void throw_failure(sqlite3* db, int rc, std::string_view what,
+                                       std::string_view sql) {
+  throw fwd::error(make_sqlite_error(extended_code(db, rc)), describe_failure(db, rc, what, sql));
+}
+
+inline void set_error(boost::system::error_code& ec, sqlite3* db, int rc) noexcept {
+  ec = make_sqlite_error(extended_code(db, rc));
+}
+
+}  // namespace detail
+
+/// Bytes to bind as a BLOB (distinct from text, which binds as TEXT).
+struct blob_view {
+  const void* data = nullptr;
+  std::size_t size = 0;
+
+  blob_view() = default;
+  blob_view(const void* d, std::size_t n) noexcept : data(d), size(n) {}
+  blob_view(std::span<const std::uint8_t> bytes) noexcept  // NOLINT: implicit on purpose
+      : data(bytes.data()), size(bytes.size()) {}
+  blob_view(std::span<const std::byte> bytes) noexcept  // NOLINT: implicit on purpose
+      : data(bytes.data()), size(bytes.size()) {}
+  /// Any contiguous range of bytes (std::vector<std::uint8_t>, std::array<std::byte, N>, ...).
+  template <std::ranges::contiguous_range Range>
+  requires(sizeof(std::ranges::range_value_t<Range>) == 1 &&
+           !std::is_same_v<std::remove_cv_t<std::ranges::range_value_t<Range>>, char>)
+      blob_view(const Range& bytes)
+  noexcept  // NOLINT: implicit on purpose
+      : data(std::ranges::data(bytes)), size(std::ranges::size(bytes)) {}
+};
+
+class connection;
+
+/**
+ * A prepared statement (sqlite3_stmt*), finalized on destruction. Move-only.
+ *
+ * Bind indexes start at 1, column indexes at 0 (as in SQLite). Every bind copies its
+ * value (SQLITE_TRANSIENT), so arguments need not outlive the call. Views returned by
+ * column_text/column_blob stay valid until the next step, reset or destruction.
+ * Not thread-safe: use a statement from one thread at a time, like its connection.
+ */
+class statement {
+ public:
+  statement() = default;
+  /// Takes ownership of `stmt` (prepared on `db`).
+  statement(sqlite3* db, sqlite3_stmt* stmt) noexcept : db_(db), stmt_(stmt) {}
+  statement(statement&& other) noexcept
+      : db_(std::exchange(other.db_, nullptr)), stmt_(std::exchange(other.stmt_, nullptr)) {}
+  statement& operator=(statement&& other) noexcept {
+    if (this != &other) {
+      finalize();
+      db_ = std::exchange(other.db_, nullptr);
+      stmt_ = std::exchange(other.stmt_, nullptr);
+    }
+    return *this;
+  }
+  statement(const statement&) = delete;
+  statement& operator=(const statement&) = delete;
+  ~statement() { finalize(); }
+
+  sqlite3_stmt* native_handle() const noexcept { return stmt_; }
+  explicit operator bool() const noexcept { return stmt_ != nullptr; }
+  /// The SQL text this statement was prepared from.
+  std::string_view sql() const noexcept {
+    const char* text = stmt_ != nullptr ? sqlite3_sql(stmt_) : nullptr;
+    return text != nullptr ? std::string_view(text) : std::string_view();
+  }
+
+  // --- binding (throw fwd::error on failure, e.g. SQLITE_RANGE for a bad index) ---
+
+  statement& bind(int index, std::nullptr_t) {
+    return check(sqlite3_bind_null(stmt_, index), "bind");
+  }
+  template <class Integer>
+  requires std::is_integral_v<Integer> statement& bind(int index, Integer value) {
+    return check(sqlite3_bind_int64(stmt_, index, static_cast<sqlite3_int64>(value)), "bind");
+  }
+  statement& bind(int index, double value) {
+    return check(sqlite3_bind_double(stmt_, index, value), "bind");
+  }
+  statement& bind(int index, std::string_view text) {
+    return check(
+        sqlite3_bind_text64(stmt_, index, text.data(), text.size(), SQLITE_TRANSIENT, SQLITE_UTF8),
+        "bind");
+  }
+  statement& bind(int index, const char* text) { return bind(index, std::string_view(text)); }
+  statement& bind(int index, const std::string& text) {
+    return bind(index, std::string_view(text));
+  }
+  statement& bind(int index, blob_view blob) {
+    // A zero-length blob must still bind as a BLOB, not NULL: give SQLite a non-null pointer.
+    static const char empty = 0;
+    return check(sqlite3_bind_blob64(stmt_, index, blob.size != 0 ? blob.data : &empty, blob.size,
+                                     SQLITE_TRANSIENT),
+                 "bind");
+  }
+
+  /// Binds by parameter name, including its prefix (":id", "@id", "$id").
+  template <class T>
+  statement& bind(std::string_view name, T&& value) {
+    return bind(parameter_index(name), std::forward<T>(value));
+  }
+  template <class T>
+  statement& bind(const char* name, T&& value) {
+    return bind(parameter_index(name), std::forward<T>(value));
+  }
+
+  /// The index of a named parameter; throws fwd::error(SQLITE_RANGE) if there is none.
+  int parameter_index(std::string_view name) const {
+    const std::string zname(name);
+    const int index = sqlite3_bind_parameter_index(stmt_, zname.c_str());
+    if (index == 0) {
+      throw fwd::error(make_sqlite_error(SQLITE_RANGE),
+                       "no SQL parameter named " + zname + " [in: " + std::string(sql()) + "]");
+    }
+    return index;
+  }
+  int parameter_count() const noexcept { return sqlite3_bind_parameter_count(stmt_); }
+  statement& clear_bindings() {
+    sqlite3_clear_bindings(stmt_);
+    return *this;
+  }
+
+  // --- execution ---
+
+  /// Runs one step: true when a row is available, false when done. Throws fwd::error.
+  bool step() {
+    boost::system::error_code ec;
+    const bool row = step(ec);
+    if (ec) detail::throw_failure(db_, ec.value(), "step", sql());
+    return row;
+  }
+  /// Runs one step: true when a row is available; on failure false with `ec` set.
+  bool step(boost::system::error_code& ec) noexcept {
+    ec.clear();
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    detail::set_error(ec, db_, rc);
+    return false;
+  }
+  /// Steps until done (for statements that return no rows, or whose rows are ignored).
+  void execute() {
+    while (step()) {
+    }
+  }
+  /// Makes the statement ready to run again; bindings are kept.
+  statement& reset() noexcept {
+    sqlite3_reset(stmt_);
+    return *this;
+  }
+
+  // --- columns of the current row ---
+
+  int column_count() const noexcept { return sqlite3_column_count(stmt_); }
+  std::string_view column_name(int column) const noexcept {
+    const char* name = sqlite3_column_name(stmt_, column);
+    return name != nullptr ? std::string_view(name) : std::string_view();
+  }
+  /// SQLITE_INTEGER, SQLITE_FLOAT, SQLITE_TEXT, SQLITE_BLOB or SQLITE_NULL.
+  int column_type(int column) const noexcept { return sqlite3_column_type(stmt_, column); }
+  bool column_is_null(int column) const noexcept { return column_type(column) == SQLITE_NULL; }
+  std::int64_t column_int64(int column) const noexcept {
+    return static_cast<std::int64_t>(sqlite3_column_int64(stmt_, column));
+  }
+  double column_double(int column) const noexcept { return sqlite3_column_double(stmt_, column); }
+  std::string_view column_text(int column) const noexcept {
+    const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, column));
+    const int size = sqlite3_column_bytes(stmt_, column);
+    return text != nullptr ? std::string_view(text, static_cast<std::size_t>(size))
+                           : std::string_view();
+  }
+  std::span<const std::uint8_t> column_blob(int column) const noexcept {
+    const auto* data = static_cast<const std::uint8_t*>(sqlite3_column_blob(stmt_, column));
+    const int size = sqlite3_column_bytes(stmt_, column);
+    return data != nullptr ? std::span<const std::uint8_t>(data, static_cast<std::size_t>(size))
+                           : std::span<const std::uint8_t>();
+  }
+
+ private:
+  statement& check(int rc, std::string_view what) {
+    if (rc != SQLITE_OK) detail::throw_failure(db_, rc, what, sql());
+    return *this;
+  }
+  void finalize() noexcept {
+    if (stmt_ != nullptr) sqlite3_finalize(stmt_);
+    stmt_ = nullptr;
+  }
+
+  sqlite3* db_ = nullptr;
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+/// Default flags of connection: read-write, create if missing, full mutex off (fwd uses a
+/// connection from one thread at a time), extended result codes on.
+
+}  // namespace fwd::sqlite
+
+// ---- end fwd/sqlite/statement.hpp ----
+// ---- begin fwd/sqlite/connection.hpp ----
+
+// RAII over SQLite: a connection (fwd::sqlite::connection). Every failure keeps SQLite's
+// extended result code (category "fwd.sqlite") and says which SQL failed and why.
+
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <string>
+
+namespace fwd::sqlite {
+
+inline constexpr int default_open_flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+
+/**
+ * A SQLite connection (sqlite3*), closed on destruction unless borrowed. Move-only.
+ *
+ * Extended result codes are always on, so every fwd::error carries e.g. 2067
+ * (SQLITE_CONSTRAINT_UNIQUE) rather than 19. Not thread-safe: use a connection from one
+ * thread at a time.
+ */
+class connection {
+ public:
+  connection() = default;
+
+  /**
+   * Opens `path` with `flags` (SQLITE_OPEN_*) and sets the busy timeout.
+   * Throws fwd::error (e.g. SQLITE_CANTOPEN, 14) with the path in its message.
+   */
+  explicit connection(const std::string& path, int flags = default_open_flags,
+                      std::chrono::milliseconds busy_timeout = std::chrono::seconds(5)) {
+    boost::system::error_code ec;
+    std::string message;
+    open(path, flags, busy_timeout, ec, &message);
+    if (ec) throw fwd::error(ec, message);
+  }
+
+  /// Opens like the throwing constructor; on failure returns an empty connection and sets ec.
+  static connection open(const std::string& path, int flags, std::chrono::milliseconds busy_timeout,
+                         boost::system::error_code& ec) {
+    connection c;
+    c.open(path, flags, busy_timeout, ec, nullptr);
+    return c;
+  }
+
+  /// A non-owning wrapper around a handle someone else owns (e.g. the `sqlite3*` a
+  /// write_executor passes to a write): it never closes it.
+  static connection borrow(sqlite3* db) noexcept {
+    connection c;
+    c.db_ = db;
+    c.owned_ = false;
+    return c;
+  }
+
+  connection(connection&& other) noexcept
+      : db_(std::exchange(other.db_, nullptr)), owned_(std::exchange(other.owned_, false)) {}
+  connection& operator=(connection&& other) noexcept {
+    if (this != &other) {
+      close();
+      db_ = std::exchange(other.db_, nullptr);
+      owned_ = std::exchange(other.owned_, false);
+    }
+    return *this;
+  }
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+  ~connection() { close(); }
+
+  sqlite3* native_handle() const noexcept { return db_; }
+  explicit operator bool() const noexcept { return db_ != nullptr; }
+
+  /// Closes the connection now (a no-op when empty or borrowed). Unfinalized statements
+  /// keep it alive until they are finalized (sqlite3_close_v2).
+  void close() noexcept {
+    if (db_ != nullptr && owned_) sqlite3_close_v2(db_);
+    db_ = nullptr;
+    owned_ = false;
+  }
+
+  /// How long a statement waits for another connection's lock before SQLITE_BUSY.
+  void busy_timeout(std::chrono::milliseconds timeout) noexcept {
+    sqlite3_busy_timeout(db_, static_cast<int>(timeout.count()));
+  }
+
+  /// Runs one or more SQL statements without results. Throws fwd::error.
+  void exec(std::string_view sql) {
+    boost::system::error_code ec;
+    std::string message;
+    exec(sql, ec, &message);
+    if (ec) throw fwd::error(ec, message);
+  }
+  /// Runs one or more SQL statements; on failure sets `ec` (and `message`, if given).
+  void exec(std::string_view sql, boost::system::error_code& ec,
+            std::string* message = nullptr) noexcept {
+    ec.clear();
+    // sqlite3_exec needs a NUL-terminated string; SQL text is short, the copy is cheap.
+    std::string zsql;
+    try {
+      zsql.assign(sql);
+    } catch (...) {
+      ec = make_sqlite_error(SQLITE_NOMEM);
+      return;
+    }
+    const int rc = sqlite3_exec(db_, zsql.c_str(), nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) {
+      detail::set_error(ec, db_, rc);
+      if (message != nullptr) {
+        try {
+          *message = detail::describe_failure(db_, rc, "exec", sql);
+        } catch (...) {
+        }
+      }
+    }
+  }
+
+  /// Prepares one statement. Throws fwd::error (e.g. SQLITE_ERROR for a syntax error).
+  statement prepare(std::string_view sql) {
+    sqlite3_stmt* stmt = nullptr;
+    const int rc =
+        sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+    if (rc != SQLITE_OK) detail::throw_failure(db_, rc, "prepare", sql);
+    return statement(db_, stmt);
+  }
+  /// Prepares one statement; on failure returns an empty statement and sets `ec`.
+  statement prepare(std::string_view sql, boost::system::error_code& ec) noexcept {
+    ec.clear();
+    sqlite3_stmt* stmt = nullptr;
+    const int rc =
+        sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+    if (rc != SQLITE_OK) {
+      detail::set_error(ec, db_, rc);
+      return {};
+    }
+    return statement(db_, stmt);
+  }
+
+  std::int64_t last_insert_rowid() const noexcept {
+    return static_cast<std::int64_t>(sqlite3_last_insert_rowid(db_));
+  }
+  /// Rows changed by the last INSERT, UPDATE or DELETE.
+  std::int64_t changes() const noexcept {
+    return static_cast<std::int64_t>(sqlite3_changes64(db_));
+  }
+  /// True outside any explicit transaction (SQLite's autocommit mode).
+  bool autocommit() const noexcept { return sqlite3_get_autocommit(db_) != 0; }
+  /// The last error's text (sqlite3_errmsg).
+  std::string_view last_error_message() const noexcept { return sqlite3_errmsg(db_); }
+
+ private:
+  void open(const std::string& path, int flags, std::chrono::milliseconds busy_timeout,
+            boost::system::error_code& ec, std::string* message) {
+    ec.clear();
+    close();
+    sqlite3* db = nullptr;
+    const int rc = sqlite3_open_v2(path.c_str(), &db, flags, nullptr);
+    if (rc != SQLITE_OK) {
+      const int code = db != nullptr ? sqlite3_extended_errcode(db) : rc;
+      ec = make_sqlite_error(code);
+      if (message != nullptr) {
+        *message = "opening SQLite database " + path +
+                   " failed: " + (db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)) +
+                   ": check that the path exists and is accessible";
+      }
+      sqlite3_close_v2(db);
+      return;
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, static_cast<int>(busy_timeout.count()));
+    db_ = db;
+    owned_ = true;
+  }
+
+  sqlite3* db_ = nullptr;
+  bool owned_ = false;
+};
+
+/// How a transaction takes its locks (BEGIN DEFERRED / IMMEDIATE / EXCLUSIVE).
+
+}  // namespace fwd::sqlite
+
+// ---- end fwd/sqlite/connection.hpp ----
+// ---- begin fwd/sqlite/transaction.hpp ----
+
+// A transaction guard over fwd::sqlite::connection: BEGIN on construction, ROLLBACK
+// on destruction unless committed.
+
+
+namespace fwd::sqlite {
+
+enum class transaction_kind { deferred, immediate, exclusive };
+
+/**
+ * A transaction guard: BEGIN on construction, ROLLBACK on destruction unless commit()
+ * (or rollback()) was called. Defaults to BEGIN IMMEDIATE, which takes the write lock at
+ * once, so a write never fails half-way with SQLITE_BUSY on lock upgrade.
+ */
+class transaction {
+ public:
+  explicit transaction(connection& conn, transaction_kind kind = transaction_kind::immediate)
+      : conn_(&conn) {
+    switch (kind) {
+      case transaction_kind::deferred:
+        conn.exec("BEGIN DEFERRED");
+        break;
+      case transaction_kind::immediate:
+        conn.exec("BEGIN IMMEDIATE");
+        break;
+      case transaction_kind::exclusive:
+        conn.exec("BEGIN EXCLUSIVE");
+        break;
+    }
+    active_ = true;
+  }
+  transaction(const transaction&) = delete;
+  transaction& operator=(const transaction&) = delete;
+  ~transaction() {
+    if (active_ && !conn_->autocommit()) {
+      boost::system::error_code ignored;
+      conn_->exec("ROLLBACK", ignored);
+    }
+  }
+
+  /// COMMIT. On failure throws fwd::error; the destructor then rolls back.
+  void commit() {
+    conn_->exec("COMMIT");
+    active_ = false;
+  }
+  /// ROLLBACK now.
+  void rollback() {
+    active_ = false;
+    if (!conn_->autocommit()) conn_->exec("ROLLBACK");
+  }
+  bool active() const noexcept { return active_; }
+
+ private:
+  connection* conn_;
+  bool active_ = false;
+};
+
+}  // namespace fwd::sqlite
+
+// ---- end fwd/sqlite/transaction.hpp ----
+// ---- begin fwd/rpc/wire.hpp ----
 
 // fwd's wire format: frames and the connection handshake, as pure functions over bytes.
 // Nothing here touches a socket, so every decoder can be fuzzed on its own.
@@ -3303,128 +3961,7 @@ inline constexpr std::size_t max_handshake_frame_size = header_size + hello_size
 
 }  // namespace fwd::wire
 
-// ---- end fwd/wire.hpp ----
-// ---- begin fwd/telemetry.hpp ----
-
-// Telemetry hooks: what fwd tells a service about its calls, connections and cluster.
-// Every hook is optional. Components hold a `std::shared_ptr<const telemetry>`; when it is
-// null (the default) the only cost is one pointer test per event: no clock is read and no
-// event is built.
-
-#include <boost/system/error_code.hpp>
-
-#include <chrono>
-#include <cstdint>
-#include <functional>
-#include <memory>
-#include <string_view>
-
-namespace fwd {
-
-/// A call is about to be sent (or run locally).
-struct call_started_event {
-  std::string_view procedure;
-  std::string_view peer;  ///< "address:port", or empty when the call runs locally
-  std::uint32_t attempt = 1;
-};
-
-/// A call completed, one way or another.
-struct call_finished_event {
-  std::string_view procedure;
-  std::string_view peer;
-  std::uint32_t attempt = 1;
-  std::chrono::nanoseconds duration{};
-  boost::system::error_code outcome;  ///< empty on success
-};
-
-/// A connection opened (handshake done), closed, or failed to open.
-struct connection_event {
-  std::string_view peer;
-  boost::system::error_code reason;  ///< why it closed or failed; empty for opened
-};
-
-/// A call is retried after `reason`.
-struct retry_event {
-  std::string_view procedure;
-  std::uint32_t next_attempt = 2;
-  std::chrono::nanoseconds backoff{};
-  boost::system::error_code reason;
-};
-
-/// The node believed to be primary changed (empty: none known).
-struct primary_changed_event {
-  std::string_view previous;
-  std::string_view current;
-};
-
-/// A member joined or left the cluster.
-struct member_event {
-  std::string_view member;
-};
-
-/// A primary lookup: served from the cache (hit) or waiting for a refresh (miss).
-struct discovery_lookup_event {
-  bool hit = false;
-};
-
-/// One member answered a discovery probe, or failed to.
-struct probe_event {
-  std::string_view peer;
-  std::string_view role;  ///< what the member says it is ("primary", "replica", ...)
-  boost::system::error_code outcome;
-};
-
-/// A DNS poll of the membership failed or came back empty; members are kept until
-/// answers agree (see membership_options).
-struct resolver_error_event {
-  boost::system::error_code error;  ///< category "fwd.dns" keeps c-ares's status
-  std::string_view message;
-};
-
-/// A peer's circuit breaker changed state ("closed", "open", "half-open").
-struct breaker_event {
-  std::string_view peer;
-  std::string_view state;
-};
-
-/**
- * The hooks. Set the ones you want; they may run on any thread that runs fwd's work
- * (the executors you give it), so they must be thread-safe and quick: copy what you need
- * (the string_views live only during the call).
- */
-struct telemetry {
-  std::function<void(const call_started_event&)> call_started;
-  std::function<void(const call_finished_event&)> call_finished;
-  std::function<void(const connection_event&)> connection_opened;
-  std::function<void(const connection_event&)> connection_closed;
-  std::function<void(const connection_event&)> connection_failed;
-  std::function<void(const retry_event&)> retry;
-  std::function<void(const primary_changed_event&)> primary_changed;
-  std::function<void(const member_event&)> member_joined;
-  std::function<void(const member_event&)> member_left;
-  std::function<void(const breaker_event&)> breaker_changed;
-  /// Called on every primary lookup, hits included: keep it to a counter increment.
-  std::function<void(const discovery_lookup_event&)> discovery_lookup;
-  std::function<void(const probe_event&)> probe_finished;
-  std::function<void(const resolver_error_event&)> resolver_error;
-};
-
-/// Shared, immutable hooks; null means "no telemetry".
-using telemetry_ptr = std::shared_ptr<const telemetry>;
-
-namespace detail {
-
-// Calls `hook` if telemetry is on and that hook is set.
-template <class Hook, class Event>
-inline void emit(const telemetry_ptr& t, Hook telemetry::*hook, const Event& event) {
-  if (t && (*t).*hook) ((*t).*hook)(event);
-}
-
-}  // namespace detail
-
-}  // namespace fwd
-
-// ---- end fwd/telemetry.hpp ----
+// ---- end fwd/rpc/wire.hpp ----
 // ---- begin fwd/rpc/registry.hpp ----
 
 // The server side of procedures: which functions a node serves, under which names and
@@ -3983,7 +4520,7 @@ inline const fwd::procedure<hello_info()> hello{"fwd.hello"};
 // The RPC server: accepts fwd connections, authenticates them, and runs each request
 // through a registry on the user's executor.
 
-// ---- begin fwd/rpc/detail/frame_buffer.hpp ----
+// ---- begin fwd/rpc/frame_buffer.hpp ----
 
 // A read buffer that yields whole frames: bytes are read into its free tail, frames are
 // decoded in place, and it grows only to the size of the frame being received (which the
@@ -3997,7 +4534,7 @@ inline const fwd::procedure<hello_info()> hello{"fwd.hello"};
 #include <string_view>
 #include <utility>
 
-namespace fwd::rpc::detail {
+namespace fwd::rpc {
 
 class frame_buffer {
  public:
@@ -4066,9 +4603,9 @@ class frame_buffer {
   std::size_t needed_ = 0;
 };
 
-}  // namespace fwd::rpc::detail
+}  // namespace fwd::rpc
 
-// ---- end fwd/rpc/detail/frame_buffer.hpp ----
+// ---- end fwd/rpc/frame_buffer.hpp ----
 // ---- begin fwd/rpc/detail/tls_stream.hpp ----
 
 // The byte stream under an RPC connection: a plain TCP socket, or TLS over one, chosen when
@@ -5866,7 +6403,7 @@ class client {
 }  // namespace fwd::rpc
 
 // ---- end fwd/rpc/client.hpp ----
-// ---- begin fwd/membership.hpp ----
+// ---- begin fwd/cluster/membership.hpp ----
 
 // Who is in the cluster: members found in DNS (A/AAAA of a name with a port, or SRV
 // records) polled with c-ares on the Asio reactor, a static list, or both. Changes are
@@ -7111,8 +7648,8 @@ struct std::hash<fwd::member> {
   std::size_t operator()(const fwd::member& m) const noexcept { return fwd::member_hash{}(m); }
 };
 
-// ---- end fwd/membership.hpp ----
-// ---- begin fwd/discovery.hpp ----
+// ---- end fwd/cluster/membership.hpp ----
+// ---- begin fwd/cluster/discovery.hpp ----
 
 // Who is primary. The answer is cached: a lookup that hits the cache is two atomic loads
 // and a clock read. When the cache is empty or stale, one refresh runs for all callers
@@ -7614,481 +8151,8 @@ inline primary_finder::probe_function hello_prober(rpc::client& client) {
 
 }  // namespace fwd
 
-// ---- end fwd/discovery.hpp ----
-// ---- begin fwd/sqlite.hpp ----
-
-// SQLite for fwd: RAII over sqlite3* (connection, statement, transaction) and the
-// primary's write executor (exactly once via a dedup table, group commit).
-//
-//   fwd::sqlite::connection db{"/litefs/app.db"};
-//   auto stmt = db.prepare("INSERT INTO tags(label) VALUES (?1)");
-//   stmt.bind(1, "hello").execute();
-//
-//   fwd::sqlite::write_executor writer{io, "/litefs/app.db"};
-//   writer.async_write(id, [](sqlite3* db) { ...; return std::string(result); },
-//                      [](boost::system::error_code ec, std::string result, std::uint64_t txid)
-//                      {});
-
-// ---- begin fwd/detail/sqlite_connection.hpp ----
-
-// RAII over SQLite: fwd::sqlite::connection, statement, transaction and savepoint.
-// Every failure keeps SQLite's extended result code (category "fwd.sqlite") and says
-// which SQL failed and why (sqlite3_errmsg).
-
-#include <sqlite3.h>
-
-#include <chrono>
-#include <cstddef>
-#include <cstdint>
-#include <ranges>
-#include <span>
-#include <string>
-#include <string_view>
-#include <type_traits>
-#include <utility>
-
-namespace fwd::sqlite {
-
-namespace detail {
-
-/// "<what> failed: <sqlite3_errmsg> [in: <sql>]": the detail of a thrown fwd::error.
-inline std::string describe_failure(sqlite3* db, int rc, std::string_view what,
-                                    std::string_view sql) {
-  std::string text(what);
-  text += " failed: ";
-  text += db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  if (!sql.empty()) {
-    text += " [in: ";
-    text += sql;
-    text += "]";
-  }
-  return text;
-}
-
-/// The extended result code of a failed call: `rc` when extended codes are on (fwd
-/// always turns them on), otherwise the connection's last extended code.
-inline int extended_code(sqlite3* db, int rc) noexcept {
-  if (db != nullptr && (rc & 0xff) == rc && rc != SQLITE_OK) {
-    const int extended = sqlite3_extended_errcode(db);
-    if ((extended & 0xff) == rc) return extended;
-  }
-  return rc;
-}
-
-[[noreturn]] inline void throw_failure(sqlite3* db, int rc, std::string_view what,
-                                       std::string_view sql) {
-  throw fwd::error(make_sqlite_error(extended_code(db, rc)), describe_failure(db, rc, what, sql));
-}
-
-inline void set_error(boost::system::error_code& ec, sqlite3* db, int rc) noexcept {
-  ec = make_sqlite_error(extended_code(db, rc));
-}
-
-}  // namespace detail
-
-/// Bytes to bind as a BLOB (distinct from text, which binds as TEXT).
-struct blob_view {
-  const void* data = nullptr;
-  std::size_t size = 0;
-
-  blob_view() = default;
-  blob_view(const void* d, std::size_t n) noexcept : data(d), size(n) {}
-  blob_view(std::span<const std::uint8_t> bytes) noexcept  // NOLINT: implicit on purpose
-      : data(bytes.data()), size(bytes.size()) {}
-  blob_view(std::span<const std::byte> bytes) noexcept  // NOLINT: implicit on purpose
-      : data(bytes.data()), size(bytes.size()) {}
-  /// Any contiguous range of bytes (std::vector<std::uint8_t>, std::array<std::byte, N>, ...).
-  template <std::ranges::contiguous_range Range>
-  requires(sizeof(std::ranges::range_value_t<Range>) == 1 &&
-           !std::is_same_v<std::remove_cv_t<std::ranges::range_value_t<Range>>, char>)
-      blob_view(const Range& bytes)
-  noexcept  // NOLINT: implicit on purpose
-      : data(std::ranges::data(bytes)), size(std::ranges::size(bytes)) {}
-};
-
-class connection;
-
-/**
- * A prepared statement (sqlite3_stmt*), finalized on destruction. Move-only.
- *
- * Bind indexes start at 1, column indexes at 0 (as in SQLite). Every bind copies its
- * value (SQLITE_TRANSIENT), so arguments need not outlive the call. Views returned by
- * column_text/column_blob stay valid until the next step, reset or destruction.
- * Not thread-safe: use a statement from one thread at a time, like its connection.
- */
-class statement {
- public:
-  statement() = default;
-  /// Takes ownership of `stmt` (prepared on `db`).
-  statement(sqlite3* db, sqlite3_stmt* stmt) noexcept : db_(db), stmt_(stmt) {}
-  statement(statement&& other) noexcept
-      : db_(std::exchange(other.db_, nullptr)), stmt_(std::exchange(other.stmt_, nullptr)) {}
-  statement& operator=(statement&& other) noexcept {
-    if (this != &other) {
-      finalize();
-      db_ = std::exchange(other.db_, nullptr);
-      stmt_ = std::exchange(other.stmt_, nullptr);
-    }
-    return *this;
-  }
-  statement(const statement&) = delete;
-  statement& operator=(const statement&) = delete;
-  ~statement() { finalize(); }
-
-  sqlite3_stmt* native_handle() const noexcept { return stmt_; }
-  explicit operator bool() const noexcept { return stmt_ != nullptr; }
-  /// The SQL text this statement was prepared from.
-  std::string_view sql() const noexcept {
-    const char* text = stmt_ != nullptr ? sqlite3_sql(stmt_) : nullptr;
-    return text != nullptr ? std::string_view(text) : std::string_view();
-  }
-
-  // --- binding (throw fwd::error on failure, e.g. SQLITE_RANGE for a bad index) ---
-
-  statement& bind(int index, std::nullptr_t) {
-    return check(sqlite3_bind_null(stmt_, index), "bind");
-  }
-  template <class Integer>
-  requires std::is_integral_v<Integer> statement& bind(int index, Integer value) {
-    return check(sqlite3_bind_int64(stmt_, index, static_cast<sqlite3_int64>(value)), "bind");
-  }
-  statement& bind(int index, double value) {
-    return check(sqlite3_bind_double(stmt_, index, value), "bind");
-  }
-  statement& bind(int index, std::string_view text) {
-    return check(
-        sqlite3_bind_text64(stmt_, index, text.data(), text.size(), SQLITE_TRANSIENT, SQLITE_UTF8),
-        "bind");
-  }
-  statement& bind(int index, const char* text) { return bind(index, std::string_view(text)); }
-  statement& bind(int index, const std::string& text) {
-    return bind(index, std::string_view(text));
-  }
-  statement& bind(int index, blob_view blob) {
-    // A zero-length blob must still bind as a BLOB, not NULL: give SQLite a non-null pointer.
-    static const char empty = 0;
-    return check(sqlite3_bind_blob64(stmt_, index, blob.size != 0 ? blob.data : &empty, blob.size,
-                                     SQLITE_TRANSIENT),
-                 "bind");
-  }
-
-  /// Binds by parameter name, including its prefix (":id", "@id", "$id").
-  template <class T>
-  statement& bind(std::string_view name, T&& value) {
-    return bind(parameter_index(name), std::forward<T>(value));
-  }
-  template <class T>
-  statement& bind(const char* name, T&& value) {
-    return bind(parameter_index(name), std::forward<T>(value));
-  }
-
-  /// The index of a named parameter; throws fwd::error(SQLITE_RANGE) if there is none.
-  int parameter_index(std::string_view name) const {
-    const std::string zname(name);
-    const int index = sqlite3_bind_parameter_index(stmt_, zname.c_str());
-    if (index == 0) {
-      throw fwd::error(make_sqlite_error(SQLITE_RANGE),
-                       "no SQL parameter named " + zname + " [in: " + std::string(sql()) + "]");
-    }
-    return index;
-  }
-  int parameter_count() const noexcept { return sqlite3_bind_parameter_count(stmt_); }
-  statement& clear_bindings() {
-    sqlite3_clear_bindings(stmt_);
-    return *this;
-  }
-
-  // --- execution ---
-
-  /// Runs one step: true when a row is available, false when done. Throws fwd::error.
-  bool step() {
-    boost::system::error_code ec;
-    const bool row = step(ec);
-    if (ec) detail::throw_failure(db_, ec.value(), "step", sql());
-    return row;
-  }
-  /// Runs one step: true when a row is available; on failure false with `ec` set.
-  bool step(boost::system::error_code& ec) noexcept {
-    ec.clear();
-    const int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    detail::set_error(ec, db_, rc);
-    return false;
-  }
-  /// Steps until done (for statements that return no rows, or whose rows are ignored).
-  void execute() {
-    while (step()) {
-    }
-  }
-  /// Makes the statement ready to run again; bindings are kept.
-  statement& reset() noexcept {
-    sqlite3_reset(stmt_);
-    return *this;
-  }
-
-  // --- columns of the current row ---
-
-  int column_count() const noexcept { return sqlite3_column_count(stmt_); }
-  std::string_view column_name(int column) const noexcept {
-    const char* name = sqlite3_column_name(stmt_, column);
-    return name != nullptr ? std::string_view(name) : std::string_view();
-  }
-  /// SQLITE_INTEGER, SQLITE_FLOAT, SQLITE_TEXT, SQLITE_BLOB or SQLITE_NULL.
-  int column_type(int column) const noexcept { return sqlite3_column_type(stmt_, column); }
-  bool column_is_null(int column) const noexcept { return column_type(column) == SQLITE_NULL; }
-  std::int64_t column_int64(int column) const noexcept {
-    return static_cast<std::int64_t>(sqlite3_column_int64(stmt_, column));
-  }
-  double column_double(int column) const noexcept { return sqlite3_column_double(stmt_, column); }
-  std::string_view column_text(int column) const noexcept {
-    const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, column));
-    const int size = sqlite3_column_bytes(stmt_, column);
-    return text != nullptr ? std::string_view(text, static_cast<std::size_t>(size))
-                           : std::string_view();
-  }
-  std::span<const std::uint8_t> column_blob(int column) const noexcept {
-    const auto* data = static_cast<const std::uint8_t*>(sqlite3_column_blob(stmt_, column));
-    const int size = sqlite3_column_bytes(stmt_, column);
-    return data != nullptr ? std::span<const std::uint8_t>(data, static_cast<std::size_t>(size))
-                           : std::span<const std::uint8_t>();
-  }
-
- private:
-  statement& check(int rc, std::string_view what) {
-    if (rc != SQLITE_OK) detail::throw_failure(db_, rc, what, sql());
-    return *this;
-  }
-  void finalize() noexcept {
-    if (stmt_ != nullptr) sqlite3_finalize(stmt_);
-    stmt_ = nullptr;
-  }
-
-  sqlite3* db_ = nullptr;
-  sqlite3_stmt* stmt_ = nullptr;
-};
-
-/// Default flags of connection: read-write, create if missing, full mutex off (fwd uses a
-/// connection from one thread at a time), extended result codes on.
-inline constexpr int default_open_flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
-
-/**
- * A SQLite connection (sqlite3*), closed on destruction unless borrowed. Move-only.
- *
- * Extended result codes are always on, so every fwd::error carries e.g. 2067
- * (SQLITE_CONSTRAINT_UNIQUE) rather than 19. Not thread-safe: use a connection from one
- * thread at a time.
- */
-class connection {
- public:
-  connection() = default;
-
-  /**
-   * Opens `path` with `flags` (SQLITE_OPEN_*) and sets the busy timeout.
-   * Throws fwd::error (e.g. SQLITE_CANTOPEN, 14) with the path in its message.
-   */
-  explicit connection(const std::string& path, int flags = default_open_flags,
-                      std::chrono::milliseconds busy_timeout = std::chrono::seconds(5)) {
-    boost::system::error_code ec;
-    std::string message;
-    open(path, flags, busy_timeout, ec, &message);
-    if (ec) throw fwd::error(ec, message);
-  }
-
-  /// Opens like the throwing constructor; on failure returns an empty connection and sets ec.
-  static connection open(const std::string& path, int flags, std::chrono::milliseconds busy_timeout,
-                         boost::system::error_code& ec) {
-    connection c;
-    c.open(path, flags, busy_timeout, ec, nullptr);
-    return c;
-  }
-
-  /// A non-owning wrapper around a handle someone else owns (e.g. the `sqlite3*` a
-  /// write_executor passes to a write): it never closes it.
-  static connection borrow(sqlite3* db) noexcept {
-    connection c;
-    c.db_ = db;
-    c.owned_ = false;
-    return c;
-  }
-
-  connection(connection&& other) noexcept
-      : db_(std::exchange(other.db_, nullptr)), owned_(std::exchange(other.owned_, false)) {}
-  connection& operator=(connection&& other) noexcept {
-    if (this != &other) {
-      close();
-      db_ = std::exchange(other.db_, nullptr);
-      owned_ = std::exchange(other.owned_, false);
-    }
-    return *this;
-  }
-  connection(const connection&) = delete;
-  connection& operator=(const connection&) = delete;
-  ~connection() { close(); }
-
-  sqlite3* native_handle() const noexcept { return db_; }
-  explicit operator bool() const noexcept { return db_ != nullptr; }
-
-  /// Closes the connection now (a no-op when empty or borrowed). Unfinalized statements
-  /// keep it alive until they are finalized (sqlite3_close_v2).
-  void close() noexcept {
-    if (db_ != nullptr && owned_) sqlite3_close_v2(db_);
-    db_ = nullptr;
-    owned_ = false;
-  }
-
-  /// How long a statement waits for another connection's lock before SQLITE_BUSY.
-  void busy_timeout(std::chrono::milliseconds timeout) noexcept {
-    sqlite3_busy_timeout(db_, static_cast<int>(timeout.count()));
-  }
-
-  /// Runs one or more SQL statements without results. Throws fwd::error.
-  void exec(std::string_view sql) {
-    boost::system::error_code ec;
-    std::string message;
-    exec(sql, ec, &message);
-    if (ec) throw fwd::error(ec, message);
-  }
-  /// Runs one or more SQL statements; on failure sets `ec` (and `message`, if given).
-  void exec(std::string_view sql, boost::system::error_code& ec,
-            std::string* message = nullptr) noexcept {
-    ec.clear();
-    // sqlite3_exec needs a NUL-terminated string; SQL text is short, the copy is cheap.
-    std::string zsql;
-    try {
-      zsql.assign(sql);
-    } catch (...) {
-      ec = make_sqlite_error(SQLITE_NOMEM);
-      return;
-    }
-    const int rc = sqlite3_exec(db_, zsql.c_str(), nullptr, nullptr, nullptr);
-    if (rc != SQLITE_OK) {
-      detail::set_error(ec, db_, rc);
-      if (message != nullptr) {
-        try {
-          *message = detail::describe_failure(db_, rc, "exec", sql);
-        } catch (...) {
-        }
-      }
-    }
-  }
-
-  /// Prepares one statement. Throws fwd::error (e.g. SQLITE_ERROR for a syntax error).
-  statement prepare(std::string_view sql) {
-    sqlite3_stmt* stmt = nullptr;
-    const int rc =
-        sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
-    if (rc != SQLITE_OK) detail::throw_failure(db_, rc, "prepare", sql);
-    return statement(db_, stmt);
-  }
-  /// Prepares one statement; on failure returns an empty statement and sets `ec`.
-  statement prepare(std::string_view sql, boost::system::error_code& ec) noexcept {
-    ec.clear();
-    sqlite3_stmt* stmt = nullptr;
-    const int rc =
-        sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
-    if (rc != SQLITE_OK) {
-      detail::set_error(ec, db_, rc);
-      return {};
-    }
-    return statement(db_, stmt);
-  }
-
-  std::int64_t last_insert_rowid() const noexcept {
-    return static_cast<std::int64_t>(sqlite3_last_insert_rowid(db_));
-  }
-  /// Rows changed by the last INSERT, UPDATE or DELETE.
-  std::int64_t changes() const noexcept {
-    return static_cast<std::int64_t>(sqlite3_changes64(db_));
-  }
-  /// True outside any explicit transaction (SQLite's autocommit mode).
-  bool autocommit() const noexcept { return sqlite3_get_autocommit(db_) != 0; }
-  /// The last error's text (sqlite3_errmsg).
-  std::string_view last_error_message() const noexcept { return sqlite3_errmsg(db_); }
-
- private:
-  void open(const std::string& path, int flags, std::chrono::milliseconds busy_timeout,
-            boost::system::error_code& ec, std::string* message) {
-    ec.clear();
-    close();
-    sqlite3* db = nullptr;
-    const int rc = sqlite3_open_v2(path.c_str(), &db, flags, nullptr);
-    if (rc != SQLITE_OK) {
-      const int code = db != nullptr ? sqlite3_extended_errcode(db) : rc;
-      ec = make_sqlite_error(code);
-      if (message != nullptr) {
-        *message = "opening SQLite database " + path +
-                   " failed: " + (db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)) +
-                   ": check that the path exists and is accessible";
-      }
-      sqlite3_close_v2(db);
-      return;
-    }
-    sqlite3_extended_result_codes(db, 1);
-    sqlite3_busy_timeout(db, static_cast<int>(busy_timeout.count()));
-    db_ = db;
-    owned_ = true;
-  }
-
-  sqlite3* db_ = nullptr;
-  bool owned_ = false;
-};
-
-/// How a transaction takes its locks (BEGIN DEFERRED / IMMEDIATE / EXCLUSIVE).
-enum class transaction_kind { deferred, immediate, exclusive };
-
-/**
- * A transaction guard: BEGIN on construction, ROLLBACK on destruction unless commit()
- * (or rollback()) was called. Defaults to BEGIN IMMEDIATE, which takes the write lock at
- * once, so a write never fails half-way with SQLITE_BUSY on lock upgrade.
- */
-class transaction {
- public:
-  explicit transaction(connection& conn, transaction_kind kind = transaction_kind::immediate)
-      : conn_(&conn) {
-    switch (kind) {
-      case transaction_kind::deferred:
-        conn.exec("BEGIN DEFERRED");
-        break;
-      case transaction_kind::immediate:
-        conn.exec("BEGIN IMMEDIATE");
-        break;
-      case transaction_kind::exclusive:
-        conn.exec("BEGIN EXCLUSIVE");
-        break;
-    }
-    active_ = true;
-  }
-  transaction(const transaction&) = delete;
-  transaction& operator=(const transaction&) = delete;
-  ~transaction() {
-    if (active_ && !conn_->autocommit()) {
-      boost::system::error_code ignored;
-      conn_->exec("ROLLBACK", ignored);
-    }
-  }
-
-  /// COMMIT. On failure throws fwd::error; the destructor then rolls back.
-  void commit() {
-    conn_->exec("COMMIT");
-    active_ = false;
-  }
-  /// ROLLBACK now.
-  void rollback() {
-    active_ = false;
-    if (!conn_->autocommit()) conn_->exec("ROLLBACK");
-  }
-  bool active() const noexcept { return active_; }
-
- private:
-  connection* conn_;
-  bool active_ = false;
-};
-
-}  // namespace fwd::sqlite
-
-// ---- end fwd/detail/sqlite_connection.hpp ----
-// ---- begin fwd/detail/sqlite_write_executor.hpp ----
+// ---- end fwd/cluster/discovery.hpp ----
+// ---- begin fwd/write/executor.hpp ----
 
 // fwd::sqlite::write_executor: the primary's writer. One connection, one writer thread (or
 // an executor the user gives), BEGIN IMMEDIATE, a dedup table written in the same
@@ -8819,298 +8883,8 @@ class write_executor {
 
 }  // namespace fwd::sqlite
 
-// ---- end fwd/detail/sqlite_write_executor.hpp ----
-
-// ---- end fwd/sqlite.hpp ----
-// ---- begin fwd/retry.hpp ----
-
-// Retrying a call: exponential backoff with full jitter, an overall deadline, and a retry
-// budget (a token bucket shared by every call of a node) so that a failing cluster is
-// not hammered by retries of retries.
-
-#include <algorithm>
-#include <chrono>
-#include <cstdint>
-#include <mutex>
-#include <random>
-
-namespace fwd {
-
-/// How a forwarded call retries. The defaults suit a LAN cluster with sub-second failover.
-struct retry_policy {
-  /// Attempts in all, the first included. 1 = never retry. The call's deadline bounds
-  /// the attempts too: whichever comes first ends the call.
-  std::uint32_t max_attempts = 10;
-  /// The backoff cap of the first retry; each further retry doubles it (`multiplier`)
-  /// up to `max_backoff`. The wait is uniform in [0, cap] ("full jitter").
-  std::chrono::milliseconds initial_backoff{10};
-  std::chrono::milliseconds max_backoff{1000};
-  double multiplier = 2.0;
-  /// The retry budget: a bucket of `budget_capacity` tokens, refilled at
-  /// `budget_refill_per_second`; each retry takes one token, and a retry finding the
-  /// bucket empty is not made (the call fails with its last error). 0 capacity disables
-  /// the budget (unbounded retries within attempts and deadline).
-  double budget_capacity = 100;
-  double budget_refill_per_second = 20;
-};
-
-/**
- * The cap of the backoff before retry number `retry` (1 = the first retry):
- * `min(max_backoff, initial_backoff * multiplier^(retry-1))`.
- */
-inline std::chrono::nanoseconds backoff_cap(const retry_policy& policy,
-                                            std::uint32_t retry) noexcept {
-  double cap = std::chrono::duration<double, std::nano>(policy.initial_backoff).count();
-  const double max = std::chrono::duration<double, std::nano>(policy.max_backoff).count();
-  const double multiplier = policy.multiplier < 1.0 ? 1.0 : policy.multiplier;
-  for (std::uint32_t i = 1; i < retry && cap < max; ++i) cap *= multiplier;
-  return std::chrono::nanoseconds(static_cast<std::int64_t>(std::min(cap, max)));
-}
-
-/**
- * The wait before retry number `retry` with full jitter: uniform in [0, backoff_cap].
- * Jitter spreads the retries of many callers that failed together (a failover) so that
- * they do not arrive at the new primary in one burst.
- */
-template <class Generator>
-std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy, std::uint32_t retry,
-                                             Generator& rng) {
-  const auto cap = backoff_cap(policy, retry).count();
-  if (cap <= 0) return std::chrono::nanoseconds(0);
-  std::uniform_int_distribution<std::int64_t> pick(0, cap);
-  return std::chrono::nanoseconds(pick(rng));
-}
-
-/// full_jitter_backoff with a thread-local generator.
-inline std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy,
-                                                    std::uint32_t retry) {
-  thread_local std::minstd_rand rng{std::random_device{}()};
-  return full_jitter_backoff(policy, retry, rng);
-}
-
-/**
- * A token bucket limiting retries across calls. Thread-safe. A full bucket lets a burst
- * of `capacity` retries through; after that, retries are made at the refill rate.
- */
-class retry_budget {
- public:
-  using clock = std::chrono::steady_clock;
-
-  /// A bucket of `capacity` tokens (starting full) refilled at `refill_per_second`.
-  /// A capacity of 0 or less means "no budget": every retry is allowed.
-  retry_budget(double capacity, double refill_per_second) noexcept
-      : capacity_(capacity),
-        refill_per_second_(refill_per_second < 0 ? 0 : refill_per_second),
-        tokens_(capacity),
-        last_(clock::now()) {}
-
-  explicit retry_budget(const retry_policy& policy) noexcept
-      : retry_budget(policy.budget_capacity, policy.budget_refill_per_second) {}
-
-  /// Takes one token if there is one (at `now`). Returns whether the retry may be made.
-  bool try_acquire(clock::time_point now = clock::now()) noexcept {
-    if (capacity_ <= 0) return true;
-    std::lock_guard lock(mutex_);
-    refill(now);
-    if (tokens_ < 1.0) return false;
-    tokens_ -= 1.0;
-    return true;
-  }
-
-  /// The tokens left now (for telemetry and tests).
-  double available(clock::time_point now = clock::now()) noexcept {
-    if (capacity_ <= 0) return 0;
-    std::lock_guard lock(mutex_);
-    refill(now);
-    return tokens_;
-  }
-
- private:
-  void refill(clock::time_point now) noexcept {
-    if (now > last_) {
-      tokens_ = std::min(capacity_, tokens_ + std::chrono::duration<double>(now - last_).count() *
-                                                  refill_per_second_);
-      last_ = now;
-    }
-  }
-
-  const double capacity_;
-  const double refill_per_second_;
-  std::mutex mutex_;
-  double tokens_;
-  clock::time_point last_;
-};
-
-}  // namespace fwd
-
-// ---- end fwd/retry.hpp ----
-// ---- begin fwd/breaker.hpp ----
-
-// A circuit breaker per peer: after repeated transport failures to one peer, calls to it
-// fail at once with errc::circuit_open (nothing sent) for a cool-down, then one trial call
-// decides whether the peer is back. It stops a node from queueing work for a dead peer.
-
-#include <chrono>
-#include <cstdint>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <string_view>
-
-namespace fwd {
-
-/// A breaker's state.
-enum class breaker_state {
-  closed,     ///< calls pass
-  open,       ///< calls fail at once with circuit_open until the cool-down ends
-  half_open,  ///< after the cool-down: a limited number of trial calls pass
-};
-
-/// "closed", "open" or "half-open".
-constexpr const char* to_string(breaker_state s) noexcept {
-  switch (s) {
-    case breaker_state::closed:
-      return "closed";
-    case breaker_state::open:
-      return "open";
-    case breaker_state::half_open:
-      return "half-open";
-  }
-  return "?";
-}
-
-/// When a breaker opens and how long it stays open.
-struct breaker_options {
-  /// Consecutive failures that open the breaker. 0 disables the breaker (always closed).
-  std::uint32_t failure_threshold = 5;
-  /// How long an open breaker refuses calls before letting trial calls through.
-  std::chrono::milliseconds open_duration{500};
-  /// Trial calls allowed at once in half-open; one success closes the breaker, one
-  /// failure opens it again for another open_duration.
-  std::uint32_t half_open_max_calls = 1;
-};
-
-/**
- * One peer's circuit breaker. Thread-safe. Callers ask allow() before sending, and
- * report the outcome with on_success() / on_failure() (count only failures that say
- * something about the peer: unreachable, connection lost, timeout; not the procedure's
- * own errors).
- */
-class circuit_breaker {
- public:
-  using clock = std::chrono::steady_clock;
-
-  explicit circuit_breaker(breaker_options options = {}) noexcept : options_(options) {}
-
-  /// Whether a call may be sent now. In half-open, it reserves one of the trial slots:
-  /// report the call's outcome.
-  bool allow(clock::time_point now = clock::now()) noexcept {
-    if (options_.failure_threshold == 0) return true;
-    std::lock_guard lock(mutex_);
-    if (state_ == breaker_state::open) {
-      if (now < open_until_) return false;
-      state_ = breaker_state::half_open;
-      trials_ = 0;
-    }
-    if (state_ == breaker_state::half_open) {
-      if (trials_ >= options_.half_open_max_calls) return false;
-      ++trials_;
-    }
-    return true;
-  }
-
-  /// The call succeeded: closes the breaker. Returns the state before.
-  breaker_state on_success() noexcept {
-    std::lock_guard lock(mutex_);
-    const breaker_state before = state_;
-    failures_ = 0;
-    state_ = breaker_state::closed;
-    trials_ = 0;
-    return before;
-  }
-
-  /// The call failed at the transport: may open the breaker. Returns the state after.
-  breaker_state on_failure(clock::time_point now = clock::now()) noexcept {
-    if (options_.failure_threshold == 0) return breaker_state::closed;
-    std::lock_guard lock(mutex_);
-    ++failures_;
-    if (state_ == breaker_state::half_open || failures_ >= options_.failure_threshold) {
-      state_ = breaker_state::open;
-      open_until_ = now + options_.open_duration;
-      trials_ = 0;
-    }
-    return state_;
-  }
-
-  /// The state now (an open breaker whose cool-down ended reports half_open).
-  breaker_state state(clock::time_point now = clock::now()) const noexcept {
-    std::lock_guard lock(mutex_);
-    if (state_ == breaker_state::open && now >= open_until_) return breaker_state::half_open;
-    return state_;
-  }
-
- private:
-  breaker_options options_;
-  mutable std::mutex mutex_;
-  breaker_state state_ = breaker_state::closed;
-  std::uint32_t failures_ = 0;
-  std::uint32_t trials_ = 0;
-  clock::time_point open_until_{};
-};
-
-/// One breaker per peer, created on first use. Thread-safe.
-class breaker_set {
- public:
-  explicit breaker_set(breaker_options options = {}) : options_(options) {}
-
-  /// The breaker of `peer` (e.g. "127.0.0.1:7070"); stays valid as long as the set.
-  circuit_breaker& for_peer(std::string_view peer) {
-    std::lock_guard lock(mutex_);
-    auto it = breakers_.find(peer);
-    if (it == breakers_.end()) {
-      it = breakers_.emplace(std::string(peer), std::make_unique<circuit_breaker>(options_)).first;
-    }
-    return *it->second;
-  }
-
- private:
-  breaker_options options_;
-  std::mutex mutex_;
-  std::map<std::string, std::unique_ptr<circuit_breaker>, std::less<>> breakers_;
-};
-
-}  // namespace fwd
-
-// ---- end fwd/breaker.hpp ----
-// ---- begin fwd/forwarder.hpp ----
-
-// The write path. A call runs on the primary exactly once, wherever it starts: on the
-// primary it goes to the local write executor (nothing is sent); on a replica it is sent
-// to the primary found by discovery (never both). Each call has one request id for all
-// its retries, so the primary's dedup table answers a repeated attempt with the stored
-// result. Failures are retried by class (not sent / maybe executed / permanent) with
-// full-jitter backoff, the call's deadline and a retry budget, through a circuit breaker
-// per peer. With read-your-writes (the default) a forwarded call completes only once the
-// local replica has replicated the primary's commit.
-
-#include <atomic>
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/associated_cancellation_slot.hpp>
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/bind_executor.hpp>
-#include <boost/asio/execution/outstanding_work.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/prefer.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
-#include <chrono>
-#include <cstdint>
-#include <filesystem>
-#include <functional>
-#include <future>
-// ---- begin fwd/detail/forward_builtins.hpp ----
+// ---- end fwd/write/executor.hpp ----
+// ---- begin fwd/write/builtins.hpp ----
 
 // What every node serves on the write path besides the user's procedures: one SQL
 // statement with bound parameters, one statement over many parameter rows (bulk), and
@@ -9289,7 +9063,295 @@ inline bool decode_write_reply(std::string_view bytes, std::uint64_t& txid,
 }  // namespace detail
 }  // namespace fwd
 
-// ---- end fwd/detail/forward_builtins.hpp ----
+// ---- end fwd/write/builtins.hpp ----
+// ---- begin fwd/write/retry.hpp ----
+
+// Retrying a call: exponential backoff with full jitter, an overall deadline, and a retry
+// budget (a token bucket shared by every call of a node) so that a failing cluster is
+// not hammered by retries of retries.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <random>
+
+namespace fwd {
+
+/// How a forwarded call retries. The defaults suit a LAN cluster with sub-second failover.
+struct retry_policy {
+  /// Attempts in all, the first included. 1 = never retry. The call's deadline bounds
+  /// the attempts too: whichever comes first ends the call.
+  std::uint32_t max_attempts = 10;
+  /// The backoff cap of the first retry; each further retry doubles it (`multiplier`)
+  /// up to `max_backoff`. The wait is uniform in [0, cap] ("full jitter").
+  std::chrono::milliseconds initial_backoff{10};
+  std::chrono::milliseconds max_backoff{1000};
+  double multiplier = 2.0;
+  /// The retry budget: a bucket of `budget_capacity` tokens, refilled at
+  /// `budget_refill_per_second`; each retry takes one token, and a retry finding the
+  /// bucket empty is not made (the call fails with its last error). 0 capacity disables
+  /// the budget (unbounded retries within attempts and deadline).
+  double budget_capacity = 100;
+  double budget_refill_per_second = 20;
+};
+
+/**
+ * The cap of the backoff before retry number `retry` (1 = the first retry):
+ * `min(max_backoff, initial_backoff * multiplier^(retry-1))`.
+ */
+inline std::chrono::nanoseconds backoff_cap(const retry_policy& policy,
+                                            std::uint32_t retry) noexcept {
+  double cap = std::chrono::duration<double, std::nano>(policy.initial_backoff).count();
+  const double max = std::chrono::duration<double, std::nano>(policy.max_backoff).count();
+  const double multiplier = policy.multiplier < 1.0 ? 1.0 : policy.multiplier;
+  for (std::uint32_t i = 1; i < retry && cap < max; ++i) cap *= multiplier;
+  return std::chrono::nanoseconds(static_cast<std::int64_t>(std::min(cap, max)));
+}
+
+/**
+ * The wait before retry number `retry` with full jitter: uniform in [0, backoff_cap].
+ * Jitter spreads the retries of many callers that failed together (a failover) so that
+ * they do not arrive at the new primary in one burst.
+ */
+template <class Generator>
+std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy, std::uint32_t retry,
+                                             Generator& rng) {
+  const auto cap = backoff_cap(policy, retry).count();
+  if (cap <= 0) return std::chrono::nanoseconds(0);
+  std::uniform_int_distribution<std::int64_t> pick(0, cap);
+  return std::chrono::nanoseconds(pick(rng));
+}
+
+/// full_jitter_backoff with a thread-local generator.
+inline std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy,
+                                                    std::uint32_t retry) {
+  thread_local std::minstd_rand rng{std::random_device{}()};
+  return full_jitter_backoff(policy, retry, rng);
+}
+
+/**
+ * A token bucket limiting retries across calls. Thread-safe. A full bucket lets a burst
+ * of `capacity` retries through; after that, retries are made at the refill rate.
+ */
+class retry_budget {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  /// A bucket of `capacity` tokens (starting full) refilled at `refill_per_second`.
+  /// A capacity of 0 or less means "no budget": every retry is allowed.
+  retry_budget(double capacity, double refill_per_second) noexcept
+      : capacity_(capacity),
+        refill_per_second_(refill_per_second < 0 ? 0 : refill_per_second),
+        tokens_(capacity),
+        last_(clock::now()) {}
+
+  explicit retry_budget(const retry_policy& policy) noexcept
+      : retry_budget(policy.budget_capacity, policy.budget_refill_per_second) {}
+
+  /// Takes one token if there is one (at `now`). Returns whether the retry may be made.
+  bool try_acquire(clock::time_point now = clock::now()) noexcept {
+    if (capacity_ <= 0) return true;
+    std::lock_guard lock(mutex_);
+    refill(now);
+    if (tokens_ < 1.0) return false;
+    tokens_ -= 1.0;
+    return true;
+  }
+
+  /// The tokens left now (for telemetry and tests).
+  double available(clock::time_point now = clock::now()) noexcept {
+    if (capacity_ <= 0) return 0;
+    std::lock_guard lock(mutex_);
+    refill(now);
+    return tokens_;
+  }
+
+ private:
+  void refill(clock::time_point now) noexcept {
+    if (now > last_) {
+      tokens_ = std::min(capacity_, tokens_ + std::chrono::duration<double>(now - last_).count() *
+                                                  refill_per_second_);
+      last_ = now;
+    }
+  }
+
+  const double capacity_;
+  const double refill_per_second_;
+  std::mutex mutex_;
+  double tokens_;
+  clock::time_point last_;
+};
+
+}  // namespace fwd
+
+// ---- end fwd/write/retry.hpp ----
+// ---- begin fwd/write/breaker.hpp ----
+
+// A circuit breaker per peer: after repeated transport failures to one peer, calls to it
+// fail at once with errc::circuit_open (nothing sent) for a cool-down, then one trial call
+// decides whether the peer is back. It stops a node from queueing work for a dead peer.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+namespace fwd {
+
+/// A breaker's state.
+enum class breaker_state {
+  closed,     ///< calls pass
+  open,       ///< calls fail at once with circuit_open until the cool-down ends
+  half_open,  ///< after the cool-down: a limited number of trial calls pass
+};
+
+/// "closed", "open" or "half-open".
+constexpr const char* to_string(breaker_state s) noexcept {
+  switch (s) {
+    case breaker_state::closed:
+      return "closed";
+    case breaker_state::open:
+      return "open";
+    case breaker_state::half_open:
+      return "half-open";
+  }
+  return "?";
+}
+
+/// When a breaker opens and how long it stays open.
+struct breaker_options {
+  /// Consecutive failures that open the breaker. 0 disables the breaker (always closed).
+  std::uint32_t failure_threshold = 5;
+  /// How long an open breaker refuses calls before letting trial calls through.
+  std::chrono::milliseconds open_duration{500};
+  /// Trial calls allowed at once in half-open; one success closes the breaker, one
+  /// failure opens it again for another open_duration.
+  std::uint32_t half_open_max_calls = 1;
+};
+
+/**
+ * One peer's circuit breaker. Thread-safe. Callers ask allow() before sending, and
+ * report the outcome with on_success() / on_failure() (count only failures that say
+ * something about the peer: unreachable, connection lost, timeout; not the procedure's
+ * own errors).
+ */
+class circuit_breaker {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  explicit circuit_breaker(breaker_options options = {}) noexcept : options_(options) {}
+
+  /// Whether a call may be sent now. In half-open, it reserves one of the trial slots:
+  /// report the call's outcome.
+  bool allow(clock::time_point now = clock::now()) noexcept {
+    if (options_.failure_threshold == 0) return true;
+    std::lock_guard lock(mutex_);
+    if (state_ == breaker_state::open) {
+      if (now < open_until_) return false;
+      state_ = breaker_state::half_open;
+      trials_ = 0;
+    }
+    if (state_ == breaker_state::half_open) {
+      if (trials_ >= options_.half_open_max_calls) return false;
+      ++trials_;
+    }
+    return true;
+  }
+
+  /// The call succeeded: closes the breaker. Returns the state before.
+  breaker_state on_success() noexcept {
+    std::lock_guard lock(mutex_);
+    const breaker_state before = state_;
+    failures_ = 0;
+    state_ = breaker_state::closed;
+    trials_ = 0;
+    return before;
+  }
+
+  /// The call failed at the transport: may open the breaker. Returns the state after.
+  breaker_state on_failure(clock::time_point now = clock::now()) noexcept {
+    if (options_.failure_threshold == 0) return breaker_state::closed;
+    std::lock_guard lock(mutex_);
+    ++failures_;
+    if (state_ == breaker_state::half_open || failures_ >= options_.failure_threshold) {
+      state_ = breaker_state::open;
+      open_until_ = now + options_.open_duration;
+      trials_ = 0;
+    }
+    return state_;
+  }
+
+  /// The state now (an open breaker whose cool-down ended reports half_open).
+  breaker_state state(clock::time_point now = clock::now()) const noexcept {
+    std::lock_guard lock(mutex_);
+    if (state_ == breaker_state::open && now >= open_until_) return breaker_state::half_open;
+    return state_;
+  }
+
+ private:
+  breaker_options options_;
+  mutable std::mutex mutex_;
+  breaker_state state_ = breaker_state::closed;
+  std::uint32_t failures_ = 0;
+  std::uint32_t trials_ = 0;
+  clock::time_point open_until_{};
+};
+
+/// One breaker per peer, created on first use. Thread-safe.
+class breaker_set {
+ public:
+  explicit breaker_set(breaker_options options = {}) : options_(options) {}
+
+  /// The breaker of `peer` (e.g. "127.0.0.1:7070"); stays valid as long as the set.
+  circuit_breaker& for_peer(std::string_view peer) {
+    std::lock_guard lock(mutex_);
+    auto it = breakers_.find(peer);
+    if (it == breakers_.end()) {
+      it = breakers_.emplace(std::string(peer), std::make_unique<circuit_breaker>(options_)).first;
+    }
+    return *it->second;
+  }
+
+ private:
+  breaker_options options_;
+  std::mutex mutex_;
+  std::map<std::string, std::unique_ptr<circuit_breaker>, std::less<>> breakers_;
+};
+
+}  // namespace fwd
+
+// ---- end fwd/write/breaker.hpp ----
+// ---- begin fwd/write/forwarder.hpp ----
+
+// The write path. A call runs on the primary exactly once, wherever it starts: on the
+// primary it goes to the local write executor (nothing is sent); on a replica it is sent
+// to the primary found by discovery (never both). Each call has one request id for all
+// its retries, so the primary's dedup table answers a repeated attempt with the stored
+// result. Failures are retried by class (not sent / maybe executed / permanent) with
+// full-jitter backoff, the call's deadline and a retry budget, through a circuit breaker
+// per peer. With read-your-writes (the default) a forwarded call completes only once the
+// local replica has replicated the primary's commit.
+
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -10003,7 +10065,7 @@ class forwarder {
 
 }  // namespace fwd
 
-// ---- end fwd/forwarder.hpp ----
+// ---- end fwd/write/forwarder.hpp ----
 // ---- begin fwd/migrate.hpp ----
 
 // Schema migrations for a LiteFS cluster: ordered, versioned, run on the primary only

@@ -3,8 +3,8 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
-#include <fwd/breaker.hpp>
-#include <fwd/retry.hpp>
+#include <fwd/write/breaker.hpp>
+#include <fwd/write/retry.hpp>
 #include <random>
 
 using namespace std::chrono_literals;

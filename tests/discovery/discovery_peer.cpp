@@ -4,7 +4,8 @@
 //
 //   fwd_discovery_peer <mount> <database name> <litefs hostname> <secret>
 
-#include <fwd/litefs.hpp>
+#include <fwd/litefs/mount.hpp>
+#include <fwd/litefs/path_check.hpp>
 #include <fwd/rpc/registry.hpp>
 #include <fwd/rpc/server.hpp>
 

@@ -1,7 +1,7 @@
 // Primary discovery across real node processes on simulated LiteFS mounts: each peer is
 // an fwd server in its own process answering `fwd.hello` from its mount.
 
-#include <fwd/discovery.hpp>
+#include <fwd/cluster/discovery.hpp>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>

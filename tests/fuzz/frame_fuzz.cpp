@@ -2,8 +2,8 @@
 // Properties: never crashes, never reads out of bounds, never allocates for an oversized
 // frame; a decoded frame re-encodes to exactly the bytes it was decoded from.
 
-#include <fwd/rpc/detail/frame_buffer.hpp>
-#include <fwd/wire.hpp>
+#include <fwd/rpc/frame_buffer.hpp>
+#include <fwd/rpc/wire.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -34,7 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   // The same bytes through the connection's read buffer, in pieces whose sizes come from
   // the input itself: it must find the same frames.
-  fwd::rpc::detail::frame_buffer buffer(64);
+  fwd::rpc::frame_buffer buffer(64);
   std::size_t offset = 0;
   std::size_t found = 0;
   bool failed = false;

@@ -16,7 +16,7 @@
 #include <condition_variable>
 #include <ctime>
 #include <future>
-#include <fwd/membership.hpp>
+#include <fwd/cluster/membership.hpp>
 #include <mutex>
 #include <string>
 #include <thread>

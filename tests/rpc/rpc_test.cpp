@@ -5,7 +5,7 @@
 
 #include <fwd/rpc/client.hpp>
 #include <fwd/telemetry.hpp>
-#include <fwd/wire.hpp>
+#include <fwd/rpc/wire.hpp>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>

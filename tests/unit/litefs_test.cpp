@@ -8,7 +8,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <fwd/litefs.hpp>
+#include <fwd/litefs/mount.hpp>
+#include <fwd/litefs/path_check.hpp>
 #include <string>
 #include <string_view>
 

@@ -3,7 +3,9 @@
 #include <array>
 #include <catch2/catch.hpp>
 #include <cstdint>
-#include <fwd/sqlite.hpp>
+#include <fwd/sqlite/connection.hpp>
+#include <fwd/sqlite/transaction.hpp>
+#include <fwd/write/executor.hpp>
 #include <string>
 #include <vector>
 

@@ -14,7 +14,9 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <future>
-#include <fwd/sqlite.hpp>
+#include <fwd/sqlite/connection.hpp>
+#include <fwd/sqlite/transaction.hpp>
+#include <fwd/write/executor.hpp>
 #include <stdexcept>
 #include <string>
 #include <thread>

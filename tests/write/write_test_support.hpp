@@ -11,7 +11,9 @@
 #include <cstdint>
 #include <filesystem>
 #include <future>
-#include <fwd/sqlite.hpp>
+#include <fwd/sqlite/connection.hpp>
+#include <fwd/sqlite/transaction.hpp>
+#include <fwd/write/executor.hpp>
 #include <memory>
 #include <stdexcept>
 #include <string>

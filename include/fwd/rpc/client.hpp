@@ -4,13 +4,13 @@
 
 #include <fwd/error.hpp>
 #include <fwd/procedure.hpp>
-#include <fwd/rpc/detail/frame_buffer.hpp>
+#include <fwd/rpc/frame_buffer.hpp>
 #include <fwd/rpc/detail/tls_stream.hpp>
 #include <fwd/rpc/hello.hpp>
 #include <fwd/rpc/server.hpp>  // status codes on the wire, endpoint_string
 #include <fwd/rpc/tls.hpp>
 #include <fwd/telemetry.hpp>
-#include <fwd/wire.hpp>
+#include <fwd/rpc/wire.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>

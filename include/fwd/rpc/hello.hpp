@@ -4,7 +4,7 @@
 // of LiteFS. Discovery and `fwdctl status` call it.
 
 #include <fwd/procedure.hpp>
-#include <fwd/wire.hpp>
+#include <fwd/rpc/wire.hpp>
 
 #include <cstdint>
 #include <string>

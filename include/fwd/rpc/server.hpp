@@ -4,13 +4,13 @@
 // through a registry on the user's executor.
 
 #include <fwd/error.hpp>
-#include <fwd/rpc/detail/frame_buffer.hpp>
+#include <fwd/rpc/frame_buffer.hpp>
 #include <fwd/rpc/detail/tls_stream.hpp>
 #include <fwd/rpc/hello.hpp>
 #include <fwd/rpc/registry.hpp>
 #include <fwd/rpc/tls.hpp>
 #include <fwd/telemetry.hpp>
-#include <fwd/wire.hpp>
+#include <fwd/rpc/wire.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/bind_executor.hpp>

@@ -7,7 +7,8 @@
 // and only when that does not settle it, a probe of every member in parallel.
 
 #include <fwd/error.hpp>
-#include <fwd/litefs.hpp>
+#include <fwd/litefs/mount.hpp>
+#include <fwd/litefs/path_check.hpp>
 #include <fwd/rpc/client.hpp>
 #include <fwd/rpc/hello.hpp>
 

@@ -23,7 +23,8 @@
 #include <deque>
 #include <exception>
 #include <functional>
-#include <fwd/detail/sqlite_connection.hpp>
+#include <fwd/sqlite/connection.hpp>
+#include <fwd/sqlite/transaction.hpp>
 #include <fwd/error.hpp>
 #include <map>
 #include <memory>

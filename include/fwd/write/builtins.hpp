@@ -10,7 +10,8 @@
 #include <sqlite3.h>
 
 #include <cstdint>
-#include <fwd/detail/sqlite_connection.hpp>
+#include <fwd/sqlite/connection.hpp>
+#include <fwd/sqlite/transaction.hpp>
 #include <fwd/error.hpp>
 #include <fwd/procedure.hpp>
 #include <string>

@@ -4,7 +4,7 @@
 // decoded in place, and it grows only to the size of the frame being received (which the
 // decoder has already checked against the maximum).
 
-#include <fwd/wire.hpp>
+#include <fwd/rpc/wire.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -13,7 +13,7 @@
 #include <string_view>
 #include <utility>
 
-namespace fwd::rpc::detail {
+namespace fwd::rpc {
 
 class frame_buffer {
  public:
@@ -82,4 +82,4 @@ class frame_buffer {
   std::size_t needed_ = 0;
 };
 
-}  // namespace fwd::rpc::detail
+}  // namespace fwd::rpc

@@ -1,0 +1,222 @@
+#pragma once
+
+// Reading a LiteFS mount directory: this node's position, lag and role, in the three
+// forms of files.hpp. The role never comes from `.primary`'s absence alone.
+
+#include <fwd/litefs/detail/io.hpp>
+#include <fwd/litefs/files.hpp>
+#include <fwd/litefs/types.hpp>
+
+namespace fwd::litefs {
+
+// ---------------------------------------------------------------------------------------
+// Reading a mount directory
+// ---------------------------------------------------------------------------------------
+
+/**
+ * Reads `<mount>/<db_name>-pos`. `db_name` is the database's file name in the mount
+ * (e.g. "blog.db"); a name with '/', NUL, or "."/".." is bad_argument. A missing file is
+ * the system error ENOENT (the database does not exist on this mount); bad contents are
+ * bad_litefs_file.
+ */
+inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
+                              failure& fail) {
+  fail.clear();
+  if (db_name.empty() || db_name == "." || db_name == ".." ||
+      db_name.find('/') != std::string_view::npos || db_name.find('\0') != std::string_view::npos) {
+    detail::set_failure(
+        fail, errc::bad_argument,
+        "read_position: database name " + detail::escape_bytes(db_name) +
+            " is not a file name in the mount: give the database's file name, e.g. \"blog.db\"");
+    return {};
+  }
+  const std::string path =
+      detail::path_string(mount, std::string(db_name) + std::string(position_suffix));
+  const detail::file_read r = detail::read_bounded(path, max_file_size);
+  if (r.outcome == detail::read_outcome::not_found) {
+    detail::set_errno_failure(
+        fail, ENOENT,
+        path + " does not exist: the database " + std::string(db_name) +
+            " does not exist on this LiteFS mount yet (create it through the mount), "
+            "or " +
+            mount.string() + " is not a LiteFS mount");
+    return {};
+  }
+  detail::set_read_failure(fail, r, path, "the database's LiteFS position");
+  if (fail) return {};
+  return parse_position(r.bytes, fail, path);
+}
+
+inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
+                              boost::system::error_code& ec) {
+  failure f;
+  position p = read_position(mount, db_name, f);
+  ec = f.code;
+  return p;
+}
+
+/// Throws fwd::error with the detailed message.
+inline position read_position(const std::filesystem::path& mount, std::string_view db_name) {
+  failure f;
+  return detail::value_or_throw(read_position(mount, db_name, f), f);
+}
+
+/// Reads `<mount>/.lag` (see parse_lag). A missing file is not_litefs.
+inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount, failure& fail) {
+  fail.clear();
+  const std::string path = detail::path_string(mount, lag_filename);
+  const detail::file_read r = detail::read_bounded(path, max_file_size);
+  if (r.outcome == detail::read_outcome::not_found) {
+    detail::set_failure(
+        fail, errc::not_litefs,
+        path + " does not exist: " + mount.string() +
+            " is not a LiteFS mount (LiteFS always serves .lag): use the fuse.dir of "
+            "litefs.yml, e.g. " +
+            std::string(default_mount));
+    return {};
+  }
+  detail::set_read_failure(fail, r, path, "LiteFS's replication lag");
+  if (fail) return {};
+  return parse_lag(r.bytes, fail, path);
+}
+
+inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount,
+                                          boost::system::error_code& ec) {
+  failure f;
+  auto lag = read_lag(mount, f);
+  ec = f.code;
+  return lag;
+}
+
+/// Throws fwd::error with the detailed message.
+inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount) {
+  failure f;
+  return detail::value_or_throw(read_lag(mount, f), f);
+}
+
+/**
+ * Decides this node's role from its LiteFS mount:
+ *  - no `.lag` (or no such directory): not_litefs;
+ *  - `.primary` present and readable: replica, primary_hostname = its trimmed content;
+ *  - `.primary` absent, or present at lstat but gone at open/read (LiteFS re-checks it on
+ *    every access: ENOENT then means absent, never an error): primary only if the mount
+ *    root's mode has a write bit (LiteFS: 0777 on the primary, 0555 on replicas) AND
+ *    `.lag` reads 0; otherwise unknown (election, reconnect, no primary): writes must
+ *    wait, never run locally.
+ * `reason` says which signals decided. Failures: I/O errors other than ENOENT (system
+ * category) and malformed `.primary`/`.lag` (bad_litefs_file); the role is then unknown.
+ *
+ * The presence of `.primary` is tested with lstat (LiteFS serves no symlinks), so a
+ * dangling symlink reproduces "present at stat, ENOENT at open".
+ */
+inline role read_role(const std::filesystem::path& mount, failure& fail) {
+  fail.clear();
+  role result;
+  const std::string mount_str = mount.string();
+  auto fail_role = [&]() {
+    result.kind = role_kind::unknown;
+    result.reason = fail.message;
+    return result;
+  };
+
+  struct stat root {};
+  if (::stat(mount_str.c_str(), &root) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      result.kind = role_kind::not_litefs;
+      result.reason =
+          mount_str + " does not exist (" + detail::errno_text(err) + "): not a LiteFS mount";
+      return result;
+    }
+    detail::set_errno_failure(
+        fail, err, "cannot stat the LiteFS mount " + mount_str + ": " + detail::errno_text(err));
+    return fail_role();
+  }
+  if (!S_ISDIR(root.st_mode)) {
+    result.kind = role_kind::not_litefs;
+    result.reason = mount_str + " is not a directory: not a LiteFS mount";
+    return result;
+  }
+
+  const std::string lag_path = detail::path_string(mount, lag_filename);
+  struct stat lag_st {};
+  if (::stat(lag_path.c_str(), &lag_st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) {
+      result.kind = role_kind::not_litefs;
+      result.reason = mount_str + " has no .lag: not a LiteFS mount (LiteFS always serves .lag)";
+      return result;
+    }
+    detail::set_errno_failure(fail, err,
+                              "cannot stat " + lag_path + ": " + detail::errno_text(err));
+    return fail_role();
+  }
+
+  const std::string primary_path = detail::path_string(mount, primary_filename);
+  std::string absent_why = "no .primary";
+  struct stat primary_st {};
+  if (::lstat(primary_path.c_str(), &primary_st) == 0) {
+    const detail::file_read r = detail::read_bounded(primary_path, max_file_size);
+    if (r.outcome == detail::read_outcome::ok) {
+      std::string host = parse_primary(r.bytes, fail, primary_path);
+      if (fail) return fail_role();
+      result.kind = role_kind::replica;
+      result.reason = primary_path + " names the primary " + host;
+      result.primary_hostname = std::move(host);
+      return result;
+    }
+    if (r.outcome != detail::read_outcome::not_found) {
+      detail::set_read_failure(fail, r, primary_path, "the primary's hostname");
+      return fail_role();
+    }
+    absent_why = ".primary vanished between stat and read (ENOENT: LiteFS lost its primary)";
+  } else if (errno != ENOENT) {
+    const int err = errno;
+    detail::set_errno_failure(fail, err,
+                              "cannot stat " + primary_path + ": " + detail::errno_text(err));
+    return fail_role();
+  }
+
+  const detail::file_read lag_read = detail::read_bounded(lag_path, max_file_size);
+  if (lag_read.outcome == detail::read_outcome::not_found) {
+    result.kind = role_kind::not_litefs;
+    result.reason = lag_path + " vanished while reading it: the LiteFS mount went away";
+    return result;
+  }
+  detail::set_read_failure(fail, lag_read, lag_path, "LiteFS's replication lag");
+  if (fail) return fail_role();
+  const std::chrono::milliseconds lag = parse_lag(lag_read.bytes, fail, lag_path);
+  if (fail) return fail_role();
+
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(root.st_mode & 07777));
+  const bool writable = (root.st_mode & 0222) != 0;
+  const std::string lag_text = never_synced(lag) ? std::string("never synced (+2147483647)")
+                                                 : std::to_string(lag.count()) + " ms";
+  if (writable && lag.count() == 0) {
+    result.kind = role_kind::primary;
+    result.reason = absent_why + ", mount root writable (mode " + mode +
+                    ") and .lag 0: this node is the primary";
+    return result;
+  }
+  result.kind = role_kind::unknown;
+  result.reason = absent_why + ", mount root mode " + mode +
+                  (writable ? " (writable)" : " (read-only: a replica)") + ", .lag " + lag_text +
+                  ": no primary known (election, reconnect, or none); writes must wait";
+  return result;
+}
+
+inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec) {
+  failure f;
+  role r = read_role(mount, f);
+  ec = f.code;
+  return r;
+}
+
+/// Throws fwd::error on I/O failures other than ENOENT and on malformed files.
+inline role read_role(const std::filesystem::path& mount) {
+  failure f;
+  return detail::value_or_throw(read_role(mount, f), f);
+}
+
+}  // namespace fwd::litefs

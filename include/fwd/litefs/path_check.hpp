@@ -1,0 +1,186 @@
+#pragma once
+
+// The database-path check: a database must be on a LiteFS FUSE mount, never in LiteFS's
+// data directory (where nothing replicates: every node silently gets its own database).
+
+#include <fwd/litefs/detail/io.hpp>
+#include <fwd/litefs/files.hpp>
+#include <fwd/litefs/types.hpp>
+
+namespace fwd::litefs {
+
+// ---------------------------------------------------------------------------------------
+// The database-path check
+// ---------------------------------------------------------------------------------------
+
+namespace detail {
+
+/// A LiteFS data directory holds `dbs/`, whose entries are `<name>/` directories with a
+/// `database` file or an `ltx/` directory. An empty `dbs/` counts too (no database yet).
+inline bool looks_like_data_directory(const std::filesystem::path& dir) {
+  std::error_code ec;
+  const std::filesystem::path dbs = dir / "dbs";
+  if (!std::filesystem::is_directory(dbs, ec)) return false;
+  std::filesystem::directory_iterator it(dbs, ec);
+  if (ec) return false;
+  bool empty = true;
+  // Bounded: a huge unrelated directory must not make the check slow.
+  for (int seen = 0; it != std::filesystem::directory_iterator() && seen < 256;
+       it.increment(ec), ++seen) {
+    if (ec) return false;
+    empty = false;
+    const std::filesystem::path entry = it->path();
+    std::error_code e1, e2;
+    if (std::filesystem::is_directory(entry, e1) &&
+        (std::filesystem::exists(entry / "database", e1) ||
+         std::filesystem::is_directory(entry / "ltx", e2))) {
+      return true;
+    }
+  }
+  return empty;
+}
+
+/// The first LiteFS FUSE mount in `mounts_file` (default /proc/self/mounts), else /litefs.
+inline std::filesystem::path suggested_mount(
+    const std::optional<std::filesystem::path>& mounts_file) {
+  const std::string file = mounts_file ? mounts_file->string() : std::string("/proc/self/mounts");
+  const file_read r = read_bounded(file, 1u << 20);
+  if (r.outcome == read_outcome::ok) {
+    if (auto m = find_litefs_mount(r.bytes)) return *m;
+  }
+  return std::filesystem::path(std::string(default_mount));
+}
+
+}  // namespace detail
+
+/**
+ * Checks that `db` is a database path on a LiteFS FUSE mount, in this order:
+ *  1. empty path, a NUL byte, or a path naming no file ("/", "dir/", ".", "..") is bad_argument;
+ *  2. a path inside LiteFS's data directory (an ancestor holding `dbs/`) is
+ *     misconfigured_mount: nothing written there replicates;
+ *  3. the database's directory must be a FUSE mount (`statfs().f_type == 0x65735546`),
+ *     unless `options.require_fuse` is false: otherwise not_litefs;
+ *  4. that directory must hold `.lag`: otherwise not_litefs.
+ * Relative paths are taken from the current directory. Other I/O failures keep their
+ * system error code. On success, `mount` is the database's directory.
+ */
+inline path_check check_database_path(const std::filesystem::path& db,
+                                      const path_check_options& options = {}) {
+  path_check result;
+  auto fail = [&](boost::system::error_code code, std::string message) {
+    result.code = code;
+    result.message = std::move(message);
+    return result;
+  };
+  const std::string raw = db.string();
+  if (raw.empty()) {
+    return fail(errc::bad_argument,
+                "the database path is empty: give the database's path on the LiteFS mount, e.g. "
+                "/litefs/blog.db");
+  }
+  if (raw.find('\0') != std::string::npos) {
+    return fail(errc::bad_argument,
+                "the database path " + detail::escape_bytes(raw) +
+                    " contains a NUL byte: give the database's path on the LiteFS mount, "
+                    "e.g. /litefs/blog.db");
+  }
+  std::error_code fs_ec;
+  std::filesystem::path absolute = std::filesystem::absolute(db, fs_ec);
+  if (fs_ec) {
+    return fail(boost::system::error_code(fs_ec.value(), boost::system::system_category()),
+                "cannot make the database path " + raw + " absolute: " + fs_ec.message());
+  }
+  const std::string name = db.filename().string();
+  if (name.empty() || name == "." || name == "..") {
+    return fail(errc::bad_argument,
+                "the database path " + raw +
+                    " names a directory, not a database file: give the database's path on "
+                    "the LiteFS mount, e.g. /litefs/blog.db");
+  }
+  absolute = absolute.lexically_normal();
+  const std::filesystem::path dir = absolute.parent_path();
+
+  // 2. Inside LiteFS's data directory: the mistake that silently splits the cluster.
+  for (std::filesystem::path ancestor = dir;; ancestor = ancestor.parent_path()) {
+    if (detail::looks_like_data_directory(ancestor)) {
+      // For <data>/dbs/<name>/database, suggest <name>; otherwise the file's own name.
+      std::string suggested_name = absolute.filename().string();
+      const std::filesystem::path rel = absolute.lexically_relative(ancestor);
+      auto part = rel.begin();
+      if (part != rel.end() && *part == "dbs" && ++part != rel.end() &&
+          std::next(part) != rel.end()) {
+        suggested_name = part->string();
+      }
+      const std::filesystem::path suggestion =
+          detail::suggested_mount(options.mounts_file) / suggested_name;
+      return fail(errc::misconfigured_mount,
+                  absolute.string() + " is inside LiteFS's data directory (" + ancestor.string() +
+                      "); nothing written there replicates. Point SQLite at the FUSE mount, e.g. " +
+                      suggestion.string());
+    }
+    if (ancestor == ancestor.parent_path() || ancestor.empty()) break;
+  }
+
+  // 3. A FUSE mount.
+  struct statfs fs_info {};
+  if (::statfs(dir.c_str(), &fs_info) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      return fail(errc::not_litefs,
+                  "the directory " + dir.string() + " of the database " + absolute.string() +
+                      " does not exist (" + detail::errno_text(err) +
+                      "): point SQLite at the LiteFS FUSE mount, e.g. " +
+                      (detail::suggested_mount(options.mounts_file) / name).string() +
+                      ", and start LiteFS before the application");
+    }
+    return fail(boost::system::error_code(err, boost::system::system_category()),
+                "cannot statfs " + dir.string() + " (the directory of " + absolute.string() +
+                    "): " + detail::errno_text(err));
+  }
+  const auto magic = static_cast<std::uint64_t>(static_cast<unsigned long>(fs_info.f_type));
+  if (options.require_fuse && magic != fuse_super_magic) {
+    const char* fs_name = detail::filesystem_name(magic);
+    return fail(
+        errc::not_litefs,
+        dir.string() + " (the directory of " + absolute.string() +
+            ") is not a FUSE mount: its filesystem magic is " + detail::hex(magic) +
+            (fs_name ? std::string(" (") + fs_name + ")" : std::string()) +
+            ", a LiteFS mount has " + detail::hex(fuse_super_magic) +
+            " (FUSE), so nothing written there replicates. Point SQLite at the LiteFS FUSE mount, "
+            "e.g. " +
+            (detail::suggested_mount(options.mounts_file) / name).string() +
+            " (for a LiteFS simulation in tests, set path_check_options::require_fuse = false)");
+  }
+
+  // 4. `.lag`, which LiteFS always serves.
+  const std::string lag_path = detail::path_string(dir, lag_filename);
+  struct stat st {};
+  if (::stat(lag_path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) {
+      return fail(
+          errc::not_litefs,
+          dir.string() +
+              (options.require_fuse ? " is a FUSE mount but has no .lag: not a LiteFS mount"
+                                    : " has no .lag: not a LiteFS mount nor a LiteFS simulation") +
+              "; LiteFS always serves .lag in its mount. Point SQLite at the LiteFS FUSE mount, "
+              "e.g. " +
+              (detail::suggested_mount(options.mounts_file) / name).string());
+    }
+    return fail(boost::system::error_code(err, boost::system::system_category()),
+                "cannot stat " + lag_path + ": " + detail::errno_text(err));
+  }
+  result.mount = dir;
+  return result;
+}
+
+/// Throws fwd::error with check_database_path's message when the check fails; returns
+/// the LiteFS mount directory (the database's directory) otherwise.
+inline std::filesystem::path require_database_path(const std::filesystem::path& db,
+                                                   const path_check_options& options = {}) {
+  path_check check = check_database_path(db, options);
+  if (!check.ok()) throw fwd::error(check.code, check.message);
+  return check.mount;
+}
+
+}  // namespace fwd::litefs
