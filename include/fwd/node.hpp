@@ -194,7 +194,7 @@ class node {
     if (options_.litefs_hostname.empty()) options_.litefs_hostname = os_hostname();
     if (options_.name.empty()) options_.name = options_.litefs_hostname;
     if (!options_.role)
-      options_.role = [mount = options_.mount] { return litefs::read_role(mount); };
+      options_.role = [mount = options_.mount] { return litefs::current_role(mount); };
     if (!options_.on_warning) {
       options_.on_warning = [](std::string_view text) {
         std::fprintf(stderr, "fwd: warning: %.*s\n", static_cast<int>(text.size()), text.data());

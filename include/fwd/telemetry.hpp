@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <string_view>
 
 namespace fwd {
@@ -108,10 +109,23 @@ using telemetry_ptr = std::shared_ptr<const telemetry>;
 
 namespace detail {
 
-// Calls `hook` if telemetry is on and that hook is set.
+// Runs an observer the service supplied (a telemetry or discovery/membership hook), if
+// set. Observers should not throw; one that does is ignored here, because an exception
+// from inside fwd's handlers would leave an operation half done (a call that never
+// completes) or escape into the service's io_context::run().
+template <class F, class... Args>
+inline void invoke_hook(const F& hook, Args&&... args) noexcept {
+  if (!hook) return;
+  try {
+    hook(std::forward<Args>(args)...);
+  } catch (...) {
+  }
+}
+
+// Calls `hook` if telemetry is on and that hook is set; never throws.
 template <class Hook, class Event>
-inline void emit(const telemetry_ptr& t, Hook telemetry::*hook, const Event& event) {
-  if (t && (*t).*hook) ((*t).*hook)(event);
+inline void emit(const telemetry_ptr& t, Hook telemetry::*hook, const Event& event) noexcept {
+  if (t && (*t).*hook) invoke_hook((*t).*hook, event);
 }
 
 }  // namespace detail

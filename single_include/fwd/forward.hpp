@@ -307,6 +307,7 @@ struct std::is_error_code_enum<fwd::errc> : std::true_type {};
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <string_view>
 
 namespace fwd {
@@ -404,10 +405,23 @@ using telemetry_ptr = std::shared_ptr<const telemetry>;
 
 namespace detail {
 
-// Calls `hook` if telemetry is on and that hook is set.
+// Runs an observer the service supplied (a telemetry or discovery/membership hook), if
+// set. Observers should not throw; one that does is ignored here, because an exception
+// from inside fwd's handlers would leave an operation half done (a call that never
+// completes) or escape into the service's io_context::run().
+template <class F, class... Args>
+inline void invoke_hook(const F& hook, Args&&... args) noexcept {
+  if (!hook) return;
+  try {
+    hook(std::forward<Args>(args)...);
+  } catch (...) {
+  }
+}
+
+// Calls `hook` if telemetry is on and that hook is set; never throws.
 template <class Hook, class Event>
-inline void emit(const telemetry_ptr& t, Hook telemetry::*hook, const Event& event) {
-  if (t && (*t).*hook) ((*t).*hook)(event);
+inline void emit(const telemetry_ptr& t, Hook telemetry::*hook, const Event& event) noexcept {
+  if (t && (*t).*hook) invoke_hook((*t).*hook, event);
 }
 
 }  // namespace detail
@@ -2756,6 +2770,23 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
                   (writable ? " (writable)" : " (read-only: a replica)") + ", .lag " + lag_text +
                   ": no primary known (election, reconnect, or none); writes must wait";
   return result;
+}
+
+/**
+ * The local role for code that must not throw (handlers, timers, hooks): any failure to
+ * read the mount (ENOTCONN or ECONNABORTED once LiteFS stopped under the service, EIO, a
+ * malformed file) is `role_kind::unknown`, its reason saying what failed. Writes wait or
+ * fail with a retryable error while the role is unknown; nothing crashes.
+ */
+inline role current_role(const std::filesystem::path& mount) noexcept {
+  try {
+    failure ignored;  // the role is already `unknown` with the failure as its reason
+    return read_role(mount, ignored);
+  } catch (...) {
+    role r;
+    r.kind = role_kind::unknown;
+    return r;
+  }
 }
 
 inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec) {
@@ -6091,7 +6122,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
 
   void emit_finished(const pending_call& call, boost::system::error_code ec) {
     if (state_->options.telemetry && state_->options.telemetry->call_finished) {
-      state_->options.telemetry->call_finished(call_finished_event{
+      fwd::detail::invoke_hook(state_->options.telemetry->call_finished, call_finished_event{
           call.procedure, peer_name_, call.attempt, clock::now() - call.started, ec});
     }
   }
@@ -7434,7 +7465,8 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
   }
 
   void report(const boost::system::error_code& ec, const std::string& message) {
-    if (options_.hooks.on_resolve_error) options_.hooks.on_resolve_error(ec, message);
+    // Runs inside c-ares's callback: nothing may unwind through its C frames.
+    fwd::detail::invoke_hook(options_.hooks.on_resolve_error, ec, message);
   }
 
   // Folds one poll's answers into the tracked members and publishes what changed.
@@ -7507,7 +7539,7 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
     for (const auto& event : published->changes) {
       const auto& hook = event.what == membership_event::kind::joined ? options_.hooks.on_joined
                                                                       : options_.hooks.on_left;
-      if (hook) hook(event.who);
+      fwd::detail::invoke_hook(hook, event.who);
     }
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if (published->version > it->second.after_version) {
@@ -7683,6 +7715,7 @@ struct std::hash<fwd::member> {
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -7741,7 +7774,8 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
   using probe_function = std::function<void(const peer&, clock::time_point deadline, probe_handler)>;
   /// Returns the current members (not including this node, or including it: both work).
   using members_function = std::function<std::vector<peer>()>;
-  /// Reads the local role; defaults to litefs::read_role(options.mount).
+  /// Reads the local role; defaults to litefs::current_role(options.mount). One that throws
+  /// counts as role `unknown`.
   using role_function = std::function<litefs::role()>;
 
   static std::shared_ptr<primary_finder> create(boost::asio::any_io_executor ex,
@@ -7763,7 +7797,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     if (expiry_clock_ns() >= expires_.load(std::memory_order_relaxed)) {
       return nullptr;
     }
-    if (has_hit_hook_) options_.hooks.cache_hit();
+    if (has_hit_hook_) fwd::detail::invoke_hook(options_.hooks.cache_hit);
     return location;
   }
 
@@ -7868,7 +7902,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
         retry_timer_(strand_),
         has_hit_hook_(static_cast<bool>(options_.hooks.cache_hit)) {
     if (!role_) {
-      role_ = [mount = options_.mount] { return litefs::read_role(mount); };
+      role_ = [mount = options_.mount] { return litefs::current_role(mount); };
     }
   }
 
@@ -7891,7 +7925,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     }
     boost::asio::dispatch(strand_, [self = shared_from_this(), id, deadline,
                                     h = std::move(handler)]() mutable {
-      if (self->options_.hooks.cache_miss) self->options_.hooks.cache_miss();
+      fwd::detail::invoke_hook(self->options_.hooks.cache_miss);
       if (self->stopped_) {
         self->complete(std::move(h), make_error_code(errc::cancelled), {});
         return;
@@ -7933,7 +7967,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     round->latest_deadline = clock::now();
     for (const auto& w : waiters_) round->latest_deadline = std::max(round->latest_deadline, w.deadline);
 
-    round->local = role_();
+    round->local = local_role();
     switch (round->local.kind) {
       case litefs::role_kind::primary:
         finish(primary_location{true, {}, {}});
@@ -7945,7 +7979,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
         return;
       case litefs::role_kind::replica:
         if (auto it = hostnames_.find(round->local.primary_hostname); it != hostnames_.end()) {
-          for (const peer& p : members_()) {
+          for (const peer& p : current_members()) {
             if (p.endpoint == it->second) {
               finish(primary_location{false, p.endpoint, round->local.primary_hostname});
               return;
@@ -7957,7 +7991,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
         break;
     }
     probe_rounds_.fetch_add(1, std::memory_order_relaxed);
-    round->members = members_();
+    round->members = current_members();
     if (round->members.empty()) {
       end_round(round, "no members are known");
       return;
@@ -7974,11 +8008,20 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
       // max_concurrent_probes is below the member count) still get a full probe.
       const clock::time_point deadline =
           std::min(clock::now() + options_.probe_timeout, round->latest_deadline);
-      probe_(target, deadline,
-             boost::asio::bind_executor(strand_, [self = shared_from_this(), round, target](
-                                                     boost::system::error_code ec, node_status status) {
-               self->on_probe(round, target, ec, std::move(status));
-             }));
+      auto on_answer = boost::asio::bind_executor(
+          strand_, [self = shared_from_this(), round, target](boost::system::error_code ec,
+                                                             node_status status) {
+            self->on_probe(round, target, ec, std::move(status));
+          });
+      try {
+        if (!probe_) throw std::logic_error("no probe function");
+        probe_(target, deadline, std::move(on_answer));
+      } catch (...) {
+        // The probe never started: it answers as unreachable, after this call returns.
+        boost::asio::post(strand_, [self = shared_from_this(), round, target] {
+          self->on_probe(round, target, make_error_code(errc::unreachable), {});
+        });
+      }
     }
   }
 
@@ -7986,7 +8029,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
                 boost::system::error_code ec, node_status status) {
     --round->in_flight;
     ++round->answered;
-    if (options_.hooks.probe_result) options_.hooks.probe_result(target, ec, status);
+    fwd::detail::invoke_hook(options_.hooks.probe_result, target, ec, status);
     if (round->done) return;
     round->tried += target.name.empty() ? target.endpoint.address().to_string() : target.name;
     if (ec) {
@@ -8052,9 +8095,9 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
                    std::memory_order_relaxed);
     if (stored != before && stored != last_announced_) {
       last_announced_ = stored;
-      if (options_.hooks.primary_changed) options_.hooks.primary_changed(*stored);
+      fwd::detail::invoke_hook(options_.hooks.primary_changed, *stored);
     }
-    cached_role_ = role_();
+    cached_role_ = local_role();
     for (auto& w : waiters_) complete(std::move(w.handler), {}, *stored);
     waiters_.clear();
   }
@@ -8069,6 +8112,28 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     return locations_.back().get();
   }
 
+  // The role, the members and a probe come from functions the service may supply: none
+  // of them may throw into the strand (a round left half done would wedge every lookup).
+  litefs::role local_role() noexcept {
+    try {
+      return role_();
+    } catch (const std::exception& e) {
+      litefs::role r;
+      r.reason = std::string("reading the local role failed: ") + e.what();
+      return r;
+    } catch (...) {
+      return litefs::role{};
+    }
+  }
+
+  std::vector<peer> current_members() noexcept {
+    try {
+      return members_ ? members_() : std::vector<peer>{};
+    } catch (...) {
+      return {};
+    }
+  }
+
   void record_failure(std::string why) {
     std::lock_guard lock(failure_mutex_);
     last_failure_ = std::move(why);
@@ -8080,7 +8145,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     role_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec || self->stopped_) return;
       if (self->current_.load(std::memory_order_acquire) != nullptr) {
-        const litefs::role now = self->role_();
+        const litefs::role now = self->local_role();
         if (now.kind != self->cached_role_.kind ||
             now.primary_hostname != self->cached_role_.primary_hostname) {
           self->invalidate();
@@ -9419,7 +9484,7 @@ struct forwarder_options {
   bool read_your_writes = true;
   /// How often the replication wait re-reads `<db>-pos` (LiteFS's own proxy: 1 ms).
   std::chrono::milliseconds replication_poll{1};
-  /// The local role (default: litefs::read_role(mount)); the server side checks it
+  /// The local role (default: litefs::current_role(mount)); the server side checks it
   /// before running any write.
   std::function<litefs::role()> role;
   telemetry_ptr telemetry;
@@ -9457,7 +9522,7 @@ struct forward_core {
         finder(std::move(f)),
         budget(options.retry),
         breakers(options.breaker) {
-    if (!options.role) options.role = [mount = options.mount] { return litefs::read_role(mount); };
+    if (!options.role) options.role = [mount = options.mount] { return litefs::current_role(mount); };
   }
 };
 
@@ -9588,10 +9653,15 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
         self->on_reply(std::move(payload), /*remote=*/false);
       });
     };
+    // Answered exactly once, also when the handler throws or drops its reply.
+    auto answer = std::make_shared<rpc::detail::reply_once>(std::move(reply), core_->executor, name_);
+    rpc::reply_handler forward = [answer](boost::system::error_code ec, std::string payload) {
+      answer->complete(ec, std::move(payload));
+    };
     try {
-      found->second.handler(call, core_->executor, std::move(reply));
+      found->second.handler(call, core_->executor, std::move(forward));
     } catch (...) {
-      // The handler answers through `reply` even when it throws (see make_write_handler).
+      answer->fail(std::current_exception());
     }
   }
 
@@ -9846,7 +9916,14 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
       std::move(reply)(make_error_code(errc::cancelled), "the node is shutting down; nothing ran");
       return;
     }
-    const litefs::role role = core->options.role();
+    litefs::role role;
+    try {
+      role = core->options.role();
+    } catch (const std::exception& e) {
+      role.reason = std::string("reading the local role failed: ") + e.what();
+    } catch (...) {
+      role.reason = "reading the local role failed";
+    }
     if (role.kind != litefs::role_kind::primary) {
       std::string why = "this node is not the primary (" + role.reason + "); nothing ran";
       if (role.kind == litefs::role_kind::replica)
@@ -10263,7 +10340,7 @@ class node {
     if (options_.litefs_hostname.empty()) options_.litefs_hostname = os_hostname();
     if (options_.name.empty()) options_.name = options_.litefs_hostname;
     if (!options_.role)
-      options_.role = [mount = options_.mount] { return litefs::read_role(mount); };
+      options_.role = [mount = options_.mount] { return litefs::current_role(mount); };
     if (!options_.on_warning) {
       options_.on_warning = [](std::string_view text) {
         std::fprintf(stderr, "fwd: warning: %.*s\n", static_cast<int>(text.size()), text.data());

@@ -255,3 +255,133 @@ TEST_CASE("telemetry reports members joining, lookups, probes, the primary and f
   runner.join();
   sim.stop_replication();
 }
+
+namespace {
+
+const fwd::procedure<std::int64_t(std::string)> failing_writer{"test.failing_writer"};
+
+// A telemetry whose every hook throws: fwd must ignore a throwing observer.
+std::shared_ptr<fwd::telemetry> throwing_telemetry(std::atomic<int>& calls) {
+  auto t = std::make_shared<fwd::telemetry>();
+  auto thrower = [&calls](const auto&) {
+    ++calls;
+    throw std::runtime_error("a telemetry hook that throws");
+  };
+  t->call_started = thrower;
+  t->call_finished = thrower;
+  t->connection_opened = thrower;
+  t->connection_closed = thrower;
+  t->connection_failed = thrower;
+  t->retry = thrower;
+  t->primary_changed = thrower;
+  t->member_joined = thrower;
+  t->member_left = thrower;
+  t->breaker_changed = thrower;
+  t->discovery_lookup = thrower;
+  t->probe_finished = thrower;
+  t->resolver_error = thrower;
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "faults inside a running node (role and position reads, probes, a writer, telemetry) never "
+    "reach io_context::run(), and every call completes with a classified error") {
+  fwd_sim::cluster sim{[] {
+    fwd_sim::cluster_options o;
+    o.hostnames = {"solo"};
+    return o;
+  }()};
+  fwd_sim::install_vfs();
+  boost::asio::io_context io;
+  std::atomic<int> hook_calls{0};
+  std::atomic<bool> role_fails{false};
+  std::atomic<int> escaped{0};
+
+  // A member nobody listens on: every probe of it fails.
+  boost::asio::ip::tcp::endpoint dead_member;
+  {
+    boost::asio::ip::tcp::acceptor a(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
+    dead_member = a.local_endpoint();
+  }
+
+  fwd::node_options o;
+  o.database = sim.database_path(0);
+  o.secret = "test-secret";
+  o.litefs_hostname = "solo";
+  o.require_fuse = false;
+  o.members = fwd::static_members({dead_member});
+  o.telemetry = throwing_telemetry(hook_calls);
+  o.discovery_ttl = 50ms;
+  const auto mount = sim.mount(0);
+  o.role = [&role_fails, mount] {
+    if (role_fails) throw std::runtime_error("the role read failed (ENOTCONN)");
+    return fwd::litefs::current_role(mount);
+  };
+  o.write.position_after_commit = []() -> std::uint64_t {
+    throw std::runtime_error("the position read failed");
+  };
+  fwd::node node(io.get_executor(), o);
+  node.define(add_label, insert_label);
+  node.define(failing_writer, [](sqlite3*, const std::string&) -> std::int64_t {
+    throw std::runtime_error("the service's writer failed");
+  });
+  node.start();
+  std::thread runner([&] {
+    auto guard = boost::asio::make_work_guard(io);
+    for (;;) {
+      try {
+        io.run();
+        return;
+      } catch (...) {
+        ++escaped;  // must never happen
+      }
+    }
+  });
+
+  fwd::migrate(node, {{1, "labels", "CREATE TABLE labels(id INTEGER PRIMARY KEY, label TEXT UNIQUE)"}},
+               5s);
+  auto call = [&](const auto& proc, std::string arg, std::chrono::milliseconds deadline) {
+    fwd::forward_options options;
+    options.deadline = std::chrono::steady_clock::now() + deadline;
+    auto f = node.async_call(options, proc, std::move(arg),
+                             boost::asio::use_future([](boost::system::error_code ec, std::int64_t v) {
+                               return std::make_pair(ec, v);
+                             }));
+    REQUIRE(f.wait_for(10s) == std::future_status::ready);  // every call completes
+    return f.get();
+  };
+
+  // Throwing hooks and a failing position read: the write still succeeds.
+  auto ok = call(add_label, "with throwing hooks", 5s);
+  CHECK_FALSE(ok.first);
+  CHECK(ok.second > 0);
+  CHECK(hook_calls > 0);
+
+  // The service's writer throws: that call fails, permanently, with the writer's message.
+  auto failed = call(failing_writer, "x", 5s);
+  CHECK(failed.first == fwd::errc::remote_failure);
+  CHECK(fwd::classify(failed.first) == fwd::error_class::permanent);
+
+  // The role read throws (as on a dead mount): discovery probes the dead member, finds no
+  // primary, and the call fails by its deadline with a retryable error.
+  role_fails = true;
+  node.discovery().invalidate();
+  auto no_role = call(add_label, "while the role cannot be read", 300ms);
+  INFO(no_role.first.message());
+  CHECK(no_role.first);
+  CHECK(fwd::classify(no_role.first) != fwd::error_class::permanent);
+
+  // The mount is readable again: the node, still running, writes.
+  role_fails = false;
+  node.discovery().invalidate();
+  auto again = call(add_label, "after the fault", 5s);
+  CHECK_FALSE(again.first);
+  CHECK(again.second > 0);
+
+  node.stop();
+  io.stop();
+  runner.join();
+  CHECK(escaped == 0);
+}

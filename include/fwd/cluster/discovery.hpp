@@ -11,6 +11,7 @@
 #include <fwd/litefs/path_check.hpp>
 #include <fwd/rpc/client.hpp>
 #include <fwd/rpc/hello.hpp>
+#include <fwd/telemetry.hpp>
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/append.hpp>
@@ -37,6 +38,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -95,7 +97,8 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
   using probe_function = std::function<void(const peer&, clock::time_point deadline, probe_handler)>;
   /// Returns the current members (not including this node, or including it: both work).
   using members_function = std::function<std::vector<peer>()>;
-  /// Reads the local role; defaults to litefs::read_role(options.mount).
+  /// Reads the local role; defaults to litefs::current_role(options.mount). One that throws
+  /// counts as role `unknown`.
   using role_function = std::function<litefs::role()>;
 
   static std::shared_ptr<primary_finder> create(boost::asio::any_io_executor ex,
@@ -117,7 +120,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     if (expiry_clock_ns() >= expires_.load(std::memory_order_relaxed)) {
       return nullptr;
     }
-    if (has_hit_hook_) options_.hooks.cache_hit();
+    if (has_hit_hook_) fwd::detail::invoke_hook(options_.hooks.cache_hit);
     return location;
   }
 
@@ -222,7 +225,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
         retry_timer_(strand_),
         has_hit_hook_(static_cast<bool>(options_.hooks.cache_hit)) {
     if (!role_) {
-      role_ = [mount = options_.mount] { return litefs::read_role(mount); };
+      role_ = [mount = options_.mount] { return litefs::current_role(mount); };
     }
   }
 
@@ -245,7 +248,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     }
     boost::asio::dispatch(strand_, [self = shared_from_this(), id, deadline,
                                     h = std::move(handler)]() mutable {
-      if (self->options_.hooks.cache_miss) self->options_.hooks.cache_miss();
+      fwd::detail::invoke_hook(self->options_.hooks.cache_miss);
       if (self->stopped_) {
         self->complete(std::move(h), make_error_code(errc::cancelled), {});
         return;
@@ -287,7 +290,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     round->latest_deadline = clock::now();
     for (const auto& w : waiters_) round->latest_deadline = std::max(round->latest_deadline, w.deadline);
 
-    round->local = role_();
+    round->local = local_role();
     switch (round->local.kind) {
       case litefs::role_kind::primary:
         finish(primary_location{true, {}, {}});
@@ -299,7 +302,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
         return;
       case litefs::role_kind::replica:
         if (auto it = hostnames_.find(round->local.primary_hostname); it != hostnames_.end()) {
-          for (const peer& p : members_()) {
+          for (const peer& p : current_members()) {
             if (p.endpoint == it->second) {
               finish(primary_location{false, p.endpoint, round->local.primary_hostname});
               return;
@@ -311,7 +314,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
         break;
     }
     probe_rounds_.fetch_add(1, std::memory_order_relaxed);
-    round->members = members_();
+    round->members = current_members();
     if (round->members.empty()) {
       end_round(round, "no members are known");
       return;
@@ -328,11 +331,20 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
       // max_concurrent_probes is below the member count) still get a full probe.
       const clock::time_point deadline =
           std::min(clock::now() + options_.probe_timeout, round->latest_deadline);
-      probe_(target, deadline,
-             boost::asio::bind_executor(strand_, [self = shared_from_this(), round, target](
-                                                     boost::system::error_code ec, node_status status) {
-               self->on_probe(round, target, ec, std::move(status));
-             }));
+      auto on_answer = boost::asio::bind_executor(
+          strand_, [self = shared_from_this(), round, target](boost::system::error_code ec,
+                                                             node_status status) {
+            self->on_probe(round, target, ec, std::move(status));
+          });
+      try {
+        if (!probe_) throw std::logic_error("no probe function");
+        probe_(target, deadline, std::move(on_answer));
+      } catch (...) {
+        // The probe never started: it answers as unreachable, after this call returns.
+        boost::asio::post(strand_, [self = shared_from_this(), round, target] {
+          self->on_probe(round, target, make_error_code(errc::unreachable), {});
+        });
+      }
     }
   }
 
@@ -340,7 +352,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
                 boost::system::error_code ec, node_status status) {
     --round->in_flight;
     ++round->answered;
-    if (options_.hooks.probe_result) options_.hooks.probe_result(target, ec, status);
+    fwd::detail::invoke_hook(options_.hooks.probe_result, target, ec, status);
     if (round->done) return;
     round->tried += target.name.empty() ? target.endpoint.address().to_string() : target.name;
     if (ec) {
@@ -406,9 +418,9 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
                    std::memory_order_relaxed);
     if (stored != before && stored != last_announced_) {
       last_announced_ = stored;
-      if (options_.hooks.primary_changed) options_.hooks.primary_changed(*stored);
+      fwd::detail::invoke_hook(options_.hooks.primary_changed, *stored);
     }
-    cached_role_ = role_();
+    cached_role_ = local_role();
     for (auto& w : waiters_) complete(std::move(w.handler), {}, *stored);
     waiters_.clear();
   }
@@ -423,6 +435,28 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     return locations_.back().get();
   }
 
+  // The role, the members and a probe come from functions the service may supply: none
+  // of them may throw into the strand (a round left half done would wedge every lookup).
+  litefs::role local_role() noexcept {
+    try {
+      return role_();
+    } catch (const std::exception& e) {
+      litefs::role r;
+      r.reason = std::string("reading the local role failed: ") + e.what();
+      return r;
+    } catch (...) {
+      return litefs::role{};
+    }
+  }
+
+  std::vector<peer> current_members() noexcept {
+    try {
+      return members_ ? members_() : std::vector<peer>{};
+    } catch (...) {
+      return {};
+    }
+  }
+
   void record_failure(std::string why) {
     std::lock_guard lock(failure_mutex_);
     last_failure_ = std::move(why);
@@ -434,7 +468,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     role_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec || self->stopped_) return;
       if (self->current_.load(std::memory_order_acquire) != nullptr) {
-        const litefs::role now = self->role_();
+        const litefs::role now = self->local_role();
         if (now.kind != self->cached_role_.kind ||
             now.primary_hostname != self->cached_role_.primary_hostname) {
           self->invalidate();

@@ -33,6 +33,7 @@
 #include <fwd/detail/cares_error.hpp>
 #include <fwd/detail/cares_resolve.hpp>
 #include <fwd/error.hpp>
+#include <fwd/telemetry.hpp>
 #include <map>
 #include <memory>
 #include <ostream>
@@ -430,7 +431,8 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
   }
 
   void report(const boost::system::error_code& ec, const std::string& message) {
-    if (options_.hooks.on_resolve_error) options_.hooks.on_resolve_error(ec, message);
+    // Runs inside c-ares's callback: nothing may unwind through its C frames.
+    fwd::detail::invoke_hook(options_.hooks.on_resolve_error, ec, message);
   }
 
   // Folds one poll's answers into the tracked members and publishes what changed.
@@ -503,7 +505,7 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
     for (const auto& event : published->changes) {
       const auto& hook = event.what == membership_event::kind::joined ? options_.hooks.on_joined
                                                                       : options_.hooks.on_left;
-      if (hook) hook(event.who);
+      fwd::detail::invoke_hook(hook, event.who);
     }
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if (published->version > it->second.after_version) {

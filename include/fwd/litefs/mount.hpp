@@ -206,6 +206,23 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
   return result;
 }
 
+/**
+ * The local role for code that must not throw (handlers, timers, hooks): any failure to
+ * read the mount (ENOTCONN or ECONNABORTED once LiteFS stopped under the service, EIO, a
+ * malformed file) is `role_kind::unknown`, its reason saying what failed. Writes wait or
+ * fail with a retryable error while the role is unknown; nothing crashes.
+ */
+inline role current_role(const std::filesystem::path& mount) noexcept {
+  try {
+    failure ignored;  // the role is already `unknown` with the failure as its reason
+    return read_role(mount, ignored);
+  } catch (...) {
+    role r;
+    r.kind = role_kind::unknown;
+    return r;
+  }
+}
+
 inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec) {
   failure f;
   role r = read_role(mount, f);

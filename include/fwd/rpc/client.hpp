@@ -587,7 +587,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
 
   void emit_finished(const pending_call& call, boost::system::error_code ec) {
     if (state_->options.telemetry && state_->options.telemetry->call_finished) {
-      state_->options.telemetry->call_finished(call_finished_event{
+      fwd::detail::invoke_hook(state_->options.telemetry->call_finished, call_finished_event{
           call.procedure, peer_name_, call.attempt, clock::now() - call.started, ec});
     }
   }

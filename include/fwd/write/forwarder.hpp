@@ -106,7 +106,7 @@ struct forwarder_options {
   bool read_your_writes = true;
   /// How often the replication wait re-reads `<db>-pos` (LiteFS's own proxy: 1 ms).
   std::chrono::milliseconds replication_poll{1};
-  /// The local role (default: litefs::read_role(mount)); the server side checks it
+  /// The local role (default: litefs::current_role(mount)); the server side checks it
   /// before running any write.
   std::function<litefs::role()> role;
   telemetry_ptr telemetry;
@@ -144,7 +144,7 @@ struct forward_core {
         finder(std::move(f)),
         budget(options.retry),
         breakers(options.breaker) {
-    if (!options.role) options.role = [mount = options.mount] { return litefs::read_role(mount); };
+    if (!options.role) options.role = [mount = options.mount] { return litefs::current_role(mount); };
   }
 };
 
@@ -275,10 +275,15 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
         self->on_reply(std::move(payload), /*remote=*/false);
       });
     };
+    // Answered exactly once, also when the handler throws or drops its reply.
+    auto answer = std::make_shared<rpc::detail::reply_once>(std::move(reply), core_->executor, name_);
+    rpc::reply_handler forward = [answer](boost::system::error_code ec, std::string payload) {
+      answer->complete(ec, std::move(payload));
+    };
     try {
-      found->second.handler(call, core_->executor, std::move(reply));
+      found->second.handler(call, core_->executor, std::move(forward));
     } catch (...) {
-      // The handler answers through `reply` even when it throws (see make_write_handler).
+      answer->fail(std::current_exception());
     }
   }
 
@@ -533,7 +538,14 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
       std::move(reply)(make_error_code(errc::cancelled), "the node is shutting down; nothing ran");
       return;
     }
-    const litefs::role role = core->options.role();
+    litefs::role role;
+    try {
+      role = core->options.role();
+    } catch (const std::exception& e) {
+      role.reason = std::string("reading the local role failed: ") + e.what();
+    } catch (...) {
+      role.reason = "reading the local role failed";
+    }
     if (role.kind != litefs::role_kind::primary) {
       std::string why = "this node is not the primary (" + role.reason + "); nothing ran";
       if (role.kind == litefs::role_kind::replica)
