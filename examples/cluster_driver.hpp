@@ -31,12 +31,25 @@ extern char** environ;
 
 namespace demo {
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
-inline std::uint16_t free_port() {
-  boost::asio::io_context io;
-  boost::asio::ip::tcp::acceptor acceptor(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
-  return acceptor.local_endpoint().port();
-}
+/// A TCP port on 127.0.0.1 held for a node that starts later. A port that was bound, read
+/// and released could be taken in between (by another test, or as the ephemeral port of
+/// any outgoing connection): the node then failed with "Address already in use". This
+/// keeps a socket bound to the port, with SO_REUSEADDR and without listening, for as long
+/// as it lives: the node (whose acceptor also sets SO_REUSEADDR) can still bind and listen
+/// there, and nothing else is given the port.
+class reserved_port {
+ public:
+  reserved_port() : socket_(io_) {
+    socket_.open(boost::asio::ip::tcp::v4());
+    socket_.set_option(boost::asio::socket_base::reuse_address(true));
+    socket_.bind({boost::asio::ip::make_address("127.0.0.1"), 0});
+  }
+  std::uint16_t port() const { return socket_.local_endpoint().port(); }
+
+ private:
+  boost::asio::io_context io_;
+  boost::asio::ip::tcp::socket socket_;
+};
 
 /// One node process. Its stdout lines are collected (and echoed when asked).
 class node_process {

@@ -42,8 +42,12 @@ int main() {
   fwd_sim::cluster cluster(sim_options);
   cluster.start_replication(std::chrono::milliseconds(5));
 
+  std::vector<std::unique_ptr<demo::reserved_port>> reserved;
   std::vector<std::uint16_t> ports;
-  for (int i = 0; i < 3; ++i) ports.push_back(demo::free_port());
+  for (int i = 0; i < 3; ++i) {
+    reserved.push_back(std::make_unique<demo::reserved_port>());
+    ports.push_back(reserved.back()->port());
+  }
   std::vector<std::unique_ptr<demo::node_process>> nodes;
   for (std::size_t i = 0; i < 3; ++i) {
     nodes.push_back(std::make_unique<demo::node_process>(

@@ -31,13 +31,17 @@ int fwd_code(fwd::errc e) { return static_cast<int>(e); }
 // Three node processes over a simulated cluster; node 0 is the LiteFS primary.
 struct test_cluster {
   fwd_sim::cluster sim;
+  std::vector<std::unique_ptr<demo::reserved_port>> reserved;
   std::vector<std::uint16_t> ports;
   std::vector<std::unique_ptr<demo::node_process>> nodes;
   demo::controller control;
 
   explicit test_cluster(fwd_sim::cluster_options options = {}) : sim(std::move(options)) {
     ::setenv("FWD_NODE_TRACE", "1", 0);  // a failing test shows each node's probes and calls
-    for (std::size_t i = 0; i < sim.size(); ++i) ports.push_back(demo::free_port());
+    for (std::size_t i = 0; i < sim.size(); ++i) {
+      reserved.push_back(std::make_unique<demo::reserved_port>());
+      ports.push_back(reserved.back()->port());
+    }
     nodes.resize(sim.size());
     sim.start_replication(2ms);
   }
