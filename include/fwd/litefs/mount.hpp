@@ -119,8 +119,10 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
     return result;
   };
 
+  // The root's mode tells the role, but the kernel caches it for up to 60 s after LiteFS
+  // changes role (LiteFS sets no attribute validity): read it with AT_STATX_FORCE_SYNC.
   struct stat root {};
-  if (::stat(mount_str.c_str(), &root) != 0) {
+  if (detail::stat_uncached(mount_str, root) != 0) {
     const int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
       result.kind = role_kind::not_litefs;

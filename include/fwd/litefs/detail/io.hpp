@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -97,6 +98,24 @@ template <class T>
 T value_or_throw(T value, const failure& f) {
   if (f) f.raise();
   return value;
+}
+
+// stat() that asks the filesystem instead of the kernel's attribute cache (statx with
+// AT_STATX_FORCE_SYNC: a FUSE getattr), for the attributes LiteFS changes under a running
+// service. Only st_mode, st_dev and st_ino are filled. Returns 0, or -1 with errno set.
+inline int stat_uncached(const std::string& path, struct stat& out) noexcept {
+#if defined(STATX_MODE) && defined(AT_STATX_FORCE_SYNC)
+  struct statx x {};
+  if (::statx(AT_FDCWD, path.c_str(), AT_STATX_FORCE_SYNC, STATX_TYPE | STATX_MODE | STATX_INO, &x) == 0) {
+    out = {};
+    out.st_mode = x.stx_mode;
+    out.st_ino = x.stx_ino;
+    out.st_dev = makedev(x.stx_dev_major, x.stx_dev_minor);
+    return 0;
+  }
+  if (errno != ENOSYS) return -1;
+#endif
+  return ::stat(path.c_str(), &out);
 }
 
 // Closes a file descriptor on scope exit.

@@ -1,0 +1,185 @@
+// litefs::monitor over a directory laid out with the exact bytes LiteFS serves
+// (LITEFS.md): one poll for everybody, waiters woken by the position, role changes seen,
+// and a mount replaced under it (a new filesystem on the directory) seen as a new
+// generation. Dead and restarted real mounts are in tests/litefs.
+
+#include <fwd/litefs/monitor.hpp>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "../support/temp_dir.hpp"
+
+namespace fs = std::filesystem;
+namespace litefs = fwd::litefs;
+using namespace std::chrono_literals;
+using fwd_test::write_file;
+
+namespace {
+
+std::string pos_bytes(std::uint64_t txid, std::uint64_t checksum) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%016llx/%016llx\n", static_cast<unsigned long long>(txid),
+                static_cast<unsigned long long>(checksum));
+  return buf;
+}
+
+// A primary's mount: `.lag` 0, no `.primary`, root 0777, app.db-pos at `txid`.
+void lay_out_primary(const fs::path& mount, std::uint64_t txid) {
+  fs::create_directories(mount);
+  write_file(mount / ".lag", "+000000000\n");
+  write_file(mount / "app.db-pos", pos_bytes(txid, 0x8518fd9cfbee119dULL));
+  ::chmod(mount.c_str(), 0777);
+}
+
+// Runs an io_context on a thread and records every state the monitor publishes.
+struct monitored {
+  boost::asio::io_context io;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work{io.get_executor()};
+  std::thread thread;
+  std::shared_ptr<litefs::monitor> monitor;
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<litefs::node_state> seen;
+
+  explicit monitored(const fs::path& mount, std::chrono::milliseconds poll = 5ms) {
+    litefs::monitor_options o;
+    o.mount = mount;
+    o.database = "app.db";
+    o.poll_interval = poll;
+    o.on_change = [this](const litefs::node_state& s) {
+      std::lock_guard lock(mutex);
+      seen.push_back(s);
+      changed.notify_all();
+    };
+    monitor = litefs::monitor::create(io.get_executor(), o);
+    monitor->start();
+    thread = std::thread([this] { io.run(); });
+  }
+  ~monitored() {
+    monitor->stop();
+    work.reset();
+    thread.join();
+  }
+  // Waits (bounded) for a published state that satisfies `pred`.
+  template <class Pred>
+  bool wait_for_state(Pred pred, std::chrono::milliseconds bound = 5s) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, bound, [&] {
+      for (const auto& s : seen)
+        if (pred(s)) return true;
+      return false;
+    });
+  }
+};
+
+}  // namespace
+
+TEST_CASE("the monitor knows the role and position once start() returns, as an atomic load") {
+  fwd_test::temp_dir tmp;
+  const fs::path mount = tmp.path() / "litefs";
+  lay_out_primary(mount, 0x31ee);
+  monitored m(mount);
+  const auto state = m.monitor->state();
+  CHECK(state->role == litefs::role_kind::primary);
+  CHECK(m.monitor->current_role_kind() == litefs::role_kind::primary);
+  CHECK(state->pos.txid == 0x31ee);
+  CHECK(state->pos.checksum == 0x8518fd9cfbee119dULL);
+  CHECK_FALSE(state->mount_dead);
+  CHECK(state->mount_device != 0);
+}
+
+TEST_CASE("a replica's role names its primary, and a role change is published") {
+  fwd_test::temp_dir tmp;
+  const fs::path mount = tmp.path() / "litefs";
+  lay_out_primary(mount, 1);
+  monitored m(mount);
+  REQUIRE(m.monitor->state()->role == litefs::role_kind::primary);
+  // Demoted: LiteFS writes `.primary` and the root turns read-only.
+  write_file(mount / ".primary", "node-b\n");
+  write_file(mount / ".lag", "+000000412\n");
+  ::chmod(mount.c_str(), 0555);
+  REQUIRE(m.wait_for_state([](const litefs::node_state& s) {
+    return s.role == litefs::role_kind::replica && s.primary_hostname == "node-b";
+  }));
+  // The primary is lost: no `.primary`, a growing lag. That is unknown, never primary.
+  fs::remove(mount / ".primary");
+  write_file(mount / ".lag", "+000002003\n");
+  REQUIRE(m.wait_for_state([](const litefs::node_state& s) { return s.role == litefs::role_kind::unknown; }));
+  CHECK(m.monitor->current_role_kind() == litefs::role_kind::unknown);
+}
+
+TEST_CASE("position waiters are woken when the position reaches their TXID, or time out") {
+  fwd_test::temp_dir tmp;
+  const fs::path mount = tmp.path() / "litefs";
+  lay_out_primary(mount, 5);
+  monitored m(mount, 1000ms);  // a slow idle poll: a waiter must make it fast
+  auto reached = m.monitor->async_wait_position(5, std::chrono::steady_clock::now() + 5s, boost::asio::use_future);
+  REQUIRE(reached.wait_for(5s) == std::future_status::ready);
+  CHECK(reached.get().txid == 5);  // already there
+
+  auto later = m.monitor->async_wait_position(7, std::chrono::steady_clock::now() + 10s, boost::asio::use_future);
+  auto never = m.monitor->async_wait_position(100, std::chrono::steady_clock::now() + 50ms, boost::asio::use_future);
+  write_file(mount / "app.db-pos", pos_bytes(7, 42));
+  REQUIRE(later.wait_for(5s) == std::future_status::ready);  // well before the idle poll's 1 s
+  const litefs::position p = later.get();
+  CHECK(p.txid == 7);
+  CHECK(p.checksum == 42);
+  REQUIRE(never.wait_for(5s) == std::future_status::ready);
+  try {
+    never.get();
+    FAIL("a waiter past its deadline must fail");
+  } catch (const boost::system::system_error& e) {
+    CHECK(e.code() == fwd::errc::timeout);
+  }
+}
+
+TEST_CASE("stop() completes waiting position waiters with cancelled") {
+  fwd_test::temp_dir tmp;
+  const fs::path mount = tmp.path() / "litefs";
+  lay_out_primary(mount, 1);
+  auto m = std::make_unique<monitored>(mount);
+  auto waiting = m->monitor->async_wait_position(9, std::chrono::steady_clock::now() + 30s, boost::asio::use_future);
+  m->monitor->stop();
+  REQUIRE(waiting.wait_for(5s) == std::future_status::ready);
+  CHECK_THROWS_AS(waiting.get(), boost::system::system_error);
+}
+
+TEST_CASE("a new filesystem mounted over the mount (LiteFS restarted) is a new mount generation") {
+  fwd_test::temp_dir tmp;
+  const fs::path mount = tmp.path() / "litefs";
+  lay_out_primary(mount, 3);
+  monitored m(mount);
+  const auto first = m.monitor->state();
+  if (::mount("fwd-test", mount.c_str(), "tmpfs", 0, "size=1m") != 0) {
+    WARN("cannot mount a tmpfs here (" << std::strerror(errno) << "): the restart case runs on real LiteFS only");
+    return;
+  }
+  struct unmount_at_end {
+    fs::path dir;
+    ~unmount_at_end() { ::umount2(dir.c_str(), MNT_DETACH); }
+  } guard{mount};
+  lay_out_primary(mount, 9);  // the new mount's files
+  REQUIRE(m.wait_for_state([&](const litefs::node_state& s) {
+    return s.mount_generation > first->mount_generation && s.pos.txid == 9;
+  }));
+  const auto second = m.monitor->state();
+  CHECK(second->mount_device != first->mount_device);
+  CHECK(second->role == litefs::role_kind::primary);
+}
