@@ -7,6 +7,10 @@
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/asio/use_future.hpp>
 
 #include <catch2/catch.hpp>
@@ -182,4 +186,122 @@ TEST_CASE("a new filesystem mounted over the mount (LiteFS restarted) is a new m
   const auto second = m.monitor->state();
   CHECK(second->mount_device != first->mount_device);
   CHECK(second->role == litefs::role_kind::primary);
+}
+
+namespace {
+
+// LiteFS's HTTP API as far as `/events` goes: a chunked response that never ends, one
+// JSON object per line, sent when the test says so.
+class fake_litefs_http {
+ public:
+  fake_litefs_http() : acceptor_(io_, {boost::asio::ip::make_address("127.0.0.1"), 0}) {
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~fake_litefs_http() {
+    {
+      std::lock_guard lock(mutex_);
+      closing_ = true;
+    }
+    cv_.notify_all();
+    boost::system::error_code ignored;
+    acceptor_.close(ignored);
+    thread_.join();
+  }
+  boost::asio::ip::tcp::endpoint endpoint() const { return acceptor_.local_endpoint(); }
+  /// Sends one event line on the current stream.
+  void send(const std::string& json) { push(json + "\n"); }
+  /// Ends the current stream (the monitor must reconnect).
+  void drop() { push({}); }
+  int accepted() const { return accepted_.load(); }
+
+ private:
+  void push(std::string item) {
+    {
+      std::lock_guard lock(mutex_);
+      queue_.push_back(std::move(item));
+    }
+    cv_.notify_all();
+  }
+  void serve() {
+    for (;;) {
+      boost::asio::ip::tcp::socket s(io_);
+      boost::system::error_code ec;
+      acceptor_.accept(s, ec);
+      if (ec) return;
+      ++accepted_;
+      boost::asio::streambuf request;
+      boost::asio::read_until(s, request, "\r\n\r\n", ec);
+      if (ec) continue;
+      const std::string head =
+          "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+      boost::asio::write(s, boost::asio::buffer(head), ec);
+      for (;;) {
+        std::unique_lock lock(mutex_);
+        cv_.wait(lock, [&] { return closing_ || !queue_.empty(); });
+        if (closing_) return;
+        std::string item = std::move(queue_.front());
+        queue_.erase(queue_.begin());
+        lock.unlock();
+        if (item.empty()) break;  // drop: close this stream
+        char size[16];
+        std::snprintf(size, sizeof size, "%zx\r\n", item.size());
+        boost::asio::write(s, boost::asio::buffer(std::string(size) + item + "\r\n"), ec);
+        if (ec) break;
+      }
+    }
+  }
+
+  boost::asio::io_context io_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  std::thread thread_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<std::string> queue_;
+  bool closing_ = false;
+  std::atomic<int> accepted_{0};
+};
+
+}  // namespace
+
+TEST_CASE("with LiteFS's HTTP address, a tx event wakes position waiters without waiting for a poll") {
+  fwd_test::temp_dir tmp;
+  const fs::path mount = tmp.path() / "litefs";
+  lay_out_primary(mount, 1);
+  fake_litefs_http http;
+  boost::asio::io_context io;
+  auto work = boost::asio::make_work_guard(io);
+  litefs::monitor_options o;
+  o.mount = mount;
+  o.database = "app.db";
+  o.poll_interval = 60s;  // no poll during this test: only events can wake anybody
+  o.wait_poll_interval_with_events = 60s;
+  o.http = http.endpoint();
+  o.events_reconnect = 10ms;
+  auto monitor = litefs::monitor::create(io.get_executor(), o);
+  monitor->start();
+  std::thread runner([&] { io.run(); });
+  http.send(R"({"type":"init","data":{"isPrimary":true}})");
+  const auto until = std::chrono::steady_clock::now() + 5s;
+  while (monitor->events().events < 1 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  REQUIRE(monitor->events().connected);
+
+  auto waiting = monitor->async_wait_position(2, std::chrono::steady_clock::now() + 30s, boost::asio::use_future);
+  write_file(mount / "app.db-pos", pos_bytes(2, 7));
+  http.send(R"({"type":"tx","data":{"db":"app.db","txID":"0000000000000002"}})");
+  REQUIRE(waiting.wait_for(5s) == std::future_status::ready);
+  CHECK(waiting.get().txid == 2);
+
+  // The stream ends (LiteFS restarted): the monitor reconnects and goes on.
+  http.drop();
+  while (http.accepted() < 2 && std::chrono::steady_clock::now() < until + 5s) std::this_thread::yield();
+  CHECK(http.accepted() == 2);
+  auto next = monitor->async_wait_position(3, std::chrono::steady_clock::now() + 30s, boost::asio::use_future);
+  write_file(mount / "app.db-pos", pos_bytes(3, 8));
+  http.send(R"({"type":"tx","data":{"db":"app.db","txID":"0000000000000003"}})");
+  REQUIRE(next.wait_for(5s) == std::future_status::ready);
+  CHECK(next.get().txid == 3);
+
+  monitor->stop();
+  work.reset();
+  runner.join();
 }

@@ -29,7 +29,15 @@
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
 
 #include <sys/stat.h>
 
@@ -39,9 +47,12 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <array>
 #include <list>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace fwd::litefs {
@@ -71,6 +82,23 @@ struct monitor_options {
   std::function<void(const node_state&)> on_change;
   /// Reads the role (default: litefs::current_role(mount)); a test may replace it.
   std::function<role()> read_role;
+  /// LiteFS's HTTP address (its `http.addr`, 127.0.0.1:20202 by default). When set, the
+  /// monitor follows `GET /events`: every event (init, primaryChange, tx) re-reads the
+  /// mount at once, so role changes and new transactions are seen within the event's
+  /// delivery instead of the next poll. The stream is reconnected after
+  /// `events_reconnect`; while it is down the poll alone serves.
+  std::optional<boost::asio::ip::tcp::endpoint> http;
+  std::chrono::milliseconds events_reconnect{500};
+  /// While the event stream is up, a waiter's safety-net poll (tx events wake waiters).
+  std::chrono::milliseconds wait_poll_interval_with_events{20};
+};
+
+/// How many events the monitor has received from LiteFS's `/events` stream, and whether
+/// the stream is up.
+struct event_stream_status {
+  bool connected = false;
+  std::uint64_t events = 0;
+  std::uint64_t connects = 0;
 };
 
 class monitor : public std::enable_shared_from_this<monitor> {
@@ -91,6 +119,7 @@ class monitor : public std::enable_shared_from_this<monitor> {
     boost::asio::dispatch(strand_, [self = shared_from_this()] {
       self->stopped_ = false;
       self->schedule();
+      if (self->options_.http) self->connect_events();
     });
   }
 
@@ -99,6 +128,9 @@ class monitor : public std::enable_shared_from_this<monitor> {
     boost::asio::dispatch(strand_, [self = shared_from_this()] {
       self->stopped_ = true;
       self->timer_.cancel();
+      self->events_timer_.cancel();
+      boost::system::error_code ignored;
+      self->events_socket_.close(ignored);
       self->fail_waiters(make_error_code(errc::cancelled));
     });
   }
@@ -136,6 +168,11 @@ class monitor : public std::enable_shared_from_this<monitor> {
 
   const monitor_options& options() const noexcept { return options_; }
 
+  /// The `/events` stream's status (for telemetry and tests).
+  event_stream_status events() const noexcept {
+    return {events_connected_.load(), events_seen_.load(), events_connects_.load()};
+  }
+
  private:
   using wait_handler = boost::asio::any_completion_handler<void(boost::system::error_code, position)>;
   struct waiter {
@@ -150,6 +187,8 @@ class monitor : public std::enable_shared_from_this<monitor> {
         strand_(boost::asio::make_strand(executor_)),
         options_(std::move(options)),
         timer_(strand_),
+        events_timer_(strand_),
+        events_socket_(strand_),
         state_(std::make_shared<const node_state>()) {
     if (!options_.read_role) {
       options_.read_role = [mount = options_.mount] { return litefs::current_role(mount); };
@@ -230,7 +269,9 @@ class monitor : public std::enable_shared_from_this<monitor> {
   // On the strand.
   void schedule() {
     if (stopped_) return;
-    const auto interval = waiters_.empty() ? options_.poll_interval : options_.wait_poll_interval;
+    const auto interval = waiters_.empty()             ? options_.poll_interval
+                          : events_connected_.load() ? options_.wait_poll_interval_with_events
+                                                     : options_.wait_poll_interval;
     timer_.expires_after(interval);
     timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec || self->stopped_) return;
@@ -312,10 +353,108 @@ class monitor : public std::enable_shared_from_this<monitor> {
     boost::asio::post(executor_, boost::asio::append(std::move(handler), ec, p));
   }
 
+  // --- LiteFS's /events stream ------------------------------------------------------
+  // Newline-delimited JSON objects in an HTTP response that never ends. Each complete
+  // line is an event; its content is not trusted for anything but "something changed":
+  // the mount is re-read at once (its files are the truth), and waiters are woken.
+
+  void connect_events() {
+    if (stopped_) return;
+    boost::system::error_code ignored;
+    events_socket_.close(ignored);
+    events_socket_ = boost::asio::ip::tcp::socket(strand_);
+    events_socket_.async_connect(*options_.http, [self = shared_from_this()](boost::system::error_code ec) {
+      if (ec) return self->events_broke();
+      self->events_request_.method(boost::beast::http::verb::get);
+      self->events_request_.target("/events");
+      self->events_request_.version(11);
+      self->events_request_.set(boost::beast::http::field::host, "litefs");
+      boost::beast::http::async_write(self->events_socket_, self->events_request_,
+                                      [self](boost::system::error_code e, std::size_t) {
+                                        if (e) return self->events_broke();
+                                        self->events_parser_.emplace();
+                                        self->events_parser_->body_limit(boost::none);
+                                        self->events_buffer_.clear();
+                                        self->events_line_.clear();
+                                        self->read_events_header();
+                                      });
+    });
+  }
+
+  void read_events_header() {
+    boost::beast::http::async_read_header(
+        events_socket_, events_buffer_, *events_parser_,
+        [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+          if (ec || self->events_parser_->get().result() != boost::beast::http::status::ok) {
+            return self->events_broke();
+          }
+          self->events_connected_.store(true);
+          self->events_connects_.fetch_add(1);
+          // A (re)connected stream may have missed changes: read the mount now.
+          self->poll_once();
+          self->wake_waiters();
+          self->read_events_body();
+        });
+  }
+
+  void read_events_body() {
+    auto& body = events_parser_->get().body();
+    body.data = events_chunk_.data();
+    body.size = events_chunk_.size();
+    boost::beast::http::async_read_some(
+        events_socket_, events_buffer_, *events_parser_,
+        [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+          if (ec == boost::beast::http::error::need_buffer) ec = {};
+          const std::size_t got = self->events_chunk_.size() - self->events_parser_->get().body().size;
+          self->on_event_bytes(std::string_view(self->events_chunk_.data(), got));
+          if (ec || self->events_parser_->is_done()) return self->events_broke();
+          self->read_events_body();
+        });
+  }
+
+  void on_event_bytes(std::string_view bytes) {
+    bool any = false;
+    for (char c : bytes) {
+      if (c == '\n') {
+        if (!events_line_.empty()) any = true;
+        events_line_.clear();
+      } else if (events_line_.size() < max_event_line) {
+        events_line_ += c;
+      }
+    }
+    if (!any) return;
+    events_seen_.fetch_add(1);
+    poll_once();
+    wake_waiters();
+  }
+
+  void events_broke() {
+    events_connected_.store(false);
+    boost::system::error_code ignored;
+    events_socket_.close(ignored);
+    if (stopped_) return;
+    events_timer_.expires_after(options_.events_reconnect);
+    events_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (!ec) self->connect_events();
+    });
+  }
+
+  static constexpr std::size_t max_event_line = 64 * 1024;
+
   boost::asio::any_io_executor executor_;
   boost::asio::strand<boost::asio::any_io_executor> strand_;
   monitor_options options_;
   boost::asio::steady_timer timer_;
+  boost::asio::steady_timer events_timer_;
+  boost::asio::ip::tcp::socket events_socket_;
+  boost::beast::http::request<boost::beast::http::empty_body> events_request_;
+  std::optional<boost::beast::http::response_parser<boost::beast::http::buffer_body>> events_parser_;
+  boost::beast::flat_buffer events_buffer_;
+  std::array<char, 4096> events_chunk_{};
+  std::string events_line_;
+  std::atomic<bool> events_connected_{false};
+  std::atomic<std::uint64_t> events_seen_{0};
+  std::atomic<std::uint64_t> events_connects_{0};
   std::atomic<std::shared_ptr<const node_state>> state_;
   std::atomic<role_kind> role_kind_{role_kind::unknown};
   std::list<waiter> waiters_;
