@@ -258,7 +258,7 @@ TEST_CASE("failover during writes from two replicas: every acknowledged write ex
   REQUIRE(c.nodes[0]->wait_exit(5s).has_value());
   // node-c is promoted with everything node-a committed: exactly once covers what LiteFS
   // replicated (with promotion::as_is, node-a's unshipped transactions would be lost).
-  c.sim.failover(2, 150ms);
+  c.sim.failover(2, 150ms, fwd_sim::cluster::promotion::caught_up);
   b.join();
   w.join();
   c.sim.stop_replication();

@@ -303,9 +303,14 @@ void cluster::replicator_tick_locked(std::chrono::milliseconds delay) {
     if (i == *primary_ || !connected_[i]) continue;
     const db_position local = read_position(position_path(i)).value_or(db_position{});
     if (local == head) {
-      if (lag_written_[i] != 0) {
-        write_file_atomically(mount(i) / ".lag", format_lag(0));
-        lag_written_[i] = 0;
+      // Caught up, .lag is the time since the primary's last frame or heartbeat (one a
+      // second): a 0-1000 ms sawtooth, as real LiteFS shows it, never a steady 0.
+      const auto since = std::chrono::duration_cast<std::chrono::milliseconds>(now - heartbeat_epoch_);
+      const auto lag = static_cast<std::int32_t>(since.count() % 1000);
+      if (lag_written_[i] < 0 || lag_written_[i] == lag_never_synced || lag < lag_written_[i] ||
+          lag - lag_written_[i] >= 25) {
+        write_file_atomically(mount(i) / ".lag", format_lag(lag));
+        lag_written_[i] = lag;
       }
       continue;
     }
