@@ -2,6 +2,8 @@
 // follows when the primary is slow, gone, or moving.
 
 #include <catch2/catch.hpp>
+
+#include <cmath>
 #include <chrono>
 #include <fwd/write/breaker.hpp>
 #include <fwd/write/retry.hpp>
@@ -54,8 +56,33 @@ TEST_CASE("the retry budget allows a burst of its capacity, then only its refill
   CHECK(budget.available(t0 + 10s) == Approx(3.0));
 }
 
-TEST_CASE("a retry budget of capacity 0 never refuses") {
-  fwd::retry_budget budget(0, 0);
+TEST_CASE("the retry budget grows with the calls made: every call of a burst can be retried once") {
+  fwd::retry_budget budget(10, 0, 1.0);  // a floor of 10, one retry earned per call
+  const auto t0 = fwd::retry_budget::clock::now();
+  for (int i = 0; i < 64; ++i) budget.record_call(t0);
+  // A failover fails all 64 at once: each gets its retry, and the floor is left over.
+  for (int i = 0; i < 64; ++i) REQUIRE(budget.try_acquire(t0 + 1ms));
+  CHECK(budget.available(t0 + 1ms) == Approx(10.0).epsilon(0.01));
+  // Then only the floor is left (less the tiny decay of the calls' share in 1 ms):
+  // retries of retries are not funded.
+  int more = 0;
+  while (more < 100 && budget.try_acquire(t0 + 1ms)) ++more;
+  CHECK(more >= 9);
+  CHECK(more <= 10);
+}
+
+TEST_CASE("retries earned by calls expire with the window, the floor stays") {
+  fwd::retry_budget budget(2, 0, 1.0, 10s);
+  const auto t0 = fwd::retry_budget::clock::now();
+  for (int i = 0; i < 100; ++i) budget.record_call(t0);
+  CHECK(budget.available(t0) == Approx(102.0));
+  // Thirty seconds later the calls count e^-3 of what they did: about 5 retries' worth.
+  CHECK(budget.available(t0 + 30s) == Approx(2.0 + 100.0 * std::exp(-3.0)).epsilon(0.01));
+  CHECK(budget.available(t0 + 300s) == Approx(2.0).epsilon(0.01));
+}
+
+TEST_CASE("a retry budget with no floor and no ratio never refuses") {
+  fwd::retry_budget budget(0, 0, 0);
   for (int i = 0; i < 1000; ++i) REQUIRE(budget.try_acquire());
 }
 

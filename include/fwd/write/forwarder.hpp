@@ -186,6 +186,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   }
 
   void start() {
+    core_->budget.record_call();  // each call earns the node a retry (retry_budget)
     boost::asio::post(strand_, [self = shared_from_this()] { self->attempt(); });
   }
 

@@ -1,11 +1,13 @@
 #pragma once
 
 // Retrying a call: exponential backoff with full jitter, an overall deadline, and a retry
-// budget (a token bucket shared by every call of a node) so that a failing cluster is
-// not hammered by retries of retries.
+// budget shared by every call of a node, in proportion to the calls it makes, so that a
+// failing cluster is not hammered by retries of retries while a failover under load can
+// still retry every call.
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <mutex>
 #include <random>
@@ -22,12 +24,15 @@ struct retry_policy {
   std::chrono::milliseconds initial_backoff{10};
   std::chrono::milliseconds max_backoff{1000};
   double multiplier = 2.0;
-  /// The retry budget: a bucket of `budget_capacity` tokens, refilled at
-  /// `budget_refill_per_second`; each retry takes one token, and a retry finding the
-  /// bucket empty is not made (the call fails with its last error). 0 capacity disables
-  /// the budget (unbounded retries within attempts and deadline).
+  /// The node's retry budget (see retry_budget): each call earns `budget_ratio` retries,
+  /// counted over the last `budget_window`; on top of that a floor of `budget_capacity`
+  /// tokens refilled at `budget_refill_per_second`. Each retry takes one token; a retry
+  /// finding none is not made (the call fails with its last error). A capacity and a
+  /// ratio of 0 disable the budget (unbounded retries within attempts and deadline).
   double budget_capacity = 100;
   double budget_refill_per_second = 20;
+  double budget_ratio = 1.0;
+  std::chrono::milliseconds budget_window{10000};
 };
 
 /**
@@ -65,27 +70,49 @@ inline std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy,
 }
 
 /**
- * A token bucket limiting retries across calls. Thread-safe. A full bucket lets a burst
- * of `capacity` retries through; after that, retries are made at the refill rate.
+ * The node's retry budget: retries in proportion to the calls it makes, with a floor.
+ * Thread-safe.
+ *
+ * Every call deposits `ratio` tokens (record_call()) and every retry takes one
+ * (try_acquire()); on top of that the bucket refills at `floor_per_second` up to
+ * `floor_capacity`, so that a node with few calls can still retry. The bucket holds at
+ * most `floor_capacity` plus `ratio` times the calls of the last `window` (a decayed
+ * count). So a node that serves many calls can retry each of them through a failover
+ * (with the default ratio of 1, every call of the last window once more), while a
+ * cluster that keeps failing sees at most `ratio` retries per call made, not retries of
+ * retries (gRPC's retry throttling and Finagle's retry budget work the same way).
  */
 class retry_budget {
  public:
   using clock = std::chrono::steady_clock;
 
-  /// A bucket of `capacity` tokens (starting full) refilled at `refill_per_second`.
-  /// A capacity of 0 or less means "no budget": every retry is allowed.
-  retry_budget(double capacity, double refill_per_second) noexcept
-      : capacity_(capacity),
-        refill_per_second_(refill_per_second < 0 ? 0 : refill_per_second),
-        tokens_(capacity),
+  /// A bucket starting full at `floor_capacity` tokens. A `floor_capacity` of 0 or less
+  /// with a `ratio` of 0 or less means "no budget": every retry is allowed.
+  retry_budget(double floor_capacity, double floor_per_second, double ratio = 1.0,
+               std::chrono::milliseconds window = std::chrono::seconds(10)) noexcept
+      : floor_capacity_(floor_capacity < 0 ? 0 : floor_capacity),
+        floor_per_second_(floor_per_second < 0 ? 0 : floor_per_second),
+        ratio_(ratio < 0 ? 0 : ratio),
+        window_seconds_(std::max(0.001, std::chrono::duration<double>(window).count())),
+        tokens_(floor_capacity_),
         last_(clock::now()) {}
 
   explicit retry_budget(const retry_policy& policy) noexcept
-      : retry_budget(policy.budget_capacity, policy.budget_refill_per_second) {}
+      : retry_budget(policy.budget_capacity, policy.budget_refill_per_second, policy.budget_ratio,
+                     policy.budget_window) {}
+
+  /// A call started (its first attempt): it earns `ratio` retries for the node.
+  void record_call(clock::time_point now = clock::now()) noexcept {
+    if (unlimited()) return;
+    std::lock_guard lock(mutex_);
+    refill(now);
+    recent_calls_ += 1.0;
+    tokens_ = std::min(capacity(), tokens_ + ratio_);
+  }
 
   /// Takes one token if there is one (at `now`). Returns whether the retry may be made.
   bool try_acquire(clock::time_point now = clock::now()) noexcept {
-    if (capacity_ <= 0) return true;
+    if (unlimited()) return true;
     std::lock_guard lock(mutex_);
     refill(now);
     if (tokens_ < 1.0) return false;
@@ -95,25 +122,33 @@ class retry_budget {
 
   /// The tokens left now (for telemetry and tests).
   double available(clock::time_point now = clock::now()) noexcept {
-    if (capacity_ <= 0) return 0;
+    if (unlimited()) return 0;
     std::lock_guard lock(mutex_);
     refill(now);
     return tokens_;
   }
 
  private:
+  bool unlimited() const noexcept { return floor_capacity_ <= 0 && ratio_ <= 0; }
+  double capacity() const noexcept { return floor_capacity_ + ratio_ * recent_calls_; }
+
   void refill(clock::time_point now) noexcept {
-    if (now > last_) {
-      tokens_ = std::min(capacity_, tokens_ + std::chrono::duration<double>(now - last_).count() *
-                                                  refill_per_second_);
-      last_ = now;
-    }
+    if (now <= last_) return;
+    const double elapsed = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    // The count of recent calls decays over the window (exponentially: no per-call state).
+    recent_calls_ *= std::exp(-elapsed / window_seconds_);
+    if (tokens_ < floor_capacity_) tokens_ = std::min(floor_capacity_, tokens_ + elapsed * floor_per_second_);
+    tokens_ = std::min(tokens_, capacity());  // earned tokens go as their calls age
   }
 
-  const double capacity_;
-  const double refill_per_second_;
+  const double floor_capacity_;
+  const double floor_per_second_;
+  const double ratio_;
+  const double window_seconds_;
   std::mutex mutex_;
   double tokens_;
+  double recent_calls_ = 0;
   clock::time_point last_;
 };
 
