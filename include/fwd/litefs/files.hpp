@@ -3,10 +3,11 @@
 // The exact bytes of LiteFS's control files (<db>-pos, .lag, .primary, /proc/mounts):
 // formatting and parsing, with errors that show the offending bytes and say what to do.
 //
-// Every function that can fail comes in three forms:
-//   f(args..., failure&)                   fills code + a detailed message, never throws
-//   f(args..., boost::system::error_code&) fills the code only, never throws
-//   f(args...)                             throws fwd::error carrying the detailed message
+// Every function that can fail comes in Asio's two forms:
+//   f(args..., boost::system::error_code& ec[, fwd::diagnostics& diag])
+//       never throws; sets `ec`, and `diag` (when given) to the detailed message
+//   f(args...)
+//       throws fwd::error, whose what() and get_diagnostics() carry the detailed message
 
 #include <fwd/litefs/detail/io.hpp>
 #include <fwd/litefs/types.hpp>
@@ -41,15 +42,16 @@ inline std::string format_lag(std::chrono::milliseconds lag) {
  * lowercase hex: TXID, then the post-apply checksum). Anything else is bad_litefs_file
  * with a message naming `source` and the offending bytes; never a wrong number.
  */
-inline position parse_position(std::string_view bytes, failure& fail,
+inline position parse_position(std::string_view bytes, boost::system::error_code& ec, diagnostics& diag,
                                std::string_view source = "<db>-pos") {
-  fail.clear();
+  ec.clear();
+  diag.clear();
   const std::string src(source);
   const std::string expected =
       "LiteFS writes \"%016x/%016x\\n\" (34 bytes, lowercase hex, e.g. "
       "\"00000000002df417/ce552e44f23fbbdd\\n\"): check that the path is on a LiteFS mount";
   if (bytes.empty()) {
-    detail::set_failure(fail, errc::bad_litefs_file, src + " is empty; " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file, src + " is empty; " + expected);
     return {};
   }
   const std::string shown = detail::escape_bytes(bytes);
@@ -66,15 +68,14 @@ inline position parse_position(std::string_view bytes, failure& fail,
                                        : "expected a lowercase hex digit";
     }
     if (!problem.empty()) {
-      detail::set_failure(fail, errc::bad_litefs_file,
+      detail::set_failure(ec, diag, errc::bad_litefs_file,
                           src + " holds " + shown + ", not a position: byte " + std::to_string(i) +
                               " is " + detail::describe_byte(c) + ", " + problem + ". " + expected);
       return {};
     }
   }
   if (bytes.size() < position_size) {
-    detail::set_failure(
-        fail, errc::bad_litefs_file,
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
         src + " holds " + shown + ", not a position: it ends after " +
             std::to_string(bytes.size()) + " bytes" +
             (bytes.size() == position_size - 1 ? " (the final newline is missing)" : "") + ". " +
@@ -82,7 +83,7 @@ inline position parse_position(std::string_view bytes, failure& fail,
     return {};
   }
   if (bytes.size() > position_size) {
-    detail::set_failure(fail, errc::bad_litefs_file,
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
                         src + " holds " + shown +
                             ", not a position: " + std::to_string(bytes.size() - position_size) +
                             " unexpected bytes follow the newline. " + expected);
@@ -98,16 +99,17 @@ inline position parse_position(std::string_view bytes, failure& fail,
 
 inline position parse_position(std::string_view bytes, boost::system::error_code& ec,
                                std::string_view source = "<db>-pos") {
-  failure f;
-  position p = parse_position(bytes, f, source);
-  ec = f.code;
-  return p;
+  diagnostics ignored;
+  return parse_position(bytes, ec, ignored, source);
 }
 
 /// Throws fwd::error (bad_litefs_file) with the detailed message.
 inline position parse_position(std::string_view bytes, std::string_view source = "<db>-pos") {
-  failure f;
-  return detail::value_or_throw(parse_position(bytes, f, source), f);
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = parse_position(bytes, ec, diag, source);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
 /**
@@ -120,22 +122,23 @@ inline position parse_position(std::string_view bytes, std::string_view source =
  * lag_never_synced (or never_synced()) for "never synced". Anything else is
  * bad_litefs_file naming `source` and the bytes.
  */
-inline std::chrono::milliseconds parse_lag(std::string_view bytes, failure& fail,
+inline std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec, diagnostics& diag,
                                            std::string_view source = ".lag") {
-  fail.clear();
+  ec.clear();
+  diag.clear();
   const std::string src(source);
   const std::string expected =
       "LiteFS writes \"%+010d\\n\" (e.g. \"+000000000\\n\" on the primary, \"+2147483647\\n\" "
       "before the "
       "first sync): check that the path is a LiteFS mount";
   auto bad = [&](const std::string& problem) {
-    detail::set_failure(fail, errc::bad_litefs_file,
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
                         src + " holds " + detail::escape_bytes(bytes) + ", not a lag: " + problem +
                             ". " + expected);
     return std::chrono::milliseconds{0};
   };
   if (bytes.empty()) {
-    detail::set_failure(fail, errc::bad_litefs_file, src + " is empty; " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file, src + " is empty; " + expected);
     return std::chrono::milliseconds{0};
   }
   if (bytes[0] != '+' && bytes[0] != '-')
@@ -165,17 +168,18 @@ inline std::chrono::milliseconds parse_lag(std::string_view bytes, failure& fail
 
 inline std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec,
                                            std::string_view source = ".lag") {
-  failure f;
-  auto lag = parse_lag(bytes, f, source);
-  ec = f.code;
-  return lag;
+  diagnostics ignored;
+  return parse_lag(bytes, ec, ignored, source);
 }
 
 /// Throws fwd::error (bad_litefs_file) with the detailed message.
 inline std::chrono::milliseconds parse_lag(std::string_view bytes,
                                            std::string_view source = ".lag") {
-  failure f;
-  return detail::value_or_throw(parse_lag(bytes, f, source), f);
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = parse_lag(bytes, ec, diag, source);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
 /**
@@ -183,16 +187,17 @@ inline std::chrono::milliseconds parse_lag(std::string_view bytes,
  * (not a URL). Surrounding whitespace is trimmed; an empty result, a control byte, NUL
  * or a space inside, or more than max_file_size bytes is bad_litefs_file.
  */
-inline std::string parse_primary(std::string_view bytes, failure& fail,
+inline std::string parse_primary(std::string_view bytes, boost::system::error_code& ec, diagnostics& diag,
                                  std::string_view source = ".primary") {
-  fail.clear();
+  ec.clear();
+  diag.clear();
   const std::string src(source);
   const std::string expected =
       "LiteFS writes the primary's lease hostname and a newline (e.g. \"e829424aee6108\\n\"): "
       "check "
       "lease.hostname in the primary's litefs.yml";
   if (bytes.size() > max_file_size) {
-    detail::set_failure(fail, errc::bad_litefs_file,
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
                         src + " holds " + detail::escape_bytes(bytes) + ", more than " +
                             std::to_string(max_file_size) + " bytes: not a hostname. " + expected);
     return {};
@@ -204,15 +209,14 @@ inline std::string parse_primary(std::string_view bytes, failure& fail,
   while (begin < end && is_space(bytes[begin])) ++begin;
   while (end > begin && is_space(bytes[end - 1])) --end;
   if (begin == end) {
-    detail::set_failure(
-        fail, errc::bad_litefs_file,
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
         src + " holds " + detail::escape_bytes(bytes) + ": no hostname. " + expected);
     return {};
   }
   for (std::size_t i = begin; i < end; ++i) {
     const auto c = static_cast<unsigned char>(bytes[i]);
     if (c <= 0x20 || c == 0x7f) {
-      detail::set_failure(fail, errc::bad_litefs_file,
+      detail::set_failure(ec, diag, errc::bad_litefs_file,
                           src + " holds " + detail::escape_bytes(bytes) +
                               ", not a hostname: byte " + std::to_string(i) + " is " +
                               detail::describe_byte(bytes[i]) + ". " + expected);
@@ -224,16 +228,17 @@ inline std::string parse_primary(std::string_view bytes, failure& fail,
 
 inline std::string parse_primary(std::string_view bytes, boost::system::error_code& ec,
                                  std::string_view source = ".primary") {
-  failure f;
-  std::string host = parse_primary(bytes, f, source);
-  ec = f.code;
-  return host;
+  diagnostics ignored;
+  return parse_primary(bytes, ec, ignored, source);
 }
 
 /// Throws fwd::error (bad_litefs_file) with the detailed message.
 inline std::string parse_primary(std::string_view bytes, std::string_view source = ".primary") {
-  failure f;
-  return detail::value_or_throw(parse_primary(bytes, f, source), f);
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = parse_primary(bytes, ec, diag, source);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
 /// Parses a mount table in the format of /proc/self/mounts (`source target type options

@@ -1,6 +1,6 @@
 #pragma once
 
-// Reading a LiteFS mount directory: this node's position, lag and role, in the three
+// Reading a LiteFS mount directory: this node's position, lag and role, in the two
 // forms of files.hpp. The role never comes from `.primary`'s absence alone.
 
 #include <fwd/litefs/detail/io.hpp>
@@ -20,12 +20,12 @@ namespace fwd::litefs {
  * bad_litefs_file.
  */
 inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
-                              failure& fail) {
-  fail.clear();
+                              boost::system::error_code& ec, diagnostics& diag) {
+  ec.clear();
+  diag.clear();
   if (db_name.empty() || db_name == "." || db_name == ".." ||
       db_name.find('/') != std::string_view::npos || db_name.find('\0') != std::string_view::npos) {
-    detail::set_failure(
-        fail, errc::bad_argument,
+    detail::set_failure(ec, diag, errc::bad_argument,
         "read_position: database name " + detail::escape_bytes(db_name) +
             " is not a file name in the mount: give the database's file name, e.g. \"blog.db\"");
     return {};
@@ -34,64 +34,65 @@ inline position read_position(const std::filesystem::path& mount, std::string_vi
       detail::path_string(mount, std::string(db_name) + std::string(position_suffix));
   const detail::file_read r = detail::read_bounded(path, max_file_size);
   if (r.outcome == detail::read_outcome::not_found) {
-    detail::set_errno_failure(
-        fail, ENOENT,
+    detail::set_errno_failure(ec, diag, ENOENT,
         path + " does not exist: the database " + std::string(db_name) +
             " does not exist on this LiteFS mount yet (create it through the mount), "
             "or " +
             mount.string() + " is not a LiteFS mount");
     return {};
   }
-  detail::set_read_failure(fail, r, path, "the database's LiteFS position");
-  if (fail) return {};
-  return parse_position(r.bytes, fail, path);
+  detail::set_read_failure(ec, diag, r, path, "the database's LiteFS position");
+  if (ec) return {};
+  return parse_position(r.bytes, ec, diag, path);
 }
 
 inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
                               boost::system::error_code& ec) {
-  failure f;
-  position p = read_position(mount, db_name, f);
-  ec = f.code;
-  return p;
+  diagnostics ignored;
+  return read_position(mount, db_name, ec, ignored);
 }
 
 /// Throws fwd::error with the detailed message.
 inline position read_position(const std::filesystem::path& mount, std::string_view db_name) {
-  failure f;
-  return detail::value_or_throw(read_position(mount, db_name, f), f);
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = read_position(mount, db_name, ec, diag);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
 /// Reads `<mount>/.lag` (see parse_lag). A missing file is not_litefs.
-inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount, failure& fail) {
-  fail.clear();
+inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount, boost::system::error_code& ec, diagnostics& diag) {
+  ec.clear();
+  diag.clear();
   const std::string path = detail::path_string(mount, lag_filename);
   const detail::file_read r = detail::read_bounded(path, max_file_size);
   if (r.outcome == detail::read_outcome::not_found) {
-    detail::set_failure(
-        fail, errc::not_litefs,
+    detail::set_failure(ec, diag, errc::not_litefs,
         path + " does not exist: " + mount.string() +
             " is not a LiteFS mount (LiteFS always serves .lag): use the fuse.dir of "
             "litefs.yml, e.g. " +
             std::string(default_mount));
     return {};
   }
-  detail::set_read_failure(fail, r, path, "LiteFS's replication lag");
-  if (fail) return {};
-  return parse_lag(r.bytes, fail, path);
+  detail::set_read_failure(ec, diag, r, path, "LiteFS's replication lag");
+  if (ec) return {};
+  return parse_lag(r.bytes, ec, diag, path);
 }
 
 inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount,
                                           boost::system::error_code& ec) {
-  failure f;
-  auto lag = read_lag(mount, f);
-  ec = f.code;
-  return lag;
+  diagnostics ignored;
+  return read_lag(mount, ec, ignored);
 }
 
 /// Throws fwd::error with the detailed message.
 inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount) {
-  failure f;
-  return detail::value_or_throw(read_lag(mount, f), f);
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = read_lag(mount, ec, diag);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
 /**
@@ -109,13 +110,14 @@ inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount) {
  * The presence of `.primary` is tested with lstat (LiteFS serves no symlinks), so a
  * dangling symlink reproduces "present at stat, ENOENT at open".
  */
-inline role read_role(const std::filesystem::path& mount, failure& fail) {
-  fail.clear();
+inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec, diagnostics& diag) {
+  ec.clear();
+  diag.clear();
   role result;
   const std::string mount_str = mount.string();
   auto fail_role = [&]() {
     result.kind = role_kind::unknown;
-    result.reason = fail.message;
+    result.reason = diag.message();
     return result;
   };
 
@@ -128,8 +130,7 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
           mount_str + " does not exist (" + detail::errno_text(err) + "): not a LiteFS mount";
       return result;
     }
-    detail::set_errno_failure(
-        fail, err, "cannot stat the LiteFS mount " + mount_str + ": " + detail::errno_text(err));
+    detail::set_errno_failure(ec, diag, err, "cannot stat the LiteFS mount " + mount_str + ": " + detail::errno_text(err));
     return fail_role();
   }
   if (!S_ISDIR(root.st_mode)) {
@@ -147,7 +148,7 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
       result.reason = mount_str + " has no .lag: not a LiteFS mount (LiteFS always serves .lag)";
       return result;
     }
-    detail::set_errno_failure(fail, err,
+    detail::set_errno_failure(ec, diag, err,
                               "cannot stat " + lag_path + ": " + detail::errno_text(err));
     return fail_role();
   }
@@ -158,21 +159,21 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
   if (::lstat(primary_path.c_str(), &primary_st) == 0) {
     const detail::file_read r = detail::read_bounded(primary_path, max_file_size);
     if (r.outcome == detail::read_outcome::ok) {
-      std::string host = parse_primary(r.bytes, fail, primary_path);
-      if (fail) return fail_role();
+      std::string host = parse_primary(r.bytes, ec, diag, primary_path);
+      if (ec) return fail_role();
       result.kind = role_kind::replica;
       result.reason = primary_path + " names the primary " + host;
       result.primary_hostname = std::move(host);
       return result;
     }
     if (r.outcome != detail::read_outcome::not_found) {
-      detail::set_read_failure(fail, r, primary_path, "the primary's hostname");
+      detail::set_read_failure(ec, diag, r, primary_path, "the primary's hostname");
       return fail_role();
     }
     absent_why = ".primary vanished between stat and read (ENOENT: LiteFS lost its primary)";
   } else if (errno != ENOENT) {
     const int err = errno;
-    detail::set_errno_failure(fail, err,
+    detail::set_errno_failure(ec, diag, err,
                               "cannot stat " + primary_path + ": " + detail::errno_text(err));
     return fail_role();
   }
@@ -183,10 +184,10 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
     result.reason = lag_path + " vanished while reading it: the LiteFS mount went away";
     return result;
   }
-  detail::set_read_failure(fail, lag_read, lag_path, "LiteFS's replication lag");
-  if (fail) return fail_role();
-  const std::chrono::milliseconds lag = parse_lag(lag_read.bytes, fail, lag_path);
-  if (fail) return fail_role();
+  detail::set_read_failure(ec, diag, lag_read, lag_path, "LiteFS's replication lag");
+  if (ec) return fail_role();
+  const std::chrono::milliseconds lag = parse_lag(lag_read.bytes, ec, diag, lag_path);
+  if (ec) return fail_role();
 
   char mode[8];
   std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(root.st_mode & 07777));
@@ -206,6 +207,20 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
   return result;
 }
 
+inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec) {
+  diagnostics ignored;
+  return read_role(mount, ec, ignored);
+}
+
+/// Throws fwd::error on I/O failures other than ENOENT and on malformed files.
+inline role read_role(const std::filesystem::path& mount) {
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = read_role(mount, ec, diag);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
+}
+
 /**
  * The local role for code that must not throw (handlers, timers, hooks): any failure to
  * read the mount (ENOTCONN or ECONNABORTED once LiteFS stopped under the service, EIO, a
@@ -214,26 +229,14 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
  */
 inline role current_role(const std::filesystem::path& mount) noexcept {
   try {
-    failure ignored;  // the role is already `unknown` with the failure as its reason
+    // The role is already `unknown` with the failure as its reason.
+    boost::system::error_code ignored;
     return read_role(mount, ignored);
   } catch (...) {
     role r;
     r.kind = role_kind::unknown;
     return r;
   }
-}
-
-inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec) {
-  failure f;
-  role r = read_role(mount, f);
-  ec = f.code;
-  return r;
-}
-
-/// Throws fwd::error on I/O failures other than ENOENT and on malformed files.
-inline role read_role(const std::filesystem::path& mount) {
-  failure f;
-  return detail::value_or_throw(read_role(mount, f), f);
 }
 
 }  // namespace fwd::litefs

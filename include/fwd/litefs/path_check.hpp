@@ -62,15 +62,19 @@ inline std::filesystem::path suggested_mount(
  *     unless `options.require_fuse` is false: otherwise not_litefs;
  *  4. that directory must hold `.lag`: otherwise not_litefs.
  * Relative paths are taken from the current directory. Other I/O failures keep their
- * system error code. On success, `mount` is the database's directory.
+ * system error code. Returns the LiteFS mount directory (the database's directory),
+ * empty on failure.
  */
-inline path_check check_database_path(const std::filesystem::path& db,
-                                      const path_check_options& options = {}) {
-  path_check result;
+inline std::filesystem::path check_database_path(const std::filesystem::path& db,
+                                                 const path_check_options& options,
+                                                 boost::system::error_code& ec,
+                                                 diagnostics& diag) {
+  ec.clear();
+  diag.clear();
   auto fail = [&](boost::system::error_code code, std::string message) {
-    result.code = code;
-    result.message = std::move(message);
-    return result;
+    ec = code;
+    diag.assign(std::move(message));
+    return std::filesystem::path();
   };
   const std::string raw = db.string();
   if (raw.empty()) {
@@ -170,17 +174,24 @@ inline path_check check_database_path(const std::filesystem::path& db,
     return fail(boost::system::error_code(err, boost::system::system_category()),
                 "cannot stat " + lag_path + ": " + detail::errno_text(err));
   }
-  result.mount = dir;
-  return result;
+  return dir;
 }
 
-/// Throws fwd::error with check_database_path's message when the check fails; returns
-/// the LiteFS mount directory (the database's directory) otherwise.
-inline std::filesystem::path require_database_path(const std::filesystem::path& db,
-                                                   const path_check_options& options = {}) {
-  path_check check = check_database_path(db, options);
-  if (!check.ok()) throw fwd::error(check.code, check.message);
-  return check.mount;
+inline std::filesystem::path check_database_path(const std::filesystem::path& db,
+                                                 const path_check_options& options,
+                                                 boost::system::error_code& ec) {
+  diagnostics ignored;
+  return check_database_path(db, options, ec, ignored);
+}
+
+/// Throws fwd::error with the detailed message when the check fails.
+inline std::filesystem::path check_database_path(const std::filesystem::path& db,
+                                                 const path_check_options& options = {}) {
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto mount = check_database_path(db, options, ec, diag);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return mount;
 }
 
 }  // namespace fwd::litefs

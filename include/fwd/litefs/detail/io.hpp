@@ -83,20 +83,14 @@ inline std::string describe_byte(char c) {
 
 inline std::string errno_text(int err) { return std::generic_category().message(err); }
 
-inline void set_failure(failure& f, errc e, std::string message) {
-  f.code = make_error_code(e);
-  f.message = std::move(message);
+inline void set_failure(boost::system::error_code& ec, diagnostics& diag, errc e, std::string message) {
+  ec = make_error_code(e);
+  diag.assign(std::move(message));
 }
 
-inline void set_errno_failure(failure& f, int err, std::string message) {
-  f.code = boost::system::error_code(err, boost::system::system_category());
-  f.message = std::move(message);
-}
-
-template <class T>
-T value_or_throw(T value, const failure& f) {
-  if (f) f.raise();
-  return value;
+inline void set_errno_failure(boost::system::error_code& ec, diagnostics& diag, int err, std::string message) {
+  ec = boost::system::error_code(err, boost::system::system_category());
+  diag.assign(std::move(message));
 }
 
 // Closes a file descriptor on scope exit.
@@ -169,32 +163,31 @@ inline file_read read_bounded(const std::string& path, std::size_t limit) {
 }
 
 /// Turns a failed read into a failure naming the file. `what` says what the file is.
-inline void set_read_failure(failure& f, const file_read& r, const std::string& path,
+inline void set_read_failure(boost::system::error_code& ec, diagnostics& diag, const file_read& r, const std::string& path,
                              std::string_view what) {
   switch (r.outcome) {
     case read_outcome::ok:
       return;
     case read_outcome::not_found:
-      set_errno_failure(f, ENOENT,
+      set_errno_failure(ec, diag, ENOENT,
                         path + " (" + std::string(what) +
                             ") does not exist: check that the directory is "
                             "a LiteFS mount and that LiteFS is running");
       return;
     case read_outcome::too_large:
-      set_failure(
-          f, errc::bad_litefs_file,
+      set_failure(ec, diag, errc::bad_litefs_file,
           path + " (" + std::string(what) + ") is larger than " + std::to_string(max_file_size) +
               " bytes; LiteFS's control files are a few bytes: check that the directory is a "
               "LiteFS mount");
       return;
     case read_outcome::not_regular:
-      set_failure(f, errc::bad_litefs_file,
+      set_failure(ec, diag, errc::bad_litefs_file,
                   path + " (" + std::string(what) +
                       ") is not a regular file; LiteFS serves it as one: "
                       "check that the directory is a LiteFS mount");
       return;
     case read_outcome::io_error:
-      set_errno_failure(f, r.error,
+      set_errno_failure(ec, diag, r.error,
                         "cannot read " + path + " (" + std::string(what) +
                             "): " + errno_text(r.error) +
                             ": check the permissions and that LiteFS is running");
