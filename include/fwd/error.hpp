@@ -6,6 +6,7 @@
 
 #include <boost/system/error_category.hpp>
 #include <boost/system/error_code.hpp>
+#include <fmt/format.h>
 
 #include <string>
 #include <system_error>
@@ -159,7 +160,7 @@ class sqlite_category_impl final : public boost::system::error_category {
   constexpr sqlite_category_impl() noexcept : boost::system::error_category(0x8e1f'3c7a'5d02'4b92ull) {}
   const char* name() const noexcept override { return "fwd.sqlite"; }
   std::string message(int value) const override {
-    return std::string(sqlite_message(value)) + " (extended code " + std::to_string(value) + ")";
+    return fmt::format("{} (extended code {})", sqlite_message(value), value);
   }
 };
 

@@ -7,6 +7,8 @@
 #include <fwd/litefs/files.hpp>
 #include <fwd/litefs/types.hpp>
 
+#include <fmt/format.h>
+
 namespace fwd::litefs {
 
 // ---------------------------------------------------------------------------------------
@@ -26,19 +28,19 @@ inline position read_position(const std::filesystem::path& mount, std::string_vi
   if (db_name.empty() || db_name == "." || db_name == ".." ||
       db_name.find('/') != std::string_view::npos || db_name.find('\0') != std::string_view::npos) {
     detail::set_failure(ec, diag, errc::bad_argument,
-        "read_position: database name " + detail::escape_bytes(db_name) +
-            " is not a file name in the mount: give the database's file name, e.g. \"blog.db\"");
+        fmt::format("read_position: database name {} is not a file name in the mount: give the "
+                    "database's file name, e.g. \"blog.db\"",
+                    detail::escape_bytes(db_name)));
     return {};
   }
   const std::string path =
-      detail::path_string(mount, std::string(db_name) + std::string(position_suffix));
+      detail::path_string(mount, fmt::format("{}{}", db_name, position_suffix));
   const detail::file_read r = detail::read_bounded(path, max_file_size);
   if (r.outcome == detail::read_outcome::not_found) {
     detail::set_errno_failure(ec, diag, ENOENT,
-        path + " does not exist: the database " + std::string(db_name) +
-            " does not exist on this LiteFS mount yet (create it through the mount), "
-            "or " +
-            mount.string() + " is not a LiteFS mount");
+        fmt::format("{} does not exist: the database {} does not exist on this LiteFS mount yet "
+                    "(create it through the mount), or {} is not a LiteFS mount",
+                    path, db_name, mount.string()));
     return {};
   }
   detail::set_read_failure(ec, diag, r, path, "the database's LiteFS position");
@@ -69,10 +71,9 @@ inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount, bo
   const detail::file_read r = detail::read_bounded(path, max_file_size);
   if (r.outcome == detail::read_outcome::not_found) {
     detail::set_failure(ec, diag, errc::not_litefs,
-        path + " does not exist: " + mount.string() +
-            " is not a LiteFS mount (LiteFS always serves .lag): use the fuse.dir of "
-            "litefs.yml, e.g. " +
-            std::string(default_mount));
+        fmt::format("{} does not exist: {} is not a LiteFS mount (LiteFS always serves .lag): "
+                    "use the fuse.dir of litefs.yml, e.g. {}",
+                    path, mount.string(), default_mount));
     return {};
   }
   detail::set_read_failure(ec, diag, r, path, "LiteFS's replication lag");
@@ -126,16 +127,18 @@ inline role read_role(const std::filesystem::path& mount, boost::system::error_c
     const int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
       result.kind = role_kind::not_litefs;
-      result.reason =
-          mount_str + " does not exist (" + detail::errno_text(err) + "): not a LiteFS mount";
+      result.reason = fmt::format("{} does not exist ({}): not a LiteFS mount", mount_str,
+                                  detail::errno_text(err));
       return result;
     }
-    detail::set_errno_failure(ec, diag, err, "cannot stat the LiteFS mount " + mount_str + ": " + detail::errno_text(err));
+    detail::set_errno_failure(ec, diag, err,
+                              fmt::format("cannot stat the LiteFS mount {}: {}", mount_str,
+                                          detail::errno_text(err)));
     return fail_role();
   }
   if (!S_ISDIR(root.st_mode)) {
     result.kind = role_kind::not_litefs;
-    result.reason = mount_str + " is not a directory: not a LiteFS mount";
+    result.reason = fmt::format("{} is not a directory: not a LiteFS mount", mount_str);
     return result;
   }
 
@@ -145,11 +148,12 @@ inline role read_role(const std::filesystem::path& mount, boost::system::error_c
     const int err = errno;
     if (err == ENOENT) {
       result.kind = role_kind::not_litefs;
-      result.reason = mount_str + " has no .lag: not a LiteFS mount (LiteFS always serves .lag)";
+      result.reason =
+          fmt::format("{} has no .lag: not a LiteFS mount (LiteFS always serves .lag)", mount_str);
       return result;
     }
     detail::set_errno_failure(ec, diag, err,
-                              "cannot stat " + lag_path + ": " + detail::errno_text(err));
+                              fmt::format("cannot stat {}: {}", lag_path, detail::errno_text(err)));
     return fail_role();
   }
 
@@ -162,7 +166,7 @@ inline role read_role(const std::filesystem::path& mount, boost::system::error_c
       std::string host = parse_primary(r.bytes, ec, diag, primary_path);
       if (ec) return fail_role();
       result.kind = role_kind::replica;
-      result.reason = primary_path + " names the primary " + host;
+      result.reason = fmt::format("{} names the primary {}", primary_path, host);
       result.primary_hostname = std::move(host);
       return result;
     }
@@ -174,14 +178,16 @@ inline role read_role(const std::filesystem::path& mount, boost::system::error_c
   } else if (errno != ENOENT) {
     const int err = errno;
     detail::set_errno_failure(ec, diag, err,
-                              "cannot stat " + primary_path + ": " + detail::errno_text(err));
+                              fmt::format("cannot stat {}: {}", primary_path,
+                                          detail::errno_text(err)));
     return fail_role();
   }
 
   const detail::file_read lag_read = detail::read_bounded(lag_path, max_file_size);
   if (lag_read.outcome == detail::read_outcome::not_found) {
     result.kind = role_kind::not_litefs;
-    result.reason = lag_path + " vanished while reading it: the LiteFS mount went away";
+    result.reason =
+        fmt::format("{} vanished while reading it: the LiteFS mount went away", lag_path);
     return result;
   }
   detail::set_read_failure(ec, diag, lag_read, lag_path, "LiteFS's replication lag");
@@ -189,21 +195,22 @@ inline role read_role(const std::filesystem::path& mount, boost::system::error_c
   const std::chrono::milliseconds lag = parse_lag(lag_read.bytes, ec, diag, lag_path);
   if (ec) return fail_role();
 
-  char mode[8];
-  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(root.st_mode & 07777));
+  const unsigned mode = static_cast<unsigned>(root.st_mode & 07777);
   const bool writable = (root.st_mode & 0222) != 0;
   const std::string lag_text = never_synced(lag) ? std::string("never synced (+2147483647)")
-                                                 : std::to_string(lag.count()) + " ms";
+                                                 : fmt::format("{} ms", lag.count());
   if (writable && lag.count() == 0) {
     result.kind = role_kind::primary;
-    result.reason = absent_why + ", mount root writable (mode " + mode +
-                    ") and .lag 0: this node is the primary";
+    result.reason = fmt::format(
+        "{}, mount root writable (mode {:04o}) and .lag 0: this node is the primary", absent_why,
+        mode);
     return result;
   }
   result.kind = role_kind::unknown;
-  result.reason = absent_why + ", mount root mode " + mode +
-                  (writable ? " (writable)" : " (read-only: a replica)") + ", .lag " + lag_text +
-                  ": no primary known (election, reconnect, or none); writes must wait";
+  result.reason = fmt::format(
+      "{}, mount root mode {:04o} {}, .lag {}: no primary known (election, reconnect, or none); "
+      "writes must wait",
+      absent_why, mode, writable ? "(writable)" : "(read-only: a replica)", lag_text);
   return result;
 }
 

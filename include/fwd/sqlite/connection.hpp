@@ -201,9 +201,9 @@ class connection {
     if (rc != SQLITE_OK) {
       const int code = db != nullptr ? sqlite3_extended_errcode(db) : rc;
       ec = make_sqlite_error(code);
-      diag.assign("opening SQLite database " + path +
-                  " failed: " + (db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)) +
-                  ": check that the path exists and is accessible");
+      diag.assign(fmt::format(
+          "opening SQLite database {} failed: {}: check that the path exists and is accessible",
+          path, db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
       sqlite3_close_v2(db);
       return;
     }

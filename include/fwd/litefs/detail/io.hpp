@@ -10,6 +10,8 @@
 
 #include <fwd/litefs/types.hpp>
 
+#include <fmt/format.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <iterator>
@@ -50,9 +52,7 @@ inline void append_escaped_byte(std::string& out, unsigned char c) {
   if (c >= 0x20 && c < 0x7f) {
     out += static_cast<char>(c);
   } else {
-    char buf[5];
-    std::snprintf(buf, sizeof buf, "\\x%02x", c);
-    out += buf;
+    fmt::format_to(std::back_inserter(out), "\\x{:02x}", c);
   }
 }
 
@@ -64,10 +64,10 @@ inline std::string escape_bytes(std::string_view bytes, std::size_t shown = 48) 
   for (std::size_t i = 0; i < n; ++i)
     append_escaped_byte(out, static_cast<unsigned char>(bytes[i]));
   if (n < bytes.size()) {
-    out +=
-        "...\" (" + std::to_string(bytes.size()) + " bytes, first " + std::to_string(n) + " shown)";
+    fmt::format_to(std::back_inserter(out), "...\" ({} bytes, first {} shown)", bytes.size(), n);
   } else {
-    out += "\" (" + std::to_string(bytes.size()) + (bytes.size() == 1 ? " byte)" : " bytes)");
+    fmt::format_to(std::back_inserter(out), "\" ({} {})", bytes.size(),
+                   bytes.size() == 1 ? "byte" : "bytes");
   }
   return out;
 }
@@ -76,9 +76,8 @@ inline std::string escape_bytes(std::string_view bytes, std::size_t shown = 48) 
 inline std::string describe_byte(char c) {
   std::string out = "'";
   append_escaped_byte(out, static_cast<unsigned char>(c));
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "' (0x%02x)", static_cast<unsigned char>(c));
-  return out + buf;
+  fmt::format_to(std::back_inserter(out), "' (0x{:02x})", static_cast<unsigned char>(c));
+  return out;
 }
 
 inline std::string errno_text(int err) { return std::generic_category().message(err); }
@@ -170,27 +169,27 @@ inline void set_read_failure(boost::system::error_code& ec, diagnostics& diag, c
       return;
     case read_outcome::not_found:
       set_errno_failure(ec, diag, ENOENT,
-                        path + " (" + std::string(what) +
-                            ") does not exist: check that the directory is "
-                            "a LiteFS mount and that LiteFS is running");
+                        fmt::format("{} ({}) does not exist: check that the directory is a "
+                                    "LiteFS mount and that LiteFS is running",
+                                    path, what));
       return;
     case read_outcome::too_large:
       set_failure(ec, diag, errc::bad_litefs_file,
-          path + " (" + std::string(what) + ") is larger than " + std::to_string(max_file_size) +
-              " bytes; LiteFS's control files are a few bytes: check that the directory is a "
-              "LiteFS mount");
+          fmt::format("{} ({}) is larger than {} bytes; LiteFS's control files are a few bytes: "
+                      "check that the directory is a LiteFS mount",
+                      path, what, max_file_size));
       return;
     case read_outcome::not_regular:
       set_failure(ec, diag, errc::bad_litefs_file,
-                  path + " (" + std::string(what) +
-                      ") is not a regular file; LiteFS serves it as one: "
-                      "check that the directory is a LiteFS mount");
+                  fmt::format("{} ({}) is not a regular file; LiteFS serves it as one: check "
+                              "that the directory is a LiteFS mount",
+                              path, what));
       return;
     case read_outcome::io_error:
       set_errno_failure(ec, diag, r.error,
-                        "cannot read " + path + " (" + std::string(what) +
-                            "): " + errno_text(r.error) +
-                            ": check the permissions and that LiteFS is running");
+                        fmt::format("cannot read {} ({}): {}: check the permissions and that "
+                                    "LiteFS is running",
+                                    path, what, errno_text(r.error)));
       return;
   }
 }
@@ -240,12 +239,6 @@ inline const char* filesystem_name(std::uint64_t magic) noexcept {
     default:
       return nullptr;
   }
-}
-
-inline std::string hex(std::uint64_t value) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(value));
-  return buf;
 }
 
 }  // namespace detail
