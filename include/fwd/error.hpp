@@ -6,6 +6,7 @@
 
 #include <boost/system/error_category.hpp>
 #include <boost/system/error_code.hpp>
+#include <fmt/format.h>
 
 #include <string>
 #include <system_error>
@@ -159,7 +160,7 @@ class sqlite_category_impl final : public boost::system::error_category {
   constexpr sqlite_category_impl() noexcept : boost::system::error_category(0x8e1f'3c7a'5d02'4b92ull) {}
   const char* name() const noexcept override { return "fwd.sqlite"; }
   std::string message(int value) const override {
-    return std::string(sqlite_message(value)) + " (extended code " + std::to_string(value) + ")";
+    return fmt::format("{} (extended code {})", sqlite_message(value), value);
   }
 };
 
@@ -250,17 +251,54 @@ inline const char* to_string(error_class c) noexcept {
   return "?";
 }
 
-/// The exception the blocking conveniences throw: a std::system_error whose code() is
-/// the failure and whose what() adds the details (peer, procedure, remote exception).
+/**
+ * The detail of a failure beyond its error_code: which file, which bytes, which peer,
+ * and what to do. Filled by the `(..., error_code&, diagnostics&)` form of a function;
+ * the throwing form carries the same text in its fwd::error. Like boost::mysql::diagnostics.
+ */
+class diagnostics {
+ public:
+  diagnostics() = default;
+  /// The detailed message; empty when the call succeeded or had nothing to add.
+  const std::string& message() const noexcept { return message_; }
+  void clear() noexcept { message_.clear(); }
+  /// Sets the message (used by fwd's functions).
+  void assign(std::string message) { message_ = std::move(message); }
+  friend bool operator==(const diagnostics&, const diagnostics&) = default;
+
+ private:
+  std::string message_;
+};
+
+/// The exception the throwing forms throw: a std::system_error whose code() is the
+/// failure, whose what() adds the details (file, peer, procedure, remote exception), and
+/// whose get_diagnostics() holds those details alone.
 class error : public std::system_error {
  public:
   explicit error(const boost::system::error_code& ec)
       : std::system_error(static_cast<std::error_code>(ec)) {}
   error(const boost::system::error_code& ec, const std::string& detail)
-      : std::system_error(static_cast<std::error_code>(ec), detail) {}
+      : std::system_error(static_cast<std::error_code>(ec), detail) {
+    diag_.assign(detail);
+  }
+  error(const boost::system::error_code& ec, diagnostics diag)
+      : std::system_error(static_cast<std::error_code>(ec), diag.message()),
+        diag_(std::move(diag)) {}
   /// What the caller may do now.
   error_class classification() const noexcept { return classify(code()); }
+  /// The detail alone (what() is the detail followed by the code's message).
+  const diagnostics& get_diagnostics() const noexcept { return diag_; }
+
+ private:
+  diagnostics diag_;
 };
+
+namespace detail {
+/// The throwing forms' tail: throws fwd::error(ec, diag) when `ec` is set.
+inline void throw_on_error(const boost::system::error_code& ec, diagnostics diag) {
+  if (ec) throw fwd::error(ec, std::move(diag));
+}
+}  // namespace detail
 
 }  // namespace fwd
 

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <future>
 #include <fwd/write/builtins.hpp>
+#include <fmt/format.h>
 #include <fwd/error.hpp>
 #include <fwd/node.hpp>
 #include <memory>
@@ -72,8 +73,9 @@ inline std::int64_t migrate(node& n, std::vector<migration> migrations,
   const std::int64_t local = local_schema_version(n.options().database);
   if (local < target) {
     throw fwd::error(make_error_code(errc::replication_lag),
-                     "the migrations committed on the primary (version " + std::to_string(version) +
-                         ") but the local copy shows version " + std::to_string(local));
+                     fmt::format("the migrations committed on the primary (version {}) but "
+                                 "the local copy shows version {}",
+                                 version, local));
   }
   return version;
 }

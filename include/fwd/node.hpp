@@ -347,12 +347,12 @@ class node {
     if (options_.path_check != path_check_mode::off) {
       litefs::path_check_options check_options;
       check_options.require_fuse = options_.require_fuse;
-      const litefs::path_check check =
-          litefs::check_database_path(options_.database, check_options);
-      if (!check.ok()) {
-        if (options_.path_check == path_check_mode::refuse)
-          throw fwd::error(check.code, check.message);
-        options_.on_warning(check.message);
+      boost::system::error_code ec;
+      diagnostics diag;
+      litefs::check_database_path(options_.database, check_options, ec, diag);
+      if (ec) {
+        if (options_.path_check == path_check_mode::refuse) throw fwd::error(ec, diag);
+        options_.on_warning(diag.message());
       }
     }
     sqlite::write_options write = options_.write;

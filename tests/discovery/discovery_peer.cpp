@@ -31,11 +31,11 @@ int main(int argc, char** argv) {
   options.node_name = argv[3];
   options.litefs_hostname = argv[3];
   options.status = [mount, database] {
-    fwd::litefs::failure failed;
+    boost::system::error_code failed;
     const fwd::litefs::role role = fwd::litefs::read_role(mount, failed);
     fwd::rpc::local_status status;
     status.role = fwd::litefs::to_string(role.kind);
-    fwd::litefs::failure no_position;
+    boost::system::error_code no_position;
     status.txid = fwd::litefs::read_position(mount, database, no_position).txid;
     return status;
   };

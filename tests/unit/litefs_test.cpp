@@ -74,23 +74,49 @@ bool contains(const std::string& haystack, std::string_view needle) {
   return haystack.find(needle) != std::string::npos;
 }
 
-// Parses `bytes` with `parse` (a failure& overload) and returns the failure.
+// A failed call's error_code and diagnostics message.
+struct failure {
+  boost::system::error_code code;
+  std::string message;
+};
+
+// Parses `bytes` with `parse` (an error_code&, diagnostics& overload) and returns the failure.
 template <class Parse>
-litefs::failure failure_of(Parse parse, std::string_view bytes) {
-  litefs::failure f;
-  parse(bytes, f);
+failure failure_of(Parse parse, std::string_view bytes) {
+  failure f;
+  fwd::diagnostics diag;
+  parse(bytes, f.code, diag);
+  f.message = diag.message();
   return f;
 }
 
-auto position_parser = [](std::string_view b, litefs::failure& f) {
-  return litefs::parse_position(b, f, "/litefs/blog.db-pos");
+auto position_parser = [](std::string_view b, boost::system::error_code& ec,
+                          fwd::diagnostics& diag) {
+  return litefs::parse_position(b, ec, diag, "/litefs/blog.db-pos");
 };
-auto lag_parser = [](std::string_view b, litefs::failure& f) {
-  return litefs::parse_lag(b, f, "/litefs/.lag");
+auto lag_parser = [](std::string_view b, boost::system::error_code& ec, fwd::diagnostics& diag) {
+  return litefs::parse_lag(b, ec, diag, "/litefs/.lag");
 };
-auto primary_parser = [](std::string_view b, litefs::failure& f) {
-  return litefs::parse_primary(b, f, "/litefs/.primary");
+auto primary_parser = [](std::string_view b, boost::system::error_code& ec,
+                         fwd::diagnostics& diag) {
+  return litefs::parse_primary(b, ec, diag, "/litefs/.primary");
 };
+
+// check_database_path's two forms, as one value: the mount, or the code and message.
+struct path_checked {
+  boost::system::error_code code;
+  std::string message;
+  fs::path mount;
+  bool ok() const { return !code; }
+};
+
+path_checked check_path(const fs::path& db, const litefs::path_check_options& options = {}) {
+  path_checked r;
+  fwd::diagnostics diag;
+  r.mount = litefs::check_database_path(db, options, r.code, diag);
+  r.message = diag.message();
+  return r;
+}
 
 }  // namespace
 
@@ -146,19 +172,32 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("parse_position's three forms agree: failure&, error_code& and throwing") {
+TEST_CASE("parse_position's two forms agree: error_code& (with diagnostics&) and throwing") {
   boost::system::error_code ec;
   const auto p = litefs::parse_position("not a position", ec);
   CHECK(ec == fwd::errc::bad_litefs_file);
   CHECK(p == litefs::position{});
+
+  const std::string_view bad = "0000000000000001/000000000000000X\n";
+  fwd::diagnostics diag;
+  CHECK(litefs::parse_position(bad, ec, diag, "/litefs/x.db-pos") == litefs::position{});
+  CHECK(ec == fwd::errc::bad_litefs_file);
+  CHECK(contains(diag.message(), "/litefs/x.db-pos"));
+  CHECK(contains(diag.message(), "byte 32 is 'X'"));
   try {
-    litefs::parse_position("0000000000000001/000000000000000X\n", "/litefs/x.db-pos");
+    litefs::parse_position(bad, "/litefs/x.db-pos");
     FAIL("parse_position did not throw");
   } catch (const fwd::error& e) {
     CHECK(e.code() == fwd::errc::bad_litefs_file);
+    CHECK(e.get_diagnostics() == diag);
     CHECK(contains(e.what(), "/litefs/x.db-pos"));
     CHECK(contains(e.what(), "byte 32 is 'X'"));
   }
+
+  // A success clears what an earlier failure left.
+  CHECK(litefs::parse_position("0000000000000001/0000000000000002\n", ec, diag).txid == 1);
+  CHECK_FALSE(ec);
+  CHECK(diag.message().empty());
   boost::system::error_code ok;
   CHECK(litefs::parse_position("0000000000000001/0000000000000002\n", ok).txid == 1);
   CHECK_FALSE(ok);
@@ -310,10 +349,18 @@ TEST_CASE("read_position reads <mount>/<db>-pos and names the file when it is wr
   CHECK(p.checksum == 0x0123456789abcdef);
 
   write_file(tmp.path() / "bad.db-pos", "00000000000000FF/0123456789abcdef\n");
-  litefs::failure f;
-  litefs::read_position(tmp.path(), "bad.db", f);
-  CHECK(f.code == fwd::errc::bad_litefs_file);
-  CHECK(contains(f.message, (tmp.path() / "bad.db-pos").string()));
+  boost::system::error_code bad_ec;
+  fwd::diagnostics diag;
+  litefs::read_position(tmp.path(), "bad.db", bad_ec, diag);
+  CHECK(bad_ec == fwd::errc::bad_litefs_file);
+  CHECK(contains(diag.message(), (tmp.path() / "bad.db-pos").string()));
+  try {
+    litefs::read_position(tmp.path(), "bad.db");
+    FAIL("read_position did not throw");
+  } catch (const fwd::error& e) {
+    CHECK(e.code() == fwd::errc::bad_litefs_file);
+    CHECK(e.get_diagnostics().message() == diag.message());
+  }
 
   boost::system::error_code ec;
   litefs::read_position(tmp.path(), "missing.db", ec);
@@ -329,10 +376,11 @@ TEST_CASE("read_position reads <mount>/<db>-pos and names the file when it is wr
 TEST_CASE("reading a control file larger than 4 KiB is an error, not an allocation") {
   temp_dir tmp;
   write_file(tmp.path() / "blog.db-pos", std::string(1 << 20, '0'));
-  litefs::failure f;
-  litefs::read_position(tmp.path(), "blog.db", f);
-  CHECK(f.code == fwd::errc::bad_litefs_file);
-  CHECK(contains(f.message, "larger than 4096 bytes"));
+  boost::system::error_code ec;
+  fwd::diagnostics diag;
+  litefs::read_position(tmp.path(), "blog.db", ec, diag);
+  CHECK(ec == fwd::errc::bad_litefs_file);
+  CHECK(contains(diag.message(), "larger than 4096 bytes"));
 }
 
 TEST_CASE("read_lag reads .lag, and a directory without .lag is not_litefs") {
@@ -445,11 +493,13 @@ TEST_CASE("read_role reports malformed or unreadable control files as errors nam
   temp_dir tmp;
   SECTION("empty .primary") {
     const auto mount = make_mount(tmp, "+000000000\n", "\n", 0555);
-    litefs::failure f;
-    const auto r = litefs::read_role(mount, f);
-    CHECK(f.code == fwd::errc::bad_litefs_file);
-    CHECK(contains(f.message, (mount / ".primary").string()));
+    boost::system::error_code ec;
+    fwd::diagnostics diag;
+    const auto r = litefs::read_role(mount, ec, diag);
+    CHECK(ec == fwd::errc::bad_litefs_file);
+    CHECK(contains(diag.message(), (mount / ".primary").string()));
     CHECK(r.kind == litefs::role_kind::unknown);
+    CHECK(r.reason == diag.message());
     CHECK_THROWS_AS(litefs::read_role(mount), fwd::error);
   }
   SECTION(".primary is a directory") {
@@ -487,7 +537,7 @@ TEST_CASE("check_database_path names LiteFS's data directory and suggests the FU
   litefs::path_check_options options;
   options.mounts_file = tmp.path() / "mounts";
 
-  const auto check = litefs::check_database_path(data / "blog.db", options);
+  const auto check = check_path(data / "blog.db", options);
   CHECK(check.code == fwd::errc::misconfigured_mount);
   CHECK(check.message ==
         (data / "blog.db").string() + " is inside LiteFS's data directory (" + data.string() +
@@ -495,21 +545,22 @@ TEST_CASE("check_database_path names LiteFS's data directory and suggests the FU
             "/litefs/blog.db");
 
   // The raw database file itself: the suggestion keeps the database's name.
-  const auto raw = litefs::check_database_path(data / "dbs/blog.db/database", options);
+  const auto raw = check_path(data / "dbs/blog.db/database", options);
   CHECK(raw.code == fwd::errc::misconfigured_mount);
   CHECK(contains(raw.message, "e.g. /litefs/blog.db"));
 
   // Even with require_fuse off: the data directory is never a LiteFS simulation.
   options.require_fuse = false;
-  CHECK(litefs::check_database_path(data / "blog.db", options).code ==
+  CHECK(check_path(data / "blog.db", options).code ==
         fwd::errc::misconfigured_mount);
 
   try {
-    litefs::require_database_path(data / "blog.db", options);
-    FAIL("require_database_path did not throw");
+    litefs::check_database_path(data / "blog.db", options);
+    FAIL("check_database_path did not throw");
   } catch (const fwd::error& e) {
     CHECK(e.code() == fwd::errc::misconfigured_mount);
     CHECK(contains(e.what(), "nothing written there replicates"));
+    CHECK(e.get_diagnostics().message() == check_path(data / "blog.db", options).message);
   }
 }
 
@@ -520,13 +571,13 @@ TEST_CASE("check_database_path suggests the mount point /proc/self/mounts shows,
   write_file(tmp.path() / "mounts", "litefs /srv/my\\040mount fuse rw 0 0\n");
   litefs::path_check_options options;
   options.mounts_file = tmp.path() / "mounts";
-  const auto check = litefs::check_database_path(data / "app.db", options);
+  const auto check = check_path(data / "app.db", options);
   CHECK(check.code == fwd::errc::misconfigured_mount);
   CHECK(contains(check.message, "e.g. /srv/my mount/app.db"));
 
   // No LiteFS mount in the table (or no table): the usual /litefs.
   options.mounts_file = tmp.path() / "no-such-mounts-file";
-  CHECK(contains(litefs::check_database_path(data / "app.db", options).message,
+  CHECK(contains(check_path(data / "app.db", options).message,
                  "e.g. /litefs/app.db"));
 }
 
@@ -538,7 +589,7 @@ TEST_CASE(
   write_file(app / ".lag", "+000000000\n");
   litefs::path_check_options options;
   options.require_fuse = false;
-  const auto check = litefs::check_database_path(app / "blog.db", options);
+  const auto check = check_path(app / "blog.db", options);
   CHECK(check.ok());
   CHECK(check.message.empty());
 }
@@ -554,13 +605,13 @@ TEST_CASE("check_database_path rejects a directory that is not a FUSE mount, nam
 
   litefs::path_check_options options;
   options.mounts_file = tmp.path() / "no-mounts";
-  const auto check = litefs::check_database_path(tmp.path() / "blog.db", options);
+  const auto check = check_path(tmp.path() / "blog.db", options);
   CHECK(check.code == fwd::errc::not_litefs);
   CHECK(contains(check.message, tmp.path().string()));
   CHECK(contains(check.message, magic));
   CHECK(contains(check.message, "0x65735546"));
   CHECK(contains(check.message, "e.g. /litefs/blog.db"));
-  CHECK_THROWS_AS(litefs::require_database_path(tmp.path() / "blog.db", options), fwd::error);
+  CHECK_THROWS_AS(litefs::check_database_path(tmp.path() / "blog.db", options), fwd::error);
 }
 
 TEST_CASE("check_database_path with require_fuse off accepts a LiteFS simulation with .lag") {
@@ -569,10 +620,10 @@ TEST_CASE("check_database_path with require_fuse off accepts a LiteFS simulation
   write_file(mount / ".lag", "+000000000\n");
   litefs::path_check_options options;
   options.require_fuse = false;
-  const auto check = litefs::check_database_path(mount / "blog.db", options);
+  const auto check = check_path(mount / "blog.db", options);
   CHECK(check.ok());
   CHECK(check.mount == mount);
-  CHECK(litefs::require_database_path(mount / "blog.db", options) == mount);
+  CHECK(litefs::check_database_path(mount / "blog.db", options) == mount);
 }
 
 TEST_CASE("check_database_path with require_fuse off still rejects a directory without .lag") {
@@ -580,12 +631,12 @@ TEST_CASE("check_database_path with require_fuse off still rejects a directory w
   litefs::path_check_options options;
   options.require_fuse = false;
   options.mounts_file = tmp.path() / "no-mounts";
-  const auto check = litefs::check_database_path(tmp.path() / "blog.db", options);
+  const auto check = check_path(tmp.path() / "blog.db", options);
   CHECK(check.code == fwd::errc::not_litefs);
   CHECK(contains(check.message, "has no .lag: not a LiteFS mount"));
   CHECK(contains(check.message, tmp.path().string()));
 
-  const auto missing_dir = litefs::check_database_path(tmp.path() / "nope/blog.db", options);
+  const auto missing_dir = check_path(tmp.path() / "nope/blog.db", options);
   CHECK(missing_dir.code == fwd::errc::not_litefs);
   CHECK(contains(missing_dir.message, "does not exist"));
 }
@@ -593,9 +644,9 @@ TEST_CASE("check_database_path with require_fuse off still rejects a directory w
 TEST_CASE("check_database_path rejects empty and directory-like paths as bad_argument") {
   for (const char* p : {"", "/", "/litefs/", ".", "..", "/litefs/.."}) {
     INFO(p);
-    const auto check = litefs::check_database_path(p);
+    const auto check = check_path(p);
     CHECK(check.code == fwd::errc::bad_argument);
     CHECK(contains(check.message, "/litefs/blog.db"));
   }
-  CHECK(litefs::check_database_path(fs::path("a\0b"s)).code == fwd::errc::bad_argument);
+  CHECK(check_path(fs::path("a\0b"s)).code == fwd::errc::bad_argument);
 }

@@ -111,19 +111,28 @@ TEST_CASE("SQL errors throw fwd::error with SQLite's extended code, its message 
   }
 }
 
-TEST_CASE("error_code overloads report failures without throwing") {
+TEST_CASE("error_code overloads report failures without throwing, the detail in diagnostics") {
   temp_dir dir;
   fwd::sqlite::connection db(dir.file("t.db"));
   db.exec("CREATE TABLE t(k TEXT UNIQUE)");
   boost::system::error_code ec;
-  std::string message;
-  db.exec("INSERT INTO t VALUES ('a'); INSERT INTO t VALUES ('a')", ec, &message);
+  fwd::diagnostics diag;
+  db.exec("INSERT INTO t VALUES ('a'); INSERT INTO t VALUES ('a')", ec, diag);
   CHECK(ec == fwd::make_sqlite_error(2067));
-  CHECK(message.find("UNIQUE") != std::string::npos);
+  CHECK(diag.message().find("UNIQUE") != std::string::npos);
+  try {
+    db.exec("INSERT INTO t VALUES ('a')");
+    FAIL("a duplicate key did not throw");
+  } catch (const fwd::error& e) {
+    CHECK(e.code().value() == 2067);
+    CHECK(e.get_diagnostics().message().find("UNIQUE") != std::string::npos);
+  }
 
   auto bad = db.prepare("NOT SQL", ec);
   CHECK(ec == fwd::make_sqlite_error(SQLITE_ERROR));
   CHECK_FALSE(bad);
+  CHECK_FALSE(db.prepare("NOT SQL", ec, diag));
+  CHECK(diag.message().find("NOT SQL") != std::string::npos);
 
   auto insert = db.prepare("INSERT INTO t VALUES ('a')", ec);
   REQUIRE_FALSE(ec);
@@ -132,9 +141,10 @@ TEST_CASE("error_code overloads report failures without throwing") {
 
   auto missing =
       fwd::sqlite::connection::open(dir.file("no/such/dir/x.db"), fwd::sqlite::default_open_flags,
-                                    std::chrono::milliseconds(0), ec);
+                                    std::chrono::milliseconds(0), ec, diag);
   CHECK((ec.value() & 0xff) == SQLITE_CANTOPEN);
   CHECK_FALSE(missing);
+  CHECK(diag.message().find("no/such/dir/x.db") != std::string::npos);
   try {
     fwd::sqlite::connection throwing(dir.file("no/such/dir/x.db"));
     FAIL("opening a path in a missing directory did not throw");

@@ -19,6 +19,7 @@
 #include <functional>
 #include <fwd/detail/cares_error.hpp>
 #include <fwd/error.hpp>
+#include <fmt/format.h>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -53,9 +54,10 @@ struct cares_channel_options {
 inline std::string cares_server_csv_entry(const std::string& server) {
   const auto fail = [&server] {
     throw fwd::error(make_error_code(errc::bad_argument),
-                     "bad DNS server \"" + server +
-                         "\": write an IP address with an optional port, e.g. \"10.0.0.2\", "
-                         "\"127.0.0.1:5353\" or \"[fd00::2]:53\" (names are not resolved)");
+                     fmt::format("bad DNS server \"{}\": write an IP address with an optional "
+                                 "port, e.g. \"10.0.0.2\", \"127.0.0.1:5353\" or "
+                                 "\"[fd00::2]:53\" (names are not resolved)",
+                                 server));
   };
   std::string host = server;
   std::string port;
@@ -80,9 +82,9 @@ inline std::string cares_server_csv_entry(const std::string& server) {
     const long value = std::stol(port);
     if (value < 1 || value > 65535) fail();
   }
-  std::string entry = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
-  if (!port.empty()) entry += ":" + port;
-  return entry;
+  const std::string host_part =
+      address.is_v6() ? fmt::format("[{}]", address.to_string()) : address.to_string();
+  return port.empty() ? host_part : fmt::format("{}:{}", host_part, port);
 }
 
 /// One c-ares channel on a strand. Every member function must be called on that strand;
@@ -117,7 +119,7 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
     if (!csv.empty()) {
       status = ares_set_servers_ports_csv(channel->channel_, csv.c_str());
       if (status != ARES_SUCCESS) {
-        throw fwd::error(make_dns_error(status), "ares_set_servers_ports_csv(\"" + csv + "\")");
+        throw fwd::error(make_dns_error(status), fmt::format("ares_set_servers_ports_csv(\"{}\")", csv));
       }
     }
     return channel;

@@ -7,6 +7,8 @@
 
 #include <boost/system/error_category.hpp>
 #include <boost/system/error_code.hpp>
+#include <fmt/format.h>
+
 #include <string>
 #include <system_error>
 #include <type_traits>
@@ -89,8 +91,8 @@ class dns_category_impl final : public boost::system::error_category {
       : boost::system::error_category(0x8e1f'3c7a'5d02'4b93ull) {}
   const char* name() const noexcept override { return "fwd.dns"; }
   std::string message(int status) const override {
-    return std::string(ares_strerror(status)) + " (c-ares status " + std::to_string(status) +
-           "): " + dns_advice(status);
+    return fmt::format("{} (c-ares status {}): {}", ares_strerror(status), status,
+                       dns_advice(status));
   }
 };
 

@@ -15,6 +15,7 @@
 #include <functional>
 #include <fwd/detail/cares_channel.hpp>
 #include <fwd/detail/cares_error.hpp>
+#include <fmt/format.h>
 #include <memory>
 #include <string>
 #include <utility>
@@ -156,7 +157,7 @@ class dns_resolve_round : public std::enable_shared_from_this<dns_resolve_round>
   }
 
   void on_srv(std::size_t i, int status, const unsigned char* answer, int length) {
-    const std::string query = "SRV " + specs_[i].name;
+    const std::string query = fmt::format("SRV {}", specs_[i].name);
     if (status == ARES_SUCCESS) {
       ares_srv_reply* records = nullptr;
       status = ares_parse_srv_reply(answer, length, &records);

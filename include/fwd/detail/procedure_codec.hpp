@@ -21,6 +21,7 @@
 
 #include <boost/archive/archive_exception.hpp>
 #include <boost/core/demangle.hpp>
+#include <fmt/format.h>
 #include <boost/system/error_code.hpp>
 
 #include <cstddef>
@@ -70,17 +71,17 @@ void decode_guarded(boost::system::error_code& ec, std::string* detail, Read&& r
   std::string why;
   try {
     const std::size_t left = std::forward<Read>(read)();
-    if (left != 0) why = std::to_string(left) + " unexpected bytes after the last value";
+    if (left != 0) why = fmt::format("{} unexpected bytes after the last value", left);
   } catch (const boost::archive::archive_exception& e) {
     why = e.what();
   } catch (const std::exception& e) {
-    why = boost::core::demangle(typeid(e).name()) + ": " + e.what();
+    why = fmt::format("{}: {}", boost::core::demangle(typeid(e).name()), e.what());
   } catch (...) {
     why = "an exception of unknown type";
   }
   if (!why.empty()) {
     ec = make_error_code(errc::protocol_error);
-    if (detail != nullptr) *detail = "undecodable payload (" + why + ")";
+    if (detail != nullptr) *detail = fmt::format("undecodable payload ({})", why);
   }
 }
 
@@ -201,8 +202,8 @@ R decode_result(std::string_view bytes, boost::system::error_code& ec, std::stri
     if (!bytes.empty()) {
       ec = make_error_code(errc::protocol_error);
       if (detail != nullptr) {
-        *detail = "undecodable payload (a void result carries no bytes, got " +
-                  std::to_string(bytes.size()) + ")";
+        *detail = fmt::format("undecodable payload (a void result carries no bytes, got {})",
+                              bytes.size());
       }
     }
   } else {

@@ -3,13 +3,16 @@
 // The exact bytes of LiteFS's control files (<db>-pos, .lag, .primary, /proc/mounts):
 // formatting and parsing, with errors that show the offending bytes and say what to do.
 //
-// Every function that can fail comes in three forms:
-//   f(args..., failure&)                   fills code + a detailed message, never throws
-//   f(args..., boost::system::error_code&) fills the code only, never throws
-//   f(args...)                             throws fwd::error carrying the detailed message
+// Every function that can fail comes in Asio's two forms:
+//   f(args..., boost::system::error_code& ec[, fwd::diagnostics& diag])
+//       never throws; sets `ec`, and `diag` (when given) to the detailed message
+//   f(args...)
+//       throws fwd::error, whose what() and get_diagnostics() carry the detailed message
 
 #include <fwd/litefs/detail/io.hpp>
 #include <fwd/litefs/types.hpp>
+
+#include <fmt/format.h>
 
 #include <optional>
 #include <vector>
@@ -22,18 +25,13 @@ namespace fwd::litefs {
 
 /// The exact bytes LiteFS writes in `<db>-pos`: `"%016x/%016x\n"`.
 inline std::string format_position(position p) {
-  char buf[position_size + 1];
-  std::snprintf(buf, sizeof buf, "%016llx/%016llx\n", static_cast<unsigned long long>(p.txid),
-                static_cast<unsigned long long>(p.checksum));
-  return std::string(buf, position_size);
+  return fmt::format("{:016x}/{:016x}\n", p.txid, p.checksum);
 }
 
 /// The exact bytes LiteFS writes in `.lag`: Go's `"%+010d\n"`, where the width 10
 /// counts the sign: `+000000000\n` (11 bytes) for 0, `+2147483647\n` for never synced.
 inline std::string format_lag(std::chrono::milliseconds lag) {
-  char buf[32];
-  const int n = std::snprintf(buf, sizeof buf, "%+010lld\n", static_cast<long long>(lag.count()));
-  return std::string(buf, static_cast<std::size_t>(n));
+  return fmt::format("{:+010}\n", lag.count());
 }
 
 /**
@@ -41,15 +39,16 @@ inline std::string format_lag(std::chrono::milliseconds lag) {
  * lowercase hex: TXID, then the post-apply checksum). Anything else is bad_litefs_file
  * with a message naming `source` and the offending bytes; never a wrong number.
  */
-inline position parse_position(std::string_view bytes, failure& fail,
+inline position parse_position(std::string_view bytes, boost::system::error_code& ec, diagnostics& diag,
                                std::string_view source = "<db>-pos") {
-  fail.clear();
-  const std::string src(source);
-  const std::string expected =
+  ec.clear();
+  diag.clear();
+  const std::string_view src = source;
+  const std::string_view expected =
       "LiteFS writes \"%016x/%016x\\n\" (34 bytes, lowercase hex, e.g. "
       "\"00000000002df417/ce552e44f23fbbdd\\n\"): check that the path is on a LiteFS mount";
   if (bytes.empty()) {
-    detail::set_failure(fail, errc::bad_litefs_file, src + " is empty; " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file, fmt::format("{} is empty; {}", src, expected));
     return {};
   }
   const std::string shown = detail::escape_bytes(bytes);
@@ -66,26 +65,25 @@ inline position parse_position(std::string_view bytes, failure& fail,
                                        : "expected a lowercase hex digit";
     }
     if (!problem.empty()) {
-      detail::set_failure(fail, errc::bad_litefs_file,
-                          src + " holds " + shown + ", not a position: byte " + std::to_string(i) +
-                              " is " + detail::describe_byte(c) + ", " + problem + ". " + expected);
+      detail::set_failure(ec, diag, errc::bad_litefs_file,
+                          fmt::format("{} holds {}, not a position: byte {} is {}, {}. {}", src,
+                                      shown, i, detail::describe_byte(c), problem, expected));
       return {};
     }
   }
   if (bytes.size() < position_size) {
-    detail::set_failure(
-        fail, errc::bad_litefs_file,
-        src + " holds " + shown + ", not a position: it ends after " +
-            std::to_string(bytes.size()) + " bytes" +
-            (bytes.size() == position_size - 1 ? " (the final newline is missing)" : "") + ". " +
-            expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
+        fmt::format("{} holds {}, not a position: it ends after {} bytes{}. {}", src, shown,
+                    bytes.size(),
+                    bytes.size() == position_size - 1 ? " (the final newline is missing)" : "",
+                    expected));
     return {};
   }
   if (bytes.size() > position_size) {
-    detail::set_failure(fail, errc::bad_litefs_file,
-                        src + " holds " + shown +
-                            ", not a position: " + std::to_string(bytes.size() - position_size) +
-                            " unexpected bytes follow the newline. " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
+                        fmt::format("{} holds {}, not a position: {} unexpected bytes follow the "
+                                    "newline. {}",
+                                    src, shown, bytes.size() - position_size, expected));
     return {};
   }
   position p;
@@ -98,16 +96,17 @@ inline position parse_position(std::string_view bytes, failure& fail,
 
 inline position parse_position(std::string_view bytes, boost::system::error_code& ec,
                                std::string_view source = "<db>-pos") {
-  failure f;
-  position p = parse_position(bytes, f, source);
-  ec = f.code;
-  return p;
+  diagnostics ignored;
+  return parse_position(bytes, ec, ignored, source);
 }
 
 /// Throws fwd::error (bad_litefs_file) with the detailed message.
 inline position parse_position(std::string_view bytes, std::string_view source = "<db>-pos") {
-  failure f;
-  return detail::value_or_throw(parse_position(bytes, f, source), f);
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = parse_position(bytes, ec, diag, source);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
 /**
@@ -120,26 +119,27 @@ inline position parse_position(std::string_view bytes, std::string_view source =
  * lag_never_synced (or never_synced()) for "never synced". Anything else is
  * bad_litefs_file naming `source` and the bytes.
  */
-inline std::chrono::milliseconds parse_lag(std::string_view bytes, failure& fail,
+inline std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec, diagnostics& diag,
                                            std::string_view source = ".lag") {
-  fail.clear();
-  const std::string src(source);
-  const std::string expected =
+  ec.clear();
+  diag.clear();
+  const std::string_view src = source;
+  const std::string_view expected =
       "LiteFS writes \"%+010d\\n\" (e.g. \"+000000000\\n\" on the primary, \"+2147483647\\n\" "
       "before the "
       "first sync): check that the path is a LiteFS mount";
   auto bad = [&](const std::string& problem) {
-    detail::set_failure(fail, errc::bad_litefs_file,
-                        src + " holds " + detail::escape_bytes(bytes) + ", not a lag: " + problem +
-                            ". " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
+                        fmt::format("{} holds {}, not a lag: {}. {}", src,
+                                    detail::escape_bytes(bytes), problem, expected));
     return std::chrono::milliseconds{0};
   };
   if (bytes.empty()) {
-    detail::set_failure(fail, errc::bad_litefs_file, src + " is empty; " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file, fmt::format("{} is empty; {}", src, expected));
     return std::chrono::milliseconds{0};
   }
   if (bytes[0] != '+' && bytes[0] != '-')
-    return bad("byte 0 is " + detail::describe_byte(bytes[0]) + ", expected '+' or '-'");
+    return bad(fmt::format("byte 0 is {}, expected '+' or '-'", detail::describe_byte(bytes[0])));
   std::size_t i = 1;
   while (i < bytes.size() && i <= 11 && detail::is_digit(bytes[i])) ++i;
   const std::size_t digits = i - 1;
@@ -148,13 +148,13 @@ inline std::chrono::milliseconds parse_lag(std::string_view bytes, failure& fail
     // Only the kernel's cut at LiteFS's advertised size (11 bytes) drops the newline.
     if (!(digits == 10 && bytes.size() == 11)) return bad("the final newline is missing");
   } else if (bytes[i] != '\n') {
-    return bad("byte " + std::to_string(i) + " is " + detail::describe_byte(bytes[i]) +
-               ", expected a digit or the final newline");
+    return bad(fmt::format("byte {} is {}, expected a digit or the final newline", i,
+                           detail::describe_byte(bytes[i])));
   } else if (i + 1 != bytes.size()) {
-    return bad(std::to_string(bytes.size() - i - 1) + " unexpected bytes follow the newline");
+    return bad(fmt::format("{} unexpected bytes follow the newline", bytes.size() - i - 1));
   }
   if (digits < 9)
-    return bad("only " + std::to_string(digits) + " digits, expected 9 or 10 (zero-padded)");
+    return bad(fmt::format("only {} digits, expected 9 or 10 (zero-padded)", digits));
   long long value = 0;
   for (std::size_t k = 1; k <= digits; ++k) value = value * 10 + (bytes[k] - '0');
   if (bytes[0] == '-') value = -value;
@@ -165,17 +165,18 @@ inline std::chrono::milliseconds parse_lag(std::string_view bytes, failure& fail
 
 inline std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec,
                                            std::string_view source = ".lag") {
-  failure f;
-  auto lag = parse_lag(bytes, f, source);
-  ec = f.code;
-  return lag;
+  diagnostics ignored;
+  return parse_lag(bytes, ec, ignored, source);
 }
 
 /// Throws fwd::error (bad_litefs_file) with the detailed message.
 inline std::chrono::milliseconds parse_lag(std::string_view bytes,
                                            std::string_view source = ".lag") {
-  failure f;
-  return detail::value_or_throw(parse_lag(bytes, f, source), f);
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = parse_lag(bytes, ec, diag, source);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
 /**
@@ -183,18 +184,19 @@ inline std::chrono::milliseconds parse_lag(std::string_view bytes,
  * (not a URL). Surrounding whitespace is trimmed; an empty result, a control byte, NUL
  * or a space inside, or more than max_file_size bytes is bad_litefs_file.
  */
-inline std::string parse_primary(std::string_view bytes, failure& fail,
+inline std::string parse_primary(std::string_view bytes, boost::system::error_code& ec, diagnostics& diag,
                                  std::string_view source = ".primary") {
-  fail.clear();
-  const std::string src(source);
-  const std::string expected =
+  ec.clear();
+  diag.clear();
+  const std::string_view src = source;
+  const std::string_view expected =
       "LiteFS writes the primary's lease hostname and a newline (e.g. \"e829424aee6108\\n\"): "
       "check "
       "lease.hostname in the primary's litefs.yml";
   if (bytes.size() > max_file_size) {
-    detail::set_failure(fail, errc::bad_litefs_file,
-                        src + " holds " + detail::escape_bytes(bytes) + ", more than " +
-                            std::to_string(max_file_size) + " bytes: not a hostname. " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
+                        fmt::format("{} holds {}, more than {} bytes: not a hostname. {}", src,
+                                    detail::escape_bytes(bytes), max_file_size, expected));
     return {};
   }
   auto is_space = [](char c) {
@@ -204,18 +206,17 @@ inline std::string parse_primary(std::string_view bytes, failure& fail,
   while (begin < end && is_space(bytes[begin])) ++begin;
   while (end > begin && is_space(bytes[end - 1])) --end;
   if (begin == end) {
-    detail::set_failure(
-        fail, errc::bad_litefs_file,
-        src + " holds " + detail::escape_bytes(bytes) + ": no hostname. " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
+        fmt::format("{} holds {}: no hostname. {}", src, detail::escape_bytes(bytes), expected));
     return {};
   }
   for (std::size_t i = begin; i < end; ++i) {
     const auto c = static_cast<unsigned char>(bytes[i]);
     if (c <= 0x20 || c == 0x7f) {
-      detail::set_failure(fail, errc::bad_litefs_file,
-                          src + " holds " + detail::escape_bytes(bytes) +
-                              ", not a hostname: byte " + std::to_string(i) + " is " +
-                              detail::describe_byte(bytes[i]) + ". " + expected);
+      detail::set_failure(ec, diag, errc::bad_litefs_file,
+                          fmt::format("{} holds {}, not a hostname: byte {} is {}. {}", src,
+                                      detail::escape_bytes(bytes), i,
+                                      detail::describe_byte(bytes[i]), expected));
       return {};
     }
   }
@@ -224,16 +225,17 @@ inline std::string parse_primary(std::string_view bytes, failure& fail,
 
 inline std::string parse_primary(std::string_view bytes, boost::system::error_code& ec,
                                  std::string_view source = ".primary") {
-  failure f;
-  std::string host = parse_primary(bytes, f, source);
-  ec = f.code;
-  return host;
+  diagnostics ignored;
+  return parse_primary(bytes, ec, ignored, source);
 }
 
 /// Throws fwd::error (bad_litefs_file) with the detailed message.
 inline std::string parse_primary(std::string_view bytes, std::string_view source = ".primary") {
-  failure f;
-  return detail::value_or_throw(parse_primary(bytes, f, source), f);
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = parse_primary(bytes, ec, diag, source);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
 /// Parses a mount table in the format of /proc/self/mounts (`source target type options

@@ -1,11 +1,13 @@
 #pragma once
 
-// Reading a LiteFS mount directory: this node's position, lag and role, in the three
+// Reading a LiteFS mount directory: this node's position, lag and role, in the two
 // forms of files.hpp. The role never comes from `.primary`'s absence alone.
 
 #include <fwd/litefs/detail/io.hpp>
 #include <fwd/litefs/files.hpp>
 #include <fwd/litefs/types.hpp>
+
+#include <fmt/format.h>
 
 namespace fwd::litefs {
 
@@ -20,78 +22,78 @@ namespace fwd::litefs {
  * bad_litefs_file.
  */
 inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
-                              failure& fail) {
-  fail.clear();
+                              boost::system::error_code& ec, diagnostics& diag) {
+  ec.clear();
+  diag.clear();
   if (db_name.empty() || db_name == "." || db_name == ".." ||
       db_name.find('/') != std::string_view::npos || db_name.find('\0') != std::string_view::npos) {
-    detail::set_failure(
-        fail, errc::bad_argument,
-        "read_position: database name " + detail::escape_bytes(db_name) +
-            " is not a file name in the mount: give the database's file name, e.g. \"blog.db\"");
+    detail::set_failure(ec, diag, errc::bad_argument,
+        fmt::format("read_position: database name {} is not a file name in the mount: give the "
+                    "database's file name, e.g. \"blog.db\"",
+                    detail::escape_bytes(db_name)));
     return {};
   }
   const std::string path =
-      detail::path_string(mount, std::string(db_name) + std::string(position_suffix));
+      detail::path_string(mount, fmt::format("{}{}", db_name, position_suffix));
   const detail::file_read r = detail::read_bounded(path, max_file_size);
   if (r.outcome == detail::read_outcome::not_found) {
-    detail::set_errno_failure(
-        fail, ENOENT,
-        path + " does not exist: the database " + std::string(db_name) +
-            " does not exist on this LiteFS mount yet (create it through the mount), "
-            "or " +
-            mount.string() + " is not a LiteFS mount");
+    detail::set_errno_failure(ec, diag, ENOENT,
+        fmt::format("{} does not exist: the database {} does not exist on this LiteFS mount yet "
+                    "(create it through the mount), or {} is not a LiteFS mount",
+                    path, db_name, mount.string()));
     return {};
   }
-  detail::set_read_failure(fail, r, path, "the database's LiteFS position");
-  if (fail) return {};
-  return parse_position(r.bytes, fail, path);
+  detail::set_read_failure(ec, diag, r, path, "the database's LiteFS position");
+  if (ec) return {};
+  return parse_position(r.bytes, ec, diag, path);
 }
 
 inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
                               boost::system::error_code& ec) {
-  failure f;
-  position p = read_position(mount, db_name, f);
-  ec = f.code;
-  return p;
+  diagnostics ignored;
+  return read_position(mount, db_name, ec, ignored);
 }
 
 /// Throws fwd::error with the detailed message.
 inline position read_position(const std::filesystem::path& mount, std::string_view db_name) {
-  failure f;
-  return detail::value_or_throw(read_position(mount, db_name, f), f);
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = read_position(mount, db_name, ec, diag);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
 /// Reads `<mount>/.lag` (see parse_lag). A missing file is not_litefs.
-inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount, failure& fail) {
-  fail.clear();
+inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount, boost::system::error_code& ec, diagnostics& diag) {
+  ec.clear();
+  diag.clear();
   const std::string path = detail::path_string(mount, lag_filename);
   const detail::file_read r = detail::read_bounded(path, max_file_size);
   if (r.outcome == detail::read_outcome::not_found) {
-    detail::set_failure(
-        fail, errc::not_litefs,
-        path + " does not exist: " + mount.string() +
-            " is not a LiteFS mount (LiteFS always serves .lag): use the fuse.dir of "
-            "litefs.yml, e.g. " +
-            std::string(default_mount));
+    detail::set_failure(ec, diag, errc::not_litefs,
+        fmt::format("{} does not exist: {} is not a LiteFS mount (LiteFS always serves .lag): "
+                    "use the fuse.dir of litefs.yml, e.g. {}",
+                    path, mount.string(), default_mount));
     return {};
   }
-  detail::set_read_failure(fail, r, path, "LiteFS's replication lag");
-  if (fail) return {};
-  return parse_lag(r.bytes, fail, path);
+  detail::set_read_failure(ec, diag, r, path, "LiteFS's replication lag");
+  if (ec) return {};
+  return parse_lag(r.bytes, ec, diag, path);
 }
 
 inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount,
                                           boost::system::error_code& ec) {
-  failure f;
-  auto lag = read_lag(mount, f);
-  ec = f.code;
-  return lag;
+  diagnostics ignored;
+  return read_lag(mount, ec, ignored);
 }
 
 /// Throws fwd::error with the detailed message.
 inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount) {
-  failure f;
-  return detail::value_or_throw(read_lag(mount, f), f);
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = read_lag(mount, ec, diag);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
 /**
@@ -109,13 +111,14 @@ inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount) {
  * The presence of `.primary` is tested with lstat (LiteFS serves no symlinks), so a
  * dangling symlink reproduces "present at stat, ENOENT at open".
  */
-inline role read_role(const std::filesystem::path& mount, failure& fail) {
-  fail.clear();
+inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec, diagnostics& diag) {
+  ec.clear();
+  diag.clear();
   role result;
   const std::string mount_str = mount.string();
   auto fail_role = [&]() {
     result.kind = role_kind::unknown;
-    result.reason = fail.message;
+    result.reason = diag.message();
     return result;
   };
 
@@ -126,17 +129,18 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
     const int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
       result.kind = role_kind::not_litefs;
-      result.reason =
-          mount_str + " does not exist (" + detail::errno_text(err) + "): not a LiteFS mount";
+      result.reason = fmt::format("{} does not exist ({}): not a LiteFS mount", mount_str,
+                                  detail::errno_text(err));
       return result;
     }
-    detail::set_errno_failure(
-        fail, err, "cannot stat the LiteFS mount " + mount_str + ": " + detail::errno_text(err));
+    detail::set_errno_failure(ec, diag, err,
+                              fmt::format("cannot stat the LiteFS mount {}: {}", mount_str,
+                                          detail::errno_text(err)));
     return fail_role();
   }
   if (!S_ISDIR(root.st_mode)) {
     result.kind = role_kind::not_litefs;
-    result.reason = mount_str + " is not a directory: not a LiteFS mount";
+    result.reason = fmt::format("{} is not a directory: not a LiteFS mount", mount_str);
     return result;
   }
 
@@ -146,11 +150,12 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
     const int err = errno;
     if (err == ENOENT) {
       result.kind = role_kind::not_litefs;
-      result.reason = mount_str + " has no .lag: not a LiteFS mount (LiteFS always serves .lag)";
+      result.reason =
+          fmt::format("{} has no .lag: not a LiteFS mount (LiteFS always serves .lag)", mount_str);
       return result;
     }
-    detail::set_errno_failure(fail, err,
-                              "cannot stat " + lag_path + ": " + detail::errno_text(err));
+    detail::set_errno_failure(ec, diag, err,
+                              fmt::format("cannot stat {}: {}", lag_path, detail::errno_text(err)));
     return fail_role();
   }
 
@@ -160,51 +165,68 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
   if (::lstat(primary_path.c_str(), &primary_st) == 0) {
     const detail::file_read r = detail::read_bounded(primary_path, max_file_size);
     if (r.outcome == detail::read_outcome::ok) {
-      std::string host = parse_primary(r.bytes, fail, primary_path);
-      if (fail) return fail_role();
+      std::string host = parse_primary(r.bytes, ec, diag, primary_path);
+      if (ec) return fail_role();
       result.kind = role_kind::replica;
-      result.reason = primary_path + " names the primary " + host;
+      result.reason = fmt::format("{} names the primary {}", primary_path, host);
       result.primary_hostname = std::move(host);
       return result;
     }
     if (r.outcome != detail::read_outcome::not_found) {
-      detail::set_read_failure(fail, r, primary_path, "the primary's hostname");
+      detail::set_read_failure(ec, diag, r, primary_path, "the primary's hostname");
       return fail_role();
     }
     absent_why = ".primary vanished between stat and read (ENOENT: LiteFS lost its primary)";
   } else if (errno != ENOENT) {
     const int err = errno;
-    detail::set_errno_failure(fail, err,
-                              "cannot stat " + primary_path + ": " + detail::errno_text(err));
+    detail::set_errno_failure(ec, diag, err,
+                              fmt::format("cannot stat {}: {}", primary_path,
+                                          detail::errno_text(err)));
     return fail_role();
   }
 
   const detail::file_read lag_read = detail::read_bounded(lag_path, max_file_size);
   if (lag_read.outcome == detail::read_outcome::not_found) {
     result.kind = role_kind::not_litefs;
-    result.reason = lag_path + " vanished while reading it: the LiteFS mount went away";
+    result.reason =
+        fmt::format("{} vanished while reading it: the LiteFS mount went away", lag_path);
     return result;
   }
-  detail::set_read_failure(fail, lag_read, lag_path, "LiteFS's replication lag");
-  if (fail) return fail_role();
-  const std::chrono::milliseconds lag = parse_lag(lag_read.bytes, fail, lag_path);
-  if (fail) return fail_role();
+  detail::set_read_failure(ec, diag, lag_read, lag_path, "LiteFS's replication lag");
+  if (ec) return fail_role();
+  const std::chrono::milliseconds lag = parse_lag(lag_read.bytes, ec, diag, lag_path);
+  if (ec) return fail_role();
 
-  char mode[8];
-  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(root.st_mode & 07777));
+  const unsigned mode = static_cast<unsigned>(root.st_mode & 07777);
   const bool writable = (root.st_mode & 0222) != 0;
   const std::string lag_text = never_synced(lag) ? std::string("never synced (+2147483647)")
-                                                 : std::to_string(lag.count()) + " ms";
+                                                 : fmt::format("{} ms", lag.count());
   if (writable && lag.count() == 0) {
     result.kind = role_kind::primary;
-    result.reason = absent_why + ", mount root writable (mode " + mode +
-                    ") and .lag 0: this node is the primary";
+    result.reason = fmt::format(
+        "{}, mount root writable (mode {:04o}) and .lag 0: this node is the primary", absent_why,
+        mode);
     return result;
   }
   result.kind = role_kind::unknown;
-  result.reason = absent_why + ", mount root mode " + mode +
-                  (writable ? " (writable)" : " (read-only: a replica)") + ", .lag " + lag_text +
-                  ": no primary known (election, reconnect, or none); writes must wait";
+  result.reason = fmt::format(
+      "{}, mount root mode {:04o} {}, .lag {}: no primary known (election, reconnect, or none); "
+      "writes must wait",
+      absent_why, mode, writable ? "(writable)" : "(read-only: a replica)", lag_text);
+  return result;
+}
+
+inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec) {
+  diagnostics ignored;
+  return read_role(mount, ec, ignored);
+}
+
+/// Throws fwd::error on I/O failures other than ENOENT and on malformed files.
+inline role read_role(const std::filesystem::path& mount) {
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = read_role(mount, ec, diag);
+  fwd::detail::throw_on_error(ec, std::move(diag));
   return result;
 }
 
@@ -216,26 +238,14 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
  */
 inline role current_role(const std::filesystem::path& mount) noexcept {
   try {
-    failure ignored;  // the role is already `unknown` with the failure as its reason
+    // The role is already `unknown` with the failure as its reason.
+    boost::system::error_code ignored;
     return read_role(mount, ignored);
   } catch (...) {
     role r;
     r.kind = role_kind::unknown;
     return r;
   }
-}
-
-inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec) {
-  failure f;
-  role r = read_role(mount, f);
-  ec = f.code;
-  return r;
-}
-
-/// Throws fwd::error on I/O failures other than ENOENT and on malformed files.
-inline role read_role(const std::filesystem::path& mount) {
-  failure f;
-  return detail::value_or_throw(read_role(mount, f), f);
 }
 
 }  // namespace fwd::litefs

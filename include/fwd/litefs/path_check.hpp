@@ -7,6 +7,8 @@
 #include <fwd/litefs/files.hpp>
 #include <fwd/litefs/types.hpp>
 
+#include <fmt/format.h>
+
 namespace fwd::litefs {
 
 // ---------------------------------------------------------------------------------------
@@ -62,15 +64,19 @@ inline std::filesystem::path suggested_mount(
  *     unless `options.require_fuse` is false: otherwise not_litefs;
  *  4. that directory must hold `.lag`: otherwise not_litefs.
  * Relative paths are taken from the current directory. Other I/O failures keep their
- * system error code. On success, `mount` is the database's directory.
+ * system error code. Returns the LiteFS mount directory (the database's directory),
+ * empty on failure.
  */
-inline path_check check_database_path(const std::filesystem::path& db,
-                                      const path_check_options& options = {}) {
-  path_check result;
+inline std::filesystem::path check_database_path(const std::filesystem::path& db,
+                                                 const path_check_options& options,
+                                                 boost::system::error_code& ec,
+                                                 diagnostics& diag) {
+  ec.clear();
+  diag.clear();
   auto fail = [&](boost::system::error_code code, std::string message) {
-    result.code = code;
-    result.message = std::move(message);
-    return result;
+    ec = code;
+    diag.assign(std::move(message));
+    return std::filesystem::path();
   };
   const std::string raw = db.string();
   if (raw.empty()) {
@@ -80,22 +86,23 @@ inline path_check check_database_path(const std::filesystem::path& db,
   }
   if (raw.find('\0') != std::string::npos) {
     return fail(errc::bad_argument,
-                "the database path " + detail::escape_bytes(raw) +
-                    " contains a NUL byte: give the database's path on the LiteFS mount, "
-                    "e.g. /litefs/blog.db");
+                fmt::format("the database path {} contains a NUL byte: give the database's "
+                            "path on the LiteFS mount, e.g. /litefs/blog.db",
+                            detail::escape_bytes(raw)));
   }
   std::error_code fs_ec;
   std::filesystem::path absolute = std::filesystem::absolute(db, fs_ec);
   if (fs_ec) {
     return fail(boost::system::error_code(fs_ec.value(), boost::system::system_category()),
-                "cannot make the database path " + raw + " absolute: " + fs_ec.message());
+                fmt::format("cannot make the database path {} absolute: {}", raw,
+                            fs_ec.message()));
   }
   const std::string name = db.filename().string();
   if (name.empty() || name == "." || name == "..") {
     return fail(errc::bad_argument,
-                "the database path " + raw +
-                    " names a directory, not a database file: give the database's path on "
-                    "the LiteFS mount, e.g. /litefs/blog.db");
+                fmt::format("the database path {} names a directory, not a database file: give "
+                            "the database's path on the LiteFS mount, e.g. /litefs/blog.db",
+                            raw));
   }
   absolute = absolute.lexically_normal();
   const std::filesystem::path dir = absolute.parent_path();
@@ -114,9 +121,9 @@ inline path_check check_database_path(const std::filesystem::path& db,
       const std::filesystem::path suggestion =
           detail::suggested_mount(options.mounts_file) / suggested_name;
       return fail(errc::misconfigured_mount,
-                  absolute.string() + " is inside LiteFS's data directory (" + ancestor.string() +
-                      "); nothing written there replicates. Point SQLite at the FUSE mount, e.g. " +
-                      suggestion.string());
+                  fmt::format("{} is inside LiteFS's data directory ({}); nothing written there "
+                              "replicates. Point SQLite at the FUSE mount, e.g. {}",
+                              absolute.string(), ancestor.string(), suggestion.string()));
     }
     if (ancestor == ancestor.parent_path() || ancestor.empty()) break;
   }
@@ -127,29 +134,28 @@ inline path_check check_database_path(const std::filesystem::path& db,
     const int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
       return fail(errc::not_litefs,
-                  "the directory " + dir.string() + " of the database " + absolute.string() +
-                      " does not exist (" + detail::errno_text(err) +
-                      "): point SQLite at the LiteFS FUSE mount, e.g. " +
-                      (detail::suggested_mount(options.mounts_file) / name).string() +
-                      ", and start LiteFS before the application");
+                  fmt::format("the directory {} of the database {} does not exist ({}): point "
+                              "SQLite at the LiteFS FUSE mount, e.g. {}, and start LiteFS before "
+                              "the application",
+                              dir.string(), absolute.string(), detail::errno_text(err),
+                              (detail::suggested_mount(options.mounts_file) / name).string()));
     }
     return fail(boost::system::error_code(err, boost::system::system_category()),
-                "cannot statfs " + dir.string() + " (the directory of " + absolute.string() +
-                    "): " + detail::errno_text(err));
+                fmt::format("cannot statfs {} (the directory of {}): {}", dir.string(),
+                            absolute.string(), detail::errno_text(err)));
   }
   const auto magic = static_cast<std::uint64_t>(static_cast<unsigned long>(fs_info.f_type));
   if (options.require_fuse && magic != fuse_super_magic) {
     const char* fs_name = detail::filesystem_name(magic);
     return fail(
         errc::not_litefs,
-        dir.string() + " (the directory of " + absolute.string() +
-            ") is not a FUSE mount: its filesystem magic is " + detail::hex(magic) +
-            (fs_name ? std::string(" (") + fs_name + ")" : std::string()) +
-            ", a LiteFS mount has " + detail::hex(fuse_super_magic) +
-            " (FUSE), so nothing written there replicates. Point SQLite at the LiteFS FUSE mount, "
-            "e.g. " +
-            (detail::suggested_mount(options.mounts_file) / name).string() +
-            " (for a LiteFS simulation in tests, set path_check_options::require_fuse = false)");
+        fmt::format("{} (the directory of {}) is not a FUSE mount: its filesystem magic is "
+                    "{:#x}{}, a LiteFS mount has {:#x} (FUSE), so nothing written there "
+                    "replicates. Point SQLite at the LiteFS FUSE mount, e.g. {} (for a LiteFS "
+                    "simulation in tests, set path_check_options::require_fuse = false)",
+                    dir.string(), absolute.string(), magic,
+                    fs_name ? fmt::format(" ({})", fs_name) : std::string(), fuse_super_magic,
+                    (detail::suggested_mount(options.mounts_file) / name).string()));
   }
 
   // 4. `.lag`, which LiteFS always serves.
@@ -160,27 +166,35 @@ inline path_check check_database_path(const std::filesystem::path& db,
     if (err == ENOENT) {
       return fail(
           errc::not_litefs,
-          dir.string() +
-              (options.require_fuse ? " is a FUSE mount but has no .lag: not a LiteFS mount"
-                                    : " has no .lag: not a LiteFS mount nor a LiteFS simulation") +
-              "; LiteFS always serves .lag in its mount. Point SQLite at the LiteFS FUSE mount, "
-              "e.g. " +
-              (detail::suggested_mount(options.mounts_file) / name).string());
+          fmt::format("{} {}; LiteFS always serves .lag in its mount. Point SQLite at the LiteFS "
+                      "FUSE mount, e.g. {}",
+                      dir.string(),
+                      options.require_fuse
+                          ? "is a FUSE mount but has no .lag: not a LiteFS mount"
+                          : "has no .lag: not a LiteFS mount nor a LiteFS simulation",
+                      (detail::suggested_mount(options.mounts_file) / name).string()));
     }
     return fail(boost::system::error_code(err, boost::system::system_category()),
-                "cannot stat " + lag_path + ": " + detail::errno_text(err));
+                fmt::format("cannot stat {}: {}", lag_path, detail::errno_text(err)));
   }
-  result.mount = dir;
-  return result;
+  return dir;
 }
 
-/// Throws fwd::error with check_database_path's message when the check fails; returns
-/// the LiteFS mount directory (the database's directory) otherwise.
-inline std::filesystem::path require_database_path(const std::filesystem::path& db,
-                                                   const path_check_options& options = {}) {
-  path_check check = check_database_path(db, options);
-  if (!check.ok()) throw fwd::error(check.code, check.message);
-  return check.mount;
+inline std::filesystem::path check_database_path(const std::filesystem::path& db,
+                                                 const path_check_options& options,
+                                                 boost::system::error_code& ec) {
+  diagnostics ignored;
+  return check_database_path(db, options, ec, ignored);
+}
+
+/// Throws fwd::error with the detailed message when the check fails.
+inline std::filesystem::path check_database_path(const std::filesystem::path& db,
+                                                 const path_check_options& options = {}) {
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto mount = check_database_path(db, options, ec, diag);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return mount;
 }
 
 }  // namespace fwd::litefs

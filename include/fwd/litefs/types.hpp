@@ -41,22 +41,6 @@ constexpr bool never_synced(std::chrono::milliseconds lag) noexcept {
   return lag == lag_never_synced;
 }
 
-/// A failure with its detailed message (file, offending bytes, what to do).
-struct failure {
-  boost::system::error_code code;
-  std::string message;
-
-  bool failed() const noexcept { return static_cast<bool>(code); }
-  /// True when failed, like error_code.
-  explicit operator bool() const noexcept { return failed(); }
-  void clear() noexcept {
-    code.clear();
-    message.clear();
-  }
-  /// Throws fwd::error(code, message).
-  [[noreturn]] void raise() const { throw fwd::error(code, message); }
-};
-
 /// A database's replication position, as in `<db>-pos`.
 struct position {
   std::uint64_t txid = 0;      ///< the last applied transaction id
@@ -110,14 +94,6 @@ struct path_check_options {
   /// Where to read the mount table (default /proc/self/mounts), for the suggestion in
   /// messages; tests give a fixture.
   std::optional<std::filesystem::path> mounts_file;
-};
-
-/// The outcome of check_database_path.
-struct path_check {
-  boost::system::error_code code;  ///< empty when the path is fine
-  std::string message;             ///< what is wrong and what to do; empty when ok
-  std::filesystem::path mount;  ///< the LiteFS mount directory (the database's directory), when ok
-  bool ok() const noexcept { return !code; }
 };
 
 }  // namespace fwd::litefs

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <fmt/format.h>
 #include <fwd/error.hpp>
 #include <ranges>
 #include <span>
@@ -24,15 +25,9 @@ namespace detail {
 /// "<what> failed: <sqlite3_errmsg> [in: <sql>]": the detail of a thrown fwd::error.
 inline std::string describe_failure(sqlite3* db, int rc, std::string_view what,
                                     std::string_view sql) {
-  std::string text(what);
-  text += " failed: ";
-  text += db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  if (!sql.empty()) {
-    text += " [in: ";
-    text += sql;
-    text += "]";
-  }
-  return text;
+  const char* reason = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  if (sql.empty()) return fmt::format("{} failed: {}", what, reason);
+  return fmt::format("{} failed: {} [in: {}]", what, reason, sql);
 }
 
 /// The extended result code of a failed call: `rc` when extended codes are on (fwd
@@ -158,7 +153,7 @@ class statement {
     const int index = sqlite3_bind_parameter_index(stmt_, zname.c_str());
     if (index == 0) {
       throw fwd::error(make_sqlite_error(SQLITE_RANGE),
-                       "no SQL parameter named " + zname + " [in: " + std::string(sql()) + "]");
+                       fmt::format("no SQL parameter named {} [in: {}]", zname, sql()));
     }
     return index;
   }

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <fwd/sqlite/connection.hpp>
 #include <fwd/sqlite/transaction.hpp>
+#include <fmt/format.h>
 #include <fwd/error.hpp>
 #include <fwd/procedure.hpp>
 #include <string>
@@ -69,9 +70,9 @@ namespace detail {
 inline void bind_sql_values(sqlite::statement& stmt, const std::vector<sql_value>& values) {
   if (static_cast<int>(values.size()) != stmt.parameter_count()) {
     throw fwd::error(make_error_code(errc::bad_argument),
-                     "the statement has " + std::to_string(stmt.parameter_count()) +
-                         " parameters but " + std::to_string(values.size()) +
-                         " values were given: give one value per parameter");
+                     fmt::format("the statement has {} parameters but {} values were given: "
+                                 "give one value per parameter",
+                                 stmt.parameter_count(), values.size()));
   }
   int index = 1;
   for (const auto& value : values) {
@@ -133,8 +134,9 @@ inline std::int64_t run_migrations(sqlite3* db, const std::vector<migration>& mi
   for (const auto& m : migrations) {
     if (m.version <= previous) {
       throw fwd::error(make_error_code(errc::bad_argument),
-                       "migration versions must be positive and strictly increasing; version " +
-                           std::to_string(m.version) + " follows " + std::to_string(previous));
+                       fmt::format("migration versions must be positive and strictly "
+                                   "increasing; version {} follows {}",
+                                   m.version, previous));
     }
     previous = m.version;
   }

@@ -11,6 +11,8 @@
 
 #include <fwd/litefs/types.hpp>
 
+#include <fmt/format.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <iterator>
@@ -51,9 +53,7 @@ inline void append_escaped_byte(std::string& out, unsigned char c) {
   if (c >= 0x20 && c < 0x7f) {
     out += static_cast<char>(c);
   } else {
-    char buf[5];
-    std::snprintf(buf, sizeof buf, "\\x%02x", c);
-    out += buf;
+    fmt::format_to(std::back_inserter(out), "\\x{:02x}", c);
   }
 }
 
@@ -65,10 +65,10 @@ inline std::string escape_bytes(std::string_view bytes, std::size_t shown = 48) 
   for (std::size_t i = 0; i < n; ++i)
     append_escaped_byte(out, static_cast<unsigned char>(bytes[i]));
   if (n < bytes.size()) {
-    out +=
-        "...\" (" + std::to_string(bytes.size()) + " bytes, first " + std::to_string(n) + " shown)";
+    fmt::format_to(std::back_inserter(out), "...\" ({} bytes, first {} shown)", bytes.size(), n);
   } else {
-    out += "\" (" + std::to_string(bytes.size()) + (bytes.size() == 1 ? " byte)" : " bytes)");
+    fmt::format_to(std::back_inserter(out), "\" ({} {})", bytes.size(),
+                   bytes.size() == 1 ? "byte" : "bytes");
   }
   return out;
 }
@@ -77,27 +77,20 @@ inline std::string escape_bytes(std::string_view bytes, std::size_t shown = 48) 
 inline std::string describe_byte(char c) {
   std::string out = "'";
   append_escaped_byte(out, static_cast<unsigned char>(c));
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "' (0x%02x)", static_cast<unsigned char>(c));
-  return out + buf;
+  fmt::format_to(std::back_inserter(out), "' (0x{:02x})", static_cast<unsigned char>(c));
+  return out;
 }
 
 inline std::string errno_text(int err) { return std::generic_category().message(err); }
 
-inline void set_failure(failure& f, errc e, std::string message) {
-  f.code = make_error_code(e);
-  f.message = std::move(message);
+inline void set_failure(boost::system::error_code& ec, diagnostics& diag, errc e, std::string message) {
+  ec = make_error_code(e);
+  diag.assign(std::move(message));
 }
 
-inline void set_errno_failure(failure& f, int err, std::string message) {
-  f.code = boost::system::error_code(err, boost::system::system_category());
-  f.message = std::move(message);
-}
-
-template <class T>
-T value_or_throw(T value, const failure& f) {
-  if (f) f.raise();
-  return value;
+inline void set_errno_failure(boost::system::error_code& ec, diagnostics& diag, int err, std::string message) {
+  ec = boost::system::error_code(err, boost::system::system_category());
+  diag.assign(std::move(message));
 }
 
 // stat() that asks the filesystem instead of the kernel's attribute cache (statx with
@@ -188,35 +181,34 @@ inline file_read read_bounded(const std::string& path, std::size_t limit) {
 }
 
 /// Turns a failed read into a failure naming the file. `what` says what the file is.
-inline void set_read_failure(failure& f, const file_read& r, const std::string& path,
+inline void set_read_failure(boost::system::error_code& ec, diagnostics& diag, const file_read& r, const std::string& path,
                              std::string_view what) {
   switch (r.outcome) {
     case read_outcome::ok:
       return;
     case read_outcome::not_found:
-      set_errno_failure(f, ENOENT,
-                        path + " (" + std::string(what) +
-                            ") does not exist: check that the directory is "
-                            "a LiteFS mount and that LiteFS is running");
+      set_errno_failure(ec, diag, ENOENT,
+                        fmt::format("{} ({}) does not exist: check that the directory is a "
+                                    "LiteFS mount and that LiteFS is running",
+                                    path, what));
       return;
     case read_outcome::too_large:
-      set_failure(
-          f, errc::bad_litefs_file,
-          path + " (" + std::string(what) + ") is larger than " + std::to_string(max_file_size) +
-              " bytes; LiteFS's control files are a few bytes: check that the directory is a "
-              "LiteFS mount");
+      set_failure(ec, diag, errc::bad_litefs_file,
+          fmt::format("{} ({}) is larger than {} bytes; LiteFS's control files are a few bytes: "
+                      "check that the directory is a LiteFS mount",
+                      path, what, max_file_size));
       return;
     case read_outcome::not_regular:
-      set_failure(f, errc::bad_litefs_file,
-                  path + " (" + std::string(what) +
-                      ") is not a regular file; LiteFS serves it as one: "
-                      "check that the directory is a LiteFS mount");
+      set_failure(ec, diag, errc::bad_litefs_file,
+                  fmt::format("{} ({}) is not a regular file; LiteFS serves it as one: check "
+                              "that the directory is a LiteFS mount",
+                              path, what));
       return;
     case read_outcome::io_error:
-      set_errno_failure(f, r.error,
-                        "cannot read " + path + " (" + std::string(what) +
-                            "): " + errno_text(r.error) +
-                            ": check the permissions and that LiteFS is running");
+      set_errno_failure(ec, diag, r.error,
+                        fmt::format("cannot read {} ({}): {}: check the permissions and that "
+                                    "LiteFS is running",
+                                    path, what, errno_text(r.error)));
       return;
   }
 }
@@ -266,12 +258,6 @@ inline const char* filesystem_name(std::uint64_t magic) noexcept {
     default:
       return nullptr;
   }
-}
-
-inline std::string hex(std::uint64_t value) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(value));
-  return buf;
 }
 
 }  // namespace detail
