@@ -26,6 +26,7 @@
 #include <fwd/write/breaker.hpp>
 #include <fwd/cluster/discovery.hpp>
 #include <fwd/error.hpp>
+#include <fwd/litefs/monitor.hpp>
 #include <fwd/write/forwarder.hpp>
 #include <fwd/litefs/mount.hpp>
 #include <fwd/litefs/path_check.hpp>
@@ -152,7 +153,15 @@ struct node_options {
   std::chrono::milliseconds connect_timeout{1000};
   /// The primary's writer (group commit, dedup retention, busy timeout...).
   sqlite::write_options write;
-  /// The local LiteFS role (default: read from the mount). For tests.
+  /// LiteFS's HTTP address (its `http.addr`; LiteFS's default is 127.0.0.1:20202). When
+  /// set, the node follows LiteFS's `/events` stream and sees role changes and new
+  /// transactions as they happen; without it, the mount is polled (`litefs_poll`).
+  std::optional<boost::asio::ip::tcp::endpoint> litefs_http;
+  /// How often the node's litefs::monitor re-reads the mount when nobody waits for a
+  /// position (while one waits: every millisecond, shared by all waiters).
+  std::chrono::milliseconds litefs_poll{50};
+  /// The local LiteFS role read from the mount (default: litefs::current_role). For tests;
+  /// the node itself reads the role from its monitor, which calls this.
   std::function<litefs::role()> role;
   telemetry_ptr telemetry;
   /// Mutual TLS between the nodes (under fwd's own secret check), for networks that are
@@ -195,6 +204,30 @@ class node {
     if (options_.name.empty()) options_.name = options_.litefs_hostname;
     if (!options_.role)
       options_.role = [mount = options_.mount] { return litefs::current_role(mount); };
+    {
+      litefs::monitor_options m;
+      m.mount = options_.mount;
+      m.database = options_.database.filename().string();
+      m.poll_interval = options_.litefs_poll;
+      m.http = options_.litefs_http;
+      m.read_role = options_.role;
+      if (const telemetry_ptr& t = options_.telemetry; t && t->litefs_changed) {
+        m.on_change = [t](const litefs::node_state& s) {
+          t->litefs_changed(litefs_event{litefs::to_string(s.role), s.primary_hostname, s.mount_dead,
+                                         s.mount_generation, s.pos.txid, s.reason});
+        };
+      }
+      monitor_ = litefs::monitor::create(executor_, std::move(m));
+    }
+    // Everything in the node reads the role from the monitor: an atomic load, no syscall.
+    role_ = [monitor = monitor_] {
+      const auto state = monitor->state();
+      litefs::role r;
+      r.kind = state->role;
+      r.primary_hostname = state->primary_hostname;
+      r.reason = state->reason;
+      return r;
+    };
     if (!options_.on_warning) {
       options_.on_warning = [](std::string_view text) {
         std::fprintf(stderr, "fwd: warning: %.*s\n", static_cast<int>(text.size()), text.data());
@@ -289,7 +322,7 @@ class node {
                 std::move(done)(ec, std::move(status));
               });
         },
-        options_.role);
+        role_);
 
     forwarder_options forwarding;
     forwarding.mount = options_.mount;
@@ -298,7 +331,8 @@ class node {
     forwarding.retry = options_.retry;
     forwarding.breaker = options_.breaker;
     forwarding.read_your_writes = options_.read_your_writes;
-    forwarding.role = options_.role;
+    forwarding.monitor = monitor_;
+    forwarding.role = role_;
     forwarding.telemetry = options_.telemetry;
     forwarder_ =
         std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
@@ -355,7 +389,28 @@ class node {
         options_.on_warning(diag.message());
       }
     }
+    monitor_->start();
     sqlite::write_options write = options_.write;
+    if (!write.mount_generation) {
+      write.mount_generation = [monitor = monitor_,
+                                db = options_.database.string()]() -> std::optional<std::uint64_t> {
+        auto state = monitor->state();
+        if (state->mount_dead) return std::nullopt;
+        // One forced getattr per batch (not per write): a mount that died or was replaced
+        // since the monitor's last poll is caught before SQLite touches it.
+        struct stat now {};
+        if (litefs::detail::stat_uncached(db, now) != 0) {
+          if (errno == ENOENT) return state->mount_generation;  // not created yet
+          monitor->poll_now();
+          return std::nullopt;
+        }
+        if (state->mount_device != 0 && static_cast<std::uint64_t>(now.st_dev) != state->mount_device) {
+          monitor->poll_now();  // LiteFS restarted: the next batch opens the new mount
+          return std::nullopt;
+        }
+        return state->mount_generation;
+      };
+    }
     if (!write.position_after_commit) {
       write.position_after_commit = [mount = options_.mount,
                                      db = options_.database.filename().string()] {
@@ -373,12 +428,11 @@ class node {
     server_options.litefs_hostname = options_.litefs_hostname;
     server_options.telemetry = options_.telemetry;
     server_options.tls = options_.tls;
-    server_options.status = [role = options_.role, mount = options_.mount,
-                             db = options_.database.filename().string()] {
+    server_options.status = [monitor = monitor_] {
+      const auto state = monitor->state();
       rpc::local_status status;
-      status.role = litefs::to_string(role().kind);
-      boost::system::error_code ec;
-      status.txid = litefs::read_position(mount, db, ec).txid;
+      status.role = litefs::to_string(state->role);
+      status.txid = state->pos.txid;
       return status;
     };
     server_ = std::make_unique<rpc::server>(executor_, registry_, std::move(server_options));
@@ -402,6 +456,7 @@ class node {
     if (server_) server_->stop();
     finder_->stop();
     membership_->stop();
+    monitor_->stop();
     client_->close();
     if (writer_) writer_->stop();
   }
@@ -418,7 +473,12 @@ class node {
   fwd::forwarder& forwarder() noexcept { return *forwarder_; }
 
   /// This node's role as LiteFS tells it now.
-  litefs::role role() const { return options_.role(); }
+  litefs::role role() const { return role_(); }
+
+  /// This node's LiteFS state as its monitor last saw it (role, position, lag, a dead or
+  /// replaced mount): an atomic load.
+  std::shared_ptr<const litefs::node_state> litefs_state() const noexcept { return monitor_->state(); }
+  litefs::monitor& monitor() noexcept { return *monitor_; }
 
   /// This node's `<db>-pos` TXID now (0 if unreadable).
   std::uint64_t local_txid() const {
@@ -461,6 +521,8 @@ class node {
   rpc::registry registry_;
   std::shared_ptr<rpc::client> client_;
   std::unique_ptr<fwd::membership> membership_;
+  std::shared_ptr<litefs::monitor> monitor_;
+  std::function<litefs::role()> role_;
   std::shared_ptr<primary_finder> finder_;
   std::unique_ptr<fwd::forwarder> forwarder_;
   std::shared_ptr<sqlite::write_executor> writer_;

@@ -76,6 +76,17 @@ struct resolver_error_event {
   std::string_view message;
 };
 
+/// This node's LiteFS state changed (litefs::monitor): role, primary, a dead or replaced
+/// mount (a new mount generation), or the position.
+struct litefs_event {
+  std::string_view role;              ///< "primary", "replica", "unknown", "not_litefs"
+  std::string_view primary_hostname;  ///< replica: the primary's LiteFS hostname
+  bool mount_dead = false;            ///< LiteFS stopped under the service
+  std::uint64_t mount_generation = 0;
+  std::uint64_t txid = 0;
+  std::string_view reason;
+};
+
 /// A peer's circuit breaker changed state ("closed", "open", "half-open").
 struct breaker_event {
   std::string_view peer;
@@ -102,6 +113,7 @@ struct telemetry {
   std::function<void(const discovery_lookup_event&)> discovery_lookup;
   std::function<void(const probe_event&)> probe_finished;
   std::function<void(const resolver_error_event&)> resolver_error;
+  std::function<void(const litefs_event&)> litefs_changed;
 };
 
 /// Shared, immutable hooks; null means "no telemetry".

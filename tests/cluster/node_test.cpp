@@ -280,6 +280,7 @@ std::shared_ptr<fwd::telemetry> throwing_telemetry(std::atomic<int>& calls) {
   t->discovery_lookup = thrower;
   t->probe_finished = thrower;
   t->resolver_error = thrower;
+  t->litefs_changed = thrower;
   return t;
 }
 
@@ -367,6 +368,11 @@ TEST_CASE(
   // The role read throws (as on a dead mount): discovery probes the dead member, finds no
   // primary, and the call fails by its deadline with a retryable error.
   role_fails = true;
+  // The node's monitor sees it at its next poll: wait for that, bounded.
+  const auto seen_by = std::chrono::steady_clock::now() + 5s;
+  while (node.role().kind != fwd::litefs::role_kind::unknown && std::chrono::steady_clock::now() < seen_by)
+    std::this_thread::yield();
+  REQUIRE(node.role().kind == fwd::litefs::role_kind::unknown);
   node.discovery().invalidate();
   auto no_role = call(add_label, "while the role cannot be read", 300ms);
   INFO(no_role.first.message());
@@ -375,6 +381,9 @@ TEST_CASE(
 
   // The mount is readable again: the node, still running, writes.
   role_fails = false;
+  const auto back_by = std::chrono::steady_clock::now() + 5s;
+  while (node.role().kind != fwd::litefs::role_kind::primary && std::chrono::steady_clock::now() < back_by)
+    std::this_thread::yield();
   node.discovery().invalidate();
   auto again = call(add_label, "after the fault", 5s);
   CHECK_FALSE(again.first);

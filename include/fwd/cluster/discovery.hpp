@@ -389,7 +389,13 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     if (round->claimants.empty()) {
       why = "no member says it is primary";
     } else if (round->local.kind == litefs::role_kind::replica) {
-      why = "LiteFS names " + round->local.primary_hostname + " but no member with that hostname is primary";
+      // A member that is primary but announces another LiteFS hostname than the one
+      // LiteFS names: that node's fwd hostname is not its LiteFS lease hostname.
+      const auto& [p, st] = round->claimants.front();
+      why = "LiteFS names the primary " + round->local.primary_hostname + ", but the member " +
+            rpc::detail::endpoint_string(p.endpoint) + " that is primary announces the LiteFS hostname '" +
+            st.litefs_hostname + "': set that node's litefs_hostname to its LiteFS lease hostname " +
+            "(lease.hostname in its litefs.yml; on Fly.io the machine id)";
     } else {
       why = std::to_string(round->claimants.size()) + " members claim to be primary";
     }

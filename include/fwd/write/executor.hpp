@@ -79,6 +79,14 @@ struct write_options {
   /// executor owns. At most one batch runs at a time; a batch may block a thread of this
   /// executor for as long as its writes take (plus max_batch_delay).
   std::optional<boost::asio::any_io_executor> work_executor;
+  /// Called on the writer thread before each batch: the generation of the mount the
+  /// database lives on (litefs::monitor's `mount_generation`), or nullopt when the mount
+  /// cannot be used (LiteFS stopped under the service). A dead mount fails the batch with
+  /// errc::not_primary (nothing ran: retryable) and closes the connection, so that nothing
+  /// touches the dead mount's memory-mapped `-shm` again (SIGBUS); a new generation (LiteFS
+  /// restarted: a new mount) closes the connection and opens the database anew first.
+  /// Unset: the connection is kept for the executor's lifetime.
+  std::function<std::optional<std::uint64_t>()> mount_generation;
 };
 
 namespace detail {
@@ -169,8 +177,12 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
  public:
   write_executor_state(const std::string& path, write_options options)
       : options_(std::move(options)),
+        path_(path),
         connection_(path, options_.open_flags, options_.busy_timeout) {
     if (options_.max_batch == 0) options_.max_batch = 1;
+    if (options_.mount_generation) {
+      if (const auto g = options_.mount_generation()) generation_ = *g;
+    }
     if (options_.on_open) options_.on_open(connection_);
     last_prune_ = std::chrono::steady_clock::now();
   }
@@ -348,8 +360,56 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     }
   }
 
+  // Drops the connection without touching the database: no checkpoint on close (a dead
+  // mount's `-shm` must not be read). Statements go first.
+  void drop_connection() noexcept {
+    lookup_ = {};
+    insert_ = {};
+    prune_ = {};
+    if (connection_.native_handle() != nullptr) {
+      int ignored = 0;
+      sqlite3_db_config(connection_.native_handle(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, &ignored);
+    }
+    connection_.close();
+    schema_ready_ = false;
+  }
+
+  // Before a batch: the mount is usable and the connection is on it. Returns the failure
+  // that fails the batch otherwise.
+  std::optional<write_outcome> ensure_connection() {
+    if (!options_.mount_generation) return std::nullopt;
+    const std::optional<std::uint64_t> now = options_.mount_generation();
+    if (!now) {
+      if (connection_.native_handle() != nullptr) drop_connection();
+      return write_outcome{make_error_code(errc::not_primary),
+                           "the LiteFS mount under " + path_ +
+                               " is dead (LiteFS stopped under the service); nothing ran: retry once "
+                               "LiteFS is back"};
+    }
+    if (*now != generation_ && connection_.native_handle() != nullptr) drop_connection();
+    generation_ = *now;
+    if (connection_.native_handle() == nullptr) {
+      boost::system::error_code ec;
+      try {
+        connection_ = connection(path_, options_.open_flags, options_.busy_timeout);
+        if (options_.on_open) options_.on_open(connection_);
+      } catch (const fwd::error& e) {
+        drop_connection();
+        return write_outcome{make_error_code(errc::not_primary),
+                             std::string("cannot reopen the database on the new LiteFS mount: ") + e.what() +
+                                 "; nothing ran: retry"};
+      }
+    }
+    return std::nullopt;
+  }
+
   void run_batch(const std::vector<std::shared_ptr<write_job>>& batch) {
     std::vector<write_outcome> outcomes(batch.size());
+    if (auto unusable = ensure_connection()) {
+      for (auto& outcome : outcomes) outcome = *unusable;
+      finish(batch, outcomes, 0);
+      return;
+    }
     auto fail_all = [&](const write_outcome& failure) {
       if (!connection_.autocommit()) {
         boost::system::error_code ignored;
@@ -545,7 +605,9 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   }
 
   write_options options_;
+  std::string path_;
   connection connection_;
+  std::uint64_t generation_ = 0;  // the mount generation connection_ was opened under
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;  // work queued, or stopping

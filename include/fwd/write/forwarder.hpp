@@ -28,6 +28,7 @@
 #include <fwd/write/breaker.hpp>
 #include <fwd/write/builtins.hpp>
 #include <fwd/cluster/discovery.hpp>
+#include <fwd/litefs/monitor.hpp>
 #include <fwd/error.hpp>
 #include <fwd/litefs/mount.hpp>
 #include <fwd/litefs/path_check.hpp>
@@ -104,8 +105,12 @@ struct forwarder_options {
   /// Wait, after a forwarded write, until this replica's `<db>-pos` reaches the
   /// primary's TXID (bounded by the call's deadline).
   bool read_your_writes = true;
-  /// How often the replication wait re-reads `<db>-pos` (LiteFS's own proxy: 1 ms).
+  /// How often the replication wait re-reads `<db>-pos` (LiteFS's own proxy: 1 ms), when
+  /// no `monitor` is given.
   std::chrono::milliseconds replication_poll{1};
+  /// This node's LiteFS monitor: read-your-writes waits on it (one shared poll of the
+  /// mount, or LiteFS's events) instead of a poll per call.
+  std::shared_ptr<litefs::monitor> monitor;
   /// The local role (default: litefs::current_role(mount)); the server side checks it
   /// before running any write.
   std::function<litefs::role()> role;
@@ -362,6 +367,20 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   // Polls the local `<db>-pos` until it reaches the primary's TXID, as LiteFS's proxy does.
   void wait_replication() {
     if (done_) return;
+    if (const auto& monitor = core_->options.monitor) {
+      monitor->async_wait_position(
+          report_->txid, deadline_,
+          boost::asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec,
+                                                                          litefs::position local) {
+            if (self->done_) return;
+            if (!ec) return self->finish({}, {});
+            self->finish(make_error_code(errc::replication_lag),
+                         "the write COMMITTED on the primary at TXID " + std::to_string(self->report_->txid) +
+                             " but this node is at TXID " + std::to_string(local.txid) +
+                             " when the deadline passed: do not retry it; a local read may not see it yet");
+          }));
+      return;
+    }
     boost::system::error_code ec;
     const litefs::position local =
         litefs::read_position(core_->options.mount, core_->options.database_name, ec);
