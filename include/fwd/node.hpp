@@ -486,11 +486,25 @@ class node {
     return litefs::read_position(options_.mount, options_.database.filename().string(), ec).txid;
   }
 
-  /// Runs `proc(args...)` on the primary (see forwarder::async_call).
+  /**
+   * Runs `proc(args...)` on the primary: locally when this node is the primary, forwarded
+   * otherwise (see forwarder::async_call for the errors and forward_options). Completion
+   * signature: `void(boost::system::error_code, R)` (`void(error_code)` for void R), run
+   * through the handler's associated executor (default: the node's), never inside this
+   * call; the executor has outstanding work until then.
+   *
+   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: the call completes
+   * with `errc::cancelled` at once and makes no further attempt. An attempt already sent
+   * (or a local write already queued) may still run on the primary, exactly once under
+   * the call's request id, and its outcome is dropped: repeat the call with the same
+   * forward_options::id to learn it. Nothing else is left behind.
+   */
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
     return forwarder_->async_call(proc, std::forward<ArgsAndToken>(args_and_token)...);
   }
+
+  /// As above, with per-call options (deadline, request id, read-your-writes, detail).
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(forward_options options, const procedure<R(Params...)>& proc,
                   ArgsAndToken&&... args_and_token) {

@@ -6,6 +6,7 @@
 // `.primary` hostname mapped to a member through the members' earlier `fwd.hello` answers,
 // and only when that does not settle it, a probe of every member in parallel.
 
+#include <fwd/detail/completion.hpp>
 #include <fwd/error.hpp>
 #include <fwd/litefs/mount.hpp>
 #include <fwd/litefs/path_check.hpp>
@@ -14,7 +15,6 @@
 #include <fwd/telemetry.hpp>
 
 #include <boost/asio/any_completion_handler.hpp>
-#include <boost/asio/append.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
@@ -130,20 +130,23 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
    * Completion signature: `void(boost::system::error_code, primary_location)`.
    * Fails with `errc::no_primary` when no primary is found before `deadline`
    * (`last_failure()` then tells what was tried), `errc::not_litefs` when the mount is not
-   * LiteFS. Completes through the handler's associated executor, never inside this call.
+   * LiteFS. Completes through the handler's associated executor (default: the finder's),
+   * never inside this call; that executor has outstanding work until then.
    *
-   * Per-operation cancellation: terminal; the operation completes with
-   * `errc::cancelled` and the refresh it joined goes on for the other callers.
+   * **Per-Operation Cancellation**: `terminal` only (`partial` and `total` are ignored):
+   * the operation completes with `errc::cancelled`; the refresh it joined goes on for
+   * the other callers and still updates the cache.
    */
   template <class Token>
   auto async_find(clock::time_point deadline, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code, primary_location)>(
         [self = shared_from_this(), deadline](auto handler) {
+          find_completion completion(std::move(handler), self->executor_);
           if (const primary_location* hit = self->cached()) {
-            self->complete(std::move(handler), {}, *hit);
+            completion.post({}, *hit);
             return;
           }
-          self->enqueue(deadline, std::move(handler));
+          self->enqueue(deadline, std::move(completion));
         },
         token);
   }
@@ -195,10 +198,13 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
 #endif
   }
 
+  using find_completion =
+      fwd::detail::pending_completion<void(boost::system::error_code, primary_location)>;
+
   struct waiter {
     std::uint64_t id;
     clock::time_point deadline;
-    boost::asio::any_completion_handler<void(boost::system::error_code, primary_location)> handler;
+    find_completion completion;
   };
 
   struct round_state {
@@ -229,12 +235,8 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     }
   }
 
-  template <class Handler>
-  void enqueue(clock::time_point deadline, Handler&& original) {
-    // Type-erase first: a slot handler installed before the conversion is lost with it.
-    boost::asio::any_completion_handler<void(boost::system::error_code, primary_location)> handler(
-        std::forward<Handler>(original));
-    auto slot = boost::asio::get_associated_cancellation_slot(handler);
+  void enqueue(clock::time_point deadline, find_completion completion) {
+    auto slot = completion.slot();
     const std::uint64_t id = next_waiter_id_.fetch_add(1, std::memory_order_relaxed);
     if (slot.is_connected()) {
       slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
@@ -247,29 +249,22 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
       });
     }
     boost::asio::dispatch(strand_, [self = shared_from_this(), id, deadline,
-                                    h = std::move(handler)]() mutable {
+                                    c = std::move(completion)]() mutable {
       fwd::detail::invoke_hook(self->options_.hooks.cache_miss);
       if (self->stopped_) {
-        self->complete(std::move(h), make_error_code(errc::cancelled), {});
+        c.post(make_error_code(errc::cancelled), {});
         return;
       }
-      self->waiters_.push_back(waiter{id, deadline, std::move(h)});
+      self->waiters_.push_back(waiter{id, deadline, std::move(c)});
       self->start_round();
     });
-  }
-
-  template <class Handler>
-  void complete(Handler&& handler, boost::system::error_code ec, primary_location location) {
-    // append() keeps the handler's associated executor, which post() then runs it on.
-    boost::asio::post(executor_,
-                      boost::asio::append(std::forward<Handler>(handler), ec, std::move(location)));
   }
 
   template <class Predicate>
   void fail_waiters(errc why, Predicate&& which) {
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if (which(*it)) {
-        complete(std::move(it->handler), make_error_code(why), {});
+        it->completion.post(make_error_code(why), {});
         it = waiters_.erase(it);
       } else {
         ++it;
@@ -427,7 +422,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
       fwd::detail::invoke_hook(options_.hooks.primary_changed, *stored);
     }
     cached_role_ = local_role();
-    for (auto& w : waiters_) complete(std::move(w.handler), {}, *stored);
+    for (auto& w : waiters_) w.completion.post({}, *stored);
     waiters_.clear();
   }
 

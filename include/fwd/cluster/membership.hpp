@@ -14,14 +14,11 @@
 
 #include <atomic>
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/associated_allocator.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
-#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_type.hpp>
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -32,6 +29,7 @@
 #include <fwd/detail/cares_channel.hpp>
 #include <fwd/detail/cares_error.hpp>
 #include <fwd/detail/cares_resolve.hpp>
+#include <fwd/detail/completion.hpp>
 #include <fwd/error.hpp>
 #include <fwd/telemetry.hpp>
 #include <map>
@@ -157,59 +155,6 @@ struct membership_options {
 
 namespace detail {
 
-// A type-erased, move-only completion handler with its work guard. `complete` posts the
-// handler through its associated executor (never inline) with its associated allocator.
-template <class... Args>
-class membership_completion {
- public:
-  membership_completion() = default;
-
-  template <class Handler>
-  membership_completion(Handler&& handler, const boost::asio::any_io_executor& fallback)
-      : holder_(std::make_unique<holder<std::decay_t<Handler>>>(std::forward<Handler>(handler),
-                                                                fallback)) {}
-
-  explicit operator bool() const noexcept { return holder_ != nullptr; }
-
-  void complete(Args... args) {
-    auto holder = std::move(holder_);
-    holder->complete(std::move(args)...);
-  }
-
- private:
-  struct holder_base {
-    virtual ~holder_base() = default;
-    virtual void complete(Args... args) = 0;
-  };
-
-  template <class Handler>
-  struct holder final : holder_base {
-    using executor_type = boost::asio::associated_executor_t<Handler, boost::asio::any_io_executor>;
-
-    holder(Handler&& h, const boost::asio::any_io_executor& fallback)
-        : handler(std::move(h)),
-          work(boost::asio::make_work_guard(
-              boost::asio::get_associated_executor(handler, fallback))) {}
-
-    void complete(Args... args) override {
-      auto executor = work.get_executor();
-      auto allocator = boost::asio::get_associated_allocator(handler);
-      boost::asio::post(executor,
-                        boost::asio::bind_allocator(
-                            allocator, [h = std::move(handler),
-                                        values = std::make_tuple(std::move(args)...)]() mutable {
-                              std::apply(std::move(h), std::move(values));
-                            }));
-      work.reset();
-    }
-
-    Handler handler;
-    boost::asio::executor_work_guard<executor_type> work;
-  };
-
-  std::unique_ptr<holder_base> holder_;
-};
-
 inline std::string describe(const dns_source& source) {
   if (source.type == dns_source::record_type::srv) return "SRV records of " + source.name;
   return "A/AAAA records of " + source.name + " (port " + std::to_string(source.port) + ")";
@@ -218,8 +163,10 @@ inline std::string describe(const dns_source& source) {
 class membership_impl : public std::enable_shared_from_this<membership_impl> {
  public:
   using strand_type = boost::asio::strand<boost::asio::any_io_executor>;
-  using wait_completion = membership_completion<boost::system::error_code, membership_snapshot_ptr>;
-  using resolve_completion = membership_completion<boost::system::error_code, std::vector<member>>;
+  using wait_completion =
+      fwd::detail::pending_completion<void(boost::system::error_code, membership_snapshot_ptr)>;
+  using resolve_completion =
+      fwd::detail::pending_completion<void(boost::system::error_code, std::vector<member>)>;
 
   membership_impl(boost::asio::any_io_executor executor, membership_options options)
       : executor_(executor),
@@ -266,18 +213,20 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
 
   template <class Handler>
   void initiate_resolve_once(Handler&& handler) {
-    auto slot = boost::asio::get_associated_cancellation_slot(handler);
     auto op = std::make_shared<resolve_op>();
     op->completion = resolve_completion(std::forward<Handler>(handler), executor_);
-    if (slot.is_connected()) {
-      op->slot = slot;
-      slot.assign([weak = weak_from_this(), op](boost::asio::cancellation_type type) {
+    if (auto slot = op->completion.slot(); slot.is_connected()) {
+      // A weak reference: the slot belongs to the handler the operation holds.
+      slot.assign([weak = weak_from_this(), weak_op = std::weak_ptr<resolve_op>(op)](
+                      boost::asio::cancellation_type type) {
         if (!(type &
               (boost::asio::cancellation_type::terminal | boost::asio::cancellation_type::partial |
                boost::asio::cancellation_type::total))) {
           return;
         }
-        if (auto self = weak.lock()) {
+        auto self = weak.lock();
+        auto op = weak_op.lock();
+        if (self && op) {
           boost::asio::post(self->strand_, [op] {
             finish_resolve(*op, boost::asio::error::operation_aborted, {});
           });
@@ -306,13 +255,11 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
 
   template <class Handler>
   void initiate_wait_change(Handler&& handler, std::uint64_t after_version) {
-    auto slot = boost::asio::get_associated_cancellation_slot(handler);
     const std::uint64_t id = next_waiter_id_.fetch_add(1, std::memory_order_relaxed);
     waiter w;
     w.after_version = after_version;
     w.completion = wait_completion(std::forward<Handler>(handler), executor_);
-    if (slot.is_connected()) {
-      w.slot = slot;
+    if (auto slot = w.completion.slot(); slot.is_connected()) {
       slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
         if (!(type &
               (boost::asio::cancellation_type::terminal | boost::asio::cancellation_type::partial |
@@ -349,25 +296,20 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
   struct waiter {
     std::uint64_t after_version = 0;
     wait_completion completion;
-    boost::asio::cancellation_slot slot;
   };
 
   struct resolve_op {
     resolve_completion completion;
-    boost::asio::cancellation_slot slot;
   };
 
   static void finish_resolve(resolve_op& op, boost::system::error_code ec,
                              std::vector<member> members) {
-    if (!op.completion) return;
-    if (op.slot.is_connected()) op.slot.clear();
-    op.completion.complete(ec, std::move(members));
+    op.completion.post(ec, std::move(members));
   }
 
   void finish_wait(waiter& w, boost::system::error_code ec) {
     if (!w.completion) return;
-    if (w.slot.is_connected()) w.slot.clear();
-    w.completion.complete(ec, ec ? membership_snapshot_ptr{} : snapshot());
+    w.completion.post(ec, ec ? membership_snapshot_ptr{} : snapshot());
   }
 
   void validate() const {

@@ -2,6 +2,7 @@
 
 // The RPC client: typed calls to fwd servers, many in flight on one connection per peer.
 
+#include <fwd/detail/completion.hpp>
 #include <fwd/error.hpp>
 #include <fwd/procedure.hpp>
 #include <fwd/rpc/frame_buffer.hpp>
@@ -14,15 +15,10 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
-#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/cancellation_type.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/dispatch.hpp>
-#include <boost/asio/execution/executor.hpp>
-#include <boost/asio/execution/outstanding_work.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/prefer.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -107,45 +103,6 @@ struct pending_call {
   bool sent = false;
   bool done = false;
   bool in_initiation = false;  // submitted inline: its initiating call has not returned yet
-
- protected:
-  // Runs the completion through the handler's executor: dispatched, or posted while the
-  // initiating call is still running (nothing may complete inside it).
-  template <class Executor, class Function>
-  void deliver(const Executor& executor, Function&& function) {
-    if (in_initiation) {
-      boost::asio::post(executor, std::forward<Function>(function));
-    } else {
-      boost::asio::dispatch(executor, std::forward<Function>(function));
-    }
-  }
-};
-
-// Keeps the handler's executor from running out of work until the call completes.
-// executor_work_guard cannot hold every executor (strand<any_io_executor> has
-// outstanding_work only as a preferable property), so new-style executors are tracked
-// through prefer(); legacy ones through the guard.
-template <class Executor>
-class tracked_executor {
- public:
-  explicit tracked_executor(const Executor& executor) : executor_(track(executor)) {}
-  auto get_executor() const noexcept {
-    if constexpr (boost::asio::execution::is_executor<Executor>::value) {
-      return executor_;
-    } else {
-      return executor_.get_executor();
-    }
-  }
-
- private:
-  static auto track(const Executor& executor) {
-    if constexpr (boost::asio::execution::is_executor<Executor>::value) {
-      return boost::asio::prefer(executor, boost::asio::execution::outstanding_work.tracked);
-    } else {
-      return boost::asio::make_work_guard(executor);
-    }
-  }
-  decltype(track(std::declval<const Executor&>())) executor_;
 };
 
 template <class R>
@@ -162,48 +119,52 @@ using call_signature = typename call_signature_of<R>::type;
 // The result type of async_call_raw's operation: the reply's bytes, not decoded.
 struct raw_reply {};
 
-template <class R, class Handler, class Executor>
+// Decodes the reply (on the connection's strand) and completes the caller's handler
+// through its associated executor: dispatched, or posted while the initiating call is
+// still running (nothing may complete inside it).
+template <class R>
 class call_op final : public pending_call {
  public:
-  using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
+  using signature = std::conditional_t<std::is_same_v<R, raw_reply>,
+                                       void(boost::system::error_code, std::string), call_signature<R>>;
 
-  call_op(Handler handler, const Executor& fallback, std::shared_ptr<std::string> detail)
-      : handler_(std::move(handler)),
-        work_(boost::asio::get_associated_executor(handler_, fallback)),
-        detail_(std::move(detail)) {}
+  template <class Handler>
+  call_op(Handler&& handler, const boost::asio::any_io_executor& fallback,
+          std::shared_ptr<std::string> detail)
+      : completion_(std::forward<Handler>(handler), fallback), detail_(std::move(detail)) {}
+
+  boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
 
   void complete(boost::system::error_code ec, std::string payload) override {
-    auto executor = work_.get_executor();
-    // Through the handler's own executor; never inside the initiating call, since
-    // completion always starts from the connection's strand.
-    deliver(executor, [handler = std::move(handler_), work = std::move(work_), ec,
-                                     payload = std::move(payload), detail = std::move(detail_)]() mutable {
-      boost::asio::get_associated_cancellation_slot(handler).clear();
-      if constexpr (std::is_same_v<R, raw_reply>) {
-        if (ec && detail) *detail = std::move(payload);
-        std::move(handler)(ec, ec ? std::string() : std::move(payload));
-      } else if constexpr (std::is_void_v<R>) {
-        if (ec && detail) *detail = std::move(payload);
-        if (!ec) fwd::detail::decode_result<void>(payload, ec);
-        std::move(handler)(ec);
-      } else {
-        if (ec) {
-          if (detail) *detail = std::move(payload);
-          std::move(handler)(ec, R{});
-          return;
-        }
-        boost::system::error_code decode_ec;
-        std::string why;
-        R result = fwd::detail::decode_result<R>(payload, decode_ec, &why);
-        if (decode_ec && detail) *detail = "the reply could not be decoded: " + why;
-        std::move(handler)(decode_ec, std::move(result));
+    if (ec && detail_) *detail_ = payload;
+    if constexpr (std::is_same_v<R, raw_reply>) {
+      deliver(ec, ec ? std::string() : std::move(payload));
+    } else if constexpr (std::is_void_v<R>) {
+      if (!ec) fwd::detail::decode_result<void>(payload, ec);
+      deliver(ec);
+    } else {
+      if (ec) {
+        deliver(ec, R{});
+        return;
       }
-    });
+      std::string why;
+      R result = fwd::detail::decode_result<R>(payload, ec, &why);
+      if (ec && detail_) *detail_ = "the reply could not be decoded: " + why;
+      deliver(ec, std::move(result));
+    }
   }
 
  private:
-  Handler handler_;
-  tracked_executor<handler_executor> work_;
+  template <class... Args>
+  void deliver(Args&&... args) {
+    if (in_initiation) {
+      completion_.post(std::forward<Args>(args)...);
+    } else {
+      completion_.dispatch(std::forward<Args>(args)...);
+    }
+  }
+
+  fwd::detail::pending_completion<signature> completion_;
   std::shared_ptr<std::string> detail_;
 };
 
@@ -726,9 +687,13 @@ class client {
    * `void(boost::system::error_code)` when R is void. Works with callbacks, use_future,
    * use_awaitable, deferred and any other completion token.
    *
-   * **Per-Operation Cancellation**: terminal, partial and total cancellation all end the
-   * call with `errc::cancelled` (terminal: the call is abandoned; a request already sent
-   * may still run on the server, and its reply is dropped).
+   * Completes through the handler's associated executor (default: the client's), never
+   * inside this call; that executor has outstanding work until then.
+   *
+   * **Per-Operation Cancellation**: `terminal`, `partial` and `total` all end the call
+   * with `errc::cancelled`: a request not yet written is never sent; a request already
+   * sent may still run on the server, and its reply is dropped. The connection and the
+   * other calls on it are unaffected.
    */
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const endpoint& peer, const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
@@ -835,16 +800,10 @@ class client {
     template <class Handler>
     void operator()(Handler&& handler, call_options options, std::string procedure_name, std::uint64_t signature,
                     std::string arguments) const {
-      using handler_t = std::decay_t<Handler>;
-      auto slot = boost::asio::get_associated_cancellation_slot(handler);
-      std::shared_ptr<detail::pending_call> call;
-      if constexpr (std::is_same_v<R, raw_result>) {
-        call = std::make_shared<detail::call_op<detail::raw_reply, handler_t, executor_type>>(std::forward<Handler>(handler),
-                                                                               fallback, options.error_detail);
-      } else {
-        call = std::make_shared<detail::call_op<R, handler_t, executor_type>>(std::forward<Handler>(handler),
-                                                                              fallback, options.error_detail);
-      }
+      using op_t = detail::call_op<std::conditional_t<std::is_same_v<R, raw_result>, detail::raw_reply, R>>;
+      auto op = std::make_shared<op_t>(std::forward<Handler>(handler), fallback, options.error_detail);
+      auto slot = op->slot();
+      std::shared_ptr<detail::pending_call> call = std::move(op);
       const auto now = std::chrono::steady_clock::now();
       call->stream_id = connection->next_stream_id();
       call->deadline = options.deadline.value_or(now + state->options.default_timeout);

@@ -4,6 +4,7 @@
 // signatures, and how one incoming call is decoded, run on the user's executor and
 // answered exactly once.
 
+#include <fwd/detail/completion.hpp>
 #include <fwd/error.hpp>
 #include <fwd/procedure.hpp>
 
@@ -90,32 +91,29 @@ inline std::string hex64(std::uint64_t value) {
 /// Guarantees that a reply handler is called exactly once: the first completion wins,
 /// later ones are ignored, and if every owner lets go without completing, the call is
 /// answered with errc::remote_failure. Completes through the reply handler's associated
-/// executor (or `executor`).
+/// executor (or `executor`), which has outstanding work until then (a pending_completion).
 class reply_once {
  public:
   reply_once(reply_handler reply, boost::asio::any_io_executor executor, std::string procedure)
-      : reply_(std::move(reply)), executor_(std::move(executor)), procedure_(std::move(procedure)) {}
+      : completion_(std::move(reply), executor),
+        executor_(std::move(executor)),
+        procedure_(std::move(procedure)) {}
 
   reply_once(const reply_once&) = delete;
   reply_once& operator=(const reply_once&) = delete;
 
   ~reply_once() {
-    if (done_.load(std::memory_order_acquire)) return;
+    if (!completion_) return;
     complete(make_error_code(errc::remote_failure),
              "procedure " + quoted_name(procedure_) +
                  " finished without producing a result (its completion handler was destroyed "
                  "without being called)");
   }
 
-  /// Answers the call, unless it was answered already. Thread-safe.
+  /// Answers the call, unless it was answered already. Thread-safe. Dispatched: the reply
+  /// handler is internal (the server's or the forwarder's), never a caller's initiation.
   void complete(boost::system::error_code ec, std::string payload) {
-    if (done_.exchange(true, std::memory_order_acq_rel)) return;
-    reply_handler reply = std::move(reply_);
-    auto executor = boost::asio::get_associated_executor(reply, executor_);
-    boost::asio::dispatch(std::move(executor), [reply = std::move(reply), ec,
-                                                 payload = std::move(payload)]() mutable {
-      std::move(reply)(ec, std::move(payload));
-    });
+    completion_.dispatch(ec, std::move(payload));
   }
 
   /// Answers with errc::remote_failure describing `exception`.
@@ -127,8 +125,7 @@ class reply_once {
   const std::string& procedure() const noexcept { return procedure_; }
 
  private:
-  std::atomic<bool> done_{false};
-  reply_handler reply_;
+  fwd::detail::pending_completion<void(boost::system::error_code, std::string)> completion_;
   boost::asio::any_io_executor executor_;
   std::string procedure_;
 };

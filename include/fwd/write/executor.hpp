@@ -14,7 +14,6 @@
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/cancellation_type.hpp>
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <chrono>
 #include <condition_variable>
@@ -25,6 +24,7 @@
 #include <functional>
 #include <fwd/sqlite/connection.hpp>
 #include <fwd/sqlite/transaction.hpp>
+#include <fwd/detail/completion.hpp>
 #include <fwd/error.hpp>
 #include <map>
 #include <memory>
@@ -94,46 +94,28 @@ namespace detail {
 /// The signature every write completes with.
 using write_signature = void(boost::system::error_code, std::string, std::uint64_t);
 
-/// A waiting caller: its handler, and work tracked on the handler's executor until done.
+/// A waiting caller: its completion (work tracked on the handler's executor until done),
+/// and the serial a cancellation finds it by (never reused within a process).
 class write_waiter {
  public:
-  explicit write_waiter(std::uint64_t serial) noexcept : serial_(serial) {}
-  virtual ~write_waiter() = default;
-  /// Identifies the waiter to a cancellation (never reused within a process).
+  template <class Handler>
+  write_waiter(std::uint64_t serial, Handler&& handler, const boost::asio::any_io_executor& io_executor)
+      : serial_(serial), completion_(std::forward<Handler>(handler), io_executor) {}
+
   std::uint64_t serial() const noexcept { return serial_; }
-  /// Posts the handler with these arguments to its associated executor.
-  virtual void complete(const boost::system::error_code& ec, std::string result,
-                        std::uint64_t txid) = 0;
 
- private:
-  std::uint64_t serial_;
-};
+  /// The handler's cancellation slot (install the cancellation handler before submitting).
+  boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
 
-template <class Handler, class IoExecutor>
-class write_waiter_for final : public write_waiter {
- public:
-  write_waiter_for(std::uint64_t serial, Handler&& handler, const IoExecutor& io_executor)
-      : write_waiter(serial),
-        handler_(std::move(handler)),
-        work_(boost::asio::get_associated_executor(handler_, io_executor)) {}
-
-  void complete(const boost::system::error_code& ec, std::string result,
-                std::uint64_t txid) override {
-    auto executor = work_.get_executor();
-    // Always post: a completion never runs inside async_write nor on the writer thread.
-    boost::asio::post(
-        executor, [handler = std::move(handler_), ec, result = std::move(result), txid]() mutable {
-          // On the handler's executor, where the cancellation slot is emitted and cleared.
-          auto slot = boost::asio::get_associated_cancellation_slot(handler);
-          if (slot.is_connected()) slot.clear();
-          std::move(handler)(ec, std::move(result), txid);
-        });
-    work_.reset();
+  /// Posts the handler with these arguments to its associated executor: a completion never
+  /// runs inside async_write nor on the writer thread.
+  void complete(const boost::system::error_code& ec, std::string result, std::uint64_t txid) {
+    completion_.post(ec, std::move(result), txid);
   }
 
  private:
-  Handler handler_;
-  boost::asio::executor_work_guard<boost::asio::associated_executor_t<Handler, IoExecutor>> work_;
+  std::uint64_t serial_;
+  fwd::detail::pending_completion<write_signature> completion_;
 };
 
 /// One request id's write: the work, and everyone waiting for its outcome.
@@ -724,7 +706,7 @@ class write_executor {
    * errc::bad_argument (empty `work`). The handler runs on its associated executor
    * (default: get_executor()), never inside this call.
    *
-   * **Per-operation cancellation** (`cancellation_type::terminal`, `partial` or `total`,
+   * **Per-Operation Cancellation** (`cancellation_type::terminal`, `partial` or `total`,
    * emitted on the handler's executor): a write that has not started yet is dropped and
    * completes with errc::cancelled, nothing applied (if other callers wait on the same
    * `id`, the write still runs for them). A write that has started runs to its COMMIT
@@ -775,14 +757,13 @@ class write_executor {
     template <class Handler>
     void operator()(Handler&& handler, const request_id& id,
                     std::function<std::string(sqlite3*)> work) const {
-      using waiter_type = detail::write_waiter_for<std::decay_t<Handler>, executor_type>;
       const std::uint64_t serial = state->next_serial();
+      auto waiter =
+          std::make_unique<detail::write_waiter>(serial, std::forward<Handler>(handler), executor);
       // Installed before the write is queued, so that nothing else touches the slot yet.
-      auto slot = boost::asio::get_associated_cancellation_slot(handler);
+      auto slot = waiter->slot();
       if (slot.is_connected()) slot.template emplace<cancel_handler>(state, serial);
-      state->submit(
-          id, std::move(work),
-          std::make_unique<waiter_type>(serial, std::forward<Handler>(handler), executor));
+      state->submit(id, std::move(work), std::move(waiter));
     }
   };
 

@@ -12,12 +12,9 @@
 #include <atomic>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
-#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/bind_executor.hpp>
-#include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/prefer.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <chrono>
@@ -28,6 +25,7 @@
 #include <fwd/write/breaker.hpp>
 #include <fwd/write/builtins.hpp>
 #include <fwd/cluster/discovery.hpp>
+#include <fwd/detail/completion.hpp>
 #include <fwd/litefs/monitor.hpp>
 #include <fwd/error.hpp>
 #include <fwd/litefs/mount.hpp>
@@ -483,51 +481,42 @@ struct forward_signature_of<void> {
   using type = void(boost::system::error_code);
 };
 
-// Decodes the result and completes the caller's handler on its associated executor.
-template <class R, class Handler, class Executor>
+// Decodes the result (on the call's strand) and completes the caller's handler through
+// its associated executor.
+template <class R>
 class typed_completion final : public forward_completion {
  public:
-  typed_completion(Handler handler, const Executor& fallback, std::shared_ptr<std::string> detail)
-      : handler_(std::move(handler)),
-        work_(boost::asio::prefer(boost::asio::get_associated_executor(handler_, fallback),
-                                  boost::asio::execution::outstanding_work.tracked)),
-        detail_(std::move(detail)) {}
+  template <class Handler>
+  typed_completion(Handler&& handler, const boost::asio::any_io_executor& fallback,
+                   std::shared_ptr<std::string> detail)
+      : completion_(std::forward<Handler>(handler), fallback), detail_(std::move(detail)) {}
+
+  boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
 
   void complete(boost::system::error_code ec, std::string result, std::string why) override {
-    auto executor = work_;
-    boost::asio::post(executor, [handler = std::move(handler_), work = std::move(work_), ec,
-                                 result = std::move(result), why = std::move(why),
-                                 detail = std::move(detail_)]() mutable {
-      boost::asio::get_associated_cancellation_slot(handler).clear();
-      boost::system::error_code e = ec;
-      if (e) {
-        if (detail) *detail = why;
+    if (ec) {
+      if (detail_) *detail_ = std::move(why);
+    }
+    // Posted: the call may complete before its initiating call returns (a stopped node).
+    if constexpr (std::is_void_v<R>) {
+      if (!ec) {
+        fwd::detail::decode_result<void>(result, ec);
+        if (ec && detail_) *detail_ = "the result could not be decoded";
       }
-      if constexpr (std::is_void_v<R>) {
-        if (!e) {
-          fwd::detail::decode_result<void>(result, e);
-          if (e && detail) *detail = "the result could not be decoded";
-        }
-        std::move(handler)(e);
-      } else {
-        R value{};
-        if (!e) {
-          std::string decode_why;
-          value = fwd::detail::decode_result<R>(result, e, &decode_why);
-          if (e && detail) *detail = "the result could not be decoded: " + decode_why;
-        }
-        std::move(handler)(e, std::move(value));
+      completion_.post(ec);
+    } else {
+      R value{};
+      if (!ec) {
+        std::string decode_why;
+        value = fwd::detail::decode_result<R>(result, ec, &decode_why);
+        if (ec && detail_) *detail_ = "the result could not be decoded: " + decode_why;
       }
-    });
+      completion_.post(ec, std::move(value));
+    }
   }
 
  private:
-  Handler handler_;
-  // The handler's executor, tracking outstanding work until the call completes.
-  std::decay_t<decltype(boost::asio::prefer(
-      std::declval<boost::asio::associated_executor_t<Handler, Executor>>(),
-      boost::asio::execution::outstanding_work.tracked))>
-      work_;
+  fwd::detail::pending_completion<typename forward_signature_of<R>::type> completion_;
   std::shared_ptr<std::string> detail_;
 };
 
@@ -679,9 +668,14 @@ class forwarder {
    * COMMITTED but this node had not replicated it by the deadline (do not retry);
    * `cancelled`. forward_options::error_detail receives the details.
    *
-   * **Per-Operation Cancellation**: terminal, partial and total: the call completes with
-   * `cancelled` at once; an attempt already sent may still run on the primary (exactly
-   * once), and its reply is dropped.
+   * Completes through the handler's associated executor (default: the forwarder's), never
+   * inside this call; that executor has outstanding work until then.
+   *
+   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: the call completes
+   * with `cancelled` at once (a retry or replication wait that was pending is dropped) and
+   * makes no further attempt. An attempt already sent, or a local write already queued,
+   * may still run on the primary (exactly once under the call's request id) and its
+   * outcome is dropped: repeat the call with the same forward_options::id to learn it.
    */
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
@@ -760,11 +754,10 @@ class forwarder {
     template <class Handler>
     void operator()(Handler&& handler, forward_options options, std::string name,
                     std::uint64_t signature, std::string arguments) const {
-      using handler_t = std::decay_t<Handler>;
-      auto slot = boost::asio::get_associated_cancellation_slot(handler);
       auto detail = options.error_detail;
-      auto completion = std::make_unique<detail::typed_completion<R, handler_t, executor_type>>(
+      auto completion = std::make_unique<detail::typed_completion<R>>(
           std::forward<Handler>(handler), core->executor, std::move(detail));
+      auto slot = completion->slot();
       auto op = std::make_shared<detail::forward_op>(core, std::move(name), signature,
                                                      std::move(arguments), std::move(options),
                                                      std::move(completion));
