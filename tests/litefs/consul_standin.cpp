@@ -415,6 +415,11 @@ std::optional<std::string> consul_standin::holder(const std::string& key) {
   return it->second.session;
 }
 
+std::uint64_t consul_standin::index() {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->index;
+}
+
 std::map<std::string, int> consul_standin::request_counts() {
   std::lock_guard lock(impl_->mutex);
   return impl_->counts;

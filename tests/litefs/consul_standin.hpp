@@ -46,6 +46,8 @@ class consul_standin {
 
   /// The session holding `key`, if any (for tests and diagnostics).
   std::optional<std::string> holder(const std::string& key);
+  /// The KV index (what X-Consul-Index answers).
+  std::uint64_t index();
   /// Requests served so far, per "METHOD /path-prefix" (diagnostics).
   std::map<std::string, int> request_counts();
 

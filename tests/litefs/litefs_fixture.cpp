@@ -106,7 +106,8 @@ std::optional<std::string> litefs_unavailable() {
 
 std::pair<int, std::string> http_request(std::uint16_t port, const std::string& method,
                                          const std::string& target,
-                                         std::chrono::milliseconds timeout) {
+                                         std::chrono::milliseconds timeout,
+                                         const std::string& body) {
   namespace http = boost::beast::http;
   try {
     boost::asio::io_context io;
@@ -115,6 +116,7 @@ std::pair<int, std::string> http_request(std::uint16_t port, const std::string& 
     stream.connect({boost::asio::ip::make_address("127.0.0.1"), port});
     http::request<http::string_body> req{http::string_to_verb(method), target, 11};
     req.set(http::field::host, "127.0.0.1");
+    req.body() = body;
     req.prepare_payload();
     http::write(stream, req);
     boost::beast::flat_buffer buffer;

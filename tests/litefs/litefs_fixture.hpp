@@ -113,6 +113,7 @@ class litefs_cluster {
 /// a connection failure.
 std::pair<int, std::string> http_request(std::uint16_t port, const std::string& method,
                                          const std::string& target,
-                                         std::chrono::milliseconds timeout);
+                                         std::chrono::milliseconds timeout,
+                                         const std::string& body = {});
 
 }  // namespace fwd_test
