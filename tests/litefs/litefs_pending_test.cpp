@@ -193,3 +193,22 @@ TEST_CASE("real LiteFS consul lease: planned handoff with POST /promote - forwar
   check_exactly_once(c, "h", acked, refused);
   CHECK(cli_count(c, 1, "seq > 3 AND ran_on = 'node1'") == 0);
 }
+
+TEST_CASE("real LiteFS: with several LiteFS mounts the data-directory mistake suggests the "
+          "mount of that LiteFS") {
+  REQUIRE_REAL_LITEFS();
+  // LITEFS.md: "When several LiteFS mounts exist, suggest the one whose data directory was
+  // hit, not the first in the mount table." fwd suggests the first LiteFS mount in
+  // /proc/self/mounts, so for the cluster mounted second this fails.
+  litefs_cluster first({.nodes = 1, .lease = fwd_test::lease_kind::static_lease});
+  first.start_all();
+  litefs_cluster second({.nodes = 1, .lease = fwd_test::lease_kind::static_lease});
+  second.start_all();
+  for (litefs_cluster* c : {&first, &second}) {
+    REQUIRE(sqlite_cli(c->mount(0) / db_name, "PRAGMA application_id=0;").rfind("ERROR", 0) != 0);
+    const auto r = fwd::litefs::check_database_path(c->data_dir(0) / db_name);
+    INFO(r.message);
+    CHECK(r.code == fwd::errc::misconfigured_mount);
+    CHECK(r.message.find((c->mount(0) / db_name).string()) != std::string::npos);
+  }
+}
