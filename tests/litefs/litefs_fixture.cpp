@@ -338,8 +338,9 @@ bool litefs_cluster::wait_connected(std::size_t i, std::chrono::milliseconds tim
   return true;
 }
 
-bool litefs_cluster::promote(std::size_t i) {
+bool litefs_cluster::promote(std::size_t i, std::string* why) {
   auto [status, body] = http_request(http_port(i), "POST", "/promote", 10000ms);
+  if (why) *why = "HTTP " + std::to_string(status) + ": " + body;
   return status >= 200 && status < 300;
 }
 

@@ -88,8 +88,9 @@ class litefs_cluster {
                                           std::optional<std::size_t> except = std::nullopt);
   /// Waits (bounded) until node i's mount shows `.primary` (connected replica).
   bool wait_connected(std::size_t i, std::chrono::milliseconds timeout);
-  /// POST /promote on node i (planned handoff); true when LiteFS answered 2xx.
-  bool promote(std::size_t i);
+  /// POST /promote on node i (planned handoff); true when LiteFS answered 2xx, else `why`
+  /// gets its status and body.
+  bool promote(std::size_t i, std::string* why = nullptr);
   /// The content of `<db>-pos` on node i's mount ("" when absent).
   std::string position(std::size_t i, const std::string& db);
   /// Waits (bounded) until every running node's `<db>-pos` equals the one of node `primary`.

@@ -162,7 +162,10 @@ TEST_CASE("real LiteFS consul lease: POST /promote hands the lease to a replica 
   c.start_all();
   REQUIRE(c.is_primary(0));
   const auto asked = std::chrono::steady_clock::now();
-  REQUIRE(c.promote(1));
+  std::string why;
+  const bool accepted = c.promote(1, &why);
+  INFO("POST /promote: " << why << "\nnode1:\n" << c.log(0) << "\nnode2:\n" << c.log(1));
+  REQUIRE(accepted);
   REQUIRE(c.wait_primary(10s, 0) == std::optional<std::size_t>(1));
   const double handoff_ms = ms_since(asked);
   REQUIRE(c.wait_connected(0, 10s));
