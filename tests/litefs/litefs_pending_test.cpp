@@ -12,10 +12,25 @@
 // the outage. Move them to `litefs` once the role comes from a litefs::monitor.
 
 #include <poll.h>
+#include <sys/stat.h>
 
 #include "litefs_nodes.hpp"
 
 namespace {
+
+// The mount root's mode as stat() shows it (the kernel's cached attribute, what fwd's role
+// check reads) and the database file's mode (0666 on the primary, 0444 on a replica; not
+// cached). Not statx(AT_STATX_FORCE_SYNC): it would refresh the cached root for fwd too.
+std::string modes(const std::filesystem::path& mount) {
+  struct stat root {}, db {};
+  char text[96];
+  const int a = ::stat(mount.c_str(), &root);
+  const int b = ::stat((mount / db_name).c_str(), &db);
+  std::snprintf(text, sizeof text, "root %04o, %s %04o",
+                a == 0 ? static_cast<unsigned>(root.st_mode & 07777) : 0u, db_name.c_str(),
+                b == 0 ? static_cast<unsigned>(db.st_mode & 07777) : 0u);
+  return text;
+}
 
 // Appends from `from` with a fresh seq per attempt until one is acknowledged or `cap`
 // passes. Acknowledged seqs go to `acked`, refused ones to `refused`.
@@ -109,6 +124,7 @@ TEST_CASE("real LiteFS consul lease: the primary dies and a survivor is promoted
   const double promoted_ms = ms_since(killed);
   REQUIRE(promoted);
   const std::size_t survivor = *promoted == 1 ? 2 : 1;
+  const std::string modes_at_promotion = modes(c.mount(*promoted));
 
   // Writes from the survivor that is still a replica: forwarded to the new primary.
   std::string last_error;
@@ -118,9 +134,10 @@ TEST_CASE("real LiteFS consul lease: the primary dies and a survivor is promoted
   sampler.join();
   std::printf("real LiteFS failover (TTL 2s, lock-delay 500ms): %s promoted %.0f ms after the "
               "kill; forwarded writes refused for %.0f ms (%zu refused calls, last: %s); "
-              "%d role samples, %d read primary\n",
+              "%d role samples, %d read primary; new primary at promotion: %s\n",
               c.hostname(*promoted).c_str(), promoted_ms, refused_ms, refused.size(),
-              last_error.substr(0, 120).c_str(), samples.load(), primary_while_none.load());
+              last_error.substr(0, 120).c_str(), samples.load(), primary_while_none.load(),
+              modes_at_promotion.c_str());
   std::fflush(stdout);
   INFO("refused for " << refused_ms << " ms; last error: " << last_error);
   {
@@ -170,14 +187,17 @@ TEST_CASE("real LiteFS consul lease: planned handoff with POST /promote - forwar
   REQUIRE(c.promote(1));
   REQUIRE(c.wait_primary(10s, 0) == std::optional<std::size_t>(1));
   const double handoff_ms = ms_since(asked);
+  const std::string modes_at_promotion = modes(c.mount(1));
 
   // Node 0, now a replica, forwards to node 1.
   std::string last_error;
   const auto ok_after = write_until_ok(n, 0, "h", seq, acked, refused, 90s, last_error);
   const double refused_ms = ms_since(asked);
   std::printf("real LiteFS planned handoff: node2 primary %.0f ms after POST /promote; forwarded "
-              "writes refused for %.0f ms (%zu refused calls, last: %s)\n",
-              handoff_ms, refused_ms, refused.size(), last_error.substr(0, 120).c_str());
+              "writes refused for %.0f ms (%zu refused calls, last: %s); new primary at promotion: "
+              "%s\n",
+              handoff_ms, refused_ms, refused.size(), last_error.substr(0, 120).c_str(),
+              modes_at_promotion.c_str());
   std::fflush(stdout);
   INFO("refused for " << refused_ms << " ms; last error: " << last_error);
   REQUIRE(ok_after.has_value());
