@@ -2,6 +2,12 @@
 //
 //   fwd_node --name node-a --mount DIR --db app.db --port 7001 --members 7001,7002,7003
 //            [--secret S] [--no-ryw] [--quiet] [--ttl-ms N] [--no-migrate]
+//            [--litefs-real [--litefs-hostname H]]
+//
+// By default DIR is a mount of the LiteFS simulation (its VFS is installed, FUSE is not
+// required). With --litefs-real, DIR is a real LiteFS FUSE mount: the simulation is not
+// installed, the database path must be on FUSE, and the node announces H (default NAME)
+// as its LiteFS lease hostname, the name replicas read in `.primary`.
 //
 // With FWD_NODE_TRACE set in its environment it also prints every probe, connection
 // event, lookup miss and finished call (also with --quiet), for a failing test to show.
@@ -84,7 +90,8 @@ int main(int argc, char** argv) {
   std::string mount, db_name = "app.db", secret = "demo-secret";
   std::vector<std::uint16_t> member_ports;
   std::uint16_t port = 0;
-  bool ryw = true, run_migrations = true;
+  bool ryw = true, run_migrations = true, litefs_real = false;
+  std::string litefs_hostname;
   int ttl_ms = 2000;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -116,6 +123,10 @@ int main(int argc, char** argv) {
       ttl_ms = std::stoi(next());
     else if (arg == "--no-migrate")
       run_migrations = false;
+    else if (arg == "--litefs-real")
+      litefs_real = true;
+    else if (arg == "--litefs-hostname")
+      litefs_hostname = next();
     else {
       std::fprintf(stderr, "fwd_node: unknown option %s\n", arg.c_str());
       return 2;
@@ -127,7 +138,8 @@ int main(int argc, char** argv) {
         "usage: fwd_node --name NAME --mount DIR [--db app.db] --port P --members P1,P2,...\n");
     return 2;
   }
-  fwd_sim::install_vfs();
+  if (!litefs_real) fwd_sim::install_vfs();  // real LiteFS: SQLite's own VFS on the FUSE mount
+  if (litefs_hostname.empty()) litefs_hostname = node_name;
 
   boost::asio::io_context io;
   const auto loopback = boost::asio::ip::make_address("127.0.0.1");
@@ -182,9 +194,9 @@ int main(int argc, char** argv) {
   options.members.poll_interval = std::chrono::milliseconds(500);
   options.database = std::filesystem::path(mount) / db_name;
   options.secret = secret;
-  options.litefs_hostname = node_name;
+  options.litefs_hostname = litefs_hostname;
   options.name = node_name;
-  options.require_fuse = false;  // the simulation's mounts are plain directories
+  options.require_fuse = litefs_real;  // the simulation's mounts are plain directories
   options.read_your_writes = ryw;
   options.discovery_ttl = std::chrono::milliseconds(ttl_ms);
   options.telemetry = hooks;
