@@ -1,5 +1,8 @@
 #pragma once
 
+#include <fwd/error.hpp>
+#include <fwd/litefs/path_check.hpp>
+
 // Real LiteFS as a test fixture: a cluster of LiteFS processes (the real binary, v0.5.14)
 // on FUSE mounts in a temporary directory, on free loopback ports, with a static lease
 // (node 0 is primary for ever) or a consul lease against the fixture's Consul stand-in
@@ -116,5 +119,21 @@ std::pair<int, std::string> http_request(std::uint16_t port, const std::string& 
                                          const std::string& target,
                                          std::chrono::milliseconds timeout,
                                          const std::string& body = {});
+
+/// The database-path check's outcome as one value, for assertions.
+struct path_check_result {
+  boost::system::error_code code;
+  std::string message;
+  std::filesystem::path mount;
+  bool ok() const { return !code; }
+};
+
+inline path_check_result check_path(const std::filesystem::path& db) {
+  path_check_result r;
+  fwd::diagnostics diag;
+  r.mount = fwd::litefs::check_database_path(db, {}, r.code, diag);
+  r.message = diag.message();
+  return r;
+}
 
 }  // namespace fwd_test

@@ -226,7 +226,7 @@ TEST_CASE("real LiteFS: with several LiteFS mounts the data-directory mistake su
   second.start_all();
   for (litefs_cluster* c : {&first, &second}) {
     REQUIRE(sqlite_cli(c->mount(0) / db_name, "PRAGMA application_id=0;").rfind("ERROR", 0) != 0);
-    const auto r = fwd::litefs::check_database_path(c->data_dir(0) / db_name);
+    const auto r = fwd_test::check_path(c->data_dir(0) / db_name);
     INFO(r.message);
     CHECK(r.code == fwd::errc::misconfigured_mount);
     CHECK(r.message.find((c->mount(0) / db_name).string()) != std::string::npos);

@@ -52,12 +52,12 @@ TEST_CASE("real LiteFS: the database-path check accepts the FUSE mount and names
   c.start_all();
   REQUIRE(sqlite_cli(c.mount(0) / db_name, "PRAGMA application_id=0;").rfind("ERROR", 0) != 0);
 
-  const auto on_mount = fwd::litefs::check_database_path(c.mount(0) / db_name);
+  const auto on_mount = fwd_test::check_path(c.mount(0) / db_name);
   INFO(on_mount.message);
   CHECK(on_mount.ok());
   CHECK(on_mount.mount == c.mount(0));
 
-  const auto in_data = fwd::litefs::check_database_path(c.data_dir(0) / db_name);
+  const auto in_data = fwd_test::check_path(c.data_dir(0) / db_name);
   INFO(in_data.message);
   CHECK(in_data.code == fwd::errc::misconfigured_mount);
   CHECK(in_data.message.find("data directory") != std::string::npos);
@@ -66,12 +66,12 @@ TEST_CASE("real LiteFS: the database-path check accepts the FUSE mount and names
   CHECK(in_data.message.find("/mnt/" + db_name) != std::string::npos);
 
   const auto inside_dbs =
-      fwd::litefs::check_database_path(c.data_dir(0) / "dbs" / db_name / "database");
+      fwd_test::check_path(c.data_dir(0) / "dbs" / db_name / "database");
   INFO(inside_dbs.message);
   CHECK(inside_dbs.code == fwd::errc::misconfigured_mount);
 
   std::filesystem::create_directories(c.root() / "plain");
-  const auto plain = fwd::litefs::check_database_path(c.root() / "plain" / db_name);
+  const auto plain = fwd_test::check_path(c.root() / "plain" / db_name);
   INFO(plain.message);
   CHECK(plain.code == fwd::errc::not_litefs);
 }

@@ -42,15 +42,31 @@ inline bool looks_like_data_directory(const std::filesystem::path& dir) {
   return empty;
 }
 
-/// The first LiteFS FUSE mount in `mounts_file` (default /proc/self/mounts), else /litefs.
-inline std::filesystem::path suggested_mount(
-    const std::optional<std::filesystem::path>& mounts_file) {
+/// The LiteFS FUSE mount in `mounts_file` (default /proc/self/mounts) to suggest for a
+/// database found under the data directory `near`: with several LiteFS mounts, the one
+/// that shares the longest path with it (a LiteFS's mount and data directory usually sit
+/// side by side, e.g. /litefs and /var/lib/litefs, or <dir>/mnt and <dir>/data); else the
+/// first; else /litefs.
+inline std::filesystem::path suggested_mount(const std::optional<std::filesystem::path>& mounts_file,
+                                             const std::filesystem::path& near = {}) {
   const std::string file = mounts_file ? mounts_file->string() : std::string("/proc/self/mounts");
   const file_read r = read_bounded(file, 1u << 20);
-  if (r.outcome == read_outcome::ok) {
-    if (auto m = find_litefs_mount(r.bytes)) return *m;
+  if (r.outcome != read_outcome::ok) return std::filesystem::path(std::string(default_mount));
+  std::optional<std::filesystem::path> best;
+  std::size_t best_shared = 0;
+  for (const auto& e : parse_mounts(r.bytes)) {
+    if (!is_litefs_mount(e)) continue;
+    const std::filesystem::path mount(e.mount_point);
+    std::size_t shared = 0;
+    for (auto a = mount.begin(), b = near.begin(); a != mount.end() && b != near.end() && *a == *b; ++a, ++b) {
+      ++shared;
+    }
+    if (!best || shared > best_shared) {
+      best = mount;
+      best_shared = shared;
+    }
   }
-  return std::filesystem::path(std::string(default_mount));
+  return best ? *best : std::filesystem::path(std::string(default_mount));
 }
 
 }  // namespace detail
@@ -119,7 +135,7 @@ inline std::filesystem::path check_database_path(const std::filesystem::path& db
         suggested_name = part->string();
       }
       const std::filesystem::path suggestion =
-          detail::suggested_mount(options.mounts_file) / suggested_name;
+          detail::suggested_mount(options.mounts_file, ancestor) / suggested_name;
       return fail(errc::misconfigured_mount,
                   fmt::format("{} is inside LiteFS's data directory ({}); nothing written there "
                               "replicates. Point SQLite at the FUSE mount, e.g. {}",
