@@ -15,5 +15,5 @@
 #include <fwd/litefs/impl/files.ipp>
 #include <fwd/litefs/impl/mount.ipp>
 #include <fwd/litefs/impl/path_check.ipp>
-#include <fwd/sqlite/impl/statement.ipp>
 #include <fwd/sqlite/impl/connection.ipp>
+#include <fwd/sqlite/impl/statement.ipp>

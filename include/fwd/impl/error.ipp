@@ -3,9 +3,9 @@
 // Definitions of <fwd/error.hpp>: included by that header in header-only mode, by
 // <fwd/src.hpp> (one translation unit) with FWD_SEPARATE_COMPILATION.
 
-#include <fwd/error.hpp>
-
 #include <fmt/format.h>
+
+#include <fwd/error.hpp>
 
 namespace fwd {
 
@@ -80,7 +80,8 @@ inline const char* errc_message(int value) noexcept {
 class fwd_category_impl final : public boost::system::error_category {
  public:
   // A fixed id lets categories from different shared libraries compare equal.
-  constexpr fwd_category_impl() noexcept : boost::system::error_category(0x8e1f'3c7a'5d02'4b91ull) {}
+  constexpr fwd_category_impl() noexcept
+      : boost::system::error_category(0x8e1f'3c7a'5d02'4b91ull) {}
   const char* name() const noexcept override { return "fwd"; }
   std::string message(int value) const override { return errc_message(value); }
   char const* message(int value, char* /*buffer*/, std::size_t /*len*/) const noexcept override {
@@ -92,36 +93,63 @@ class fwd_category_impl final : public boost::system::error_category {
 // here (not from <sqlite3.h>) so that error.hpp stays light.
 inline const char* sqlite_message(int extended) noexcept {
   switch (extended & 0xff) {
-    case 1: return "SQLITE_ERROR: SQL error or missing database";
-    case 2: return "SQLITE_INTERNAL: internal SQLite error";
-    case 3: return "SQLITE_PERM: access permission denied";
-    case 4: return "SQLITE_ABORT: the statement was aborted";
-    case 5: return "SQLITE_BUSY: the database is locked by another connection: retry, or raise the busy timeout";
-    case 6: return "SQLITE_LOCKED: a table is locked by this connection: retry";
-    case 7: return "SQLITE_NOMEM: out of memory";
-    case 8: return "SQLITE_READONLY: attempt to write a readonly database (on LiteFS: this node is a replica)";
-    case 9: return "SQLITE_INTERRUPT: interrupted";
-    case 10: return "SQLITE_IOERR: disk I/O error (on LiteFS in WAL mode: this node is a replica)";
-    case 11: return "SQLITE_CORRUPT: the database disk image is malformed";
-    case 12: return "SQLITE_NOTFOUND: unknown operation";
-    case 13: return "SQLITE_FULL: the database or disk is full";
-    case 14: return "SQLITE_CANTOPEN: unable to open the database file: check the path";
-    case 15: return "SQLITE_PROTOCOL: locking protocol error";
-    case 17: return "SQLITE_SCHEMA: the database schema changed";
-    case 18: return "SQLITE_TOOBIG: a string or blob is too big";
-    case 19: return "SQLITE_CONSTRAINT: a constraint failed: the write was rejected, do not retry";
-    case 20: return "SQLITE_MISMATCH: data type mismatch";
-    case 21: return "SQLITE_MISUSE: the SQLite library was misused";
-    case 23: return "SQLITE_AUTH: authorization denied";
-    case 25: return "SQLITE_RANGE: a bind index is out of range";
-    case 26: return "SQLITE_NOTADB: the file is not a database";
-    default: return "SQLite error";
+    case 1:
+      return "SQLITE_ERROR: SQL error or missing database";
+    case 2:
+      return "SQLITE_INTERNAL: internal SQLite error";
+    case 3:
+      return "SQLITE_PERM: access permission denied";
+    case 4:
+      return "SQLITE_ABORT: the statement was aborted";
+    case 5:
+      return "SQLITE_BUSY: the database is locked by another connection: retry, or raise the busy "
+             "timeout";
+    case 6:
+      return "SQLITE_LOCKED: a table is locked by this connection: retry";
+    case 7:
+      return "SQLITE_NOMEM: out of memory";
+    case 8:
+      return "SQLITE_READONLY: attempt to write a readonly database (on LiteFS: this node is a "
+             "replica)";
+    case 9:
+      return "SQLITE_INTERRUPT: interrupted";
+    case 10:
+      return "SQLITE_IOERR: disk I/O error (on LiteFS in WAL mode: this node is a replica)";
+    case 11:
+      return "SQLITE_CORRUPT: the database disk image is malformed";
+    case 12:
+      return "SQLITE_NOTFOUND: unknown operation";
+    case 13:
+      return "SQLITE_FULL: the database or disk is full";
+    case 14:
+      return "SQLITE_CANTOPEN: unable to open the database file: check the path";
+    case 15:
+      return "SQLITE_PROTOCOL: locking protocol error";
+    case 17:
+      return "SQLITE_SCHEMA: the database schema changed";
+    case 18:
+      return "SQLITE_TOOBIG: a string or blob is too big";
+    case 19:
+      return "SQLITE_CONSTRAINT: a constraint failed: the write was rejected, do not retry";
+    case 20:
+      return "SQLITE_MISMATCH: data type mismatch";
+    case 21:
+      return "SQLITE_MISUSE: the SQLite library was misused";
+    case 23:
+      return "SQLITE_AUTH: authorization denied";
+    case 25:
+      return "SQLITE_RANGE: a bind index is out of range";
+    case 26:
+      return "SQLITE_NOTADB: the file is not a database";
+    default:
+      return "SQLite error";
   }
 }
 
 class sqlite_category_impl final : public boost::system::error_category {
  public:
-  constexpr sqlite_category_impl() noexcept : boost::system::error_category(0x8e1f'3c7a'5d02'4b92ull) {}
+  constexpr sqlite_category_impl() noexcept
+      : boost::system::error_category(0x8e1f'3c7a'5d02'4b92ull) {}
   const char* name() const noexcept override { return "fwd.sqlite"; }
   std::string message(int value) const override {
     return fmt::format("{} (extended code {})", sqlite_message(value), value);
@@ -162,8 +190,8 @@ FWD_DECL error_class classify(const boost::system::error_code& ec) noexcept {
   }
   if (ec.category() == sqlite_category()) {
     switch (ec.value() & 0xff) {
-      case 5:   // SQLITE_BUSY: the transaction was rolled back, nothing applied
-      case 6:   // SQLITE_LOCKED
+      case 5:  // SQLITE_BUSY: the transaction was rolled back, nothing applied
+      case 6:  // SQLITE_LOCKED
         return error_class::not_sent;
       default:
         return error_class::permanent;

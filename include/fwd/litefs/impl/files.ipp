@@ -3,10 +3,10 @@
 // Definitions of <fwd/litefs/files.hpp>: included by that header in header-only mode, by
 // <fwd/src.hpp> (one translation unit) with FWD_SEPARATE_COMPILATION.
 
-#include <fwd/litefs/files.hpp>
-#include <fwd/litefs/detail/io.hpp>
-
 #include <fmt/format.h>
+
+#include <fwd/litefs/detail/io.hpp>
+#include <fwd/litefs/files.hpp>
 
 namespace fwd::litefs {
 
@@ -18,8 +18,8 @@ FWD_DECL std::string format_lag(std::chrono::milliseconds lag) {
   return fmt::format("{:+010}\n", lag.count());
 }
 
-FWD_DECL position parse_position(std::string_view bytes, boost::system::error_code& ec, diagnostics& diag,
-                               std::string_view source) {
+FWD_DECL position parse_position(std::string_view bytes, boost::system::error_code& ec,
+                                 diagnostics& diag, std::string_view source) {
   ec.clear();
   diag.clear();
   const std::string_view src = source;
@@ -27,7 +27,8 @@ FWD_DECL position parse_position(std::string_view bytes, boost::system::error_co
       "LiteFS writes \"%016x/%016x\\n\" (34 bytes, lowercase hex, e.g. "
       "\"00000000002df417/ce552e44f23fbbdd\\n\"): check that the path is on a LiteFS mount";
   if (bytes.empty()) {
-    detail::set_failure(ec, diag, errc::bad_litefs_file, fmt::format("{} is empty; {}", src, expected));
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
+                        fmt::format("{} is empty; {}", src, expected));
     return {};
   }
   const std::string shown = detail::escape_bytes(bytes);
@@ -51,11 +52,11 @@ FWD_DECL position parse_position(std::string_view bytes, boost::system::error_co
     }
   }
   if (bytes.size() < position_size) {
-    detail::set_failure(ec, diag, errc::bad_litefs_file,
-        fmt::format("{} holds {}, not a position: it ends after {} bytes{}. {}", src, shown,
-                    bytes.size(),
-                    bytes.size() == position_size - 1 ? " (the final newline is missing)" : "",
-                    expected));
+    detail::set_failure(
+        ec, diag, errc::bad_litefs_file,
+        fmt::format(
+            "{} holds {}, not a position: it ends after {} bytes{}. {}", src, shown, bytes.size(),
+            bytes.size() == position_size - 1 ? " (the final newline is missing)" : "", expected));
     return {};
   }
   if (bytes.size() > position_size) {
@@ -74,7 +75,7 @@ FWD_DECL position parse_position(std::string_view bytes, boost::system::error_co
 }
 
 FWD_DECL position parse_position(std::string_view bytes, boost::system::error_code& ec,
-                               std::string_view source) {
+                                 std::string_view source) {
   diagnostics ignored;
   return parse_position(bytes, ec, ignored, source);
 }
@@ -87,15 +88,14 @@ FWD_DECL position parse_position(std::string_view bytes, std::string_view source
   return result;
 }
 
-FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec, diagnostics& diag,
-                                           std::string_view source) {
+FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec,
+                                             diagnostics& diag, std::string_view source) {
   ec.clear();
   diag.clear();
   const std::string_view src = source;
   const std::string_view expected =
       "LiteFS writes \"%+010d\\n\" (e.g. \"+000000000\\n\" on the primary, \"+2147483647\\n\" "
-      "before the "
-      "first sync): check that the path is a LiteFS mount";
+      "before the first sync): check that the path is a LiteFS mount";
   auto bad = [&](const std::string& problem) {
     detail::set_failure(ec, diag, errc::bad_litefs_file,
                         fmt::format("{} holds {}, not a lag: {}. {}", src,
@@ -103,7 +103,8 @@ FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes, boost::syst
     return std::chrono::milliseconds{0};
   };
   if (bytes.empty()) {
-    detail::set_failure(ec, diag, errc::bad_litefs_file, fmt::format("{} is empty; {}", src, expected));
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
+                        fmt::format("{} is empty; {}", src, expected));
     return std::chrono::milliseconds{0};
   }
   if (bytes[0] != '+' && bytes[0] != '-')
@@ -121,8 +122,7 @@ FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes, boost::syst
   } else if (i + 1 != bytes.size()) {
     return bad(fmt::format("{} unexpected bytes follow the newline", bytes.size() - i - 1));
   }
-  if (digits < 9)
-    return bad(fmt::format("only {} digits, expected 9 or 10 (zero-padded)", digits));
+  if (digits < 9) return bad(fmt::format("only {} digits, expected 9 or 10 (zero-padded)", digits));
   long long value = 0;
   for (std::size_t k = 1; k <= digits; ++k) value = value * 10 + (bytes[k] - '0');
   if (bytes[0] == '-') value = -value;
@@ -132,13 +132,12 @@ FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes, boost::syst
 }
 
 FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec,
-                                           std::string_view source) {
+                                             std::string_view source) {
   diagnostics ignored;
   return parse_lag(bytes, ec, ignored, source);
 }
 
-FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes,
-                                           std::string_view source) {
+FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes, std::string_view source) {
   boost::system::error_code ec;
   diagnostics diag;
   auto result = parse_lag(bytes, ec, diag, source);
@@ -146,15 +145,14 @@ FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes,
   return result;
 }
 
-FWD_DECL std::string parse_primary(std::string_view bytes, boost::system::error_code& ec, diagnostics& diag,
-                                 std::string_view source) {
+FWD_DECL std::string parse_primary(std::string_view bytes, boost::system::error_code& ec,
+                                   diagnostics& diag, std::string_view source) {
   ec.clear();
   diag.clear();
   const std::string_view src = source;
   const std::string_view expected =
       "LiteFS writes the primary's lease hostname and a newline (e.g. \"e829424aee6108\\n\"): "
-      "check "
-      "lease.hostname in the primary's litefs.yml";
+      "check lease.hostname in the primary's litefs.yml";
   if (bytes.size() > max_file_size) {
     detail::set_failure(ec, diag, errc::bad_litefs_file,
                         fmt::format("{} holds {}, more than {} bytes: not a hostname. {}", src,
@@ -168,17 +166,18 @@ FWD_DECL std::string parse_primary(std::string_view bytes, boost::system::error_
   while (begin < end && is_space(bytes[begin])) ++begin;
   while (end > begin && is_space(bytes[end - 1])) --end;
   if (begin == end) {
-    detail::set_failure(ec, diag, errc::bad_litefs_file,
+    detail::set_failure(
+        ec, diag, errc::bad_litefs_file,
         fmt::format("{} holds {}: no hostname. {}", src, detail::escape_bytes(bytes), expected));
     return {};
   }
   for (std::size_t i = begin; i < end; ++i) {
     const auto c = static_cast<unsigned char>(bytes[i]);
     if (c <= 0x20 || c == 0x7f) {
-      detail::set_failure(ec, diag, errc::bad_litefs_file,
-                          fmt::format("{} holds {}, not a hostname: byte {} is {}. {}", src,
-                                      detail::escape_bytes(bytes), i,
-                                      detail::describe_byte(bytes[i]), expected));
+      detail::set_failure(
+          ec, diag, errc::bad_litefs_file,
+          fmt::format("{} holds {}, not a hostname: byte {} is {}. {}", src,
+                      detail::escape_bytes(bytes), i, detail::describe_byte(bytes[i]), expected));
       return {};
     }
   }
@@ -186,7 +185,7 @@ FWD_DECL std::string parse_primary(std::string_view bytes, boost::system::error_
 }
 
 FWD_DECL std::string parse_primary(std::string_view bytes, boost::system::error_code& ec,
-                                 std::string_view source) {
+                                   std::string_view source) {
   diagnostics ignored;
   return parse_primary(bytes, ec, ignored, source);
 }

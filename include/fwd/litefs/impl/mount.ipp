@@ -3,20 +3,21 @@
 // Definitions of <fwd/litefs/mount.hpp>: included by that header in header-only mode, by
 // <fwd/src.hpp> (one translation unit) with FWD_SEPARATE_COMPILATION.
 
-#include <fwd/litefs/mount.hpp>
-#include <fwd/litefs/detail/io.hpp>
-
 #include <fmt/format.h>
+
+#include <fwd/litefs/detail/io.hpp>
+#include <fwd/litefs/mount.hpp>
 
 namespace fwd::litefs {
 
 FWD_DECL position read_position(const std::filesystem::path& mount, std::string_view db_name,
-                              boost::system::error_code& ec, diagnostics& diag) {
+                                boost::system::error_code& ec, diagnostics& diag) {
   ec.clear();
   diag.clear();
   if (db_name.empty() || db_name == "." || db_name == ".." ||
       db_name.find('/') != std::string_view::npos || db_name.find('\0') != std::string_view::npos) {
-    detail::set_failure(ec, diag, errc::bad_argument,
+    detail::set_failure(
+        ec, diag, errc::bad_argument,
         fmt::format("read_position: database name {} is not a file name in the mount: give the "
                     "database's file name, e.g. \"blog.db\"",
                     detail::escape_bytes(db_name)));
@@ -26,7 +27,8 @@ FWD_DECL position read_position(const std::filesystem::path& mount, std::string_
       detail::path_string(mount, fmt::format("{}{}", db_name, position_suffix));
   const detail::file_read r = detail::read_bounded(path, max_file_size);
   if (r.outcome == detail::read_outcome::not_found) {
-    detail::set_errno_failure(ec, diag, ENOENT,
+    detail::set_errno_failure(
+        ec, diag, ENOENT,
         fmt::format("{} does not exist: the database {} does not exist on this LiteFS mount yet "
                     "(create it through the mount), or {} is not a LiteFS mount",
                     path, db_name, mount.string()));
@@ -38,7 +40,7 @@ FWD_DECL position read_position(const std::filesystem::path& mount, std::string_
 }
 
 FWD_DECL position read_position(const std::filesystem::path& mount, std::string_view db_name,
-                              boost::system::error_code& ec) {
+                                boost::system::error_code& ec) {
   diagnostics ignored;
   return read_position(mount, db_name, ec, ignored);
 }
@@ -51,13 +53,15 @@ FWD_DECL position read_position(const std::filesystem::path& mount, std::string_
   return result;
 }
 
-FWD_DECL std::chrono::milliseconds read_lag(const std::filesystem::path& mount, boost::system::error_code& ec, diagnostics& diag) {
+FWD_DECL std::chrono::milliseconds read_lag(const std::filesystem::path& mount,
+                                            boost::system::error_code& ec, diagnostics& diag) {
   ec.clear();
   diag.clear();
   const std::string path = detail::path_string(mount, lag_filename);
   const detail::file_read r = detail::read_bounded(path, max_file_size);
   if (r.outcome == detail::read_outcome::not_found) {
-    detail::set_failure(ec, diag, errc::not_litefs,
+    detail::set_failure(
+        ec, diag, errc::not_litefs,
         fmt::format("{} does not exist: {} is not a LiteFS mount (LiteFS always serves .lag): "
                     "use the fuse.dir of litefs.yml, e.g. {}",
                     path, mount.string(), default_mount));
@@ -69,7 +73,7 @@ FWD_DECL std::chrono::milliseconds read_lag(const std::filesystem::path& mount, 
 }
 
 FWD_DECL std::chrono::milliseconds read_lag(const std::filesystem::path& mount,
-                                          boost::system::error_code& ec) {
+                                            boost::system::error_code& ec) {
   diagnostics ignored;
   return read_lag(mount, ec, ignored);
 }
@@ -82,7 +86,8 @@ FWD_DECL std::chrono::milliseconds read_lag(const std::filesystem::path& mount) 
   return result;
 }
 
-FWD_DECL role read_role(const std::filesystem::path& mount, boost::system::error_code& ec, diagnostics& diag) {
+FWD_DECL role read_role(const std::filesystem::path& mount, boost::system::error_code& ec,
+                        diagnostics& diag) {
   ec.clear();
   diag.clear();
   role result;
@@ -102,9 +107,9 @@ FWD_DECL role read_role(const std::filesystem::path& mount, boost::system::error
                                   detail::errno_text(err));
       return result;
     }
-    detail::set_errno_failure(ec, diag, err,
-                              fmt::format("cannot stat the LiteFS mount {}: {}", mount_str,
-                                          detail::errno_text(err)));
+    detail::set_errno_failure(
+        ec, diag, err,
+        fmt::format("cannot stat the LiteFS mount {}: {}", mount_str, detail::errno_text(err)));
     return fail_role();
   }
   if (!S_ISDIR(root.st_mode)) {
@@ -148,9 +153,8 @@ FWD_DECL role read_role(const std::filesystem::path& mount, boost::system::error
     absent_why = ".primary vanished between stat and read (ENOENT: LiteFS lost its primary)";
   } else if (errno != ENOENT) {
     const int err = errno;
-    detail::set_errno_failure(ec, diag, err,
-                              fmt::format("cannot stat {}: {}", primary_path,
-                                          detail::errno_text(err)));
+    detail::set_errno_failure(
+        ec, diag, err, fmt::format("cannot stat {}: {}", primary_path, detail::errno_text(err)));
     return fail_role();
   }
 
@@ -172,9 +176,9 @@ FWD_DECL role read_role(const std::filesystem::path& mount, boost::system::error
                                                  : fmt::format("{} ms", lag.count());
   if (writable && lag.count() == 0) {
     result.kind = role_kind::primary;
-    result.reason = fmt::format(
-        "{}, mount root writable (mode {:04o}) and .lag 0: this node is the primary", absent_why,
-        mode);
+    result.reason =
+        fmt::format("{}, mount root writable (mode {:04o}) and .lag 0: this node is the primary",
+                    absent_why, mode);
     return result;
   }
   result.kind = role_kind::unknown;

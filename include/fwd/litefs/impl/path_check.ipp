@@ -3,10 +3,10 @@
 // Definitions of <fwd/litefs/path_check.hpp>: included by that header in header-only mode, by
 // <fwd/src.hpp> (one translation unit) with FWD_SEPARATE_COMPILATION.
 
-#include <fwd/litefs/path_check.hpp>
-#include <fwd/litefs/detail/io.hpp>
-
 #include <fmt/format.h>
+
+#include <fwd/litefs/detail/io.hpp>
+#include <fwd/litefs/path_check.hpp>
 
 namespace fwd::litefs {
 
@@ -51,9 +51,9 @@ inline std::filesystem::path suggested_mount(
 }  // namespace detail
 
 FWD_DECL std::filesystem::path check_database_path(const std::filesystem::path& db,
-                                                 const path_check_options& options,
-                                                 boost::system::error_code& ec,
-                                                 diagnostics& diag) {
+                                                   const path_check_options& options,
+                                                   boost::system::error_code& ec,
+                                                   diagnostics& diag) {
   ec.clear();
   diag.clear();
   auto fail = [&](boost::system::error_code code, std::string message) {
@@ -77,8 +77,7 @@ FWD_DECL std::filesystem::path check_database_path(const std::filesystem::path& 
   std::filesystem::path absolute = std::filesystem::absolute(db, fs_ec);
   if (fs_ec) {
     return fail(boost::system::error_code(fs_ec.value(), boost::system::system_category()),
-                fmt::format("cannot make the database path {} absolute: {}", raw,
-                            fs_ec.message()));
+                fmt::format("cannot make the database path {} absolute: {}", raw, fs_ec.message()));
   }
   const std::string name = db.filename().string();
   if (name.empty() || name == "." || name == "..") {
@@ -164,14 +163,14 @@ FWD_DECL std::filesystem::path check_database_path(const std::filesystem::path& 
 }
 
 FWD_DECL std::filesystem::path check_database_path(const std::filesystem::path& db,
-                                                 const path_check_options& options,
-                                                 boost::system::error_code& ec) {
+                                                   const path_check_options& options,
+                                                   boost::system::error_code& ec) {
   diagnostics ignored;
   return check_database_path(db, options, ec, ignored);
 }
 
 FWD_DECL std::filesystem::path check_database_path(const std::filesystem::path& db,
-                                                 const path_check_options& options) {
+                                                   const path_check_options& options) {
   boost::system::error_code ec;
   diagnostics diag;
   auto mount = check_database_path(db, options, ec, diag);

@@ -3,25 +3,24 @@
 // Definitions of <fwd/sqlite/connection.hpp>: included by that header in header-only mode, by
 // <fwd/src.hpp> (one translation unit) with FWD_SEPARATE_COMPILATION.
 
-#include <fwd/sqlite/connection.hpp>
-
 #include <fmt/format.h>
+
+#include <fwd/sqlite/connection.hpp>
 
 namespace fwd::sqlite {
 
 FWD_DECL statement connection::prepare(std::string_view sql) {
   sqlite3_stmt* stmt = nullptr;
-  const int rc =
-      sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+  const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
   if (rc != SQLITE_OK) detail::throw_failure(db_, rc, "prepare", sql);
   return statement(db_, stmt);
 }
 
-FWD_DECL statement connection::prepare(std::string_view sql, boost::system::error_code& ec) noexcept {
+FWD_DECL statement connection::prepare(std::string_view sql,
+                                       boost::system::error_code& ec) noexcept {
   ec.clear();
   sqlite3_stmt* stmt = nullptr;
-  const int rc =
-      sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+  const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
   if (rc != SQLITE_OK) {
     detail::set_error(ec, db_, rc);
     return {};
@@ -30,7 +29,7 @@ FWD_DECL statement connection::prepare(std::string_view sql, boost::system::erro
 }
 
 FWD_DECL statement connection::prepare(std::string_view sql, boost::system::error_code& ec,
-                  diagnostics& diag) noexcept {
+                                       diagnostics& diag) noexcept {
   diag.clear();
   statement stmt = prepare(sql, ec);
   if (ec) {
@@ -43,7 +42,7 @@ FWD_DECL statement connection::prepare(std::string_view sql, boost::system::erro
 }
 
 FWD_DECL void connection::exec_impl(std::string_view sql, boost::system::error_code& ec,
-               diagnostics* diag) noexcept {
+                                    diagnostics* diag) noexcept {
   ec.clear();
   // sqlite3_exec needs a NUL-terminated string; SQL text is short, the copy is cheap.
   std::string zsql;
@@ -65,8 +64,9 @@ FWD_DECL void connection::exec_impl(std::string_view sql, boost::system::error_c
   }
 }
 
-FWD_DECL void connection::open_impl(const std::string& path, int flags, std::chrono::milliseconds busy_timeout,
-               boost::system::error_code& ec, diagnostics& diag) {
+FWD_DECL void connection::open_impl(const std::string& path, int flags,
+                                    std::chrono::milliseconds busy_timeout,
+                                    boost::system::error_code& ec, diagnostics& diag) {
   ec.clear();
   diag.clear();
   close();
@@ -76,8 +76,8 @@ FWD_DECL void connection::open_impl(const std::string& path, int flags, std::chr
     const int code = db != nullptr ? sqlite3_extended_errcode(db) : rc;
     ec = make_sqlite_error(code);
     diag.assign(fmt::format(
-        "opening SQLite database {} failed: {}: check that the path exists and is accessible",
-        path, db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
+        "opening SQLite database {} failed: {}: check that the path exists and is accessible", path,
+        db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
     sqlite3_close_v2(db);
     return;
   }
