@@ -9,7 +9,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <fmt/format.h>
+#include <fwd/detail/config.hpp>
 #include <fwd/error.hpp>
 #include <ranges>
 #include <span>
@@ -23,12 +23,8 @@ namespace fwd::sqlite {
 namespace detail {
 
 /// "<what> failed: <sqlite3_errmsg> [in: <sql>]": the detail of a thrown fwd::error.
-inline std::string describe_failure(sqlite3* db, int rc, std::string_view what,
-                                    std::string_view sql) {
-  const char* reason = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  if (sql.empty()) return fmt::format("{} failed: {}", what, reason);
-  return fmt::format("{} failed: {} [in: {}]", what, reason, sql);
-}
+FWD_DECL std::string describe_failure(sqlite3* db, int rc, std::string_view what,
+                                      std::string_view sql);
 
 /// The extended result code of a failed call: `rc` when extended codes are on (fwd
 /// always turns them on), otherwise the connection's last extended code.
@@ -40,10 +36,8 @@ inline int extended_code(sqlite3* db, int rc) noexcept {
   return rc;
 }
 
-[[noreturn]] inline void throw_failure(sqlite3* db, int rc, std::string_view what,
-                                       std::string_view sql) {
-  throw fwd::error(make_sqlite_error(extended_code(db, rc)), describe_failure(db, rc, what, sql));
-}
+[[noreturn]] FWD_DECL void throw_failure(sqlite3* db, int rc, std::string_view what,
+                                         std::string_view sql);
 
 inline void set_error(boost::system::error_code& ec, sqlite3* db, int rc) noexcept {
   ec = make_sqlite_error(extended_code(db, rc));
@@ -148,15 +142,7 @@ class statement {
   }
 
   /// The index of a named parameter; throws fwd::error(SQLITE_RANGE) if there is none.
-  int parameter_index(std::string_view name) const {
-    const std::string zname(name);
-    const int index = sqlite3_bind_parameter_index(stmt_, zname.c_str());
-    if (index == 0) {
-      throw fwd::error(make_sqlite_error(SQLITE_RANGE),
-                       fmt::format("no SQL parameter named {} [in: {}]", zname, sql()));
-    }
-    return index;
-  }
+  int parameter_index(std::string_view name) const;
   int parameter_count() const noexcept { return sqlite3_bind_parameter_count(stmt_); }
   statement& clear_bindings() {
     sqlite3_clear_bindings(stmt_);
@@ -237,3 +223,7 @@ class statement {
 /// connection from one thread at a time), extended result codes on.
 
 }  // namespace fwd::sqlite
+
+#if !defined(FWD_SEPARATE_COMPILATION)
+#include <fwd/sqlite/impl/statement.ipp>
+#endif

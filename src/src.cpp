@@ -1,0 +1,2 @@
+// The one translation unit of the fwd::fwd_compiled library (FWD_SEPARATE_COMPILATION).
+#include <fwd/src.hpp>
