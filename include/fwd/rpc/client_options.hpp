@@ -1,0 +1,59 @@
+#pragma once
+
+// How an RPC client connects, authenticates and times out, and the settings of one call.
+
+#include <fwd/rpc/tls.hpp>
+#include <fwd/rpc/wire.hpp>
+#include <fwd/telemetry.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace fwd::rpc {
+
+/// How a client connects, authenticates and times out.
+struct client_options {
+  /// The cluster secret every node shares (required, non-empty).
+  std::string secret;
+  /// The largest frame sent or accepted, header included. A call whose request would be
+  /// bigger fails with `frame_too_large` and is not sent.
+  std::size_t max_frame_size = wire::default_max_frame_size;
+  /// Connecting and the handshake together must finish within this time.
+  std::chrono::milliseconds connect_timeout{3000};
+  /// The deadline of a call that sets none.
+  std::chrono::milliseconds default_timeout{30000};
+  /// After a failed connection attempt, the next waits this long, doubling up to the max.
+  std::chrono::milliseconds reconnect_backoff{50};
+  std::chrono::milliseconds max_reconnect_backoff{2000};
+  /// The Boost archive version announced in the handshake (0: this build's).
+  std::uint32_t archive_version = 0;
+  /// Hooks: call started/finished, connection opened/closed/failed.
+  telemetry_ptr telemetry;
+  /// Mutual TLS (see tls_options). Unset: plain TCP. Set: each connection runs a TLS
+  /// handshake, verifying the server's certificate against `tls->ca_file` and presenting
+  /// `tls->certificate_chain_file`, before fwd's handshake (`connect_timeout` covers both).
+  /// A TLS failure fails the waiting calls with `unauthenticated`, OpenSSL's reason in
+  /// their error detail.
+  std::optional<tls_options> tls;
+};
+
+/// Per-call settings.
+struct call_options {
+  /// When the call gives up with `timeout` (default: now + client_options::default_timeout).
+  /// The server receives the remaining time and does not start the call after it.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  /// The request id (default: a fresh unique id). Retries of one logical call must reuse
+  /// it, so that the primary runs it at most once.
+  std::optional<wire::request_id> request_id;
+  /// Which attempt this is, for telemetry.
+  std::uint32_t attempt = 1;
+  /// When set, receives the failure's details (the remote exception's type and message,
+  /// both versions on a mismatch, the connect error) before the completion handler runs.
+  std::shared_ptr<std::string> error_detail;
+};
+
+}  // namespace fwd::rpc

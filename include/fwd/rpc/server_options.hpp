@@ -1,0 +1,127 @@
+#pragma once
+
+// How an RPC server listens, authenticates and limits its work; the status codes its
+// replies carry; the state its connections share.
+
+#include <fwd/error.hpp>
+#include <fwd/rpc/frame_buffer.hpp>
+#include <fwd/rpc/detail/tls_stream.hpp>
+#include <fwd/rpc/hello.hpp>
+#include <fwd/rpc/registry.hpp>
+#include <fwd/rpc/tls.hpp>
+#include <fwd/telemetry.hpp>
+#include <fwd/rpc/wire.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace fwd::rpc {
+
+/// What the server says of the local node in `fwd.hello`, asked at each call.
+struct local_status {
+  std::string role = "unknown";  ///< "primary", "replica", "unknown" or "not_litefs"
+  std::uint64_t txid = 0;
+};
+
+/// How a server listens, authenticates and bounds its work.
+struct server_options {
+  /// Where to listen; port 0 picks a free port (see server::local_endpoint()).
+  boost::asio::ip::tcp::endpoint listen{boost::asio::ip::make_address("127.0.0.1"), 0};
+  /// The cluster secret every node shares (required, non-empty).
+  std::string secret;
+  /// `fwd.hello`'s node name and LiteFS hostname.
+  std::string node_name;
+  std::string litefs_hostname;
+  /// `fwd.hello`'s role and TXID, asked at each hello (null: "unknown", 0).
+  std::function<local_status()> status;
+  /// The largest frame accepted, header included; a bigger one closes that connection.
+  std::size_t max_frame_size = wire::default_max_frame_size;
+  /// Requests running at once on one connection; more are answered `overloaded`.
+  std::size_t max_in_flight_per_connection = 4096;
+  /// Requests running at once on the whole server; more are answered `overloaded`.
+  std::size_t max_in_flight = 65536;
+  /// Replies waiting to be written on one connection, in bytes, beyond which the server
+  /// stops reading that connection until its peer reads (bounds memory per connection).
+  std::size_t max_pending_reply_bytes = std::size_t{8} << 20;
+  /// A connection must finish the handshake within this time.
+  std::chrono::milliseconds handshake_timeout{5000};
+  /// A connection with no request running and nothing received for this long is closed.
+  std::chrono::milliseconds idle_timeout{std::chrono::minutes(5)};
+  /// The Boost archive version announced in the handshake (0: this build's).
+  std::uint32_t archive_version = 0;
+  /// Hooks: connection opened, closed and failed (the peer is the client's address).
+  telemetry_ptr telemetry;
+  /// Mutual TLS (see tls_options). Unset: connections are plain TCP. Set: every connection
+  /// must complete a TLS handshake, with a client certificate signed by `tls->ca_file` (unless
+  /// `require_peer_certificate` is false), before fwd's handshake (`handshake_timeout` covers
+  /// both). A plain fwd client is answered `unauthenticated` ("this server requires TLS").
+  std::optional<tls_options> tls;
+};
+
+namespace detail {
+
+// How an error crosses the wire in a reply's aux field: the category in the high half,
+// the value in the low half. Categories other than fwd's and SQLite's become remote_failure.
+inline constexpr std::uint64_t status_fwd = 1;
+inline constexpr std::uint64_t status_sqlite = 2;
+
+inline std::uint64_t encode_status(const boost::system::error_code& ec) noexcept {
+  if (!ec) return 0;
+  if (ec.category() == fwd_category()) return (status_fwd << 32) | static_cast<std::uint32_t>(ec.value());
+  if (ec.category() == sqlite_category()) return (status_sqlite << 32) | static_cast<std::uint32_t>(ec.value());
+  return (status_fwd << 32) | static_cast<std::uint32_t>(errc::remote_failure);
+}
+
+inline boost::system::error_code decode_status(std::uint64_t aux) noexcept {
+  if (aux == 0) return {};
+  const auto value = static_cast<int>(static_cast<std::uint32_t>(aux));
+  switch (aux >> 32) {
+    case status_fwd: return {value, fwd_category()};
+    case status_sqlite: return {value, sqlite_category()};
+    default: return make_error_code(errc::protocol_error);
+  }
+}
+
+inline std::string endpoint_string(const boost::asio::ip::tcp::endpoint& e) {
+  const auto address = e.address();
+  return (address.is_v6() ? "[" + address.to_string() + "]" : address.to_string()) + ":" + std::to_string(e.port());
+}
+
+class server_connection;
+
+struct server_state {
+  boost::asio::any_io_executor executor;
+  const registry* user_registry = nullptr;
+  registry builtins;
+  server_options options;
+  wire::versions versions;
+  std::atomic<std::size_t> in_flight{0};
+  std::atomic<std::size_t> connections{0};
+  std::atomic<bool> stopping{false};
+  std::mutex mutex;  // guards live
+  std::list<std::weak_ptr<server_connection>> live;
+  std::optional<boost::asio::ip::tcp::acceptor> acceptor;  // used on its own strand
+  std::shared_ptr<boost::asio::ssl::context> tls_context;  // set: connections use TLS
+};
+
+}  // namespace detail
+}  // namespace fwd::rpc

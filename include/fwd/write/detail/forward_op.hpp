@@ -1,0 +1,455 @@
+#pragma once
+
+// One forwarded call from its first attempt to its completion (fwd::detail::forward_op),
+// the state a forwarder's calls share, and the server side of a write procedure.
+
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <fwd/write/breaker.hpp>
+#include <fwd/write/forward_options.hpp>
+#include <fwd/write/builtins.hpp>
+#include <fwd/cluster/discovery.hpp>
+#include <fwd/detail/completion.hpp>
+#include <fwd/error.hpp>
+#include <fwd/litefs/mount.hpp>
+#include <fwd/litefs/path_check.hpp>
+#include <fwd/procedure.hpp>
+#include <fwd/write/retry.hpp>
+#include <fwd/rpc/client.hpp>
+#include <fwd/rpc/registry.hpp>
+#include <fwd/sqlite/connection.hpp>
+#include <fwd/sqlite/transaction.hpp>
+#include <fwd/write/executor.hpp>
+#include <fwd/telemetry.hpp>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace fwd {
+
+namespace detail {
+
+/// How a completed forwarded call reaches its caller.
+struct forward_completion {
+  virtual ~forward_completion() = default;
+  virtual void complete(boost::system::error_code ec, std::string result, std::string detail) = 0;
+};
+
+/// The shared state of a forwarder: what every call needs, kept alive by the calls.
+struct forward_core {
+  boost::asio::any_io_executor executor;
+  forwarder_options options;
+  std::shared_ptr<rpc::client> client;
+  std::shared_ptr<primary_finder> finder;
+  std::shared_ptr<sqlite::write_executor> writer;  // set at start
+  retry_budget budget;
+  breaker_set breakers;
+  std::atomic<bool> stopped{false};
+  struct local_procedure {
+    std::uint64_t signature;
+    rpc::registry::raw_handler handler;
+  };
+  std::map<std::string, local_procedure, std::less<>> procedures;  // filled before start
+
+  forward_core(boost::asio::any_io_executor ex, forwarder_options opts,
+               std::shared_ptr<rpc::client> c, std::shared_ptr<primary_finder> f)
+      : executor(std::move(ex)),
+        options(std::move(opts)),
+        client(std::move(c)),
+        finder(std::move(f)),
+        budget(options.retry),
+        breakers(options.breaker) {
+    if (!options.role) options.role = [mount = options.mount] { return litefs::current_role(mount); };
+  }
+};
+
+inline bool is_transport_failure(const boost::system::error_code& ec) noexcept {
+  return ec == errc::unreachable || ec == errc::connection_lost || ec == errc::protocol_error ||
+         ec == errc::unauthenticated || ec == errc::version_mismatch;
+}
+
+inline std::string hex_id(const request_id& id) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  for (auto b : id) {
+    out += digits[b >> 4];
+    out += digits[b & 15];
+  }
+  return out;
+}
+
+// One forwarded call, from its first attempt to its completion. Runs on its own strand.
+class forward_op : public std::enable_shared_from_this<forward_op> {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  forward_op(std::shared_ptr<forward_core> core, std::string name, std::uint64_t signature,
+             std::string arguments, forward_options options,
+             std::unique_ptr<forward_completion> completion)
+      : core_(std::move(core)),
+        strand_(boost::asio::make_strand(core_->executor)),
+        timer_(strand_),
+        name_(std::move(name)),
+        signature_(signature),
+        arguments_(std::move(arguments)),
+        id_(options.id.value_or(make_request_id())),
+        deadline_(options.deadline.value_or(clock::now() + core_->options.default_deadline)),
+        read_your_writes_(options.read_your_writes.value_or(core_->options.read_your_writes)),
+        report_(options.report ? std::move(options.report) : std::make_shared<call_report>()),
+        completion_(std::move(completion)) {
+    report_->id = id_;
+  }
+
+  void start() {
+    core_->budget.record_call();  // each call earns the node a retry (retry_budget)
+    boost::asio::post(strand_, [self = shared_from_this()] { self->attempt(); });
+  }
+
+  void cancel() {
+    boost::asio::post(strand_, [self = shared_from_this()] {
+      self->timer_.cancel();
+      self->finish(make_error_code(errc::cancelled),
+                   "the call was cancelled; if it was sent it may still run on the primary (once)");
+    });
+  }
+
+ private:
+  void attempt() {
+    if (done_) return;
+    if (core_->stopped.load()) {
+      finish(make_error_code(errc::cancelled), "the node is shutting down");
+      return;
+    }
+    if (clock::now() >= deadline_) {
+      finish_deadline();
+      return;
+    }
+    ++report_->attempts;
+    if (const primary_location* hit = core_->finder->cached()) {
+      on_location(*hit);
+      return;
+    }
+    core_->finder->async_find(
+        deadline_, [self = shared_from_this()](boost::system::error_code e, primary_location w) {
+          boost::asio::post(self->strand_, [self, e, w = std::move(w)] { self->on_found(e, w); });
+        });
+  }
+
+  void on_found(boost::system::error_code ec, const primary_location& where) {
+    {
+      auto self = this;
+      if (self->done_) return;
+      if (ec) {
+        std::string why = ec == errc::no_primary
+                              ? "no primary found: " + self->core_->finder->last_failure()
+                              : ec.message();
+        self->on_failure(ec, std::move(why));
+        return;
+      }
+      self->on_location(where);
+    }
+  }
+
+  void on_location(const primary_location& where) {
+    if (where.local) {
+      run_local();
+    } else {
+      send(where);
+    }
+  }
+
+  void run_local() {
+    report_->ran_locally = true;
+    report_->peer.clear();
+    const auto found = core_->procedures.find(name_);
+    if (found == core_->procedures.end() || found->second.signature != signature_) {
+      finish(make_error_code(found == core_->procedures.end() ? errc::unknown_procedure
+                                                              : errc::signature_mismatch),
+             "procedure '" + name_ +
+                 "' is not defined on this node with this signature: define it with node.define");
+      return;
+    }
+    const auto& t = core_->options.telemetry;
+    const auto started = clock::now();
+    fwd::detail::emit(t, &telemetry::call_started,
+                      call_started_event{name_, {}, report_->attempts});
+    const rpc::incoming_call call{name_, signature_, arguments_, id_, deadline_};
+    // The write handler may answer from any thread: hop to the strand.
+    rpc::reply_handler reply = [self = shared_from_this(), started](boost::system::error_code ec,
+                                                                    std::string payload) {
+      boost::asio::post(self->strand_, [self, started, ec, payload = std::move(payload)]() mutable {
+        const auto& tel = self->core_->options.telemetry;
+        fwd::detail::emit(
+            tel, &telemetry::call_finished,
+            call_finished_event{
+                self->name_, {}, self->report_->attempts, clock::now() - started, ec});
+        if (self->done_) return;
+        if (ec) {
+          self->on_failure(ec, std::move(payload));
+          return;
+        }
+        self->on_reply(std::move(payload), /*remote=*/false);
+      });
+    };
+    // Answered exactly once, also when the handler throws or drops its reply.
+    auto answer = std::make_shared<rpc::detail::reply_once>(std::move(reply), core_->executor, name_);
+    rpc::reply_handler forward = [answer](boost::system::error_code ec, std::string payload) {
+      answer->complete(ec, std::move(payload));
+    };
+    try {
+      found->second.handler(call, core_->executor, std::move(forward));
+    } catch (...) {
+      answer->fail(std::current_exception());
+    }
+  }
+
+  void send(const primary_location& where) {
+    const std::string peer = rpc::detail::endpoint_string(where.endpoint);
+    report_->ran_locally = false;
+    report_->peer = peer;
+    circuit_breaker& breaker = core_->breakers.for_peer(peer);
+    if (!breaker.allow()) {
+      core_->finder->invalidate();
+      on_failure(make_error_code(errc::circuit_open),
+                 "the circuit breaker for " + peer + " is open");
+      return;
+    }
+    auto detail = std::make_shared<std::string>();
+    rpc::call_options options;
+    options.deadline = deadline_;
+    options.request_id = id_;
+    options.attempt = report_->attempts;
+    options.error_detail = detail;
+    core_->client->async_call_raw(
+        where.endpoint, options, name_, signature_, arguments_,
+        [self = shared_from_this(), peer, detail](boost::system::error_code e, std::string p) {
+          boost::asio::post(self->strand_, [self, peer, detail, e, p = std::move(p)]() mutable {
+            self->on_sent(peer, *detail, e, std::move(p));
+          });
+        });
+  }
+
+  void on_sent(const std::string& peer, const std::string& detail, boost::system::error_code ec,
+               std::string payload) {
+    {
+      auto self = this;
+      circuit_breaker& b = self->core_->breakers.for_peer(peer);
+      if (ec && (is_transport_failure(ec) || ec == errc::timeout)) {
+        const breaker_state before = b.state();
+        const breaker_state after = b.on_failure();
+        if (before != after) self->breaker_changed(peer, after);
+      } else {
+        const breaker_state before = b.on_success();
+        if (before != breaker_state::closed) self->breaker_changed(peer, breaker_state::closed);
+      }
+      if (self->done_) return;
+      if (ec) {
+        if (ec == errc::not_primary || is_transport_failure(ec)) self->core_->finder->invalidate();
+        self->on_failure(ec, peer + ": " + detail);
+        return;
+      }
+      self->on_reply(std::move(payload), /*remote=*/true);
+    }
+  }
+
+  void breaker_changed(const std::string& peer, breaker_state state) {
+    fwd::detail::emit(core_->options.telemetry, &telemetry::breaker_changed,
+                      breaker_event{peer, to_string(state)});
+  }
+
+  void on_reply(std::string payload, bool remote) {
+    std::uint64_t txid = 0;
+    std::string_view result;
+    if (!decode_write_reply(payload, txid, result)) {
+      finish(make_error_code(errc::protocol_error), "the write's reply is shorter than its TXID");
+      return;
+    }
+    report_->txid = txid;
+    result_ = std::string(result);
+    if (!remote || !read_your_writes_ || txid == 0) {
+      finish({}, {});
+      return;
+    }
+    report_->waited_for_replication = true;
+    wait_replication();
+  }
+
+  // Polls the local `<db>-pos` until it reaches the primary's TXID, as LiteFS's proxy does.
+  void wait_replication() {
+    if (done_) return;
+    if (const auto& monitor = core_->options.monitor) {
+      monitor->async_wait_position(
+          report_->txid, deadline_,
+          boost::asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec,
+                                                                          litefs::position local) {
+            if (self->done_) return;
+            if (!ec) return self->finish({}, {});
+            self->finish(make_error_code(errc::replication_lag),
+                         "the write COMMITTED on the primary at TXID " + std::to_string(self->report_->txid) +
+                             " but this node is at TXID " + std::to_string(local.txid) +
+                             " when the deadline passed: do not retry it; a local read may not see it yet");
+          }));
+      return;
+    }
+    boost::system::error_code ec;
+    const litefs::position local =
+        litefs::read_position(core_->options.mount, core_->options.database_name, ec);
+    if (!ec && local.txid >= report_->txid) {
+      finish({}, {});
+      return;
+    }
+    if (core_->stopped.load() || clock::now() >= deadline_) {
+      finish(make_error_code(errc::replication_lag),
+             "the write COMMITTED on the primary at TXID " + std::to_string(report_->txid) +
+                 " but this node is at TXID " + std::to_string(local.txid) +
+                 " when the deadline passed: do not retry it; a local read may not see it yet");
+      return;
+    }
+    timer_.expires_after(core_->options.replication_poll);
+    timer_.async_wait([self = shared_from_this()](boost::system::error_code e) {
+      if (e) return;  // cancelled: cancel() finishes the call
+      self->wait_replication();
+    });
+  }
+
+  void on_failure(boost::system::error_code ec, std::string detail) {
+    if (done_) return;
+    if (ec == errc::not_primary) core_->finder->invalidate();
+    const error_class cls = classify(ec);
+    if (cls == error_class::permanent) {
+      finish(ec, std::move(detail));
+      return;
+    }
+    if (core_->stopped.load()) {
+      finish(ec, std::move(detail));
+      return;
+    }
+    if (report_->attempts >= core_->options.retry.max_attempts) {
+      finish(ec, std::move(detail) + " (after " + std::to_string(report_->attempts) + " attempts)");
+      return;
+    }
+    const auto now = clock::now();
+    if (now >= deadline_) {
+      finish(ec, std::move(detail) + " (the call's deadline passed)");
+      return;
+    }
+    if (!core_->budget.try_acquire(now)) {
+      finish(ec, std::move(detail) + " (the node's retry budget is exhausted: not retried)");
+      return;
+    }
+    auto wait = full_jitter_backoff(core_->options.retry, report_->attempts);
+    if (now + wait > deadline_)
+      wait = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline_ - now);
+    fwd::detail::emit(core_->options.telemetry, &telemetry::retry,
+                      retry_event{name_, report_->attempts + 1, wait, ec});
+    last_ec_ = ec;
+    last_detail_ = std::move(detail);
+    timer_.expires_after(wait);
+    timer_.async_wait([self = shared_from_this()](boost::system::error_code e) {
+      if (e) return;
+      self->attempt();
+    });
+  }
+
+  void finish_deadline() {
+    if (last_ec_) {
+      finish(last_ec_, last_detail_ + " (the call's deadline passed while retrying)");
+    } else {
+      finish(make_error_code(errc::timeout), "the call's deadline passed before it could be sent");
+    }
+  }
+
+  void finish(boost::system::error_code ec, std::string detail) {
+    if (done_) return;
+    done_ = true;
+    timer_.cancel();
+    auto completion = std::move(completion_);
+    completion->complete(ec, ec ? std::string() : std::move(result_), std::move(detail));
+  }
+
+  std::shared_ptr<forward_core> core_;
+  boost::asio::strand<boost::asio::any_io_executor> strand_;
+  boost::asio::steady_timer timer_;
+  std::string name_;
+  std::uint64_t signature_;
+  std::string arguments_;
+  request_id id_;
+  clock::time_point deadline_;
+  bool read_your_writes_;
+  std::shared_ptr<call_report> report_;
+  std::unique_ptr<forward_completion> completion_;
+  std::string result_;
+  boost::system::error_code last_ec_;
+  std::string last_detail_;
+  bool done_ = false;
+};
+
+template <class R>
+struct forward_signature_of {
+  using type = void(boost::system::error_code, R);
+};
+template <>
+struct forward_signature_of<void> {
+  using type = void(boost::system::error_code);
+};
+
+// Decodes the result (on the call's strand) and completes the caller's handler through
+// its associated executor.
+template <class R>
+class typed_completion final : public forward_completion {
+ public:
+  template <class Handler>
+  typed_completion(Handler&& handler, const boost::asio::any_io_executor& fallback,
+                   std::shared_ptr<std::string> detail)
+      : completion_(std::forward<Handler>(handler), fallback), detail_(std::move(detail)) {}
+
+  boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
+
+  void complete(boost::system::error_code ec, std::string result, std::string why) override {
+    if (ec) {
+      if (detail_) *detail_ = std::move(why);
+    }
+    // Posted: the call may complete before its initiating call returns (a stopped node).
+    if constexpr (std::is_void_v<R>) {
+      if (!ec) {
+        fwd::detail::decode_result<void>(result, ec);
+        if (ec && detail_) *detail_ = "the result could not be decoded";
+      }
+      completion_.post(ec);
+    } else {
+      R value{};
+      if (!ec) {
+        std::string decode_why;
+        value = fwd::detail::decode_result<R>(result, ec, &decode_why);
+        if (ec && detail_) *detail_ = "the result could not be decoded: " + decode_why;
+      }
+      completion_.post(ec, std::move(value));
+    }
+  }
+
+ private:
+  fwd::detail::pending_completion<typename forward_signature_of<R>::type> completion_;
+  std::shared_ptr<std::string> detail_;
+};
+
+}  // namespace detail
+
+}  // namespace fwd

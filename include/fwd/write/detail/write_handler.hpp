@@ -1,0 +1,106 @@
+#pragma once
+
+// The server side of a write procedure (also run directly for a local call): checks the
+// local role, decodes the arguments and runs the user's function on the write executor.
+
+#include <fwd/error.hpp>
+#include <fwd/litefs/mount.hpp>
+#include <fwd/procedure.hpp>
+#include <fwd/rpc/registry.hpp>
+#include <fwd/sqlite/connection.hpp>
+#include <fwd/write/builtins.hpp>
+#include <fwd/write/detail/forward_op.hpp>
+#include <fwd/write/executor.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <exception>
+#include <functional>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace fwd::detail {
+
+template <class F, class... Ds>
+decltype(auto) invoke_writer(F& fn, sqlite3* db, std::tuple<Ds...>& args) {
+  return std::apply(
+      [&](auto&... values) -> decltype(auto) {
+        if constexpr (std::is_invocable_v<F&, sqlite3*, Ds&...>) {
+          return std::invoke(fn, db, values...);
+        } else {
+          auto c = sqlite::connection::borrow(db);
+          return std::invoke(fn, c, values...);
+        }
+      },
+      args);
+}
+
+// The server side of a write procedure (also run directly for local calls): checks the
+// local role, decodes the arguments, and runs the user's function through the write
+// executor with the call's request id; replies with the TXID envelope.
+template <class Proc, class F>
+rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
+                                              std::shared_ptr<F> fn) {
+  return [weak, fn](const rpc::incoming_call& call, boost::asio::any_io_executor /*executor*/,
+                    rpc::reply_handler reply) {
+    auto core = weak.lock();
+    if (!core || core->stopped.load()) {
+      std::move(reply)(make_error_code(errc::cancelled), "the node is shutting down; nothing ran");
+      return;
+    }
+    litefs::role role;
+    try {
+      role = core->options.role();
+    } catch (const std::exception& e) {
+      role.reason = std::string("reading the local role failed: ") + e.what();
+    } catch (...) {
+      role.reason = "reading the local role failed";
+    }
+    if (role.kind != litefs::role_kind::primary) {
+      std::string why = "this node is not the primary (" + role.reason + "); nothing ran";
+      if (role.kind == litefs::role_kind::replica)
+        why += "; LiteFS names the primary " + role.primary_hostname;
+      std::move(reply)(make_error_code(errc::not_primary), std::move(why));
+      return;
+    }
+    auto writer = core->writer;
+    if (!writer) {
+      std::move(reply)(make_error_code(errc::not_primary),
+                       "this node has not started its writer; nothing ran");
+      return;
+    }
+    boost::system::error_code ec;
+    std::string why;
+    auto args = std::make_shared<typename Proc::arguments>(
+        fwd::detail::decode_arguments<Proc>(call.arguments, ec, &why));
+    if (ec) {
+      std::move(reply)(ec, "the arguments of '" + std::string(call.procedure) +
+                               "' could not be decoded as " + Proc::signature_text() + ": " + why);
+      return;
+    }
+    using R = typename Proc::result_type;
+    writer->async_write(
+        call.request_id,
+        [fn, args](sqlite3* db) -> std::string {
+          if constexpr (std::is_void_v<R>) {
+            invoke_writer(*fn, db, *args);
+            return {};
+          } else {
+            return fwd::detail::encode_result<R>(static_cast<R>(invoke_writer(*fn, db, *args)));
+          }
+        },
+        [reply = std::move(reply)](boost::system::error_code e, std::string result,
+                                   std::uint64_t txid) mutable {
+          if (e) {
+            std::move(reply)(e, std::move(result));
+          } else {
+            std::move(reply)(boost::system::error_code{}, encode_write_reply(txid, result));
+          }
+        });
+  };
+}
+
+}  // namespace fwd::detail
