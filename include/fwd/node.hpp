@@ -392,23 +392,8 @@ class node {
     monitor_->start();
     sqlite::write_options write = options_.write;
     if (!write.mount_generation) {
-      write.mount_generation = [monitor = monitor_,
-                                db = options_.database.string()]() -> std::optional<std::uint64_t> {
-        auto state = monitor->state();
-        if (state->mount_dead) return std::nullopt;
-        // One forced getattr per batch (not per write): a mount that died or was replaced
-        // since the monitor's last poll is caught before SQLite touches it.
-        struct stat now {};
-        if (litefs::detail::stat_uncached(db, now) != 0) {
-          if (errno == ENOENT) return state->mount_generation;  // not created yet
-          monitor->poll_now();
-          return std::nullopt;
-        }
-        if (state->mount_device != 0 && static_cast<std::uint64_t>(now.st_dev) != state->mount_device) {
-          monitor->poll_now();  // LiteFS restarted: the next batch opens the new mount
-          return std::nullopt;
-        }
-        return state->mount_generation;
+      write.mount_generation = [monitor = monitor_, db = options_.database.string()] {
+        return monitor->writable_generation(db);
       };
     }
     if (!write.position_after_commit) {

@@ -30,6 +30,21 @@
 
 #include <boost/system/error_category.hpp>
 #include <boost/system/error_code.hpp>
+// ---- begin fwd/detail/config.hpp ----
+
+// How fwd is compiled. By default fwd is header-only: every function is defined in the
+// headers. With FWD_SEPARATE_COMPILATION defined (the fwd::fwd_compiled CMake target
+// defines it), the headers only declare fwd's non-template functions and exactly one
+// translation unit of the program includes <fwd/src.hpp>, which defines them. Templates
+// stay in the headers in both modes.
+
+#if defined(FWD_SEPARATE_COMPILATION)
+#define FWD_DECL
+#else
+#define FWD_DECL inline
+#endif
+
+// ---- end fwd/detail/config.hpp ----
 
 #include <string>
 #include <system_error>
@@ -67,6 +82,108 @@ enum class error_class {
   maybe_executed,  ///< it may have run: retry only with the same request id
   permanent,       ///< retrying cannot help (or, for replication_lag, is not needed)
 };
+
+
+/// The category of fwd::errc, named "fwd".
+FWD_DECL const boost::system::error_category& fwd_category() noexcept;
+
+/// The category of SQLite result codes, named "fwd.sqlite"; the value is SQLite's
+/// extended result code (e.g. 2067, SQLITE_CONSTRAINT_UNIQUE).
+FWD_DECL const boost::system::error_category& sqlite_category() noexcept;
+
+inline boost::system::error_code make_error_code(errc e) noexcept {
+  return {static_cast<int>(e), fwd_category()};
+}
+
+/// An error_code for SQLite's (extended) result code `rc`.
+inline boost::system::error_code make_sqlite_error(int rc) noexcept {
+  return {rc, sqlite_category()};
+}
+
+/// What a caller may do after `ec`. Errors fwd does not know are `permanent`.
+FWD_DECL error_class classify(const boost::system::error_code& ec) noexcept;
+
+inline error_class classify(const std::error_code& ec) noexcept {
+  return classify(boost::system::error_code(ec));
+}
+inline error_class classify(errc e) noexcept { return classify(make_error_code(e)); }
+
+/// "not sent", "maybe executed" or "permanent".
+inline const char* to_string(error_class c) noexcept {
+  switch (c) {
+    case error_class::not_sent: return "not sent";
+    case error_class::maybe_executed: return "maybe executed";
+    case error_class::permanent: return "permanent";
+  }
+  return "?";
+}
+
+/**
+ * The detail of a failure beyond its error_code: which file, which bytes, which peer,
+ * and what to do. Filled by the `(..., error_code&, diagnostics&)` form of a function;
+ * the throwing form carries the same text in its fwd::error. Like boost::mysql::diagnostics.
+ */
+class diagnostics {
+ public:
+  diagnostics() = default;
+  /// The detailed message; empty when the call succeeded or had nothing to add.
+  const std::string& message() const noexcept { return message_; }
+  void clear() noexcept { message_.clear(); }
+  /// Sets the message (used by fwd's functions).
+  void assign(std::string message) { message_ = std::move(message); }
+  friend bool operator==(const diagnostics&, const diagnostics&) = default;
+
+ private:
+  std::string message_;
+};
+
+/// The exception the throwing forms throw: a std::system_error whose code() is the
+/// failure, whose what() adds the details (file, peer, procedure, remote exception), and
+/// whose get_diagnostics() holds those details alone.
+class error : public std::system_error {
+ public:
+  explicit error(const boost::system::error_code& ec)
+      : std::system_error(static_cast<std::error_code>(ec)) {}
+  error(const boost::system::error_code& ec, const std::string& detail)
+      : std::system_error(static_cast<std::error_code>(ec), detail) {
+    diag_.assign(detail);
+  }
+  error(const boost::system::error_code& ec, diagnostics diag)
+      : std::system_error(static_cast<std::error_code>(ec), diag.message()),
+        diag_(std::move(diag)) {}
+  /// What the caller may do now.
+  error_class classification() const noexcept { return classify(code()); }
+  /// The detail alone (what() is the detail followed by the code's message).
+  const diagnostics& get_diagnostics() const noexcept { return diag_; }
+
+ private:
+  diagnostics diag_;
+};
+
+namespace detail {
+/// The throwing forms' tail: throws fwd::error(ec, diag) when `ec` is set.
+inline void throw_on_error(const boost::system::error_code& ec, diagnostics diag) {
+  if (ec) throw fwd::error(ec, std::move(diag));
+}
+}  // namespace detail
+
+}  // namespace fwd
+
+template <>
+struct boost::system::is_error_code_enum<fwd::errc> : std::true_type {};
+template <>
+struct std::is_error_code_enum<fwd::errc> : std::true_type {};
+
+#if !defined(FWD_SEPARATE_COMPILATION)
+// ---- begin fwd/impl/error.ipp ----
+
+// Definitions of <fwd/error.hpp>: included by that header in header-only mode, by
+// <fwd/src.hpp> (one translation unit) with FWD_SEPARATE_COMPILATION.
+
+#include <fmt/format.h>
+
+
+namespace fwd {
 
 namespace detail {
 
@@ -139,7 +256,8 @@ inline const char* errc_message(int value) noexcept {
 class fwd_category_impl final : public boost::system::error_category {
  public:
   // A fixed id lets categories from different shared libraries compare equal.
-  constexpr fwd_category_impl() noexcept : boost::system::error_category(0x8e1f'3c7a'5d02'4b91ull) {}
+  constexpr fwd_category_impl() noexcept
+      : boost::system::error_category(0x8e1f'3c7a'5d02'4b91ull) {}
   const char* name() const noexcept override { return "fwd"; }
   std::string message(int value) const override { return errc_message(value); }
   char const* message(int value, char* /*buffer*/, std::size_t /*len*/) const noexcept override {
@@ -151,68 +269,85 @@ class fwd_category_impl final : public boost::system::error_category {
 // here (not from <sqlite3.h>) so that error.hpp stays light.
 inline const char* sqlite_message(int extended) noexcept {
   switch (extended & 0xff) {
-    case 1: return "SQLITE_ERROR: SQL error or missing database";
-    case 2: return "SQLITE_INTERNAL: internal SQLite error";
-    case 3: return "SQLITE_PERM: access permission denied";
-    case 4: return "SQLITE_ABORT: the statement was aborted";
-    case 5: return "SQLITE_BUSY: the database is locked by another connection: retry, or raise the busy timeout";
-    case 6: return "SQLITE_LOCKED: a table is locked by this connection: retry";
-    case 7: return "SQLITE_NOMEM: out of memory";
-    case 8: return "SQLITE_READONLY: attempt to write a readonly database (on LiteFS: this node is a replica)";
-    case 9: return "SQLITE_INTERRUPT: interrupted";
-    case 10: return "SQLITE_IOERR: disk I/O error (on LiteFS in WAL mode: this node is a replica)";
-    case 11: return "SQLITE_CORRUPT: the database disk image is malformed";
-    case 12: return "SQLITE_NOTFOUND: unknown operation";
-    case 13: return "SQLITE_FULL: the database or disk is full";
-    case 14: return "SQLITE_CANTOPEN: unable to open the database file: check the path";
-    case 15: return "SQLITE_PROTOCOL: locking protocol error";
-    case 17: return "SQLITE_SCHEMA: the database schema changed";
-    case 18: return "SQLITE_TOOBIG: a string or blob is too big";
-    case 19: return "SQLITE_CONSTRAINT: a constraint failed: the write was rejected, do not retry";
-    case 20: return "SQLITE_MISMATCH: data type mismatch";
-    case 21: return "SQLITE_MISUSE: the SQLite library was misused";
-    case 23: return "SQLITE_AUTH: authorization denied";
-    case 25: return "SQLITE_RANGE: a bind index is out of range";
-    case 26: return "SQLITE_NOTADB: the file is not a database";
-    default: return "SQLite error";
+    case 1:
+      return "SQLITE_ERROR: SQL error or missing database";
+    case 2:
+      return "SQLITE_INTERNAL: internal SQLite error";
+    case 3:
+      return "SQLITE_PERM: access permission denied";
+    case 4:
+      return "SQLITE_ABORT: the statement was aborted";
+    case 5:
+      return "SQLITE_BUSY: the database is locked by another connection: retry, or raise the busy "
+             "timeout";
+    case 6:
+      return "SQLITE_LOCKED: a table is locked by this connection: retry";
+    case 7:
+      return "SQLITE_NOMEM: out of memory";
+    case 8:
+      return "SQLITE_READONLY: attempt to write a readonly database (on LiteFS: this node is a "
+             "replica)";
+    case 9:
+      return "SQLITE_INTERRUPT: interrupted";
+    case 10:
+      return "SQLITE_IOERR: disk I/O error (on LiteFS in WAL mode: this node is a replica)";
+    case 11:
+      return "SQLITE_CORRUPT: the database disk image is malformed";
+    case 12:
+      return "SQLITE_NOTFOUND: unknown operation";
+    case 13:
+      return "SQLITE_FULL: the database or disk is full";
+    case 14:
+      return "SQLITE_CANTOPEN: unable to open the database file: check the path";
+    case 15:
+      return "SQLITE_PROTOCOL: locking protocol error";
+    case 17:
+      return "SQLITE_SCHEMA: the database schema changed";
+    case 18:
+      return "SQLITE_TOOBIG: a string or blob is too big";
+    case 19:
+      return "SQLITE_CONSTRAINT: a constraint failed: the write was rejected, do not retry";
+    case 20:
+      return "SQLITE_MISMATCH: data type mismatch";
+    case 21:
+      return "SQLITE_MISUSE: the SQLite library was misused";
+    case 23:
+      return "SQLITE_AUTH: authorization denied";
+    case 25:
+      return "SQLITE_RANGE: a bind index is out of range";
+    case 26:
+      return "SQLITE_NOTADB: the file is not a database";
+    default:
+      return "SQLite error";
   }
 }
 
 class sqlite_category_impl final : public boost::system::error_category {
  public:
-  constexpr sqlite_category_impl() noexcept : boost::system::error_category(0x8e1f'3c7a'5d02'4b92ull) {}
+  constexpr sqlite_category_impl() noexcept
+      : boost::system::error_category(0x8e1f'3c7a'5d02'4b92ull) {}
   const char* name() const noexcept override { return "fwd.sqlite"; }
   std::string message(int value) const override {
-    return std::string(sqlite_message(value)) + " (extended code " + std::to_string(value) + ")";
+    return fmt::format("{} (extended code {})", sqlite_message(value), value);
   }
 };
 
 }  // namespace detail
 
 /// The category of fwd::errc, named "fwd".
-inline const boost::system::error_category& fwd_category() noexcept {
+FWD_DECL const boost::system::error_category& fwd_category() noexcept {
   static constexpr detail::fwd_category_impl instance;
   return instance;
 }
 
 /// The category of SQLite result codes, named "fwd.sqlite"; the value is SQLite's
 /// extended result code (e.g. 2067, SQLITE_CONSTRAINT_UNIQUE).
-inline const boost::system::error_category& sqlite_category() noexcept {
+FWD_DECL const boost::system::error_category& sqlite_category() noexcept {
   static constexpr detail::sqlite_category_impl instance;
   return instance;
 }
 
-inline boost::system::error_code make_error_code(errc e) noexcept {
-  return {static_cast<int>(e), fwd_category()};
-}
-
-/// An error_code for SQLite's (extended) result code `rc`.
-inline boost::system::error_code make_sqlite_error(int rc) noexcept {
-  return {rc, sqlite_category()};
-}
-
-/// What a caller may do after `ec`. Errors fwd does not know are `permanent`.
-inline error_class classify(const boost::system::error_code& ec) noexcept {
+FWD_DECL error_class classify(const boost::system::error_code& ec) noexcept {
   if (ec.category() == fwd_category()) {
     switch (static_cast<errc>(ec.value())) {
       case errc::no_primary:
@@ -231,8 +366,8 @@ inline error_class classify(const boost::system::error_code& ec) noexcept {
   }
   if (ec.category() == sqlite_category()) {
     switch (ec.value() & 0xff) {
-      case 5:   // SQLITE_BUSY: the transaction was rolled back, nothing applied
-      case 6:   // SQLITE_LOCKED
+      case 5:  // SQLITE_BUSY: the transaction was rolled back, nothing applied
+      case 6:  // SQLITE_LOCKED
         return error_class::not_sent;
       default:
         return error_class::permanent;
@@ -259,39 +394,10 @@ inline error_class classify(const boost::system::error_code& ec) noexcept {
   return error_class::permanent;
 }
 
-inline error_class classify(const std::error_code& ec) noexcept {
-  return classify(boost::system::error_code(ec));
-}
-inline error_class classify(errc e) noexcept { return classify(make_error_code(e)); }
-
-/// "not sent", "maybe executed" or "permanent".
-inline const char* to_string(error_class c) noexcept {
-  switch (c) {
-    case error_class::not_sent: return "not sent";
-    case error_class::maybe_executed: return "maybe executed";
-    case error_class::permanent: return "permanent";
-  }
-  return "?";
-}
-
-/// The exception the blocking conveniences throw: a std::system_error whose code() is
-/// the failure and whose what() adds the details (peer, procedure, remote exception).
-class error : public std::system_error {
- public:
-  explicit error(const boost::system::error_code& ec)
-      : std::system_error(static_cast<std::error_code>(ec)) {}
-  error(const boost::system::error_code& ec, const std::string& detail)
-      : std::system_error(static_cast<std::error_code>(ec), detail) {}
-  /// What the caller may do now.
-  error_class classification() const noexcept { return classify(code()); }
-};
-
 }  // namespace fwd
 
-template <>
-struct boost::system::is_error_code_enum<fwd::errc> : std::true_type {};
-template <>
-struct std::is_error_code_enum<fwd::errc> : std::true_type {};
+// ---- end fwd/impl/error.ipp ----
+#endif
 
 // ---- end fwd/error.hpp ----
 // ---- begin fwd/telemetry.hpp ----
@@ -372,6 +478,17 @@ struct resolver_error_event {
   std::string_view message;
 };
 
+/// This node's LiteFS state changed (litefs::monitor): role, primary, a dead or replaced
+/// mount (a new mount generation), or the position.
+struct litefs_event {
+  std::string_view role;              ///< "primary", "replica", "unknown", "not_litefs"
+  std::string_view primary_hostname;  ///< replica: the primary's LiteFS hostname
+  bool mount_dead = false;            ///< LiteFS stopped under the service
+  std::uint64_t mount_generation = 0;
+  std::uint64_t txid = 0;
+  std::string_view reason;
+};
+
 /// A peer's circuit breaker changed state ("closed", "open", "half-open").
 struct breaker_event {
   std::string_view peer;
@@ -398,6 +515,7 @@ struct telemetry {
   std::function<void(const discovery_lookup_event&)> discovery_lookup;
   std::function<void(const probe_event&)> probe_finished;
   std::function<void(const resolver_error_event&)> resolver_error;
+  std::function<void(const litefs_event&)> litefs_changed;
 };
 
 /// Shared, immutable hooks; null means "no telemetry".
@@ -1705,6 +1823,7 @@ BOOST_SERIALIZATION_USE_ARRAY_OPTIMIZATION(fwd::detail::input_archive)
 
 #include <boost/archive/archive_exception.hpp>
 #include <boost/core/demangle.hpp>
+#include <fmt/format.h>
 #include <boost/system/error_code.hpp>
 
 #include <cstddef>
@@ -1754,17 +1873,17 @@ void decode_guarded(boost::system::error_code& ec, std::string* detail, Read&& r
   std::string why;
   try {
     const std::size_t left = std::forward<Read>(read)();
-    if (left != 0) why = std::to_string(left) + " unexpected bytes after the last value";
+    if (left != 0) why = fmt::format("{} unexpected bytes after the last value", left);
   } catch (const boost::archive::archive_exception& e) {
     why = e.what();
   } catch (const std::exception& e) {
-    why = boost::core::demangle(typeid(e).name()) + ": " + e.what();
+    why = fmt::format("{}: {}", boost::core::demangle(typeid(e).name()), e.what());
   } catch (...) {
     why = "an exception of unknown type";
   }
   if (!why.empty()) {
     ec = make_error_code(errc::protocol_error);
-    if (detail != nullptr) *detail = "undecodable payload (" + why + ")";
+    if (detail != nullptr) *detail = fmt::format("undecodable payload ({})", why);
   }
 }
 
@@ -1885,8 +2004,8 @@ R decode_result(std::string_view bytes, boost::system::error_code& ec, std::stri
     if (!bytes.empty()) {
       ec = make_error_code(errc::protocol_error);
       if (detail != nullptr) {
-        *detail = "undecodable payload (a void result carries no bytes, got " +
-                  std::to_string(bytes.size()) + ")";
+        *detail = fmt::format("undecodable payload (a void result carries no bytes, got {})",
+                              bytes.size());
       }
     }
   } else {
@@ -1945,22 +2064,6 @@ constexpr bool never_synced(std::chrono::milliseconds lag) noexcept {
   return lag == lag_never_synced;
 }
 
-/// A failure with its detailed message (file, offending bytes, what to do).
-struct failure {
-  boost::system::error_code code;
-  std::string message;
-
-  bool failed() const noexcept { return static_cast<bool>(code); }
-  /// True when failed, like error_code.
-  explicit operator bool() const noexcept { return failed(); }
-  void clear() noexcept {
-    code.clear();
-    message.clear();
-  }
-  /// Throws fwd::error(code, message).
-  [[noreturn]] void raise() const { throw fwd::error(code, message); }
-};
-
 /// A database's replication position, as in `<db>-pos`.
 struct position {
   std::uint64_t txid = 0;      ///< the last applied transaction id
@@ -2016,14 +2119,6 @@ struct path_check_options {
   std::optional<std::filesystem::path> mounts_file;
 };
 
-/// The outcome of check_database_path.
-struct path_check {
-  boost::system::error_code code;  ///< empty when the path is fine
-  std::string message;             ///< what is wrong and what to do; empty when ok
-  std::filesystem::path mount;  ///< the LiteFS mount directory (the database's directory), when ok
-  bool ok() const noexcept { return !code; }
-};
-
 }  // namespace fwd::litefs
 
 // ---- end fwd/litefs/types.hpp ----
@@ -2032,10 +2127,96 @@ struct path_check {
 // The exact bytes of LiteFS's control files (<db>-pos, .lag, .primary, /proc/mounts):
 // formatting and parsing, with errors that show the offending bytes and say what to do.
 //
-// Every function that can fail comes in three forms:
-//   f(args..., failure&)                   fills code + a detailed message, never throws
-//   f(args..., boost::system::error_code&) fills the code only, never throws
-//   f(args...)                             throws fwd::error carrying the detailed message
+// Every function that can fail comes in Asio's two forms:
+//   f(args..., boost::system::error_code& ec[, fwd::diagnostics& diag])
+//       never throws; sets `ec`, and `diag` (when given) to the detailed message
+//   f(args...)
+//       throws fwd::error, whose what() and get_diagnostics() carry the detailed message
+
+
+#include <optional>
+#include <vector>
+
+namespace fwd::litefs {
+
+// ---------------------------------------------------------------------------------------
+// Pure formatting and parsing over bytes
+// ---------------------------------------------------------------------------------------
+
+/// The exact bytes LiteFS writes in `<db>-pos`: `"%016x/%016x\n"`.
+FWD_DECL std::string format_position(position p);
+
+/// The exact bytes LiteFS writes in `.lag`: Go's `"%+010d\n"`, where the width 10
+/// counts the sign: `+000000000\n` (11 bytes) for 0, `+2147483647\n` for never synced.
+FWD_DECL std::string format_lag(std::chrono::milliseconds lag);
+
+/**
+ * Parses the contents of a `<db>-pos` file: exactly `"%016x/%016x\n"` (34 bytes,
+ * lowercase hex: TXID, then the post-apply checksum). Anything else is bad_litefs_file
+ * with a message naming `source` and the offending bytes; never a wrong number.
+ */
+FWD_DECL position parse_position(std::string_view bytes, boost::system::error_code& ec, diagnostics& diag,
+                               std::string_view source = "<db>-pos");
+
+FWD_DECL position parse_position(std::string_view bytes, boost::system::error_code& ec,
+                               std::string_view source = "<db>-pos");
+
+/// Throws fwd::error (bad_litefs_file) with the detailed message.
+FWD_DECL position parse_position(std::string_view bytes, std::string_view source = "<db>-pos");
+
+/**
+ * Parses the contents of `.lag`: milliseconds of replication lag written by Go's
+ * `"%+010d\n"`: a sign, digits zero-padded to a width of 10 counting the sign (9 digits
+ * for values below 10^9, 10 above), and a newline. 10 zero-padded digits (`+0000000000`)
+ * are accepted too. A 10-digit value of exactly 11 bytes without its newline is
+ * accepted: LiteFS advertises `.lag` as 11 bytes, so the kernel may cut the newline off
+ * `+2147483647\n`. The result may be negative (clock skew between nodes); compare with
+ * lag_never_synced (or never_synced()) for "never synced". Anything else is
+ * bad_litefs_file naming `source` and the bytes.
+ */
+FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec, diagnostics& diag,
+                                           std::string_view source = ".lag");
+
+FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec,
+                                           std::string_view source = ".lag");
+
+/// Throws fwd::error (bad_litefs_file) with the detailed message.
+FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes,
+                                           std::string_view source = ".lag");
+
+/**
+ * Parses the contents of `.primary`: the primary's LiteFS lease hostname and a newline
+ * (not a URL). Surrounding whitespace is trimmed; an empty result, a control byte, NUL
+ * or a space inside, or more than max_file_size bytes is bad_litefs_file.
+ */
+FWD_DECL std::string parse_primary(std::string_view bytes, boost::system::error_code& ec, diagnostics& diag,
+                                 std::string_view source = ".primary");
+
+FWD_DECL std::string parse_primary(std::string_view bytes, boost::system::error_code& ec,
+                                 std::string_view source = ".primary");
+
+/// Throws fwd::error (bad_litefs_file) with the detailed message.
+FWD_DECL std::string parse_primary(std::string_view bytes, std::string_view source = ".primary");
+
+/// Parses a mount table in the format of /proc/self/mounts (`source target type options
+/// freq passno`, octal escapes decoded). Lines with fewer than 3 fields are skipped.
+FWD_DECL std::vector<mount_entry> parse_mounts(std::string_view text);
+
+/// True for a LiteFS FUSE mount: source `litefs`, type `fuse` (or `fuse.litefs`).
+FWD_DECL bool is_litefs_mount(const mount_entry& e) noexcept;
+
+/// The first LiteFS FUSE mount point in a mount table's text, if any.
+FWD_DECL std::optional<std::filesystem::path> find_litefs_mount(std::string_view mounts_text);
+
+}  // namespace fwd::litefs
+
+#if !defined(FWD_SEPARATE_COMPILATION)
+// ---- begin fwd/litefs/impl/files.ipp ----
+
+// Definitions of <fwd/litefs/files.hpp>: included by that header in header-only mode, by
+// <fwd/src.hpp> (one translation unit) with FWD_SEPARATE_COMPILATION.
+
+#include <fmt/format.h>
 
 // ---- begin fwd/litefs/detail/io.hpp ----
 
@@ -2044,9 +2225,12 @@ struct path_check {
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
+
+#include <fmt/format.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -2088,9 +2272,7 @@ inline void append_escaped_byte(std::string& out, unsigned char c) {
   if (c >= 0x20 && c < 0x7f) {
     out += static_cast<char>(c);
   } else {
-    char buf[5];
-    std::snprintf(buf, sizeof buf, "\\x%02x", c);
-    out += buf;
+    fmt::format_to(std::back_inserter(out), "\\x{:02x}", c);
   }
 }
 
@@ -2102,10 +2284,10 @@ inline std::string escape_bytes(std::string_view bytes, std::size_t shown = 48) 
   for (std::size_t i = 0; i < n; ++i)
     append_escaped_byte(out, static_cast<unsigned char>(bytes[i]));
   if (n < bytes.size()) {
-    out +=
-        "...\" (" + std::to_string(bytes.size()) + " bytes, first " + std::to_string(n) + " shown)";
+    fmt::format_to(std::back_inserter(out), "...\" ({} bytes, first {} shown)", bytes.size(), n);
   } else {
-    out += "\" (" + std::to_string(bytes.size()) + (bytes.size() == 1 ? " byte)" : " bytes)");
+    fmt::format_to(std::back_inserter(out), "\" ({} {})", bytes.size(),
+                   bytes.size() == 1 ? "byte" : "bytes");
   }
   return out;
 }
@@ -2114,27 +2296,38 @@ inline std::string escape_bytes(std::string_view bytes, std::size_t shown = 48) 
 inline std::string describe_byte(char c) {
   std::string out = "'";
   append_escaped_byte(out, static_cast<unsigned char>(c));
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "' (0x%02x)", static_cast<unsigned char>(c));
-  return out + buf;
+  fmt::format_to(std::back_inserter(out), "' (0x{:02x})", static_cast<unsigned char>(c));
+  return out;
 }
 
 inline std::string errno_text(int err) { return std::generic_category().message(err); }
 
-inline void set_failure(failure& f, errc e, std::string message) {
-  f.code = make_error_code(e);
-  f.message = std::move(message);
+inline void set_failure(boost::system::error_code& ec, diagnostics& diag, errc e, std::string message) {
+  ec = make_error_code(e);
+  diag.assign(std::move(message));
 }
 
-inline void set_errno_failure(failure& f, int err, std::string message) {
-  f.code = boost::system::error_code(err, boost::system::system_category());
-  f.message = std::move(message);
+inline void set_errno_failure(boost::system::error_code& ec, diagnostics& diag, int err, std::string message) {
+  ec = boost::system::error_code(err, boost::system::system_category());
+  diag.assign(std::move(message));
 }
 
-template <class T>
-T value_or_throw(T value, const failure& f) {
-  if (f) f.raise();
-  return value;
+// stat() that asks the filesystem instead of the kernel's attribute cache (statx with
+// AT_STATX_FORCE_SYNC: a FUSE getattr), for the attributes LiteFS changes under a running
+// service. Only st_mode, st_dev and st_ino are filled. Returns 0, or -1 with errno set.
+inline int stat_uncached(const std::string& path, struct stat& out) noexcept {
+#if defined(STATX_MODE) && defined(AT_STATX_FORCE_SYNC)
+  struct statx x {};
+  if (::statx(AT_FDCWD, path.c_str(), AT_STATX_FORCE_SYNC, STATX_TYPE | STATX_MODE | STATX_INO, &x) == 0) {
+    out = {};
+    out.st_mode = x.stx_mode;
+    out.st_ino = x.stx_ino;
+    out.st_dev = makedev(x.stx_dev_major, x.stx_dev_minor);
+    return 0;
+  }
+  if (errno != ENOSYS) return -1;
+#endif
+  return ::stat(path.c_str(), &out);
 }
 
 // Closes a file descriptor on scope exit.
@@ -2207,35 +2400,34 @@ inline file_read read_bounded(const std::string& path, std::size_t limit) {
 }
 
 /// Turns a failed read into a failure naming the file. `what` says what the file is.
-inline void set_read_failure(failure& f, const file_read& r, const std::string& path,
+inline void set_read_failure(boost::system::error_code& ec, diagnostics& diag, const file_read& r, const std::string& path,
                              std::string_view what) {
   switch (r.outcome) {
     case read_outcome::ok:
       return;
     case read_outcome::not_found:
-      set_errno_failure(f, ENOENT,
-                        path + " (" + std::string(what) +
-                            ") does not exist: check that the directory is "
-                            "a LiteFS mount and that LiteFS is running");
+      set_errno_failure(ec, diag, ENOENT,
+                        fmt::format("{} ({}) does not exist: check that the directory is a "
+                                    "LiteFS mount and that LiteFS is running",
+                                    path, what));
       return;
     case read_outcome::too_large:
-      set_failure(
-          f, errc::bad_litefs_file,
-          path + " (" + std::string(what) + ") is larger than " + std::to_string(max_file_size) +
-              " bytes; LiteFS's control files are a few bytes: check that the directory is a "
-              "LiteFS mount");
+      set_failure(ec, diag, errc::bad_litefs_file,
+          fmt::format("{} ({}) is larger than {} bytes; LiteFS's control files are a few bytes: "
+                      "check that the directory is a LiteFS mount",
+                      path, what, max_file_size));
       return;
     case read_outcome::not_regular:
-      set_failure(f, errc::bad_litefs_file,
-                  path + " (" + std::string(what) +
-                      ") is not a regular file; LiteFS serves it as one: "
-                      "check that the directory is a LiteFS mount");
+      set_failure(ec, diag, errc::bad_litefs_file,
+                  fmt::format("{} ({}) is not a regular file; LiteFS serves it as one: check "
+                              "that the directory is a LiteFS mount",
+                              path, what));
       return;
     case read_outcome::io_error:
-      set_errno_failure(f, r.error,
-                        "cannot read " + path + " (" + std::string(what) +
-                            "): " + errno_text(r.error) +
-                            ": check the permissions and that LiteFS is running");
+      set_errno_failure(ec, diag, r.error,
+                        fmt::format("cannot read {} ({}): {}: check the permissions and that "
+                                    "LiteFS is running",
+                                    path, what, errno_text(r.error)));
       return;
   }
 }
@@ -2287,57 +2479,33 @@ inline const char* filesystem_name(std::uint64_t magic) noexcept {
   }
 }
 
-inline std::string hex(std::uint64_t value) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(value));
-  return buf;
-}
-
 }  // namespace detail
 
 }  // namespace fwd::litefs
 
 // ---- end fwd/litefs/detail/io.hpp ----
 
-#include <optional>
-#include <vector>
-
 namespace fwd::litefs {
 
-// ---------------------------------------------------------------------------------------
-// Pure formatting and parsing over bytes
-// ---------------------------------------------------------------------------------------
-
-/// The exact bytes LiteFS writes in `<db>-pos`: `"%016x/%016x\n"`.
-inline std::string format_position(position p) {
-  char buf[position_size + 1];
-  std::snprintf(buf, sizeof buf, "%016llx/%016llx\n", static_cast<unsigned long long>(p.txid),
-                static_cast<unsigned long long>(p.checksum));
-  return std::string(buf, position_size);
+FWD_DECL std::string format_position(position p) {
+  return fmt::format("{:016x}/{:016x}\n", p.txid, p.checksum);
 }
 
-/// The exact bytes LiteFS writes in `.lag`: Go's `"%+010d\n"`, where the width 10
-/// counts the sign: `+000000000\n` (11 bytes) for 0, `+2147483647\n` for never synced.
-inline std::string format_lag(std::chrono::milliseconds lag) {
-  char buf[32];
-  const int n = std::snprintf(buf, sizeof buf, "%+010lld\n", static_cast<long long>(lag.count()));
-  return std::string(buf, static_cast<std::size_t>(n));
+FWD_DECL std::string format_lag(std::chrono::milliseconds lag) {
+  return fmt::format("{:+010}\n", lag.count());
 }
 
-/**
- * Parses the contents of a `<db>-pos` file: exactly `"%016x/%016x\n"` (34 bytes,
- * lowercase hex: TXID, then the post-apply checksum). Anything else is bad_litefs_file
- * with a message naming `source` and the offending bytes; never a wrong number.
- */
-inline position parse_position(std::string_view bytes, failure& fail,
-                               std::string_view source = "<db>-pos") {
-  fail.clear();
-  const std::string src(source);
-  const std::string expected =
+FWD_DECL position parse_position(std::string_view bytes, boost::system::error_code& ec,
+                                 diagnostics& diag, std::string_view source) {
+  ec.clear();
+  diag.clear();
+  const std::string_view src = source;
+  const std::string_view expected =
       "LiteFS writes \"%016x/%016x\\n\" (34 bytes, lowercase hex, e.g. "
       "\"00000000002df417/ce552e44f23fbbdd\\n\"): check that the path is on a LiteFS mount";
   if (bytes.empty()) {
-    detail::set_failure(fail, errc::bad_litefs_file, src + " is empty; " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
+                        fmt::format("{} is empty; {}", src, expected));
     return {};
   }
   const std::string shown = detail::escape_bytes(bytes);
@@ -2354,26 +2522,25 @@ inline position parse_position(std::string_view bytes, failure& fail,
                                        : "expected a lowercase hex digit";
     }
     if (!problem.empty()) {
-      detail::set_failure(fail, errc::bad_litefs_file,
-                          src + " holds " + shown + ", not a position: byte " + std::to_string(i) +
-                              " is " + detail::describe_byte(c) + ", " + problem + ". " + expected);
+      detail::set_failure(ec, diag, errc::bad_litefs_file,
+                          fmt::format("{} holds {}, not a position: byte {} is {}, {}. {}", src,
+                                      shown, i, detail::describe_byte(c), problem, expected));
       return {};
     }
   }
   if (bytes.size() < position_size) {
     detail::set_failure(
-        fail, errc::bad_litefs_file,
-        src + " holds " + shown + ", not a position: it ends after " +
-            std::to_string(bytes.size()) + " bytes" +
-            (bytes.size() == position_size - 1 ? " (the final newline is missing)" : "") + ". " +
-            expected);
+        ec, diag, errc::bad_litefs_file,
+        fmt::format(
+            "{} holds {}, not a position: it ends after {} bytes{}. {}", src, shown, bytes.size(),
+            bytes.size() == position_size - 1 ? " (the final newline is missing)" : "", expected));
     return {};
   }
   if (bytes.size() > position_size) {
-    detail::set_failure(fail, errc::bad_litefs_file,
-                        src + " holds " + shown +
-                            ", not a position: " + std::to_string(bytes.size() - position_size) +
-                            " unexpected bytes follow the newline. " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
+                        fmt::format("{} holds {}, not a position: {} unexpected bytes follow the "
+                                    "newline. {}",
+                                    src, shown, bytes.size() - position_size, expected));
     return {};
   }
   position p;
@@ -2384,50 +2551,41 @@ inline position parse_position(std::string_view bytes, failure& fail,
   return p;
 }
 
-inline position parse_position(std::string_view bytes, boost::system::error_code& ec,
-                               std::string_view source = "<db>-pos") {
-  failure f;
-  position p = parse_position(bytes, f, source);
-  ec = f.code;
-  return p;
+FWD_DECL position parse_position(std::string_view bytes, boost::system::error_code& ec,
+                                 std::string_view source) {
+  diagnostics ignored;
+  return parse_position(bytes, ec, ignored, source);
 }
 
-/// Throws fwd::error (bad_litefs_file) with the detailed message.
-inline position parse_position(std::string_view bytes, std::string_view source = "<db>-pos") {
-  failure f;
-  return detail::value_or_throw(parse_position(bytes, f, source), f);
+FWD_DECL position parse_position(std::string_view bytes, std::string_view source) {
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = parse_position(bytes, ec, diag, source);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
-/**
- * Parses the contents of `.lag`: milliseconds of replication lag written by Go's
- * `"%+010d\n"`: a sign, digits zero-padded to a width of 10 counting the sign (9 digits
- * for values below 10^9, 10 above), and a newline. 10 zero-padded digits (`+0000000000`)
- * are accepted too. A 10-digit value of exactly 11 bytes without its newline is
- * accepted: LiteFS advertises `.lag` as 11 bytes, so the kernel may cut the newline off
- * `+2147483647\n`. The result may be negative (clock skew between nodes); compare with
- * lag_never_synced (or never_synced()) for "never synced". Anything else is
- * bad_litefs_file naming `source` and the bytes.
- */
-inline std::chrono::milliseconds parse_lag(std::string_view bytes, failure& fail,
-                                           std::string_view source = ".lag") {
-  fail.clear();
-  const std::string src(source);
-  const std::string expected =
+FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec,
+                                             diagnostics& diag, std::string_view source) {
+  ec.clear();
+  diag.clear();
+  const std::string_view src = source;
+  const std::string_view expected =
       "LiteFS writes \"%+010d\\n\" (e.g. \"+000000000\\n\" on the primary, \"+2147483647\\n\" "
-      "before the "
-      "first sync): check that the path is a LiteFS mount";
+      "before the first sync): check that the path is a LiteFS mount";
   auto bad = [&](const std::string& problem) {
-    detail::set_failure(fail, errc::bad_litefs_file,
-                        src + " holds " + detail::escape_bytes(bytes) + ", not a lag: " + problem +
-                            ". " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
+                        fmt::format("{} holds {}, not a lag: {}. {}", src,
+                                    detail::escape_bytes(bytes), problem, expected));
     return std::chrono::milliseconds{0};
   };
   if (bytes.empty()) {
-    detail::set_failure(fail, errc::bad_litefs_file, src + " is empty; " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
+                        fmt::format("{} is empty; {}", src, expected));
     return std::chrono::milliseconds{0};
   }
   if (bytes[0] != '+' && bytes[0] != '-')
-    return bad("byte 0 is " + detail::describe_byte(bytes[0]) + ", expected '+' or '-'");
+    return bad(fmt::format("byte 0 is {}, expected '+' or '-'", detail::describe_byte(bytes[0])));
   std::size_t i = 1;
   while (i < bytes.size() && i <= 11 && detail::is_digit(bytes[i])) ++i;
   const std::size_t digits = i - 1;
@@ -2436,13 +2594,12 @@ inline std::chrono::milliseconds parse_lag(std::string_view bytes, failure& fail
     // Only the kernel's cut at LiteFS's advertised size (11 bytes) drops the newline.
     if (!(digits == 10 && bytes.size() == 11)) return bad("the final newline is missing");
   } else if (bytes[i] != '\n') {
-    return bad("byte " + std::to_string(i) + " is " + detail::describe_byte(bytes[i]) +
-               ", expected a digit or the final newline");
+    return bad(fmt::format("byte {} is {}, expected a digit or the final newline", i,
+                           detail::describe_byte(bytes[i])));
   } else if (i + 1 != bytes.size()) {
-    return bad(std::to_string(bytes.size() - i - 1) + " unexpected bytes follow the newline");
+    return bad(fmt::format("{} unexpected bytes follow the newline", bytes.size() - i - 1));
   }
-  if (digits < 9)
-    return bad("only " + std::to_string(digits) + " digits, expected 9 or 10 (zero-padded)");
+  if (digits < 9) return bad(fmt::format("only {} digits, expected 9 or 10 (zero-padded)", digits));
   long long value = 0;
   for (std::size_t k = 1; k <= digits; ++k) value = value * 10 + (bytes[k] - '0');
   if (bytes[0] == '-') value = -value;
@@ -2451,38 +2608,32 @@ inline std::chrono::milliseconds parse_lag(std::string_view bytes, failure& fail
   return std::chrono::milliseconds{value};
 }
 
-inline std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec,
-                                           std::string_view source = ".lag") {
-  failure f;
-  auto lag = parse_lag(bytes, f, source);
-  ec = f.code;
-  return lag;
+FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes, boost::system::error_code& ec,
+                                             std::string_view source) {
+  diagnostics ignored;
+  return parse_lag(bytes, ec, ignored, source);
 }
 
-/// Throws fwd::error (bad_litefs_file) with the detailed message.
-inline std::chrono::milliseconds parse_lag(std::string_view bytes,
-                                           std::string_view source = ".lag") {
-  failure f;
-  return detail::value_or_throw(parse_lag(bytes, f, source), f);
+FWD_DECL std::chrono::milliseconds parse_lag(std::string_view bytes, std::string_view source) {
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = parse_lag(bytes, ec, diag, source);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
-/**
- * Parses the contents of `.primary`: the primary's LiteFS lease hostname and a newline
- * (not a URL). Surrounding whitespace is trimmed; an empty result, a control byte, NUL
- * or a space inside, or more than max_file_size bytes is bad_litefs_file.
- */
-inline std::string parse_primary(std::string_view bytes, failure& fail,
-                                 std::string_view source = ".primary") {
-  fail.clear();
-  const std::string src(source);
-  const std::string expected =
+FWD_DECL std::string parse_primary(std::string_view bytes, boost::system::error_code& ec,
+                                   diagnostics& diag, std::string_view source) {
+  ec.clear();
+  diag.clear();
+  const std::string_view src = source;
+  const std::string_view expected =
       "LiteFS writes the primary's lease hostname and a newline (e.g. \"e829424aee6108\\n\"): "
-      "check "
-      "lease.hostname in the primary's litefs.yml";
+      "check lease.hostname in the primary's litefs.yml";
   if (bytes.size() > max_file_size) {
-    detail::set_failure(fail, errc::bad_litefs_file,
-                        src + " holds " + detail::escape_bytes(bytes) + ", more than " +
-                            std::to_string(max_file_size) + " bytes: not a hostname. " + expected);
+    detail::set_failure(ec, diag, errc::bad_litefs_file,
+                        fmt::format("{} holds {}, more than {} bytes: not a hostname. {}", src,
+                                    detail::escape_bytes(bytes), max_file_size, expected));
     return {};
   }
   auto is_space = [](char c) {
@@ -2493,40 +2644,38 @@ inline std::string parse_primary(std::string_view bytes, failure& fail,
   while (end > begin && is_space(bytes[end - 1])) --end;
   if (begin == end) {
     detail::set_failure(
-        fail, errc::bad_litefs_file,
-        src + " holds " + detail::escape_bytes(bytes) + ": no hostname. " + expected);
+        ec, diag, errc::bad_litefs_file,
+        fmt::format("{} holds {}: no hostname. {}", src, detail::escape_bytes(bytes), expected));
     return {};
   }
   for (std::size_t i = begin; i < end; ++i) {
     const auto c = static_cast<unsigned char>(bytes[i]);
     if (c <= 0x20 || c == 0x7f) {
-      detail::set_failure(fail, errc::bad_litefs_file,
-                          src + " holds " + detail::escape_bytes(bytes) +
-                              ", not a hostname: byte " + std::to_string(i) + " is " +
-                              detail::describe_byte(bytes[i]) + ". " + expected);
+      detail::set_failure(
+          ec, diag, errc::bad_litefs_file,
+          fmt::format("{} holds {}, not a hostname: byte {} is {}. {}", src,
+                      detail::escape_bytes(bytes), i, detail::describe_byte(bytes[i]), expected));
       return {};
     }
   }
   return std::string(bytes.substr(begin, end - begin));
 }
 
-inline std::string parse_primary(std::string_view bytes, boost::system::error_code& ec,
-                                 std::string_view source = ".primary") {
-  failure f;
-  std::string host = parse_primary(bytes, f, source);
-  ec = f.code;
-  return host;
+FWD_DECL std::string parse_primary(std::string_view bytes, boost::system::error_code& ec,
+                                   std::string_view source) {
+  diagnostics ignored;
+  return parse_primary(bytes, ec, ignored, source);
 }
 
-/// Throws fwd::error (bad_litefs_file) with the detailed message.
-inline std::string parse_primary(std::string_view bytes, std::string_view source = ".primary") {
-  failure f;
-  return detail::value_or_throw(parse_primary(bytes, f, source), f);
+FWD_DECL std::string parse_primary(std::string_view bytes, std::string_view source) {
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = parse_primary(bytes, ec, diag, source);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
 }
 
-/// Parses a mount table in the format of /proc/self/mounts (`source target type options
-/// freq passno`, octal escapes decoded). Lines with fewer than 3 fields are skipped.
-inline std::vector<mount_entry> parse_mounts(std::string_view text) {
+FWD_DECL std::vector<mount_entry> parse_mounts(std::string_view text) {
   std::vector<mount_entry> entries;
   while (!text.empty()) {
     const std::size_t eol = text.find('\n');
@@ -2551,25 +2700,25 @@ inline std::vector<mount_entry> parse_mounts(std::string_view text) {
   return entries;
 }
 
-/// True for a LiteFS FUSE mount: source `litefs`, type `fuse` (or `fuse.litefs`).
-inline bool is_litefs_mount(const mount_entry& e) noexcept {
+FWD_DECL bool is_litefs_mount(const mount_entry& e) noexcept {
   return e.source == "litefs" && (e.type == "fuse" || e.type == "fuse.litefs");
 }
 
-/// The first LiteFS FUSE mount point in a mount table's text, if any.
-inline std::optional<std::filesystem::path> find_litefs_mount(std::string_view mounts_text) {
+FWD_DECL std::optional<std::filesystem::path> find_litefs_mount(std::string_view mounts_text) {
   for (const auto& e : parse_mounts(mounts_text)) {
     if (is_litefs_mount(e)) return e.mount_point;
   }
   return std::nullopt;
 }
-
 }  // namespace fwd::litefs
+
+// ---- end fwd/litefs/impl/files.ipp ----
+#endif
 
 // ---- end fwd/litefs/files.hpp ----
 // ---- begin fwd/litefs/mount.hpp ----
 
-// Reading a LiteFS mount directory: this node's position, lag and role, in the three
+// Reading a LiteFS mount directory: this node's position, lag and role, in the two
 // forms of files.hpp. The role never comes from `.primary`'s absence alone.
 
 
@@ -2585,80 +2734,23 @@ namespace fwd::litefs {
  * the system error ENOENT (the database does not exist on this mount); bad contents are
  * bad_litefs_file.
  */
-inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
-                              failure& fail) {
-  fail.clear();
-  if (db_name.empty() || db_name == "." || db_name == ".." ||
-      db_name.find('/') != std::string_view::npos || db_name.find('\0') != std::string_view::npos) {
-    detail::set_failure(
-        fail, errc::bad_argument,
-        "read_position: database name " + detail::escape_bytes(db_name) +
-            " is not a file name in the mount: give the database's file name, e.g. \"blog.db\"");
-    return {};
-  }
-  const std::string path =
-      detail::path_string(mount, std::string(db_name) + std::string(position_suffix));
-  const detail::file_read r = detail::read_bounded(path, max_file_size);
-  if (r.outcome == detail::read_outcome::not_found) {
-    detail::set_errno_failure(
-        fail, ENOENT,
-        path + " does not exist: the database " + std::string(db_name) +
-            " does not exist on this LiteFS mount yet (create it through the mount), "
-            "or " +
-            mount.string() + " is not a LiteFS mount");
-    return {};
-  }
-  detail::set_read_failure(fail, r, path, "the database's LiteFS position");
-  if (fail) return {};
-  return parse_position(r.bytes, fail, path);
-}
+FWD_DECL position read_position(const std::filesystem::path& mount, std::string_view db_name,
+                              boost::system::error_code& ec, diagnostics& diag);
 
-inline position read_position(const std::filesystem::path& mount, std::string_view db_name,
-                              boost::system::error_code& ec) {
-  failure f;
-  position p = read_position(mount, db_name, f);
-  ec = f.code;
-  return p;
-}
+FWD_DECL position read_position(const std::filesystem::path& mount, std::string_view db_name,
+                              boost::system::error_code& ec);
 
 /// Throws fwd::error with the detailed message.
-inline position read_position(const std::filesystem::path& mount, std::string_view db_name) {
-  failure f;
-  return detail::value_or_throw(read_position(mount, db_name, f), f);
-}
+FWD_DECL position read_position(const std::filesystem::path& mount, std::string_view db_name);
 
 /// Reads `<mount>/.lag` (see parse_lag). A missing file is not_litefs.
-inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount, failure& fail) {
-  fail.clear();
-  const std::string path = detail::path_string(mount, lag_filename);
-  const detail::file_read r = detail::read_bounded(path, max_file_size);
-  if (r.outcome == detail::read_outcome::not_found) {
-    detail::set_failure(
-        fail, errc::not_litefs,
-        path + " does not exist: " + mount.string() +
-            " is not a LiteFS mount (LiteFS always serves .lag): use the fuse.dir of "
-            "litefs.yml, e.g. " +
-            std::string(default_mount));
-    return {};
-  }
-  detail::set_read_failure(fail, r, path, "LiteFS's replication lag");
-  if (fail) return {};
-  return parse_lag(r.bytes, fail, path);
-}
+FWD_DECL std::chrono::milliseconds read_lag(const std::filesystem::path& mount, boost::system::error_code& ec, diagnostics& diag);
 
-inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount,
-                                          boost::system::error_code& ec) {
-  failure f;
-  auto lag = read_lag(mount, f);
-  ec = f.code;
-  return lag;
-}
+FWD_DECL std::chrono::milliseconds read_lag(const std::filesystem::path& mount,
+                                          boost::system::error_code& ec);
 
 /// Throws fwd::error with the detailed message.
-inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount) {
-  failure f;
-  return detail::value_or_throw(read_lag(mount, f), f);
-}
+FWD_DECL std::chrono::milliseconds read_lag(const std::filesystem::path& mount);
 
 /**
  * Decides this node's role from its LiteFS mount:
@@ -2675,32 +2767,141 @@ inline std::chrono::milliseconds read_lag(const std::filesystem::path& mount) {
  * The presence of `.primary` is tested with lstat (LiteFS serves no symlinks), so a
  * dangling symlink reproduces "present at stat, ENOENT at open".
  */
-inline role read_role(const std::filesystem::path& mount, failure& fail) {
-  fail.clear();
+FWD_DECL role read_role(const std::filesystem::path& mount, boost::system::error_code& ec, diagnostics& diag);
+
+FWD_DECL role read_role(const std::filesystem::path& mount, boost::system::error_code& ec);
+
+/// Throws fwd::error on I/O failures other than ENOENT and on malformed files.
+FWD_DECL role read_role(const std::filesystem::path& mount);
+
+/**
+ * The local role for code that must not throw (handlers, timers, hooks): any failure to
+ * read the mount (ENOTCONN or ECONNABORTED once LiteFS stopped under the service, EIO, a
+ * malformed file) is `role_kind::unknown`, its reason saying what failed. Writes wait or
+ * fail with a retryable error while the role is unknown; nothing crashes.
+ */
+FWD_DECL role current_role(const std::filesystem::path& mount) noexcept;
+
+}  // namespace fwd::litefs
+
+#if !defined(FWD_SEPARATE_COMPILATION)
+// ---- begin fwd/litefs/impl/mount.ipp ----
+
+// Definitions of <fwd/litefs/mount.hpp>: included by that header in header-only mode, by
+// <fwd/src.hpp> (one translation unit) with FWD_SEPARATE_COMPILATION.
+
+#include <fmt/format.h>
+
+
+namespace fwd::litefs {
+
+FWD_DECL position read_position(const std::filesystem::path& mount, std::string_view db_name,
+                                boost::system::error_code& ec, diagnostics& diag) {
+  ec.clear();
+  diag.clear();
+  if (db_name.empty() || db_name == "." || db_name == ".." ||
+      db_name.find('/') != std::string_view::npos || db_name.find('\0') != std::string_view::npos) {
+    detail::set_failure(
+        ec, diag, errc::bad_argument,
+        fmt::format("read_position: database name {} is not a file name in the mount: give the "
+                    "database's file name, e.g. \"blog.db\"",
+                    detail::escape_bytes(db_name)));
+    return {};
+  }
+  const std::string path =
+      detail::path_string(mount, fmt::format("{}{}", db_name, position_suffix));
+  const detail::file_read r = detail::read_bounded(path, max_file_size);
+  if (r.outcome == detail::read_outcome::not_found) {
+    detail::set_errno_failure(
+        ec, diag, ENOENT,
+        fmt::format("{} does not exist: the database {} does not exist on this LiteFS mount yet "
+                    "(create it through the mount), or {} is not a LiteFS mount",
+                    path, db_name, mount.string()));
+    return {};
+  }
+  detail::set_read_failure(ec, diag, r, path, "the database's LiteFS position");
+  if (ec) return {};
+  return parse_position(r.bytes, ec, diag, path);
+}
+
+FWD_DECL position read_position(const std::filesystem::path& mount, std::string_view db_name,
+                                boost::system::error_code& ec) {
+  diagnostics ignored;
+  return read_position(mount, db_name, ec, ignored);
+}
+
+FWD_DECL position read_position(const std::filesystem::path& mount, std::string_view db_name) {
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = read_position(mount, db_name, ec, diag);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
+}
+
+FWD_DECL std::chrono::milliseconds read_lag(const std::filesystem::path& mount,
+                                            boost::system::error_code& ec, diagnostics& diag) {
+  ec.clear();
+  diag.clear();
+  const std::string path = detail::path_string(mount, lag_filename);
+  const detail::file_read r = detail::read_bounded(path, max_file_size);
+  if (r.outcome == detail::read_outcome::not_found) {
+    detail::set_failure(
+        ec, diag, errc::not_litefs,
+        fmt::format("{} does not exist: {} is not a LiteFS mount (LiteFS always serves .lag): "
+                    "use the fuse.dir of litefs.yml, e.g. {}",
+                    path, mount.string(), default_mount));
+    return {};
+  }
+  detail::set_read_failure(ec, diag, r, path, "LiteFS's replication lag");
+  if (ec) return {};
+  return parse_lag(r.bytes, ec, diag, path);
+}
+
+FWD_DECL std::chrono::milliseconds read_lag(const std::filesystem::path& mount,
+                                            boost::system::error_code& ec) {
+  diagnostics ignored;
+  return read_lag(mount, ec, ignored);
+}
+
+FWD_DECL std::chrono::milliseconds read_lag(const std::filesystem::path& mount) {
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = read_lag(mount, ec, diag);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
+}
+
+FWD_DECL role read_role(const std::filesystem::path& mount, boost::system::error_code& ec,
+                        diagnostics& diag) {
+  ec.clear();
+  diag.clear();
   role result;
   const std::string mount_str = mount.string();
   auto fail_role = [&]() {
     result.kind = role_kind::unknown;
-    result.reason = fail.message;
+    result.reason = diag.message();
     return result;
   };
 
   struct stat root {};
-  if (::stat(mount_str.c_str(), &root) != 0) {
+  // The root's mode tells the role, but the kernel caches it for up to 60 s after LiteFS
+  // changes role (LiteFS sets no attribute validity): read it with AT_STATX_FORCE_SYNC.
+  if (detail::stat_uncached(mount_str, root) != 0) {
     const int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
       result.kind = role_kind::not_litefs;
-      result.reason =
-          mount_str + " does not exist (" + detail::errno_text(err) + "): not a LiteFS mount";
+      result.reason = fmt::format("{} does not exist ({}): not a LiteFS mount", mount_str,
+                                  detail::errno_text(err));
       return result;
     }
     detail::set_errno_failure(
-        fail, err, "cannot stat the LiteFS mount " + mount_str + ": " + detail::errno_text(err));
+        ec, diag, err,
+        fmt::format("cannot stat the LiteFS mount {}: {}", mount_str, detail::errno_text(err)));
     return fail_role();
   }
   if (!S_ISDIR(root.st_mode)) {
     result.kind = role_kind::not_litefs;
-    result.reason = mount_str + " is not a directory: not a LiteFS mount";
+    result.reason = fmt::format("{} is not a directory: not a LiteFS mount", mount_str);
     return result;
   }
 
@@ -2710,11 +2911,12 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
     const int err = errno;
     if (err == ENOENT) {
       result.kind = role_kind::not_litefs;
-      result.reason = mount_str + " has no .lag: not a LiteFS mount (LiteFS always serves .lag)";
+      result.reason =
+          fmt::format("{} has no .lag: not a LiteFS mount (LiteFS always serves .lag)", mount_str);
       return result;
     }
-    detail::set_errno_failure(fail, err,
-                              "cannot stat " + lag_path + ": " + detail::errno_text(err));
+    detail::set_errno_failure(ec, diag, err,
+                              fmt::format("cannot stat {}: {}", lag_path, detail::errno_text(err)));
     return fail_role();
   }
 
@@ -2724,63 +2926,73 @@ inline role read_role(const std::filesystem::path& mount, failure& fail) {
   if (::lstat(primary_path.c_str(), &primary_st) == 0) {
     const detail::file_read r = detail::read_bounded(primary_path, max_file_size);
     if (r.outcome == detail::read_outcome::ok) {
-      std::string host = parse_primary(r.bytes, fail, primary_path);
-      if (fail) return fail_role();
+      std::string host = parse_primary(r.bytes, ec, diag, primary_path);
+      if (ec) return fail_role();
       result.kind = role_kind::replica;
-      result.reason = primary_path + " names the primary " + host;
+      result.reason = fmt::format("{} names the primary {}", primary_path, host);
       result.primary_hostname = std::move(host);
       return result;
     }
     if (r.outcome != detail::read_outcome::not_found) {
-      detail::set_read_failure(fail, r, primary_path, "the primary's hostname");
+      detail::set_read_failure(ec, diag, r, primary_path, "the primary's hostname");
       return fail_role();
     }
     absent_why = ".primary vanished between stat and read (ENOENT: LiteFS lost its primary)";
   } else if (errno != ENOENT) {
     const int err = errno;
-    detail::set_errno_failure(fail, err,
-                              "cannot stat " + primary_path + ": " + detail::errno_text(err));
+    detail::set_errno_failure(
+        ec, diag, err, fmt::format("cannot stat {}: {}", primary_path, detail::errno_text(err)));
     return fail_role();
   }
 
   const detail::file_read lag_read = detail::read_bounded(lag_path, max_file_size);
   if (lag_read.outcome == detail::read_outcome::not_found) {
     result.kind = role_kind::not_litefs;
-    result.reason = lag_path + " vanished while reading it: the LiteFS mount went away";
+    result.reason =
+        fmt::format("{} vanished while reading it: the LiteFS mount went away", lag_path);
     return result;
   }
-  detail::set_read_failure(fail, lag_read, lag_path, "LiteFS's replication lag");
-  if (fail) return fail_role();
-  const std::chrono::milliseconds lag = parse_lag(lag_read.bytes, fail, lag_path);
-  if (fail) return fail_role();
+  detail::set_read_failure(ec, diag, lag_read, lag_path, "LiteFS's replication lag");
+  if (ec) return fail_role();
+  const std::chrono::milliseconds lag = parse_lag(lag_read.bytes, ec, diag, lag_path);
+  if (ec) return fail_role();
 
-  char mode[8];
-  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(root.st_mode & 07777));
+  const unsigned mode = static_cast<unsigned>(root.st_mode & 07777);
   const bool writable = (root.st_mode & 0222) != 0;
   const std::string lag_text = never_synced(lag) ? std::string("never synced (+2147483647)")
-                                                 : std::to_string(lag.count()) + " ms";
+                                                 : fmt::format("{} ms", lag.count());
   if (writable && lag.count() == 0) {
     result.kind = role_kind::primary;
-    result.reason = absent_why + ", mount root writable (mode " + mode +
-                    ") and .lag 0: this node is the primary";
+    result.reason =
+        fmt::format("{}, mount root writable (mode {:04o}) and .lag 0: this node is the primary",
+                    absent_why, mode);
     return result;
   }
   result.kind = role_kind::unknown;
-  result.reason = absent_why + ", mount root mode " + mode +
-                  (writable ? " (writable)" : " (read-only: a replica)") + ", .lag " + lag_text +
-                  ": no primary known (election, reconnect, or none); writes must wait";
+  result.reason = fmt::format(
+      "{}, mount root mode {:04o} {}, .lag {}: no primary known (election, reconnect, or none); "
+      "writes must wait",
+      absent_why, mode, writable ? "(writable)" : "(read-only: a replica)", lag_text);
   return result;
 }
 
-/**
- * The local role for code that must not throw (handlers, timers, hooks): any failure to
- * read the mount (ENOTCONN or ECONNABORTED once LiteFS stopped under the service, EIO, a
- * malformed file) is `role_kind::unknown`, its reason saying what failed. Writes wait or
- * fail with a retryable error while the role is unknown; nothing crashes.
- */
-inline role current_role(const std::filesystem::path& mount) noexcept {
+FWD_DECL role read_role(const std::filesystem::path& mount, boost::system::error_code& ec) {
+  diagnostics ignored;
+  return read_role(mount, ec, ignored);
+}
+
+FWD_DECL role read_role(const std::filesystem::path& mount) {
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto result = read_role(mount, ec, diag);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return result;
+}
+
+FWD_DECL role current_role(const std::filesystem::path& mount) noexcept {
   try {
-    failure ignored;  // the role is already `unknown` with the failure as its reason
+    // The role is already `unknown` with the failure as its reason.
+    boost::system::error_code ignored;
     return read_role(mount, ignored);
   } catch (...) {
     role r;
@@ -2788,21 +3000,10 @@ inline role current_role(const std::filesystem::path& mount) noexcept {
     return r;
   }
 }
-
-inline role read_role(const std::filesystem::path& mount, boost::system::error_code& ec) {
-  failure f;
-  role r = read_role(mount, f);
-  ec = f.code;
-  return r;
-}
-
-/// Throws fwd::error on I/O failures other than ENOENT and on malformed files.
-inline role read_role(const std::filesystem::path& mount) {
-  failure f;
-  return detail::value_or_throw(read_role(mount, f), f);
-}
-
 }  // namespace fwd::litefs
+
+// ---- end fwd/litefs/impl/mount.ipp ----
+#endif
 
 // ---- end fwd/litefs/mount.hpp ----
 // ---- begin fwd/litefs/path_check.hpp ----
@@ -2816,6 +3017,44 @@ namespace fwd::litefs {
 // ---------------------------------------------------------------------------------------
 // The database-path check
 // ---------------------------------------------------------------------------------------
+
+/**
+ * Checks that `db` is a database path on a LiteFS FUSE mount, in this order:
+ *  1. empty path, a NUL byte, or a path naming no file ("/", "dir/", ".", "..") is bad_argument;
+ *  2. a path inside LiteFS's data directory (an ancestor holding `dbs/`) is
+ *     misconfigured_mount: nothing written there replicates;
+ *  3. the database's directory must be a FUSE mount (`statfs().f_type == 0x65735546`),
+ *     unless `options.require_fuse` is false: otherwise not_litefs;
+ *  4. that directory must hold `.lag`: otherwise not_litefs.
+ * Relative paths are taken from the current directory. Other I/O failures keep their
+ * system error code. Returns the LiteFS mount directory (the database's directory),
+ * empty on failure.
+ */
+FWD_DECL std::filesystem::path check_database_path(const std::filesystem::path& db,
+                                                 const path_check_options& options,
+                                                 boost::system::error_code& ec,
+                                                 diagnostics& diag);
+
+FWD_DECL std::filesystem::path check_database_path(const std::filesystem::path& db,
+                                                 const path_check_options& options,
+                                                 boost::system::error_code& ec);
+
+/// Throws fwd::error with the detailed message when the check fails.
+FWD_DECL std::filesystem::path check_database_path(const std::filesystem::path& db,
+                                                 const path_check_options& options = {});
+
+}  // namespace fwd::litefs
+
+#if !defined(FWD_SEPARATE_COMPILATION)
+// ---- begin fwd/litefs/impl/path_check.ipp ----
+
+// Definitions of <fwd/litefs/path_check.hpp>: included by that header in header-only mode, by
+// <fwd/src.hpp> (one translation unit) with FWD_SEPARATE_COMPILATION.
+
+#include <fmt/format.h>
+
+
+namespace fwd::litefs {
 
 namespace detail {
 
@@ -2844,37 +3083,45 @@ inline bool looks_like_data_directory(const std::filesystem::path& dir) {
   return empty;
 }
 
-/// The first LiteFS FUSE mount in `mounts_file` (default /proc/self/mounts), else /litefs.
-inline std::filesystem::path suggested_mount(
-    const std::optional<std::filesystem::path>& mounts_file) {
+/// The LiteFS FUSE mount in `mounts_file` (default /proc/self/mounts) to suggest for a
+/// database found under the data directory `near`: with several LiteFS mounts, the one
+/// that shares the longest path with it (a LiteFS's mount and data directory usually sit
+/// side by side, e.g. /litefs and /var/lib/litefs, or <dir>/mnt and <dir>/data); else the
+/// first; else /litefs.
+inline std::filesystem::path suggested_mount(const std::optional<std::filesystem::path>& mounts_file,
+                                             const std::filesystem::path& near = {}) {
   const std::string file = mounts_file ? mounts_file->string() : std::string("/proc/self/mounts");
   const file_read r = read_bounded(file, 1u << 20);
-  if (r.outcome == read_outcome::ok) {
-    if (auto m = find_litefs_mount(r.bytes)) return *m;
+  if (r.outcome != read_outcome::ok) return std::filesystem::path(std::string(default_mount));
+  std::optional<std::filesystem::path> best;
+  std::size_t best_shared = 0;
+  for (const auto& e : parse_mounts(r.bytes)) {
+    if (!is_litefs_mount(e)) continue;
+    const std::filesystem::path mount(e.mount_point);
+    std::size_t shared = 0;
+    for (auto a = mount.begin(), b = near.begin(); a != mount.end() && b != near.end() && *a == *b; ++a, ++b) {
+      ++shared;
+    }
+    if (!best || shared > best_shared) {
+      best = mount;
+      best_shared = shared;
+    }
   }
-  return std::filesystem::path(std::string(default_mount));
+  return best ? *best : std::filesystem::path(std::string(default_mount));
 }
 
 }  // namespace detail
 
-/**
- * Checks that `db` is a database path on a LiteFS FUSE mount, in this order:
- *  1. empty path, a NUL byte, or a path naming no file ("/", "dir/", ".", "..") is bad_argument;
- *  2. a path inside LiteFS's data directory (an ancestor holding `dbs/`) is
- *     misconfigured_mount: nothing written there replicates;
- *  3. the database's directory must be a FUSE mount (`statfs().f_type == 0x65735546`),
- *     unless `options.require_fuse` is false: otherwise not_litefs;
- *  4. that directory must hold `.lag`: otherwise not_litefs.
- * Relative paths are taken from the current directory. Other I/O failures keep their
- * system error code. On success, `mount` is the database's directory.
- */
-inline path_check check_database_path(const std::filesystem::path& db,
-                                      const path_check_options& options = {}) {
-  path_check result;
+FWD_DECL std::filesystem::path check_database_path(const std::filesystem::path& db,
+                                                   const path_check_options& options,
+                                                   boost::system::error_code& ec,
+                                                   diagnostics& diag) {
+  ec.clear();
+  diag.clear();
   auto fail = [&](boost::system::error_code code, std::string message) {
-    result.code = code;
-    result.message = std::move(message);
-    return result;
+    ec = code;
+    diag.assign(std::move(message));
+    return std::filesystem::path();
   };
   const std::string raw = db.string();
   if (raw.empty()) {
@@ -2884,22 +3131,22 @@ inline path_check check_database_path(const std::filesystem::path& db,
   }
   if (raw.find('\0') != std::string::npos) {
     return fail(errc::bad_argument,
-                "the database path " + detail::escape_bytes(raw) +
-                    " contains a NUL byte: give the database's path on the LiteFS mount, "
-                    "e.g. /litefs/blog.db");
+                fmt::format("the database path {} contains a NUL byte: give the database's "
+                            "path on the LiteFS mount, e.g. /litefs/blog.db",
+                            detail::escape_bytes(raw)));
   }
   std::error_code fs_ec;
   std::filesystem::path absolute = std::filesystem::absolute(db, fs_ec);
   if (fs_ec) {
     return fail(boost::system::error_code(fs_ec.value(), boost::system::system_category()),
-                "cannot make the database path " + raw + " absolute: " + fs_ec.message());
+                fmt::format("cannot make the database path {} absolute: {}", raw, fs_ec.message()));
   }
   const std::string name = db.filename().string();
   if (name.empty() || name == "." || name == "..") {
     return fail(errc::bad_argument,
-                "the database path " + raw +
-                    " names a directory, not a database file: give the database's path on "
-                    "the LiteFS mount, e.g. /litefs/blog.db");
+                fmt::format("the database path {} names a directory, not a database file: give "
+                            "the database's path on the LiteFS mount, e.g. /litefs/blog.db",
+                            raw));
   }
   absolute = absolute.lexically_normal();
   const std::filesystem::path dir = absolute.parent_path();
@@ -2916,11 +3163,11 @@ inline path_check check_database_path(const std::filesystem::path& db,
         suggested_name = part->string();
       }
       const std::filesystem::path suggestion =
-          detail::suggested_mount(options.mounts_file) / suggested_name;
+          detail::suggested_mount(options.mounts_file, ancestor) / suggested_name;
       return fail(errc::misconfigured_mount,
-                  absolute.string() + " is inside LiteFS's data directory (" + ancestor.string() +
-                      "); nothing written there replicates. Point SQLite at the FUSE mount, e.g. " +
-                      suggestion.string());
+                  fmt::format("{} is inside LiteFS's data directory ({}); nothing written there "
+                              "replicates. Point SQLite at the FUSE mount, e.g. {}",
+                              absolute.string(), ancestor.string(), suggestion.string()));
     }
     if (ancestor == ancestor.parent_path() || ancestor.empty()) break;
   }
@@ -2931,29 +3178,28 @@ inline path_check check_database_path(const std::filesystem::path& db,
     const int err = errno;
     if (err == ENOENT || err == ENOTDIR) {
       return fail(errc::not_litefs,
-                  "the directory " + dir.string() + " of the database " + absolute.string() +
-                      " does not exist (" + detail::errno_text(err) +
-                      "): point SQLite at the LiteFS FUSE mount, e.g. " +
-                      (detail::suggested_mount(options.mounts_file) / name).string() +
-                      ", and start LiteFS before the application");
+                  fmt::format("the directory {} of the database {} does not exist ({}): point "
+                              "SQLite at the LiteFS FUSE mount, e.g. {}, and start LiteFS before "
+                              "the application",
+                              dir.string(), absolute.string(), detail::errno_text(err),
+                              (detail::suggested_mount(options.mounts_file) / name).string()));
     }
     return fail(boost::system::error_code(err, boost::system::system_category()),
-                "cannot statfs " + dir.string() + " (the directory of " + absolute.string() +
-                    "): " + detail::errno_text(err));
+                fmt::format("cannot statfs {} (the directory of {}): {}", dir.string(),
+                            absolute.string(), detail::errno_text(err)));
   }
   const auto magic = static_cast<std::uint64_t>(static_cast<unsigned long>(fs_info.f_type));
   if (options.require_fuse && magic != fuse_super_magic) {
     const char* fs_name = detail::filesystem_name(magic);
     return fail(
         errc::not_litefs,
-        dir.string() + " (the directory of " + absolute.string() +
-            ") is not a FUSE mount: its filesystem magic is " + detail::hex(magic) +
-            (fs_name ? std::string(" (") + fs_name + ")" : std::string()) +
-            ", a LiteFS mount has " + detail::hex(fuse_super_magic) +
-            " (FUSE), so nothing written there replicates. Point SQLite at the LiteFS FUSE mount, "
-            "e.g. " +
-            (detail::suggested_mount(options.mounts_file) / name).string() +
-            " (for a LiteFS simulation in tests, set path_check_options::require_fuse = false)");
+        fmt::format("{} (the directory of {}) is not a FUSE mount: its filesystem magic is "
+                    "{:#x}{}, a LiteFS mount has {:#x} (FUSE), so nothing written there "
+                    "replicates. Point SQLite at the LiteFS FUSE mount, e.g. {} (for a LiteFS "
+                    "simulation in tests, set path_check_options::require_fuse = false)",
+                    dir.string(), absolute.string(), magic,
+                    fs_name ? fmt::format(" ({})", fs_name) : std::string(), fuse_super_magic,
+                    (detail::suggested_mount(options.mounts_file) / name).string()));
   }
 
   // 4. `.lag`, which LiteFS always serves.
@@ -2964,32 +3210,538 @@ inline path_check check_database_path(const std::filesystem::path& db,
     if (err == ENOENT) {
       return fail(
           errc::not_litefs,
-          dir.string() +
-              (options.require_fuse ? " is a FUSE mount but has no .lag: not a LiteFS mount"
-                                    : " has no .lag: not a LiteFS mount nor a LiteFS simulation") +
-              "; LiteFS always serves .lag in its mount. Point SQLite at the LiteFS FUSE mount, "
-              "e.g. " +
-              (detail::suggested_mount(options.mounts_file) / name).string());
+          fmt::format("{} {}; LiteFS always serves .lag in its mount. Point SQLite at the LiteFS "
+                      "FUSE mount, e.g. {}",
+                      dir.string(),
+                      options.require_fuse
+                          ? "is a FUSE mount but has no .lag: not a LiteFS mount"
+                          : "has no .lag: not a LiteFS mount nor a LiteFS simulation",
+                      (detail::suggested_mount(options.mounts_file) / name).string()));
     }
     return fail(boost::system::error_code(err, boost::system::system_category()),
-                "cannot stat " + lag_path + ": " + detail::errno_text(err));
+                fmt::format("cannot stat {}: {}", lag_path, detail::errno_text(err)));
   }
-  result.mount = dir;
-  return result;
+  return dir;
 }
 
-/// Throws fwd::error with check_database_path's message when the check fails; returns
-/// the LiteFS mount directory (the database's directory) otherwise.
-inline std::filesystem::path require_database_path(const std::filesystem::path& db,
-                                                   const path_check_options& options = {}) {
-  path_check check = check_database_path(db, options);
-  if (!check.ok()) throw fwd::error(check.code, check.message);
-  return check.mount;
+FWD_DECL std::filesystem::path check_database_path(const std::filesystem::path& db,
+                                                   const path_check_options& options,
+                                                   boost::system::error_code& ec) {
+  diagnostics ignored;
+  return check_database_path(db, options, ec, ignored);
 }
+
+FWD_DECL std::filesystem::path check_database_path(const std::filesystem::path& db,
+                                                   const path_check_options& options) {
+  boost::system::error_code ec;
+  diagnostics diag;
+  auto mount = check_database_path(db, options, ec, diag);
+  fwd::detail::throw_on_error(ec, std::move(diag));
+  return mount;
+}
+}  // namespace fwd::litefs
+
+// ---- end fwd/litefs/impl/path_check.ipp ----
+#endif
+
+// ---- end fwd/litefs/path_check.hpp ----
+// ---- begin fwd/litefs/monitor.hpp ----
+
+// litefs::monitor: the one place that knows this node's LiteFS state. One poll of the
+// mount serves everybody: writes read the role, and read-your-writes waiters the
+// position, from an immutable snapshot with an atomic load (no FUSE syscall per write or
+// per waiter). The poll runs every `poll_interval`, and every `wait_poll_interval` while
+// someone waits for a position; a waiter is woken when the position reaches its TXID.
+//
+// It also notices what LiteFS does under a running service:
+//   - a dead mount (LiteFS stopped: ECONNABORTED, then ENOTCONN on every access): the
+//     role is `unknown`, `mount_dead` is set, and `mount_generation` changes, so that
+//     whoever holds SQLite connections on the mount closes them before touching them;
+//   - a replaced mount (LiteFS restarted: a new FUSE mount on top of the dead one, a new
+//     device id): `mount_generation` changes again, and connections are reopened;
+//   - a role change at once, not after the kernel's attribute cache expires (the root's
+//     mode is re-read with AT_STATX_FORCE_SYNC by litefs::read_role).
+// It never throws into the executor; every change goes to `on_change`.
+
+#include <sys/stat.h>
+
+#include <array>
+#include <atomic>
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/append.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace fwd::litefs {
+
+/// What the monitor knows of this node's LiteFS at one moment. Immutable once published.
+struct node_state {
+  role_kind role = role_kind::unknown;
+  std::string primary_hostname;    ///< replica: the primary's LiteFS lease hostname
+  std::string reason;              ///< what decided `role` (or what failed)
+  bool mount_dead = false;         ///< LiteFS stopped under the service (ENOTCONN/ECONNABORTED)
+  std::uint64_t mount_device = 0;  ///< st_dev of the mount directory (0: unreadable)
+  /// Changes whenever the mount dies or is replaced by a new one: SQLite connections
+  /// opened under an older generation must be closed before they are touched again.
+  std::uint64_t mount_generation = 0;
+  position pos;  ///< the monitored database's `<db>-pos` (zero when unreadable)
+  std::chrono::milliseconds lag{0};
+  std::uint64_t version = 0;  ///< bumped on each published change
+};
+
+struct monitor_options {
+  std::filesystem::path mount;  ///< the LiteFS FUSE mount, e.g. /litefs
+  std::string database;         ///< the database's file name in the mount, e.g. "app.db"
+  std::chrono::milliseconds poll_interval{50};      ///< role and mount, when nobody waits
+  std::chrono::milliseconds wait_poll_interval{1};  ///< while a position waiter waits
+  /// Called (on the monitor's strand) with each new state; must be quick. A hook that
+  /// throws is ignored.
+  std::function<void(const node_state&)> on_change;
+  /// Reads the role (default: litefs::current_role(mount)); a test may replace it.
+  std::function<role()> read_role;
+  /// LiteFS's HTTP address (its `http.addr`, 127.0.0.1:20202 by default). When set, the
+  /// monitor follows `GET /events`: every event (init, primaryChange, tx) re-reads the
+  /// mount at once, so role changes and new transactions are seen within the event's
+  /// delivery instead of the next poll. The stream is reconnected after
+  /// `events_reconnect`; while it is down the poll alone serves.
+  std::optional<boost::asio::ip::tcp::endpoint> http;
+  std::chrono::milliseconds events_reconnect{500};
+  /// While the event stream is up, a waiter's safety-net poll (tx events wake waiters).
+  std::chrono::milliseconds wait_poll_interval_with_events{20};
+};
+
+/// How many events the monitor has received from LiteFS's `/events` stream, and whether
+/// the stream is up.
+struct event_stream_status {
+  bool connected = false;
+  std::uint64_t events = 0;
+  std::uint64_t connects = 0;
+};
+
+class monitor : public std::enable_shared_from_this<monitor> {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  static std::shared_ptr<monitor> create(boost::asio::any_io_executor ex, monitor_options options) {
+    return std::shared_ptr<monitor>(new monitor(std::move(ex), std::move(options)));
+  }
+
+  monitor(const monitor&) = delete;
+  monitor& operator=(const monitor&) = delete;
+
+  /// Reads the mount once at once (so that state() is meaningful when this returns), then
+  /// polls until stop().
+  void start() {
+    poll_once();
+    boost::asio::dispatch(strand_, [self = shared_from_this()] {
+      self->stopped_ = false;
+      self->schedule();
+      if (self->options_.http) self->connect_events();
+    });
+  }
+
+  /// Stops polling; waiters complete with errc::cancelled.
+  void stop() {
+    boost::asio::dispatch(strand_, [self = shared_from_this()] {
+      self->stopped_ = true;
+      self->timer_.cancel();
+      self->events_timer_.cancel();
+      boost::system::error_code ignored;
+      self->events_socket_.close(ignored);
+      self->fail_waiters(make_error_code(errc::cancelled));
+    });
+  }
+
+  /// The current state: an atomic load, no syscall. Never null.
+  std::shared_ptr<const node_state> state() const noexcept {
+    return state_.load(std::memory_order_acquire);
+  }
+
+  /// The current role: an atomic load, no syscall.
+  role_kind current_role_kind() const noexcept {
+    return role_kind_.load(std::memory_order_acquire);
+  }
+
+  /**
+   * Waits until the monitored database's position reaches `txid` (or the deadline).
+   *
+   * Completion signature: `void(boost::system::error_code, position)`: empty on success
+   * with the position reached; `errc::timeout` when the deadline passed first (with the
+   * last position seen); `errc::cancelled` on stop() or per-operation cancellation.
+   * Completes through the handler's associated executor, never inside this call.
+   *
+   * **Per-Operation Cancellation**: terminal, partial and total; the waiter is removed and
+   * nothing else changes.
+   */
+  template <class Token>
+  auto async_wait_position(std::uint64_t txid, clock::time_point deadline, Token&& token) {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code, position)>(
+        [self = shared_from_this(), txid, deadline](auto handler) {
+          self->add_waiter(txid, deadline, std::move(handler));
+        },
+        token);
+  }
+
+  /// Re-reads the mount now (from any thread); useful right after a local commit.
+  void poll_now() {
+    boost::asio::dispatch(strand_, [self = shared_from_this()] { self->poll_once(); });
+  }
+
+  const monitor_options& options() const noexcept { return options_; }
+
+  /**
+   * For a writer, right before it touches the database `db` (a path in the mount): the
+   * mount generation to use, or nullopt when the mount cannot be used now (dead, or
+   * replaced since the last poll: a new poll is started). One forced getattr of `db`
+   * (a FUSE round trip), so that a mount that died or was replaced since the last poll is
+   * caught before SQLite maps its `-shm`. A missing `db` (not created yet) is fine.
+   */
+  std::optional<std::uint64_t> writable_generation(const std::string& db) {
+    const auto s = state();
+    if (s->mount_dead) return std::nullopt;
+    struct stat now {};
+    if (detail::stat_uncached(db, now) != 0) {
+      if (errno == ENOENT) return s->mount_generation;
+      poll_now();
+      return std::nullopt;
+    }
+    if (s->mount_device != 0 && static_cast<std::uint64_t>(now.st_dev) != s->mount_device) {
+      poll_now();
+      return std::nullopt;
+    }
+    return s->mount_generation;
+  }
+
+  /// The `/events` stream's status (for telemetry and tests).
+  event_stream_status events() const noexcept {
+    return {events_connected_.load(), events_seen_.load(), events_connects_.load()};
+  }
+
+ private:
+  using wait_handler =
+      boost::asio::any_completion_handler<void(boost::system::error_code, position)>;
+  struct waiter {
+    std::uint64_t id;
+    std::uint64_t txid;
+    clock::time_point deadline;
+    wait_handler handler;
+  };
+
+  monitor(boost::asio::any_io_executor ex, monitor_options options)
+      : executor_(std::move(ex)),
+        strand_(boost::asio::make_strand(executor_)),
+        options_(std::move(options)),
+        timer_(strand_),
+        events_timer_(strand_),
+        events_socket_(strand_),
+        state_(std::make_shared<const node_state>()) {
+    if (!options_.read_role) {
+      options_.read_role = [mount = options_.mount] { return litefs::current_role(mount); };
+    }
+  }
+
+  static bool is_dead_mount_errno(int err) noexcept {
+    return err == ENOTCONN || err == ECONNABORTED;
+  }
+
+  // Reads the mount (a handful of syscalls) and publishes a new state if anything changed.
+  void poll_once() noexcept {
+    try {
+      auto before = state();
+      auto next = std::make_shared<node_state>();
+      next->mount_generation = before->mount_generation;
+
+      struct stat root {};
+      if (::stat(options_.mount.c_str(), &root) != 0) {
+        const int err = errno;
+        next->mount_dead = is_dead_mount_errno(err);
+        next->role = role_kind::unknown;
+        next->reason = "cannot stat the LiteFS mount " + options_.mount.string() + ": " +
+                       std::generic_category().message(err) +
+                       (next->mount_dead ? " (LiteFS stopped under the service)" : "");
+      } else {
+        next->mount_device = static_cast<std::uint64_t>(root.st_dev);
+        // `.lag` always exists on a live mount; reading it tells a dead mount at once.
+        boost::system::error_code ec;
+        next->lag = read_lag(options_.mount, ec);
+        if (ec && is_dead_mount_errno(ec.value())) {
+          next->mount_dead = true;
+          next->role = role_kind::unknown;
+          next->reason = "the LiteFS mount " + options_.mount.string() + " is dead (" +
+                         ec.message() + "): LiteFS stopped under the service";
+        } else {
+          role r;
+          try {
+            r = options_.read_role();
+          } catch (const std::exception& e) {
+            r.reason = std::string("reading the role failed: ") + e.what();
+          }
+          next->role = r.kind;
+          next->primary_hostname = std::move(r.primary_hostname);
+          next->reason = std::move(r.reason);
+          if (!options_.database.empty()) {
+            boost::system::error_code pos_ec;
+            next->pos = read_position(options_.mount, options_.database, pos_ec);
+            if (pos_ec && is_dead_mount_errno(pos_ec.value())) next->mount_dead = true;
+          }
+        }
+      }
+      // A mount that died, or came back as another filesystem, is a new generation.
+      if (next->mount_dead != before->mount_dead ||
+          (next->mount_device != 0 && before->mount_device != 0 &&
+           next->mount_device != before->mount_device)) {
+        ++next->mount_generation;
+      }
+      if (next->mount_dead) next->mount_device = 0;
+      const bool changed = next->role != before->role ||
+                           next->primary_hostname != before->primary_hostname ||
+                           next->mount_dead != before->mount_dead ||
+                           next->mount_generation != before->mount_generation ||
+                           next->pos != before->pos || before->version == 0;
+      if (changed) {
+        next->version = before->version + 1;
+        std::shared_ptr<const node_state> published = std::move(next);
+        state_.store(published, std::memory_order_release);
+        role_kind_.store(published->role, std::memory_order_release);
+        fwd::detail::invoke_hook(options_.on_change, *published);
+      } else if (next->lag != before->lag) {
+        // The lag moves all the time (a 0-1000 ms sawtooth on a caught-up replica): kept
+        // fresh without a change event.
+        next->version = before->version;
+        state_.store(std::shared_ptr<const node_state>(std::move(next)), std::memory_order_release);
+      }
+    } catch (...) {
+      // Allocation failure: keep the last state; the next poll tries again.
+    }
+  }
+
+  // On the strand.
+  void schedule() {
+    if (stopped_) return;
+    const auto interval = waiters_.empty()           ? options_.poll_interval
+                          : events_connected_.load() ? options_.wait_poll_interval_with_events
+                                                     : options_.wait_poll_interval;
+    timer_.expires_after(interval);
+    timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (ec || self->stopped_) return;
+      self->poll_once();
+      self->wake_waiters();
+      self->schedule();
+    });
+  }
+
+  template <class Handler>
+  void add_waiter(std::uint64_t txid, clock::time_point deadline, Handler&& original) {
+    wait_handler handler(std::forward<Handler>(original));
+    auto slot = boost::asio::get_associated_cancellation_slot(handler);
+    const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
+    if (slot.is_connected()) {
+      slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
+        if (type == boost::asio::cancellation_type::none) return;
+        if (auto self = weak.lock()) {
+          boost::asio::dispatch(self->strand_, [self, id] { self->cancel_waiter(id); });
+        }
+      });
+    }
+    boost::asio::dispatch(
+        strand_, [self = shared_from_this(), id, txid, deadline, h = std::move(handler)]() mutable {
+          if (self->stopped_) {
+            self->complete(std::move(h), make_error_code(errc::cancelled), self->state()->pos);
+            return;
+          }
+          const position now = self->state()->pos;
+          if (now.txid >= txid) {
+            self->complete(std::move(h), {}, now);
+            return;
+          }
+          const bool was_idle = self->waiters_.empty();
+          self->waiters_.push_back(waiter{id, txid, deadline, std::move(h)});
+          // From the slow poll to the fast one at once.
+          if (was_idle) {
+            self->timer_.cancel();
+            self->poll_once();
+            self->wake_waiters();
+            self->schedule();
+          }
+        });
+  }
+
+  void wake_waiters() {
+    if (waiters_.empty()) return;
+    const position now = state()->pos;
+    const auto t = clock::now();
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (now.txid >= it->txid) {
+        complete(std::move(it->handler), {}, now);
+        it = waiters_.erase(it);
+      } else if (t >= it->deadline) {
+        complete(std::move(it->handler), make_error_code(errc::timeout), now);
+        it = waiters_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void cancel_waiter(std::uint64_t id) {
+    for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+      if (it->id == id) {
+        complete(std::move(it->handler), make_error_code(errc::cancelled), state()->pos);
+        waiters_.erase(it);
+        return;
+      }
+    }
+  }
+
+  void fail_waiters(boost::system::error_code ec) {
+    const position now = state()->pos;
+    for (auto& w : waiters_) complete(std::move(w.handler), ec, now);
+    waiters_.clear();
+  }
+
+  void complete(wait_handler handler, boost::system::error_code ec, position p) {
+    boost::asio::post(executor_, boost::asio::append(std::move(handler), ec, p));
+  }
+
+  // --- LiteFS's /events stream ------------------------------------------------------
+  // Newline-delimited JSON objects in an HTTP response that never ends. Each complete
+  // line is an event; its content is not trusted for anything but "something changed":
+  // the mount is re-read at once (its files are the truth), and waiters are woken.
+
+  void connect_events() {
+    if (stopped_) return;
+    boost::system::error_code ignored;
+    events_socket_.close(ignored);
+    events_socket_ = boost::asio::ip::tcp::socket(strand_);
+    events_socket_.async_connect(
+        *options_.http, [self = shared_from_this()](boost::system::error_code ec) {
+          if (ec) return self->events_broke();
+          self->events_request_.method(boost::beast::http::verb::get);
+          self->events_request_.target("/events");
+          self->events_request_.version(11);
+          self->events_request_.set(boost::beast::http::field::host, "litefs");
+          boost::beast::http::async_write(self->events_socket_, self->events_request_,
+                                          [self](boost::system::error_code e, std::size_t) {
+                                            if (e) return self->events_broke();
+                                            self->events_parser_.emplace();
+                                            self->events_parser_->body_limit(boost::none);
+                                            self->events_buffer_.clear();
+                                            self->events_line_.clear();
+                                            self->read_events_header();
+                                          });
+        });
+  }
+
+  void read_events_header() {
+    boost::beast::http::async_read_header(
+        events_socket_, events_buffer_, *events_parser_,
+        [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+          if (ec || self->events_parser_->get().result() != boost::beast::http::status::ok) {
+            return self->events_broke();
+          }
+          self->events_connected_.store(true);
+          self->events_connects_.fetch_add(1);
+          // A (re)connected stream may have missed changes: read the mount now.
+          self->poll_once();
+          self->wake_waiters();
+          self->read_events_body();
+        });
+  }
+
+  void read_events_body() {
+    auto& body = events_parser_->get().body();
+    body.data = events_chunk_.data();
+    body.size = events_chunk_.size();
+    boost::beast::http::async_read_some(
+        events_socket_, events_buffer_, *events_parser_,
+        [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+          if (ec == boost::beast::http::error::need_buffer) ec = {};
+          const std::size_t got =
+              self->events_chunk_.size() - self->events_parser_->get().body().size;
+          self->on_event_bytes(std::string_view(self->events_chunk_.data(), got));
+          if (ec || self->events_parser_->is_done()) return self->events_broke();
+          self->read_events_body();
+        });
+  }
+
+  void on_event_bytes(std::string_view bytes) {
+    bool any = false;
+    for (char c : bytes) {
+      if (c == '\n') {
+        if (!events_line_.empty()) any = true;
+        events_line_.clear();
+      } else if (events_line_.size() < max_event_line) {
+        events_line_ += c;
+      }
+    }
+    if (!any) return;
+    events_seen_.fetch_add(1);
+    poll_once();
+    wake_waiters();
+  }
+
+  void events_broke() {
+    events_connected_.store(false);
+    boost::system::error_code ignored;
+    events_socket_.close(ignored);
+    if (stopped_) return;
+    events_timer_.expires_after(options_.events_reconnect);
+    events_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (!ec) self->connect_events();
+    });
+  }
+
+  static constexpr std::size_t max_event_line = 64 * 1024;
+
+  boost::asio::any_io_executor executor_;
+  boost::asio::strand<boost::asio::any_io_executor> strand_;
+  monitor_options options_;
+  boost::asio::steady_timer timer_;
+  boost::asio::steady_timer events_timer_;
+  boost::asio::ip::tcp::socket events_socket_;
+  boost::beast::http::request<boost::beast::http::empty_body> events_request_;
+  std::optional<boost::beast::http::response_parser<boost::beast::http::buffer_body>>
+      events_parser_;
+  boost::beast::flat_buffer events_buffer_;
+  std::array<char, 4096> events_chunk_{};
+  std::string events_line_;
+  std::atomic<bool> events_connected_{false};
+  std::atomic<std::uint64_t> events_seen_{0};
+  std::atomic<std::uint64_t> events_connects_{0};
+  std::atomic<std::shared_ptr<const node_state>> state_;
+  std::atomic<role_kind> role_kind_{role_kind::unknown};
+  std::list<waiter> waiters_;
+  std::atomic<std::uint64_t> next_id_{1};
+  bool stopped_ = true;
+};
 
 }  // namespace fwd::litefs
 
-// ---- end fwd/litefs/path_check.hpp ----
+// ---- end fwd/litefs/monitor.hpp ----
 // ---- begin fwd/sqlite/statement.hpp ----
 
 // RAII over SQLite: a prepared statement (fwd::sqlite::statement).
@@ -3013,18 +3765,8 @@ namespace fwd::sqlite {
 namespace detail {
 
 /// "<what> failed: <sqlite3_errmsg> [in: <sql>]": the detail of a thrown fwd::error.
-inline std::string describe_failure(sqlite3* db, int rc, std::string_view what,
-                                    std::string_view sql) {
-  std::string text(what);
-  text += " failed: ";
-  text += db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  if (!sql.empty()) {
-    text += " [in: ";
-    text += sql;
-    text += "]";
-  }
-  return text;
-}
+FWD_DECL std::string describe_failure(sqlite3* db, int rc, std::string_view what,
+                                      std::string_view sql);
 
 /// The extended result code of a failed call: `rc` when extended codes are on (fwd
 /// always turns them on), otherwise the connection's last extended code.
@@ -3036,10 +3778,8 @@ inline int extended_code(sqlite3* db, int rc) noexcept {
   return rc;
 }
 
-[[noreturn]] inline void throw_failure(sqlite3* db, int rc, std::string_view what,
-                                       std::string_view sql) {
-  throw fwd::error(make_sqlite_error(extended_code(db, rc)), describe_failure(db, rc, what, sql));
-}
+[[noreturn]] FWD_DECL void throw_failure(sqlite3* db, int rc, std::string_view what,
+                                         std::string_view sql);
 
 inline void set_error(boost::system::error_code& ec, sqlite3* db, int rc) noexcept {
   ec = make_sqlite_error(extended_code(db, rc));
@@ -3144,15 +3884,7 @@ class statement {
   }
 
   /// The index of a named parameter; throws fwd::error(SQLITE_RANGE) if there is none.
-  int parameter_index(std::string_view name) const {
-    const std::string zname(name);
-    const int index = sqlite3_bind_parameter_index(stmt_, zname.c_str());
-    if (index == 0) {
-      throw fwd::error(make_sqlite_error(SQLITE_RANGE),
-                       "no SQL parameter named " + zname + " [in: " + std::string(sql()) + "]");
-    }
-    return index;
-  }
+  int parameter_index(std::string_view name) const;
   int parameter_count() const noexcept { return sqlite3_bind_parameter_count(stmt_); }
   statement& clear_bindings() {
     sqlite3_clear_bindings(stmt_);
@@ -3234,6 +3966,47 @@ class statement {
 
 }  // namespace fwd::sqlite
 
+#if !defined(FWD_SEPARATE_COMPILATION)
+// ---- begin fwd/sqlite/impl/statement.ipp ----
+
+// Definitions of <fwd/sqlite/statement.hpp>: included by that header in header-only mode, by
+// <fwd/src.hpp> (one translation unit) with FWD_SEPARATE_COMPILATION.
+
+#include <fmt/format.h>
+
+
+namespace fwd::sqlite {
+
+namespace detail {
+
+FWD_DECL std::string describe_failure(sqlite3* db, int rc, std::string_view what,
+                                      std::string_view sql) {
+  const char* reason = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  if (sql.empty()) return fmt::format("{} failed: {}", what, reason);
+  return fmt::format("{} failed: {} [in: {}]", what, reason, sql);
+}
+
+[[noreturn]] FWD_DECL void throw_failure(sqlite3* db, int rc, std::string_view what,
+                                         std::string_view sql) {
+  throw fwd::error(make_sqlite_error(extended_code(db, rc)), describe_failure(db, rc, what, sql));
+}
+
+}  // namespace detail
+
+FWD_DECL int statement::parameter_index(std::string_view name) const {
+  const std::string zname(name);
+  const int index = sqlite3_bind_parameter_index(stmt_, zname.c_str());
+  if (index == 0) {
+    throw fwd::error(make_sqlite_error(SQLITE_RANGE),
+                     fmt::format("no SQL parameter named {} [in: {}]", zname, sql()));
+  }
+  return index;
+}
+}  // namespace fwd::sqlite
+
+// ---- end fwd/sqlite/impl/statement.ipp ----
+#endif
+
 // ---- end fwd/sqlite/statement.hpp ----
 // ---- begin fwd/sqlite/connection.hpp ----
 
@@ -3268,17 +4041,23 @@ class connection {
   explicit connection(const std::string& path, int flags = default_open_flags,
                       std::chrono::milliseconds busy_timeout = std::chrono::seconds(5)) {
     boost::system::error_code ec;
-    std::string message;
-    open(path, flags, busy_timeout, ec, &message);
-    if (ec) throw fwd::error(ec, message);
+    diagnostics diag;
+    open_impl(path, flags, busy_timeout, ec, diag);
+    fwd::detail::throw_on_error(ec, std::move(diag));
   }
 
-  /// Opens like the throwing constructor; on failure returns an empty connection and sets ec.
+  /// Opens like the throwing constructor; on failure returns an empty connection and
+  /// sets `ec` (and `diag` to the detailed message: the path and SQLite's reason).
+  static connection open(const std::string& path, int flags, std::chrono::milliseconds busy_timeout,
+                         boost::system::error_code& ec, diagnostics& diag) {
+    connection c;
+    c.open_impl(path, flags, busy_timeout, ec, diag);
+    return c;
+  }
   static connection open(const std::string& path, int flags, std::chrono::milliseconds busy_timeout,
                          boost::system::error_code& ec) {
-    connection c;
-    c.open(path, flags, busy_timeout, ec, nullptr);
-    return c;
+    diagnostics ignored;
+    return open(path, flags, busy_timeout, ec, ignored);
   }
 
   /// A non-owning wrapper around a handle someone else owns (e.g. the `sqlite3*` a
@@ -3323,54 +4102,41 @@ class connection {
   /// Runs one or more SQL statements without results. Throws fwd::error.
   void exec(std::string_view sql) {
     boost::system::error_code ec;
-    std::string message;
-    exec(sql, ec, &message);
-    if (ec) throw fwd::error(ec, message);
+    diagnostics diag;
+    exec(sql, ec, diag);
+    fwd::detail::throw_on_error(ec, std::move(diag));
   }
-  /// Runs one or more SQL statements; on failure sets `ec` (and `message`, if given).
-  void exec(std::string_view sql, boost::system::error_code& ec,
-            std::string* message = nullptr) noexcept {
-    ec.clear();
-    // sqlite3_exec needs a NUL-terminated string; SQL text is short, the copy is cheap.
-    std::string zsql;
-    try {
-      zsql.assign(sql);
-    } catch (...) {
-      ec = make_sqlite_error(SQLITE_NOMEM);
-      return;
-    }
-    const int rc = sqlite3_exec(db_, zsql.c_str(), nullptr, nullptr, nullptr);
-    if (rc != SQLITE_OK) {
-      detail::set_error(ec, db_, rc);
-      if (message != nullptr) {
-        try {
-          *message = detail::describe_failure(db_, rc, "exec", sql);
-        } catch (...) {
-        }
+  /// Runs one or more SQL statements; on failure sets `ec`.
+  void exec(std::string_view sql, boost::system::error_code& ec) noexcept {
+    exec_impl(sql, ec, nullptr);
+  }
+  /// Runs one or more SQL statements; on failure sets `ec` and `diag` (which SQL, and
+  /// SQLite's reason).
+  void exec(std::string_view sql, boost::system::error_code& ec, diagnostics& diag) noexcept {
+    diag.clear();
+    exec_impl(sql, ec, &diag);
+  }
+  /// Transitional: the detail as a string (write/executor.hpp still uses it). Prefer
+  /// exec(sql, ec, diagnostics&); this overload goes once its callers moved.
+  void exec(std::string_view sql, boost::system::error_code& ec, std::string* message) noexcept {
+    diagnostics diag;
+    exec_impl(sql, ec, &diag);
+    if (ec && message != nullptr) {
+      try {
+        *message = diag.message();
+      } catch (...) {
       }
     }
   }
 
   /// Prepares one statement. Throws fwd::error (e.g. SQLITE_ERROR for a syntax error).
-  statement prepare(std::string_view sql) {
-    sqlite3_stmt* stmt = nullptr;
-    const int rc =
-        sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
-    if (rc != SQLITE_OK) detail::throw_failure(db_, rc, "prepare", sql);
-    return statement(db_, stmt);
-  }
+  statement prepare(std::string_view sql);
   /// Prepares one statement; on failure returns an empty statement and sets `ec`.
-  statement prepare(std::string_view sql, boost::system::error_code& ec) noexcept {
-    ec.clear();
-    sqlite3_stmt* stmt = nullptr;
-    const int rc =
-        sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
-    if (rc != SQLITE_OK) {
-      detail::set_error(ec, db_, rc);
-      return {};
-    }
-    return statement(db_, stmt);
-  }
+  statement prepare(std::string_view sql, boost::system::error_code& ec) noexcept;
+  /// Prepares one statement; on failure returns an empty statement and sets `ec` and
+  /// `diag` (which SQL, and SQLite's reason).
+  statement prepare(std::string_view sql, boost::system::error_code& ec,
+                    diagnostics& diag) noexcept;
 
   std::int64_t last_insert_rowid() const noexcept {
     return static_cast<std::int64_t>(sqlite3_last_insert_rowid(db_));
@@ -3385,28 +4151,11 @@ class connection {
   std::string_view last_error_message() const noexcept { return sqlite3_errmsg(db_); }
 
  private:
-  void open(const std::string& path, int flags, std::chrono::milliseconds busy_timeout,
-            boost::system::error_code& ec, std::string* message) {
-    ec.clear();
-    close();
-    sqlite3* db = nullptr;
-    const int rc = sqlite3_open_v2(path.c_str(), &db, flags, nullptr);
-    if (rc != SQLITE_OK) {
-      const int code = db != nullptr ? sqlite3_extended_errcode(db) : rc;
-      ec = make_sqlite_error(code);
-      if (message != nullptr) {
-        *message = "opening SQLite database " + path +
-                   " failed: " + (db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)) +
-                   ": check that the path exists and is accessible";
-      }
-      sqlite3_close_v2(db);
-      return;
-    }
-    sqlite3_extended_result_codes(db, 1);
-    sqlite3_busy_timeout(db, static_cast<int>(busy_timeout.count()));
-    db_ = db;
-    owned_ = true;
-  }
+  void exec_impl(std::string_view sql, boost::system::error_code& ec,
+                 diagnostics* diag) noexcept;
+
+  void open_impl(const std::string& path, int flags, std::chrono::milliseconds busy_timeout,
+                 boost::system::error_code& ec, diagnostics& diag);
 
   sqlite3* db_ = nullptr;
   bool owned_ = false;
@@ -3415,6 +4164,99 @@ class connection {
 /// How a transaction takes its locks (BEGIN DEFERRED / IMMEDIATE / EXCLUSIVE).
 
 }  // namespace fwd::sqlite
+
+#if !defined(FWD_SEPARATE_COMPILATION)
+// ---- begin fwd/sqlite/impl/connection.ipp ----
+
+// Definitions of <fwd/sqlite/connection.hpp>: included by that header in header-only mode, by
+// <fwd/src.hpp> (one translation unit) with FWD_SEPARATE_COMPILATION.
+
+#include <fmt/format.h>
+
+
+namespace fwd::sqlite {
+
+FWD_DECL statement connection::prepare(std::string_view sql) {
+  sqlite3_stmt* stmt = nullptr;
+  const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+  if (rc != SQLITE_OK) detail::throw_failure(db_, rc, "prepare", sql);
+  return statement(db_, stmt);
+}
+
+FWD_DECL statement connection::prepare(std::string_view sql,
+                                       boost::system::error_code& ec) noexcept {
+  ec.clear();
+  sqlite3_stmt* stmt = nullptr;
+  const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
+  if (rc != SQLITE_OK) {
+    detail::set_error(ec, db_, rc);
+    return {};
+  }
+  return statement(db_, stmt);
+}
+
+FWD_DECL statement connection::prepare(std::string_view sql, boost::system::error_code& ec,
+                                       diagnostics& diag) noexcept {
+  diag.clear();
+  statement stmt = prepare(sql, ec);
+  if (ec) {
+    try {
+      diag.assign(detail::describe_failure(db_, ec.value(), "prepare", sql));
+    } catch (...) {
+    }
+  }
+  return stmt;
+}
+
+FWD_DECL void connection::exec_impl(std::string_view sql, boost::system::error_code& ec,
+                                    diagnostics* diag) noexcept {
+  ec.clear();
+  // sqlite3_exec needs a NUL-terminated string; SQL text is short, the copy is cheap.
+  std::string zsql;
+  try {
+    zsql.assign(sql);
+  } catch (...) {
+    ec = make_sqlite_error(SQLITE_NOMEM);
+    return;
+  }
+  const int rc = sqlite3_exec(db_, zsql.c_str(), nullptr, nullptr, nullptr);
+  if (rc != SQLITE_OK) {
+    detail::set_error(ec, db_, rc);
+    if (diag != nullptr) {
+      try {
+        diag->assign(detail::describe_failure(db_, rc, "exec", sql));
+      } catch (...) {
+      }
+    }
+  }
+}
+
+FWD_DECL void connection::open_impl(const std::string& path, int flags,
+                                    std::chrono::milliseconds busy_timeout,
+                                    boost::system::error_code& ec, diagnostics& diag) {
+  ec.clear();
+  diag.clear();
+  close();
+  sqlite3* db = nullptr;
+  const int rc = sqlite3_open_v2(path.c_str(), &db, flags, nullptr);
+  if (rc != SQLITE_OK) {
+    const int code = db != nullptr ? sqlite3_extended_errcode(db) : rc;
+    ec = make_sqlite_error(code);
+    diag.assign(fmt::format(
+        "opening SQLite database {} failed: {}: check that the path exists and is accessible", path,
+        db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
+    sqlite3_close_v2(db);
+    return;
+  }
+  sqlite3_extended_result_codes(db, 1);
+  sqlite3_busy_timeout(db, static_cast<int>(busy_timeout.count()));
+  db_ = db;
+  owned_ = true;
+}
+}  // namespace fwd::sqlite
+
+// ---- end fwd/sqlite/impl/connection.ipp ----
+#endif
 
 // ---- end fwd/sqlite/connection.hpp ----
 // ---- begin fwd/sqlite/transaction.hpp ----
@@ -3999,6 +4841,178 @@ inline constexpr std::size_t max_handshake_frame_size = header_size + hello_size
 // signatures, and how one incoming call is decoded, run on the user's executor and
 // answered exactly once.
 
+// ---- begin fwd/detail/completion.hpp ----
+
+// The one way fwd completes an asynchronous operation. An operation's initiation wraps its
+// handler in a pending_completion, which
+//   - type-erases it (any_completion_handler: the handler's associated executor, allocator
+//     and cancellation slot are kept);
+//   - tracks outstanding work on the handler's associated executor (default: the
+//     operation's I/O executor) until the operation completes, so that run() does not
+//     return while it is pending;
+//   - completes it exactly once, through that executor: post() never runs the handler
+//     inside the caller (use it whenever the initiating call may still be on the stack),
+//     dispatch() may run it at once when already on that executor. The first completion
+//     wins, also when several threads race to complete; later ones do nothing;
+//   - clears the handler's cancellation slot on the handler's executor, just before the
+//     handler runs (the thread cancellation is emitted on).
+// Destroying a pending completion that was never completed destroys the handler without
+// calling it (owners that must always answer, like rpc::detail::reply_once, complete from
+// their destructor).
+
+#include <atomic>
+#include <boost/asio/any_completion_executor.hpp>
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_allocator.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/bind_allocator.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace fwd::detail {
+
+template <class Signature>
+class pending_completion;
+
+/// A type-erased completion handler with work tracked on its associated executor,
+/// completed at most once (see the top of this file).
+template <class... Args>
+class pending_completion<void(Args...)> {
+ public:
+  using signature = void(Args...);
+  using handler_type = boost::asio::any_completion_handler<signature>;
+
+  pending_completion() noexcept = default;
+
+  /// Takes `handler`; `io_executor` runs it when it has no associated executor.
+  template <class Handler>
+  requires(!std::is_same_v<std::decay_t<Handler>, pending_completion>)
+      pending_completion(Handler&& handler, const boost::asio::any_io_executor& io_executor)
+      : pending_completion(track(handler, io_executor), std::forward<Handler>(handler)) {}
+
+  pending_completion(pending_completion&& other) noexcept
+      : executor_(std::move(other.executor_)),
+        erased_(std::move(other.erased_)),
+        direct_(other.direct_),
+        handler_(std::move(other.handler_)),
+        done_(other.done_.load(std::memory_order_relaxed)) {}
+
+  pending_completion& operator=(pending_completion&& other) noexcept {
+    executor_ = std::move(other.executor_);
+    erased_ = std::move(other.erased_);
+    direct_ = other.direct_;
+    // Not handler_ = std::move(...): Boost 1.81's any_completion_handler move assignment
+    // wraps the source in a new handler recursively (it forwards an lvalue).
+    handler_type taken(std::move(other.handler_));
+    handler_.swap(taken);
+    done_.store(other.done_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    return *this;
+  }
+
+  pending_completion(const pending_completion&) = delete;
+  pending_completion& operator=(const pending_completion&) = delete;
+
+  /// Holds a handler not completed yet. Not synchronised with a concurrent completion.
+  explicit operator bool() const noexcept {
+    return static_cast<bool>(handler_) && !done_.load(std::memory_order_acquire);
+  }
+
+  /// The slot to install the operation's cancellation handler in (the type-erased
+  /// handler's; a handler installed in the original handler's slot before the conversion
+  /// would be replaced by it). Call it before the operation can complete.
+  boost::asio::cancellation_slot slot() const noexcept {
+    return handler_ ? handler_.get_cancellation_slot() : boost::asio::cancellation_slot();
+  }
+
+  /// Completes with `args`, posted to the handler's executor (never inline). Returns false
+  /// when the operation had completed already. Thread-safe against other completions.
+  bool post(Args... args) { return deliver<false>(std::move(args)...); }
+
+  /// As post(), but runs the handler at once when the caller is on its executor. Only for
+  /// completions that cannot happen inside the initiating call.
+  bool dispatch(Args... args) { return deliver<true>(std::move(args)...); }
+
+ private:
+  struct tracked_executors {
+    boost::asio::any_io_executor executor;
+    boost::asio::any_completion_executor erased;
+    bool direct = true;
+  };
+
+  // Read before the handler is moved into the type-erased one.
+  template <class Handler>
+  static tracked_executors track(const Handler& handler,
+                                 const boost::asio::any_io_executor& io_executor) {
+    auto tracked = boost::asio::prefer(boost::asio::get_associated_executor(handler, io_executor),
+                                       boost::asio::execution::outstanding_work.tracked);
+    if constexpr (std::is_convertible_v<decltype(tracked), boost::asio::any_io_executor>) {
+      return {std::move(tracked), {}, true};
+    } else {
+      // E.g. a handler that is an any_completion_handler itself: its executor can only be
+      // dispatched to; a post goes through the I/O executor first.
+      return {io_executor, std::move(tracked), false};
+    }
+  }
+
+  template <class Handler>
+  pending_completion(tracked_executors executors, Handler&& handler)
+      : executor_(std::move(executors.executor)),
+        erased_(std::move(executors.erased)),
+        direct_(executors.direct),
+        handler_(std::forward<Handler>(handler)) {}
+
+  template <bool Dispatch>
+  bool deliver(Args... args) {
+    if (done_.exchange(true, std::memory_order_acq_rel) || !handler_) return false;
+    boost::asio::any_io_executor executor = std::move(executor_);
+    boost::asio::any_completion_executor erased = std::move(erased_);
+    auto allocator = boost::asio::get_associated_allocator(handler_);
+    auto function = boost::asio::bind_allocator(
+        allocator,
+        [handler = std::move(handler_), values = std::make_tuple(std::move(args)...)]() mutable {
+          auto slot = boost::asio::get_associated_cancellation_slot(handler);
+          if (slot.is_connected()) slot.clear();
+          std::apply(std::move(handler), std::move(values));
+        });
+    if (!direct_) {
+      if constexpr (Dispatch) {
+        boost::asio::dispatch(erased, std::move(function));
+      } else {
+        boost::asio::post(executor, boost::asio::bind_executor(erased, std::move(function)));
+      }
+    } else if constexpr (Dispatch) {
+      boost::asio::dispatch(executor, std::move(function));
+    } else {
+      boost::asio::post(executor, std::move(function));
+    }
+    return true;
+  }
+
+  boost::asio::any_io_executor executor_;        // the handler's, tracking work (direct_)
+  boost::asio::any_completion_executor erased_;  // the handler's, tracking work (!direct_)
+  bool direct_ = true;
+  handler_type handler_;
+  std::atomic<bool> done_{false};
+};
+
+}  // namespace fwd::detail
+
+// ---- end fwd/detail/completion.hpp ----
+// ---- begin fwd/rpc/result_handler.hpp ----
+
+// One incoming call as a procedure sees it: the call and its context, the reply answered
+// exactly once (detail::reply_once), the completion handler an asynchronous procedure
+// receives (result_handler), and how a function's style is recognised.
+
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
@@ -4083,32 +5097,29 @@ inline std::string hex64(std::uint64_t value) {
 /// Guarantees that a reply handler is called exactly once: the first completion wins,
 /// later ones are ignored, and if every owner lets go without completing, the call is
 /// answered with errc::remote_failure. Completes through the reply handler's associated
-/// executor (or `executor`).
+/// executor (or `executor`), which has outstanding work until then (a pending_completion).
 class reply_once {
  public:
   reply_once(reply_handler reply, boost::asio::any_io_executor executor, std::string procedure)
-      : reply_(std::move(reply)), executor_(std::move(executor)), procedure_(std::move(procedure)) {}
+      : completion_(std::move(reply), executor),
+        executor_(std::move(executor)),
+        procedure_(std::move(procedure)) {}
 
   reply_once(const reply_once&) = delete;
   reply_once& operator=(const reply_once&) = delete;
 
   ~reply_once() {
-    if (done_.load(std::memory_order_acquire)) return;
+    if (!completion_) return;
     complete(make_error_code(errc::remote_failure),
              "procedure " + quoted_name(procedure_) +
                  " finished without producing a result (its completion handler was destroyed "
                  "without being called)");
   }
 
-  /// Answers the call, unless it was answered already. Thread-safe.
+  /// Answers the call, unless it was answered already. Thread-safe. Dispatched: the reply
+  /// handler is internal (the server's or the forwarder's), never a caller's initiation.
   void complete(boost::system::error_code ec, std::string payload) {
-    if (done_.exchange(true, std::memory_order_acq_rel)) return;
-    reply_handler reply = std::move(reply_);
-    auto executor = boost::asio::get_associated_executor(reply, executor_);
-    boost::asio::dispatch(std::move(executor), [reply = std::move(reply), ec,
-                                                 payload = std::move(payload)]() mutable {
-      std::move(reply)(ec, std::move(payload));
-    });
+    completion_.dispatch(ec, std::move(payload));
   }
 
   /// Answers with errc::remote_failure describing `exception`.
@@ -4120,8 +5131,7 @@ class reply_once {
   const std::string& procedure() const noexcept { return procedure_; }
 
  private:
-  std::atomic<bool> done_{false};
-  reply_handler reply_;
+  fwd::detail::pending_completion<void(boost::system::error_code, std::string)> completion_;
   boost::asio::any_io_executor executor_;
   std::string procedure_;
 };
@@ -4260,6 +5270,40 @@ boost::asio::awaitable<R> run_coroutine(std::shared_ptr<F> fn, call_context cont
 }
 
 }  // namespace detail
+
+}  // namespace fwd::rpc
+
+// ---- end fwd/rpc/result_handler.hpp ----
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/core/demangle.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+#include <vector>
+
+namespace fwd::rpc {
 
 /**
  * The procedures a node serves. Define them all before the server starts: `define` and
@@ -4515,7 +5559,7 @@ class registry {
 // ---- begin fwd/rpc/hello.hpp ----
 
 // `fwd.hello`, the procedure every fwd server answers: who the node is and what it knows
-// of LiteFS. Discovery and `fwdctl status` call it.
+// of LiteFS. Discovery calls it.
 
 
 #include <cstdint>
@@ -4546,10 +5590,10 @@ inline const fwd::procedure<hello_info()> hello{"fwd.hello"};
 }  // namespace fwd::rpc
 
 // ---- end fwd/rpc/hello.hpp ----
-// ---- begin fwd/rpc/server.hpp ----
+// ---- begin fwd/rpc/server_options.hpp ----
 
-// The RPC server: accepts fwd connections, authenticates them, and runs each request
-// through a registry on the user's executor.
+// How an RPC server listens, authenticates and limits its work; the status codes its
+// replies carry; the state its connections share.
 
 // ---- begin fwd/rpc/frame_buffer.hpp ----
 
@@ -5049,6 +6093,46 @@ struct server_state {
   std::shared_ptr<boost::asio::ssl::context> tls_context;  // set: connections use TLS
 };
 
+}  // namespace detail
+}  // namespace fwd::rpc
+
+// ---- end fwd/rpc/server_options.hpp ----
+// ---- begin fwd/rpc/server.hpp ----
+
+// The RPC server: accepts fwd connections, authenticates them, and runs each request
+// through a registry on the user's executor.
+
+// ---- begin fwd/rpc/detail/server_connection.hpp ----
+
+// One connection of the RPC server: the handshake, reading requests, running them through
+// the registry, and writing replies in batches.
+
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace fwd::rpc {
+namespace detail {
+
 class server_connection : public std::enable_shared_from_this<server_connection> {
  public:
   using tcp = boost::asio::ip::tcp;
@@ -5415,6 +6499,34 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
 }  // namespace detail
 
+}  // namespace fwd::rpc
+
+// ---- end fwd/rpc/detail/server_connection.hpp ----
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace fwd::rpc {
+
 /**
  * A fwd RPC server. It listens on `options.listen`, authenticates each connection with
  * the cluster secret, and runs each request through `procedures` on `executor` (the
@@ -5542,43 +6654,17 @@ class server {
 }  // namespace fwd::rpc
 
 // ---- end fwd/rpc/server.hpp ----
-// ---- begin fwd/rpc/client.hpp ----
+// ---- begin fwd/rpc/client_options.hpp ----
 
-// The RPC client: typed calls to fwd servers, many in flight on one connection per peer.
+// How an RPC client connects, authenticates and times out, and the settings of one call.
 
 
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/associated_cancellation_slot.hpp>
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/cancellation_type.hpp>
-#include <boost/asio/connect.hpp>
-#include <boost/asio/dispatch.hpp>
-#include <boost/asio/execution/executor.hpp>
-#include <boost/asio/execution/outstanding_work.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/prefer.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
-#include <boost/asio/write.hpp>
-
-#include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
-#include <deque>
-#include <future>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <tuple>
-#include <type_traits>
-#include <unordered_map>
-#include <utility>
-#include <vector>
 
 namespace fwd::rpc {
 
@@ -5623,7 +6709,40 @@ struct call_options {
   std::shared_ptr<std::string> error_detail;
 };
 
-namespace detail {
+}  // namespace fwd::rpc
+
+// ---- end fwd/rpc/client_options.hpp ----
+// ---- begin fwd/rpc/client.hpp ----
+
+// The RPC client: typed calls to fwd servers, many in flight on one connection per peer.
+
+// ---- begin fwd/rpc/detail/client_connection.hpp ----
+
+// One connection of the RPC client to one peer: connecting (with backoff), the handshake,
+// many calls in flight matched by stream id, deadlines, and the calls' completions.
+
+// ---- begin fwd/rpc/detail/pending_call.hpp ----
+
+// A call of the RPC client waiting for its reply, and how its reply completes the caller's
+// operation (decoded, through a pending_completion); the state a client's connections share.
+
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+namespace fwd::rpc::detail {
+
 
 // A call waiting for its reply. Lives on its connection's strand once submitted.
 struct pending_call {
@@ -5642,45 +6761,6 @@ struct pending_call {
   bool sent = false;
   bool done = false;
   bool in_initiation = false;  // submitted inline: its initiating call has not returned yet
-
- protected:
-  // Runs the completion through the handler's executor: dispatched, or posted while the
-  // initiating call is still running (nothing may complete inside it).
-  template <class Executor, class Function>
-  void deliver(const Executor& executor, Function&& function) {
-    if (in_initiation) {
-      boost::asio::post(executor, std::forward<Function>(function));
-    } else {
-      boost::asio::dispatch(executor, std::forward<Function>(function));
-    }
-  }
-};
-
-// Keeps the handler's executor from running out of work until the call completes.
-// executor_work_guard cannot hold every executor (strand<any_io_executor> has
-// outstanding_work only as a preferable property), so new-style executors are tracked
-// through prefer(); legacy ones through the guard.
-template <class Executor>
-class tracked_executor {
- public:
-  explicit tracked_executor(const Executor& executor) : executor_(track(executor)) {}
-  auto get_executor() const noexcept {
-    if constexpr (boost::asio::execution::is_executor<Executor>::value) {
-      return executor_;
-    } else {
-      return executor_.get_executor();
-    }
-  }
-
- private:
-  static auto track(const Executor& executor) {
-    if constexpr (boost::asio::execution::is_executor<Executor>::value) {
-      return boost::asio::prefer(executor, boost::asio::execution::outstanding_work.tracked);
-    } else {
-      return boost::asio::make_work_guard(executor);
-    }
-  }
-  decltype(track(std::declval<const Executor&>())) executor_;
 };
 
 template <class R>
@@ -5697,48 +6777,53 @@ using call_signature = typename call_signature_of<R>::type;
 // The result type of async_call_raw's operation: the reply's bytes, not decoded.
 struct raw_reply {};
 
-template <class R, class Handler, class Executor>
+// Decodes the reply (on the connection's strand) and completes the caller's handler
+// through its associated executor: dispatched, or posted while the initiating call is
+// still running (nothing may complete inside it).
+template <class R>
 class call_op final : public pending_call {
  public:
-  using handler_executor = boost::asio::associated_executor_t<Handler, Executor>;
+  using signature =
+      std::conditional_t<std::is_same_v<R, raw_reply>, void(boost::system::error_code, std::string),
+                         call_signature<R>>;
 
-  call_op(Handler handler, const Executor& fallback, std::shared_ptr<std::string> detail)
-      : handler_(std::move(handler)),
-        work_(boost::asio::get_associated_executor(handler_, fallback)),
-        detail_(std::move(detail)) {}
+  template <class Handler>
+  call_op(Handler&& handler, const boost::asio::any_io_executor& fallback,
+          std::shared_ptr<std::string> detail)
+      : completion_(std::forward<Handler>(handler), fallback), detail_(std::move(detail)) {}
+
+  boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
 
   void complete(boost::system::error_code ec, std::string payload) override {
-    auto executor = work_.get_executor();
-    // Through the handler's own executor; never inside the initiating call, since
-    // completion always starts from the connection's strand.
-    deliver(executor, [handler = std::move(handler_), work = std::move(work_), ec,
-                                     payload = std::move(payload), detail = std::move(detail_)]() mutable {
-      boost::asio::get_associated_cancellation_slot(handler).clear();
-      if constexpr (std::is_same_v<R, raw_reply>) {
-        if (ec && detail) *detail = std::move(payload);
-        std::move(handler)(ec, ec ? std::string() : std::move(payload));
-      } else if constexpr (std::is_void_v<R>) {
-        if (ec && detail) *detail = std::move(payload);
-        if (!ec) fwd::detail::decode_result<void>(payload, ec);
-        std::move(handler)(ec);
-      } else {
-        if (ec) {
-          if (detail) *detail = std::move(payload);
-          std::move(handler)(ec, R{});
-          return;
-        }
-        boost::system::error_code decode_ec;
-        std::string why;
-        R result = fwd::detail::decode_result<R>(payload, decode_ec, &why);
-        if (decode_ec && detail) *detail = "the reply could not be decoded: " + why;
-        std::move(handler)(decode_ec, std::move(result));
+    if (ec && detail_) *detail_ = payload;
+    if constexpr (std::is_same_v<R, raw_reply>) {
+      deliver(ec, ec ? std::string() : std::move(payload));
+    } else if constexpr (std::is_void_v<R>) {
+      if (!ec) fwd::detail::decode_result<void>(payload, ec);
+      deliver(ec);
+    } else {
+      if (ec) {
+        deliver(ec, R{});
+        return;
       }
-    });
+      std::string why;
+      R result = fwd::detail::decode_result<R>(payload, ec, &why);
+      if (ec && detail_) *detail_ = "the reply could not be decoded: " + why;
+      deliver(ec, std::move(result));
+    }
   }
 
  private:
-  Handler handler_;
-  tracked_executor<handler_executor> work_;
+  template <class... Args>
+  void deliver(Args&&... args) {
+    if (in_initiation) {
+      completion_.post(std::forward<Args>(args)...);
+    } else {
+      completion_.dispatch(std::forward<Args>(args)...);
+    }
+  }
+
+  fwd::detail::pending_completion<signature> completion_;
   std::shared_ptr<std::string> detail_;
 };
 
@@ -5749,6 +6834,42 @@ struct client_state {
   std::atomic<std::uint64_t> next_id{1};
   std::shared_ptr<boost::asio::ssl::context> tls_context;  // set: connections use TLS
 };
+
+}  // namespace fwd::rpc::detail
+
+// ---- end fwd/rpc/detail/pending_call.hpp ----
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace fwd::rpc {
+
+namespace detail {
 
 class client_connection : public std::enable_shared_from_this<client_connection> {
  public:
@@ -6208,6 +7329,31 @@ class client_connection : public std::enable_shared_from_this<client_connection>
 
 }  // namespace detail
 
+}  // namespace fwd::rpc
+
+// ---- end fwd/rpc/detail/client_connection.hpp ----
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace fwd::rpc {
+
 /**
  * A fwd RPC client: typed calls to fwd servers. It keeps one connection per peer,
  * opened on the first call, authenticated with the cluster secret, and reopened (with
@@ -6261,9 +7407,13 @@ class client {
    * `void(boost::system::error_code)` when R is void. Works with callbacks, use_future,
    * use_awaitable, deferred and any other completion token.
    *
-   * **Per-Operation Cancellation**: terminal, partial and total cancellation all end the
-   * call with `errc::cancelled` (terminal: the call is abandoned; a request already sent
-   * may still run on the server, and its reply is dropped).
+   * Completes through the handler's associated executor (default: the client's), never
+   * inside this call; that executor has outstanding work until then.
+   *
+   * **Per-Operation Cancellation**: `terminal`, `partial` and `total` all end the call
+   * with `errc::cancelled`: a request not yet written is never sent; a request already
+   * sent may still run on the server, and its reply is dropped. The connection and the
+   * other calls on it are unaffected.
    */
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const endpoint& peer, const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
@@ -6370,16 +7520,12 @@ class client {
     template <class Handler>
     void operator()(Handler&& handler, call_options options, std::string procedure_name, std::uint64_t signature,
                     std::string arguments) const {
-      using handler_t = std::decay_t<Handler>;
-      auto slot = boost::asio::get_associated_cancellation_slot(handler);
-      std::shared_ptr<detail::pending_call> call;
-      if constexpr (std::is_same_v<R, raw_result>) {
-        call = std::make_shared<detail::call_op<detail::raw_reply, handler_t, executor_type>>(std::forward<Handler>(handler),
-                                                                               fallback, options.error_detail);
-      } else {
-        call = std::make_shared<detail::call_op<R, handler_t, executor_type>>(std::forward<Handler>(handler),
-                                                                              fallback, options.error_detail);
-      }
+      using op_t =
+          detail::call_op<std::conditional_t<std::is_same_v<R, raw_result>, detail::raw_reply, R>>;
+      auto op =
+          std::make_shared<op_t>(std::forward<Handler>(handler), fallback, options.error_detail);
+      auto slot = op->slot();
+      std::shared_ptr<detail::pending_call> call = std::move(op);
       const auto now = std::chrono::steady_clock::now();
       call->stream_id = connection->next_stream_id();
       call->deadline = options.deadline.value_or(now + state->options.default_timeout);
@@ -6434,30 +7580,17 @@ class client {
 }  // namespace fwd::rpc
 
 // ---- end fwd/rpc/client.hpp ----
-// ---- begin fwd/cluster/membership.hpp ----
+// ---- begin fwd/cluster/membership_types.hpp ----
 
-// Who is in the cluster: members found in DNS (A/AAAA of a name with a port, or SRV
-// records) polled with c-ares on the Asio reactor, a static list, or both. Changes are
-// told as joined/left events; a snapshot of the current members costs an atomic load.
-//
-// A failed, empty or partial DNS answer does not drop members: a member found before is
-// removed only after `remove_after_polls` consecutive definitive answers (records, "no
-// such record" or NXDOMAIN) that leave it out, or once it has been left out for the
-// `remove_after` grace period. A failed query (timeout, refused, SERVFAIL) counts for
-// nothing (it neither counts towards removal nor resets the count): the last good set is
-// kept and the failure goes to the `on_resolve_error` hook, as do NXDOMAIN and empty
-// answers.
+// What cluster membership is made of: members, DNS sources, snapshots, hooks, options.
 
 #include <atomic>
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/associated_allocator.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
-#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_type.hpp>
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -6493,6 +7626,8 @@ class client {
 
 #include <boost/system/error_category.hpp>
 #include <boost/system/error_code.hpp>
+#include <fmt/format.h>
+
 #include <string>
 #include <system_error>
 #include <type_traits>
@@ -6575,8 +7710,8 @@ class dns_category_impl final : public boost::system::error_category {
       : boost::system::error_category(0x8e1f'3c7a'5d02'4b93ull) {}
   const char* name() const noexcept override { return "fwd.dns"; }
   std::string message(int status) const override {
-    return std::string(ares_strerror(status)) + " (c-ares status " + std::to_string(status) +
-           "): " + dns_advice(status);
+    return fmt::format("{} (c-ares status {}): {}", ares_strerror(status), status,
+                       dns_advice(status));
   }
 };
 
@@ -6606,6 +7741,7 @@ template <>
 struct std::is_error_code_enum<fwd::dns_errc> : std::true_type {};
 
 // ---- end fwd/detail/cares_error.hpp ----
+#include <fmt/format.h>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -6640,9 +7776,10 @@ struct cares_channel_options {
 inline std::string cares_server_csv_entry(const std::string& server) {
   const auto fail = [&server] {
     throw fwd::error(make_error_code(errc::bad_argument),
-                     "bad DNS server \"" + server +
-                         "\": write an IP address with an optional port, e.g. \"10.0.0.2\", "
-                         "\"127.0.0.1:5353\" or \"[fd00::2]:53\" (names are not resolved)");
+                     fmt::format("bad DNS server \"{}\": write an IP address with an optional "
+                                 "port, e.g. \"10.0.0.2\", \"127.0.0.1:5353\" or "
+                                 "\"[fd00::2]:53\" (names are not resolved)",
+                                 server));
   };
   std::string host = server;
   std::string port;
@@ -6667,9 +7804,9 @@ inline std::string cares_server_csv_entry(const std::string& server) {
     const long value = std::stol(port);
     if (value < 1 || value > 65535) fail();
   }
-  std::string entry = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
-  if (!port.empty()) entry += ":" + port;
-  return entry;
+  const std::string host_part =
+      address.is_v6() ? fmt::format("[{}]", address.to_string()) : address.to_string();
+  return port.empty() ? host_part : fmt::format("{}:{}", host_part, port);
 }
 
 /// One c-ares channel on a strand. Every member function must be called on that strand;
@@ -6704,7 +7841,7 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
     if (!csv.empty()) {
       status = ares_set_servers_ports_csv(channel->channel_, csv.c_str());
       if (status != ARES_SUCCESS) {
-        throw fwd::error(make_dns_error(status), "ares_set_servers_ports_csv(\"" + csv + "\")");
+        throw fwd::error(make_dns_error(status), fmt::format("ares_set_servers_ports_csv(\"{}\")", csv));
       }
     }
     return channel;
@@ -6878,6 +8015,7 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <fmt/format.h>
 #include <memory>
 #include <string>
 #include <utility>
@@ -7019,7 +8157,7 @@ class dns_resolve_round : public std::enable_shared_from_this<dns_resolve_round>
   }
 
   void on_srv(std::size_t i, int status, const unsigned char* answer, int length) {
-    const std::string query = "SRV " + specs_[i].name;
+    const std::string query = fmt::format("SRV {}", specs_[i].name);
     if (status == ARES_SUCCESS) {
       ares_srv_reply* records = nullptr;
       status = ares_parse_srv_reply(answer, length, &records);
@@ -7189,60 +8327,60 @@ struct membership_options {
   membership_hooks hooks;
 };
 
-namespace detail {
+}  // namespace fwd
 
-// A type-erased, move-only completion handler with its work guard. `complete` posts the
-// handler through its associated executor (never inline) with its associated allocator.
-template <class... Args>
-class membership_completion {
- public:
-  membership_completion() = default;
-
-  template <class Handler>
-  membership_completion(Handler&& handler, const boost::asio::any_io_executor& fallback)
-      : holder_(std::make_unique<holder<std::decay_t<Handler>>>(std::forward<Handler>(handler),
-                                                                fallback)) {}
-
-  explicit operator bool() const noexcept { return holder_ != nullptr; }
-
-  void complete(Args... args) {
-    auto holder = std::move(holder_);
-    holder->complete(std::move(args)...);
-  }
-
- private:
-  struct holder_base {
-    virtual ~holder_base() = default;
-    virtual void complete(Args... args) = 0;
-  };
-
-  template <class Handler>
-  struct holder final : holder_base {
-    using executor_type = boost::asio::associated_executor_t<Handler, boost::asio::any_io_executor>;
-
-    holder(Handler&& h, const boost::asio::any_io_executor& fallback)
-        : handler(std::move(h)),
-          work(boost::asio::make_work_guard(
-              boost::asio::get_associated_executor(handler, fallback))) {}
-
-    void complete(Args... args) override {
-      auto executor = work.get_executor();
-      auto allocator = boost::asio::get_associated_allocator(handler);
-      boost::asio::post(executor,
-                        boost::asio::bind_allocator(
-                            allocator, [h = std::move(handler),
-                                        values = std::make_tuple(std::move(args)...)]() mutable {
-                              std::apply(std::move(h), std::move(values));
-                            }));
-      work.reset();
-    }
-
-    Handler handler;
-    boost::asio::executor_work_guard<executor_type> work;
-  };
-
-  std::unique_ptr<holder_base> holder_;
+template <>
+struct std::hash<fwd::member> {
+  std::size_t operator()(const fwd::member& m) const noexcept { return fwd::member_hash{}(m); }
 };
+
+// ---- end fwd/cluster/membership_types.hpp ----
+// ---- begin fwd/cluster/membership.hpp ----
+
+// Who is in the cluster: members found in DNS (A/AAAA of a name with a port, or SRV
+// records) polled with c-ares on the Asio reactor, a static list, or both. Changes are
+// told as joined/left events; a snapshot of the current members costs an atomic load.
+//
+// A failed, empty or partial DNS answer does not drop members: a member found before is
+// removed only after `remove_after_polls` consecutive definitive answers (records, "no
+// such record" or NXDOMAIN) that leave it out, or once it has been left out for the
+// `remove_after` grace period. A failed query (timeout, refused, SERVFAIL) counts for
+// nothing (it neither counts towards removal nor resets the count): the last good set is
+// kept and the failure goes to the `on_resolve_error` hook, as do NXDOMAIN and empty
+// answers.
+
+// ---- begin fwd/cluster/detail/membership_impl.hpp ----
+
+// The state and work of a membership: DNS polling on a strand, the snapshot, and the
+// pending async_wait_change and async_resolve_once operations.
+
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace fwd {
+
+namespace detail {
 
 inline std::string describe(const dns_source& source) {
   if (source.type == dns_source::record_type::srv) return "SRV records of " + source.name;
@@ -7252,8 +8390,10 @@ inline std::string describe(const dns_source& source) {
 class membership_impl : public std::enable_shared_from_this<membership_impl> {
  public:
   using strand_type = boost::asio::strand<boost::asio::any_io_executor>;
-  using wait_completion = membership_completion<boost::system::error_code, membership_snapshot_ptr>;
-  using resolve_completion = membership_completion<boost::system::error_code, std::vector<member>>;
+  using wait_completion =
+      fwd::detail::pending_completion<void(boost::system::error_code, membership_snapshot_ptr)>;
+  using resolve_completion =
+      fwd::detail::pending_completion<void(boost::system::error_code, std::vector<member>)>;
 
   membership_impl(boost::asio::any_io_executor executor, membership_options options)
       : executor_(executor),
@@ -7300,18 +8440,20 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
 
   template <class Handler>
   void initiate_resolve_once(Handler&& handler) {
-    auto slot = boost::asio::get_associated_cancellation_slot(handler);
     auto op = std::make_shared<resolve_op>();
     op->completion = resolve_completion(std::forward<Handler>(handler), executor_);
-    if (slot.is_connected()) {
-      op->slot = slot;
-      slot.assign([weak = weak_from_this(), op](boost::asio::cancellation_type type) {
+    if (auto slot = op->completion.slot(); slot.is_connected()) {
+      // A weak reference: the slot belongs to the handler the operation holds.
+      slot.assign([weak = weak_from_this(), weak_op = std::weak_ptr<resolve_op>(op)](
+                      boost::asio::cancellation_type type) {
         if (!(type &
               (boost::asio::cancellation_type::terminal | boost::asio::cancellation_type::partial |
                boost::asio::cancellation_type::total))) {
           return;
         }
-        if (auto self = weak.lock()) {
+        auto self = weak.lock();
+        auto op = weak_op.lock();
+        if (self && op) {
           boost::asio::post(self->strand_, [op] {
             finish_resolve(*op, boost::asio::error::operation_aborted, {});
           });
@@ -7340,13 +8482,11 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
 
   template <class Handler>
   void initiate_wait_change(Handler&& handler, std::uint64_t after_version) {
-    auto slot = boost::asio::get_associated_cancellation_slot(handler);
     const std::uint64_t id = next_waiter_id_.fetch_add(1, std::memory_order_relaxed);
     waiter w;
     w.after_version = after_version;
     w.completion = wait_completion(std::forward<Handler>(handler), executor_);
-    if (slot.is_connected()) {
-      w.slot = slot;
+    if (auto slot = w.completion.slot(); slot.is_connected()) {
       slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
         if (!(type &
               (boost::asio::cancellation_type::terminal | boost::asio::cancellation_type::partial |
@@ -7383,25 +8523,20 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
   struct waiter {
     std::uint64_t after_version = 0;
     wait_completion completion;
-    boost::asio::cancellation_slot slot;
   };
 
   struct resolve_op {
     resolve_completion completion;
-    boost::asio::cancellation_slot slot;
   };
 
   static void finish_resolve(resolve_op& op, boost::system::error_code ec,
                              std::vector<member> members) {
-    if (!op.completion) return;
-    if (op.slot.is_connected()) op.slot.clear();
-    op.completion.complete(ec, std::move(members));
+    op.completion.post(ec, std::move(members));
   }
 
   void finish_wait(waiter& w, boost::system::error_code ec) {
     if (!w.completion) return;
-    if (w.slot.is_connected()) w.slot.clear();
-    w.completion.complete(ec, ec ? membership_snapshot_ptr{} : snapshot());
+    w.completion.post(ec, ec ? membership_snapshot_ptr{} : snapshot());
   }
 
   void validate() const {
@@ -7568,6 +8703,20 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
 
 }  // namespace detail
 
+}  // namespace fwd
+
+// ---- end fwd/cluster/detail/membership_impl.hpp ----
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+namespace fwd {
+
 /**
  * Cluster membership: polls DNS and/or holds a static list, tells joins and leaves, and
  * keeps a snapshot of the current members.
@@ -7675,11 +8824,6 @@ class membership {
 
 }  // namespace fwd
 
-template <>
-struct std::hash<fwd::member> {
-  std::size_t operator()(const fwd::member& m) const noexcept { return fwd::member_hash{}(m); }
-};
-
 // ---- end fwd/cluster/membership.hpp ----
 // ---- begin fwd/cluster/discovery.hpp ----
 
@@ -7691,7 +8835,6 @@ struct std::hash<fwd::member> {
 
 
 #include <boost/asio/any_completion_handler.hpp>
-#include <boost/asio/append.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
@@ -7807,20 +8950,23 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
    * Completion signature: `void(boost::system::error_code, primary_location)`.
    * Fails with `errc::no_primary` when no primary is found before `deadline`
    * (`last_failure()` then tells what was tried), `errc::not_litefs` when the mount is not
-   * LiteFS. Completes through the handler's associated executor, never inside this call.
+   * LiteFS. Completes through the handler's associated executor (default: the finder's),
+   * never inside this call; that executor has outstanding work until then.
    *
-   * Per-operation cancellation: terminal; the operation completes with
-   * `errc::cancelled` and the refresh it joined goes on for the other callers.
+   * **Per-Operation Cancellation**: `terminal` only (`partial` and `total` are ignored):
+   * the operation completes with `errc::cancelled`; the refresh it joined goes on for
+   * the other callers and still updates the cache.
    */
   template <class Token>
   auto async_find(clock::time_point deadline, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code, primary_location)>(
         [self = shared_from_this(), deadline](auto handler) {
+          find_completion completion(std::move(handler), self->executor_);
           if (const primary_location* hit = self->cached()) {
-            self->complete(std::move(handler), {}, *hit);
+            completion.post({}, *hit);
             return;
           }
-          self->enqueue(deadline, std::move(handler));
+          self->enqueue(deadline, std::move(completion));
         },
         token);
   }
@@ -7872,10 +9018,13 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
 #endif
   }
 
+  using find_completion =
+      fwd::detail::pending_completion<void(boost::system::error_code, primary_location)>;
+
   struct waiter {
     std::uint64_t id;
     clock::time_point deadline;
-    boost::asio::any_completion_handler<void(boost::system::error_code, primary_location)> handler;
+    find_completion completion;
   };
 
   struct round_state {
@@ -7906,12 +9055,8 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     }
   }
 
-  template <class Handler>
-  void enqueue(clock::time_point deadline, Handler&& original) {
-    // Type-erase first: a slot handler installed before the conversion is lost with it.
-    boost::asio::any_completion_handler<void(boost::system::error_code, primary_location)> handler(
-        std::forward<Handler>(original));
-    auto slot = boost::asio::get_associated_cancellation_slot(handler);
+  void enqueue(clock::time_point deadline, find_completion completion) {
+    auto slot = completion.slot();
     const std::uint64_t id = next_waiter_id_.fetch_add(1, std::memory_order_relaxed);
     if (slot.is_connected()) {
       slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
@@ -7924,29 +9069,22 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
       });
     }
     boost::asio::dispatch(strand_, [self = shared_from_this(), id, deadline,
-                                    h = std::move(handler)]() mutable {
+                                    c = std::move(completion)]() mutable {
       fwd::detail::invoke_hook(self->options_.hooks.cache_miss);
       if (self->stopped_) {
-        self->complete(std::move(h), make_error_code(errc::cancelled), {});
+        c.post(make_error_code(errc::cancelled), {});
         return;
       }
-      self->waiters_.push_back(waiter{id, deadline, std::move(h)});
+      self->waiters_.push_back(waiter{id, deadline, std::move(c)});
       self->start_round();
     });
-  }
-
-  template <class Handler>
-  void complete(Handler&& handler, boost::system::error_code ec, primary_location location) {
-    // append() keeps the handler's associated executor, which post() then runs it on.
-    boost::asio::post(executor_,
-                      boost::asio::append(std::forward<Handler>(handler), ec, std::move(location)));
   }
 
   template <class Predicate>
   void fail_waiters(errc why, Predicate&& which) {
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if (which(*it)) {
-        complete(std::move(it->handler), make_error_code(why), {});
+        it->completion.post(make_error_code(why), {});
         it = waiters_.erase(it);
       } else {
         ++it;
@@ -8066,7 +9204,13 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     if (round->claimants.empty()) {
       why = "no member says it is primary";
     } else if (round->local.kind == litefs::role_kind::replica) {
-      why = "LiteFS names " + round->local.primary_hostname + " but no member with that hostname is primary";
+      // A member that is primary but announces another LiteFS hostname than the one
+      // LiteFS names: that node's fwd hostname is not its LiteFS lease hostname.
+      const auto& [p, st] = round->claimants.front();
+      why = "LiteFS names the primary " + round->local.primary_hostname + ", but the member " +
+            rpc::detail::endpoint_string(p.endpoint) + " that is primary announces the LiteFS hostname '" +
+            st.litefs_hostname + "': set that node's litefs_hostname to its LiteFS lease hostname " +
+            "(lease.hostname in its litefs.yml; on Fly.io the machine id)";
     } else {
       why = std::to_string(round->claimants.size()) + " members claim to be primary";
     }
@@ -8098,7 +9242,7 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
       fwd::detail::invoke_hook(options_.hooks.primary_changed, *stored);
     }
     cached_role_ = local_role();
-    for (auto& w : waiters_) complete(std::move(w.handler), {}, *stored);
+    for (auto& w : waiters_) w.completion.post({}, *stored);
     waiters_.clear();
   }
 
@@ -8217,44 +9361,19 @@ inline primary_finder::probe_function hello_prober(rpc::client& client) {
 }  // namespace fwd
 
 // ---- end fwd/cluster/discovery.hpp ----
-// ---- begin fwd/write/executor.hpp ----
+// ---- begin fwd/write/write_options.hpp ----
 
-// fwd::sqlite::write_executor: the primary's writer. One connection, one writer thread (or
-// an executor the user gives), BEGIN IMMEDIATE, a dedup table written in the same
-// transaction as each write (exactly once), and group commit (one transaction for many
-// writes, each in its own SAVEPOINT so one failing write fails alone).
+// The settings of the primary's write executor, and a write's identity.
 
-#include <sqlite3.h>
+
+#include <boost/asio/any_io_executor.hpp>
 
 #include <array>
-#include <atomic>
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/associated_cancellation_slot.hpp>
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/cancellation_type.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/post.hpp>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
-#include <exception>
 #include <functional>
-#include <map>
-#include <memory>
-#include <mutex>
 #include <optional>
-#include <string>
-#include <thread>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
-#if defined(__linux__)
-#include <pthread.h>
-#endif
 
 namespace fwd::sqlite {
 
@@ -8295,53 +9414,108 @@ struct write_options {
   /// executor owns. At most one batch runs at a time; a batch may block a thread of this
   /// executor for as long as its writes take (plus max_batch_delay).
   std::optional<boost::asio::any_io_executor> work_executor;
+  /// Called on the writer thread before each batch: the generation of the mount the
+  /// database lives on (litefs::monitor's `mount_generation`), or nullopt when the mount
+  /// cannot be used (LiteFS stopped under the service). A dead mount fails the batch with
+  /// errc::not_primary (nothing ran: retryable) and closes the connection, so that nothing
+  /// touches the dead mount's memory-mapped `-shm` again (SIGBUS); a new generation (LiteFS
+  /// restarted: a new mount) closes the connection and opens the database anew first.
+  /// Unset: the connection is kept for the executor's lifetime.
+  std::function<std::optional<std::uint64_t>()> mount_generation;
 };
+
+}  // namespace fwd::sqlite
+
+// ---- end fwd/write/write_options.hpp ----
+// ---- begin fwd/write/executor.hpp ----
+
+// fwd::sqlite::write_executor: the primary's writer. One connection, one writer thread (or
+// an executor the user gives), BEGIN IMMEDIATE, a dedup table written in the same
+// transaction as each write (exactly once), and group commit (one transaction for many
+// writes, each in its own SAVEPOINT so one failing write fails alone).
+
+#include <sqlite3.h>
+
+#include <array>
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/post.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+// ---- begin fwd/write/detail/write_executor_state.hpp ----
+
+// The state a write_executor shares with its writer and its pending writes: the queue,
+// the dedup table, group commit and the writer loop.
+
+#include <sqlite3.h>
+
+#include <array>
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/post.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
+namespace fwd::sqlite {
 
 namespace detail {
 
 /// The signature every write completes with.
 using write_signature = void(boost::system::error_code, std::string, std::uint64_t);
 
-/// A waiting caller: its handler, and work tracked on the handler's executor until done.
+/// A waiting caller: its completion (work tracked on the handler's executor until done),
+/// and the serial a cancellation finds it by (never reused within a process).
 class write_waiter {
  public:
-  explicit write_waiter(std::uint64_t serial) noexcept : serial_(serial) {}
-  virtual ~write_waiter() = default;
-  /// Identifies the waiter to a cancellation (never reused within a process).
+  template <class Handler>
+  write_waiter(std::uint64_t serial, Handler&& handler, const boost::asio::any_io_executor& io_executor)
+      : serial_(serial), completion_(std::forward<Handler>(handler), io_executor) {}
+
   std::uint64_t serial() const noexcept { return serial_; }
-  /// Posts the handler with these arguments to its associated executor.
-  virtual void complete(const boost::system::error_code& ec, std::string result,
-                        std::uint64_t txid) = 0;
 
- private:
-  std::uint64_t serial_;
-};
+  /// The handler's cancellation slot (install the cancellation handler before submitting).
+  boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
 
-template <class Handler, class IoExecutor>
-class write_waiter_for final : public write_waiter {
- public:
-  write_waiter_for(std::uint64_t serial, Handler&& handler, const IoExecutor& io_executor)
-      : write_waiter(serial),
-        handler_(std::move(handler)),
-        work_(boost::asio::get_associated_executor(handler_, io_executor)) {}
-
-  void complete(const boost::system::error_code& ec, std::string result,
-                std::uint64_t txid) override {
-    auto executor = work_.get_executor();
-    // Always post: a completion never runs inside async_write nor on the writer thread.
-    boost::asio::post(
-        executor, [handler = std::move(handler_), ec, result = std::move(result), txid]() mutable {
-          // On the handler's executor, where the cancellation slot is emitted and cleared.
-          auto slot = boost::asio::get_associated_cancellation_slot(handler);
-          if (slot.is_connected()) slot.clear();
-          std::move(handler)(ec, std::move(result), txid);
-        });
-    work_.reset();
+  /// Posts the handler with these arguments to its associated executor: a completion never
+  /// runs inside async_write nor on the writer thread.
+  void complete(const boost::system::error_code& ec, std::string result, std::uint64_t txid) {
+    completion_.post(ec, std::move(result), txid);
   }
 
  private:
-  Handler handler_;
-  boost::asio::executor_work_guard<boost::asio::associated_executor_t<Handler, IoExecutor>> work_;
+  std::uint64_t serial_;
+  fwd::detail::pending_completion<write_signature> completion_;
 };
 
 /// One request id's write: the work, and everyone waiting for its outcome.
@@ -8385,8 +9559,12 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
  public:
   write_executor_state(const std::string& path, write_options options)
       : options_(std::move(options)),
+        path_(path),
         connection_(path, options_.open_flags, options_.busy_timeout) {
     if (options_.max_batch == 0) options_.max_batch = 1;
+    if (options_.mount_generation) {
+      if (const auto g = options_.mount_generation()) generation_ = *g;
+    }
     if (options_.on_open) options_.on_open(connection_);
     last_prune_ = std::chrono::steady_clock::now();
   }
@@ -8564,8 +9742,56 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     }
   }
 
+  // Drops the connection without touching the database: no checkpoint on close (a dead
+  // mount's `-shm` must not be read). Statements go first.
+  void drop_connection() noexcept {
+    lookup_ = {};
+    insert_ = {};
+    prune_ = {};
+    if (connection_.native_handle() != nullptr) {
+      int ignored = 0;
+      sqlite3_db_config(connection_.native_handle(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, &ignored);
+    }
+    connection_.close();
+    schema_ready_ = false;
+  }
+
+  // Before a batch: the mount is usable and the connection is on it. Returns the failure
+  // that fails the batch otherwise.
+  std::optional<write_outcome> ensure_connection() {
+    if (!options_.mount_generation) return std::nullopt;
+    const std::optional<std::uint64_t> now = options_.mount_generation();
+    if (!now) {
+      if (connection_.native_handle() != nullptr) drop_connection();
+      return write_outcome{make_error_code(errc::not_primary),
+                           "the LiteFS mount under " + path_ +
+                               " is dead (LiteFS stopped under the service); nothing ran: retry once "
+                               "LiteFS is back"};
+    }
+    if (*now != generation_ && connection_.native_handle() != nullptr) drop_connection();
+    generation_ = *now;
+    if (connection_.native_handle() == nullptr) {
+      boost::system::error_code ec;
+      try {
+        connection_ = connection(path_, options_.open_flags, options_.busy_timeout);
+        if (options_.on_open) options_.on_open(connection_);
+      } catch (const fwd::error& e) {
+        drop_connection();
+        return write_outcome{make_error_code(errc::not_primary),
+                             std::string("cannot reopen the database on the new LiteFS mount: ") + e.what() +
+                                 "; nothing ran: retry"};
+      }
+    }
+    return std::nullopt;
+  }
+
   void run_batch(const std::vector<std::shared_ptr<write_job>>& batch) {
     std::vector<write_outcome> outcomes(batch.size());
+    if (auto unusable = ensure_connection()) {
+      for (auto& outcome : outcomes) outcome = *unusable;
+      finish(batch, outcomes, 0);
+      return;
+    }
     auto fail_all = [&](const write_outcome& failure) {
       if (!connection_.autocommit()) {
         boost::system::error_code ignored;
@@ -8761,7 +9987,9 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   }
 
   write_options options_;
+  std::string path_;
   connection connection_;
+  std::uint64_t generation_ = 0;  // the mount generation connection_ was opened under
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;  // work queued, or stopping
@@ -8783,6 +10011,25 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
 };
 
 }  // namespace detail
+
+}  // namespace fwd::sqlite
+
+// ---- end fwd/write/detail/write_executor_state.hpp ----
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
+namespace fwd::sqlite {
 
 /**
  * The primary's writer: runs writes on one SQLite connection, exactly once per request
@@ -8878,7 +10125,7 @@ class write_executor {
    * errc::bad_argument (empty `work`). The handler runs on its associated executor
    * (default: get_executor()), never inside this call.
    *
-   * **Per-operation cancellation** (`cancellation_type::terminal`, `partial` or `total`,
+   * **Per-Operation Cancellation** (`cancellation_type::terminal`, `partial` or `total`,
    * emitted on the handler's executor): a write that has not started yet is dropped and
    * completes with errc::cancelled, nothing applied (if other callers wait on the same
    * `id`, the write still runs for them). A write that has started runs to its COMMIT
@@ -8929,14 +10176,13 @@ class write_executor {
     template <class Handler>
     void operator()(Handler&& handler, const request_id& id,
                     std::function<std::string(sqlite3*)> work) const {
-      using waiter_type = detail::write_waiter_for<std::decay_t<Handler>, executor_type>;
       const std::uint64_t serial = state->next_serial();
+      auto waiter =
+          std::make_unique<detail::write_waiter>(serial, std::forward<Handler>(handler), executor);
       // Installed before the write is queued, so that nothing else touches the slot yet.
-      auto slot = boost::asio::get_associated_cancellation_slot(handler);
+      auto slot = waiter->slot();
       if (slot.is_connected()) slot.template emplace<cancel_handler>(state, serial);
-      state->submit(
-          id, std::move(work),
-          std::make_unique<waiter_type>(serial, std::forward<Handler>(handler), executor));
+      state->submit(id, std::move(work), std::move(waiter));
     }
   };
 
@@ -8961,6 +10207,7 @@ class write_executor {
 #include <sqlite3.h>
 
 #include <cstdint>
+#include <fmt/format.h>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -9016,9 +10263,9 @@ namespace detail {
 inline void bind_sql_values(sqlite::statement& stmt, const std::vector<sql_value>& values) {
   if (static_cast<int>(values.size()) != stmt.parameter_count()) {
     throw fwd::error(make_error_code(errc::bad_argument),
-                     "the statement has " + std::to_string(stmt.parameter_count()) +
-                         " parameters but " + std::to_string(values.size()) +
-                         " values were given: give one value per parameter");
+                     fmt::format("the statement has {} parameters but {} values were given: "
+                                 "give one value per parameter",
+                                 stmt.parameter_count(), values.size()));
   }
   int index = 1;
   for (const auto& value : values) {
@@ -9080,8 +10327,9 @@ inline std::int64_t run_migrations(sqlite3* db, const std::vector<migration>& mi
   for (const auto& m : migrations) {
     if (m.version <= previous) {
       throw fwd::error(make_error_code(errc::bad_argument),
-                       "migration versions must be positive and strictly increasing; version " +
-                           std::to_string(m.version) + " follows " + std::to_string(previous));
+                       fmt::format("migration versions must be positive and strictly "
+                                   "increasing; version {} follows {}",
+                                   m.version, previous));
     }
     previous = m.version;
   }
@@ -9132,11 +10380,13 @@ inline bool decode_write_reply(std::string_view bytes, std::uint64_t& txid,
 // ---- begin fwd/write/retry.hpp ----
 
 // Retrying a call: exponential backoff with full jitter, an overall deadline, and a retry
-// budget (a token bucket shared by every call of a node) so that a failing cluster is
-// not hammered by retries of retries.
+// budget shared by every call of a node, in proportion to the calls it makes, so that a
+// failing cluster is not hammered by retries of retries while a failover under load can
+// still retry every call.
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <mutex>
 #include <random>
@@ -9153,12 +10403,15 @@ struct retry_policy {
   std::chrono::milliseconds initial_backoff{10};
   std::chrono::milliseconds max_backoff{1000};
   double multiplier = 2.0;
-  /// The retry budget: a bucket of `budget_capacity` tokens, refilled at
-  /// `budget_refill_per_second`; each retry takes one token, and a retry finding the
-  /// bucket empty is not made (the call fails with its last error). 0 capacity disables
-  /// the budget (unbounded retries within attempts and deadline).
+  /// The node's retry budget (see retry_budget): each call earns `budget_ratio` retries,
+  /// counted over the last `budget_window`; on top of that a floor of `budget_capacity`
+  /// tokens refilled at `budget_refill_per_second`. Each retry takes one token; a retry
+  /// finding none is not made (the call fails with its last error). A capacity and a
+  /// ratio of 0 disable the budget (unbounded retries within attempts and deadline).
   double budget_capacity = 100;
   double budget_refill_per_second = 20;
+  double budget_ratio = 1.0;
+  std::chrono::milliseconds budget_window{10000};
 };
 
 /**
@@ -9196,27 +10449,49 @@ inline std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy,
 }
 
 /**
- * A token bucket limiting retries across calls. Thread-safe. A full bucket lets a burst
- * of `capacity` retries through; after that, retries are made at the refill rate.
+ * The node's retry budget: retries in proportion to the calls it makes, with a floor.
+ * Thread-safe.
+ *
+ * Every call deposits `ratio` tokens (record_call()) and every retry takes one
+ * (try_acquire()); on top of that the bucket refills at `floor_per_second` up to
+ * `floor_capacity`, so that a node with few calls can still retry. The bucket holds at
+ * most `floor_capacity` plus `ratio` times the calls of the last `window` (a decayed
+ * count). So a node that serves many calls can retry each of them through a failover
+ * (with the default ratio of 1, every call of the last window once more), while a
+ * cluster that keeps failing sees at most `ratio` retries per call made, not retries of
+ * retries (gRPC's retry throttling and Finagle's retry budget work the same way).
  */
 class retry_budget {
  public:
   using clock = std::chrono::steady_clock;
 
-  /// A bucket of `capacity` tokens (starting full) refilled at `refill_per_second`.
-  /// A capacity of 0 or less means "no budget": every retry is allowed.
-  retry_budget(double capacity, double refill_per_second) noexcept
-      : capacity_(capacity),
-        refill_per_second_(refill_per_second < 0 ? 0 : refill_per_second),
-        tokens_(capacity),
+  /// A bucket starting full at `floor_capacity` tokens. A `floor_capacity` of 0 or less
+  /// with a `ratio` of 0 or less means "no budget": every retry is allowed.
+  retry_budget(double floor_capacity, double floor_per_second, double ratio = 1.0,
+               std::chrono::milliseconds window = std::chrono::seconds(10)) noexcept
+      : floor_capacity_(floor_capacity < 0 ? 0 : floor_capacity),
+        floor_per_second_(floor_per_second < 0 ? 0 : floor_per_second),
+        ratio_(ratio < 0 ? 0 : ratio),
+        window_seconds_(std::max(0.001, std::chrono::duration<double>(window).count())),
+        tokens_(floor_capacity_),
         last_(clock::now()) {}
 
   explicit retry_budget(const retry_policy& policy) noexcept
-      : retry_budget(policy.budget_capacity, policy.budget_refill_per_second) {}
+      : retry_budget(policy.budget_capacity, policy.budget_refill_per_second, policy.budget_ratio,
+                     policy.budget_window) {}
+
+  /// A call started (its first attempt): it earns `ratio` retries for the node.
+  void record_call(clock::time_point now = clock::now()) noexcept {
+    if (unlimited()) return;
+    std::lock_guard lock(mutex_);
+    refill(now);
+    recent_calls_ += 1.0;
+    tokens_ = std::min(capacity(), tokens_ + ratio_);
+  }
 
   /// Takes one token if there is one (at `now`). Returns whether the retry may be made.
   bool try_acquire(clock::time_point now = clock::now()) noexcept {
-    if (capacity_ <= 0) return true;
+    if (unlimited()) return true;
     std::lock_guard lock(mutex_);
     refill(now);
     if (tokens_ < 1.0) return false;
@@ -9226,25 +10501,33 @@ class retry_budget {
 
   /// The tokens left now (for telemetry and tests).
   double available(clock::time_point now = clock::now()) noexcept {
-    if (capacity_ <= 0) return 0;
+    if (unlimited()) return 0;
     std::lock_guard lock(mutex_);
     refill(now);
     return tokens_;
   }
 
  private:
+  bool unlimited() const noexcept { return floor_capacity_ <= 0 && ratio_ <= 0; }
+  double capacity() const noexcept { return floor_capacity_ + ratio_ * recent_calls_; }
+
   void refill(clock::time_point now) noexcept {
-    if (now > last_) {
-      tokens_ = std::min(capacity_, tokens_ + std::chrono::duration<double>(now - last_).count() *
-                                                  refill_per_second_);
-      last_ = now;
-    }
+    if (now <= last_) return;
+    const double elapsed = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    // The count of recent calls decays over the window (exponentially: no per-call state).
+    recent_calls_ *= std::exp(-elapsed / window_seconds_);
+    if (tokens_ < floor_capacity_) tokens_ = std::min(floor_capacity_, tokens_ + elapsed * floor_per_second_);
+    tokens_ = std::min(tokens_, capacity());  // earned tokens go as their calls age
   }
 
-  const double capacity_;
-  const double refill_per_second_;
+  const double floor_capacity_;
+  const double floor_per_second_;
+  const double ratio_;
+  const double window_seconds_;
   std::mutex mutex_;
   double tokens_;
+  double recent_calls_ = 0;
   clock::time_point last_;
 };
 
@@ -9390,43 +10673,20 @@ class breaker_set {
 }  // namespace fwd
 
 // ---- end fwd/write/breaker.hpp ----
-// ---- begin fwd/write/forwarder.hpp ----
+// ---- begin fwd/write/forward_options.hpp ----
 
-// The write path. A call runs on the primary exactly once, wherever it starts: on the
-// primary it goes to the local write executor (nothing is sent); on a replica it is sent
-// to the primary found by discovery (never both). Each call has one request id for all
-// its retries, so the primary's dedup table answers a repeated attempt with the stored
-// result. Failures are retried by class (not sent / maybe executed / permanent) with
-// full-jitter backoff, the call's deadline and a retry budget, through a circuit breaker
-// per peer. With read-your-writes (the default) a forwarded call completes only once the
-// local replica has replicated the primary's commit.
+// The settings of a forwarder and of one forwarded call, and what a call reports.
 
-#include <atomic>
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/associated_cancellation_slot.hpp>
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/bind_executor.hpp>
-#include <boost/asio/execution/outstanding_work.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/prefer.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
+
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
-#include <future>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
-#include <string_view>
-#include <tuple>
-#include <type_traits>
-#include <utility>
 
 namespace fwd {
 
@@ -9482,13 +10742,62 @@ struct forwarder_options {
   /// Wait, after a forwarded write, until this replica's `<db>-pos` reaches the
   /// primary's TXID (bounded by the call's deadline).
   bool read_your_writes = true;
-  /// How often the replication wait re-reads `<db>-pos` (LiteFS's own proxy: 1 ms).
+  /// How often the replication wait re-reads `<db>-pos` (LiteFS's own proxy: 1 ms), when
+  /// no `monitor` is given.
   std::chrono::milliseconds replication_poll{1};
+  /// This node's LiteFS monitor: read-your-writes waits on it (one shared poll of the
+  /// mount, or LiteFS's events) instead of a poll per call.
+  std::shared_ptr<litefs::monitor> monitor;
   /// The local role (default: litefs::current_role(mount)); the server side checks it
   /// before running any write.
   std::function<litefs::role()> role;
   telemetry_ptr telemetry;
 };
+
+}  // namespace fwd
+
+// ---- end fwd/write/forward_options.hpp ----
+// ---- begin fwd/write/forwarder.hpp ----
+
+// The write path. A call runs on the primary exactly once, wherever it starts: on the
+// primary it goes to the local write executor (nothing is sent); on a replica it is sent
+// to the primary found by discovery (never both). Each call has one request id for all
+// its retries, so the primary's dedup table answers a repeated attempt with the stored
+// result. Failures are retried by class (not sent / maybe executed / permanent) with
+// full-jitter backoff, the call's deadline and a retry budget, through a circuit breaker
+// per peer. With read-your-writes (the default) a forwarded call completes only once the
+// local replica has replicated the primary's commit.
+
+// ---- begin fwd/write/detail/forward_op.hpp ----
+
+// One forwarded call from its first attempt to its completion (fwd::detail::forward_op),
+// the state a forwarder's calls share, and the server side of a write procedure.
+
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace fwd {
 
 namespace detail {
 
@@ -9564,6 +10873,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   }
 
   void start() {
+    core_->budget.record_call();  // each call earns the node a retry (retry_budget)
     boost::asio::post(strand_, [self = shared_from_this()] { self->attempt(); });
   }
 
@@ -9739,6 +11049,20 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   // Polls the local `<db>-pos` until it reaches the primary's TXID, as LiteFS's proxy does.
   void wait_replication() {
     if (done_) return;
+    if (const auto& monitor = core_->options.monitor) {
+      monitor->async_wait_position(
+          report_->txid, deadline_,
+          boost::asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec,
+                                                                          litefs::position local) {
+            if (self->done_) return;
+            if (!ec) return self->finish({}, {});
+            self->finish(make_error_code(errc::replication_lag),
+                         "the write COMMITTED on the primary at TXID " + std::to_string(self->report_->txid) +
+                             " but this node is at TXID " + std::to_string(local.txid) +
+                             " when the deadline passed: do not retry it; a local read may not see it yet");
+          }));
+      return;
+    }
     boost::system::error_code ec;
     const litefs::position local =
         litefs::read_position(core_->options.mount, core_->options.database_name, ec);
@@ -9841,53 +11165,67 @@ struct forward_signature_of<void> {
   using type = void(boost::system::error_code);
 };
 
-// Decodes the result and completes the caller's handler on its associated executor.
-template <class R, class Handler, class Executor>
+// Decodes the result (on the call's strand) and completes the caller's handler through
+// its associated executor.
+template <class R>
 class typed_completion final : public forward_completion {
  public:
-  typed_completion(Handler handler, const Executor& fallback, std::shared_ptr<std::string> detail)
-      : handler_(std::move(handler)),
-        work_(boost::asio::prefer(boost::asio::get_associated_executor(handler_, fallback),
-                                  boost::asio::execution::outstanding_work.tracked)),
-        detail_(std::move(detail)) {}
+  template <class Handler>
+  typed_completion(Handler&& handler, const boost::asio::any_io_executor& fallback,
+                   std::shared_ptr<std::string> detail)
+      : completion_(std::forward<Handler>(handler), fallback), detail_(std::move(detail)) {}
+
+  boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
 
   void complete(boost::system::error_code ec, std::string result, std::string why) override {
-    auto executor = work_;
-    boost::asio::post(executor, [handler = std::move(handler_), work = std::move(work_), ec,
-                                 result = std::move(result), why = std::move(why),
-                                 detail = std::move(detail_)]() mutable {
-      boost::asio::get_associated_cancellation_slot(handler).clear();
-      boost::system::error_code e = ec;
-      if (e) {
-        if (detail) *detail = why;
+    if (ec) {
+      if (detail_) *detail_ = std::move(why);
+    }
+    // Posted: the call may complete before its initiating call returns (a stopped node).
+    if constexpr (std::is_void_v<R>) {
+      if (!ec) {
+        fwd::detail::decode_result<void>(result, ec);
+        if (ec && detail_) *detail_ = "the result could not be decoded";
       }
-      if constexpr (std::is_void_v<R>) {
-        if (!e) {
-          fwd::detail::decode_result<void>(result, e);
-          if (e && detail) *detail = "the result could not be decoded";
-        }
-        std::move(handler)(e);
-      } else {
-        R value{};
-        if (!e) {
-          std::string decode_why;
-          value = fwd::detail::decode_result<R>(result, e, &decode_why);
-          if (e && detail) *detail = "the result could not be decoded: " + decode_why;
-        }
-        std::move(handler)(e, std::move(value));
+      completion_.post(ec);
+    } else {
+      R value{};
+      if (!ec) {
+        std::string decode_why;
+        value = fwd::detail::decode_result<R>(result, ec, &decode_why);
+        if (ec && detail_) *detail_ = "the result could not be decoded: " + decode_why;
       }
-    });
+      completion_.post(ec, std::move(value));
+    }
   }
 
  private:
-  Handler handler_;
-  // The handler's executor, tracking outstanding work until the call completes.
-  std::decay_t<decltype(boost::asio::prefer(
-      std::declval<boost::asio::associated_executor_t<Handler, Executor>>(),
-      boost::asio::execution::outstanding_work.tracked))>
-      work_;
+  fwd::detail::pending_completion<typename forward_signature_of<R>::type> completion_;
   std::shared_ptr<std::string> detail_;
 };
+
+}  // namespace detail
+
+}  // namespace fwd
+
+// ---- end fwd/write/detail/forward_op.hpp ----
+// ---- begin fwd/write/detail/write_handler.hpp ----
+
+// The server side of a write procedure (also run directly for a local call): checks the
+// local role, decodes the arguments and runs the user's function on the write executor.
+
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <exception>
+#include <functional>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace fwd::detail {
 
 template <class F, class... Ds>
 decltype(auto) invoke_writer(F& fn, sqlite3* db, std::tuple<Ds...>& args) {
@@ -9968,7 +11306,26 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
   };
 }
 
-}  // namespace detail
+}  // namespace fwd::detail
+
+// ---- end fwd/write/detail/write_handler.hpp ----
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace fwd {
 
 /**
  * Runs write procedures on the primary, from any node. Usually owned by fwd::node, which
@@ -10037,9 +11394,14 @@ class forwarder {
    * COMMITTED but this node had not replicated it by the deadline (do not retry);
    * `cancelled`. forward_options::error_detail receives the details.
    *
-   * **Per-Operation Cancellation**: terminal, partial and total: the call completes with
-   * `cancelled` at once; an attempt already sent may still run on the primary (exactly
-   * once), and its reply is dropped.
+   * Completes through the handler's associated executor (default: the forwarder's), never
+   * inside this call; that executor has outstanding work until then.
+   *
+   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: the call completes
+   * with `cancelled` at once (a retry or replication wait that was pending is dropped) and
+   * makes no further attempt. An attempt already sent, or a local write already queued,
+   * may still run on the primary (exactly once under the call's request id) and its
+   * outcome is dropped: repeat the call with the same forward_options::id to learn it.
    */
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
@@ -10118,11 +11480,10 @@ class forwarder {
     template <class Handler>
     void operator()(Handler&& handler, forward_options options, std::string name,
                     std::uint64_t signature, std::string arguments) const {
-      using handler_t = std::decay_t<Handler>;
-      auto slot = boost::asio::get_associated_cancellation_slot(handler);
       auto detail = options.error_detail;
-      auto completion = std::make_unique<detail::typed_completion<R, handler_t, executor_type>>(
+      auto completion = std::make_unique<detail::typed_completion<R>>(
           std::forward<Handler>(handler), core->executor, std::move(detail));
+      auto slot = completion->slot();
       auto op = std::make_shared<detail::forward_op>(core, std::move(name), signature,
                                                      std::move(arguments), std::move(options),
                                                      std::move(completion));
@@ -10160,6 +11521,7 @@ class forwarder {
 #include <chrono>
 #include <cstdint>
 #include <future>
+#include <fmt/format.h>
 // ---- begin fwd/node.hpp ----
 
 // fwd::node: one service instance in a LiteFS cluster. It serves its write procedures to
@@ -10298,7 +11660,15 @@ struct node_options {
   std::chrono::milliseconds connect_timeout{1000};
   /// The primary's writer (group commit, dedup retention, busy timeout...).
   sqlite::write_options write;
-  /// The local LiteFS role (default: read from the mount). For tests.
+  /// LiteFS's HTTP address (its `http.addr`; LiteFS's default is 127.0.0.1:20202). When
+  /// set, the node follows LiteFS's `/events` stream and sees role changes and new
+  /// transactions as they happen; without it, the mount is polled (`litefs_poll`).
+  std::optional<boost::asio::ip::tcp::endpoint> litefs_http;
+  /// How often the node's litefs::monitor re-reads the mount when nobody waits for a
+  /// position (while one waits: every millisecond, shared by all waiters).
+  std::chrono::milliseconds litefs_poll{50};
+  /// The local LiteFS role read from the mount (default: litefs::current_role). For tests;
+  /// the node itself reads the role from its monitor, which calls this.
   std::function<litefs::role()> role;
   telemetry_ptr telemetry;
   /// Mutual TLS between the nodes (under fwd's own secret check), for networks that are
@@ -10341,6 +11711,30 @@ class node {
     if (options_.name.empty()) options_.name = options_.litefs_hostname;
     if (!options_.role)
       options_.role = [mount = options_.mount] { return litefs::current_role(mount); };
+    {
+      litefs::monitor_options m;
+      m.mount = options_.mount;
+      m.database = options_.database.filename().string();
+      m.poll_interval = options_.litefs_poll;
+      m.http = options_.litefs_http;
+      m.read_role = options_.role;
+      if (const telemetry_ptr& t = options_.telemetry; t && t->litefs_changed) {
+        m.on_change = [t](const litefs::node_state& s) {
+          t->litefs_changed(litefs_event{litefs::to_string(s.role), s.primary_hostname, s.mount_dead,
+                                         s.mount_generation, s.pos.txid, s.reason});
+        };
+      }
+      monitor_ = litefs::monitor::create(executor_, std::move(m));
+    }
+    // Everything in the node reads the role from the monitor: an atomic load, no syscall.
+    role_ = [monitor = monitor_] {
+      const auto state = monitor->state();
+      litefs::role r;
+      r.kind = state->role;
+      r.primary_hostname = state->primary_hostname;
+      r.reason = state->reason;
+      return r;
+    };
     if (!options_.on_warning) {
       options_.on_warning = [](std::string_view text) {
         std::fprintf(stderr, "fwd: warning: %.*s\n", static_cast<int>(text.size()), text.data());
@@ -10435,7 +11829,7 @@ class node {
                 std::move(done)(ec, std::move(status));
               });
         },
-        options_.role);
+        role_);
 
     forwarder_options forwarding;
     forwarding.mount = options_.mount;
@@ -10444,7 +11838,8 @@ class node {
     forwarding.retry = options_.retry;
     forwarding.breaker = options_.breaker;
     forwarding.read_your_writes = options_.read_your_writes;
-    forwarding.role = options_.role;
+    forwarding.monitor = monitor_;
+    forwarding.role = role_;
     forwarding.telemetry = options_.telemetry;
     forwarder_ =
         std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
@@ -10493,15 +11888,21 @@ class node {
     if (options_.path_check != path_check_mode::off) {
       litefs::path_check_options check_options;
       check_options.require_fuse = options_.require_fuse;
-      const litefs::path_check check =
-          litefs::check_database_path(options_.database, check_options);
-      if (!check.ok()) {
-        if (options_.path_check == path_check_mode::refuse)
-          throw fwd::error(check.code, check.message);
-        options_.on_warning(check.message);
+      boost::system::error_code ec;
+      diagnostics diag;
+      litefs::check_database_path(options_.database, check_options, ec, diag);
+      if (ec) {
+        if (options_.path_check == path_check_mode::refuse) throw fwd::error(ec, diag);
+        options_.on_warning(diag.message());
       }
     }
+    monitor_->start();
     sqlite::write_options write = options_.write;
+    if (!write.mount_generation) {
+      write.mount_generation = [monitor = monitor_, db = options_.database.string()] {
+        return monitor->writable_generation(db);
+      };
+    }
     if (!write.position_after_commit) {
       write.position_after_commit = [mount = options_.mount,
                                      db = options_.database.filename().string()] {
@@ -10519,12 +11920,11 @@ class node {
     server_options.litefs_hostname = options_.litefs_hostname;
     server_options.telemetry = options_.telemetry;
     server_options.tls = options_.tls;
-    server_options.status = [role = options_.role, mount = options_.mount,
-                             db = options_.database.filename().string()] {
+    server_options.status = [monitor = monitor_] {
+      const auto state = monitor->state();
       rpc::local_status status;
-      status.role = litefs::to_string(role().kind);
-      boost::system::error_code ec;
-      status.txid = litefs::read_position(mount, db, ec).txid;
+      status.role = litefs::to_string(state->role);
+      status.txid = state->pos.txid;
       return status;
     };
     server_ = std::make_unique<rpc::server>(executor_, registry_, std::move(server_options));
@@ -10548,6 +11948,7 @@ class node {
     if (server_) server_->stop();
     finder_->stop();
     membership_->stop();
+    monitor_->stop();
     client_->close();
     if (writer_) writer_->stop();
   }
@@ -10564,7 +11965,12 @@ class node {
   fwd::forwarder& forwarder() noexcept { return *forwarder_; }
 
   /// This node's role as LiteFS tells it now.
-  litefs::role role() const { return options_.role(); }
+  litefs::role role() const { return role_(); }
+
+  /// This node's LiteFS state as its monitor last saw it (role, position, lag, a dead or
+  /// replaced mount): an atomic load.
+  std::shared_ptr<const litefs::node_state> litefs_state() const noexcept { return monitor_->state(); }
+  litefs::monitor& monitor() noexcept { return *monitor_; }
 
   /// This node's `<db>-pos` TXID now (0 if unreadable).
   std::uint64_t local_txid() const {
@@ -10572,11 +11978,25 @@ class node {
     return litefs::read_position(options_.mount, options_.database.filename().string(), ec).txid;
   }
 
-  /// Runs `proc(args...)` on the primary (see forwarder::async_call).
+  /**
+   * Runs `proc(args...)` on the primary: locally when this node is the primary, forwarded
+   * otherwise (see forwarder::async_call for the errors and forward_options). Completion
+   * signature: `void(boost::system::error_code, R)` (`void(error_code)` for void R), run
+   * through the handler's associated executor (default: the node's), never inside this
+   * call; the executor has outstanding work until then.
+   *
+   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: the call completes
+   * with `errc::cancelled` at once and makes no further attempt. An attempt already sent
+   * (or a local write already queued) may still run on the primary, exactly once under
+   * the call's request id, and its outcome is dropped: repeat the call with the same
+   * forward_options::id to learn it. Nothing else is left behind.
+   */
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
     return forwarder_->async_call(proc, std::forward<ArgsAndToken>(args_and_token)...);
   }
+
+  /// As above, with per-call options (deadline, request id, read-your-writes, detail).
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(forward_options options, const procedure<R(Params...)>& proc,
                   ArgsAndToken&&... args_and_token) {
@@ -10607,6 +12027,8 @@ class node {
   rpc::registry registry_;
   std::shared_ptr<rpc::client> client_;
   std::unique_ptr<fwd::membership> membership_;
+  std::shared_ptr<litefs::monitor> monitor_;
+  std::function<litefs::role()> role_;
   std::shared_ptr<primary_finder> finder_;
   std::unique_ptr<fwd::forwarder> forwarder_;
   std::shared_ptr<sqlite::write_executor> writer_;
@@ -10673,8 +12095,9 @@ inline std::int64_t migrate(node& n, std::vector<migration> migrations,
   const std::int64_t local = local_schema_version(n.options().database);
   if (local < target) {
     throw fwd::error(make_error_code(errc::replication_lag),
-                     "the migrations committed on the primary (version " + std::to_string(version) +
-                         ") but the local copy shows version " + std::to_string(local));
+                     fmt::format("the migrations committed on the primary (version {}) but "
+                                 "the local copy shows version {}",
+                                 version, local));
   }
   return version;
 }

@@ -94,8 +94,9 @@ struct fwd_nodes {
   }
 
   demo::control_result append(std::size_t from, const std::string& writer, int seq,
-                              std::int64_t deadline_ms = 5000) {
-    return control.call(ports[from], "append", {writer, std::to_string(seq)}, deadline_ms, true);
+                              std::int64_t deadline_ms = 5000, bool read_your_writes = true) {
+    return control.call(ports[from], "append", {writer, std::to_string(seq)}, deadline_ms,
+                        read_your_writes);
   }
 
   std::string outputs() {

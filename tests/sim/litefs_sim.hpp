@@ -4,7 +4,7 @@
  *
  * LiteFS needs FUSE and a lease, neither of which exists where fwd's tests run. This
  * library reproduces, byte for byte, what an application sees of LiteFS
- * (see LITEFS.md): the files in the mount directory and the errors SQLite reports.
+ * (as LiteFS v0.5.14 serves them): the files in the mount directory and the errors SQLite reports.
  *
  * Layout. A cluster of N nodes lives under one root directory. Node i's "mount" is
  * `<root>/<hostname(i)>/` and holds:

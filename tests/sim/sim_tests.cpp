@@ -1,5 +1,5 @@
 // The LiteFS simulation must show applications exactly what LiteFS shows them
-// (LITEFS.md): these tests pin the files' bytes, the errors, the positions,
+// (as LiteFS v0.5.14 serves them): these tests pin the files' bytes, the errors, the positions,
 // replication and failover.
 #include <fcntl.h>
 #include <signal.h>

@@ -3,27 +3,24 @@
 // and a mount replaced under it (a new filesystem on the directory) seen as a new
 // generation. Dead and restarted real mounts are in tests/litefs.
 
-#include <fwd/litefs/monitor.hpp>
+#include <sys/mount.h>
+#include <sys/stat.h>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/streambuf.hpp>
-#include <boost/asio/write.hpp>
 #include <boost/asio/use_future.hpp>
-
+#include <boost/asio/write.hpp>
 #include <catch2/catch.hpp>
-
-#include <sys/mount.h>
-#include <sys/stat.h>
-
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fwd/litefs/monitor.hpp>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -125,7 +122,8 @@ TEST_CASE("a replica's role names its primary, and a role change is published") 
   // The primary is lost: no `.primary`, a growing lag. That is unknown, never primary.
   fs::remove(mount / ".primary");
   write_file(mount / ".lag", "+000002003\n");
-  REQUIRE(m.wait_for_state([](const litefs::node_state& s) { return s.role == litefs::role_kind::unknown; }));
+  REQUIRE(m.wait_for_state(
+      [](const litefs::node_state& s) { return s.role == litefs::role_kind::unknown; }));
   CHECK(m.monitor->current_role_kind() == litefs::role_kind::unknown);
 }
 
@@ -134,12 +132,15 @@ TEST_CASE("position waiters are woken when the position reaches their TXID, or t
   const fs::path mount = tmp.path() / "litefs";
   lay_out_primary(mount, 5);
   monitored m(mount, 1000ms);  // a slow idle poll: a waiter must make it fast
-  auto reached = m.monitor->async_wait_position(5, std::chrono::steady_clock::now() + 5s, boost::asio::use_future);
+  auto reached = m.monitor->async_wait_position(5, std::chrono::steady_clock::now() + 5s,
+                                                boost::asio::use_future);
   REQUIRE(reached.wait_for(5s) == std::future_status::ready);
   CHECK(reached.get().txid == 5);  // already there
 
-  auto later = m.monitor->async_wait_position(7, std::chrono::steady_clock::now() + 10s, boost::asio::use_future);
-  auto never = m.monitor->async_wait_position(100, std::chrono::steady_clock::now() + 50ms, boost::asio::use_future);
+  auto later = m.monitor->async_wait_position(7, std::chrono::steady_clock::now() + 10s,
+                                              boost::asio::use_future);
+  auto never = m.monitor->async_wait_position(100, std::chrono::steady_clock::now() + 50ms,
+                                              boost::asio::use_future);
   write_file(mount / "app.db-pos", pos_bytes(7, 42));
   REQUIRE(later.wait_for(5s) == std::future_status::ready);  // well before the idle poll's 1 s
   const litefs::position p = later.get();
@@ -159,7 +160,8 @@ TEST_CASE("stop() completes waiting position waiters with cancelled") {
   const fs::path mount = tmp.path() / "litefs";
   lay_out_primary(mount, 1);
   auto m = std::make_unique<monitored>(mount);
-  auto waiting = m->monitor->async_wait_position(9, std::chrono::steady_clock::now() + 30s, boost::asio::use_future);
+  auto waiting = m->monitor->async_wait_position(9, std::chrono::steady_clock::now() + 30s,
+                                                 boost::asio::use_future);
   m->monitor->stop();
   REQUIRE(waiting.wait_for(5s) == std::future_status::ready);
   CHECK_THROWS_AS(waiting.get(), boost::system::system_error);
@@ -172,7 +174,8 @@ TEST_CASE("a new filesystem mounted over the mount (LiteFS restarted) is a new m
   monitored m(mount);
   const auto first = m.monitor->state();
   if (::mount("fwd-test", mount.c_str(), "tmpfs", 0, "size=1m") != 0) {
-    WARN("cannot mount a tmpfs here (" << std::strerror(errno) << "): the restart case runs on real LiteFS only");
+    WARN("cannot mount a tmpfs here (" << std::strerror(errno)
+                                       << "): the restart case runs on real LiteFS only");
     return;
   }
   struct unmount_at_end {
@@ -263,7 +266,8 @@ class fake_litefs_http {
 
 }  // namespace
 
-TEST_CASE("with LiteFS's HTTP address, a tx event wakes position waiters without waiting for a poll") {
+TEST_CASE(
+    "with LiteFS's HTTP address, a tx event wakes position waiters without waiting for a poll") {
   fwd_test::temp_dir tmp;
   const fs::path mount = tmp.path() / "litefs";
   lay_out_primary(mount, 1);
@@ -282,10 +286,12 @@ TEST_CASE("with LiteFS's HTTP address, a tx event wakes position waiters without
   std::thread runner([&] { io.run(); });
   http.send(R"({"type":"init","data":{"isPrimary":true}})");
   const auto until = std::chrono::steady_clock::now() + 5s;
-  while (monitor->events().events < 1 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  while (monitor->events().events < 1 && std::chrono::steady_clock::now() < until)
+    std::this_thread::yield();
   REQUIRE(monitor->events().connected);
 
-  auto waiting = monitor->async_wait_position(2, std::chrono::steady_clock::now() + 30s, boost::asio::use_future);
+  auto waiting = monitor->async_wait_position(2, std::chrono::steady_clock::now() + 30s,
+                                              boost::asio::use_future);
   write_file(mount / "app.db-pos", pos_bytes(2, 7));
   http.send(R"({"type":"tx","data":{"db":"app.db","txID":"0000000000000002"}})");
   REQUIRE(waiting.wait_for(5s) == std::future_status::ready);
@@ -293,9 +299,11 @@ TEST_CASE("with LiteFS's HTTP address, a tx event wakes position waiters without
 
   // The stream ends (LiteFS restarted): the monitor reconnects and goes on.
   http.drop();
-  while (http.accepted() < 2 && std::chrono::steady_clock::now() < until + 5s) std::this_thread::yield();
+  while (http.accepted() < 2 && std::chrono::steady_clock::now() < until + 5s)
+    std::this_thread::yield();
   CHECK(http.accepted() == 2);
-  auto next = monitor->async_wait_position(3, std::chrono::steady_clock::now() + 30s, boost::asio::use_future);
+  auto next = monitor->async_wait_position(3, std::chrono::steady_clock::now() + 30s,
+                                           boost::asio::use_future);
   write_file(mount / "app.db-pos", pos_bytes(3, 8));
   http.send(R"({"type":"tx","data":{"db":"app.db","txID":"0000000000000003"}})");
   REQUIRE(next.wait_for(5s) == std::future_status::ready);

@@ -6,7 +6,7 @@
 // per waiter). The poll runs every `poll_interval`, and every `wait_poll_interval` while
 // someone waits for a position; a waiter is woken when the position reaches its TXID.
 //
-// It also notices what LiteFS does under a running service (LITEFS.md):
+// It also notices what LiteFS does under a running service:
 //   - a dead mount (LiteFS stopped: ECONNABORTED, then ENOTCONN on every access): the
 //     role is `unknown`, `mount_dead` is set, and `mount_generation` changes, so that
 //     whoever holds SQLite connections on the mount closes them before touching them;
@@ -16,20 +16,19 @@
 //     mode is re-read with AT_STATX_FORCE_SYNC by litefs::read_role).
 // It never throws into the executor; every change goes to `on_change`.
 
-#include <fwd/error.hpp>
-#include <fwd/litefs/mount.hpp>
-#include <fwd/litefs/types.hpp>
-#include <fwd/telemetry.hpp>
+#include <sys/stat.h>
 
+#include <array>
+#include <atomic>
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/append.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/buffer_body.hpp>
@@ -38,16 +37,16 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
-
-#include <sys/stat.h>
-
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
-#include <array>
+#include <fwd/error.hpp>
+#include <fwd/litefs/detail/io.hpp>
+#include <fwd/litefs/mount.hpp>
+#include <fwd/litefs/types.hpp>
+#include <fwd/telemetry.hpp>
 #include <list>
 #include <memory>
 #include <optional>
@@ -60,9 +59,9 @@ namespace fwd::litefs {
 /// What the monitor knows of this node's LiteFS at one moment. Immutable once published.
 struct node_state {
   role_kind role = role_kind::unknown;
-  std::string primary_hostname;  ///< replica: the primary's LiteFS lease hostname
-  std::string reason;            ///< what decided `role` (or what failed)
-  bool mount_dead = false;       ///< LiteFS stopped under the service (ENOTCONN/ECONNABORTED)
+  std::string primary_hostname;    ///< replica: the primary's LiteFS lease hostname
+  std::string reason;              ///< what decided `role` (or what failed)
+  bool mount_dead = false;         ///< LiteFS stopped under the service (ENOTCONN/ECONNABORTED)
   std::uint64_t mount_device = 0;  ///< st_dev of the mount directory (0: unreadable)
   /// Changes whenever the mount dies or is replaced by a new one: SQLite connections
   /// opened under an older generation must be closed before they are touched again.
@@ -136,10 +135,14 @@ class monitor : public std::enable_shared_from_this<monitor> {
   }
 
   /// The current state: an atomic load, no syscall. Never null.
-  std::shared_ptr<const node_state> state() const noexcept { return state_.load(std::memory_order_acquire); }
+  std::shared_ptr<const node_state> state() const noexcept {
+    return state_.load(std::memory_order_acquire);
+  }
 
   /// The current role: an atomic load, no syscall.
-  role_kind current_role_kind() const noexcept { return role_kind_.load(std::memory_order_acquire); }
+  role_kind current_role_kind() const noexcept {
+    return role_kind_.load(std::memory_order_acquire);
+  }
 
   /**
    * Waits until the monitored database's position reaches `txid` (or the deadline).
@@ -168,13 +171,37 @@ class monitor : public std::enable_shared_from_this<monitor> {
 
   const monitor_options& options() const noexcept { return options_; }
 
+  /**
+   * For a writer, right before it touches the database `db` (a path in the mount): the
+   * mount generation to use, or nullopt when the mount cannot be used now (dead, or
+   * replaced since the last poll: a new poll is started). One forced getattr of `db`
+   * (a FUSE round trip), so that a mount that died or was replaced since the last poll is
+   * caught before SQLite maps its `-shm`. A missing `db` (not created yet) is fine.
+   */
+  std::optional<std::uint64_t> writable_generation(const std::string& db) {
+    const auto s = state();
+    if (s->mount_dead) return std::nullopt;
+    struct stat now {};
+    if (detail::stat_uncached(db, now) != 0) {
+      if (errno == ENOENT) return s->mount_generation;
+      poll_now();
+      return std::nullopt;
+    }
+    if (s->mount_device != 0 && static_cast<std::uint64_t>(now.st_dev) != s->mount_device) {
+      poll_now();
+      return std::nullopt;
+    }
+    return s->mount_generation;
+  }
+
   /// The `/events` stream's status (for telemetry and tests).
   event_stream_status events() const noexcept {
     return {events_connected_.load(), events_seen_.load(), events_connects_.load()};
   }
 
  private:
-  using wait_handler = boost::asio::any_completion_handler<void(boost::system::error_code, position)>;
+  using wait_handler =
+      boost::asio::any_completion_handler<void(boost::system::error_code, position)>;
   struct waiter {
     std::uint64_t id;
     std::uint64_t txid;
@@ -195,7 +222,9 @@ class monitor : public std::enable_shared_from_this<monitor> {
     }
   }
 
-  static bool is_dead_mount_errno(int err) noexcept { return err == ENOTCONN || err == ECONNABORTED; }
+  static bool is_dead_mount_errno(int err) noexcept {
+    return err == ENOTCONN || err == ECONNABORTED;
+  }
 
   // Reads the mount (a handful of syscalls) and publishes a new state if anything changed.
   void poll_once() noexcept {
@@ -220,8 +249,8 @@ class monitor : public std::enable_shared_from_this<monitor> {
         if (ec && is_dead_mount_errno(ec.value())) {
           next->mount_dead = true;
           next->role = role_kind::unknown;
-          next->reason = "the LiteFS mount " + options_.mount.string() + " is dead (" + ec.message() +
-                         "): LiteFS stopped under the service";
+          next->reason = "the LiteFS mount " + options_.mount.string() + " is dead (" +
+                         ec.message() + "): LiteFS stopped under the service";
         } else {
           role r;
           try {
@@ -241,14 +270,16 @@ class monitor : public std::enable_shared_from_this<monitor> {
       }
       // A mount that died, or came back as another filesystem, is a new generation.
       if (next->mount_dead != before->mount_dead ||
-          (next->mount_device != 0 && before->mount_device != 0 && next->mount_device != before->mount_device)) {
+          (next->mount_device != 0 && before->mount_device != 0 &&
+           next->mount_device != before->mount_device)) {
         ++next->mount_generation;
       }
       if (next->mount_dead) next->mount_device = 0;
-      const bool changed = next->role != before->role || next->primary_hostname != before->primary_hostname ||
+      const bool changed = next->role != before->role ||
+                           next->primary_hostname != before->primary_hostname ||
                            next->mount_dead != before->mount_dead ||
-                           next->mount_generation != before->mount_generation || next->pos != before->pos ||
-                           before->version == 0;
+                           next->mount_generation != before->mount_generation ||
+                           next->pos != before->pos || before->version == 0;
       if (changed) {
         next->version = before->version + 1;
         std::shared_ptr<const node_state> published = std::move(next);
@@ -269,7 +300,7 @@ class monitor : public std::enable_shared_from_this<monitor> {
   // On the strand.
   void schedule() {
     if (stopped_) return;
-    const auto interval = waiters_.empty()             ? options_.poll_interval
+    const auto interval = waiters_.empty()           ? options_.poll_interval
                           : events_connected_.load() ? options_.wait_poll_interval_with_events
                                                      : options_.wait_poll_interval;
     timer_.expires_after(interval);
@@ -294,26 +325,27 @@ class monitor : public std::enable_shared_from_this<monitor> {
         }
       });
     }
-    boost::asio::dispatch(strand_, [self = shared_from_this(), id, txid, deadline, h = std::move(handler)]() mutable {
-      if (self->stopped_) {
-        self->complete(std::move(h), make_error_code(errc::cancelled), self->state()->pos);
-        return;
-      }
-      const position now = self->state()->pos;
-      if (now.txid >= txid) {
-        self->complete(std::move(h), {}, now);
-        return;
-      }
-      const bool was_idle = self->waiters_.empty();
-      self->waiters_.push_back(waiter{id, txid, deadline, std::move(h)});
-      // From the slow poll to the fast one at once.
-      if (was_idle) {
-        self->timer_.cancel();
-        self->poll_once();
-        self->wake_waiters();
-        self->schedule();
-      }
-    });
+    boost::asio::dispatch(
+        strand_, [self = shared_from_this(), id, txid, deadline, h = std::move(handler)]() mutable {
+          if (self->stopped_) {
+            self->complete(std::move(h), make_error_code(errc::cancelled), self->state()->pos);
+            return;
+          }
+          const position now = self->state()->pos;
+          if (now.txid >= txid) {
+            self->complete(std::move(h), {}, now);
+            return;
+          }
+          const bool was_idle = self->waiters_.empty();
+          self->waiters_.push_back(waiter{id, txid, deadline, std::move(h)});
+          // From the slow poll to the fast one at once.
+          if (was_idle) {
+            self->timer_.cancel();
+            self->poll_once();
+            self->wake_waiters();
+            self->schedule();
+          }
+        });
   }
 
   void wake_waiters() {
@@ -363,22 +395,23 @@ class monitor : public std::enable_shared_from_this<monitor> {
     boost::system::error_code ignored;
     events_socket_.close(ignored);
     events_socket_ = boost::asio::ip::tcp::socket(strand_);
-    events_socket_.async_connect(*options_.http, [self = shared_from_this()](boost::system::error_code ec) {
-      if (ec) return self->events_broke();
-      self->events_request_.method(boost::beast::http::verb::get);
-      self->events_request_.target("/events");
-      self->events_request_.version(11);
-      self->events_request_.set(boost::beast::http::field::host, "litefs");
-      boost::beast::http::async_write(self->events_socket_, self->events_request_,
-                                      [self](boost::system::error_code e, std::size_t) {
-                                        if (e) return self->events_broke();
-                                        self->events_parser_.emplace();
-                                        self->events_parser_->body_limit(boost::none);
-                                        self->events_buffer_.clear();
-                                        self->events_line_.clear();
-                                        self->read_events_header();
-                                      });
-    });
+    events_socket_.async_connect(
+        *options_.http, [self = shared_from_this()](boost::system::error_code ec) {
+          if (ec) return self->events_broke();
+          self->events_request_.method(boost::beast::http::verb::get);
+          self->events_request_.target("/events");
+          self->events_request_.version(11);
+          self->events_request_.set(boost::beast::http::field::host, "litefs");
+          boost::beast::http::async_write(self->events_socket_, self->events_request_,
+                                          [self](boost::system::error_code e, std::size_t) {
+                                            if (e) return self->events_broke();
+                                            self->events_parser_.emplace();
+                                            self->events_parser_->body_limit(boost::none);
+                                            self->events_buffer_.clear();
+                                            self->events_line_.clear();
+                                            self->read_events_header();
+                                          });
+        });
   }
 
   void read_events_header() {
@@ -405,7 +438,8 @@ class monitor : public std::enable_shared_from_this<monitor> {
         events_socket_, events_buffer_, *events_parser_,
         [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
           if (ec == boost::beast::http::error::need_buffer) ec = {};
-          const std::size_t got = self->events_chunk_.size() - self->events_parser_->get().body().size;
+          const std::size_t got =
+              self->events_chunk_.size() - self->events_parser_->get().body().size;
           self->on_event_bytes(std::string_view(self->events_chunk_.data(), got));
           if (ec || self->events_parser_->is_done()) return self->events_broke();
           self->read_events_body();
@@ -448,7 +482,8 @@ class monitor : public std::enable_shared_from_this<monitor> {
   boost::asio::steady_timer events_timer_;
   boost::asio::ip::tcp::socket events_socket_;
   boost::beast::http::request<boost::beast::http::empty_body> events_request_;
-  std::optional<boost::beast::http::response_parser<boost::beast::http::buffer_body>> events_parser_;
+  std::optional<boost::beast::http::response_parser<boost::beast::http::buffer_body>>
+      events_parser_;
   boost::beast::flat_buffer events_buffer_;
   std::array<char, 4096> events_chunk_{};
   std::string events_line_;

@@ -1,7 +1,7 @@
 #pragma once
 
 // `fwd.hello`, the procedure every fwd server answers: who the node is and what it knows
-// of LiteFS. Discovery and `fwdctl status` call it.
+// of LiteFS. Discovery calls it.
 
 #include <fwd/procedure.hpp>
 #include <fwd/rpc/wire.hpp>

@@ -1,15 +1,10 @@
 // fwd on real LiteFS with the consul lease (the fixture's Consul stand-in): failover after
-// the primary's death, and a planned handoff (POST /promote). Label `litefs-pending`, not
-// in the default run (tools/test):
-//
-// Both state the expectation that forwarded writes succeed again within a bound tied to
-// the lease (TTL 2 s + lock-delay 0.5 s; the check allows 20 s). With fwd's current role
-// check they do not: it requires the mount root's mode 0777, and the kernel caches that
-// attribute for up to 60 s after a role change (LiteFS sets no attribute validity), so the
-// new primary reads its own root as 0555 and refuses writes ("mount root mode 0555 ...
-// writes must wait") for about 60 s, while LiteFS promoted it in ~3 s (failover) or ~15 ms
-// (handoff). Everything else here passes: exactly once, no survivor reads primary during
-// the outage. Move them to `litefs` once the role comes from a litefs::monitor.
+// the primary's death, and a planned handoff (POST /promote). Forwarded writes succeed
+// again within 1 s of LiteFS promoting the new primary: the role is read by the node's
+// litefs::monitor without the kernel's cached root mode (stale for up to 60 s after a role
+// change; with it these writes were refused for about 60 s). Also: every acknowledged
+// write exactly once, no survivor reads primary during the outage, and the data-directory
+// mistake names the right mount when several LiteFS mounts exist.
 
 #include <poll.h>
 #include <sys/stat.h>
@@ -40,7 +35,10 @@ std::optional<double> write_until_ok(fwd_nodes& n, std::size_t from, const std::
   const auto start = std::chrono::steady_clock::now();
   while (std::chrono::steady_clock::now() - start < cap) {
     const int s = ++seq;
-    const auto r = n.append(from, writer, s, 1500);
+    // Read-your-writes off: this measures when the new primary accepts the write. On a
+    // demoted primary, its own copy catches up only once its LiteFS reconnects as a
+    // replica (LiteFS's reconnect delay, about 1 s): the caller checks that separately.
+    const auto r = n.append(from, writer, s, 1500, /*ryw=*/false);
     if (r.category == 0) {
       acked.push_back(s);
       return ms_since(start);
@@ -130,6 +128,13 @@ TEST_CASE("real LiteFS consul lease: the primary dies and a survivor is promoted
   std::string last_error;
   const auto ok_after = write_until_ok(n, survivor, "w", seq, acked, refused, 90s, last_error);
   const double refused_ms = ms_since(killed);
+  {
+    const int ryw_seq = ++seq;
+    const auto r = n.append(survivor, "w", ryw_seq, 10000, /*ryw=*/true);
+    INFO(r.detail);
+    CHECK(r.category == 0);
+    (r.category == 0 ? acked : refused).push_back(ryw_seq);
+  }
   sampling = false;
   sampler.join();
   std::printf("real LiteFS failover (TTL 2s, lock-delay 500ms): %s promoted %.0f ms after the "
@@ -150,6 +155,7 @@ TEST_CASE("real LiteFS consul lease: the primary dies and a survivor is promoted
   // Bounded by the lease, generously: TTL 2 s + lock-delay 0.5 s + reconnects, not the
   // kernel's 60 s attribute cache.
   CHECK(refused_ms < 20000);
+  CHECK(refused_ms - promoted_ms < 1000);  // accepted within 1 s of LiteFS promoting it
 
   for (int k = 0; k < 5; ++k) {
     const auto r = n.append(survivor, "w", ++seq);
@@ -193,6 +199,14 @@ TEST_CASE("real LiteFS consul lease: planned handoff with POST /promote - forwar
   std::string last_error;
   const auto ok_after = write_until_ok(n, 0, "h", seq, acked, refused, 90s, last_error);
   const double refused_ms = ms_since(asked);
+  {
+    // And with read-your-writes: acknowledged once node 0's own copy shows it.
+    const int ryw_seq = ++seq;
+    const auto r = n.append(0, "h", ryw_seq, 10000, /*ryw=*/true);
+    INFO(r.detail);
+    CHECK(r.category == 0);
+    (r.category == 0 ? acked : refused).push_back(ryw_seq);
+  }
   std::printf("real LiteFS planned handoff: node2 primary %.0f ms after POST /promote; forwarded "
               "writes refused for %.0f ms (%zu refused calls, last: %s); new primary at promotion: "
               "%s\n",
@@ -202,6 +216,7 @@ TEST_CASE("real LiteFS consul lease: planned handoff with POST /promote - forwar
   INFO("refused for " << refused_ms << " ms; last error: " << last_error);
   REQUIRE(ok_after.has_value());
   CHECK(refused_ms < 20000);
+  CHECK(refused_ms - handoff_ms < 1000);  // accepted within 1 s of LiteFS promoting it
   for (int k = 0; k < 3; ++k) {
     const auto r = n.append(0, "h", ++seq);
     INFO(r.detail);
