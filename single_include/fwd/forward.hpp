@@ -3356,6 +3356,7 @@ class monitor : public std::enable_shared_from_this<monitor> {
   /// Reads the mount once at once (so that state() is meaningful when this returns), then
   /// polls until stop().
   void start() {
+    if (started_.exchange(true)) return;  // once: a second start() would poll off the strand
     poll_once();
     boost::asio::dispatch(strand_, [self = shared_from_this()] {
       self->stopped_ = false;
@@ -3425,9 +3426,15 @@ class monitor : public std::enable_shared_from_this<monitor> {
     if (s->mount_dead) return std::nullopt;
     struct stat now {};
     if (detail::stat_uncached(db, now) != 0) {
-      if (errno == ENOENT) return s->mount_generation;
-      poll_now();
-      return std::nullopt;
+      if (errno != ENOENT) {
+        poll_now();
+        return std::nullopt;
+      }
+      // No database yet: the mount itself must still be the one the state describes.
+      if (detail::stat_uncached(options_.mount.string(), now) != 0) {
+        poll_now();
+        return std::nullopt;
+      }
     }
     if (s->mount_device != 0 && static_cast<std::uint64_t>(now.st_dev) != s->mount_device) {
       poll_now();
@@ -3506,7 +3513,12 @@ class monitor : public std::enable_shared_from_this<monitor> {
           if (!options_.database.empty()) {
             boost::system::error_code pos_ec;
             next->pos = read_position(options_.mount, options_.database, pos_ec);
-            if (pos_ec && is_dead_mount_errno(pos_ec.value())) next->mount_dead = true;
+            if (pos_ec && is_dead_mount_errno(pos_ec.value())) {
+              next->mount_dead = true;
+              next->role = role_kind::unknown;  // never "primary" on a dead mount
+              next->reason = "the LiteFS mount " + options_.mount.string() + " is dead (" + pos_ec.message() +
+                             "): LiteFS stopped under the service";
+            }
           }
         }
       }
@@ -3737,6 +3749,7 @@ class monitor : public std::enable_shared_from_this<monitor> {
   std::list<waiter> waiters_;
   std::atomic<std::uint64_t> next_id_{1};
   bool stopped_ = true;
+  std::atomic<bool> started_{false};
 };
 
 }  // namespace fwd::litefs
@@ -9560,11 +9573,9 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   write_executor_state(const std::string& path, write_options options)
       : options_(std::move(options)),
         path_(path),
+        generation_(initial_generation(options_)),
         connection_(path, options_.open_flags, options_.busy_timeout) {
     if (options_.max_batch == 0) options_.max_batch = 1;
-    if (options_.mount_generation) {
-      if (const auto g = options_.mount_generation()) generation_ = *g;
-    }
     if (options_.on_open) options_.on_open(connection_);
     last_prune_ = std::chrono::steady_clock::now();
   }
@@ -9730,7 +9741,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   void abandon_batch(const std::vector<std::shared_ptr<write_job>>& batch,
                      const char* what) noexcept {
     try {
-      if (!connection_.autocommit()) {
+      if (connection_.native_handle() != nullptr && !connection_.autocommit()) {
         boost::system::error_code ignored;
         connection_.exec("ROLLBACK", ignored);
       }
@@ -9740,6 +9751,14 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       finish(batch, outcomes, 0);
     } catch (...) {
     }
+  }
+
+  // The mount generation before the connection is opened (a mount replaced in between
+  // then shows as a new generation at the first batch, not the other way round).
+  static std::uint64_t initial_generation(const write_options& options) {
+    if (!options.mount_generation) return 0;
+    const auto g = options.mount_generation();
+    return g ? *g : 0;
   }
 
   // Drops the connection without touching the database: no checkpoint on close (a dead
@@ -9775,11 +9794,16 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       try {
         connection_ = connection(path_, options_.open_flags, options_.busy_timeout);
         if (options_.on_open) options_.on_open(connection_);
-      } catch (const fwd::error& e) {
+      } catch (const std::exception& e) {
+        // Also an on_open that throws: never run a batch on a half-prepared connection.
         drop_connection();
         return write_outcome{make_error_code(errc::not_primary),
                              std::string("cannot reopen the database on the new LiteFS mount: ") + e.what() +
                                  "; nothing ran: retry"};
+      } catch (...) {
+        drop_connection();
+        return write_outcome{make_error_code(errc::not_primary),
+                             "cannot reopen the database on the new LiteFS mount; nothing ran: retry"};
       }
     }
     return std::nullopt;
@@ -9793,7 +9817,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       return;
     }
     auto fail_all = [&](const write_outcome& failure) {
-      if (!connection_.autocommit()) {
+      if (connection_.native_handle() != nullptr && !connection_.autocommit()) {
         boost::system::error_code ignored;
         connection_.exec("ROLLBACK", ignored);
       }
@@ -9988,8 +10012,8 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
 
   write_options options_;
   std::string path_;
-  connection connection_;
   std::uint64_t generation_ = 0;  // the mount generation connection_ was opened under
+  connection connection_;
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;  // work queued, or stopping

@@ -114,6 +114,7 @@ class monitor : public std::enable_shared_from_this<monitor> {
   /// Reads the mount once at once (so that state() is meaningful when this returns), then
   /// polls until stop().
   void start() {
+    if (started_.exchange(true)) return;  // once: a second start() would poll off the strand
     poll_once();
     boost::asio::dispatch(strand_, [self = shared_from_this()] {
       self->stopped_ = false;
@@ -183,9 +184,15 @@ class monitor : public std::enable_shared_from_this<monitor> {
     if (s->mount_dead) return std::nullopt;
     struct stat now {};
     if (detail::stat_uncached(db, now) != 0) {
-      if (errno == ENOENT) return s->mount_generation;
-      poll_now();
-      return std::nullopt;
+      if (errno != ENOENT) {
+        poll_now();
+        return std::nullopt;
+      }
+      // No database yet: the mount itself must still be the one the state describes.
+      if (detail::stat_uncached(options_.mount.string(), now) != 0) {
+        poll_now();
+        return std::nullopt;
+      }
     }
     if (s->mount_device != 0 && static_cast<std::uint64_t>(now.st_dev) != s->mount_device) {
       poll_now();
@@ -264,7 +271,12 @@ class monitor : public std::enable_shared_from_this<monitor> {
           if (!options_.database.empty()) {
             boost::system::error_code pos_ec;
             next->pos = read_position(options_.mount, options_.database, pos_ec);
-            if (pos_ec && is_dead_mount_errno(pos_ec.value())) next->mount_dead = true;
+            if (pos_ec && is_dead_mount_errno(pos_ec.value())) {
+              next->mount_dead = true;
+              next->role = role_kind::unknown;  // never "primary" on a dead mount
+              next->reason = "the LiteFS mount " + options_.mount.string() + " is dead (" + pos_ec.message() +
+                             "): LiteFS stopped under the service";
+            }
           }
         }
       }
@@ -495,6 +507,7 @@ class monitor : public std::enable_shared_from_this<monitor> {
   std::list<waiter> waiters_;
   std::atomic<std::uint64_t> next_id_{1};
   bool stopped_ = true;
+  std::atomic<bool> started_{false};
 };
 
 }  // namespace fwd::litefs

@@ -112,11 +112,9 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   write_executor_state(const std::string& path, write_options options)
       : options_(std::move(options)),
         path_(path),
+        generation_(initial_generation(options_)),
         connection_(path, options_.open_flags, options_.busy_timeout) {
     if (options_.max_batch == 0) options_.max_batch = 1;
-    if (options_.mount_generation) {
-      if (const auto g = options_.mount_generation()) generation_ = *g;
-    }
     if (options_.on_open) options_.on_open(connection_);
     last_prune_ = std::chrono::steady_clock::now();
   }
@@ -282,7 +280,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   void abandon_batch(const std::vector<std::shared_ptr<write_job>>& batch,
                      const char* what) noexcept {
     try {
-      if (!connection_.autocommit()) {
+      if (connection_.native_handle() != nullptr && !connection_.autocommit()) {
         boost::system::error_code ignored;
         connection_.exec("ROLLBACK", ignored);
       }
@@ -292,6 +290,14 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       finish(batch, outcomes, 0);
     } catch (...) {
     }
+  }
+
+  // The mount generation before the connection is opened (a mount replaced in between
+  // then shows as a new generation at the first batch, not the other way round).
+  static std::uint64_t initial_generation(const write_options& options) {
+    if (!options.mount_generation) return 0;
+    const auto g = options.mount_generation();
+    return g ? *g : 0;
   }
 
   // Drops the connection without touching the database: no checkpoint on close (a dead
@@ -327,11 +333,16 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       try {
         connection_ = connection(path_, options_.open_flags, options_.busy_timeout);
         if (options_.on_open) options_.on_open(connection_);
-      } catch (const fwd::error& e) {
+      } catch (const std::exception& e) {
+        // Also an on_open that throws: never run a batch on a half-prepared connection.
         drop_connection();
         return write_outcome{make_error_code(errc::not_primary),
                              std::string("cannot reopen the database on the new LiteFS mount: ") + e.what() +
                                  "; nothing ran: retry"};
+      } catch (...) {
+        drop_connection();
+        return write_outcome{make_error_code(errc::not_primary),
+                             "cannot reopen the database on the new LiteFS mount; nothing ran: retry"};
       }
     }
     return std::nullopt;
@@ -345,7 +356,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       return;
     }
     auto fail_all = [&](const write_outcome& failure) {
-      if (!connection_.autocommit()) {
+      if (connection_.native_handle() != nullptr && !connection_.autocommit()) {
         boost::system::error_code ignored;
         connection_.exec("ROLLBACK", ignored);
       }
@@ -540,8 +551,8 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
 
   write_options options_;
   std::string path_;
-  connection connection_;
   std::uint64_t generation_ = 0;  // the mount generation connection_ was opened under
+  connection connection_;
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;  // work queued, or stopping
