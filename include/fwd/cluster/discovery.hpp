@@ -326,11 +326,15 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
       // max_concurrent_probes is below the member count) still get a full probe.
       const clock::time_point deadline =
           std::min(clock::now() + options_.probe_timeout, round->latest_deadline);
-      auto on_answer = boost::asio::bind_executor(
-          strand_, [self = shared_from_this(), round, target](boost::system::error_code ec,
-                                                             node_status status) {
-            self->on_probe(round, target, ec, std::move(status));
-          });
+      // The answer hops onto the strand itself: a probe function may invoke its handler
+      // directly from any thread (calling an executor_binder does not switch executors),
+      // and on_probe must never run beside another strand handler.
+      auto on_answer = [self = shared_from_this(), round, target](boost::system::error_code ec,
+                                                                 node_status status) {
+        boost::asio::dispatch(self->strand_, [self, round, target, ec, status = std::move(status)]() mutable {
+          self->on_probe(round, target, ec, std::move(status));
+        });
+      };
       try {
         if (!probe_) throw std::logic_error("no probe function");
         probe_(target, deadline, std::move(on_answer));
