@@ -23,6 +23,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <fmt/format.h>
 #include <fwd/migrate.hpp>
 #include <fwd/node.hpp>
 #include <iostream>
@@ -251,17 +252,19 @@ int main(int argc, char** argv) {
     fwd::forward_options o;
     o.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(deadline_ms);
     o.read_your_writes = call_ryw;
-    o.error_detail = std::make_shared<std::string>();
+    // The call's diagnostics live as long as its handler, which reads them.
+    auto diag = std::make_shared<fwd::diagnostics>();
+    o.diagnostics = diag.get();
     o.report = std::make_shared<fwd::call_report>();
-    auto finish = [&node, done, o, database, what, args](boost::system::error_code ec,
-                                                         std::int64_t value) {
+    auto finish = [&node, done, o, diag, database, what, args](boost::system::error_code ec,
+                                                               std::int64_t value) {
       demo::control_result r;
       if (ec) {
         r.category = ec.category() == fwd::fwd_category()      ? 1
                      : ec.category() == fwd::sqlite_category() ? 2
                                                                : 3;
         r.code = ec.value();
-        r.detail = ec.message() + ": " + *o.error_detail;
+        r.detail = fmt::format("{}: {}", ec.message(), diag->message());
       }
       r.value = value;
       r.attempts = o.report->attempts;

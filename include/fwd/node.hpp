@@ -489,7 +489,7 @@ class node {
     return forwarder_->async_call(proc, std::forward<ArgsAndToken>(args_and_token)...);
   }
 
-  /// As above, with per-call options (deadline, request id, read-your-writes, detail).
+  /// As above, with per-call options (deadline, request id, read-your-writes, diagnostics).
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(forward_options options, const procedure<R(Params...)>& proc,
                   ArgsAndToken&&... args_and_token) {

@@ -8,6 +8,8 @@
 #include <fwd/detail/procedure_signature.hpp>
 #include <fwd/error.hpp>
 
+#include <fmt/format.h>
+
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -29,6 +31,16 @@ inline constexpr bool arguments_convert<std::tuple<P...>, std::tuple<G...>> =
 
 /// The longest procedure name fwd accepts, in bytes.
 inline constexpr std::size_t max_procedure_name = 255;
+
+/// The blocking call forms' exception: its diagnostics are "call to <procedure>", then
+/// the operation's detail when it has one.
+inline fwd::error call_failure(const boost::system::error_code& ec, std::string_view procedure,
+                               const diagnostics& detail) {
+  diagnostics thrown;
+  thrown.assign(detail.message().empty() ? fmt::format("call to {}", procedure)
+                                         : fmt::format("call to {}: {}", procedure, detail.message()));
+  return fwd::error(ec, std::move(thrown));
+}
 
 }  // namespace detail
 

@@ -127,7 +127,37 @@ TEST_CASE("the blocking node::call throws fwd::error with SQLite's code and mess
     CHECK(e.code().value() == 2067);
     CHECK(e.classification() == fwd::error_class::permanent);
     CHECK(std::string(e.what()).find("UNIQUE") != std::string::npos);
+    const std::string& detail = e.get_diagnostics().message();
+    INFO(detail);
+    CHECK(detail.rfind("call to test.add_label: ", 0) == 0);
+    CHECK(detail.find("UNIQUE") != std::string::npos);
   }
+}
+
+TEST_CASE("node::async_call fills the caller's diagnostics before its handler runs") {
+  solo_node s;
+  fwd::diagnostics diag;
+  fwd::forward_options o;
+  o.diagnostics = &diag;
+  auto call = [&](const std::string& label) {
+    std::promise<std::pair<boost::system::error_code, std::string>> done;
+    s.node->async_call(o, add_label, label, [&](boost::system::error_code ec, std::int64_t) {
+      done.set_value({ec, diag.message()});  // read inside the handler
+    });
+    auto f = done.get_future();
+    REQUIRE(f.wait_for(5s) == std::future_status::ready);
+    return f.get();
+  };
+  CHECK_FALSE(call("twice").first);
+  const auto [ec, detail] = call("twice");
+  CHECK(ec.value() == 2067);
+  INFO(detail);
+  CHECK(detail.find("UNIQUE") != std::string::npos);
+  CHECK(detail.find("call to") == std::string::npos);  // the detail alone
+  // The next call clears it when it starts; a success leaves it empty.
+  const auto [ok, after] = call("other");
+  CHECK_FALSE(ok);
+  CHECK(after.empty());
 }
 
 TEST_CASE("the built-in statement procedure returns changes and the last insert rowid") {

@@ -191,20 +191,26 @@ struct outcome {
 template <class R, class... Params, class... Args>
 outcome<R> call_and_wait(fwd::rpc::client& client, const tcp::endpoint& peer, fwd::rpc::call_options options,
                          const fwd::procedure<R(Params...)>& proc, Args&&... args) {
-  auto detail = std::make_shared<std::string>();
-  options.error_detail = detail;
+  // Filled before the handler runs; the handler reads it (a stale text must not survive).
+  auto diag = std::make_shared<fwd::diagnostics>();
+  diag->assign("stale");
+  options.diagnostics = diag.get();
   std::promise<outcome<R>> done;
   auto f = done.get_future();
   if constexpr (std::is_void_v<R>) {
     client.async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
-                      [&done, detail](boost::system::error_code ec) { done.set_value(outcome<R>{ec, 0, *detail}); });
+                      [&done, diag](boost::system::error_code ec) {
+                        done.set_value(outcome<R>{ec, 0, diag->message()});
+                      });
   } else {
     client.async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
-                      [&done, detail](boost::system::error_code ec, R value) {
-                        done.set_value(outcome<R>{ec, std::move(value), *detail});
+                      [&done, diag](boost::system::error_code ec, R value) {
+                        done.set_value(outcome<R>{ec, std::move(value), diag->message()});
                       });
   }
-  return get_within(f);
+  outcome<R> result = get_within(f);
+  if (!result.ec) CHECK(result.detail.empty());  // cleared when the call started
+  return result;
 }
 
 template <class R, class... Params, class... Args>
@@ -456,7 +462,16 @@ TEST_CASE("remote errors arrive as their fwd::errc, with details") {
     } catch (const fwd::error& e) {
       CHECK(e.code() == fwd::errc::remote_failure);
       CHECK_THAT(e.what(), Catch::Contains("runtime_error") && Catch::Contains("again"));
+      CHECK_THAT(e.get_diagnostics().message(), Catch::StartsWith("call to test.fail: ") &&
+                                                    Catch::Contains("runtime_error") && Catch::Contains("again"));
     }
+    // A caller's diagnostics given to the blocking form receive the detail alone.
+    fwd::diagnostics mine;
+    fwd::rpc::call_options options;
+    options.diagnostics = &mine;
+    CHECK_THROWS_AS(client.call(peer, options, test_procs::fail, std::string("third")), fwd::error);
+    CHECK_THAT(mine.message(), Catch::Contains("runtime_error") && Catch::Contains("third") &&
+                                   !Catch::Contains("call to"));
     // The server is unharmed.
     CHECK(client.call(peer, test_procs::add, 1, 2) == 3);
   }

@@ -258,14 +258,14 @@ template <class R, class... Params, class... Args>
 outcome<R> call(fwd::rpc::client& client, const tcp::endpoint& peer,
                 const fwd::procedure<R(Params...)>& proc, Args&&... args) {
   fwd::rpc::call_options options;
-  auto detail = std::make_shared<std::string>();
-  options.error_detail = detail;
+  auto diag = std::make_shared<fwd::diagnostics>();
+  options.diagnostics = diag.get();
   options.deadline = std::chrono::steady_clock::now() + 20s;
   std::promise<outcome<R>> done;
   auto future = done.get_future();
   client.async_call(peer, options, proc, std::forward<Args>(args)...,
-                    [&done, detail](boost::system::error_code ec, R value) {
-                      done.set_value(outcome<R>{ec, std::move(value), *detail});
+                    [&done, diag](boost::system::error_code ec, R value) {
+                      done.set_value(outcome<R>{ec, std::move(value), diag->message()});
                     });
   REQUIRE(future.wait_for(30s) == std::future_status::ready);
   return future.get();
@@ -356,6 +356,16 @@ TEST_CASE("a TLS client refuses a server whose certificate its CA did not sign")
   INFO(refused.detail);
   CHECK(contains(refused.detail, "certificate verify failed"));
   CHECK(contains(refused.detail, "certificate chain"));  // X509's reason, after OpenSSL's
+  // The blocking form throws the same reason in its diagnostics.
+  try {
+    client.call(server.endpoint(), test_procs::add, 1, 2);
+    FAIL("call() did not throw");
+  } catch (const fwd::error& e) {
+    CHECK(e.code() == fwd::errc::unauthenticated);
+    INFO(e.get_diagnostics().message());
+    CHECK(contains(e.get_diagnostics().message(), "call to "));
+    CHECK(contains(e.get_diagnostics().message(), "certificate verify failed"));
+  }
 }
 
 TEST_CASE("a TLS client refuses a server certificate that does not carry the expected name") {

@@ -46,7 +46,7 @@ namespace fwd::rpc {
  *   - `cancelled` (maybe executed): cancelled through the cancellation slot;
  *   - `unauthenticated`, `version_mismatch`, `protocol_error`: the handshake failed
  *     (`unauthenticated` also when TLS fails: a certificate missing or untrusted, or TLS on
- *     one side only; the error detail has OpenSSL's reason);
+ *     one side only; call_options::diagnostics has OpenSSL's reason);
  *   - `frame_too_large`: the request exceeds max_frame_size (not sent);
  *   - from the server: `unknown_procedure`, `signature_mismatch`, `remote_failure`,
  *     `overloaded`, `timeout`, or the procedure's own error (e.g. a SQLite code).
@@ -96,7 +96,7 @@ class client {
     return async_call(peer, call_options{}, proc, std::forward<ArgsAndToken>(args_and_token)...);
   }
 
-  /// As above, with per-call options (deadline, request id, attempt, error detail).
+  /// As above, with per-call options (deadline, request id, attempt, diagnostics).
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const endpoint& peer, call_options options, const procedure<R(Params...)>& proc,
                   ArgsAndToken&&... args_and_token) {
@@ -126,8 +126,10 @@ class client {
   }
 
   /**
-   * Blocking call: returns the result or throws fwd::error (code and details). Must not
-   * be called from a thread that runs the client's executor (it waits for that executor).
+   * Blocking call: returns the result or throws fwd::error: its code, and in
+   * get_diagnostics() "call to <procedure>: <details>" (what() adds the code's message).
+   * call_options::diagnostics, when set, receives the details alone. Must not be called
+   * from a thread that runs the client's executor (it waits for that executor).
    */
   template <class R, class... Params, class... Args>
   R call(const endpoint& peer, const procedure<R(Params...)>& proc, Args&&... args) {
@@ -136,15 +138,16 @@ class client {
 
   template <class R, class... Params, class... Args>
   R call(const endpoint& peer, call_options options, const procedure<R(Params...)>& proc, Args&&... args) {
-    auto detail = options.error_detail ? options.error_detail : std::make_shared<std::string>();
-    options.error_detail = detail;
+    fwd::diagnostics local;
+    fwd::diagnostics* diag = options.diagnostics != nullptr ? options.diagnostics : &local;
+    options.diagnostics = diag;
     std::promise<std::conditional_t<std::is_void_v<R>, void, R>> promise;
     auto future = promise.get_future();
     if constexpr (std::is_void_v<R>) {
       async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
-                 [&promise, detail, p = proc.name()](boost::system::error_code ec) {
+                 [&promise, diag, p = proc.name()](boost::system::error_code ec) {
                    if (ec) {
-                     promise.set_exception(std::make_exception_ptr(failure(ec, p, *detail)));
+                     promise.set_exception(std::make_exception_ptr(fwd::detail::call_failure(ec, p, *diag)));
                    } else {
                      promise.set_value();
                    }
@@ -152,9 +155,9 @@ class client {
       future.get();
     } else {
       async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
-                 [&promise, detail, p = proc.name()](boost::system::error_code ec, R result) {
+                 [&promise, diag, p = proc.name()](boost::system::error_code ec, R result) {
                    if (ec) {
-                     promise.set_exception(std::make_exception_ptr(failure(ec, p, *detail)));
+                     promise.set_exception(std::make_exception_ptr(fwd::detail::call_failure(ec, p, *diag)));
                    } else {
                      promise.set_value(std::move(result));
                    }
@@ -172,13 +175,6 @@ class client {
 
  private:
   struct raw_result {};
-
-  static fwd::error failure(boost::system::error_code ec, std::string_view procedure, const std::string& detail) {
-    std::string what = "call to ";
-    what.append(procedure);
-    if (!detail.empty()) what.append(": ").append(detail);
-    return fwd::error(ec, what);
-  }
 
   std::shared_ptr<detail::client_connection> connection_to(const endpoint& peer) {
     std::lock_guard lock(mutex_);
@@ -198,8 +194,8 @@ class client {
                     std::string arguments) const {
       using op_t =
           detail::call_op<std::conditional_t<std::is_same_v<R, raw_result>, detail::raw_reply, R>>;
-      auto op =
-          std::make_shared<op_t>(std::forward<Handler>(handler), fallback, options.error_detail);
+      if (options.diagnostics != nullptr) options.diagnostics->clear();
+      auto op = std::make_shared<op_t>(std::forward<Handler>(handler), fallback, options.diagnostics);
       auto slot = op->slot();
       std::shared_ptr<detail::pending_call> call = std::move(op);
       const auto now = std::chrono::steady_clock::now();

@@ -2,6 +2,7 @@
 
 // How an RPC client connects, authenticates and times out, and the settings of one call.
 
+#include <fwd/error.hpp>
 #include <fwd/rpc/tls.hpp>
 #include <fwd/rpc/wire.hpp>
 #include <fwd/telemetry.hpp>
@@ -37,7 +38,7 @@ struct client_options {
   /// handshake, verifying the server's certificate against `tls->ca_file` and presenting
   /// `tls->certificate_chain_file`, before fwd's handshake (`connect_timeout` covers both).
   /// A TLS failure fails the waiting calls with `unauthenticated`, OpenSSL's reason in
-  /// their error detail.
+  /// call_options::diagnostics.
   std::optional<tls_options> tls;
 };
 
@@ -51,9 +52,15 @@ struct call_options {
   std::optional<wire::request_id> request_id;
   /// Which attempt this is, for telemetry.
   std::uint32_t attempt = 1;
-  /// When set, receives the failure's details (the remote exception's type and message,
-  /// both versions on a mismatch, the connect error) before the completion handler runs.
-  std::shared_ptr<std::string> error_detail;
+  /**
+   * Where the call's failure details go (the remote exception's type and message, both
+   * versions on a mismatch, the connect or TLS error), like boost::mysql::diagnostics.
+   * Owned by the caller and must outlive the operation. Cleared when the call is
+   * initiated; on failure, filled before the completion handler is invoked (reading it
+   * in the handler is safe); empty after a success. Null: the details are dropped.
+   * The blocking client::call throws fwd::error carrying them in get_diagnostics().
+   */
+  fwd::diagnostics* diagnostics = nullptr;
 };
 
 }  // namespace fwd::rpc

@@ -23,7 +23,7 @@ namespace fwd::rpc {
  * A TLS failure (no certificate, a certificate from another CA, a plain fwd client against
  * a TLS server, a TLS client against a plain server) closes that connection only. The
  * client's calls fail with `unauthenticated` and OpenSSL's reason in
- * `call_options::error_detail`; the server reports `telemetry::connection_failed` with
+ * `call_options::diagnostics`; the server reports `telemetry::connection_failed` with
  * OpenSSL's error (category "asio.ssl"), or `unauthenticated` for a plain fwd client.
  */
 struct tls_options {

@@ -2,6 +2,7 @@
 
 // The settings of a forwarder and of one forwarded call, and what a call reports.
 
+#include <fwd/error.hpp>
 #include <fwd/litefs/monitor.hpp>
 #include <fwd/litefs/mount.hpp>
 #include <fwd/telemetry.hpp>
@@ -57,8 +58,14 @@ struct forward_options {
   std::optional<request_id> id;
   /// Overrides forwarder_options::read_your_writes for this call.
   std::optional<bool> read_your_writes;
-  /// Receives the failure's details (remote exception, SQLite message, what was tried).
-  std::shared_ptr<std::string> error_detail;
+  /**
+   * Where the call's failure details go (the remote exception, SQLite's message, what
+   * was tried on which peer), like boost::mysql::diagnostics. Owned by the caller and
+   * must outlive the operation. Cleared when the call is initiated; on failure, filled
+   * before the completion handler is invoked; empty after a success. Null: the details
+   * are dropped. The blocking forms throw fwd::error carrying them in get_diagnostics().
+   */
+  fwd::diagnostics* diagnostics = nullptr;
   /// Receives what happened (attempts, where it ran, TXID).
   std::shared_ptr<call_report> report;
 };

@@ -103,7 +103,8 @@ class forwarder {
    * `not_primary`, `unreachable`, `connection_lost`, `timeout`, `circuit_open` after the
    * retries, the deadline or the retry budget ran out; `replication_lag`: the write
    * COMMITTED but this node had not replicated it by the deadline (do not retry);
-   * `cancelled`. forward_options::error_detail receives the details.
+   * `cancelled`. forward_options::diagnostics receives the details, before the handler
+   * is invoked.
    *
    * Completes through the handler's associated executor (default: the forwarder's), never
    * inside this call; that executor has outstanding work until then.
@@ -142,8 +143,10 @@ class forwarder {
   }
 
   /**
-   * Blocking call: returns the result or throws fwd::error (its what() carries the
-   * details). Must not be called from a thread that runs the forwarder's executor.
+   * Blocking call: returns the result or throws fwd::error: its code, and in
+   * get_diagnostics() "call to <procedure>: <details>" (what() adds the code's message).
+   * forward_options::diagnostics, when set, receives the details alone. Must not be
+   * called from a thread that runs the forwarder's executor.
    */
   template <class R, class... Params, class... Args>
   R call(const procedure<R(Params...)>& proc, Args&&... args) {
@@ -152,11 +155,11 @@ class forwarder {
 
   template <class R, class... Params, class... Args>
   R call(forward_options options, const procedure<R(Params...)>& proc, Args&&... args) {
-    auto detail = options.error_detail ? options.error_detail : std::make_shared<std::string>();
-    options.error_detail = detail;
+    fwd::diagnostics local;
+    fwd::diagnostics* diag = options.diagnostics != nullptr ? options.diagnostics : &local;
+    options.diagnostics = diag;
     auto fail = [&](boost::system::error_code ec) {
-      return fwd::error(
-          ec, "call to " + std::string(proc.name()) + (detail->empty() ? "" : ": " + *detail));
+      return fwd::detail::call_failure(ec, proc.name(), *diag);
     };
     if constexpr (std::is_void_v<R>) {
       std::promise<void> promise;
@@ -191,9 +194,9 @@ class forwarder {
     template <class Handler>
     void operator()(Handler&& handler, forward_options options, std::string name,
                     std::uint64_t signature, std::string arguments) const {
-      auto detail = options.error_detail;
+      if (options.diagnostics != nullptr) options.diagnostics->clear();
       auto completion = std::make_unique<detail::typed_completion<R>>(
-          std::forward<Handler>(handler), core->executor, std::move(detail));
+          std::forward<Handler>(handler), core->executor, options.diagnostics);
       auto slot = completion->slot();
       auto op = std::make_shared<detail::forward_op>(core, std::move(name), signature,
                                                      std::move(arguments), std::move(options),

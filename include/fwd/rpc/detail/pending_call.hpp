@@ -13,6 +13,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/system/error_code.hpp>
+#include <fmt/format.h>
 
 #include <array>
 #include <atomic>
@@ -70,15 +71,17 @@ class call_op final : public pending_call {
       std::conditional_t<std::is_same_v<R, raw_reply>, void(boost::system::error_code, std::string),
                          call_signature<R>>;
 
+  // `diagnostics` (the caller's, may be null) receives the failure's detail before the
+  // handler is invoked.
   template <class Handler>
   call_op(Handler&& handler, const boost::asio::any_io_executor& fallback,
-          std::shared_ptr<std::string> detail)
-      : completion_(std::forward<Handler>(handler), fallback), detail_(std::move(detail)) {}
+          fwd::diagnostics* diagnostics)
+      : completion_(std::forward<Handler>(handler), fallback), diagnostics_(diagnostics) {}
 
   boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
 
   void complete(boost::system::error_code ec, std::string payload) override {
-    if (ec && detail_) *detail_ = payload;
+    if (ec) report(std::move(payload));
     if constexpr (std::is_same_v<R, raw_reply>) {
       deliver(ec, ec ? std::string() : std::move(payload));
     } else if constexpr (std::is_void_v<R>) {
@@ -91,12 +94,17 @@ class call_op final : public pending_call {
       }
       std::string why;
       R result = fwd::detail::decode_result<R>(payload, ec, &why);
-      if (ec && detail_) *detail_ = "the reply could not be decoded: " + why;
+      if (ec) report(fmt::format("the reply could not be decoded: {}", why));
       deliver(ec, std::move(result));
     }
   }
 
  private:
+  // Runs once, before deliver(): the handler reads the caller's diagnostics after this.
+  void report(std::string detail) {
+    if (diagnostics_ != nullptr) diagnostics_->assign(std::move(detail));
+  }
+
   template <class... Args>
   void deliver(Args&&... args) {
     if (in_initiation) {
@@ -107,7 +115,7 @@ class call_op final : public pending_call {
   }
 
   fwd::detail::pending_completion<signature> completion_;
-  std::shared_ptr<std::string> detail_;
+  fwd::diagnostics* diagnostics_;
 };
 
 struct client_state {

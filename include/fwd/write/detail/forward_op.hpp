@@ -232,17 +232,18 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
                  "the circuit breaker for " + peer + " is open");
       return;
     }
-    auto detail = std::make_shared<std::string>();
     rpc::call_options options;
     options.deadline = deadline_;
     options.request_id = id_;
     options.attempt = report_->attempts;
-    options.error_detail = detail;
+    // One attempt is in flight at a time; its handler keeps this op (and so the
+    // diagnostics) alive, and the client fills them before the handler runs.
+    options.diagnostics = &attempt_diagnostics_;
     core_->client->async_call_raw(
         where.endpoint, options, name_, signature_, arguments_,
-        [self = shared_from_this(), peer, detail](boost::system::error_code e, std::string p) {
-          boost::asio::post(self->strand_, [self, peer, detail, e, p = std::move(p)]() mutable {
-            self->on_sent(peer, *detail, e, std::move(p));
+        [self = shared_from_this(), peer](boost::system::error_code e, std::string p) {
+          boost::asio::post(self->strand_, [self, peer, e, p = std::move(p)]() mutable {
+            self->on_sent(peer, self->attempt_diagnostics_.message(), e, std::move(p));
           });
         });
   }
@@ -399,6 +400,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   std::string result_;
   boost::system::error_code last_ec_;
   std::string last_detail_;
+  diagnostics attempt_diagnostics_;  // the detail of the attempt in flight
   bool done_ = false;
 };
 
@@ -416,22 +418,22 @@ struct forward_signature_of<void> {
 template <class R>
 class typed_completion final : public forward_completion {
  public:
+  // `diagnostics` (the caller's, may be null) receives the failure's detail before the
+  // handler is invoked.
   template <class Handler>
   typed_completion(Handler&& handler, const boost::asio::any_io_executor& fallback,
-                   std::shared_ptr<std::string> detail)
-      : completion_(std::forward<Handler>(handler), fallback), detail_(std::move(detail)) {}
+                   fwd::diagnostics* diagnostics)
+      : completion_(std::forward<Handler>(handler), fallback), diagnostics_(diagnostics) {}
 
   boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
 
   void complete(boost::system::error_code ec, std::string result, std::string why) override {
-    if (ec) {
-      if (detail_) *detail_ = std::move(why);
-    }
+    if (ec) report(std::move(why));
     // Posted: the call may complete before its initiating call returns (a stopped node).
     if constexpr (std::is_void_v<R>) {
       if (!ec) {
         fwd::detail::decode_result<void>(result, ec);
-        if (ec && detail_) *detail_ = "the result could not be decoded";
+        if (ec) report("the result could not be decoded");
       }
       completion_.post(ec);
     } else {
@@ -439,15 +441,19 @@ class typed_completion final : public forward_completion {
       if (!ec) {
         std::string decode_why;
         value = fwd::detail::decode_result<R>(result, ec, &decode_why);
-        if (ec && detail_) *detail_ = "the result could not be decoded: " + decode_why;
+        if (ec) report(fmt::format("the result could not be decoded: {}", decode_why));
       }
       completion_.post(ec, std::move(value));
     }
   }
 
  private:
+  void report(std::string detail) {
+    if (diagnostics_ != nullptr) diagnostics_->assign(std::move(detail));
+  }
+
   fwd::detail::pending_completion<typename forward_signature_of<R>::type> completion_;
-  std::shared_ptr<std::string> detail_;
+  fwd::diagnostics* diagnostics_;
 };
 
 }  // namespace detail
