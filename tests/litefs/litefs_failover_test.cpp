@@ -87,8 +87,8 @@ TEST_CASE("real LiteFS consul lease: the primary dies and a survivor is promoted
     REQUIRE(r.category == 0);
     acked.push_back(seq);
   }
-  // LiteFS replicates asynchronously: a failover may lose what the primary had not shipped
-  // (LITEFS.md). This test is about fwd, so the survivors have everything before the kill.
+  // LiteFS replicates asynchronously: a failover may lose what the primary had not
+  // shipped. This test is about fwd, so the survivors have everything before the kill.
   REQUIRE(c.wait_caught_up(0, db_name, 10s));
 
   // Sample the survivors' role while no primary exists: never `primary`.
@@ -232,9 +232,9 @@ TEST_CASE("real LiteFS consul lease: planned handoff with POST /promote - forwar
 TEST_CASE("real LiteFS: with several LiteFS mounts the data-directory mistake suggests the "
           "mount of that LiteFS") {
   REQUIRE_REAL_LITEFS();
-  // LITEFS.md: "When several LiteFS mounts exist, suggest the one whose data directory was
-  // hit, not the first in the mount table." fwd suggests the first LiteFS mount in
-  // /proc/self/mounts, so for the cluster mounted second this fails.
+  // With several LiteFS mounts, the suggestion names the mount that belongs to the data
+  // directory that was hit, not the first LiteFS mount in /proc/self/mounts: the cluster
+  // mounted second checks that.
   litefs_cluster first({.nodes = 1, .lease = fwd_test::lease_kind::static_lease});
   first.start_all();
   litefs_cluster second({.nodes = 1, .lease = fwd_test::lease_kind::static_lease});

@@ -1,5 +1,5 @@
 // litefs::monitor over a directory laid out with the exact bytes LiteFS serves
-// (LITEFS.md): one poll for everybody, waiters woken by the position, role changes seen,
+// (.primary, <db>-pos): one poll for everybody, waiters woken by the position, role changes seen,
 // and a mount replaced under it (a new filesystem on the directory) seen as a new
 // generation. Dead and restarted real mounts are in tests/litefs.
 
