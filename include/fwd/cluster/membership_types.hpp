@@ -13,6 +13,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <fmt/format.h>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -54,8 +55,8 @@ struct member {
 /// "host (address:port)".
 inline std::string to_string(const member& m) {
   const auto address = m.endpoint.address();
-  const std::string ip = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
-  return m.host + " (" + ip + ":" + std::to_string(m.endpoint.port()) + ")";
+  return address.is_v6() ? fmt::format("{} ([{}]:{})", m.host, address.to_string(), m.endpoint.port())
+                         : fmt::format("{} ({}:{})", m.host, address.to_string(), m.endpoint.port());
 }
 
 /// Hashes a member by its endpoint.

@@ -18,12 +18,12 @@
 #include <boost/asio/post.hpp>
 #include <boost/core/demangle.hpp>
 #include <boost/system/error_code.hpp>
+#include <fmt/format.h>
 
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <exception>
 #include <functional>
 #include <map>
@@ -106,7 +106,7 @@ class registry {
   void define_raw(std::string name, std::uint64_t signature, raw_handler handler) {
     if (!handler) {
       throw error(make_error_code(errc::bad_argument),
-                  "procedure " + detail::quoted_name(name) + " needs a handler");
+                  fmt::format("procedure {} needs a handler", detail::quoted_name(name)));
     }
     add(std::move(name), signature, {}, std::move(handler), nullptr);
   }
@@ -134,18 +134,18 @@ class registry {
     const auto found = entries_.find(call.procedure);
     if (found == entries_.end()) {
       post_failure(executor, std::move(answer), errc::unknown_procedure,
-                   "no procedure named " + detail::quoted_name(call.procedure) +
-                       " is defined on this node: define it on every node");
+                   fmt::format("no procedure named {} is defined on this node: define it on every node",
+                               detail::quoted_name(call.procedure)));
       return;
     }
     std::shared_ptr<const entry> target = found->second;
     if (target->signature != call.signature) {
-      std::string detail = "procedure " + detail::quoted_name(call.procedure) +
-                           " is defined on this node with signature " +
-                           detail::hex64(target->signature);
-      if (!target->signature_text.empty()) detail += " (" + target->signature_text + ")";
-      detail += " but the caller's is " + detail::hex64(call.signature) +
-                ": deploy the same procedure declarations on every node";
+      std::string detail = fmt::format(
+          "procedure {} is defined on this node with signature {}{} but the caller's is {}: deploy the "
+          "same procedure declarations on every node",
+          detail::quoted_name(call.procedure), detail::hex64(target->signature),
+          target->signature_text.empty() ? std::string() : fmt::format(" ({})", target->signature_text),
+          detail::hex64(call.signature));
       post_failure(executor, std::move(answer), errc::signature_mismatch, std::move(detail));
       return;
     }
@@ -155,8 +155,8 @@ class registry {
       if (deadline != std::chrono::steady_clock::time_point{} &&
           std::chrono::steady_clock::now() >= deadline) {
         answer->complete(make_error_code(errc::timeout),
-                         "the deadline of the call to " + detail::quoted_name(target->name) +
-                             " passed before it started; it did not run");
+                         fmt::format("the deadline of the call to {} passed before it started; it did not run",
+                                     detail::quoted_name(target->name)));
         return;
       }
       const incoming_call owned{target->name, target->signature, arguments, request_id, deadline};
@@ -220,8 +220,8 @@ class registry {
     }
     if (entries_.contains(name)) {
       throw error(make_error_code(errc::bad_argument),
-                  "procedure " + detail::quoted_name(name) +
-                      " is already defined: each name can be defined once");
+                  fmt::format("procedure {} is already defined: each name can be defined once",
+                              detail::quoted_name(name)));
     }
     auto e = std::make_shared<entry>(
         entry{name, signature, std::move(signature_text), std::move(handler), std::move(typed)});
@@ -244,8 +244,8 @@ class registry {
     std::string why;
     auto args = fwd::detail::decode_arguments<Proc>(call.arguments, ec, &why);
     if (ec) {
-      answer->complete(ec, "the arguments of " + detail::quoted_name(call.procedure) +
-                               " could not be decoded as " + Proc::signature_text() + ": " + why);
+      answer->complete(ec, fmt::format("the arguments of {} could not be decoded as {}: {}",
+                                       detail::quoted_name(call.procedure), Proc::signature_text(), why));
       return;
     }
     const call_context context{call.request_id, call.deadline};

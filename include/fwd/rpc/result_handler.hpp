@@ -17,12 +17,12 @@
 #include <boost/asio/post.hpp>
 #include <boost/core/demangle.hpp>
 #include <boost/system/error_code.hpp>
+#include <fmt/format.h>
 
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <exception>
 #include <functional>
 #include <map>
@@ -66,7 +66,7 @@ inline std::string describe_exception(const std::exception_ptr& exception) {
   try {
     std::rethrow_exception(exception);
   } catch (const std::exception& e) {
-    return boost::core::demangle(typeid(e).name()) + ": " + e.what();
+    return fmt::format("{}: {}", boost::core::demangle(typeid(e).name()), e.what());
   } catch (...) {
     return "an exception of a type not derived from std::exception";
   }
@@ -75,17 +75,11 @@ inline std::string describe_exception(const std::exception_ptr& exception) {
 /// A peer's procedure name, quoted and bounded for use in a message.
 inline std::string quoted_name(std::string_view name) {
   constexpr std::size_t shown = 128;
-  std::string out = "'";
-  out.append(name.substr(0, shown));
-  if (name.size() > shown) out += "...";
-  out += "'";
-  return out;
+  return fmt::format("'{}{}'", name.substr(0, shown), name.size() > shown ? "..." : "");
 }
 
 inline std::string hex64(std::uint64_t value) {
-  char text[19];
-  std::snprintf(text, sizeof text, "0x%016llx", static_cast<unsigned long long>(value));
-  return text;
+  return fmt::format("{:#018x}", value);
 }
 
 /// Guarantees that a reply handler is called exactly once: the first completion wins,
@@ -105,9 +99,9 @@ class reply_once {
   ~reply_once() {
     if (!completion_) return;
     complete(make_error_code(errc::remote_failure),
-             "procedure " + quoted_name(procedure_) +
-                 " finished without producing a result (its completion handler was destroyed "
-                 "without being called)");
+             fmt::format("procedure {} finished without producing a result (its completion handler "
+                         "was destroyed without being called)",
+                         quoted_name(procedure_)));
   }
 
   /// Answers the call, unless it was answered already. Thread-safe. Dispatched: the reply

@@ -22,6 +22,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
@@ -104,9 +105,9 @@ class server {
     if (!ec) acceptor.bind(endpoint, ec);
     if (!ec) acceptor.listen(boost::asio::socket_base::max_listen_connections, ec);
     if (ec) {
-      throw fwd::error(make_error_code(errc::bad_argument), "cannot listen on " + detail::endpoint_string(endpoint) +
-                                                                ": " + ec.message() +
-                                                                ": choose a free address and port");
+      throw fwd::error(make_error_code(errc::bad_argument),
+                       fmt::format("cannot listen on {}: {}: choose a free address and port",
+                                   detail::endpoint_string(endpoint), ec.message()));
     }
     local_ = acceptor.local_endpoint(ec);
     accept(state_);

@@ -10,6 +10,7 @@
 #include <fwd/rpc/registry.hpp>
 #include <fwd/rpc/tls.hpp>
 #include <fwd/telemetry.hpp>
+#include <fwd/rpc/handshake.hpp>
 #include <fwd/rpc/wire.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -20,6 +21,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
@@ -103,7 +105,8 @@ inline boost::system::error_code decode_status(std::uint64_t aux) noexcept {
 
 inline std::string endpoint_string(const boost::asio::ip::tcp::endpoint& e) {
   const auto address = e.address();
-  return (address.is_v6() ? "[" + address.to_string() + "]" : address.to_string()) + ":" + std::to_string(e.port());
+  return address.is_v6() ? fmt::format("[{}]:{}", address.to_string(), e.port())
+                         : fmt::format("{}:{}", address.to_string(), e.port());
 }
 
 class server_connection;

@@ -14,6 +14,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <fmt/format.h>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -39,8 +40,8 @@ namespace fwd {
 namespace detail {
 
 inline std::string describe(const dns_source& source) {
-  if (source.type == dns_source::record_type::srv) return "SRV records of " + source.name;
-  return "A/AAAA records of " + source.name + " (port " + std::to_string(source.port) + ")";
+  if (source.type == dns_source::record_type::srv) return fmt::format("SRV records of {}", source.name);
+  return fmt::format("A/AAAA records of {} (port {})", source.name, source.port);
 }
 
 class membership_impl : public std::enable_shared_from_this<membership_impl> {
@@ -197,12 +198,12 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
 
   void validate() const {
     const auto bad = [](const std::string& what) {
-      throw fwd::error(make_error_code(errc::bad_argument), "membership_options: " + what);
+      throw fwd::error(make_error_code(errc::bad_argument), fmt::format("membership_options: {}", what));
     };
     for (const auto& source : options_.dns) {
       if (source.name.empty()) bad("a DNS source has an empty name: give the cluster's DNS name");
       if (source.type == dns_source::record_type::address && source.port == 0) {
-        bad("DNS source " + source.name + " has port 0: give the port members listen on");
+        bad(fmt::format("DNS source {} has port 0: give the port members listen on", source.name));
       }
     }
     if (options_.poll_interval <= std::chrono::milliseconds::zero()) {
@@ -269,17 +270,16 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
       auto& tracked = tracked_[i];
       const std::string what = describe(options_.dns[i]);
       if (!answer.definitive) {
-        report(answer.error, "DNS query " + answer.failed_query + " for " + what +
-                                 " failed: " + answer.error.message() + "; keeping the " +
-                                 std::to_string(tracked.size()) +
-                                 " member(s) of the last good answer");
+        report(answer.error,
+               fmt::format("DNS query {} for {} failed: {}; keeping the {} member(s) of the last good answer",
+                           answer.failed_query, what, answer.error.message(), tracked.size()));
         continue;
       }
       if (answer.error) {
-        report(answer.error, "DNS query " + answer.failed_query + " for " + what +
-                                 " found no member: " + answer.error.message() + "; " +
-                                 std::to_string(tracked.size()) + " member(s) are removed after " +
-                                 std::to_string(polls_to_remove) + " such answer(s)");
+        report(answer.error, fmt::format("DNS query {} for {} found no member: {}; {} member(s) are removed "
+                                         "after {} such answer(s)",
+                                         answer.failed_query, what, answer.error.message(), tracked.size(),
+                                         polls_to_remove));
       }
       std::unordered_map<boost::asio::ip::tcp::endpoint, const dns_found_address*> found;
       for (const auto& f : answer.found) {

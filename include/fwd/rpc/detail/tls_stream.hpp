@@ -16,6 +16,7 @@
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/ssl/stream.hpp>
+#include <fmt/format.h>
 #include <cstddef>
 #include <fwd/error.hpp>
 #include <fwd/rpc/tls.hpp>
@@ -40,10 +41,8 @@ inline std::shared_ptr<boost::asio::ssl::context> make_tls_context(const tls_opt
       std::make_shared<ssl::context>(server ? ssl::context::tls_server : ssl::context::tls_client);
   SSL_CTX* native = context->native_handle();
   auto fail = [&](const std::string& what, const boost::system::error_code& ec) {
-    std::string message(owner);
-    message += ": " + what;
-    if (ec) message += ": " + ec.message();
-    throw fwd::error(make_error_code(errc::bad_argument), message);
+    throw fwd::error(make_error_code(errc::bad_argument),
+                     ec ? fmt::format("{}: {}: {}", owner, what, ec.message()) : fmt::format("{}: {}", owner, what));
   };
   // TLS 1.2 at least; OpenSSL negotiates 1.3 when the peer has it.
   if (SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION) != 1)
@@ -59,17 +58,13 @@ inline std::shared_ptr<boost::asio::ssl::context> make_tls_context(const tls_opt
     }
     context->use_certificate_chain_file(options.certificate_chain_file, ec);
     if (ec)
-      fail(
-          "cannot load the certificate chain " + options.certificate_chain_file + " (PEM expected)",
-          ec);
+      fail(fmt::format("cannot load the certificate chain {} (PEM expected)", options.certificate_chain_file), ec);
     context->use_private_key_file(options.private_key_file, ssl::context::pem, ec);
     if (ec)
-      fail(
-          "cannot load the private key " + options.private_key_file + " (unencrypted PEM expected)",
-          ec);
+      fail(fmt::format("cannot load the private key {} (unencrypted PEM expected)", options.private_key_file), ec);
     if (SSL_CTX_check_private_key(native) != 1) {
-      fail("the private key " + options.private_key_file + " does not match the certificate " +
-               options.certificate_chain_file,
+      fail(fmt::format("the private key {} does not match the certificate {}", options.private_key_file,
+                       options.certificate_chain_file),
            {});
     }
   } else if (server) {
@@ -77,7 +72,7 @@ inline std::shared_ptr<boost::asio::ssl::context> make_tls_context(const tls_opt
   }
   if (!options.ca_file.empty()) {
     context->load_verify_file(options.ca_file, ec);
-    if (ec) fail("cannot load the CA certificates " + options.ca_file + " (PEM expected)", ec);
+    if (ec) fail(fmt::format("cannot load the CA certificates {} (PEM expected)", options.ca_file), ec);
   } else {
     context->set_default_verify_paths(ec);
     if (ec) fail("cannot load the system's trust store; set ca_file", ec);
@@ -150,16 +145,11 @@ class transport_stream {
 
   /// OpenSSL's reason for a TLS failure, with the certificate verification's when it failed.
   std::string tls_failure_reason(const boost::system::error_code& ec) const {
-    std::string reason = ec.message();
     if (tls_) {
       const long verify = SSL_get_verify_result(tls_->stream.native_handle());
-      if (verify != X509_V_OK) {
-        reason += " (";
-        reason += X509_verify_cert_error_string(verify);
-        reason += ")";
-      }
+      if (verify != X509_V_OK) return fmt::format("{} ({})", ec.message(), X509_verify_cert_error_string(verify));
     }
-    return reason;
+    return ec.message();
   }
 
   /// The TLS handshake, as `type`; completes `handler(error_code)` on the socket's executor.
