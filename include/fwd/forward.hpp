@@ -21,6 +21,7 @@
 #include <fwd/sqlite/connection.hpp>
 #include <fwd/sqlite/transaction.hpp>
 #include <fwd/rpc/wire.hpp>
+#include <fwd/rpc/handshake.hpp>
 #include <fwd/rpc/registry.hpp>
 #include <fwd/rpc/result_handler.hpp>
 #include <fwd/rpc/hello.hpp>
@@ -39,4 +40,5 @@
 #include <fwd/write/forward_options.hpp>
 #include <fwd/write/forwarder.hpp>
 #include <fwd/migrate.hpp>
+#include <fwd/node_options.hpp>
 #include <fwd/node.hpp>

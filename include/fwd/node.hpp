@@ -13,163 +13,37 @@
 //   node.start();
 //   std::int64_t id = node.call(add_tag, "hello");   // on any node
 
-#include <unistd.h>
-
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <functional>
-#include <fwd/write/breaker.hpp>
 #include <fwd/cluster/discovery.hpp>
+#include <fwd/cluster/membership.hpp>
 #include <fwd/error.hpp>
 #include <fwd/litefs/monitor.hpp>
-#include <fwd/write/forwarder.hpp>
 #include <fwd/litefs/mount.hpp>
 #include <fwd/litefs/path_check.hpp>
-#include <fwd/cluster/membership.hpp>
-#include <fwd/write/retry.hpp>
+#include <fwd/node_options.hpp>
 #include <fwd/rpc/client.hpp>
 #include <fwd/rpc/hello.hpp>
 #include <fwd/rpc/registry.hpp>
 #include <fwd/rpc/server.hpp>
-#include <fwd/sqlite/connection.hpp>
-#include <fwd/sqlite/transaction.hpp>
-#include <fwd/write/executor.hpp>
 #include <fwd/telemetry.hpp>
+#include <fwd/write/builtins.hpp>
+#include <fwd/write/executor.hpp>
+#include <fwd/write/forwarder.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
-#include <optional>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 namespace fwd {
-
-/// What the node does when the database path is not on a LiteFS mount.
-enum class path_check_mode {
-  refuse,  ///< start() throws fwd::error (not_litefs / misconfigured_mount)
-  warn,    ///< start() reports the problem through node_options::on_warning and goes on
-  off,     ///< no check
-};
-
-/**
- * The cluster secret from environment variable `name`. Throws fwd::error(bad_argument)
- * when it is unset or empty, saying what to set.
- */
-inline std::string secret_from_env(const char* name) {
-  const char* value = std::getenv(name);
-  if (value == nullptr || *value == '\0') {
-    throw fwd::error(make_error_code(errc::bad_argument),
-                     std::string("the environment variable ") + name +
-                         " holding the cluster secret is unset or empty: set it to the same secret "
-                         "on every node");
-  }
-  return value;
-}
-
-/**
- * The cluster secret from the file at `path` (trailing newlines removed). Throws
- * fwd::error(bad_argument) when it cannot be read or is empty.
- */
-inline std::string secret_from_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    throw fwd::error(make_error_code(errc::bad_argument),
-                     "cannot read the cluster secret file " + path.string() +
-                         ": create it (same content on every node)");
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-  std::string secret = text.str();
-  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
-  if (secret.empty()) {
-    throw fwd::error(make_error_code(errc::bad_argument),
-                     "the cluster secret file " + path.string() + " is empty");
-  }
-  return secret;
-}
-
-/// Members from a fixed list of fwd listen addresses.
-inline membership_options static_members(
-    const std::vector<boost::asio::ip::tcp::endpoint>& endpoints) {
-  membership_options options;
-  for (const auto& e : endpoints)
-    options.static_members.push_back(member{e.address().to_string(), e});
-  return options;
-}
-
-/// Members from DNS: every A/AAAA address of `name`, at fwd port `port`.
-inline membership_options dns_members(std::string name, std::uint16_t port) {
-  membership_options options;
-  options.dns.push_back(dns_source::address(std::move(name), port));
-  return options;
-}
-
-/// The OS hostname (LiteFS's default lease hostname).
-inline std::string os_hostname() {
-  char name[256] = {};
-  if (::gethostname(name, sizeof name - 1) != 0) return {};
-  return name;
-}
-
-/// Everything a node needs. Only `database` and a secret (or `insecure`) are required.
-struct node_options {
-  /// Where this node's fwd server listens (port 0: a free port, see local_endpoint()).
-  boost::asio::ip::tcp::endpoint listen{boost::asio::ip::make_address("127.0.0.1"), 0};
-  /// The cluster's members (their listen addresses): static_members() or dns_members().
-  membership_options members;
-  /// The LiteFS mount (default: the database's directory).
-  std::filesystem::path mount;
-  /// The database inside the mount, e.g. /litefs/blog.db.
-  std::filesystem::path database;
-  /// The cluster secret every node shares (secret_from_env / secret_from_file).
-  std::string secret;
-  /// Run without a secret (a fixed, public one): only for tests on a private machine.
-  bool insecure = false;
-  /// This node's LiteFS hostname, what replicas see in `.primary` (default: OS hostname).
-  std::string litefs_hostname;
-  /// A name for logs and `fwd.hello` (default: the LiteFS hostname).
-  std::string name;
-  /// The database-path check at start, and whether the mount must be FUSE (false for
-  /// the LiteFS simulation).
-  path_check_mode path_check = path_check_mode::refuse;
-  bool require_fuse = true;
-  /// Deadline of a call that sets none.
-  std::chrono::milliseconds default_deadline{5000};
-  retry_policy retry;
-  breaker_options breaker;
-  /// Forwarded writes wait until they are visible locally (see forwarder).
-  bool read_your_writes = true;
-  /// Discovery: how long the primary's address is trusted, and one probe's deadline.
-  std::chrono::milliseconds discovery_ttl{2000};
-  std::chrono::milliseconds probe_timeout{300};
-  /// Connecting to a peer (and its handshake) must finish within this.
-  std::chrono::milliseconds connect_timeout{1000};
-  /// The primary's writer (group commit, dedup retention, busy timeout...).
-  sqlite::write_options write;
-  /// LiteFS's HTTP address (its `http.addr`; LiteFS's default is 127.0.0.1:20202). When
-  /// set, the node follows LiteFS's `/events` stream and sees role changes and new
-  /// transactions as they happen; without it, the mount is polled (`litefs_poll`).
-  std::optional<boost::asio::ip::tcp::endpoint> litefs_http;
-  /// How often the node's litefs::monitor re-reads the mount when nobody waits for a
-  /// position (while one waits: every millisecond, shared by all waiters).
-  std::chrono::milliseconds litefs_poll{50};
-  /// The local LiteFS role read from the mount (default: litefs::current_role). For tests;
-  /// the node itself reads the role from its monitor, which calls this.
-  std::function<litefs::role()> role;
-  telemetry_ptr telemetry;
-  /// Mutual TLS between the nodes (under fwd's own secret check), for networks that are
-  /// not private. Every node needs its certificate, its key and the cluster's CA.
-  std::optional<rpc::tls_options> tls;
-  /// Receives warnings (path check in warn mode). Default: stderr.
-  std::function<void(std::string_view)> on_warning;
-};
 
 /**
  * A node of a fwd cluster. Construct, define the write procedures, start(); then call
@@ -182,176 +56,7 @@ class node {
   using executor_type = boost::asio::any_io_executor;
 
   /// Throws fwd::error(bad_argument) on a missing database or secret.
-  node(executor_type executor, node_options options)
-      : executor_(std::move(executor)), options_(std::move(options)) {
-    if (options_.database.empty()) {
-      throw fwd::error(
-          make_error_code(errc::bad_argument),
-          "node_options::database is empty: give the database's path in the LiteFS mount, e.g. "
-          "/litefs/app.db");
-    }
-    if (options_.secret.empty()) {
-      if (!options_.insecure) {
-        throw fwd::error(make_error_code(errc::bad_argument),
-                         "node_options::secret is empty: give every node the same cluster secret "
-                         "(fwd::secret_from_env(\"FWD_SECRET\")), or set insecure = true on a "
-                         "private test machine");
-      }
-      options_.secret = "fwd-insecure-no-secret";
-    }
-    if (options_.mount.empty()) options_.mount = options_.database.parent_path();
-    if (options_.litefs_hostname.empty()) options_.litefs_hostname = os_hostname();
-    if (options_.name.empty()) options_.name = options_.litefs_hostname;
-    if (!options_.role)
-      options_.role = [mount = options_.mount] { return litefs::current_role(mount); };
-    {
-      litefs::monitor_options m;
-      m.mount = options_.mount;
-      m.database = options_.database.filename().string();
-      m.poll_interval = options_.litefs_poll;
-      m.http = options_.litefs_http;
-      m.read_role = options_.role;
-      if (const telemetry_ptr& t = options_.telemetry; t && t->litefs_changed) {
-        m.on_change = [t](const litefs::node_state& s) {
-          t->litefs_changed(litefs_event{litefs::to_string(s.role), s.primary_hostname, s.mount_dead,
-                                         s.mount_generation, s.pos.txid, s.reason});
-        };
-      }
-      monitor_ = litefs::monitor::create(executor_, std::move(m));
-    }
-    // Everything in the node reads the role from the monitor: an atomic load, no syscall.
-    role_ = [monitor = monitor_] {
-      const auto state = monitor->state();
-      litefs::role r;
-      r.kind = state->role;
-      r.primary_hostname = state->primary_hostname;
-      r.reason = state->reason;
-      return r;
-    };
-    if (!options_.on_warning) {
-      options_.on_warning = [](std::string_view text) {
-        std::fprintf(stderr, "fwd: warning: %.*s\n", static_cast<int>(text.size()), text.data());
-      };
-    }
-
-    rpc::client_options client_options;
-    client_options.secret = options_.secret;
-    client_options.connect_timeout = options_.connect_timeout;
-    client_options.default_timeout = options_.default_deadline;
-    client_options.reconnect_backoff = std::chrono::milliseconds(10);
-    client_options.max_reconnect_backoff = std::chrono::milliseconds(200);
-    client_options.telemetry = options_.telemetry;
-    client_options.tls = options_.tls;
-    client_ = std::make_shared<rpc::client>(executor_, std::move(client_options));
-
-    membership_options members_options = options_.members;
-    if (const telemetry_ptr& t = options_.telemetry) {
-      if (t->member_joined && !members_options.hooks.on_joined) {
-        members_options.hooks.on_joined = [t](const member& m) {
-          t->member_joined(member_event{to_string(m)});
-        };
-      }
-      if (t->member_left && !members_options.hooks.on_left) {
-        members_options.hooks.on_left = [t](const member& m) {
-          t->member_left(member_event{to_string(m)});
-        };
-      }
-      if (t->resolver_error && !members_options.hooks.on_resolve_error) {
-        members_options.hooks.on_resolve_error = [t](const boost::system::error_code& ec,
-                                                     std::string_view message) {
-          t->resolver_error(resolver_error_event{ec, message});
-        };
-      }
-    }
-    membership_ = std::make_unique<membership>(executor_, std::move(members_options));
-
-    discovery_options discovery;
-    discovery.mount = options_.mount;
-    discovery.ttl = options_.discovery_ttl;
-    discovery.probe_timeout = options_.probe_timeout;
-    if (options_.telemetry && options_.telemetry->primary_changed) {
-      discovery.hooks.primary_changed =
-          [t = options_.telemetry,
-           previous = std::make_shared<std::string>()](const primary_location& now) {
-            const std::string current =
-                now.local ? std::string("local") : rpc::detail::endpoint_string(now.endpoint);
-            t->primary_changed(primary_changed_event{*previous, current});
-            *previous = current;
-          };
-    }
-    if (const telemetry_ptr& t = options_.telemetry) {
-      if (t->discovery_lookup) {
-        discovery.hooks.cache_hit = [t] { t->discovery_lookup(discovery_lookup_event{true}); };
-        discovery.hooks.cache_miss = [t] { t->discovery_lookup(discovery_lookup_event{false}); };
-      }
-      if (t->probe_finished) {
-        discovery.hooks.probe_result = [t](const peer& p, const boost::system::error_code& ec,
-                                           const node_status& status) {
-          const std::string where = rpc::detail::endpoint_string(p.endpoint);
-          t->probe_finished(probe_event{where, litefs::to_string(status.role), ec});
-        };
-      }
-    }
-    std::weak_ptr<rpc::client> weak_client = client_;
-    membership* members = membership_.get();
-    finder_ = primary_finder::create(
-        executor_, std::move(discovery),
-        [members] {
-          std::vector<peer> out;
-          for (const auto& m : members->snapshot()->members)
-            out.push_back(peer{m.host, m.endpoint});
-          return out;
-        },
-        [weak_client](const peer& p, primary_finder::clock::time_point deadline,
-                      primary_finder::probe_handler done) {
-          auto c = weak_client.lock();
-          if (!c) {
-            std::move(done)(make_error_code(errc::cancelled), node_status{});
-            return;
-          }
-          rpc::call_options call;
-          call.deadline = deadline;
-          c->async_call(
-              p.endpoint, call, rpc::hello,
-              [done = std::move(done)](boost::system::error_code ec, rpc::hello_info info) mutable {
-                node_status status;
-                status.node_name = std::move(info.node_name);
-                status.litefs_hostname = std::move(info.litefs_hostname);
-                status.role = role_from_text(info.role);
-                status.txid = info.txid;
-                std::move(done)(ec, std::move(status));
-              });
-        },
-        role_);
-
-    forwarder_options forwarding;
-    forwarding.mount = options_.mount;
-    forwarding.database_name = options_.database.filename().string();
-    forwarding.default_deadline = options_.default_deadline;
-    forwarding.retry = options_.retry;
-    forwarding.breaker = options_.breaker;
-    forwarding.read_your_writes = options_.read_your_writes;
-    forwarding.monitor = monitor_;
-    forwarding.role = role_;
-    forwarding.telemetry = options_.telemetry;
-    forwarder_ =
-        std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
-
-    forwarder_->define(
-        registry_, execute_statement,
-        [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
-          return detail::run_statement(db, sql, values);
-        });
-    forwarder_->define(
-        registry_, execute_bulk,
-        [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
-          return detail::run_bulk(db, sql, rows);
-        });
-    forwarder_->define(registry_, migrate_procedure,
-                       [](sqlite3* db, const std::vector<migration>& migrations) {
-                         return detail::run_migrations(db, migrations);
-                       });
-  }
+  node(executor_type executor, node_options options);
 
   node(const node&) = delete;
   node& operator=(const node&) = delete;
@@ -508,13 +213,6 @@ class node {
   }
 
  private:
-  static litefs::role_kind role_from_text(std::string_view text) noexcept {
-    if (text == "primary") return litefs::role_kind::primary;
-    if (text == "replica") return litefs::role_kind::replica;
-    if (text == "not_litefs") return litefs::role_kind::not_litefs;
-    return litefs::role_kind::unknown;
-  }
-
   executor_type executor_;
   node_options options_;
   rpc::registry registry_;
@@ -532,3 +230,5 @@ class node {
 };
 
 }  // namespace fwd
+
+#include <fwd/impl/node.hpp>

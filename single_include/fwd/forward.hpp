@@ -952,6 +952,8 @@ std::string signature_text() {
 
 // ---- end fwd/detail/procedure_signature.hpp ----
 
+#include <fmt/format.h>
+
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -973,6 +975,16 @@ inline constexpr bool arguments_convert<std::tuple<P...>, std::tuple<G...>> =
 
 /// The longest procedure name fwd accepts, in bytes.
 inline constexpr std::size_t max_procedure_name = 255;
+
+/// The blocking call forms' exception: its diagnostics are "call to <procedure>", then
+/// the operation's detail when it has one.
+inline fwd::error call_failure(const boost::system::error_code& ec, std::string_view procedure,
+                               const diagnostics& detail) {
+  diagnostics thrown;
+  thrown.assign(detail.message().empty() ? fmt::format("call to {}", procedure)
+                                         : fmt::format("call to {}: {}", procedure, detail.message()));
+  return fwd::error(ec, std::move(thrown));
+}
 
 }  // namespace detail
 
@@ -4335,8 +4347,9 @@ class transaction {
 // ---- end fwd/sqlite/transaction.hpp ----
 // ---- begin fwd/rpc/wire.hpp ----
 
-// fwd's wire format: frames and the connection handshake, as pure functions over bytes.
-// Nothing here touches a socket, so every decoder can be fuzzed on its own.
+// fwd's wire format: frames, as pure functions over bytes (the connection handshake is in
+// fwd/rpc/handshake.hpp). Nothing here touches a socket, so every decoder can be fuzzed on
+// its own.
 //
 // A frame is a fixed 52-byte header followed by `meta_size` bytes of metadata (a procedure
 // name, an error message) and `body_size` bytes of payload (a Boost archive). All header
@@ -4354,71 +4367,6 @@ class transaction {
 //       44    4 meta size
 //       48    4 body size
 //
-// The handshake, before any other frame: the client sends `client_hello` (versions and a
-// nonce); the server answers `server_hello` (its versions, its nonce, and its proof: an
-// HMAC-SHA256 of both nonces under the cluster secret); the client checks the proof and
-// sends `client_proof` (its own HMAC, with another label); the server checks it and sends
-// `welcome`. Either side that finds a version or proof wrong stops: the server says why in
-// a `goodbye` frame. Requests are only decoded after `welcome`, so no byte from an
-// unauthenticated peer reaches Boost.Serialization.
-
-// ---- begin fwd/detail/hmac.hpp ----
-
-// HMAC-SHA256, constant-time comparison and random bytes, from OpenSSL. Kept apart so that
-// only the handshake pulls OpenSSL's headers in.
-
-
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
-
-#include <array>
-#include <cstddef>
-#include <cstdint>
-#include <initializer_list>
-#include <string>
-#include <string_view>
-
-namespace fwd::detail {
-
-using sha256_digest = std::array<std::uint8_t, 32>;
-
-/// HMAC-SHA256 of the concatenation of `parts`, keyed by `key`.
-inline sha256_digest hmac_sha256(std::string_view key, std::initializer_list<std::string_view> parts) {
-  std::string message;
-  for (std::string_view part : parts) message.append(part);
-  sha256_digest out{};
-  unsigned int length = 0;
-  const unsigned char* done =
-      HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-           reinterpret_cast<const unsigned char*>(message.data()), message.size(), out.data(), &length);
-  if (done == nullptr || length != out.size()) {
-    throw fwd::error(make_error_code(errc::bad_argument),
-                     "OpenSSL could not compute HMAC-SHA256: check the OpenSSL installation");
-  }
-  return out;
-}
-
-/// True when the two digests are equal, in time that does not depend on where they differ.
-inline bool digests_equal(const sha256_digest& a, const sha256_digest& b) noexcept {
-  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
-}
-
-/// Cryptographically random bytes.
-template <std::size_t N>
-std::array<std::uint8_t, N> random_bytes() {
-  std::array<std::uint8_t, N> out{};
-  if (RAND_bytes(out.data(), static_cast<int>(N)) != 1) {
-    throw fwd::error(make_error_code(errc::bad_argument),
-                     "OpenSSL's random generator failed: check the system's entropy source");
-  }
-  return out;
-}
-
-}  // namespace fwd::detail
-
-// ---- end fwd/detail/hmac.hpp ----
 // ---- begin fwd/detail/wire_bytes.hpp ----
 
 // Little-endian integer (de)serialisation for the wire codec. The wire's own fields are
@@ -4451,7 +4399,6 @@ inline T load_le(const char* in) noexcept {
 // ---- end fwd/detail/wire_bytes.hpp ----
 
 #include <array>
-#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -4601,8 +4548,90 @@ inline boost::system::error_code decode_frame(std::string_view buffer, std::size
   return {};
 }
 
-// ---------------------------------------------------------------------------------------
-// Handshake
+}  // namespace fwd::wire
+
+// ---- end fwd/rpc/wire.hpp ----
+// ---- begin fwd/rpc/handshake.hpp ----
+
+// The handshake of a fwd connection, as pure functions over frames (fwd/rpc/wire.hpp):
+// versions, nonces and proofs of the cluster secret. Nothing here touches a socket.
+//
+// The handshake, before any other frame: the client sends `client_hello` (versions and a
+// nonce); the server answers `server_hello` (its versions, its nonce, and its proof: an
+// HMAC-SHA256 of both nonces under the cluster secret); the client checks the proof and
+// sends `client_proof` (its own HMAC, with another label); the server checks it and sends
+// `welcome`. Either side that finds a version or proof wrong stops: the server says why in
+// a `goodbye` frame. Requests are only decoded after `welcome`, so no byte from an
+// unauthenticated peer reaches Boost.Serialization.
+
+// ---- begin fwd/detail/hmac.hpp ----
+
+// HMAC-SHA256, constant-time comparison and random bytes, from OpenSSL. Kept apart so that
+// only the handshake pulls OpenSSL's headers in.
+
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+
+namespace fwd::detail {
+
+using sha256_digest = std::array<std::uint8_t, 32>;
+
+/// HMAC-SHA256 of the concatenation of `parts`, keyed by `key`.
+inline sha256_digest hmac_sha256(std::string_view key, std::initializer_list<std::string_view> parts) {
+  std::string message;
+  for (std::string_view part : parts) message.append(part);
+  sha256_digest out{};
+  unsigned int length = 0;
+  const unsigned char* done =
+      HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+           reinterpret_cast<const unsigned char*>(message.data()), message.size(), out.data(), &length);
+  if (done == nullptr || length != out.size()) {
+    throw fwd::error(make_error_code(errc::bad_argument),
+                     "OpenSSL could not compute HMAC-SHA256: check the OpenSSL installation");
+  }
+  return out;
+}
+
+/// True when the two digests are equal, in time that does not depend on where they differ.
+inline bool digests_equal(const sha256_digest& a, const sha256_digest& b) noexcept {
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+/// Cryptographically random bytes.
+template <std::size_t N>
+std::array<std::uint8_t, N> random_bytes() {
+  std::array<std::uint8_t, N> out{};
+  if (RAND_bytes(out.data(), static_cast<int>(N)) != 1) {
+    throw fwd::error(make_error_code(errc::bad_argument),
+                     "OpenSSL's random generator failed: check the system's entropy source");
+  }
+  return out;
+}
+
+}  // namespace fwd::detail
+
+// ---- end fwd/detail/hmac.hpp ----
+
+#include <fmt/format.h>
+
+#include <array>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+namespace fwd::wire {
 
 /// What two peers must share to understand each other's payloads.
 struct versions {
@@ -4615,8 +4644,10 @@ struct versions {
 
 /// "protocol 1, Boost archive 19, little-endian"
 inline std::string to_string(const versions& v) {
-  return "protocol " + std::to_string(v.protocol) + ", Boost archive " + std::to_string(v.archive) + ", " +
-         (v.byte_order == 1 ? "little-endian" : v.byte_order == 2 ? "big-endian" : "unknown byte order");
+  return fmt::format("protocol {}, Boost archive {}, {}", v.protocol, v.archive,
+                     v.byte_order == 1   ? "little-endian"
+                     : v.byte_order == 2 ? "big-endian"
+                                         : "unknown byte order");
 }
 
 using nonce = std::array<std::uint8_t, 32>;
@@ -4660,8 +4691,10 @@ inline proof client_proof(std::string_view secret, const nonce& client, const no
 }
 
 inline std::string mismatch_message(const versions& local, const versions& peer) {
-  return "this node speaks " + to_string(local) + "; the peer speaks " + to_string(peer) +
-         ": run compatible fwd builds (same fwd protocol and Boost version, same byte order) on every node";
+  return fmt::format(
+      "this node speaks {}; the peer speaks {}: run compatible fwd builds (same fwd protocol and Boost "
+      "version, same byte order) on every node",
+      to_string(local), to_string(peer));
 }
 
 }  // namespace detail
@@ -4756,9 +4789,8 @@ class client_handshake {
                        code == static_cast<std::uint64_t>(errc::version_mismatch) ||
                        code == static_cast<std::uint64_t>(errc::overloaded) ||
                        code == static_cast<std::uint64_t>(errc::protocol_error);
-    std::string why = "the server refused the connection: ";
-    why.append(frame.meta.substr(0, 1024));
-    return fail(known ? static_cast<errc>(code) : errc::protocol_error, std::move(why));
+    return fail(known ? static_cast<errc>(code) : errc::protocol_error,
+                fmt::format("the server refused the connection: {}", frame.meta.substr(0, 1024)));
   }
 
   std::string secret_;
@@ -4847,7 +4879,7 @@ inline constexpr std::size_t max_handshake_frame_size = header_size + hello_size
 
 }  // namespace fwd::wire
 
-// ---- end fwd/rpc/wire.hpp ----
+// ---- end fwd/rpc/handshake.hpp ----
 // ---- begin fwd/rpc/registry.hpp ----
 
 // The server side of procedures: which functions a node serves, under which names and
@@ -5036,12 +5068,12 @@ class pending_completion<void(Args...)> {
 #include <boost/asio/post.hpp>
 #include <boost/core/demangle.hpp>
 #include <boost/system/error_code.hpp>
+#include <fmt/format.h>
 
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <exception>
 #include <functional>
 #include <map>
@@ -5085,7 +5117,7 @@ inline std::string describe_exception(const std::exception_ptr& exception) {
   try {
     std::rethrow_exception(exception);
   } catch (const std::exception& e) {
-    return boost::core::demangle(typeid(e).name()) + ": " + e.what();
+    return fmt::format("{}: {}", boost::core::demangle(typeid(e).name()), e.what());
   } catch (...) {
     return "an exception of a type not derived from std::exception";
   }
@@ -5094,17 +5126,11 @@ inline std::string describe_exception(const std::exception_ptr& exception) {
 /// A peer's procedure name, quoted and bounded for use in a message.
 inline std::string quoted_name(std::string_view name) {
   constexpr std::size_t shown = 128;
-  std::string out = "'";
-  out.append(name.substr(0, shown));
-  if (name.size() > shown) out += "...";
-  out += "'";
-  return out;
+  return fmt::format("'{}{}'", name.substr(0, shown), name.size() > shown ? "..." : "");
 }
 
 inline std::string hex64(std::uint64_t value) {
-  char text[19];
-  std::snprintf(text, sizeof text, "0x%016llx", static_cast<unsigned long long>(value));
-  return text;
+  return fmt::format("{:#018x}", value);
 }
 
 /// Guarantees that a reply handler is called exactly once: the first completion wins,
@@ -5124,9 +5150,9 @@ class reply_once {
   ~reply_once() {
     if (!completion_) return;
     complete(make_error_code(errc::remote_failure),
-             "procedure " + quoted_name(procedure_) +
-                 " finished without producing a result (its completion handler was destroyed "
-                 "without being called)");
+             fmt::format("procedure {} finished without producing a result (its completion handler "
+                         "was destroyed without being called)",
+                         quoted_name(procedure_)));
   }
 
   /// Answers the call, unless it was answered already. Thread-safe. Dispatched: the reply
@@ -5297,12 +5323,12 @@ boost::asio::awaitable<R> run_coroutine(std::shared_ptr<F> fn, call_context cont
 #include <boost/asio/post.hpp>
 #include <boost/core/demangle.hpp>
 #include <boost/system/error_code.hpp>
+#include <fmt/format.h>
 
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <exception>
 #include <functional>
 #include <map>
@@ -5385,7 +5411,7 @@ class registry {
   void define_raw(std::string name, std::uint64_t signature, raw_handler handler) {
     if (!handler) {
       throw error(make_error_code(errc::bad_argument),
-                  "procedure " + detail::quoted_name(name) + " needs a handler");
+                  fmt::format("procedure {} needs a handler", detail::quoted_name(name)));
     }
     add(std::move(name), signature, {}, std::move(handler), nullptr);
   }
@@ -5413,18 +5439,18 @@ class registry {
     const auto found = entries_.find(call.procedure);
     if (found == entries_.end()) {
       post_failure(executor, std::move(answer), errc::unknown_procedure,
-                   "no procedure named " + detail::quoted_name(call.procedure) +
-                       " is defined on this node: define it on every node");
+                   fmt::format("no procedure named {} is defined on this node: define it on every node",
+                               detail::quoted_name(call.procedure)));
       return;
     }
     std::shared_ptr<const entry> target = found->second;
     if (target->signature != call.signature) {
-      std::string detail = "procedure " + detail::quoted_name(call.procedure) +
-                           " is defined on this node with signature " +
-                           detail::hex64(target->signature);
-      if (!target->signature_text.empty()) detail += " (" + target->signature_text + ")";
-      detail += " but the caller's is " + detail::hex64(call.signature) +
-                ": deploy the same procedure declarations on every node";
+      std::string detail = fmt::format(
+          "procedure {} is defined on this node with signature {}{} but the caller's is {}: deploy the "
+          "same procedure declarations on every node",
+          detail::quoted_name(call.procedure), detail::hex64(target->signature),
+          target->signature_text.empty() ? std::string() : fmt::format(" ({})", target->signature_text),
+          detail::hex64(call.signature));
       post_failure(executor, std::move(answer), errc::signature_mismatch, std::move(detail));
       return;
     }
@@ -5434,8 +5460,8 @@ class registry {
       if (deadline != std::chrono::steady_clock::time_point{} &&
           std::chrono::steady_clock::now() >= deadline) {
         answer->complete(make_error_code(errc::timeout),
-                         "the deadline of the call to " + detail::quoted_name(target->name) +
-                             " passed before it started; it did not run");
+                         fmt::format("the deadline of the call to {} passed before it started; it did not run",
+                                     detail::quoted_name(target->name)));
         return;
       }
       const incoming_call owned{target->name, target->signature, arguments, request_id, deadline};
@@ -5499,8 +5525,8 @@ class registry {
     }
     if (entries_.contains(name)) {
       throw error(make_error_code(errc::bad_argument),
-                  "procedure " + detail::quoted_name(name) +
-                      " is already defined: each name can be defined once");
+                  fmt::format("procedure {} is already defined: each name can be defined once",
+                              detail::quoted_name(name)));
     }
     auto e = std::make_shared<entry>(
         entry{name, signature, std::move(signature_text), std::move(handler), std::move(typed)});
@@ -5523,8 +5549,8 @@ class registry {
     std::string why;
     auto args = fwd::detail::decode_arguments<Proc>(call.arguments, ec, &why);
     if (ec) {
-      answer->complete(ec, "the arguments of " + detail::quoted_name(call.procedure) +
-                               " could not be decoded as " + Proc::signature_text() + ": " + why);
+      answer->complete(ec, fmt::format("the arguments of {} could not be decoded as {}: {}",
+                                       detail::quoted_name(call.procedure), Proc::signature_text(), why));
       return;
     }
     const call_context context{call.request_id, call.deadline};
@@ -5712,6 +5738,7 @@ class frame_buffer {
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/ssl/stream.hpp>
+#include <fmt/format.h>
 #include <cstddef>
 // ---- begin fwd/rpc/tls.hpp ----
 
@@ -5738,7 +5765,7 @@ namespace fwd::rpc {
  * A TLS failure (no certificate, a certificate from another CA, a plain fwd client against
  * a TLS server, a TLS client against a plain server) closes that connection only. The
  * client's calls fail with `unauthenticated` and OpenSSL's reason in
- * `call_options::error_detail`; the server reports `telemetry::connection_failed` with
+ * `call_options::diagnostics`; the server reports `telemetry::connection_failed` with
  * OpenSSL's error (category "asio.ssl"), or `unauthenticated` for a plain fwd client.
  */
 struct tls_options {
@@ -5786,10 +5813,8 @@ inline std::shared_ptr<boost::asio::ssl::context> make_tls_context(const tls_opt
       std::make_shared<ssl::context>(server ? ssl::context::tls_server : ssl::context::tls_client);
   SSL_CTX* native = context->native_handle();
   auto fail = [&](const std::string& what, const boost::system::error_code& ec) {
-    std::string message(owner);
-    message += ": " + what;
-    if (ec) message += ": " + ec.message();
-    throw fwd::error(make_error_code(errc::bad_argument), message);
+    throw fwd::error(make_error_code(errc::bad_argument),
+                     ec ? fmt::format("{}: {}: {}", owner, what, ec.message()) : fmt::format("{}: {}", owner, what));
   };
   // TLS 1.2 at least; OpenSSL negotiates 1.3 when the peer has it.
   if (SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION) != 1)
@@ -5805,17 +5830,13 @@ inline std::shared_ptr<boost::asio::ssl::context> make_tls_context(const tls_opt
     }
     context->use_certificate_chain_file(options.certificate_chain_file, ec);
     if (ec)
-      fail(
-          "cannot load the certificate chain " + options.certificate_chain_file + " (PEM expected)",
-          ec);
+      fail(fmt::format("cannot load the certificate chain {} (PEM expected)", options.certificate_chain_file), ec);
     context->use_private_key_file(options.private_key_file, ssl::context::pem, ec);
     if (ec)
-      fail(
-          "cannot load the private key " + options.private_key_file + " (unencrypted PEM expected)",
-          ec);
+      fail(fmt::format("cannot load the private key {} (unencrypted PEM expected)", options.private_key_file), ec);
     if (SSL_CTX_check_private_key(native) != 1) {
-      fail("the private key " + options.private_key_file + " does not match the certificate " +
-               options.certificate_chain_file,
+      fail(fmt::format("the private key {} does not match the certificate {}", options.private_key_file,
+                       options.certificate_chain_file),
            {});
     }
   } else if (server) {
@@ -5823,7 +5844,7 @@ inline std::shared_ptr<boost::asio::ssl::context> make_tls_context(const tls_opt
   }
   if (!options.ca_file.empty()) {
     context->load_verify_file(options.ca_file, ec);
-    if (ec) fail("cannot load the CA certificates " + options.ca_file + " (PEM expected)", ec);
+    if (ec) fail(fmt::format("cannot load the CA certificates {} (PEM expected)", options.ca_file), ec);
   } else {
     context->set_default_verify_paths(ec);
     if (ec) fail("cannot load the system's trust store; set ca_file", ec);
@@ -5896,16 +5917,11 @@ class transport_stream {
 
   /// OpenSSL's reason for a TLS failure, with the certificate verification's when it failed.
   std::string tls_failure_reason(const boost::system::error_code& ec) const {
-    std::string reason = ec.message();
     if (tls_) {
       const long verify = SSL_get_verify_result(tls_->stream.native_handle());
-      if (verify != X509_V_OK) {
-        reason += " (";
-        reason += X509_verify_cert_error_string(verify);
-        reason += ")";
-      }
+      if (verify != X509_V_OK) return fmt::format("{} ({})", ec.message(), X509_verify_cert_error_string(verify));
     }
-    return reason;
+    return ec.message();
   }
 
   /// The TLS handshake, as `type`; completes `handler(error_code)` on the socket's executor.
@@ -6003,6 +6019,7 @@ class transport_stream {
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
@@ -6086,7 +6103,8 @@ inline boost::system::error_code decode_status(std::uint64_t aux) noexcept {
 
 inline std::string endpoint_string(const boost::asio::ip::tcp::endpoint& e) {
   const auto address = e.address();
-  return (address.is_v6() ? "[" + address.to_string() + "]" : address.to_string()) + ":" + std::to_string(e.port());
+  return address.is_v6() ? fmt::format("[{}]:{}", address.to_string(), e.port())
+                         : fmt::format("{}:{}", address.to_string(), e.port());
 }
 
 class server_connection;
@@ -6129,6 +6147,7 @@ struct server_state {
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
@@ -6201,79 +6220,15 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     });
   }
 
-  void on_timer() {
-    const auto now = std::chrono::steady_clock::now();
-    if (!authenticated_) {
-      close(make_error_code(errc::timeout));  // slow (or silent) handshake
-      return;
-    }
-    const auto idle_for = now - last_activity_;
-    if (in_flight_ == 0 && idle_for >= state_->options.idle_timeout) {
-      close({});
-      return;
-    }
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(state_->options.idle_timeout - idle_for);
-    arm_timer(std::max(left, std::chrono::milliseconds(1)));
-  }
+  void on_timer();
 
   // --- TLS, before fwd's handshake -------------------------------------------------------
 
   // Looks at the first byte without consuming it: a TLS client opens with a handshake record
   // (0x16); a plain fwd client with fwd's magic, and is told that TLS is required.
-  void await_first_byte() {
-    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](boost::system::error_code ec) {
-      if (self->closed_) return;
-      if (ec) {
-        self->close(ec);
-        return;
-      }
-      char first = 0;
-      const std::size_t n =
-          self->stream_.socket().receive(boost::asio::buffer(&first, 1), tcp::socket::message_peek, ec);
-      if (ec || n == 0) {
-        self->close(ec == boost::asio::error::eof ? boost::system::error_code{} : ec);
-        return;
-      }
-      if (first == static_cast<char>(wire::magic & 0xff)) {
-        self->refuse_plain_client();
-        return;
-      }
-      self->stream_.start_tls(*self->state_->tls_context);
-      self->stream_.async_tls_handshake(boost::asio::ssl::stream_base::server,
-                                        [self](boost::system::error_code handshake_ec) {
-                                          if (self->closed_) return;
-                                          if (handshake_ec) {
-                                            // The peer's certificate is missing or untrusted, or it
-                                            // does not speak TLS: OpenSSL's reason says which.
-                                            self->failed_ = handshake_ec;
-                                            fwd::detail::emit(self->state_->options.telemetry,
-                                                              &telemetry::connection_failed,
-                                                              connection_event{self->peer_, handshake_ec});
-                                            self->close(handshake_ec);
-                                            return;
-                                          }
-                                          self->read();
-                                        });
-    });
-  }
+  void await_first_byte();
 
-  void refuse_plain_client() {
-    failed_ = make_error_code(errc::unauthenticated);
-    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_, failed_});
-    // Take in what the client sent (its hello), so that closing does not reset the
-    // connection before the client reads why.
-    boost::system::error_code ignored;
-    const std::size_t available = std::min<std::size_t>(stream_.socket().available(ignored), 4096);
-    if (!ignored && available > 0) {
-      std::string sink(available, '\0');
-      stream_.socket().receive(boost::asio::buffer(sink), 0, ignored);
-    }
-    queue(wire::encode_goodbye(errc::unauthenticated,
-                               "this server requires TLS: set client_options::tls (the node's certificate, its "
-                               "key and the cluster's CA)"));
-    draining_ = true;
-    maybe_close_drained();
-  }
+  void refuse_plain_client();
 
   // --- frames ------------------------------------------------------------------------------
 
@@ -6289,126 +6244,13 @@ class server_connection : public std::enable_shared_from_this<server_connection>
                             });
   }
 
-  void on_read(boost::system::error_code ec, std::size_t n) {
-    if (closed_) return;
-    if (ec) {
-      // A TLS peer that just closes its socket truncates the TLS stream: an ordinary close too.
-      const bool closed_by_peer = ec == boost::asio::error::eof || ec == boost::asio::ssl::error::stream_truncated;
-      close(closed_by_peer ? boost::system::error_code{} : ec);
-      return;
-    }
-    buffer_.commit(n);
-    last_activity_ = std::chrono::steady_clock::now();
-    wire::frame_view frame;
-    while (!closed_ && !draining_) {
-      const std::size_t limit = authenticated_ ? state_->options.max_frame_size : wire::max_handshake_frame_size;
-      if (!buffer_.next(limit, frame, ec)) break;
-      on_frame(frame);
-    }
-    if (ec) {
-      close(ec);  // malformed or oversized: this connection only
-      return;
-    }
-    if (in_flight_ == 0) buffer_.shrink();
-    read();
-  }
+  void on_read(boost::system::error_code ec, std::size_t n);
 
-  void on_frame(const wire::frame_view& frame) {
-    if (!authenticated_) {
-      auto step = handshake_->on_frame(frame);
-      if (!step.send.empty()) queue(step.send);
-      if (step.ec) {
-        failed_ = step.ec;
-        fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_, step.ec});
-        draining_ = true;  // write the goodbye, then close
-        maybe_close_drained();
-        return;
-      }
-      if (step.done) {
-        authenticated_ = true;
-        handshake_.reset();
-        fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened, connection_event{peer_, {}});
-        arm_timer(state_->options.idle_timeout);
-      }
-      return;
-    }
-    if (frame.header.type == wire::frame_type::goodbye) {
-      draining_ = true;
-      maybe_close_drained();
-      return;
-    }
-    if (frame.header.type != wire::frame_type::request) {
-      close(make_error_code(errc::protocol_error));
-      return;
-    }
-    on_request(frame);
-  }
+  void on_frame(const wire::frame_view& frame);
 
-  void on_request(const wire::frame_view& frame) {
-    const auto& h = frame.header;
-    if (state_->stopping.load(std::memory_order_relaxed)) {
-      reply(h.stream_id, h.id, make_error_code(errc::overloaded), "the server is shutting down");
-      return;
-    }
-    if ((h.flags & wire::frame_flags::has_deadline) != 0 && h.deadline_ms == 0) {
-      // The caller's deadline passed before the request got here: do not run it.
-      reply(h.stream_id, h.id, make_error_code(errc::timeout), "the deadline had passed when the request arrived");
-      return;
-    }
-    if (in_flight_ >= state_->options.max_in_flight_per_connection ||
-        state_->in_flight.fetch_add(1, std::memory_order_relaxed) >= state_->options.max_in_flight) {
-      if (in_flight_ < state_->options.max_in_flight_per_connection) {
-        state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
-      }
-      reply(h.stream_id, h.id, make_error_code(errc::overloaded), "too many requests in flight on the server");
-      return;
-    }
-    ++in_flight_;
-    auto call = std::make_shared<running_call>();
-    call->stream_id = h.stream_id;
-    call->id = h.id;
+  void on_request(const wire::frame_view& frame);
 
-    // The views are valid during dispatch() only; the registry copies what it keeps.
-    incoming_call incoming;
-    incoming.procedure = frame.meta;
-    incoming.signature = h.aux;
-    incoming.arguments = frame.body;
-    incoming.request_id = h.id;
-    if ((h.flags & wire::frame_flags::has_deadline) != 0) {
-      incoming.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(h.deadline_ms);
-    }
-
-    auto on_done = [self = shared_from_this(), call](boost::system::error_code ec, std::string result) mutable {
-      boost::asio::dispatch(self->strand_, [self, call = std::move(call), ec, result = std::move(result)]() mutable {
-        self->on_reply(*call, ec, std::move(result));
-      });
-    };
-    const registry& target = incoming.procedure.starts_with("fwd.") ? state_->builtins : *state_->user_registry;
-    try {
-      target.dispatch(incoming, state_->executor, boost::asio::bind_executor(strand_, std::move(on_done)));
-    } catch (const std::exception& e) {
-      on_reply(*call, make_error_code(errc::remote_failure), std::string("dispatch failed: ") + e.what());
-    }
-  }
-
-  void on_reply(running_call& call, boost::system::error_code ec, std::string result) {
-    if (call.replied) return;
-    call.replied = true;
-    --in_flight_;
-    state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
-    if (closed_) return;
-    if (ec) {
-      reply(call.stream_id, call.id, ec, result);
-    } else {
-      wire::frame_header h;
-      h.type = wire::frame_type::reply;
-      h.stream_id = call.stream_id;
-      h.id = call.id;
-      wire::append_frame(queued_, h, {}, result);
-      write();
-    }
-    if (draining_) maybe_close_drained();
-  }
+  void on_reply(running_call& call, boost::system::error_code ec, std::string result);
 
   void reply(std::uint64_t stream_id, const wire::request_id& id, boost::system::error_code ec, std::string_view why) {
     wire::frame_header h;
@@ -6429,66 +6271,14 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
   // Replies are coalesced: while one write runs, later replies gather in `queued_` and go
   // out together in the next write.
-  void write() {
-    if (writing_in_progress_ || queued_.empty() || closed_) return;
-    writing_in_progress_ = true;
-    std::swap(queued_, writing_);
-    if (!stream_.is_tls() && stream_.socket().non_blocking() && in_flight_ == 0) {
-      // Plain TCP, and no other call of this connection running: what the socket takes now
-      // is written now, which spares the trip through the scheduler that an asynchronous
-      // write's completion costs. The rest, and any error, go through async_write below.
-      // With calls running, the asynchronous write is kept: replies that come while it
-      // completes go out together in the next write.
-      boost::system::error_code ec;
-      std::size_t written = stream_.socket().write_some(boost::asio::buffer(writing_), ec);
-      if (ec) written = 0;
-      if (written == writing_.size()) {
-        writing_in_progress_ = false;
-        writing_.clear();
-        if (writing_.capacity() > (std::size_t{1} << 20)) writing_.shrink_to_fit();
-        if (draining_ || !reading_) {
-          // What a write's completion does next, outside this call (on_read calls it).
-          boost::asio::post(strand_, [self = shared_from_this()] {
-            if (self->draining_) self->maybe_close_drained();
-            self->read();
-          });
-        }
-        return;
-      }
-      writing_.erase(0, written);
-    }
-    boost::asio::async_write(stream_, boost::asio::buffer(writing_),
-                             [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-                               self->writing_in_progress_ = false;
-                               self->writing_.clear();
-                               if (self->writing_.capacity() > (std::size_t{1} << 20)) self->writing_.shrink_to_fit();
-                               if (ec) {
-                                 self->close(ec);
-                                 return;
-                               }
-                               self->write();
-                               if (self->draining_) self->maybe_close_drained();
-                               self->read();  // reading pauses while too many replies wait
-                             });
-  }
+  void write();
 
   void maybe_close_drained() {
     if (closed_) return;
     if (in_flight_ == 0 && !writing_in_progress_ && queued_.empty()) close(failed_);
   }
 
-  void close(boost::system::error_code why) {
-    if (closed_) return;
-    closed_ = true;
-    timer_.cancel();
-    stream_.close();
-    if (authenticated_) {
-      fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed, connection_event{peer_, why});
-    } else if (!failed_) {
-      fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                   connection_event{peer_, why ? why : make_error_code(errc::protocol_error)});
-    }
-  }
+  void close(boost::system::error_code why);
 
   std::shared_ptr<server_state> state_;
   transport_stream stream_;
@@ -6514,6 +6304,283 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
 }  // namespace fwd::rpc
 
+// ---- begin fwd/rpc/detail/impl/server_connection.hpp ----
+
+// The bodies of the RPC server's connection: the first byte (TLS or not), reading frames,
+// running requests and writing their replies, closing. Included at the end of
+// fwd/rpc/detail/server_connection.hpp.
+
+
+namespace fwd::rpc::detail {
+
+inline void server_connection::on_timer() {
+  const auto now = std::chrono::steady_clock::now();
+  if (!authenticated_) {
+    close(make_error_code(errc::timeout));  // slow (or silent) handshake
+    return;
+  }
+  const auto idle_for = now - last_activity_;
+  if (in_flight_ == 0 && idle_for >= state_->options.idle_timeout) {
+    close({});
+    return;
+  }
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(state_->options.idle_timeout -
+                                                                    idle_for);
+  arm_timer(std::max(left, std::chrono::milliseconds(1)));
+}
+
+inline void server_connection::await_first_byte() {
+  stream_.socket().async_wait(
+      tcp::socket::wait_read, [self = shared_from_this()](boost::system::error_code ec) {
+        if (self->closed_) return;
+        if (ec) {
+          self->close(ec);
+          return;
+        }
+        char first = 0;
+        const std::size_t n = self->stream_.socket().receive(boost::asio::buffer(&first, 1),
+                                                             tcp::socket::message_peek, ec);
+        if (ec || n == 0) {
+          self->close(ec == boost::asio::error::eof ? boost::system::error_code{} : ec);
+          return;
+        }
+        if (first == static_cast<char>(wire::magic & 0xff)) {
+          self->refuse_plain_client();
+          return;
+        }
+        self->stream_.start_tls(*self->state_->tls_context);
+        self->stream_.async_tls_handshake(
+            boost::asio::ssl::stream_base::server, [self](boost::system::error_code handshake_ec) {
+              if (self->closed_) return;
+              if (handshake_ec) {
+                // The peer's certificate is missing or untrusted, or it
+                // does not speak TLS: OpenSSL's reason says which.
+                self->failed_ = handshake_ec;
+                fwd::detail::emit(self->state_->options.telemetry, &telemetry::connection_failed,
+                                  connection_event{self->peer_, handshake_ec});
+                self->close(handshake_ec);
+                return;
+              }
+              self->read();
+            });
+      });
+}
+
+inline void server_connection::refuse_plain_client() {
+  failed_ = make_error_code(errc::unauthenticated);
+  fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
+                    connection_event{peer_, failed_});
+  // Take in what the client sent (its hello), so that closing does not reset the
+  // connection before the client reads why.
+  boost::system::error_code ignored;
+  const std::size_t available = std::min<std::size_t>(stream_.socket().available(ignored), 4096);
+  if (!ignored && available > 0) {
+    std::string sink(available, '\0');
+    stream_.socket().receive(boost::asio::buffer(sink), 0, ignored);
+  }
+  queue(wire::encode_goodbye(
+      errc::unauthenticated,
+      "this server requires TLS: set client_options::tls (the node's certificate, its "
+      "key and the cluster's CA)"));
+  draining_ = true;
+  maybe_close_drained();
+}
+
+inline void server_connection::on_read(boost::system::error_code ec, std::size_t n) {
+  if (closed_) return;
+  if (ec) {
+    // A TLS peer that just closes its socket truncates the TLS stream: an ordinary close too.
+    const bool closed_by_peer =
+        ec == boost::asio::error::eof || ec == boost::asio::ssl::error::stream_truncated;
+    close(closed_by_peer ? boost::system::error_code{} : ec);
+    return;
+  }
+  buffer_.commit(n);
+  last_activity_ = std::chrono::steady_clock::now();
+  wire::frame_view frame;
+  while (!closed_ && !draining_) {
+    const std::size_t limit =
+        authenticated_ ? state_->options.max_frame_size : wire::max_handshake_frame_size;
+    if (!buffer_.next(limit, frame, ec)) break;
+    on_frame(frame);
+  }
+  if (ec) {
+    close(ec);  // malformed or oversized: this connection only
+    return;
+  }
+  if (in_flight_ == 0) buffer_.shrink();
+  read();
+}
+
+inline void server_connection::on_frame(const wire::frame_view& frame) {
+  if (!authenticated_) {
+    auto step = handshake_->on_frame(frame);
+    if (!step.send.empty()) queue(step.send);
+    if (step.ec) {
+      failed_ = step.ec;
+      fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
+                        connection_event{peer_, step.ec});
+      draining_ = true;  // write the goodbye, then close
+      maybe_close_drained();
+      return;
+    }
+    if (step.done) {
+      authenticated_ = true;
+      handshake_.reset();
+      fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened,
+                        connection_event{peer_, {}});
+      arm_timer(state_->options.idle_timeout);
+    }
+    return;
+  }
+  if (frame.header.type == wire::frame_type::goodbye) {
+    draining_ = true;
+    maybe_close_drained();
+    return;
+  }
+  if (frame.header.type != wire::frame_type::request) {
+    close(make_error_code(errc::protocol_error));
+    return;
+  }
+  on_request(frame);
+}
+
+inline void server_connection::on_request(const wire::frame_view& frame) {
+  const auto& h = frame.header;
+  if (state_->stopping.load(std::memory_order_relaxed)) {
+    reply(h.stream_id, h.id, make_error_code(errc::overloaded), "the server is shutting down");
+    return;
+  }
+  if ((h.flags & wire::frame_flags::has_deadline) != 0 && h.deadline_ms == 0) {
+    // The caller's deadline passed before the request got here: do not run it.
+    reply(h.stream_id, h.id, make_error_code(errc::timeout),
+          "the deadline had passed when the request arrived");
+    return;
+  }
+  if (in_flight_ >= state_->options.max_in_flight_per_connection ||
+      state_->in_flight.fetch_add(1, std::memory_order_relaxed) >= state_->options.max_in_flight) {
+    if (in_flight_ < state_->options.max_in_flight_per_connection) {
+      state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    }
+    reply(h.stream_id, h.id, make_error_code(errc::overloaded),
+          "too many requests in flight on the server");
+    return;
+  }
+  ++in_flight_;
+  auto call = std::make_shared<running_call>();
+  call->stream_id = h.stream_id;
+  call->id = h.id;
+
+  // The views are valid during dispatch() only; the registry copies what it keeps.
+  incoming_call incoming;
+  incoming.procedure = frame.meta;
+  incoming.signature = h.aux;
+  incoming.arguments = frame.body;
+  incoming.request_id = h.id;
+  if ((h.flags & wire::frame_flags::has_deadline) != 0) {
+    incoming.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(h.deadline_ms);
+  }
+
+  auto on_done = [self = shared_from_this(), call](boost::system::error_code ec,
+                                                   std::string result) mutable {
+    boost::asio::dispatch(self->strand_,
+                          [self, call = std::move(call), ec, result = std::move(result)]() mutable {
+                            self->on_reply(*call, ec, std::move(result));
+                          });
+  };
+  const registry& target =
+      incoming.procedure.starts_with("fwd.") ? state_->builtins : *state_->user_registry;
+  try {
+    target.dispatch(incoming, state_->executor,
+                    boost::asio::bind_executor(strand_, std::move(on_done)));
+  } catch (const std::exception& e) {
+    on_reply(*call, make_error_code(errc::remote_failure),
+             fmt::format("dispatch failed: {}", e.what()));
+  }
+}
+
+inline void server_connection::on_reply(running_call& call, boost::system::error_code ec,
+                                        std::string result) {
+  if (call.replied) return;
+  call.replied = true;
+  --in_flight_;
+  state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+  if (closed_) return;
+  if (ec) {
+    reply(call.stream_id, call.id, ec, result);
+  } else {
+    wire::frame_header h;
+    h.type = wire::frame_type::reply;
+    h.stream_id = call.stream_id;
+    h.id = call.id;
+    wire::append_frame(queued_, h, {}, result);
+    write();
+  }
+  if (draining_) maybe_close_drained();
+}
+
+inline void server_connection::write() {
+  if (writing_in_progress_ || queued_.empty() || closed_) return;
+  writing_in_progress_ = true;
+  std::swap(queued_, writing_);
+  if (!stream_.is_tls() && stream_.socket().non_blocking() && in_flight_ == 0) {
+    // Plain TCP, and no other call of this connection running: what the socket takes now
+    // is written now, which spares the trip through the scheduler that an asynchronous
+    // write's completion costs. The rest, and any error, go through async_write below.
+    // With calls running, the asynchronous write is kept: replies that come while it
+    // completes go out together in the next write.
+    boost::system::error_code ec;
+    std::size_t written = stream_.socket().write_some(boost::asio::buffer(writing_), ec);
+    if (ec) written = 0;
+    if (written == writing_.size()) {
+      writing_in_progress_ = false;
+      writing_.clear();
+      if (writing_.capacity() > (std::size_t{1} << 20)) writing_.shrink_to_fit();
+      if (draining_ || !reading_) {
+        // What a write's completion does next, outside this call (on_read calls it).
+        boost::asio::post(strand_, [self = shared_from_this()] {
+          if (self->draining_) self->maybe_close_drained();
+          self->read();
+        });
+      }
+      return;
+    }
+    writing_.erase(0, written);
+  }
+  boost::asio::async_write(stream_, boost::asio::buffer(writing_),
+                           [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+                             self->writing_in_progress_ = false;
+                             self->writing_.clear();
+                             if (self->writing_.capacity() > (std::size_t{1} << 20))
+                               self->writing_.shrink_to_fit();
+                             if (ec) {
+                               self->close(ec);
+                               return;
+                             }
+                             self->write();
+                             if (self->draining_) self->maybe_close_drained();
+                             self->read();  // reading pauses while too many replies wait
+                           });
+}
+
+inline void server_connection::close(boost::system::error_code why) {
+  if (closed_) return;
+  closed_ = true;
+  timer_.cancel();
+  stream_.close();
+  if (authenticated_) {
+    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed,
+                      connection_event{peer_, why});
+  } else if (!failed_) {
+    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
+                      connection_event{peer_, why ? why : make_error_code(errc::protocol_error)});
+  }
+}
+
+}  // namespace fwd::rpc::detail
+
+// ---- end fwd/rpc/detail/impl/server_connection.hpp ----
+
 // ---- end fwd/rpc/detail/server_connection.hpp ----
 
 #include <boost/asio/any_io_executor.hpp>
@@ -6524,6 +6591,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
@@ -6606,9 +6674,9 @@ class server {
     if (!ec) acceptor.bind(endpoint, ec);
     if (!ec) acceptor.listen(boost::asio::socket_base::max_listen_connections, ec);
     if (ec) {
-      throw fwd::error(make_error_code(errc::bad_argument), "cannot listen on " + detail::endpoint_string(endpoint) +
-                                                                ": " + ec.message() +
-                                                                ": choose a free address and port");
+      throw fwd::error(make_error_code(errc::bad_argument),
+                       fmt::format("cannot listen on {}: {}: choose a free address and port",
+                                   detail::endpoint_string(endpoint), ec.message()));
     }
     local_ = acceptor.local_endpoint(ec);
     accept(state_);
@@ -6703,7 +6771,7 @@ struct client_options {
   /// handshake, verifying the server's certificate against `tls->ca_file` and presenting
   /// `tls->certificate_chain_file`, before fwd's handshake (`connect_timeout` covers both).
   /// A TLS failure fails the waiting calls with `unauthenticated`, OpenSSL's reason in
-  /// their error detail.
+  /// call_options::diagnostics.
   std::optional<tls_options> tls;
 };
 
@@ -6717,9 +6785,15 @@ struct call_options {
   std::optional<wire::request_id> request_id;
   /// Which attempt this is, for telemetry.
   std::uint32_t attempt = 1;
-  /// When set, receives the failure's details (the remote exception's type and message,
-  /// both versions on a mismatch, the connect error) before the completion handler runs.
-  std::shared_ptr<std::string> error_detail;
+  /**
+   * Where the call's failure details go (the remote exception's type and message, both
+   * versions on a mismatch, the connect or TLS error), like boost::mysql::diagnostics.
+   * Owned by the caller and must outlive the operation. Cleared when the call is
+   * initiated; on failure, filled before the completion handler is invoked (reading it
+   * in the handler is safe); empty after a success. Null: the details are dropped.
+   * The blocking client::call throws fwd::error carrying them in get_diagnostics().
+   */
+  fwd::diagnostics* diagnostics = nullptr;
 };
 
 }  // namespace fwd::rpc
@@ -6743,6 +6817,7 @@ struct call_options {
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/system/error_code.hpp>
+#include <fmt/format.h>
 
 #include <array>
 #include <atomic>
@@ -6800,15 +6875,17 @@ class call_op final : public pending_call {
       std::conditional_t<std::is_same_v<R, raw_reply>, void(boost::system::error_code, std::string),
                          call_signature<R>>;
 
+  // `diagnostics` (the caller's, may be null) receives the failure's detail before the
+  // handler is invoked.
   template <class Handler>
   call_op(Handler&& handler, const boost::asio::any_io_executor& fallback,
-          std::shared_ptr<std::string> detail)
-      : completion_(std::forward<Handler>(handler), fallback), detail_(std::move(detail)) {}
+          fwd::diagnostics* diagnostics)
+      : completion_(std::forward<Handler>(handler), fallback), diagnostics_(diagnostics) {}
 
   boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
 
   void complete(boost::system::error_code ec, std::string payload) override {
-    if (ec && detail_) *detail_ = payload;
+    if (ec) report(std::move(payload));
     if constexpr (std::is_same_v<R, raw_reply>) {
       deliver(ec, ec ? std::string() : std::move(payload));
     } else if constexpr (std::is_void_v<R>) {
@@ -6821,12 +6898,17 @@ class call_op final : public pending_call {
       }
       std::string why;
       R result = fwd::detail::decode_result<R>(payload, ec, &why);
-      if (ec && detail_) *detail_ = "the reply could not be decoded: " + why;
+      if (ec) report(fmt::format("the reply could not be decoded: {}", why));
       deliver(ec, std::move(result));
     }
   }
 
  private:
+  // Runs once, before deliver(): the handler reads the caller's diagnostics after this.
+  void report(std::string detail) {
+    if (diagnostics_ != nullptr) diagnostics_->assign(std::move(detail));
+  }
+
   template <class... Args>
   void deliver(Args&&... args) {
     if (in_initiation) {
@@ -6837,7 +6919,7 @@ class call_op final : public pending_call {
   }
 
   fwd::detail::pending_completion<signature> completion_;
-  std::shared_ptr<std::string> detail_;
+  fwd::diagnostics* diagnostics_;
 };
 
 struct client_state {
@@ -6863,6 +6945,7 @@ struct client_state {
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
+#include <fmt/format.h>
 
 #include <atomic>
 #include <chrono>
@@ -6941,88 +7024,13 @@ class client_connection : public std::enable_shared_from_this<client_connection>
  private:
   enum class state { idle, backoff, connecting, handshaking, ready };
 
-  void on_submit(std::shared_ptr<pending_call> call) {
-    if (shut_down_) {
-      call->done = true;
-      emit_finished(*call, make_error_code(errc::cancelled));
-      call->complete(make_error_code(errc::cancelled), "the client was closed");
-      return;
-    }
-    if (call->frame.size() > state_->options.max_frame_size) {
-      call->done = true;
-      auto ec = make_error_code(errc::frame_too_large);
-      emit_finished(*call, ec);
-      call->complete(ec, "the request is " + std::to_string(call->frame.size()) +
-                             " bytes; max_frame_size is " + std::to_string(state_->options.max_frame_size));
-      return;
-    }
-    call->deadline_entry = deadlines_.emplace(call->deadline, call->stream_id);
-    if (call->deadline_entry == deadlines_.begin()) arm_deadline_timer();
-    unsent_.push_back(call);
-    calls_.emplace(call->stream_id, std::move(call));
-    switch (state_now_) {
-      case state::ready: flush(); break;
-      case state::idle: connect(); break;
-      default: break;  // sent once the connection is up
-    }
-  }
+  void on_submit(std::shared_ptr<pending_call> call);
 
   // --- connecting ---------------------------------------------------------------------
 
-  void connect() {
-    state_now_ = state::connecting;
-    const std::uint64_t generation = ++generation_;
-    stream_.close();
-    stream_ = transport_stream(tcp::socket(strand_));
-    connect_timer_.expires_after(state_->options.connect_timeout);
-    connect_timer_.async_wait([self = shared_from_this(), generation](boost::system::error_code ec) {
-      if (ec || generation != self->generation_) return;
-      if (self->state_now_ == state::connecting || self->state_now_ == state::handshaking) {
-        self->connect_failed(make_error_code(errc::unreachable),
-                             "no connection to " + self->peer_name_ + " within the connect timeout");
-      }
-    });
-    stream_.socket().async_connect(peer_, [self = shared_from_this(), generation](boost::system::error_code ec) {
-      if (generation != self->generation_ || self->state_now_ != state::connecting) return;
-      if (ec) {
-        self->connect_failed(make_error_code(errc::unreachable),
-                             "could not connect to " + self->peer_name_ + ": " + ec.message());
-        return;
-      }
-      self->on_connected();
-    });
-  }
+  void connect();
 
-  void on_connected() {
-    boost::system::error_code ignored;
-    stream_.socket().set_option(tcp::no_delay(true), ignored);
-    stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
-    state_now_ = state::handshaking;
-    if (!state_->tls_context) {
-      // Lets flush() write at once without ever blocking (Asio's own operations are
-      // unaffected).
-      stream_.socket().non_blocking(true, ignored);
-      start_handshake();
-      return;
-    }
-    stream_.start_tls(*state_->tls_context);
-    stream_.expect_server_name(state_->options.tls->verify_hostname);
-    stream_.async_tls_handshake(boost::asio::ssl::stream_base::client,
-                                [self = shared_from_this(), generation = generation_](boost::system::error_code ec) {
-                                  if (generation != self->generation_ || self->state_now_ != state::handshaking) return;
-                                  if (ec) {
-                                    // Nothing was sent; a certificate or TLS mismatch is not
-                                    // fixed by retrying, hence unauthenticated.
-                                    self->connect_failed(make_error_code(errc::unauthenticated),
-                                                         "the TLS handshake with " + self->peer_name_ +
-                                                             " failed: " + self->stream_.tls_failure_reason(ec) +
-                                                             ": check both nodes' certificates and CA, and that "
-                                                             "the server has TLS on");
-                                    return;
-                                  }
-                                  self->start_handshake();
-                                });
-  }
+  void on_connected();
 
   // fwd's own handshake (after TLS, when on): versions, then the cluster secret.
   void start_handshake() {
@@ -7034,20 +7042,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   }
 
   // Nothing was sent: the waiting calls fail with `ec`, and the next attempt waits.
-  void connect_failed(boost::system::error_code ec, std::string detail) {
-    ++generation_;
-    close_socket(ec);
-    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_name_, ec});
-    fail_all(ec, detail, true);
-    state_now_ = state::backoff;
-    connect_timer_.expires_after(backoff_);
-    backoff_ = std::min(backoff_ * 2, state_->options.max_reconnect_backoff);
-    connect_timer_.async_wait([self = shared_from_this(), generation = generation_](boost::system::error_code e) {
-      if (e || generation != self->generation_ || self->state_now_ != state::backoff) return;
-      self->state_now_ = state::idle;
-      if (!self->unsent_.empty()) self->connect();
-    });
-  }
+  void connect_failed(boost::system::error_code ec, std::string detail);
 
   void close_socket(boost::system::error_code /*why*/) {
     stream_.close();
@@ -7076,161 +7071,19 @@ class client_connection : public std::enable_shared_from_this<client_connection>
                             });
   }
 
-  void on_read(boost::system::error_code ec, std::size_t n) {
-    if (ec) {
-      connection_broke(ec, "the connection to " + peer_name_ + " broke: " + ec.message());
-      return;
-    }
-    buffer_.commit(n);
-    wire::frame_view frame;
-    const std::uint64_t generation = generation_;
-    while (generation == generation_) {
-      const std::size_t limit =
-          state_now_ == state::ready ? state_->options.max_frame_size : wire::max_handshake_frame_size;
-      if (!buffer_.next(limit, frame, ec)) break;
-      on_frame(frame);
-    }
-    if (generation != generation_) return;
-    if (ec) {
-      connection_broke(ec, "the server at " + peer_name_ + " sent bytes that are not fwd's protocol");
-      return;
-    }
-    if (calls_.empty()) buffer_.shrink();
-    read();
-  }
+  void on_read(boost::system::error_code ec, std::size_t n);
 
-  void on_frame(const wire::frame_view& frame) {
-    if (state_now_ == state::handshaking) {
-      auto step = handshake_->on_frame(frame);
-      if (step.ec) {
-        connect_failed(step.ec, step.detail);  // nothing was sent yet
-        return;
-      }
-      if (!step.send.empty()) {
-        control_ += step.send;
-        flush();
-      }
-      if (step.done) {
-        state_now_ = state::ready;
-        handshake_.reset();
-        connect_timer_.cancel();
-        backoff_ = state_->options.reconnect_backoff;
-        fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened, connection_event{peer_name_, {}});
-        flush();
-      }
-      return;
-    }
-    if (frame.header.type != wire::frame_type::reply) {
-      connection_broke(make_error_code(errc::protocol_error),
-                       "the server at " + peer_name_ + " sent an unexpected frame");
-      return;
-    }
-    const auto ec = decode_status(frame.header.aux);
-    finish(frame.header.stream_id, ec, std::string(ec ? frame.meta : frame.body));
-  }
+  void on_frame(const wire::frame_view& frame);
 
   // The connection broke: calls already sent may have run (connection_lost); the others
   // were never sent and wait for the next connection.
-  void connection_broke(boost::system::error_code why, const std::string& detail) {
-    const bool was_ready = state_now_ == state::ready;
-    if (!was_ready && stream_.is_tls() && why.category() == boost::asio::error::get_ssl_category()) {
-      // Under TLS 1.3 the server checks the client's certificate after the client's side of
-      // the TLS handshake is done: its refusal arrives here, as an alert.
-      connect_failed(make_error_code(errc::unauthenticated), "TLS with " + peer_name_ + " failed: " +
-                                                                 stream_.tls_failure_reason(why) +
-                                                                 ": check this node's certificate and the CA "
-                                                                 "the server trusts");
-      return;
-    }
-    if (!was_ready) {
-      connect_failed(why == errc::protocol_error ? why : make_error_code(errc::unreachable), detail);
-      return;
-    }
-    ++generation_;
-    close_socket(why);
-    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed, connection_event{peer_name_, why});
-    fail_all(make_error_code(errc::connection_lost), detail, false);
-    state_now_ = state::idle;
-    if (!unsent_.empty()) connect();
-  }
+  void connection_broke(boost::system::error_code why, const std::string& detail);
 
   // --- writing --------------------------------------------------------------------------
 
   // Frames are coalesced: every call queued while a write runs goes out in the next one,
   // as one gathered write.
-  void flush() {
-    if (writing_) return;
-    buffers_.clear();
-    batch_.clear();
-    if (!control_.empty()) {
-      control_in_flight_.swap(control_);
-      control_.clear();
-      buffers_.push_back(boost::asio::buffer(control_in_flight_));
-    }
-    if (state_now_ == state::ready) {
-      const auto now = clock::now();
-      std::size_t bytes = 0;
-      while (!unsent_.empty() && batch_.size() < 1024 && bytes < (std::size_t{1} << 22)) {
-        auto call = std::move(unsent_.front());
-        unsent_.pop_front();
-        if (call->done) continue;
-        const auto left = std::chrono::ceil<std::chrono::milliseconds>(call->deadline - now).count();
-        if (left <= 0) {
-          finish(call->stream_id, make_error_code(errc::timeout), "the deadline passed before the call was sent");
-          continue;
-        }
-        // The remaining time, as of now: the server drops the request if it runs out.
-        fwd::detail::store_le<std::uint32_t>(call->frame.data() + wire::deadline_offset,
-                                             static_cast<std::uint32_t>(std::min<long long>(left, 0xffffffffLL)));
-        call->sent = true;
-        bytes += call->frame.size();
-        buffers_.push_back(boost::asio::buffer(call->frame));
-        batch_.push_back(std::move(call));
-      }
-    }
-    if (buffers_.empty()) return;
-    writing_ = true;
-    if (!stream_.is_tls() && stream_.socket().non_blocking() && batch_.size() == calls_.size()) {
-      // Plain TCP, and no other call waits for a reply: what the socket takes now is written
-      // now, which spares the trip through the scheduler that an asynchronous write's
-      // completion costs. The rest, and any error, go through async_write below. With
-      // other calls in flight, the asynchronous write is kept: calls started while it
-      // completes (as replies arrive) go out together in the next write.
-      boost::system::error_code ec;
-      std::size_t written = stream_.socket().write_some(buffers_, ec);
-      if (ec) written = 0;
-      if (written == boost::asio::buffer_size(buffers_)) {
-        writing_ = false;
-        batch_.clear();
-        control_in_flight_.clear();
-        flush();  // what the batch limits left behind
-        return;
-      }
-      auto first = buffers_.begin();
-      while (written >= first->size()) written -= (first++)->size();
-      buffers_.erase(buffers_.begin(), first);
-      buffers_.front() += written;
-    }
-    boost::asio::async_write(stream_, buffers_,
-                             [self = shared_from_this(), generation = generation_](boost::system::error_code ec,
-                                                                                    std::size_t) {
-                               if (generation != self->generation_) return;
-                               self->writing_ = false;
-                               self->batch_.clear();
-                               self->control_in_flight_.clear();
-                               if (ec && self->state_now_ == state::handshaking && self->stream_.is_tls()) {
-                                 // A server that refuses this TLS client resets the connection
-                                 // after its alert: the pending read reports the alert (or the
-                                 // connect timeout ends the attempt).
-                                 return;
-                               }
-                               if (ec) {
-                                 self->connection_broke(ec, "writing to " + self->peer_name_ + " failed: " + ec.message());
-                                 return;
-                               }
-                               self->flush();
-                             });
-  }
+  void flush();
 
   // --- completion -----------------------------------------------------------------------
 
@@ -7261,42 +7114,14 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     }
   }
 
-  // Fails every call (only the unsent ones when `include_sent` is false is not what this
-  // does: sent calls always fail; unsent ones fail only when `include_unsent`).
-  void fail_all(boost::system::error_code ec, const std::string& detail, bool include_unsent) {
-    std::vector<std::shared_ptr<pending_call>> failing;
-    for (auto it = calls_.begin(); it != calls_.end();) {
-      if (it->second->sent || include_unsent) {
-        failing.push_back(std::move(it->second));
-        it = calls_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    if (include_unsent) unsent_.clear();
-    for (auto& call : failing) complete(*call, ec, detail);
-  }
+  // Fails the calls already sent, and also those not sent yet when `include_unsent`.
+  void fail_all(boost::system::error_code ec, const std::string& detail, bool include_unsent);
 
   // Re-arms the timer only for an earlier deadline, since each change is a system call:
   // when the earliest deadline moves later (calls finish in order), the timer fires early
   // once and is then armed for the earliest. While connected it also stays armed after
   // the last call (a read is pending anyway), so a call at a time costs no timer change.
-  void arm_deadline_timer() {
-    if (deadlines_.empty()) {
-      if (!stream_.socket().is_open()) cancel_deadline_timer();
-      return;
-    }
-    const auto first = deadlines_.begin()->first;
-    if (timer_armed_ && armed_for_ <= first) return;
-    timer_armed_ = true;
-    armed_for_ = first;
-    deadline_timer_.expires_at(first);
-    deadline_timer_.async_wait([self = shared_from_this(), first](boost::system::error_code ec) {
-      if (ec || !self->timer_armed_ || self->armed_for_ != first) return;
-      self->timer_armed_ = false;
-      self->on_deadlines();
-    });
-  }
+  void arm_deadline_timer();
 
   void cancel_deadline_timer() {
     if (!timer_armed_) return;
@@ -7304,14 +7129,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     deadline_timer_.cancel();
   }
 
-  void on_deadlines() {
-    const auto now = clock::now();
-    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
-      finish(deadlines_.begin()->second, make_error_code(errc::timeout),
-             "no reply from " + peer_name_ + " before the call's deadline");
-    }
-    arm_deadline_timer();
-  }
+  void on_deadlines();
 
   boost::asio::strand<boost::asio::any_io_executor> strand_;
   tcp::endpoint peer_;
@@ -7343,6 +7161,326 @@ class client_connection : public std::enable_shared_from_this<client_connection>
 }  // namespace detail
 
 }  // namespace fwd::rpc
+
+// ---- begin fwd/rpc/detail/impl/client_connection.hpp ----
+
+// The bodies of the RPC client's connection: connecting and its handshake, reading
+// replies, writing requests, failures and deadlines. Included at the end of
+// fwd/rpc/detail/client_connection.hpp.
+
+
+namespace fwd::rpc::detail {
+
+inline void client_connection::on_submit(std::shared_ptr<pending_call> call) {
+  if (shut_down_) {
+    call->done = true;
+    emit_finished(*call, make_error_code(errc::cancelled));
+    call->complete(make_error_code(errc::cancelled), "the client was closed");
+    return;
+  }
+  if (call->frame.size() > state_->options.max_frame_size) {
+    call->done = true;
+    auto ec = make_error_code(errc::frame_too_large);
+    emit_finished(*call, ec);
+    call->complete(ec, fmt::format("the request is {} bytes; max_frame_size is {}",
+                                   call->frame.size(), state_->options.max_frame_size));
+    return;
+  }
+  call->deadline_entry = deadlines_.emplace(call->deadline, call->stream_id);
+  if (call->deadline_entry == deadlines_.begin()) arm_deadline_timer();
+  unsent_.push_back(call);
+  calls_.emplace(call->stream_id, std::move(call));
+  switch (state_now_) {
+    case state::ready:
+      flush();
+      break;
+    case state::idle:
+      connect();
+      break;
+    default:
+      break;  // sent once the connection is up
+  }
+}
+
+inline void client_connection::connect() {
+  state_now_ = state::connecting;
+  const std::uint64_t generation = ++generation_;
+  stream_.close();
+  stream_ = transport_stream(tcp::socket(strand_));
+  connect_timer_.expires_after(state_->options.connect_timeout);
+  connect_timer_.async_wait([self = shared_from_this(), generation](boost::system::error_code ec) {
+    if (ec || generation != self->generation_) return;
+    if (self->state_now_ == state::connecting || self->state_now_ == state::handshaking) {
+      self->connect_failed(
+          make_error_code(errc::unreachable),
+          fmt::format("no connection to {} within the connect timeout", self->peer_name_));
+    }
+  });
+  stream_.socket().async_connect(
+      peer_, [self = shared_from_this(), generation](boost::system::error_code ec) {
+        if (generation != self->generation_ || self->state_now_ != state::connecting) return;
+        if (ec) {
+          self->connect_failed(
+              make_error_code(errc::unreachable),
+              fmt::format("could not connect to {}: {}", self->peer_name_, ec.message()));
+          return;
+        }
+        self->on_connected();
+      });
+}
+
+inline void client_connection::on_connected() {
+  boost::system::error_code ignored;
+  stream_.socket().set_option(tcp::no_delay(true), ignored);
+  stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
+  state_now_ = state::handshaking;
+  if (!state_->tls_context) {
+    // Lets flush() write at once without ever blocking (Asio's own operations are
+    // unaffected).
+    stream_.socket().non_blocking(true, ignored);
+    start_handshake();
+    return;
+  }
+  stream_.start_tls(*state_->tls_context);
+  stream_.expect_server_name(state_->options.tls->verify_hostname);
+  stream_.async_tls_handshake(
+      boost::asio::ssl::stream_base::client,
+      [self = shared_from_this(), generation = generation_](boost::system::error_code ec) {
+        if (generation != self->generation_ || self->state_now_ != state::handshaking) return;
+        if (ec) {
+          // Nothing was sent; a certificate or TLS mismatch is not
+          // fixed by retrying, hence unauthenticated.
+          self->connect_failed(make_error_code(errc::unauthenticated),
+                               fmt::format("the TLS handshake with {} failed: {}: check "
+                                           "both nodes' certificates and CA, and that "
+                                           "the server has TLS on",
+                                           self->peer_name_, self->stream_.tls_failure_reason(ec)));
+          return;
+        }
+        self->start_handshake();
+      });
+}
+
+inline void client_connection::connect_failed(boost::system::error_code ec, std::string detail) {
+  ++generation_;
+  close_socket(ec);
+  fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
+                    connection_event{peer_name_, ec});
+  fail_all(ec, detail, true);
+  state_now_ = state::backoff;
+  connect_timer_.expires_after(backoff_);
+  backoff_ = std::min(backoff_ * 2, state_->options.max_reconnect_backoff);
+  connect_timer_.async_wait(
+      [self = shared_from_this(), generation = generation_](boost::system::error_code e) {
+        if (e || generation != self->generation_ || self->state_now_ != state::backoff) return;
+        self->state_now_ = state::idle;
+        if (!self->unsent_.empty()) self->connect();
+      });
+}
+
+inline void client_connection::on_read(boost::system::error_code ec, std::size_t n) {
+  if (ec) {
+    connection_broke(ec, fmt::format("the connection to {} broke: {}", peer_name_, ec.message()));
+    return;
+  }
+  buffer_.commit(n);
+  wire::frame_view frame;
+  const std::uint64_t generation = generation_;
+  while (generation == generation_) {
+    const std::size_t limit = state_now_ == state::ready ? state_->options.max_frame_size
+                                                         : wire::max_handshake_frame_size;
+    if (!buffer_.next(limit, frame, ec)) break;
+    on_frame(frame);
+  }
+  if (generation != generation_) return;
+  if (ec) {
+    connection_broke(
+        ec, fmt::format("the server at {} sent bytes that are not fwd's protocol", peer_name_));
+    return;
+  }
+  if (calls_.empty()) buffer_.shrink();
+  read();
+}
+
+inline void client_connection::on_frame(const wire::frame_view& frame) {
+  if (state_now_ == state::handshaking) {
+    auto step = handshake_->on_frame(frame);
+    if (step.ec) {
+      connect_failed(step.ec, step.detail);  // nothing was sent yet
+      return;
+    }
+    if (!step.send.empty()) {
+      control_ += step.send;
+      flush();
+    }
+    if (step.done) {
+      state_now_ = state::ready;
+      handshake_.reset();
+      connect_timer_.cancel();
+      backoff_ = state_->options.reconnect_backoff;
+      fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened,
+                        connection_event{peer_name_, {}});
+      flush();
+    }
+    return;
+  }
+  if (frame.header.type != wire::frame_type::reply) {
+    connection_broke(make_error_code(errc::protocol_error),
+                     fmt::format("the server at {} sent an unexpected frame", peer_name_));
+    return;
+  }
+  const auto ec = decode_status(frame.header.aux);
+  finish(frame.header.stream_id, ec, std::string(ec ? frame.meta : frame.body));
+}
+
+inline void client_connection::connection_broke(boost::system::error_code why,
+                                                const std::string& detail) {
+  const bool was_ready = state_now_ == state::ready;
+  if (!was_ready && stream_.is_tls() && why.category() == boost::asio::error::get_ssl_category()) {
+    // Under TLS 1.3 the server checks the client's certificate after the client's side of
+    // the TLS handshake is done: its refusal arrives here, as an alert.
+    connect_failed(
+        make_error_code(errc::unauthenticated),
+        fmt::format("TLS with {} failed: {}: check this node's certificate and the CA the "
+                    "server trusts",
+                    peer_name_, stream_.tls_failure_reason(why)));
+    return;
+  }
+  if (!was_ready) {
+    connect_failed(why == errc::protocol_error ? why : make_error_code(errc::unreachable), detail);
+    return;
+  }
+  ++generation_;
+  close_socket(why);
+  fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed,
+                    connection_event{peer_name_, why});
+  fail_all(make_error_code(errc::connection_lost), detail, false);
+  state_now_ = state::idle;
+  if (!unsent_.empty()) connect();
+}
+
+inline void client_connection::flush() {
+  if (writing_) return;
+  buffers_.clear();
+  batch_.clear();
+  if (!control_.empty()) {
+    control_in_flight_.swap(control_);
+    control_.clear();
+    buffers_.push_back(boost::asio::buffer(control_in_flight_));
+  }
+  if (state_now_ == state::ready) {
+    const auto now = clock::now();
+    std::size_t bytes = 0;
+    while (!unsent_.empty() && batch_.size() < 1024 && bytes < (std::size_t{1} << 22)) {
+      auto call = std::move(unsent_.front());
+      unsent_.pop_front();
+      if (call->done) continue;
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(call->deadline - now).count();
+      if (left <= 0) {
+        finish(call->stream_id, make_error_code(errc::timeout),
+               "the deadline passed before the call was sent");
+        continue;
+      }
+      // The remaining time, as of now: the server drops the request if it runs out.
+      fwd::detail::store_le<std::uint32_t>(
+          call->frame.data() + wire::deadline_offset,
+          static_cast<std::uint32_t>(std::min<long long>(left, 0xffffffffLL)));
+      call->sent = true;
+      bytes += call->frame.size();
+      buffers_.push_back(boost::asio::buffer(call->frame));
+      batch_.push_back(std::move(call));
+    }
+  }
+  if (buffers_.empty()) return;
+  writing_ = true;
+  if (!stream_.is_tls() && stream_.socket().non_blocking() && batch_.size() == calls_.size()) {
+    // Plain TCP, and no other call waits for a reply: what the socket takes now is written
+    // now, which spares the trip through the scheduler that an asynchronous write's
+    // completion costs. The rest, and any error, go through async_write below. With
+    // other calls in flight, the asynchronous write is kept: calls started while it
+    // completes (as replies arrive) go out together in the next write.
+    boost::system::error_code ec;
+    std::size_t written = stream_.socket().write_some(buffers_, ec);
+    if (ec) written = 0;
+    if (written == boost::asio::buffer_size(buffers_)) {
+      writing_ = false;
+      batch_.clear();
+      control_in_flight_.clear();
+      flush();  // what the batch limits left behind
+      return;
+    }
+    auto first = buffers_.begin();
+    while (written >= first->size()) written -= (first++)->size();
+    buffers_.erase(buffers_.begin(), first);
+    buffers_.front() += written;
+  }
+  boost::asio::async_write(
+      stream_, buffers_,
+      [self = shared_from_this(), generation = generation_](boost::system::error_code ec,
+                                                            std::size_t) {
+        if (generation != self->generation_) return;
+        self->writing_ = false;
+        self->batch_.clear();
+        self->control_in_flight_.clear();
+        if (ec && self->state_now_ == state::handshaking && self->stream_.is_tls()) {
+          // A server that refuses this TLS client resets the connection
+          // after its alert: the pending read reports the alert (or the
+          // connect timeout ends the attempt).
+          return;
+        }
+        if (ec) {
+          self->connection_broke(
+              ec, fmt::format("writing to {} failed: {}", self->peer_name_, ec.message()));
+          return;
+        }
+        self->flush();
+      });
+}
+
+inline void client_connection::fail_all(boost::system::error_code ec, const std::string& detail,
+                                        bool include_unsent) {
+  std::vector<std::shared_ptr<pending_call>> failing;
+  for (auto it = calls_.begin(); it != calls_.end();) {
+    if (it->second->sent || include_unsent) {
+      failing.push_back(std::move(it->second));
+      it = calls_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (include_unsent) unsent_.clear();
+  for (auto& call : failing) complete(*call, ec, detail);
+}
+
+inline void client_connection::arm_deadline_timer() {
+  if (deadlines_.empty()) {
+    if (!stream_.socket().is_open()) cancel_deadline_timer();
+    return;
+  }
+  const auto first = deadlines_.begin()->first;
+  if (timer_armed_ && armed_for_ <= first) return;
+  timer_armed_ = true;
+  armed_for_ = first;
+  deadline_timer_.expires_at(first);
+  deadline_timer_.async_wait([self = shared_from_this(), first](boost::system::error_code ec) {
+    if (ec || !self->timer_armed_ || self->armed_for_ != first) return;
+    self->timer_armed_ = false;
+    self->on_deadlines();
+  });
+}
+
+inline void client_connection::on_deadlines() {
+  const auto now = clock::now();
+  while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+    finish(deadlines_.begin()->second, make_error_code(errc::timeout),
+           fmt::format("no reply from {} before the call's deadline", peer_name_));
+  }
+  arm_deadline_timer();
+}
+
+}  // namespace fwd::rpc::detail
+
+// ---- end fwd/rpc/detail/impl/client_connection.hpp ----
 
 // ---- end fwd/rpc/detail/client_connection.hpp ----
 
@@ -7383,7 +7521,7 @@ namespace fwd::rpc {
  *   - `cancelled` (maybe executed): cancelled through the cancellation slot;
  *   - `unauthenticated`, `version_mismatch`, `protocol_error`: the handshake failed
  *     (`unauthenticated` also when TLS fails: a certificate missing or untrusted, or TLS on
- *     one side only; the error detail has OpenSSL's reason);
+ *     one side only; call_options::diagnostics has OpenSSL's reason);
  *   - `frame_too_large`: the request exceeds max_frame_size (not sent);
  *   - from the server: `unknown_procedure`, `signature_mismatch`, `remote_failure`,
  *     `overloaded`, `timeout`, or the procedure's own error (e.g. a SQLite code).
@@ -7433,7 +7571,7 @@ class client {
     return async_call(peer, call_options{}, proc, std::forward<ArgsAndToken>(args_and_token)...);
   }
 
-  /// As above, with per-call options (deadline, request id, attempt, error detail).
+  /// As above, with per-call options (deadline, request id, attempt, diagnostics).
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const endpoint& peer, call_options options, const procedure<R(Params...)>& proc,
                   ArgsAndToken&&... args_and_token) {
@@ -7463,8 +7601,10 @@ class client {
   }
 
   /**
-   * Blocking call: returns the result or throws fwd::error (code and details). Must not
-   * be called from a thread that runs the client's executor (it waits for that executor).
+   * Blocking call: returns the result or throws fwd::error: its code, and in
+   * get_diagnostics() "call to <procedure>: <details>" (what() adds the code's message).
+   * call_options::diagnostics, when set, receives the details alone. Must not be called
+   * from a thread that runs the client's executor (it waits for that executor).
    */
   template <class R, class... Params, class... Args>
   R call(const endpoint& peer, const procedure<R(Params...)>& proc, Args&&... args) {
@@ -7473,15 +7613,16 @@ class client {
 
   template <class R, class... Params, class... Args>
   R call(const endpoint& peer, call_options options, const procedure<R(Params...)>& proc, Args&&... args) {
-    auto detail = options.error_detail ? options.error_detail : std::make_shared<std::string>();
-    options.error_detail = detail;
+    fwd::diagnostics local;
+    fwd::diagnostics* diag = options.diagnostics != nullptr ? options.diagnostics : &local;
+    options.diagnostics = diag;
     std::promise<std::conditional_t<std::is_void_v<R>, void, R>> promise;
     auto future = promise.get_future();
     if constexpr (std::is_void_v<R>) {
       async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
-                 [&promise, detail, p = proc.name()](boost::system::error_code ec) {
+                 [&promise, diag, p = proc.name()](boost::system::error_code ec) {
                    if (ec) {
-                     promise.set_exception(std::make_exception_ptr(failure(ec, p, *detail)));
+                     promise.set_exception(std::make_exception_ptr(fwd::detail::call_failure(ec, p, *diag)));
                    } else {
                      promise.set_value();
                    }
@@ -7489,9 +7630,9 @@ class client {
       future.get();
     } else {
       async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
-                 [&promise, detail, p = proc.name()](boost::system::error_code ec, R result) {
+                 [&promise, diag, p = proc.name()](boost::system::error_code ec, R result) {
                    if (ec) {
-                     promise.set_exception(std::make_exception_ptr(failure(ec, p, *detail)));
+                     promise.set_exception(std::make_exception_ptr(fwd::detail::call_failure(ec, p, *diag)));
                    } else {
                      promise.set_value(std::move(result));
                    }
@@ -7509,13 +7650,6 @@ class client {
 
  private:
   struct raw_result {};
-
-  static fwd::error failure(boost::system::error_code ec, std::string_view procedure, const std::string& detail) {
-    std::string what = "call to ";
-    what.append(procedure);
-    if (!detail.empty()) what.append(": ").append(detail);
-    return fwd::error(ec, what);
-  }
 
   std::shared_ptr<detail::client_connection> connection_to(const endpoint& peer) {
     std::lock_guard lock(mutex_);
@@ -7535,8 +7669,8 @@ class client {
                     std::string arguments) const {
       using op_t =
           detail::call_op<std::conditional_t<std::is_same_v<R, raw_result>, detail::raw_reply, R>>;
-      auto op =
-          std::make_shared<op_t>(std::forward<Handler>(handler), fallback, options.error_detail);
+      if (options.diagnostics != nullptr) options.diagnostics->clear();
+      auto op = std::make_shared<op_t>(std::forward<Handler>(handler), fallback, options.diagnostics);
       auto slot = op->slot();
       std::shared_ptr<detail::pending_call> call = std::move(op);
       const auto now = std::chrono::steady_clock::now();
@@ -7608,6 +7742,7 @@ class client {
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <fmt/format.h>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -8251,8 +8386,8 @@ struct member {
 /// "host (address:port)".
 inline std::string to_string(const member& m) {
   const auto address = m.endpoint.address();
-  const std::string ip = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
-  return m.host + " (" + ip + ":" + std::to_string(m.endpoint.port()) + ")";
+  return address.is_v6() ? fmt::format("{} ([{}]:{})", m.host, address.to_string(), m.endpoint.port())
+                         : fmt::format("{} ({}:{})", m.host, address.to_string(), m.endpoint.port());
 }
 
 /// Hashes a member by its endpoint.
@@ -8378,6 +8513,7 @@ struct std::hash<fwd::member> {
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <fmt/format.h>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -8396,8 +8532,8 @@ namespace fwd {
 namespace detail {
 
 inline std::string describe(const dns_source& source) {
-  if (source.type == dns_source::record_type::srv) return "SRV records of " + source.name;
-  return "A/AAAA records of " + source.name + " (port " + std::to_string(source.port) + ")";
+  if (source.type == dns_source::record_type::srv) return fmt::format("SRV records of {}", source.name);
+  return fmt::format("A/AAAA records of {} (port {})", source.name, source.port);
 }
 
 class membership_impl : public std::enable_shared_from_this<membership_impl> {
@@ -8554,12 +8690,12 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
 
   void validate() const {
     const auto bad = [](const std::string& what) {
-      throw fwd::error(make_error_code(errc::bad_argument), "membership_options: " + what);
+      throw fwd::error(make_error_code(errc::bad_argument), fmt::format("membership_options: {}", what));
     };
     for (const auto& source : options_.dns) {
       if (source.name.empty()) bad("a DNS source has an empty name: give the cluster's DNS name");
       if (source.type == dns_source::record_type::address && source.port == 0) {
-        bad("DNS source " + source.name + " has port 0: give the port members listen on");
+        bad(fmt::format("DNS source {} has port 0: give the port members listen on", source.name));
       }
     }
     if (options_.poll_interval <= std::chrono::milliseconds::zero()) {
@@ -8626,17 +8762,16 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
       auto& tracked = tracked_[i];
       const std::string what = describe(options_.dns[i]);
       if (!answer.definitive) {
-        report(answer.error, "DNS query " + answer.failed_query + " for " + what +
-                                 " failed: " + answer.error.message() + "; keeping the " +
-                                 std::to_string(tracked.size()) +
-                                 " member(s) of the last good answer");
+        report(answer.error,
+               fmt::format("DNS query {} for {} failed: {}; keeping the {} member(s) of the last good answer",
+                           answer.failed_query, what, answer.error.message(), tracked.size()));
         continue;
       }
       if (answer.error) {
-        report(answer.error, "DNS query " + answer.failed_query + " for " + what +
-                                 " found no member: " + answer.error.message() + "; " +
-                                 std::to_string(tracked.size()) + " member(s) are removed after " +
-                                 std::to_string(polls_to_remove) + " such answer(s)");
+        report(answer.error, fmt::format("DNS query {} for {} found no member: {}; {} member(s) are removed "
+                                         "after {} such answer(s)",
+                                         answer.failed_query, what, answer.error.message(), tracked.size(),
+                                         polls_to_remove));
       }
       std::unordered_map<boost::asio::ip::tcp::endpoint, const dns_found_address*> found;
       for (const auto& f : answer.found) {
@@ -8859,6 +8994,7 @@ class membership {
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <fmt/format.h>
 
 #include <time.h>
 
@@ -8872,6 +9008,7 @@ class membership {
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <iterator>
 #include <string>
 #include <utility>
 #include <vector>
@@ -9068,253 +9205,37 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     }
   }
 
-  void enqueue(clock::time_point deadline, find_completion completion) {
-    auto slot = completion.slot();
-    const std::uint64_t id = next_waiter_id_.fetch_add(1, std::memory_order_relaxed);
-    if (slot.is_connected()) {
-      slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
-        if ((type & boost::asio::cancellation_type::terminal) == boost::asio::cancellation_type::none) return;
-        if (auto self = weak.lock()) {
-          boost::asio::dispatch(self->strand_, [self, id] {
-            self->fail_waiters(errc::cancelled, [id](const waiter& w) { return w.id == id; });
-          });
-        }
-      });
-    }
-    boost::asio::dispatch(strand_, [self = shared_from_this(), id, deadline,
-                                    c = std::move(completion)]() mutable {
-      fwd::detail::invoke_hook(self->options_.hooks.cache_miss);
-      if (self->stopped_) {
-        c.post(make_error_code(errc::cancelled), {});
-        return;
-      }
-      self->waiters_.push_back(waiter{id, deadline, std::move(c)});
-      self->start_round();
-    });
-  }
+  void enqueue(clock::time_point deadline, find_completion completion);
 
   template <class Predicate>
-  void fail_waiters(errc why, Predicate&& which) {
-    for (auto it = waiters_.begin(); it != waiters_.end();) {
-      if (which(*it)) {
-        it->completion.post(make_error_code(why), {});
-        it = waiters_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
+  void fail_waiters(errc why, Predicate&& which);
 
   // On the strand. Starts a round unless one runs (single-flight).
-  void start_round() {
-    if (round_ || waiters_.empty()) return;
-    if (const primary_location* hit = cached()) {
-      finish(*hit);
-      return;
-    }
-    auto round = std::make_shared<round_state>();
-    round_ = round;
-    // No probe outlives the most patient caller.
-    round->latest_deadline = clock::now();
-    for (const auto& w : waiters_) round->latest_deadline = std::max(round->latest_deadline, w.deadline);
+  void start_round();
 
-    round->local = local_role();
-    switch (round->local.kind) {
-      case litefs::role_kind::primary:
-        finish(primary_location{true, {}, {}});
-        return;
-      case litefs::role_kind::not_litefs:
-        round_.reset();
-        record_failure("the mount is not LiteFS: " + round->local.reason);
-        fail_waiters(errc::not_litefs, [](const waiter&) { return true; });
-        return;
-      case litefs::role_kind::replica:
-        if (auto it = hostnames_.find(round->local.primary_hostname); it != hostnames_.end()) {
-          for (const peer& p : current_members()) {
-            if (p.endpoint == it->second) {
-              finish(primary_location{false, p.endpoint, round->local.primary_hostname});
-              return;
-            }
-          }
-        }
-        break;
-      case litefs::role_kind::unknown:
-        break;
-    }
-    probe_rounds_.fetch_add(1, std::memory_order_relaxed);
-    round->members = current_members();
-    if (round->members.empty()) {
-      end_round(round, "no members are known");
-      return;
-    }
-    launch_probes(round);
-  }
-
-  void launch_probes(const std::shared_ptr<round_state>& round) {
-    while (!round->done && round->in_flight < options_.max_concurrent_probes &&
-           round->next < round->members.size()) {
-      const peer target = round->members[round->next++];
-      ++round->in_flight;
-      // Each probe gets its own deadline, so members queued behind a slow one (when
-      // max_concurrent_probes is below the member count) still get a full probe.
-      const clock::time_point deadline =
-          std::min(clock::now() + options_.probe_timeout, round->latest_deadline);
-      // The answer hops onto the strand itself: a probe function may invoke its handler
-      // directly from any thread (calling an executor_binder does not switch executors),
-      // and on_probe must never run beside another strand handler.
-      auto on_answer = [self = shared_from_this(), round, target](boost::system::error_code ec,
-                                                                 node_status status) {
-        boost::asio::dispatch(self->strand_, [self, round, target, ec, status = std::move(status)]() mutable {
-          self->on_probe(round, target, ec, std::move(status));
-        });
-      };
-      try {
-        if (!probe_) throw std::logic_error("no probe function");
-        probe_(target, deadline, std::move(on_answer));
-      } catch (...) {
-        // The probe never started: it answers as unreachable, after this call returns.
-        boost::asio::post(strand_, [self = shared_from_this(), round, target] {
-          self->on_probe(round, target, make_error_code(errc::unreachable), {});
-        });
-      }
-    }
-  }
+  void launch_probes(const std::shared_ptr<round_state>& round);
 
   void on_probe(const std::shared_ptr<round_state>& round, const peer& target,
-                boost::system::error_code ec, node_status status) {
-    --round->in_flight;
-    ++round->answered;
-    fwd::detail::invoke_hook(options_.hooks.probe_result, target, ec, status);
-    if (round->done) return;
-    round->tried += target.name.empty() ? target.endpoint.address().to_string() : target.name;
-    if (ec) {
-      round->tried += " (" + ec.message().substr(0, 60) + "); ";
-    } else {
-      round->tried += " (" + std::string(litefs::to_string(status.role)) + "); ";
-      if (!status.litefs_hostname.empty()) hostnames_[status.litefs_hostname] = target.endpoint;
-      if (status.role == litefs::role_kind::primary) {
-        // The member that the local `.primary` names settles it at once.
-        if (round->local.kind == litefs::role_kind::replica &&
-            status.litefs_hostname == round->local.primary_hostname) {
-          round->done = true;
-          round_.reset();
-          finish(primary_location{false, target.endpoint, status.litefs_hostname});
-          return;
-        }
-        round->claimants.emplace_back(target, std::move(status));
-      }
-    }
-    if (round->next < round->members.size()) {
-      launch_probes(round);
-      return;
-    }
-    if (round->in_flight > 0) return;
-    // Every member answered or timed out.
-    round->done = true;
-    if (round->claimants.size() == 1 && round->local.kind != litefs::role_kind::replica) {
-      const auto& [p, s] = round->claimants.front();
-      round_.reset();
-      finish(primary_location{false, p.endpoint, s.litefs_hostname});
-      return;
-    }
-    std::string why;
-    if (round->claimants.empty()) {
-      why = "no member says it is primary";
-    } else if (round->local.kind == litefs::role_kind::replica) {
-      // A member that is primary but announces another LiteFS hostname than the one
-      // LiteFS names: that node's fwd hostname is not its LiteFS lease hostname.
-      const auto& [p, st] = round->claimants.front();
-      why = "LiteFS names the primary " + round->local.primary_hostname + ", but the member " +
-            rpc::detail::endpoint_string(p.endpoint) + " that is primary announces the LiteFS hostname '" +
-            st.litefs_hostname + "': set that node's litefs_hostname to its LiteFS lease hostname " +
-            "(lease.hostname in its litefs.yml; on Fly.io the machine id)";
-    } else {
-      why = std::to_string(round->claimants.size()) + " members claim to be primary";
-    }
-    end_round(round, why + "; probed: " + round->tried);
-  }
+                boost::system::error_code ec, node_status status);
 
   // A round that found no primary: waiters past their deadline fail, others retry.
-  void end_round(const std::shared_ptr<round_state>& round, const std::string& why) {
-    round->done = true;
-    round_.reset();
-    record_failure(why);
-    const auto now = clock::now();
-    fail_waiters(errc::no_primary, [now](const waiter& w) { return w.deadline <= now; });
-    if (waiters_.empty() || stopped_) return;
-    retry_timer_.expires_after(options_.retry_interval);
-    retry_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
-      if (!ec) self->start_round();
-    });
-  }
+  void end_round(const std::shared_ptr<round_state>& round, const std::string& why);
 
-  void finish(primary_location location) {
-    round_.reset();
-    const primary_location* stored = intern(std::move(location));
-    const primary_location* before = current_.exchange(stored, std::memory_order_acq_rel);
-    expires_.store(expiry_clock_ns() + std::chrono::nanoseconds(options_.ttl).count(),
-                   std::memory_order_relaxed);
-    if (stored != before && stored != last_announced_) {
-      last_announced_ = stored;
-      fwd::detail::invoke_hook(options_.hooks.primary_changed, *stored);
-    }
-    cached_role_ = local_role();
-    for (auto& w : waiters_) w.completion.post({}, *stored);
-    waiters_.clear();
-  }
+  void finish(primary_location location);
 
   // Locations are kept for the finder's lifetime, so that cached() can hand out stable
   // pointers without reference counting; a cluster has few distinct primaries.
-  const primary_location* intern(primary_location location) {
-    for (const auto& known : locations_) {
-      if (*known == location) return known.get();
-    }
-    locations_.push_back(std::make_unique<const primary_location>(std::move(location)));
-    return locations_.back().get();
-  }
+  const primary_location* intern(primary_location location);
 
   // The role, the members and a probe come from functions the service may supply: none
   // of them may throw into the strand (a round left half done would wedge every lookup).
-  litefs::role local_role() noexcept {
-    try {
-      return role_();
-    } catch (const std::exception& e) {
-      litefs::role r;
-      r.reason = std::string("reading the local role failed: ") + e.what();
-      return r;
-    } catch (...) {
-      return litefs::role{};
-    }
-  }
+  litefs::role local_role() noexcept;
 
-  std::vector<peer> current_members() noexcept {
-    try {
-      return members_ ? members_() : std::vector<peer>{};
-    } catch (...) {
-      return {};
-    }
-  }
+  std::vector<peer> current_members() noexcept;
 
-  void record_failure(std::string why) {
-    std::lock_guard lock(failure_mutex_);
-    last_failure_ = std::move(why);
-  }
+  void record_failure(std::string why);
 
-  void watch_role() {
-    if (stopped_) return;
-    role_timer_.expires_after(options_.role_poll_interval);
-    role_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
-      if (ec || self->stopped_) return;
-      if (self->current_.load(std::memory_order_acquire) != nullptr) {
-        const litefs::role now = self->local_role();
-        if (now.kind != self->cached_role_.kind ||
-            now.primary_hostname != self->cached_role_.primary_hostname) {
-          self->invalidate();
-        }
-      }
-      self->watch_role();
-    });
-  }
+  void watch_role();
 
   boost::asio::any_io_executor executor_;
   boost::asio::strand<boost::asio::any_io_executor> strand_;
@@ -9376,6 +9297,268 @@ inline primary_finder::probe_function hello_prober(rpc::client& client) {
 }
 
 }  // namespace fwd
+
+// ---- begin fwd/cluster/impl/discovery.hpp ----
+
+// The bodies of fwd::primary_finder's refresh: the queue of lookups, the probe rounds and
+// the watch of the local role. Included at the end of fwd/cluster/discovery.hpp.
+
+
+namespace fwd {
+
+inline void primary_finder::enqueue(clock::time_point deadline, find_completion completion) {
+  auto slot = completion.slot();
+  const std::uint64_t id = next_waiter_id_.fetch_add(1, std::memory_order_relaxed);
+  if (slot.is_connected()) {
+    slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
+      if ((type & boost::asio::cancellation_type::terminal) == boost::asio::cancellation_type::none)
+        return;
+      if (auto self = weak.lock()) {
+        boost::asio::dispatch(self->strand_, [self, id] {
+          self->fail_waiters(errc::cancelled, [id](const waiter& w) { return w.id == id; });
+        });
+      }
+    });
+  }
+  boost::asio::dispatch(
+      strand_, [self = shared_from_this(), id, deadline, c = std::move(completion)]() mutable {
+        fwd::detail::invoke_hook(self->options_.hooks.cache_miss);
+        if (self->stopped_) {
+          c.post(make_error_code(errc::cancelled), {});
+          return;
+        }
+        self->waiters_.push_back(waiter{id, deadline, std::move(c)});
+        self->start_round();
+      });
+}
+
+template <class Predicate>
+inline void primary_finder::fail_waiters(errc why, Predicate&& which) {
+  for (auto it = waiters_.begin(); it != waiters_.end();) {
+    if (which(*it)) {
+      it->completion.post(make_error_code(why), {});
+      it = waiters_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+inline void primary_finder::start_round() {
+  if (round_ || waiters_.empty()) return;
+  if (const primary_location* hit = cached()) {
+    finish(*hit);
+    return;
+  }
+  auto round = std::make_shared<round_state>();
+  round_ = round;
+  // No probe outlives the most patient caller.
+  round->latest_deadline = clock::now();
+  for (const auto& w : waiters_)
+    round->latest_deadline = std::max(round->latest_deadline, w.deadline);
+
+  round->local = local_role();
+  switch (round->local.kind) {
+    case litefs::role_kind::primary:
+      finish(primary_location{true, {}, {}});
+      return;
+    case litefs::role_kind::not_litefs:
+      round_.reset();
+      record_failure(fmt::format("the mount is not LiteFS: {}", round->local.reason));
+      fail_waiters(errc::not_litefs, [](const waiter&) { return true; });
+      return;
+    case litefs::role_kind::replica:
+      if (auto it = hostnames_.find(round->local.primary_hostname); it != hostnames_.end()) {
+        for (const peer& p : current_members()) {
+          if (p.endpoint == it->second) {
+            finish(primary_location{false, p.endpoint, round->local.primary_hostname});
+            return;
+          }
+        }
+      }
+      break;
+    case litefs::role_kind::unknown:
+      break;
+  }
+  probe_rounds_.fetch_add(1, std::memory_order_relaxed);
+  round->members = current_members();
+  if (round->members.empty()) {
+    end_round(round, "no members are known");
+    return;
+  }
+  launch_probes(round);
+}
+
+inline void primary_finder::launch_probes(const std::shared_ptr<round_state>& round) {
+  while (!round->done && round->in_flight < options_.max_concurrent_probes &&
+         round->next < round->members.size()) {
+    const peer target = round->members[round->next++];
+    ++round->in_flight;
+    // Each probe gets its own deadline, so members queued behind a slow one (when
+    // max_concurrent_probes is below the member count) still get a full probe.
+    const clock::time_point deadline =
+        std::min(clock::now() + options_.probe_timeout, round->latest_deadline);
+    // The answer hops onto the strand itself: a probe function may invoke its handler
+    // directly from any thread (calling an executor_binder does not switch executors),
+    // and on_probe must never run beside another strand handler.
+    auto on_answer = [self = shared_from_this(), round, target](boost::system::error_code ec,
+                                                                node_status status) {
+      boost::asio::dispatch(self->strand_,
+                            [self, round, target, ec, status = std::move(status)]() mutable {
+                              self->on_probe(round, target, ec, std::move(status));
+                            });
+    };
+    try {
+      if (!probe_) throw std::logic_error("no probe function");
+      probe_(target, deadline, std::move(on_answer));
+    } catch (...) {
+      // The probe never started: it answers as unreachable, after this call returns.
+      boost::asio::post(strand_, [self = shared_from_this(), round, target] {
+        self->on_probe(round, target, make_error_code(errc::unreachable), {});
+      });
+    }
+  }
+}
+
+inline void primary_finder::on_probe(const std::shared_ptr<round_state>& round, const peer& target,
+                                     boost::system::error_code ec, node_status status) {
+  --round->in_flight;
+  ++round->answered;
+  fwd::detail::invoke_hook(options_.hooks.probe_result, target, ec, status);
+  if (round->done) return;
+  auto tried = std::back_inserter(round->tried);
+  const std::string who = target.name.empty() ? target.endpoint.address().to_string() : target.name;
+  if (ec) {
+    fmt::format_to(tried, "{} ({}); ", who, ec.message().substr(0, 60));
+  } else {
+    fmt::format_to(tried, "{} ({}); ", who, litefs::to_string(status.role));
+    if (!status.litefs_hostname.empty()) hostnames_[status.litefs_hostname] = target.endpoint;
+    if (status.role == litefs::role_kind::primary) {
+      // The member that the local `.primary` names settles it at once.
+      if (round->local.kind == litefs::role_kind::replica &&
+          status.litefs_hostname == round->local.primary_hostname) {
+        round->done = true;
+        round_.reset();
+        finish(primary_location{false, target.endpoint, status.litefs_hostname});
+        return;
+      }
+      round->claimants.emplace_back(target, std::move(status));
+    }
+  }
+  if (round->next < round->members.size()) {
+    launch_probes(round);
+    return;
+  }
+  if (round->in_flight > 0) return;
+  // Every member answered or timed out.
+  round->done = true;
+  if (round->claimants.size() == 1 && round->local.kind != litefs::role_kind::replica) {
+    const auto& [p, s] = round->claimants.front();
+    round_.reset();
+    finish(primary_location{false, p.endpoint, s.litefs_hostname});
+    return;
+  }
+  std::string why;
+  if (round->claimants.empty()) {
+    why = "no member says it is primary";
+  } else if (round->local.kind == litefs::role_kind::replica) {
+    // A member that is primary but announces another LiteFS hostname than the one
+    // LiteFS names: that node's fwd hostname is not its LiteFS lease hostname.
+    const auto& [p, st] = round->claimants.front();
+    why = fmt::format(
+        "LiteFS names the primary {}, but the member {} that is primary announces the LiteFS "
+        "hostname "
+        "'{}': set that node's litefs_hostname to its LiteFS lease hostname (lease.hostname in its "
+        "litefs.yml; on Fly.io the machine id)",
+        round->local.primary_hostname, rpc::detail::endpoint_string(p.endpoint),
+        st.litefs_hostname);
+  } else {
+    why = fmt::format("{} members claim to be primary", round->claimants.size());
+  }
+  end_round(round, fmt::format("{}; probed: {}", why, round->tried));
+}
+
+inline void primary_finder::end_round(const std::shared_ptr<round_state>& round,
+                                      const std::string& why) {
+  round->done = true;
+  round_.reset();
+  record_failure(why);
+  const auto now = clock::now();
+  fail_waiters(errc::no_primary, [now](const waiter& w) { return w.deadline <= now; });
+  if (waiters_.empty() || stopped_) return;
+  retry_timer_.expires_after(options_.retry_interval);
+  retry_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    if (!ec) self->start_round();
+  });
+}
+
+inline void primary_finder::finish(primary_location location) {
+  round_.reset();
+  const primary_location* stored = intern(std::move(location));
+  const primary_location* before = current_.exchange(stored, std::memory_order_acq_rel);
+  expires_.store(expiry_clock_ns() + std::chrono::nanoseconds(options_.ttl).count(),
+                 std::memory_order_relaxed);
+  if (stored != before && stored != last_announced_) {
+    last_announced_ = stored;
+    fwd::detail::invoke_hook(options_.hooks.primary_changed, *stored);
+  }
+  cached_role_ = local_role();
+  for (auto& w : waiters_) w.completion.post({}, *stored);
+  waiters_.clear();
+}
+
+inline const primary_location* primary_finder::intern(primary_location location) {
+  for (const auto& known : locations_) {
+    if (*known == location) return known.get();
+  }
+  locations_.push_back(std::make_unique<const primary_location>(std::move(location)));
+  return locations_.back().get();
+}
+
+inline litefs::role primary_finder::local_role() noexcept {
+  try {
+    return role_();
+  } catch (const std::exception& e) {
+    litefs::role r;
+    r.reason = fmt::format("reading the local role failed: {}", e.what());
+    return r;
+  } catch (...) {
+    return litefs::role{};
+  }
+}
+
+inline std::vector<peer> primary_finder::current_members() noexcept {
+  try {
+    return members_ ? members_() : std::vector<peer>{};
+  } catch (...) {
+    return {};
+  }
+}
+
+inline void primary_finder::record_failure(std::string why) {
+  std::lock_guard lock(failure_mutex_);
+  last_failure_ = std::move(why);
+}
+
+inline void primary_finder::watch_role() {
+  if (stopped_) return;
+  role_timer_.expires_after(options_.role_poll_interval);
+  role_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    if (ec || self->stopped_) return;
+    if (self->current_.load(std::memory_order_acquire) != nullptr) {
+      const litefs::role now = self->local_role();
+      if (now.kind != self->cached_role_.kind ||
+          now.primary_hostname != self->cached_role_.primary_hostname) {
+        self->invalidate();
+      }
+    }
+    self->watch_role();
+  });
+}
+
+}  // namespace fwd
+
+// ---- end fwd/cluster/impl/discovery.hpp ----
 
 // ---- end fwd/cluster/discovery.hpp ----
 // ---- begin fwd/write/write_options.hpp ----
@@ -10754,8 +10937,14 @@ struct forward_options {
   std::optional<request_id> id;
   /// Overrides forwarder_options::read_your_writes for this call.
   std::optional<bool> read_your_writes;
-  /// Receives the failure's details (remote exception, SQLite message, what was tried).
-  std::shared_ptr<std::string> error_detail;
+  /**
+   * Where the call's failure details go (the remote exception, SQLite's message, what
+   * was tried on which peer), like boost::mysql::diagnostics. Owned by the caller and
+   * must outlive the operation. Cleared when the call is initiated; on failure, filled
+   * before the completion handler is invoked; empty after a success. Null: the details
+   * are dropped. The blocking forms throw fwd::error carrying them in get_diagnostics().
+   */
+  fwd::diagnostics* diagnostics = nullptr;
   /// Receives what happened (attempts, where it ran, TXID).
   std::shared_ptr<call_report> report;
 };
@@ -10798,8 +10987,8 @@ struct forwarder_options {
 
 // ---- begin fwd/write/detail/forward_op.hpp ----
 
-// One forwarded call from its first attempt to its completion (fwd::detail::forward_op),
-// the state a forwarder's calls share, and the server side of a write procedure.
+// One forwarded call from its first attempt to its completion (fwd::detail::forward_op):
+// found, sent or run locally, retried, and waited for until it is replicated here.
 
 #include <atomic>
 #include <boost/asio/any_io_executor.hpp>
@@ -10809,31 +10998,109 @@ struct forwarder_options {
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <fmt/format.h>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <future>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <optional>
-#include <random>
+// ---- begin fwd/write/detail/forward_completion.hpp ----
+
+// How a forwarded call reaches its caller: the result is decoded (on the call's strand),
+// the caller's diagnostics are filled, and the handler completes through its associated
+// executor (a pending_completion).
+
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/system/error_code.hpp>
+#include <fmt/format.h>
+
 #include <string>
-#include <string_view>
-#include <tuple>
 #include <type_traits>
 #include <utility>
 
-namespace fwd {
-
-namespace detail {
+namespace fwd::detail {
 
 /// How a completed forwarded call reaches its caller.
 struct forward_completion {
   virtual ~forward_completion() = default;
   virtual void complete(boost::system::error_code ec, std::string result, std::string detail) = 0;
 };
+
+template <class R>
+struct forward_signature_of {
+  using type = void(boost::system::error_code, R);
+};
+template <>
+struct forward_signature_of<void> {
+  using type = void(boost::system::error_code);
+};
+
+// Decodes the result (on the call's strand) and completes the caller's handler through
+// its associated executor.
+template <class R>
+class typed_completion final : public forward_completion {
+ public:
+  // `diagnostics` (the caller's, may be null) receives the failure's detail before the
+  // handler is invoked.
+  template <class Handler>
+  typed_completion(Handler&& handler, const boost::asio::any_io_executor& fallback,
+                   fwd::diagnostics* diagnostics)
+      : completion_(std::forward<Handler>(handler), fallback), diagnostics_(diagnostics) {}
+
+  boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
+
+  void complete(boost::system::error_code ec, std::string result, std::string why) override {
+    if (ec) report(std::move(why));
+    // Posted: the call may complete before its initiating call returns (a stopped node).
+    if constexpr (std::is_void_v<R>) {
+      if (!ec) {
+        fwd::detail::decode_result<void>(result, ec);
+        if (ec) report("the result could not be decoded");
+      }
+      completion_.post(ec);
+    } else {
+      R value{};
+      if (!ec) {
+        std::string decode_why;
+        value = fwd::detail::decode_result<R>(result, ec, &decode_why);
+        if (ec) report(fmt::format("the result could not be decoded: {}", decode_why));
+      }
+      completion_.post(ec, std::move(value));
+    }
+  }
+
+ private:
+  void report(std::string detail) {
+    if (diagnostics_ != nullptr) diagnostics_->assign(std::move(detail));
+  }
+
+  fwd::detail::pending_completion<typename forward_signature_of<R>::type> completion_;
+  fwd::diagnostics* diagnostics_;
+};
+
+}  // namespace fwd::detail
+
+// ---- end fwd/write/detail/forward_completion.hpp ----
+// ---- begin fwd/write/detail/forward_core.hpp ----
+
+// The state a forwarder's calls share: its executor and options, the RPC client, the
+// primary finder, the local writer, the retry budget, the breakers and the procedures
+// served locally. Kept alive by the calls.
+
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+
+namespace fwd::detail {
 
 /// The shared state of a forwarder: what every call needs, kept alive by the calls.
 struct forward_core {
@@ -10863,19 +11130,27 @@ struct forward_core {
   }
 };
 
+}  // namespace fwd::detail
+
+// ---- end fwd/write/detail/forward_core.hpp ----
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace fwd {
+
+namespace detail {
+
 inline bool is_transport_failure(const boost::system::error_code& ec) noexcept {
   return ec == errc::unreachable || ec == errc::connection_lost || ec == errc::protocol_error ||
          ec == errc::unauthenticated || ec == errc::version_mismatch;
-}
-
-inline std::string hex_id(const request_id& id) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  for (auto b : id) {
-    out += digits[b >> 4];
-    out += digits[b & 15];
-  }
-  return out;
 }
 
 // One forwarded call, from its first attempt to its completion. Runs on its own strand.
@@ -10936,18 +11211,15 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   }
 
   void on_found(boost::system::error_code ec, const primary_location& where) {
-    {
-      auto self = this;
-      if (self->done_) return;
-      if (ec) {
-        std::string why = ec == errc::no_primary
-                              ? "no primary found: " + self->core_->finder->last_failure()
-                              : ec.message();
-        self->on_failure(ec, std::move(why));
-        return;
-      }
-      self->on_location(where);
+    if (done_) return;
+    if (ec) {
+      std::string why = ec == errc::no_primary
+                            ? fmt::format("no primary found: {}", core_->finder->last_failure())
+                            : ec.message();
+      on_failure(ec, std::move(why));
+      return;
     }
+    on_location(where);
   }
 
   void on_location(const primary_location& where) {
@@ -10965,8 +11237,9 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     if (found == core_->procedures.end() || found->second.signature != signature_) {
       finish(make_error_code(found == core_->procedures.end() ? errc::unknown_procedure
                                                               : errc::signature_mismatch),
-             "procedure '" + name_ +
-                 "' is not defined on this node with this signature: define it with node.define");
+             fmt::format("procedure '{}' is not defined on this node with this signature: define it "
+                         "with node.define",
+                         name_));
       return;
     }
     const auto& t = core_->options.telemetry;
@@ -11011,45 +11284,43 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     if (!breaker.allow()) {
       core_->finder->invalidate();
       on_failure(make_error_code(errc::circuit_open),
-                 "the circuit breaker for " + peer + " is open");
+                 fmt::format("the circuit breaker for {} is open", peer));
       return;
     }
-    auto detail = std::make_shared<std::string>();
     rpc::call_options options;
     options.deadline = deadline_;
     options.request_id = id_;
     options.attempt = report_->attempts;
-    options.error_detail = detail;
+    // One attempt is in flight at a time; its handler keeps this op (and so the
+    // diagnostics) alive, and the client fills them before the handler runs.
+    options.diagnostics = &attempt_diagnostics_;
     core_->client->async_call_raw(
         where.endpoint, options, name_, signature_, arguments_,
-        [self = shared_from_this(), peer, detail](boost::system::error_code e, std::string p) {
-          boost::asio::post(self->strand_, [self, peer, detail, e, p = std::move(p)]() mutable {
-            self->on_sent(peer, *detail, e, std::move(p));
+        [self = shared_from_this(), peer](boost::system::error_code e, std::string p) {
+          boost::asio::post(self->strand_, [self, peer, e, p = std::move(p)]() mutable {
+            self->on_sent(peer, self->attempt_diagnostics_.message(), e, std::move(p));
           });
         });
   }
 
   void on_sent(const std::string& peer, const std::string& detail, boost::system::error_code ec,
                std::string payload) {
-    {
-      auto self = this;
-      circuit_breaker& b = self->core_->breakers.for_peer(peer);
-      if (ec && (is_transport_failure(ec) || ec == errc::timeout)) {
-        const breaker_state before = b.state();
-        const breaker_state after = b.on_failure();
-        if (before != after) self->breaker_changed(peer, after);
-      } else {
-        const breaker_state before = b.on_success();
-        if (before != breaker_state::closed) self->breaker_changed(peer, breaker_state::closed);
-      }
-      if (self->done_) return;
-      if (ec) {
-        if (ec == errc::not_primary || is_transport_failure(ec)) self->core_->finder->invalidate();
-        self->on_failure(ec, peer + ": " + detail);
-        return;
-      }
-      self->on_reply(std::move(payload), /*remote=*/true);
+    circuit_breaker& b = core_->breakers.for_peer(peer);
+    if (ec && (is_transport_failure(ec) || ec == errc::timeout)) {
+      const breaker_state before = b.state();
+      const breaker_state after = b.on_failure();
+      if (before != after) breaker_changed(peer, after);
+    } else {
+      const breaker_state before = b.on_success();
+      if (before != breaker_state::closed) breaker_changed(peer, breaker_state::closed);
     }
+    if (done_) return;
+    if (ec) {
+      if (ec == errc::not_primary || is_transport_failure(ec)) core_->finder->invalidate();
+      on_failure(ec, fmt::format("{}: {}", peer, detail));
+      return;
+    }
+    on_reply(std::move(payload), /*remote=*/true);
   }
 
   void breaker_changed(const std::string& peer, breaker_state state) {
@@ -11074,6 +11345,13 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     wait_replication();
   }
 
+  static std::string replication_lag_detail(std::uint64_t primary_txid, std::uint64_t local_txid) {
+    return fmt::format(
+        "the write COMMITTED on the primary at TXID {} but this node is at TXID {} when the deadline "
+        "passed: do not retry it; a local read may not see it yet",
+        primary_txid, local_txid);
+  }
+
   // Polls the local `<db>-pos` until it reaches the primary's TXID, as LiteFS's proxy does.
   void wait_replication() {
     if (done_) return;
@@ -11084,10 +11362,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
                                                                           litefs::position local) {
             if (self->done_) return;
             if (!ec) return self->finish({}, {});
-            self->finish(make_error_code(errc::replication_lag),
-                         "the write COMMITTED on the primary at TXID " + std::to_string(self->report_->txid) +
-                             " but this node is at TXID " + std::to_string(local.txid) +
-                             " when the deadline passed: do not retry it; a local read may not see it yet");
+            self->finish(make_error_code(errc::replication_lag), replication_lag_detail(self->report_->txid, local.txid));
           }));
       return;
     }
@@ -11099,10 +11374,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
       return;
     }
     if (core_->stopped.load() || clock::now() >= deadline_) {
-      finish(make_error_code(errc::replication_lag),
-             "the write COMMITTED on the primary at TXID " + std::to_string(report_->txid) +
-                 " but this node is at TXID " + std::to_string(local.txid) +
-                 " when the deadline passed: do not retry it; a local read may not see it yet");
+      finish(make_error_code(errc::replication_lag), replication_lag_detail(report_->txid, local.txid));
       return;
     }
     timer_.expires_after(core_->options.replication_poll);
@@ -11125,16 +11397,16 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
       return;
     }
     if (report_->attempts >= core_->options.retry.max_attempts) {
-      finish(ec, std::move(detail) + " (after " + std::to_string(report_->attempts) + " attempts)");
+      finish(ec, fmt::format("{} (after {} attempts)", detail, report_->attempts));
       return;
     }
     const auto now = clock::now();
     if (now >= deadline_) {
-      finish(ec, std::move(detail) + " (the call's deadline passed)");
+      finish(ec, fmt::format("{} (the call's deadline passed)", detail));
       return;
     }
     if (!core_->budget.try_acquire(now)) {
-      finish(ec, std::move(detail) + " (the node's retry budget is exhausted: not retried)");
+      finish(ec, fmt::format("{} (the node's retry budget is exhausted: not retried)", detail));
       return;
     }
     auto wait = full_jitter_backoff(core_->options.retry, report_->attempts);
@@ -11153,7 +11425,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
 
   void finish_deadline() {
     if (last_ec_) {
-      finish(last_ec_, last_detail_ + " (the call's deadline passed while retrying)");
+      finish(last_ec_, fmt::format("{} (the call's deadline passed while retrying)", last_detail_));
     } else {
       finish(make_error_code(errc::timeout), "the call's deadline passed before it could be sent");
     }
@@ -11181,55 +11453,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   std::string result_;
   boost::system::error_code last_ec_;
   std::string last_detail_;
+  diagnostics attempt_diagnostics_;  // the detail of the attempt in flight
   bool done_ = false;
-};
-
-template <class R>
-struct forward_signature_of {
-  using type = void(boost::system::error_code, R);
-};
-template <>
-struct forward_signature_of<void> {
-  using type = void(boost::system::error_code);
-};
-
-// Decodes the result (on the call's strand) and completes the caller's handler through
-// its associated executor.
-template <class R>
-class typed_completion final : public forward_completion {
- public:
-  template <class Handler>
-  typed_completion(Handler&& handler, const boost::asio::any_io_executor& fallback,
-                   std::shared_ptr<std::string> detail)
-      : completion_(std::forward<Handler>(handler), fallback), detail_(std::move(detail)) {}
-
-  boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
-
-  void complete(boost::system::error_code ec, std::string result, std::string why) override {
-    if (ec) {
-      if (detail_) *detail_ = std::move(why);
-    }
-    // Posted: the call may complete before its initiating call returns (a stopped node).
-    if constexpr (std::is_void_v<R>) {
-      if (!ec) {
-        fwd::detail::decode_result<void>(result, ec);
-        if (ec && detail_) *detail_ = "the result could not be decoded";
-      }
-      completion_.post(ec);
-    } else {
-      R value{};
-      if (!ec) {
-        std::string decode_why;
-        value = fwd::detail::decode_result<R>(result, ec, &decode_why);
-        if (ec && detail_) *detail_ = "the result could not be decoded: " + decode_why;
-      }
-      completion_.post(ec, std::move(value));
-    }
-  }
-
- private:
-  fwd::detail::pending_completion<typename forward_signature_of<R>::type> completion_;
-  std::shared_ptr<std::string> detail_;
 };
 
 }  // namespace detail
@@ -11244,10 +11469,12 @@ class typed_completion final : public forward_completion {
 
 
 #include <boost/asio/any_io_executor.hpp>
+#include <fmt/format.h>
 
 #include <exception>
 #include <functional>
 #include <memory>
+#include <iterator>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -11286,14 +11513,14 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
     try {
       role = core->options.role();
     } catch (const std::exception& e) {
-      role.reason = std::string("reading the local role failed: ") + e.what();
+      role.reason = fmt::format("reading the local role failed: {}", e.what());
     } catch (...) {
       role.reason = "reading the local role failed";
     }
     if (role.kind != litefs::role_kind::primary) {
-      std::string why = "this node is not the primary (" + role.reason + "); nothing ran";
+      std::string why = fmt::format("this node is not the primary ({}); nothing ran", role.reason);
       if (role.kind == litefs::role_kind::replica)
-        why += "; LiteFS names the primary " + role.primary_hostname;
+        fmt::format_to(std::back_inserter(why), "; LiteFS names the primary {}", role.primary_hostname);
       std::move(reply)(make_error_code(errc::not_primary), std::move(why));
       return;
     }
@@ -11308,8 +11535,8 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
     auto args = std::make_shared<typename Proc::arguments>(
         fwd::detail::decode_arguments<Proc>(call.arguments, ec, &why));
     if (ec) {
-      std::move(reply)(ec, "the arguments of '" + std::string(call.procedure) +
-                               "' could not be decoded as " + Proc::signature_text() + ": " + why);
+      std::move(reply)(ec, fmt::format("the arguments of '{}' could not be decoded as {}: {}", call.procedure,
+                                       Proc::signature_text(), why));
       return;
     }
     using R = typename Proc::result_type;
@@ -11420,7 +11647,8 @@ class forwarder {
    * `not_primary`, `unreachable`, `connection_lost`, `timeout`, `circuit_open` after the
    * retries, the deadline or the retry budget ran out; `replication_lag`: the write
    * COMMITTED but this node had not replicated it by the deadline (do not retry);
-   * `cancelled`. forward_options::error_detail receives the details.
+   * `cancelled`. forward_options::diagnostics receives the details, before the handler
+   * is invoked.
    *
    * Completes through the handler's associated executor (default: the forwarder's), never
    * inside this call; that executor has outstanding work until then.
@@ -11459,8 +11687,10 @@ class forwarder {
   }
 
   /**
-   * Blocking call: returns the result or throws fwd::error (its what() carries the
-   * details). Must not be called from a thread that runs the forwarder's executor.
+   * Blocking call: returns the result or throws fwd::error: its code, and in
+   * get_diagnostics() "call to <procedure>: <details>" (what() adds the code's message).
+   * forward_options::diagnostics, when set, receives the details alone. Must not be
+   * called from a thread that runs the forwarder's executor.
    */
   template <class R, class... Params, class... Args>
   R call(const procedure<R(Params...)>& proc, Args&&... args) {
@@ -11469,11 +11699,11 @@ class forwarder {
 
   template <class R, class... Params, class... Args>
   R call(forward_options options, const procedure<R(Params...)>& proc, Args&&... args) {
-    auto detail = options.error_detail ? options.error_detail : std::make_shared<std::string>();
-    options.error_detail = detail;
+    fwd::diagnostics local;
+    fwd::diagnostics* diag = options.diagnostics != nullptr ? options.diagnostics : &local;
+    options.diagnostics = diag;
     auto fail = [&](boost::system::error_code ec) {
-      return fwd::error(
-          ec, "call to " + std::string(proc.name()) + (detail->empty() ? "" : ": " + *detail));
+      return fwd::detail::call_failure(ec, proc.name(), *diag);
     };
     if constexpr (std::is_void_v<R>) {
       std::promise<void> promise;
@@ -11508,9 +11738,9 @@ class forwarder {
     template <class Handler>
     void operator()(Handler&& handler, forward_options options, std::string name,
                     std::uint64_t signature, std::string arguments) const {
-      auto detail = options.error_detail;
+      if (options.diagnostics != nullptr) options.diagnostics->clear();
       auto completion = std::make_unique<detail::typed_completion<R>>(
-          std::forward<Handler>(handler), core->executor, std::move(detail));
+          std::forward<Handler>(handler), core->executor, options.diagnostics);
       auto slot = completion->slot();
       auto op = std::make_shared<detail::forward_op>(core, std::move(name), signature,
                                                      std::move(arguments), std::move(options),
@@ -11565,23 +11795,27 @@ class forwarder {
 //   node.start();
 //   std::int64_t id = node.call(add_tag, "hello");   // on any node
 
+// ---- begin fwd/node_options.hpp ----
+
+// Everything a fwd::node needs (node_options), and the helpers that fill it: the cluster
+// secret from the environment or a file, the members from a list or from DNS.
+
 #include <unistd.h>
 
-#include <boost/asio/any_io_executor.hpp>
+
 #include <boost/asio/ip/tcp.hpp>
+#include <fmt/format.h>
+
 #include <chrono>
-#include <cstdio>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <memory>
-#include <mutex>
+#include <iterator>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 namespace fwd {
@@ -11601,9 +11835,9 @@ inline std::string secret_from_env(const char* name) {
   const char* value = std::getenv(name);
   if (value == nullptr || *value == '\0') {
     throw fwd::error(make_error_code(errc::bad_argument),
-                     std::string("the environment variable ") + name +
-                         " holding the cluster secret is unset or empty: set it to the same secret "
-                         "on every node");
+                     fmt::format("the environment variable {} holding the cluster secret is unset or "
+                                 "empty: set it to the same secret on every node",
+                                 name));
   }
   return value;
 }
@@ -11616,16 +11850,15 @@ inline std::string secret_from_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     throw fwd::error(make_error_code(errc::bad_argument),
-                     "cannot read the cluster secret file " + path.string() +
-                         ": create it (same content on every node)");
+                     fmt::format("cannot read the cluster secret file {}: create it (same content on "
+                                 "every node)",
+                                 path.string()));
   }
-  std::stringstream text;
-  text << in.rdbuf();
-  std::string secret = text.str();
+  std::string secret{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
   while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
   if (secret.empty()) {
     throw fwd::error(make_error_code(errc::bad_argument),
-                     "the cluster secret file " + path.string() + " is empty");
+                     fmt::format("the cluster secret file {} is empty", path.string()));
   }
   return secret;
 }
@@ -11706,6 +11939,26 @@ struct node_options {
   std::function<void(std::string_view)> on_warning;
 };
 
+}  // namespace fwd
+
+// ---- end fwd/node_options.hpp ----
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace fwd {
+
 /**
  * A node of a fwd cluster. Construct, define the write procedures, start(); then call
  * from any thread. Owns its server, client, membership, discovery and, once started, the
@@ -11717,176 +11970,7 @@ class node {
   using executor_type = boost::asio::any_io_executor;
 
   /// Throws fwd::error(bad_argument) on a missing database or secret.
-  node(executor_type executor, node_options options)
-      : executor_(std::move(executor)), options_(std::move(options)) {
-    if (options_.database.empty()) {
-      throw fwd::error(
-          make_error_code(errc::bad_argument),
-          "node_options::database is empty: give the database's path in the LiteFS mount, e.g. "
-          "/litefs/app.db");
-    }
-    if (options_.secret.empty()) {
-      if (!options_.insecure) {
-        throw fwd::error(make_error_code(errc::bad_argument),
-                         "node_options::secret is empty: give every node the same cluster secret "
-                         "(fwd::secret_from_env(\"FWD_SECRET\")), or set insecure = true on a "
-                         "private test machine");
-      }
-      options_.secret = "fwd-insecure-no-secret";
-    }
-    if (options_.mount.empty()) options_.mount = options_.database.parent_path();
-    if (options_.litefs_hostname.empty()) options_.litefs_hostname = os_hostname();
-    if (options_.name.empty()) options_.name = options_.litefs_hostname;
-    if (!options_.role)
-      options_.role = [mount = options_.mount] { return litefs::current_role(mount); };
-    {
-      litefs::monitor_options m;
-      m.mount = options_.mount;
-      m.database = options_.database.filename().string();
-      m.poll_interval = options_.litefs_poll;
-      m.http = options_.litefs_http;
-      m.read_role = options_.role;
-      if (const telemetry_ptr& t = options_.telemetry; t && t->litefs_changed) {
-        m.on_change = [t](const litefs::node_state& s) {
-          t->litefs_changed(litefs_event{litefs::to_string(s.role), s.primary_hostname, s.mount_dead,
-                                         s.mount_generation, s.pos.txid, s.reason});
-        };
-      }
-      monitor_ = litefs::monitor::create(executor_, std::move(m));
-    }
-    // Everything in the node reads the role from the monitor: an atomic load, no syscall.
-    role_ = [monitor = monitor_] {
-      const auto state = monitor->state();
-      litefs::role r;
-      r.kind = state->role;
-      r.primary_hostname = state->primary_hostname;
-      r.reason = state->reason;
-      return r;
-    };
-    if (!options_.on_warning) {
-      options_.on_warning = [](std::string_view text) {
-        std::fprintf(stderr, "fwd: warning: %.*s\n", static_cast<int>(text.size()), text.data());
-      };
-    }
-
-    rpc::client_options client_options;
-    client_options.secret = options_.secret;
-    client_options.connect_timeout = options_.connect_timeout;
-    client_options.default_timeout = options_.default_deadline;
-    client_options.reconnect_backoff = std::chrono::milliseconds(10);
-    client_options.max_reconnect_backoff = std::chrono::milliseconds(200);
-    client_options.telemetry = options_.telemetry;
-    client_options.tls = options_.tls;
-    client_ = std::make_shared<rpc::client>(executor_, std::move(client_options));
-
-    membership_options members_options = options_.members;
-    if (const telemetry_ptr& t = options_.telemetry) {
-      if (t->member_joined && !members_options.hooks.on_joined) {
-        members_options.hooks.on_joined = [t](const member& m) {
-          t->member_joined(member_event{to_string(m)});
-        };
-      }
-      if (t->member_left && !members_options.hooks.on_left) {
-        members_options.hooks.on_left = [t](const member& m) {
-          t->member_left(member_event{to_string(m)});
-        };
-      }
-      if (t->resolver_error && !members_options.hooks.on_resolve_error) {
-        members_options.hooks.on_resolve_error = [t](const boost::system::error_code& ec,
-                                                     std::string_view message) {
-          t->resolver_error(resolver_error_event{ec, message});
-        };
-      }
-    }
-    membership_ = std::make_unique<membership>(executor_, std::move(members_options));
-
-    discovery_options discovery;
-    discovery.mount = options_.mount;
-    discovery.ttl = options_.discovery_ttl;
-    discovery.probe_timeout = options_.probe_timeout;
-    if (options_.telemetry && options_.telemetry->primary_changed) {
-      discovery.hooks.primary_changed =
-          [t = options_.telemetry,
-           previous = std::make_shared<std::string>()](const primary_location& now) {
-            const std::string current =
-                now.local ? std::string("local") : rpc::detail::endpoint_string(now.endpoint);
-            t->primary_changed(primary_changed_event{*previous, current});
-            *previous = current;
-          };
-    }
-    if (const telemetry_ptr& t = options_.telemetry) {
-      if (t->discovery_lookup) {
-        discovery.hooks.cache_hit = [t] { t->discovery_lookup(discovery_lookup_event{true}); };
-        discovery.hooks.cache_miss = [t] { t->discovery_lookup(discovery_lookup_event{false}); };
-      }
-      if (t->probe_finished) {
-        discovery.hooks.probe_result = [t](const peer& p, const boost::system::error_code& ec,
-                                           const node_status& status) {
-          const std::string where = rpc::detail::endpoint_string(p.endpoint);
-          t->probe_finished(probe_event{where, litefs::to_string(status.role), ec});
-        };
-      }
-    }
-    std::weak_ptr<rpc::client> weak_client = client_;
-    membership* members = membership_.get();
-    finder_ = primary_finder::create(
-        executor_, std::move(discovery),
-        [members] {
-          std::vector<peer> out;
-          for (const auto& m : members->snapshot()->members)
-            out.push_back(peer{m.host, m.endpoint});
-          return out;
-        },
-        [weak_client](const peer& p, primary_finder::clock::time_point deadline,
-                      primary_finder::probe_handler done) {
-          auto c = weak_client.lock();
-          if (!c) {
-            std::move(done)(make_error_code(errc::cancelled), node_status{});
-            return;
-          }
-          rpc::call_options call;
-          call.deadline = deadline;
-          c->async_call(
-              p.endpoint, call, rpc::hello,
-              [done = std::move(done)](boost::system::error_code ec, rpc::hello_info info) mutable {
-                node_status status;
-                status.node_name = std::move(info.node_name);
-                status.litefs_hostname = std::move(info.litefs_hostname);
-                status.role = role_from_text(info.role);
-                status.txid = info.txid;
-                std::move(done)(ec, std::move(status));
-              });
-        },
-        role_);
-
-    forwarder_options forwarding;
-    forwarding.mount = options_.mount;
-    forwarding.database_name = options_.database.filename().string();
-    forwarding.default_deadline = options_.default_deadline;
-    forwarding.retry = options_.retry;
-    forwarding.breaker = options_.breaker;
-    forwarding.read_your_writes = options_.read_your_writes;
-    forwarding.monitor = monitor_;
-    forwarding.role = role_;
-    forwarding.telemetry = options_.telemetry;
-    forwarder_ =
-        std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
-
-    forwarder_->define(
-        registry_, execute_statement,
-        [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
-          return detail::run_statement(db, sql, values);
-        });
-    forwarder_->define(
-        registry_, execute_bulk,
-        [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
-          return detail::run_bulk(db, sql, rows);
-        });
-    forwarder_->define(registry_, migrate_procedure,
-                       [](sqlite3* db, const std::vector<migration>& migrations) {
-                         return detail::run_migrations(db, migrations);
-                       });
-  }
+  node(executor_type executor, node_options options);
 
   node(const node&) = delete;
   node& operator=(const node&) = delete;
@@ -12024,7 +12108,7 @@ class node {
     return forwarder_->async_call(proc, std::forward<ArgsAndToken>(args_and_token)...);
   }
 
-  /// As above, with per-call options (deadline, request id, read-your-writes, detail).
+  /// As above, with per-call options (deadline, request id, read-your-writes, diagnostics).
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(forward_options options, const procedure<R(Params...)>& proc,
                   ArgsAndToken&&... args_and_token) {
@@ -12043,13 +12127,6 @@ class node {
   }
 
  private:
-  static litefs::role_kind role_from_text(std::string_view text) noexcept {
-    if (text == "primary") return litefs::role_kind::primary;
-    if (text == "replica") return litefs::role_kind::replica;
-    if (text == "not_litefs") return litefs::role_kind::not_litefs;
-    return litefs::role_kind::unknown;
-  }
-
   executor_type executor_;
   node_options options_;
   rpc::registry registry_;
@@ -12067,6 +12144,187 @@ class node {
 };
 
 }  // namespace fwd
+
+// ---- begin fwd/impl/node.hpp ----
+
+// fwd::node's constructor: how a node wires its monitor, client, membership, discovery
+// and forwarder, and defines the built-in procedures. Included at the end of
+// fwd/node.hpp.
+
+
+namespace fwd {
+
+inline node::node(executor_type executor, node_options options)
+    : executor_(std::move(executor)), options_(std::move(options)) {
+  if (options_.database.empty()) {
+    throw fwd::error(
+        make_error_code(errc::bad_argument),
+        "node_options::database is empty: give the database's path in the LiteFS mount, e.g. "
+        "/litefs/app.db");
+  }
+  if (options_.secret.empty()) {
+    if (!options_.insecure) {
+      throw fwd::error(make_error_code(errc::bad_argument),
+                       "node_options::secret is empty: give every node the same cluster secret "
+                       "(fwd::secret_from_env(\"FWD_SECRET\")), or set insecure = true on a "
+                       "private test machine");
+    }
+    options_.secret = "fwd-insecure-no-secret";
+  }
+  if (options_.mount.empty()) options_.mount = options_.database.parent_path();
+  if (options_.litefs_hostname.empty()) options_.litefs_hostname = os_hostname();
+  if (options_.name.empty()) options_.name = options_.litefs_hostname;
+  if (!options_.role)
+    options_.role = [mount = options_.mount] { return litefs::current_role(mount); };
+  {
+    litefs::monitor_options m;
+    m.mount = options_.mount;
+    m.database = options_.database.filename().string();
+    m.poll_interval = options_.litefs_poll;
+    m.http = options_.litefs_http;
+    m.read_role = options_.role;
+    if (const telemetry_ptr& t = options_.telemetry; t && t->litefs_changed) {
+      m.on_change = [t](const litefs::node_state& s) {
+        t->litefs_changed(litefs_event{litefs::to_string(s.role), s.primary_hostname, s.mount_dead,
+                                       s.mount_generation, s.pos.txid, s.reason});
+      };
+    }
+    monitor_ = litefs::monitor::create(executor_, std::move(m));
+  }
+  // Everything in the node reads the role from the monitor: an atomic load, no syscall.
+  role_ = [monitor = monitor_] {
+    const auto state = monitor->state();
+    litefs::role r;
+    r.kind = state->role;
+    r.primary_hostname = state->primary_hostname;
+    r.reason = state->reason;
+    return r;
+  };
+  if (!options_.on_warning) {
+    options_.on_warning = [](std::string_view text) {
+      fmt::print(stderr, "fwd: warning: {}\n", text);
+    };
+  }
+
+  rpc::client_options client_options;
+  client_options.secret = options_.secret;
+  client_options.connect_timeout = options_.connect_timeout;
+  client_options.default_timeout = options_.default_deadline;
+  client_options.reconnect_backoff = std::chrono::milliseconds(10);
+  client_options.max_reconnect_backoff = std::chrono::milliseconds(200);
+  client_options.telemetry = options_.telemetry;
+  client_options.tls = options_.tls;
+  client_ = std::make_shared<rpc::client>(executor_, std::move(client_options));
+
+  membership_options members_options = options_.members;
+  if (const telemetry_ptr& t = options_.telemetry) {
+    if (t->member_joined && !members_options.hooks.on_joined) {
+      members_options.hooks.on_joined = [t](const member& m) {
+        t->member_joined(member_event{to_string(m)});
+      };
+    }
+    if (t->member_left && !members_options.hooks.on_left) {
+      members_options.hooks.on_left = [t](const member& m) {
+        t->member_left(member_event{to_string(m)});
+      };
+    }
+    if (t->resolver_error && !members_options.hooks.on_resolve_error) {
+      members_options.hooks.on_resolve_error = [t](const boost::system::error_code& ec,
+                                                   std::string_view message) {
+        t->resolver_error(resolver_error_event{ec, message});
+      };
+    }
+  }
+  membership_ = std::make_unique<membership>(executor_, std::move(members_options));
+
+  discovery_options discovery;
+  discovery.mount = options_.mount;
+  discovery.ttl = options_.discovery_ttl;
+  discovery.probe_timeout = options_.probe_timeout;
+  if (options_.telemetry && options_.telemetry->primary_changed) {
+    discovery.hooks.primary_changed =
+        [t = options_.telemetry,
+         previous = std::make_shared<std::string>()](const primary_location& now) {
+          const std::string current =
+              now.local ? std::string("local") : rpc::detail::endpoint_string(now.endpoint);
+          t->primary_changed(primary_changed_event{*previous, current});
+          *previous = current;
+        };
+  }
+  if (const telemetry_ptr& t = options_.telemetry) {
+    if (t->discovery_lookup) {
+      discovery.hooks.cache_hit = [t] { t->discovery_lookup(discovery_lookup_event{true}); };
+      discovery.hooks.cache_miss = [t] { t->discovery_lookup(discovery_lookup_event{false}); };
+    }
+    if (t->probe_finished) {
+      discovery.hooks.probe_result = [t](const peer& p, const boost::system::error_code& ec,
+                                         const node_status& status) {
+        const std::string where = rpc::detail::endpoint_string(p.endpoint);
+        t->probe_finished(probe_event{where, litefs::to_string(status.role), ec});
+      };
+    }
+  }
+  std::weak_ptr<rpc::client> weak_client = client_;
+  membership* members = membership_.get();
+  finder_ = primary_finder::create(
+      executor_, std::move(discovery),
+      [members] {
+        std::vector<peer> out;
+        for (const auto& m : members->snapshot()->members) out.push_back(peer{m.host, m.endpoint});
+        return out;
+      },
+      [weak_client](const peer& p, primary_finder::clock::time_point deadline,
+                    primary_finder::probe_handler done) {
+        auto c = weak_client.lock();
+        if (!c) {
+          std::move(done)(make_error_code(errc::cancelled), node_status{});
+          return;
+        }
+        rpc::call_options call;
+        call.deadline = deadline;
+        c->async_call(
+            p.endpoint, call, rpc::hello,
+            [done = std::move(done)](boost::system::error_code ec, rpc::hello_info info) mutable {
+              node_status status;
+              status.node_name = std::move(info.node_name);
+              status.litefs_hostname = std::move(info.litefs_hostname);
+              status.role = role_from_string(info.role);
+              status.txid = info.txid;
+              std::move(done)(ec, std::move(status));
+            });
+      },
+      role_);
+
+  forwarder_options forwarding;
+  forwarding.mount = options_.mount;
+  forwarding.database_name = options_.database.filename().string();
+  forwarding.default_deadline = options_.default_deadline;
+  forwarding.retry = options_.retry;
+  forwarding.breaker = options_.breaker;
+  forwarding.read_your_writes = options_.read_your_writes;
+  forwarding.monitor = monitor_;
+  forwarding.role = role_;
+  forwarding.telemetry = options_.telemetry;
+  forwarder_ = std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
+
+  forwarder_->define(registry_, execute_statement,
+                     [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
+                       return detail::run_statement(db, sql, values);
+                     });
+  forwarder_->define(
+      registry_, execute_bulk,
+      [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
+        return detail::run_bulk(db, sql, rows);
+      });
+  forwarder_->define(registry_, migrate_procedure,
+                     [](sqlite3* db, const std::vector<migration>& migrations) {
+                       return detail::run_migrations(db, migrations);
+                     });
+}
+
+}  // namespace fwd
+
+// ---- end fwd/impl/node.hpp ----
 
 // ---- end fwd/node.hpp ----
 #include <memory>

@@ -2,6 +2,7 @@
 // picks the side; the rest is a stream of frames. Properties: never crashes; a side never
 // reports `done` to a peer that did not prove the secret (the fuzzer does not know it).
 
+#include <fwd/rpc/handshake.hpp>
 #include <fwd/rpc/wire.hpp>
 
 #include <cstddef>

@@ -5,6 +5,7 @@
 
 #include <fwd/rpc/client.hpp>
 #include <fwd/telemetry.hpp>
+#include <fwd/rpc/handshake.hpp>
 #include <fwd/rpc/wire.hpp>
 
 #include <boost/asio/bind_cancellation_slot.hpp>

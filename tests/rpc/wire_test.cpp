@@ -1,5 +1,6 @@
 // The wire codec on its own: frames and the handshake, as bytes.
 
+#include <fwd/rpc/handshake.hpp>
 #include <fwd/rpc/wire.hpp>
 
 #include <catch2/catch.hpp>

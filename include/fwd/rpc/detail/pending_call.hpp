@@ -8,6 +8,7 @@
 #include <fwd/procedure.hpp>
 #include <fwd/rpc/client_options.hpp>
 #include <fwd/rpc/detail/tls_stream.hpp>
+#include <fwd/rpc/handshake.hpp>
 #include <fwd/rpc/wire.hpp>
 
 #include <boost/asio/any_io_executor.hpp>

@@ -11,6 +11,7 @@
 #include <fwd/rpc/registry.hpp>
 #include <fwd/rpc/tls.hpp>
 #include <fwd/telemetry.hpp>
+#include <fwd/rpc/handshake.hpp>
 #include <fwd/rpc/wire.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -21,6 +22,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
@@ -93,79 +95,15 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     });
   }
 
-  void on_timer() {
-    const auto now = std::chrono::steady_clock::now();
-    if (!authenticated_) {
-      close(make_error_code(errc::timeout));  // slow (or silent) handshake
-      return;
-    }
-    const auto idle_for = now - last_activity_;
-    if (in_flight_ == 0 && idle_for >= state_->options.idle_timeout) {
-      close({});
-      return;
-    }
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(state_->options.idle_timeout - idle_for);
-    arm_timer(std::max(left, std::chrono::milliseconds(1)));
-  }
+  void on_timer();
 
   // --- TLS, before fwd's handshake -------------------------------------------------------
 
   // Looks at the first byte without consuming it: a TLS client opens with a handshake record
   // (0x16); a plain fwd client with fwd's magic, and is told that TLS is required.
-  void await_first_byte() {
-    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](boost::system::error_code ec) {
-      if (self->closed_) return;
-      if (ec) {
-        self->close(ec);
-        return;
-      }
-      char first = 0;
-      const std::size_t n =
-          self->stream_.socket().receive(boost::asio::buffer(&first, 1), tcp::socket::message_peek, ec);
-      if (ec || n == 0) {
-        self->close(ec == boost::asio::error::eof ? boost::system::error_code{} : ec);
-        return;
-      }
-      if (first == static_cast<char>(wire::magic & 0xff)) {
-        self->refuse_plain_client();
-        return;
-      }
-      self->stream_.start_tls(*self->state_->tls_context);
-      self->stream_.async_tls_handshake(boost::asio::ssl::stream_base::server,
-                                        [self](boost::system::error_code handshake_ec) {
-                                          if (self->closed_) return;
-                                          if (handshake_ec) {
-                                            // The peer's certificate is missing or untrusted, or it
-                                            // does not speak TLS: OpenSSL's reason says which.
-                                            self->failed_ = handshake_ec;
-                                            fwd::detail::emit(self->state_->options.telemetry,
-                                                              &telemetry::connection_failed,
-                                                              connection_event{self->peer_, handshake_ec});
-                                            self->close(handshake_ec);
-                                            return;
-                                          }
-                                          self->read();
-                                        });
-    });
-  }
+  void await_first_byte();
 
-  void refuse_plain_client() {
-    failed_ = make_error_code(errc::unauthenticated);
-    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_, failed_});
-    // Take in what the client sent (its hello), so that closing does not reset the
-    // connection before the client reads why.
-    boost::system::error_code ignored;
-    const std::size_t available = std::min<std::size_t>(stream_.socket().available(ignored), 4096);
-    if (!ignored && available > 0) {
-      std::string sink(available, '\0');
-      stream_.socket().receive(boost::asio::buffer(sink), 0, ignored);
-    }
-    queue(wire::encode_goodbye(errc::unauthenticated,
-                               "this server requires TLS: set client_options::tls (the node's certificate, its "
-                               "key and the cluster's CA)"));
-    draining_ = true;
-    maybe_close_drained();
-  }
+  void refuse_plain_client();
 
   // --- frames ------------------------------------------------------------------------------
 
@@ -181,126 +119,13 @@ class server_connection : public std::enable_shared_from_this<server_connection>
                             });
   }
 
-  void on_read(boost::system::error_code ec, std::size_t n) {
-    if (closed_) return;
-    if (ec) {
-      // A TLS peer that just closes its socket truncates the TLS stream: an ordinary close too.
-      const bool closed_by_peer = ec == boost::asio::error::eof || ec == boost::asio::ssl::error::stream_truncated;
-      close(closed_by_peer ? boost::system::error_code{} : ec);
-      return;
-    }
-    buffer_.commit(n);
-    last_activity_ = std::chrono::steady_clock::now();
-    wire::frame_view frame;
-    while (!closed_ && !draining_) {
-      const std::size_t limit = authenticated_ ? state_->options.max_frame_size : wire::max_handshake_frame_size;
-      if (!buffer_.next(limit, frame, ec)) break;
-      on_frame(frame);
-    }
-    if (ec) {
-      close(ec);  // malformed or oversized: this connection only
-      return;
-    }
-    if (in_flight_ == 0) buffer_.shrink();
-    read();
-  }
+  void on_read(boost::system::error_code ec, std::size_t n);
 
-  void on_frame(const wire::frame_view& frame) {
-    if (!authenticated_) {
-      auto step = handshake_->on_frame(frame);
-      if (!step.send.empty()) queue(step.send);
-      if (step.ec) {
-        failed_ = step.ec;
-        fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_, step.ec});
-        draining_ = true;  // write the goodbye, then close
-        maybe_close_drained();
-        return;
-      }
-      if (step.done) {
-        authenticated_ = true;
-        handshake_.reset();
-        fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened, connection_event{peer_, {}});
-        arm_timer(state_->options.idle_timeout);
-      }
-      return;
-    }
-    if (frame.header.type == wire::frame_type::goodbye) {
-      draining_ = true;
-      maybe_close_drained();
-      return;
-    }
-    if (frame.header.type != wire::frame_type::request) {
-      close(make_error_code(errc::protocol_error));
-      return;
-    }
-    on_request(frame);
-  }
+  void on_frame(const wire::frame_view& frame);
 
-  void on_request(const wire::frame_view& frame) {
-    const auto& h = frame.header;
-    if (state_->stopping.load(std::memory_order_relaxed)) {
-      reply(h.stream_id, h.id, make_error_code(errc::overloaded), "the server is shutting down");
-      return;
-    }
-    if ((h.flags & wire::frame_flags::has_deadline) != 0 && h.deadline_ms == 0) {
-      // The caller's deadline passed before the request got here: do not run it.
-      reply(h.stream_id, h.id, make_error_code(errc::timeout), "the deadline had passed when the request arrived");
-      return;
-    }
-    if (in_flight_ >= state_->options.max_in_flight_per_connection ||
-        state_->in_flight.fetch_add(1, std::memory_order_relaxed) >= state_->options.max_in_flight) {
-      if (in_flight_ < state_->options.max_in_flight_per_connection) {
-        state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
-      }
-      reply(h.stream_id, h.id, make_error_code(errc::overloaded), "too many requests in flight on the server");
-      return;
-    }
-    ++in_flight_;
-    auto call = std::make_shared<running_call>();
-    call->stream_id = h.stream_id;
-    call->id = h.id;
+  void on_request(const wire::frame_view& frame);
 
-    // The views are valid during dispatch() only; the registry copies what it keeps.
-    incoming_call incoming;
-    incoming.procedure = frame.meta;
-    incoming.signature = h.aux;
-    incoming.arguments = frame.body;
-    incoming.request_id = h.id;
-    if ((h.flags & wire::frame_flags::has_deadline) != 0) {
-      incoming.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(h.deadline_ms);
-    }
-
-    auto on_done = [self = shared_from_this(), call](boost::system::error_code ec, std::string result) mutable {
-      boost::asio::dispatch(self->strand_, [self, call = std::move(call), ec, result = std::move(result)]() mutable {
-        self->on_reply(*call, ec, std::move(result));
-      });
-    };
-    const registry& target = incoming.procedure.starts_with("fwd.") ? state_->builtins : *state_->user_registry;
-    try {
-      target.dispatch(incoming, state_->executor, boost::asio::bind_executor(strand_, std::move(on_done)));
-    } catch (const std::exception& e) {
-      on_reply(*call, make_error_code(errc::remote_failure), std::string("dispatch failed: ") + e.what());
-    }
-  }
-
-  void on_reply(running_call& call, boost::system::error_code ec, std::string result) {
-    if (call.replied) return;
-    call.replied = true;
-    --in_flight_;
-    state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
-    if (closed_) return;
-    if (ec) {
-      reply(call.stream_id, call.id, ec, result);
-    } else {
-      wire::frame_header h;
-      h.type = wire::frame_type::reply;
-      h.stream_id = call.stream_id;
-      h.id = call.id;
-      wire::append_frame(queued_, h, {}, result);
-      write();
-    }
-    if (draining_) maybe_close_drained();
-  }
+  void on_reply(running_call& call, boost::system::error_code ec, std::string result);
 
   void reply(std::uint64_t stream_id, const wire::request_id& id, boost::system::error_code ec, std::string_view why) {
     wire::frame_header h;
@@ -321,66 +146,14 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
   // Replies are coalesced: while one write runs, later replies gather in `queued_` and go
   // out together in the next write.
-  void write() {
-    if (writing_in_progress_ || queued_.empty() || closed_) return;
-    writing_in_progress_ = true;
-    std::swap(queued_, writing_);
-    if (!stream_.is_tls() && stream_.socket().non_blocking() && in_flight_ == 0) {
-      // Plain TCP, and no other call of this connection running: what the socket takes now
-      // is written now, which spares the trip through the scheduler that an asynchronous
-      // write's completion costs. The rest, and any error, go through async_write below.
-      // With calls running, the asynchronous write is kept: replies that come while it
-      // completes go out together in the next write.
-      boost::system::error_code ec;
-      std::size_t written = stream_.socket().write_some(boost::asio::buffer(writing_), ec);
-      if (ec) written = 0;
-      if (written == writing_.size()) {
-        writing_in_progress_ = false;
-        writing_.clear();
-        if (writing_.capacity() > (std::size_t{1} << 20)) writing_.shrink_to_fit();
-        if (draining_ || !reading_) {
-          // What a write's completion does next, outside this call (on_read calls it).
-          boost::asio::post(strand_, [self = shared_from_this()] {
-            if (self->draining_) self->maybe_close_drained();
-            self->read();
-          });
-        }
-        return;
-      }
-      writing_.erase(0, written);
-    }
-    boost::asio::async_write(stream_, boost::asio::buffer(writing_),
-                             [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-                               self->writing_in_progress_ = false;
-                               self->writing_.clear();
-                               if (self->writing_.capacity() > (std::size_t{1} << 20)) self->writing_.shrink_to_fit();
-                               if (ec) {
-                                 self->close(ec);
-                                 return;
-                               }
-                               self->write();
-                               if (self->draining_) self->maybe_close_drained();
-                               self->read();  // reading pauses while too many replies wait
-                             });
-  }
+  void write();
 
   void maybe_close_drained() {
     if (closed_) return;
     if (in_flight_ == 0 && !writing_in_progress_ && queued_.empty()) close(failed_);
   }
 
-  void close(boost::system::error_code why) {
-    if (closed_) return;
-    closed_ = true;
-    timer_.cancel();
-    stream_.close();
-    if (authenticated_) {
-      fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed, connection_event{peer_, why});
-    } else if (!failed_) {
-      fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                   connection_event{peer_, why ? why : make_error_code(errc::protocol_error)});
-    }
-  }
+  void close(boost::system::error_code why);
 
   std::shared_ptr<server_state> state_;
   transport_stream stream_;
@@ -405,3 +178,5 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 }  // namespace detail
 
 }  // namespace fwd::rpc
+
+#include <fwd/rpc/detail/impl/server_connection.hpp>

@@ -1,7 +1,7 @@
 #pragma once
 
-// One forwarded call from its first attempt to its completion (fwd::detail::forward_op),
-// the state a forwarder's calls share, and the server side of a write procedure.
+// One forwarded call from its first attempt to its completion (fwd::detail::forward_op):
+// found, sent or run locally, retried, and waited for until it is replicated here.
 
 #include <atomic>
 #include <boost/asio/any_io_executor.hpp>
@@ -11,12 +11,15 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <fmt/format.h>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <future>
 #include <fwd/write/breaker.hpp>
+#include <fwd/write/detail/forward_completion.hpp>
+#include <fwd/write/detail/forward_core.hpp>
 #include <fwd/write/forward_options.hpp>
 #include <fwd/write/builtins.hpp>
 #include <fwd/cluster/discovery.hpp>
@@ -47,53 +50,9 @@ namespace fwd {
 
 namespace detail {
 
-/// How a completed forwarded call reaches its caller.
-struct forward_completion {
-  virtual ~forward_completion() = default;
-  virtual void complete(boost::system::error_code ec, std::string result, std::string detail) = 0;
-};
-
-/// The shared state of a forwarder: what every call needs, kept alive by the calls.
-struct forward_core {
-  boost::asio::any_io_executor executor;
-  forwarder_options options;
-  std::shared_ptr<rpc::client> client;
-  std::shared_ptr<primary_finder> finder;
-  std::shared_ptr<sqlite::write_executor> writer;  // set at start
-  retry_budget budget;
-  breaker_set breakers;
-  std::atomic<bool> stopped{false};
-  struct local_procedure {
-    std::uint64_t signature;
-    rpc::registry::raw_handler handler;
-  };
-  std::map<std::string, local_procedure, std::less<>> procedures;  // filled before start
-
-  forward_core(boost::asio::any_io_executor ex, forwarder_options opts,
-               std::shared_ptr<rpc::client> c, std::shared_ptr<primary_finder> f)
-      : executor(std::move(ex)),
-        options(std::move(opts)),
-        client(std::move(c)),
-        finder(std::move(f)),
-        budget(options.retry),
-        breakers(options.breaker) {
-    if (!options.role) options.role = [mount = options.mount] { return litefs::current_role(mount); };
-  }
-};
-
 inline bool is_transport_failure(const boost::system::error_code& ec) noexcept {
   return ec == errc::unreachable || ec == errc::connection_lost || ec == errc::protocol_error ||
          ec == errc::unauthenticated || ec == errc::version_mismatch;
-}
-
-inline std::string hex_id(const request_id& id) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  for (auto b : id) {
-    out += digits[b >> 4];
-    out += digits[b & 15];
-  }
-  return out;
 }
 
 // One forwarded call, from its first attempt to its completion. Runs on its own strand.
@@ -154,18 +113,15 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   }
 
   void on_found(boost::system::error_code ec, const primary_location& where) {
-    {
-      auto self = this;
-      if (self->done_) return;
-      if (ec) {
-        std::string why = ec == errc::no_primary
-                              ? "no primary found: " + self->core_->finder->last_failure()
-                              : ec.message();
-        self->on_failure(ec, std::move(why));
-        return;
-      }
-      self->on_location(where);
+    if (done_) return;
+    if (ec) {
+      std::string why = ec == errc::no_primary
+                            ? fmt::format("no primary found: {}", core_->finder->last_failure())
+                            : ec.message();
+      on_failure(ec, std::move(why));
+      return;
     }
+    on_location(where);
   }
 
   void on_location(const primary_location& where) {
@@ -183,8 +139,9 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     if (found == core_->procedures.end() || found->second.signature != signature_) {
       finish(make_error_code(found == core_->procedures.end() ? errc::unknown_procedure
                                                               : errc::signature_mismatch),
-             "procedure '" + name_ +
-                 "' is not defined on this node with this signature: define it with node.define");
+             fmt::format("procedure '{}' is not defined on this node with this signature: define it "
+                         "with node.define",
+                         name_));
       return;
     }
     const auto& t = core_->options.telemetry;
@@ -229,7 +186,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     if (!breaker.allow()) {
       core_->finder->invalidate();
       on_failure(make_error_code(errc::circuit_open),
-                 "the circuit breaker for " + peer + " is open");
+                 fmt::format("the circuit breaker for {} is open", peer));
       return;
     }
     rpc::call_options options;
@@ -250,25 +207,22 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
 
   void on_sent(const std::string& peer, const std::string& detail, boost::system::error_code ec,
                std::string payload) {
-    {
-      auto self = this;
-      circuit_breaker& b = self->core_->breakers.for_peer(peer);
-      if (ec && (is_transport_failure(ec) || ec == errc::timeout)) {
-        const breaker_state before = b.state();
-        const breaker_state after = b.on_failure();
-        if (before != after) self->breaker_changed(peer, after);
-      } else {
-        const breaker_state before = b.on_success();
-        if (before != breaker_state::closed) self->breaker_changed(peer, breaker_state::closed);
-      }
-      if (self->done_) return;
-      if (ec) {
-        if (ec == errc::not_primary || is_transport_failure(ec)) self->core_->finder->invalidate();
-        self->on_failure(ec, peer + ": " + detail);
-        return;
-      }
-      self->on_reply(std::move(payload), /*remote=*/true);
+    circuit_breaker& b = core_->breakers.for_peer(peer);
+    if (ec && (is_transport_failure(ec) || ec == errc::timeout)) {
+      const breaker_state before = b.state();
+      const breaker_state after = b.on_failure();
+      if (before != after) breaker_changed(peer, after);
+    } else {
+      const breaker_state before = b.on_success();
+      if (before != breaker_state::closed) breaker_changed(peer, breaker_state::closed);
     }
+    if (done_) return;
+    if (ec) {
+      if (ec == errc::not_primary || is_transport_failure(ec)) core_->finder->invalidate();
+      on_failure(ec, fmt::format("{}: {}", peer, detail));
+      return;
+    }
+    on_reply(std::move(payload), /*remote=*/true);
   }
 
   void breaker_changed(const std::string& peer, breaker_state state) {
@@ -293,6 +247,13 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     wait_replication();
   }
 
+  static std::string replication_lag_detail(std::uint64_t primary_txid, std::uint64_t local_txid) {
+    return fmt::format(
+        "the write COMMITTED on the primary at TXID {} but this node is at TXID {} when the deadline "
+        "passed: do not retry it; a local read may not see it yet",
+        primary_txid, local_txid);
+  }
+
   // Polls the local `<db>-pos` until it reaches the primary's TXID, as LiteFS's proxy does.
   void wait_replication() {
     if (done_) return;
@@ -303,10 +264,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
                                                                           litefs::position local) {
             if (self->done_) return;
             if (!ec) return self->finish({}, {});
-            self->finish(make_error_code(errc::replication_lag),
-                         "the write COMMITTED on the primary at TXID " + std::to_string(self->report_->txid) +
-                             " but this node is at TXID " + std::to_string(local.txid) +
-                             " when the deadline passed: do not retry it; a local read may not see it yet");
+            self->finish(make_error_code(errc::replication_lag), replication_lag_detail(self->report_->txid, local.txid));
           }));
       return;
     }
@@ -318,10 +276,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
       return;
     }
     if (core_->stopped.load() || clock::now() >= deadline_) {
-      finish(make_error_code(errc::replication_lag),
-             "the write COMMITTED on the primary at TXID " + std::to_string(report_->txid) +
-                 " but this node is at TXID " + std::to_string(local.txid) +
-                 " when the deadline passed: do not retry it; a local read may not see it yet");
+      finish(make_error_code(errc::replication_lag), replication_lag_detail(report_->txid, local.txid));
       return;
     }
     timer_.expires_after(core_->options.replication_poll);
@@ -344,16 +299,16 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
       return;
     }
     if (report_->attempts >= core_->options.retry.max_attempts) {
-      finish(ec, std::move(detail) + " (after " + std::to_string(report_->attempts) + " attempts)");
+      finish(ec, fmt::format("{} (after {} attempts)", detail, report_->attempts));
       return;
     }
     const auto now = clock::now();
     if (now >= deadline_) {
-      finish(ec, std::move(detail) + " (the call's deadline passed)");
+      finish(ec, fmt::format("{} (the call's deadline passed)", detail));
       return;
     }
     if (!core_->budget.try_acquire(now)) {
-      finish(ec, std::move(detail) + " (the node's retry budget is exhausted: not retried)");
+      finish(ec, fmt::format("{} (the node's retry budget is exhausted: not retried)", detail));
       return;
     }
     auto wait = full_jitter_backoff(core_->options.retry, report_->attempts);
@@ -372,7 +327,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
 
   void finish_deadline() {
     if (last_ec_) {
-      finish(last_ec_, last_detail_ + " (the call's deadline passed while retrying)");
+      finish(last_ec_, fmt::format("{} (the call's deadline passed while retrying)", last_detail_));
     } else {
       finish(make_error_code(errc::timeout), "the call's deadline passed before it could be sent");
     }
@@ -402,58 +357,6 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   std::string last_detail_;
   diagnostics attempt_diagnostics_;  // the detail of the attempt in flight
   bool done_ = false;
-};
-
-template <class R>
-struct forward_signature_of {
-  using type = void(boost::system::error_code, R);
-};
-template <>
-struct forward_signature_of<void> {
-  using type = void(boost::system::error_code);
-};
-
-// Decodes the result (on the call's strand) and completes the caller's handler through
-// its associated executor.
-template <class R>
-class typed_completion final : public forward_completion {
- public:
-  // `diagnostics` (the caller's, may be null) receives the failure's detail before the
-  // handler is invoked.
-  template <class Handler>
-  typed_completion(Handler&& handler, const boost::asio::any_io_executor& fallback,
-                   fwd::diagnostics* diagnostics)
-      : completion_(std::forward<Handler>(handler), fallback), diagnostics_(diagnostics) {}
-
-  boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
-
-  void complete(boost::system::error_code ec, std::string result, std::string why) override {
-    if (ec) report(std::move(why));
-    // Posted: the call may complete before its initiating call returns (a stopped node).
-    if constexpr (std::is_void_v<R>) {
-      if (!ec) {
-        fwd::detail::decode_result<void>(result, ec);
-        if (ec) report("the result could not be decoded");
-      }
-      completion_.post(ec);
-    } else {
-      R value{};
-      if (!ec) {
-        std::string decode_why;
-        value = fwd::detail::decode_result<R>(result, ec, &decode_why);
-        if (ec) report(fmt::format("the result could not be decoded: {}", decode_why));
-      }
-      completion_.post(ec, std::move(value));
-    }
-  }
-
- private:
-  void report(std::string detail) {
-    if (diagnostics_ != nullptr) diagnostics_->assign(std::move(detail));
-  }
-
-  fwd::detail::pending_completion<typename forward_signature_of<R>::type> completion_;
-  fwd::diagnostics* diagnostics_;
 };
 
 }  // namespace detail

@@ -9,14 +9,16 @@
 #include <fwd/rpc/registry.hpp>
 #include <fwd/sqlite/connection.hpp>
 #include <fwd/write/builtins.hpp>
-#include <fwd/write/detail/forward_op.hpp>
+#include <fwd/write/detail/forward_core.hpp>
 #include <fwd/write/executor.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
+#include <fmt/format.h>
 
 #include <exception>
 #include <functional>
 #include <memory>
+#include <iterator>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -55,14 +57,14 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
     try {
       role = core->options.role();
     } catch (const std::exception& e) {
-      role.reason = std::string("reading the local role failed: ") + e.what();
+      role.reason = fmt::format("reading the local role failed: {}", e.what());
     } catch (...) {
       role.reason = "reading the local role failed";
     }
     if (role.kind != litefs::role_kind::primary) {
-      std::string why = "this node is not the primary (" + role.reason + "); nothing ran";
+      std::string why = fmt::format("this node is not the primary ({}); nothing ran", role.reason);
       if (role.kind == litefs::role_kind::replica)
-        why += "; LiteFS names the primary " + role.primary_hostname;
+        fmt::format_to(std::back_inserter(why), "; LiteFS names the primary {}", role.primary_hostname);
       std::move(reply)(make_error_code(errc::not_primary), std::move(why));
       return;
     }
@@ -77,8 +79,8 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
     auto args = std::make_shared<typename Proc::arguments>(
         fwd::detail::decode_arguments<Proc>(call.arguments, ec, &why));
     if (ec) {
-      std::move(reply)(ec, "the arguments of '" + std::string(call.procedure) +
-                               "' could not be decoded as " + Proc::signature_text() + ": " + why);
+      std::move(reply)(ec, fmt::format("the arguments of '{}' could not be decoded as {}: {}", call.procedure,
+                                       Proc::signature_text(), why));
       return;
     }
     using R = typename Proc::result_type;

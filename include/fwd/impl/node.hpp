@@ -1,0 +1,179 @@
+#pragma once
+
+// fwd::node's constructor: how a node wires its monitor, client, membership, discovery
+// and forwarder, and defines the built-in procedures. Included at the end of
+// fwd/node.hpp.
+
+#include <fwd/node.hpp>
+
+namespace fwd {
+
+inline node::node(executor_type executor, node_options options)
+    : executor_(std::move(executor)), options_(std::move(options)) {
+  if (options_.database.empty()) {
+    throw fwd::error(
+        make_error_code(errc::bad_argument),
+        "node_options::database is empty: give the database's path in the LiteFS mount, e.g. "
+        "/litefs/app.db");
+  }
+  if (options_.secret.empty()) {
+    if (!options_.insecure) {
+      throw fwd::error(make_error_code(errc::bad_argument),
+                       "node_options::secret is empty: give every node the same cluster secret "
+                       "(fwd::secret_from_env(\"FWD_SECRET\")), or set insecure = true on a "
+                       "private test machine");
+    }
+    options_.secret = "fwd-insecure-no-secret";
+  }
+  if (options_.mount.empty()) options_.mount = options_.database.parent_path();
+  if (options_.litefs_hostname.empty()) options_.litefs_hostname = os_hostname();
+  if (options_.name.empty()) options_.name = options_.litefs_hostname;
+  if (!options_.role)
+    options_.role = [mount = options_.mount] { return litefs::current_role(mount); };
+  {
+    litefs::monitor_options m;
+    m.mount = options_.mount;
+    m.database = options_.database.filename().string();
+    m.poll_interval = options_.litefs_poll;
+    m.http = options_.litefs_http;
+    m.read_role = options_.role;
+    if (const telemetry_ptr& t = options_.telemetry; t && t->litefs_changed) {
+      m.on_change = [t](const litefs::node_state& s) {
+        t->litefs_changed(litefs_event{litefs::to_string(s.role), s.primary_hostname, s.mount_dead,
+                                       s.mount_generation, s.pos.txid, s.reason});
+      };
+    }
+    monitor_ = litefs::monitor::create(executor_, std::move(m));
+  }
+  // Everything in the node reads the role from the monitor: an atomic load, no syscall.
+  role_ = [monitor = monitor_] {
+    const auto state = monitor->state();
+    litefs::role r;
+    r.kind = state->role;
+    r.primary_hostname = state->primary_hostname;
+    r.reason = state->reason;
+    return r;
+  };
+  if (!options_.on_warning) {
+    options_.on_warning = [](std::string_view text) {
+      fmt::print(stderr, "fwd: warning: {}\n", text);
+    };
+  }
+
+  rpc::client_options client_options;
+  client_options.secret = options_.secret;
+  client_options.connect_timeout = options_.connect_timeout;
+  client_options.default_timeout = options_.default_deadline;
+  client_options.reconnect_backoff = std::chrono::milliseconds(10);
+  client_options.max_reconnect_backoff = std::chrono::milliseconds(200);
+  client_options.telemetry = options_.telemetry;
+  client_options.tls = options_.tls;
+  client_ = std::make_shared<rpc::client>(executor_, std::move(client_options));
+
+  membership_options members_options = options_.members;
+  if (const telemetry_ptr& t = options_.telemetry) {
+    if (t->member_joined && !members_options.hooks.on_joined) {
+      members_options.hooks.on_joined = [t](const member& m) {
+        t->member_joined(member_event{to_string(m)});
+      };
+    }
+    if (t->member_left && !members_options.hooks.on_left) {
+      members_options.hooks.on_left = [t](const member& m) {
+        t->member_left(member_event{to_string(m)});
+      };
+    }
+    if (t->resolver_error && !members_options.hooks.on_resolve_error) {
+      members_options.hooks.on_resolve_error = [t](const boost::system::error_code& ec,
+                                                   std::string_view message) {
+        t->resolver_error(resolver_error_event{ec, message});
+      };
+    }
+  }
+  membership_ = std::make_unique<membership>(executor_, std::move(members_options));
+
+  discovery_options discovery;
+  discovery.mount = options_.mount;
+  discovery.ttl = options_.discovery_ttl;
+  discovery.probe_timeout = options_.probe_timeout;
+  if (options_.telemetry && options_.telemetry->primary_changed) {
+    discovery.hooks.primary_changed =
+        [t = options_.telemetry,
+         previous = std::make_shared<std::string>()](const primary_location& now) {
+          const std::string current =
+              now.local ? std::string("local") : rpc::detail::endpoint_string(now.endpoint);
+          t->primary_changed(primary_changed_event{*previous, current});
+          *previous = current;
+        };
+  }
+  if (const telemetry_ptr& t = options_.telemetry) {
+    if (t->discovery_lookup) {
+      discovery.hooks.cache_hit = [t] { t->discovery_lookup(discovery_lookup_event{true}); };
+      discovery.hooks.cache_miss = [t] { t->discovery_lookup(discovery_lookup_event{false}); };
+    }
+    if (t->probe_finished) {
+      discovery.hooks.probe_result = [t](const peer& p, const boost::system::error_code& ec,
+                                         const node_status& status) {
+        const std::string where = rpc::detail::endpoint_string(p.endpoint);
+        t->probe_finished(probe_event{where, litefs::to_string(status.role), ec});
+      };
+    }
+  }
+  std::weak_ptr<rpc::client> weak_client = client_;
+  membership* members = membership_.get();
+  finder_ = primary_finder::create(
+      executor_, std::move(discovery),
+      [members] {
+        std::vector<peer> out;
+        for (const auto& m : members->snapshot()->members) out.push_back(peer{m.host, m.endpoint});
+        return out;
+      },
+      [weak_client](const peer& p, primary_finder::clock::time_point deadline,
+                    primary_finder::probe_handler done) {
+        auto c = weak_client.lock();
+        if (!c) {
+          std::move(done)(make_error_code(errc::cancelled), node_status{});
+          return;
+        }
+        rpc::call_options call;
+        call.deadline = deadline;
+        c->async_call(
+            p.endpoint, call, rpc::hello,
+            [done = std::move(done)](boost::system::error_code ec, rpc::hello_info info) mutable {
+              node_status status;
+              status.node_name = std::move(info.node_name);
+              status.litefs_hostname = std::move(info.litefs_hostname);
+              status.role = role_from_string(info.role);
+              status.txid = info.txid;
+              std::move(done)(ec, std::move(status));
+            });
+      },
+      role_);
+
+  forwarder_options forwarding;
+  forwarding.mount = options_.mount;
+  forwarding.database_name = options_.database.filename().string();
+  forwarding.default_deadline = options_.default_deadline;
+  forwarding.retry = options_.retry;
+  forwarding.breaker = options_.breaker;
+  forwarding.read_your_writes = options_.read_your_writes;
+  forwarding.monitor = monitor_;
+  forwarding.role = role_;
+  forwarding.telemetry = options_.telemetry;
+  forwarder_ = std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
+
+  forwarder_->define(registry_, execute_statement,
+                     [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
+                       return detail::run_statement(db, sql, values);
+                     });
+  forwarder_->define(
+      registry_, execute_bulk,
+      [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
+        return detail::run_bulk(db, sql, rows);
+      });
+  forwarder_->define(registry_, migrate_procedure,
+                     [](sqlite3* db, const std::vector<migration>& migrations) {
+                       return detail::run_migrations(db, migrations);
+                     });
+}
+
+}  // namespace fwd

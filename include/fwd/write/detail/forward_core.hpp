@@ -1,0 +1,56 @@
+#pragma once
+
+// The state a forwarder's calls share: its executor and options, the RPC client, the
+// primary finder, the local writer, the retry budget, the breakers and the procedures
+// served locally. Kept alive by the calls.
+
+#include <fwd/cluster/discovery.hpp>
+#include <fwd/litefs/mount.hpp>
+#include <fwd/rpc/client.hpp>
+#include <fwd/rpc/registry.hpp>
+#include <fwd/write/breaker.hpp>
+#include <fwd/write/executor.hpp>
+#include <fwd/write/forward_options.hpp>
+#include <fwd/write/retry.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+
+namespace fwd::detail {
+
+/// The shared state of a forwarder: what every call needs, kept alive by the calls.
+struct forward_core {
+  boost::asio::any_io_executor executor;
+  forwarder_options options;
+  std::shared_ptr<rpc::client> client;
+  std::shared_ptr<primary_finder> finder;
+  std::shared_ptr<sqlite::write_executor> writer;  // set at start
+  retry_budget budget;
+  breaker_set breakers;
+  std::atomic<bool> stopped{false};
+  struct local_procedure {
+    std::uint64_t signature;
+    rpc::registry::raw_handler handler;
+  };
+  std::map<std::string, local_procedure, std::less<>> procedures;  // filled before start
+
+  forward_core(boost::asio::any_io_executor ex, forwarder_options opts,
+               std::shared_ptr<rpc::client> c, std::shared_ptr<primary_finder> f)
+      : executor(std::move(ex)),
+        options(std::move(opts)),
+        client(std::move(c)),
+        finder(std::move(f)),
+        budget(options.retry),
+        breakers(options.breaker) {
+    if (!options.role) options.role = [mount = options.mount] { return litefs::current_role(mount); };
+  }
+};
+
+}  // namespace fwd::detail
