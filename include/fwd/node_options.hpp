@@ -5,7 +5,7 @@
 
 #include <unistd.h>
 
-#include <fwd/cluster/membership.hpp>
+#include <fwd/cluster/membership_types.hpp>
 #include <fwd/error.hpp>
 #include <fwd/litefs/types.hpp>
 #include <fwd/rpc/tls.hpp>
