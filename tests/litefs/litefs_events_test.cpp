@@ -170,3 +170,70 @@ TEST_CASE("real LiteFS consul lease: fwd's monitor follows /events - a handoff a
   REQUIRE(next.wait_for(10s) == std::future_status::ready);
   CHECK(next.get().txid == before.txid + 1);
 }
+
+TEST_CASE("real LiteFS consul lease: fwd nodes on /events (node_options::litefs_http, mount "
+          "poll once a minute) - read-your-writes and a planned handoff work from events") {
+  REQUIRE_REAL_LITEFS();
+  litefs_cluster c({.nodes = 2, .lease = fwd_test::lease_kind::consul});
+  c.start_all();
+  REQUIRE(c.is_primary(0));
+  create_database(c, 0, true);
+  fwd_nodes n(c);
+  for (std::size_t i = 0; i < c.size(); ++i)
+    n.extra_args.push_back(
+        {"--litefs-http", std::to_string(c.http_port(i)), "--litefs-poll-ms", "60000"});
+  n.start_all();
+  INFO(n.outputs());
+
+  std::vector<int> acked;
+  int seq = 0;
+  double slowest_ryw_ms = 0;
+  for (int k = 0; k < 5; ++k) {
+    const auto t = std::chrono::steady_clock::now();
+    const auto r = n.append(1, "e", ++seq, 5000, /*ryw=*/true);
+    slowest_ryw_ms = std::max(slowest_ryw_ms, ms_since(t));
+    INFO(r.detail);
+    REQUIRE(r.category == 0);
+    CHECK(r.visible == 1);  // read-your-writes: the replica's own copy has it
+    acked.push_back(seq);
+  }
+  REQUIRE(c.wait_caught_up(0, db_name, 10s));
+
+  const auto asked = std::chrono::steady_clock::now();
+  REQUIRE(c.promote(1));
+  REQUIRE(c.wait_primary(10s, 0) == std::optional<std::size_t>(1));
+  const double handoff_ms = ms_since(asked);
+  std::optional<double> accepted_ms;
+  std::string last_error;
+  int refused = 0;
+  while (ms_since(asked) < 30000) {
+    const auto r = n.append(0, "e", ++seq, 1500, /*ryw=*/false);
+    if (r.category == 0) {
+      acked.push_back(seq);
+      accepted_ms = ms_since(asked);
+      break;
+    }
+    ++refused;
+    last_error = r.detail;
+  }
+  const auto ryw = n.append(0, "e", ++seq, 10000, /*ryw=*/true);
+  INFO(ryw.detail);
+  CHECK(ryw.category == 0);
+  CHECK(ryw.visible == 1);
+  if (ryw.category == 0) acked.push_back(seq);
+  std::printf("fwd nodes on /events: slowest forwarded write with read-your-writes %.1f ms; "
+              "handoff %.0f ms; node1 forwarded to the new primary %.0f ms after POST /promote "
+              "(%d refused, last: %s)\n",
+              slowest_ryw_ms, handoff_ms, accepted_ms.value_or(-1), refused,
+              last_error.substr(0, 100).c_str());
+  std::fflush(stdout);
+  INFO("last error: " << last_error);
+  REQUIRE(accepted_ms.has_value());
+  CHECK(*accepted_ms - handoff_ms < 1000);  // events, not the minute-long poll
+  REQUIRE(c.wait_caught_up(1, db_name, 10s));
+  for (std::size_t i = 0; i < c.size(); ++i)
+    for (int s : acked) {
+      INFO("seq " << s << " on node " << i);
+      CHECK(cli_count(c, i, "writer = 'e' AND seq = " + std::to_string(s)) == 1);
+    }
+}
