@@ -683,7 +683,7 @@ TEST_CASE("GET /events serves LiteFS's init, tx and primaryChange lines, byte fo
             R"({"type":"primaryChange","data":{"isPrimary":false,"hostname":"node-b"}})"));
 }
 
-TEST_CASE("LiteFS killed: the mount fails with ENOTCONN and open files fail; restarted: a new "
+TEST_CASE("LiteFS killed: the mount fails with ENOTCONN and open files fail - restarted: a new "
           "device with the same files, and the role back") {
   if (auto why = fwd_sim::dead_mount_unavailable()) {
     std::printf("SKIPPED (dead mounts unavailable): %s\n", why->c_str());
