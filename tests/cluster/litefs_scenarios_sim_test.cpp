@@ -1,6 +1,6 @@
 // The scenarios of tests/litefs/litefs_scenarios.hpp on the LiteFS simulation: fwd_node
 // processes over fwd_sim mounts, LiteFS killed (a dead FUSE mount) and restarted (a new
-// mount on top). The same bodies run on real LiteFS in tests/litefs (label litefs).
+// mount on top), and forwarded writes with read-your-writes. The same bodies run on real LiteFS in tests/litefs (label litefs).
 
 #include <sqlite3.h>
 
@@ -132,4 +132,10 @@ TEST_CASE("simulated LiteFS: LiteFS killed and restarted under a running replica
   REQUIRE_DEAD_MOUNTS();
   sim_env env;
   litefs_scenarios::litefs_restarts_under_replica(env);
+}
+
+TEST_CASE("simulated LiteFS: writes forwarded from a replica run exactly once, and read-your-writes "
+          "shows each on the calling node when the call returns (WAL)") {
+  sim_env env;
+  litefs_scenarios::forwarded_writes_exactly_once_with_read_your_writes(env);
 }

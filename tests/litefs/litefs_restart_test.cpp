@@ -3,7 +3,8 @@
 // down, and succeed again once LiteFS is back on the same directory (a new FUSE mount on
 // top of the dead one), without restarting the service. The writer's connection on the
 // dead mount is closed before it is touched again: no SIGBUS from the memory-mapped -shm.
-// The bodies are shared with the simulation (tests/cluster/litefs_scenarios_sim_test.cpp).
+// Also: forwarded writes exactly once with read-your-writes. The bodies are shared with the
+// simulation (tests/cluster/litefs_scenarios_sim_test.cpp).
 
 #include <chrono>
 #include <string>
@@ -55,4 +56,11 @@ TEST_CASE(
   REQUIRE_REAL_LITEFS();
   real_env env;
   litefs_scenarios::litefs_restarts_under_replica(env);
+}
+
+TEST_CASE("real LiteFS: writes forwarded from a replica run exactly once, and read-your-writes "
+          "shows each on the calling node when the call returns (WAL)") {
+  REQUIRE_REAL_LITEFS();
+  real_env env;
+  litefs_scenarios::forwarded_writes_exactly_once_with_read_your_writes(env);
 }

@@ -16,6 +16,7 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdio>
 #include <fwd/error.hpp>
 #include <string>
 #include <vector>
@@ -59,6 +60,8 @@ void check_refused_while_down(E& env, std::size_t from, const std::string& write
   const int s = ++l.seq;
   const auto r = env.append(from, writer, s, 1500);
   INFO("call while LiteFS is down: " << r.detail);
+  std::printf("call from node %zu while LiteFS is down: %s\n", from, r.detail.substr(0, 160).c_str());
+  std::fflush(stdout);
   CHECK(r.category == 1);
   const auto ec = make_error_code(static_cast<fwd::errc>(r.code));
   if (ec == fwd::errc::replication_lag) {
@@ -139,6 +142,28 @@ void litefs_restarts_under_replica(E& env) {
   REQUIRE(env.wait_caught_up(0, 10s));
   check_exactly_once(env, 0, "r", l);
   check_exactly_once(env, 1, "r", l);
+}
+
+/// Writes forwarded from the replica, and local ones on the primary: each acknowledged
+/// write runs exactly once, and with read-your-writes the calling node's own copy shows
+/// it when the call returns.
+template <class E>
+void forwarded_writes_exactly_once_with_read_your_writes(E& env) {
+  INFO(env.outputs());
+  ledger l;
+  for (int k = 0; k < 20; ++k) {
+    const std::size_t from = k % 4 == 3 ? 0 : 1;
+    const auto r = env.append(from, "f", ++l.seq, 5000, /*ryw=*/true);
+    INFO("call " << l.seq << " from node " << from << ": " << r.detail);
+    REQUIRE(r.category == 0);
+    CHECK(r.visible == 1);
+    CHECK(r.ran_locally == (from == 0));
+    l.acked.push_back(l.seq);
+  }
+  REQUIRE(env.wait_caught_up(0, 10s));
+  check_exactly_once(env, 0, "f", l);
+  check_exactly_once(env, 1, "f", l);
+  CHECK(env.count(1, "writer = 'f'") == 20);
 }
 
 }  // namespace litefs_scenarios
