@@ -9,7 +9,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
 #include <catch2/catch.hpp>
+#include <fwd/litefs/monitor.hpp>
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -737,4 +741,45 @@ TEST_CASE("LiteFS killed: the mount fails with ENOTCONN and open files fail - re
   CHECK(sim.position(0).txid == before.txid + 1);
   litefs_events::stream back(sim.http_port(0));
   CHECK(back.next(2s) == std::optional<std::string>(R"({"type":"init","data":{"isPrimary":true}})"));
+}
+
+TEST_CASE("fwd's monitor follows the simulation's /events as it follows LiteFS's - new "
+          "positions and a failover arrive through the stream alone") {
+  cluster_options o = options_for(journal_mode::wal);
+  o.hostnames = {"node-a", "node-b"};
+  cluster sim(o);
+  boost::asio::io_context io;
+  auto work = boost::asio::make_work_guard(io);
+  fwd::litefs::monitor_options m;
+  m.mount = sim.mount(1);
+  m.database = "app.db";
+  m.poll_interval = std::chrono::minutes(1);  // only events can wake it
+  m.wait_poll_interval = std::chrono::minutes(1);
+  m.wait_poll_interval_with_events = std::chrono::minutes(1);
+  m.http = boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"),
+                                          sim.http_port(1));
+  m.events_reconnect = 50ms;
+  auto monitor = fwd::litefs::monitor::create(io.get_executor(), m);
+  monitor->start();
+  std::thread runner([&] { io.run(); });
+  CHECK(monitor->state()->role == fwd::litefs::role_kind::replica);
+  REQUIRE(wait_until([&] { return monitor->events().connected; }));
+
+  const auto start = monitor->state()->pos;
+  auto waiting = monitor->async_wait_position(start.txid + 1, std::chrono::steady_clock::now() + 30s,
+                                              boost::asio::use_future);
+  {
+    connection c(sim.database_path(0));
+    c.must("CREATE TABLE t(x)");
+  }
+  sim.replicate_now();
+  REQUIRE(waiting.wait_for(5s) == std::future_status::ready);
+  CHECK(waiting.get() == fwd::litefs::position{sim.position(1).txid, sim.position(1).checksum});
+
+  sim.failover(1, 0ms, cluster::promotion::caught_up);  // the test needs no loss
+  CHECK(wait_until([&] { return monitor->state()->role == fwd::litefs::role_kind::primary; }));
+  CHECK(monitor->events().events >= 3);  // init, tx, primaryChange...
+  monitor->stop();
+  work.reset();
+  runner.join();
 }
