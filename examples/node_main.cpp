@@ -2,12 +2,14 @@
 //
 //   fwd_node --name node-a --mount DIR --db app.db --port 7001 --members 7001,7002,7003
 //            [--secret S] [--no-ryw] [--quiet] [--ttl-ms N] [--no-migrate]
-//            [--litefs-real [--litefs-hostname H]]
+//            [--litefs-real [--litefs-hostname H]] [--litefs-http PORT] [--litefs-poll-ms N]
 //
 // By default DIR is a mount of the LiteFS simulation (its VFS is installed, FUSE is not
 // required). With --litefs-real, DIR is a real LiteFS FUSE mount: the simulation is not
 // installed, the database path must be on FUSE, and the node announces H (default NAME)
-// as its LiteFS lease hostname, the name replicas read in `.primary`.
+// as its LiteFS lease hostname, the name replicas read in `.primary`. With --litefs-http
+// the node follows LiteFS's /events on 127.0.0.1:PORT; --litefs-poll-ms sets how often it
+// re-reads the mount meanwhile.
 //
 // With FWD_NODE_TRACE set in its environment it also prints every probe, connection
 // event, lookup miss and finished call (also with --quiet), for a failing test to show.
@@ -94,6 +96,7 @@ int main(int argc, char** argv) {
   bool ryw = true, run_migrations = true, litefs_real = false;
   std::string litefs_hostname;
   int ttl_ms = 2000;
+  int litefs_http_port = 0, litefs_poll_ms = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto next = [&]() -> std::string {
@@ -128,6 +131,10 @@ int main(int argc, char** argv) {
       litefs_real = true;
     else if (arg == "--litefs-hostname")
       litefs_hostname = next();
+    else if (arg == "--litefs-http")
+      litefs_http_port = std::stoi(next());
+    else if (arg == "--litefs-poll-ms")
+      litefs_poll_ms = std::stoi(next());
     else {
       std::fprintf(stderr, "fwd_node: unknown option %s\n", arg.c_str());
       return 2;
@@ -201,6 +208,10 @@ int main(int argc, char** argv) {
   options.read_your_writes = ryw;
   options.discovery_ttl = std::chrono::milliseconds(ttl_ms);
   options.telemetry = hooks;
+  if (litefs_http_port > 0)
+    options.litefs_http = boost::asio::ip::tcp::endpoint(
+        loopback, static_cast<std::uint16_t>(litefs_http_port));
+  if (litefs_poll_ms > 0) options.litefs_poll = std::chrono::milliseconds(litefs_poll_ms);
   fwd::node node(io.get_executor(), options);
 
   node.define(demo::append, [](sqlite3* db, const std::string& writer, std::int64_t seq) {

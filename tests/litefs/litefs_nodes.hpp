@@ -71,11 +71,15 @@ struct fwd_nodes {
     nodes.resize(fs.size());
   }
 
+  /// Extra fwd_node arguments per node (e.g. --litefs-http), set before start().
+  std::vector<std::vector<std::string>> extra_args;
+
   void start(std::size_t i) {
+    std::vector<std::string> args = {"--litefs-real", "--db", db_name};
+    if (i < extra_args.size()) args.insert(args.end(), extra_args[i].begin(), extra_args[i].end());
     nodes[i] = std::make_unique<demo::node_process>(
         FWD_NODE_PATH,
-        demo::node_arguments(fs.hostname(i), fs.mount(i).string(), ports[i], ports, true,
-                             {"--litefs-real", "--db", db_name}),
+        demo::node_arguments(fs.hostname(i), fs.mount(i).string(), ports[i], ports, true, args),
         false);
   }
 

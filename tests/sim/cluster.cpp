@@ -1,9 +1,13 @@
 // The controller side of the simulation: mounts, roles, replication, failover.
+#include <dirent.h>
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cinttypes>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -11,6 +15,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "http_api.hpp"
 #include "litefs_sim.hpp"
 
 namespace fwd_sim {
@@ -63,7 +68,107 @@ bool valid_file_name(const std::string& name) {
          name.find('/') == std::string::npos && name.find('\0') == std::string::npos;
 }
 
+// The file the shim looks for, in a dead generation's storage, to fail every I/O of the
+// files opened there (see vfs_shim.cpp).
+constexpr const char* dead_marker = ".fwd-sim-dead";
+
+// A FUSE mount whose device is closed at once: every access fails with ENOTCONN, as a
+// LiteFS mount does once its LiteFS died. Listed in /proc/mounts as LiteFS's own.
+void mount_dead_fuse(const std::filesystem::path& dir) {
+  const int fd = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    throw std::system_error(errno, std::generic_category(), "fwd_sim: cannot open /dev/fuse");
+  }
+  char options[128];
+  std::snprintf(options, sizeof options, "fd=%d,rootmode=40000,user_id=0,group_id=0", fd);
+  const int rc = ::mount("litefs", dir.c_str(), "fuse", MS_NOSUID | MS_NODEV, options);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) {
+    throw std::system_error(err, std::generic_category(),
+                            "fwd_sim: cannot mount a dead FUSE filesystem on " + dir.string());
+  }
+}
+
+// A new filesystem (a new device id) over whatever is mounted on `dir`.
+void mount_fresh(const std::filesystem::path& dir) {
+  if (::mount("fwd-sim", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0777") != 0) {
+    throw std::system_error(errno, std::generic_category(),
+                            "fwd_sim: cannot mount a new filesystem on " + dir.string());
+  }
+}
+
+// Copies the regular files of the directory `from_fd` into `to` (LiteFS's files of a
+// node, as its restarted LiteFS serves them again), except the shared-memory index (a
+// new one is rebuilt from the WAL), the dead marker, temporaries and `.primary`.
+void copy_generation(int from_fd, const std::filesystem::path& to) {
+  const int dir_fd = ::openat(from_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) throw std::system_error(errno, std::generic_category(), "fwd_sim: openat");
+  DIR* dir = ::fdopendir(dir_fd);
+  if (dir == nullptr) {
+    ::close(dir_fd);
+    throw std::system_error(errno, std::generic_category(), "fwd_sim: fdopendir");
+  }
+  while (dirent* e = ::readdir(dir)) {
+    const std::string name = e->d_name;
+    if (name == "." || name == ".." || name == dead_marker || name == ".primary" ||
+        name.find(".tmp.") != std::string::npos ||
+        (name.size() > 4 && name.compare(name.size() - 4, 4, "-shm") == 0)) {
+      continue;
+    }
+    struct stat st {};
+    if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    const int in = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC);
+    const int out = ::open((to / name).c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                           st.st_mode & 07777);
+    char buf[65536];
+    ssize_t n = 0;
+    while (in >= 0 && out >= 0 && (n = ::read(in, buf, sizeof buf)) > 0) {
+      for (ssize_t done = 0; done < n;) {
+        const ssize_t w = ::write(out, buf + done, static_cast<std::size_t>(n - done));
+        if (w <= 0) break;
+        done += w;
+      }
+    }
+    if (in >= 0) ::close(in);
+    if (out >= 0) {
+      ::fchmod(out, st.st_mode & 07777);
+      ::close(out);
+    }
+  }
+  ::closedir(dir);
+}
+
 }  // namespace
+
+std::optional<std::string> dead_mount_unavailable() {
+  static const std::optional<std::string> why = []() -> std::optional<std::string> {
+    if (::geteuid() != 0) return "not root (mounting needs CAP_SYS_ADMIN)";
+    if (::access("/dev/fuse", R_OK | W_OK) != 0) return "no usable /dev/fuse";
+    char pattern[] = "/tmp/fwd-sim-probe-XXXXXX";
+    if (::mkdtemp(pattern) == nullptr) return "cannot create a temporary directory";
+    std::optional<std::string> result;
+    try {
+      mount_dead_fuse(pattern);
+      struct stat st {};
+      const bool dead = ::stat(pattern, &st) != 0 && errno == ENOTCONN;
+      try {
+        mount_fresh(pattern);
+        ::umount2(pattern, MNT_DETACH);
+      } catch (const std::exception& e) {
+        result = e.what();
+      }
+      ::umount2(pattern, MNT_DETACH);
+      if (!dead && !result) result = "a FUSE mount without its daemon does not fail with ENOTCONN";
+    } catch (const std::exception& e) {
+      result = e.what();
+    }
+    ::rmdir(pattern);
+    return result;
+  }();
+  return why;
+}
 
 cluster::cluster(cluster_options options) : options_(std::move(options)) {
   if (::geteuid() != 0) {
@@ -100,6 +205,10 @@ cluster::cluster(cluster_options options) : options_(std::move(options)) {
   std::filesystem::create_directories(options_.root);
   connected_.assign(n, true);
   lag_written_.assign(n, lag_unknown);
+  alive_.assign(n, true);
+  generations_.assign(n, {});
+  stacked_mounts_.assign(n, 0);
+  lost_primary_at_.assign(n, std::chrono::steady_clock::now());
 
   const std::size_t p = options_.primary;
   for (std::size_t i = 0; i < n; ++i) {
@@ -135,10 +244,24 @@ cluster::cluster(cluster_options options) : options_(std::move(options)) {
   if (options_.initial_sync) {
     for (std::size_t i = 0; i < n; ++i) replicate_locked(i);
   }
+  if (options_.http) {
+    std::vector<http_api::node> nodes;
+    for (std::size_t i = 0; i < n; ++i) nodes.push_back({hostname(i), mount(i)});
+    char id[24];
+    std::snprintf(id, sizeof id, "LFSC%016" PRIX64,
+                  static_cast<std::uint64_t>(std::hash<std::string>{}(options_.root.string())));
+    http_ = std::make_unique<http_api>(std::move(nodes), options_.database, id);
+    publish_views_locked();
+  }
 }
 
 cluster::~cluster() {
+  http_.reset();
   stop_replication();
+  for (std::size_t i = 0; i < size(); ++i) {
+    for (int k = 0; k < stacked_mounts_[i]; ++k) ::umount2(mount(i).c_str(), MNT_DETACH);
+    for (int fd : generations_[i]) ::close(fd);
+  }
   if (owns_root_) {
     std::error_code ignored;
     std::filesystem::remove_all(options_.root, ignored);
@@ -192,9 +315,107 @@ bool cluster::connected(std::size_t node) const {
   return connected_[node];
 }
 
+bool cluster::primary_alive_locked() const { return primary_ && alive_[*primary_]; }
+
+void cluster::publish_views_locked() {
+  if (!http_) return;
+  for (std::size_t i = 0; i < size(); ++i) {
+    const bool is_primary = primary_ && *primary_ == i;
+    // LiteFS names the primary on replicas only, and only while connected to it.
+    const bool knows = !is_primary && primary_alive_locked() && connected_[i];
+    http_->set_view(i, is_primary, knows ? hostname(*primary_) : std::string());
+  }
+}
+
+bool cluster::alive(std::size_t node) const {
+  check_node(node);
+  std::lock_guard lock(mutex_);
+  return alive_[node];
+}
+
+std::uint16_t cluster::http_port(std::size_t node) const {
+  check_node(node);
+  return http_ ? http_->port(node) : 0;
+}
+
+void cluster::kill(std::size_t node) {
+  check_node(node);
+  if (auto why = dead_mount_unavailable()) {
+    throw std::runtime_error("fwd_sim: cannot simulate a dead LiteFS mount here: " + *why);
+  }
+  std::lock_guard lock(mutex_);
+  if (!alive_[node]) {
+    throw std::invalid_argument("fwd_sim: LiteFS on " + hostname(node) + " is already dead");
+  }
+  // The storage of the generation that dies, kept for restart() to serve again.
+  const int storage = ::open(mount(node).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (storage < 0) {
+    throw std::system_error(errno, std::generic_category(),
+                            "fwd_sim: cannot open " + mount(node).string());
+  }
+  try {
+    mount_dead_fuse(mount(node));
+  } catch (...) {
+    ::close(storage);
+    throw;
+  }
+  generations_[node].push_back(storage);
+  ++stacked_mounts_[node];
+  alive_[node] = false;
+  // Files opened before now fail (the shim sees the marker), and a memory map of the
+  // -shm faults (SIGBUS), as on a real dead mount.
+  const int marker = ::openat(storage, dead_marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (marker >= 0) ::close(marker);
+  const int shm = ::openat(storage, (options_.database + "-shm").c_str(), O_WRONLY | O_CLOEXEC);
+  if (shm >= 0) {
+    [[maybe_unused]] const int rc = ::ftruncate(shm, 0);
+    ::close(shm);
+  }
+  if (http_) http_->set_alive(node, false);
+  if (primary_ && *primary_ == node) {
+    const auto now = std::chrono::steady_clock::now();
+    for (std::size_t i = 0; i < size(); ++i) lost_primary_at_[i] = now;
+  }
+  write_primary_files_locked();
+  publish_views_locked();
+}
+
+void cluster::restart(std::size_t node) {
+  check_node(node);
+  std::lock_guard lock(mutex_);
+  if (alive_[node]) return;
+  mount_fresh(mount(node));
+  ++stacked_mounts_[node];
+  copy_generation(generations_[node].back(), mount(node));
+  alive_[node] = true;
+  const bool is_primary = primary_ && *primary_ == node;
+  if (is_primary) {
+    change_mode(mount(node), 0777);
+    if (std::filesystem::exists(database_path(node))) change_mode(database_path(node), 0666);
+    write_file_atomically(mount(node) / ".lag", format_lag(0));
+    lag_written_[node] = 0;
+    last_seen_txid_ = 0;
+    commits_seen_.clear();
+  } else {
+    change_mode(mount(node), 0555);
+    if (std::filesystem::exists(database_path(node))) change_mode(database_path(node), 0444);
+    write_file_atomically(mount(node) / ".lag", format_lag(lag_never_synced));
+    lag_written_[node] = lag_never_synced;
+  }
+  if (http_) http_->set_alive(node, true);
+  write_primary_files_locked();
+  // Replicas catch up at once: a restarted one from its primary, all of them from a
+  // restarted primary.
+  for (std::size_t i = 0; i < size(); ++i) {
+    if (is_primary || i == node) replicate_locked(i);
+  }
+  publish_views_locked();
+}
+
 void cluster::write_primary_files_locked() {
   for (std::size_t i = 0; i < size(); ++i) {
-    if (primary_ && i != *primary_ && connected_[i]) {
+    if (!alive_[i]) continue;  // a dead mount has no files to change
+    if (primary_alive_locked() && i != *primary_ && connected_[i]) {
       write_file_atomically(mount(i) / ".primary", hostname(*primary_) + "\n");
     } else {
       remove_quietly(mount(i) / ".primary");
@@ -214,7 +435,10 @@ void cluster::replicate(std::size_t node) {
 }
 
 void cluster::replicate_locked(std::size_t node) {
-  if (!primary_ || node == *primary_ || !connected_[node]) return;
+  if (!primary_ || node == *primary_ || !connected_[node] || !alive_[node] ||
+      !alive_[*primary_]) {
+    return;
+  }
   const std::size_t p = *primary_;
   // Position first: the copy below holds at least this, so the replica's position
   // never claims data it does not have.
@@ -291,6 +515,20 @@ void cluster::replicator_loop(std::chrono::milliseconds delay) {
 void cluster::replicator_tick_locked(std::chrono::milliseconds delay) {
   if (!primary_) return;
   const auto now = std::chrono::steady_clock::now();
+  if (!alive_[*primary_]) {
+    // The primary's LiteFS is dead: its replicas have not heard from it since.
+    for (std::size_t i = 0; i < size(); ++i) {
+      if (!alive_[i] || i == *primary_) continue;
+      const auto since =
+          std::chrono::duration_cast<std::chrono::milliseconds>(now - lost_primary_at_[i]);
+      const auto lag = static_cast<std::int32_t>(std::clamp<std::int64_t>(since.count(), 1, INT32_MAX - 1));
+      if (lag_written_[i] == lag_never_synced || lag_written_[i] < 0 || lag - lag_written_[i] >= 50) {
+        write_file_atomically(mount(i) / ".lag", format_lag(lag));
+        lag_written_[i] = lag;
+      }
+    }
+    return;
+  }
   const db_position head =
       read_position(position_path(*primary_)).value_or(db_position{});
   if (head.txid != last_seen_txid_) {
@@ -300,7 +538,7 @@ void cluster::replicator_tick_locked(std::chrono::milliseconds delay) {
   }
   std::uint64_t oldest_needed = head.txid;
   for (std::size_t i = 0; i < size(); ++i) {
-    if (i == *primary_ || !connected_[i]) continue;
+    if (i == *primary_ || !connected_[i] || !alive_[i]) continue;
     const db_position local = read_position(position_path(i)).value_or(db_position{});
     if (local == head) {
       // Caught up, .lag is the time since the primary's last frame or heartbeat (one a
@@ -353,7 +591,7 @@ void cluster::begin_election() {
 }
 
 void cluster::begin_election_locked() {
-  if (primary_) {
+  if (primary_ && alive_[*primary_]) {
     const std::size_t old = *primary_;
     // The old primary loses its lease first: from now on its writes fail.
     change_mode(mount(old), 0555);
@@ -361,6 +599,7 @@ void cluster::begin_election_locked() {
   }
   primary_.reset();
   write_primary_files_locked();  // removes every .primary
+  publish_views_locked();
 }
 
 void cluster::elect(std::size_t node) {
@@ -368,6 +607,10 @@ void cluster::elect(std::size_t node) {
   std::lock_guard lock(mutex_);
   if (primary_ && *primary_ == node) return;
   if (primary_) begin_election_locked();
+  if (!alive_[node]) {
+    throw std::invalid_argument("fwd_sim: LiteFS on " + hostname(node) +
+                                " is dead; restart() it before electing it");
+  }
   if (!std::filesystem::exists(database_path(node))) {
     throw std::invalid_argument("fwd_sim: " + hostname(node) +
                                 " has no database to be primary of; replicate to it first");
@@ -381,6 +624,7 @@ void cluster::elect(std::size_t node) {
   last_seen_txid_ = 0;
   commits_seen_.clear();
   write_primary_files_locked();
+  publish_views_locked();
 }
 
 void cluster::failover(std::size_t new_primary, std::chrono::milliseconds election_window,
@@ -401,7 +645,8 @@ void cluster::disconnect(std::size_t node) {
                                 "; use begin_election() to take its role away");
   }
   connected_[node] = false;
-  remove_quietly(mount(node) / ".primary");
+  if (alive_[node]) remove_quietly(mount(node) / ".primary");
+  publish_views_locked();
 }
 
 void cluster::reconnect(std::size_t node) {
@@ -409,6 +654,7 @@ void cluster::reconnect(std::size_t node) {
   std::lock_guard lock(mutex_);
   connected_[node] = true;
   write_primary_files_locked();
+  publish_views_locked();
 }
 
 }  // namespace fwd_sim

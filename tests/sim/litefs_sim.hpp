@@ -61,6 +61,33 @@
  * once it is at least `delay` old, updating the `.lag` of replicas that are behind.
  * A snapshot taken to ship an old-enough commit may carry newer commits along.
  *
+ * LiteFS stopping and restarting under a running service (`kill`, `restart`). Killing a
+ * node's LiteFS mounts a dead FUSE filesystem over its mount directory (a FUSE mount whose
+ * device was closed at once, listed in /proc/mounts as `litefs <dir> fuse ...` like
+ * LiteFS's): every path under it then fails with ENOTCONN, as a real mount does once its
+ * LiteFS died. What was opened before still points at the dead generation: the shim
+ * fails every I/O of such a file (SQLITE_IOERR_READ, _WRITE, _LOCK, _SHMMAP...), and the
+ * dead generation's `<db>-shm` is truncated, so a process that touches its memory map
+ * gets SIGBUS, as with real LiteFS in WAL mode. Restarting mounts a fresh tmpfs on top
+ * (a new device id, as a new FUSE mount has; the dead one stays underneath) holding the
+ * node's files as they were, and the node takes its role back: a primary (static lease,
+ * no election meanwhile) is primary again, a replica reconnects. While the primary's
+ * LiteFS is dead its replicas show no `.primary` and a growing `.lag`. Both need
+ * CAP_SYS_ADMIN and /dev/fuse; `dead_mount_unavailable()` says why they cannot run.
+ *
+ * HTTP API. Each live node serves LiteFS's `GET /events` and `GET /info` on
+ * 127.0.0.1:`http_port(i)` (an ephemeral port, kept across restarts), with LiteFS
+ * v0.5.14's bytes: a chunked `application/json` response, one JSON object and "\n" per
+ * chunk, `{"type":"init","data":{"isPrimary":false,"hostname":"node-a"}}` on subscribing
+ * (no `hostname` on the primary or without a primary), then `primaryChange` events of the
+ * same shape whenever that view changes, and for each new position of the database
+ * `{"type":"tx","db":"app.db","data":{"txID":"%016x","postApplyChecksum":"%016x",
+ * "pageSize":4096,"commit":N,"timestamp":"2006-01-02T15:04:05.999Z"}}`. Positions are
+ * seen through inotify on `<db>-pos`, so two commits in a row may show as one event
+ * with the later position (real LiteFS sends one per transaction); `commit` is the page
+ * count in the database header. A killed node's streams end and its port refuses
+ * connections until it restarts.
+ *
  * Node processes need nothing but `fwd_sim::install_vfs()` and `sqlite3_open_v2` on
  * `database_path(i)`: all state lives in files. The simulation needs root (as LiteFS
  * does), because it writes into 0555 directories and 0444 files.
@@ -72,6 +99,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -114,6 +142,10 @@ std::optional<db_position> read_position(const std::filesystem::path& pos_file);
 /** Replaces `file`'s contents atomically (temporary file in the same directory, rename). */
 void write_file_atomically(const std::filesystem::path& file, std::string_view contents);
 
+/** Why `cluster::kill()` cannot run here (not root, no /dev/fuse, mounting refused), or
+ * nullopt when it can. */
+std::optional<std::string> dead_mount_unavailable();
+
 /** Journal mode the cluster's database is created with (and replicated in). */
 enum class journal_mode { rollback /* journal_mode=DELETE */, wal };
 
@@ -132,7 +164,11 @@ struct cluster_options {
   /** Replicate the freshly created database to every replica before the constructor
    * returns; false leaves replicas without a database, `.lag` at `+2147483647`. */
   bool initial_sync = true;
+  /** Serve LiteFS's HTTP API (`/events`, `/info`) for each node on a loopback port. */
+  bool http = true;
 };
+
+class http_api;
 
 /**
  * A simulated LiteFS cluster, controlled from one process.
@@ -205,6 +241,21 @@ class cluster {
                 std::chrono::milliseconds election_window = std::chrono::milliseconds{0},
                 promotion how = promotion::as_is);
 
+  /** LiteFS on `node` dies (SIGKILL) under whatever runs there: its mount goes dead
+   * (ENOTCONN), files opened before fail, its HTTP API stops. A dead primary keeps its
+   * lease (static lease): the cluster has no primary until it restarts.
+   * @throws std::runtime_error if a dead mount cannot be made (see
+   * dead_mount_unavailable()) or the node is already dead. */
+  void kill(std::size_t node);
+  /** LiteFS on `node` starts again: a new mount (new device id) over the dead one, with
+   * the node's files as they were; a primary is primary again, a replica reconnects and
+   * catches up. No-op on a live node. */
+  void restart(std::size_t node);
+  /** Whether the node's LiteFS is running (not killed). */
+  bool alive(std::size_t node) const;
+  /** The node's LiteFS HTTP port on 127.0.0.1 (0 when `cluster_options::http` is off). */
+  std::uint16_t http_port(std::size_t node) const;
+
   /** Cuts a replica from the primary: no `.primary`, no replication. */
   void disconnect(std::size_t node);
   /** Reconnects a replica: `.primary` reappears (if a primary exists). */
@@ -222,12 +273,22 @@ class cluster {
   void write_primary_files_locked();
   void replicator_loop(std::chrono::milliseconds delay);
   void replicator_tick_locked(std::chrono::milliseconds delay);
+  void publish_views_locked();
+  bool primary_alive_locked() const;
 
   cluster_options options_;
   bool owns_root_ = false;
   std::optional<std::size_t> primary_;
   std::vector<bool> connected_;
   std::vector<std::int32_t> lag_written_;
+  // LiteFS killed and restarted: per node, whether it runs, the directory fd of each
+  // generation's storage (the newest last), how many mounts were stacked on the mount
+  // directory, and since when the node has not heard from a primary.
+  std::vector<bool> alive_;
+  std::vector<std::vector<int>> generations_;
+  std::vector<int> stacked_mounts_;
+  std::vector<std::chrono::steady_clock::time_point> lost_primary_at_;
+  std::unique_ptr<http_api> http_;
   std::chrono::steady_clock::time_point heartbeat_epoch_ = std::chrono::steady_clock::now();
 
   mutable std::mutex mutex_;

@@ -9,7 +9,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
 #include <catch2/catch.hpp>
+#include <fwd/litefs/monitor.hpp>
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -20,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "litefs_events.hpp"
 #include "litefs_sim.hpp"
 
 extern char** environ;
@@ -636,4 +641,145 @@ TEST_CASE("failover loses what was not shipped by default (as_is), as LiteFS doe
       CHECK(c.count("t") == 0);
     }
   }
+}
+
+TEST_CASE("GET /events serves LiteFS's init, tx and primaryChange lines, byte for byte") {
+  cluster_options o = options_for(journal_mode::rollback);
+  o.hostnames = {"node-a", "node-b"};
+  cluster sim(o);
+  REQUIRE(sim.http_port(0) != 0);
+  litefs_events::stream primary(sim.http_port(0));
+  litefs_events::stream replica(sim.http_port(1));
+  INFO(primary.head());
+  REQUIRE(primary.ok());
+  REQUIRE(replica.ok());
+  CHECK(primary.head().find("Content-Type: application/json\r\n") != std::string::npos);
+  CHECK(primary.head().find("Transfer-Encoding: chunked\r\n") != std::string::npos);
+  CHECK(primary.next(2s) == std::optional<std::string>(R"({"type":"init","data":{"isPrimary":true}})"));
+  CHECK(replica.next(2s) ==
+        std::optional<std::string>(R"({"type":"init","data":{"isPrimary":false,"hostname":"node-a"}})"));
+
+  {
+    connection c(sim.database_path(0));
+    c.must("CREATE TABLE t(x)");
+  }
+  const auto tx = primary.next(2s);
+  REQUIRE(tx);
+  INFO(*tx);
+  CHECK(litefs_events::well_formed(*tx));
+  const auto pos = read_file(sim.position_path(0));
+  REQUIRE(pos);
+  CHECK(litefs_events::tx_position(*tx, "app.db").value_or("") + "\n" == *pos);
+  sim.replicate_now();  // the replica applies it: its own tx event, the same position
+  const auto applied = replica.next(2s);
+  REQUIRE(applied);
+  CHECK(litefs_events::tx_position(*applied, "app.db").value_or("") + "\n" == *pos);
+
+  sim.failover(1);
+  CHECK(replica.next_matching(litefs_events::primary_change_line, 2s) ==
+        std::optional<std::string>(R"({"type":"primaryChange","data":{"isPrimary":false}})"));
+  CHECK(replica.next_matching(litefs_events::primary_change_line, 2s) ==
+        std::optional<std::string>(R"({"type":"primaryChange","data":{"isPrimary":true}})"));
+  CHECK(primary.next_matching(litefs_events::primary_change_line, 2s) ==
+        std::optional<std::string>(R"({"type":"primaryChange","data":{"isPrimary":false}})"));
+  CHECK(primary.next_matching(litefs_events::primary_change_line, 2s) ==
+        std::optional<std::string>(
+            R"({"type":"primaryChange","data":{"isPrimary":false,"hostname":"node-b"}})"));
+}
+
+TEST_CASE("LiteFS killed: the mount fails with ENOTCONN and open files fail - restarted: a new "
+          "device with the same files, and the role back") {
+  if (auto why = fwd_sim::dead_mount_unavailable()) {
+    std::printf("SKIPPED (dead mounts unavailable): %s\n", why->c_str());
+    return;
+  }
+  cluster_options o = options_for(journal_mode::rollback);
+  o.hostnames = {"node-a", "node-b"};
+  cluster sim(o);
+  connection old(sim.database_path(0));
+  old.must("CREATE TABLE t(x); INSERT INTO t VALUES (1)");
+  sim.replicate_now();
+  const auto before = sim.position(0);
+  struct stat st {};
+  REQUIRE(::stat(sim.mount(0).c_str(), &st) == 0);
+  const dev_t device = st.st_dev;
+  litefs_events::stream replica(sim.http_port(1));
+  REQUIRE(replica.next(2s));  // init
+
+  sim.kill(0);
+  CHECK_FALSE(sim.alive(0));
+  errno = 0;
+  CHECK(::stat(sim.mount(0).c_str(), &st) != 0);
+  CHECK(errno == ENOTCONN);
+  CHECK(::access((sim.mount(0) / ".lag").c_str(), F_OK) != 0);
+  CHECK(errno == ENOTCONN);
+  // The connection opened before points at the dead mount: its locks fail.
+  CHECK(old.exec("INSERT INTO t VALUES (2)") != SQLITE_OK);
+  CHECK(sqlite3_extended_errcode(old.db) == SQLITE_IOERR_LOCK);
+  // The primary's HTTP API is gone; its replica has lost it.
+  litefs_events::stream gone(sim.http_port(0), 500ms);
+  CHECK_FALSE(gone.ok());
+  CHECK(replica.next_matching(litefs_events::primary_change_line, 2s) ==
+        std::optional<std::string>(R"({"type":"primaryChange","data":{"isPrimary":false}})"));
+  CHECK_FALSE(fs::exists(sim.mount(1) / ".primary"));
+
+  sim.restart(0);
+  REQUIRE(::stat(sim.mount(0).c_str(), &st) == 0);
+  CHECK(st.st_dev != device);
+  CHECK(mode_of(sim.mount(0)) == 0777);
+  CHECK(mode_of(sim.database_path(0)) == 0666);
+  CHECK(sim.position(0) == before);
+  CHECK(read_file(sim.mount(0) / ".lag") == std::optional<std::string>("+000000000\n"));
+  CHECK(read_file(sim.mount(1) / ".primary") == std::optional<std::string>("node-a\n"));
+  CHECK(replica.next_matching(litefs_events::primary_change_line, 2s) ==
+        std::optional<std::string>(R"({"type":"primaryChange","data":{"isPrimary":false,"hostname":"node-a"}})"));
+  // The old connection stays dead; a new one works on the new mount and moves the position.
+  CHECK(old.exec("INSERT INTO t VALUES (3)") != SQLITE_OK);
+  connection fresh(sim.database_path(0));
+  CHECK(fresh.count("t") == 1);
+  fresh.must("INSERT INTO t VALUES (4)");
+  CHECK(sim.position(0).txid == before.txid + 1);
+  litefs_events::stream back(sim.http_port(0));
+  CHECK(back.next(2s) == std::optional<std::string>(R"({"type":"init","data":{"isPrimary":true}})"));
+}
+
+TEST_CASE("fwd's monitor follows the simulation's /events as it follows LiteFS's - new "
+          "positions and a failover arrive through the stream alone") {
+  cluster_options o = options_for(journal_mode::wal);
+  o.hostnames = {"node-a", "node-b"};
+  cluster sim(o);
+  boost::asio::io_context io;
+  auto work = boost::asio::make_work_guard(io);
+  fwd::litefs::monitor_options m;
+  m.mount = sim.mount(1);
+  m.database = "app.db";
+  m.poll_interval = std::chrono::minutes(1);  // only events can wake it
+  m.wait_poll_interval = std::chrono::minutes(1);
+  m.wait_poll_interval_with_events = std::chrono::minutes(1);
+  m.http = boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"),
+                                          sim.http_port(1));
+  m.events_reconnect = 50ms;
+  auto monitor = fwd::litefs::monitor::create(io.get_executor(), m);
+  monitor->start();
+  std::thread runner([&] { io.run(); });
+  CHECK(monitor->state()->role == fwd::litefs::role_kind::replica);
+  REQUIRE(wait_until([&] { return monitor->events().connected; }));
+
+  const auto start = monitor->state()->pos;
+  auto waiting = monitor->async_wait_position(start.txid + 1, std::chrono::steady_clock::now() + 30s,
+                                              boost::asio::use_future);
+  {
+    connection c(sim.database_path(0));
+    c.must("CREATE TABLE t(x)");
+  }
+  sim.replicate_now();
+  REQUIRE(waiting.wait_for(5s) == std::future_status::ready);
+  CHECK(waiting.get() == fwd::litefs::position{sim.position(1).txid, sim.position(1).checksum});
+
+  sim.failover(1, 0ms, cluster::promotion::caught_up);  // the test needs no loss
+  CHECK(wait_until([&] { return monitor->state()->role == fwd::litefs::role_kind::primary; }));
+  CHECK(monitor->events().events >= 3);  // init, tx, primaryChange...
+  monitor->stop();
+  work.reset();
+  runner.join();
 }

@@ -33,6 +33,9 @@ struct shim_file {
   bool in_mount;
   std::string mount_dir;
   std::string db_path;  // the database this file belongs to
+  // The mount generation's storage this file was opened in (O_PATH), to tell when its
+  // LiteFS died: cluster::kill() leaves a marker there.
+  int storage_fd = -1;
 };
 
 constexpr std::size_t real_offset = (sizeof(shim_file) + 15) & ~std::size_t{15};
@@ -133,21 +136,31 @@ bool wal_range_has_commit(const std::string& wal_path, sqlite3_int64 begin,
 shim_file* as_shim(sqlite3_file* file) { return reinterpret_cast<shim_file*>(file); }
 sqlite3_file* real_of(sqlite3_file* file) { return as_shim(file)->real; }
 
+// Whether the mount this file was opened on has died (or been replaced since): a file
+// descriptor of a dead FUSE mount fails every operation, whatever is mounted there now.
+bool on_dead_mount(sqlite3_file* file) {
+  const shim_file* f = as_shim(file);
+  return f->storage_fd >= 0 && ::faccessat(f->storage_fd, ".fwd-sim-dead", F_OK, 0) == 0;
+}
+
 // ---- I/O methods -----------------------------------------------------------------
 
 int shim_close(sqlite3_file* file) {
   shim_file* f = as_shim(file);
   const int rc = f->real->pMethods->xClose(f->real);
+  if (f->storage_fd >= 0) ::close(f->storage_fd);
   f->~shim_file();
   return rc;
 }
 
 int shim_read(sqlite3_file* file, void* buf, int amount, sqlite3_int64 offset) {
+  if (on_dead_mount(file)) return SQLITE_IOERR_READ;
   return real_of(file)->pMethods->xRead(real_of(file), buf, amount, offset);
 }
 
 int shim_write(sqlite3_file* file, const void* buf, int amount, sqlite3_int64 offset) {
   shim_file* f = as_shim(file);
+  if (on_dead_mount(file)) return SQLITE_IOERR_WRITE;
   if (f->in_mount && f->kind == file_kind::wal) {
     // LiteFS answers EACCES to any write on a replica; in WAL mode SQLite reports
     // that as SQLITE_IOERR_WRITE.
@@ -174,21 +187,26 @@ int shim_write(sqlite3_file* file, const void* buf, int amount, sqlite3_int64 of
 }
 
 int shim_truncate(sqlite3_file* file, sqlite3_int64 size) {
+  if (on_dead_mount(file)) return SQLITE_IOERR_TRUNCATE;
   return real_of(file)->pMethods->xTruncate(real_of(file), size);
 }
 int shim_sync(sqlite3_file* file, int flags) {
+  if (on_dead_mount(file)) return SQLITE_IOERR_FSYNC;
   return real_of(file)->pMethods->xSync(real_of(file), flags);
 }
 int shim_file_size(sqlite3_file* file, sqlite3_int64* size) {
+  if (on_dead_mount(file)) return SQLITE_IOERR_FSTAT;
   return real_of(file)->pMethods->xFileSize(real_of(file), size);
 }
 int shim_lock(sqlite3_file* file, int level) {
+  if (on_dead_mount(file)) return SQLITE_IOERR_LOCK;
   return real_of(file)->pMethods->xLock(real_of(file), level);
 }
 int shim_unlock(sqlite3_file* file, int level) {
   return real_of(file)->pMethods->xUnlock(real_of(file), level);
 }
 int shim_check_reserved_lock(sqlite3_file* file, int* out) {
+  if (on_dead_mount(file)) return SQLITE_IOERR_CHECKRESERVEDLOCK;
   return real_of(file)->pMethods->xCheckReservedLock(real_of(file), out);
 }
 int shim_file_control(sqlite3_file* file, int op, void* arg) {
@@ -201,6 +219,7 @@ int shim_device_characteristics(sqlite3_file* file) {
   return real_of(file)->pMethods->xDeviceCharacteristics(real_of(file));
 }
 int shim_shm_map(sqlite3_file* file, int region, int size, int extend, void volatile** out) {
+  if (on_dead_mount(file)) return SQLITE_IOERR_SHMMAP;
   return real_of(file)->pMethods->xShmMap(real_of(file), region, size, extend, out);
 }
 
@@ -208,6 +227,7 @@ int shim_shm_lock(sqlite3_file* file, int offset, int n, int flags) {
   shim_file* f = as_shim(file);
   // Slot 0 of the shm locks is SQLite's WAL write lock.
   const bool write_lock = offset <= 0 && 0 < offset + n && (flags & SQLITE_SHM_EXCLUSIVE);
+  if (!(flags & SQLITE_SHM_UNLOCK) && on_dead_mount(file)) return SQLITE_IOERR_SHMLOCK;
   if (!f->in_mount || f->kind != file_kind::main_db || !write_lock) {
     return f->real->pMethods->xShmLock(f->real, offset, n, flags);
   }
@@ -318,6 +338,9 @@ int shim_open(sqlite3_vfs*, const char* name, sqlite3_file* file, int flags,
     return rc;
   }
   f->base.pMethods = &shim_io_methods;
+  if (f->in_mount) {
+    f->storage_fd = ::open(f->mount_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  }
   if (creates_journal) {
     std::lock_guard lock(trackers_mutex);
     commit_tracker& t = trackers()[f->db_path];
