@@ -10,12 +10,25 @@
 //   forwarded_ryw  the same with read-your-writes on: the call completes once the
 //                  replica's copy holds the write
 //
-// and, for scale, `replicated`: a direct insert followed by polling the replica's
-// `<db>-pos` (every 0.1 ms) until it reaches the primary's TXID: what LiteFS's own
-// replication takes, the floor under forwarded_ryw.
+// and, to tell where the time goes, without fwd on the main thread:
+//
+//   replicated     a direct insert, then the replica's `<db>-pos` polled (every 0.1 ms)
+//                  until it reaches the primary's TXID: LiteFS's own replication, the
+//                  floor under forwarded_ryw
+//   direct_dedup   a direct insert with the SQL fwd's writer adds to each write: a
+//                  SAVEPOINT, the request id looked up and recorded in its dedup table
+//   direct_writer  direct_dedup plus the writer's mount checks: before the transaction a
+//                  forced getattr of the database, after COMMIT `<db>-pos` read (the TXID);
+//                  what `local` does minus the thread hand-offs
+//   direct_alone   `direct` before the fwd nodes start (measured first, not interleaved):
+//                  what the nodes running beside the database cost a writer that does not
+//                  use them
 //
 //   bench_litefs [rounds] [block] [warm-up]
 //   bench_litefs check      prints why real LiteFS cannot run here (nothing when it can)
+//
+// FWD_BENCH_LITEFS_ONLY=<system> runs that system alone (warm-up and rounds), for a
+// profiler or strace attached to the process.
 //
 // Both fwd::node instances run in this process (one io_context thread each; the replica
 // reaches the primary over TCP on 127.0.0.1), each following its LiteFS's /events stream
@@ -28,6 +41,7 @@
 //
 // Without LiteFS (no binary, no FUSE, not root) it prints why on stderr and exits 0 with
 // no figures.
+#include <pthread.h>
 #include <sqlite3.h>
 #include <time.h>
 
@@ -39,6 +53,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <future>
+#include <fwd/litefs/detail/io.hpp>
 #include <fwd/litefs/mount.hpp>
 #include <fwd/node.hpp>
 #include <fwd/sqlite/connection.hpp>
@@ -98,8 +113,9 @@ std::string next_key() {
   return k;
 }
 
-/// One io_context with one thread, kept alive until destroyed.
+/// One io_context with one thread (named, for profilers), kept alive until destroyed.
 struct io_thread {
+  explicit io_thread(const char* name) { ::pthread_setname_np(thread.native_handle(), name); }
   boost::asio::io_context io;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work{io.get_executor()};
   std::thread thread{[this] { io.run(); }};
@@ -110,17 +126,39 @@ struct io_thread {
   }
 };
 
-enum system_id { direct, local, forwarded, forwarded_ryw, replicated, system_count };
-const std::array<const char*, system_count> system_names{"direct", "local", "forwarded",
-                                                         "forwarded_ryw", "replicated"};
+enum system_id {
+  direct,
+  local,
+  forwarded,
+  forwarded_ryw,
+  replicated,
+  direct_dedup,
+  direct_writer,
+  direct_alone,
+  system_count
+};
+const std::array<const char*, system_count> system_names{
+    "direct",       "local",         "forwarded",   "forwarded_ryw",
+    "replicated",   "direct_dedup",  "direct_writer", "direct_alone"};
 
 class bench {
  public:
-  bench(fwd_test::litefs_cluster& fs, fwd::node& primary, fwd::node& replica)
-      : fs_(fs), primary_(primary), replica_(replica) {
+  explicit bench(fwd_test::litefs_cluster& fs) : fs_(fs) {
     direct_ = fwd::sqlite::connection((fs.mount(0) / db_name).string(),
                                       fwd::sqlite::default_open_flags, std::chrono::seconds(5));
     direct_.exec("PRAGMA synchronous=" + synchronous_setting());
+    // The dedup table as fwd's writer creates it (the first fwd write creates it too).
+    const std::string table = fwd::sqlite::dedup_table_name;
+    direct_.exec("CREATE TABLE IF NOT EXISTS " + table +
+                 "(id BLOB PRIMARY KEY, result BLOB NOT NULL, created_at INTEGER NOT NULL) "
+                 "WITHOUT ROWID");
+    lookup_ = direct_.prepare("SELECT result FROM " + table + " WHERE id = ?1");
+    record_ = direct_.prepare("INSERT INTO " + table + "(id, result, created_at) VALUES (?1, ?2, ?3)");
+  }
+
+  void attach(fwd::node& primary, fwd::node& replica) {
+    primary_ = &primary;
+    replica_ = &replica;
   }
 
   /// Runs `n` inserts of system `s`; their latencies go to `out` when given.
@@ -128,20 +166,23 @@ class bench {
     switch (s) {
       case direct:
       case replicated:
+      case direct_dedup:
+      case direct_writer:
+      case direct_alone:
         for (int i = 0; i < n; ++i) {
           const auto t0 = clock::now();
-          direct_insert();
+          direct_insert(s);
           if (s == replicated) wait_replica();
           const auto t1 = clock::now();
           if (out) out->push_back(elapsed_ns(t0, t1));
         }
         return;
       case local:
-        return chain(primary_, false, true, n, out);
+        return chain(*primary_, false, true, n, out);
       case forwarded:
-        return chain(replica_, false, false, n, out);
+        return chain(*replica_, false, false, n, out);
       case forwarded_ryw:
-        return chain(replica_, true, false, n, out);
+        return chain(*replica_, true, false, n, out);
       default:
         return;
     }
@@ -153,19 +194,43 @@ class bench {
   }
 
  private:
-  void direct_insert() {
+  void direct_insert(system_id s) {
+    const bool dedup = s == direct_dedup || s == direct_writer;
+    const std::string db = (fs_.mount(0) / db_name).string();
+    if (s == direct_writer) {
+      struct stat st {};
+      if (fwd::litefs::detail::stat_uncached(db, st) != 0) die("cannot stat " + db);
+    }
     boost::system::error_code ec;
     std::string message;
     direct_.exec("BEGIN IMMEDIATE", ec, &message);
     if (ec) die("direct BEGIN IMMEDIATE: " + message);
     try {
-      insert(direct_.native_handle(), next_key(), ++value_);
+      if (dedup) {
+        direct_.exec("SAVEPOINT fwd_write");
+        const fwd::request_id id = fwd::make_request_id();
+        lookup_.reset().bind(1, fwd::sqlite::blob_view(id));
+        if (lookup_.step()) die("a fresh request id is already recorded");
+        lookup_.reset();
+        const std::int64_t row = insert(direct_.native_handle(), next_key(), ++value_);
+        const std::string result = fwd::detail::encode_result<std::int64_t>(row);
+        record_.reset()
+            .bind(1, fwd::sqlite::blob_view(id))
+            .bind(2, fwd::sqlite::blob_view(result.data(), result.size()))
+            .bind(3, std::int64_t{1})
+            .execute();
+        direct_.exec("RELEASE fwd_write");
+      } else {
+        insert(direct_.native_handle(), next_key(), ++value_);
+      }
     } catch (const std::exception& e) {
       direct_.exec("ROLLBACK", ec);
       die(std::string("direct INSERT: ") + e.what());
     }
     direct_.exec("COMMIT", ec, &message);
     if (ec) die("direct COMMIT: " + message);
+    if (s == direct_writer && fwd::litefs::read_position(fs_.mount(0), db_name).txid == 0)
+      die("no TXID in the primary's " + std::string(db_name) + "-pos");
   }
 
   // Polls the replica's `<db>-pos` until it reaches the primary's.
@@ -230,9 +295,10 @@ class bench {
   }
 
   fwd_test::litefs_cluster& fs_;
-  fwd::node& primary_;
-  fwd::node& replica_;
+  fwd::node* primary_ = nullptr;
+  fwd::node* replica_ = nullptr;
   fwd::sqlite::connection direct_;
+  fwd::sqlite::statement lookup_, record_;
   std::int64_t value_ = 0;
 };
 
@@ -258,18 +324,29 @@ fwd::node_options node_options(fwd_test::litefs_cluster& fs, std::size_t i,
 void report(const std::vector<std::vector<std::int64_t>>& samples) {
   std::array<latency_summary, system_count> s;
   for (int i = 0; i < system_count; ++i) {
+    if (samples[i].empty()) continue;
     s[i] = summarise(samples[i]);
     emit(std::string("litefs.p50_us.") + system_names[i], s[i].p50_us);
     emit(std::string("litefs.p99_us.") + system_names[i], s[i].p99_us);
   }
-  for (int i : {local, forwarded, forwarded_ryw, replicated}) {
+  for (int i : {local, forwarded, forwarded_ryw, replicated, direct_dedup, direct_writer,
+                direct_alone}) {
+    if (samples[i].empty() || samples[direct].empty()) continue;
     emit(std::string("litefs.p50_ratio.") + system_names[i] + "_over_direct",
          s[i].p50_us / s[direct].p50_us, 2);
     emit(std::string("litefs.p99_ratio.") + system_names[i] + "_over_direct",
          s[i].p99_us / s[direct].p99_us, 2);
   }
-  emit("litefs.p50_ratio.forwarded_ryw_over_replicated", s[forwarded_ryw].p50_us / s[replicated].p50_us, 2);
-  emit("litefs.samples", static_cast<double>(s[direct].samples), 0);
+  if (!samples[forwarded_ryw].empty() && !samples[replicated].empty())
+    emit("litefs.p50_ratio.forwarded_ryw_over_replicated",
+         s[forwarded_ryw].p50_us / s[replicated].p50_us, 2);
+  if (!samples[local].empty() && !samples[direct_writer].empty())
+    emit("litefs.p50_ratio.local_over_direct_writer", s[local].p50_us / s[direct_writer].p50_us, 2);
+  if (!samples[local].empty() && !samples[direct_alone].empty())
+    emit("litefs.p50_ratio.local_over_direct_alone", s[local].p50_us / s[direct_alone].p50_us, 2);
+  if (!samples[direct].empty() && !samples[direct_alone].empty())
+    emit("litefs.p50_ratio.direct_over_direct_alone", s[direct].p50_us / s[direct_alone].p50_us, 2);
+  emit("litefs.samples", static_cast<double>(samples[direct].size()), 0);
 }
 
 }  // namespace
@@ -299,13 +376,26 @@ int main(int argc, char** argv) {
     }
     if (!fs.wait_caught_up(0, db_name, 10s)) die("the replica did not receive the database");
 
+    const char* only = std::getenv("FWD_BENCH_LITEFS_ONLY");
+    const bool all = only == nullptr || *only == '\0';
+    bench b(fs);
+    std::vector<std::vector<std::int64_t>> samples(system_count);
+    if (all || std::string(only) == "direct_alone") {
+      note("bench litefs: %s", "direct inserts before the fwd nodes start");
+      b.run(direct_alone, warm_up, nullptr);
+      for (int r = 0; r < rounds; ++r) {
+        b.settle();
+        b.run(direct_alone, block, &samples[direct_alone]);
+      }
+    }
+
     std::vector<std::unique_ptr<demo::reserved_port>> reserved;
     std::vector<std::uint16_t> ports;
     for (int i = 0; i < 2; ++i) {
       reserved.push_back(std::make_unique<demo::reserved_port>());
       ports.push_back(reserved.back()->port());
     }
-    io_thread io_primary, io_replica;
+    io_thread io_primary("io-primary"), io_replica("io-replica");
     fwd::node primary(io_primary.io.get_executor(), node_options(fs, 0, ports));
     fwd::node replica(io_replica.io.get_executor(), node_options(fs, 1, ports));
     for (fwd::node* n : {&primary, &replica}) n->define(insert_row, insert);
@@ -317,18 +407,25 @@ int main(int argc, char** argv) {
       die("the nodes did not see their LiteFS roles within 10 s");
     }
 
-    bench b(fs, primary, replica);
-    const std::array<system_id, system_count> order{direct, local, forwarded, forwarded_ryw,
-                                                    replicated};
+    b.attach(primary, replica);
+    std::vector<system_id> order{direct,    local,        forwarded,    forwarded_ryw,
+                                 replicated, direct_dedup, direct_writer};
+    if (!all) {
+      order.clear();
+      for (int i = 0; i < system_count; ++i)
+        if (std::string(only) == system_names[i] && i != direct_alone)
+          order.push_back(static_cast<system_id>(i));
+      if (order.empty() && std::string(only) != "direct_alone")
+        die(std::string("FWD_BENCH_LITEFS_ONLY: no system ") + only);
+    }
     note("bench litefs: warm-up, %s", std::to_string(warm_up) + " inserts per system");
     for (system_id s : order) {
       b.settle();
       b.run(s, warm_up, nullptr);
     }
-    std::vector<std::vector<std::int64_t>> samples(system_count);
-    for (int r = 0; r < rounds; ++r) {
-      for (int j = 0; j < system_count; ++j) {
-        const system_id s = order[static_cast<std::size_t>((r + j) % system_count)];
+    for (int r = 0; r < rounds && !order.empty(); ++r) {
+      for (std::size_t j = 0; j < order.size(); ++j) {
+        const system_id s = order[(static_cast<std::size_t>(r) + j) % order.size()];
         b.settle();
         b.run(s, block, &samples[s]);
       }
