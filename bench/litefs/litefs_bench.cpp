@@ -27,8 +27,8 @@
 //   bench_litefs [rounds] [block] [warm-up]
 //   bench_litefs check      prints why real LiteFS cannot run here (nothing when it can)
 //
-// FWD_BENCH_LITEFS_ONLY=<system> runs that system alone (warm-up and rounds), for a
-// profiler or strace attached to the process.
+// FWD_BENCH_LITEFS_ONLY=<system>[,<system>...] runs those systems alone (warm-up and
+// rounds), for a profiler or strace attached to the process.
 //
 // Both fwd::node instances run in this process (one io_context thread each; the replica
 // reaches the primary over TCP on 127.0.0.1), each following its LiteFS's /events stream
@@ -378,9 +378,13 @@ int main(int argc, char** argv) {
 
     const char* only = std::getenv("FWD_BENCH_LITEFS_ONLY");
     const bool all = only == nullptr || *only == '\0';
+    const std::string only_list = all ? std::string() : "," + std::string(only) + ",";
+    auto chosen = [&](int i) {
+      return all || only_list.find("," + std::string(system_names[i]) + ",") != std::string::npos;
+    };
     bench b(fs);
     std::vector<std::vector<std::int64_t>> samples(system_count);
-    if (all || std::string(only) == "direct_alone") {
+    if (chosen(direct_alone)) {
       note("bench litefs: %s", "direct inserts before the fwd nodes start");
       b.run(direct_alone, warm_up, nullptr);
       for (int r = 0; r < rounds; ++r) {
@@ -413,10 +417,9 @@ int main(int argc, char** argv) {
     if (!all) {
       order.clear();
       for (int i = 0; i < system_count; ++i)
-        if (std::string(only) == system_names[i] && i != direct_alone)
-          order.push_back(static_cast<system_id>(i));
-      if (order.empty() && std::string(only) != "direct_alone")
-        die(std::string("FWD_BENCH_LITEFS_ONLY: no system ") + only);
+        if (chosen(i) && i != direct_alone) order.push_back(static_cast<system_id>(i));
+      if (order.empty() && !chosen(direct_alone))
+        die(std::string("FWD_BENCH_LITEFS_ONLY: no system in ") + only);
     }
     note("bench litefs: warm-up, %s", std::to_string(warm_up) + " inserts per system");
     for (system_id s : order) {
