@@ -27,6 +27,8 @@
 //   bench_litefs [rounds] [block] [warm-up]
 //   bench_litefs check      prints why real LiteFS cannot run here (nothing when it can)
 //
+// FWD_BENCH_LITEFS_WRITER=io runs the nodes' writers on their io threads
+// (write_options::work_executor) instead of their own threads.
 // FWD_BENCH_LITEFS_ONLY=<system>[,<system>...] runs those systems alone (warm-up and
 // rounds), for a profiler or strace attached to the process.
 //
@@ -303,7 +305,8 @@ class bench {
 };
 
 fwd::node_options node_options(fwd_test::litefs_cluster& fs, std::size_t i,
-                               const std::vector<std::uint16_t>& ports) {
+                               const std::vector<std::uint16_t>& ports,
+                               boost::asio::any_io_executor io) {
   const auto loopback = boost::asio::ip::make_address("127.0.0.1");
   std::vector<boost::asio::ip::tcp::endpoint> members;
   for (auto p : ports) members.emplace_back(loopback, p);
@@ -315,6 +318,10 @@ fwd::node_options node_options(fwd_test::litefs_cluster& fs, std::size_t i,
   o.litefs_hostname = fs.hostname(i);
   o.name = fs.hostname(i);
   if (follow_events()) o.litefs_http = boost::asio::ip::tcp::endpoint(loopback, fs.http_port(i));
+  // FWD_BENCH_LITEFS_WRITER=io: the writer runs its batches on the node's io thread
+  // (write_options::work_executor) instead of its own thread: no hand-off between threads.
+  if (const char* w = std::getenv("FWD_BENCH_LITEFS_WRITER"); w && std::string(w) == "io")
+    o.write.work_executor = io;
   o.write.on_open = [sync = synchronous_setting()](fwd::sqlite::connection& c) {
     c.exec("PRAGMA synchronous=" + sync);
   };
@@ -400,8 +407,8 @@ int main(int argc, char** argv) {
       ports.push_back(reserved.back()->port());
     }
     io_thread io_primary("io-primary"), io_replica("io-replica");
-    fwd::node primary(io_primary.io.get_executor(), node_options(fs, 0, ports));
-    fwd::node replica(io_replica.io.get_executor(), node_options(fs, 1, ports));
+    fwd::node primary(io_primary.io.get_executor(), node_options(fs, 0, ports, io_primary.io.get_executor()));
+    fwd::node replica(io_replica.io.get_executor(), node_options(fs, 1, ports, io_replica.io.get_executor()));
     for (fwd::node* n : {&primary, &replica}) n->define(insert_row, insert);
     primary.start();
     replica.start();
