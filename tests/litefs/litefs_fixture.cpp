@@ -14,6 +14,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <regex>
@@ -137,10 +138,41 @@ struct litefs_cluster::node {
   pid_t pid = -1;
 };
 
+namespace {
+
+constexpr const char* cluster_dir_prefix = "fwd-litefs-";
+
+// A process killed outright (SIGKILL, a crash) cannot unmount: its LiteFS dies with it
+// (PR_SET_PDEATHSIG) and leaves dead FUSE mounts behind. Each cluster directory names
+// its owner; a new cluster unmounts and removes those whose owner is gone.
+void sweep_abandoned_clusters() {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/tmp", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(cluster_dir_prefix, 0) != 0) continue;
+    std::ifstream owner_file(entry.path() / "owner");
+    long owner = 0;
+    if (!(owner_file >> owner) || owner <= 0) continue;
+    if (::kill(static_cast<pid_t>(owner), 0) == 0 || errno != ESRCH) continue;
+    bool mounted = false;
+    for (const auto& node : fs::directory_iterator(entry.path(), ec)) {
+      const fs::path mnt = node.path() / "mnt";
+      for (int attempt = 0; attempt < 8 && mounted_at(mnt); ++attempt)
+        run_program({"fusermount3", "-uz", mnt.string()});
+      mounted = mounted || mounted_at(mnt);
+    }
+    if (!mounted) fs::remove_all(entry.path(), ec);
+  }
+}
+
+}  // namespace
+
 litefs_cluster::litefs_cluster(litefs_cluster_options options) : options_(std::move(options)) {
-  char tmpl[] = "/tmp/fwd-litefs-XXXXXX";
-  if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
+  sweep_abandoned_clusters();
+  std::string tmpl = std::string("/tmp/") + cluster_dir_prefix + "XXXXXX";
+  if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
   root_ = tmpl;
+  std::ofstream(root_ / "owner") << ::getpid() << "\n";
   if (options_.lease == lease_kind::consul) consul_ = std::make_unique<consul_standin>();
   for (std::size_t i = 0; i < options_.nodes; ++i) {
     auto n = std::make_unique<node>();
