@@ -37,14 +37,13 @@
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <fwd/litefs/detail/monitor_poller.hpp>
 #include <fwd/litefs/monitor_options.hpp>
 #include <fwd/litefs/types.hpp>
 #include <list>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -83,14 +82,10 @@ class monitor : public std::enable_shared_from_this<monitor> {
   void stop();
 
   /// The current state: an atomic load, no syscall. Never null.
-  std::shared_ptr<const node_state> state() const noexcept {
-    return state_.load(std::memory_order_acquire);
-  }
+  std::shared_ptr<const node_state> state() const noexcept { return poller_->state(); }
 
   /// The current role: an atomic load, no syscall.
-  role_kind current_role_kind() const noexcept {
-    return role_kind_.load(std::memory_order_acquire);
-  }
+  role_kind current_role_kind() const noexcept { return poller_->current_role_kind(); }
 
   /**
    * Waits until the monitored database's position reaches `txid` (or the deadline).
@@ -114,12 +109,12 @@ class monitor : public std::enable_shared_from_this<monitor> {
   }
 
   /// Position waiters registered now (for telemetry and tests).
-  std::size_t waiters() const noexcept { return waiter_count_.load(std::memory_order_acquire); }
+  std::size_t waiters() const noexcept { return poller_->waiters.load(std::memory_order_acquire); }
 
   /// Asks the polling thread to re-read the mount now; returns at once (any thread).
   void poll_now();
 
-  const monitor_options& options() const noexcept { return options_; }
+  const monitor_options& options() const noexcept { return poller_->options(); }
 
   /**
    * For a writer, right before it touches the database `db` (a path in the mount): the
@@ -133,7 +128,7 @@ class monitor : public std::enable_shared_from_this<monitor> {
 
   /// The `/events` stream's status (for telemetry and tests).
   event_stream_status events() const noexcept {
-    return {events_connected_.load(), events_seen_.load(), events_connects_.load()};
+    return {poller_->events_connected.load(), events_seen_.load(), events_connects_.load()};
   }
 
  private:
@@ -145,21 +140,13 @@ class monitor : public std::enable_shared_from_this<monitor> {
     clock::time_point deadline;
     wait_handler handler;
   };
-  // Tells stop() when the polling thread has returned (it may outlive the monitor).
-  struct thread_exit {
-    std::mutex mutex;
-    std::condition_variable done_cv;
-    bool done = false;
-  };
 
   monitor(boost::asio::any_io_executor ex, monitor_options options);
 
-  // The polling thread (impl/monitor.hpp).
-  static void run_polling_thread(const std::weak_ptr<monitor>& weak);
-  bool wait_until_poll_due();
-  void poll_and_publish();
-  std::shared_ptr<const node_state> poll_once() noexcept;
-  void request_poll();
+  // The polling thread (impl/monitor.hpp). It shares the poller, and reaches the monitor
+  // only through a weak pointer to post what changed.
+  static void run_polling_thread(const std::shared_ptr<detail::monitor_poller>& poller,
+                                 const std::weak_ptr<monitor>& weak);
   void join_polling_thread();
 
   // Waiters, on the strand (impl/monitor.hpp).
@@ -183,23 +170,13 @@ class monitor : public std::enable_shared_from_this<monitor> {
 
   boost::asio::any_io_executor executor_;
   boost::asio::strand<boost::asio::any_io_executor> strand_;
-  monitor_options options_;
-  std::atomic<std::shared_ptr<const node_state>> state_;
-  std::atomic<role_kind> role_kind_{role_kind::unknown};
-  std::atomic<bool> started_{false};
-
-  // The polling thread and what wakes it.
+  std::shared_ptr<detail::monitor_poller> poller_;  // options, state, what wakes the thread
   std::thread thread_;
-  std::shared_ptr<thread_exit> thread_exit_ = std::make_shared<thread_exit>();
-  std::mutex poll_mutex_;
-  std::condition_variable poll_wake_;
-  bool poll_requested_ = false;  // guarded by poll_mutex_
-  bool poll_stopping_ = false;   // guarded by poll_mutex_
+  std::atomic<bool> started_{false};
 
   // On the strand.
   bool stopped_ = true;
   std::list<waiter> waiters_;
-  std::atomic<std::size_t> waiter_count_{0};
   std::atomic<std::uint64_t> next_id_{1};
   boost::asio::steady_timer deadline_timer_;
   std::optional<clock::time_point> armed_for_;
@@ -213,7 +190,6 @@ class monitor : public std::enable_shared_from_this<monitor> {
   boost::beast::flat_buffer events_buffer_;
   std::array<char, 4096> events_chunk_{};
   std::string events_line_;
-  std::atomic<bool> events_connected_{false};
   std::atomic<std::uint64_t> events_seen_{0};
   std::atomic<std::uint64_t> events_connects_{0};
 };

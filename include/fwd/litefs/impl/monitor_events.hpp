@@ -17,7 +17,7 @@ inline void monitor::connect_events() {
   boost::system::error_code ignored;
   events_socket_.close(ignored);
   events_socket_ = boost::asio::ip::tcp::socket(strand_);
-  events_socket_.async_connect(*options_.http, [self = shared_from_this()](boost::system::error_code ec) {
+  events_socket_.async_connect(*poller_->options().http, [self = shared_from_this()](boost::system::error_code ec) {
     if (ec) return self->events_broke();
     self->events_request_.method(boost::beast::http::verb::get);
     self->events_request_.target("/events");
@@ -42,10 +42,10 @@ inline void monitor::read_events_header() {
         if (ec || self->events_parser_->get().result() != boost::beast::http::status::ok) {
           return self->events_broke();
         }
-        self->events_connected_.store(true);
+        self->poller_->events_connected.store(true);
         self->events_connects_.fetch_add(1);
         // A (re)connected stream may have missed changes: read the mount now.
-        self->request_poll();
+        self->poller_->request();
         self->read_events_body();
       });
 }
@@ -77,15 +77,15 @@ inline void monitor::on_event_bytes(std::string_view bytes) {
   }
   if (!any) return;
   events_seen_.fetch_add(1);
-  request_poll();
+  poller_->request();
 }
 
 inline void monitor::events_broke() {
-  events_connected_.store(false);
+  poller_->events_connected.store(false);
   boost::system::error_code ignored;
   events_socket_.close(ignored);
   if (stopped_) return;
-  events_timer_.expires_after(options_.events_reconnect);
+  events_timer_.expires_after(poller_->options().events_reconnect);
   events_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
     if (!ec) self->connect_events();
   });
