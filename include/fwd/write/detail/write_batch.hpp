@@ -91,6 +91,7 @@ inline std::optional<write_outcome> write_executor_state::ensure_connection() {
   try {
     connection_ = connection(path_, options_.open_flags, options_.busy_timeout);
     if (options_.on_open) options_.on_open(connection_);
+    note_journal_mode();
     return std::nullopt;
   } catch (const std::exception& e) {
     // Also an on_open that throws: never run a batch on a half-prepared connection.
@@ -118,6 +119,19 @@ inline void write_executor_state::end_failed_batch() noexcept {
     connection_.exec("ROLLBACK", ec);
     if (ec) drop_connection();
   }
+}
+
+// Whether the database is in WAL mode (after on_open, which may have set it): what a
+// failed COMMIT's lock error means depends on it.
+inline void write_executor_state::note_journal_mode() noexcept {
+  sqlite3_stmt* stmt = nullptr;
+  wal_mode_ = false;
+  if (sqlite3_prepare_v2(connection_.native_handle(), "PRAGMA journal_mode", -1, &stmt, nullptr) == SQLITE_OK &&
+      sqlite3_step(stmt) == SQLITE_ROW) {
+    const auto* mode = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
+    wal_mode_ = mode != nullptr && std::string_view(mode) == "wal";
+  }
+  sqlite3_finalize(stmt);
 }
 
 inline bool write_executor_state::mount_changed() noexcept {
@@ -176,7 +190,7 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
   if (ec) {
     const int err = system_errno();
     if (kind_of_failure(ec, err) == failure_kind::mount_lost) drop_pending_ = true;
-    return fail_all(commit_failure(ec, message, err, !connection_.autocommit()));
+    return fail_all(commit_failure(ec, message, err, !connection_.autocommit(), !wal_mode_));
   }
   schema_ready_ = true;
   ++commits_since_prune_;

@@ -26,6 +26,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -43,6 +44,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
         connection_(path, options_.open_flags, options_.busy_timeout) {
     if (options_.max_batch == 0) options_.max_batch = 1;
     if (options_.on_open) options_.on_open(connection_);
+    note_journal_mode();
     last_prune_ = std::chrono::steady_clock::now();
   }
 
@@ -186,6 +188,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   void run_batch(const std::vector<std::shared_ptr<write_job>>& batch);
   void end_failed_batch() noexcept;
   bool mount_changed() noexcept;
+  void note_journal_mode() noexcept;
   int system_errno() const noexcept;
   write_outcome statement_failure(const boost::system::error_code& ec, const std::string& message);
   std::optional<write_outcome> run_write(write_job& job, std::int64_t now_ms, write_outcome& outcome);
@@ -214,6 +217,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   // Used only by the batch that is running.
   bool schema_ready_ = false;
   bool drop_pending_ = false;  // the mount went away: close without ROLLBACK, reopen
+  bool wal_mode_ = false;      // the connection's journal mode is WAL
   statement lookup_;
   statement insert_;
   statement prune_;

@@ -73,15 +73,19 @@ inline write_outcome write_failure(const boost::system::error_code& ec, const st
 
 /// COMMIT failed with `ec`. `still_open`: SQLite kept the transaction open (then nothing
 /// was committed: e.g. SQLITE_BUSY before the commit could take its lock).
+/// `rollback_journal`: the database is in a rollback-journal mode (not WAL).
 inline write_outcome commit_failure(const boost::system::error_code& ec, const std::string& message,
-                                    int system_errno, bool still_open) {
+                                    int system_errno, bool still_open, bool rollback_journal) {
   const int primary = ec.category() == sqlite_category() ? (ec.value() & 0xff) : 0;
   const failure_kind kind = kind_of_failure(ec, system_errno);
   // Proofs that nothing was committed: SQLite kept the transaction, could not take a
-  // lock, turned COMMIT into a rollback itself (commit hook, deferred foreign key), or
-  // LiteFS refused the write (it refuses every write on a replica).
+  // lock (in rollback-journal mode COMMIT takes the EXCLUSIVE lock before it writes the
+  // database file; in WAL mode an error after the commit, from the automatic checkpoint,
+  // may carry the same code), turned COMMIT into a rollback itself (commit hook, deferred
+  // foreign key), or LiteFS refused the write (it refuses every write on a replica).
+  const bool lock_refused = ec.value() == SQLITE_IOERR_LOCK && rollback_journal;
   if (still_open || primary == SQLITE_BUSY || primary == SQLITE_LOCKED || primary == SQLITE_CONSTRAINT ||
-      kind == failure_kind::replica_refusal) {
+      lock_refused || kind == failure_kind::replica_refusal) {
     write_outcome failure = write_failure(ec, message, system_errno);
     if (failure.ec == ec) failure.result = fmt::format("COMMIT failed: {}; nothing was committed", message);
     return failure;
