@@ -9891,15 +9891,19 @@ inline write_outcome write_failure(const boost::system::error_code& ec, const st
 
 /// COMMIT failed with `ec`. `still_open`: SQLite kept the transaction open (then nothing
 /// was committed: e.g. SQLITE_BUSY before the commit could take its lock).
+/// `rollback_journal`: the database is in a rollback-journal mode (not WAL).
 inline write_outcome commit_failure(const boost::system::error_code& ec, const std::string& message,
-                                    int system_errno, bool still_open) {
+                                    int system_errno, bool still_open, bool rollback_journal) {
   const int primary = ec.category() == sqlite_category() ? (ec.value() & 0xff) : 0;
   const failure_kind kind = kind_of_failure(ec, system_errno);
   // Proofs that nothing was committed: SQLite kept the transaction, could not take a
-  // lock, turned COMMIT into a rollback itself (commit hook, deferred foreign key), or
-  // LiteFS refused the write (it refuses every write on a replica).
+  // lock (in rollback-journal mode COMMIT takes the EXCLUSIVE lock before it writes the
+  // database file; in WAL mode an error after the commit, from the automatic checkpoint,
+  // may carry the same code), turned COMMIT into a rollback itself (commit hook, deferred
+  // foreign key), or LiteFS refused the write (it refuses every write on a replica).
+  const bool lock_refused = ec.value() == SQLITE_IOERR_LOCK && rollback_journal;
   if (still_open || primary == SQLITE_BUSY || primary == SQLITE_LOCKED || primary == SQLITE_CONSTRAINT ||
-      kind == failure_kind::replica_refusal) {
+      lock_refused || kind == failure_kind::replica_refusal) {
     write_outcome failure = write_failure(ec, message, system_errno);
     if (failure.ec == ec) failure.result = fmt::format("COMMIT failed: {}; nothing was committed", message);
     return failure;
@@ -9920,6 +9924,7 @@ inline write_outcome commit_failure(const boost::system::error_code& ec, const s
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -9937,6 +9942,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
         connection_(path, options_.open_flags, options_.busy_timeout) {
     if (options_.max_batch == 0) options_.max_batch = 1;
     if (options_.on_open) options_.on_open(connection_);
+    note_journal_mode();
     last_prune_ = std::chrono::steady_clock::now();
   }
 
@@ -10080,6 +10086,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   void run_batch(const std::vector<std::shared_ptr<write_job>>& batch);
   void end_failed_batch() noexcept;
   bool mount_changed() noexcept;
+  void note_journal_mode() noexcept;
   int system_errno() const noexcept;
   write_outcome statement_failure(const boost::system::error_code& ec, const std::string& message);
   std::optional<write_outcome> run_write(write_job& job, std::int64_t now_ms, write_outcome& outcome);
@@ -10108,6 +10115,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   // Used only by the batch that is running.
   bool schema_ready_ = false;
   bool drop_pending_ = false;  // the mount went away: close without ROLLBACK, reopen
+  bool wal_mode_ = false;      // the connection's journal mode is WAL
   statement lookup_;
   statement insert_;
   statement prune_;
@@ -10211,6 +10219,7 @@ inline std::optional<write_outcome> write_executor_state::ensure_connection() {
   try {
     connection_ = connection(path_, options_.open_flags, options_.busy_timeout);
     if (options_.on_open) options_.on_open(connection_);
+    note_journal_mode();
     return std::nullopt;
   } catch (const std::exception& e) {
     // Also an on_open that throws: never run a batch on a half-prepared connection.
@@ -10238,6 +10247,19 @@ inline void write_executor_state::end_failed_batch() noexcept {
     connection_.exec("ROLLBACK", ec);
     if (ec) drop_connection();
   }
+}
+
+// Whether the database is in WAL mode (after on_open, which may have set it): what a
+// failed COMMIT's lock error means depends on it.
+inline void write_executor_state::note_journal_mode() noexcept {
+  sqlite3_stmt* stmt = nullptr;
+  wal_mode_ = false;
+  if (sqlite3_prepare_v2(connection_.native_handle(), "PRAGMA journal_mode", -1, &stmt, nullptr) == SQLITE_OK &&
+      sqlite3_step(stmt) == SQLITE_ROW) {
+    const auto* mode = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
+    wal_mode_ = mode != nullptr && std::string_view(mode) == "wal";
+  }
+  sqlite3_finalize(stmt);
 }
 
 inline bool write_executor_state::mount_changed() noexcept {
@@ -10296,7 +10318,7 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
   if (ec) {
     const int err = system_errno();
     if (kind_of_failure(ec, err) == failure_kind::mount_lost) drop_pending_ = true;
-    return fail_all(commit_failure(ec, message, err, !connection_.autocommit()));
+    return fail_all(commit_failure(ec, message, err, !connection_.autocommit(), !wal_mode_));
   }
   schema_ready_ = true;
   ++commits_since_prune_;
