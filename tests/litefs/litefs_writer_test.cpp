@@ -1,7 +1,9 @@
-// The primary's write executor on real LiteFS (static lease, rollback journal) when LiteFS
-// is killed in the middle of a batch: the batch fails with a retryable error (nothing was
-// committed), the connection on the dead mount is closed without ROLLBACK, and once LiteFS
-// is back the retries, with the same request ids, commit exactly once.
+// The primary's write executor on real LiteFS (static lease) when LiteFS is killed in the
+// middle of a batch: the batch fails with a retryable error (rollback journal: COMMIT
+// cannot take its lock, nothing was committed; WAL: COMMIT's write fails, which cannot
+// prove nothing committed: maybe executed), the connection on the dead mount is closed
+// without ROLLBACK, the process survives, and once LiteFS is back the retries, with the
+// same request ids, commit exactly once.
 
 #include <boost/asio/io_context.hpp>
 #include <catch2/catch.hpp>
@@ -45,17 +47,13 @@ outcome get(std::future<outcome>& f) {
   return f.get();
 }
 
-}  // namespace
-
-TEST_CASE("real LiteFS killed during a batch: the writes fail retryable, and their retries "
-          "commit exactly once after LiteFS restarts") {
-  REQUIRE_REAL_LITEFS();
+void kill_litefs_during_a_batch(const std::string& journal_mode, fwd::errc batch_error) {
   litefs_cluster c({.nodes = 1});
   c.start_all();
   const std::string db = (c.mount(0) / litefs_tests::db_name).string();
   {
     fwd::sqlite::connection setup(db);
-    setup.exec("PRAGMA journal_mode=DELETE");
+    setup.exec("PRAGMA journal_mode=" + journal_mode);
     setup.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, label TEXT NOT NULL)");
   }
 
@@ -96,9 +94,9 @@ TEST_CASE("real LiteFS killed during a batch: the writes fail retryable, and the
   const outcome b = get(queued);
   INFO(a.second);
   INFO(b.second);
-  CHECK(a.first == fwd::errc::not_primary);
-  CHECK(fwd::classify(a.first) == fwd::error_class::not_sent);
-  CHECK(b.first == fwd::errc::not_primary);
+  CHECK(a.first == batch_error);
+  CHECK(fwd::classify(a.first) != fwd::error_class::permanent);
+  CHECK(b.first == fwd::errc::not_primary);  // the next batch: nothing ran on the dead mount
   CHECK(fwd::classify(b.first) == fwd::error_class::not_sent);
 
   c.restart(0);
@@ -114,6 +112,8 @@ TEST_CASE("real LiteFS killed during a batch: the writes fail retryable, and the
   REQUIRE_FALSE(again.first);
   auto repeat = write(*writer, 2, insert("queued"));
   CHECK_FALSE(get(repeat).first);  // answered from the dedup table
+  auto held_again = write(*writer, 1, [](sqlite3*) { return std::string("held"); });
+  CHECK_FALSE(get(held_again).first);
   CHECK(opens >= 2);                // reopened on the new mount
 
   writer->stop();
@@ -121,4 +121,18 @@ TEST_CASE("real LiteFS killed during a batch: the writes fail retryable, and the
   work.reset();
   runner.join();
   CHECK(litefs_tests::sqlite_cli(db, "SELECT count(*) FROM items WHERE label = 'queued'") == "1");
+}
+
+}  // namespace
+
+TEST_CASE("real LiteFS killed during a batch (rollback journal): COMMIT cannot lock, nothing "
+          "committed, not sent; the retries commit exactly once after LiteFS restarts") {
+  REQUIRE_REAL_LITEFS();
+  kill_litefs_during_a_batch("DELETE", fwd::errc::not_primary);
+}
+
+TEST_CASE("real LiteFS killed during a batch (WAL): COMMIT's write fails, maybe executed; the "
+          "process survives and the retries commit exactly once after LiteFS restarts") {
+  REQUIRE_REAL_LITEFS();
+  kill_litefs_during_a_batch("WAL", fwd::errc::commit_unknown);
 }
