@@ -126,13 +126,13 @@ void kill_litefs_during_a_batch(const std::string& journal_mode, fwd::errc batch
 }  // namespace
 
 TEST_CASE("real LiteFS killed during a batch (rollback journal): COMMIT cannot lock, nothing "
-          "committed, not sent; the retries commit exactly once after LiteFS restarts") {
+          "committed, not sent, and the retries commit exactly once after LiteFS restarts") {
   REQUIRE_REAL_LITEFS();
   kill_litefs_during_a_batch("DELETE", fwd::errc::not_primary);
 }
 
-TEST_CASE("real LiteFS killed during a batch (WAL): COMMIT's write fails, maybe executed; the "
-          "process survives and the retries commit exactly once after LiteFS restarts") {
+TEST_CASE("real LiteFS killed during a batch (WAL): COMMIT's write fails, maybe executed, the "
+          "process survives, and the retries commit exactly once after LiteFS restarts") {
   REQUIRE_REAL_LITEFS();
   kill_litefs_during_a_batch("WAL", fwd::errc::commit_unknown);
 }
