@@ -36,6 +36,7 @@ enum class errc {
   misconfigured_mount,  ///< the database path is wrong for LiteFS (e.g. its data directory)
   bad_litefs_file,      ///< a LiteFS file (.primary, .lag, <db>-pos) has unexpected contents
   bad_argument,         ///< an argument given to fwd is invalid
+  commit_unknown,       ///< COMMIT failed after it may have reached the database
 };
 
 /// What a caller may do after a failure.

@@ -16,6 +16,7 @@
 #include <fwd/litefs/files.hpp>
 #include <fwd/litefs/mount.hpp>
 #include <fwd/litefs/path_check.hpp>
+#include <fwd/litefs/monitor_options.hpp>
 #include <fwd/litefs/monitor.hpp>
 #include <fwd/sqlite/statement.hpp>
 #include <fwd/sqlite/connection.hpp>

@@ -48,7 +48,8 @@ namespace fwd {
 /**
  * A node of a fwd cluster. Construct, define the write procedures, start(); then call
  * from any thread. Owns its server, client, membership, discovery and, once started, the
- * write executor (its one writer thread). Built-in procedures on every node:
+ * write executor (its one writer thread) and the LiteFS monitor (its one polling thread,
+ * the only other thread fwd starts; see litefs::monitor). Built-in procedures on every node:
  * fwd::execute_statement, fwd::execute_bulk, fwd::migrate_procedure.
  */
 class node {

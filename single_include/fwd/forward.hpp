@@ -74,6 +74,7 @@ enum class errc {
   misconfigured_mount,  ///< the database path is wrong for LiteFS (e.g. its data directory)
   bad_litefs_file,      ///< a LiteFS file (.primary, .lag, <db>-pos) has unexpected contents
   bad_argument,         ///< an argument given to fwd is invalid
+  commit_unknown,       ///< COMMIT failed after it may have reached the database
 };
 
 /// What a caller may do after a failure.
@@ -249,6 +250,10 @@ inline const char* errc_message(int value) noexcept {
              "LiteFS version and that the path is a LiteFS mount";
     case errc::bad_argument:
       return "an argument given to fwd is invalid: see the error's message";
+    case errc::commit_unknown:
+      return "COMMIT failed after it may have reached the database (e.g. LiteFS went away "
+             "during it): the write may have been applied; retry only with the same request "
+             "id, which the primary answers from its dedup table if the write did commit";
   }
   return "unknown fwd error";
 }
@@ -290,7 +295,8 @@ inline const char* sqlite_message(int extended) noexcept {
     case 9:
       return "SQLITE_INTERRUPT: interrupted";
     case 10:
-      return "SQLITE_IOERR: disk I/O error (on LiteFS in WAL mode: this node is a replica)";
+      return "SQLITE_IOERR: disk I/O error (on LiteFS: in WAL mode this node is a replica, or "
+             "the mount went away under the service)";
     case 11:
       return "SQLITE_CORRUPT: the database disk image is malformed";
     case 12:
@@ -359,6 +365,7 @@ FWD_DECL error_class classify(const boost::system::error_code& ec) noexcept {
       case errc::connection_lost:
       case errc::timeout:
       case errc::cancelled:
+      case errc::commit_unknown:
         return error_class::maybe_executed;
       default:
         return error_class::permanent;
@@ -3257,56 +3264,18 @@ FWD_DECL std::filesystem::path check_database_path(const std::filesystem::path& 
 #endif
 
 // ---- end fwd/litefs/path_check.hpp ----
-// ---- begin fwd/litefs/monitor.hpp ----
+// ---- begin fwd/litefs/monitor_options.hpp ----
 
-// litefs::monitor: the one place that knows this node's LiteFS state. One poll of the
-// mount serves everybody: writes read the role, and read-your-writes waiters the
-// position, from an immutable snapshot with an atomic load (no FUSE syscall per write or
-// per waiter). The poll runs every `poll_interval`, and every `wait_poll_interval` while
-// someone waits for a position; a waiter is woken when the position reaches its TXID.
-//
-// It also notices what LiteFS does under a running service:
-//   - a dead mount (LiteFS stopped: ECONNABORTED, then ENOTCONN on every access): the
-//     role is `unknown`, `mount_dead` is set, and `mount_generation` changes, so that
-//     whoever holds SQLite connections on the mount closes them before touching them;
-//   - a replaced mount (LiteFS restarted: a new FUSE mount on top of the dead one, a new
-//     device id): `mount_generation` changes again, and connections are reopened;
-//   - a role change at once, not after the kernel's attribute cache expires (the root's
-//     mode is re-read with AT_STATX_FORCE_SYNC by litefs::read_role).
-// It never throws into the executor; every change goes to `on_change`.
+// What litefs::monitor publishes (node_state), how it is set up (monitor_options), and
+// the status of LiteFS's `/events` stream it follows.
 
-#include <sys/stat.h>
-
-#include <array>
-#include <atomic>
-#include <boost/asio/any_completion_handler.hpp>
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/append.hpp>
-#include <boost/asio/associated_cancellation_slot.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/buffer_body.hpp>
-#include <boost/beast/http/empty_body.hpp>
-#include <boost/beast/http/parser.hpp>
-#include <boost/beast/http/read.hpp>
-#include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/write.hpp>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
-#include <list>
-#include <memory>
 #include <optional>
 #include <string>
-#include <string_view>
-#include <utility>
 
 namespace fwd::litefs {
 
@@ -3330,10 +3299,11 @@ struct monitor_options {
   std::string database;         ///< the database's file name in the mount, e.g. "app.db"
   std::chrono::milliseconds poll_interval{50};      ///< role and mount, when nobody waits
   std::chrono::milliseconds wait_poll_interval{1};  ///< while a position waiter waits
-  /// Called (on the monitor's strand) with each new state; must be quick. A hook that
-  /// throws is ignored.
+  /// Called (on the monitor's strand, never on its polling thread) with each new state;
+  /// must be quick. A hook that throws is ignored.
   std::function<void(const node_state&)> on_change;
-  /// Reads the role (default: litefs::current_role(mount)); a test may replace it.
+  /// Reads the role (default: litefs::current_role(mount)); a test may replace it. Runs
+  /// on the monitor's polling thread (and once in start()).
   std::function<role()> read_role;
   /// LiteFS's HTTP address (its `http.addr`, 127.0.0.1:20202 by default). When set, the
   /// monitor follows `GET /events`: every event (init, primaryChange, tx) re-reads the
@@ -3344,6 +3314,10 @@ struct monitor_options {
   std::chrono::milliseconds events_reconnect{500};
   /// While the event stream is up, a waiter's safety-net poll (tx events wake waiters).
   std::chrono::milliseconds wait_poll_interval_with_events{20};
+  /// How long stop() waits for the polling thread to leave a FUSE call that LiteFS does
+  /// not answer (a hung LiteFS). Past it the thread is left to finish that call on its
+  /// own (it touches nothing of the service's afterwards) and stop() returns.
+  std::chrono::milliseconds stop_timeout{1000};
 };
 
 /// How many events the monitor has received from LiteFS's `/events` stream, and whether
@@ -3354,6 +3328,252 @@ struct event_stream_status {
   std::uint64_t connects = 0;
 };
 
+}  // namespace fwd::litefs
+
+// ---- end fwd/litefs/monitor_options.hpp ----
+// ---- begin fwd/litefs/monitor.hpp ----
+
+// litefs::monitor: the one place that knows this node's LiteFS state. One poll of the
+// mount serves everybody: writes read the role, and read-your-writes waiters the
+// position, from an immutable snapshot with an atomic load (no FUSE syscall per write or
+// per waiter). The poll runs every `poll_interval`, and every `wait_poll_interval` while
+// someone waits for a position; a waiter is woken when the position reaches its TXID.
+//
+// The poll runs on the monitor's own thread ("fwd-monitor"), the one thread fwd starts
+// besides the write executor's: a FUSE request that LiteFS never answers (a hung LiteFS)
+// blocks that thread, never a thread running the user's io_context. After start() no
+// FUSE syscall happens on an io_context thread; the thread publishes each state with an
+// atomic store and posts what changed (on_change, waiters) to the monitor's strand.
+// Waiter deadlines are kept by a timer on the strand, so they pass on time even while a
+// poll is stuck.
+//
+// It also notices what LiteFS does under a running service:
+//   - a dead mount (LiteFS stopped: ECONNABORTED, then ENOTCONN on every access): the
+//     role is `unknown`, `mount_dead` is set, and `mount_generation` changes, so that
+//     whoever holds SQLite connections on the mount closes them before touching them;
+//   - a replaced mount (LiteFS restarted: a new FUSE mount on top of the dead one, a new
+//     device id): `mount_generation` changes again, and connections are reopened;
+//   - a role change at once, not after the kernel's attribute cache expires (the root's
+//     mode is re-read with AT_STATX_FORCE_SYNC by litefs::read_role).
+// It never throws into the executor; every change goes to `on_change`.
+
+#include <array>
+#include <atomic>
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+// ---- begin fwd/litefs/detail/monitor_poller.hpp ----
+
+// The part of litefs::monitor that its polling thread owns a share of: what to read, the
+// published state, and what wakes the thread. It holds no I/O object of the user's
+// io_context, so a polling thread stuck in a FUSE call that LiteFS never answers can
+// outlive the monitor (and the io_context) safely. Internal.
+
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <fmt/format.h>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <system_error>
+
+namespace fwd::litefs::detail {
+
+inline bool is_dead_mount_errno(int err) noexcept { return err == ENOTCONN || err == ECONNABORTED; }
+
+class monitor_poller {
+ public:
+  explicit monitor_poller(monitor_options options) : options_(std::move(options)) {
+    if (!options_.read_role) {
+      options_.read_role = [mount = options_.mount] { return litefs::current_role(mount); };
+    }
+  }
+
+  const monitor_options& options() const noexcept { return options_; }
+
+  std::shared_ptr<const node_state> state() const noexcept { return state_.load(std::memory_order_acquire); }
+  role_kind current_role_kind() const noexcept { return role_kind_.load(std::memory_order_acquire); }
+
+  /// Wakes the thread for a poll now (any thread).
+  void request() {
+    {
+      std::lock_guard lock(mutex_);
+      requested_ = true;
+    }
+    wake_.notify_one();
+  }
+
+  /// Ends the thread's loop at once (it may still be inside a poll).
+  void stop() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+  }
+
+  bool stopping() {
+    std::lock_guard lock(mutex_);
+    return stopping_;
+  }
+
+  /// The thread: waits for the next poll (interval, request or stop). False when stopping.
+  bool wait_until_due() {
+    const auto interval = waiters.load() == 0    ? options_.poll_interval
+                          : events_connected.load() ? options_.wait_poll_interval_with_events
+                                                    : options_.wait_poll_interval;
+    std::unique_lock lock(mutex_);
+    wake_.wait_for(lock, interval, [&] { return stopping_ || requested_; });
+    if (stopping_) return false;
+    requested_ = false;
+    return true;
+  }
+
+  /// The thread says it has returned; stop_and_wait() may then join it.
+  void thread_done() {
+    {
+      std::lock_guard lock(mutex_);
+      thread_done_ = true;
+    }
+    wake_.notify_all();
+  }
+
+  /// Waits up to options().stop_timeout for thread_done(). False when the thread is stuck.
+  bool wait_thread_done() {
+    std::unique_lock lock(mutex_);
+    return wake_.wait_for(lock, options_.stop_timeout, [&] { return thread_done_; });
+  }
+
+  /// Reads the mount (a handful of FUSE syscalls) and stores a new state if anything
+  /// changed; returns it then (null otherwise).
+  std::shared_ptr<const node_state> poll_once() noexcept;
+
+  std::atomic<std::size_t> waiters{0};      // position waiters registered (the fast poll)
+  std::atomic<bool> events_connected{false};  // the /events stream is up
+
+ private:
+  monitor_options options_;
+  std::atomic<std::shared_ptr<const node_state>> state_{std::make_shared<const node_state>()};
+  std::atomic<role_kind> role_kind_{role_kind::unknown};
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool requested_ = false;
+  bool stopping_ = false;
+  bool thread_done_ = false;
+};
+
+inline std::shared_ptr<const node_state> monitor_poller::poll_once() noexcept {
+  try {
+    auto before = state();
+    auto next = std::make_shared<node_state>();
+    next->mount_generation = before->mount_generation;
+    const std::string mount = options_.mount.string();
+    auto dead = [&](const std::string& why) {
+      next->mount_dead = true;
+      next->role = role_kind::unknown;  // never "primary" on a dead mount
+      next->reason = fmt::format("the LiteFS mount {} is dead ({}): LiteFS stopped under the service",
+                                 mount, why);
+    };
+
+    struct stat root {};
+    if (::stat(options_.mount.c_str(), &root) != 0) {
+      const int err = errno;
+      if (is_dead_mount_errno(err)) {
+        dead(std::generic_category().message(err));
+      } else {
+        next->role = role_kind::unknown;
+        next->reason = fmt::format("cannot stat the LiteFS mount {}: {}", mount,
+                                   std::generic_category().message(err));
+      }
+    } else {
+      next->mount_device = static_cast<std::uint64_t>(root.st_dev);
+      // `.lag` always exists on a live mount; reading it tells a dead mount at once.
+      boost::system::error_code ec;
+      next->lag = read_lag(options_.mount, ec);
+      if (ec && is_dead_mount_errno(ec.value())) {
+        dead(ec.message());
+      } else {
+        role r;
+        try {
+          r = options_.read_role();
+        } catch (const std::exception& e) {
+          r.reason = fmt::format("reading the role failed: {}", e.what());
+        }
+        next->role = r.kind;
+        next->primary_hostname = std::move(r.primary_hostname);
+        next->reason = std::move(r.reason);
+        if (!options_.database.empty()) {
+          boost::system::error_code pos_ec;
+          next->pos = read_position(options_.mount, options_.database, pos_ec);
+          if (pos_ec && is_dead_mount_errno(pos_ec.value())) dead(pos_ec.message());
+        }
+      }
+    }
+    // A mount that died, or came back as another filesystem, is a new generation.
+    if (next->mount_dead != before->mount_dead ||
+        (next->mount_device != 0 && before->mount_device != 0 && next->mount_device != before->mount_device)) {
+      ++next->mount_generation;
+    }
+    if (next->mount_dead) next->mount_device = 0;
+    const bool changed = next->role != before->role || next->primary_hostname != before->primary_hostname ||
+                         next->mount_dead != before->mount_dead ||
+                         next->mount_generation != before->mount_generation || next->pos != before->pos ||
+                         before->version == 0;
+    if (changed) {
+      next->version = before->version + 1;
+      std::shared_ptr<const node_state> published = std::move(next);
+      state_.store(published, std::memory_order_release);
+      role_kind_.store(published->role, std::memory_order_release);
+      return published;
+    }
+    if (next->lag != before->lag) {
+      // The lag moves all the time (a 0-1000 ms sawtooth on a caught-up replica): kept
+      // fresh without a change event.
+      next->version = before->version;
+      state_.store(std::shared_ptr<const node_state>(std::move(next)), std::memory_order_release);
+    }
+  } catch (...) {
+    // Allocation failure: keep the last state; the next poll tries again.
+  }
+  return nullptr;
+}
+
+}  // namespace fwd::litefs::detail
+
+// ---- end fwd/litefs/detail/monitor_poller.hpp ----
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+
+namespace fwd::litefs {
+
+/**
+ * This node's LiteFS state, read by one polling thread and shared by everybody.
+ *
+ * **Threads.** start() reads the mount once on the calling thread, then starts the
+ * monitor's polling thread (named "fwd-monitor" on Linux), which does every later read
+ * of the mount. on_change hooks and waiter completions run on the executor given to
+ * create() (the hooks on the monitor's strand). stop() joins the thread.
+ *
+ * Thread-safe: every member function may be called from any thread.
+ */
 class monitor : public std::enable_shared_from_this<monitor> {
  public:
   using clock = std::chrono::steady_clock;
@@ -3364,100 +3584,64 @@ class monitor : public std::enable_shared_from_this<monitor> {
 
   monitor(const monitor&) = delete;
   monitor& operator=(const monitor&) = delete;
+  ~monitor();
 
   /// Reads the mount once at once (so that state() is meaningful when this returns), then
-  /// polls until stop().
-  void start() {
-    if (started_.exchange(true)) return;  // once: a second start() would poll off the strand
-    poll_once();
-    boost::asio::dispatch(strand_, [self = shared_from_this()] {
-      self->stopped_ = false;
-      self->schedule();
-      if (self->options_.http) self->connect_events();
-    });
-  }
+  /// starts the polling thread. Runs once; later calls do nothing.
+  void start();
 
-  /// Stops polling; waiters complete with errc::cancelled.
-  void stop() {
-    boost::asio::dispatch(strand_, [self = shared_from_this()] {
-      self->stopped_ = true;
-      self->timer_.cancel();
-      self->events_timer_.cancel();
-      boost::system::error_code ignored;
-      self->events_socket_.close(ignored);
-      self->fail_waiters(make_error_code(errc::cancelled));
-    });
-  }
+  /// Stops polling and joins the polling thread (within options().stop_timeout); waiters
+  /// complete with errc::cancelled.
+  void stop();
 
   /// The current state: an atomic load, no syscall. Never null.
-  std::shared_ptr<const node_state> state() const noexcept {
-    return state_.load(std::memory_order_acquire);
-  }
+  std::shared_ptr<const node_state> state() const noexcept { return poller_->state(); }
 
   /// The current role: an atomic load, no syscall.
-  role_kind current_role_kind() const noexcept {
-    return role_kind_.load(std::memory_order_acquire);
-  }
+  role_kind current_role_kind() const noexcept { return poller_->current_role_kind(); }
 
   /**
    * Waits until the monitored database's position reaches `txid` (or the deadline).
    *
    * Completion signature: `void(boost::system::error_code, position)`: empty on success
    * with the position reached; `errc::timeout` when the deadline passed first (with the
-   * last position seen); `errc::cancelled` on stop() or per-operation cancellation.
-   * Completes through the handler's associated executor, never inside this call.
+   * last position seen; on time even while a poll is stuck in LiteFS); `errc::cancelled`
+   * on stop() or per-operation cancellation. Completes through the handler's associated
+   * executor, never inside this call.
    *
-   * **Per-Operation Cancellation**: terminal, partial and total; the waiter is removed and
-   * nothing else changes.
+   * **Per-Operation Cancellation**: terminal, partial and total; the waiter is removed at
+   * once (waiters() no longer counts it) and nothing else changes.
    */
   template <class Token>
   auto async_wait_position(std::uint64_t txid, clock::time_point deadline, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code, position)>(
         [self = shared_from_this(), txid, deadline](auto handler) {
-          self->add_waiter(txid, deadline, std::move(handler));
+          self->add_waiter(txid, deadline, wait_handler(std::move(handler)));
         },
         token);
   }
 
-  /// Re-reads the mount now (from any thread); useful right after a local commit.
-  void poll_now() {
-    boost::asio::dispatch(strand_, [self = shared_from_this()] { self->poll_once(); });
-  }
+  /// Position waiters registered now (for telemetry and tests).
+  std::size_t waiters() const noexcept { return poller_->waiters.load(std::memory_order_acquire); }
 
-  const monitor_options& options() const noexcept { return options_; }
+  /// Asks the polling thread to re-read the mount now; returns at once (any thread).
+  void poll_now();
+
+  const monitor_options& options() const noexcept { return poller_->options(); }
 
   /**
    * For a writer, right before it touches the database `db` (a path in the mount): the
    * mount generation to use, or nullopt when the mount cannot be used now (dead, or
-   * replaced since the last poll: a new poll is started). One forced getattr of `db`
-   * (a FUSE round trip), so that a mount that died or was replaced since the last poll is
-   * caught before SQLite maps its `-shm`. A missing `db` (not created yet) is fine.
+   * replaced since the last poll: a new poll is requested). One forced getattr of `db`
+   * (a FUSE round trip, on the caller's thread: the writer's), so that a mount that died
+   * or was replaced since the last poll is caught before SQLite maps its `-shm`. A
+   * missing `db` (not created yet) is fine.
    */
-  std::optional<std::uint64_t> writable_generation(const std::string& db) {
-    const auto s = state();
-    if (s->mount_dead) return std::nullopt;
-    struct stat now {};
-    if (detail::stat_uncached(db, now) != 0) {
-      if (errno != ENOENT) {
-        poll_now();
-        return std::nullopt;
-      }
-      // No database yet: the mount itself must still be the one the state describes.
-      if (detail::stat_uncached(options_.mount.string(), now) != 0) {
-        poll_now();
-        return std::nullopt;
-      }
-    }
-    if (s->mount_device != 0 && static_cast<std::uint64_t>(now.st_dev) != s->mount_device) {
-      poll_now();
-      return std::nullopt;
-    }
-    return s->mount_generation;
-  }
+  std::optional<std::uint64_t> writable_generation(const std::string& db);
 
   /// The `/events` stream's status (for telemetry and tests).
   event_stream_status events() const noexcept {
-    return {events_connected_.load(), events_seen_.load(), events_connects_.load()};
+    return {poller_->events_connected.load(), events_seen_.load(), events_connects_.load()};
   }
 
  private:
@@ -3470,281 +3654,47 @@ class monitor : public std::enable_shared_from_this<monitor> {
     wait_handler handler;
   };
 
-  monitor(boost::asio::any_io_executor ex, monitor_options options)
-      : executor_(std::move(ex)),
-        strand_(boost::asio::make_strand(executor_)),
-        options_(std::move(options)),
-        timer_(strand_),
-        events_timer_(strand_),
-        events_socket_(strand_),
-        state_(std::make_shared<const node_state>()) {
-    if (!options_.read_role) {
-      options_.read_role = [mount = options_.mount] { return litefs::current_role(mount); };
-    }
-  }
+  monitor(boost::asio::any_io_executor ex, monitor_options options);
 
-  static bool is_dead_mount_errno(int err) noexcept {
-    return err == ENOTCONN || err == ECONNABORTED;
-  }
+  // The polling thread (impl/monitor.hpp). It shares the poller, and reaches the monitor
+  // only through a weak pointer to post what changed.
+  static void run_polling_thread(const std::shared_ptr<detail::monitor_poller>& poller,
+                                 const std::weak_ptr<monitor>& weak);
+  void join_polling_thread();
 
-  // Reads the mount (a handful of syscalls) and publishes a new state if anything changed.
-  void poll_once() noexcept {
-    try {
-      auto before = state();
-      auto next = std::make_shared<node_state>();
-      next->mount_generation = before->mount_generation;
+  // Waiters, on the strand (impl/monitor.hpp).
+  void add_waiter(std::uint64_t txid, clock::time_point deadline, wait_handler handler);
+  void publish_on_strand(std::shared_ptr<const node_state> published);
+  void wake_waiters();
+  void arm_deadline();
+  void cancel_waiter(std::uint64_t id);
+  void fail_waiters(boost::system::error_code ec);
+  void complete(wait_handler handler, boost::system::error_code ec, position p);
+  void count_waiters();
 
-      struct stat root {};
-      if (::stat(options_.mount.c_str(), &root) != 0) {
-        const int err = errno;
-        next->mount_dead = is_dead_mount_errno(err);
-        next->role = role_kind::unknown;
-        next->reason = "cannot stat the LiteFS mount " + options_.mount.string() + ": " +
-                       std::generic_category().message(err) +
-                       (next->mount_dead ? " (LiteFS stopped under the service)" : "");
-      } else {
-        next->mount_device = static_cast<std::uint64_t>(root.st_dev);
-        // `.lag` always exists on a live mount; reading it tells a dead mount at once.
-        boost::system::error_code ec;
-        next->lag = read_lag(options_.mount, ec);
-        if (ec && is_dead_mount_errno(ec.value())) {
-          next->mount_dead = true;
-          next->role = role_kind::unknown;
-          next->reason = "the LiteFS mount " + options_.mount.string() + " is dead (" +
-                         ec.message() + "): LiteFS stopped under the service";
-        } else {
-          role r;
-          try {
-            r = options_.read_role();
-          } catch (const std::exception& e) {
-            r.reason = std::string("reading the role failed: ") + e.what();
-          }
-          next->role = r.kind;
-          next->primary_hostname = std::move(r.primary_hostname);
-          next->reason = std::move(r.reason);
-          if (!options_.database.empty()) {
-            boost::system::error_code pos_ec;
-            next->pos = read_position(options_.mount, options_.database, pos_ec);
-            if (pos_ec && is_dead_mount_errno(pos_ec.value())) {
-              next->mount_dead = true;
-              next->role = role_kind::unknown;  // never "primary" on a dead mount
-              next->reason = "the LiteFS mount " + options_.mount.string() + " is dead (" + pos_ec.message() +
-                             "): LiteFS stopped under the service";
-            }
-          }
-        }
-      }
-      // A mount that died, or came back as another filesystem, is a new generation.
-      if (next->mount_dead != before->mount_dead ||
-          (next->mount_device != 0 && before->mount_device != 0 &&
-           next->mount_device != before->mount_device)) {
-        ++next->mount_generation;
-      }
-      if (next->mount_dead) next->mount_device = 0;
-      const bool changed = next->role != before->role ||
-                           next->primary_hostname != before->primary_hostname ||
-                           next->mount_dead != before->mount_dead ||
-                           next->mount_generation != before->mount_generation ||
-                           next->pos != before->pos || before->version == 0;
-      if (changed) {
-        next->version = before->version + 1;
-        std::shared_ptr<const node_state> published = std::move(next);
-        state_.store(published, std::memory_order_release);
-        role_kind_.store(published->role, std::memory_order_release);
-        fwd::detail::invoke_hook(options_.on_change, *published);
-      } else if (next->lag != before->lag) {
-        // The lag moves all the time (a 0-1000 ms sawtooth on a caught-up replica): kept
-        // fresh without a change event.
-        next->version = before->version;
-        state_.store(std::shared_ptr<const node_state>(std::move(next)), std::memory_order_release);
-      }
-    } catch (...) {
-      // Allocation failure: keep the last state; the next poll tries again.
-    }
-  }
-
-  // On the strand.
-  void schedule() {
-    if (stopped_) return;
-    const auto interval = waiters_.empty()           ? options_.poll_interval
-                          : events_connected_.load() ? options_.wait_poll_interval_with_events
-                                                     : options_.wait_poll_interval;
-    timer_.expires_after(interval);
-    timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
-      if (ec || self->stopped_) return;
-      self->poll_once();
-      self->wake_waiters();
-      self->schedule();
-    });
-  }
-
-  template <class Handler>
-  void add_waiter(std::uint64_t txid, clock::time_point deadline, Handler&& original) {
-    wait_handler handler(std::forward<Handler>(original));
-    auto slot = boost::asio::get_associated_cancellation_slot(handler);
-    const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
-    if (slot.is_connected()) {
-      slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
-        if (type == boost::asio::cancellation_type::none) return;
-        if (auto self = weak.lock()) {
-          boost::asio::dispatch(self->strand_, [self, id] { self->cancel_waiter(id); });
-        }
-      });
-    }
-    boost::asio::dispatch(
-        strand_, [self = shared_from_this(), id, txid, deadline, h = std::move(handler)]() mutable {
-          if (self->stopped_) {
-            self->complete(std::move(h), make_error_code(errc::cancelled), self->state()->pos);
-            return;
-          }
-          const position now = self->state()->pos;
-          if (now.txid >= txid) {
-            self->complete(std::move(h), {}, now);
-            return;
-          }
-          const bool was_idle = self->waiters_.empty();
-          self->waiters_.push_back(waiter{id, txid, deadline, std::move(h)});
-          // From the slow poll to the fast one at once.
-          if (was_idle) {
-            self->timer_.cancel();
-            self->poll_once();
-            self->wake_waiters();
-            self->schedule();
-          }
-        });
-  }
-
-  void wake_waiters() {
-    if (waiters_.empty()) return;
-    const position now = state()->pos;
-    const auto t = clock::now();
-    for (auto it = waiters_.begin(); it != waiters_.end();) {
-      if (now.txid >= it->txid) {
-        complete(std::move(it->handler), {}, now);
-        it = waiters_.erase(it);
-      } else if (t >= it->deadline) {
-        complete(std::move(it->handler), make_error_code(errc::timeout), now);
-        it = waiters_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
-
-  void cancel_waiter(std::uint64_t id) {
-    for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
-      if (it->id == id) {
-        complete(std::move(it->handler), make_error_code(errc::cancelled), state()->pos);
-        waiters_.erase(it);
-        return;
-      }
-    }
-  }
-
-  void fail_waiters(boost::system::error_code ec) {
-    const position now = state()->pos;
-    for (auto& w : waiters_) complete(std::move(w.handler), ec, now);
-    waiters_.clear();
-  }
-
-  void complete(wait_handler handler, boost::system::error_code ec, position p) {
-    boost::asio::post(executor_, boost::asio::append(std::move(handler), ec, p));
-  }
-
-  // --- LiteFS's /events stream ------------------------------------------------------
-  // Newline-delimited JSON objects in an HTTP response that never ends. Each complete
-  // line is an event; its content is not trusted for anything but "something changed":
-  // the mount is re-read at once (its files are the truth), and waiters are woken.
-
-  void connect_events() {
-    if (stopped_) return;
-    boost::system::error_code ignored;
-    events_socket_.close(ignored);
-    events_socket_ = boost::asio::ip::tcp::socket(strand_);
-    events_socket_.async_connect(
-        *options_.http, [self = shared_from_this()](boost::system::error_code ec) {
-          if (ec) return self->events_broke();
-          self->events_request_.method(boost::beast::http::verb::get);
-          self->events_request_.target("/events");
-          self->events_request_.version(11);
-          self->events_request_.set(boost::beast::http::field::host, "litefs");
-          boost::beast::http::async_write(self->events_socket_, self->events_request_,
-                                          [self](boost::system::error_code e, std::size_t) {
-                                            if (e) return self->events_broke();
-                                            self->events_parser_.emplace();
-                                            self->events_parser_->body_limit(boost::none);
-                                            self->events_buffer_.clear();
-                                            self->events_line_.clear();
-                                            self->read_events_header();
-                                          });
-        });
-  }
-
-  void read_events_header() {
-    boost::beast::http::async_read_header(
-        events_socket_, events_buffer_, *events_parser_,
-        [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-          if (ec || self->events_parser_->get().result() != boost::beast::http::status::ok) {
-            return self->events_broke();
-          }
-          self->events_connected_.store(true);
-          self->events_connects_.fetch_add(1);
-          // A (re)connected stream may have missed changes: read the mount now.
-          self->poll_once();
-          self->wake_waiters();
-          self->read_events_body();
-        });
-  }
-
-  void read_events_body() {
-    auto& body = events_parser_->get().body();
-    body.data = events_chunk_.data();
-    body.size = events_chunk_.size();
-    boost::beast::http::async_read_some(
-        events_socket_, events_buffer_, *events_parser_,
-        [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-          if (ec == boost::beast::http::error::need_buffer) ec = {};
-          const std::size_t got =
-              self->events_chunk_.size() - self->events_parser_->get().body().size;
-          self->on_event_bytes(std::string_view(self->events_chunk_.data(), got));
-          if (ec || self->events_parser_->is_done()) return self->events_broke();
-          self->read_events_body();
-        });
-  }
-
-  void on_event_bytes(std::string_view bytes) {
-    bool any = false;
-    for (char c : bytes) {
-      if (c == '\n') {
-        if (!events_line_.empty()) any = true;
-        events_line_.clear();
-      } else if (events_line_.size() < max_event_line) {
-        events_line_ += c;
-      }
-    }
-    if (!any) return;
-    events_seen_.fetch_add(1);
-    poll_once();
-    wake_waiters();
-  }
-
-  void events_broke() {
-    events_connected_.store(false);
-    boost::system::error_code ignored;
-    events_socket_.close(ignored);
-    if (stopped_) return;
-    events_timer_.expires_after(options_.events_reconnect);
-    events_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
-      if (!ec) self->connect_events();
-    });
-  }
+  // LiteFS's /events stream, on the strand (impl/monitor_events.hpp).
+  void connect_events();
+  void read_events_header();
+  void read_events_body();
+  void on_event_bytes(std::string_view bytes);
+  void events_broke();
 
   static constexpr std::size_t max_event_line = 64 * 1024;
 
   boost::asio::any_io_executor executor_;
   boost::asio::strand<boost::asio::any_io_executor> strand_;
-  monitor_options options_;
-  boost::asio::steady_timer timer_;
+  std::shared_ptr<detail::monitor_poller> poller_;  // options, state, what wakes the thread
+  std::thread thread_;
+  std::atomic<bool> started_{false};
+
+  // On the strand.
+  bool stopped_ = true;
+  std::list<waiter> waiters_;
+  std::atomic<std::uint64_t> next_id_{1};
+  boost::asio::steady_timer deadline_timer_;
+  std::optional<clock::time_point> armed_for_;
+
+  // The /events stream, on the strand.
   boost::asio::steady_timer events_timer_;
   boost::asio::ip::tcp::socket events_socket_;
   boost::beast::http::request<boost::beast::http::empty_body> events_request_;
@@ -3753,18 +3703,333 @@ class monitor : public std::enable_shared_from_this<monitor> {
   boost::beast::flat_buffer events_buffer_;
   std::array<char, 4096> events_chunk_{};
   std::string events_line_;
-  std::atomic<bool> events_connected_{false};
   std::atomic<std::uint64_t> events_seen_{0};
   std::atomic<std::uint64_t> events_connects_{0};
-  std::atomic<std::shared_ptr<const node_state>> state_;
-  std::atomic<role_kind> role_kind_{role_kind::unknown};
-  std::list<waiter> waiters_;
-  std::atomic<std::uint64_t> next_id_{1};
-  bool stopped_ = true;
-  std::atomic<bool> started_{false};
 };
 
 }  // namespace fwd::litefs
+
+// ---- begin fwd/litefs/impl/monitor.hpp ----
+
+// litefs::monitor's bodies: the polling thread (the only place the mount is read after
+// start()) and the position waiters (on the monitor's strand).
+
+#include <sys/stat.h>
+
+#include <boost/asio/append.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <cerrno>
+#include <fmt/format.h>
+#include <system_error>
+
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
+namespace fwd::litefs {
+
+inline monitor::monitor(boost::asio::any_io_executor ex, monitor_options options)
+    : executor_(std::move(ex)),
+      strand_(boost::asio::make_strand(executor_)),
+      poller_(std::make_shared<detail::monitor_poller>(std::move(options))),
+      deadline_timer_(strand_),
+      events_timer_(strand_),
+      events_socket_(strand_) {}
+
+inline monitor::~monitor() {
+  poller_->stop();
+  // The polling thread holds a reference to the monitor only while it posts a change:
+  // when the last one goes there, this destructor runs on that thread, which then returns.
+  if (thread_.joinable()) {
+    if (thread_.get_id() == std::this_thread::get_id()) {
+      thread_.detach();
+    } else {
+      join_polling_thread();
+    }
+  }
+}
+
+inline void monitor::start() {
+  if (started_.exchange(true)) return;  // once
+  if (auto first = poller_->poll_once()) publish_on_strand(std::move(first));
+  thread_ = std::thread([poller = poller_, weak = weak_from_this()] {
+#if defined(__linux__)
+    pthread_setname_np(pthread_self(), "fwd-monitor");
+#endif
+    run_polling_thread(poller, weak);
+    poller->thread_done();
+  });
+  boost::asio::dispatch(strand_, [self = shared_from_this()] {
+    self->stopped_ = false;
+    if (self->poller_->options().http) self->connect_events();
+  });
+}
+
+inline void monitor::stop() {
+  poller_->stop();
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) join_polling_thread();
+  boost::asio::dispatch(strand_, [self = shared_from_this()] {
+    self->stopped_ = true;
+    self->deadline_timer_.cancel();
+    self->events_timer_.cancel();
+    boost::system::error_code ignored;
+    self->events_socket_.close(ignored);
+    self->fail_waiters(make_error_code(errc::cancelled));
+  });
+}
+
+// Joins at once when the thread is between polls (it waits on a condition variable). A
+// thread stuck in a FUSE call that LiteFS never answers is left to finish it: it holds
+// only the poller, and posts nothing once stopped.
+inline void monitor::join_polling_thread() {
+  if (poller_->wait_thread_done()) {
+    thread_.join();
+  } else {
+    thread_.detach();
+  }
+}
+
+inline void monitor::poll_now() { poller_->request(); }
+
+inline void monitor::run_polling_thread(const std::shared_ptr<detail::monitor_poller>& poller,
+                                        const std::weak_ptr<monitor>& weak) {
+  while (poller->wait_until_due()) {
+    auto published = poller->poll_once();
+    if (!published || poller->stopping()) continue;
+    if (auto self = weak.lock()) self->publish_on_strand(std::move(published));
+  }
+}
+
+inline std::optional<std::uint64_t> monitor::writable_generation(const std::string& db) {
+  const auto s = state();
+  if (s->mount_dead) return std::nullopt;
+  const auto& mount = poller_->options().mount;
+  struct stat now {};
+  if (detail::stat_uncached(db, now) != 0) {
+    if (errno != ENOENT) {
+      poller_->request();
+      return std::nullopt;
+    }
+    // No database yet: the mount itself must still be the one the state describes.
+    if (detail::stat_uncached(mount.string(), now) != 0) {
+      poller_->request();
+      return std::nullopt;
+    }
+  }
+  if (s->mount_device != 0 && static_cast<std::uint64_t>(now.st_dev) != s->mount_device) {
+    poller_->request();
+    return std::nullopt;
+  }
+  return s->mount_generation;
+}
+
+// From the polling thread (or start()): hooks and waiters see the change on the strand.
+inline void monitor::publish_on_strand(std::shared_ptr<const node_state> published) {
+  try {
+    boost::asio::post(strand_, [self = shared_from_this(), published = std::move(published)] {
+      fwd::detail::invoke_hook(self->poller_->options().on_change, *published);
+      self->wake_waiters();
+    });
+  } catch (...) {
+    // Allocation failure: the state is stored; waiters see it at the next change.
+  }
+}
+
+inline void monitor::add_waiter(std::uint64_t txid, clock::time_point deadline, wait_handler handler) {
+  auto slot = boost::asio::get_associated_cancellation_slot(handler);
+  const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  if (slot.is_connected()) {
+    slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
+      if (type == boost::asio::cancellation_type::none) return;
+      if (auto self = weak.lock()) {
+        boost::asio::dispatch(self->strand_, [self, id] { self->cancel_waiter(id); });
+      }
+    });
+  }
+  boost::asio::dispatch(strand_, [self = shared_from_this(), id, txid, deadline,
+                                  h = std::move(handler)]() mutable {
+    if (self->stopped_) {
+      self->complete(std::move(h), make_error_code(errc::cancelled), self->state()->pos);
+      return;
+    }
+    const position now = self->state()->pos;
+    if (now.txid >= txid) {
+      self->complete(std::move(h), {}, now);
+      return;
+    }
+    const bool was_idle = self->waiters_.empty();
+    self->waiters_.push_back(waiter{id, txid, deadline, std::move(h)});
+    self->count_waiters();
+    self->arm_deadline();
+    if (was_idle) self->poller_->request();  // from the slow poll to the fast one at once
+  });
+}
+
+inline void monitor::count_waiters() { poller_->waiters.store(waiters_.size(), std::memory_order_release); }
+
+inline void monitor::wake_waiters() {
+  if (waiters_.empty()) return;
+  const position now = state()->pos;
+  const auto t = clock::now();
+  for (auto it = waiters_.begin(); it != waiters_.end();) {
+    if (now.txid >= it->txid) {
+      complete(std::move(it->handler), {}, now);
+      it = waiters_.erase(it);
+    } else if (t >= it->deadline) {
+      complete(std::move(it->handler), make_error_code(errc::timeout), now);
+      it = waiters_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  count_waiters();
+  arm_deadline();
+}
+
+// Keeps the strand's timer on the earliest waiter deadline: deadlines pass on time
+// whatever the polling thread is doing.
+inline void monitor::arm_deadline() {
+  if (waiters_.empty()) {
+    if (armed_for_) deadline_timer_.cancel();
+    armed_for_.reset();
+    return;
+  }
+  clock::time_point earliest = waiters_.front().deadline;
+  for (const auto& w : waiters_) earliest = std::min(earliest, w.deadline);
+  if (armed_for_ == earliest) return;
+  armed_for_ = earliest;
+  deadline_timer_.expires_at(earliest);
+  deadline_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    if (ec) return;  // re-armed or stopped
+    self->armed_for_.reset();
+    self->wake_waiters();
+  });
+}
+
+inline void monitor::cancel_waiter(std::uint64_t id) {
+  for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+    if (it->id == id) {
+      complete(std::move(it->handler), make_error_code(errc::cancelled), state()->pos);
+      waiters_.erase(it);
+      count_waiters();
+      arm_deadline();
+      return;
+    }
+  }
+}
+
+inline void monitor::fail_waiters(boost::system::error_code ec) {
+  const position now = state()->pos;
+  for (auto& w : waiters_) complete(std::move(w.handler), ec, now);
+  waiters_.clear();
+  count_waiters();
+  armed_for_.reset();
+}
+
+inline void monitor::complete(wait_handler handler, boost::system::error_code ec, position p) {
+  boost::asio::post(executor_, boost::asio::append(std::move(handler), ec, p));
+}
+
+}  // namespace fwd::litefs
+
+// ---- end fwd/litefs/impl/monitor.hpp ----
+// ---- begin fwd/litefs/impl/monitor_events.hpp ----
+
+// litefs::monitor following LiteFS's `/events` stream: newline-delimited JSON objects in
+// an HTTP response that never ends. Each complete line is an event; its content is not
+// trusted for anything but "something changed": the polling thread re-reads the mount at
+// once (its files are the truth), which wakes the waiters. Runs on the monitor's strand
+// (network I/O only: no FUSE syscall here).
+
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+
+namespace fwd::litefs {
+
+inline void monitor::connect_events() {
+  if (stopped_) return;
+  boost::system::error_code ignored;
+  events_socket_.close(ignored);
+  events_socket_ = boost::asio::ip::tcp::socket(strand_);
+  events_socket_.async_connect(*poller_->options().http, [self = shared_from_this()](boost::system::error_code ec) {
+    if (ec) return self->events_broke();
+    self->events_request_.method(boost::beast::http::verb::get);
+    self->events_request_.target("/events");
+    self->events_request_.version(11);
+    self->events_request_.set(boost::beast::http::field::host, "litefs");
+    boost::beast::http::async_write(self->events_socket_, self->events_request_,
+                                    [self](boost::system::error_code e, std::size_t) {
+                                      if (e) return self->events_broke();
+                                      self->events_parser_.emplace();
+                                      self->events_parser_->body_limit(boost::none);
+                                      self->events_buffer_.clear();
+                                      self->events_line_.clear();
+                                      self->read_events_header();
+                                    });
+  });
+}
+
+inline void monitor::read_events_header() {
+  boost::beast::http::async_read_header(
+      events_socket_, events_buffer_, *events_parser_,
+      [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+        if (ec || self->events_parser_->get().result() != boost::beast::http::status::ok) {
+          return self->events_broke();
+        }
+        self->poller_->events_connected.store(true);
+        self->events_connects_.fetch_add(1);
+        // A (re)connected stream may have missed changes: read the mount now.
+        self->poller_->request();
+        self->read_events_body();
+      });
+}
+
+inline void monitor::read_events_body() {
+  auto& body = events_parser_->get().body();
+  body.data = events_chunk_.data();
+  body.size = events_chunk_.size();
+  boost::beast::http::async_read_some(
+      events_socket_, events_buffer_, *events_parser_,
+      [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+        if (ec == boost::beast::http::error::need_buffer) ec = {};
+        const std::size_t got = self->events_chunk_.size() - self->events_parser_->get().body().size;
+        self->on_event_bytes(std::string_view(self->events_chunk_.data(), got));
+        if (ec || self->events_parser_->is_done()) return self->events_broke();
+        self->read_events_body();
+      });
+}
+
+inline void monitor::on_event_bytes(std::string_view bytes) {
+  bool any = false;
+  for (char c : bytes) {
+    if (c == '\n') {
+      if (!events_line_.empty()) any = true;
+      events_line_.clear();
+    } else if (events_line_.size() < max_event_line) {
+      events_line_ += c;
+    }
+  }
+  if (!any) return;
+  events_seen_.fetch_add(1);
+  poller_->request();
+}
+
+inline void monitor::events_broke() {
+  poller_->events_connected.store(false);
+  boost::system::error_code ignored;
+  events_socket_.close(ignored);
+  if (stopped_) return;
+  events_timer_.expires_after(poller_->options().events_reconnect);
+  events_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    if (!ec) self->connect_events();
+  });
+}
+
+}  // namespace fwd::litefs
+
+// ---- end fwd/litefs/impl/monitor_events.hpp ----
 
 // ---- end fwd/litefs/monitor.hpp ----
 // ---- begin fwd/sqlite/statement.hpp ----
@@ -9653,43 +9918,58 @@ struct write_options {
 #include <functional>
 // ---- begin fwd/write/detail/write_executor_state.hpp ----
 
-// The state a write_executor shares with its writer and its pending writes: the queue,
-// the dedup table, group commit and the writer loop.
+// The state a write_executor shares with its writer and its pending writes: the queue and
+// the dedup of concurrent repeats (here), and the batches the writer runs
+// (write_batch.hpp: group commit, the dedup table, the connection's lifetime).
 
 #include <sqlite3.h>
 
-#include <array>
 #include <atomic>
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/associated_cancellation_slot.hpp>
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/cancellation_type.hpp>
 #include <boost/asio/post.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
-#include <exception>
+#include <fmt/format.h>
 #include <functional>
-#include <map>
+// ---- begin fwd/write/detail/write_failure.hpp ----
+
+// What a failed statement on the writer's connection means, and what its writes complete
+// with. On LiteFS a failure says one of three things:
+//   - LiteFS refused the write because this node is a replica (SQLITE_READONLY in
+//     rollback-journal mode, SQLITE_IOERR_WRITE with EACCES in WAL mode): nothing was
+//     applied; errc::not_primary;
+//   - the mount went away under the service (LiteFS stopped or restarted: an I/O error,
+//     ENOTCONN/ECONNABORTED underneath): the connection must be closed without touching
+//     the database again (no ROLLBACK: closing it is the rollback) and reopened; before
+//     COMMIT nothing was committed, so errc::not_primary (retryable);
+//   - anything else keeps SQLite's code.
+// A failed COMMIT is different: unless the error proves that nothing was committed, the
+// writes may have been applied (errc::commit_unknown, "maybe executed").
+
+#include <sqlite3.h>
+
+#include <cerrno>
+#include <fmt/format.h>
+// ---- begin fwd/write/detail/write_job.hpp ----
+
+// What the write executor queues: a write (its work and request id), everyone waiting for
+// its outcome, and the outcome itself.
+
+#include <sqlite3.h>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
 #include <memory>
-#include <mutex>
-#include <optional>
 #include <string>
-#include <thread>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
-#if defined(__linux__)
-#include <pthread.h>
-#endif
-
-namespace fwd::sqlite {
-
-namespace detail {
+namespace fwd::sqlite::detail {
 
 /// The signature every write completes with.
 using write_signature = void(boost::system::error_code, std::string, std::uint64_t);
@@ -9731,28 +10011,109 @@ struct write_outcome {
   std::string result;  // the result bytes, or on failure a description of the failure
 };
 
-/// SQLite's signs that LiteFS refused the write because this node is a replica.
-inline bool is_replica_refusal(const boost::system::error_code& ec) noexcept {
-  if (ec.category() != sqlite_category()) return false;
-  return (ec.value() & 0xff) == SQLITE_READONLY || ec.value() == SQLITE_IOERR_WRITE;
-}
-
-/// Maps a refusal from LiteFS to not_primary, keeping SQLite's text in the message.
-inline write_outcome write_failure(const boost::system::error_code& ec, std::string message) {
-  if (is_replica_refusal(ec)) {
-    return {make_error_code(errc::not_primary),
-            message + " (SQLite extended code " + std::to_string(ec.value()) +
-                "): this node is not the primary (a failover happened); nothing was applied: "
-                "rediscover the primary and retry with the same request id"};
-  }
-  return {ec, std::move(message)};
-}
-
 inline std::int64_t unix_milliseconds() noexcept {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
+
+}  // namespace fwd::sqlite::detail
+
+// ---- end fwd/write/detail/write_job.hpp ----
+#include <string>
+#include <system_error>
+
+namespace fwd::sqlite::detail {
+
+/// What a failed statement says about the node and its connection.
+enum class failure_kind {
+  replica_refusal,  ///< LiteFS refused the write: this node is not the primary
+  mount_lost,       ///< the file system under the database went away
+  other,            ///< the statement's own failure (constraint, busy, full, ...)
+};
+
+/// `ec` a SQLite error; `system_errno` sqlite3_system_errno() right after it (0: unknown).
+inline failure_kind kind_of_failure(const boost::system::error_code& ec, int system_errno) noexcept {
+  if (ec.category() != sqlite_category()) return failure_kind::other;
+  const int primary = ec.value() & 0xff;
+  if (primary == SQLITE_READONLY) return failure_kind::replica_refusal;
+  // LiteFS answers a replica's WAL write with EACCES; ENOTCONN there is a dead mount.
+  if (ec.value() == SQLITE_IOERR_WRITE && (system_errno == 0 || system_errno == EACCES || system_errno == EPERM)) {
+    return failure_kind::replica_refusal;
+  }
+  if (primary == SQLITE_IOERR || primary == SQLITE_CANTOPEN) return failure_kind::mount_lost;
+  return failure_kind::other;
+}
+
+inline std::string errno_note(int system_errno) {
+  if (system_errno == 0) return {};
+  return fmt::format(", {} underneath", std::generic_category().message(system_errno));
+}
+
+/// A statement before COMMIT failed with `ec`: nothing of the batch was committed.
+inline write_outcome write_failure(const boost::system::error_code& ec, const std::string& message,
+                                   int system_errno = 0) {
+  switch (kind_of_failure(ec, system_errno)) {
+    case failure_kind::replica_refusal:
+      return {make_error_code(errc::not_primary),
+              fmt::format("{} (SQLite extended code {}): this node is not the primary (a failover "
+                          "happened); nothing was applied: rediscover the primary and retry with the "
+                          "same request id",
+                          message, ec.value())};
+    case failure_kind::mount_lost:
+      return {make_error_code(errc::not_primary),
+              fmt::format("{} (SQLite extended code {}{}): the file system under the database went "
+                          "away (on LiteFS: LiteFS stopped or restarted under the service); nothing "
+                          "was committed and the connection is reopened: retry with the same request id",
+                          message, ec.value(), errno_note(system_errno))};
+    case failure_kind::other:
+      break;
+  }
+  return {ec, message};
+}
+
+/// COMMIT failed with `ec`. `still_open`: SQLite kept the transaction open (then nothing
+/// was committed: e.g. SQLITE_BUSY before the commit could take its lock).
+/// `rollback_journal`: the database is in a rollback-journal mode (not WAL).
+inline write_outcome commit_failure(const boost::system::error_code& ec, const std::string& message,
+                                    int system_errno, bool still_open, bool rollback_journal) {
+  const int primary = ec.category() == sqlite_category() ? (ec.value() & 0xff) : 0;
+  const failure_kind kind = kind_of_failure(ec, system_errno);
+  // Proofs that nothing was committed: SQLite kept the transaction, could not take a
+  // lock (in rollback-journal mode COMMIT takes the EXCLUSIVE lock before it writes the
+  // database file; in WAL mode an error after the commit, from the automatic checkpoint,
+  // may carry the same code), turned COMMIT into a rollback itself (commit hook, deferred
+  // foreign key), or LiteFS refused the write (it refuses every write on a replica).
+  const bool lock_refused = ec.value() == SQLITE_IOERR_LOCK && rollback_journal;
+  if (still_open || primary == SQLITE_BUSY || primary == SQLITE_LOCKED || primary == SQLITE_CONSTRAINT ||
+      lock_refused || kind == failure_kind::replica_refusal) {
+    write_outcome failure = write_failure(ec, message, system_errno);
+    if (failure.ec == ec) failure.result = fmt::format("COMMIT failed: {}; nothing was committed", message);
+    return failure;
+  }
+  return {make_error_code(errc::commit_unknown),
+          fmt::format("COMMIT failed ({}, SQLite extended code {}{}) after it may have reached the "
+                      "database: each write of the batch may have been applied. Retry only with the "
+                      "same request id: if the write did commit, the dedup table answers the retry with "
+                      "its stored result instead of running it again",
+                      message, ec.value(), errno_note(system_errno))};
+}
+
+}  // namespace fwd::sqlite::detail
+
+// ---- end fwd/write/detail/write_failure.hpp ----
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace fwd::sqlite {
+
+namespace detail {
 
 /// The state shared by a write_executor, its writer and its pending operations.
 class write_executor_state : public std::enable_shared_from_this<write_executor_state> {
@@ -9764,6 +10125,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
         connection_(path, options_.open_flags, options_.busy_timeout) {
     if (options_.max_batch == 0) options_.max_batch = 1;
     if (options_.on_open) options_.on_open(connection_);
+    note_journal_mode();
     last_prune_ = std::chrono::steady_clock::now();
   }
 
@@ -9792,9 +10154,9 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     if (queue_.size() >= options_.max_queue) {
       lock.unlock();
       waiter->complete(make_error_code(errc::overloaded),
-                       "the write executor's queue is full (max_queue " +
-                           std::to_string(options_.max_queue) +
-                           "); nothing was applied: retry after a backoff",
+                       fmt::format("the write executor's queue is full (max_queue {}); nothing was "
+                                   "applied: retry after a backoff",
+                                   options_.max_queue),
                        0);
       return;
     }
@@ -9898,304 +10260,25 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   }
 
  private:
-  // Called with the lock held and work queued; returns with the lock held.
-  void run_one_batch(std::unique_lock<std::mutex>& lock) {
-    if (options_.max_batch_delay.count() > 0 && queue_.size() < options_.max_batch) {
-      const auto deadline = std::chrono::steady_clock::now() + options_.max_batch_delay;
-      wake_.wait_until(lock, deadline,
-                       [&] { return stopping_ || queue_.size() >= options_.max_batch; });
-      if (stopping_) return;  // not yet started: stop() cancels it
-    }
-    std::vector<std::shared_ptr<write_job>> batch;
-    while (!queue_.empty() && batch.size() < options_.max_batch) {
-      batch.push_back(std::move(queue_.front()));
-      queue_.pop_front();
-    }
-    if (batch.empty()) return;
-    running_batch_ = true;
-    lock.unlock();
-    try {
-      run_batch(batch);
-    } catch (const std::exception& e) {
-      // Only resource exhaustion gets here (e.g. std::bad_alloc): fail the batch, keep going.
-      abandon_batch(batch, e.what());
-    }
-    lock.lock();
-    running_batch_ = false;
-    idle_.notify_all();
-  }
-
-  void abandon_batch(const std::vector<std::shared_ptr<write_job>>& batch,
-                     const char* what) noexcept {
-    try {
-      if (connection_.native_handle() != nullptr && !connection_.autocommit()) {
-        boost::system::error_code ignored;
-        connection_.exec("ROLLBACK", ignored);
-      }
-      std::vector<write_outcome> outcomes(
-          batch.size(), write_outcome{make_sqlite_error(SQLITE_NOMEM),
-                                      std::string("the write batch failed: ") + what});
-      finish(batch, outcomes, 0);
-    } catch (...) {
-    }
-  }
-
-  // The mount generation before the connection is opened (a mount replaced in between
-  // then shows as a new generation at the first batch, not the other way round).
-  static std::uint64_t initial_generation(const write_options& options) {
-    if (!options.mount_generation) return 0;
-    const auto g = options.mount_generation();
-    return g ? *g : 0;
-  }
-
-  // Drops the connection without touching the database: no checkpoint on close (a dead
-  // mount's `-shm` must not be read). Statements go first.
-  void drop_connection() noexcept {
-    lookup_ = {};
-    insert_ = {};
-    prune_ = {};
-    if (connection_.native_handle() != nullptr) {
-      int ignored = 0;
-      sqlite3_db_config(connection_.native_handle(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, &ignored);
-    }
-    connection_.close();
-    schema_ready_ = false;
-  }
-
-  // Before a batch: the mount is usable and the connection is on it. Returns the failure
-  // that fails the batch otherwise.
-  std::optional<write_outcome> ensure_connection() {
-    if (!options_.mount_generation) return std::nullopt;
-    const std::optional<std::uint64_t> now = options_.mount_generation();
-    if (!now) {
-      if (connection_.native_handle() != nullptr) drop_connection();
-      return write_outcome{make_error_code(errc::not_primary),
-                           "the LiteFS mount under " + path_ +
-                               " is dead (LiteFS stopped under the service); nothing ran: retry once "
-                               "LiteFS is back"};
-    }
-    if (*now != generation_ && connection_.native_handle() != nullptr) drop_connection();
-    generation_ = *now;
-    if (connection_.native_handle() == nullptr) {
-      boost::system::error_code ec;
-      try {
-        connection_ = connection(path_, options_.open_flags, options_.busy_timeout);
-        if (options_.on_open) options_.on_open(connection_);
-      } catch (const std::exception& e) {
-        // Also an on_open that throws: never run a batch on a half-prepared connection.
-        drop_connection();
-        return write_outcome{make_error_code(errc::not_primary),
-                             std::string("cannot reopen the database on the new LiteFS mount: ") + e.what() +
-                                 "; nothing ran: retry"};
-      } catch (...) {
-        drop_connection();
-        return write_outcome{make_error_code(errc::not_primary),
-                             "cannot reopen the database on the new LiteFS mount; nothing ran: retry"};
-      }
-    }
-    return std::nullopt;
-  }
-
-  void run_batch(const std::vector<std::shared_ptr<write_job>>& batch) {
-    std::vector<write_outcome> outcomes(batch.size());
-    if (auto unusable = ensure_connection()) {
-      for (auto& outcome : outcomes) outcome = *unusable;
-      finish(batch, outcomes, 0);
-      return;
-    }
-    auto fail_all = [&](const write_outcome& failure) {
-      if (connection_.native_handle() != nullptr && !connection_.autocommit()) {
-        boost::system::error_code ignored;
-        connection_.exec("ROLLBACK", ignored);
-      }
-      for (auto& outcome : outcomes) outcome = failure;
-      finish(batch, outcomes, 0);
-    };
-
-    boost::system::error_code ec;
-    std::string message;
-    connection_.exec("BEGIN IMMEDIATE", ec, &message);
-    if (ec) return fail_all(write_failure(ec, message));
-    if (!schema_ready_) {
-      prepare_schema(ec, message);
-      if (ec) return fail_all(write_failure(ec, message));
-    }
-
-    const std::int64_t now_ms = unix_milliseconds();
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      if (auto fatal = run_write(*batch[i], now_ms, outcomes[i])) return fail_all(*fatal);
-    }
-    if (prune_due()) {
-      if (auto fatal = prune(now_ms)) return fail_all(*fatal);
-    }
-
-    connection_.exec("COMMIT", ec, &message);
-    if (ec) return fail_all(write_failure(ec, message));
-    schema_ready_ = true;
-    ++commits_since_prune_;
-
-    std::uint64_t txid = 0;
-    if (options_.position_after_commit) {
-      try {
-        txid = options_.position_after_commit();
-      } catch (...) {
-        txid = 0;
-      }
-    }
-    finish(batch, outcomes, txid);
-  }
-
-  // Runs one write inside its own SAVEPOINT. Returns a failure only when the whole batch
-  // must fail (the transaction is gone, or LiteFS refused the write).
-  std::optional<write_outcome> run_write(write_job& job, std::int64_t now_ms,
-                                         write_outcome& outcome) {
-    boost::system::error_code ec;
-    std::string message;
-
-    // Exactly once: a request id already recorded answers with its stored result.
-    lookup_.reset().bind(1, blob_view(job.id));
-    const bool found = lookup_.step(ec);
-    if (ec) {
-      lookup_.reset();
-      return write_failure(ec,
-                           detail::describe_failure(connection_.native_handle(), ec.value(),
-                                                    "looking up the request id", lookup_.sql()));
-    }
-    if (found) {
-      const auto stored = lookup_.column_blob(0);
-      outcome.result.assign(stored.begin(), stored.end());
-      lookup_.reset();
-      return std::nullopt;
-    }
-    lookup_.reset();
-
-    connection_.exec("SAVEPOINT fwd_write", ec, &message);
-    if (ec) return write_failure(ec, message);
-
-    try {
-      outcome.result = job.work(connection_.native_handle());
-      if (connection_.autocommit()) {
-        // The write ended the batch's transaction itself: what it and the writes before
-        // it did may be committed or undone; the batch cannot continue either way.
-        return write_outcome{make_error_code(errc::bad_argument),
-                             "a write ran COMMIT, ROLLBACK or END itself: a write must leave "
-                             "transaction control to the write executor (use SAVEPOINTs)"};
-      }
-      if (has_unresolved_deferred_foreign_keys()) {
-        // COMMIT would fail for the whole batch: fail this write alone instead.
-        outcome.ec = make_sqlite_error(SQLITE_CONSTRAINT_FOREIGNKEY);
-        outcome.result =
-            "FOREIGN KEY constraint failed: the write left a deferred foreign key unresolved";
-      }
-    } catch (const fwd::error& e) {
-      outcome.ec = boost::system::error_code(e.code());
-      outcome.result = e.what();
-    } catch (const std::exception& e) {
-      outcome.ec = make_error_code(errc::remote_failure);
-      outcome.result = e.what();
-    } catch (...) {
-      outcome.ec = make_error_code(errc::remote_failure);
-      outcome.result = "the write threw an exception that is not a std::exception";
-    }
-
-    if (!outcome.ec) {
-      insert_.reset()
-          .bind(1, blob_view(job.id))
-          .bind(2, blob_view(outcome.result.data(), outcome.result.size()))
-          .bind(3, now_ms);
-      insert_.step(ec);
-      insert_.reset();
-      if (ec) {
-        outcome.ec = ec;
-        outcome.result = detail::describe_failure(connection_.native_handle(), ec.value(),
-                                                  "recording the request id", insert_.sql());
-      }
-    }
-
-    if (outcome.ec) {
-      // A replica refusal, or an error after which SQLite rolled back the whole
-      // transaction (e.g. SQLITE_FULL, SQLITE_BUSY): the batch cannot commit.
-      if (is_replica_refusal(outcome.ec) || connection_.autocommit()) {
-        return write_failure(outcome.ec, outcome.result);
-      }
-      connection_.exec("ROLLBACK TO fwd_write", ec, &message);
-      if (!ec) connection_.exec("RELEASE fwd_write", ec, &message);
-      if (ec) return write_failure(ec, message);
-      return std::nullopt;
-    }
-    connection_.exec("RELEASE fwd_write", ec, &message);
-    if (ec) return write_failure(ec, message);
-    return std::nullopt;
-  }
-
-  bool has_unresolved_deferred_foreign_keys() const noexcept {
-    int current = 0;
-    int highest = 0;
-    sqlite3_db_status(connection_.native_handle(), SQLITE_DBSTATUS_DEFERRED_FKS, &current, &highest,
-                      0);
-    return current > 0;
-  }
-
-  void prepare_schema(boost::system::error_code& ec, std::string& message) {
-    connection_.exec(std::string("CREATE TABLE IF NOT EXISTS ") + dedup_table_name +
-                         "(id BLOB PRIMARY KEY, result BLOB NOT NULL, created_at INTEGER NOT "
-                         "NULL) WITHOUT ROWID",
-                     ec, &message);
-    if (ec) return;
-    const std::string table = dedup_table_name;
-    try {
-      lookup_ = connection_.prepare("SELECT result FROM " + table + " WHERE id = ?1");
-      insert_ = connection_.prepare("INSERT INTO " + table +
-                                    "(id, result, created_at) VALUES (?1, ?2, ?3)");
-      prune_ = connection_.prepare("DELETE FROM " + table + " WHERE created_at < ?1");
-    } catch (const fwd::error& e) {
-      ec = boost::system::error_code(e.code());
-      message = e.what();
-    }
-  }
-
-  bool prune_due() const noexcept {
-    return commits_since_prune_ + 1 >= options_.prune_every_commits ||
-           std::chrono::steady_clock::now() - last_prune_ >= options_.prune_interval;
-  }
-
-  std::optional<write_outcome> prune(std::int64_t now_ms) {
-    boost::system::error_code ec;
-    prune_.reset().bind(1, now_ms - static_cast<std::int64_t>(options_.dedup_retention.count()));
-    prune_.step(ec);
-    prune_.reset();
-    if (ec && (is_replica_refusal(ec) || connection_.autocommit())) {
-      return write_failure(ec, detail::describe_failure(connection_.native_handle(), ec.value(),
-                                                        "pruning old request ids", prune_.sql()));
-    }
-    // A failed prune alone does not fail the writes: SQLite undid the statement, and the
-    // next prune tries again.
-    if (!ec) {
-      commits_since_prune_ = 0;
-      last_prune_ = std::chrono::steady_clock::now();
-    }
-    return std::nullopt;
-  }
-
-  void finish(const std::vector<std::shared_ptr<write_job>>& batch,
-              std::vector<write_outcome>& outcomes, std::uint64_t txid) {
-    std::vector<std::vector<std::unique_ptr<write_waiter>>> waiters(batch.size());
-    {
-      std::lock_guard lock(mutex_);
-      for (std::size_t i = 0; i < batch.size(); ++i) {
-        pending_.erase(batch[i]->id);
-        waiters[i] = std::move(batch[i]->waiters);
-      }
-    }
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      const std::uint64_t job_txid = outcomes[i].ec ? 0 : txid;
-      for (std::size_t w = 0; w < waiters[i].size(); ++w) {
-        std::string result =
-            w + 1 == waiters[i].size() ? std::move(outcomes[i].result) : outcomes[i].result;
-        waiters[i][w]->complete(outcomes[i].ec, std::move(result), job_txid);
-      }
-    }
-  }
+  // The batches (write_batch.hpp). Only the batch that is running uses these.
+  void run_one_batch(std::unique_lock<std::mutex>& lock);
+  void abandon_batch(const std::vector<std::shared_ptr<write_job>>& batch, const char* what) noexcept;
+  static std::uint64_t initial_generation(const write_options& options);
+  void drop_connection() noexcept;
+  std::optional<write_outcome> ensure_connection();
+  void run_batch(const std::vector<std::shared_ptr<write_job>>& batch);
+  void end_failed_batch() noexcept;
+  bool mount_changed() noexcept;
+  void note_journal_mode() noexcept;
+  int system_errno() const noexcept;
+  write_outcome statement_failure(const boost::system::error_code& ec, const std::string& message);
+  std::optional<write_outcome> run_write(write_job& job, std::int64_t now_ms, write_outcome& outcome);
+  bool has_unresolved_deferred_foreign_keys() const noexcept;
+  void prepare_schema(boost::system::error_code& ec, std::string& message);
+  bool prune_due() const noexcept;
+  std::optional<write_outcome> prune(std::int64_t now_ms);
+  void finish(const std::vector<std::shared_ptr<write_job>>& batch, std::vector<write_outcome>& outcomes,
+              std::uint64_t txid);
 
   write_options options_;
   std::string path_;
@@ -10214,6 +10297,8 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
 
   // Used only by the batch that is running.
   bool schema_ready_ = false;
+  bool drop_pending_ = false;  // the mount went away: close without ROLLBACK, reopen
+  bool wal_mode_ = false;      // the connection's journal mode is WAL
   statement lookup_;
   statement insert_;
   statement prune_;
@@ -10224,6 +10309,365 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
 }  // namespace detail
 
 }  // namespace fwd::sqlite
+
+// ---- begin fwd/write/detail/write_batch.hpp ----
+
+// The write executor's batches: one BEGIN IMMEDIATE ... COMMIT for many writes, each in
+// its own SAVEPOINT with its dedup row, and the writer's connection kept on the live
+// LiteFS mount (closed without ROLLBACK when the mount went away, reopened before the
+// next batch).
+
+#include <fmt/format.h>
+
+namespace fwd::sqlite::detail {
+
+// Called with the lock held and work queued; returns with the lock held.
+inline void write_executor_state::run_one_batch(std::unique_lock<std::mutex>& lock) {
+  if (options_.max_batch_delay.count() > 0 && queue_.size() < options_.max_batch) {
+    const auto deadline = std::chrono::steady_clock::now() + options_.max_batch_delay;
+    wake_.wait_until(lock, deadline, [&] { return stopping_ || queue_.size() >= options_.max_batch; });
+    if (stopping_) return;  // not yet started: stop() cancels it
+  }
+  std::vector<std::shared_ptr<write_job>> batch;
+  while (!queue_.empty() && batch.size() < options_.max_batch) {
+    batch.push_back(std::move(queue_.front()));
+    queue_.pop_front();
+  }
+  if (batch.empty()) return;
+  running_batch_ = true;
+  lock.unlock();
+  try {
+    run_batch(batch);
+  } catch (const std::exception& e) {
+    // Only resource exhaustion gets here (e.g. std::bad_alloc): fail the batch, keep going.
+    abandon_batch(batch, e.what());
+  }
+  lock.lock();
+  running_batch_ = false;
+  idle_.notify_all();
+}
+
+inline void write_executor_state::abandon_batch(const std::vector<std::shared_ptr<write_job>>& batch,
+                                                const char* what) noexcept {
+  try {
+    end_failed_batch();
+    std::vector<write_outcome> outcomes(
+        batch.size(), write_outcome{make_sqlite_error(SQLITE_NOMEM),
+                                    fmt::format("the write batch failed: {}", what)});
+    finish(batch, outcomes, 0);
+  } catch (...) {
+  }
+}
+
+// The mount generation before the connection is opened (a mount replaced in between
+// then shows as a new generation at the first batch, not the other way round).
+inline std::uint64_t write_executor_state::initial_generation(const write_options& options) {
+  if (!options.mount_generation) return 0;
+  const auto g = options.mount_generation();
+  return g ? *g : 0;
+}
+
+// Drops the connection without touching the database: no checkpoint on close (a dead
+// mount's `-shm` must not be read), no ROLLBACK (closing is the rollback). Statements go
+// first. The next batch opens the database anew.
+inline void write_executor_state::drop_connection() noexcept {
+  lookup_ = {};
+  insert_ = {};
+  prune_ = {};
+  if (connection_.native_handle() != nullptr) {
+    int ignored = 0;
+    sqlite3_db_config(connection_.native_handle(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, &ignored);
+  }
+  connection_.close();
+  schema_ready_ = false;
+  drop_pending_ = false;
+}
+
+// Before a batch: the mount is usable and the connection is open on it. Returns the
+// failure that fails the batch otherwise.
+inline std::optional<write_outcome> write_executor_state::ensure_connection() {
+  if (options_.mount_generation) {
+    const std::optional<std::uint64_t> now = options_.mount_generation();
+    if (!now) {
+      if (connection_.native_handle() != nullptr) drop_connection();
+      return write_outcome{make_error_code(errc::not_primary),
+                           fmt::format("the LiteFS mount under {} is dead (LiteFS stopped under the "
+                                       "service); nothing ran: retry once LiteFS is back",
+                                       path_)};
+    }
+    if (*now != generation_ && connection_.native_handle() != nullptr) drop_connection();
+    generation_ = *now;
+  }
+  if (connection_.native_handle() != nullptr) return std::nullopt;
+  try {
+    connection_ = connection(path_, options_.open_flags, options_.busy_timeout);
+    if (options_.on_open) options_.on_open(connection_);
+    note_journal_mode();
+    return std::nullopt;
+  } catch (const std::exception& e) {
+    // Also an on_open that throws: never run a batch on a half-prepared connection.
+    drop_connection();
+    return write_outcome{make_error_code(errc::not_primary),
+                         fmt::format("cannot reopen the database {}: {}; nothing ran: retry", path_, e.what())};
+  } catch (...) {
+    drop_connection();
+    return write_outcome{make_error_code(errc::not_primary),
+                         fmt::format("cannot reopen the database {}; nothing ran: retry", path_)};
+  }
+}
+
+// After a failure: undoes the batch. A connection whose mount went away (or changed) is
+// closed instead: a ROLLBACK would touch the dead mount (SIGBUS through its `-shm`).
+inline void write_executor_state::end_failed_batch() noexcept {
+  if (connection_.native_handle() == nullptr) return;
+  if (!drop_pending_ && mount_changed()) drop_pending_ = true;
+  if (drop_pending_) {
+    drop_connection();
+    return;
+  }
+  if (!connection_.autocommit()) {
+    boost::system::error_code ec;
+    connection_.exec("ROLLBACK", ec);
+    if (ec) drop_connection();
+  }
+}
+
+// Whether the database is in WAL mode (after on_open, which may have set it): what a
+// failed COMMIT's lock error means depends on it.
+inline void write_executor_state::note_journal_mode() noexcept {
+  sqlite3_stmt* stmt = nullptr;
+  wal_mode_ = false;
+  if (sqlite3_prepare_v2(connection_.native_handle(), "PRAGMA journal_mode", -1, &stmt, nullptr) == SQLITE_OK &&
+      sqlite3_step(stmt) == SQLITE_ROW) {
+    const auto* mode = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
+    wal_mode_ = mode != nullptr && std::string_view(mode) == "wal";
+  }
+  sqlite3_finalize(stmt);
+}
+
+inline bool write_executor_state::mount_changed() noexcept {
+  if (!options_.mount_generation) return false;
+  try {
+    const std::optional<std::uint64_t> now = options_.mount_generation();
+    return !now || *now != generation_;
+  } catch (...) {
+    return true;
+  }
+}
+
+inline int write_executor_state::system_errno() const noexcept {
+  return connection_.native_handle() != nullptr ? sqlite3_system_errno(connection_.native_handle()) : 0;
+}
+
+// A statement of the batch failed (before COMMIT): what the batch's writes complete with.
+inline write_outcome write_executor_state::statement_failure(const boost::system::error_code& ec,
+                                                             const std::string& message) {
+  const int err = system_errno();
+  if (kind_of_failure(ec, err) == failure_kind::mount_lost) drop_pending_ = true;
+  return write_failure(ec, message, err);
+}
+
+inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<write_job>>& batch) {
+  std::vector<write_outcome> outcomes(batch.size());
+  if (auto unusable = ensure_connection()) {
+    for (auto& outcome : outcomes) outcome = *unusable;
+    finish(batch, outcomes, 0);
+    return;
+  }
+  auto fail_all = [&](const write_outcome& failure) {
+    end_failed_batch();
+    for (auto& outcome : outcomes) outcome = failure;
+    finish(batch, outcomes, 0);
+  };
+
+  boost::system::error_code ec;
+  std::string message;
+  connection_.exec("BEGIN IMMEDIATE", ec, &message);
+  if (ec) return fail_all(statement_failure(ec, message));
+  if (!schema_ready_) {
+    prepare_schema(ec, message);
+    if (ec) return fail_all(statement_failure(ec, message));
+  }
+
+  const std::int64_t now_ms = unix_milliseconds();
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    if (auto fatal = run_write(*batch[i], now_ms, outcomes[i])) return fail_all(*fatal);
+  }
+  if (prune_due()) {
+    if (auto fatal = prune(now_ms)) return fail_all(*fatal);
+  }
+
+  connection_.exec("COMMIT", ec, &message);
+  if (ec) {
+    const int err = system_errno();
+    if (kind_of_failure(ec, err) == failure_kind::mount_lost) drop_pending_ = true;
+    return fail_all(commit_failure(ec, message, err, !connection_.autocommit(), !wal_mode_));
+  }
+  schema_ready_ = true;
+  ++commits_since_prune_;
+
+  std::uint64_t txid = 0;
+  if (options_.position_after_commit) {
+    try {
+      txid = options_.position_after_commit();
+    } catch (...) {
+      txid = 0;
+    }
+  }
+  finish(batch, outcomes, txid);
+}
+
+// Runs one write inside its own SAVEPOINT. Returns a failure only when the whole batch
+// must fail (the transaction is gone, LiteFS refused the write, or the mount went away).
+inline std::optional<write_outcome> write_executor_state::run_write(write_job& job, std::int64_t now_ms,
+                                                                    write_outcome& outcome) {
+  boost::system::error_code ec;
+  std::string message;
+
+  // Exactly once: a request id already recorded answers with its stored result.
+  lookup_.reset().bind(1, blob_view(job.id));
+  const bool found = lookup_.step(ec);
+  if (ec) {
+    lookup_.reset();
+    return statement_failure(ec, detail::describe_failure(connection_.native_handle(), ec.value(),
+                                                          "looking up the request id", lookup_.sql()));
+  }
+  if (found) {
+    const auto stored = lookup_.column_blob(0);
+    outcome.result.assign(stored.begin(), stored.end());
+    lookup_.reset();
+    return std::nullopt;
+  }
+  lookup_.reset();
+
+  connection_.exec("SAVEPOINT fwd_write", ec, &message);
+  if (ec) return statement_failure(ec, message);
+
+  try {
+    outcome.result = job.work(connection_.native_handle());
+    if (connection_.autocommit()) {
+      // The write ended the batch's transaction itself: what it and the writes before
+      // it did may be committed or undone; the batch cannot continue either way.
+      return write_outcome{make_error_code(errc::bad_argument),
+                           "a write ran COMMIT, ROLLBACK or END itself: a write must leave "
+                           "transaction control to the write executor (use SAVEPOINTs)"};
+    }
+    if (has_unresolved_deferred_foreign_keys()) {
+      // COMMIT would fail for the whole batch: fail this write alone instead.
+      outcome.ec = make_sqlite_error(SQLITE_CONSTRAINT_FOREIGNKEY);
+      outcome.result = "FOREIGN KEY constraint failed: the write left a deferred foreign key unresolved";
+    }
+  } catch (const fwd::error& e) {
+    outcome.ec = boost::system::error_code(e.code());
+    outcome.result = e.what();
+  } catch (const std::exception& e) {
+    outcome.ec = make_error_code(errc::remote_failure);
+    outcome.result = e.what();
+  } catch (...) {
+    outcome.ec = make_error_code(errc::remote_failure);
+    outcome.result = "the write threw an exception that is not a std::exception";
+  }
+
+  if (!outcome.ec) {
+    insert_.reset()
+        .bind(1, blob_view(job.id))
+        .bind(2, blob_view(outcome.result.data(), outcome.result.size()))
+        .bind(3, now_ms);
+    insert_.step(ec);
+    insert_.reset();
+    if (ec) {
+      outcome.ec = ec;
+      outcome.result = detail::describe_failure(connection_.native_handle(), ec.value(),
+                                                "recording the request id", insert_.sql());
+    }
+  }
+
+  if (outcome.ec) {
+    // A replica refusal, a mount gone away (an I/O error: the transaction cannot be
+    // trusted, nor can the other writes commit), or an error after which SQLite rolled
+    // back the whole transaction (e.g. SQLITE_FULL, SQLITE_BUSY): the batch cannot commit.
+    if (kind_of_failure(outcome.ec, system_errno()) != failure_kind::other || connection_.autocommit()) {
+      return statement_failure(outcome.ec, outcome.result);
+    }
+    connection_.exec("ROLLBACK TO fwd_write", ec, &message);
+    if (!ec) connection_.exec("RELEASE fwd_write", ec, &message);
+    if (ec) return statement_failure(ec, message);
+    return std::nullopt;
+  }
+  connection_.exec("RELEASE fwd_write", ec, &message);
+  if (ec) return statement_failure(ec, message);
+  return std::nullopt;
+}
+
+inline bool write_executor_state::has_unresolved_deferred_foreign_keys() const noexcept {
+  int current = 0;
+  int highest = 0;
+  sqlite3_db_status(connection_.native_handle(), SQLITE_DBSTATUS_DEFERRED_FKS, &current, &highest, 0);
+  return current > 0;
+}
+
+inline void write_executor_state::prepare_schema(boost::system::error_code& ec, std::string& message) {
+  connection_.exec(fmt::format("CREATE TABLE IF NOT EXISTS {}(id BLOB PRIMARY KEY, result BLOB NOT NULL, "
+                               "created_at INTEGER NOT NULL) WITHOUT ROWID",
+                               dedup_table_name),
+                   ec, &message);
+  if (ec) return;
+  try {
+    lookup_ = connection_.prepare(fmt::format("SELECT result FROM {} WHERE id = ?1", dedup_table_name));
+    insert_ = connection_.prepare(
+        fmt::format("INSERT INTO {}(id, result, created_at) VALUES (?1, ?2, ?3)", dedup_table_name));
+    prune_ = connection_.prepare(fmt::format("DELETE FROM {} WHERE created_at < ?1", dedup_table_name));
+  } catch (const fwd::error& e) {
+    ec = boost::system::error_code(e.code());
+    message = e.what();
+  }
+}
+
+inline bool write_executor_state::prune_due() const noexcept {
+  return commits_since_prune_ + 1 >= options_.prune_every_commits ||
+         std::chrono::steady_clock::now() - last_prune_ >= options_.prune_interval;
+}
+
+inline std::optional<write_outcome> write_executor_state::prune(std::int64_t now_ms) {
+  boost::system::error_code ec;
+  prune_.reset().bind(1, now_ms - static_cast<std::int64_t>(options_.dedup_retention.count()));
+  prune_.step(ec);
+  prune_.reset();
+  if (ec && (kind_of_failure(ec, system_errno()) != failure_kind::other || connection_.autocommit())) {
+    return statement_failure(ec, detail::describe_failure(connection_.native_handle(), ec.value(),
+                                                          "pruning old request ids", prune_.sql()));
+  }
+  // A failed prune alone does not fail the writes: SQLite undid the statement, and the
+  // next prune tries again.
+  if (!ec) {
+    commits_since_prune_ = 0;
+    last_prune_ = std::chrono::steady_clock::now();
+  }
+  return std::nullopt;
+}
+
+inline void write_executor_state::finish(const std::vector<std::shared_ptr<write_job>>& batch,
+                                         std::vector<write_outcome>& outcomes, std::uint64_t txid) {
+  std::vector<std::vector<std::unique_ptr<write_waiter>>> waiters(batch.size());
+  {
+    std::lock_guard lock(mutex_);
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      pending_.erase(batch[i]->id);
+      waiters[i] = std::move(batch[i]->waiters);
+    }
+  }
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    const std::uint64_t job_txid = outcomes[i].ec ? 0 : txid;
+    for (std::size_t w = 0; w < waiters[i].size(); ++w) {
+      std::string result = w + 1 == waiters[i].size() ? std::move(outcomes[i].result) : outcomes[i].result;
+      waiters[i][w]->complete(outcomes[i].ec, std::move(result), job_txid);
+    }
+  }
+}
+
+}  // namespace fwd::sqlite::detail
+
+// ---- end fwd/write/detail/write_batch.hpp ----
 
 // ---- end fwd/write/detail/write_executor_state.hpp ----
 #include <map>
@@ -10255,8 +10699,11 @@ namespace fwd::sqlite {
  * writes that were waiting (optionally gathered for up to `max_batch_delay`). In it, each
  * write runs in its own `SAVEPOINT`: if it fails (throws, violates a constraint, leaves a
  * deferred foreign key unresolved) only it is rolled back. A write completes only after
- * its batch's COMMIT succeeded; if COMMIT fails, every write of the batch fails with
- * COMMIT's error and nothing of it was applied.
+ * its batch's COMMIT succeeded. If COMMIT fails, every write of the batch fails: with
+ * COMMIT's own error when that proves nothing was committed (SQLITE_BUSY, a constraint,
+ * LiteFS's refusal on a replica), otherwise with errc::commit_unknown ("maybe executed":
+ * COMMIT may have reached the database; a retry with the same request id is answered
+ * from the dedup table if it did).
  *
  * **Exactly once.** The table `_fwd_requests(id BLOB PRIMARY KEY, result BLOB NOT NULL,
  * created_at INTEGER NOT NULL)` (created if missing; created_at in Unix milliseconds)
@@ -10267,6 +10714,12 @@ namespace fwd::sqlite {
  *
  * **Replicas.** SQLITE_READONLY (e.g. 1544) and SQLITE_IOERR_WRITE (778), LiteFS's
  * refusals on a replica, fail the whole batch with errc::not_primary: nothing was applied.
+ *
+ * **A mount that goes away.** Any other I/O error (SQLITE_IOERR_*, SQLITE_CANTOPEN) before
+ * COMMIT means the file system under the database went away (on LiteFS: LiteFS stopped or
+ * restarted under the service): the whole batch fails with errc::not_primary (nothing was
+ * committed: retryable), and the connection is closed without ROLLBACK (closing it is the
+ * rollback; nothing touches the dead mount again) and opened anew before the next batch.
  *
  * Thread-safe: async_write and stop may be called from any thread.
  */
@@ -10331,7 +10784,9 @@ class write_executor {
    * first time `id` ran) and `txid` is write_options::position_after_commit's value after
    * the COMMIT (0 without it); on failure `result` describes the failure (the exception's
    * text, or SQLite's message and SQL) and `txid` is 0. Errors: SQLite's codes;
-   * errc::not_primary (LiteFS refused: nothing applied); errc::remote_failure;
+   * errc::not_primary (LiteFS refused, or its mount went away: nothing applied);
+   * errc::commit_unknown (COMMIT failed and may have committed: retry with the same id);
+   * errc::remote_failure;
    * errc::overloaded (queue full: nothing ran); errc::cancelled (stopped before it ran);
    * errc::bad_argument (empty `work`). The handler runs on its associated executor
    * (default: get_executor()), never inside this call.
@@ -10596,8 +11051,8 @@ inline bool decode_write_reply(std::string_view bytes, std::uint64_t& txid,
 // still retry every call.
 
 #include <algorithm>
+#include <array>
 #include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <mutex>
 #include <random>
@@ -10666,8 +11121,10 @@ inline std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy,
  * Every call deposits `ratio` tokens (record_call()) and every retry takes one
  * (try_acquire()); on top of that the bucket refills at `floor_per_second` up to
  * `floor_capacity`, so that a node with few calls can still retry. The bucket holds at
- * most `floor_capacity` plus `ratio` times the calls of the last `window` (a decayed
- * count). So a node that serves many calls can retry each of them through a failover
+ * most `floor_capacity` plus `ratio` times the calls of the last `window`, counted in ten
+ * slots of a tenth of the window each: a call's tokens stay whole for at least 90% of the
+ * window, then go at once (a lone call after a long idle can always be retried, even with
+ * no floor). So a node that serves many calls can retry each of them through a failover
  * (with the default ratio of 1, every call of the last window once more), while a
  * cluster that keeps failing sees at most `ratio` retries per call made, not retries of
  * retries (gRPC's retry throttling and Finagle's retry budget work the same way).
@@ -10683,9 +11140,10 @@ class retry_budget {
       : floor_capacity_(floor_capacity < 0 ? 0 : floor_capacity),
         floor_per_second_(floor_per_second < 0 ? 0 : floor_per_second),
         ratio_(ratio < 0 ? 0 : ratio),
-        window_seconds_(std::max(0.001, std::chrono::duration<double>(window).count())),
+        slot_seconds_(std::max(0.001, std::chrono::duration<double>(window).count()) / slot_count),
         tokens_(floor_capacity_),
-        last_(clock::now()) {}
+        last_(clock::now()),
+        origin_(last_) {}
 
   explicit retry_budget(const retry_policy& policy) noexcept
       : retry_budget(policy.budget_capacity, policy.budget_refill_per_second, policy.budget_ratio,
@@ -10696,6 +11154,7 @@ class retry_budget {
     if (unlimited()) return;
     std::lock_guard lock(mutex_);
     refill(now);
+    slot_calls_[static_cast<std::size_t>(newest_slot_ % slot_count)] += 1.0;
     recent_calls_ += 1.0;
     tokens_ = std::min(capacity(), tokens_ + ratio_);
   }
@@ -10723,23 +11182,41 @@ class retry_budget {
   double capacity() const noexcept { return floor_capacity_ + ratio_ * recent_calls_; }
 
   void refill(clock::time_point now) noexcept {
+    drop_old_calls(now);
     if (now <= last_) return;
     const double elapsed = std::chrono::duration<double>(now - last_).count();
     last_ = now;
-    // The count of recent calls decays over the window (exponentially: no per-call state).
-    recent_calls_ *= std::exp(-elapsed / window_seconds_);
     if (tokens_ < floor_capacity_) tokens_ = std::min(floor_capacity_, tokens_ + elapsed * floor_per_second_);
-    tokens_ = std::min(tokens_, capacity());  // earned tokens go as their calls age
+    tokens_ = std::min(tokens_, capacity());  // earned tokens go with their calls' slot
   }
+
+  // Moves the window to `now`: the slots that fell out of it forget their calls.
+  void drop_old_calls(clock::time_point now) noexcept {
+    if (now <= origin_) return;
+    const auto slot = static_cast<std::int64_t>(
+        std::chrono::duration<double>(now - origin_).count() / slot_seconds_);
+    if (slot <= newest_slot_) return;
+    const std::int64_t steps = std::min<std::int64_t>(slot - newest_slot_, slot_count);
+    for (std::int64_t i = 1; i <= steps; ++i)
+      slot_calls_[static_cast<std::size_t>((newest_slot_ + i) % slot_count)] = 0;
+    newest_slot_ = slot;
+    recent_calls_ = 0;
+    for (double calls : slot_calls_) recent_calls_ += calls;
+  }
+
+  static constexpr std::int64_t slot_count = 10;
 
   const double floor_capacity_;
   const double floor_per_second_;
   const double ratio_;
-  const double window_seconds_;
+  const double slot_seconds_;
   std::mutex mutex_;
   double tokens_;
-  double recent_calls_ = 0;
+  double recent_calls_ = 0;  // the sum of slot_calls_
+  std::array<double, slot_count> slot_calls_{};
+  std::int64_t newest_slot_ = 0;  // slots since origin_
   clock::time_point last_;
+  clock::time_point origin_;
 };
 
 }  // namespace fwd
@@ -10994,7 +11471,9 @@ struct forwarder_options {
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
@@ -11183,6 +11662,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   void cancel() {
     boost::asio::post(strand_, [self = shared_from_this()] {
       self->timer_.cancel();
+      // A read-your-writes wait leaves the monitor now, not at its deadline.
+      self->replication_wait_.emit(boost::asio::cancellation_type::terminal);
       self->finish(make_error_code(errc::cancelled),
                    "the call was cancelled; if it was sent it may still run on the primary (once)");
     });
@@ -11358,12 +11839,14 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     if (const auto& monitor = core_->options.monitor) {
       monitor->async_wait_position(
           report_->txid, deadline_,
-          boost::asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec,
+          boost::asio::bind_cancellation_slot(
+              replication_wait_.slot(),
+              boost::asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec,
                                                                           litefs::position local) {
             if (self->done_) return;
             if (!ec) return self->finish({}, {});
             self->finish(make_error_code(errc::replication_lag), replication_lag_detail(self->report_->txid, local.txid));
-          }));
+          })));
       return;
     }
     boost::system::error_code ec;
@@ -11442,6 +11925,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   std::shared_ptr<forward_core> core_;
   boost::asio::strand<boost::asio::any_io_executor> strand_;
   boost::asio::steady_timer timer_;
+  boost::asio::cancellation_signal replication_wait_;  // cancels the monitor wait
   std::string name_;
   std::uint64_t signature_;
   std::string arguments_;
@@ -11962,7 +12446,8 @@ namespace fwd {
 /**
  * A node of a fwd cluster. Construct, define the write procedures, start(); then call
  * from any thread. Owns its server, client, membership, discovery and, once started, the
- * write executor (its one writer thread). Built-in procedures on every node:
+ * write executor (its one writer thread) and the LiteFS monitor (its one polling thread,
+ * the only other thread fwd starts; see litefs::monitor). Built-in procedures on every node:
  * fwd::execute_statement, fwd::execute_bulk, fwd::migrate_procedure.
  */
 class node {

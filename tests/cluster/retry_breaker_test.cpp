@@ -76,9 +76,24 @@ TEST_CASE("retries earned by calls expire with the window, the floor stays") {
   const auto t0 = fwd::retry_budget::clock::now();
   for (int i = 0; i < 100; ++i) budget.record_call(t0);
   CHECK(budget.available(t0) == Approx(102.0));
-  // Thirty seconds later the calls count e^-3 of what they did: about 5 retries' worth.
-  CHECK(budget.available(t0 + 30s) == Approx(2.0 + 100.0 * std::exp(-3.0)).epsilon(0.01));
-  CHECK(budget.available(t0 + 300s) == Approx(2.0).epsilon(0.01));
+  // Earned retries stay whole for most of the window, then go with their calls.
+  CHECK(budget.available(t0 + 8s) == Approx(102.0));
+  CHECK(budget.available(t0 + 11s) == Approx(2.0));
+  CHECK(budget.available(t0 + 300s) == Approx(2.0));
+}
+
+TEST_CASE("with no floor, a lone call after a long idle can still be retried once") {
+  fwd::retry_budget budget(0, 0, 1.0, 10s);
+  const auto t0 = fwd::retry_budget::clock::now();
+  // Idle for an hour, then one call that fails a moment later.
+  budget.record_call(t0 + 1h);
+  CHECK(budget.try_acquire(t0 + 1h + 1ms));
+  CHECK_FALSE(budget.try_acquire(t0 + 1h + 2ms));  // its one retry only
+  // A call's retry is still there late in the window, and gone after it.
+  budget.record_call(t0 + 2h);
+  CHECK(budget.try_acquire(t0 + 2h + 8s));
+  budget.record_call(t0 + 3h);
+  CHECK_FALSE(budget.try_acquire(t0 + 3h + 11s));
 }
 
 TEST_CASE("a retry budget with no floor and no ratio never refuses") {

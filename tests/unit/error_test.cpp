@@ -15,7 +15,7 @@ constexpr fwd::errc all_errcs[] = {
     fwd::errc::protocol_error,    fwd::errc::frame_too_large,  fwd::errc::unauthenticated,
     fwd::errc::version_mismatch,  fwd::errc::overloaded,       fwd::errc::circuit_open,
     fwd::errc::replication_lag,   fwd::errc::not_litefs,       fwd::errc::misconfigured_mount,
-    fwd::errc::bad_litefs_file,   fwd::errc::bad_argument,
+    fwd::errc::bad_litefs_file,   fwd::errc::bad_argument,     fwd::errc::commit_unknown,
 };
 
 }  // namespace
@@ -57,6 +57,7 @@ TEST_CASE("classification: not sent, maybe executed, permanent") {
   CHECK(fwd::classify(fwd::errc::timeout) == error_class::maybe_executed);
   CHECK(fwd::classify(fwd::errc::connection_lost) == error_class::maybe_executed);
   CHECK(fwd::classify(fwd::errc::cancelled) == error_class::maybe_executed);
+  CHECK(fwd::classify(fwd::errc::commit_unknown) == error_class::maybe_executed);
   CHECK(fwd::classify(fwd::errc::remote_failure) == error_class::permanent);
   CHECK(fwd::classify(fwd::errc::unknown_procedure) == error_class::permanent);
   CHECK(fwd::classify(fwd::errc::signature_mismatch) == error_class::permanent);

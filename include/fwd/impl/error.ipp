@@ -73,6 +73,10 @@ inline const char* errc_message(int value) noexcept {
              "LiteFS version and that the path is a LiteFS mount";
     case errc::bad_argument:
       return "an argument given to fwd is invalid: see the error's message";
+    case errc::commit_unknown:
+      return "COMMIT failed after it may have reached the database (e.g. LiteFS went away "
+             "during it): the write may have been applied; retry only with the same request "
+             "id, which the primary answers from its dedup table if the write did commit";
   }
   return "unknown fwd error";
 }
@@ -114,7 +118,8 @@ inline const char* sqlite_message(int extended) noexcept {
     case 9:
       return "SQLITE_INTERRUPT: interrupted";
     case 10:
-      return "SQLITE_IOERR: disk I/O error (on LiteFS in WAL mode: this node is a replica)";
+      return "SQLITE_IOERR: disk I/O error (on LiteFS: in WAL mode this node is a replica, or "
+             "the mount went away under the service)";
     case 11:
       return "SQLITE_CORRUPT: the database disk image is malformed";
     case 12:
@@ -183,6 +188,7 @@ FWD_DECL error_class classify(const boost::system::error_code& ec) noexcept {
       case errc::connection_lost:
       case errc::timeout:
       case errc::cancelled:
+      case errc::commit_unknown:
         return error_class::maybe_executed;
       default:
         return error_class::permanent;

@@ -57,8 +57,11 @@ namespace fwd::sqlite {
  * writes that were waiting (optionally gathered for up to `max_batch_delay`). In it, each
  * write runs in its own `SAVEPOINT`: if it fails (throws, violates a constraint, leaves a
  * deferred foreign key unresolved) only it is rolled back. A write completes only after
- * its batch's COMMIT succeeded; if COMMIT fails, every write of the batch fails with
- * COMMIT's error and nothing of it was applied.
+ * its batch's COMMIT succeeded. If COMMIT fails, every write of the batch fails: with
+ * COMMIT's own error when that proves nothing was committed (SQLITE_BUSY, a constraint,
+ * LiteFS's refusal on a replica), otherwise with errc::commit_unknown ("maybe executed":
+ * COMMIT may have reached the database; a retry with the same request id is answered
+ * from the dedup table if it did).
  *
  * **Exactly once.** The table `_fwd_requests(id BLOB PRIMARY KEY, result BLOB NOT NULL,
  * created_at INTEGER NOT NULL)` (created if missing; created_at in Unix milliseconds)
@@ -69,6 +72,12 @@ namespace fwd::sqlite {
  *
  * **Replicas.** SQLITE_READONLY (e.g. 1544) and SQLITE_IOERR_WRITE (778), LiteFS's
  * refusals on a replica, fail the whole batch with errc::not_primary: nothing was applied.
+ *
+ * **A mount that goes away.** Any other I/O error (SQLITE_IOERR_*, SQLITE_CANTOPEN) before
+ * COMMIT means the file system under the database went away (on LiteFS: LiteFS stopped or
+ * restarted under the service): the whole batch fails with errc::not_primary (nothing was
+ * committed: retryable), and the connection is closed without ROLLBACK (closing it is the
+ * rollback; nothing touches the dead mount again) and opened anew before the next batch.
  *
  * Thread-safe: async_write and stop may be called from any thread.
  */
@@ -133,7 +142,9 @@ class write_executor {
    * first time `id` ran) and `txid` is write_options::position_after_commit's value after
    * the COMMIT (0 without it); on failure `result` describes the failure (the exception's
    * text, or SQLite's message and SQL) and `txid` is 0. Errors: SQLite's codes;
-   * errc::not_primary (LiteFS refused: nothing applied); errc::remote_failure;
+   * errc::not_primary (LiteFS refused, or its mount went away: nothing applied);
+   * errc::commit_unknown (COMMIT failed and may have committed: retry with the same id);
+   * errc::remote_failure;
    * errc::overloaded (queue full: nothing ran); errc::cancelled (stopped before it ran);
    * errc::bad_argument (empty `work`). The handler runs on its associated executor
    * (default: get_executor()), never inside this call.

@@ -6,8 +6,8 @@
 // still retry every call.
 
 #include <algorithm>
+#include <array>
 #include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <mutex>
 #include <random>
@@ -76,8 +76,10 @@ inline std::chrono::nanoseconds full_jitter_backoff(const retry_policy& policy,
  * Every call deposits `ratio` tokens (record_call()) and every retry takes one
  * (try_acquire()); on top of that the bucket refills at `floor_per_second` up to
  * `floor_capacity`, so that a node with few calls can still retry. The bucket holds at
- * most `floor_capacity` plus `ratio` times the calls of the last `window` (a decayed
- * count). So a node that serves many calls can retry each of them through a failover
+ * most `floor_capacity` plus `ratio` times the calls of the last `window`, counted in ten
+ * slots of a tenth of the window each: a call's tokens stay whole for at least 90% of the
+ * window, then go at once (a lone call after a long idle can always be retried, even with
+ * no floor). So a node that serves many calls can retry each of them through a failover
  * (with the default ratio of 1, every call of the last window once more), while a
  * cluster that keeps failing sees at most `ratio` retries per call made, not retries of
  * retries (gRPC's retry throttling and Finagle's retry budget work the same way).
@@ -93,9 +95,10 @@ class retry_budget {
       : floor_capacity_(floor_capacity < 0 ? 0 : floor_capacity),
         floor_per_second_(floor_per_second < 0 ? 0 : floor_per_second),
         ratio_(ratio < 0 ? 0 : ratio),
-        window_seconds_(std::max(0.001, std::chrono::duration<double>(window).count())),
+        slot_seconds_(std::max(0.001, std::chrono::duration<double>(window).count()) / slot_count),
         tokens_(floor_capacity_),
-        last_(clock::now()) {}
+        last_(clock::now()),
+        origin_(last_) {}
 
   explicit retry_budget(const retry_policy& policy) noexcept
       : retry_budget(policy.budget_capacity, policy.budget_refill_per_second, policy.budget_ratio,
@@ -106,6 +109,7 @@ class retry_budget {
     if (unlimited()) return;
     std::lock_guard lock(mutex_);
     refill(now);
+    slot_calls_[static_cast<std::size_t>(newest_slot_ % slot_count)] += 1.0;
     recent_calls_ += 1.0;
     tokens_ = std::min(capacity(), tokens_ + ratio_);
   }
@@ -133,23 +137,41 @@ class retry_budget {
   double capacity() const noexcept { return floor_capacity_ + ratio_ * recent_calls_; }
 
   void refill(clock::time_point now) noexcept {
+    drop_old_calls(now);
     if (now <= last_) return;
     const double elapsed = std::chrono::duration<double>(now - last_).count();
     last_ = now;
-    // The count of recent calls decays over the window (exponentially: no per-call state).
-    recent_calls_ *= std::exp(-elapsed / window_seconds_);
     if (tokens_ < floor_capacity_) tokens_ = std::min(floor_capacity_, tokens_ + elapsed * floor_per_second_);
-    tokens_ = std::min(tokens_, capacity());  // earned tokens go as their calls age
+    tokens_ = std::min(tokens_, capacity());  // earned tokens go with their calls' slot
   }
+
+  // Moves the window to `now`: the slots that fell out of it forget their calls.
+  void drop_old_calls(clock::time_point now) noexcept {
+    if (now <= origin_) return;
+    const auto slot = static_cast<std::int64_t>(
+        std::chrono::duration<double>(now - origin_).count() / slot_seconds_);
+    if (slot <= newest_slot_) return;
+    const std::int64_t steps = std::min<std::int64_t>(slot - newest_slot_, slot_count);
+    for (std::int64_t i = 1; i <= steps; ++i)
+      slot_calls_[static_cast<std::size_t>((newest_slot_ + i) % slot_count)] = 0;
+    newest_slot_ = slot;
+    recent_calls_ = 0;
+    for (double calls : slot_calls_) recent_calls_ += calls;
+  }
+
+  static constexpr std::int64_t slot_count = 10;
 
   const double floor_capacity_;
   const double floor_per_second_;
   const double ratio_;
-  const double window_seconds_;
+  const double slot_seconds_;
   std::mutex mutex_;
   double tokens_;
-  double recent_calls_ = 0;
+  double recent_calls_ = 0;  // the sum of slot_calls_
+  std::array<double, slot_count> slot_calls_{};
+  std::int64_t newest_slot_ = 0;  // slots since origin_
   clock::time_point last_;
+  clock::time_point origin_;
 };
 
 }  // namespace fwd

@@ -7,7 +7,9 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
@@ -85,6 +87,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   void cancel() {
     boost::asio::post(strand_, [self = shared_from_this()] {
       self->timer_.cancel();
+      // A read-your-writes wait leaves the monitor now, not at its deadline.
+      self->replication_wait_.emit(boost::asio::cancellation_type::terminal);
       self->finish(make_error_code(errc::cancelled),
                    "the call was cancelled; if it was sent it may still run on the primary (once)");
     });
@@ -260,12 +264,14 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     if (const auto& monitor = core_->options.monitor) {
       monitor->async_wait_position(
           report_->txid, deadline_,
-          boost::asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec,
+          boost::asio::bind_cancellation_slot(
+              replication_wait_.slot(),
+              boost::asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec,
                                                                           litefs::position local) {
             if (self->done_) return;
             if (!ec) return self->finish({}, {});
             self->finish(make_error_code(errc::replication_lag), replication_lag_detail(self->report_->txid, local.txid));
-          }));
+          })));
       return;
     }
     boost::system::error_code ec;
@@ -344,6 +350,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   std::shared_ptr<forward_core> core_;
   boost::asio::strand<boost::asio::any_io_executor> strand_;
   boost::asio::steady_timer timer_;
+  boost::asio::cancellation_signal replication_wait_;  // cancels the monitor wait
   std::string name_;
   std::uint64_t signature_;
   std::string arguments_;

@@ -1,0 +1,230 @@
+#pragma once
+
+// litefs::monitor's bodies: the polling thread (the only place the mount is read after
+// start()) and the position waiters (on the monitor's strand).
+
+#include <sys/stat.h>
+
+#include <boost/asio/append.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <cerrno>
+#include <fmt/format.h>
+#include <fwd/error.hpp>
+#include <fwd/litefs/detail/io.hpp>
+#include <fwd/litefs/detail/monitor_poller.hpp>
+#include <fwd/litefs/monitor.hpp>
+#include <fwd/litefs/mount.hpp>
+#include <fwd/telemetry.hpp>
+#include <system_error>
+
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
+namespace fwd::litefs {
+
+inline monitor::monitor(boost::asio::any_io_executor ex, monitor_options options)
+    : executor_(std::move(ex)),
+      strand_(boost::asio::make_strand(executor_)),
+      poller_(std::make_shared<detail::monitor_poller>(std::move(options))),
+      deadline_timer_(strand_),
+      events_timer_(strand_),
+      events_socket_(strand_) {}
+
+inline monitor::~monitor() {
+  poller_->stop();
+  // The polling thread holds a reference to the monitor only while it posts a change:
+  // when the last one goes there, this destructor runs on that thread, which then returns.
+  if (thread_.joinable()) {
+    if (thread_.get_id() == std::this_thread::get_id()) {
+      thread_.detach();
+    } else {
+      join_polling_thread();
+    }
+  }
+}
+
+inline void monitor::start() {
+  if (started_.exchange(true)) return;  // once
+  if (auto first = poller_->poll_once()) publish_on_strand(std::move(first));
+  thread_ = std::thread([poller = poller_, weak = weak_from_this()] {
+#if defined(__linux__)
+    pthread_setname_np(pthread_self(), "fwd-monitor");
+#endif
+    run_polling_thread(poller, weak);
+    poller->thread_done();
+  });
+  boost::asio::dispatch(strand_, [self = shared_from_this()] {
+    self->stopped_ = false;
+    if (self->poller_->options().http) self->connect_events();
+  });
+}
+
+inline void monitor::stop() {
+  poller_->stop();
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) join_polling_thread();
+  boost::asio::dispatch(strand_, [self = shared_from_this()] {
+    self->stopped_ = true;
+    self->deadline_timer_.cancel();
+    self->events_timer_.cancel();
+    boost::system::error_code ignored;
+    self->events_socket_.close(ignored);
+    self->fail_waiters(make_error_code(errc::cancelled));
+  });
+}
+
+// Joins at once when the thread is between polls (it waits on a condition variable). A
+// thread stuck in a FUSE call that LiteFS never answers is left to finish it: it holds
+// only the poller, and posts nothing once stopped.
+inline void monitor::join_polling_thread() {
+  if (poller_->wait_thread_done()) {
+    thread_.join();
+  } else {
+    thread_.detach();
+  }
+}
+
+inline void monitor::poll_now() { poller_->request(); }
+
+inline void monitor::run_polling_thread(const std::shared_ptr<detail::monitor_poller>& poller,
+                                        const std::weak_ptr<monitor>& weak) {
+  while (poller->wait_until_due()) {
+    auto published = poller->poll_once();
+    if (!published || poller->stopping()) continue;
+    if (auto self = weak.lock()) self->publish_on_strand(std::move(published));
+  }
+}
+
+inline std::optional<std::uint64_t> monitor::writable_generation(const std::string& db) {
+  const auto s = state();
+  if (s->mount_dead) return std::nullopt;
+  const auto& mount = poller_->options().mount;
+  struct stat now {};
+  if (detail::stat_uncached(db, now) != 0) {
+    if (errno != ENOENT) {
+      poller_->request();
+      return std::nullopt;
+    }
+    // No database yet: the mount itself must still be the one the state describes.
+    if (detail::stat_uncached(mount.string(), now) != 0) {
+      poller_->request();
+      return std::nullopt;
+    }
+  }
+  if (s->mount_device != 0 && static_cast<std::uint64_t>(now.st_dev) != s->mount_device) {
+    poller_->request();
+    return std::nullopt;
+  }
+  return s->mount_generation;
+}
+
+// From the polling thread (or start()): hooks and waiters see the change on the strand.
+inline void monitor::publish_on_strand(std::shared_ptr<const node_state> published) {
+  try {
+    boost::asio::post(strand_, [self = shared_from_this(), published = std::move(published)] {
+      fwd::detail::invoke_hook(self->poller_->options().on_change, *published);
+      self->wake_waiters();
+    });
+  } catch (...) {
+    // Allocation failure: the state is stored; waiters see it at the next change.
+  }
+}
+
+inline void monitor::add_waiter(std::uint64_t txid, clock::time_point deadline, wait_handler handler) {
+  auto slot = boost::asio::get_associated_cancellation_slot(handler);
+  const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  if (slot.is_connected()) {
+    slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
+      if (type == boost::asio::cancellation_type::none) return;
+      if (auto self = weak.lock()) {
+        boost::asio::dispatch(self->strand_, [self, id] { self->cancel_waiter(id); });
+      }
+    });
+  }
+  boost::asio::dispatch(strand_, [self = shared_from_this(), id, txid, deadline,
+                                  h = std::move(handler)]() mutable {
+    if (self->stopped_) {
+      self->complete(std::move(h), make_error_code(errc::cancelled), self->state()->pos);
+      return;
+    }
+    const position now = self->state()->pos;
+    if (now.txid >= txid) {
+      self->complete(std::move(h), {}, now);
+      return;
+    }
+    const bool was_idle = self->waiters_.empty();
+    self->waiters_.push_back(waiter{id, txid, deadline, std::move(h)});
+    self->count_waiters();
+    self->arm_deadline();
+    if (was_idle) self->poller_->request();  // from the slow poll to the fast one at once
+  });
+}
+
+inline void monitor::count_waiters() { poller_->waiters.store(waiters_.size(), std::memory_order_release); }
+
+inline void monitor::wake_waiters() {
+  if (waiters_.empty()) return;
+  const position now = state()->pos;
+  const auto t = clock::now();
+  for (auto it = waiters_.begin(); it != waiters_.end();) {
+    if (now.txid >= it->txid) {
+      complete(std::move(it->handler), {}, now);
+      it = waiters_.erase(it);
+    } else if (t >= it->deadline) {
+      complete(std::move(it->handler), make_error_code(errc::timeout), now);
+      it = waiters_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  count_waiters();
+  arm_deadline();
+}
+
+// Keeps the strand's timer on the earliest waiter deadline: deadlines pass on time
+// whatever the polling thread is doing.
+inline void monitor::arm_deadline() {
+  if (waiters_.empty()) {
+    if (armed_for_) deadline_timer_.cancel();
+    armed_for_.reset();
+    return;
+  }
+  clock::time_point earliest = waiters_.front().deadline;
+  for (const auto& w : waiters_) earliest = std::min(earliest, w.deadline);
+  if (armed_for_ == earliest) return;
+  armed_for_ = earliest;
+  deadline_timer_.expires_at(earliest);
+  deadline_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    if (ec) return;  // re-armed or stopped
+    self->armed_for_.reset();
+    self->wake_waiters();
+  });
+}
+
+inline void monitor::cancel_waiter(std::uint64_t id) {
+  for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+    if (it->id == id) {
+      complete(std::move(it->handler), make_error_code(errc::cancelled), state()->pos);
+      waiters_.erase(it);
+      count_waiters();
+      arm_deadline();
+      return;
+    }
+  }
+}
+
+inline void monitor::fail_waiters(boost::system::error_code ec) {
+  const position now = state()->pos;
+  for (auto& w : waiters_) complete(std::move(w.handler), ec, now);
+  waiters_.clear();
+  count_waiters();
+  armed_for_.reset();
+}
+
+inline void monitor::complete(wait_handler handler, boost::system::error_code ec, position p) {
+  boost::asio::post(executor_, boost::asio::append(std::move(handler), ec, p));
+}
+
+}  // namespace fwd::litefs

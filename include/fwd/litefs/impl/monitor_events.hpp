@@ -1,0 +1,94 @@
+#pragma once
+
+// litefs::monitor following LiteFS's `/events` stream: newline-delimited JSON objects in
+// an HTTP response that never ends. Each complete line is an event; its content is not
+// trusted for anything but "something changed": the polling thread re-reads the mount at
+// once (its files are the truth), which wakes the waiters. Runs on the monitor's strand
+// (network I/O only: no FUSE syscall here).
+
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+#include <fwd/litefs/monitor.hpp>
+
+namespace fwd::litefs {
+
+inline void monitor::connect_events() {
+  if (stopped_) return;
+  boost::system::error_code ignored;
+  events_socket_.close(ignored);
+  events_socket_ = boost::asio::ip::tcp::socket(strand_);
+  events_socket_.async_connect(*poller_->options().http, [self = shared_from_this()](boost::system::error_code ec) {
+    if (ec) return self->events_broke();
+    self->events_request_.method(boost::beast::http::verb::get);
+    self->events_request_.target("/events");
+    self->events_request_.version(11);
+    self->events_request_.set(boost::beast::http::field::host, "litefs");
+    boost::beast::http::async_write(self->events_socket_, self->events_request_,
+                                    [self](boost::system::error_code e, std::size_t) {
+                                      if (e) return self->events_broke();
+                                      self->events_parser_.emplace();
+                                      self->events_parser_->body_limit(boost::none);
+                                      self->events_buffer_.clear();
+                                      self->events_line_.clear();
+                                      self->read_events_header();
+                                    });
+  });
+}
+
+inline void monitor::read_events_header() {
+  boost::beast::http::async_read_header(
+      events_socket_, events_buffer_, *events_parser_,
+      [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+        if (ec || self->events_parser_->get().result() != boost::beast::http::status::ok) {
+          return self->events_broke();
+        }
+        self->poller_->events_connected.store(true);
+        self->events_connects_.fetch_add(1);
+        // A (re)connected stream may have missed changes: read the mount now.
+        self->poller_->request();
+        self->read_events_body();
+      });
+}
+
+inline void monitor::read_events_body() {
+  auto& body = events_parser_->get().body();
+  body.data = events_chunk_.data();
+  body.size = events_chunk_.size();
+  boost::beast::http::async_read_some(
+      events_socket_, events_buffer_, *events_parser_,
+      [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+        if (ec == boost::beast::http::error::need_buffer) ec = {};
+        const std::size_t got = self->events_chunk_.size() - self->events_parser_->get().body().size;
+        self->on_event_bytes(std::string_view(self->events_chunk_.data(), got));
+        if (ec || self->events_parser_->is_done()) return self->events_broke();
+        self->read_events_body();
+      });
+}
+
+inline void monitor::on_event_bytes(std::string_view bytes) {
+  bool any = false;
+  for (char c : bytes) {
+    if (c == '\n') {
+      if (!events_line_.empty()) any = true;
+      events_line_.clear();
+    } else if (events_line_.size() < max_event_line) {
+      events_line_ += c;
+    }
+  }
+  if (!any) return;
+  events_seen_.fetch_add(1);
+  poller_->request();
+}
+
+inline void monitor::events_broke() {
+  poller_->events_connected.store(false);
+  boost::system::error_code ignored;
+  events_socket_.close(ignored);
+  if (stopped_) return;
+  events_timer_.expires_after(poller_->options().events_reconnect);
+  events_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    if (!ec) self->connect_events();
+  });
+}
+
+}  // namespace fwd::litefs

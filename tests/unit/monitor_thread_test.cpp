@@ -1,0 +1,204 @@
+// litefs::monitor reads the mount on its own thread: a FUSE request that LiteFS never
+// answers (a hung LiteFS) must block neither a thread running the user's io_context nor
+// the deadlines of position waiters, and stop() must not wait for a poll interval.
+//
+// A hung LiteFS is made for real: a FUSE filesystem mounted from a /dev/fuse descriptor
+// that nobody serves. The kernel queues every request on it (the first one, INIT, is
+// never answered), so any stat or open there blocks until the descriptor is closed, and
+// then fails with ENOTCONN: exactly what a stopped LiteFS gives. Needs root and
+// /dev/fuse; without them the test says why and passes.
+
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_future.hpp>
+#include <catch2/catch.hpp>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <future>
+#include <fwd/litefs/monitor.hpp>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "../support/temp_dir.hpp"
+
+namespace fs = std::filesystem;
+namespace litefs = fwd::litefs;
+using namespace std::chrono_literals;
+using fwd_test::write_file;
+
+namespace {
+
+void lay_out_primary(const fs::path& mount, std::uint64_t txid) {
+  fs::create_directories(mount);
+  write_file(mount / ".lag", "+000000000\n");
+  char pos[40];
+  std::snprintf(pos, sizeof pos, "%016llx/%016llx\n", static_cast<unsigned long long>(txid), 42ULL);
+  write_file(mount / "app.db-pos", pos);
+}
+
+// A FUSE mount nobody serves: every request on it waits until answer() closes the
+// descriptor, then fails with ENOTCONN.
+class unanswered_fuse_mount {
+ public:
+  explicit unanswered_fuse_mount(const fs::path& dir) : dir_(dir) {
+    fs::create_directories(dir);
+    fd_ = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (fd_ < 0) {
+      why_ = std::string("cannot open /dev/fuse: ") + std::strerror(errno);
+      return;
+    }
+    const std::string options = "fd=" + std::to_string(fd_) + ",rootmode=40000,user_id=0,group_id=0";
+    if (::mount("fwd-unanswered", dir.c_str(), "fuse", MS_NOSUID | MS_NODEV, options.c_str()) != 0) {
+      why_ = std::string("cannot mount FUSE: ") + std::strerror(errno);
+      answer();
+      return;
+    }
+    mounted_ = true;
+  }
+  ~unanswered_fuse_mount() {
+    answer();
+    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool ok() const { return mounted_; }
+  const std::string& why() const { return why_; }
+  /// LiteFS "dies": the requests waiting on the mount fail with ENOTCONN.
+  void answer() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  fs::path dir_;
+  int fd_ = -1;
+  bool mounted_ = false;
+  std::string why_;
+};
+
+struct io_thread {
+  boost::asio::io_context io;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work{io.get_executor()};
+  std::thread thread{[this] { io.run(); }};
+  std::thread::id id() const { return thread.get_id(); }
+  ~io_thread() {
+    work.reset();
+    io.stop();
+    thread.join();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a poll stuck in LiteFS blocks neither the io_context nor waiter deadlines, and "
+          "stop() returns at once") {
+  fwd_test::temp_dir tmp;
+  const fs::path mount = tmp.path() / "litefs";
+  const fs::path hung_dir = tmp.path() / "hung";
+  lay_out_primary(mount, 5);
+  io_thread runner;  // declared before the mount: the mount is answered first at the end
+
+  unanswered_fuse_mount hung(hung_dir);
+  if (!hung.ok()) {
+    WARN(hung.why() << ": the hung-LiteFS case needs root and /dev/fuse");
+    return;
+  }
+  std::atomic<bool> use_hung{false};
+  std::promise<void> entered;
+  std::atomic<bool> entered_once{false};
+  litefs::monitor_options o;
+  o.mount = mount;
+  o.database = "app.db";
+  o.poll_interval = 60s;  // no poll unless asked: stop() must not wait for one
+  o.read_role = [&]() {
+    if (!use_hung) return litefs::current_role(mount);
+    if (!entered_once.exchange(true)) entered.set_value();
+    // The role check's FUSE requests on a LiteFS that never answers: blocks here.
+    return litefs::current_role(hung_dir);
+  };
+  auto monitor = litefs::monitor::create(runner.io.get_executor(), o);
+  monitor->start();
+  REQUIRE(monitor->state()->role == litefs::role_kind::primary);
+
+  use_hung = true;
+  monitor->poll_now();
+  auto in_poll = entered.get_future();
+  REQUIRE(in_poll.wait_for(5s) == std::future_status::ready);  // the poll is in LiteFS now
+
+  // The io_context still runs handlers on time.
+  boost::asio::steady_timer timer(runner.io, 100ms);
+  const auto armed = std::chrono::steady_clock::now();
+  auto fired = timer.async_wait(boost::asio::use_future);
+  const bool timer_fired = fired.wait_for(3s) == std::future_status::ready;
+  if (!timer_fired) hung.answer();  // let the io thread go before failing
+  REQUIRE(timer_fired);
+  CHECK(std::chrono::steady_clock::now() - armed < 1s);
+
+  // A waiter's deadline passes on time though no poll can finish.
+  auto waiting = monitor->async_wait_position(6, std::chrono::steady_clock::now() + 200ms,
+                                              boost::asio::use_future);
+  REQUIRE(waiting.wait_for(3s) == std::future_status::ready);
+  try {
+    waiting.get();
+    FAIL("the waiter must time out");
+  } catch (const boost::system::system_error& e) {
+    CHECK(e.code() == fwd::errc::timeout);
+  }
+  CHECK(monitor->waiters() == 0);
+  CHECK(monitor->state()->role == litefs::role_kind::primary);  // still an atomic load
+
+  // LiteFS goes away: the stuck request fails, the poll ends; stop() joins at once.
+  hung.answer();
+  const auto stopping = std::chrono::steady_clock::now();
+  monitor->stop();
+  CHECK(std::chrono::steady_clock::now() - stopping < 500ms);
+}
+
+TEST_CASE("after start() the mount is read on the monitor's own thread, never on an io_context thread") {
+  fwd_test::temp_dir tmp;
+  const fs::path mount = tmp.path() / "litefs";
+  lay_out_primary(mount, 1);
+  io_thread runner;
+  std::mutex mutex;
+  std::set<std::thread::id> readers;
+  std::atomic<int> reads{0};
+  std::atomic<bool> started{false};
+  litefs::monitor_options o;
+  o.mount = mount;
+  o.database = "app.db";
+  o.poll_interval = 5ms;
+  o.read_role = [&]() {
+    if (started) {
+      std::lock_guard lock(mutex);
+      readers.insert(std::this_thread::get_id());
+      ++reads;
+    }
+    return litefs::current_role(mount);
+  };
+  auto monitor = litefs::monitor::create(runner.io.get_executor(), o);
+  monitor->start();
+  started = true;
+  // Reads asked for from the io_context's thread, and the fast polls of a waiter.
+  boost::asio::post(runner.io, [monitor] { monitor->poll_now(); });
+  auto waiting = monitor->async_wait_position(2, std::chrono::steady_clock::now() + 10s,
+                                              boost::asio::use_future);
+  const auto until = std::chrono::steady_clock::now() + 5s;
+  while (reads < 20 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  REQUIRE(reads >= 20);
+  write_file(mount / "app.db-pos", "0000000000000002/000000000000002a\n");
+  REQUIRE(waiting.wait_for(5s) == std::future_status::ready);
+  CHECK(waiting.get().txid == 2);
+  monitor->stop();
+  std::lock_guard lock(mutex);
+  CHECK(readers.count(runner.id()) == 0);
+  CHECK(readers.count(std::this_thread::get_id()) == 0);
+  CHECK(readers.size() == 1);  // one polling thread
+}
