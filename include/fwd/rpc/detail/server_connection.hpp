@@ -59,6 +59,8 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
   void start() {
     state_->connections.fetch_add(1, std::memory_order_relaxed);
+    state_->unauthenticated.fetch_add(1, std::memory_order_relaxed);
+    counted_ = true;
     last_activity_ = std::chrono::steady_clock::now();
     arm_timer(state_->options.handshake_timeout);
     if (state_->tls_context) {
@@ -76,7 +78,10 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     });
   }
 
-  ~server_connection() { state_->connections.fetch_sub(1, std::memory_order_relaxed); }
+  ~server_connection() {
+    state_->connections.fetch_sub(1, std::memory_order_relaxed);
+    if (counted_ && !authenticated_) state_->unauthenticated.fetch_sub(1, std::memory_order_relaxed);
+  }
 
  private:
   struct running_call {
@@ -218,6 +223,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
       }
       if (step.done) {
         authenticated_ = true;
+        state_->unauthenticated.fetch_sub(1, std::memory_order_relaxed);
         handshake_.reset();
         fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened, connection_event{peer_, {}});
         arm_timer(state_->options.idle_timeout);
@@ -396,6 +402,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   std::chrono::steady_clock::time_point last_activity_;
   boost::system::error_code failed_;
   bool authenticated_ = false;
+  bool counted_ = false;  // in state_->unauthenticated until authenticated_
   bool reading_ = false;
   bool writing_in_progress_ = false;
   bool draining_ = false;
