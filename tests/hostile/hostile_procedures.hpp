@@ -10,6 +10,7 @@
 #include <boost/serialization/vector.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,6 +30,9 @@ struct tree {
 inline constexpr fwd::procedure<std::string(std::string)> echo{"hostile.echo"};
 /// How many strings it was given.
 inline constexpr fwd::procedure<std::int64_t(std::vector<std::string>)> count_strings{"hostile.count_strings"};
+/// How many of the strings are there.
+inline constexpr fwd::procedure<std::int64_t(std::vector<std::optional<std::string>>)> count_present{
+    "hostile.count_present"};
 /// How many trees the tree holds, itself included.
 inline constexpr fwd::procedure<std::int64_t(tree)> count_nodes{"hostile.count_nodes"};
 

@@ -79,6 +79,11 @@ int main(int argc, char** argv) {
   procedures.define(hostile::echo, [](std::string s) { return s; });
   procedures.define(hostile::count_strings,
                     [](std::vector<std::string> v) { return static_cast<std::int64_t>(v.size()); });
+  procedures.define(hostile::count_present, [](std::vector<std::optional<std::string>> v) {
+    std::int64_t n = 0;
+    for (const auto& s : v) n += s ? 1 : 0;
+    return n;
+  });
   procedures.define(hostile::count_nodes, [](hostile::tree t) { return nodes(t); });
 
   fwd::rpc::server server(io.get_executor(), procedures, options);

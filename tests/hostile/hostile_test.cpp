@@ -177,6 +177,18 @@ std::string strings_claiming_everything(std::size_t size) {
   return payload;
 }
 
+// vector<optional<string>> whose count is every byte left (one byte each when empty),
+// then a thousand empty ones and a flag that is neither 0 nor 1.
+std::string optionals_claiming_everything(std::size_t size) {
+  std::string payload = preamble<std::vector<std::optional<std::string>>>(12);
+  put_u64(payload, size - payload.size() - 12);
+  put_u32(payload, 0);
+  payload.resize(payload.size() + 1000, '\0');
+  payload.push_back('\2');
+  payload.resize(size, '\0');
+  return payload;
+}
+
 // A tree 150 deep whose every level claims as many children as the bytes left allow,
 // then empty trees to the end.
 std::string tree_claiming_everything(std::size_t size) {
@@ -243,6 +255,23 @@ TEST_CASE("a 16 MiB frame of strings claiming every byte costs the server a boun
   // storage: what an honest frame of empty strings costs too).
   CHECK(grew <= 160 * 1024);
   CHECK(good.echo(server.endpoint(), "after") == "after");
+}
+
+TEST_CASE("a 16 MiB frame of optional strings claiming every byte costs the server little more than the frame") {
+  hostile_server server;
+  client_thread good;
+  client_thread attacker;
+  REQUIRE(good.echo(server.endpoint(), "before") == "before");
+  const long baseline = server.memory_kib("VmHWM");
+
+  const std::string payload = optionals_claiming_everything(big_payload);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(attacker.raw(server.endpoint(), hostile::count_present, payload) == fwd::errc::protocol_error);
+    CHECK(good.echo(server.endpoint(), "during") == "during");
+  }
+  const long grew = server.memory_kib("VmHWM") - baseline;
+  std::printf("16 MiB vector<optional<string>> frame: server VmHWM +%ld KiB\n", grew);
+  CHECK(grew <= 64 * 1024);
 }
 
 TEST_CASE("trees nested 150 deep, every level claiming every byte, cost the server a bounded amount of memory") {
