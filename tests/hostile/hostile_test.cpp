@@ -326,7 +326,7 @@ TEST_CASE("with its file descriptors exhausted the server backs off instead of s
   CHECK(good.echo(server.endpoint(), "back") == "back");
 }
 
-TEST_CASE("connections beyond the unauthenticated cap are closed at once; authenticated ones keep being served") {
+TEST_CASE("connections beyond the unauthenticated cap are closed at once, and authenticated ones keep being served") {
   hostile_server server({"--max-unauthenticated", "4", "--max-connections", "8", "--handshake-timeout-ms", "60000"});
   client_thread good;
   REQUIRE(good.echo(server.endpoint(), "first") == "first");
