@@ -6717,6 +6717,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -6870,8 +6871,14 @@ class server {
   // Accept failures that the next accept would repeat at once: the process or the system
   // is out of file descriptors or memory.
   static bool out_of_resources(const boost::system::error_code& ec) noexcept {
-    return ec == boost::asio::error::no_descriptors || ec == boost::system::errc::too_many_files_open_in_system ||
-           ec == boost::asio::error::no_buffer_space || ec == boost::asio::error::no_memory;
+    if (ec.category() != boost::system::system_category()) return false;
+    switch (ec.value()) {
+      case EMFILE:
+      case ENFILE:
+      case ENOBUFS:
+      case ENOMEM: return true;
+      default: return false;
+    }
   }
 
   // Retrying at once would spin (the pending connection stays in the backlog): wait,
