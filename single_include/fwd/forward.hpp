@@ -1112,8 +1112,8 @@ concept accepts_arguments = Proc::template accepts<Given...>;
 //
 // Reading is exactly as strict as fwd's input archive, in the same order, and fails with
 // the same boost::archive::archive_exception (so with the same message): a truncated
-// value, a count or length larger than the bytes left (refused before anything is
-// allocated), a bool that is not 0 or 1, a variant index out of range.
+// value, a count or length whose elements cannot fit in the bytes left (refused before
+// anything is allocated), a bool that is not 0 or 1, a variant index out of range.
 // tests/unit/codec_fast_path_test.cpp compares both paths byte for byte and error for
 // error.
 
@@ -1267,8 +1267,8 @@ struct fast_codec<std::vector<U>> {
   static void read(fast_reader& in, std::vector<U>& value) {
     std::size_t count = 0;
     in.read(&count, sizeof(count));
-    // As the archive: a count is at most the bytes left, whatever the element size.
-    if (count > in.remaining()) fast_reader::fail("collection size exceeds the input");
+    // As the archive: the count's elements must fit in the bytes left.
+    if (count > in.remaining() / sizeof(U)) fast_reader::fail("collection size exceeds the input");
     if constexpr (std::is_same_v<U, bool>) {
       value.resize(count);
       for (std::size_t i = 0; i < count; ++i) {
@@ -1277,7 +1277,6 @@ struct fast_codec<std::vector<U>> {
         value[i] = element;
       }
     } else {
-      // The archive resizes, then fails the short read; failing first allocates nothing.
       const char* bytes = in.take(count * sizeof(U));
       value.resize(count);
       if (count > 0) std::memcpy(value.data(), bytes, count * sizeof(U));
@@ -1448,11 +1447,14 @@ void fast_decode(fast_reader& in, Ts&... values) {
 //   std::chrono::duration and system_clock time points, which Boost 1.81 lacks;
 // - fwd's two archives, Boost binary archives over a byte buffer, with the checks that
 //   make decoding a peer's bytes safe: a collection or string may not claim more
-//   elements than bytes remain (Boost would allocate first), a vector whose elements
-//   would take far more memory than the bytes left grows as they are read (Boost would
-//   reserve them all), a bool must be 0 or 1 (Boost asserts), nesting is bounded (no
-//   stack exhaustion), enums travel as their underlying type (Boost narrows them to
-//   int) and are read back without UB;
+//   elements than the bytes left can hold (Boost would allocate first); collections
+//   reserve storage only for elements the bytes left can hold, and only within one
+//   budget shared by the whole payload (a few bytes per byte of input), past which they
+//   grow as their elements are actually read (Boost reserves every claimed element, at
+//   every level of nesting, and rehashes to any bucket count it is sent); a bool must
+//   be 0 or 1 (Boost asserts), nesting is bounded (no stack exhaustion), enums travel
+//   as their underlying type (Boost narrows them to int) and are read back without UB.
+//   What a payload that decodes allocates then depends only on what it holds.
 // - archive_version(), which both ends of a connection must agree on.
 //
 // The archives are written without Boost's header (no_header): the version check is the
@@ -1476,6 +1478,8 @@ void fast_decode(fast_reader& in, Ts&... values) {
 #include <boost/serialization/split_free.hpp>
 #include <boost/serialization/string.hpp>
 #include <boost/serialization/tracking.hpp>
+#include <boost/serialization/archive_input_unordered_map.hpp>
+#include <boost/serialization/archive_input_unordered_set.hpp>
 #include <boost/serialization/unordered_map.hpp>
 #include <boost/serialization/unordered_set.hpp>
 #include <boost/serialization/utility.hpp>
@@ -1489,16 +1493,21 @@ void fast_decode(fast_reader& in, Ts&... values) {
 #include <boost/archive/impl/basic_binary_oarchive.ipp>
 #include <boost/archive/impl/basic_binary_oprimitive.ipp>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <optional>
+#include <set>
 #include <streambuf>
 #include <string>
 #include <string_view>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -1688,6 +1697,10 @@ inline constexpr unsigned archive_flags = boost::archive::no_header | boost::arc
 /// Nesting deeper than this (in archive operations, a few per nested value) is refused.
 inline constexpr int max_archive_depth = 512;
 
+/// Storage fwd's input archive lets collections reserve before their elements are read,
+/// per byte of input, in total over the whole payload (nested collections share it).
+inline constexpr std::size_t max_reserve_per_input_byte = 2;
+
 /// fwd's output archive: Boost's binary format, enums as their underlying type.
 class output_archive final
     : public boost::archive::binary_oarchive_impl<output_archive, char, std::char_traits<char>> {
@@ -1724,10 +1737,30 @@ class input_archive final
   friend primitive;
 
  public:
-  explicit input_archive(input_bytes& in) : base(in, archive_flags), in_(in) { init(archive_flags); }
+  explicit input_archive(input_bytes& in)
+      : base(in, archive_flags), in_(in), reserve_budget_(reserve_budget_for(in.remaining())) {
+    init(archive_flags);
+  }
 
   /// Bytes not yet read.
   std::size_t remaining() const noexcept { return in_.remaining(); }
+
+  /// Takes `count * element_size` bytes from the reserve budget, the storage every
+  /// collection of this payload may reserve before its elements are read; false (and
+  /// nothing taken) when they do not fit: that collection grows as it reads instead.
+  bool take_reserve(std::size_t count, std::size_t element_size) noexcept {
+    if (element_size == 0 || count > reserve_budget_ / element_size) return false;
+    reserve_budget_ -= count * element_size;
+    return true;
+  }
+
+  /// Reads a std::size_t as Boost writes a collection size, without checking it against
+  /// the input (for sizes that are hints, not counts of what follows).
+  std::size_t read_size() {
+    std::size_t size = 0;
+    load_binary(&size, sizeof(size));
+    return size;
+  }
 
  private:
   [[noreturn]] static void fail(const char* what) {
@@ -1786,22 +1819,93 @@ class input_archive final
     if (size > 0) load_binary(s.data(), size);
   }
 
+  static std::size_t reserve_budget_for(std::size_t input) noexcept {
+    return input > std::size_t(-1) / max_reserve_per_input_byte ? std::size_t(-1) : input * max_reserve_per_input_byte;
+  }
+
   input_bytes& in_;
+  std::size_t reserve_budget_;
   int depth_ = 0;
 };
 
-/// Bytes of vector storage fwd's input archive reserves up front per byte of input left.
-inline constexpr std::size_t max_reserve_per_input_byte = 64;
+// The fewest bytes fwd's archives write for a value of type T: a lower bound that makes a
+// peer's count checkable against the bytes left before anything is allocated. 0 for types
+// whose encoding fwd does not know (user types may write nothing at all).
+template <class T>
+struct min_encoded_size : std::integral_constant<std::size_t, 0> {};
+template <class T>
+  requires std::is_arithmetic_v<T>
+struct min_encoded_size<T> : std::integral_constant<std::size_t, sizeof(T)> {};
+template <class T>
+  requires std::is_enum_v<T>
+struct min_encoded_size<T> : std::integral_constant<std::size_t, sizeof(std::underlying_type_t<T>)> {};
+// Strings and collections: their count (a std::size_t) at least.
+template <class C, class Tr, class A>
+struct min_encoded_size<std::basic_string<C, Tr, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class U, class A>
+struct min_encoded_size<std::vector<U, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class V, class C, class A>
+struct min_encoded_size<std::map<K, V, C, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class V, class C, class A>
+struct min_encoded_size<std::multimap<K, V, C, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class C, class A>
+struct min_encoded_size<std::set<K, C, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class C, class A>
+struct min_encoded_size<std::multiset<K, C, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class V, class H, class E, class A>
+struct min_encoded_size<std::unordered_map<K, V, H, E, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class V, class H, class E, class A>
+struct min_encoded_size<std::unordered_multimap<K, V, H, E, A>>
+    : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class H, class E, class A>
+struct min_encoded_size<std::unordered_set<K, H, E, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class H, class E, class A>
+struct min_encoded_size<std::unordered_multiset<K, H, E, A>>
+    : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class T>
+struct min_encoded_size<std::optional<T>> : std::integral_constant<std::size_t, 1> {};  // the flag
+template <class... Ts>
+struct min_encoded_size<std::variant<Ts...>> : std::integral_constant<std::size_t, sizeof(std::uint32_t)> {};
+template <class... Ts>
+struct min_encoded_size<std::tuple<Ts...>>
+    : std::integral_constant<std::size_t, (std::size_t{0} + ... + min_encoded_size<std::remove_cv_t<Ts>>::value)> {};
+template <class A, class B>
+struct min_encoded_size<std::pair<A, B>>
+    : std::integral_constant<std::size_t, min_encoded_size<std::remove_cv_t<A>>::value +
+                                              min_encoded_size<std::remove_cv_t<B>>::value> {};
+template <class Rep, class Period>
+struct min_encoded_size<std::chrono::duration<Rep, Period>> : min_encoded_size<Rep> {};
+template <class Clock, class Duration>
+struct min_encoded_size<std::chrono::time_point<Clock, Duration>> : min_encoded_size<Duration> {};
+
+// Checks a peer's count of T elements against the bytes left: each element takes at
+// least min_encoded_size<T> bytes (the archive already checked count <= bytes left).
+template <class T>
+void check_count(const input_archive& ar, std::size_t count) {
+  constexpr std::size_t min = min_encoded_size<std::remove_cv_t<T>>::value;
+  if constexpr (min > 1) {
+    if (count > ar.remaining() / min) {
+      boost::serialization::throw_exception(boost::archive::archive_exception(
+          boost::archive::archive_exception::input_stream_error, "collection size exceeds the input"));
+    }
+  }
+}
+
+// How many T elements the bytes left can hold at most (an upper bound).
+template <class T>
+std::size_t elements_that_fit(const input_archive& ar) {
+  constexpr std::size_t min = min_encoded_size<std::remove_cv_t<T>>::value;
+  return min > 1 ? ar.remaining() / min : ar.remaining();
+}
 
 // A vector of non-primitive elements (strings, structs, containers), read by fwd's input
 // archive; found by ADL from Boost's vector load, and more specialised than Boost's own.
-// Boost reserves `count` elements before reading one: the count is at most the bytes
-// left, but each element costs sizeof(U), so a peer's N bytes could cost N * sizeof(U)
-// (a 16 MiB frame of a 200-byte struct: over 3 GiB). Here a count whose elements would
-// need more than max_reserve_per_input_byte times the bytes left is grown as the elements
-// are actually read, so memory follows what the input holds. Counts that fit (all honest
-// ones, unless an element's memory is dozens of times its encoding) are read as Boost
-// reads them, into storage reserved once, where element addresses never move.
+// Boost reserves `count` elements before reading one, and a nested vector does the same
+// inside the first element, and so on: a 1 MiB frame of vectors nested 170 deep made it
+// reserve gigabytes. Here storage is reserved up front only for the elements the bytes
+// left can hold, and only while the archive's reserve budget (a few bytes of storage per
+// byte of input, shared by every collection in the payload) lasts; past that the vector
+// grows as its elements are actually read, so memory follows what the input holds.
 template <class U, class Allocator>
 void load(input_archive& ar, std::vector<U, Allocator>& t, const unsigned int /*version*/,
           boost::mpl::false_ /*not bitwise*/) {
@@ -1812,12 +1916,10 @@ void load(input_archive& ar, std::vector<U, Allocator>& t, const unsigned int /*
     ar >> BOOST_SERIALIZATION_NVP(item_version);
   }
   const std::size_t n = count;
-  if (n <= ar.remaining() * max_reserve_per_input_byte / sizeof(U)) {
-    t.reserve(n);
-    boost::serialization::stl::collection_load_impl(ar, t, count, item_version);
-    return;
-  }
+  check_count<U>(ar, n);
   t.clear();
+  const std::size_t expected = std::min(n, elements_that_fit<U>(ar));
+  if (ar.take_reserve(expected, sizeof(U))) t.reserve(expected);
   for (std::size_t i = 0; i < n; ++i) {
     if constexpr (std::is_default_constructible_v<U>) {
       ar >> boost::serialization::make_nvp("item", t.emplace_back());
@@ -1829,6 +1931,70 @@ void load(input_archive& ar, std::vector<U, Allocator>& t, const unsigned int /*
       ar.reset_object_address(&t.back(), u.address());
     }
   }
+}
+
+// A vector of bitwise elements (arithmetic types), read by fwd's input archive. Boost
+// resizes to `count` and then reads: the count must cover count * sizeof(U) bytes that
+// are really there, or a count of N bytes would allocate up to 8 N.
+template <class U, class Allocator>
+void load(input_archive& ar, std::vector<U, Allocator>& t, const unsigned int /*version*/,
+          boost::mpl::true_ /*bitwise*/) {
+  boost::serialization::collection_size_type count;
+  ar >> BOOST_SERIALIZATION_NVP(count);
+  if (BOOST_SERIALIZATION_VECTOR_VERSIONED(ar.get_library_version())) {
+    unsigned int item_version = 0;
+    ar >> BOOST_SERIALIZATION_NVP(item_version);
+  }
+  const std::size_t n = count;
+  if (n > ar.remaining() / sizeof(U)) {
+    boost::serialization::throw_exception(boost::archive::archive_exception(
+        boost::archive::archive_exception::input_stream_error, "collection size exceeds the input"));
+  }
+  t.resize(n);
+  if (n > 0) ar >> boost::serialization::make_array<U, boost::serialization::collection_size_type>(t.data(), count);
+}
+
+// Unordered containers: Boost rehashes to the peer's bucket count (any number: each
+// bucket a pointer) before reading an element. Here the bucket count is read and
+// ignored; buckets are reserved only for the elements the bytes left can hold, within
+// the reserve budget, and otherwise grow as elements are inserted.
+template <class Container, class InputFunction>
+void load_unordered(input_archive& ar, Container& s) {
+  boost::serialization::collection_size_type count;
+  boost::serialization::item_version_type item_version(0);
+  ar >> BOOST_SERIALIZATION_NVP(count);
+  (void)ar.read_size();  // the sender's bucket count: a hint fwd does not follow
+  if (boost::serialization::library_version_type(3) < ar.get_library_version()) {
+    ar >> BOOST_SERIALIZATION_NVP(item_version);
+  }
+  const std::size_t n = count;
+  check_count<typename Container::value_type>(ar, n);
+  s.clear();
+  const std::size_t expected = std::min(n, elements_that_fit<typename Container::value_type>(ar));
+  if (ar.take_reserve(expected, 2 * sizeof(void*))) s.reserve(expected);
+  InputFunction read_one;
+  for (std::size_t i = 0; i < n; ++i) read_one(ar, s, item_version);
+}
+
+template <class K, class V, class H, class E, class A>
+void load(input_archive& ar, std::unordered_map<K, V, H, E, A>& t, const unsigned int /*version*/) {
+  using C = std::unordered_map<K, V, H, E, A>;
+  load_unordered<C, boost::serialization::stl::archive_input_unordered_map<input_archive, C>>(ar, t);
+}
+template <class K, class V, class H, class E, class A>
+void load(input_archive& ar, std::unordered_multimap<K, V, H, E, A>& t, const unsigned int /*version*/) {
+  using C = std::unordered_multimap<K, V, H, E, A>;
+  load_unordered<C, boost::serialization::stl::archive_input_unordered_multimap<input_archive, C>>(ar, t);
+}
+template <class K, class H, class E, class A>
+void load(input_archive& ar, std::unordered_set<K, H, E, A>& t, const unsigned int /*version*/) {
+  using C = std::unordered_set<K, H, E, A>;
+  load_unordered<C, boost::serialization::stl::archive_input_unordered_set<input_archive, C>>(ar, t);
+}
+template <class K, class H, class E, class A>
+void load(input_archive& ar, std::unordered_multiset<K, H, E, A>& t, const unsigned int /*version*/) {
+  using C = std::unordered_multiset<K, H, E, A>;
+  load_unordered<C, boost::serialization::stl::archive_input_unordered_multiset<input_archive, C>>(ar, t);
 }
 
 }  // namespace fwd::detail
@@ -6327,6 +6493,20 @@ struct server_options {
   /// Replies waiting to be written on one connection, in bytes, beyond which the server
   /// stops reading that connection until its peer reads (bounds memory per connection).
   std::size_t max_pending_reply_bytes = std::size_t{8} << 20;
+  /// Connections open at once (authenticated or not). A connection accepted beyond it is
+  /// closed at once, and `telemetry.connection_failed` says `overloaded`.
+  std::size_t max_connections = 4096;
+  /// Connections open at once that have not finished the handshake. A connection
+  /// accepted beyond it is closed at once (`connection_failed`: `overloaded`); the
+  /// authenticated ones are unaffected.
+  std::size_t max_unauthenticated_connections = 256;
+  /// When accepting fails for lack of resources (file descriptors: EMFILE, ENFILE; or
+  /// memory: ENOBUFS, ENOMEM), the server waits this long before it accepts again, twice
+  /// as long after each further failure up to `max_accept_backoff`, and the first delay
+  /// again once a connection is accepted. Each failure is reported through
+  /// `telemetry.connection_failed`, with an empty peer.
+  std::chrono::milliseconds min_accept_backoff{5};
+  std::chrono::milliseconds max_accept_backoff{500};
   /// A connection must finish the handshake within this time.
   std::chrono::milliseconds handshake_timeout{5000};
   /// A connection with no request running and nothing received for this long is closed.
@@ -6382,10 +6562,13 @@ struct server_state {
   wire::versions versions;
   std::atomic<std::size_t> in_flight{0};
   std::atomic<std::size_t> connections{0};
+  std::atomic<std::size_t> unauthenticated{0};  // connections still in the handshake
   std::atomic<bool> stopping{false};
   std::mutex mutex;  // guards live
   std::list<std::weak_ptr<server_connection>> live;
   std::optional<boost::asio::ip::tcp::acceptor> acceptor;  // used on its own strand
+  std::optional<boost::asio::steady_timer> accept_timer;    // on the acceptor's strand
+  std::chrono::milliseconds accept_backoff{0};             // on the acceptor's strand
   std::shared_ptr<boost::asio::ssl::context> tls_context;  // set: connections use TLS
 };
 
@@ -6451,6 +6634,8 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
   void start() {
     state_->connections.fetch_add(1, std::memory_order_relaxed);
+    state_->unauthenticated.fetch_add(1, std::memory_order_relaxed);
+    counted_ = true;
     last_activity_ = std::chrono::steady_clock::now();
     arm_timer(state_->options.handshake_timeout);
     if (state_->tls_context) {
@@ -6468,7 +6653,10 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     });
   }
 
-  ~server_connection() { state_->connections.fetch_sub(1, std::memory_order_relaxed); }
+  ~server_connection() {
+    state_->connections.fetch_sub(1, std::memory_order_relaxed);
+    if (counted_ && !authenticated_) state_->unauthenticated.fetch_sub(1, std::memory_order_relaxed);
+  }
 
  private:
   struct running_call {
@@ -6559,6 +6747,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   std::chrono::steady_clock::time_point last_activity_;
   boost::system::error_code failed_;
   bool authenticated_ = false;
+  bool counted_ = false;  // in state_->unauthenticated until authenticated_
   bool reading_ = false;
   bool writing_in_progress_ = false;
   bool draining_ = false;
@@ -6691,6 +6880,7 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
     }
     if (step.done) {
       authenticated_ = true;
+      state_->unauthenticated.fetch_sub(1, std::memory_order_relaxed);
       handshake_.reset();
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened,
                         connection_event{peer_, {}});
@@ -6860,6 +7050,7 @@ inline void server_connection::close(boost::system::error_code why) {
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -6884,6 +7075,10 @@ namespace fwd::rpc {
  * more than `max_in_flight_per_connection` / `max_in_flight` requests are running (it does
  * not run). A connection that sends a malformed or oversized frame, fails the handshake,
  * or does not finish it within `handshake_timeout` is closed; nothing else is affected.
+ * A connection beyond `max_connections`, or beyond `max_unauthenticated_connections`
+ * still in the handshake, is closed as soon as it is accepted. When accepting fails for
+ * lack of file descriptors or memory, the server accepts again after a growing delay
+ * (`min_accept_backoff` to `max_accept_backoff`) instead of at once.
  *
  * With `options.tls`, connections run mutual TLS under fwd's handshake (see tls_options);
  * a connection that fails TLS is closed the same way, and the others keep being served.
@@ -6964,6 +7159,7 @@ class server {
     boost::asio::dispatch(state_->acceptor->get_executor(), [state = state_] {
       boost::system::error_code ignored;
       state->acceptor->close(ignored);
+      if (state->accept_timer) state->accept_timer->cancel();
     });
     std::lock_guard lock(state_->mutex);
     for (auto& weak : state_->live) {
@@ -6974,23 +7170,80 @@ class server {
  private:
   static void accept(std::shared_ptr<detail::server_state> state) {
     auto& acceptor = *state->acceptor;
-    acceptor.async_accept(boost::asio::make_strand(state->executor),
-                           [state](boost::system::error_code ec, boost::asio::ip::tcp::socket socket) {
-                             if (state->stopping.load()) return;
-                             if (!ec) {
-                               auto connection = std::make_shared<detail::server_connection>(state, std::move(socket));
-                               {
-                                 std::lock_guard lock(state->mutex);
-                                 // Forget connections that are gone, so the list stays small.
-                                 state->live.remove_if([](const auto& w) { return w.expired(); });
-                                 state->live.push_back(connection);
-                               }
-                               connection->start();
-                             } else if (ec == boost::asio::error::operation_aborted) {
-                               return;
-                             }
-                             accept(std::move(state));  // an accept error (EMFILE...) affects one connection only
-                           });
+    acceptor.async_accept(
+        boost::asio::make_strand(state->executor),
+        boost::asio::bind_executor(acceptor.get_executor(), [state](boost::system::error_code ec,
+                                                                      boost::asio::ip::tcp::socket socket) mutable {
+          if (state->stopping.load()) return;
+          if (ec == boost::asio::error::operation_aborted) return;
+          if (ec) {
+            if (out_of_resources(ec)) {
+              back_off(std::move(state), ec);
+              return;
+            }
+            accept(std::move(state));  // any other accept error affects one connection only
+            return;
+          }
+          state->accept_backoff = std::chrono::milliseconds(0);
+          if (!admit(*state, socket)) {
+            accept(std::move(state));
+            return;
+          }
+          auto connection = std::make_shared<detail::server_connection>(state, std::move(socket));
+          {
+            std::lock_guard lock(state->mutex);
+            // Forget connections that are gone, so the list stays small.
+            state->live.remove_if([](const auto& w) { return w.expired(); });
+            state->live.push_back(connection);
+          }
+          connection->start();
+          accept(std::move(state));
+        }));
+  }
+
+  // Accept failures that the next accept would repeat at once: the process or the system
+  // is out of file descriptors or memory.
+  static bool out_of_resources(const boost::system::error_code& ec) noexcept {
+    if (ec.category() != boost::system::system_category()) return false;
+    switch (ec.value()) {
+      case EMFILE:
+      case ENFILE:
+      case ENOBUFS:
+      case ENOMEM: return true;
+      default: return false;
+    }
+  }
+
+  // Retrying at once would spin (the pending connection stays in the backlog): wait,
+  // longer after each failure in a row, then accept again. Connections already open keep
+  // being served meanwhile.
+  static void back_off(std::shared_ptr<detail::server_state> state, const boost::system::error_code& ec) {
+    const auto& options = state->options;
+    auto& delay = state->accept_backoff;
+    delay = delay.count() == 0 ? options.min_accept_backoff : std::min(delay * 2, options.max_accept_backoff);
+    delay = std::max(delay, std::chrono::milliseconds(1));
+    fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{{}, ec});
+    if (!state->accept_timer) state->accept_timer.emplace(state->acceptor->get_executor());
+    state->accept_timer->expires_after(delay);
+    state->accept_timer->async_wait([state](boost::system::error_code wait_ec) mutable {
+      if (wait_ec || state->stopping.load()) return;
+      accept(std::move(state));
+    });
+  }
+
+  // Whether the caps on connections leave room for this one; if not, closes it at once
+  // (the peer sees the connection closed) and reports it.
+  static bool admit(detail::server_state& state, boost::asio::ip::tcp::socket& socket) {
+    const auto& options = state.options;
+    const bool room = state.connections.load(std::memory_order_relaxed) < options.max_connections &&
+                      state.unauthenticated.load(std::memory_order_relaxed) < options.max_unauthenticated_connections;
+    if (room) return true;
+    boost::system::error_code ignored;
+    const auto peer = detail::endpoint_string(socket.remote_endpoint(ignored));
+    socket.close(ignored);
+    fwd::detail::emit(options.telemetry, &telemetry::connection_failed,
+                      connection_event{peer, make_error_code(errc::overloaded)});
+    return false;
   }
 
   std::shared_ptr<detail::server_state> state_;

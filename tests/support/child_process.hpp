@@ -94,6 +94,18 @@ class child_process {
     }
   }
 
+  /// Writes `line` and a newline on the child's stdin. Throws when it cannot.
+  void write_line(const std::string& line) {
+    const std::string text = line + "\n";
+    std::size_t done = 0;
+    while (done < text.size()) {
+      const ssize_t n = ::write(stdin_, text.data() + done, text.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw std::runtime_error(std::string("write to child: ") + std::strerror(errno));
+      done += static_cast<std::size_t>(n);
+    }
+  }
+
   void close_stdin() noexcept {
     if (stdin_ >= 0) {
       ::close(stdin_);

@@ -336,7 +336,7 @@ TEST_CASE("fast path: hostile input is refused with the archive's explanation") 
 
   std::string two(8, '\0');
   two[0] = 2;
-  decoders_agree<std::vector<std::int32_t>>(two + "abcde");  // fits the count, not the elements
+  decoders_agree<std::vector<std::int32_t>>(two + "abcde");  // 2 elements need 8 bytes: refused before resizing
   decoders_agree<std::vector<bool>>(two + "\x01\x05");       // a bool that is neither 0 nor 1
 
   std::string detail;
@@ -344,7 +344,7 @@ TEST_CASE("fast path: hostile input is refused with the archive's explanation") 
   std::vector<std::int32_t> ints;
   fwd::detail::fast_decode(two + "abcde", ec, &detail, ints);
   CHECK(ec == fwd::errc::protocol_error);
-  CHECK(detail == "undecodable payload (input stream error)");
+  CHECK(detail == "undecodable payload (input stream error-collection size exceeds the input)");
   bool flag = false;
   fwd::detail::fast_decode(std::string_view("\x02"), ec, &detail, flag);
   CHECK(ec == fwd::errc::protocol_error);

@@ -30,8 +30,8 @@
 //
 // Reading is exactly as strict as fwd's input archive, in the same order, and fails with
 // the same boost::archive::archive_exception (so with the same message): a truncated
-// value, a count or length larger than the bytes left (refused before anything is
-// allocated), a bool that is not 0 or 1, a variant index out of range.
+// value, a count or length whose elements cannot fit in the bytes left (refused before
+// anything is allocated), a bool that is not 0 or 1, a variant index out of range.
 // tests/unit/codec_fast_path_test.cpp compares both paths byte for byte and error for
 // error.
 
@@ -185,8 +185,8 @@ struct fast_codec<std::vector<U>> {
   static void read(fast_reader& in, std::vector<U>& value) {
     std::size_t count = 0;
     in.read(&count, sizeof(count));
-    // As the archive: a count is at most the bytes left, whatever the element size.
-    if (count > in.remaining()) fast_reader::fail("collection size exceeds the input");
+    // As the archive: the count's elements must fit in the bytes left.
+    if (count > in.remaining() / sizeof(U)) fast_reader::fail("collection size exceeds the input");
     if constexpr (std::is_same_v<U, bool>) {
       value.resize(count);
       for (std::size_t i = 0; i < count; ++i) {
@@ -195,7 +195,6 @@ struct fast_codec<std::vector<U>> {
         value[i] = element;
       }
     } else {
-      // The archive resizes, then fails the short read; failing first allocates nothing.
       const char* bytes = in.take(count * sizeof(U));
       value.resize(count);
       if (count > 0) std::memcpy(value.data(), bytes, count * sizeof(U));

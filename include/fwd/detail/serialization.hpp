@@ -6,11 +6,14 @@
 //   std::chrono::duration and system_clock time points, which Boost 1.81 lacks;
 // - fwd's two archives, Boost binary archives over a byte buffer, with the checks that
 //   make decoding a peer's bytes safe: a collection or string may not claim more
-//   elements than bytes remain (Boost would allocate first), a vector whose elements
-//   would take far more memory than the bytes left grows as they are read (Boost would
-//   reserve them all), a bool must be 0 or 1 (Boost asserts), nesting is bounded (no
-//   stack exhaustion), enums travel as their underlying type (Boost narrows them to
-//   int) and are read back without UB;
+//   elements than the bytes left can hold (Boost would allocate first); collections
+//   reserve storage only for elements the bytes left can hold, and only within one
+//   budget shared by the whole payload (a few bytes per byte of input), past which they
+//   grow as their elements are actually read (Boost reserves every claimed element, at
+//   every level of nesting, and rehashes to any bucket count it is sent); a bool must
+//   be 0 or 1 (Boost asserts), nesting is bounded (no stack exhaustion), enums travel
+//   as their underlying type (Boost narrows them to int) and are read back without UB.
+//   What a payload that decodes allocates then depends only on what it holds.
 // - archive_version(), which both ends of a connection must agree on.
 //
 // The archives are written without Boost's header (no_header): the version check is the
@@ -34,6 +37,8 @@
 #include <boost/serialization/split_free.hpp>
 #include <boost/serialization/string.hpp>
 #include <boost/serialization/tracking.hpp>
+#include <boost/serialization/archive_input_unordered_map.hpp>
+#include <boost/serialization/archive_input_unordered_set.hpp>
 #include <boost/serialization/unordered_map.hpp>
 #include <boost/serialization/unordered_set.hpp>
 #include <boost/serialization/utility.hpp>
@@ -47,16 +52,21 @@
 #include <boost/archive/impl/basic_binary_oarchive.ipp>
 #include <boost/archive/impl/basic_binary_oprimitive.ipp>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <optional>
+#include <set>
 #include <streambuf>
 #include <string>
 #include <string_view>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -246,6 +256,10 @@ inline constexpr unsigned archive_flags = boost::archive::no_header | boost::arc
 /// Nesting deeper than this (in archive operations, a few per nested value) is refused.
 inline constexpr int max_archive_depth = 512;
 
+/// Storage fwd's input archive lets collections reserve before their elements are read,
+/// per byte of input, in total over the whole payload (nested collections share it).
+inline constexpr std::size_t max_reserve_per_input_byte = 2;
+
 /// fwd's output archive: Boost's binary format, enums as their underlying type.
 class output_archive final
     : public boost::archive::binary_oarchive_impl<output_archive, char, std::char_traits<char>> {
@@ -282,10 +296,30 @@ class input_archive final
   friend primitive;
 
  public:
-  explicit input_archive(input_bytes& in) : base(in, archive_flags), in_(in) { init(archive_flags); }
+  explicit input_archive(input_bytes& in)
+      : base(in, archive_flags), in_(in), reserve_budget_(reserve_budget_for(in.remaining())) {
+    init(archive_flags);
+  }
 
   /// Bytes not yet read.
   std::size_t remaining() const noexcept { return in_.remaining(); }
+
+  /// Takes `count * element_size` bytes from the reserve budget, the storage every
+  /// collection of this payload may reserve before its elements are read; false (and
+  /// nothing taken) when they do not fit: that collection grows as it reads instead.
+  bool take_reserve(std::size_t count, std::size_t element_size) noexcept {
+    if (element_size == 0 || count > reserve_budget_ / element_size) return false;
+    reserve_budget_ -= count * element_size;
+    return true;
+  }
+
+  /// Reads a std::size_t as Boost writes a collection size, without checking it against
+  /// the input (for sizes that are hints, not counts of what follows).
+  std::size_t read_size() {
+    std::size_t size = 0;
+    load_binary(&size, sizeof(size));
+    return size;
+  }
 
  private:
   [[noreturn]] static void fail(const char* what) {
@@ -344,22 +378,93 @@ class input_archive final
     if (size > 0) load_binary(s.data(), size);
   }
 
+  static std::size_t reserve_budget_for(std::size_t input) noexcept {
+    return input > std::size_t(-1) / max_reserve_per_input_byte ? std::size_t(-1) : input * max_reserve_per_input_byte;
+  }
+
   input_bytes& in_;
+  std::size_t reserve_budget_;
   int depth_ = 0;
 };
 
-/// Bytes of vector storage fwd's input archive reserves up front per byte of input left.
-inline constexpr std::size_t max_reserve_per_input_byte = 64;
+// The fewest bytes fwd's archives write for a value of type T: a lower bound that makes a
+// peer's count checkable against the bytes left before anything is allocated. 0 for types
+// whose encoding fwd does not know (user types may write nothing at all).
+template <class T>
+struct min_encoded_size : std::integral_constant<std::size_t, 0> {};
+template <class T>
+  requires std::is_arithmetic_v<T>
+struct min_encoded_size<T> : std::integral_constant<std::size_t, sizeof(T)> {};
+template <class T>
+  requires std::is_enum_v<T>
+struct min_encoded_size<T> : std::integral_constant<std::size_t, sizeof(std::underlying_type_t<T>)> {};
+// Strings and collections: their count (a std::size_t) at least.
+template <class C, class Tr, class A>
+struct min_encoded_size<std::basic_string<C, Tr, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class U, class A>
+struct min_encoded_size<std::vector<U, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class V, class C, class A>
+struct min_encoded_size<std::map<K, V, C, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class V, class C, class A>
+struct min_encoded_size<std::multimap<K, V, C, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class C, class A>
+struct min_encoded_size<std::set<K, C, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class C, class A>
+struct min_encoded_size<std::multiset<K, C, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class V, class H, class E, class A>
+struct min_encoded_size<std::unordered_map<K, V, H, E, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class V, class H, class E, class A>
+struct min_encoded_size<std::unordered_multimap<K, V, H, E, A>>
+    : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class H, class E, class A>
+struct min_encoded_size<std::unordered_set<K, H, E, A>> : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class K, class H, class E, class A>
+struct min_encoded_size<std::unordered_multiset<K, H, E, A>>
+    : std::integral_constant<std::size_t, sizeof(std::size_t)> {};
+template <class T>
+struct min_encoded_size<std::optional<T>> : std::integral_constant<std::size_t, 1> {};  // the flag
+template <class... Ts>
+struct min_encoded_size<std::variant<Ts...>> : std::integral_constant<std::size_t, sizeof(std::uint32_t)> {};
+template <class... Ts>
+struct min_encoded_size<std::tuple<Ts...>>
+    : std::integral_constant<std::size_t, (std::size_t{0} + ... + min_encoded_size<std::remove_cv_t<Ts>>::value)> {};
+template <class A, class B>
+struct min_encoded_size<std::pair<A, B>>
+    : std::integral_constant<std::size_t, min_encoded_size<std::remove_cv_t<A>>::value +
+                                              min_encoded_size<std::remove_cv_t<B>>::value> {};
+template <class Rep, class Period>
+struct min_encoded_size<std::chrono::duration<Rep, Period>> : min_encoded_size<Rep> {};
+template <class Clock, class Duration>
+struct min_encoded_size<std::chrono::time_point<Clock, Duration>> : min_encoded_size<Duration> {};
+
+// Checks a peer's count of T elements against the bytes left: each element takes at
+// least min_encoded_size<T> bytes (the archive already checked count <= bytes left).
+template <class T>
+void check_count(const input_archive& ar, std::size_t count) {
+  constexpr std::size_t min = min_encoded_size<std::remove_cv_t<T>>::value;
+  if constexpr (min > 1) {
+    if (count > ar.remaining() / min) {
+      boost::serialization::throw_exception(boost::archive::archive_exception(
+          boost::archive::archive_exception::input_stream_error, "collection size exceeds the input"));
+    }
+  }
+}
+
+// How many T elements the bytes left can hold at most (an upper bound).
+template <class T>
+std::size_t elements_that_fit(const input_archive& ar) {
+  constexpr std::size_t min = min_encoded_size<std::remove_cv_t<T>>::value;
+  return min > 1 ? ar.remaining() / min : ar.remaining();
+}
 
 // A vector of non-primitive elements (strings, structs, containers), read by fwd's input
 // archive; found by ADL from Boost's vector load, and more specialised than Boost's own.
-// Boost reserves `count` elements before reading one: the count is at most the bytes
-// left, but each element costs sizeof(U), so a peer's N bytes could cost N * sizeof(U)
-// (a 16 MiB frame of a 200-byte struct: over 3 GiB). Here a count whose elements would
-// need more than max_reserve_per_input_byte times the bytes left is grown as the elements
-// are actually read, so memory follows what the input holds. Counts that fit (all honest
-// ones, unless an element's memory is dozens of times its encoding) are read as Boost
-// reads them, into storage reserved once, where element addresses never move.
+// Boost reserves `count` elements before reading one, and a nested vector does the same
+// inside the first element, and so on: a 1 MiB frame of vectors nested 170 deep made it
+// reserve gigabytes. Here storage is reserved up front only for the elements the bytes
+// left can hold, and only while the archive's reserve budget (a few bytes of storage per
+// byte of input, shared by every collection in the payload) lasts; past that the vector
+// grows as its elements are actually read, so memory follows what the input holds.
 template <class U, class Allocator>
 void load(input_archive& ar, std::vector<U, Allocator>& t, const unsigned int /*version*/,
           boost::mpl::false_ /*not bitwise*/) {
@@ -370,12 +475,10 @@ void load(input_archive& ar, std::vector<U, Allocator>& t, const unsigned int /*
     ar >> BOOST_SERIALIZATION_NVP(item_version);
   }
   const std::size_t n = count;
-  if (n <= ar.remaining() * max_reserve_per_input_byte / sizeof(U)) {
-    t.reserve(n);
-    boost::serialization::stl::collection_load_impl(ar, t, count, item_version);
-    return;
-  }
+  check_count<U>(ar, n);
   t.clear();
+  const std::size_t expected = std::min(n, elements_that_fit<U>(ar));
+  if (ar.take_reserve(expected, sizeof(U))) t.reserve(expected);
   for (std::size_t i = 0; i < n; ++i) {
     if constexpr (std::is_default_constructible_v<U>) {
       ar >> boost::serialization::make_nvp("item", t.emplace_back());
@@ -387,6 +490,70 @@ void load(input_archive& ar, std::vector<U, Allocator>& t, const unsigned int /*
       ar.reset_object_address(&t.back(), u.address());
     }
   }
+}
+
+// A vector of bitwise elements (arithmetic types), read by fwd's input archive. Boost
+// resizes to `count` and then reads: the count must cover count * sizeof(U) bytes that
+// are really there, or a count of N bytes would allocate up to 8 N.
+template <class U, class Allocator>
+void load(input_archive& ar, std::vector<U, Allocator>& t, const unsigned int /*version*/,
+          boost::mpl::true_ /*bitwise*/) {
+  boost::serialization::collection_size_type count;
+  ar >> BOOST_SERIALIZATION_NVP(count);
+  if (BOOST_SERIALIZATION_VECTOR_VERSIONED(ar.get_library_version())) {
+    unsigned int item_version = 0;
+    ar >> BOOST_SERIALIZATION_NVP(item_version);
+  }
+  const std::size_t n = count;
+  if (n > ar.remaining() / sizeof(U)) {
+    boost::serialization::throw_exception(boost::archive::archive_exception(
+        boost::archive::archive_exception::input_stream_error, "collection size exceeds the input"));
+  }
+  t.resize(n);
+  if (n > 0) ar >> boost::serialization::make_array<U, boost::serialization::collection_size_type>(t.data(), count);
+}
+
+// Unordered containers: Boost rehashes to the peer's bucket count (any number: each
+// bucket a pointer) before reading an element. Here the bucket count is read and
+// ignored; buckets are reserved only for the elements the bytes left can hold, within
+// the reserve budget, and otherwise grow as elements are inserted.
+template <class Container, class InputFunction>
+void load_unordered(input_archive& ar, Container& s) {
+  boost::serialization::collection_size_type count;
+  boost::serialization::item_version_type item_version(0);
+  ar >> BOOST_SERIALIZATION_NVP(count);
+  (void)ar.read_size();  // the sender's bucket count: a hint fwd does not follow
+  if (boost::serialization::library_version_type(3) < ar.get_library_version()) {
+    ar >> BOOST_SERIALIZATION_NVP(item_version);
+  }
+  const std::size_t n = count;
+  check_count<typename Container::value_type>(ar, n);
+  s.clear();
+  const std::size_t expected = std::min(n, elements_that_fit<typename Container::value_type>(ar));
+  if (ar.take_reserve(expected, 2 * sizeof(void*))) s.reserve(expected);
+  InputFunction read_one;
+  for (std::size_t i = 0; i < n; ++i) read_one(ar, s, item_version);
+}
+
+template <class K, class V, class H, class E, class A>
+void load(input_archive& ar, std::unordered_map<K, V, H, E, A>& t, const unsigned int /*version*/) {
+  using C = std::unordered_map<K, V, H, E, A>;
+  load_unordered<C, boost::serialization::stl::archive_input_unordered_map<input_archive, C>>(ar, t);
+}
+template <class K, class V, class H, class E, class A>
+void load(input_archive& ar, std::unordered_multimap<K, V, H, E, A>& t, const unsigned int /*version*/) {
+  using C = std::unordered_multimap<K, V, H, E, A>;
+  load_unordered<C, boost::serialization::stl::archive_input_unordered_multimap<input_archive, C>>(ar, t);
+}
+template <class K, class H, class E, class A>
+void load(input_archive& ar, std::unordered_set<K, H, E, A>& t, const unsigned int /*version*/) {
+  using C = std::unordered_set<K, H, E, A>;
+  load_unordered<C, boost::serialization::stl::archive_input_unordered_set<input_archive, C>>(ar, t);
+}
+template <class K, class H, class E, class A>
+void load(input_archive& ar, std::unordered_multiset<K, H, E, A>& t, const unsigned int /*version*/) {
+  using C = std::unordered_multiset<K, H, E, A>;
+  load_unordered<C, boost::serialization::stl::archive_input_unordered_multiset<input_archive, C>>(ar, t);
 }
 
 }  // namespace fwd::detail

@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -50,6 +51,10 @@ namespace fwd::rpc {
  * more than `max_in_flight_per_connection` / `max_in_flight` requests are running (it does
  * not run). A connection that sends a malformed or oversized frame, fails the handshake,
  * or does not finish it within `handshake_timeout` is closed; nothing else is affected.
+ * A connection beyond `max_connections`, or beyond `max_unauthenticated_connections`
+ * still in the handshake, is closed as soon as it is accepted. When accepting fails for
+ * lack of file descriptors or memory, the server accepts again after a growing delay
+ * (`min_accept_backoff` to `max_accept_backoff`) instead of at once.
  *
  * With `options.tls`, connections run mutual TLS under fwd's handshake (see tls_options);
  * a connection that fails TLS is closed the same way, and the others keep being served.
@@ -130,6 +135,7 @@ class server {
     boost::asio::dispatch(state_->acceptor->get_executor(), [state = state_] {
       boost::system::error_code ignored;
       state->acceptor->close(ignored);
+      if (state->accept_timer) state->accept_timer->cancel();
     });
     std::lock_guard lock(state_->mutex);
     for (auto& weak : state_->live) {
@@ -140,23 +146,80 @@ class server {
  private:
   static void accept(std::shared_ptr<detail::server_state> state) {
     auto& acceptor = *state->acceptor;
-    acceptor.async_accept(boost::asio::make_strand(state->executor),
-                           [state](boost::system::error_code ec, boost::asio::ip::tcp::socket socket) {
-                             if (state->stopping.load()) return;
-                             if (!ec) {
-                               auto connection = std::make_shared<detail::server_connection>(state, std::move(socket));
-                               {
-                                 std::lock_guard lock(state->mutex);
-                                 // Forget connections that are gone, so the list stays small.
-                                 state->live.remove_if([](const auto& w) { return w.expired(); });
-                                 state->live.push_back(connection);
-                               }
-                               connection->start();
-                             } else if (ec == boost::asio::error::operation_aborted) {
-                               return;
-                             }
-                             accept(std::move(state));  // an accept error (EMFILE...) affects one connection only
-                           });
+    acceptor.async_accept(
+        boost::asio::make_strand(state->executor),
+        boost::asio::bind_executor(acceptor.get_executor(), [state](boost::system::error_code ec,
+                                                                      boost::asio::ip::tcp::socket socket) mutable {
+          if (state->stopping.load()) return;
+          if (ec == boost::asio::error::operation_aborted) return;
+          if (ec) {
+            if (out_of_resources(ec)) {
+              back_off(std::move(state), ec);
+              return;
+            }
+            accept(std::move(state));  // any other accept error affects one connection only
+            return;
+          }
+          state->accept_backoff = std::chrono::milliseconds(0);
+          if (!admit(*state, socket)) {
+            accept(std::move(state));
+            return;
+          }
+          auto connection = std::make_shared<detail::server_connection>(state, std::move(socket));
+          {
+            std::lock_guard lock(state->mutex);
+            // Forget connections that are gone, so the list stays small.
+            state->live.remove_if([](const auto& w) { return w.expired(); });
+            state->live.push_back(connection);
+          }
+          connection->start();
+          accept(std::move(state));
+        }));
+  }
+
+  // Accept failures that the next accept would repeat at once: the process or the system
+  // is out of file descriptors or memory.
+  static bool out_of_resources(const boost::system::error_code& ec) noexcept {
+    if (ec.category() != boost::system::system_category()) return false;
+    switch (ec.value()) {
+      case EMFILE:
+      case ENFILE:
+      case ENOBUFS:
+      case ENOMEM: return true;
+      default: return false;
+    }
+  }
+
+  // Retrying at once would spin (the pending connection stays in the backlog): wait,
+  // longer after each failure in a row, then accept again. Connections already open keep
+  // being served meanwhile.
+  static void back_off(std::shared_ptr<detail::server_state> state, const boost::system::error_code& ec) {
+    const auto& options = state->options;
+    auto& delay = state->accept_backoff;
+    delay = delay.count() == 0 ? options.min_accept_backoff : std::min(delay * 2, options.max_accept_backoff);
+    delay = std::max(delay, std::chrono::milliseconds(1));
+    fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{{}, ec});
+    if (!state->accept_timer) state->accept_timer.emplace(state->acceptor->get_executor());
+    state->accept_timer->expires_after(delay);
+    state->accept_timer->async_wait([state](boost::system::error_code wait_ec) mutable {
+      if (wait_ec || state->stopping.load()) return;
+      accept(std::move(state));
+    });
+  }
+
+  // Whether the caps on connections leave room for this one; if not, closes it at once
+  // (the peer sees the connection closed) and reports it.
+  static bool admit(detail::server_state& state, boost::asio::ip::tcp::socket& socket) {
+    const auto& options = state.options;
+    const bool room = state.connections.load(std::memory_order_relaxed) < options.max_connections &&
+                      state.unauthenticated.load(std::memory_order_relaxed) < options.max_unauthenticated_connections;
+    if (room) return true;
+    boost::system::error_code ignored;
+    const auto peer = detail::endpoint_string(socket.remote_endpoint(ignored));
+    socket.close(ignored);
+    fwd::detail::emit(options.telemetry, &telemetry::connection_failed,
+                      connection_event{peer, make_error_code(errc::overloaded)});
+    return false;
   }
 
   std::shared_ptr<detail::server_state> state_;

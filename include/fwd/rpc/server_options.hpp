@@ -64,6 +64,20 @@ struct server_options {
   /// Replies waiting to be written on one connection, in bytes, beyond which the server
   /// stops reading that connection until its peer reads (bounds memory per connection).
   std::size_t max_pending_reply_bytes = std::size_t{8} << 20;
+  /// Connections open at once (authenticated or not). A connection accepted beyond it is
+  /// closed at once, and `telemetry.connection_failed` says `overloaded`.
+  std::size_t max_connections = 4096;
+  /// Connections open at once that have not finished the handshake. A connection
+  /// accepted beyond it is closed at once (`connection_failed`: `overloaded`); the
+  /// authenticated ones are unaffected.
+  std::size_t max_unauthenticated_connections = 256;
+  /// When accepting fails for lack of resources (file descriptors: EMFILE, ENFILE; or
+  /// memory: ENOBUFS, ENOMEM), the server waits this long before it accepts again, twice
+  /// as long after each further failure up to `max_accept_backoff`, and the first delay
+  /// again once a connection is accepted. Each failure is reported through
+  /// `telemetry.connection_failed`, with an empty peer.
+  std::chrono::milliseconds min_accept_backoff{5};
+  std::chrono::milliseconds max_accept_backoff{500};
   /// A connection must finish the handshake within this time.
   std::chrono::milliseconds handshake_timeout{5000};
   /// A connection with no request running and nothing received for this long is closed.
@@ -119,10 +133,13 @@ struct server_state {
   wire::versions versions;
   std::atomic<std::size_t> in_flight{0};
   std::atomic<std::size_t> connections{0};
+  std::atomic<std::size_t> unauthenticated{0};  // connections still in the handshake
   std::atomic<bool> stopping{false};
   std::mutex mutex;  // guards live
   std::list<std::weak_ptr<server_connection>> live;
   std::optional<boost::asio::ip::tcp::acceptor> acceptor;  // used on its own strand
+  std::optional<boost::asio::steady_timer> accept_timer;    // on the acceptor's strand
+  std::chrono::milliseconds accept_backoff{0};             // on the acceptor's strand
   std::shared_ptr<boost::asio::ssl::context> tls_context;  // set: connections use TLS
 };
 

@@ -61,6 +61,8 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
   void start() {
     state_->connections.fetch_add(1, std::memory_order_relaxed);
+    state_->unauthenticated.fetch_add(1, std::memory_order_relaxed);
+    counted_ = true;
     last_activity_ = std::chrono::steady_clock::now();
     arm_timer(state_->options.handshake_timeout);
     if (state_->tls_context) {
@@ -78,7 +80,10 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     });
   }
 
-  ~server_connection() { state_->connections.fetch_sub(1, std::memory_order_relaxed); }
+  ~server_connection() {
+    state_->connections.fetch_sub(1, std::memory_order_relaxed);
+    if (counted_ && !authenticated_) state_->unauthenticated.fetch_sub(1, std::memory_order_relaxed);
+  }
 
  private:
   struct running_call {
@@ -169,6 +174,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   std::chrono::steady_clock::time_point last_activity_;
   boost::system::error_code failed_;
   bool authenticated_ = false;
+  bool counted_ = false;  // in state_->unauthenticated until authenticated_
   bool reading_ = false;
   bool writing_in_progress_ = false;
   bool draining_ = false;

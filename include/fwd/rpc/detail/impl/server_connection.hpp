@@ -121,6 +121,7 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
     }
     if (step.done) {
       authenticated_ = true;
+      state_->unauthenticated.fetch_sub(1, std::memory_order_relaxed);
       handshake_.reset();
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened,
                         connection_event{peer_, {}});

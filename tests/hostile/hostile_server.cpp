@@ -1,0 +1,117 @@
+// A fwd server in its own process, for the hostile tests.
+//   fwd_hostile_server [--max-connections N] [--max-unauthenticated N]
+//                      [--handshake-timeout-ms N] [--nofile N]
+// --nofile sets this process's RLIMIT_NOFILE before the server starts. Prints "port <n>"
+// once it listens; runs until killed. On stdin, one command a line:
+//   stats   prints "stats refused <n> accept_failures <n> open <n>": connections closed by
+//           a cap, accept failures reported, and connections open now
+
+#include "hostile_procedures.hpp"
+
+#include <fwd/rpc/server.hpp>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/streambuf.hpp>
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#if defined(__SANITIZE_ADDRESS__)
+// Under AddressSanitizer, freed memory would stay resident in its quarantine and the
+// tests' bounds on resident memory would measure that instead of the server.
+extern "C" const char* __asan_default_options() { return "quarantine_size_mb=0:thread_local_quarantine_size_kb=0"; }
+#endif
+
+namespace {
+
+std::int64_t nodes(const hostile::tree& t) {
+  std::int64_t n = 1;
+  for (const auto& child : t.children) n += nodes(child);
+  return n;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  fwd::rpc::server_options options;
+  options.secret = "hostile-test-secret-hostile-test-secret";
+  options.node_name = "hostile";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    const std::string value = argv[i + 1];
+    if (flag == "--max-connections") {
+      options.max_connections = std::stoul(value);
+    } else if (flag == "--max-unauthenticated") {
+      options.max_unauthenticated_connections = std::stoul(value);
+    } else if (flag == "--handshake-timeout-ms") {
+      options.handshake_timeout = std::chrono::milliseconds(std::stol(value));
+    } else if (flag == "--nofile") {
+      rlimit limit{};
+      ::getrlimit(RLIMIT_NOFILE, &limit);
+      limit.rlim_cur = std::stoul(value);
+      if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+        std::perror("setrlimit");
+        return 2;
+      }
+    } else {
+      std::cerr << "unknown flag " << flag << "\n";
+      return 2;
+    }
+  }
+
+  std::atomic<long> refused{0};
+  std::atomic<long> accept_failures{0};
+  auto hooks = std::make_shared<fwd::telemetry>();
+  hooks->connection_failed = [&](const fwd::connection_event& e) {
+    if (e.peer.empty()) {
+      ++accept_failures;
+    } else if (e.reason == fwd::errc::overloaded) {
+      ++refused;
+    }
+  };
+  options.telemetry = hooks;
+
+  boost::asio::io_context io;
+  fwd::rpc::registry procedures;
+  procedures.define(hostile::echo, [](std::string s) { return s; });
+  procedures.define(hostile::count_strings,
+                    [](std::vector<std::string> v) { return static_cast<std::int64_t>(v.size()); });
+  procedures.define(hostile::count_present, [](std::vector<std::optional<std::string>> v) {
+    std::int64_t n = 0;
+    for (const auto& s : v) n += s ? 1 : 0;
+    return n;
+  });
+  procedures.define(hostile::count_nodes, [](hostile::tree t) { return nodes(t); });
+
+  fwd::rpc::server server(io.get_executor(), procedures, options);
+  server.start();
+  std::printf("port %u\n", static_cast<unsigned>(server.local_endpoint().port()));
+  std::fflush(stdout);
+
+  boost::asio::posix::stream_descriptor input(io, ::dup(STDIN_FILENO));
+  boost::asio::streambuf lines;
+  std::function<void()> next_command = [&] {
+    boost::asio::async_read_until(input, lines, '\n', [&](boost::system::error_code ec, std::size_t n) {
+      if (ec) return;
+      std::string line(boost::asio::buffers_begin(lines.data()), boost::asio::buffers_begin(lines.data()) + n);
+      lines.consume(n);
+      if (line == "stats\n") {
+        std::printf("stats refused %ld accept_failures %ld open %zu\n", refused.load(), accept_failures.load(),
+                    server.connection_count());
+      }
+      std::fflush(stdout);
+      next_command();
+    });
+  };
+  next_command();
+  io.run();
+}
