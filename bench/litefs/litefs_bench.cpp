@@ -259,6 +259,7 @@ class bench {
       std::vector<std::int64_t>* out;
       std::int64_t& value;
       std::promise<std::string> done;  // empty: every call succeeded
+      fwd::diagnostics diag;             // the failed call's detail
       void next() {
         if (left == 0) {
           done.set_value({});
@@ -268,13 +269,13 @@ class bench {
         fwd::forward_options o;
         o.read_your_writes = ryw;
         o.report = std::make_shared<fwd::call_report>();
-        o.error_detail = std::make_shared<std::string>();
+        o.diagnostics = &diag;
         const auto t0 = clock::now();
         node.async_call(o, insert_row, next_key(), ++value,
                         [this, t0, o](boost::system::error_code ec, std::int64_t) {
                           const auto t1 = clock::now();
                           if (ec) {
-                            done.set_value(ec.message() + ": " + *o.error_detail);
+                            done.set_value(ec.message() + ": " + diag.message());
                             return;
                           }
                           if (o.report->ran_locally != expect_local ||

@@ -139,12 +139,12 @@ struct client_thread {
     auto future = done.get_future();
     fwd::rpc::call_options options;
     options.deadline = std::chrono::steady_clock::now() + 30s;
-    options.error_detail = std::make_shared<std::string>();
-    auto why = options.error_detail;
+    fwd::diagnostics why;
+    options.diagnostics = &why;
     client.async_call_raw(peer, options, proc.name(), proc.signature(), std::move(arguments),
                           [&done](boost::system::error_code ec, std::string) { done.set_value(ec); });
     REQUIRE(future.wait_for(60s) == std::future_status::ready);
-    if (detail != nullptr) *detail = *why;
+    if (detail != nullptr) *detail = why.message();
     return future.get();
   }
 
