@@ -3,6 +3,7 @@
 // How an RPC client connects, authenticates and times out, and the settings of one call.
 
 #include <fwd/error.hpp>
+#include <fwd/rpc/keepalive.hpp>
 #include <fwd/rpc/tls.hpp>
 #include <fwd/rpc/wire.hpp>
 #include <fwd/telemetry.hpp>
@@ -21,7 +22,9 @@ struct client_options {
   /// The cluster secret every node shares (required, non-empty).
   std::string secret;
   /// The largest frame sent or accepted, header included. A call whose request would be
-  /// bigger fails with `frame_too_large` and is not sent.
+  /// bigger fails with `frame_too_large` and is not sent; a reply that would be bigger
+  /// fails its call alone with `frame_too_large` (its bytes are skipped, the connection and
+  /// its other calls go on).
   std::size_t max_frame_size = wire::default_max_frame_size;
   /// Connecting and the handshake together must finish within this time.
   std::chrono::milliseconds connect_timeout{3000};
@@ -30,6 +33,18 @@ struct client_options {
   /// After a failed connection attempt, the next waits this long, doubling up to the max.
   std::chrono::milliseconds reconnect_backoff{50};
   std::chrono::milliseconds max_reconnect_backoff{2000};
+  /// TCP keepalive and TCP_USER_TIMEOUT on each connection (see keepalive_options).
+  keepalive_options keepalive;
+  /// While calls wait for replies on a connection, fwd checks that the server still
+  /// answers: after `ping_interval` with nothing received, the client sends a ping (a
+  /// request for the built-in `fwd.ping`, which every server answers, if only with "no
+  /// such procedure"); after `dead_peer_timeout` with nothing received, the connection is
+  /// closed, its calls fail with `connection_lost` (they may have run), and the next call
+  /// dials again. Finds a server that is up but stuck (stopped, swapping, deadlocked),
+  /// which TCP keepalive cannot. Zero turns the check off. Make `dead_peer_timeout` longer
+  /// than the server can take to answer while loaded.
+  std::chrono::milliseconds ping_interval{5000};
+  std::chrono::milliseconds dead_peer_timeout{15000};
   /// The Boost archive version announced in the handshake (0: this build's).
   std::uint32_t archive_version = 0;
   /// Hooks: call started/finished, connection opened/closed/failed.

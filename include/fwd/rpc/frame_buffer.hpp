@@ -65,6 +65,24 @@ class frame_buffer {
     return true;
   }
 
+  /// The bytes received and not yet taken as a frame (valid until the next prepare()).
+  std::string_view data() const noexcept { return {data_.get() + begin_, end_ - begin_}; }
+
+  /// Bytes received and not yet taken as a frame (part of the next frame).
+  std::size_t buffered() const noexcept { return end_ - begin_; }
+
+  /// The whole size of the frame being received, once its header is in and next() has
+  /// looked at it; 0 otherwise.
+  std::size_t partial_frame_size() const noexcept { return needed_ == 0 ? 0 : buffered() + needed_; }
+
+  /// Drops up to `n` buffered bytes (those of a frame being skipped); returns how many.
+  std::size_t discard(std::size_t n) noexcept {
+    const std::size_t dropped = std::min(n, buffered());
+    begin_ += dropped;
+    needed_ = 0;
+    return dropped;
+  }
+
   /// Shrinks back after a large frame, so that an idle connection holds little memory.
   void shrink(std::size_t initial = 16 * 1024) {
     if (begin_ == end_ && capacity_ > 4 * initial) {

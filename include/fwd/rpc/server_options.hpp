@@ -8,6 +8,7 @@
 #include <fwd/rpc/detail/tls_stream.hpp>
 #include <fwd/rpc/hello.hpp>
 #include <fwd/rpc/registry.hpp>
+#include <fwd/rpc/keepalive.hpp>
 #include <fwd/rpc/tls.hpp>
 #include <fwd/telemetry.hpp>
 #include <fwd/rpc/handshake.hpp>
@@ -56,7 +57,18 @@ struct server_options {
   /// `fwd.hello`'s role and TXID, asked at each hello (null: "unknown", 0).
   std::function<local_status()> status;
   /// The largest frame accepted, header included; a bigger one closes that connection.
+  /// Also the largest reply sent: a result that would make a bigger frame is not sent, and
+  /// the call fails with `frame_too_large` instead (give every node the same value).
   std::size_t max_frame_size = wire::default_max_frame_size;
+  /// Once the first byte of a frame has arrived, the whole frame must arrive within this
+  /// time, or the connection is closed (a peer sending a byte at a time holds nothing
+  /// for ever).
+  std::chrono::milliseconds frame_read_timeout{30000};
+  /// Memory that frames still being received may take, over all connections together:
+  /// a frame larger than 16 KiB counts its announced size from its header until it is
+  /// whole. A connection whose frame would go over is closed (`connection_closed` says
+  /// `overloaded`). Smaller frames are never refused by it.
+  std::size_t max_partial_frame_bytes = std::size_t{256} << 20;
   /// Requests running at once on one connection; more are answered `overloaded`.
   std::size_t max_in_flight_per_connection = 4096;
   /// Requests running at once on the whole server; more are answered `overloaded`.
@@ -82,6 +94,8 @@ struct server_options {
   std::chrono::milliseconds handshake_timeout{5000};
   /// A connection with no request running and nothing received for this long is closed.
   std::chrono::milliseconds idle_timeout{std::chrono::minutes(5)};
+  /// TCP keepalive and TCP_USER_TIMEOUT on each connection (see keepalive_options).
+  keepalive_options keepalive;
   /// The Boost archive version announced in the handshake (0: this build's).
   std::uint32_t archive_version = 0;
   /// Hooks: connection opened, closed and failed (the peer is the client's address).
@@ -134,6 +148,7 @@ struct server_state {
   std::atomic<std::size_t> in_flight{0};
   std::atomic<std::size_t> connections{0};
   std::atomic<std::size_t> unauthenticated{0};  // connections still in the handshake
+  std::atomic<std::size_t> partial_frame_bytes{0};  // see max_partial_frame_bytes
   std::atomic<bool> stopping{false};
   std::mutex mutex;  // guards live
   std::list<std::weak_ptr<server_connection>> live;

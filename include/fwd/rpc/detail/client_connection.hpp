@@ -9,6 +9,7 @@
 #include <fwd/rpc/client_options.hpp>
 #include <fwd/rpc/detail/pending_call.hpp>
 #include <fwd/rpc/frame_buffer.hpp>
+#include <fwd/rpc/keepalive.hpp>
 #include <fwd/rpc/detail/tls_stream.hpp>
 #include <fwd/rpc/hello.hpp>
 #include <fwd/rpc/server.hpp>  // status codes on the wire, endpoint_string
@@ -33,8 +34,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <future>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -63,6 +66,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
         stream_(tcp::socket(strand_)),
         connect_timer_(strand_),
         deadline_timer_(strand_),
+        ping_timer_(strand_),
         backoff_(state_->options.reconnect_backoff) {}
 
   const boost::asio::strand<boost::asio::any_io_executor>& strand() const noexcept { return strand_; }
@@ -101,6 +105,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
       self->fail_all(make_error_code(errc::cancelled), "the client was closed", true);
       self->connect_timer_.cancel();
       self->deadline_timer_.cancel();
+      self->ping_timer_.cancel();
     });
   }
 
@@ -157,6 +162,19 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   void on_read(boost::system::error_code ec, std::size_t n);
 
   void on_frame(const wire::frame_view& frame);
+
+  // A reply too large for max_frame_size at the front of the buffer: fails its call and
+  // skips its bytes. False when the frame is not a reply (the connection must go).
+  bool skip_oversized_reply();
+
+  // --- a peer that stops answering ------------------------------------------------------
+
+  // Arms the ping timer, unless armed for this connection already; runs while calls wait.
+  void watch_peer();
+
+  void on_ping_timer();
+
+  void send_ping();
 
   // The connection broke: calls already sent may have run (connection_lost); the others
   // were never sent and wait for the next connection.
@@ -221,6 +239,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   transport_stream stream_;
   boost::asio::steady_timer connect_timer_;
   boost::asio::steady_timer deadline_timer_;
+  boost::asio::steady_timer ping_timer_;
   std::chrono::milliseconds backoff_;
   std::atomic<std::uint64_t> next_stream_{1};
 
@@ -239,6 +258,11 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   std::vector<std::shared_ptr<pending_call>> batch_;  // keeps written frames alive
   bool writing_ = false;
   bool shut_down_ = false;
+  std::uint64_t skip_ = 0;               // bytes left of an oversized reply being skipped
+  clock::time_point quiet_since_{};      // last bytes received (or when watching began)
+  std::uint64_t ping_generation_ = 0;    // the connection the ping timer watches
+  bool ping_armed_ = false;
+  bool pinged_ = false;                  // a ping went out since the last bytes received
 };
 
 }  // namespace detail

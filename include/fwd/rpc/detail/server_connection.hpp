@@ -6,6 +6,7 @@
 #include <fwd/error.hpp>
 #include <fwd/rpc/server_options.hpp>
 #include <fwd/rpc/frame_buffer.hpp>
+#include <fwd/rpc/keepalive.hpp>
 #include <fwd/rpc/detail/tls_stream.hpp>
 #include <fwd/rpc/hello.hpp>
 #include <fwd/rpc/registry.hpp>
@@ -53,7 +54,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     boost::system::error_code ignored;
     peer_ = endpoint_string(stream_.socket().remote_endpoint(ignored));
     stream_.socket().set_option(tcp::no_delay(true), ignored);
-    stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
+    apply_keepalive(stream_.socket(), state_->options.keepalive);
     // Lets write() write at once without ever blocking (Asio's own operations, TLS's
     // included, are unaffected).
     stream_.socket().non_blocking(true, ignored);
@@ -64,7 +65,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     state_->unauthenticated.fetch_add(1, std::memory_order_relaxed);
     counted_ = true;
     last_activity_ = std::chrono::steady_clock::now();
-    arm_timer(state_->options.handshake_timeout);
+    arm_at(last_activity_ + state_->options.handshake_timeout);
     if (state_->tls_context) {
       await_first_byte();
     } else {
@@ -83,6 +84,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   ~server_connection() {
     state_->connections.fetch_sub(1, std::memory_order_relaxed);
     if (counted_ && !authenticated_) state_->unauthenticated.fetch_sub(1, std::memory_order_relaxed);
+    release_partial();
   }
 
  private:
@@ -92,15 +94,39 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     bool replied = false;
   };
 
-  void arm_timer(std::chrono::milliseconds after) {
-    timer_.expires_after(after);
+  // One timer serves the handshake deadline, the idle timeout and the deadline of a frame
+  // being received. It is armed only for an earlier time than it already is (each change
+  // is a system call); when it fires, on_timer() arms it for whatever is due next, or
+  // leaves it unarmed when nothing is (calls running and no partial frame: on_reply()
+  // arms it again once the last call is done).
+  void arm_at(std::chrono::steady_clock::time_point at) {
+    if (timer_armed_ && timer_at_ <= at) return;
+    timer_armed_ = true;
+    timer_at_ = at;
+    timer_.expires_at(at);
     timer_.async_wait([self = shared_from_this(), generation = ++timer_generation_](boost::system::error_code ec) {
       if (ec || generation != self->timer_generation_ || self->closed_) return;
+      self->timer_armed_ = false;
       self->on_timer();
     });
   }
 
+  void schedule_timer() {
+    if (partial_since_) arm_at(*partial_since_ + state_->options.frame_read_timeout);
+    if (in_flight_ == 0) arm_at(last_activity_ + state_->options.idle_timeout);
+  }
+
   void on_timer();
+
+  // Counts the frame being received against the server's budget for partial frames;
+  // closes the connection (and returns false) when it would go over.
+  bool charge_partial();
+
+  void release_partial() noexcept {
+    if (charged_ == 0) return;
+    state_->partial_frame_bytes.fetch_sub(charged_, std::memory_order_relaxed);
+    charged_ = 0;
+  }
 
   // --- TLS, before fwd's handshake -------------------------------------------------------
 
@@ -172,6 +198,10 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   std::size_t in_flight_ = 0;
   std::uint64_t timer_generation_ = 0;
   std::chrono::steady_clock::time_point last_activity_;
+  std::chrono::steady_clock::time_point timer_at_;
+  std::optional<std::chrono::steady_clock::time_point> partial_since_;  // a frame's first byte
+  std::size_t charged_ = 0;  // bytes of state_->partial_frame_bytes this connection holds
+  bool timer_armed_ = false;
   boost::system::error_code failed_;
   bool authenticated_ = false;
   bool counted_ = false;  // in state_->unauthenticated until authenticated_

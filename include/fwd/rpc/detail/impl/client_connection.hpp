@@ -69,8 +69,9 @@ inline void client_connection::connect() {
 inline void client_connection::on_connected() {
   boost::system::error_code ignored;
   stream_.socket().set_option(tcp::no_delay(true), ignored);
-  stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
+  apply_keepalive(stream_.socket(), state_->options.keepalive);
   state_now_ = state::handshaking;
+  skip_ = 0;
   if (!state_->tls_context) {
     // Lets flush() write at once without ever blocking (Asio's own operations are
     // unaffected).
@@ -121,12 +122,27 @@ inline void client_connection::on_read(boost::system::error_code ec, std::size_t
     return;
   }
   buffer_.commit(n);
+  if (ping_armed_) {
+    quiet_since_ = clock::now();
+    pinged_ = false;
+  }
   wire::frame_view frame;
   const std::uint64_t generation = generation_;
   while (generation == generation_) {
+    if (skip_ > 0) {
+      skip_ -= buffer_.discard(skip_);
+      if (skip_ > 0) break;
+      continue;
+    }
     const std::size_t limit = state_now_ == state::ready ? state_->options.max_frame_size
                                                          : wire::max_handshake_frame_size;
-    if (!buffer_.next(limit, frame, ec)) break;
+    if (!buffer_.next(limit, frame, ec)) {
+      if (ec == errc::frame_too_large && state_now_ == state::ready && skip_oversized_reply()) {
+        ec = {};
+        continue;
+      }
+      break;
+    }
     on_frame(frame);
   }
   if (generation != generation_) return;
@@ -168,6 +184,76 @@ inline void client_connection::on_frame(const wire::frame_view& frame) {
   }
   const auto ec = decode_status(frame.header.aux);
   finish(frame.header.stream_id, ec, std::string(ec ? frame.meta : frame.body));
+}
+
+inline bool client_connection::skip_oversized_reply() {
+  wire::frame_header h;
+  if (wire::decode_header(buffer_.data(), std::numeric_limits<std::size_t>::max(), h) ||
+      h.type != wire::frame_type::reply) {
+    return false;
+  }
+  skip_ = wire::frame_size(h);
+  finish(h.stream_id, make_error_code(errc::frame_too_large),
+         fmt::format("the reply from {} is {} bytes, over max_frame_size ({} bytes): the call "
+                     "ran, its result was dropped",
+                     peer_name_, skip_, state_->options.max_frame_size));
+  return true;
+}
+
+inline void client_connection::watch_peer() {
+  const auto& o = state_->options;
+  if (o.ping_interval.count() <= 0 && o.dead_peer_timeout.count() <= 0) return;
+  if (ping_armed_ && ping_generation_ == generation_) return;
+  ping_armed_ = true;
+  ping_generation_ = generation_;
+  quiet_since_ = clock::now();
+  pinged_ = false;
+  on_ping_timer();
+}
+
+inline void client_connection::on_ping_timer() {
+  if (ping_generation_ != generation_ || state_now_ != state::ready || calls_.empty()) {
+    ping_armed_ = false;  // nothing to watch: the next call sent arms it again
+    return;
+  }
+  const auto& o = state_->options;
+  const auto now = clock::now();
+  const auto quiet = now - quiet_since_;
+  if (o.dead_peer_timeout.count() > 0 && quiet >= o.dead_peer_timeout) {
+    connection_broke(
+        make_error_code(errc::timeout),
+        fmt::format("{} sent nothing for {} ms with calls waiting (dead_peer_timeout), not even "
+                    "an answer to a ping: the connection was closed",
+                    peer_name_, std::chrono::duration_cast<std::chrono::milliseconds>(quiet).count()));
+    return;
+  }
+  if (o.ping_interval.count() > 0 && !pinged_ && quiet >= o.ping_interval) {
+    pinged_ = true;
+    send_ping();
+  }
+  auto next = clock::time_point::max();
+  if (o.ping_interval.count() > 0 && !pinged_) next = std::min(next, quiet_since_ + o.ping_interval);
+  if (o.dead_peer_timeout.count() > 0) next = std::min(next, quiet_since_ + o.dead_peer_timeout);
+  if (next == clock::time_point::max()) {
+    ping_armed_ = false;
+    return;
+  }
+  ping_timer_.expires_at(next);
+  ping_timer_.async_wait([self = shared_from_this(), generation = ping_generation_](boost::system::error_code ec) {
+    if (ec || generation != self->ping_generation_) return;
+    self->on_ping_timer();
+  });
+}
+
+inline void client_connection::send_ping() {
+  wire::frame_header h;
+  h.type = wire::frame_type::request;
+  h.stream_id = next_stream_id();  // its reply matches no call, and is dropped
+  std::memcpy(h.id.data(), state_->id_prefix.data(), 8);
+  fwd::detail::store_le<std::uint64_t>(reinterpret_cast<char*>(h.id.data() + 8),
+                                       state_->next_id.fetch_add(1, std::memory_order_relaxed));
+  wire::append_frame(control_, h, ping_procedure, {});
+  flush();
 }
 
 inline void client_connection::connection_broke(boost::system::error_code why,
@@ -228,6 +314,7 @@ inline void client_connection::flush() {
       batch_.push_back(std::move(call));
     }
   }
+  if (!batch_.empty()) watch_peer();
   if (buffers_.empty()) return;
   writing_ = true;
   if (!stream_.is_tls() && stream_.socket().non_blocking() && batch_.size() == calls_.size()) {

@@ -14,14 +14,35 @@ inline void server_connection::on_timer() {
     close(make_error_code(errc::timeout));  // slow (or silent) handshake
     return;
   }
-  const auto idle_for = now - last_activity_;
-  if (in_flight_ == 0 && idle_for >= state_->options.idle_timeout) {
+  if (partial_since_ && now - *partial_since_ >= state_->options.frame_read_timeout) {
+    close(make_error_code(errc::timeout));  // a frame that arrives too slowly
+    return;
+  }
+  if (in_flight_ == 0 && now - last_activity_ >= state_->options.idle_timeout) {
     close({});
     return;
   }
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(state_->options.idle_timeout -
-                                                                    idle_for);
-  arm_timer(std::max(left, std::chrono::milliseconds(1)));
+  schedule_timer();
+}
+
+inline bool server_connection::charge_partial() {
+  // A frame that fits the buffer every connection keeps anyway costs nothing extra.
+  constexpr std::size_t free_size = 16 * 1024;
+  std::size_t want = buffer_.partial_frame_size();
+  if (want <= free_size) want = 0;
+  if (want > charged_) {
+    const std::size_t extra = want - charged_;
+    const std::size_t before = state_->partial_frame_bytes.fetch_add(extra, std::memory_order_relaxed);
+    if (before + extra > state_->options.max_partial_frame_bytes) {
+      state_->partial_frame_bytes.fetch_sub(extra, std::memory_order_relaxed);
+      close(make_error_code(errc::overloaded));
+      return false;
+    }
+  } else if (want < charged_) {
+    state_->partial_frame_bytes.fetch_sub(charged_ - want, std::memory_order_relaxed);
+  }
+  charged_ = want;
+  return true;
 }
 
 inline void server_connection::await_first_byte() {
@@ -93,15 +114,28 @@ inline void server_connection::on_read(boost::system::error_code ec, std::size_t
   buffer_.commit(n);
   last_activity_ = std::chrono::steady_clock::now();
   wire::frame_view frame;
+  bool took_frame = false;
   while (!closed_ && !draining_) {
     const std::size_t limit =
         authenticated_ ? state_->options.max_frame_size : wire::max_handshake_frame_size;
     if (!buffer_.next(limit, frame, ec)) break;
+    took_frame = true;
     on_frame(frame);
   }
   if (ec) {
     close(ec);  // malformed or oversized: this connection only
     return;
+  }
+  if (closed_) return;
+  if (authenticated_) {
+    // The deadline of the frame being received runs from its first byte.
+    if (buffer_.buffered() == 0) {
+      partial_since_.reset();
+    } else if (took_frame || !partial_since_) {
+      partial_since_ = last_activity_;
+      schedule_timer();
+    }
+    if (!charge_partial()) return;
   }
   if (in_flight_ == 0) buffer_.shrink();
   read();
@@ -125,7 +159,8 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
       handshake_.reset();
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened,
                         connection_event{peer_, {}});
-      arm_timer(state_->options.idle_timeout);
+      timer_armed_ = false;  // armed for the handshake's deadline: re-armed for what is next
+      schedule_timer();
     }
     return;
   }
@@ -143,6 +178,16 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
 
 inline void server_connection::on_request(const wire::frame_view& frame) {
   const auto& h = frame.header;
+  if (frame.meta == ping_procedure) {
+    // A client checking that this server still answers: at once, outside every limit.
+    wire::frame_header answer;
+    answer.type = wire::frame_type::reply;
+    answer.stream_id = h.stream_id;
+    answer.id = h.id;
+    wire::append_frame(queued_, answer, {}, {});
+    write();
+    return;
+  }
   if (state_->stopping.load(std::memory_order_relaxed)) {
     reply(h.stream_id, h.id, make_error_code(errc::overloaded), "the server is shutting down");
     return;
@@ -202,6 +247,21 @@ inline void server_connection::on_reply(running_call& call, boost::system::error
   --in_flight_;
   state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
   if (closed_) return;
+  if (in_flight_ == 0) {
+    // The idle timeout counts again from now (the timer was left unarmed while calls ran).
+    last_activity_ = std::chrono::steady_clock::now();
+    schedule_timer();
+  }
+  const std::size_t max_result = state_->options.max_frame_size - wire::header_size;
+  if (!ec && result.size() > max_result) {
+    // The client would refuse the frame: say why instead of sending it.
+    reply(call.stream_id, call.id, make_error_code(errc::frame_too_large),
+          fmt::format("the result is {} bytes, over the limit of {} bytes a reply may carry "
+                      "(max_frame_size {} less the {}-byte header)",
+                      result.size(), max_result, state_->options.max_frame_size, wire::header_size));
+    if (draining_) maybe_close_drained();
+    return;
+  }
   if (ec) {
     reply(call.stream_id, call.id, ec, result);
   } else {
@@ -262,6 +322,7 @@ inline void server_connection::write() {
 inline void server_connection::close(boost::system::error_code why) {
   if (closed_) return;
   closed_ = true;
+  release_partial();
   timer_.cancel();
   stream_.close();
   if (authenticated_) {
