@@ -33,6 +33,10 @@ inline constexpr fwd::procedure<std::int64_t(std::vector<std::string>)> count_st
 /// How many of the strings are there.
 inline constexpr fwd::procedure<std::int64_t(std::vector<std::optional<std::string>>)> count_present{
     "hostile.count_present"};
+/// Replies with its argument after that many milliseconds (without holding a thread).
+inline constexpr fwd::procedure<std::int64_t(std::int64_t)> nap{"hostile.nap"};
+/// A string of that many bytes.
+inline constexpr fwd::procedure<std::string(std::int64_t)> blob{"hostile.blob"};
 /// How many trees the tree holds, itself included.
 inline constexpr fwd::procedure<std::int64_t(tree)> count_nodes{"hostile.count_nodes"};
 

@@ -1,6 +1,8 @@
 // A fwd server in its own process, for the hostile tests.
 //   fwd_hostile_server [--max-connections N] [--max-unauthenticated N]
-//                      [--handshake-timeout-ms N] [--nofile N]
+//                      [--handshake-timeout-ms N] [--nofile N] [--idle-timeout-ms N]
+//                      [--frame-read-timeout-ms N] [--max-partial-frame-bytes N]
+//                      [--max-frame-size N]
 // --nofile sets this process's RLIMIT_NOFILE before the server starts. Prints "port <n>"
 // once it listens; runs until killed. On stdin, one command a line:
 //   stats   prints "stats refused <n> accept_failures <n> open <n>": connections closed by
@@ -10,7 +12,11 @@
 
 #include <fwd/rpc/server.hpp>
 
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/streambuf.hpp>
@@ -54,6 +60,14 @@ int main(int argc, char** argv) {
       options.max_unauthenticated_connections = std::stoul(value);
     } else if (flag == "--handshake-timeout-ms") {
       options.handshake_timeout = std::chrono::milliseconds(std::stol(value));
+    } else if (flag == "--idle-timeout-ms") {
+      options.idle_timeout = std::chrono::milliseconds(std::stol(value));
+    } else if (flag == "--frame-read-timeout-ms") {
+      options.frame_read_timeout = std::chrono::milliseconds(std::stol(value));
+    } else if (flag == "--max-partial-frame-bytes") {
+      options.max_partial_frame_bytes = std::stoul(value);
+    } else if (flag == "--max-frame-size") {
+      options.max_frame_size = std::stoul(value);
     } else if (flag == "--nofile") {
       rlimit limit{};
       ::getrlimit(RLIMIT_NOFILE, &limit);
@@ -91,6 +105,12 @@ int main(int argc, char** argv) {
     return n;
   });
   procedures.define(hostile::count_nodes, [](hostile::tree t) { return nodes(t); });
+  procedures.define(hostile::nap, [](std::int64_t ms) -> boost::asio::awaitable<std::int64_t> {
+    boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, std::chrono::milliseconds(ms));
+    co_await timer.async_wait(boost::asio::use_awaitable);
+    co_return ms;
+  });
+  procedures.define(hostile::blob, [](std::int64_t n) { return std::string(static_cast<std::size_t>(n), 'b'); });
 
   fwd::rpc::server server(io.get_executor(), procedures, options);
   server.start();
