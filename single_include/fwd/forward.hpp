@@ -6131,6 +6131,24 @@ class frame_buffer {
     return true;
   }
 
+  /// The bytes received and not yet taken as a frame (valid until the next prepare()).
+  std::string_view data() const noexcept { return {data_.get() + begin_, end_ - begin_}; }
+
+  /// Bytes received and not yet taken as a frame (part of the next frame).
+  std::size_t buffered() const noexcept { return end_ - begin_; }
+
+  /// The whole size of the frame being received, once its header is in and next() has
+  /// looked at it; 0 otherwise.
+  std::size_t partial_frame_size() const noexcept { return needed_ == 0 ? 0 : buffered() + needed_; }
+
+  /// Drops up to `n` buffered bytes (those of a frame being skipped); returns how many.
+  std::size_t discard(std::size_t n) noexcept {
+    const std::size_t dropped = std::min(n, buffered());
+    begin_ += dropped;
+    needed_ = 0;
+    return dropped;
+  }
+
   /// Shrinks back after a large frame, so that an idle connection holds little memory.
   void shrink(std::size_t initial = 16 * 1024) {
     if (begin_ == end_ && capacity_ > 4 * initial) {
@@ -6441,6 +6459,72 @@ class transport_stream {
 }  // namespace fwd::rpc::detail
 
 // ---- end fwd/rpc/detail/tls_stream.hpp ----
+// ---- begin fwd/rpc/keepalive.hpp ----
+
+// TCP keepalive and TCP_USER_TIMEOUT on a connected socket, so that the kernel gives up on
+// a peer that vanished without a reset (a host powered off, a link dropped).
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/socket_base.hpp>
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include <chrono>
+#include <string_view>
+
+namespace fwd::rpc {
+
+/**
+ * The kernel's side of finding a dead peer, on every connection (client and server). With
+ * the defaults, a silent peer is given up on within about 15 s: keepalive probes start
+ * after 5 s without traffic and three unanswered ones, 3 s apart, end the connection
+ * (5 + 3 * 3 = 14 s); data sent and not acknowledged for 15 s ends it too
+ * (TCP_USER_TIMEOUT). Zero leaves the system's default for that setting. Where the
+ * platform lacks a setting it is skipped. The kernel answers for a process that is alive
+ * but stuck: fwd's own ping (client_options::ping_interval) covers that case.
+ */
+struct keepalive_options {
+  std::chrono::seconds idle{5};      ///< TCP_KEEPIDLE: silence before the first probe
+  std::chrono::seconds interval{3};  ///< TCP_KEEPINTVL: between probes
+  int count = 3;                     ///< TCP_KEEPCNT: unanswered probes that end it
+  std::chrono::milliseconds user_timeout{15000};  ///< TCP_USER_TIMEOUT: unacknowledged data
+};
+
+namespace detail {
+
+/// The procedure a client calls to see that a server still answers. A server answers it at
+/// once with an empty result; one that does not know it answers "no such procedure",
+/// which proves as much.
+inline constexpr std::string_view ping_procedure = "fwd.ping";
+
+/// Sets keepalive on (always) and its timings where the platform has them. Errors are
+/// ignored: a socket without them still works, only finds a dead peer later.
+inline void apply_keepalive(boost::asio::ip::tcp::socket& socket, const keepalive_options& l) {
+  boost::system::error_code ignored;
+  socket.set_option(boost::asio::socket_base::keep_alive(true), ignored);
+  [[maybe_unused]] const auto fd = socket.native_handle();
+  [[maybe_unused]] auto set = [fd](int name, int value) {
+    if (value > 0) ::setsockopt(fd, IPPROTO_TCP, name, &value, sizeof(value));
+  };
+#if defined(TCP_KEEPIDLE)
+  set(TCP_KEEPIDLE, static_cast<int>(l.idle.count()));
+#endif
+#if defined(TCP_KEEPINTVL)
+  set(TCP_KEEPINTVL, static_cast<int>(l.interval.count()));
+#endif
+#if defined(TCP_KEEPCNT)
+  set(TCP_KEEPCNT, l.count);
+#endif
+#if defined(TCP_USER_TIMEOUT)
+  set(TCP_USER_TIMEOUT, static_cast<int>(l.user_timeout.count()));
+#endif
+}
+
+}  // namespace detail
+}  // namespace fwd::rpc
+
+// ---- end fwd/rpc/keepalive.hpp ----
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/bind_executor.hpp>
@@ -6485,7 +6569,18 @@ struct server_options {
   /// `fwd.hello`'s role and TXID, asked at each hello (null: "unknown", 0).
   std::function<local_status()> status;
   /// The largest frame accepted, header included; a bigger one closes that connection.
+  /// Also the largest reply sent: a result that would make a bigger frame is not sent, and
+  /// the call fails with `frame_too_large` instead (give every node the same value).
   std::size_t max_frame_size = wire::default_max_frame_size;
+  /// Once the first byte of a frame has arrived, the whole frame must arrive within this
+  /// time, or the connection is closed (a peer sending a byte at a time holds nothing
+  /// for ever).
+  std::chrono::milliseconds frame_read_timeout{30000};
+  /// Memory that frames still being received may take, over all connections together:
+  /// a frame larger than 16 KiB counts its announced size from its header until it is
+  /// whole. A connection whose frame would go over is closed (`connection_closed` says
+  /// `overloaded`). Smaller frames are never refused by it.
+  std::size_t max_partial_frame_bytes = std::size_t{256} << 20;
   /// Requests running at once on one connection; more are answered `overloaded`.
   std::size_t max_in_flight_per_connection = 4096;
   /// Requests running at once on the whole server; more are answered `overloaded`.
@@ -6511,6 +6606,8 @@ struct server_options {
   std::chrono::milliseconds handshake_timeout{5000};
   /// A connection with no request running and nothing received for this long is closed.
   std::chrono::milliseconds idle_timeout{std::chrono::minutes(5)};
+  /// TCP keepalive and TCP_USER_TIMEOUT on each connection (see keepalive_options).
+  keepalive_options keepalive;
   /// The Boost archive version announced in the handshake (0: this build's).
   std::uint32_t archive_version = 0;
   /// Hooks: connection opened, closed and failed (the peer is the client's address).
@@ -6563,6 +6660,7 @@ struct server_state {
   std::atomic<std::size_t> in_flight{0};
   std::atomic<std::size_t> connections{0};
   std::atomic<std::size_t> unauthenticated{0};  // connections still in the handshake
+  std::atomic<std::size_t> partial_frame_bytes{0};  // see max_partial_frame_bytes
   std::atomic<bool> stopping{false};
   std::mutex mutex;  // guards live
   std::list<std::weak_ptr<server_connection>> live;
@@ -6626,7 +6724,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     boost::system::error_code ignored;
     peer_ = endpoint_string(stream_.socket().remote_endpoint(ignored));
     stream_.socket().set_option(tcp::no_delay(true), ignored);
-    stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
+    apply_keepalive(stream_.socket(), state_->options.keepalive);
     // Lets write() write at once without ever blocking (Asio's own operations, TLS's
     // included, are unaffected).
     stream_.socket().non_blocking(true, ignored);
@@ -6637,7 +6735,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     state_->unauthenticated.fetch_add(1, std::memory_order_relaxed);
     counted_ = true;
     last_activity_ = std::chrono::steady_clock::now();
-    arm_timer(state_->options.handshake_timeout);
+    arm_at(last_activity_ + state_->options.handshake_timeout);
     if (state_->tls_context) {
       await_first_byte();
     } else {
@@ -6656,6 +6754,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   ~server_connection() {
     state_->connections.fetch_sub(1, std::memory_order_relaxed);
     if (counted_ && !authenticated_) state_->unauthenticated.fetch_sub(1, std::memory_order_relaxed);
+    release_partial();
   }
 
  private:
@@ -6665,15 +6764,39 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     bool replied = false;
   };
 
-  void arm_timer(std::chrono::milliseconds after) {
-    timer_.expires_after(after);
+  // One timer serves the handshake deadline, the idle timeout and the deadline of a frame
+  // being received. It is armed only for an earlier time than it already is (each change
+  // is a system call); when it fires, on_timer() arms it for whatever is due next, or
+  // leaves it unarmed when nothing is (calls running and no partial frame: on_reply()
+  // arms it again once the last call is done).
+  void arm_at(std::chrono::steady_clock::time_point at) {
+    if (timer_armed_ && timer_at_ <= at) return;
+    timer_armed_ = true;
+    timer_at_ = at;
+    timer_.expires_at(at);
     timer_.async_wait([self = shared_from_this(), generation = ++timer_generation_](boost::system::error_code ec) {
       if (ec || generation != self->timer_generation_ || self->closed_) return;
+      self->timer_armed_ = false;
       self->on_timer();
     });
   }
 
+  void schedule_timer() {
+    if (partial_since_) arm_at(*partial_since_ + state_->options.frame_read_timeout);
+    if (in_flight_ == 0) arm_at(last_activity_ + state_->options.idle_timeout);
+  }
+
   void on_timer();
+
+  // Counts the frame being received against the server's budget for partial frames;
+  // closes the connection (and returns false) when it would go over.
+  bool charge_partial();
+
+  void release_partial() noexcept {
+    if (charged_ == 0) return;
+    state_->partial_frame_bytes.fetch_sub(charged_, std::memory_order_relaxed);
+    charged_ = 0;
+  }
 
   // --- TLS, before fwd's handshake -------------------------------------------------------
 
@@ -6745,6 +6868,10 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   std::size_t in_flight_ = 0;
   std::uint64_t timer_generation_ = 0;
   std::chrono::steady_clock::time_point last_activity_;
+  std::chrono::steady_clock::time_point timer_at_;
+  std::optional<std::chrono::steady_clock::time_point> partial_since_;  // a frame's first byte
+  std::size_t charged_ = 0;  // bytes of state_->partial_frame_bytes this connection holds
+  bool timer_armed_ = false;
   boost::system::error_code failed_;
   bool authenticated_ = false;
   bool counted_ = false;  // in state_->unauthenticated until authenticated_
@@ -6773,14 +6900,35 @@ inline void server_connection::on_timer() {
     close(make_error_code(errc::timeout));  // slow (or silent) handshake
     return;
   }
-  const auto idle_for = now - last_activity_;
-  if (in_flight_ == 0 && idle_for >= state_->options.idle_timeout) {
+  if (partial_since_ && now - *partial_since_ >= state_->options.frame_read_timeout) {
+    close(make_error_code(errc::timeout));  // a frame that arrives too slowly
+    return;
+  }
+  if (in_flight_ == 0 && now - last_activity_ >= state_->options.idle_timeout) {
     close({});
     return;
   }
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(state_->options.idle_timeout -
-                                                                    idle_for);
-  arm_timer(std::max(left, std::chrono::milliseconds(1)));
+  schedule_timer();
+}
+
+inline bool server_connection::charge_partial() {
+  // A frame that fits the buffer every connection keeps anyway costs nothing extra.
+  constexpr std::size_t free_size = 16 * 1024;
+  std::size_t want = buffer_.partial_frame_size();
+  if (want <= free_size) want = 0;
+  if (want > charged_) {
+    const std::size_t extra = want - charged_;
+    const std::size_t before = state_->partial_frame_bytes.fetch_add(extra, std::memory_order_relaxed);
+    if (before + extra > state_->options.max_partial_frame_bytes) {
+      state_->partial_frame_bytes.fetch_sub(extra, std::memory_order_relaxed);
+      close(make_error_code(errc::overloaded));
+      return false;
+    }
+  } else if (want < charged_) {
+    state_->partial_frame_bytes.fetch_sub(charged_ - want, std::memory_order_relaxed);
+  }
+  charged_ = want;
+  return true;
 }
 
 inline void server_connection::await_first_byte() {
@@ -6852,15 +7000,28 @@ inline void server_connection::on_read(boost::system::error_code ec, std::size_t
   buffer_.commit(n);
   last_activity_ = std::chrono::steady_clock::now();
   wire::frame_view frame;
+  bool took_frame = false;
   while (!closed_ && !draining_) {
     const std::size_t limit =
         authenticated_ ? state_->options.max_frame_size : wire::max_handshake_frame_size;
     if (!buffer_.next(limit, frame, ec)) break;
+    took_frame = true;
     on_frame(frame);
   }
   if (ec) {
     close(ec);  // malformed or oversized: this connection only
     return;
+  }
+  if (closed_) return;
+  if (authenticated_) {
+    // The deadline of the frame being received runs from its first byte.
+    if (buffer_.buffered() == 0) {
+      partial_since_.reset();
+    } else if (took_frame || !partial_since_) {
+      partial_since_ = last_activity_;
+      schedule_timer();
+    }
+    if (!charge_partial()) return;
   }
   if (in_flight_ == 0) buffer_.shrink();
   read();
@@ -6884,7 +7045,8 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
       handshake_.reset();
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened,
                         connection_event{peer_, {}});
-      arm_timer(state_->options.idle_timeout);
+      timer_armed_ = false;  // armed for the handshake's deadline: re-armed for what is next
+      schedule_timer();
     }
     return;
   }
@@ -6902,6 +7064,16 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
 
 inline void server_connection::on_request(const wire::frame_view& frame) {
   const auto& h = frame.header;
+  if (frame.meta == ping_procedure) {
+    // A client checking that this server still answers: at once, outside every limit.
+    wire::frame_header answer;
+    answer.type = wire::frame_type::reply;
+    answer.stream_id = h.stream_id;
+    answer.id = h.id;
+    wire::append_frame(queued_, answer, {}, {});
+    write();
+    return;
+  }
   if (state_->stopping.load(std::memory_order_relaxed)) {
     reply(h.stream_id, h.id, make_error_code(errc::overloaded), "the server is shutting down");
     return;
@@ -6961,6 +7133,21 @@ inline void server_connection::on_reply(running_call& call, boost::system::error
   --in_flight_;
   state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
   if (closed_) return;
+  if (in_flight_ == 0) {
+    // The idle timeout counts again from now (the timer was left unarmed while calls ran).
+    last_activity_ = std::chrono::steady_clock::now();
+    schedule_timer();
+  }
+  const std::size_t max_result = state_->options.max_frame_size - wire::header_size;
+  if (!ec && result.size() > max_result) {
+    // The client would refuse the frame: say why instead of sending it.
+    reply(call.stream_id, call.id, make_error_code(errc::frame_too_large),
+          fmt::format("the result is {} bytes, over the limit of {} bytes a reply may carry "
+                      "(max_frame_size {} less the {}-byte header)",
+                      result.size(), max_result, state_->options.max_frame_size, wire::header_size));
+    if (draining_) maybe_close_drained();
+    return;
+  }
   if (ec) {
     reply(call.stream_id, call.id, ec, result);
   } else {
@@ -7021,6 +7208,7 @@ inline void server_connection::write() {
 inline void server_connection::close(boost::system::error_code why) {
   if (closed_) return;
   closed_ = true;
+  release_partial();
   timer_.cancel();
   stream_.close();
   if (authenticated_) {
@@ -7272,7 +7460,9 @@ struct client_options {
   /// The cluster secret every node shares (required, non-empty).
   std::string secret;
   /// The largest frame sent or accepted, header included. A call whose request would be
-  /// bigger fails with `frame_too_large` and is not sent.
+  /// bigger fails with `frame_too_large` and is not sent; a reply that would be bigger
+  /// fails its call alone with `frame_too_large` (its bytes are skipped, the connection and
+  /// its other calls go on).
   std::size_t max_frame_size = wire::default_max_frame_size;
   /// Connecting and the handshake together must finish within this time.
   std::chrono::milliseconds connect_timeout{3000};
@@ -7281,6 +7471,18 @@ struct client_options {
   /// After a failed connection attempt, the next waits this long, doubling up to the max.
   std::chrono::milliseconds reconnect_backoff{50};
   std::chrono::milliseconds max_reconnect_backoff{2000};
+  /// TCP keepalive and TCP_USER_TIMEOUT on each connection (see keepalive_options).
+  keepalive_options keepalive;
+  /// While calls wait for replies on a connection, fwd checks that the server still
+  /// answers: after `ping_interval` with nothing received, the client sends a ping (a
+  /// request for the built-in `fwd.ping`, which every server answers, if only with "no
+  /// such procedure"); after `dead_peer_timeout` with nothing received, the connection is
+  /// closed, its calls fail with `connection_lost` (they may have run), and the next call
+  /// dials again. Finds a server that is up but stuck (stopped, swapping, deadlocked),
+  /// which TCP keepalive cannot. Zero turns the check off. Make `dead_peer_timeout` longer
+  /// than the server can take to answer while loaded.
+  std::chrono::milliseconds ping_interval{5000};
+  std::chrono::milliseconds dead_peer_timeout{15000};
   /// The Boost archive version announced in the handshake (0: this build's).
   std::uint32_t archive_version = 0;
   /// Hooks: call started/finished, connection opened/closed/failed.
@@ -7468,8 +7670,10 @@ struct client_state {
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <future>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -7498,6 +7702,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
         stream_(tcp::socket(strand_)),
         connect_timer_(strand_),
         deadline_timer_(strand_),
+        ping_timer_(strand_),
         backoff_(state_->options.reconnect_backoff) {}
 
   const boost::asio::strand<boost::asio::any_io_executor>& strand() const noexcept { return strand_; }
@@ -7536,6 +7741,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
       self->fail_all(make_error_code(errc::cancelled), "the client was closed", true);
       self->connect_timer_.cancel();
       self->deadline_timer_.cancel();
+      self->ping_timer_.cancel();
     });
   }
 
@@ -7592,6 +7798,19 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   void on_read(boost::system::error_code ec, std::size_t n);
 
   void on_frame(const wire::frame_view& frame);
+
+  // A reply too large for max_frame_size at the front of the buffer: fails its call and
+  // skips its bytes. False when the frame is not a reply (the connection must go).
+  bool skip_oversized_reply();
+
+  // --- a peer that stops answering ------------------------------------------------------
+
+  // Arms the ping timer, unless armed for this connection already; runs while calls wait.
+  void watch_peer();
+
+  void on_ping_timer();
+
+  void send_ping();
 
   // The connection broke: calls already sent may have run (connection_lost); the others
   // were never sent and wait for the next connection.
@@ -7656,6 +7875,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   transport_stream stream_;
   boost::asio::steady_timer connect_timer_;
   boost::asio::steady_timer deadline_timer_;
+  boost::asio::steady_timer ping_timer_;
   std::chrono::milliseconds backoff_;
   std::atomic<std::uint64_t> next_stream_{1};
 
@@ -7674,6 +7894,11 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   std::vector<std::shared_ptr<pending_call>> batch_;  // keeps written frames alive
   bool writing_ = false;
   bool shut_down_ = false;
+  std::uint64_t skip_ = 0;               // bytes left of an oversized reply being skipped
+  clock::time_point quiet_since_{};      // last bytes received (or when watching began)
+  std::uint64_t ping_generation_ = 0;    // the connection the ping timer watches
+  bool ping_armed_ = false;
+  bool pinged_ = false;                  // a ping went out since the last bytes received
 };
 
 }  // namespace detail
@@ -7750,8 +7975,9 @@ inline void client_connection::connect() {
 inline void client_connection::on_connected() {
   boost::system::error_code ignored;
   stream_.socket().set_option(tcp::no_delay(true), ignored);
-  stream_.socket().set_option(boost::asio::socket_base::keep_alive(true), ignored);
+  apply_keepalive(stream_.socket(), state_->options.keepalive);
   state_now_ = state::handshaking;
+  skip_ = 0;
   if (!state_->tls_context) {
     // Lets flush() write at once without ever blocking (Asio's own operations are
     // unaffected).
@@ -7802,12 +8028,27 @@ inline void client_connection::on_read(boost::system::error_code ec, std::size_t
     return;
   }
   buffer_.commit(n);
+  if (ping_armed_) {
+    quiet_since_ = clock::now();
+    pinged_ = false;
+  }
   wire::frame_view frame;
   const std::uint64_t generation = generation_;
   while (generation == generation_) {
+    if (skip_ > 0) {
+      skip_ -= buffer_.discard(skip_);
+      if (skip_ > 0) break;
+      continue;
+    }
     const std::size_t limit = state_now_ == state::ready ? state_->options.max_frame_size
                                                          : wire::max_handshake_frame_size;
-    if (!buffer_.next(limit, frame, ec)) break;
+    if (!buffer_.next(limit, frame, ec)) {
+      if (ec == errc::frame_too_large && state_now_ == state::ready && skip_oversized_reply()) {
+        ec = {};
+        continue;
+      }
+      break;
+    }
     on_frame(frame);
   }
   if (generation != generation_) return;
@@ -7849,6 +8090,76 @@ inline void client_connection::on_frame(const wire::frame_view& frame) {
   }
   const auto ec = decode_status(frame.header.aux);
   finish(frame.header.stream_id, ec, std::string(ec ? frame.meta : frame.body));
+}
+
+inline bool client_connection::skip_oversized_reply() {
+  wire::frame_header h;
+  if (wire::decode_header(buffer_.data(), std::numeric_limits<std::size_t>::max(), h) ||
+      h.type != wire::frame_type::reply) {
+    return false;
+  }
+  skip_ = wire::frame_size(h);
+  finish(h.stream_id, make_error_code(errc::frame_too_large),
+         fmt::format("the reply from {} is {} bytes, over max_frame_size ({} bytes): the call "
+                     "ran, its result was dropped",
+                     peer_name_, skip_, state_->options.max_frame_size));
+  return true;
+}
+
+inline void client_connection::watch_peer() {
+  const auto& o = state_->options;
+  if (o.ping_interval.count() <= 0 && o.dead_peer_timeout.count() <= 0) return;
+  if (ping_armed_ && ping_generation_ == generation_) return;
+  ping_armed_ = true;
+  ping_generation_ = generation_;
+  quiet_since_ = clock::now();
+  pinged_ = false;
+  on_ping_timer();
+}
+
+inline void client_connection::on_ping_timer() {
+  if (ping_generation_ != generation_ || state_now_ != state::ready || calls_.empty()) {
+    ping_armed_ = false;  // nothing to watch: the next call sent arms it again
+    return;
+  }
+  const auto& o = state_->options;
+  const auto now = clock::now();
+  const auto quiet = now - quiet_since_;
+  if (o.dead_peer_timeout.count() > 0 && quiet >= o.dead_peer_timeout) {
+    connection_broke(
+        make_error_code(errc::timeout),
+        fmt::format("{} sent nothing for {} ms with calls waiting (dead_peer_timeout), not even "
+                    "an answer to a ping: the connection was closed",
+                    peer_name_, std::chrono::duration_cast<std::chrono::milliseconds>(quiet).count()));
+    return;
+  }
+  if (o.ping_interval.count() > 0 && !pinged_ && quiet >= o.ping_interval) {
+    pinged_ = true;
+    send_ping();
+  }
+  auto next = clock::time_point::max();
+  if (o.ping_interval.count() > 0 && !pinged_) next = std::min(next, quiet_since_ + o.ping_interval);
+  if (o.dead_peer_timeout.count() > 0) next = std::min(next, quiet_since_ + o.dead_peer_timeout);
+  if (next == clock::time_point::max()) {
+    ping_armed_ = false;
+    return;
+  }
+  ping_timer_.expires_at(next);
+  ping_timer_.async_wait([self = shared_from_this(), generation = ping_generation_](boost::system::error_code ec) {
+    if (ec || generation != self->ping_generation_) return;
+    self->on_ping_timer();
+  });
+}
+
+inline void client_connection::send_ping() {
+  wire::frame_header h;
+  h.type = wire::frame_type::request;
+  h.stream_id = next_stream_id();  // its reply matches no call, and is dropped
+  std::memcpy(h.id.data(), state_->id_prefix.data(), 8);
+  fwd::detail::store_le<std::uint64_t>(reinterpret_cast<char*>(h.id.data() + 8),
+                                       state_->next_id.fetch_add(1, std::memory_order_relaxed));
+  wire::append_frame(control_, h, ping_procedure, {});
+  flush();
 }
 
 inline void client_connection::connection_broke(boost::system::error_code why,
@@ -7909,6 +8220,7 @@ inline void client_connection::flush() {
       batch_.push_back(std::move(call));
     }
   }
+  if (!batch_.empty()) watch_peer();
   if (buffers_.empty()) return;
   writing_ = true;
   if (!stream_.is_tls() && stream_.socket().non_blocking() && batch_.size() == calls_.size()) {
