@@ -593,9 +593,11 @@ TEST_CASE("calls that outlive the idle timeout cost no CPU while they run, and i
     REQUIRE(send_all(fd, request_frame(hostile::nap, 7, fwd::detail::encode_values(std::int64_t{4000}))));
   }
   std::this_thread::sleep_for(300ms);  // every call is now past the idle timeout
-  const double cpu = cpu_share(server, 1500ms);
-  std::printf("%d connections with calls past the idle timeout: server CPU %.1f%%\n", connections, cpu * 100);
-  CHECK(cpu < 0.10);
+  // Nothing happens on these connections until the calls end: the server should sleep.
+  const double cpu = cpu_share(server, 2000ms);
+  std::printf("%d connections with calls past the idle timeout: server CPU %.1f%% over 2 s\n", connections,
+              cpu * 100);
+  CHECK(cpu < 0.03);
 
   // The calls finish; then each connection, idle, is closed by the idle timeout.
   for (int fd : held.list) {
