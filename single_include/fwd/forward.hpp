@@ -6469,6 +6469,7 @@ class transport_stream {
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <string_view>
