@@ -340,16 +340,20 @@ class bench {
   fwd::litefs::detail::position_reader position_{fs_.mount(0), db_name};
   int counting_ = -1;  // the system whose COMMIT frames are counted now
   int last_frames_ = 0;
+  int last_system_ = -1;  // the system of the last COMMIT seen (-1: not counted)
   std::array<std::uint64_t, system_count> wal_frames_{}, wal_commits_{};
 
   static int on_wal_commit(void* self_ptr, sqlite3* db, const char* name, int frames) {
     auto* self = static_cast<bench*>(self_ptr);
     const int added = frames > self->last_frames_ ? frames - self->last_frames_ : frames;
     self->last_frames_ = frames;
-    if (self->counting_ >= 0) {
+    // Only a COMMIT that follows one of the same system's counts: before the first of a
+    // block other connections (fwd's writers) may have appended frames of their own.
+    if (self->counting_ >= 0 && self->counting_ == self->last_system_) {
       self->wal_frames_[static_cast<std::size_t>(self->counting_)] += static_cast<std::uint64_t>(added);
       ++self->wal_commits_[static_cast<std::size_t>(self->counting_)];
     }
+    self->last_system_ = self->counting_;
     if (frames >= 1000) {
       sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
     }
