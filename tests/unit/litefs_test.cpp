@@ -307,7 +307,7 @@ TEST_CASE("parse_primary rejects empty, control bytes, NUL and huge contents as 
 // /proc/self/mounts
 // ---------------------------------------------------------------------------------------
 
-TEST_CASE("an /events tx line of the database yields its position; anything else does not") {
+TEST_CASE("an /events tx line of the database yields its position, and no other line does") {
   using fwd::litefs::detail::event_kind;
   using fwd::litefs::detail::parse_event_line;
   const std::string tx =
