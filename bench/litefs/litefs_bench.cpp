@@ -17,9 +17,13 @@
 //                  floor under forwarded_ryw
 //   direct_dedup   a direct insert with the SQL fwd's writer adds to each write: a
 //                  SAVEPOINT, the request id looked up and recorded in its dedup table
+//   direct_dedup_ordered  direct_dedup with time-ordered request ids (48-bit Unix
+//                  milliseconds first, then random bits): each dedup row goes to the
+//                  table's last leaf instead of a random one
 //   direct_writer  direct_dedup plus the writer's mount checks: before the transaction a
-//                  forced getattr of the database, after COMMIT `<db>-pos` read (the TXID);
-//                  what `local` does minus the thread hand-offs
+//                  forced getattr of the database, after COMMIT `<db>-pos` read (the TXID,
+//                  one pread of a kept descriptor, as the writer reads it); what `local`
+//                  does minus the thread hand-offs
 //   direct_alone   `direct` before the fwd nodes start (measured first, not interleaved):
 //                  what the nodes running beside the database cost a writer that does not
 //                  use them
@@ -41,6 +45,9 @@
 // service code does; fwd's writes also record their request id (exactly once). WAL,
 // synchronous=NORMAL on every connection (FWD_BENCH_LITEFS_SYNC=FULL|NORMAL|OFF|EXTRA).
 //
+// For the direct systems it also reports the WAL frames (pages) each COMMIT appended:
+// litefs.wal_frames.<system> (each frame is written to LiteFS as its own FUSE writes).
+//
 // Without LiteFS (no binary, no FUSE, not root) it prints why on stderr and exits 0 with
 // no figures.
 #include <pthread.h>
@@ -56,6 +63,7 @@
 #include <cstdlib>
 #include <future>
 #include <fwd/litefs/detail/io.hpp>
+#include <fwd/litefs/detail/position_reader.hpp>
 #include <fwd/litefs/mount.hpp>
 #include <fwd/node.hpp>
 #include <fwd/sqlite/connection.hpp>
@@ -137,11 +145,24 @@ enum system_id {
   direct_dedup,
   direct_writer,
   direct_alone,
+  direct_dedup_ordered,
   system_count
 };
 const std::array<const char*, system_count> system_names{
     "direct",       "local",         "forwarded",   "forwarded_ryw",
-    "replicated",   "direct_dedup",  "direct_writer", "direct_alone"};
+    "replicated",   "direct_dedup",  "direct_writer", "direct_alone",
+    "direct_dedup_ordered"};
+
+/// A request id that starts with the 48-bit Unix time in milliseconds (big-endian), the
+/// rest random: ids made later sort later.
+fwd::request_id time_ordered_id() {
+  fwd::request_id id = fwd::make_request_id();
+  const auto ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                 std::chrono::system_clock::now().time_since_epoch())
+                                                 .count());
+  for (int i = 0; i < 6; ++i) id[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(ms >> (8 * (5 - i)));
+  return id;
+}
 
 class bench {
  public:
@@ -156,6 +177,13 @@ class bench {
                  "WITHOUT ROWID");
     lookup_ = direct_.prepare("SELECT result FROM " + table + " WHERE id = ?1");
     record_ = direct_.prepare("INSERT INTO " + table + "(id, result, created_at) VALUES (?1, ?2, ?3)");
+    // Counts the frames each COMMIT appends; checkpoints as SQLite's default hook does.
+    sqlite3_wal_hook(direct_.native_handle(), &bench::on_wal_commit, this);
+  }
+
+  /// WAL frames per COMMIT of system `s` (0 when none was counted).
+  double wal_frames_per_commit(system_id s) const {
+    return wal_commits_[s] == 0 ? 0.0 : static_cast<double>(wal_frames_[s]) / static_cast<double>(wal_commits_[s]);
   }
 
   void attach(fwd::node& primary, fwd::node& replica) {
@@ -171,9 +199,12 @@ class bench {
       case direct_dedup:
       case direct_writer:
       case direct_alone:
+      case direct_dedup_ordered:
         for (int i = 0; i < n; ++i) {
           const auto t0 = clock::now();
+          counting_ = out != nullptr ? static_cast<int>(s) : -1;
           direct_insert(s);
+          counting_ = -1;
           if (s == replicated) wait_replica();
           const auto t1 = clock::now();
           if (out) out->push_back(elapsed_ns(t0, t1));
@@ -197,7 +228,7 @@ class bench {
 
  private:
   void direct_insert(system_id s) {
-    const bool dedup = s == direct_dedup || s == direct_writer;
+    const bool dedup = s == direct_dedup || s == direct_writer || s == direct_dedup_ordered;
     const std::string db = (fs_.mount(0) / db_name).string();
     if (s == direct_writer) {
       struct stat st {};
@@ -210,7 +241,7 @@ class bench {
     try {
       if (dedup) {
         direct_.exec("SAVEPOINT fwd_write");
-        const fwd::request_id id = fwd::make_request_id();
+        const fwd::request_id id = s == direct_dedup_ordered ? time_ordered_id() : fwd::make_request_id();
         lookup_.reset().bind(1, fwd::sqlite::blob_view(id));
         if (lookup_.step()) die("a fresh request id is already recorded");
         lookup_.reset();
@@ -231,8 +262,11 @@ class bench {
     }
     direct_.exec("COMMIT", ec, &message);
     if (ec) die("direct COMMIT: " + message);
-    if (s == direct_writer && fwd::litefs::read_position(fs_.mount(0), db_name).txid == 0)
-      die("no TXID in the primary's " + std::string(db_name) + "-pos");
+    if (s == direct_writer) {
+      boost::system::error_code pos_ec;
+      if (position_.read(pos_ec).txid == 0 || pos_ec)
+        die("no TXID in the primary's " + std::string(db_name) + "-pos");
+    }
   }
 
   // Polls the replica's `<db>-pos` until it reaches the primary's.
@@ -290,7 +324,7 @@ class bench {
                         });
       }
     };
-    state s{node, ryw, expect_local, n, out, value_, {}};
+    state s{node, ryw, expect_local, n, out, value_, {}, {}};
     auto result = s.done.get_future();
     s.next();
     if (result.wait_for(60s) != std::future_status::ready) die("a call chain did not finish in 60 s");
@@ -303,6 +337,28 @@ class bench {
   fwd::sqlite::connection direct_;
   fwd::sqlite::statement lookup_, record_;
   std::int64_t value_ = 0;
+  fwd::litefs::detail::position_reader position_{fs_.mount(0), db_name};
+  int counting_ = -1;  // the system whose COMMIT frames are counted now
+  int last_frames_ = 0;
+  int last_system_ = -1;  // the system of the last COMMIT seen (-1: not counted)
+  std::array<std::uint64_t, system_count> wal_frames_{}, wal_commits_{};
+
+  static int on_wal_commit(void* self_ptr, sqlite3* db, const char* name, int frames) {
+    auto* self = static_cast<bench*>(self_ptr);
+    const int added = frames > self->last_frames_ ? frames - self->last_frames_ : frames;
+    self->last_frames_ = frames;
+    // Only a COMMIT that follows one of the same system's counts: before the first of a
+    // block other connections (fwd's writers) may have appended frames of their own.
+    if (self->counting_ >= 0 && self->counting_ == self->last_system_) {
+      self->wal_frames_[static_cast<std::size_t>(self->counting_)] += static_cast<std::uint64_t>(added);
+      ++self->wal_commits_[static_cast<std::size_t>(self->counting_)];
+    }
+    self->last_system_ = self->counting_;
+    if (frames >= 1000) {
+      sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    }
+    return SQLITE_OK;
+  }
 };
 
 fwd::node_options node_options(fwd_test::litefs_cluster& fs, std::size_t i,
@@ -329,7 +385,7 @@ fwd::node_options node_options(fwd_test::litefs_cluster& fs, std::size_t i,
   return o;
 }
 
-void report(const std::vector<std::vector<std::int64_t>>& samples) {
+void report(const std::vector<std::vector<std::int64_t>>& samples, const bench& b) {
   std::array<latency_summary, system_count> s;
   for (int i = 0; i < system_count; ++i) {
     if (samples[i].empty()) continue;
@@ -337,8 +393,12 @@ void report(const std::vector<std::vector<std::int64_t>>& samples) {
     emit(std::string("litefs.p50_us.") + system_names[i], s[i].p50_us);
     emit(std::string("litefs.p99_us.") + system_names[i], s[i].p99_us);
   }
+  for (int i : {direct, direct_dedup, direct_dedup_ordered, direct_writer}) {
+    if (b.wal_frames_per_commit(static_cast<system_id>(i)) > 0)
+      emit(std::string("litefs.wal_frames.") + system_names[i], b.wal_frames_per_commit(static_cast<system_id>(i)), 2);
+  }
   for (int i : {local, forwarded, forwarded_ryw, replicated, direct_dedup, direct_writer,
-                direct_alone}) {
+                direct_alone, direct_dedup_ordered}) {
     if (samples[i].empty() || samples[direct].empty()) continue;
     emit(std::string("litefs.p50_ratio.") + system_names[i] + "_over_direct",
          s[i].p50_us / s[direct].p50_us, 2);
@@ -420,8 +480,9 @@ int main(int argc, char** argv) {
     }
 
     b.attach(primary, replica);
-    std::vector<system_id> order{direct,    local,        forwarded,    forwarded_ryw,
-                                 replicated, direct_dedup, direct_writer};
+    std::vector<system_id> order{direct,       local,         forwarded,
+                                 forwarded_ryw, replicated, direct_dedup,
+                                 direct_writer, direct_dedup_ordered};
     if (!all) {
       order.clear();
       for (int i = 0; i < system_count; ++i)
@@ -447,7 +508,7 @@ int main(int argc, char** argv) {
            std::string(e.connected ? "connected" : "NOT connected") + ", " +
                std::to_string(e.events) + " events");
     }
-    report(samples);
+    report(samples, b);
     primary.stop();
     replica.stop();
   } catch (const std::exception& e) {

@@ -40,6 +40,9 @@ suite_table() {
     litefs.p99_ratio.replicated_over_direct
   row "direct + fwd's dedup SQL" "" litefs.p50_us.direct_dedup litefs.p99_us.direct_dedup \
     litefs.p50_ratio.direct_dedup_over_direct litefs.p99_ratio.direct_dedup_over_direct
+  row "direct + dedup SQL, time-ordered ids" "" litefs.p50_us.direct_dedup_ordered \
+    litefs.p99_us.direct_dedup_ordered litefs.p50_ratio.direct_dedup_ordered_over_direct \
+    litefs.p99_ratio.direct_dedup_ordered_over_direct
   row "direct + dedup SQL + writer's mount reads" "" litefs.p50_us.direct_writer \
     litefs.p99_us.direct_writer litefs.p50_ratio.direct_writer_over_direct \
     litefs.p99_ratio.direct_writer_over_direct
@@ -53,4 +56,10 @@ suite_table() {
   row "fwd on the primary <= 1.10" "" litefs.p50_ratio.local_over_direct
   row "fwd from the replica <= 1.20" "" litefs.p50_ratio.forwarded_over_direct
   row "... with read-your-writes <= 2.0" "" litefs.p50_ratio.forwarded_ryw_over_direct
+  heading "WAL frames per COMMIT (pages written to LiteFS)"
+  columns frames
+  row "direct" "" litefs.wal_frames.direct
+  row "direct + dedup SQL" "" litefs.wal_frames.direct_dedup
+  row "direct + dedup SQL, time-ordered ids" "" litefs.wal_frames.direct_dedup_ordered
+  row "direct + dedup SQL + writer's mount reads" "" litefs.wal_frames.direct_writer
 }

@@ -16,6 +16,7 @@
 #include <fwd/cluster/discovery.hpp>
 #include <fwd/cluster/membership.hpp>
 #include <fwd/error.hpp>
+#include <fwd/litefs/detail/position_reader.hpp>
 #include <fwd/litefs/monitor.hpp>
 #include <fwd/litefs/mount.hpp>
 #include <fwd/litefs/path_check.hpp>
@@ -103,9 +104,18 @@ class node {
       };
     }
     if (!write.position_after_commit) {
-      write.position_after_commit = [mount = options_.mount,
-                                     db = options_.database.filename().string()] {
-        return litefs::read_position(mount, db).txid;
+      // One pread of a kept `<db>-pos` per commit on LiteFS (see position_reader); the
+      // writer thread is its only user.
+      auto reader = std::make_shared<litefs::detail::position_reader>(
+          options_.mount, options_.database.filename().string(),
+          [monitor = std::weak_ptr<litefs::monitor>(monitor_)]() -> std::uint64_t {
+            const auto m = monitor.lock();
+            return m ? m->state()->mount_generation : 0;
+          });
+      write.position_after_commit = [reader] {
+        boost::system::error_code ec;
+        const litefs::position p = reader->read(ec);
+        return ec ? std::uint64_t{0} : p.txid;
       };
     }
     writer_ = std::make_shared<sqlite::write_executor>(executor_, options_.database.string(),

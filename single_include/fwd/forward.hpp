@@ -3472,8 +3472,9 @@ struct monitor_options {
   /// on the monitor's polling thread (and once in start()).
   std::function<role()> read_role;
   /// LiteFS's HTTP address (its `http.addr`, 127.0.0.1:20202 by default). When set, the
-  /// monitor follows `GET /events`: every event (init, primaryChange, tx) re-reads the
-  /// mount at once, so role changes and new transactions are seen within the event's
+  /// monitor follows `GET /events`: a tx event of the database publishes its position
+  /// at once (no read of the mount), and every other event (init, primaryChange) re-reads
+  /// the mount at once, so role changes and new transactions are seen within the event's
   /// delivery instead of the next poll. The stream is reconnected after
   /// `events_reconnect`; while it is down the poll alone serves.
   std::optional<boost::asio::ip::tcp::endpoint> http;
@@ -3504,6 +3505,8 @@ struct event_stream_status {
 // position, from an immutable snapshot with an atomic load (no FUSE syscall per write or
 // per waiter). The poll runs every `poll_interval`, and every `wait_poll_interval` while
 // someone waits for a position; a waiter is woken when the position reaches its TXID.
+// With LiteFS's `/events` stream (monitor_options::http), each tx event publishes the
+// position it carries without reading the mount, and other events trigger a poll.
 //
 // The poll runs on the monitor's own thread ("fwd-monitor"), the one thread fwd starts
 // besides the write executor's: a FUSE request that LiteFS never answers (a hung LiteFS)
@@ -3628,6 +3631,12 @@ class monitor_poller {
   /// changed; returns it then (null otherwise).
   std::shared_ptr<const node_state> poll_once() noexcept;
 
+  /// A position LiteFS announced (a tx event of the monitored database): stores a state
+  /// with it, no FUSE syscall, when it is ahead of the state's; returns that state (null
+  /// otherwise). A position that goes back (another history after a failover) is left
+  /// to the next poll: an event never moves the position backwards.
+  std::shared_ptr<const node_state> publish_position(position p) noexcept;
+
   std::atomic<std::size_t> waiters{0};      // position waiters registered (the fast poll)
   std::atomic<bool> events_connected{false};  // the /events stream is up
 
@@ -3637,6 +3646,10 @@ class monitor_poller {
   std::atomic<role_kind> role_kind_{role_kind::unknown};
   std::mutex mutex_;
   std::condition_variable wake_;
+  // Serialises the stores of a poll and of tx events; counts the positions events stored,
+  // so that a poll that read `<db>-pos` before an event's store does not undo it.
+  std::mutex publish_mutex_;
+  std::uint64_t event_positions_ = 0;
   bool requested_ = false;
   bool stopping_ = false;
   bool thread_done_ = false;
@@ -3644,6 +3657,11 @@ class monitor_poller {
 
 inline std::shared_ptr<const node_state> monitor_poller::poll_once() noexcept {
   try {
+    std::uint64_t events_before = 0;
+    {
+      std::lock_guard lock(publish_mutex_);
+      events_before = event_positions_;
+    }
     auto before = state();
     auto next = std::make_shared<node_state>();
     next->mount_generation = before->mount_generation;
@@ -3695,6 +3713,17 @@ inline std::shared_ptr<const node_state> monitor_poller::poll_once() noexcept {
       ++next->mount_generation;
     }
     if (next->mount_dead) next->mount_device = 0;
+    std::lock_guard lock(publish_mutex_);
+    if (event_positions_ != events_before) {
+      // A tx event stored a position while this poll ran: the file was read before it or
+      // after it; keep the newer of the two (the next poll reads the file again).
+      const auto latest = state();
+      if (!next->mount_dead && next->mount_generation == latest->mount_generation &&
+          latest->pos.txid > next->pos.txid) {
+        next->pos = latest->pos;
+      }
+      before = latest;
+    }
     const bool changed = next->role != before->role || next->primary_hostname != before->primary_hostname ||
                          next->mount_dead != before->mount_dead ||
                          next->mount_generation != before->mount_generation || next->pos != before->pos ||
@@ -3716,6 +3745,23 @@ inline std::shared_ptr<const node_state> monitor_poller::poll_once() noexcept {
     // Allocation failure: keep the last state; the next poll tries again.
   }
   return nullptr;
+}
+
+inline std::shared_ptr<const node_state> monitor_poller::publish_position(position p) noexcept {
+  try {
+    std::lock_guard lock(publish_mutex_);
+    const auto before = state();
+    if (before->mount_dead || before->version == 0 || p.txid <= before->pos.txid) return nullptr;
+    auto next = std::make_shared<node_state>(*before);
+    next->pos = p;
+    next->version = before->version + 1;
+    std::shared_ptr<const node_state> published = std::move(next);
+    state_.store(published, std::memory_order_release);
+    ++event_positions_;
+    return published;
+  } catch (...) {
+    return nullptr;  // allocation failure: the next poll reads the file
+  }
 }
 
 }  // namespace fwd::litefs::detail
@@ -4029,7 +4075,9 @@ inline void monitor::add_waiter(std::uint64_t txid, clock::time_point deadline, 
     self->waiters_.push_back(waiter{id, txid, deadline, std::move(h)});
     self->count_waiters();
     self->arm_deadline();
-    if (was_idle) self->poller_->request();  // from the slow poll to the fast one at once
+    // From the slow poll to the fast one at once; with the event stream up, the tx event
+    // brings the position without a read of the mount.
+    if (was_idle && !self->poller_->events_connected.load()) self->poller_->request();
   });
 }
 
@@ -4104,13 +4152,106 @@ inline void monitor::complete(wait_handler handler, boost::system::error_code ec
 // ---- begin fwd/litefs/impl/monitor_events.hpp ----
 
 // litefs::monitor following LiteFS's `/events` stream: newline-delimited JSON objects in
-// an HTTP response that never ends. Each complete line is an event; its content is not
-// trusted for anything but "something changed": the polling thread re-reads the mount at
-// once (its files are the truth), which wakes the waiters. Runs on the monitor's strand
-// (network I/O only: no FUSE syscall here).
+// an HTTP response that never ends. A `tx` event of the monitored database carries its
+// new position (TXID and checksum, the values `<db>-pos` shows once LiteFS sends the
+// event): it is published as is, with no FUSE syscall, and wakes the waiters it satisfies.
+// Every other event (init, primaryChange, anything unknown or unreadable) makes the
+// polling thread re-read the mount at once (its files are the truth for the role); a tx
+// event of another database changes nothing. Runs on the monitor's strand (network I/O
+// only: no FUSE syscall here).
 
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
+// ---- begin fwd/litefs/detail/event_line.hpp ----
+
+// One line of LiteFS's `GET /events` stream, as litefs::monitor reads it. LiteFS v0.5.14
+// writes one JSON object per line (store.go: Event{type, db, data}):
+//
+//   {"type":"init","data":{"isPrimary":true}}
+//   {"type":"primaryChange","data":{"isPrimary":false,"hostname":"node1"}}
+//   {"type":"tx","db":"app.db","data":{"txID":"0000000000000003",
+//     "postApplyChecksum":"a7dd8f28ea1b904d","pageSize":4096,"commit":2,"timestamp":"..."}}
+//
+// A tx event is sent after LiteFS has set the database's position (the one `<db>-pos`
+// shows), both on the primary (at commit) and on a replica (once the transaction is
+// applied): its TXID and checksum are the position. Internal.
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace fwd::litefs::detail {
+
+enum class event_kind {
+  tx,           ///< a transaction on the monitored database: `position` holds it
+  tx_other_db,  ///< a transaction on another database of the mount
+  other,        ///< anything else (init, primaryChange, unknown or malformed)
+};
+
+struct event_line {
+  event_kind kind = event_kind::other;
+  position pos;
+};
+
+// The 16 lowercase hex digits after `"<key>":"` in `line`, followed by `"`.
+inline std::optional<std::uint64_t> event_hex_field(std::string_view line, std::string_view key) {
+  std::size_t at = 0;
+  for (;;) {
+    at = line.find(key, at);
+    if (at == std::string_view::npos) return std::nullopt;
+    // The key must be a whole JSON key: `"key":"`.
+    if (at > 0 && line[at - 1] == '"' && line.substr(at + key.size(), 3) == "\":\"") break;
+    at += key.size();
+  }
+  const std::string_view digits = line.substr(at + key.size() + 3);
+  if (digits.size() < 17 || digits[16] != '"') return std::nullopt;
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < 16; ++i) {
+    const char c = digits[i];
+    unsigned d = 0;
+    if (c >= '0' && c <= '9') {
+      d = static_cast<unsigned>(c - '0');
+    } else if (c >= 'a' && c <= 'f') {
+      d = static_cast<unsigned>(c - 'a' + 10);
+    } else {
+      return std::nullopt;
+    }
+    v = (v << 4) | d;
+  }
+  return v;
+}
+
+/// Classifies one event line (without its newline) for the database `db` (its file name in
+/// the mount). Only a tx line of the exact form above yields a position; a tx line that
+/// cannot be read (another form, an escaped name) is `other`, so that the caller reads the
+/// mount instead.
+inline event_line parse_event_line(std::string_view line, std::string_view db) {
+  event_line out;
+  constexpr std::string_view tx_prefix = R"({"type":"tx","db":")";
+  if (line.substr(0, tx_prefix.size()) != tx_prefix) return out;
+  const std::string_view rest = line.substr(tx_prefix.size());
+  const std::size_t name_end = rest.find('"');
+  if (name_end == std::string_view::npos) return out;
+  const std::string_view name = rest.substr(0, name_end);
+  if (name.find('\\') != std::string_view::npos) return out;  // escaped: not compared
+  if (rest.substr(name_end, 10) != R"(","data":{)") return out;
+  const std::string_view data = rest.substr(name_end + 10);
+  if (name != db) {
+    out.kind = event_kind::tx_other_db;
+    return out;
+  }
+  const auto txid = event_hex_field(data, "txID");
+  const auto checksum = event_hex_field(data, "postApplyChecksum");
+  if (!txid || !checksum) return out;
+  out.kind = event_kind::tx;
+  out.pos = position{*txid, *checksum};
+  return out;
+}
+
+}  // namespace fwd::litefs::detail
+
+// ---- end fwd/litefs/detail/event_line.hpp ----
 
 namespace fwd::litefs {
 
@@ -4168,18 +4309,37 @@ inline void monitor::read_events_body() {
 }
 
 inline void monitor::on_event_bytes(std::string_view bytes) {
-  bool any = false;
+  bool poll = false;
+  std::optional<position> announced;
+  auto take_line = [&] {
+    if (events_line_.empty()) return;
+    events_seen_.fetch_add(1);
+    if (events_line_.size() >= max_event_line) {
+      poll = true;  // cut: unreadable
+      return;
+    }
+    const detail::event_line e = detail::parse_event_line(events_line_, poller_->options().database);
+    if (e.kind == detail::event_kind::tx) {
+      if (!announced || e.pos.txid > announced->txid) announced = e.pos;
+    } else if (e.kind == detail::event_kind::other) {
+      poll = true;
+    }
+  };
   for (char c : bytes) {
     if (c == '\n') {
-      if (!events_line_.empty()) any = true;
+      take_line();
       events_line_.clear();
     } else if (events_line_.size() < max_event_line) {
       events_line_ += c;
     }
   }
-  if (!any) return;
-  events_seen_.fetch_add(1);
-  poller_->request();
+  if (announced) {
+    if (auto published = poller_->publish_position(*announced)) {
+      fwd::detail::invoke_hook(poller_->options().on_change, *published);
+      wake_waiters();
+    }
+  }
+  if (poll) poller_->request();
 }
 
 inline void monitor::events_broke() {
@@ -12845,6 +13005,111 @@ class forwarder {
 //   node.start();
 //   std::int64_t id = node.call(add_tag, "hello");   // on any node
 
+// ---- begin fwd/litefs/detail/position_reader.hpp ----
+
+// The primary's writer reads `<db>-pos` after each COMMIT (the TXID a forwarded write's
+// reply carries for read-your-writes). Opening the file each time costs LiteFS an open, a
+// read and a flush and release; this reader keeps the file open and reads it with one
+// pread (one FUSE read) instead.
+//
+// Why a kept descriptor reads the new position: LiteFS serves `<db>-pos` through the
+// kernel's page cache, but sets the position (DB.setPos) before it answers the FUSE
+// request that commits the transaction, and setPos invalidates the file's cached pages
+// (a FUSE notify, processed by the kernel before LiteFS goes on). So once COMMIT has
+// returned, a pread reaches LiteFS and returns the new position (tested on real LiteFS:
+// tests/litefs). That holds for LiteFS's FUSE mount only: elsewhere (a plain directory
+// whose `-pos` is replaced by rename, as the simulation does) the file is opened anew
+// for each read, as before.
+//
+// The descriptor is dropped when the mount generation changes (LiteFS stopped or
+// restarted: it points at the old mount) and after any failed or malformed read; the
+// read is then made by path. Used by one thread at a time (the writer's). Internal.
+
+#include <fcntl.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace fwd::litefs::detail {
+
+class position_reader {
+ public:
+  /// `generation` returns the mount generation now (litefs::monitor's), or is empty.
+  position_reader(std::filesystem::path mount, std::string db_name,
+                  std::function<std::uint64_t()> generation = {})
+      : mount_(std::move(mount)), db_name_(std::move(db_name)), generation_(std::move(generation)) {}
+
+  position_reader(const position_reader&) = delete;
+  position_reader& operator=(const position_reader&) = delete;
+  ~position_reader() { drop(); }
+
+  /// The database's position now; ec set (and a zero position) when it cannot be read.
+  position read(boost::system::error_code& ec) {
+    ec.clear();
+    const std::uint64_t generation = generation_ ? generation_() : 0;
+    if (fd_ >= 0 && generation != fd_generation_) drop();
+    if (fd_ < 0 && plain_generation_ != generation) open_kept(generation);
+    if (fd_ >= 0) {
+      char bytes[position_size + 1];
+      ssize_t n;
+      do {
+        n = ::pread(fd_, bytes, sizeof bytes, 0);
+      } while (n < 0 && errno == EINTR);
+      if (n > 0) {
+        const position p = parse_position(std::string_view(bytes, static_cast<std::size_t>(n)), ec);
+        if (!ec) return p;
+      }
+      drop();  // read by path below; the next read opens the file again
+    }
+    return read_position(mount_, db_name_, ec);
+  }
+
+  /// Whether a descriptor is kept now (for tests).
+  bool kept() const noexcept { return fd_ >= 0; }
+
+ private:
+  // Keeps the file open when it is on a FUSE mount (LiteFS's); otherwise reads by path.
+  void open_kept(std::uint64_t generation) {
+    const std::string path = (mount_ / (db_name_ + std::string(position_suffix))).string();
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    struct statfs fs {};
+    if (::fstatfs(fd, &fs) != 0) {
+      ::close(fd);
+      return;
+    }
+    if (static_cast<std::uint64_t>(fs.f_type) != fuse_super_magic) {
+      ::close(fd);
+      plain_generation_ = generation;  // not LiteFS's mount: by path until it changes
+      return;
+    }
+    fd_ = fd;
+    fd_generation_ = generation;
+  }
+
+  void drop() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+  std::filesystem::path mount_;
+  std::string db_name_;
+  std::function<std::uint64_t()> generation_;
+  int fd_ = -1;
+  std::uint64_t fd_generation_ = 0;
+  std::optional<std::uint64_t> plain_generation_;  // the file was not on FUSE then
+};
+
+}  // namespace fwd::litefs::detail
+
+// ---- end fwd/litefs/detail/position_reader.hpp ----
 // ---- begin fwd/node_options.hpp ----
 
 // Everything a fwd::node needs (node_options), and the helpers that fill it: the cluster
@@ -13067,9 +13332,18 @@ class node {
       };
     }
     if (!write.position_after_commit) {
-      write.position_after_commit = [mount = options_.mount,
-                                     db = options_.database.filename().string()] {
-        return litefs::read_position(mount, db).txid;
+      // One pread of a kept `<db>-pos` per commit on LiteFS (see position_reader); the
+      // writer thread is its only user.
+      auto reader = std::make_shared<litefs::detail::position_reader>(
+          options_.mount, options_.database.filename().string(),
+          [monitor = std::weak_ptr<litefs::monitor>(monitor_)]() -> std::uint64_t {
+            const auto m = monitor.lock();
+            return m ? m->state()->mount_generation : 0;
+          });
+      write.position_after_commit = [reader] {
+        boost::system::error_code ec;
+        const litefs::position p = reader->read(ec);
+        return ec ? std::uint64_t{0} : p.txid;
       };
     }
     writer_ = std::make_shared<sqlite::write_executor>(executor_, options_.database.string(),

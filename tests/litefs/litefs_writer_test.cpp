@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <future>
+#include <fwd/litefs/detail/position_reader.hpp>
 #include <fwd/litefs/monitor.hpp>
 #include <fwd/sqlite/connection.hpp>
 #include <fwd/write/executor.hpp>
@@ -135,4 +136,47 @@ TEST_CASE("real LiteFS killed during a batch (WAL): COMMIT's write fails, maybe 
           "process survives, and the retries commit exactly once after LiteFS restarts") {
   REQUIRE_REAL_LITEFS();
   kill_litefs_during_a_batch("WAL", fwd::errc::commit_unknown);
+}
+
+TEST_CASE("real LiteFS: the writer's kept <db>-pos descriptor reads each COMMIT's new position, "
+          "and after LiteFS restarts it is opened anew on the new mount") {
+  REQUIRE_REAL_LITEFS();
+  litefs_cluster c({.nodes = 1});
+  c.start_all();
+  const std::string db = (c.mount(0) / litefs_tests::db_name).string();
+  fwd::sqlite::connection conn(db);
+  conn.exec("PRAGMA journal_mode=WAL");
+  conn.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, label TEXT NOT NULL)");
+  std::uint64_t generation = 1;
+  fwd::litefs::detail::position_reader reader(c.mount(0), litefs_tests::db_name,
+                                              [&generation] { return generation; });
+  boost::system::error_code ec;
+  fwd::litefs::position last = reader.read(ec);
+  REQUIRE_FALSE(ec);
+  CHECK(reader.kept());  // on LiteFS's FUSE mount
+  for (int i = 0; i < 200; ++i) {
+    conn.exec("INSERT INTO items(label) VALUES ('x')");
+    const fwd::litefs::position now = reader.read(ec);
+    REQUIRE_FALSE(ec);
+    // Each commit is one new transaction: the kept descriptor never shows a cached page.
+    REQUIRE(now.txid == last.txid + 1);
+    REQUIRE(now == fwd::litefs::read_position(c.mount(0), litefs_tests::db_name));
+    last = now;
+  }
+
+  // LiteFS restarted: the descriptor points at the dead mount. A read then still gives
+  // the new mount's position (by path), and a new generation opens the file anew.
+  conn.close();
+  c.stop(0);
+  c.restart(0);
+  const fwd::litefs::position after_restart = reader.read(ec);
+  REQUIRE_FALSE(ec);
+  CHECK(after_restart == fwd::litefs::read_position(c.mount(0), litefs_tests::db_name));
+  generation = 2;
+  fwd::sqlite::connection again(db);
+  again.exec("INSERT INTO items(label) VALUES ('y')");
+  const fwd::litefs::position next = reader.read(ec);
+  REQUIRE_FALSE(ec);
+  CHECK(reader.kept());
+  CHECK(next.txid == after_restart.txid + 1);
 }

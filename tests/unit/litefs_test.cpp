@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <fwd/litefs/detail/event_line.hpp>
 #include <fwd/litefs/mount.hpp>
 #include <fwd/litefs/path_check.hpp>
 #include <string>
@@ -305,6 +306,36 @@ TEST_CASE("parse_primary rejects empty, control bytes, NUL and huge contents as 
 // ---------------------------------------------------------------------------------------
 // /proc/self/mounts
 // ---------------------------------------------------------------------------------------
+
+TEST_CASE("an /events tx line of the database yields its position, and no other line does") {
+  using fwd::litefs::detail::event_kind;
+  using fwd::litefs::detail::parse_event_line;
+  const std::string tx =
+      R"({"type":"tx","db":"app.db","data":{"txID":"0000000000000003","postApplyChecksum":)"
+      R"("a7dd8f28ea1b904d","pageSize":4096,"commit":2,"timestamp":"2026-12-02T12:31:30.757Z"}})";
+  const auto e = parse_event_line(tx, "app.db");
+  REQUIRE(e.kind == event_kind::tx);
+  CHECK(e.pos.txid == 3);
+  CHECK(e.pos.checksum == 0xa7dd8f28ea1b904dULL);
+  CHECK(parse_event_line(tx, "app.db2").kind == event_kind::tx_other_db);
+  CHECK(parse_event_line(tx, "app").kind == event_kind::tx_other_db);
+  CHECK(parse_event_line(R"({"type":"init","data":{"isPrimary":true}})", "app.db").kind == event_kind::other);
+  CHECK(parse_event_line(R"({"type":"primaryChange","data":{"isPrimary":false,"hostname":"node1"}})", "app.db")
+            .kind == event_kind::other);
+  // Not the exact form: the caller reads the mount instead.
+  CHECK(parse_event_line(R"({"type":"tx","data":{"db":"app.db","txID":"0000000000000002"}})", "app.db").kind ==
+        event_kind::other);
+  std::string upper = tx;
+  upper.replace(upper.find("a7dd"), 4, "A7DD");
+  CHECK(parse_event_line(upper, "app.db").kind == event_kind::other);
+  std::string short_txid = tx;
+  short_txid.replace(short_txid.find("0000000000000003"), 16, "003");
+  CHECK(parse_event_line(short_txid, "app.db").kind == event_kind::other);
+  CHECK(parse_event_line(tx.substr(0, 60), "app.db").kind == event_kind::other);
+  std::string escaped = tx;
+  escaped.replace(escaped.find("app.db"), 6, R"(a"p.db)");
+  CHECK(parse_event_line(escaped, "app.db").kind == event_kind::other);
+}
 
 TEST_CASE("parse_mounts reads /proc/self/mounts lines and decodes octal escapes") {
   const std::string text =

@@ -9,6 +9,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/streambuf.hpp>
 #include <boost/asio/use_future.hpp>
@@ -266,6 +267,16 @@ class fake_litefs_http {
 
 }  // namespace
 
+// A tx line exactly as LiteFS v0.5.14 writes it (tests/litefs/litefs_events.hpp).
+std::string tx_line(const std::string& db, std::uint64_t txid, std::uint64_t checksum) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                R"({"type":"tx","db":"%s","data":{"txID":"%016llx","postApplyChecksum":"%016llx",)"
+                R"("pageSize":4096,"commit":2,"timestamp":"2026-12-02T12:31:30.757Z"}})",
+                db.c_str(), static_cast<unsigned long long>(txid), static_cast<unsigned long long>(checksum));
+  return buf;
+}
+
 TEST_CASE(
     "with LiteFS's HTTP address, a tx event wakes position waiters without waiting for a poll") {
   fwd_test::temp_dir tmp;
@@ -290,24 +301,51 @@ TEST_CASE(
     std::this_thread::yield();
   REQUIRE(monitor->events().connected);
 
-  auto waiting = monitor->async_wait_position(2, std::chrono::steady_clock::now() + 30s,
-                                              boost::asio::use_future);
-  write_file(mount / "app.db-pos", pos_bytes(2, 7));
-  http.send(R"({"type":"tx","data":{"db":"app.db","txID":"0000000000000002"}})");
-  REQUIRE(waiting.wait_for(5s) == std::future_status::ready);
-  CHECK(waiting.get().txid == 2);
+  SECTION("the tx event's position is published as it is, without reading <db>-pos") {
+    auto waiting = monitor->async_wait_position(2, std::chrono::steady_clock::now() + 30s,
+                                                boost::asio::use_future);
+    // `<db>-pos` still says 1: only the event can bring 2 (and its checksum).
+    http.send(tx_line("app.db", 2, 0xa7dd8f28ea1b904dULL));
+    REQUIRE(waiting.wait_for(5s) == std::future_status::ready);
+    const litefs::position reached = waiting.get();
+    CHECK(reached.txid == 2);
+    CHECK(reached.checksum == 0xa7dd8f28ea1b904dULL);
+    CHECK(monitor->state()->pos == reached);
+
+    // Another database's transaction, or an older TXID, changes nothing.
+    const auto version = monitor->state()->version;
+    http.send(tx_line("other.db", 9, 1));
+    http.send(tx_line("app.db", 1, 1));
+    while (monitor->events().events < 4 && std::chrono::steady_clock::now() < until)
+      std::this_thread::yield();
+    REQUIRE(monitor->events().events >= 4);
+    // The handler that read those lines has returned once this runs (one io thread).
+    boost::asio::post(io, boost::asio::use_future).wait();
+    CHECK(monitor->state()->version == version);
+    CHECK(monitor->state()->pos.txid == 2);
+  }
+
+  SECTION("a tx line in another form is not trusted: the mount is read instead") {
+    auto waiting = monitor->async_wait_position(2, std::chrono::steady_clock::now() + 30s,
+                                                boost::asio::use_future);
+    write_file(mount / "app.db-pos", pos_bytes(2, 7));
+    http.send(R"({"type":"tx","data":{"db":"app.db","txID":"0000000000000002"}})");
+    REQUIRE(waiting.wait_for(5s) == std::future_status::ready);
+    const litefs::position reached = waiting.get();
+    CHECK(reached.txid == 2);
+    CHECK(reached.checksum == 7);  // from the file
+  }
 
   // The stream ends (LiteFS restarted): the monitor reconnects and goes on.
   http.drop();
   while (http.accepted() < 2 && std::chrono::steady_clock::now() < until + 5s)
     std::this_thread::yield();
   CHECK(http.accepted() == 2);
-  auto next = monitor->async_wait_position(3, std::chrono::steady_clock::now() + 30s,
+  auto next = monitor->async_wait_position(5, std::chrono::steady_clock::now() + 30s,
                                            boost::asio::use_future);
-  write_file(mount / "app.db-pos", pos_bytes(3, 8));
-  http.send(R"({"type":"tx","data":{"db":"app.db","txID":"0000000000000003"}})");
+  http.send(tx_line("app.db", 5, 8));
   REQUIRE(next.wait_for(5s) == std::future_status::ready);
-  CHECK(next.get().txid == 3);
+  CHECK(next.get().txid == 5);
 
   monitor->stop();
   work.reset();

@@ -5,6 +5,8 @@
 // position, from an immutable snapshot with an atomic load (no FUSE syscall per write or
 // per waiter). The poll runs every `poll_interval`, and every `wait_poll_interval` while
 // someone waits for a position; a waiter is woken when the position reaches its TXID.
+// With LiteFS's `/events` stream (monitor_options::http), each tx event publishes the
+// position it carries without reading the mount, and other events trigger a poll.
 //
 // The poll runs on the monitor's own thread ("fwd-monitor"), the one thread fwd starts
 // besides the write executor's: a FUSE request that LiteFS never answers (a hung LiteFS)

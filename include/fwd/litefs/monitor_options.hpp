@@ -41,8 +41,9 @@ struct monitor_options {
   /// on the monitor's polling thread (and once in start()).
   std::function<role()> read_role;
   /// LiteFS's HTTP address (its `http.addr`, 127.0.0.1:20202 by default). When set, the
-  /// monitor follows `GET /events`: every event (init, primaryChange, tx) re-reads the
-  /// mount at once, so role changes and new transactions are seen within the event's
+  /// monitor follows `GET /events`: a tx event of the database publishes its position
+  /// at once (no read of the mount), and every other event (init, primaryChange) re-reads
+  /// the mount at once, so role changes and new transactions are seen within the event's
   /// delivery instead of the next poll. The stream is reconnected after
   /// `events_reconnect`; while it is down the poll alone serves.
   std::optional<boost::asio::ip::tcp::endpoint> http;

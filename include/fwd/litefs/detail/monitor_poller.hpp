@@ -91,6 +91,12 @@ class monitor_poller {
   /// changed; returns it then (null otherwise).
   std::shared_ptr<const node_state> poll_once() noexcept;
 
+  /// A position LiteFS announced (a tx event of the monitored database): stores a state
+  /// with it, no FUSE syscall, when it is ahead of the state's; returns that state (null
+  /// otherwise). A position that goes back (another history after a failover) is left
+  /// to the next poll: an event never moves the position backwards.
+  std::shared_ptr<const node_state> publish_position(position p) noexcept;
+
   std::atomic<std::size_t> waiters{0};      // position waiters registered (the fast poll)
   std::atomic<bool> events_connected{false};  // the /events stream is up
 
@@ -100,6 +106,10 @@ class monitor_poller {
   std::atomic<role_kind> role_kind_{role_kind::unknown};
   std::mutex mutex_;
   std::condition_variable wake_;
+  // Serialises the stores of a poll and of tx events; counts the positions events stored,
+  // so that a poll that read `<db>-pos` before an event's store does not undo it.
+  std::mutex publish_mutex_;
+  std::uint64_t event_positions_ = 0;
   bool requested_ = false;
   bool stopping_ = false;
   bool thread_done_ = false;
@@ -107,6 +117,11 @@ class monitor_poller {
 
 inline std::shared_ptr<const node_state> monitor_poller::poll_once() noexcept {
   try {
+    std::uint64_t events_before = 0;
+    {
+      std::lock_guard lock(publish_mutex_);
+      events_before = event_positions_;
+    }
     auto before = state();
     auto next = std::make_shared<node_state>();
     next->mount_generation = before->mount_generation;
@@ -158,6 +173,17 @@ inline std::shared_ptr<const node_state> monitor_poller::poll_once() noexcept {
       ++next->mount_generation;
     }
     if (next->mount_dead) next->mount_device = 0;
+    std::lock_guard lock(publish_mutex_);
+    if (event_positions_ != events_before) {
+      // A tx event stored a position while this poll ran: the file was read before it or
+      // after it; keep the newer of the two (the next poll reads the file again).
+      const auto latest = state();
+      if (!next->mount_dead && next->mount_generation == latest->mount_generation &&
+          latest->pos.txid > next->pos.txid) {
+        next->pos = latest->pos;
+      }
+      before = latest;
+    }
     const bool changed = next->role != before->role || next->primary_hostname != before->primary_hostname ||
                          next->mount_dead != before->mount_dead ||
                          next->mount_generation != before->mount_generation || next->pos != before->pos ||
@@ -179,6 +205,23 @@ inline std::shared_ptr<const node_state> monitor_poller::poll_once() noexcept {
     // Allocation failure: keep the last state; the next poll tries again.
   }
   return nullptr;
+}
+
+inline std::shared_ptr<const node_state> monitor_poller::publish_position(position p) noexcept {
+  try {
+    std::lock_guard lock(publish_mutex_);
+    const auto before = state();
+    if (before->mount_dead || before->version == 0 || p.txid <= before->pos.txid) return nullptr;
+    auto next = std::make_shared<node_state>(*before);
+    next->pos = p;
+    next->version = before->version + 1;
+    std::shared_ptr<const node_state> published = std::move(next);
+    state_.store(published, std::memory_order_release);
+    ++event_positions_;
+    return published;
+  } catch (...) {
+    return nullptr;  // allocation failure: the next poll reads the file
+  }
 }
 
 }  // namespace fwd::litefs::detail

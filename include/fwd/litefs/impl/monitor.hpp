@@ -158,7 +158,9 @@ inline void monitor::add_waiter(std::uint64_t txid, clock::time_point deadline, 
     self->waiters_.push_back(waiter{id, txid, deadline, std::move(h)});
     self->count_waiters();
     self->arm_deadline();
-    if (was_idle) self->poller_->request();  // from the slow poll to the fast one at once
+    // From the slow poll to the fast one at once; with the event stream up, the tx event
+    // brings the position without a read of the mount.
+    if (was_idle && !self->poller_->events_connected.load()) self->poller_->request();
   });
 }
 

@@ -1,13 +1,17 @@
 #pragma once
 
 // litefs::monitor following LiteFS's `/events` stream: newline-delimited JSON objects in
-// an HTTP response that never ends. Each complete line is an event; its content is not
-// trusted for anything but "something changed": the polling thread re-reads the mount at
-// once (its files are the truth), which wakes the waiters. Runs on the monitor's strand
-// (network I/O only: no FUSE syscall here).
+// an HTTP response that never ends. A `tx` event of the monitored database carries its
+// new position (TXID and checksum, the values `<db>-pos` shows once LiteFS sends the
+// event): it is published as is, with no FUSE syscall, and wakes the waiters it satisfies.
+// Every other event (init, primaryChange, anything unknown or unreadable) makes the
+// polling thread re-read the mount at once (its files are the truth for the role); a tx
+// event of another database changes nothing. Runs on the monitor's strand (network I/O
+// only: no FUSE syscall here).
 
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
+#include <fwd/litefs/detail/event_line.hpp>
 #include <fwd/litefs/monitor.hpp>
 
 namespace fwd::litefs {
@@ -66,18 +70,37 @@ inline void monitor::read_events_body() {
 }
 
 inline void monitor::on_event_bytes(std::string_view bytes) {
-  bool any = false;
+  bool poll = false;
+  std::optional<position> announced;
+  auto take_line = [&] {
+    if (events_line_.empty()) return;
+    events_seen_.fetch_add(1);
+    if (events_line_.size() >= max_event_line) {
+      poll = true;  // cut: unreadable
+      return;
+    }
+    const detail::event_line e = detail::parse_event_line(events_line_, poller_->options().database);
+    if (e.kind == detail::event_kind::tx) {
+      if (!announced || e.pos.txid > announced->txid) announced = e.pos;
+    } else if (e.kind == detail::event_kind::other) {
+      poll = true;
+    }
+  };
   for (char c : bytes) {
     if (c == '\n') {
-      if (!events_line_.empty()) any = true;
+      take_line();
       events_line_.clear();
     } else if (events_line_.size() < max_event_line) {
       events_line_ += c;
     }
   }
-  if (!any) return;
-  events_seen_.fetch_add(1);
-  poller_->request();
+  if (announced) {
+    if (auto published = poller_->publish_position(*announced)) {
+      fwd::detail::invoke_hook(poller_->options().on_change, *published);
+      wake_waiters();
+    }
+  }
+  if (poll) poller_->request();
 }
 
 inline void monitor::events_broke() {
