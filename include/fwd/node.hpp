@@ -108,6 +108,7 @@ class node {
         return litefs::read_position(mount, db).txid;
       };
     }
+    if (!write.telemetry) write.telemetry = options_.telemetry;
     writer_ = std::make_shared<sqlite::write_executor>(executor_, options_.database.string(),
                                                        std::move(write));
     forwarder_->attach_writer(writer_);
