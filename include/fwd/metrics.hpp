@@ -368,7 +368,8 @@ class metrics : public std::enable_shared_from_this<metrics> {
         primary_known_(registry_.gauge("fwd_primary_known",
                                        "1 when a primary is known, 0 when none is.")),
         litefs_changes_(registry_.counter("fwd_litefs_state_changes_total",
-                                          "Changes of this node's LiteFS state, by the new role.",
+                                          "Changes of this node's LiteFS role, primary or mount (not of its position), by the new "
+                                          "role.",
                                           {"role"})),
         litefs_role_(registry_.gauge("fwd_litefs_role", "1 for this node's current LiteFS role.",
                                      {"role"})),
@@ -457,15 +458,19 @@ class metrics : public std::enable_shared_from_this<metrics> {
     };
     t->litefs_changed = [self, then](const litefs_event& e) {
       const std::string role(e.role);
+      bool changed = false;  // a new position alone is not a state change
       {
         std::lock_guard lock(self->mutex_);
-        if (role != self->litefs_role_now_) {
-          if (!self->litefs_role_now_.empty()) self->litefs_role_.set({self->litefs_role_now_}, 0);
-          self->litefs_role_now_ = role;
+        litefs_seen& was = self->litefs_now_;
+        changed = !was.known || role != was.role || e.primary_hostname != was.primary ||
+                  e.mount_dead != was.mount_dead || e.mount_generation != was.generation;
+        if (role != was.role) {
+          if (!was.role.empty()) self->litefs_role_.set({was.role}, 0);
           self->litefs_role_.set({role}, 1);
         }
+        was = {true, role, std::string(e.primary_hostname), e.mount_dead, e.mount_generation};
       }
-      self->litefs_changes_.inc({role});
+      if (changed) self->litefs_changes_.inc({role});
       self->litefs_txid_.set({}, static_cast<double>(e.txid));
       self->litefs_mount_dead_.set({}, e.mount_dead ? 1 : 0);
       then(&fwd::telemetry::litefs_changed, e);
@@ -562,8 +567,15 @@ class metrics : public std::enable_shared_from_this<metrics> {
   counter_family& probes_;
   counter_family& resolver_errors_;
 
-  std::mutex mutex_;  // the two maps below
-  std::string litefs_role_now_;
+  struct litefs_seen {
+    bool known = false;
+    std::string role;
+    std::string primary;
+    bool mount_dead = false;
+    std::uint64_t generation = 0;
+  };
+  std::mutex mutex_;  // the two below
+  litefs_seen litefs_now_;
   std::map<std::string, std::string> breaker_by_peer_;
 };
 

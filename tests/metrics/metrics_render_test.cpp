@@ -117,6 +117,8 @@ TEST_CASE("fwd::metrics counts telemetry events and forwards them", "[metrics]")
                     fwd::litefs_event{"replica", "node-a", false, 1, 42, "position"});
   fwd::detail::emit(t, &fwd::telemetry::litefs_changed,
                     fwd::litefs_event{"primary", "", false, 1, 43, "lease"});
+  fwd::detail::emit(t, &fwd::telemetry::litefs_changed,
+                    fwd::litefs_event{"primary", "", false, 1, 44, "position"});  // not a change
   fwd::detail::emit(t, &fwd::telemetry::write_batch, fwd::write_batch_event{5, 3});
   fwd::detail::emit(t, &fwd::telemetry::connection_failed,
                     fwd::connection_event{"127.0.0.1:5555", fwd::make_error_code(fwd::errc::unauthenticated), true});
@@ -139,7 +141,8 @@ TEST_CASE("fwd::metrics counts telemetry events and forwards them", "[metrics]")
   CHECK(contains(text, "fwd_litefs_role{role=\"primary\"} 1\n"));
   CHECK(contains(text, "fwd_litefs_role{role=\"replica\"} 0\n"));
   CHECK(contains(text, "fwd_litefs_state_changes_total{role=\"primary\"} 1\n"));
-  CHECK(contains(text, "fwd_litefs_txid 43\n"));
+  CHECK(contains(text, "fwd_litefs_state_changes_total{role=\"replica\"} 1\n"));
+  CHECK(contains(text, "fwd_litefs_txid 44\n"));
   CHECK(contains(text, "fwd_writer_queue_depth 3\n"));
   CHECK(contains(text, "fwd_writer_batch_size_bucket{le=\"4\"} 0\n"));
   CHECK(contains(text, "fwd_writer_batch_size_bucket{le=\"8\"} 1\n"));
