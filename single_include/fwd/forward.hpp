@@ -507,7 +507,7 @@ struct breaker_event {
 /// A write (node.async_call / forwarder) completed: run here or forwarded to the primary.
 struct write_finished_event {
   std::string_view procedure;
-  bool forwarded = false;     ///< sent to the primary (false: ran on this node)
+  bool forwarded = false;  ///< last attempt sent (or meant for) the primary; false: ran here
   std::uint32_t attempts = 1;
   std::chrono::nanoseconds duration{};  ///< from the call to its completion
   boost::system::error_code outcome;    ///< empty on success
