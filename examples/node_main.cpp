@@ -3,13 +3,16 @@
 //   fwd_node --name node-a --mount DIR --db app.db --port 7001 --members 7001,7002,7003
 //            [--secret S] [--no-ryw] [--quiet] [--ttl-ms N] [--no-migrate]
 //            [--litefs-real [--litefs-hostname H]] [--litefs-http PORT] [--litefs-poll-ms N]
+//            [--metrics-listen ADDRESS:PORT]
 //
 // By default DIR is a mount of the LiteFS simulation (its VFS is installed, FUSE is not
 // required). With --litefs-real, DIR is a real LiteFS FUSE mount: the simulation is not
 // installed, the database path must be on FUSE, and the node announces H (default NAME)
 // as its LiteFS lease hostname, the name replicas read in `.primary`. With --litefs-http
 // the node follows LiteFS's /events on 127.0.0.1:PORT; --litefs-poll-ms sets how often it
-// re-reads the mount meanwhile.
+// re-reads the mount meanwhile. With --metrics-listen it serves its fwd::metrics at
+// `GET /metrics` (Prometheus' text format) on that address (port 0: any free port), prints
+// "METRICS <port>" once listening and "SCRAPED <n>" after each scrape it answered.
 //
 // With FWD_NODE_TRACE set in its environment it also prints every probe, connection
 // event, lookup miss and finished call (also with --quiet), for a failing test to show.
@@ -26,16 +29,20 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fmt/format.h>
+#include <fwd/metrics.hpp>
 #include <fwd/migrate.hpp>
 #include <fwd/node.hpp>
 #include <iostream>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "demo_procedures.hpp"
 #include "litefs_sim.hpp"
+#include "metrics_server.hpp"
 
 namespace {
 
@@ -97,6 +104,7 @@ int main(int argc, char** argv) {
   std::string litefs_hostname;
   int ttl_ms = 2000;
   int litefs_http_port = 0, litefs_poll_ms = 0;
+  std::optional<boost::asio::ip::tcp::endpoint> metrics_listen;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto next = [&]() -> std::string {
@@ -135,6 +143,19 @@ int main(int argc, char** argv) {
       litefs_http_port = std::stoi(next());
     else if (arg == "--litefs-poll-ms")
       litefs_poll_ms = std::stoi(next());
+    else if (arg == "--metrics-listen") {
+      const std::string where = next();
+      const auto colon = where.rfind(':');
+      boost::system::error_code ec;
+      const auto address = boost::asio::ip::make_address(
+          colon == std::string::npos ? std::string() : where.substr(0, colon), ec);
+      if (colon == std::string::npos || ec) {
+        std::fprintf(stderr, "fwd_node: --metrics-listen wants ADDRESS:PORT, not %s\n", where.c_str());
+        return 2;
+      }
+      metrics_listen = boost::asio::ip::tcp::endpoint(
+          address, static_cast<std::uint16_t>(std::stoi(where.substr(colon + 1))));
+    }
     else {
       std::fprintf(stderr, "fwd_node: unknown option %s\n", arg.c_str());
       return 2;
@@ -207,7 +228,9 @@ int main(int argc, char** argv) {
   options.require_fuse = litefs_real;  // the simulation's mounts are plain directories
   options.read_your_writes = ryw;
   options.discovery_ttl = std::chrono::milliseconds(ttl_ms);
-  options.telemetry = hooks;
+  // The metrics count every event, then pass it on to the hooks above.
+  auto metrics = std::make_shared<fwd::metrics>();
+  options.telemetry = metrics->hooks(hooks);
   if (litefs_http_port > 0)
     options.litefs_http = boost::asio::ip::tcp::endpoint(
         loopback, static_cast<std::uint16_t>(litefs_http_port));
@@ -332,8 +355,31 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
 
+  std::unique_ptr<demo::metrics_server> metrics_http;
+  if (metrics_listen) {
+    auto scrapes = std::make_shared<std::atomic<std::uint64_t>>(0);
+    try {
+      metrics_http = std::make_unique<demo::metrics_server>(
+          io.get_executor(), *metrics_listen, metrics, [scrapes] {
+            const auto n = ++*scrapes;
+            std::lock_guard lock(out_mutex);
+            std::printf("SCRAPED %llu\n", static_cast<unsigned long long>(n));
+            std::fflush(stdout);
+          });
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "fwd_node %s: cannot serve metrics on %s:%u: %s\n", node_name.c_str(),
+                   metrics_listen->address().to_string().c_str(),
+                   static_cast<unsigned>(metrics_listen->port()), e.what());
+      return 1;
+    }
+    std::lock_guard lock(out_mutex);
+    std::printf("METRICS %u\n", static_cast<unsigned>(metrics_http->local_endpoint().port()));
+    std::fflush(stdout);
+  }
+
   boost::asio::signal_set signals(io, SIGTERM, SIGINT);
   signals.async_wait([&](boost::system::error_code, int) {
+    if (metrics_http) metrics_http->close();
     node.stop();
     io.stop();
   });

@@ -43,3 +43,4 @@
 #include <fwd/migrate.hpp>
 #include <fwd/node_options.hpp>
 #include <fwd/node.hpp>
+#include <fwd/metrics.hpp>

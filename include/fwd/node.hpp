@@ -118,6 +118,7 @@ class node {
         return ec ? std::uint64_t{0} : p.txid;
       };
     }
+    if (!write.telemetry) write.telemetry = options_.telemetry;
     writer_ = std::make_shared<sqlite::write_executor>(executor_, options_.database.string(),
                                                        std::move(write));
     forwarder_->attach_writer(writer_);

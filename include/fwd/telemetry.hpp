@@ -8,6 +8,7 @@
 #include <boost/system/error_code.hpp>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -36,6 +37,7 @@ struct call_finished_event {
 struct connection_event {
   std::string_view peer;
   boost::system::error_code reason;  ///< why it closed or failed; empty for opened
+  bool inbound = false;  ///< a connection this node's server accepted (or refused)
 };
 
 /// A call is retried after `reason`.
@@ -93,6 +95,23 @@ struct breaker_event {
   std::string_view state;
 };
 
+/// A write (node.async_call / forwarder) completed: run here or forwarded to the primary.
+struct write_finished_event {
+  std::string_view procedure;
+  bool forwarded = false;  ///< last attempt sent (or meant for) the primary; false: ran here
+  std::uint32_t attempts = 1;
+  std::chrono::nanoseconds duration{};  ///< from the call to its completion
+  boost::system::error_code outcome;    ///< empty on success
+  bool waited_for_replication = false;  ///< read-your-writes waited for the primary's TXID
+  std::chrono::nanoseconds replication_wait{};
+};
+
+/// The write executor took a batch (group commit) off its queue. Runs on the writer thread.
+struct write_batch_event {
+  std::size_t size = 0;    ///< writes in this transaction
+  std::size_t queued = 0;  ///< writes still waiting behind it
+};
+
 /**
  * The hooks. Set the ones you want; they may run on any thread that runs fwd's work
  * (the executors you give it), so they must be thread-safe and quick: copy what you need
@@ -114,6 +133,8 @@ struct telemetry {
   std::function<void(const probe_event&)> probe_finished;
   std::function<void(const resolver_error_event&)> resolver_error;
   std::function<void(const litefs_event&)> litefs_changed;
+  std::function<void(const write_finished_event&)> write_finished;
+  std::function<void(const write_batch_event&)> write_batch;
 };
 
 /// Shared, immutable hooks; null means "no telemetry".

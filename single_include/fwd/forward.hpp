@@ -417,6 +417,7 @@ FWD_DECL error_class classify(const boost::system::error_code& ec) noexcept {
 #include <boost/system/error_code.hpp>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -445,6 +446,7 @@ struct call_finished_event {
 struct connection_event {
   std::string_view peer;
   boost::system::error_code reason;  ///< why it closed or failed; empty for opened
+  bool inbound = false;  ///< a connection this node's server accepted (or refused)
 };
 
 /// A call is retried after `reason`.
@@ -502,6 +504,23 @@ struct breaker_event {
   std::string_view state;
 };
 
+/// A write (node.async_call / forwarder) completed: run here or forwarded to the primary.
+struct write_finished_event {
+  std::string_view procedure;
+  bool forwarded = false;  ///< last attempt sent (or meant for) the primary; false: ran here
+  std::uint32_t attempts = 1;
+  std::chrono::nanoseconds duration{};  ///< from the call to its completion
+  boost::system::error_code outcome;    ///< empty on success
+  bool waited_for_replication = false;  ///< read-your-writes waited for the primary's TXID
+  std::chrono::nanoseconds replication_wait{};
+};
+
+/// The write executor took a batch (group commit) off its queue. Runs on the writer thread.
+struct write_batch_event {
+  std::size_t size = 0;    ///< writes in this transaction
+  std::size_t queued = 0;  ///< writes still waiting behind it
+};
+
 /**
  * The hooks. Set the ones you want; they may run on any thread that runs fwd's work
  * (the executors you give it), so they must be thread-safe and quick: copy what you need
@@ -523,6 +542,8 @@ struct telemetry {
   std::function<void(const probe_event&)> probe_finished;
   std::function<void(const resolver_error_event&)> resolver_error;
   std::function<void(const litefs_event&)> litefs_changed;
+  std::function<void(const write_finished_event&)> write_finished;
+  std::function<void(const write_batch_event&)> write_batch;
 };
 
 /// Shared, immutable hooks; null means "no telemetry".
@@ -7120,7 +7141,7 @@ inline void server_connection::await_first_byte() {
                 // does not speak TLS: OpenSSL's reason says which.
                 self->failed_ = handshake_ec;
                 fwd::detail::emit(self->state_->options.telemetry, &telemetry::connection_failed,
-                                  connection_event{self->peer_, handshake_ec});
+                                  connection_event{self->peer_, handshake_ec, true});
                 self->close(handshake_ec);
                 return;
               }
@@ -7132,7 +7153,7 @@ inline void server_connection::await_first_byte() {
 inline void server_connection::refuse_plain_client() {
   failed_ = make_error_code(errc::unauthenticated);
   fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                    connection_event{peer_, failed_});
+                    connection_event{peer_, failed_, true});
   // Take in what the client sent (its hello), so that closing does not reset the
   // connection before the client reads why.
   boost::system::error_code ignored;
@@ -7195,7 +7216,7 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
     if (step.ec) {
       failed_ = step.ec;
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                        connection_event{peer_, step.ec});
+                        connection_event{peer_, step.ec, true});
       draining_ = true;  // write the goodbye, then close
       maybe_close_drained();
       return;
@@ -7205,7 +7226,7 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
       state_->unauthenticated.fetch_sub(1, std::memory_order_relaxed);
       handshake_.reset();
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened,
-                        connection_event{peer_, {}});
+                        connection_event{peer_, {}, true});
       timer_armed_ = false;  // armed for the handshake's deadline: re-armed for what is next
       schedule_timer();
     }
@@ -7374,10 +7395,10 @@ inline void server_connection::close(boost::system::error_code why) {
   stream_.close();
   if (authenticated_) {
     fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed,
-                      connection_event{peer_, why});
+                      connection_event{peer_, why, true});
   } else if (!failed_) {
     fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                      connection_event{peer_, why ? why : make_error_code(errc::protocol_error)});
+                      connection_event{peer_, why ? why : make_error_code(errc::protocol_error), true});
   }
 }
 
@@ -7571,7 +7592,7 @@ class server {
     auto& delay = state->accept_backoff;
     delay = delay.count() == 0 ? options.min_accept_backoff : std::min(delay * 2, options.max_accept_backoff);
     delay = std::max(delay, std::chrono::milliseconds(1));
-    fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{{}, ec});
+    fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{{}, ec, true});
     if (!state->accept_timer) state->accept_timer.emplace(state->acceptor->get_executor());
     state->accept_timer->expires_after(delay);
     state->accept_timer->async_wait([state](boost::system::error_code wait_ec) mutable {
@@ -7591,7 +7612,7 @@ class server {
     const auto peer = detail::endpoint_string(socket.remote_endpoint(ignored));
     socket.close(ignored);
     fwd::detail::emit(options.telemetry, &telemetry::connection_failed,
-                      connection_event{peer, make_error_code(errc::overloaded)});
+                      connection_event{peer, make_error_code(errc::overloaded), true});
     return false;
   }
 
@@ -10613,6 +10634,8 @@ struct write_options {
   /// restarted: a new mount) closes the connection and opens the database anew first.
   /// Unset: the connection is kept for the executor's lifetime.
   std::function<std::optional<std::uint64_t>()> mount_generation;
+  /// Told of each batch (telemetry::write_batch), on the writer thread.
+  telemetry_ptr telemetry;
 };
 
 }  // namespace fwd::sqlite
@@ -11061,7 +11084,9 @@ inline void write_executor_state::run_one_batch(std::unique_lock<std::mutex>& lo
   }
   if (batch.empty()) return;
   running_batch_ = true;
+  const write_batch_event taken{batch.size(), queue_.size()};
   lock.unlock();
+  fwd::detail::emit(options_.telemetry, &telemetry::write_batch, taken);
   try {
     run_batch(batch);
   } catch (const std::exception& e) {
@@ -12549,6 +12574,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
       return;
     }
     report_->waited_for_replication = true;
+    replication_started_ = clock::now();
     wait_replication();
   }
 
@@ -12644,6 +12670,13 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     if (done_) return;
     done_ = true;
     timer_.cancel();
+    if (const auto& t = core_->options.telemetry; t && t->write_finished) {
+      const auto now = clock::now();
+      write_finished_event event{name_, !report_->ran_locally, report_->attempts, now - started_, ec,
+                                 report_->waited_for_replication, {}};
+      if (event.waited_for_replication) event.replication_wait = now - replication_started_;
+      fwd::detail::invoke_hook(t->write_finished, event);
+    }
     auto completion = std::move(completion_);
     completion->complete(ec, ec ? std::string() : std::move(result_), std::move(detail));
   }
@@ -12657,6 +12690,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   std::string arguments_;
   request_id id_;
   clock::time_point deadline_;
+  clock::time_point started_ = clock::now();
+  clock::time_point replication_started_{};
   bool read_your_writes_;
   std::shared_ptr<call_report> report_;
   std::unique_ptr<forward_completion> completion_;
@@ -13346,6 +13381,7 @@ class node {
         return ec ? std::uint64_t{0} : p.txid;
       };
     }
+    if (!write.telemetry) write.telemetry = options_.telemetry;
     writer_ = std::make_shared<sqlite::write_executor>(executor_, options_.database.string(),
                                                        std::move(write));
     forwarder_->attach_writer(writer_);
@@ -13716,5 +13752,587 @@ inline std::int64_t migrate(node& n, std::vector<migration> migrations,
 }  // namespace fwd
 
 // ---- end fwd/migrate.hpp ----
+// ---- begin fwd/metrics.hpp ----
+
+// Prometheus metrics fed by the telemetry hooks.
+//
+//   auto m = std::make_shared<fwd::metrics>();
+//   options.telemetry = m->hooks(my_hooks);       // my_hooks (may be null) still run
+//   ...
+//   std::string body = m->render();              // GET /metrics, fwd::metrics_content_type
+//
+// Names follow Prometheus practice and OpenTelemetry's RPC conventions: base units
+// (seconds), counters end in `_total`, and labels are few-valued (procedure, outcome,
+// reason, role, state): never a request id, a peer's address or a port.
+//
+// A metrics_registry is a set of counter, gauge and histogram families rendered in the
+// text exposition format, version 0.0.4. Each family has its own mutex: a hook holds it
+// for one map lookup and an addition; render() copies a family's values under its mutex
+// and formats them after releasing it.
+
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <boost/asio/error.hpp>
+#include <boost/system/error_code.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace fwd {
+
+/// The Content-Type of metrics_registry::render()'s text.
+inline constexpr const char* metrics_content_type = "text/plain; version=0.0.4; charset=utf-8";
+
+namespace detail {
+
+// A sample value as Prometheus reads it: integers without a fraction, +Inf/-Inf/NaN.
+inline std::string metric_number(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  return fmt::format("{}", v);
+}
+
+// A label value between double quotes: backslash, double quote and newline escaped.
+inline void append_label_value(std::string& out, std::string_view value) {
+  for (char c : value) {
+    switch (c) {
+      case '\\': out += "\\\\"; break;
+      case '"': out += "\\\""; break;
+      case '\n': out += "\\n"; break;
+      default: out += c;
+    }
+  }
+}
+
+// HELP text: backslash and newline escaped.
+inline std::string help_text(std::string_view help) {
+  std::string out;
+  for (char c : help) {
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
+  }
+  return out;
+}
+
+// `{a="x",b="y"}` (plus `extra` such as `le="0.5"`), or nothing without labels.
+inline std::string label_set(const std::vector<std::string>& names, const std::vector<std::string>& values,
+                             std::string_view extra = {}) {
+  if (names.empty() && extra.empty()) return {};
+  std::string out = "{";
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    if (i) out += ',';
+    out += names[i];
+    out += "=\"";
+    append_label_value(out, i < values.size() ? values[i] : std::string());
+    out += '"';
+  }
+  if (!extra.empty()) {
+    if (!names.empty()) out += ',';
+    out += extra;
+  }
+  out += '}';
+  return out;
+}
+
+class metric_family {
+ public:
+  metric_family(std::string name, std::string help, std::vector<std::string> labels)
+      : name_(std::move(name)), help_(std::move(help)), labels_(std::move(labels)) {}
+  virtual ~metric_family() = default;
+  metric_family(const metric_family&) = delete;
+  metric_family& operator=(const metric_family&) = delete;
+
+  const std::string& name() const noexcept { return name_; }
+  virtual void render(std::string& out) const = 0;
+
+ protected:
+  void header(std::string& out, const char* type) const {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name_, help_text(help_), name_, type);
+  }
+
+  std::string name_;
+  std::string help_;
+  std::vector<std::string> labels_;
+  mutable std::mutex mutex_;
+};
+
+}  // namespace detail
+
+/// Label values, in the order of the family's label names.
+using metric_labels = std::vector<std::string>;
+
+/// A counter family: values only go up. Its name should end in `_total`.
+class counter_family : public detail::metric_family {
+ public:
+  using metric_family::metric_family;
+
+  void add(const metric_labels& labels, double by = 1) {
+    std::lock_guard lock(mutex_);
+    values_[labels] += by;
+  }
+  void inc(const metric_labels& labels = {}) { add(labels, 1); }
+  double value(const metric_labels& labels = {}) const {
+    std::lock_guard lock(mutex_);
+    const auto it = values_.find(labels);
+    return it == values_.end() ? 0 : it->second;
+  }
+
+  void render(std::string& out) const override {
+    std::map<metric_labels, double> copy;
+    {
+      std::lock_guard lock(mutex_);
+      copy = values_;
+    }
+    header(out, "counter");
+    for (const auto& [labels, v] : copy)
+      out += fmt::format("{}{} {}\n", name_, detail::label_set(labels_, labels), detail::metric_number(v));
+  }
+
+ private:
+  std::map<metric_labels, double> values_;
+};
+
+/// A gauge family: values go up and down.
+class gauge_family : public detail::metric_family {
+ public:
+  using metric_family::metric_family;
+
+  void set(const metric_labels& labels, double v) {
+    std::lock_guard lock(mutex_);
+    values_[labels] = v;
+  }
+  void add(const metric_labels& labels, double by) {
+    std::lock_guard lock(mutex_);
+    values_[labels] += by;
+  }
+  double value(const metric_labels& labels = {}) const {
+    std::lock_guard lock(mutex_);
+    const auto it = values_.find(labels);
+    return it == values_.end() ? 0 : it->second;
+  }
+
+  void render(std::string& out) const override {
+    std::map<metric_labels, double> copy;
+    {
+      std::lock_guard lock(mutex_);
+      copy = values_;
+    }
+    header(out, "gauge");
+    for (const auto& [labels, v] : copy)
+      out += fmt::format("{}{} {}\n", name_, detail::label_set(labels_, labels), detail::metric_number(v));
+  }
+
+ private:
+  std::map<metric_labels, double> values_;
+};
+
+/// A histogram family: observations counted in buckets by upper bound (`le`), rendered
+/// cumulative with a final `+Inf` bucket, `_sum` and `_count`.
+class histogram_family : public detail::metric_family {
+ public:
+  histogram_family(std::string name, std::string help, std::vector<std::string> labels,
+                   std::vector<double> bounds)
+      : metric_family(std::move(name), std::move(help), std::move(labels)), bounds_(std::move(bounds)) {
+    std::sort(bounds_.begin(), bounds_.end());
+    bounds_.erase(std::unique(bounds_.begin(), bounds_.end()), bounds_.end());
+    if (!bounds_.empty() && std::isinf(bounds_.back())) bounds_.pop_back();  // +Inf is implicit
+  }
+
+  void observe(const metric_labels& labels, double v) {
+    // The bucket is found before the lock is taken.
+    const std::size_t bucket = static_cast<std::size_t>(
+        std::lower_bound(bounds_.begin(), bounds_.end(), v) - bounds_.begin());
+    std::lock_guard lock(mutex_);
+    series& s = values_[labels];
+    if (s.buckets.empty()) s.buckets.assign(bounds_.size() + 1, 0);
+    ++s.buckets[bucket];
+    s.sum += v;
+    ++s.count;
+  }
+  /// Observations so far for these labels.
+  std::uint64_t count(const metric_labels& labels = {}) const {
+    std::lock_guard lock(mutex_);
+    const auto it = values_.find(labels);
+    return it == values_.end() ? 0 : it->second.count;
+  }
+
+  void render(std::string& out) const override {
+    std::map<metric_labels, series> copy;
+    {
+      std::lock_guard lock(mutex_);
+      copy = values_;
+    }
+    header(out, "histogram");
+    for (const auto& [labels, s] : copy) {
+      std::uint64_t cumulative = 0;
+      for (std::size_t i = 0; i <= bounds_.size(); ++i) {
+        cumulative += s.buckets[i];
+        const std::string le =
+            fmt::format("le=\"{}\"", i < bounds_.size() ? detail::metric_number(bounds_[i]) : "+Inf");
+        out += fmt::format("{}_bucket{} {}\n", name_, detail::label_set(labels_, labels, le), cumulative);
+      }
+      const std::string set = detail::label_set(labels_, labels);
+      out += fmt::format("{}_sum{} {}\n", name_, set, detail::metric_number(s.sum));
+      out += fmt::format("{}_count{} {}\n", name_, set, s.count);
+    }
+  }
+
+ private:
+  struct series {
+    std::vector<std::uint64_t> buckets;  // per bucket, not cumulative; the last is +Inf
+    double sum = 0;
+    std::uint64_t count = 0;
+  };
+  std::vector<double> bounds_;
+  std::map<metric_labels, series> values_;
+};
+
+/// Families rendered together, in the order they were added.
+class metrics_registry {
+ public:
+  metrics_registry() = default;
+  metrics_registry(const metrics_registry&) = delete;
+  metrics_registry& operator=(const metrics_registry&) = delete;
+
+  counter_family& counter(std::string name, std::string help, std::vector<std::string> labels = {}) {
+    return add<counter_family>(std::move(name), std::move(help), std::move(labels));
+  }
+  gauge_family& gauge(std::string name, std::string help, std::vector<std::string> labels = {}) {
+    return add<gauge_family>(std::move(name), std::move(help), std::move(labels));
+  }
+  histogram_family& histogram(std::string name, std::string help, std::vector<std::string> labels,
+                              std::vector<double> bounds) {
+    return add<histogram_family>(std::move(name), std::move(help), std::move(labels), std::move(bounds));
+  }
+
+  /// Every family in the text exposition format (version 0.0.4).
+  std::string render() const {
+    std::vector<detail::metric_family*> families;
+    {
+      std::lock_guard lock(mutex_);
+      for (const auto& f : families_) families.push_back(f.get());
+    }
+    std::string out;
+    for (const auto* f : families) f->render(out);
+    return out;
+  }
+
+ private:
+  template <class Family, class... Args>
+  Family& add(Args&&... args) {
+    auto family = std::make_unique<Family>(std::forward<Args>(args)...);
+    Family& ref = *family;
+    std::lock_guard lock(mutex_);
+    families_.push_back(std::move(family));
+    return ref;
+  }
+
+  mutable std::mutex mutex_;
+  std::vector<std::unique_ptr<detail::metric_family>> families_;
+};
+
+/// A short, few-valued name for an outcome: "ok", fwd's errc name ("not_primary"), "sqlite"
+/// for SQLite's codes, "eof", or "<category>:<value>" for other system errors.
+inline std::string outcome_label(const boost::system::error_code& ec) {
+  if (!ec) return "ok";
+  if (ec.category() == fwd_category()) {
+    switch (static_cast<errc>(ec.value())) {
+      case errc::no_primary: return "no_primary";
+      case errc::not_primary: return "not_primary";
+      case errc::unreachable: return "unreachable";
+      case errc::connection_lost: return "connection_lost";
+      case errc::timeout: return "timeout";
+      case errc::cancelled: return "cancelled";
+      case errc::remote_failure: return "remote_failure";
+      case errc::unknown_procedure: return "unknown_procedure";
+      case errc::signature_mismatch: return "signature_mismatch";
+      case errc::protocol_error: return "protocol_error";
+      case errc::frame_too_large: return "frame_too_large";
+      case errc::unauthenticated: return "unauthenticated";
+      case errc::version_mismatch: return "version_mismatch";
+      case errc::overloaded: return "overloaded";
+      case errc::circuit_open: return "circuit_open";
+      case errc::replication_lag: return "replication_lag";
+      case errc::not_litefs: return "not_litefs";
+      case errc::misconfigured_mount: return "misconfigured_mount";
+      case errc::bad_litefs_file: return "bad_litefs_file";
+      case errc::bad_argument: return "bad_argument";
+      case errc::commit_unknown: return "commit_unknown";
+    }
+    return "fwd";
+  }
+  if (ec.category() == sqlite_category()) return "sqlite";
+  if (ec == boost::asio::error::eof) return "eof";
+  if (ec == boost::system::errc::connection_refused) return "connection_refused";
+  if (ec == boost::system::errc::connection_reset) return "connection_reset";
+  if (ec == boost::system::errc::timed_out) return "timed_out";
+  if (ec == boost::system::errc::operation_canceled) return "operation_canceled";
+  return fmt::format("{}:{}", ec.category().name(), ec.value());
+}
+
+/**
+ * fwd's metrics, fed by the telemetry hooks. Make one (shared: the hooks keep it alive),
+ * give `hooks()` to node_options::telemetry (or forwarder_options, server_options,
+ * client_options), and serve `render()`. Every hook only takes one family's mutex.
+ */
+class metrics : public std::enable_shared_from_this<metrics> {
+ public:
+  /// Upper bounds, in seconds, of the duration histograms.
+  static std::vector<double> duration_buckets() {
+    return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  }
+
+  metrics()
+      : call_duration_(registry_.histogram(
+            "fwd_rpc_call_duration_seconds",
+            "One attempt of a call, from sending it (or running it here) to its reply.",
+            {"procedure", "outcome", "target"}, duration_buckets())),
+        write_duration_(registry_.histogram(
+            "fwd_write_duration_seconds",
+            "A write from the call to its completion, retries and read-your-writes wait included.",
+            {"procedure", "outcome", "path"}, duration_buckets())),
+        writes_(registry_.counter("fwd_writes_total",
+                                  "Writes completed, by where they ran: on this node (local) or "
+                                  "forwarded to the primary.",
+                                  {"path"})),
+        retries_(registry_.counter("fwd_retries_total", "Attempts of a call retried, by the failure.",
+                                   {"procedure", "reason"})),
+        replication_wait_(registry_.histogram(
+            "fwd_replication_wait_seconds",
+            "Read-your-writes: the wait for this node to reach a forwarded write's TXID.",
+            {"outcome"}, duration_buckets())),
+        primary_changes_(registry_.counter("fwd_primary_changes_total",
+                                           "Times the node believed to be primary changed.")),
+        primary_known_(registry_.gauge("fwd_primary_known",
+                                       "1 when a primary is known, 0 when none is.")),
+        litefs_changes_(registry_.counter("fwd_litefs_state_changes_total",
+                                          "Changes of this node's LiteFS role, primary or mount (not of its position), by the new "
+                                          "role.",
+                                          {"role"})),
+        litefs_role_(registry_.gauge("fwd_litefs_role", "1 for this node's current LiteFS role.",
+                                     {"role"})),
+        litefs_txid_(registry_.gauge("fwd_litefs_txid", "This node's LiteFS position (TXID).")),
+        litefs_mount_dead_(registry_.gauge("fwd_litefs_mount_dead",
+                                           "1 while LiteFS is stopped under the service.")),
+        members_(registry_.gauge("fwd_cluster_members", "Members of the cluster now.")),
+        member_changes_(registry_.counter("fwd_cluster_member_changes_total",
+                                          "Members that joined or left.", {"change"})),
+        breakers_(registry_.gauge("fwd_breakers", "Peers whose circuit breaker is open or half-open.",
+                                  {"state"})),
+        breaker_changes_(registry_.counter("fwd_breaker_transitions_total",
+                                           "Circuit breaker changes, by the new state.", {"state"})),
+        queue_depth_(registry_.gauge("fwd_writer_queue_depth",
+                                     "Writes waiting for the writer when it last took a batch.")),
+        batch_size_(registry_.histogram("fwd_writer_batch_size",
+                                        "Writes per group commit (one transaction).", {},
+                                        {1, 2, 4, 8, 16, 32, 64, 128, 256, 512})),
+        connections_(registry_.gauge("fwd_rpc_connections", "Open connections, by direction.",
+                                     {"direction"})),
+        refused_(registry_.counter("fwd_rpc_connections_refused_total",
+                                   "Connections this node's server refused or lost before they "
+                                   "were usable, by reason.",
+                                   {"reason"})),
+        connect_failures_(registry_.counter("fwd_rpc_connect_failures_total",
+                                            "Connections to peers that failed to open, by reason.",
+                                            {"reason"})),
+        lookups_(registry_.counter("fwd_discovery_lookups_total",
+                                   "Primary lookups, served from the cache (hit) or not (miss).",
+                                   {"result"})),
+        probes_(registry_.counter("fwd_discovery_probes_total", "Discovery probes, by outcome.",
+                                  {"outcome"})),
+        resolver_errors_(registry_.counter("fwd_membership_resolve_errors_total",
+                                           "DNS polls of the membership that failed or came back "
+                                           "empty.")) {
+    primary_known_.set({}, 0);
+    members_.set({}, 0);
+    litefs_mount_dead_.set({}, 0);
+    for (const char* s : {"open", "half-open"}) breakers_.set({s}, 0);
+    for (const char* d : {"inbound", "outbound"}) connections_.set({d}, 0);
+  }
+
+  metrics(const metrics&) = delete;
+  metrics& operator=(const metrics&) = delete;
+
+  /// The families (to add your own, or to read values in tests).
+  metrics_registry& registry() noexcept { return registry_; }
+
+  /// Everything, in the text exposition format 0.0.4 (serve with metrics_content_type).
+  std::string render() const { return registry_.render(); }
+
+  /**
+   * Hooks that update these metrics, then call `next`'s hook of the same event (when
+   * `next` is set and has it). The hooks share ownership of this object, which must be
+   * owned by a std::shared_ptr (std::make_shared<fwd::metrics>()).
+   */
+  telemetry_ptr hooks(telemetry_ptr next = {}) {
+    std::shared_ptr<metrics> self = shared_from_this();
+    auto t = std::make_shared<fwd::telemetry>();
+    const auto then = [next](auto hook, const auto& event) {
+      if (next) fwd::detail::emit(next, hook, event);
+    };
+    if (next && next->call_started) t->call_started = next->call_started;
+    t->call_finished = [self, then](const call_finished_event& e) {
+      self->call_duration_.observe({std::string(e.procedure), outcome_label(e.outcome),
+                                    e.peer.empty() ? "local" : "remote"},
+                                   seconds(e.duration));
+      then(&fwd::telemetry::call_finished, e);
+    };
+    t->write_finished = [self, then](const write_finished_event& e) {
+      const char* path = e.forwarded ? "forwarded" : "local";
+      const std::string outcome = outcome_label(e.outcome);
+      self->write_duration_.observe({std::string(e.procedure), outcome, path}, seconds(e.duration));
+      self->writes_.inc({path});
+      if (e.waited_for_replication) self->replication_wait_.observe({outcome}, seconds(e.replication_wait));
+      then(&fwd::telemetry::write_finished, e);
+    };
+    t->retry = [self, then](const retry_event& e) {
+      self->retries_.inc({std::string(e.procedure), outcome_label(e.reason)});
+      then(&fwd::telemetry::retry, e);
+    };
+    t->primary_changed = [self, then](const primary_changed_event& e) {
+      self->primary_changes_.inc();
+      self->primary_known_.set({}, e.current.empty() ? 0 : 1);
+      then(&fwd::telemetry::primary_changed, e);
+    };
+    t->litefs_changed = [self, then](const litefs_event& e) {
+      const std::string role(e.role);
+      bool changed = false;  // a new position alone is not a state change
+      {
+        std::lock_guard lock(self->mutex_);
+        litefs_seen& was = self->litefs_now_;
+        changed = !was.known || role != was.role || e.primary_hostname != was.primary ||
+                  e.mount_dead != was.mount_dead || e.mount_generation != was.generation;
+        if (role != was.role) {
+          if (!was.role.empty()) self->litefs_role_.set({was.role}, 0);
+          self->litefs_role_.set({role}, 1);
+        }
+        was = {true, role, std::string(e.primary_hostname), e.mount_dead, e.mount_generation};
+      }
+      if (changed) self->litefs_changes_.inc({role});
+      self->litefs_txid_.set({}, static_cast<double>(e.txid));
+      self->litefs_mount_dead_.set({}, e.mount_dead ? 1 : 0);
+      then(&fwd::telemetry::litefs_changed, e);
+    };
+    t->member_joined = [self, then](const member_event& e) {
+      self->members_.add({}, 1);
+      self->member_changes_.inc({"joined"});
+      then(&fwd::telemetry::member_joined, e);
+    };
+    t->member_left = [self, then](const member_event& e) {
+      self->members_.add({}, -1);
+      self->member_changes_.inc({"left"});
+      then(&fwd::telemetry::member_left, e);
+    };
+    t->breaker_changed = [self, then](const breaker_event& e) {
+      const std::string state(e.state);
+      {
+        // Peers are not labels: only how many are in each state.
+        std::lock_guard lock(self->mutex_);
+        // A peer not in the map is closed; closed peers are not kept.
+        const std::string peer(e.peer);
+        const auto it = self->breaker_by_peer_.find(peer);
+        const std::string before = it == self->breaker_by_peer_.end() ? "closed" : it->second;
+        if (before != state) {
+          if (before != "closed") self->breakers_.add({before}, -1);
+          if (state != "closed") self->breakers_.add({state}, 1);
+        }
+        if (state == "closed") {
+          if (it != self->breaker_by_peer_.end()) self->breaker_by_peer_.erase(it);
+        } else {
+          self->breaker_by_peer_[peer] = state;
+        }
+      }
+      self->breaker_changes_.inc({state});
+      then(&fwd::telemetry::breaker_changed, e);
+    };
+    t->write_batch = [self, then](const write_batch_event& e) {
+      self->batch_size_.observe({}, static_cast<double>(e.size));
+      self->queue_depth_.set({}, static_cast<double>(e.queued));
+      then(&fwd::telemetry::write_batch, e);
+    };
+    t->connection_opened = [self, then](const connection_event& e) {
+      self->connections_.add({e.inbound ? "inbound" : "outbound"}, 1);
+      then(&fwd::telemetry::connection_opened, e);
+    };
+    t->connection_closed = [self, then](const connection_event& e) {
+      self->connections_.add({e.inbound ? "inbound" : "outbound"}, -1);
+      then(&fwd::telemetry::connection_closed, e);
+    };
+    t->connection_failed = [self, then](const connection_event& e) {
+      (e.inbound ? self->refused_ : self->connect_failures_).inc({outcome_label(e.reason)});
+      then(&fwd::telemetry::connection_failed, e);
+    };
+    t->discovery_lookup = [self, then](const discovery_lookup_event& e) {
+      self->lookups_.inc({e.hit ? "hit" : "miss"});
+      then(&fwd::telemetry::discovery_lookup, e);
+    };
+    t->probe_finished = [self, then](const probe_event& e) {
+      self->probes_.inc({outcome_label(e.outcome)});
+      then(&fwd::telemetry::probe_finished, e);
+    };
+    t->resolver_error = [self, then](const resolver_error_event& e) {
+      self->resolver_errors_.inc();
+      then(&fwd::telemetry::resolver_error, e);
+    };
+    return t;
+  }
+
+ private:
+  static double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }
+
+  metrics_registry registry_;
+  histogram_family& call_duration_;
+  histogram_family& write_duration_;
+  counter_family& writes_;
+  counter_family& retries_;
+  histogram_family& replication_wait_;
+  counter_family& primary_changes_;
+  gauge_family& primary_known_;
+  counter_family& litefs_changes_;
+  gauge_family& litefs_role_;
+  gauge_family& litefs_txid_;
+  gauge_family& litefs_mount_dead_;
+  gauge_family& members_;
+  counter_family& member_changes_;
+  gauge_family& breakers_;
+  counter_family& breaker_changes_;
+  gauge_family& queue_depth_;
+  histogram_family& batch_size_;
+  gauge_family& connections_;
+  counter_family& refused_;
+  counter_family& connect_failures_;
+  counter_family& lookups_;
+  counter_family& probes_;
+  counter_family& resolver_errors_;
+
+  struct litefs_seen {
+    bool known = false;
+    std::string role;
+    std::string primary;
+    bool mount_dead = false;
+    std::uint64_t generation = 0;
+  };
+  std::mutex mutex_;  // the two below
+  litefs_seen litefs_now_;
+  std::map<std::string, std::string> breaker_by_peer_;
+};
+
+}  // namespace fwd
+
+// ---- end fwd/metrics.hpp ----
 
 // ---- end fwd/forward.hpp ----

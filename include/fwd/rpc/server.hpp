@@ -198,7 +198,7 @@ class server {
     auto& delay = state->accept_backoff;
     delay = delay.count() == 0 ? options.min_accept_backoff : std::min(delay * 2, options.max_accept_backoff);
     delay = std::max(delay, std::chrono::milliseconds(1));
-    fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{{}, ec});
+    fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{{}, ec, true});
     if (!state->accept_timer) state->accept_timer.emplace(state->acceptor->get_executor());
     state->accept_timer->expires_after(delay);
     state->accept_timer->async_wait([state](boost::system::error_code wait_ec) mutable {
@@ -218,7 +218,7 @@ class server {
     const auto peer = detail::endpoint_string(socket.remote_endpoint(ignored));
     socket.close(ignored);
     fwd::detail::emit(options.telemetry, &telemetry::connection_failed,
-                      connection_event{peer, make_error_code(errc::overloaded)});
+                      connection_event{peer, make_error_code(errc::overloaded), true});
     return false;
   }
 

@@ -3,6 +3,7 @@
 // The settings of the primary's write executor, and a write's identity.
 
 #include <fwd/sqlite/connection.hpp>
+#include <fwd/telemetry.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 
@@ -60,6 +61,8 @@ struct write_options {
   /// restarted: a new mount) closes the connection and opens the database anew first.
   /// Unset: the connection is kept for the executor's lifetime.
   std::function<std::optional<std::uint64_t>()> mount_generation;
+  /// Told of each batch (telemetry::write_batch), on the writer thread.
+  telemetry_ptr telemetry;
 };
 
 }  // namespace fwd::sqlite

@@ -248,6 +248,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
       return;
     }
     report_->waited_for_replication = true;
+    replication_started_ = clock::now();
     wait_replication();
   }
 
@@ -343,6 +344,13 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     if (done_) return;
     done_ = true;
     timer_.cancel();
+    if (const auto& t = core_->options.telemetry; t && t->write_finished) {
+      const auto now = clock::now();
+      write_finished_event event{name_, !report_->ran_locally, report_->attempts, now - started_, ec,
+                                 report_->waited_for_replication, {}};
+      if (event.waited_for_replication) event.replication_wait = now - replication_started_;
+      fwd::detail::invoke_hook(t->write_finished, event);
+    }
     auto completion = std::move(completion_);
     completion->complete(ec, ec ? std::string() : std::move(result_), std::move(detail));
   }
@@ -356,6 +364,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   std::string arguments_;
   request_id id_;
   clock::time_point deadline_;
+  clock::time_point started_ = clock::now();
+  clock::time_point replication_started_{};
   bool read_your_writes_;
   std::shared_ptr<call_report> report_;
   std::unique_ptr<forward_completion> completion_;

@@ -24,7 +24,9 @@ inline void write_executor_state::run_one_batch(std::unique_lock<std::mutex>& lo
   }
   if (batch.empty()) return;
   running_batch_ = true;
+  const write_batch_event taken{batch.size(), queue_.size()};
   lock.unlock();
+  fwd::detail::emit(options_.telemetry, &telemetry::write_batch, taken);
   try {
     run_batch(batch);
   } catch (const std::exception& e) {

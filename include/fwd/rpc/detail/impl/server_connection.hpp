@@ -73,7 +73,7 @@ inline void server_connection::await_first_byte() {
                 // does not speak TLS: OpenSSL's reason says which.
                 self->failed_ = handshake_ec;
                 fwd::detail::emit(self->state_->options.telemetry, &telemetry::connection_failed,
-                                  connection_event{self->peer_, handshake_ec});
+                                  connection_event{self->peer_, handshake_ec, true});
                 self->close(handshake_ec);
                 return;
               }
@@ -85,7 +85,7 @@ inline void server_connection::await_first_byte() {
 inline void server_connection::refuse_plain_client() {
   failed_ = make_error_code(errc::unauthenticated);
   fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                    connection_event{peer_, failed_});
+                    connection_event{peer_, failed_, true});
   // Take in what the client sent (its hello), so that closing does not reset the
   // connection before the client reads why.
   boost::system::error_code ignored;
@@ -148,7 +148,7 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
     if (step.ec) {
       failed_ = step.ec;
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                        connection_event{peer_, step.ec});
+                        connection_event{peer_, step.ec, true});
       draining_ = true;  // write the goodbye, then close
       maybe_close_drained();
       return;
@@ -158,7 +158,7 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
       state_->unauthenticated.fetch_sub(1, std::memory_order_relaxed);
       handshake_.reset();
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened,
-                        connection_event{peer_, {}});
+                        connection_event{peer_, {}, true});
       timer_armed_ = false;  // armed for the handshake's deadline: re-armed for what is next
       schedule_timer();
     }
@@ -327,10 +327,10 @@ inline void server_connection::close(boost::system::error_code why) {
   stream_.close();
   if (authenticated_) {
     fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed,
-                      connection_event{peer_, why});
+                      connection_event{peer_, why, true});
   } else if (!failed_) {
     fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                      connection_event{peer_, why ? why : make_error_code(errc::protocol_error)});
+                      connection_event{peer_, why ? why : make_error_code(errc::protocol_error), true});
   }
 }
 
