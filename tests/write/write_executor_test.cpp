@@ -356,7 +356,7 @@ TEST_CASE("old request ids are pruned inside a write transaction") {
   {  // age id 1's row by two hours, and add a row from 1970
     fwd::sqlite::connection db(path);
     db.exec("UPDATE _fwd_requests SET created_at = created_at - 7200000");
-    db.exec("INSERT INTO _fwd_requests VALUES (x'00', x'00', 0)");
+    db.exec("INSERT INTO _fwd_requests(id, result, created_at) VALUES (x'00', x'00', 0)");
   }
   auto second = submit(writer, 2, insert_item("second"));
   REQUIRE_FALSE(wait(second).ec);
