@@ -10158,8 +10158,8 @@ struct write_options {
   /// ...or when this long has passed since the last prune, whichever comes first.
   std::chrono::milliseconds prune_interval = std::chrono::minutes(1);
   /// Called once with the new connection, before any write (e.g. PRAGMAs, hooks). An
-  /// authorizer set here is dropped: the executor uses the connection's authorizer while
-  /// each write runs (to refuse transaction control inside a write).
+  /// authorizer set here is replaced: the executor installs its own after on_open (to
+  /// refuse transaction control inside a write).
   std::function<void(connection&)> on_open;
   /// Called on the writer thread after each successful COMMIT; its value is passed to
   /// every write of that batch as its TXID (on LiteFS: the TXID read from `<db>-pos`).
@@ -10224,6 +10224,94 @@ struct write_options {
 #include <fmt/format.h>
 #include <iterator>
 #include <functional>
+// ---- begin fwd/write/detail/transaction_guard.hpp ----
+
+// What keeps a write's work from taking transaction control away from the write executor:
+// an SQLite authorizer that refuses, while the work runs, BEGIN, COMMIT, ROLLBACK and END,
+// and any use of the executor's own savepoint.
+
+#include <sqlite3.h>
+
+#include <fmt/format.h>
+
+#include <iterator>
+#include <string>
+
+namespace fwd::sqlite::detail {
+
+/// The executor's savepoint around each write of a batch.
+inline constexpr const char* write_savepoint_name = "fwd_write";
+
+/**
+ * Installed once per connection (setting an authorizer expires every prepared statement,
+ * so it is not set and cleared around each write); it refuses only between begin() and
+ * end(). A write's own savepoints (any other name) stay allowed: they nest inside the
+ * executor's. SQLite consults it when a statement is prepared (the refusal is
+ * SQLITE_AUTH), and the refusal is remembered here, so a write that swallows the error
+ * still fails.
+ */
+class transaction_control_guard {
+ public:
+  transaction_control_guard() = default;
+  transaction_control_guard(const transaction_control_guard&) = delete;
+  transaction_control_guard& operator=(const transaction_control_guard&) = delete;
+
+  /// Makes `db` consult this guard (replacing any authorizer set before).
+  void install(sqlite3* db) noexcept { sqlite3_set_authorizer(db, &authorize, this); }
+
+  /// The write's work starts: refuse transaction control until end().
+  void begin() noexcept {
+    active_ = true;
+    refused_.clear();
+  }
+
+  /// The work is over: returns what was refused ("COMMIT", "RELEASE fwd_write"), empty if
+  /// nothing.
+  std::string end() noexcept {
+    active_ = false;
+    std::string refused;
+    refused.swap(refused_);
+    return refused;
+  }
+
+ private:
+  static int authorize(void* self, int action, const char* what, const char* name, const char*,
+                       const char*) noexcept {
+    auto* guard = static_cast<transaction_control_guard*>(self);
+    if (!guard->active_) return SQLITE_OK;
+    if (action == SQLITE_TRANSACTION) return guard->refuse(what, nullptr);
+    if (action == SQLITE_SAVEPOINT && name != nullptr && sqlite3_stricmp(name, write_savepoint_name) == 0)
+      return guard->refuse(what, name);
+    return SQLITE_OK;
+  }
+
+  int refuse(const char* what, const char* name) noexcept {
+    try {
+      if (refused_.empty()) {
+        refused_ = what != nullptr ? what : "transaction control";
+        if (name != nullptr) fmt::format_to(std::back_inserter(refused_), " {}", name);
+      }
+    } catch (...) {
+    }
+    return SQLITE_DENY;
+  }
+
+  bool active_ = false;
+  std::string refused_;
+};
+
+inline std::string transaction_control_refusal(const std::string& refused) {
+  return fmt::format(
+      "the write ran '{}': a procedure's writer runs inside fwd's transaction; do not BEGIN, "
+      "COMMIT, ROLLBACK or END there, nor touch fwd's savepoint 'fwd_write' (use SAVEPOINTs "
+      "of your own names, which nest); nothing of this write was applied, the other writes of "
+      "its batch commit",
+      refused);
+}
+
+}  // namespace fwd::sqlite::detail
+
+// ---- end fwd/write/detail/transaction_guard.hpp ----
 // ---- begin fwd/write/detail/write_failure.hpp ----
 
 // What a failed statement on the writer's connection means, and what its writes complete
@@ -10429,6 +10517,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
         connection_(path, options_.open_flags, options_.busy_timeout) {
     if (options_.max_batch == 0) options_.max_batch = 1;
     if (options_.on_open) options_.on_open(connection_);
+    guard_.install(connection_.native_handle());
     note_journal_mode();
     last_prune_ = std::chrono::steady_clock::now();
   }
@@ -10610,6 +10699,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   bool schema_ready_ = false;
   bool drop_pending_ = false;  // the mount went away: close without ROLLBACK, reopen
   bool wal_mode_ = false;      // the connection's journal mode is WAL
+  transaction_control_guard guard_;  // the connection's authorizer (its address is held by SQLite)
   statement lookup_;
   statement insert_;
   statement prune_;
@@ -10634,60 +10724,6 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
 #include <string>
 
 namespace fwd::sqlite::detail {
-
-// Refuses, while a write's work runs, what would take transaction control from the
-// executor: BEGIN, COMMIT, ROLLBACK and END, and any use of fwd's own savepoint. A
-// write's own savepoints (any other name) stay allowed: they nest inside fwd's. The
-// refusal happens when SQLite prepares the statement (SQLITE_AUTH), and is remembered
-// here so that a write that swallows the error still fails.
-class transaction_control_guard {
- public:
-  explicit transaction_control_guard(sqlite3* db) noexcept : db_(db) {
-    sqlite3_set_authorizer(db_, &authorize, this);
-  }
-  ~transaction_control_guard() { sqlite3_set_authorizer(db_, nullptr, nullptr); }
-  transaction_control_guard(const transaction_control_guard&) = delete;
-  transaction_control_guard& operator=(const transaction_control_guard&) = delete;
-
-  /// What was refused ("COMMIT", "RELEASE fwd_write"), empty if nothing.
-  const std::string& refused() const noexcept { return refused_; }
-
- private:
-  static int authorize(void* self, int action, const char* what, const char* name, const char*,
-                       const char*) noexcept {
-    auto* guard = static_cast<transaction_control_guard*>(self);
-    if (action == SQLITE_TRANSACTION) return guard->refuse(what, nullptr);
-    if (action == SQLITE_SAVEPOINT && name != nullptr && sqlite3_stricmp(name, savepoint_name) == 0)
-      return guard->refuse(what, name);
-    return SQLITE_OK;
-  }
-
-  int refuse(const char* what, const char* name) noexcept {
-    try {
-      if (refused_.empty()) {
-        refused_ = what != nullptr ? what : "transaction control";
-        if (name != nullptr) fmt::format_to(std::back_inserter(refused_), " {}", name);
-      }
-    } catch (...) {
-    }
-    return SQLITE_DENY;
-  }
-
-  sqlite3* db_;
-  std::string refused_;
-
- public:
-  static constexpr const char* savepoint_name = "fwd_write";
-};
-
-inline std::string transaction_control_refusal(const std::string& refused) {
-  return fmt::format(
-      "the write ran '{}': a procedure's writer runs inside fwd's transaction; do not BEGIN, "
-      "COMMIT, ROLLBACK or END there, nor touch fwd's savepoint 'fwd_write' (use SAVEPOINTs "
-      "of your own names, which nest); nothing of this write was applied, the other writes of "
-      "its batch commit",
-      refused);
-}
 
 // Called with the lock held and work queued; returns with the lock held.
 inline void write_executor_state::run_one_batch(std::unique_lock<std::mutex>& lock) {
@@ -10770,6 +10806,7 @@ inline std::optional<write_outcome> write_executor_state::ensure_connection() {
   try {
     connection_ = connection(path_, options_.open_flags, options_.busy_timeout);
     if (options_.on_open) options_.on_open(connection_);
+    guard_.install(connection_.native_handle());
     note_journal_mode();
     return std::nullopt;
   } catch (const std::exception& e) {
@@ -10921,8 +10958,8 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
 
   std::string refused;
   {
-    // Installed for the work alone: fwd's own statements below run unchecked.
-    transaction_control_guard guard(connection_.native_handle());
+    // Refusing for the work alone: fwd's own statements below run unchecked.
+    guard_.begin();
     try {
       outcome.result = job.work(connection_.native_handle());
       if (connection_.autocommit()) {
@@ -10947,7 +10984,7 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
       outcome.ec = make_error_code(errc::remote_failure);
       outcome.result = "the write threw an exception that is not a std::exception";
     }
-    refused = guard.refused();
+    refused = guard_.end();
   }
   if (!refused.empty()) {
     // Whatever the work did with SQLite's refusal (threw it, or swallowed it), the write
@@ -11194,8 +11231,8 @@ class write_executor {
    * `work(db)` runs its SQL on `db` (wrap it with connection::borrow(db) if useful) and
    * returns the result bytes, which are stored with `id`. It runs inside the executor's
    * transaction: BEGIN, COMMIT, ROLLBACK, END and any use of the executor's savepoint
-   * `fwd_write` are refused while it runs (an SQLite authorizer, installed for the work
-   * alone: SQLITE_AUTH at prepare), and the write then fails alone with
+   * `fwd_write` are refused while it runs (the connection's SQLite authorizer, which
+   * refuses only while a work runs: SQLITE_AUTH at prepare), and the write then fails alone with
    * errc::bad_argument, rolled back, while the rest of its batch commits. Savepoints of its
    * own names are fine (they nest). The work must not install an authorizer of its own
    * (the executor's replaces it while the work runs). If it throws, it alone is rolled

@@ -137,8 +137,8 @@ class write_executor {
    * `work(db)` runs its SQL on `db` (wrap it with connection::borrow(db) if useful) and
    * returns the result bytes, which are stored with `id`. It runs inside the executor's
    * transaction: BEGIN, COMMIT, ROLLBACK, END and any use of the executor's savepoint
-   * `fwd_write` are refused while it runs (an SQLite authorizer, installed for the work
-   * alone: SQLITE_AUTH at prepare), and the write then fails alone with
+   * `fwd_write` are refused while it runs (the connection's SQLite authorizer, which
+   * refuses only while a work runs: SQLITE_AUTH at prepare), and the write then fails alone with
    * errc::bad_argument, rolled back, while the rest of its batch commits. Savepoints of its
    * own names are fine (they nest). The work must not install an authorizer of its own
    * (the executor's replaces it while the work runs). If it throws, it alone is rolled

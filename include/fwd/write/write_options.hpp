@@ -43,8 +43,8 @@ struct write_options {
   /// ...or when this long has passed since the last prune, whichever comes first.
   std::chrono::milliseconds prune_interval = std::chrono::minutes(1);
   /// Called once with the new connection, before any write (e.g. PRAGMAs, hooks). An
-  /// authorizer set here is dropped: the executor uses the connection's authorizer while
-  /// each write runs (to refuse transaction control inside a write).
+  /// authorizer set here is replaced: the executor installs its own after on_open (to
+  /// refuse transaction control inside a write).
   std::function<void(connection&)> on_open;
   /// Called on the writer thread after each successful COMMIT; its value is passed to
   /// every write of that batch as its TXID (on LiteFS: the TXID read from `<db>-pos`).

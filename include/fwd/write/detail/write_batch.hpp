@@ -13,60 +13,6 @@
 
 namespace fwd::sqlite::detail {
 
-// Refuses, while a write's work runs, what would take transaction control from the
-// executor: BEGIN, COMMIT, ROLLBACK and END, and any use of fwd's own savepoint. A
-// write's own savepoints (any other name) stay allowed: they nest inside fwd's. The
-// refusal happens when SQLite prepares the statement (SQLITE_AUTH), and is remembered
-// here so that a write that swallows the error still fails.
-class transaction_control_guard {
- public:
-  explicit transaction_control_guard(sqlite3* db) noexcept : db_(db) {
-    sqlite3_set_authorizer(db_, &authorize, this);
-  }
-  ~transaction_control_guard() { sqlite3_set_authorizer(db_, nullptr, nullptr); }
-  transaction_control_guard(const transaction_control_guard&) = delete;
-  transaction_control_guard& operator=(const transaction_control_guard&) = delete;
-
-  /// What was refused ("COMMIT", "RELEASE fwd_write"), empty if nothing.
-  const std::string& refused() const noexcept { return refused_; }
-
- private:
-  static int authorize(void* self, int action, const char* what, const char* name, const char*,
-                       const char*) noexcept {
-    auto* guard = static_cast<transaction_control_guard*>(self);
-    if (action == SQLITE_TRANSACTION) return guard->refuse(what, nullptr);
-    if (action == SQLITE_SAVEPOINT && name != nullptr && sqlite3_stricmp(name, savepoint_name) == 0)
-      return guard->refuse(what, name);
-    return SQLITE_OK;
-  }
-
-  int refuse(const char* what, const char* name) noexcept {
-    try {
-      if (refused_.empty()) {
-        refused_ = what != nullptr ? what : "transaction control";
-        if (name != nullptr) fmt::format_to(std::back_inserter(refused_), " {}", name);
-      }
-    } catch (...) {
-    }
-    return SQLITE_DENY;
-  }
-
-  sqlite3* db_;
-  std::string refused_;
-
- public:
-  static constexpr const char* savepoint_name = "fwd_write";
-};
-
-inline std::string transaction_control_refusal(const std::string& refused) {
-  return fmt::format(
-      "the write ran '{}': a procedure's writer runs inside fwd's transaction; do not BEGIN, "
-      "COMMIT, ROLLBACK or END there, nor touch fwd's savepoint 'fwd_write' (use SAVEPOINTs "
-      "of your own names, which nest); nothing of this write was applied, the other writes of "
-      "its batch commit",
-      refused);
-}
-
 // Called with the lock held and work queued; returns with the lock held.
 inline void write_executor_state::run_one_batch(std::unique_lock<std::mutex>& lock) {
   if (options_.max_batch_delay.count() > 0 && queue_.size() < options_.max_batch) {
@@ -148,6 +94,7 @@ inline std::optional<write_outcome> write_executor_state::ensure_connection() {
   try {
     connection_ = connection(path_, options_.open_flags, options_.busy_timeout);
     if (options_.on_open) options_.on_open(connection_);
+    guard_.install(connection_.native_handle());
     note_journal_mode();
     return std::nullopt;
   } catch (const std::exception& e) {
@@ -299,8 +246,8 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
 
   std::string refused;
   {
-    // Installed for the work alone: fwd's own statements below run unchecked.
-    transaction_control_guard guard(connection_.native_handle());
+    // Refusing for the work alone: fwd's own statements below run unchecked.
+    guard_.begin();
     try {
       outcome.result = job.work(connection_.native_handle());
       if (connection_.autocommit()) {
@@ -325,7 +272,7 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
       outcome.ec = make_error_code(errc::remote_failure);
       outcome.result = "the write threw an exception that is not a std::exception";
     }
-    refused = guard.refused();
+    refused = guard_.end();
   }
   if (!refused.empty()) {
     // Whatever the work did with SQLite's refusal (threw it, or swallowed it), the write

@@ -19,6 +19,7 @@
 #include <fwd/error.hpp>
 #include <fwd/sqlite/connection.hpp>
 #include <fwd/sqlite/transaction.hpp>
+#include <fwd/write/detail/transaction_guard.hpp>
 #include <fwd/write/detail/write_failure.hpp>
 #include <fwd/write/detail/write_job.hpp>
 #include <fwd/write/write_options.hpp>
@@ -57,6 +58,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
         connection_(path, options_.open_flags, options_.busy_timeout) {
     if (options_.max_batch == 0) options_.max_batch = 1;
     if (options_.on_open) options_.on_open(connection_);
+    guard_.install(connection_.native_handle());
     note_journal_mode();
     last_prune_ = std::chrono::steady_clock::now();
   }
@@ -238,6 +240,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   bool schema_ready_ = false;
   bool drop_pending_ = false;  // the mount went away: close without ROLLBACK, reopen
   bool wal_mode_ = false;      // the connection's journal mode is WAL
+  transaction_control_guard guard_;  // the connection's authorizer (its address is held by SQLite)
   statement lookup_;
   statement insert_;
   statement prune_;
