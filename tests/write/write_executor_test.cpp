@@ -644,7 +644,7 @@ void check_refused_alone(const std::string& statement, bool swallow) {
 
 }  // namespace
 
-TEST_CASE("a write that runs transaction control is refused alone; its batch commits") {
+TEST_CASE("a write that runs transaction control is refused alone, and its batch commits") {
   SECTION("COMMIT") { check_refused_alone("COMMIT", false); }
   SECTION("ROLLBACK") { check_refused_alone("ROLLBACK", false); }
   SECTION("END") { check_refused_alone("END", false); }
