@@ -10134,10 +10134,20 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
   }
 
   /// Forgets the cached primary: the next lookup refreshes. Call it on `not_primary` and
-  /// when a connection to the primary fails.
+  /// when a connection to the primary fails. The LiteFS hostname -> endpoint entries that
+  /// led to that primary are dropped too, so the refresh asks the members again instead
+  /// of trusting an address that just failed (e.g. a node that came back on another port).
   void invalidate() noexcept {
-    current_.store(nullptr, std::memory_order_release);
+    const primary_location* was = current_.exchange(nullptr, std::memory_order_acq_rel);
     expires_.store(0, std::memory_order_relaxed);
+    if (was != nullptr && !was->local) {
+      std::lock_guard lock(forget_mutex_);
+      try {
+        forget_.push_back(was->endpoint);
+      } catch (...) {
+        forget_all_ = true;  // no memory for the list: drop every hostname instead
+      }
+    }
   }
 
   /// Starts watching the local `.primary`: a change invalidates the cache at once.
@@ -10245,6 +10255,9 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
 
   std::vector<peer> current_members() noexcept;
 
+  // On the strand: drops the hostname entries of the primaries invalidate() gave up on.
+  void forget_failed_hostnames() noexcept;
+
   void record_failure(std::string why);
 
   void watch_role();
@@ -10266,6 +10279,10 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
   std::deque<waiter> waiters_;
   std::shared_ptr<round_state> round_;
   std::map<std::string, boost::asio::ip::tcp::endpoint> hostnames_;
+  // Endpoints whose hostname entries invalidate() dropped, applied on the strand.
+  std::mutex forget_mutex_;
+  std::vector<boost::asio::ip::tcp::endpoint> forget_;
+  bool forget_all_ = false;
   std::vector<std::unique_ptr<const primary_location>> locations_;
   const primary_location* last_announced_ = nullptr;
   litefs::role cached_role_;
@@ -10370,6 +10387,7 @@ inline void primary_finder::start_round() {
     round->latest_deadline = std::max(round->latest_deadline, w.deadline);
 
   round->local = local_role();
+  forget_failed_hostnames();
   switch (round->local.kind) {
     case litefs::role_kind::primary:
       finish(primary_location{true, {}, {}});
@@ -10547,6 +10565,23 @@ inline std::vector<peer> primary_finder::current_members() noexcept {
   }
 }
 
+inline void primary_finder::forget_failed_hostnames() noexcept {
+  std::vector<boost::asio::ip::tcp::endpoint> failed;
+  bool all = false;
+  {
+    std::lock_guard lock(forget_mutex_);
+    failed.swap(forget_);
+    all = std::exchange(forget_all_, false);
+  }
+  if (all) {
+    hostnames_.clear();
+    return;
+  }
+  for (const auto& endpoint : failed) {
+    std::erase_if(hostnames_, [&](const auto& entry) { return entry.second == endpoint; });
+  }
+}
+
 inline void primary_finder::record_failure(std::string why) {
   std::lock_guard lock(failure_mutex_);
   last_failure_ = std::move(why);
@@ -10616,7 +10651,9 @@ struct write_options {
   std::uint64_t prune_every_commits = 1000;
   /// ...or when this long has passed since the last prune, whichever comes first.
   std::chrono::milliseconds prune_interval = std::chrono::minutes(1);
-  /// Called once with the new connection, before any write (e.g. PRAGMAs, hooks).
+  /// Called once with the new connection, before any write (e.g. PRAGMAs, hooks). An
+  /// authorizer set here is replaced: the executor installs its own after on_open (to
+  /// refuse transaction control inside a write).
   std::function<void(connection&)> on_open;
   /// Called on the writer thread after each successful COMMIT; its value is passed to
   /// every write of that batch as its TXID (on LiteFS: the TXID read from `<db>-pos`).
@@ -10681,7 +10718,96 @@ struct write_options {
 #include <cstdint>
 #include <deque>
 #include <fmt/format.h>
+#include <iterator>
 #include <functional>
+// ---- begin fwd/write/detail/transaction_guard.hpp ----
+
+// What keeps a write's work from taking transaction control away from the write executor:
+// an SQLite authorizer that refuses, while the work runs, BEGIN, COMMIT, ROLLBACK and END,
+// and any use of the executor's own savepoint.
+
+#include <sqlite3.h>
+
+#include <fmt/format.h>
+
+#include <iterator>
+#include <string>
+
+namespace fwd::sqlite::detail {
+
+/// The executor's savepoint around each write of a batch.
+inline constexpr const char* write_savepoint_name = "fwd_write";
+
+/**
+ * Installed once per connection (setting an authorizer expires every prepared statement,
+ * so it is not set and cleared around each write); it refuses only between begin() and
+ * end(). A write's own savepoints (any other name) stay allowed: they nest inside the
+ * executor's. SQLite consults it when a statement is prepared (the refusal is
+ * SQLITE_AUTH), and the refusal is remembered here, so a write that swallows the error
+ * still fails.
+ */
+class transaction_control_guard {
+ public:
+  transaction_control_guard() = default;
+  transaction_control_guard(const transaction_control_guard&) = delete;
+  transaction_control_guard& operator=(const transaction_control_guard&) = delete;
+
+  /// Makes `db` consult this guard (replacing any authorizer set before).
+  void install(sqlite3* db) noexcept { sqlite3_set_authorizer(db, &authorize, this); }
+
+  /// The write's work starts: refuse transaction control until end().
+  void begin() noexcept {
+    active_ = true;
+    refused_.clear();
+  }
+
+  /// The work is over: returns what was refused ("COMMIT", "RELEASE fwd_write"), empty if
+  /// nothing.
+  std::string end() noexcept {
+    active_ = false;
+    std::string refused;
+    refused.swap(refused_);
+    return refused;
+  }
+
+ private:
+  static int authorize(void* self, int action, const char* what, const char* name, const char*,
+                       const char*) noexcept {
+    auto* guard = static_cast<transaction_control_guard*>(self);
+    if (!guard->active_) return SQLITE_OK;
+    if (action == SQLITE_TRANSACTION) return guard->refuse(what, nullptr);
+    if (action == SQLITE_SAVEPOINT && name != nullptr && sqlite3_stricmp(name, write_savepoint_name) == 0)
+      return guard->refuse(what, name);
+    return SQLITE_OK;
+  }
+
+  int refuse(const char* what, const char* name) noexcept {
+    try {
+      if (refused_.empty()) {
+        refused_ = what != nullptr ? what : "transaction control";
+        if (name != nullptr) fmt::format_to(std::back_inserter(refused_), " {}", name);
+      }
+    } catch (...) {
+    }
+    return SQLITE_DENY;
+  }
+
+  bool active_ = false;
+  std::string refused_;
+};
+
+inline std::string transaction_control_refusal(const std::string& refused) {
+  return fmt::format(
+      "the write ran '{}': a procedure's writer runs inside fwd's transaction; do not BEGIN, "
+      "COMMIT, ROLLBACK or END there, nor touch fwd's savepoint 'fwd_write' (use SAVEPOINTs "
+      "of your own names, which nest); nothing of this write was applied, the other writes of "
+      "its batch commit",
+      refused);
+}
+
+}  // namespace fwd::sqlite::detail
+
+// ---- end fwd/write/detail/transaction_guard.hpp ----
 // ---- begin fwd/write/detail/write_failure.hpp ----
 
 // What a failed statement on the writer's connection means, and what its writes complete
@@ -10750,6 +10876,7 @@ class write_waiter {
 /// One request id's write: the work, and everyone waiting for its outcome.
 struct write_job {
   request_id id{};
+  std::string procedure;  // what the id is bound to in the dedup table ("" for none)
   std::function<std::string(sqlite3*)> work;
   std::vector<std::unique_ptr<write_waiter>> waiters;  // guarded by the state's mutex
 };
@@ -10864,6 +10991,18 @@ namespace fwd::sqlite {
 
 namespace detail {
 
+/// Why a write was refused: its request id is bound to another procedure.
+inline std::string request_id_reused(const request_id& id, std::string_view bound, std::string_view given) {
+  std::string hex;
+  for (const std::uint8_t b : id) fmt::format_to(std::back_inserter(hex), "{:02x}", b);
+  auto name = [](std::string_view p) { return p.empty() ? std::string("(no procedure)") : fmt::format("'{}'", p); };
+  return fmt::format(
+      "the request id {} is already bound to the procedure {}, not {}: a request id names one "
+      "call; give each call a fresh id (fwd::make_request_id()) and repeat an id only to retry "
+      "that same call; nothing ran",
+      hex, name(bound), name(given));
+}
+
 /// The state shared by a write_executor, its writer and its pending operations.
 class write_executor_state : public std::enable_shared_from_this<write_executor_state> {
  public:
@@ -10874,6 +11013,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
         connection_(path, options_.open_flags, options_.busy_timeout) {
     if (options_.max_batch == 0) options_.max_batch = 1;
     if (options_.on_open) options_.on_open(connection_);
+    guard_.install(connection_.native_handle());
     note_journal_mode();
     last_prune_ = std::chrono::steady_clock::now();
   }
@@ -10881,7 +11021,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   const write_options& options() const noexcept { return options_; }
 
   /// Queues `work` for `id` (or joins the write already waiting with that id).
-  void submit(const request_id& id, std::function<std::string(sqlite3*)> work,
+  void submit(const request_id& id, std::string procedure, std::function<std::string(sqlite3*)> work,
               std::unique_ptr<write_waiter> waiter) {
     if (!work) {
       waiter->complete(make_error_code(errc::bad_argument),
@@ -10896,6 +11036,12 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       return;
     }
     if (const auto it = pending_.find(id); it != pending_.end()) {
+      if (it->second->procedure != procedure) {
+        std::string why = request_id_reused(id, it->second->procedure, procedure);
+        lock.unlock();
+        waiter->complete(make_error_code(errc::bad_argument), std::move(why), 0);
+        return;
+      }
       // The same request is already waiting or running: it runs once, both get its outcome.
       it->second->waiters.push_back(std::move(waiter));
       return;
@@ -10911,6 +11057,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     }
     auto job = std::make_shared<write_job>();
     job->id = id;
+    job->procedure = std::move(procedure);
     job->work = std::move(work);
     job->waiters.push_back(std::move(waiter));
     pending_.emplace(id, job);
@@ -11048,6 +11195,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   bool schema_ready_ = false;
   bool drop_pending_ = false;  // the mount went away: close without ROLLBACK, reopen
   bool wal_mode_ = false;      // the connection's journal mode is WAL
+  transaction_control_guard guard_;  // the connection's authorizer (its address is held by SQLite)
   statement lookup_;
   statement insert_;
   statement prune_;
@@ -11067,6 +11215,9 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
 // next batch).
 
 #include <fmt/format.h>
+
+#include <iterator>
+#include <string>
 
 namespace fwd::sqlite::detail {
 
@@ -11153,6 +11304,7 @@ inline std::optional<write_outcome> write_executor_state::ensure_connection() {
   try {
     connection_ = connection(path_, options_.open_flags, options_.busy_timeout);
     if (options_.on_open) options_.on_open(connection_);
+    guard_.install(connection_.native_handle());
     note_journal_mode();
     return std::nullopt;
   } catch (const std::exception& e) {
@@ -11284,8 +11436,16 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
                                                           "looking up the request id", lookup_.sql()));
   }
   if (found) {
-    const auto stored = lookup_.column_blob(0);
-    outcome.result.assign(stored.begin(), stored.end());
+    // A row recorded before the table had its procedure column (NULL) matches any.
+    const bool bound = !lookup_.column_is_null(1);
+    const auto procedure = lookup_.column_text(1);
+    if (bound && procedure != job.procedure) {
+      outcome.ec = make_error_code(errc::bad_argument);
+      outcome.result = request_id_reused(job.id, procedure, job.procedure);
+    } else {
+      const auto stored = lookup_.column_blob(0);
+      outcome.result.assign(stored.begin(), stored.end());
+    }
     lookup_.reset();
     return std::nullopt;
   }
@@ -11294,36 +11454,49 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
   connection_.exec("SAVEPOINT fwd_write", ec, &message);
   if (ec) return statement_failure(ec, message);
 
-  try {
-    outcome.result = job.work(connection_.native_handle());
-    if (connection_.autocommit()) {
-      // The write ended the batch's transaction itself: what it and the writes before
-      // it did may be committed or undone; the batch cannot continue either way.
-      return write_outcome{make_error_code(errc::bad_argument),
-                           "a write ran COMMIT, ROLLBACK or END itself: a write must leave "
-                           "transaction control to the write executor (use SAVEPOINTs)"};
+  std::string refused;
+  {
+    // Refusing for the work alone: fwd's own statements below run unchecked.
+    guard_.begin();
+    try {
+      outcome.result = job.work(connection_.native_handle());
+      if (connection_.autocommit()) {
+        // The write ended the batch's transaction itself: what it and the writes before
+        // it did may be committed or undone; the batch cannot continue either way.
+        return write_outcome{make_error_code(errc::bad_argument),
+                             "a write ran COMMIT, ROLLBACK or END itself: a write must leave "
+                             "transaction control to the write executor (use SAVEPOINTs)"};
+      }
+      if (has_unresolved_deferred_foreign_keys()) {
+        // COMMIT would fail for the whole batch: fail this write alone instead.
+        outcome.ec = make_sqlite_error(SQLITE_CONSTRAINT_FOREIGNKEY);
+        outcome.result = "FOREIGN KEY constraint failed: the write left a deferred foreign key unresolved";
+      }
+    } catch (const fwd::error& e) {
+      outcome.ec = boost::system::error_code(e.code());
+      outcome.result = e.what();
+    } catch (const std::exception& e) {
+      outcome.ec = make_error_code(errc::remote_failure);
+      outcome.result = e.what();
+    } catch (...) {
+      outcome.ec = make_error_code(errc::remote_failure);
+      outcome.result = "the write threw an exception that is not a std::exception";
     }
-    if (has_unresolved_deferred_foreign_keys()) {
-      // COMMIT would fail for the whole batch: fail this write alone instead.
-      outcome.ec = make_sqlite_error(SQLITE_CONSTRAINT_FOREIGNKEY);
-      outcome.result = "FOREIGN KEY constraint failed: the write left a deferred foreign key unresolved";
-    }
-  } catch (const fwd::error& e) {
-    outcome.ec = boost::system::error_code(e.code());
-    outcome.result = e.what();
-  } catch (const std::exception& e) {
-    outcome.ec = make_error_code(errc::remote_failure);
-    outcome.result = e.what();
-  } catch (...) {
-    outcome.ec = make_error_code(errc::remote_failure);
-    outcome.result = "the write threw an exception that is not a std::exception";
+    refused = guard_.end();
+  }
+  if (!refused.empty()) {
+    // Whatever the work did with SQLite's refusal (threw it, or swallowed it), the write
+    // fails alone and is rolled back below.
+    outcome.ec = make_error_code(errc::bad_argument);
+    outcome.result = transaction_control_refusal(refused);
   }
 
   if (!outcome.ec) {
     insert_.reset()
         .bind(1, blob_view(job.id))
         .bind(2, blob_view(outcome.result.data(), outcome.result.size()))
-        .bind(3, now_ms);
+        .bind(3, now_ms)
+        .bind(4, std::string_view(job.procedure));
     insert_.step(ec);
     insert_.reset();
     if (ec) {
@@ -11357,16 +11530,42 @@ inline bool write_executor_state::has_unresolved_deferred_foreign_keys() const n
   return current > 0;
 }
 
+// The dedup table, created with its procedure column, or given it (ALTER TABLE ADD COLUMN:
+// old rows keep NULL there) when an earlier version created it without. Runs inside the
+// batch's transaction, so a failed migration leaves nothing behind.
 inline void write_executor_state::prepare_schema(boost::system::error_code& ec, std::string& message) {
   connection_.exec(fmt::format("CREATE TABLE IF NOT EXISTS {}(id BLOB PRIMARY KEY, result BLOB NOT NULL, "
-                               "created_at INTEGER NOT NULL) WITHOUT ROWID",
+                               "created_at INTEGER NOT NULL, procedure TEXT) WITHOUT ROWID",
                                dedup_table_name),
                    ec, &message);
   if (ec) return;
+  bool has_procedure = false;
+  {
+    sqlite3_stmt* columns = nullptr;
+    const std::string sql = fmt::format("SELECT name FROM pragma_table_info('{}')", dedup_table_name);
+    int rc = sqlite3_prepare_v2(connection_.native_handle(), sql.c_str(), -1, &columns, nullptr);
+    if (rc == SQLITE_OK) {
+      while ((rc = sqlite3_step(columns)) == SQLITE_ROW) {
+        const auto* name = reinterpret_cast<const char*>(sqlite3_column_text(columns, 0));
+        if (name != nullptr && std::string_view(name) == "procedure") has_procedure = true;
+      }
+    }
+    sqlite3_finalize(columns);
+    if (rc != SQLITE_DONE) {
+      ec = make_sqlite_error(sqlite3_extended_errcode(connection_.native_handle()));
+      message = detail::describe_failure(connection_.native_handle(), ec.value(),
+                                         "reading the dedup table's columns", sql);
+      return;
+    }
+  }
+  if (!has_procedure) {
+    connection_.exec(fmt::format("ALTER TABLE {} ADD COLUMN procedure TEXT", dedup_table_name), ec, &message);
+    if (ec) return;
+  }
   try {
-    lookup_ = connection_.prepare(fmt::format("SELECT result FROM {} WHERE id = ?1", dedup_table_name));
-    insert_ = connection_.prepare(
-        fmt::format("INSERT INTO {}(id, result, created_at) VALUES (?1, ?2, ?3)", dedup_table_name));
+    lookup_ = connection_.prepare(fmt::format("SELECT result, procedure FROM {} WHERE id = ?1", dedup_table_name));
+    insert_ = connection_.prepare(fmt::format(
+        "INSERT INTO {}(id, result, created_at, procedure) VALUES (?1, ?2, ?3, ?4)", dedup_table_name));
     prune_ = connection_.prepare(fmt::format("DELETE FROM {} WHERE created_at < ?1", dedup_table_name));
   } catch (const fwd::error& e) {
     ec = boost::system::error_code(e.code());
@@ -11457,10 +11656,13 @@ namespace fwd::sqlite {
  * from the dedup table if it did).
  *
  * **Exactly once.** The table `_fwd_requests(id BLOB PRIMARY KEY, result BLOB NOT NULL,
- * created_at INTEGER NOT NULL)` (created if missing; created_at in Unix milliseconds)
- * records each successful write's request id and result in the write's own transaction.
- * A request id found there is answered with the stored result without running anything;
- * a repeat that arrives while the first is still waiting or running joins it. Rows older
+ * created_at INTEGER NOT NULL, procedure TEXT)` (created if missing; created_at in Unix
+ * milliseconds; `procedure` added by ALTER TABLE to a table an earlier version created,
+ * its old rows NULL) records each successful write's request id, result and procedure in
+ * the write's own transaction. A request id found there is answered with the stored
+ * result without running anything, if it was recorded for the same procedure (or NULL);
+ * for another procedure the write fails with errc::bad_argument, nothing run. A repeat
+ * that arrives while the first is still waiting or running joins it (same procedure). Rows older
  * than `dedup_retention` are pruned inside a write transaction.
  *
  * **Replicas.** SQLITE_READONLY (e.g. 1544) and SQLITE_IOERR_WRITE (778), LiteFS's
@@ -11525,8 +11727,13 @@ class write_executor {
    * completes with its result after COMMIT.
    *
    * `work(db)` runs its SQL on `db` (wrap it with connection::borrow(db) if useful) and
-   * returns the result bytes, which are stored with `id`. It must not BEGIN, COMMIT or
-   * ROLLBACK itself (savepoints of its own are fine). If it throws, it alone is rolled
+   * returns the result bytes, which are stored with `id`. It runs inside the executor's
+   * transaction: BEGIN, COMMIT, ROLLBACK, END and any use of the executor's savepoint
+   * `fwd_write` are refused while it runs (the connection's SQLite authorizer, which
+   * refuses only while a work runs: SQLITE_AUTH at prepare), and the write then fails alone with
+   * errc::bad_argument, rolled back, while the rest of its batch commits. Savepoints of its
+   * own names are fine (they nest). The work must not install an authorizer of its own
+   * (the executor's replaces it while the work runs). If it throws, it alone is rolled
    * back: a fwd::error keeps its code (SQLite's extended code, e.g. 2067
    * SQLITE_CONSTRAINT_UNIQUE); any other exception completes with errc::remote_failure.
    *
@@ -11553,7 +11760,23 @@ class write_executor {
   auto async_write(const request_id& id, std::function<std::string(sqlite3*)> work,
                    WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
     return boost::asio::async_initiate<WriteToken, detail::write_signature>(
-        initiate_write{state_, executor_}, token, id, std::move(work));
+        initiate_write{state_, executor_}, token, id, std::string(), std::move(work));
+  }
+
+  /**
+   * As above, with the request id bound to `procedure` (a name for what `work` does, e.g.
+   * a procedure's name and signature): the dedup row records it, and the same id given
+   * with another procedure (waiting, running or recorded) is refused with
+   * errc::bad_argument, nothing run, instead of answering with the other write's result.
+   * The form without `procedure` binds the id to the empty name. A row recorded before the
+   * dedup table had its `procedure` column matches any procedure.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(detail::write_signature)
+                WriteToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_write(const request_id& id, std::string procedure, std::function<std::string(sqlite3*)> work,
+                   WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<WriteToken, detail::write_signature>(
+        initiate_write{state_, executor_}, token, id, std::move(procedure), std::move(work));
   }
 
   /**
@@ -11591,7 +11814,7 @@ class write_executor {
     };
 
     template <class Handler>
-    void operator()(Handler&& handler, const request_id& id,
+    void operator()(Handler&& handler, const request_id& id, std::string procedure,
                     std::function<std::string(sqlite3*)> work) const {
       const std::uint64_t serial = state->next_serial();
       auto waiter =
@@ -11599,7 +11822,7 @@ class write_executor {
       // Installed before the write is queued, so that nothing else touches the slot yet.
       auto slot = waiter->slot();
       if (slot.is_connected()) slot.template emplace<cancel_handler>(state, serial);
-      state->submit(id, std::move(work), std::move(waiter));
+      state->submit(id, std::move(procedure), std::move(work), std::move(waiter));
     }
   };
 
@@ -12116,34 +12339,124 @@ class breaker_set {
 
 // The settings of a forwarder and of one forwarded call, and what a call reports.
 
+#include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
-#include <random>
 #include <string>
+
+#if defined(__linux__)
+#include <sys/random.h>
+#include <sys/types.h>
+#else
+#include <openssl/rand.h>
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 
 namespace fwd {
 
-/// A call's identity, fixed across all its retries (128 random bits).
+/// A call's identity, fixed across all its retries (128 bits: see make_request_id()).
 using request_id = sqlite::request_id;
 
-/// A fresh random request id (128 bits from a per-thread generator seeded from the OS).
-inline request_id make_request_id() {
-  thread_local std::mt19937_64 rng = [] {
-    std::random_device device;
-    std::seed_seq seed{device(), device(), device(), device(), device(), device()};
-    return std::mt19937_64(seed);
-  }();
-  request_id id{};
-  for (std::size_t i = 0; i < id.size(); i += 8) {
-    const std::uint64_t word = rng();
-    for (std::size_t j = 0; j < 8; ++j) id[i + j] = static_cast<std::uint8_t>(word >> (8 * j));
+namespace detail {
+
+/// Counts fork()s in this process's ancestry: a child bumps it, so every thread's random
+/// buffer (copied into the child) is refilled there instead of repeating the parent's bytes.
+inline std::atomic<std::uint64_t>& fork_generation() noexcept {
+  static std::atomic<std::uint64_t> generation{0};
+  return generation;
+}
+
+inline void watch_forks() noexcept {
+#if defined(__unix__) || defined(__APPLE__)
+  static const int registered =
+      ::pthread_atfork(nullptr, nullptr, [] { fork_generation().fetch_add(1, std::memory_order_relaxed); });
+  (void)registered;
+#endif
+}
+
+/// Fills `out` with `size` bytes from the operating system's CSPRNG (getrandom(2) on
+/// Linux, OpenSSL's RAND_bytes elsewhere). Throws fwd::error if it cannot.
+inline void os_random_bytes(std::uint8_t* out, std::size_t size) {
+#if defined(__linux__)
+  while (size > 0) {
+    const ssize_t got = ::getrandom(out, size, 0);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw fwd::error(make_error_code(errc::bad_argument),
+                       fmt::format("getrandom(2) failed: {}", std::strerror(errno)));
+    }
+    out += got;
+    size -= static_cast<std::size_t>(got);
   }
+#else
+  if (::RAND_bytes(out, static_cast<int>(size)) != 1) {
+    throw fwd::error(make_error_code(errc::bad_argument), std::string("OpenSSL's RAND_bytes failed"));
+  }
+#endif
+}
+
+/// Per-thread random bytes drawn from the OS in blocks (one getrandom per 25 ids), and
+/// dropped after a fork.
+class random_buffer {
+ public:
+  void take(std::uint8_t* out, std::size_t size) {
+    const std::uint64_t generation = fork_generation().load(std::memory_order_relaxed);
+    if (generation != generation_) {
+      used_ = bytes_.size();
+      generation_ = generation;
+    }
+    while (size > 0) {
+      if (used_ == bytes_.size()) {
+        os_random_bytes(bytes_.data(), bytes_.size());
+        used_ = 0;
+      }
+      const std::size_t n = std::min(size, bytes_.size() - used_);
+      std::memcpy(out, bytes_.data() + used_, n);
+      // Bytes handed out are not kept in memory.
+      std::memset(bytes_.data() + used_, 0, n);
+      used_ += n;
+      out += n;
+      size -= n;
+    }
+  }
+
+ private:
+  std::array<std::uint8_t, 250> bytes_{};
+  std::size_t used_ = bytes_.size();
+  std::uint64_t generation_ = ~std::uint64_t{0};
+};
+
+}  // namespace detail
+
+/**
+ * A fresh request id, time-ordered like a UUIDv7: the first 48 bits are the Unix time in
+ * milliseconds (big-endian, so ids sort by creation time and the dedup table's B-tree
+ * grows at its end), the other 80 bits come from the operating system's CSPRNG (buffered
+ * per thread; a child process after fork() never repeats its parent's bytes).
+ * Throws fwd::error if the OS has no randomness to give.
+ */
+inline request_id make_request_id() {
+  detail::watch_forks();
+  thread_local detail::random_buffer buffer;
+  request_id id{};
+  const auto ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                 std::chrono::system_clock::now().time_since_epoch())
+                                                 .count());
+  for (std::size_t i = 0; i < 6; ++i) id[i] = static_cast<std::uint8_t>(ms >> (8 * (5 - i)));
+  buffer.take(id.data() + 6, id.size() - 6);
   return id;
 }
 
@@ -12746,8 +13059,8 @@ decltype(auto) invoke_writer(F& fn, sqlite3* db, std::tuple<Ds...>& args) {
 // executor with the call's request id; replies with the TXID envelope.
 template <class Proc, class F>
 rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
-                                              std::shared_ptr<F> fn) {
-  return [weak, fn](const rpc::incoming_call& call, boost::asio::any_io_executor /*executor*/,
+                                              std::shared_ptr<F> fn, std::string procedure_key) {
+  return [weak, fn, procedure_key](const rpc::incoming_call& call, boost::asio::any_io_executor /*executor*/,
                     rpc::reply_handler reply) {
     auto core = weak.lock();
     if (!core || core->stopped.load()) {
@@ -12786,7 +13099,7 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
     }
     using R = typename Proc::result_type;
     writer->async_write(
-        call.request_id,
+        call.request_id, procedure_key,
         [fn, args](sqlite3* db) -> std::string {
           if constexpr (std::is_void_v<R>) {
             invoke_writer(*fn, db, *args);
@@ -12814,6 +13127,7 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/cancellation_type.hpp>
+#include <fmt/format.h>
 
 #include <atomic>
 #include <cstddef>
@@ -12853,7 +13167,10 @@ class forwarder {
    * `R fn(sqlite3*, A...)` or `R fn(fwd::sqlite::connection&, A...)`. On the primary it
    * runs on the write executor's thread, inside one transaction (with the dedup record
    * of the call's request id: exactly once), grouped with concurrent writes, each in its
-   * own savepoint. It must not BEGIN/COMMIT/ROLLBACK itself. A fwd::error it throws
+   * own savepoint. It must not BEGIN/COMMIT/ROLLBACK itself (refused: the write fails
+   * alone with bad_argument; savepoints of its own names are fine). A request id is bound
+   * to the procedure (its name and signature) that first ran with it: the same id sent to
+   * another procedure fails with bad_argument, nothing run. A fwd::error it throws
    * keeps its code (SQLite's extended code); other exceptions become remote_failure.
    * Define every procedure before start, on every node. Registers it in `registry`.
    */
@@ -12866,7 +13183,8 @@ class forwarder {
                   "R(fwd::sqlite::connection&, A...)");
     auto handler = detail::make_write_handler<procedure<R(A...)>>(
         std::weak_ptr<detail::forward_core>(core_),
-        std::make_shared<function>(std::forward<F>(fn)));
+        std::make_shared<function>(std::forward<F>(fn)),
+        fmt::format("{} {}", proc.name(), procedure<R(A...)>::signature_text()));
     registry.define_raw(std::string(proc.name()), proc.signature(), handler);
     core_->procedures.emplace(std::string(proc.name()),
                               detail::forward_core::local_procedure{proc.signature(), handler});

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "child_process.hpp"
@@ -257,4 +258,48 @@ TEST_CASE("async_find works with use_awaitable and deferred") {
   auto f = deferred_result.get_future();
   REQUIRE(f.wait_for(10s) == std::future_status::ready);
   CHECK(f.get().endpoint == cluster.peers[0].endpoint);
+}
+
+TEST_CASE("a primary that failed is not looked up again at its old address through its hostname") {
+  cluster_fixture cluster;
+  // The member list may keep a dead address for a while (static configuration, DNS).
+  struct shared_members {
+    std::mutex mutex;
+    std::vector<fwd::peer> list;
+  };
+  auto members = std::make_shared<shared_members>();
+  members->list = cluster.peers;
+  fwd::discovery_options options;
+  options.mount = cluster.sim.mount(1);
+  auto finder = fwd::primary_finder::create(
+      cluster.io.get_executor(), options,
+      [members] {
+        std::lock_guard lock(members->mutex);
+        return members->list;
+      },
+      fwd::hello_prober(*cluster.client));
+  const asio::ip::tcp::endpoint old_endpoint = cluster.peers[0].endpoint;
+  REQUIRE(find(*finder, 5s).endpoint == old_endpoint);
+
+  // The primary's fwd server comes back on another port (same node, same LiteFS hostname).
+  cluster.processes[0]->kill();
+  cluster.processes[0]->wait();
+  cluster.processes[0] = std::make_unique<fwd_test::child_process>(std::vector<std::string>{
+      FWD_DISCOVERY_PEER, cluster.sim.mount(0).string(), "app.db", cluster.sim.hostname(0), secret});
+  const auto port = static_cast<unsigned short>(std::stoi(cluster.processes[0]->read_until("PORT ")));
+  const asio::ip::tcp::endpoint new_endpoint{asio::ip::make_address("127.0.0.1"), port};
+  REQUIRE(new_endpoint != old_endpoint);
+  {
+    std::lock_guard lock(members->mutex);
+    members->list.push_back({cluster.sim.hostname(0), new_endpoint});
+  }
+
+  // A call to the old address fails (unreachable): the forwarder invalidates, and the
+  // next lookup must not trust the hostname's old address again.
+  finder->invalidate();
+  const auto rounds = finder->probe_rounds();
+  const fwd::primary_location found = find(*finder, 5s);
+  CHECK(found.endpoint == new_endpoint);
+  CHECK(found.litefs_hostname == cluster.sim.hostname(0));
+  CHECK(finder->probe_rounds() == rounds + 1);
 }

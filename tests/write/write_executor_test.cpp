@@ -356,7 +356,7 @@ TEST_CASE("old request ids are pruned inside a write transaction") {
   {  // age id 1's row by two hours, and add a row from 1970
     fwd::sqlite::connection db(path);
     db.exec("UPDATE _fwd_requests SET created_at = created_at - 7200000");
-    db.exec("INSERT INTO _fwd_requests VALUES (x'00', x'00', 0)");
+    db.exec("INSERT INTO _fwd_requests(id, result, created_at) VALUES (x'00', x'00', 0)");
   }
   auto second = submit(writer, 2, insert_item("second"));
   REQUIRE_FALSE(wait(second).ec);
@@ -593,7 +593,10 @@ TEST_CASE("SQLITE_IOERR_WRITE (778) inside a write fails the whole batch with no
   CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 1);  // the gate's only
 }
 
-TEST_CASE("a write that ends the transaction itself fails its batch, recording nothing") {
+namespace {
+
+// The batch: a good write, one that runs transaction control, a good write.
+void check_refused_alone(const std::string& statement, bool swallow) {
   temp_dir dir;
   const auto path = dir.file("db");
   fwd_test::create_items(path);
@@ -602,22 +605,77 @@ TEST_CASE("a write that ends the transaction itself fails its batch, recording n
   gate g;
   auto held = submit(writer, 1, g.work());
   g.wait_entered();
-  auto good = submit(writer, 2, insert_item("good"));
-  auto rogue = submit(writer, 3, [](sqlite3* db) {
-    fwd::sqlite::connection::borrow(db).exec("ROLLBACK");
+  auto before = submit(writer, 2, insert_item("before"));
+  auto rogue = submit(writer, 3, [statement, swallow](sqlite3* db) {
+    insert_item("rogue")(db);
+    if (swallow) {
+      // SQLite's refusal ignored: the write must fail all the same.
+      sqlite3_exec(db, statement.c_str(), nullptr, nullptr, nullptr);
+    } else {
+      fwd::sqlite::connection::borrow(db).exec(statement);
+    }
+    insert_item("rogue after")(db);
     return std::string("rogue");
   });
+  auto after = submit(writer, 4, insert_item("after"));
   g.open();
   REQUIRE_FALSE(wait(held).ec);
-  CHECK(wait(good).ec == fwd::errc::bad_argument);
+  CHECK_FALSE(wait(before).ec);
+  CHECK_FALSE(wait(after).ec);
   const outcome r = wait(rogue);
   CHECK(r.ec == fwd::errc::bad_argument);
-  CHECK(r.result.find("SAVEPOINT") != std::string::npos);
-  CHECK(count(path, "SELECT count(*) FROM items") == 0);
-  CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 1);
-  // The writer goes on.
-  auto after = submit(writer, 4, insert_item("after"));
-  CHECK_FALSE(wait(after).ec);
+  CHECK(fwd::classify(r.ec) == fwd::error_class::permanent);
+  CHECK(r.result.find("runs inside fwd's transaction") != std::string::npos);
+  CHECK(r.result.find("do not BEGIN, COMMIT") != std::string::npos);
+  // The two good writes committed once each, nothing of the rogue one.
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'before'") == 1);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'after'") == 1);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label LIKE 'rogue%'") == 0);
+  CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 3);  // the gate, before, after
+  // A retry of the good ones is answered from the dedup table, not run again.
+  auto again = submit(writer, 2, insert_item("before"));
+  CHECK_FALSE(wait(again).ec);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'before'") == 1);
+  // The writer goes on, and fwd's own savepoint still works for the next writes.
+  auto later = submit(writer, 5, insert_item("later"));
+  CHECK_FALSE(wait(later).ec);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'later'") == 1);
+}
+
+}  // namespace
+
+TEST_CASE("a write that runs transaction control is refused alone, and its batch commits") {
+  SECTION("COMMIT") { check_refused_alone("COMMIT", false); }
+  SECTION("ROLLBACK") { check_refused_alone("ROLLBACK", false); }
+  SECTION("END") { check_refused_alone("END", false); }
+  SECTION("BEGIN") { check_refused_alone("BEGIN", false); }
+  SECTION("RELEASE of fwd's savepoint") { check_refused_alone("RELEASE fwd_write", false); }
+  SECTION("ROLLBACK TO fwd's savepoint") { check_refused_alone("ROLLBACK TO FWD_WRITE", false); }
+  SECTION("COMMIT, its error swallowed") { check_refused_alone("COMMIT", true); }
+}
+
+TEST_CASE("a write's own savepoints nest inside fwd's") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  fwd::sqlite::write_executor writer(pool.get_executor(), path);
+  auto w = submit(writer, 1, [](sqlite3* db) {
+    auto c = fwd::sqlite::connection::borrow(db);
+    c.exec("SAVEPOINT mine");
+    insert_item("kept")(db);
+    c.exec("SAVEPOINT inner");
+    insert_item("undone")(db);
+    c.exec("ROLLBACK TO inner");
+    c.exec("RELEASE inner");
+    c.exec("RELEASE mine");
+    return std::string("ok");
+  });
+  const outcome o = wait(w);
+  CHECK_FALSE(o.ec);
+  CHECK(o.result == "ok");
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'kept'") == 1);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'undone'") == 0);
 }
 
 TEST_CASE("a write's fwd::error keeps its code, an empty work function is bad_argument") {

@@ -154,10 +154,20 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
   }
 
   /// Forgets the cached primary: the next lookup refreshes. Call it on `not_primary` and
-  /// when a connection to the primary fails.
+  /// when a connection to the primary fails. The LiteFS hostname -> endpoint entries that
+  /// led to that primary are dropped too, so the refresh asks the members again instead
+  /// of trusting an address that just failed (e.g. a node that came back on another port).
   void invalidate() noexcept {
-    current_.store(nullptr, std::memory_order_release);
+    const primary_location* was = current_.exchange(nullptr, std::memory_order_acq_rel);
     expires_.store(0, std::memory_order_relaxed);
+    if (was != nullptr && !was->local) {
+      std::lock_guard lock(forget_mutex_);
+      try {
+        forget_.push_back(was->endpoint);
+      } catch (...) {
+        forget_all_ = true;  // no memory for the list: drop every hostname instead
+      }
+    }
   }
 
   /// Starts watching the local `.primary`: a change invalidates the cache at once.
@@ -265,6 +275,9 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
 
   std::vector<peer> current_members() noexcept;
 
+  // On the strand: drops the hostname entries of the primaries invalidate() gave up on.
+  void forget_failed_hostnames() noexcept;
+
   void record_failure(std::string why);
 
   void watch_role();
@@ -286,6 +299,10 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
   std::deque<waiter> waiters_;
   std::shared_ptr<round_state> round_;
   std::map<std::string, boost::asio::ip::tcp::endpoint> hostnames_;
+  // Endpoints whose hostname entries invalidate() dropped, applied on the strand.
+  std::mutex forget_mutex_;
+  std::vector<boost::asio::ip::tcp::endpoint> forget_;
+  bool forget_all_ = false;
   std::vector<std::unique_ptr<const primary_location>> locations_;
   const primary_location* last_announced_ = nullptr;
   litefs::role cached_role_;

@@ -64,10 +64,13 @@ namespace fwd::sqlite {
  * from the dedup table if it did).
  *
  * **Exactly once.** The table `_fwd_requests(id BLOB PRIMARY KEY, result BLOB NOT NULL,
- * created_at INTEGER NOT NULL)` (created if missing; created_at in Unix milliseconds)
- * records each successful write's request id and result in the write's own transaction.
- * A request id found there is answered with the stored result without running anything;
- * a repeat that arrives while the first is still waiting or running joins it. Rows older
+ * created_at INTEGER NOT NULL, procedure TEXT)` (created if missing; created_at in Unix
+ * milliseconds; `procedure` added by ALTER TABLE to a table an earlier version created,
+ * its old rows NULL) records each successful write's request id, result and procedure in
+ * the write's own transaction. A request id found there is answered with the stored
+ * result without running anything, if it was recorded for the same procedure (or NULL);
+ * for another procedure the write fails with errc::bad_argument, nothing run. A repeat
+ * that arrives while the first is still waiting or running joins it (same procedure). Rows older
  * than `dedup_retention` are pruned inside a write transaction.
  *
  * **Replicas.** SQLITE_READONLY (e.g. 1544) and SQLITE_IOERR_WRITE (778), LiteFS's
@@ -132,8 +135,13 @@ class write_executor {
    * completes with its result after COMMIT.
    *
    * `work(db)` runs its SQL on `db` (wrap it with connection::borrow(db) if useful) and
-   * returns the result bytes, which are stored with `id`. It must not BEGIN, COMMIT or
-   * ROLLBACK itself (savepoints of its own are fine). If it throws, it alone is rolled
+   * returns the result bytes, which are stored with `id`. It runs inside the executor's
+   * transaction: BEGIN, COMMIT, ROLLBACK, END and any use of the executor's savepoint
+   * `fwd_write` are refused while it runs (the connection's SQLite authorizer, which
+   * refuses only while a work runs: SQLITE_AUTH at prepare), and the write then fails alone with
+   * errc::bad_argument, rolled back, while the rest of its batch commits. Savepoints of its
+   * own names are fine (they nest). The work must not install an authorizer of its own
+   * (the executor's replaces it while the work runs). If it throws, it alone is rolled
    * back: a fwd::error keeps its code (SQLite's extended code, e.g. 2067
    * SQLITE_CONSTRAINT_UNIQUE); any other exception completes with errc::remote_failure.
    *
@@ -160,7 +168,23 @@ class write_executor {
   auto async_write(const request_id& id, std::function<std::string(sqlite3*)> work,
                    WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
     return boost::asio::async_initiate<WriteToken, detail::write_signature>(
-        initiate_write{state_, executor_}, token, id, std::move(work));
+        initiate_write{state_, executor_}, token, id, std::string(), std::move(work));
+  }
+
+  /**
+   * As above, with the request id bound to `procedure` (a name for what `work` does, e.g.
+   * a procedure's name and signature): the dedup row records it, and the same id given
+   * with another procedure (waiting, running or recorded) is refused with
+   * errc::bad_argument, nothing run, instead of answering with the other write's result.
+   * The form without `procedure` binds the id to the empty name. A row recorded before the
+   * dedup table had its `procedure` column matches any procedure.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(detail::write_signature)
+                WriteToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_write(const request_id& id, std::string procedure, std::function<std::string(sqlite3*)> work,
+                   WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<WriteToken, detail::write_signature>(
+        initiate_write{state_, executor_}, token, id, std::move(procedure), std::move(work));
   }
 
   /**
@@ -198,7 +222,7 @@ class write_executor {
     };
 
     template <class Handler>
-    void operator()(Handler&& handler, const request_id& id,
+    void operator()(Handler&& handler, const request_id& id, std::string procedure,
                     std::function<std::string(sqlite3*)> work) const {
       const std::uint64_t serial = state->next_serial();
       auto waiter =
@@ -206,7 +230,7 @@ class write_executor {
       // Installed before the write is queued, so that nothing else touches the slot yet.
       auto slot = waiter->slot();
       if (slot.is_connected()) slot.template emplace<cancel_handler>(state, serial);
-      state->submit(id, std::move(work), std::move(waiter));
+      state->submit(id, std::move(procedure), std::move(work), std::move(waiter));
     }
   };
 

@@ -2,6 +2,7 @@
 
 // The settings of a forwarder and of one forwarded call, and what a call reports.
 
+#include <fmt/format.h>
 #include <fwd/error.hpp>
 #include <fwd/litefs/monitor.hpp>
 #include <fwd/litefs/mount.hpp>
@@ -10,33 +11,122 @@
 #include <fwd/write/executor.hpp>
 #include <fwd/write/retry.hpp>
 
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
-#include <random>
 #include <string>
+
+#if defined(__linux__)
+#include <sys/random.h>
+#include <sys/types.h>
+#else
+#include <openssl/rand.h>
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 
 namespace fwd {
 
-/// A call's identity, fixed across all its retries (128 random bits).
+/// A call's identity, fixed across all its retries (128 bits: see make_request_id()).
 using request_id = sqlite::request_id;
 
-/// A fresh random request id (128 bits from a per-thread generator seeded from the OS).
-inline request_id make_request_id() {
-  thread_local std::mt19937_64 rng = [] {
-    std::random_device device;
-    std::seed_seq seed{device(), device(), device(), device(), device(), device()};
-    return std::mt19937_64(seed);
-  }();
-  request_id id{};
-  for (std::size_t i = 0; i < id.size(); i += 8) {
-    const std::uint64_t word = rng();
-    for (std::size_t j = 0; j < 8; ++j) id[i + j] = static_cast<std::uint8_t>(word >> (8 * j));
+namespace detail {
+
+/// Counts fork()s in this process's ancestry: a child bumps it, so every thread's random
+/// buffer (copied into the child) is refilled there instead of repeating the parent's bytes.
+inline std::atomic<std::uint64_t>& fork_generation() noexcept {
+  static std::atomic<std::uint64_t> generation{0};
+  return generation;
+}
+
+inline void watch_forks() noexcept {
+#if defined(__unix__) || defined(__APPLE__)
+  static const int registered =
+      ::pthread_atfork(nullptr, nullptr, [] { fork_generation().fetch_add(1, std::memory_order_relaxed); });
+  (void)registered;
+#endif
+}
+
+/// Fills `out` with `size` bytes from the operating system's CSPRNG (getrandom(2) on
+/// Linux, OpenSSL's RAND_bytes elsewhere). Throws fwd::error if it cannot.
+inline void os_random_bytes(std::uint8_t* out, std::size_t size) {
+#if defined(__linux__)
+  while (size > 0) {
+    const ssize_t got = ::getrandom(out, size, 0);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw fwd::error(make_error_code(errc::bad_argument),
+                       fmt::format("getrandom(2) failed: {}", std::strerror(errno)));
+    }
+    out += got;
+    size -= static_cast<std::size_t>(got);
   }
+#else
+  if (::RAND_bytes(out, static_cast<int>(size)) != 1) {
+    throw fwd::error(make_error_code(errc::bad_argument), std::string("OpenSSL's RAND_bytes failed"));
+  }
+#endif
+}
+
+/// Per-thread random bytes drawn from the OS in blocks (one getrandom per 25 ids), and
+/// dropped after a fork.
+class random_buffer {
+ public:
+  void take(std::uint8_t* out, std::size_t size) {
+    const std::uint64_t generation = fork_generation().load(std::memory_order_relaxed);
+    if (generation != generation_) {
+      used_ = bytes_.size();
+      generation_ = generation;
+    }
+    while (size > 0) {
+      if (used_ == bytes_.size()) {
+        os_random_bytes(bytes_.data(), bytes_.size());
+        used_ = 0;
+      }
+      const std::size_t n = std::min(size, bytes_.size() - used_);
+      std::memcpy(out, bytes_.data() + used_, n);
+      // Bytes handed out are not kept in memory.
+      std::memset(bytes_.data() + used_, 0, n);
+      used_ += n;
+      out += n;
+      size -= n;
+    }
+  }
+
+ private:
+  std::array<std::uint8_t, 250> bytes_{};
+  std::size_t used_ = bytes_.size();
+  std::uint64_t generation_ = ~std::uint64_t{0};
+};
+
+}  // namespace detail
+
+/**
+ * A fresh request id, time-ordered like a UUIDv7: the first 48 bits are the Unix time in
+ * milliseconds (big-endian, so ids sort by creation time and the dedup table's B-tree
+ * grows at its end), the other 80 bits come from the operating system's CSPRNG (buffered
+ * per thread; a child process after fork() never repeats its parent's bytes).
+ * Throws fwd::error if the OS has no randomness to give.
+ */
+inline request_id make_request_id() {
+  detail::watch_forks();
+  thread_local detail::random_buffer buffer;
+  request_id id{};
+  const auto ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                 std::chrono::system_clock::now().time_since_epoch())
+                                                 .count());
+  for (std::size_t i = 0; i < 6; ++i) id[i] = static_cast<std::uint8_t>(ms >> (8 * (5 - i)));
+  buffer.take(id.data() + 6, id.size() - 6);
   return id;
 }
 

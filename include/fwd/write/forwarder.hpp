@@ -25,6 +25,7 @@
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/cancellation_type.hpp>
+#include <fmt/format.h>
 
 #include <atomic>
 #include <cstddef>
@@ -64,7 +65,10 @@ class forwarder {
    * `R fn(sqlite3*, A...)` or `R fn(fwd::sqlite::connection&, A...)`. On the primary it
    * runs on the write executor's thread, inside one transaction (with the dedup record
    * of the call's request id: exactly once), grouped with concurrent writes, each in its
-   * own savepoint. It must not BEGIN/COMMIT/ROLLBACK itself. A fwd::error it throws
+   * own savepoint. It must not BEGIN/COMMIT/ROLLBACK itself (refused: the write fails
+   * alone with bad_argument; savepoints of its own names are fine). A request id is bound
+   * to the procedure (its name and signature) that first ran with it: the same id sent to
+   * another procedure fails with bad_argument, nothing run. A fwd::error it throws
    * keeps its code (SQLite's extended code); other exceptions become remote_failure.
    * Define every procedure before start, on every node. Registers it in `registry`.
    */
@@ -77,7 +81,8 @@ class forwarder {
                   "R(fwd::sqlite::connection&, A...)");
     auto handler = detail::make_write_handler<procedure<R(A...)>>(
         std::weak_ptr<detail::forward_core>(core_),
-        std::make_shared<function>(std::forward<F>(fn)));
+        std::make_shared<function>(std::forward<F>(fn)),
+        fmt::format("{} {}", proc.name(), procedure<R(A...)>::signature_text()));
     registry.define_raw(std::string(proc.name()), proc.signature(), handler);
     core_->procedures.emplace(std::string(proc.name()),
                               detail::forward_core::local_procedure{proc.signature(), handler});

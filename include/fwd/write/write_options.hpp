@@ -43,7 +43,9 @@ struct write_options {
   std::uint64_t prune_every_commits = 1000;
   /// ...or when this long has passed since the last prune, whichever comes first.
   std::chrono::milliseconds prune_interval = std::chrono::minutes(1);
-  /// Called once with the new connection, before any write (e.g. PRAGMAs, hooks).
+  /// Called once with the new connection, before any write (e.g. PRAGMAs, hooks). An
+  /// authorizer set here is replaced: the executor installs its own after on_open (to
+  /// refuse transaction control inside a write).
   std::function<void(connection&)> on_open;
   /// Called on the writer thread after each successful COMMIT; its value is passed to
   /// every write of that batch as its TXID (on LiteFS: the TXID read from `<db>-pos`).

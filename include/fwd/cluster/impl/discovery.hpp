@@ -59,6 +59,7 @@ inline void primary_finder::start_round() {
     round->latest_deadline = std::max(round->latest_deadline, w.deadline);
 
   round->local = local_role();
+  forget_failed_hostnames();
   switch (round->local.kind) {
     case litefs::role_kind::primary:
       finish(primary_location{true, {}, {}});
@@ -233,6 +234,23 @@ inline std::vector<peer> primary_finder::current_members() noexcept {
     return members_ ? members_() : std::vector<peer>{};
   } catch (...) {
     return {};
+  }
+}
+
+inline void primary_finder::forget_failed_hostnames() noexcept {
+  std::vector<boost::asio::ip::tcp::endpoint> failed;
+  bool all = false;
+  {
+    std::lock_guard lock(forget_mutex_);
+    failed.swap(forget_);
+    all = std::exchange(forget_all_, false);
+  }
+  if (all) {
+    hostnames_.clear();
+    return;
+  }
+  for (const auto& endpoint : failed) {
+    std::erase_if(hostnames_, [&](const auto& entry) { return entry.second == endpoint; });
   }
 }
 

@@ -6,6 +6,9 @@
 // next batch).
 
 #include <fmt/format.h>
+
+#include <iterator>
+#include <string>
 #include <fwd/write/detail/write_executor_state.hpp>
 
 namespace fwd::sqlite::detail {
@@ -93,6 +96,7 @@ inline std::optional<write_outcome> write_executor_state::ensure_connection() {
   try {
     connection_ = connection(path_, options_.open_flags, options_.busy_timeout);
     if (options_.on_open) options_.on_open(connection_);
+    guard_.install(connection_.native_handle());
     note_journal_mode();
     return std::nullopt;
   } catch (const std::exception& e) {
@@ -224,8 +228,16 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
                                                           "looking up the request id", lookup_.sql()));
   }
   if (found) {
-    const auto stored = lookup_.column_blob(0);
-    outcome.result.assign(stored.begin(), stored.end());
+    // A row recorded before the table had its procedure column (NULL) matches any.
+    const bool bound = !lookup_.column_is_null(1);
+    const auto procedure = lookup_.column_text(1);
+    if (bound && procedure != job.procedure) {
+      outcome.ec = make_error_code(errc::bad_argument);
+      outcome.result = request_id_reused(job.id, procedure, job.procedure);
+    } else {
+      const auto stored = lookup_.column_blob(0);
+      outcome.result.assign(stored.begin(), stored.end());
+    }
     lookup_.reset();
     return std::nullopt;
   }
@@ -234,36 +246,49 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
   connection_.exec("SAVEPOINT fwd_write", ec, &message);
   if (ec) return statement_failure(ec, message);
 
-  try {
-    outcome.result = job.work(connection_.native_handle());
-    if (connection_.autocommit()) {
-      // The write ended the batch's transaction itself: what it and the writes before
-      // it did may be committed or undone; the batch cannot continue either way.
-      return write_outcome{make_error_code(errc::bad_argument),
-                           "a write ran COMMIT, ROLLBACK or END itself: a write must leave "
-                           "transaction control to the write executor (use SAVEPOINTs)"};
+  std::string refused;
+  {
+    // Refusing for the work alone: fwd's own statements below run unchecked.
+    guard_.begin();
+    try {
+      outcome.result = job.work(connection_.native_handle());
+      if (connection_.autocommit()) {
+        // The write ended the batch's transaction itself: what it and the writes before
+        // it did may be committed or undone; the batch cannot continue either way.
+        return write_outcome{make_error_code(errc::bad_argument),
+                             "a write ran COMMIT, ROLLBACK or END itself: a write must leave "
+                             "transaction control to the write executor (use SAVEPOINTs)"};
+      }
+      if (has_unresolved_deferred_foreign_keys()) {
+        // COMMIT would fail for the whole batch: fail this write alone instead.
+        outcome.ec = make_sqlite_error(SQLITE_CONSTRAINT_FOREIGNKEY);
+        outcome.result = "FOREIGN KEY constraint failed: the write left a deferred foreign key unresolved";
+      }
+    } catch (const fwd::error& e) {
+      outcome.ec = boost::system::error_code(e.code());
+      outcome.result = e.what();
+    } catch (const std::exception& e) {
+      outcome.ec = make_error_code(errc::remote_failure);
+      outcome.result = e.what();
+    } catch (...) {
+      outcome.ec = make_error_code(errc::remote_failure);
+      outcome.result = "the write threw an exception that is not a std::exception";
     }
-    if (has_unresolved_deferred_foreign_keys()) {
-      // COMMIT would fail for the whole batch: fail this write alone instead.
-      outcome.ec = make_sqlite_error(SQLITE_CONSTRAINT_FOREIGNKEY);
-      outcome.result = "FOREIGN KEY constraint failed: the write left a deferred foreign key unresolved";
-    }
-  } catch (const fwd::error& e) {
-    outcome.ec = boost::system::error_code(e.code());
-    outcome.result = e.what();
-  } catch (const std::exception& e) {
-    outcome.ec = make_error_code(errc::remote_failure);
-    outcome.result = e.what();
-  } catch (...) {
-    outcome.ec = make_error_code(errc::remote_failure);
-    outcome.result = "the write threw an exception that is not a std::exception";
+    refused = guard_.end();
+  }
+  if (!refused.empty()) {
+    // Whatever the work did with SQLite's refusal (threw it, or swallowed it), the write
+    // fails alone and is rolled back below.
+    outcome.ec = make_error_code(errc::bad_argument);
+    outcome.result = transaction_control_refusal(refused);
   }
 
   if (!outcome.ec) {
     insert_.reset()
         .bind(1, blob_view(job.id))
         .bind(2, blob_view(outcome.result.data(), outcome.result.size()))
-        .bind(3, now_ms);
+        .bind(3, now_ms)
+        .bind(4, std::string_view(job.procedure));
     insert_.step(ec);
     insert_.reset();
     if (ec) {
@@ -297,16 +322,42 @@ inline bool write_executor_state::has_unresolved_deferred_foreign_keys() const n
   return current > 0;
 }
 
+// The dedup table, created with its procedure column, or given it (ALTER TABLE ADD COLUMN:
+// old rows keep NULL there) when an earlier version created it without. Runs inside the
+// batch's transaction, so a failed migration leaves nothing behind.
 inline void write_executor_state::prepare_schema(boost::system::error_code& ec, std::string& message) {
   connection_.exec(fmt::format("CREATE TABLE IF NOT EXISTS {}(id BLOB PRIMARY KEY, result BLOB NOT NULL, "
-                               "created_at INTEGER NOT NULL) WITHOUT ROWID",
+                               "created_at INTEGER NOT NULL, procedure TEXT) WITHOUT ROWID",
                                dedup_table_name),
                    ec, &message);
   if (ec) return;
+  bool has_procedure = false;
+  {
+    sqlite3_stmt* columns = nullptr;
+    const std::string sql = fmt::format("SELECT name FROM pragma_table_info('{}')", dedup_table_name);
+    int rc = sqlite3_prepare_v2(connection_.native_handle(), sql.c_str(), -1, &columns, nullptr);
+    if (rc == SQLITE_OK) {
+      while ((rc = sqlite3_step(columns)) == SQLITE_ROW) {
+        const auto* name = reinterpret_cast<const char*>(sqlite3_column_text(columns, 0));
+        if (name != nullptr && std::string_view(name) == "procedure") has_procedure = true;
+      }
+    }
+    sqlite3_finalize(columns);
+    if (rc != SQLITE_DONE) {
+      ec = make_sqlite_error(sqlite3_extended_errcode(connection_.native_handle()));
+      message = detail::describe_failure(connection_.native_handle(), ec.value(),
+                                         "reading the dedup table's columns", sql);
+      return;
+    }
+  }
+  if (!has_procedure) {
+    connection_.exec(fmt::format("ALTER TABLE {} ADD COLUMN procedure TEXT", dedup_table_name), ec, &message);
+    if (ec) return;
+  }
   try {
-    lookup_ = connection_.prepare(fmt::format("SELECT result FROM {} WHERE id = ?1", dedup_table_name));
-    insert_ = connection_.prepare(
-        fmt::format("INSERT INTO {}(id, result, created_at) VALUES (?1, ?2, ?3)", dedup_table_name));
+    lookup_ = connection_.prepare(fmt::format("SELECT result, procedure FROM {} WHERE id = ?1", dedup_table_name));
+    insert_ = connection_.prepare(fmt::format(
+        "INSERT INTO {}(id, result, created_at, procedure) VALUES (?1, ?2, ?3, ?4)", dedup_table_name));
     prune_ = connection_.prepare(fmt::format("DELETE FROM {} WHERE created_at < ?1", dedup_table_name));
   } catch (const fwd::error& e) {
     ec = boost::system::error_code(e.code());

@@ -14,10 +14,12 @@
 #include <cstdint>
 #include <deque>
 #include <fmt/format.h>
+#include <iterator>
 #include <functional>
 #include <fwd/error.hpp>
 #include <fwd/sqlite/connection.hpp>
 #include <fwd/sqlite/transaction.hpp>
+#include <fwd/write/detail/transaction_guard.hpp>
 #include <fwd/write/detail/write_failure.hpp>
 #include <fwd/write/detail/write_job.hpp>
 #include <fwd/write/write_options.hpp>
@@ -34,6 +36,18 @@ namespace fwd::sqlite {
 
 namespace detail {
 
+/// Why a write was refused: its request id is bound to another procedure.
+inline std::string request_id_reused(const request_id& id, std::string_view bound, std::string_view given) {
+  std::string hex;
+  for (const std::uint8_t b : id) fmt::format_to(std::back_inserter(hex), "{:02x}", b);
+  auto name = [](std::string_view p) { return p.empty() ? std::string("(no procedure)") : fmt::format("'{}'", p); };
+  return fmt::format(
+      "the request id {} is already bound to the procedure {}, not {}: a request id names one "
+      "call; give each call a fresh id (fwd::make_request_id()) and repeat an id only to retry "
+      "that same call; nothing ran",
+      hex, name(bound), name(given));
+}
+
 /// The state shared by a write_executor, its writer and its pending operations.
 class write_executor_state : public std::enable_shared_from_this<write_executor_state> {
  public:
@@ -44,6 +58,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
         connection_(path, options_.open_flags, options_.busy_timeout) {
     if (options_.max_batch == 0) options_.max_batch = 1;
     if (options_.on_open) options_.on_open(connection_);
+    guard_.install(connection_.native_handle());
     note_journal_mode();
     last_prune_ = std::chrono::steady_clock::now();
   }
@@ -51,7 +66,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   const write_options& options() const noexcept { return options_; }
 
   /// Queues `work` for `id` (or joins the write already waiting with that id).
-  void submit(const request_id& id, std::function<std::string(sqlite3*)> work,
+  void submit(const request_id& id, std::string procedure, std::function<std::string(sqlite3*)> work,
               std::unique_ptr<write_waiter> waiter) {
     if (!work) {
       waiter->complete(make_error_code(errc::bad_argument),
@@ -66,6 +81,12 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       return;
     }
     if (const auto it = pending_.find(id); it != pending_.end()) {
+      if (it->second->procedure != procedure) {
+        std::string why = request_id_reused(id, it->second->procedure, procedure);
+        lock.unlock();
+        waiter->complete(make_error_code(errc::bad_argument), std::move(why), 0);
+        return;
+      }
       // The same request is already waiting or running: it runs once, both get its outcome.
       it->second->waiters.push_back(std::move(waiter));
       return;
@@ -81,6 +102,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     }
     auto job = std::make_shared<write_job>();
     job->id = id;
+    job->procedure = std::move(procedure);
     job->work = std::move(work);
     job->waiters.push_back(std::move(waiter));
     pending_.emplace(id, job);
@@ -218,6 +240,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   bool schema_ready_ = false;
   bool drop_pending_ = false;  // the mount went away: close without ROLLBACK, reopen
   bool wal_mode_ = false;      // the connection's journal mode is WAL
+  transaction_control_guard guard_;  // the connection's authorizer (its address is held by SQLite)
   statement lookup_;
   statement insert_;
   statement prune_;

@@ -45,8 +45,8 @@ decltype(auto) invoke_writer(F& fn, sqlite3* db, std::tuple<Ds...>& args) {
 // executor with the call's request id; replies with the TXID envelope.
 template <class Proc, class F>
 rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
-                                              std::shared_ptr<F> fn) {
-  return [weak, fn](const rpc::incoming_call& call, boost::asio::any_io_executor /*executor*/,
+                                              std::shared_ptr<F> fn, std::string procedure_key) {
+  return [weak, fn, procedure_key](const rpc::incoming_call& call, boost::asio::any_io_executor /*executor*/,
                     rpc::reply_handler reply) {
     auto core = weak.lock();
     if (!core || core->stopped.load()) {
@@ -85,7 +85,7 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
     }
     using R = typename Proc::result_type;
     writer->async_write(
-        call.request_id,
+        call.request_id, procedure_key,
         [fn, args](sqlite3* db) -> std::string {
           if constexpr (std::is_void_v<R>) {
             invoke_writer(*fn, db, *args);

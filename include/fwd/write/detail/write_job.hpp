@@ -49,6 +49,7 @@ class write_waiter {
 /// One request id's write: the work, and everyone waiting for its outcome.
 struct write_job {
   request_id id{};
+  std::string procedure;  // what the id is bound to in the dedup table ("" for none)
   std::function<std::string(sqlite3*)> work;
   std::vector<std::unique_ptr<write_waiter>> waiters;  // guarded by the state's mutex
 };
