@@ -146,6 +146,7 @@ class write_executor {
    * errc::commit_unknown (COMMIT failed and may have committed: retry with the same id);
    * errc::remote_failure;
    * errc::overloaded (queue full: nothing ran); errc::cancelled (stopped before it ran);
+   * errc::timeout (with a deadline, below: it passed before the write ran; nothing ran);
    * errc::bad_argument (empty `work`). The handler runs on its associated executor
    * (default: get_executor()), never inside this call.
    *
@@ -160,7 +161,35 @@ class write_executor {
   auto async_write(const request_id& id, std::function<std::string(sqlite3*)> work,
                    WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
     return boost::asio::async_initiate<WriteToken, detail::write_signature>(
-        initiate_write{state_, executor_}, token, id, std::move(work));
+        initiate_write{state_, executor_}, token, id, std::move(work),
+        std::chrono::steady_clock::time_point{});
+  }
+
+  /**
+   * As above, for a caller that stops waiting at `deadline` ({} = never): if the deadline
+   * has passed when the writer takes its next batch and the write has not started, it is
+   * dropped for this caller, who completes with errc::timeout: it never ran, nothing was
+   * applied (the write still runs if another caller of the same `id` has time left). A
+   * write that has started runs to its COMMIT whatever the deadline.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(detail::write_signature)
+                WriteToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_write(const request_id& id, std::function<std::string(sqlite3*)> work,
+                   std::chrono::steady_clock::time_point deadline,
+                   WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<WriteToken, detail::write_signature>(
+        initiate_write{state_, executor_}, token, id, std::move(work), deadline);
+  }
+
+  /**
+   * Makes sure the write queued under `id` never runs, if it has not started: it leaves
+   * the queue and every caller waiting for it completes with `ec` (e.g. errc::cancelled or
+   * errc::timeout) and `why`; nothing was applied. Returns write_drop::dropped then;
+   * write_drop::running when the write has started (it runs to its COMMIT and completes
+   * normally); write_drop::unknown when no write waits or runs under `id`. Thread-safe.
+   */
+  write_drop drop_queued(const request_id& id, boost::system::error_code ec, const std::string& why) {
+    return state_->drop_queued(id, ec, why);
   }
 
   /**
@@ -198,11 +227,11 @@ class write_executor {
     };
 
     template <class Handler>
-    void operator()(Handler&& handler, const request_id& id,
-                    std::function<std::string(sqlite3*)> work) const {
+    void operator()(Handler&& handler, const request_id& id, std::function<std::string(sqlite3*)> work,
+                    std::chrono::steady_clock::time_point deadline) const {
       const std::uint64_t serial = state->next_serial();
-      auto waiter =
-          std::make_unique<detail::write_waiter>(serial, std::forward<Handler>(handler), executor);
+      auto waiter = std::make_unique<detail::write_waiter>(serial, std::forward<Handler>(handler),
+                                                           executor, deadline);
       // Installed before the write is queued, so that nothing else touches the slot yet.
       auto slot = waiter->slot();
       if (slot.is_connected()) slot.template emplace<cancel_handler>(state, serial);

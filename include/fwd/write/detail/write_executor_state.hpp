@@ -32,6 +32,13 @@
 
 namespace fwd::sqlite {
 
+/// What write_executor::drop_queued found.
+enum class write_drop {
+  dropped,  ///< the write had not started: it never runs, its callers completed
+  running,  ///< the write is running: it finishes (and may commit)
+  unknown,  ///< no write waits or runs under that id (completed, or never submitted)
+};
+
 namespace detail {
 
 /// The state shared by a write_executor, its writer and its pending operations.
@@ -169,6 +176,55 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       }
     }
     return nullptr;
+  }
+
+  /// With the lock held, before a batch is taken: the callers whose deadline passed leave
+  /// the queue and complete with timeout (nothing ran); a write nobody waits for any more
+  /// is dropped before it runs.
+  void drop_expired() {
+    const auto now = std::chrono::steady_clock::now();
+    for (auto job_it = queue_.begin(); job_it != queue_.end();) {
+      auto& waiters = (*job_it)->waiters;
+      for (auto it = waiters.begin(); it != waiters.end();) {
+        if (!(*it)->expired(now)) {
+          ++it;
+          continue;
+        }
+        (*it)->complete(make_error_code(errc::timeout),
+                        "the call's deadline passed while its write was queued on the primary: "
+                        "it never ran, nothing was applied",
+                        0);
+        it = waiters.erase(it);
+      }
+      if (waiters.empty()) {
+        pending_.erase((*job_it)->id);
+        job_it = queue_.erase(job_it);
+      } else {
+        ++job_it;
+      }
+    }
+  }
+
+  /// Drops the write queued under `id` before it starts: every caller waiting for it
+  /// completes with `ec` and `why`. Says whether it was dropped, is running already (it
+  /// cannot be stopped), or is unknown here (not submitted, or completed).
+  write_drop drop_queued(const request_id& id, const boost::system::error_code& ec, const std::string& why) {
+    std::shared_ptr<write_job> dropped;
+    {
+      std::lock_guard lock(mutex_);
+      const auto found = pending_.find(id);
+      if (found == pending_.end()) return write_drop::unknown;
+      for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+        if (*it != found->second) continue;
+        dropped = std::move(*it);
+        queue_.erase(it);
+        break;
+      }
+      if (!dropped) return write_drop::running;
+      pending_.erase(found);
+    }
+    for (auto& waiter : dropped->waiters) waiter->complete(ec, why, 0);
+    return write_drop::dropped;
   }
 
   std::uint64_t next_serial() noexcept { return next_serial_.fetch_add(1) + 1; }
