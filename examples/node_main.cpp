@@ -333,10 +333,9 @@ int main(int argc, char** argv) {
   }
 
   boost::asio::signal_set signals(io, SIGTERM, SIGINT);
-  signals.async_wait([&](boost::system::error_code, int) {
-    node.stop();
-    io.stop();
-  });
+  // On an io thread: stop without blocking it, and end the io threads once the calls in
+  // flight have completed and the writer has finished its batch.
+  signals.async_wait([&](boost::system::error_code, int) { node.async_stop([&io] { io.stop(); }); });
 
   std::vector<std::thread> threads;
   for (int i = 0; i < 2; ++i) threads.emplace_back([&io] { io.run(); });

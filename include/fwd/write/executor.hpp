@@ -200,9 +200,26 @@ class write_executor {
    * write's `work`.
    */
   void stop() {
-    state_->stop();
-    if (writer_.joinable() && std::this_thread::get_id() != writer_id_) writer_.join();
+    const bool on_writer = std::this_thread::get_id() == writer_id_;
+    state_->stop(/*wait=*/!on_writer);
+    if (writer_.joinable() && !on_writer) writer_.join();
     if (!writer_.joinable()) state_->close();
+  }
+
+  /**
+   * Stops without blocking: as stop(), but `handler` (signature `void()`) completes once
+   * the running batch, if any, has finished and every write it held has completed.
+   * The connection is closed later, by stop() or the destructor.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void()) StopToken =
+                boost::asio::default_completion_token_t<executor_type>>
+  auto async_stop(StopToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<StopToken, void()>(
+        [state = state_, executor = executor_](auto handler) {
+          auto done = std::make_shared<fwd::detail::pending_completion<void()>>(std::move(handler), executor);
+          state->async_stop([done] { done->post(); });
+        },
+        token);
   }
 
  private:

@@ -35,6 +35,7 @@
 #include <variant>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -96,6 +97,15 @@ class forwarder {
 
   /// Refuses new calls (cancelled); calls waiting for a retry or replication end soon.
   void stop() { core_->stopped.store(true); }
+
+  /// Runs `f` (on any thread) once no call of this forwarder is in flight: every call
+  /// started has completed (its handler is posted). At once when none is.
+  void when_idle(std::function<void()> f) { core_->when_idle(std::move(f)); }
+
+  /// when_idle as a callable that stays valid after this forwarder is destroyed.
+  std::function<void(std::function<void()>)> idle_notifier() const {
+    return [core = core_](std::function<void()> f) { core->when_idle(std::move(f)); };
+  }
 
   const forwarder_options& options() const noexcept { return core_->options; }
 

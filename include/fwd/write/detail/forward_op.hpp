@@ -78,6 +78,11 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
         report_(options.report ? std::move(options.report) : std::make_shared<call_report>()),
         completion_(std::move(completion)) {
     report_->id = id_;
+    core_->call_began();
+  }
+
+  ~forward_op() {
+    if (!counted_out_) core_->call_ended();
   }
 
   void start() {
@@ -393,6 +398,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     local_timer_.cancel();
     auto completion = std::move(completion_);
     completion->complete(ec, ec ? std::string() : std::move(result_), std::move(detail));
+    counted_out_ = true;
+    core_->call_ended();
   }
 
   std::shared_ptr<forward_core> core_;
@@ -413,6 +420,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   std::string last_detail_;
   diagnostics attempt_diagnostics_;  // the detail of the attempt in flight
   bool done_ = false;
+  bool counted_out_ = false;          // call_ended() has been called
   bool local_waiting_ = false;       // a local write was handed to the writer, no answer yet
   std::uint64_t local_attempts_ = 0;  // tells a stale local answer or deadline from the current one
 };

@@ -104,8 +104,12 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     std::unique_lock lock(mutex_);
     for (;;) {
       wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (stopping_) return;
-      run_one_batch(lock);
+      if (!stopping_) run_one_batch(lock);
+      if (stopping_) {
+        writer_exited_ = true;
+        notify_stopped(lock);
+        return;
+      }
     }
   }
 
@@ -115,10 +119,35 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     while (!stopping_ && !queue_.empty()) run_one_batch(lock);
     drain_scheduled_ = false;
     idle_.notify_all();
+    if (stopping_) notify_stopped(lock);
   }
 
-  /// Fails queued writes with cancelled, then waits for the running batch to finish.
-  void stop() {
+  /// As stop(), without blocking: `done` runs once no batch runs any more (at once if none
+  /// does; otherwise on the writer, when its running batch has finished).
+  void async_stop(std::function<void()> done) {
+    cancel_queued_for_stop();
+    {
+      std::lock_guard lock(mutex_);
+      const bool writer_busy = running_batch_ || (!options_.work_executor && !writer_exited_);
+      if (writer_busy) {
+        on_stopped_.push_back(std::move(done));
+        return;
+      }
+    }
+    done();
+  }
+
+  /// Fails queued writes with cancelled, then waits for the running batch to finish
+  /// (unless `wait` is false: called on the writer itself, from inside a write).
+  void stop(bool wait = true) {
+    cancel_queued_for_stop();
+    if (!wait) return;
+    std::unique_lock lock(mutex_);
+    idle_.wait(lock, [&] { return !running_batch_; });
+  }
+
+  // Marks the state stopping and fails the writes that have not started with cancelled.
+  void cancel_queued_for_stop() {
     std::deque<std::shared_ptr<write_job>> cancelled;
     {
       std::lock_guard lock(mutex_);
@@ -134,8 +163,21 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
                          0);
       }
     }
-    std::unique_lock lock(mutex_);
-    idle_.wait(lock, [&] { return !running_batch_; });
+  }
+
+  // With the lock held, once stopping and no batch runs: runs the async_stop callbacks.
+  void notify_stopped(std::unique_lock<std::mutex>& lock) {
+    auto hooks = std::move(on_stopped_);
+    on_stopped_.clear();
+    if (hooks.empty()) return;
+    lock.unlock();
+    for (auto& hook : hooks) {
+      try {
+        hook();
+      } catch (...) {
+      }
+    }
+    lock.lock();
   }
 
   /// Closes the connection; only once no batch can run any more (after stop and join).
@@ -268,6 +310,8 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   bool stopping_ = false;
   bool running_batch_ = false;
   bool drain_scheduled_ = false;
+  bool writer_exited_ = false;                     // the writer thread has left its loop
+  std::vector<std::function<void()>> on_stopped_;  // async_stop callbacks
   std::atomic<std::uint64_t> next_serial_{0};
 
   // Used only by the batch that is running.
