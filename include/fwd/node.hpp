@@ -216,11 +216,11 @@ class node {
    * through the handler's associated executor (default: the node's), never inside this
    * call; the executor has outstanding work until then.
    *
-   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: the call completes
-   * with `errc::cancelled` at once and makes no further attempt. An attempt already sent
-   * (or a local write already queued) may still run on the primary, exactly once under
-   * the call's request id, and its outcome is dropped: repeat the call with the same
-   * forward_options::id to learn it. Nothing else is left behind.
+   * **Per-Operation Cancellation**: `terminal` only (see forwarder::async_call): the call
+   * completes with `errc::cancelled` at once, "maybe executed", and makes no further
+   * attempt. A local write not started yet never runs; an attempt already sent (or a
+   * local write already running) may still commit on the primary, exactly once under the
+   * call's request id: a retry with the same forward_options::id is safe and learns it.
    */
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {

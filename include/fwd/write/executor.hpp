@@ -196,8 +196,8 @@ class write_executor {
    * Stops the writer: the batch that is running finishes (and completes normally); writes
    * still waiting complete with errc::cancelled; later async_write calls complete with
    * errc::cancelled. Blocks until the running batch is done and the writer thread has
-   * exited, then closes the connection. Idempotent. Must not be called from inside a
-   * write's `work`.
+   * exited, then closes the connection. Idempotent. From inside a write's `work` it does
+   * not wait (the batch is the caller's own).
    */
   void stop() {
     const bool on_writer = std::this_thread::get_id() == writer_id_;
