@@ -170,7 +170,7 @@ TEST_CASE("a local write running at its deadline reports timeout as maybe execut
   CHECK(f.rows("running") == 1);  // it did run: the report was honest
 }
 
-TEST_CASE("a cancelled local write queued behind a slow one never runs; partial cancellation is ignored") {
+TEST_CASE("a cancelled local write queued behind a slow one never runs and partial cancellation is ignored") {
   primary_fixture f;
   auto slow = f.start_slow();
 
