@@ -378,10 +378,11 @@ int main(int argc, char** argv) {
   }
 
   boost::asio::signal_set signals(io, SIGTERM, SIGINT);
+  // On an io thread: stop without blocking it, and end the io threads once the calls in
+  // flight have completed and the writer has finished its batch.
   signals.async_wait([&](boost::system::error_code, int) {
     if (metrics_http) metrics_http->close();
-    node.stop();
-    io.stop();
+    node.async_stop([&io] { io.stop(); });
   });
 
   std::vector<std::thread> threads;

@@ -14,6 +14,7 @@
 //   std::int64_t id = node.call(add_tag, "hello");   // on any node
 
 #include <fwd/cluster/discovery.hpp>
+#include <fwd/detail/completion.hpp>
 #include <fwd/cluster/membership.hpp>
 #include <fwd/error.hpp>
 #include <fwd/litefs/detail/position_reader.hpp>
@@ -31,6 +32,8 @@
 #include <fwd/write/forwarder.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <fmt/format.h>
 
@@ -63,7 +66,8 @@ class node {
   node(const node&) = delete;
   node& operator=(const node&) = delete;
 
-  /// Stops the node (see stop()).
+  /// Stops the node (see stop()). What the node's pending operations still use when it is
+  /// gone (the membership, the registry, the writer) is shared with them, never borrowed.
   ~node() { stop(); }
 
   executor_type get_executor() const noexcept { return executor_; }
@@ -76,7 +80,7 @@ class node {
    */
   template <class R, class... A, class F>
   void define(const procedure<R(A...)>& proc, F&& fn) {
-    forwarder_->define(registry_, proc, std::forward<F>(fn));
+    forwarder_->define(*registry_, proc, std::forward<F>(fn));
   }
 
   /**
@@ -130,14 +134,16 @@ class node {
     server_options.litefs_hostname = options_.litefs_hostname;
     server_options.telemetry = options_.telemetry;
     server_options.tls = options_.tls;
-    server_options.status = [monitor = monitor_] {
+    // The server's connections outlive it (and this node) until their last handler has run:
+    // their state holds these options, so the registry goes with them, not with the node.
+    server_options.status = [monitor = monitor_, keep_registry = registry_] {
       const auto state = monitor->state();
       rpc::local_status status;
       status.role = litefs::to_string(state->role);
       status.txid = state->pos.txid;
       return status;
     };
-    server_ = std::make_unique<rpc::server>(executor_, registry_, std::move(server_options));
+    server_ = std::make_unique<rpc::server>(executor_, *registry_, std::move(server_options));
     server_->start();
     membership_->start();
     finder_->start();
@@ -149,18 +155,44 @@ class node {
    * server answers the calls it is running and closes; the writer finishes its running
    * batch (committed or rolled back as a whole, never half-written) and fails the writes
    * still queued with `cancelled`. Blocks until the writer is stopped. Idempotent.
+   *
+   * May be called from any thread, also one that runs the node's executor (nothing it
+   * waits for needs that executor: it blocks that thread for the running batch, at most)
+   * and from inside a write procedure (it then does not wait for the batch it is part
+   * of). Calls in flight complete through the executor afterwards: keep running it (or
+   * use async_stop) to see them complete.
    */
   void stop() {
-    std::lock_guard lock(stop_mutex_);
-    if (stopped_) return;
-    stopped_ = true;
-    forwarder_->stop();
-    if (server_) server_->stop();
-    finder_->stop();
-    membership_->stop();
-    monitor_->stop();
-    client_->close();
+    begin_stop();
     if (writer_) writer_->stop();
+  }
+
+  /**
+   * Stops as stop() does, without blocking, and completes (signature `void()`, through the
+   * handler's associated executor, default: the node's) once in-flight work is drained:
+   * the writer has finished its running batch and every call started on this node has
+   * completed. The node may be destroyed once it has completed. Idempotent (each
+   * async_stop completes).
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void()) StopToken =
+                boost::asio::default_completion_token_t<executor_type>>
+  auto async_stop(StopToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<StopToken, void()>(
+        [this](auto handler) {
+          auto done = std::make_shared<fwd::detail::pending_completion<void()>>(std::move(handler), executor_);
+          begin_stop();
+          // Borrows nothing from the node: it may be destroyed before this completes.
+          auto calls_drained = [when_idle = forwarder_->idle_notifier(), done] {
+            when_idle([done] { done->post(); });
+          };
+          if (writer_) {
+            writer_->async_stop(boost::asio::bind_executor(
+                executor_, [calls_drained = std::move(calls_drained)] { calls_drained(); }));
+          } else {
+            calls_drained();
+          }
+        },
+        token);
   }
 
   /// Where the server listens (after start()).
@@ -169,7 +201,7 @@ class node {
   }
 
   const node_options& options() const noexcept { return options_; }
-  rpc::registry& registry() noexcept { return registry_; }
+  rpc::registry& registry() noexcept { return *registry_; }
   primary_finder& discovery() noexcept { return *finder_; }
   fwd::membership& members() noexcept { return *membership_; }
   fwd::forwarder& forwarder() noexcept { return *forwarder_; }
@@ -195,11 +227,11 @@ class node {
    * through the handler's associated executor (default: the node's), never inside this
    * call; the executor has outstanding work until then.
    *
-   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: the call completes
-   * with `errc::cancelled` at once and makes no further attempt. An attempt already sent
-   * (or a local write already queued) may still run on the primary, exactly once under
-   * the call's request id, and its outcome is dropped: repeat the call with the same
-   * forward_options::id to learn it. Nothing else is left behind.
+   * **Per-Operation Cancellation**: `terminal` only (see forwarder::async_call): the call
+   * completes with `errc::cancelled` at once, "maybe executed", and makes no further
+   * attempt. A local write not started yet never runs; an attempt already sent (or a
+   * local write already running) may still commit on the primary, exactly once under the
+   * call's request id: a retry with the same forward_options::id is safe and learns it.
    */
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
@@ -225,11 +257,24 @@ class node {
   }
 
  private:
+  // Everything but the server's transport stops here; the writer is stopped by the caller.
+  void begin_stop() {
+    std::lock_guard lock(stop_mutex_);
+    if (stopped_) return;
+    stopped_ = true;
+    forwarder_->stop();
+    if (server_) server_->stop();
+    finder_->stop();
+    membership_->stop();
+    monitor_->stop();
+    client_->close();
+  }
+
   executor_type executor_;
   node_options options_;
-  rpc::registry registry_;
+  std::shared_ptr<rpc::registry> registry_ = std::make_shared<rpc::registry>();
   std::shared_ptr<rpc::client> client_;
-  std::unique_ptr<fwd::membership> membership_;
+  std::shared_ptr<fwd::membership> membership_;
   std::shared_ptr<litefs::monitor> monitor_;
   std::function<litefs::role()> role_;
   std::shared_ptr<primary_finder> finder_;

@@ -10854,10 +10854,19 @@ using write_signature = void(boost::system::error_code, std::string, std::uint64
 class write_waiter {
  public:
   template <class Handler>
-  write_waiter(std::uint64_t serial, Handler&& handler, const boost::asio::any_io_executor& io_executor)
-      : serial_(serial), completion_(std::forward<Handler>(handler), io_executor) {}
+  write_waiter(std::uint64_t serial, Handler&& handler, const boost::asio::any_io_executor& io_executor,
+               std::chrono::steady_clock::time_point deadline = {})
+      : serial_(serial), deadline_(deadline), completion_(std::forward<Handler>(handler), io_executor) {}
 
   std::uint64_t serial() const noexcept { return serial_; }
+
+  /// When this caller stops waiting ({} = never).
+  std::chrono::steady_clock::time_point deadline() const noexcept { return deadline_; }
+
+  /// The caller's deadline has passed at `now`.
+  bool expired(std::chrono::steady_clock::time_point now) const noexcept {
+    return deadline_ != std::chrono::steady_clock::time_point{} && deadline_ <= now;
+  }
 
   /// The handler's cancellation slot (install the cancellation handler before submitting).
   boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
@@ -10870,6 +10879,7 @@ class write_waiter {
 
  private:
   std::uint64_t serial_;
+  std::chrono::steady_clock::time_point deadline_;
   fwd::detail::pending_completion<write_signature> completion_;
 };
 
@@ -10989,6 +10999,13 @@ inline write_outcome commit_failure(const boost::system::error_code& ec, const s
 
 namespace fwd::sqlite {
 
+/// What write_executor::drop_queued found.
+enum class write_drop {
+  dropped,  ///< the write had not started: it never runs, its callers completed
+  running,  ///< the write is running: it finishes (and may commit)
+  unknown,  ///< no write waits or runs under that id (completed, or never submitted)
+};
+
 namespace detail {
 
 /// Why a write was refused: its request id is bound to another procedure.
@@ -11074,8 +11091,12 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     std::unique_lock lock(mutex_);
     for (;;) {
       wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (stopping_) return;
-      run_one_batch(lock);
+      if (!stopping_) run_one_batch(lock);
+      if (stopping_) {
+        writer_exited_ = true;
+        notify_stopped(lock);
+        return;
+      }
     }
   }
 
@@ -11085,10 +11106,35 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     while (!stopping_ && !queue_.empty()) run_one_batch(lock);
     drain_scheduled_ = false;
     idle_.notify_all();
+    if (stopping_) notify_stopped(lock);
   }
 
-  /// Fails queued writes with cancelled, then waits for the running batch to finish.
-  void stop() {
+  /// As stop(), without blocking: `done` runs once no batch runs any more (at once if none
+  /// does; otherwise on the writer, when its running batch has finished).
+  void async_stop(std::function<void()> done) {
+    cancel_queued_for_stop();
+    {
+      std::lock_guard lock(mutex_);
+      const bool writer_busy = running_batch_ || (!options_.work_executor && !writer_exited_);
+      if (writer_busy) {
+        on_stopped_.push_back(std::move(done));
+        return;
+      }
+    }
+    done();
+  }
+
+  /// Fails queued writes with cancelled, then waits for the running batch to finish
+  /// (unless `wait` is false: called on the writer itself, from inside a write).
+  void stop(bool wait = true) {
+    cancel_queued_for_stop();
+    if (!wait) return;
+    std::unique_lock lock(mutex_);
+    idle_.wait(lock, [&] { return !running_batch_; });
+  }
+
+  // Marks the state stopping and fails the writes that have not started with cancelled.
+  void cancel_queued_for_stop() {
     std::deque<std::shared_ptr<write_job>> cancelled;
     {
       std::lock_guard lock(mutex_);
@@ -11104,8 +11150,21 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
                          0);
       }
     }
-    std::unique_lock lock(mutex_);
-    idle_.wait(lock, [&] { return !running_batch_; });
+  }
+
+  // With the lock held, once stopping and no batch runs: runs the async_stop callbacks.
+  void notify_stopped(std::unique_lock<std::mutex>& lock) {
+    auto hooks = std::move(on_stopped_);
+    on_stopped_.clear();
+    if (hooks.empty()) return;
+    lock.unlock();
+    for (auto& hook : hooks) {
+      try {
+        hook();
+      } catch (...) {
+      }
+    }
+    lock.lock();
   }
 
   /// Closes the connection; only once no batch can run any more (after stop and join).
@@ -11146,6 +11205,55 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       }
     }
     return nullptr;
+  }
+
+  /// With the lock held, before a batch is taken: the callers whose deadline passed leave
+  /// the queue and complete with timeout (nothing ran); a write nobody waits for any more
+  /// is dropped before it runs.
+  void drop_expired() {
+    const auto now = std::chrono::steady_clock::now();
+    for (auto job_it = queue_.begin(); job_it != queue_.end();) {
+      auto& waiters = (*job_it)->waiters;
+      for (auto it = waiters.begin(); it != waiters.end();) {
+        if (!(*it)->expired(now)) {
+          ++it;
+          continue;
+        }
+        (*it)->complete(make_error_code(errc::timeout),
+                        "the call's deadline passed while its write was queued on the primary: "
+                        "it never ran, nothing was applied",
+                        0);
+        it = waiters.erase(it);
+      }
+      if (waiters.empty()) {
+        pending_.erase((*job_it)->id);
+        job_it = queue_.erase(job_it);
+      } else {
+        ++job_it;
+      }
+    }
+  }
+
+  /// Drops the write queued under `id` before it starts: every caller waiting for it
+  /// completes with `ec` and `why`. Says whether it was dropped, is running already (it
+  /// cannot be stopped), or is unknown here (not submitted, or completed).
+  write_drop drop_queued(const request_id& id, const boost::system::error_code& ec, const std::string& why) {
+    std::shared_ptr<write_job> dropped;
+    {
+      std::lock_guard lock(mutex_);
+      const auto found = pending_.find(id);
+      if (found == pending_.end()) return write_drop::unknown;
+      for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+        if (*it != found->second) continue;
+        dropped = std::move(*it);
+        queue_.erase(it);
+        break;
+      }
+      if (!dropped) return write_drop::running;
+      pending_.erase(found);
+    }
+    for (auto& waiter : dropped->waiters) waiter->complete(ec, why, 0);
+    return write_drop::dropped;
   }
 
   std::uint64_t next_serial() noexcept { return next_serial_.fetch_add(1) + 1; }
@@ -11189,6 +11297,8 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   bool stopping_ = false;
   bool running_batch_ = false;
   bool drain_scheduled_ = false;
+  bool writer_exited_ = false;                     // the writer thread has left its loop
+  std::vector<std::function<void()>> on_stopped_;  // async_stop callbacks
   std::atomic<std::uint64_t> next_serial_{0};
 
   // Used only by the batch that is running.
@@ -11228,6 +11338,7 @@ inline void write_executor_state::run_one_batch(std::unique_lock<std::mutex>& lo
     wake_.wait_until(lock, deadline, [&] { return stopping_ || queue_.size() >= options_.max_batch; });
     if (stopping_) return;  // not yet started: stop() cancels it
   }
+  drop_expired();
   std::vector<std::shared_ptr<write_job>> batch;
   while (!queue_.empty() && batch.size() < options_.max_batch) {
     batch.push_back(std::move(queue_.front()));
@@ -11746,6 +11857,7 @@ class write_executor {
    * errc::commit_unknown (COMMIT failed and may have committed: retry with the same id);
    * errc::remote_failure;
    * errc::overloaded (queue full: nothing ran); errc::cancelled (stopped before it ran);
+   * errc::timeout (with a deadline, below: it passed before the write ran; nothing ran);
    * errc::bad_argument (empty `work`). The handler runs on its associated executor
    * (default: get_executor()), never inside this call.
    *
@@ -11760,7 +11872,8 @@ class write_executor {
   auto async_write(const request_id& id, std::function<std::string(sqlite3*)> work,
                    WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
     return boost::asio::async_initiate<WriteToken, detail::write_signature>(
-        initiate_write{state_, executor_}, token, id, std::string(), std::move(work));
+        initiate_write{state_, executor_}, token, id, std::string(), std::move(work),
+        std::chrono::steady_clock::time_point{});
   }
 
   /**
@@ -11768,7 +11881,7 @@ class write_executor {
    * a procedure's name and signature): the dedup row records it, and the same id given
    * with another procedure (waiting, running or recorded) is refused with
    * errc::bad_argument, nothing run, instead of answering with the other write's result.
-   * The form without `procedure` binds the id to the empty name. A row recorded before the
+   * The forms without `procedure` bind the id to the empty name. A row recorded before the
    * dedup table had its `procedure` column matches any procedure.
    */
   template <BOOST_ASIO_COMPLETION_TOKEN_FOR(detail::write_signature)
@@ -11776,20 +11889,75 @@ class write_executor {
   auto async_write(const request_id& id, std::string procedure, std::function<std::string(sqlite3*)> work,
                    WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
     return boost::asio::async_initiate<WriteToken, detail::write_signature>(
-        initiate_write{state_, executor_}, token, id, std::move(procedure), std::move(work));
+        initiate_write{state_, executor_}, token, id, std::move(procedure), std::move(work),
+        std::chrono::steady_clock::time_point{});
+  }
+
+  /**
+   * As above, for a caller that stops waiting at `deadline` ({} = never): if the deadline
+   * has passed when the writer takes its next batch and the write has not started, it is
+   * dropped for this caller, who completes with errc::timeout: it never ran, nothing was
+   * applied (the write still runs if another caller of the same `id` has time left). A
+   * write that has started runs to its COMMIT whatever the deadline.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(detail::write_signature)
+                WriteToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_write(const request_id& id, std::function<std::string(sqlite3*)> work,
+                   std::chrono::steady_clock::time_point deadline,
+                   WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<WriteToken, detail::write_signature>(
+        initiate_write{state_, executor_}, token, id, std::string(), std::move(work), deadline);
+  }
+
+  /// Both: the id bound to `procedure`, and a caller that stops waiting at `deadline`.
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(detail::write_signature)
+                WriteToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_write(const request_id& id, std::string procedure, std::function<std::string(sqlite3*)> work,
+                   std::chrono::steady_clock::time_point deadline,
+                   WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<WriteToken, detail::write_signature>(
+        initiate_write{state_, executor_}, token, id, std::move(procedure), std::move(work), deadline);
+  }
+
+  /**
+   * Makes sure the write queued under `id` never runs, if it has not started: it leaves
+   * the queue and every caller waiting for it completes with `ec` (e.g. errc::cancelled or
+   * errc::timeout) and `why`; nothing was applied. Returns write_drop::dropped then;
+   * write_drop::running when the write has started (it runs to its COMMIT and completes
+   * normally); write_drop::unknown when no write waits or runs under `id`. Thread-safe.
+   */
+  write_drop drop_queued(const request_id& id, boost::system::error_code ec, const std::string& why) {
+    return state_->drop_queued(id, ec, why);
   }
 
   /**
    * Stops the writer: the batch that is running finishes (and completes normally); writes
    * still waiting complete with errc::cancelled; later async_write calls complete with
    * errc::cancelled. Blocks until the running batch is done and the writer thread has
-   * exited, then closes the connection. Idempotent. Must not be called from inside a
-   * write's `work`.
+   * exited, then closes the connection. Idempotent. From inside a write's `work` it does
+   * not wait (the batch is the caller's own).
    */
   void stop() {
-    state_->stop();
-    if (writer_.joinable() && std::this_thread::get_id() != writer_id_) writer_.join();
+    const bool on_writer = std::this_thread::get_id() == writer_id_;
+    state_->stop(/*wait=*/!on_writer);
+    if (writer_.joinable() && !on_writer) writer_.join();
     if (!writer_.joinable()) state_->close();
+  }
+
+  /**
+   * Stops without blocking: as stop(), but `handler` (signature `void()`) completes once
+   * the running batch, if any, has finished and every write it held has completed.
+   * The connection is closed later, by stop() or the destructor.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void()) StopToken =
+                boost::asio::default_completion_token_t<executor_type>>
+  auto async_stop(StopToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<StopToken, void()>(
+        [state = state_, executor = executor_](auto handler) {
+          auto done = std::make_shared<fwd::detail::pending_completion<void()>>(std::move(handler), executor);
+          state->async_stop([done] { done->post(); });
+        },
+        token);
   }
 
  private:
@@ -11815,10 +11983,11 @@ class write_executor {
 
     template <class Handler>
     void operator()(Handler&& handler, const request_id& id, std::string procedure,
-                    std::function<std::string(sqlite3*)> work) const {
+                    std::function<std::string(sqlite3*)> work,
+                    std::chrono::steady_clock::time_point deadline) const {
       const std::uint64_t serial = state->next_serial();
-      auto waiter =
-          std::make_unique<detail::write_waiter>(serial, std::forward<Handler>(handler), executor);
+      auto waiter = std::make_unique<detail::write_waiter>(serial, std::forward<Handler>(handler),
+                                                           executor, deadline);
       // Installed before the write is queued, so that nothing else touches the slot yet.
       auto slot = waiter->slot();
       if (slot.is_connected()) slot.template emplace<cancel_handler>(state, serial);
@@ -12640,6 +12809,9 @@ class typed_completion final : public forward_completion {
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <vector>
+#include <cstddef>
 #include <string>
 #include <utility>
 
@@ -12660,6 +12832,38 @@ struct forward_core {
     rpc::registry::raw_handler handler;
   };
   std::map<std::string, local_procedure, std::less<>> procedures;  // filled before start
+
+  /// A call began: it counts until it has completed.
+  void call_began() {
+    std::lock_guard lock(idle_mutex);
+    ++in_flight;
+  }
+
+  /// A call completed (its handler is posted): runs the when_idle callbacks at the last.
+  void call_ended() {
+    std::vector<std::function<void()>> ready;
+    {
+      std::lock_guard lock(idle_mutex);
+      if (--in_flight == 0) ready.swap(on_idle);
+    }
+    for (auto& f : ready) f();
+  }
+
+  /// Runs `f` once no call is in flight (at once if none is).
+  void when_idle(std::function<void()> f) {
+    {
+      std::lock_guard lock(idle_mutex);
+      if (in_flight != 0) {
+        on_idle.push_back(std::move(f));
+        return;
+      }
+    }
+    f();
+  }
+
+  std::mutex idle_mutex;
+  std::size_t in_flight = 0;                     // guarded by idle_mutex
+  std::vector<std::function<void()>> on_idle;    // guarded by idle_mutex
 
   forward_core(boost::asio::any_io_executor ex, forwarder_options opts,
                std::shared_ptr<rpc::client> c, std::shared_ptr<primary_finder> f)
@@ -12707,6 +12911,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
       : core_(std::move(core)),
         strand_(boost::asio::make_strand(core_->executor)),
         timer_(strand_),
+        local_timer_(strand_),
         name_(std::move(name)),
         signature_(signature),
         arguments_(std::move(arguments)),
@@ -12716,6 +12921,11 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
         report_(options.report ? std::move(options.report) : std::make_shared<call_report>()),
         completion_(std::move(completion)) {
     report_->id = id_;
+    core_->call_began();
+  }
+
+  ~forward_op() {
+    if (!counted_out_) core_->call_ended();
   }
 
   void start() {
@@ -12723,13 +12933,25 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     boost::asio::post(strand_, [self = shared_from_this()] { self->attempt(); });
   }
 
+  // Terminal cancellation: the call completes with cancelled now. A local write that has
+  // not started is dropped from the writer's queue (it never runs); one already running,
+  // or an attempt already sent, may still commit (once, under the call's request id).
   void cancel() {
     boost::asio::post(strand_, [self = shared_from_this()] {
+      if (self->done_) return;
       self->timer_.cancel();
       // A read-your-writes wait leaves the monitor now, not at its deadline.
       self->replication_wait_.emit(boost::asio::cancellation_type::terminal);
+      if (self->local_waiting_ &&
+          self->drop_local(make_error_code(errc::cancelled), "the call was cancelled before its write ran")) {
+        self->finish(make_error_code(errc::cancelled),
+                     "the call was cancelled before its write started on this node (the primary): it "
+                     "never ran, nothing was applied");
+        return;
+      }
       self->finish(make_error_code(errc::cancelled),
-                   "the call was cancelled; if it was sent it may still run on the primary (once)");
+                   "the call was cancelled: it may have run (or may still run) on the primary, once under "
+                   "its request id; a retry with the same forward_options::id is safe and learns the outcome");
     });
   }
 
@@ -12793,9 +13015,14 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
                       call_started_event{name_, {}, report_->attempts});
     const rpc::incoming_call call{name_, signature_, arguments_, id_, deadline_};
     // The write handler may answer from any thread: hop to the strand.
-    rpc::reply_handler reply = [self = shared_from_this(), started](boost::system::error_code ec,
+    const std::uint64_t local_attempt = ++local_attempts_;
+    rpc::reply_handler reply = [self = shared_from_this(), started, local_attempt](boost::system::error_code ec,
                                                                     std::string payload) {
-      boost::asio::post(self->strand_, [self, started, ec, payload = std::move(payload)]() mutable {
+      boost::asio::post(self->strand_, [self, started, local_attempt, ec, payload = std::move(payload)]() mutable {
+        if (self->local_attempts_ == local_attempt) {
+          self->local_waiting_ = false;
+          self->local_timer_.cancel();
+        }
         const auto& tel = self->core_->options.telemetry;
         fwd::detail::emit(
             tel, &telemetry::call_finished,
@@ -12814,11 +13041,40 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     rpc::reply_handler forward = [answer](boost::system::error_code ec, std::string payload) {
       answer->complete(ec, std::move(payload));
     };
+    // The local call ends at its deadline even when the writer is busy: a write still
+    // queued is dropped then, one running is reported as maybe executed.
+    local_waiting_ = true;
+    local_timer_.expires_at(deadline_);
+    local_timer_.async_wait([self = shared_from_this(), local_attempt](boost::system::error_code e) {
+      if (e || self->done_ || !self->local_waiting_ || self->local_attempts_ != local_attempt) return;
+      self->local_deadline();
+    });
     try {
       found->second.handler(call, core_->executor, std::move(forward));
     } catch (...) {
       answer->fail(std::current_exception());
     }
+  }
+
+  // Drops the local write from the writer's queue if it has not started; true if dropped.
+  bool drop_local(boost::system::error_code ec, const char* why) {
+    const auto writer = core_->writer;
+    return writer && writer->drop_queued(id_, ec, fmt::format("{}: it never ran, nothing was applied", why)) ==
+                         sqlite::write_drop::dropped;
+  }
+
+  void local_deadline() {
+    local_waiting_ = false;
+    if (drop_local(make_error_code(errc::timeout), "the call's deadline passed before its write ran")) {
+      finish(make_error_code(errc::timeout),
+             "the call's deadline passed while its write was queued on this node (the primary): it "
+             "never ran, nothing was applied (not executed)");
+      return;
+    }
+    finish(make_error_code(errc::timeout),
+           "the call's deadline passed while its write was running on this node (the primary): it may "
+           "commit (maybe executed); a retry with the same forward_options::id is safe and learns the "
+           "outcome");
   }
 
   void send(const primary_location& where) {
@@ -12983,6 +13239,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     if (done_) return;
     done_ = true;
     timer_.cancel();
+    local_timer_.cancel();
     if (const auto& t = core_->options.telemetry; t && t->write_finished) {
       const auto now = clock::now();
       write_finished_event event{name_, !report_->ran_locally, report_->attempts, now - started_, ec,
@@ -12992,11 +13249,14 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     }
     auto completion = std::move(completion_);
     completion->complete(ec, ec ? std::string() : std::move(result_), std::move(detail));
+    counted_out_ = true;
+    core_->call_ended();
   }
 
   std::shared_ptr<forward_core> core_;
   boost::asio::strand<boost::asio::any_io_executor> strand_;
   boost::asio::steady_timer timer_;
+  boost::asio::steady_timer local_timer_;  // the deadline of a local write
   boost::asio::cancellation_signal replication_wait_;  // cancels the monitor wait
   std::string name_;
   std::uint64_t signature_;
@@ -13013,6 +13273,9 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   std::string last_detail_;
   diagnostics attempt_diagnostics_;  // the detail of the attempt in flight
   bool done_ = false;
+  bool counted_out_ = false;          // call_ended() has been called
+  bool local_waiting_ = false;       // a local write was handed to the writer, no answer yet
+  std::uint64_t local_attempts_ = 0;  // tells a stale local answer or deadline from the current one
 };
 
 }  // namespace detail
@@ -13108,6 +13371,7 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
             return fwd::detail::encode_result<R>(static_cast<R>(invoke_writer(*fn, db, *args)));
           }
         },
+        call.deadline,  // dropped before it runs once the caller has stopped waiting
         [reply = std::move(reply)](boost::system::error_code e, std::string result,
                                    std::uint64_t txid) mutable {
           if (e) {
@@ -13130,8 +13394,14 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
 #include <fmt/format.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <variant>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -13198,6 +13468,15 @@ class forwarder {
   /// Refuses new calls (cancelled); calls waiting for a retry or replication end soon.
   void stop() { core_->stopped.store(true); }
 
+  /// Runs `f` (on any thread) once no call of this forwarder is in flight: every call
+  /// started has completed (its handler is posted). At once when none is.
+  void when_idle(std::function<void()> f) { core_->when_idle(std::move(f)); }
+
+  /// when_idle as a callable that stays valid after this forwarder is destroyed.
+  std::function<void(std::function<void()>)> idle_notifier() const {
+    return [core = core_](std::function<void()> f) { core->when_idle(std::move(f)); };
+  }
+
   const forwarder_options& options() const noexcept { return core_->options; }
 
   /**
@@ -13216,11 +13495,19 @@ class forwarder {
    * Completes through the handler's associated executor (default: the forwarder's), never
    * inside this call; that executor has outstanding work until then.
    *
-   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: the call completes
-   * with `cancelled` at once (a retry or replication wait that was pending is dropped) and
-   * makes no further attempt. An attempt already sent, or a local write already queued,
-   * may still run on the primary (exactly once under the call's request id) and its
-   * outcome is dropped: repeat the call with the same forward_options::id to learn it.
+   * **Per-Operation Cancellation**: `terminal` only (`partial` and `total` are ignored:
+   * they promise no side effects, which a write that may already run cannot keep). The
+   * call completes with `cancelled` (class "maybe executed") at once and makes no further
+   * attempt; a retry or replication wait that was pending is dropped. A local write that
+   * has not started is taken out of the writer's queue and never runs. An attempt already
+   * sent, or a local write already running, may still commit on the primary (exactly once
+   * under the call's request id): a retry with the same forward_options::id is safe and
+   * learns its outcome.
+   *
+   * **Deadline** (forward_options::deadline, default now + default_deadline): the call
+   * completes by then, also on the primary: a local write still queued at the deadline
+   * never runs (`timeout`, nothing applied); one running is reported as `timeout` (maybe
+   * executed).
    */
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
@@ -13254,6 +13541,11 @@ class forwarder {
    * get_diagnostics() "call to <procedure>: <details>" (what() adds the code's message).
    * forward_options::diagnostics, when set, receives the details alone. Must not be
    * called from a thread that runs the forwarder's executor.
+   *
+   * Bounded by the call's deadline: if the outcome has not arrived by the deadline plus
+   * blocking_call_grace (e.g. nothing runs the executor), throws fwd::error(timeout)
+   * ("maybe executed": a retry with the same forward_options::id is safe); the operation
+   * then completes later with nobody waiting.
    */
   template <class R, class... Params, class... Args>
   R call(const procedure<R(Params...)>& proc, Args&&... args) {
@@ -13262,36 +13554,58 @@ class forwarder {
 
   template <class R, class... Params, class... Args>
   R call(forward_options options, const procedure<R(Params...)>& proc, Args&&... args) {
-    fwd::diagnostics local;
-    fwd::diagnostics* diag = options.diagnostics != nullptr ? options.diagnostics : &local;
-    options.diagnostics = diag;
-    auto fail = [&](boost::system::error_code ec) {
-      return fwd::detail::call_failure(ec, proc.name(), *diag);
+    using value_type = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
+    // Shared with the completion, which may outlive this call once the wait runs out.
+    struct outcome {
+      std::mutex mutex;
+      std::condition_variable done_cv;
+      bool done = false;
+      boost::system::error_code ec;
+      std::optional<value_type> value;
+      fwd::diagnostics diag;
+    };
+    auto state = std::make_shared<outcome>();
+    fwd::diagnostics* user_diag = options.diagnostics;
+    options.diagnostics = &state->diag;  // owned by the completion's state, not by this frame
+    const auto deadline =
+        options.deadline.value_or(std::chrono::steady_clock::now() + core_->options.default_deadline);
+    options.deadline = deadline;
+    auto deliver = [state](boost::system::error_code ec, std::optional<value_type> value) {
+      std::lock_guard lock(state->mutex);
+      state->ec = ec;
+      state->value = std::move(value);
+      state->done = true;
+      state->done_cv.notify_all();
     };
     if constexpr (std::is_void_v<R>) {
-      std::promise<void> promise;
-      auto future = promise.get_future();
       async_call(std::move(options), proc, std::forward<Args>(args)...,
-                 [&](boost::system::error_code ec) {
-                   if (ec)
-                     promise.set_exception(std::make_exception_ptr(fail(ec)));
-                   else
-                     promise.set_value();
+                 [deliver](boost::system::error_code ec) {
+                   deliver(ec, ec ? std::nullopt : std::optional<value_type>(std::monostate{}));
                  });
-      future.get();
     } else {
-      std::promise<R> promise;
-      auto future = promise.get_future();
       async_call(std::move(options), proc, std::forward<Args>(args)...,
-                 [&](boost::system::error_code ec, R result) {
-                   if (ec)
-                     promise.set_exception(std::make_exception_ptr(fail(ec)));
-                   else
-                     promise.set_value(std::move(result));
+                 [deliver](boost::system::error_code ec, R result) {
+                   deliver(ec, ec ? std::nullopt : std::optional<value_type>(std::move(result)));
                  });
-      return future.get();
     }
+    std::unique_lock lock(state->mutex);
+    if (!state->done_cv.wait_until(lock, deadline + blocking_call_grace, [&] { return state->done; })) {
+      // state->diag is still the operation's: report from a copy of nothing.
+      fwd::diagnostics timed_out;
+      timed_out.assign(fmt::format(
+          "the call's deadline passed and its outcome did not arrive (is the forwarder's executor "
+          "running?); it may still run on the primary, once: a retry with the same "
+          "forward_options::id is safe"));
+      if (user_diag != nullptr) user_diag->assign(std::string(timed_out.message()));
+      throw fwd::detail::call_failure(make_error_code(errc::timeout), proc.name(), timed_out);
+    }
+    if (user_diag != nullptr) user_diag->assign(std::string(state->diag.message()));
+    if (state->ec) throw fwd::detail::call_failure(state->ec, proc.name(), state->diag);
+    if constexpr (!std::is_void_v<R>) return std::move(*state->value);
   }
+
+  /// How long the blocking call() waits past the call's deadline for its outcome.
+  static constexpr std::chrono::milliseconds blocking_call_grace{250};
 
  private:
   template <class R>
@@ -13311,7 +13625,11 @@ class forwarder {
       if (slot.is_connected()) {
         slot.assign(
             [weak = std::weak_ptr<detail::forward_op>(op)](boost::asio::cancellation_type type) {
-              if (type == boost::asio::cancellation_type::none) return;
+              // Terminal only: partial and total promise no side effects, which a write
+              // that may be running on the primary cannot keep.
+              if ((type & boost::asio::cancellation_type::terminal) ==
+                  boost::asio::cancellation_type::none)
+                return;
               if (auto o = weak.lock()) o->cancel();
             });
       }
@@ -13612,6 +13930,8 @@ struct node_options {
 // ---- end fwd/node_options.hpp ----
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <fmt/format.h>
 
@@ -13644,7 +13964,8 @@ class node {
   node(const node&) = delete;
   node& operator=(const node&) = delete;
 
-  /// Stops the node (see stop()).
+  /// Stops the node (see stop()). What the node's pending operations still use when it is
+  /// gone (the membership, the registry, the writer) is shared with them, never borrowed.
   ~node() { stop(); }
 
   executor_type get_executor() const noexcept { return executor_; }
@@ -13657,7 +13978,7 @@ class node {
    */
   template <class R, class... A, class F>
   void define(const procedure<R(A...)>& proc, F&& fn) {
-    forwarder_->define(registry_, proc, std::forward<F>(fn));
+    forwarder_->define(*registry_, proc, std::forward<F>(fn));
   }
 
   /**
@@ -13711,14 +14032,16 @@ class node {
     server_options.litefs_hostname = options_.litefs_hostname;
     server_options.telemetry = options_.telemetry;
     server_options.tls = options_.tls;
-    server_options.status = [monitor = monitor_] {
+    // The server's connections outlive it (and this node) until their last handler has run:
+    // their state holds these options, so the registry goes with them, not with the node.
+    server_options.status = [monitor = monitor_, keep_registry = registry_] {
       const auto state = monitor->state();
       rpc::local_status status;
       status.role = litefs::to_string(state->role);
       status.txid = state->pos.txid;
       return status;
     };
-    server_ = std::make_unique<rpc::server>(executor_, registry_, std::move(server_options));
+    server_ = std::make_unique<rpc::server>(executor_, *registry_, std::move(server_options));
     server_->start();
     membership_->start();
     finder_->start();
@@ -13730,18 +14053,44 @@ class node {
    * server answers the calls it is running and closes; the writer finishes its running
    * batch (committed or rolled back as a whole, never half-written) and fails the writes
    * still queued with `cancelled`. Blocks until the writer is stopped. Idempotent.
+   *
+   * May be called from any thread, also one that runs the node's executor (nothing it
+   * waits for needs that executor: it blocks that thread for the running batch, at most)
+   * and from inside a write procedure (it then does not wait for the batch it is part
+   * of). Calls in flight complete through the executor afterwards: keep running it (or
+   * use async_stop) to see them complete.
    */
   void stop() {
-    std::lock_guard lock(stop_mutex_);
-    if (stopped_) return;
-    stopped_ = true;
-    forwarder_->stop();
-    if (server_) server_->stop();
-    finder_->stop();
-    membership_->stop();
-    monitor_->stop();
-    client_->close();
+    begin_stop();
     if (writer_) writer_->stop();
+  }
+
+  /**
+   * Stops as stop() does, without blocking, and completes (signature `void()`, through the
+   * handler's associated executor, default: the node's) once in-flight work is drained:
+   * the writer has finished its running batch and every call started on this node has
+   * completed. The node may be destroyed once it has completed. Idempotent (each
+   * async_stop completes).
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void()) StopToken =
+                boost::asio::default_completion_token_t<executor_type>>
+  auto async_stop(StopToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<StopToken, void()>(
+        [this](auto handler) {
+          auto done = std::make_shared<fwd::detail::pending_completion<void()>>(std::move(handler), executor_);
+          begin_stop();
+          // Borrows nothing from the node: it may be destroyed before this completes.
+          auto calls_drained = [when_idle = forwarder_->idle_notifier(), done] {
+            when_idle([done] { done->post(); });
+          };
+          if (writer_) {
+            writer_->async_stop(boost::asio::bind_executor(
+                executor_, [calls_drained = std::move(calls_drained)] { calls_drained(); }));
+          } else {
+            calls_drained();
+          }
+        },
+        token);
   }
 
   /// Where the server listens (after start()).
@@ -13750,7 +14099,7 @@ class node {
   }
 
   const node_options& options() const noexcept { return options_; }
-  rpc::registry& registry() noexcept { return registry_; }
+  rpc::registry& registry() noexcept { return *registry_; }
   primary_finder& discovery() noexcept { return *finder_; }
   fwd::membership& members() noexcept { return *membership_; }
   fwd::forwarder& forwarder() noexcept { return *forwarder_; }
@@ -13776,11 +14125,11 @@ class node {
    * through the handler's associated executor (default: the node's), never inside this
    * call; the executor has outstanding work until then.
    *
-   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: the call completes
-   * with `errc::cancelled` at once and makes no further attempt. An attempt already sent
-   * (or a local write already queued) may still run on the primary, exactly once under
-   * the call's request id, and its outcome is dropped: repeat the call with the same
-   * forward_options::id to learn it. Nothing else is left behind.
+   * **Per-Operation Cancellation**: `terminal` only (see forwarder::async_call): the call
+   * completes with `errc::cancelled` at once, "maybe executed", and makes no further
+   * attempt. A local write not started yet never runs; an attempt already sent (or a
+   * local write already running) may still commit on the primary, exactly once under the
+   * call's request id: a retry with the same forward_options::id is safe and learns it.
    */
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
@@ -13806,11 +14155,24 @@ class node {
   }
 
  private:
+  // Everything but the server's transport stops here; the writer is stopped by the caller.
+  void begin_stop() {
+    std::lock_guard lock(stop_mutex_);
+    if (stopped_) return;
+    stopped_ = true;
+    forwarder_->stop();
+    if (server_) server_->stop();
+    finder_->stop();
+    membership_->stop();
+    monitor_->stop();
+    client_->close();
+  }
+
   executor_type executor_;
   node_options options_;
-  rpc::registry registry_;
+  std::shared_ptr<rpc::registry> registry_ = std::make_shared<rpc::registry>();
   std::shared_ptr<rpc::client> client_;
-  std::unique_ptr<fwd::membership> membership_;
+  std::shared_ptr<fwd::membership> membership_;
   std::shared_ptr<litefs::monitor> monitor_;
   std::function<litefs::role()> role_;
   std::shared_ptr<primary_finder> finder_;
@@ -13914,7 +14276,7 @@ inline node::node(executor_type executor, node_options options)
       };
     }
   }
-  membership_ = std::make_unique<membership>(executor_, std::move(members_options));
+  membership_ = std::make_shared<membership>(executor_, std::move(members_options));
 
   discovery_options discovery;
   discovery.mount = options_.mount;
@@ -13944,11 +14306,14 @@ inline node::node(executor_type executor, node_options options)
     }
   }
   std::weak_ptr<rpc::client> weak_client = client_;
-  membership* members = membership_.get();
+  // Discovery may outlive the node (calls in flight hold it): it borrows nothing.
+  std::weak_ptr<membership> weak_members = membership_;
   finder_ = primary_finder::create(
       executor_, std::move(discovery),
-      [members] {
+      [weak_members] {
         std::vector<peer> out;
+        const auto members = weak_members.lock();
+        if (!members) return out;
         for (const auto& m : members->snapshot()->members) out.push_back(peer{m.host, m.endpoint});
         return out;
       },
@@ -13986,16 +14351,16 @@ inline node::node(executor_type executor, node_options options)
   forwarding.telemetry = options_.telemetry;
   forwarder_ = std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
 
-  forwarder_->define(registry_, execute_statement,
+  forwarder_->define(*registry_, execute_statement,
                      [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
                        return detail::run_statement(db, sql, values);
                      });
   forwarder_->define(
-      registry_, execute_bulk,
+      *registry_, execute_bulk,
       [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
         return detail::run_bulk(db, sql, rows);
       });
-  forwarder_->define(registry_, migrate_procedure,
+  forwarder_->define(*registry_, migrate_procedure,
                      [](sqlite3* db, const std::vector<migration>& migrations) {
                        return detail::run_migrations(db, migrations);
                      });

@@ -89,7 +89,7 @@ inline node::node(executor_type executor, node_options options)
       };
     }
   }
-  membership_ = std::make_unique<membership>(executor_, std::move(members_options));
+  membership_ = std::make_shared<membership>(executor_, std::move(members_options));
 
   discovery_options discovery;
   discovery.mount = options_.mount;
@@ -119,11 +119,14 @@ inline node::node(executor_type executor, node_options options)
     }
   }
   std::weak_ptr<rpc::client> weak_client = client_;
-  membership* members = membership_.get();
+  // Discovery may outlive the node (calls in flight hold it): it borrows nothing.
+  std::weak_ptr<membership> weak_members = membership_;
   finder_ = primary_finder::create(
       executor_, std::move(discovery),
-      [members] {
+      [weak_members] {
         std::vector<peer> out;
+        const auto members = weak_members.lock();
+        if (!members) return out;
         for (const auto& m : members->snapshot()->members) out.push_back(peer{m.host, m.endpoint});
         return out;
       },
@@ -161,16 +164,16 @@ inline node::node(executor_type executor, node_options options)
   forwarding.telemetry = options_.telemetry;
   forwarder_ = std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
 
-  forwarder_->define(registry_, execute_statement,
+  forwarder_->define(*registry_, execute_statement,
                      [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
                        return detail::run_statement(db, sql, values);
                      });
   forwarder_->define(
-      registry_, execute_bulk,
+      *registry_, execute_bulk,
       [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
         return detail::run_bulk(db, sql, rows);
       });
-  forwarder_->define(registry_, migrate_procedure,
+  forwarder_->define(*registry_, migrate_procedure,
                      [](sqlite3* db, const std::vector<migration>& migrations) {
                        return detail::run_migrations(db, migrations);
                      });

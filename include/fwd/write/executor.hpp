@@ -154,6 +154,7 @@ class write_executor {
    * errc::commit_unknown (COMMIT failed and may have committed: retry with the same id);
    * errc::remote_failure;
    * errc::overloaded (queue full: nothing ran); errc::cancelled (stopped before it ran);
+   * errc::timeout (with a deadline, below: it passed before the write ran; nothing ran);
    * errc::bad_argument (empty `work`). The handler runs on its associated executor
    * (default: get_executor()), never inside this call.
    *
@@ -168,7 +169,8 @@ class write_executor {
   auto async_write(const request_id& id, std::function<std::string(sqlite3*)> work,
                    WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
     return boost::asio::async_initiate<WriteToken, detail::write_signature>(
-        initiate_write{state_, executor_}, token, id, std::string(), std::move(work));
+        initiate_write{state_, executor_}, token, id, std::string(), std::move(work),
+        std::chrono::steady_clock::time_point{});
   }
 
   /**
@@ -176,7 +178,7 @@ class write_executor {
    * a procedure's name and signature): the dedup row records it, and the same id given
    * with another procedure (waiting, running or recorded) is refused with
    * errc::bad_argument, nothing run, instead of answering with the other write's result.
-   * The form without `procedure` binds the id to the empty name. A row recorded before the
+   * The forms without `procedure` bind the id to the empty name. A row recorded before the
    * dedup table had its `procedure` column matches any procedure.
    */
   template <BOOST_ASIO_COMPLETION_TOKEN_FOR(detail::write_signature)
@@ -184,20 +186,75 @@ class write_executor {
   auto async_write(const request_id& id, std::string procedure, std::function<std::string(sqlite3*)> work,
                    WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
     return boost::asio::async_initiate<WriteToken, detail::write_signature>(
-        initiate_write{state_, executor_}, token, id, std::move(procedure), std::move(work));
+        initiate_write{state_, executor_}, token, id, std::move(procedure), std::move(work),
+        std::chrono::steady_clock::time_point{});
+  }
+
+  /**
+   * As above, for a caller that stops waiting at `deadline` ({} = never): if the deadline
+   * has passed when the writer takes its next batch and the write has not started, it is
+   * dropped for this caller, who completes with errc::timeout: it never ran, nothing was
+   * applied (the write still runs if another caller of the same `id` has time left). A
+   * write that has started runs to its COMMIT whatever the deadline.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(detail::write_signature)
+                WriteToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_write(const request_id& id, std::function<std::string(sqlite3*)> work,
+                   std::chrono::steady_clock::time_point deadline,
+                   WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<WriteToken, detail::write_signature>(
+        initiate_write{state_, executor_}, token, id, std::string(), std::move(work), deadline);
+  }
+
+  /// Both: the id bound to `procedure`, and a caller that stops waiting at `deadline`.
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(detail::write_signature)
+                WriteToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_write(const request_id& id, std::string procedure, std::function<std::string(sqlite3*)> work,
+                   std::chrono::steady_clock::time_point deadline,
+                   WriteToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<WriteToken, detail::write_signature>(
+        initiate_write{state_, executor_}, token, id, std::move(procedure), std::move(work), deadline);
+  }
+
+  /**
+   * Makes sure the write queued under `id` never runs, if it has not started: it leaves
+   * the queue and every caller waiting for it completes with `ec` (e.g. errc::cancelled or
+   * errc::timeout) and `why`; nothing was applied. Returns write_drop::dropped then;
+   * write_drop::running when the write has started (it runs to its COMMIT and completes
+   * normally); write_drop::unknown when no write waits or runs under `id`. Thread-safe.
+   */
+  write_drop drop_queued(const request_id& id, boost::system::error_code ec, const std::string& why) {
+    return state_->drop_queued(id, ec, why);
   }
 
   /**
    * Stops the writer: the batch that is running finishes (and completes normally); writes
    * still waiting complete with errc::cancelled; later async_write calls complete with
    * errc::cancelled. Blocks until the running batch is done and the writer thread has
-   * exited, then closes the connection. Idempotent. Must not be called from inside a
-   * write's `work`.
+   * exited, then closes the connection. Idempotent. From inside a write's `work` it does
+   * not wait (the batch is the caller's own).
    */
   void stop() {
-    state_->stop();
-    if (writer_.joinable() && std::this_thread::get_id() != writer_id_) writer_.join();
+    const bool on_writer = std::this_thread::get_id() == writer_id_;
+    state_->stop(/*wait=*/!on_writer);
+    if (writer_.joinable() && !on_writer) writer_.join();
     if (!writer_.joinable()) state_->close();
+  }
+
+  /**
+   * Stops without blocking: as stop(), but `handler` (signature `void()`) completes once
+   * the running batch, if any, has finished and every write it held has completed.
+   * The connection is closed later, by stop() or the destructor.
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void()) StopToken =
+                boost::asio::default_completion_token_t<executor_type>>
+  auto async_stop(StopToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return boost::asio::async_initiate<StopToken, void()>(
+        [state = state_, executor = executor_](auto handler) {
+          auto done = std::make_shared<fwd::detail::pending_completion<void()>>(std::move(handler), executor);
+          state->async_stop([done] { done->post(); });
+        },
+        token);
   }
 
  private:
@@ -223,10 +280,11 @@ class write_executor {
 
     template <class Handler>
     void operator()(Handler&& handler, const request_id& id, std::string procedure,
-                    std::function<std::string(sqlite3*)> work) const {
+                    std::function<std::string(sqlite3*)> work,
+                    std::chrono::steady_clock::time_point deadline) const {
       const std::uint64_t serial = state->next_serial();
-      auto waiter =
-          std::make_unique<detail::write_waiter>(serial, std::forward<Handler>(handler), executor);
+      auto waiter = std::make_unique<detail::write_waiter>(serial, std::forward<Handler>(handler),
+                                                           executor, deadline);
       // Installed before the write is queued, so that nothing else touches the slot yet.
       auto slot = waiter->slot();
       if (slot.is_connected()) slot.template emplace<cancel_handler>(state, serial);

@@ -28,8 +28,14 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <variant>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -96,6 +102,15 @@ class forwarder {
   /// Refuses new calls (cancelled); calls waiting for a retry or replication end soon.
   void stop() { core_->stopped.store(true); }
 
+  /// Runs `f` (on any thread) once no call of this forwarder is in flight: every call
+  /// started has completed (its handler is posted). At once when none is.
+  void when_idle(std::function<void()> f) { core_->when_idle(std::move(f)); }
+
+  /// when_idle as a callable that stays valid after this forwarder is destroyed.
+  std::function<void(std::function<void()>)> idle_notifier() const {
+    return [core = core_](std::function<void()> f) { core->when_idle(std::move(f)); };
+  }
+
   const forwarder_options& options() const noexcept { return core_->options; }
 
   /**
@@ -114,11 +129,19 @@ class forwarder {
    * Completes through the handler's associated executor (default: the forwarder's), never
    * inside this call; that executor has outstanding work until then.
    *
-   * **Per-Operation Cancellation**: `terminal`, `partial` and `total`: the call completes
-   * with `cancelled` at once (a retry or replication wait that was pending is dropped) and
-   * makes no further attempt. An attempt already sent, or a local write already queued,
-   * may still run on the primary (exactly once under the call's request id) and its
-   * outcome is dropped: repeat the call with the same forward_options::id to learn it.
+   * **Per-Operation Cancellation**: `terminal` only (`partial` and `total` are ignored:
+   * they promise no side effects, which a write that may already run cannot keep). The
+   * call completes with `cancelled` (class "maybe executed") at once and makes no further
+   * attempt; a retry or replication wait that was pending is dropped. A local write that
+   * has not started is taken out of the writer's queue and never runs. An attempt already
+   * sent, or a local write already running, may still commit on the primary (exactly once
+   * under the call's request id): a retry with the same forward_options::id is safe and
+   * learns its outcome.
+   *
+   * **Deadline** (forward_options::deadline, default now + default_deadline): the call
+   * completes by then, also on the primary: a local write still queued at the deadline
+   * never runs (`timeout`, nothing applied); one running is reported as `timeout` (maybe
+   * executed).
    */
   template <class R, class... Params, class... ArgsAndToken>
   auto async_call(const procedure<R(Params...)>& proc, ArgsAndToken&&... args_and_token) {
@@ -152,6 +175,11 @@ class forwarder {
    * get_diagnostics() "call to <procedure>: <details>" (what() adds the code's message).
    * forward_options::diagnostics, when set, receives the details alone. Must not be
    * called from a thread that runs the forwarder's executor.
+   *
+   * Bounded by the call's deadline: if the outcome has not arrived by the deadline plus
+   * blocking_call_grace (e.g. nothing runs the executor), throws fwd::error(timeout)
+   * ("maybe executed": a retry with the same forward_options::id is safe); the operation
+   * then completes later with nobody waiting.
    */
   template <class R, class... Params, class... Args>
   R call(const procedure<R(Params...)>& proc, Args&&... args) {
@@ -160,36 +188,58 @@ class forwarder {
 
   template <class R, class... Params, class... Args>
   R call(forward_options options, const procedure<R(Params...)>& proc, Args&&... args) {
-    fwd::diagnostics local;
-    fwd::diagnostics* diag = options.diagnostics != nullptr ? options.diagnostics : &local;
-    options.diagnostics = diag;
-    auto fail = [&](boost::system::error_code ec) {
-      return fwd::detail::call_failure(ec, proc.name(), *diag);
+    using value_type = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
+    // Shared with the completion, which may outlive this call once the wait runs out.
+    struct outcome {
+      std::mutex mutex;
+      std::condition_variable done_cv;
+      bool done = false;
+      boost::system::error_code ec;
+      std::optional<value_type> value;
+      fwd::diagnostics diag;
+    };
+    auto state = std::make_shared<outcome>();
+    fwd::diagnostics* user_diag = options.diagnostics;
+    options.diagnostics = &state->diag;  // owned by the completion's state, not by this frame
+    const auto deadline =
+        options.deadline.value_or(std::chrono::steady_clock::now() + core_->options.default_deadline);
+    options.deadline = deadline;
+    auto deliver = [state](boost::system::error_code ec, std::optional<value_type> value) {
+      std::lock_guard lock(state->mutex);
+      state->ec = ec;
+      state->value = std::move(value);
+      state->done = true;
+      state->done_cv.notify_all();
     };
     if constexpr (std::is_void_v<R>) {
-      std::promise<void> promise;
-      auto future = promise.get_future();
       async_call(std::move(options), proc, std::forward<Args>(args)...,
-                 [&](boost::system::error_code ec) {
-                   if (ec)
-                     promise.set_exception(std::make_exception_ptr(fail(ec)));
-                   else
-                     promise.set_value();
+                 [deliver](boost::system::error_code ec) {
+                   deliver(ec, ec ? std::nullopt : std::optional<value_type>(std::monostate{}));
                  });
-      future.get();
     } else {
-      std::promise<R> promise;
-      auto future = promise.get_future();
       async_call(std::move(options), proc, std::forward<Args>(args)...,
-                 [&](boost::system::error_code ec, R result) {
-                   if (ec)
-                     promise.set_exception(std::make_exception_ptr(fail(ec)));
-                   else
-                     promise.set_value(std::move(result));
+                 [deliver](boost::system::error_code ec, R result) {
+                   deliver(ec, ec ? std::nullopt : std::optional<value_type>(std::move(result)));
                  });
-      return future.get();
     }
+    std::unique_lock lock(state->mutex);
+    if (!state->done_cv.wait_until(lock, deadline + blocking_call_grace, [&] { return state->done; })) {
+      // state->diag is still the operation's: report from a copy of nothing.
+      fwd::diagnostics timed_out;
+      timed_out.assign(fmt::format(
+          "the call's deadline passed and its outcome did not arrive (is the forwarder's executor "
+          "running?); it may still run on the primary, once: a retry with the same "
+          "forward_options::id is safe"));
+      if (user_diag != nullptr) user_diag->assign(std::string(timed_out.message()));
+      throw fwd::detail::call_failure(make_error_code(errc::timeout), proc.name(), timed_out);
+    }
+    if (user_diag != nullptr) user_diag->assign(std::string(state->diag.message()));
+    if (state->ec) throw fwd::detail::call_failure(state->ec, proc.name(), state->diag);
+    if constexpr (!std::is_void_v<R>) return std::move(*state->value);
   }
+
+  /// How long the blocking call() waits past the call's deadline for its outcome.
+  static constexpr std::chrono::milliseconds blocking_call_grace{250};
 
  private:
   template <class R>
@@ -209,7 +259,11 @@ class forwarder {
       if (slot.is_connected()) {
         slot.assign(
             [weak = std::weak_ptr<detail::forward_op>(op)](boost::asio::cancellation_type type) {
-              if (type == boost::asio::cancellation_type::none) return;
+              // Terminal only: partial and total promise no side effects, which a write
+              // that may be running on the primary cannot keep.
+              if ((type & boost::asio::cancellation_type::terminal) ==
+                  boost::asio::cancellation_type::none)
+                return;
               if (auto o = weak.lock()) o->cancel();
             });
       }

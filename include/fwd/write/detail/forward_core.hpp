@@ -20,6 +20,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <vector>
+#include <cstddef>
 #include <string>
 #include <utility>
 
@@ -40,6 +43,38 @@ struct forward_core {
     rpc::registry::raw_handler handler;
   };
   std::map<std::string, local_procedure, std::less<>> procedures;  // filled before start
+
+  /// A call began: it counts until it has completed.
+  void call_began() {
+    std::lock_guard lock(idle_mutex);
+    ++in_flight;
+  }
+
+  /// A call completed (its handler is posted): runs the when_idle callbacks at the last.
+  void call_ended() {
+    std::vector<std::function<void()>> ready;
+    {
+      std::lock_guard lock(idle_mutex);
+      if (--in_flight == 0) ready.swap(on_idle);
+    }
+    for (auto& f : ready) f();
+  }
+
+  /// Runs `f` once no call is in flight (at once if none is).
+  void when_idle(std::function<void()> f) {
+    {
+      std::lock_guard lock(idle_mutex);
+      if (in_flight != 0) {
+        on_idle.push_back(std::move(f));
+        return;
+      }
+    }
+    f();
+  }
+
+  std::mutex idle_mutex;
+  std::size_t in_flight = 0;                     // guarded by idle_mutex
+  std::vector<std::function<void()>> on_idle;    // guarded by idle_mutex
 
   forward_core(boost::asio::any_io_executor ex, forwarder_options opts,
                std::shared_ptr<rpc::client> c, std::shared_ptr<primary_finder> f)

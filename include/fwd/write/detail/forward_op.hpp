@@ -68,6 +68,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
       : core_(std::move(core)),
         strand_(boost::asio::make_strand(core_->executor)),
         timer_(strand_),
+        local_timer_(strand_),
         name_(std::move(name)),
         signature_(signature),
         arguments_(std::move(arguments)),
@@ -77,6 +78,11 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
         report_(options.report ? std::move(options.report) : std::make_shared<call_report>()),
         completion_(std::move(completion)) {
     report_->id = id_;
+    core_->call_began();
+  }
+
+  ~forward_op() {
+    if (!counted_out_) core_->call_ended();
   }
 
   void start() {
@@ -84,13 +90,25 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     boost::asio::post(strand_, [self = shared_from_this()] { self->attempt(); });
   }
 
+  // Terminal cancellation: the call completes with cancelled now. A local write that has
+  // not started is dropped from the writer's queue (it never runs); one already running,
+  // or an attempt already sent, may still commit (once, under the call's request id).
   void cancel() {
     boost::asio::post(strand_, [self = shared_from_this()] {
+      if (self->done_) return;
       self->timer_.cancel();
       // A read-your-writes wait leaves the monitor now, not at its deadline.
       self->replication_wait_.emit(boost::asio::cancellation_type::terminal);
+      if (self->local_waiting_ &&
+          self->drop_local(make_error_code(errc::cancelled), "the call was cancelled before its write ran")) {
+        self->finish(make_error_code(errc::cancelled),
+                     "the call was cancelled before its write started on this node (the primary): it "
+                     "never ran, nothing was applied");
+        return;
+      }
       self->finish(make_error_code(errc::cancelled),
-                   "the call was cancelled; if it was sent it may still run on the primary (once)");
+                   "the call was cancelled: it may have run (or may still run) on the primary, once under "
+                   "its request id; a retry with the same forward_options::id is safe and learns the outcome");
     });
   }
 
@@ -154,9 +172,14 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
                       call_started_event{name_, {}, report_->attempts});
     const rpc::incoming_call call{name_, signature_, arguments_, id_, deadline_};
     // The write handler may answer from any thread: hop to the strand.
-    rpc::reply_handler reply = [self = shared_from_this(), started](boost::system::error_code ec,
+    const std::uint64_t local_attempt = ++local_attempts_;
+    rpc::reply_handler reply = [self = shared_from_this(), started, local_attempt](boost::system::error_code ec,
                                                                     std::string payload) {
-      boost::asio::post(self->strand_, [self, started, ec, payload = std::move(payload)]() mutable {
+      boost::asio::post(self->strand_, [self, started, local_attempt, ec, payload = std::move(payload)]() mutable {
+        if (self->local_attempts_ == local_attempt) {
+          self->local_waiting_ = false;
+          self->local_timer_.cancel();
+        }
         const auto& tel = self->core_->options.telemetry;
         fwd::detail::emit(
             tel, &telemetry::call_finished,
@@ -175,11 +198,40 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     rpc::reply_handler forward = [answer](boost::system::error_code ec, std::string payload) {
       answer->complete(ec, std::move(payload));
     };
+    // The local call ends at its deadline even when the writer is busy: a write still
+    // queued is dropped then, one running is reported as maybe executed.
+    local_waiting_ = true;
+    local_timer_.expires_at(deadline_);
+    local_timer_.async_wait([self = shared_from_this(), local_attempt](boost::system::error_code e) {
+      if (e || self->done_ || !self->local_waiting_ || self->local_attempts_ != local_attempt) return;
+      self->local_deadline();
+    });
     try {
       found->second.handler(call, core_->executor, std::move(forward));
     } catch (...) {
       answer->fail(std::current_exception());
     }
+  }
+
+  // Drops the local write from the writer's queue if it has not started; true if dropped.
+  bool drop_local(boost::system::error_code ec, const char* why) {
+    const auto writer = core_->writer;
+    return writer && writer->drop_queued(id_, ec, fmt::format("{}: it never ran, nothing was applied", why)) ==
+                         sqlite::write_drop::dropped;
+  }
+
+  void local_deadline() {
+    local_waiting_ = false;
+    if (drop_local(make_error_code(errc::timeout), "the call's deadline passed before its write ran")) {
+      finish(make_error_code(errc::timeout),
+             "the call's deadline passed while its write was queued on this node (the primary): it "
+             "never ran, nothing was applied (not executed)");
+      return;
+    }
+    finish(make_error_code(errc::timeout),
+           "the call's deadline passed while its write was running on this node (the primary): it may "
+           "commit (maybe executed); a retry with the same forward_options::id is safe and learns the "
+           "outcome");
   }
 
   void send(const primary_location& where) {
@@ -344,6 +396,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     if (done_) return;
     done_ = true;
     timer_.cancel();
+    local_timer_.cancel();
     if (const auto& t = core_->options.telemetry; t && t->write_finished) {
       const auto now = clock::now();
       write_finished_event event{name_, !report_->ran_locally, report_->attempts, now - started_, ec,
@@ -353,11 +406,14 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     }
     auto completion = std::move(completion_);
     completion->complete(ec, ec ? std::string() : std::move(result_), std::move(detail));
+    counted_out_ = true;
+    core_->call_ended();
   }
 
   std::shared_ptr<forward_core> core_;
   boost::asio::strand<boost::asio::any_io_executor> strand_;
   boost::asio::steady_timer timer_;
+  boost::asio::steady_timer local_timer_;  // the deadline of a local write
   boost::asio::cancellation_signal replication_wait_;  // cancels the monitor wait
   std::string name_;
   std::uint64_t signature_;
@@ -374,6 +430,9 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   std::string last_detail_;
   diagnostics attempt_diagnostics_;  // the detail of the attempt in flight
   bool done_ = false;
+  bool counted_out_ = false;          // call_ended() has been called
+  bool local_waiting_ = false;       // a local write was handed to the writer, no answer yet
+  std::uint64_t local_attempts_ = 0;  // tells a stale local answer or deadline from the current one
 };
 
 }  // namespace detail

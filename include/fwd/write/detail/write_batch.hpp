@@ -20,6 +20,7 @@ inline void write_executor_state::run_one_batch(std::unique_lock<std::mutex>& lo
     wake_.wait_until(lock, deadline, [&] { return stopping_ || queue_.size() >= options_.max_batch; });
     if (stopping_) return;  // not yet started: stop() cancels it
   }
+  drop_expired();
   std::vector<std::shared_ptr<write_job>> batch;
   while (!queue_.empty() && batch.size() < options_.max_batch) {
     batch.push_back(std::move(queue_.front()));

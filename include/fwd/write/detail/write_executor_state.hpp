@@ -34,6 +34,13 @@
 
 namespace fwd::sqlite {
 
+/// What write_executor::drop_queued found.
+enum class write_drop {
+  dropped,  ///< the write had not started: it never runs, its callers completed
+  running,  ///< the write is running: it finishes (and may commit)
+  unknown,  ///< no write waits or runs under that id (completed, or never submitted)
+};
+
 namespace detail {
 
 /// Why a write was refused: its request id is bound to another procedure.
@@ -119,8 +126,12 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     std::unique_lock lock(mutex_);
     for (;;) {
       wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (stopping_) return;
-      run_one_batch(lock);
+      if (!stopping_) run_one_batch(lock);
+      if (stopping_) {
+        writer_exited_ = true;
+        notify_stopped(lock);
+        return;
+      }
     }
   }
 
@@ -130,10 +141,35 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     while (!stopping_ && !queue_.empty()) run_one_batch(lock);
     drain_scheduled_ = false;
     idle_.notify_all();
+    if (stopping_) notify_stopped(lock);
   }
 
-  /// Fails queued writes with cancelled, then waits for the running batch to finish.
-  void stop() {
+  /// As stop(), without blocking: `done` runs once no batch runs any more (at once if none
+  /// does; otherwise on the writer, when its running batch has finished).
+  void async_stop(std::function<void()> done) {
+    cancel_queued_for_stop();
+    {
+      std::lock_guard lock(mutex_);
+      const bool writer_busy = running_batch_ || (!options_.work_executor && !writer_exited_);
+      if (writer_busy) {
+        on_stopped_.push_back(std::move(done));
+        return;
+      }
+    }
+    done();
+  }
+
+  /// Fails queued writes with cancelled, then waits for the running batch to finish
+  /// (unless `wait` is false: called on the writer itself, from inside a write).
+  void stop(bool wait = true) {
+    cancel_queued_for_stop();
+    if (!wait) return;
+    std::unique_lock lock(mutex_);
+    idle_.wait(lock, [&] { return !running_batch_; });
+  }
+
+  // Marks the state stopping and fails the writes that have not started with cancelled.
+  void cancel_queued_for_stop() {
     std::deque<std::shared_ptr<write_job>> cancelled;
     {
       std::lock_guard lock(mutex_);
@@ -149,8 +185,21 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
                          0);
       }
     }
-    std::unique_lock lock(mutex_);
-    idle_.wait(lock, [&] { return !running_batch_; });
+  }
+
+  // With the lock held, once stopping and no batch runs: runs the async_stop callbacks.
+  void notify_stopped(std::unique_lock<std::mutex>& lock) {
+    auto hooks = std::move(on_stopped_);
+    on_stopped_.clear();
+    if (hooks.empty()) return;
+    lock.unlock();
+    for (auto& hook : hooks) {
+      try {
+        hook();
+      } catch (...) {
+      }
+    }
+    lock.lock();
   }
 
   /// Closes the connection; only once no batch can run any more (after stop and join).
@@ -191,6 +240,55 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       }
     }
     return nullptr;
+  }
+
+  /// With the lock held, before a batch is taken: the callers whose deadline passed leave
+  /// the queue and complete with timeout (nothing ran); a write nobody waits for any more
+  /// is dropped before it runs.
+  void drop_expired() {
+    const auto now = std::chrono::steady_clock::now();
+    for (auto job_it = queue_.begin(); job_it != queue_.end();) {
+      auto& waiters = (*job_it)->waiters;
+      for (auto it = waiters.begin(); it != waiters.end();) {
+        if (!(*it)->expired(now)) {
+          ++it;
+          continue;
+        }
+        (*it)->complete(make_error_code(errc::timeout),
+                        "the call's deadline passed while its write was queued on the primary: "
+                        "it never ran, nothing was applied",
+                        0);
+        it = waiters.erase(it);
+      }
+      if (waiters.empty()) {
+        pending_.erase((*job_it)->id);
+        job_it = queue_.erase(job_it);
+      } else {
+        ++job_it;
+      }
+    }
+  }
+
+  /// Drops the write queued under `id` before it starts: every caller waiting for it
+  /// completes with `ec` and `why`. Says whether it was dropped, is running already (it
+  /// cannot be stopped), or is unknown here (not submitted, or completed).
+  write_drop drop_queued(const request_id& id, const boost::system::error_code& ec, const std::string& why) {
+    std::shared_ptr<write_job> dropped;
+    {
+      std::lock_guard lock(mutex_);
+      const auto found = pending_.find(id);
+      if (found == pending_.end()) return write_drop::unknown;
+      for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+        if (*it != found->second) continue;
+        dropped = std::move(*it);
+        queue_.erase(it);
+        break;
+      }
+      if (!dropped) return write_drop::running;
+      pending_.erase(found);
+    }
+    for (auto& waiter : dropped->waiters) waiter->complete(ec, why, 0);
+    return write_drop::dropped;
   }
 
   std::uint64_t next_serial() noexcept { return next_serial_.fetch_add(1) + 1; }
@@ -234,6 +332,8 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   bool stopping_ = false;
   bool running_batch_ = false;
   bool drain_scheduled_ = false;
+  bool writer_exited_ = false;                     // the writer thread has left its loop
+  std::vector<std::function<void()>> on_stopped_;  // async_stop callbacks
   std::atomic<std::uint64_t> next_serial_{0};
 
   // Used only by the batch that is running.

@@ -94,6 +94,7 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
             return fwd::detail::encode_result<R>(static_cast<R>(invoke_writer(*fn, db, *args)));
           }
         },
+        call.deadline,  // dropped before it runs once the caller has stopped waiting
         [reply = std::move(reply)](boost::system::error_code e, std::string result,
                                    std::uint64_t txid) mutable {
           if (e) {

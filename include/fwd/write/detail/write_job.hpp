@@ -27,10 +27,19 @@ using write_signature = void(boost::system::error_code, std::string, std::uint64
 class write_waiter {
  public:
   template <class Handler>
-  write_waiter(std::uint64_t serial, Handler&& handler, const boost::asio::any_io_executor& io_executor)
-      : serial_(serial), completion_(std::forward<Handler>(handler), io_executor) {}
+  write_waiter(std::uint64_t serial, Handler&& handler, const boost::asio::any_io_executor& io_executor,
+               std::chrono::steady_clock::time_point deadline = {})
+      : serial_(serial), deadline_(deadline), completion_(std::forward<Handler>(handler), io_executor) {}
 
   std::uint64_t serial() const noexcept { return serial_; }
+
+  /// When this caller stops waiting ({} = never).
+  std::chrono::steady_clock::time_point deadline() const noexcept { return deadline_; }
+
+  /// The caller's deadline has passed at `now`.
+  bool expired(std::chrono::steady_clock::time_point now) const noexcept {
+    return deadline_ != std::chrono::steady_clock::time_point{} && deadline_ <= now;
+  }
 
   /// The handler's cancellation slot (install the cancellation handler before submitting).
   boost::asio::cancellation_slot slot() const noexcept { return completion_.slot(); }
@@ -43,6 +52,7 @@ class write_waiter {
 
  private:
   std::uint64_t serial_;
+  std::chrono::steady_clock::time_point deadline_;
   fwd::detail::pending_completion<write_signature> completion_;
 };
 
