@@ -5317,6 +5317,13 @@ struct handshake_step {
   std::string send;              ///< frames to write to the peer (may be empty)
   bool done = false;             ///< the peer is authenticated: requests may flow
   std::string detail;            ///< with ec: what went wrong, for the error's message
+
+  static handshake_step failure(errc code, std::string why) {
+    handshake_step step;
+    step.ec = make_error_code(code);
+    step.detail = std::move(why);
+    return step;
+  }
 };
 
 /// A goodbye frame: the sender closes the connection because of `code`.
@@ -5389,10 +5396,7 @@ class client_handshake {
 
   handshake_step fail(errc code, std::string detail) {
     state_ = state::failed;
-    handshake_step step;
-    step.ec = make_error_code(code);
-    step.detail = std::move(detail);
-    return step;
+    return handshake_step::failure(code, std::move(detail));
   }
 
   handshake_step from_goodbye(const frame_view& frame) {
@@ -5472,10 +5476,7 @@ class server_handshake {
 
   handshake_step fail(errc code, std::string detail) {
     state_ = state::failed;
-    handshake_step step;
-    step.ec = make_error_code(code);
-    step.detail = std::move(detail);
-    return step;
+    return handshake_step::failure(code, std::move(detail));
   }
 
   std::string secret_;
@@ -14558,46 +14559,13 @@ class metric_family {
 /// Label values, in the order of the family's label names.
 using metric_labels = std::vector<std::string>;
 
-/// A counter family: values only go up. Its name should end in `_total`.
-class counter_family : public detail::metric_family {
+namespace detail {
+
+/// A family with one number per label set: what counters and gauges share.
+class scalar_family : public metric_family {
  public:
   using metric_family::metric_family;
 
-  void add(const metric_labels& labels, double by = 1) {
-    std::lock_guard lock(mutex_);
-    values_[labels] += by;
-  }
-  void inc(const metric_labels& labels = {}) { add(labels, 1); }
-  double value(const metric_labels& labels = {}) const {
-    std::lock_guard lock(mutex_);
-    const auto it = values_.find(labels);
-    return it == values_.end() ? 0 : it->second;
-  }
-
-  void render(std::string& out) const override {
-    std::map<metric_labels, double> copy;
-    {
-      std::lock_guard lock(mutex_);
-      copy = values_;
-    }
-    header(out, "counter");
-    for (const auto& [labels, v] : copy)
-      out += fmt::format("{}{} {}\n", name_, detail::label_set(labels_, labels), detail::metric_number(v));
-  }
-
- private:
-  std::map<metric_labels, double> values_;
-};
-
-/// A gauge family: values go up and down.
-class gauge_family : public detail::metric_family {
- public:
-  using metric_family::metric_family;
-
-  void set(const metric_labels& labels, double v) {
-    std::lock_guard lock(mutex_);
-    values_[labels] = v;
-  }
   void add(const metric_labels& labels, double by) {
     std::lock_guard lock(mutex_);
     values_[labels] += by;
@@ -14608,19 +14576,43 @@ class gauge_family : public detail::metric_family {
     return it == values_.end() ? 0 : it->second;
   }
 
-  void render(std::string& out) const override {
+ protected:
+  void render_as(std::string& out, const char* type) const {
     std::map<metric_labels, double> copy;
     {
       std::lock_guard lock(mutex_);
       copy = values_;
     }
-    header(out, "gauge");
+    header(out, type);
     for (const auto& [labels, v] : copy)
-      out += fmt::format("{}{} {}\n", name_, detail::label_set(labels_, labels), detail::metric_number(v));
+      out += fmt::format("{}{} {}\n", name_, label_set(labels_, labels), metric_number(v));
   }
 
- private:
   std::map<metric_labels, double> values_;
+};
+
+}  // namespace detail
+
+/// A counter family: values only go up. Its name should end in `_total`.
+class counter_family : public detail::scalar_family {
+ public:
+  using scalar_family::scalar_family;
+
+  void add(const metric_labels& labels, double by = 1) { scalar_family::add(labels, by); }
+  void inc(const metric_labels& labels = {}) { add(labels, 1); }
+  void render(std::string& out) const override { render_as(out, "counter"); }
+};
+
+/// A gauge family: values go up and down.
+class gauge_family : public detail::scalar_family {
+ public:
+  using scalar_family::scalar_family;
+
+  void set(const metric_labels& labels, double v) {
+    std::lock_guard lock(mutex_);
+    values_[labels] = v;
+  }
+  void render(std::string& out) const override { render_as(out, "gauge"); }
 };
 
 /// A histogram family: observations counted in buckets by upper bound (`le`), rendered

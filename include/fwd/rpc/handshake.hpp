@@ -99,6 +99,13 @@ struct handshake_step {
   std::string send;              ///< frames to write to the peer (may be empty)
   bool done = false;             ///< the peer is authenticated: requests may flow
   std::string detail;            ///< with ec: what went wrong, for the error's message
+
+  static handshake_step failure(errc code, std::string why) {
+    handshake_step step;
+    step.ec = make_error_code(code);
+    step.detail = std::move(why);
+    return step;
+  }
 };
 
 /// A goodbye frame: the sender closes the connection because of `code`.
@@ -171,10 +178,7 @@ class client_handshake {
 
   handshake_step fail(errc code, std::string detail) {
     state_ = state::failed;
-    handshake_step step;
-    step.ec = make_error_code(code);
-    step.detail = std::move(detail);
-    return step;
+    return handshake_step::failure(code, std::move(detail));
   }
 
   handshake_step from_goodbye(const frame_view& frame) {
@@ -254,10 +258,7 @@ class server_handshake {
 
   handshake_step fail(errc code, std::string detail) {
     state_ = state::failed;
-    handshake_step step;
-    step.ec = make_error_code(code);
-    step.detail = std::move(detail);
-    return step;
+    return handshake_step::failure(code, std::move(detail));
   }
 
   std::string secret_;
