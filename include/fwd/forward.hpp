@@ -44,3 +44,4 @@
 #include <fwd/node_options.hpp>
 #include <fwd/node.hpp>
 #include <fwd/metrics.hpp>
+#include <fwd/metrics_registry.hpp>

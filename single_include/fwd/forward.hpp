@@ -1533,6 +1533,28 @@ void fast_decode(fast_reader& in, Ts&... values) {
 #include <variant>
 #include <vector>
 
+// ---- begin fwd/detail/serialization_std.hpp ----
+
+// Serialisation of the standard types Boost 1.81 lacks: std::tuple, std::optional,
+// std::variant, std::monostate, std::chrono::duration and time points. Part of
+// serialization.hpp, which every user of fwd's archives includes.
+
+#include <boost/archive/archive_exception.hpp>
+#include <boost/serialization/level.hpp>
+#include <boost/serialization/throw_exception.hpp>
+#include <boost/serialization/nvp.hpp>
+#include <boost/serialization/split_free.hpp>
+#include <boost/serialization/tracking.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
 // ---------------------------------------------------------------------------------------
 // Standard types Boost 1.81 does not serialise. Declared in boost::serialization, where
 // Boost's serialize_adl finds them (its version_type argument makes that namespace
@@ -1673,6 +1695,8 @@ struct tracking_level<std::chrono::time_point<Clock, Duration>> : mpl::int_<trac
 };
 
 }  // namespace boost::serialization
+
+// ---- end fwd/detail/serialization_std.hpp ----
 
 namespace fwd::detail {
 
@@ -14449,21 +14473,22 @@ inline std::int64_t migrate(node& n, std::vector<migration> migrations,
 // (seconds), counters end in `_total`, and labels are few-valued (procedure, outcome,
 // reason, role, state): never a request id, a peer's address or a port.
 //
-// A metrics_registry is a set of counter, gauge and histogram families rendered in the
-// text exposition format, version 0.0.4. Each family has its own mutex: a hook holds it
-// for one map lookup and an addition; render() copies a family's values under its mutex
-// and formats them after releasing it.
+// The families and their registry are in metrics_registry.hpp.
 
+// ---- begin fwd/metrics_registry.hpp ----
+
+// Metric families (counter, gauge, histogram) and a registry that renders them in
+// Prometheus' text exposition format, version 0.0.4. fwd::metrics (metrics.hpp) builds
+// fwd's own families on one registry; a service may add its own to it.
+//
+// Each family has its own mutex: an update holds it for one map lookup and an addition;
+// render() copies a family's values under its mutex and formats them after releasing it.
 
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <boost/asio/error.hpp>
-#include <boost/system/error_code.hpp>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -14473,6 +14498,7 @@ inline std::int64_t migrate(node& n, std::vector<migration> migrations,
 #include <vector>
 
 namespace fwd {
+
 
 /// The Content-Type of metrics_registry::render()'s text.
 inline constexpr const char* metrics_content_type = "text/plain; version=0.0.4; charset=utf-8";
@@ -14719,6 +14745,29 @@ class metrics_registry {
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<detail::metric_family>> families_;
 };
+
+}  // namespace fwd
+
+// ---- end fwd/metrics_registry.hpp ----
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <boost/asio/error.hpp>
+#include <boost/system/error_code.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace fwd {
 
 /// A short, few-valued name for an outcome: "ok", fwd's errc name ("not_primary"), "sqlite"
 /// for SQLite's codes, "eof", or "<category>:<value>" for other system errors.

@@ -13,6 +13,7 @@
 #include <boost/beast/http/write.hpp>
 #include <fwd/litefs/detail/event_line.hpp>
 #include <fwd/litefs/monitor.hpp>
+#include <fwd/telemetry.hpp>
 
 namespace fwd::litefs {
 
