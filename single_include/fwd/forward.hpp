@@ -3627,6 +3627,7 @@ class monitor_poller {
     {
       std::lock_guard lock(mutex_);
       requested_ = true;
+      ++requests_;
     }
     wake_.notify_one();
   }
@@ -3654,7 +3655,20 @@ class monitor_poller {
     wake_.wait_for(lock, interval, [&] { return stopping_ || requested_; });
     if (stopping_) return false;
     requested_ = false;
+    serving_ = requests_;
     return true;
+  }
+
+  /// The thread has finished the poll that wait_until_due() let it start.
+  void poll_done() {
+    std::lock_guard lock(mutex_);
+    served_ = serving_;
+  }
+
+  /// True when every poll requested so far has run to its end (any thread).
+  bool requests_served() {
+    std::lock_guard lock(mutex_);
+    return served_ == requests_;
   }
 
   /// The thread says it has returned; stop_and_wait() may then join it.
@@ -3696,6 +3710,9 @@ class monitor_poller {
   std::mutex publish_mutex_;
   std::uint64_t event_positions_ = 0;
   bool requested_ = false;
+  std::uint64_t requests_ = 0;  // request() calls so far
+  std::uint64_t serving_ = 0;   // requests_ when the running (or last) poll began
+  std::uint64_t served_ = 0;    // requests_ when the last finished poll began
   bool stopping_ = false;
   bool thread_done_ = false;
 };
@@ -3884,6 +3901,11 @@ class monitor : public std::enable_shared_from_this<monitor> {
   /// Asks the polling thread to re-read the mount now; returns at once (any thread).
   void poll_now();
 
+  /// True when every re-read asked for so far (by poll_now(), an event other than `tx`, a
+  /// reconnected event stream, a waiter) has run to its end, so the published state
+  /// reflects the mount as read after the last such request (any thread).
+  bool polls_requested_done() const;
+
   const monitor_options& options() const noexcept { return poller_->options(); }
 
   /**
@@ -4050,12 +4072,16 @@ inline void monitor::join_polling_thread() {
 
 inline void monitor::poll_now() { poller_->request(); }
 
+inline bool monitor::polls_requested_done() const { return poller_->requests_served(); }
+
 inline void monitor::run_polling_thread(const std::shared_ptr<detail::monitor_poller>& poller,
                                         const std::weak_ptr<monitor>& weak) {
   while (poller->wait_until_due()) {
     auto published = poller->poll_once();
-    if (!published || poller->stopping()) continue;
-    if (auto self = weak.lock()) self->publish_on_strand(std::move(published));
+    if (published && !poller->stopping()) {
+      if (auto self = weak.lock()) self->publish_on_strand(std::move(published));
+    }
+    poller->poll_done();
   }
 }
 

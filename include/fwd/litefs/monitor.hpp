@@ -116,6 +116,11 @@ class monitor : public std::enable_shared_from_this<monitor> {
   /// Asks the polling thread to re-read the mount now; returns at once (any thread).
   void poll_now();
 
+  /// True when every re-read asked for so far (by poll_now(), an event other than `tx`, a
+  /// reconnected event stream, a waiter) has run to its end, so the published state
+  /// reflects the mount as read after the last such request (any thread).
+  bool polls_requested_done() const;
+
   const monitor_options& options() const noexcept { return poller_->options(); }
 
   /**

@@ -42,6 +42,7 @@ class monitor_poller {
     {
       std::lock_guard lock(mutex_);
       requested_ = true;
+      ++requests_;
     }
     wake_.notify_one();
   }
@@ -69,7 +70,20 @@ class monitor_poller {
     wake_.wait_for(lock, interval, [&] { return stopping_ || requested_; });
     if (stopping_) return false;
     requested_ = false;
+    serving_ = requests_;
     return true;
+  }
+
+  /// The thread has finished the poll that wait_until_due() let it start.
+  void poll_done() {
+    std::lock_guard lock(mutex_);
+    served_ = serving_;
+  }
+
+  /// True when every poll requested so far has run to its end (any thread).
+  bool requests_served() {
+    std::lock_guard lock(mutex_);
+    return served_ == requests_;
   }
 
   /// The thread says it has returned; stop_and_wait() may then join it.
@@ -111,6 +125,9 @@ class monitor_poller {
   std::mutex publish_mutex_;
   std::uint64_t event_positions_ = 0;
   bool requested_ = false;
+  std::uint64_t requests_ = 0;  // request() calls so far
+  std::uint64_t serving_ = 0;   // requests_ when the running (or last) poll began
+  std::uint64_t served_ = 0;    // requests_ when the last finished poll began
   bool stopping_ = false;
   bool thread_done_ = false;
 };

@@ -88,12 +88,16 @@ inline void monitor::join_polling_thread() {
 
 inline void monitor::poll_now() { poller_->request(); }
 
+inline bool monitor::polls_requested_done() const { return poller_->requests_served(); }
+
 inline void monitor::run_polling_thread(const std::shared_ptr<detail::monitor_poller>& poller,
                                         const std::weak_ptr<monitor>& weak) {
   while (poller->wait_until_due()) {
     auto published = poller->poll_once();
-    if (!published || poller->stopping()) continue;
-    if (auto self = weak.lock()) self->publish_on_strand(std::move(published));
+    if (published && !poller->stopping()) {
+      if (auto self = weak.lock()) self->publish_on_strand(std::move(published));
+    }
+    poller->poll_done();
   }
 }
 
