@@ -1,9 +1,12 @@
 // fwd_node: one node of the demo service, over a (simulated) LiteFS mount.
 //
 //   fwd_node --name node-a --mount DIR --db app.db --port 7001 --members 7001,7002,7003
-//            [--secret S] [--no-ryw] [--quiet] [--ttl-ms N] [--no-migrate]
+//            [--listen ADDRESS] [--secret S] [--no-ryw] [--quiet] [--ttl-ms N] [--no-migrate]
 //            [--litefs-real [--litefs-hostname H]] [--litefs-http PORT] [--litefs-poll-ms N]
 //            [--metrics-listen ADDRESS:PORT]
+//
+// The node listens on 127.0.0.1 unless --listen names another address (0.0.0.0: every
+// address of its network namespace). A member is a port on 127.0.0.1 or ADDRESS:PORT.
 //
 // By default DIR is a mount of the LiteFS simulation (its VFS is installed, FUSE is not
 // required). With --litefs-real, DIR is a real LiteFS FUSE mount: the simulation is not
@@ -98,7 +101,8 @@ std::int64_t local_count(const std::filesystem::path& db, const std::string& wri
 
 int main(int argc, char** argv) {
   std::string mount, db_name = "app.db", secret = "demo-secret";
-  std::vector<std::uint16_t> member_ports;
+  std::vector<std::string> member_list;
+  std::string listen_address = "127.0.0.1";
   std::uint16_t port = 0;
   bool ryw = true, run_migrations = true, litefs_real = false;
   std::string litefs_hostname;
@@ -123,8 +127,9 @@ int main(int argc, char** argv) {
     else if (arg == "--port")
       port = static_cast<std::uint16_t>(std::stoi(next()));
     else if (arg == "--members")
-      for (const auto& p : split(next(), ','))
-        member_ports.push_back(static_cast<std::uint16_t>(std::stoi(p)));
+      member_list = split(next(), ',');
+    else if (arg == "--listen")
+      listen_address = next();
     else if (arg == "--secret")
       secret = next();
     else if (arg == "--no-ryw")
@@ -172,8 +177,22 @@ int main(int argc, char** argv) {
 
   boost::asio::io_context io;
   const auto loopback = boost::asio::ip::make_address("127.0.0.1");
+  boost::asio::ip::address listen_on;
   std::vector<boost::asio::ip::tcp::endpoint> members;
-  for (auto p : member_ports) members.emplace_back(loopback, p);
+  try {
+    listen_on = boost::asio::ip::make_address(listen_address);
+    for (const auto& m : member_list) {
+      const auto colon = m.rfind(':');
+      if (colon == std::string::npos)
+        members.emplace_back(loopback, static_cast<std::uint16_t>(std::stoi(m)));
+      else
+        members.emplace_back(boost::asio::ip::make_address(m.substr(0, colon)),
+                             static_cast<std::uint16_t>(std::stoi(m.substr(colon + 1))));
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fwd_node: bad --listen or --members: %s\n", e.what());
+    return 2;
+  }
 
   auto hooks = std::make_shared<fwd::telemetry>();
   hooks->call_started = [](const fwd::call_started_event&) { ++calls_started; };
@@ -218,7 +237,7 @@ int main(int argc, char** argv) {
   };
 
   fwd::node_options options;
-  options.listen = {loopback, port};
+  options.listen = {listen_on, port};
   options.members = fwd::static_members(members);
   options.members.poll_interval = std::chrono::milliseconds(500);
   options.database = std::filesystem::path(mount) / db_name;
