@@ -12,54 +12,13 @@
 #include <thread>
 #include <vector>
 
+#include "blog_client.hpp"
 #include "cluster_driver.hpp"
 #include "litefs_sim.hpp"
 
 namespace {
 
-struct http_answer {
-  int status = 0;
-  std::string headers;
-  std::string body;
-};
-
-std::string quoted(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-/// One request with curl (cookies read from and written to `jar` when it is not empty).
-http_answer curl(const std::string& method, const std::string& url, const std::string& jar = {},
-                 const std::string& body = {}) {
-  const auto dir = std::filesystem::temp_directory_path();
-  static std::atomic<int> counter{0};
-  const auto headers = dir / ("fwd-blog-h-" + std::to_string(::getpid()) + "-" + std::to_string(++counter));
-  std::string command = "curl -sS --max-time 20 -X " + method + " -D " + quoted(headers.string());
-  if (!jar.empty()) command += " -b " + quoted(jar) + " -c " + quoted(jar);
-  if (!body.empty()) command += " -H 'Content-Type: application/json' --data-binary " + quoted(body);
-  command += " -w '\\n%{http_code}' " + quoted(url);
-  http_answer answer;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::string out;
-  char buffer[4096];
-  std::size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
-  REQUIRE(::pclose(pipe) == 0);
-  const auto last = out.rfind('\n');
-  REQUIRE(last != std::string::npos);
-  answer.status = std::stoi(out.substr(last + 1));
-  answer.body = out.substr(0, last);
-  if (FILE* h = std::fopen(headers.c_str(), "r")) {
-    while ((n = std::fread(buffer, 1, sizeof buffer, h)) > 0) answer.headers.append(buffer, n);
-    std::fclose(h);
-  }
-  std::filesystem::remove(headers);
-  return answer;
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using namespace blog_client;
 
 /// Three blog nodes over a simulated cluster (node-a primary), each on its own HTTP port.
 struct blog_cluster {
@@ -100,17 +59,6 @@ struct blog_cluster {
     return "http://127.0.0.1:" + std::to_string(http_ports[node]->port()) + path;
   }
 };
-
-std::string json_field(const std::string& body, const std::string& name) {
-  const auto at = body.find("\"" + name + "\":");
-  if (at == std::string::npos) return {};
-  auto begin = at + name.size() + 3;
-  if (body[begin] == '"') {
-    ++begin;
-    return body.substr(begin, body.find('"', begin) - begin);
-  }
-  return body.substr(begin, body.find_first_of(",}", begin) - begin);
-}
 
 }  // namespace
 
