@@ -54,7 +54,11 @@ class reserved_port {
 /// One node process. Its stdout lines are collected (and echoed when asked).
 class node_process {
  public:
-  node_process(const std::string& program, std::vector<std::string> args, bool echo) : echo_(echo) {
+  /// Starts `program` with `args`, in this process's environment plus `env` ("NAME=value"
+  /// entries, which win over inherited ones).
+  node_process(const std::string& program, std::vector<std::string> args, bool echo,
+               const std::vector<std::string>& env = {})
+      : echo_(echo) {
     int fds[2];
     if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
     posix_spawn_file_actions_t actions;
@@ -65,7 +69,18 @@ class node_process {
     args.insert(args.begin(), program);
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    const int rc = ::posix_spawn(&pid_, program.c_str(), &actions, nullptr, argv.data(), environ);
+    std::vector<std::string> environment = env;
+    for (char** e = environ; *e != nullptr; ++e) {
+      const std::string entry = *e;
+      const auto name = entry.substr(0, entry.find('=') + 1);
+      bool overridden = false;
+      for (const auto& mine : env) overridden = overridden || mine.rfind(name, 0) == 0;
+      if (!overridden) environment.push_back(entry);
+    }
+    std::vector<char*> envp;
+    for (auto& e : environment) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    const int rc = ::posix_spawn(&pid_, program.c_str(), &actions, nullptr, argv.data(), envp.data());
     posix_spawn_file_actions_destroy(&actions);
     ::close(fds[1]);
     if (rc != 0) {
@@ -180,7 +195,7 @@ class node_process {
 /// Talks to nodes' demo.control / demo.stats.
 class controller {
  public:
-  explicit controller(std::string secret = "demo-secret")
+  explicit controller(std::string secret = default_secret)
       : work_(boost::asio::make_work_guard(io_)),
         client_(io_.get_executor(), options(std::move(secret))) {
     thread_ = std::thread([this] { io_.run(); });

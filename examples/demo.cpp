@@ -3,6 +3,9 @@
 // primary is killed and a replica is promoted; the writes go on. At the end the demo
 // proves that every acknowledged write is in the database exactly once, and exits 0
 // only then.
+//
+//   fwd_demo             a short summary: what happened, and the proof
+//   fwd_demo --verbose   also every write, retry and primary change as it happens
 
 #include <sqlite3.h>
 
@@ -30,11 +33,31 @@ struct outcome {
   std::string error;
 };
 
+/// What the writers saw, for the summary.
+struct tally {
+  int forwarded = 0, local = 0, retried = 0, visible = 0, not_visible = 0;
+  unsigned most_attempts = 0;
+};
+
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  bool verbose = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--verbose" || arg == "-v") {
+      verbose = true;
+    } else {
+      std::fprintf(stderr, "usage: fwd_demo [--verbose]\n");
+      return 2;
+    }
+  }
   const auto started = std::chrono::steady_clock::now();
   std::printf("fwd demo: 3 nodes over a simulated LiteFS cluster on 127.0.0.1\n");
+  std::printf(
+      "  node-a is the primary; node-b and node-c each make %d writes, which fwd forwards\n"
+      "  to the primary; midway the primary is killed and LiteFS promotes node-c.\n",
+      writes_per_writer);
   fwd_sim::cluster_options sim_options;
   sim_options.hostnames = {"node-a", "node-b", "node-c"};
   // FWD_DEMO_ROOT keeps the mounts after the run (for a look with sqlite3).
@@ -53,8 +76,8 @@ int main() {
     nodes.push_back(std::make_unique<demo::node_process>(
         FWD_NODE_PATH,
         demo::node_arguments(cluster.hostname(i), cluster.mount(i).string(), ports[i], ports,
-                             false),
-        true));
+                             !verbose, {"--secret", demo::default_secret}),
+        verbose));
   }
   for (std::size_t i = 0; i < 3; ++i) {
     if (!nodes[i]->wait_for("MIGRATED ", std::chrono::seconds(20))) {
@@ -62,13 +85,16 @@ int main() {
       return 1;
     }
   }
-  std::printf(
-      "all nodes up; primary: node-a (port %u); replicas node-b, node-c migrated the schema\n",
-      static_cast<unsigned>(ports[0]));
+  if (verbose) {
+    std::printf(
+        "all nodes up; primary: node-a (port %u); replicas node-b, node-c migrated the schema\n",
+        static_cast<unsigned>(ports[0]));
+  }
 
-  demo::controller control;
+  demo::controller control(demo::default_secret);
   std::mutex mutex;
   std::map<std::pair<std::string, int>, outcome> outcomes;
+  tally seen;
   std::atomic<int> progress_b{0}, progress_c{0};
   auto writer = [&](std::size_t node, std::atomic<int>& progress) {
     const std::string name = cluster.hostname(node);
@@ -85,7 +111,15 @@ int main() {
         auto& o = outcomes[{name, seq}];
         o.acknowledged = r.category == 0;
         o.error = r.detail;
-        if (r.category == 0 && (r.attempts > 1 || seq % 10 == 0)) {
+        if (r.category == 0) {
+          ++(r.ran_locally ? seen.local : seen.forwarded);
+          if (r.attempts > 1) ++seen.retried;
+          seen.most_attempts = std::max(seen.most_attempts, r.attempts);
+          ++(r.visible == 1 ? seen.visible : seen.not_visible);
+        }
+        if (!verbose) {
+          // The summary says it all.
+        } else if (r.category == 0) {
           std::printf(
               "%s: write %s#%d -> row %lld, %s, %u attempt(s), TXID %llu, visible here: %s\n",
               name.c_str(), name.c_str(), seq, static_cast<long long>(r.value),
@@ -108,15 +142,16 @@ int main() {
          std::chrono::steady_clock::now() < until) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));  // a progress poll, bounded above
   }
-  std::printf("*** killing the primary node-a (SIGKILL) mid-stream\n");
+  if (verbose) std::printf("*** killing the primary node-a (SIGKILL) mid-stream\n");
+  const int killed_at = std::min(progress_b.load(), progress_c.load());
   nodes[0]->kill_now();
   nodes[0]->wait_exit(std::chrono::seconds(5));
-  std::printf("*** LiteFS election (200 ms without a primary), then node-c is promoted\n");
+  if (verbose) std::printf("*** LiteFS election (200 ms without a primary), then node-c is promoted\n");
   // A caught-up candidate is promoted: LiteFS replicates asynchronously, and with
   // promotion::as_is the old primary's last acknowledged writes could be lost (what fwd's
   // exactly-once cannot cover without durable acknowledgement).
   cluster.failover(2, std::chrono::milliseconds(200), fwd_sim::cluster::promotion::caught_up);
-  std::printf("*** node-c is primary; node-b now replicates from it\n");
+  if (verbose) std::printf("*** node-c is primary; node-b now replicates from it\n");
 
   wb.join();
   wc.join();
@@ -161,14 +196,25 @@ int main() {
 
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  std::printf(
-      "\nproof over node-c's database: %d writes acknowledged, %d reported failed (%d of those "
-      "applied once)\n",
-      acknowledged, failed, failed_applied);
-  std::printf("acknowledged writes missing: %d; rows present more than once: %d; took %.1f s\n",
-              missing, duplicated, seconds);
+  std::printf("\nwhat happened (%.1f s):\n", seconds);
+  std::printf("  %d writes: %d acknowledged, %d failed and reported to the caller", acknowledged + failed,
+              acknowledged, failed);
+  if (failed > 0) std::printf(" (%d of those had committed once)", failed_applied);
+  std::printf("\n");
+  std::printf("  acknowledged: %d forwarded from a replica, %d run on the primary where they were made\n",
+              seen.forwarded, seen.local);
+  std::printf("  the primary node-a was killed after about %d writes per writer; node-c took over;\n"
+              "  %d write(s) were retried across the failover (at most %u attempts for one)\n",
+              killed_at, seen.retried, seen.most_attempts);
+  std::printf("  read-your-writes: %d of %d acknowledged writes were already readable on the node\n"
+              "  that made them when its call returned\n",
+              seen.visible, acknowledged);
+  std::printf("\nthe proof (node-c's database, every write looked up by writer and sequence):\n");
+  std::printf("  acknowledged writes missing: %d; writes present more than once: %d\n", missing,
+              duplicated);
   if (missing == 0 && duplicated == 0 && acknowledged > 0) {
-    std::printf("PROVED: every acknowledged write is present exactly once\n");
+    std::printf("PROVED: every acknowledged write is present exactly once%s\n",
+                verbose ? "" : " (--verbose shows every write)");
     return 0;
   }
   std::printf("FAILED: the proof does not hold\n");

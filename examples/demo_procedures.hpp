@@ -12,6 +12,10 @@
 
 namespace demo {
 
+/// The demo cluster's secret (every node and the program driving them share it). A real
+/// cluster's secret is 32 random bytes or more, from a secret store (fwd::secret_from_env).
+inline constexpr const char* default_secret = "fwd-demo-cluster-secret-0123456789abcdef";
+
 /// Appends event (writer, seq) and returns its row id. Each row records the node that ran it.
 inline const fwd::procedure<std::int64_t(std::string, std::int64_t)> append{"demo.append"};
 /// Inserts a tag (labels are UNIQUE) and returns its row id.

@@ -100,7 +100,7 @@ std::int64_t local_count(const std::filesystem::path& db, const std::string& wri
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string mount, db_name = "app.db", secret = "demo-secret";
+  std::string mount, db_name = "app.db", secret = demo::default_secret;
   std::vector<std::string> member_list;
   std::string listen_address = "127.0.0.1";
   std::uint16_t port = 0;

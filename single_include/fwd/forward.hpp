@@ -14163,6 +14163,39 @@ class node {
   std::shared_ptr<const litefs::node_state> litefs_state() const noexcept { return monitor_->state(); }
   litefs::monitor& monitor() noexcept { return *monitor_; }
 
+  /**
+   * Read-your-writes across requests: waits until this node's copy of the database has
+   * reached TXID `txid` (what a write reported in call_report::txid, handed to a client
+   * and sent back with its next request, as LiteFS's proxy does with its `__txid` cookie).
+   * On the primary, and on a replica already there, it completes at once; otherwise the
+   * node's LiteFS monitor wakes it when its position gets there (one poll of the mount for
+   * all waiters, or LiteFS's `/events` stream). Call after start().
+   *
+   * Completion signature: `void(boost::system::error_code, litefs::position)`: empty with
+   * the position reached; `errc::timeout` when `deadline` passed first (with the last
+   * position seen: the read would not see the write yet); `errc::cancelled` when the node
+   * stops. Completes through the handler's associated executor (default: the node's),
+   * never inside this call.
+   *
+   * **Per-Operation Cancellation**: terminal, partial and total (completes with
+   * `errc::cancelled`).
+   */
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void(boost::system::error_code, litefs::position))
+                WaitToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_wait_position(std::uint64_t txid, std::chrono::steady_clock::time_point deadline,
+                           WaitToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return monitor_->async_wait_position(txid, deadline, std::forward<WaitToken>(token));
+  }
+
+  /// As above, with a timeout from now.
+  template <BOOST_ASIO_COMPLETION_TOKEN_FOR(void(boost::system::error_code, litefs::position))
+                WaitToken = boost::asio::default_completion_token_t<executor_type>>
+  auto async_wait_position(std::uint64_t txid, std::chrono::milliseconds timeout,
+                           WaitToken&& token = boost::asio::default_completion_token_t<executor_type>()) {
+    return monitor_->async_wait_position(txid, std::chrono::steady_clock::now() + timeout,
+                                         std::forward<WaitToken>(token));
+  }
+
   /// This node's `<db>-pos` TXID now (0 if unreadable).
   std::uint64_t local_txid() const {
     boost::system::error_code ec;

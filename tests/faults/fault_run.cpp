@@ -192,7 +192,7 @@ class node_writers {
  private:
   static fwd::rpc::client_options client_options() {
     fwd::rpc::client_options o;
-    o.secret = "demo-secret";
+    o.secret = demo::default_secret;
     o.connect_timeout = 1000ms;
     o.reconnect_backoff = 10ms;
     o.max_reconnect_backoff = 100ms;
