@@ -13416,6 +13416,7 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/post.hpp>
 #include <fmt/format.h>
 
 #include <atomic>
@@ -13480,6 +13481,26 @@ class forwarder {
         std::weak_ptr<detail::forward_core>(core_),
         std::make_shared<function>(std::forward<F>(fn)),
         fmt::format("{} {}", proc.name(), procedure<R(A...)>::signature_text()));
+    registry.define_raw(std::string(proc.name()), proc.signature(), handler);
+    core_->procedures.emplace(std::string(proc.name()),
+                              detail::forward_core::local_procedure{proc.signature(), handler});
+  }
+
+  /**
+   * Answers every call of `proc`, from this node or from peers, with `code` and the
+   * detail `why`, without running anything: for a built-in the service has not enabled.
+   * Registers it in `registry`.
+   */
+  template <class Signature>
+  void refuse(rpc::registry& registry, const procedure<Signature>& proc, errc code, std::string why) {
+    rpc::registry::raw_handler handler = [code, why = std::move(why)](const rpc::incoming_call&,
+                                                                      boost::asio::any_io_executor executor,
+                                                                      rpc::reply_handler reply) {
+      // The reply goes out later, never inside the dispatch that asked for it.
+      boost::asio::post(executor, [code, why, reply = std::move(reply)]() mutable {
+        reply(make_error_code(code), why);
+      });
+    };
     registry.define_raw(std::string(proc.name()), proc.signature(), handler);
     core_->procedures.emplace(std::string(proc.name()),
                               detail::forward_core::local_procedure{proc.signature(), handler});
@@ -13925,6 +13946,12 @@ struct node_options {
   breaker_options breaker;
   /// Forwarded writes wait until they are visible locally (see forwarder).
   bool read_your_writes = true;
+  /// Serve the raw-SQL built-ins, fwd::execute_statement and fwd::execute_bulk: any
+  /// statement a caller sends runs on the primary. Off (the default), they are answered
+  /// `unknown_procedure` with a detail that says how to turn them on, and nothing runs.
+  /// The primary's setting is the one that counts: turn it on on every node that may become
+  /// primary. fwd::migrate_procedure is served either way.
+  bool enable_raw_sql = false;
   /// Discovery: how long the primary's address is trusted, and one probe's deadline.
   std::chrono::milliseconds discovery_ttl{2000};
   std::chrono::milliseconds probe_timeout{300};
@@ -13977,7 +14004,8 @@ namespace fwd {
  * from any thread. Owns its server, client, membership, discovery and, once started, the
  * write executor (its one writer thread) and the LiteFS monitor (its one polling thread,
  * the only other thread fwd starts; see litefs::monitor). Built-in procedures on every node:
- * fwd::execute_statement, fwd::execute_bulk, fwd::migrate_procedure.
+ * fwd::migrate_procedure; and, with node_options::enable_raw_sql, fwd::execute_statement
+ * and fwd::execute_bulk (off, they answer unknown_procedure and say how to turn them on).
  */
 class node {
  public:
@@ -14376,15 +14404,26 @@ inline node::node(executor_type executor, node_options options)
   forwarding.telemetry = options_.telemetry;
   forwarder_ = std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
 
-  forwarder_->define(*registry_, execute_statement,
-                     [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
-                       return detail::run_statement(db, sql, values);
-                     });
-  forwarder_->define(
-      *registry_, execute_bulk,
-      [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
-        return detail::run_bulk(db, sql, rows);
-      });
+  if (options_.enable_raw_sql) {
+    forwarder_->define(*registry_, execute_statement,
+                       [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
+                         return detail::run_statement(db, sql, values);
+                       });
+    forwarder_->define(
+        *registry_, execute_bulk,
+        [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
+          return detail::run_bulk(db, sql, rows);
+        });
+  } else {
+    const auto why = [this](std::string_view name) {
+      return fmt::format(
+          "{} (raw SQL) is not enabled on node {}: set node_options::enable_raw_sql = true on every node "
+          "that may become primary to let callers run any statement; nothing ran",
+          name, options_.name);
+    };
+    forwarder_->refuse(*registry_, execute_statement, errc::unknown_procedure, why(execute_statement.name()));
+    forwarder_->refuse(*registry_, execute_bulk, errc::unknown_procedure, why(execute_bulk.name()));
+  }
   forwarder_->define(*registry_, migrate_procedure,
                      [](sqlite3* db, const std::vector<migration>& migrations) {
                        return detail::run_migrations(db, migrations);
