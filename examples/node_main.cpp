@@ -3,7 +3,7 @@
 //   fwd_node --name node-a --mount DIR --db app.db --port 7001 --members 7001,7002,7003
 //            [--listen ADDRESS] [--secret S] [--no-ryw] [--quiet] [--ttl-ms N] [--no-migrate]
 //            [--litefs-real [--litefs-hostname H]] [--litefs-http PORT] [--litefs-poll-ms N]
-//            [--metrics-listen ADDRESS:PORT]
+//            [--metrics-listen ADDRESS:PORT] [--raw-sql]
 //
 // The node listens on 127.0.0.1 unless --listen names another address (0.0.0.0: every
 // address of its network namespace). A member is a port on 127.0.0.1 or ADDRESS:PORT.
@@ -16,6 +16,8 @@
 // re-reads the mount meanwhile. With --metrics-listen it serves its fwd::metrics at
 // `GET /metrics` (Prometheus' text format) on that address (port 0: any free port), prints
 // "METRICS <port>" once listening and "SCRAPED <n>" after each scrape it answered.
+// --raw-sql serves the raw-SQL built-ins (node_options::enable_raw_sql), which the
+// "execute" and "bulk" control calls use; without it they fail with unknown_procedure.
 //
 // With FWD_NODE_TRACE set in its environment it also prints every probe, connection
 // event, lookup miss and finished call (also with --quiet), for a failing test to show.
@@ -104,7 +106,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> member_list;
   std::string listen_address = "127.0.0.1";
   std::uint16_t port = 0;
-  bool ryw = true, run_migrations = true, litefs_real = false;
+  bool ryw = true, run_migrations = true, litefs_real = false, raw_sql = false;
   std::string litefs_hostname;
   int ttl_ms = 2000;
   int litefs_http_port = 0, litefs_poll_ms = 0;
@@ -140,6 +142,8 @@ int main(int argc, char** argv) {
       ttl_ms = std::stoi(next());
     else if (arg == "--no-migrate")
       run_migrations = false;
+    else if (arg == "--raw-sql")
+      raw_sql = true;
     else if (arg == "--litefs-real")
       litefs_real = true;
     else if (arg == "--litefs-hostname")
@@ -246,6 +250,7 @@ int main(int argc, char** argv) {
   options.name = node_name;
   options.require_fuse = litefs_real;  // the simulation's mounts are plain directories
   options.read_your_writes = ryw;
+  options.enable_raw_sql = raw_sql;  // the "execute" and "bulk" control calls need it
   options.discovery_ttl = std::chrono::milliseconds(ttl_ms);
   // The metrics count every event, then pass it on to the hooks above.
   auto metrics = std::make_shared<fwd::metrics>();

@@ -137,6 +137,10 @@ class metrics : public std::enable_shared_from_this<metrics> {
                                    "Connections this node's server refused or lost before they "
                                    "were usable, by reason.",
                                    {"reason"})),
+        server_refused_(registry_.counter("fwd_server_refused_total",
+                                          "Connections, frames and calls this node's server refused, "
+                                          "by what and why (see fwd::refusal_event).",
+                                          {"what", "reason"})),
         connect_failures_(registry_.counter("fwd_rpc_connect_failures_total",
                                             "Connections to peers that failed to open, by reason.",
                                             {"reason"})),
@@ -267,6 +271,10 @@ class metrics : public std::enable_shared_from_this<metrics> {
       (e.inbound ? self->refused_ : self->connect_failures_).inc({outcome_label(e.reason)});
       then(&fwd::telemetry::connection_failed, e);
     };
+    t->refused = [self, then](const refusal_event& e) {
+      self->server_refused_.inc({std::string(e.what), std::string(e.reason)});
+      then(&fwd::telemetry::refused, e);
+    };
     t->discovery_lookup = [self, then](const discovery_lookup_event& e) {
       self->lookups_.inc({e.hit ? "hit" : "miss"});
       then(&fwd::telemetry::discovery_lookup, e);
@@ -305,6 +313,7 @@ class metrics : public std::enable_shared_from_this<metrics> {
   histogram_family& batch_size_;
   gauge_family& connections_;
   counter_family& refused_;
+  counter_family& server_refused_;
   counter_family& connect_failures_;
   counter_family& lookups_;
   counter_family& probes_;

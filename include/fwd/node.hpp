@@ -54,7 +54,8 @@ namespace fwd {
  * from any thread. Owns its server, client, membership, discovery and, once started, the
  * write executor (its one writer thread) and the LiteFS monitor (its one polling thread,
  * the only other thread fwd starts; see litefs::monitor). Built-in procedures on every node:
- * fwd::execute_statement, fwd::execute_bulk, fwd::migrate_procedure.
+ * fwd::migrate_procedure; and, with node_options::enable_raw_sql, fwd::execute_statement
+ * and fwd::execute_bulk (off, they answer unknown_procedure and say how to turn them on).
  */
 class node {
  public:

@@ -125,6 +125,12 @@ struct node_options {
   breaker_options breaker;
   /// Forwarded writes wait until they are visible locally (see forwarder).
   bool read_your_writes = true;
+  /// Serve the raw-SQL built-ins, fwd::execute_statement and fwd::execute_bulk: any
+  /// statement a caller sends runs on the primary. Off (the default), they are answered
+  /// `unknown_procedure` with a detail that says how to turn them on, and nothing runs.
+  /// The primary's setting is the one that counts: turn it on on every node that may become
+  /// primary. fwd::migrate_procedure is served either way.
+  bool enable_raw_sql = false;
   /// Discovery: how long the primary's address is trusted, and one probe's deadline.
   std::chrono::milliseconds discovery_ttl{2000};
   std::chrono::milliseconds probe_timeout{300};

@@ -40,6 +40,29 @@ struct connection_event {
   bool inbound = false;  ///< a connection this node's server accepted (or refused)
 };
 
+/// What a server refused, and why. `reason` is one of a few fixed words, true to what
+/// happened:
+///  - connection: "connection_cap" (max_connections), "unauthenticated_cap"
+///    (max_unauthenticated_connections), "out_of_descriptors" (accept failed for lack of
+///    file descriptors or memory; the peer is empty), "closed_before_handshake" (the peer
+///    closed without sending a byte), "closed_during_handshake" (the peer closed after
+///    starting it: a client that refuses the server's proof of the secret does), "handshake_timeout" (not finished within
+///    handshake_timeout), "handshake_failed" (wrong secret, versions, or bytes that are not
+///    fwd's handshake: `error` says which), "tls_failed", "tls_required";
+///  - frame (the connection is closed): "frame_too_large", "frame_read_timeout" (a frame
+///    not whole within frame_read_timeout), "malformed_frame", "partial_frame_budget"
+///    (max_partial_frame_bytes), "unexpected_frame";
+///  - call (answered with `error`, the connection goes on): "overloaded", "deadline_passed"
+///    (the caller's deadline had passed on arrival), "unknown_procedure",
+///    "signature_mismatch", "decode_failure" (the arguments did not decode), "reply_too_large".
+struct refusal_event {
+  std::string_view peer;     ///< "address:port" (empty when no connection was accepted)
+  std::string_view what;     ///< "connection", "frame" or "call"
+  std::string_view reason;   ///< see above
+  boost::system::error_code error;  ///< what the peer is told, or the system's error
+  std::string_view detail;   ///< a sentence for logs (the limit, the procedure, ...)
+};
+
 /// A call is retried after `reason`.
 struct retry_event {
   std::string_view procedure;
@@ -123,6 +146,8 @@ struct telemetry {
   std::function<void(const connection_event&)> connection_opened;
   std::function<void(const connection_event&)> connection_closed;
   std::function<void(const connection_event&)> connection_failed;
+  /// A server refused a connection, a frame or a call (see refusal_event).
+  std::function<void(const refusal_event&)> refused;
   std::function<void(const retry_event&)> retry;
   std::function<void(const primary_changed_event&)> primary_changed;
   std::function<void(const member_event&)> member_joined;

@@ -449,6 +449,29 @@ struct connection_event {
   bool inbound = false;  ///< a connection this node's server accepted (or refused)
 };
 
+/// What a server refused, and why. `reason` is one of a few fixed words, true to what
+/// happened:
+///  - connection: "connection_cap" (max_connections), "unauthenticated_cap"
+///    (max_unauthenticated_connections), "out_of_descriptors" (accept failed for lack of
+///    file descriptors or memory; the peer is empty), "closed_before_handshake" (the peer
+///    closed without sending a byte), "closed_during_handshake" (the peer closed after
+///    starting it: a client that refuses the server's proof of the secret does), "handshake_timeout" (not finished within
+///    handshake_timeout), "handshake_failed" (wrong secret, versions, or bytes that are not
+///    fwd's handshake: `error` says which), "tls_failed", "tls_required";
+///  - frame (the connection is closed): "frame_too_large", "frame_read_timeout" (a frame
+///    not whole within frame_read_timeout), "malformed_frame", "partial_frame_budget"
+///    (max_partial_frame_bytes), "unexpected_frame";
+///  - call (answered with `error`, the connection goes on): "overloaded", "deadline_passed"
+///    (the caller's deadline had passed on arrival), "unknown_procedure",
+///    "signature_mismatch", "decode_failure" (the arguments did not decode), "reply_too_large".
+struct refusal_event {
+  std::string_view peer;     ///< "address:port" (empty when no connection was accepted)
+  std::string_view what;     ///< "connection", "frame" or "call"
+  std::string_view reason;   ///< see above
+  boost::system::error_code error;  ///< what the peer is told, or the system's error
+  std::string_view detail;   ///< a sentence for logs (the limit, the procedure, ...)
+};
+
 /// A call is retried after `reason`.
 struct retry_event {
   std::string_view procedure;
@@ -532,6 +555,8 @@ struct telemetry {
   std::function<void(const connection_event&)> connection_opened;
   std::function<void(const connection_event&)> connection_closed;
   std::function<void(const connection_event&)> connection_failed;
+  /// A server refused a connection, a frame or a call (see refusal_event).
+  std::function<void(const refusal_event&)> refused;
   std::function<void(const retry_event&)> retry;
   std::function<void(const primary_changed_event&)> primary_changed;
   std::function<void(const member_event&)> member_joined;
@@ -6776,10 +6801,12 @@ inline void apply_keepalive(boost::asio::ip::tcp::socket& socket, const keepaliv
 #include <exception>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace fwd::rpc {
@@ -6818,6 +6845,18 @@ struct server_options {
   std::size_t max_in_flight_per_connection = 4096;
   /// Requests running at once on the whole server; more are answered `overloaded`.
   std::size_t max_in_flight = 65536;
+  /// Requests running at once from one peer address, over all its connections; more are
+  /// answered `overloaded`. 0: a quarter of `max_in_flight` (at least 1). With it, one
+  /// peer cannot take the whole server however many connections it opens.
+  std::size_t max_in_flight_per_address = 0;
+  /// The share of `max_in_flight` every peer address is sure to get. A quarter of
+  /// `max_in_flight` is kept in reserve: an address running `reserved_in_flight_per_address`
+  /// requests or more may only use the other three quarters, so that a peer that comes
+  /// while others fill the server still has its first requests run. 0: `max_in_flight`
+  /// / 1024 (64 by default; no reserve when that is 0). The reserve holds for up to
+  /// `max_in_flight / 4 / reserved_in_flight_per_address` addresses over their share at once
+  /// (256 by default). Connections from one address share that address's share.
+  std::size_t reserved_in_flight_per_address = 0;
   /// Replies waiting to be written on one connection, in bytes, beyond which the server
   /// stops reading that connection until its peer reads (bounds memory per connection).
   std::size_t max_pending_reply_bytes = std::size_t{8} << 20;
@@ -6884,19 +6923,73 @@ inline std::string endpoint_string(const boost::asio::ip::tcp::endpoint& e) {
 
 class server_connection;
 
+// Requests running for one peer address, over all its connections.
+struct address_share {
+  std::atomic<std::size_t> in_flight{0};
+};
+
+// The in-flight bounds, the derived ones resolved (see server_options).
+struct in_flight_limits {
+  std::size_t per_connection = 0;
+  std::size_t per_address = 0;
+  std::size_t total = 0;
+  std::size_t reserved_per_address = 0;  // below it, an address may use the reserve
+  std::size_t shared = 0;                // the total less the reserve
+
+  static in_flight_limits from(const server_options& o) noexcept {
+    in_flight_limits l;
+    l.per_connection = o.max_in_flight_per_connection;
+    l.total = o.max_in_flight;
+    l.per_address = o.max_in_flight_per_address != 0 ? o.max_in_flight_per_address
+                                                     : std::max<std::size_t>(o.max_in_flight / 4, 1);
+    l.reserved_per_address = o.reserved_in_flight_per_address != 0 ? o.reserved_in_flight_per_address
+                                                                    : o.max_in_flight / 1024;
+    l.shared = l.reserved_per_address == 0 ? l.total : l.total - l.total / 4;
+    return l;
+  }
+};
+
+// Whether a refusal is reported (to build its detail only then).
+inline bool reporting_refusals(const server_options& o) noexcept { return o.telemetry && o.telemetry->refused; }
+
+inline void report_refusal(const server_options& o, std::string_view peer, std::string_view what,
+                           std::string_view reason, const boost::system::error_code& ec,
+                           std::string_view detail) noexcept {
+  fwd::detail::emit(o.telemetry, &telemetry::refused, refusal_event{peer, what, reason, ec, detail});
+}
+
 struct server_state {
   boost::asio::any_io_executor executor;
   const registry* user_registry = nullptr;
   registry builtins;
   server_options options;
   wire::versions versions;
+  in_flight_limits limits;
   std::atomic<std::size_t> in_flight{0};
   std::atomic<std::size_t> connections{0};
   std::atomic<std::size_t> unauthenticated{0};  // connections still in the handshake
   std::atomic<std::size_t> partial_frame_bytes{0};  // see max_partial_frame_bytes
   std::atomic<bool> stopping{false};
-  std::mutex mutex;  // guards live
+  std::mutex mutex;  // guards live and shares
   std::list<std::weak_ptr<server_connection>> live;
+  std::map<boost::asio::ip::address, std::weak_ptr<address_share>> shares;
+
+  // The share of `address`, made when its first connection comes; gone with its last.
+  std::shared_ptr<address_share> share_of(const boost::asio::ip::address& address) {
+    std::lock_guard lock(mutex);
+    auto& slot = shares[address];
+    auto share = slot.lock();
+    if (!share) {
+      share = std::make_shared<address_share>();
+      slot = share;
+      if (shares.size() > 2 * shares_kept) {
+        std::erase_if(shares, [](const auto& entry) { return entry.second.expired(); });
+        shares_kept = std::max<std::size_t>(64, shares.size());
+      }
+    }
+    return share;
+  }
+  std::size_t shares_kept = 64;  // under mutex: the map is swept when it doubles past it
   std::optional<boost::asio::ip::tcp::acceptor> acceptor;  // used on its own strand
   std::optional<boost::asio::steady_timer> accept_timer;    // on the acceptor's strand
   std::chrono::milliseconds accept_backoff{0};             // on the acceptor's strand
@@ -6955,7 +7048,9 @@ class server_connection : public std::enable_shared_from_this<server_connection>
         timer_(strand_),
         handshake_(std::in_place, state_->options.secret, state_->versions) {
     boost::system::error_code ignored;
-    peer_ = endpoint_string(stream_.socket().remote_endpoint(ignored));
+    const auto remote = stream_.socket().remote_endpoint(ignored);
+    peer_ = endpoint_string(remote);
+    share_ = state_->share_of(remote.address());
     stream_.socket().set_option(tcp::no_delay(true), ignored);
     apply_keepalive(stream_.socket(), state_->options.keepalive);
     // Lets write() write at once without ever blocking (Asio's own operations, TLS's
@@ -7061,6 +7156,30 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
   void on_reply(running_call& call, boost::system::error_code ec, std::string result);
 
+  // Takes a place for one more request under every in-flight bound; or says which bound
+  // refused it (and takes nothing).
+  std::optional<std::string> take_place();
+
+  void release_place() noexcept {
+    --in_flight_;
+    share_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  // Reports a refusal of this connection, one of its frames or one of its calls.
+  void report(std::string_view what, std::string_view reason, const boost::system::error_code& ec,
+              std::string_view detail) const noexcept {
+    report_refusal(state_->options, peer_, what, reason, ec, detail);
+  }
+  bool reporting() const noexcept { return reporting_refusals(state_->options); }
+
+  // Refuses the connection before it is authenticated: reports it (connection_failed and
+  // refused) and closes it.
+  void refuse_connection(std::string_view reason, boost::system::error_code ec, std::string_view detail);
+
+  // Refuses the frame being received or just received: reports it and closes the connection.
+  void refuse_frame(std::string_view reason, boost::system::error_code ec, std::string_view detail);
+
   void reply(std::uint64_t stream_id, const wire::request_id& id, boost::system::error_code ec, std::string_view why) {
     wire::frame_header h;
     h.type = wire::frame_type::reply;
@@ -7095,10 +7214,12 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   boost::asio::steady_timer timer_;
   std::optional<wire::server_handshake> handshake_;
   std::string peer_;
+  std::shared_ptr<address_share> share_;  // requests running from the peer's address
   frame_buffer buffer_;
   std::string queued_;
   std::string writing_;
   std::size_t in_flight_ = 0;
+  std::size_t received_ = 0;  // bytes read so far (for what the telemetry says)
   std::uint64_t timer_generation_ = 0;
   std::chrono::steady_clock::time_point last_activity_;
   std::chrono::steady_clock::time_point timer_at_;
@@ -7130,11 +7251,20 @@ namespace fwd::rpc::detail {
 inline void server_connection::on_timer() {
   const auto now = std::chrono::steady_clock::now();
   if (!authenticated_) {
-    close(make_error_code(errc::timeout));  // slow (or silent) handshake
+    // A slow (or silent) handshake.
+    refuse_connection("handshake_timeout", boost::asio::error::timed_out,
+                      reporting() ? fmt::format("the handshake was not finished within handshake_timeout ({} ms)",
+                                                state_->options.handshake_timeout.count())
+                                  : std::string());
     return;
   }
   if (partial_since_ && now - *partial_since_ >= state_->options.frame_read_timeout) {
-    close(make_error_code(errc::timeout));  // a frame that arrives too slowly
+    // A frame that arrives too slowly.
+    refuse_frame("frame_read_timeout", boost::asio::error::timed_out,
+                 reporting() ? fmt::format("a frame was not whole within frame_read_timeout ({} ms) of its first "
+                                           "byte; {} bytes had arrived",
+                                           state_->options.frame_read_timeout.count(), buffer_.buffered())
+                             : std::string());
     return;
   }
   if (in_flight_ == 0 && now - last_activity_ >= state_->options.idle_timeout) {
@@ -7154,7 +7284,11 @@ inline bool server_connection::charge_partial() {
     const std::size_t before = state_->partial_frame_bytes.fetch_add(extra, std::memory_order_relaxed);
     if (before + extra > state_->options.max_partial_frame_bytes) {
       state_->partial_frame_bytes.fetch_sub(extra, std::memory_order_relaxed);
-      close(make_error_code(errc::overloaded));
+      refuse_frame("partial_frame_budget", make_error_code(errc::overloaded),
+                   reporting() ? fmt::format("a frame of {} bytes would take frames being received over "
+                                             "max_partial_frame_bytes ({} bytes; {} taken)",
+                                             want, state_->options.max_partial_frame_bytes, before)
+                               : std::string());
       return false;
     }
   } else if (want < charged_) {
@@ -7176,7 +7310,8 @@ inline void server_connection::await_first_byte() {
         const std::size_t n = self->stream_.socket().receive(boost::asio::buffer(&first, 1),
                                                              tcp::socket::message_peek, ec);
         if (ec || n == 0) {
-          self->close(ec == boost::asio::error::eof ? boost::system::error_code{} : ec);
+          self->refuse_connection("closed_before_handshake", ec ? ec : boost::asio::error::eof,
+                                  "the peer closed the connection before the handshake");
           return;
         }
         if (first == static_cast<char>(wire::magic & 0xff)) {
@@ -7190,10 +7325,10 @@ inline void server_connection::await_first_byte() {
               if (handshake_ec) {
                 // The peer's certificate is missing or untrusted, or it
                 // does not speak TLS: OpenSSL's reason says which.
-                self->failed_ = handshake_ec;
-                fwd::detail::emit(self->state_->options.telemetry, &telemetry::connection_failed,
-                                  connection_event{self->peer_, handshake_ec, true});
-                self->close(handshake_ec);
+                self->refuse_connection("tls_failed", handshake_ec,
+                                        self->reporting() ? fmt::format("TLS handshake failed: {}",
+                                                                        handshake_ec.message())
+                                                          : std::string());
                 return;
               }
               self->read();
@@ -7205,6 +7340,7 @@ inline void server_connection::refuse_plain_client() {
   failed_ = make_error_code(errc::unauthenticated);
   fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
                     connection_event{peer_, failed_, true});
+  report("connection", "tls_required", failed_, "a plain client came to a server that requires TLS");
   // Take in what the client sent (its hello), so that closing does not reset the
   // connection before the client reads why.
   boost::system::error_code ignored;
@@ -7227,10 +7363,27 @@ inline void server_connection::on_read(boost::system::error_code ec, std::size_t
     // A TLS peer that just closes its socket truncates the TLS stream: an ordinary close too.
     const bool closed_by_peer =
         ec == boost::asio::error::eof || ec == boost::asio::ssl::error::stream_truncated;
+    if (!authenticated_) {
+      // A bare connect-and-close lands here, as does a peer that gave up mid-handshake
+      // (a client closes after the server's proof when it holds another secret).
+      const auto why = closed_by_peer ? boost::system::error_code(boost::asio::error::eof) : ec;
+      if (received_ == 0) {
+        refuse_connection("closed_before_handshake", why, "the peer closed the connection before the handshake");
+      } else {
+        refuse_connection("closed_during_handshake", why,
+                          reporting() ? fmt::format("the peer closed the connection during the handshake, after "
+                                                    "{} bytes (a client that refuses the server's versions or "
+                                                    "proof of the secret closes here)",
+                                                    received_)
+                                      : std::string());
+      }
+      return;
+    }
     close(closed_by_peer ? boost::system::error_code{} : ec);
     return;
   }
   buffer_.commit(n);
+  received_ += n;
   last_activity_ = std::chrono::steady_clock::now();
   wire::frame_view frame;
   bool took_frame = false;
@@ -7242,7 +7395,20 @@ inline void server_connection::on_read(boost::system::error_code ec, std::size_t
     on_frame(frame);
   }
   if (ec) {
-    close(ec);  // malformed or oversized: this connection only
+    // Malformed or oversized: this connection only.
+    if (!authenticated_) {
+      refuse_connection("handshake_failed", ec,
+                        reporting() ? fmt::format("the handshake frame was refused: {}", ec.message())
+                                    : std::string());
+    } else if (ec == errc::frame_too_large) {
+      refuse_frame("frame_too_large", ec,
+                   reporting() ? fmt::format("a frame announced over max_frame_size ({} bytes)",
+                                             state_->options.max_frame_size)
+                               : std::string());
+    } else {
+      refuse_frame("malformed_frame", ec,
+                   reporting() ? fmt::format("a frame header is malformed: {}", ec.message()) : std::string());
+    }
     return;
   }
   if (closed_) return;
@@ -7268,6 +7434,8 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
       failed_ = step.ec;
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
                         connection_event{peer_, step.ec, true});
+      report("connection", "handshake_failed", step.ec,
+             reporting() ? fmt::format("the handshake failed: {}", step.ec.message()) : std::string());
       draining_ = true;  // write the goodbye, then close
       maybe_close_drained();
       return;
@@ -7289,7 +7457,10 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
     return;
   }
   if (frame.header.type != wire::frame_type::request) {
-    close(make_error_code(errc::protocol_error));
+    refuse_frame("unexpected_frame", make_error_code(errc::protocol_error),
+                 reporting() ? fmt::format("a frame of type {} where a request was expected",
+                                           static_cast<unsigned>(frame.header.type))
+                             : std::string());
     return;
   }
   on_request(frame);
@@ -7307,26 +7478,24 @@ inline void server_connection::on_request(const wire::frame_view& frame) {
     write();
     return;
   }
+  const auto refuse_call = [&](std::string_view reason, errc code, std::string_view why) {
+    const auto ec = make_error_code(code);
+    report("call", reason, ec, why);
+    reply(h.stream_id, h.id, ec, why);
+  };
   if (state_->stopping.load(std::memory_order_relaxed)) {
-    reply(h.stream_id, h.id, make_error_code(errc::overloaded), "the server is shutting down");
+    refuse_call("shutting_down", errc::overloaded, "the server is shutting down");
     return;
   }
   if ((h.flags & wire::frame_flags::has_deadline) != 0 && h.deadline_ms == 0) {
     // The caller's deadline passed before the request got here: do not run it.
-    reply(h.stream_id, h.id, make_error_code(errc::timeout),
-          "the deadline had passed when the request arrived");
+    refuse_call("deadline_passed", errc::timeout, "the deadline had passed when the request arrived");
     return;
   }
-  if (in_flight_ >= state_->options.max_in_flight_per_connection ||
-      state_->in_flight.fetch_add(1, std::memory_order_relaxed) >= state_->options.max_in_flight) {
-    if (in_flight_ < state_->options.max_in_flight_per_connection) {
-      state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
-    }
-    reply(h.stream_id, h.id, make_error_code(errc::overloaded),
-          "too many requests in flight on the server");
+  if (auto bound = take_place()) {
+    refuse_call("overloaded", errc::overloaded, *bound);
     return;
   }
-  ++in_flight_;
   auto call = std::make_shared<running_call>();
   call->stream_id = h.stream_id;
   call->id = h.id;
@@ -7363,8 +7532,13 @@ inline void server_connection::on_reply(running_call& call, boost::system::error
                                         std::string result) {
   if (call.replied) return;
   call.replied = true;
-  --in_flight_;
-  state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+  release_place();
+  if (ec && reporting()) {
+    // The registry's own refusals: the procedure did not run.
+    if (ec == errc::unknown_procedure) report("call", "unknown_procedure", ec, result);
+    if (ec == errc::signature_mismatch) report("call", "signature_mismatch", ec, result);
+    if (ec == errc::protocol_error) report("call", "decode_failure", ec, result);
+  }
   if (closed_) return;
   if (in_flight_ == 0) {
     // The idle timeout counts again from now (the timer was left unarmed while calls ran).
@@ -7374,10 +7548,12 @@ inline void server_connection::on_reply(running_call& call, boost::system::error
   const std::size_t max_result = state_->options.max_frame_size - wire::header_size;
   if (!ec && result.size() > max_result) {
     // The client would refuse the frame: say why instead of sending it.
-    reply(call.stream_id, call.id, make_error_code(errc::frame_too_large),
-          fmt::format("the result is {} bytes, over the limit of {} bytes a reply may carry "
-                      "(max_frame_size {} less the {}-byte header)",
-                      result.size(), max_result, state_->options.max_frame_size, wire::header_size));
+    const std::string why =
+        fmt::format("the result is {} bytes, over the limit of {} bytes a reply may carry "
+                    "(max_frame_size {} less the {}-byte header)",
+                    result.size(), max_result, state_->options.max_frame_size, wire::header_size);
+    report("call", "reply_too_large", make_error_code(errc::frame_too_large), why);
+    reply(call.stream_id, call.id, make_error_code(errc::frame_too_large), why);
     if (draining_) maybe_close_drained();
     return;
   }
@@ -7448,9 +7624,56 @@ inline void server_connection::close(boost::system::error_code why) {
     fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed,
                       connection_event{peer_, why, true});
   } else if (!failed_) {
+    // Not refused by refuse_connection: the server stopped, or the socket failed.
     fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                      connection_event{peer_, why ? why : make_error_code(errc::protocol_error), true});
+                      connection_event{peer_, why ? why : make_error_code(errc::cancelled), true});
   }
+}
+
+inline std::optional<std::string> server_connection::take_place() {
+  const auto& limits = state_->limits;
+  if (in_flight_ >= limits.per_connection) {
+    return fmt::format("too many requests in flight on this connection ({}, max_in_flight_per_connection)",
+                       limits.per_connection);
+  }
+  const std::size_t mine = share_->in_flight.fetch_add(1, std::memory_order_relaxed);
+  if (mine >= limits.per_address) {
+    share_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    return fmt::format("too many requests in flight from this address ({}, max_in_flight_per_address)",
+                       limits.per_address);
+  }
+  // An address past its reserved share may use only the shared part of the server.
+  const bool reserved = mine < limits.reserved_per_address;
+  const std::size_t limit = reserved ? limits.total : limits.shared;
+  const std::size_t total = state_->in_flight.fetch_add(1, std::memory_order_relaxed);
+  if (total >= limit) {
+    state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    share_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    return reserved ? fmt::format("too many requests in flight on the server ({}, max_in_flight)", limits.total)
+                    : fmt::format("too many requests in flight on the server: this address runs {}, and the "
+                                  "server keeps its last {} places for addresses running fewer than {}",
+                                  mine, limits.total - limits.shared, limits.reserved_per_address);
+  }
+  ++in_flight_;
+  return std::nullopt;
+}
+
+inline void server_connection::refuse_connection(std::string_view reason, boost::system::error_code ec,
+                                                 std::string_view detail) {
+  if (closed_) return;
+  if (!failed_) {
+    failed_ = ec;
+    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_, ec, true});
+    report("connection", reason, ec, detail);
+  }
+  close(ec);
+}
+
+inline void server_connection::refuse_frame(std::string_view reason, boost::system::error_code ec,
+                                            std::string_view detail) {
+  if (closed_) return;
+  report("frame", reason, ec, detail);
+  close(ec);
 }
 
 }  // namespace fwd::rpc::detail
@@ -7494,7 +7717,10 @@ namespace fwd::rpc {
  * `signature_mismatch` or `remote_failure` from the registry; `timeout` when the
  * caller's deadline had passed on arrival (the procedure does not run); `overloaded` when
  * more than `max_in_flight_per_connection` / `max_in_flight` requests are running (it does
- * not run). A connection that sends a malformed or oversized frame, fails the handshake,
+ * not run); `max_in_flight_per_address` bounds one peer address's requests over all its
+ * connections, and `reserved_in_flight_per_address` keeps a share for every peer (see
+ * server_options). Every refusal (of a connection, a frame or a call) is reported through
+ * `telemetry.refused`, with its reason. A connection that sends a malformed or oversized frame, fails the handshake,
  * or does not finish it within `handshake_timeout` is closed; nothing else is affected.
  * A connection beyond `max_connections`, or beyond `max_unauthenticated_connections`
  * still in the handshake, is closed as soon as it is accepted. When accepting fails for
@@ -7522,6 +7748,7 @@ class server {
     state_->executor = std::move(executor);
     state_->user_registry = &procedures;
     state_->versions.archive = options.archive_version != 0 ? options.archive_version : fwd::detail::archive_version();
+    state_->limits = detail::in_flight_limits::from(options);
     state_->options = std::move(options);
     std::weak_ptr<detail::server_state> weak = state_;
     state_->builtins.define(hello, [weak]() {
@@ -7644,6 +7871,11 @@ class server {
     delay = delay.count() == 0 ? options.min_accept_backoff : std::min(delay * 2, options.max_accept_backoff);
     delay = std::max(delay, std::chrono::milliseconds(1));
     fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{{}, ec, true});
+    if (detail::reporting_refusals(options)) {
+      detail::report_refusal(options, {}, "connection", "out_of_descriptors", ec,
+                             fmt::format("accepting failed ({}): accepting again in {} ms", ec.message(),
+                                         delay.count()));
+    }
     if (!state->accept_timer) state->accept_timer.emplace(state->acceptor->get_executor());
     state->accept_timer->expires_after(delay);
     state->accept_timer->async_wait([state](boost::system::error_code wait_ec) mutable {
@@ -7656,14 +7888,25 @@ class server {
   // (the peer sees the connection closed) and reports it.
   static bool admit(detail::server_state& state, boost::asio::ip::tcp::socket& socket) {
     const auto& options = state.options;
-    const bool room = state.connections.load(std::memory_order_relaxed) < options.max_connections &&
-                      state.unauthenticated.load(std::memory_order_relaxed) < options.max_unauthenticated_connections;
-    if (room) return true;
+    const bool total_room = state.connections.load(std::memory_order_relaxed) < options.max_connections;
+    const bool handshake_room =
+        state.unauthenticated.load(std::memory_order_relaxed) < options.max_unauthenticated_connections;
+    if (total_room && handshake_room) return true;
     boost::system::error_code ignored;
     const auto peer = detail::endpoint_string(socket.remote_endpoint(ignored));
     socket.close(ignored);
-    fwd::detail::emit(options.telemetry, &telemetry::connection_failed,
-                      connection_event{peer, make_error_code(errc::overloaded), true});
+    const auto ec = make_error_code(errc::overloaded);
+    fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{peer, ec, true});
+    if (detail::reporting_refusals(options)) {
+      if (!total_room) {
+        detail::report_refusal(options, peer, "connection", "connection_cap", ec,
+                               fmt::format("{} connections are open (max_connections)", options.max_connections));
+      } else {
+        detail::report_refusal(options, peer, "connection", "unauthenticated_cap", ec,
+                               fmt::format("{} connections are in the handshake (max_unauthenticated_connections)",
+                                           options.max_unauthenticated_connections));
+      }
+    }
     return false;
   }
 
@@ -13442,6 +13685,7 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/post.hpp>
 #include <fmt/format.h>
 
 #include <atomic>
@@ -13506,6 +13750,26 @@ class forwarder {
         std::weak_ptr<detail::forward_core>(core_),
         std::make_shared<function>(std::forward<F>(fn)),
         fmt::format("{} {}", proc.name(), procedure<R(A...)>::signature_text()));
+    registry.define_raw(std::string(proc.name()), proc.signature(), handler);
+    core_->procedures.emplace(std::string(proc.name()),
+                              detail::forward_core::local_procedure{proc.signature(), handler});
+  }
+
+  /**
+   * Answers every call of `proc`, from this node or from peers, with `code` and the
+   * detail `why`, without running anything: for a built-in the service has not enabled.
+   * Registers it in `registry`.
+   */
+  template <class Signature>
+  void refuse(rpc::registry& registry, const procedure<Signature>& proc, errc code, std::string why) {
+    rpc::registry::raw_handler handler = [code, why = std::move(why)](const rpc::incoming_call&,
+                                                                      boost::asio::any_io_executor executor,
+                                                                      rpc::reply_handler reply) {
+      // The reply goes out later, never inside the dispatch that asked for it.
+      boost::asio::post(executor, [code, why, reply = std::move(reply)]() mutable {
+        reply(make_error_code(code), why);
+      });
+    };
     registry.define_raw(std::string(proc.name()), proc.signature(), handler);
     core_->procedures.emplace(std::string(proc.name()),
                               detail::forward_core::local_procedure{proc.signature(), handler});
@@ -13951,6 +14215,12 @@ struct node_options {
   breaker_options breaker;
   /// Forwarded writes wait until they are visible locally (see forwarder).
   bool read_your_writes = true;
+  /// Serve the raw-SQL built-ins, fwd::execute_statement and fwd::execute_bulk: any
+  /// statement a caller sends runs on the primary. Off (the default), they are answered
+  /// `unknown_procedure` with a detail that says how to turn them on, and nothing runs.
+  /// The primary's setting is the one that counts: turn it on on every node that may become
+  /// primary. fwd::migrate_procedure is served either way.
+  bool enable_raw_sql = false;
   /// Discovery: how long the primary's address is trusted, and one probe's deadline.
   std::chrono::milliseconds discovery_ttl{2000};
   std::chrono::milliseconds probe_timeout{300};
@@ -14003,7 +14273,8 @@ namespace fwd {
  * from any thread. Owns its server, client, membership, discovery and, once started, the
  * write executor (its one writer thread) and the LiteFS monitor (its one polling thread,
  * the only other thread fwd starts; see litefs::monitor). Built-in procedures on every node:
- * fwd::execute_statement, fwd::execute_bulk, fwd::migrate_procedure.
+ * fwd::migrate_procedure; and, with node_options::enable_raw_sql, fwd::execute_statement
+ * and fwd::execute_bulk (off, they answer unknown_procedure and say how to turn them on).
  */
 class node {
  public:
@@ -14435,15 +14706,26 @@ inline node::node(executor_type executor, node_options options)
   forwarding.telemetry = options_.telemetry;
   forwarder_ = std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
 
-  forwarder_->define(*registry_, execute_statement,
-                     [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
-                       return detail::run_statement(db, sql, values);
-                     });
-  forwarder_->define(
-      *registry_, execute_bulk,
-      [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
-        return detail::run_bulk(db, sql, rows);
-      });
+  if (options_.enable_raw_sql) {
+    forwarder_->define(*registry_, execute_statement,
+                       [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
+                         return detail::run_statement(db, sql, values);
+                       });
+    forwarder_->define(
+        *registry_, execute_bulk,
+        [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
+          return detail::run_bulk(db, sql, rows);
+        });
+  } else {
+    const auto why = [this](std::string_view name) {
+      return fmt::format(
+          "{} (raw SQL) is not enabled on node {}: set node_options::enable_raw_sql = true on every node "
+          "that may become primary to let callers run any statement; nothing ran",
+          name, options_.name);
+    };
+    forwarder_->refuse(*registry_, execute_statement, errc::unknown_procedure, why(execute_statement.name()));
+    forwarder_->refuse(*registry_, execute_bulk, errc::unknown_procedure, why(execute_bulk.name()));
+  }
   forwarder_->define(*registry_, migrate_procedure,
                      [](sqlite3* db, const std::vector<migration>& migrations) {
                        return detail::run_migrations(db, migrations);
@@ -14929,6 +15211,10 @@ class metrics : public std::enable_shared_from_this<metrics> {
                                    "Connections this node's server refused or lost before they "
                                    "were usable, by reason.",
                                    {"reason"})),
+        server_refused_(registry_.counter("fwd_server_refused_total",
+                                          "Connections, frames and calls this node's server refused, "
+                                          "by what and why (see fwd::refusal_event).",
+                                          {"what", "reason"})),
         connect_failures_(registry_.counter("fwd_rpc_connect_failures_total",
                                             "Connections to peers that failed to open, by reason.",
                                             {"reason"})),
@@ -15059,6 +15345,10 @@ class metrics : public std::enable_shared_from_this<metrics> {
       (e.inbound ? self->refused_ : self->connect_failures_).inc({outcome_label(e.reason)});
       then(&fwd::telemetry::connection_failed, e);
     };
+    t->refused = [self, then](const refusal_event& e) {
+      self->server_refused_.inc({std::string(e.what), std::string(e.reason)});
+      then(&fwd::telemetry::refused, e);
+    };
     t->discovery_lookup = [self, then](const discovery_lookup_event& e) {
       self->lookups_.inc({e.hit ? "hit" : "miss"});
       then(&fwd::telemetry::discovery_lookup, e);
@@ -15097,6 +15387,7 @@ class metrics : public std::enable_shared_from_this<metrics> {
   histogram_family& batch_size_;
   gauge_family& connections_;
   counter_family& refused_;
+  counter_family& server_refused_;
   counter_family& connect_failures_;
   counter_family& lookups_;
   counter_family& probes_;

@@ -62,8 +62,8 @@ struct test_cluster {
     return ok;
   }
 
-  void start_all() {
-    for (std::size_t i = 0; i < sim.size(); ++i) start(i);
+  void start_all(const std::vector<std::string>& extra = {}) {
+    for (std::size_t i = 0; i < sim.size(); ++i) start(i, extra);
     for (std::size_t i = 0; i < sim.size(); ++i) REQUIRE(migrated(i));
   }
 
@@ -354,7 +354,7 @@ TEST_CASE(
 
 TEST_CASE("a bulk insert from a replica is one forwarded call, all rows in one transaction") {
   test_cluster c;
-  c.start_all();
+  c.start_all({"--raw-sql"});
   const auto txid_before = c.sim.position(0).txid;
   const auto r =
       c.control.call(c.ports[2], "bulk", {"INSERT INTO tags(label) VALUES (?1)", "200", "bulk-"});

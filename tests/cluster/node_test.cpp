@@ -43,13 +43,14 @@ struct solo_node {
   std::unique_ptr<fwd::node> node;
   std::thread runner;
 
-  solo_node() {
+  explicit solo_node(bool raw_sql = false) {
     fwd_sim::install_vfs();
     fwd::node_options o;
     o.database = sim.database_path(0);
     o.secret = "test-secret";
     o.litefs_hostname = "solo";
     o.require_fuse = false;
+    o.enable_raw_sql = raw_sql;
     node = std::make_unique<fwd::node>(io.get_executor(), o);
     node->define(add_label, insert_label);
     node->start();
@@ -161,7 +162,7 @@ TEST_CASE("node::async_call fills the caller's diagnostics before its handler ru
 }
 
 TEST_CASE("the built-in statement procedure returns changes and the last insert rowid") {
-  solo_node s;
+  solo_node s(true);
   const auto r = s.node->call(fwd::execute_statement, "INSERT INTO labels(label) VALUES (?1)",
                               std::vector<fwd::sql_value>{std::string("built-in")});
   CHECK(r.changes == 1);
@@ -170,6 +171,47 @@ TEST_CASE("the built-in statement procedure returns changes and the last insert 
   CHECK_THROWS_AS(s.node->call(fwd::execute_statement, "INSERT INTO labels(label) VALUES (?1)",
                                std::vector<fwd::sql_value>{}),
                   fwd::error);
+}
+
+TEST_CASE("the raw-SQL built-ins run nothing unless the node enables them, and say how to") {
+  solo_node s;
+  const std::vector<fwd::sql_value> values{std::string("raw")};
+  // Called on this node (the primary: it runs locally).
+  fwd::diagnostics local_why;
+  fwd::forward_options o;
+  o.diagnostics = &local_why;
+  std::promise<boost::system::error_code> local;
+  s.node->async_call(o, fwd::execute_statement, "INSERT INTO labels(label) VALUES (?1)", values,
+                     [&](boost::system::error_code ec, fwd::statement_result) { local.set_value(ec); });
+  auto local_done = local.get_future();
+  REQUIRE(local_done.wait_for(10s) == std::future_status::ready);
+  CHECK(local_done.get() == fwd::errc::unknown_procedure);
+  INFO(local_why.message());
+  CHECK(local_why.message().find("enable_raw_sql") != std::string::npos);
+
+  // Sent to the node's server by a peer that holds the secret.
+  boost::asio::io_context io;
+  fwd::rpc::client_options co;
+  co.secret = "test-secret";
+  fwd::rpc::client peer(io.get_executor(), co);
+  std::optional<boost::system::error_code> remote;
+  fwd::diagnostics remote_why;
+  fwd::rpc::call_options call;
+  call.diagnostics = &remote_why;
+  peer.async_call(s.node->local_endpoint(), call, fwd::execute_bulk, "INSERT INTO labels(label) VALUES (?1)",
+                  std::vector<std::vector<fwd::sql_value>>{values},
+                  [&](boost::system::error_code ec, fwd::statement_result) {
+                    remote = ec;
+                    io.stop();
+                  });
+  io.run_for(10s);  // until the reply, bounded
+  REQUIRE(remote.has_value());
+  CHECK(*remote == fwd::errc::unknown_procedure);
+  INFO(remote_why.message());
+  CHECK(remote_why.message().find("fwd_write.execute_bulk (raw SQL) is not enabled") != std::string::npos);
+
+  // Nothing ran; the service's own procedures still do.
+  CHECK(s.node->call(add_label, "after") > 0);
 }
 
 TEST_CASE("a node refuses to run without a secret unless insecure is set") {

@@ -2,14 +2,20 @@
 //   fwd_hostile_server [--max-connections N] [--max-unauthenticated N]
 //                      [--handshake-timeout-ms N] [--nofile N] [--idle-timeout-ms N]
 //                      [--frame-read-timeout-ms N] [--max-partial-frame-bytes N]
-//                      [--max-frame-size N]
+//                      [--max-frame-size N] [--max-in-flight N] [--max-in-flight-per-connection N]
+//                      [--max-in-flight-per-address N] [--reserved-in-flight-per-address N]
+//                      [--listen ADDRESS]
 // --nofile sets this process's RLIMIT_NOFILE before the server starts. Prints "port <n>"
 // once it listens; runs until killed. On stdin, one command a line:
-//   stats   prints "stats refused <n> accept_failures <n> open <n>": connections closed by
-//           a cap, accept failures reported, and connections open now
+//   stats     prints "stats refused <n> accept_failures <n> open <n> in_flight <n>":
+//             connections closed by a cap, accept failures reported, connections open now
+//             and requests running now
+//   refusals  prints "refusals <what>/<reason>=<n> ..." from the server's
+//             fwd_server_refused_total metric (fed by telemetry.refused)
 
 #include "hostile_procedures.hpp"
 
+#include <fwd/metrics.hpp>
 #include <fwd/rpc/server.hpp>
 
 #include <boost/asio/awaitable.hpp>
@@ -29,6 +35,7 @@
 #include <functional>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -68,6 +75,16 @@ int main(int argc, char** argv) {
       options.max_partial_frame_bytes = std::stoul(value);
     } else if (flag == "--max-frame-size") {
       options.max_frame_size = std::stoul(value);
+    } else if (flag == "--max-in-flight") {
+      options.max_in_flight = std::stoul(value);
+    } else if (flag == "--max-in-flight-per-connection") {
+      options.max_in_flight_per_connection = std::stoul(value);
+    } else if (flag == "--max-in-flight-per-address") {
+      options.max_in_flight_per_address = std::stoul(value);
+    } else if (flag == "--reserved-in-flight-per-address") {
+      options.reserved_in_flight_per_address = std::stoul(value);
+    } else if (flag == "--listen") {
+      options.listen = boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address(value), 0);
     } else if (flag == "--nofile") {
       rlimit limit{};
       ::getrlimit(RLIMIT_NOFILE, &limit);
@@ -92,7 +109,8 @@ int main(int argc, char** argv) {
       ++refused;
     }
   };
-  options.telemetry = hooks;
+  auto metrics = std::make_shared<fwd::metrics>();
+  options.telemetry = metrics->hooks(hooks);
 
   boost::asio::io_context io;
   fwd::rpc::registry procedures;
@@ -125,8 +143,22 @@ int main(int argc, char** argv) {
       std::string line(boost::asio::buffers_begin(lines.data()), boost::asio::buffers_begin(lines.data()) + n);
       lines.consume(n);
       if (line == "stats\n") {
-        std::printf("stats refused %ld accept_failures %ld open %zu\n", refused.load(), accept_failures.load(),
-                    server.connection_count());
+        std::printf("stats refused %ld accept_failures %ld open %zu in_flight %zu\n", refused.load(),
+                    accept_failures.load(), server.connection_count(), server.in_flight());
+      } else if (line == "refusals\n") {
+        // Lines such as: fwd_server_refused_total{what="call",reason="overloaded"} 3
+        std::string out = "refusals";
+        std::istringstream text(metrics->render());
+        const std::string prefix = "fwd_server_refused_total{what=\"";
+        for (std::string metric; std::getline(text, metric);) {
+          if (metric.rfind(prefix, 0) != 0) continue;
+          const auto what_end = metric.find('"', prefix.size());
+          const auto reason_at = metric.find("reason=\"", what_end) + 8;
+          const auto reason_end = metric.find('"', reason_at);
+          out += " " + metric.substr(prefix.size(), what_end - prefix.size()) + "/" +
+                 metric.substr(reason_at, reason_end - reason_at) + "=" + metric.substr(metric.rfind(' ') + 1);
+        }
+        std::printf("%s\n", out.c_str());
       }
       std::fflush(stdout);
       next_command();

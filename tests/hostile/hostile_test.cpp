@@ -26,6 +26,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <future>
 #include <optional>
 #include <memory>
@@ -44,16 +45,21 @@ const std::string secret = "hostile-test-secret-hostile-test-secret";
 
 class hostile_server {
  public:
-  explicit hostile_server(std::vector<std::string> flags = {})
+  /// `prefix`: a command that runs the server (e.g. in another network namespace);
+  /// `address`: where to reach it.
+  explicit hostile_server(std::vector<std::string> flags = {}, std::vector<std::string> prefix = {},
+                          std::string address = "127.0.0.1")
       : child_([&] {
-          std::vector<std::string> argv{FWD_HOSTILE_SERVER};
+          std::vector<std::string> argv = prefix;
+          argv.push_back(FWD_HOSTILE_SERVER);
           argv.insert(argv.end(), flags.begin(), flags.end());
           return argv;
-        }()) {
+        }()),
+        address_(asio::ip::make_address(address)) {
     port_ = static_cast<std::uint16_t>(std::stoi(child_.read_until("port ")));
   }
 
-  tcp::endpoint endpoint() const { return {asio::ip::make_address("127.0.0.1"), port_}; }
+  tcp::endpoint endpoint() const { return {address_, port_}; }
   pid_t pid() const { return child_.pid(); }
 
   /// A field of /proc/<pid>/status, in KiB (VmRSS, VmHWM).
@@ -92,14 +98,39 @@ class hostile_server {
     long refused = 0;
     long accept_failures = 0;
     long open = 0;
+    long in_flight = 0;
   };
   stats read_stats() {
     child_.write_line("stats");
     std::istringstream line(child_.read_until("stats "));
     stats s;
     std::string word;
-    line >> word >> s.refused >> word >> s.accept_failures >> word >> s.open;
+    line >> word >> s.refused >> word >> s.accept_failures >> word >> s.open >> word >> s.in_flight;
     return s;
+  }
+
+  /// The server's fwd_server_refused_total, by "what/reason".
+  std::map<std::string, long> refusals() {
+    child_.write_line("refusals");
+    std::istringstream line(child_.read_until("refusals"));
+    std::map<std::string, long> counts;
+    for (std::string entry; line >> entry;) {
+      const auto eq = entry.find('=');
+      if (eq != std::string::npos) counts[entry.substr(0, eq)] = std::stol(entry.substr(eq + 1));
+    }
+    return counts;
+  }
+
+  /// Waits (bounded) until the server has counted `n` refusals of `key` ("what/reason").
+  std::map<std::string, long> wait_refusals(const std::string& key, long n, std::chrono::milliseconds bound = 10s) {
+    const auto until = std::chrono::steady_clock::now() + bound;
+    for (;;) {
+      auto counts = refusals();
+      if (counts[key] >= n) return counts;
+      INFO("waiting for " << key << " >= " << n << ", have " << counts[key]);
+      REQUIRE(std::chrono::steady_clock::now() < until);
+      std::this_thread::sleep_for(10ms);  // polling a counter in another process
+    }
   }
 
   /// Waits (bounded) until `done(stats)` holds.
@@ -116,6 +147,7 @@ class hostile_server {
 
  private:
   fwd_test::child_process child_;
+  asio::ip::address address_;
   std::uint16_t port_ = 0;
 };
 
@@ -231,14 +263,24 @@ std::string tree_claiming_everything(std::size_t size) {
   return payload;
 }
 
-// A plain TCP connection to `peer` (no handshake); -1 when it cannot connect.
-int raw_connect(const tcp::endpoint& peer) {
+// A plain TCP connection to `peer` (no handshake), from `source` when set (another
+// loopback address plays another peer); -1 when it cannot connect.
+int raw_connect(const tcp::endpoint& peer, const char* source = nullptr) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
+  if (source != nullptr) {
+    sockaddr_in local{};
+    local.sin_family = AF_INET;
+    local.sin_addr.s_addr = htonl(asio::ip::make_address_v4(source).to_uint());
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof(local)) != 0) {
+      ::close(fd);
+      return -1;
+    }
+  }
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_port = htons(peer.port());
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_addr.s_addr = htonl(peer.address().to_v4().to_uint());
   if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
     ::close(fd);
     return -1;
@@ -288,8 +330,8 @@ std::optional<fwd::wire::frame_header> read_frame(int fd, std::string& buffer, s
 
 // A plain TCP connection that went through fwd's handshake by hand: the server takes
 // frames from it as from any client. -1 on failure.
-int authenticated_connect(const tcp::endpoint& peer) {
-  const int fd = raw_connect(peer);
+int authenticated_connect(const tcp::endpoint& peer, const char* source = nullptr) {
+  const int fd = raw_connect(peer, source);
   if (fd < 0) return -1;
   fwd::wire::versions local;
   local.archive = fwd::detail::archive_version();
@@ -432,6 +474,8 @@ TEST_CASE("with its file descriptors exhausted the server backs off instead of s
               stats.accept_failures);
   CHECK(cpu < 0.10);
   CHECK(stats.accept_failures < 200);  // failures backed off, not retried at once
+  const auto counts = server.refusals();
+  CHECK(counts.at("connection/out_of_descriptors") == stats.accept_failures);
 
   attacker.close_all();
   client_thread good(20s);
@@ -454,6 +498,7 @@ TEST_CASE("connections beyond the unauthenticated cap are closed at once, and au
   for (int fd : attacker.list) closed += closed_within(fd, 500ms) ? 1 : 0;
   CHECK(closed == 6);
   CHECK(server.read_stats().open == 5);  // the good client's and four in the handshake
+  CHECK(server.refusals()["connection/unauthenticated_cap"] == 6);
   CHECK(good.echo(server.endpoint(), "still") == "still");
 
   // Once the idle ones go, a new client gets in.
@@ -474,6 +519,7 @@ TEST_CASE("connections beyond the total cap are closed at once, and reported") {
   CHECK_THROWS_AS(extra.echo(server.endpoint(), "out"), fwd::error);
   const auto stats = server.wait_stats([](const auto& s) { return s.refused >= 1; });
   CHECK(stats.open == 3);
+  CHECK(server.refusals()["connection/connection_cap"] >= stats.refused);
   for (auto& c : clients) CHECK(c->echo(server.endpoint(), "still") == "still");
 
   clients.pop_back();  // closes that client's connection
@@ -507,6 +553,7 @@ TEST_CASE("a server that stops answering is found by the ping: its calls fail pr
     std::printf("stopped server: call failed after %lld ms: %s\n", static_cast<long long>(after.count()),
                 result.detail.c_str());
     CHECK(result.ec == fwd::errc::connection_lost);
+    CHECK(fwd::classify(result.ec) == fwd::error_class::maybe_executed);
     CHECK(after >= 900ms);   // not before the configured bound
     CHECK(after <= 3000ms);  // the bound, with room for a loaded machine
     CHECK(result.detail.find("dead_peer_timeout") != std::string::npos);
@@ -649,4 +696,366 @@ TEST_CASE("a reply over the client's frame limit fails that call alone and the c
   CHECK(client.echo(server.endpoint(), "after") == "after");
   CHECK(opened == 1);
   CHECK(closed == 0);
+}
+
+namespace {
+
+// One peer floods: from each of `sources`, `connections` authenticated connections send
+// `per_connection` calls of hostile.nap(`ms`) each, at once.
+void flood_naps(fds& held, const tcp::endpoint& peer, const std::vector<const char*>& sources, int connections,
+                int per_connection, std::int64_t ms) {
+  const std::string body = fwd::detail::encode_values(ms);
+  std::string frames;
+  for (int i = 0; i < per_connection; ++i) frames += request_frame(hostile::nap, static_cast<std::uint64_t>(i + 1), body);
+  for (const char* source : sources) {
+    for (int c = 0; c < connections; ++c) {
+      const int fd = authenticated_connect(peer, source);
+      REQUIRE(fd >= 0);
+      held.list.push_back(fd);
+      REQUIRE(send_all(fd, frames));
+    }
+  }
+}
+
+struct flood_outcome {
+  long in_flight = 0;      // the flood's calls running on the server
+  long refused = 0;        // the flood's calls answered overloaded
+  int good_ok = 0;         // the good client's calls that succeeded
+  int good_overloaded = 0; // ... that were answered overloaded
+  int good_other = 0;      // ... that failed otherwise
+  long rss_grew_kib = 0;   // the server's VmHWM over its baseline
+  double cpu = 0;          // the server's CPU share while the good client called
+};
+
+// Runs the flood against a server with `flags` while a good client (127.0.0.1) calls
+// hostile.echo, 16 at a time, for 3 s.
+flood_outcome run_flood(const std::vector<std::string>& flags, const std::vector<const char*>& sources,
+                        int connections, int per_connection) {
+  hostile_server server(flags);
+  client_thread good;
+  REQUIRE(good.echo(server.endpoint(), "before") == "before");
+  const long baseline = server.memory_kib("VmHWM");
+
+  fds attacker;
+  // Naps far longer than the test: every call the server takes stays in flight.
+  flood_naps(attacker, server.endpoint(), sources, connections, per_connection, 60000);
+  const long sent = static_cast<long>(sources.size()) * connections * per_connection;
+  flood_outcome out;
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  for (;;) {
+    out.in_flight = server.read_stats().in_flight;
+    out.refused = server.refusals()["call/overloaded"];
+    if (out.in_flight + out.refused >= sent) break;
+    INFO("flood: " << out.in_flight << " running, " << out.refused << " refused of " << sent);
+    REQUIRE(std::chrono::steady_clock::now() < until);
+    std::this_thread::sleep_for(20ms);  // polling counters in another process
+  }
+
+  const long ticks_before = server.cpu_ticks();
+  const auto window_start = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - window_start < 3s) {
+    std::vector<std::future<client_thread::outcome>> calls;
+    for (int i = 0; i < 16; ++i) calls.push_back(good.start(server.endpoint(), hostile::echo, 10s, std::string("good")));
+    for (auto& call : calls) {
+      REQUIRE(call.wait_for(20s) == std::future_status::ready);
+      const auto r = call.get();
+      if (!r.ec) {
+        ++out.good_ok;
+      } else if (r.ec == fwd::errc::overloaded) {
+        ++out.good_overloaded;
+      } else {
+        ++out.good_other;
+        UNSCOPED_INFO("good call failed: " << r.ec.message() << ": " << r.detail);
+      }
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
+  out.cpu = static_cast<double>(server.cpu_ticks() - ticks_before) / static_cast<double>(::sysconf(_SC_CLK_TCK)) / seconds;
+  out.rss_grew_kib = server.memory_kib("VmHWM") - baseline;
+  // Nothing the good client sent was refused: every refusal counted is the flood's.
+  CHECK(server.refusals()["call/overloaded"] == out.refused + out.good_overloaded);
+  return out;
+}
+
+void print_flood(const char* name, const flood_outcome& o) {
+  std::printf("%s: flood %ld running, %ld refused; good client %d ok, %d overloaded, %d other; server VmHWM +%ld KiB, "
+              "CPU %.1f%%\n",
+              name, o.in_flight, o.refused, o.good_ok, o.good_overloaded, o.good_other, o.rss_grew_kib, o.cpu * 100);
+}
+
+}  // namespace
+
+TEST_CASE("one peer flooding slow calls on many connections leaves a share for another peer") {
+  // The server's defaults: 65,536 requests in total, 4,096 a connection, 16,384 an address.
+  // The flood: 17 connections of 4,096 calls each from 127.0.0.3, enough to fill the
+  // server-wide bound.
+  const auto o = run_flood({}, {"127.0.0.3"}, 17, 4096);
+  print_flood("flood from one address, 17 connections", o);
+  CHECK(o.in_flight == 16384);  // max_in_flight_per_address, a quarter of the server
+  CHECK(o.refused == 17 * 4096 - 16384);
+  CHECK(o.good_ok > 0);
+  CHECK(o.good_overloaded == 0);
+  CHECK(o.good_other == 0);
+  CHECK(o.rss_grew_kib <= 256 * 1024);
+}
+
+TEST_CASE("a peer flooding from several addresses still leaves a reserved share for another peer") {
+  // Six addresses, 4 connections each of 4,096 calls: three fill the shared three
+  // quarters of the server; the others get no more than their reserved 64 each.
+  const auto o = run_flood({}, {"127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7", "127.0.0.8"}, 4, 4096);
+  print_flood("flood from six addresses, 24 connections", o);
+  // The shared part is full; what runs beyond it is first calls of addresses taken from
+  // the reserve (64 at most each, as many addresses as came while they were under it).
+  CHECK(o.in_flight >= 65536 - 16384);
+  CHECK(o.in_flight <= 65536 - 16384 + 6 * 64);
+  CHECK(o.good_ok > 0);
+  CHECK(o.good_overloaded == 0);
+  CHECK(o.good_other == 0);
+  CHECK(o.rss_grew_kib <= 512 * 1024);
+}
+
+TEST_CASE("without the per-address bounds the same flood starves another peer") {
+  // The control: a per-address bound and reserve as large as the server bring back the
+  // server-wide bound alone, which the flood fills.
+  const auto o = run_flood({"--max-in-flight-per-address", "65536", "--reserved-in-flight-per-address", "65536"},
+                           {"127.0.0.3"}, 17, 4096);
+  print_flood("flood from one address, server-wide bound alone", o);
+  CHECK(o.in_flight == 65536);
+  CHECK(o.good_ok == 0);
+  CHECK(o.good_overloaded > 0);
+}
+
+TEST_CASE("every refused connection, frame and call is reported with what happened") {
+  hostile_server server({"--handshake-timeout-ms", "300", "--frame-read-timeout-ms", "300"});
+  client_thread good;
+  REQUIRE(good.echo(server.endpoint(), "up") == "up");
+  const auto ep = server.endpoint();
+
+  // A bare connect-and-close.
+  ::close(raw_connect(ep));
+  server.wait_refusals("connection/closed_before_handshake", 1);
+
+  // A silent connection: the server closes it at the handshake deadline.
+  {
+    const int fd = raw_connect(ep);
+    CHECK(closed_within(fd, 5s));
+    ::close(fd);
+    server.wait_refusals("connection/handshake_timeout", 1);
+  }
+
+  // Bytes that are not fwd's handshake.
+  {
+    const int fd = raw_connect(ep);
+    REQUIRE(send_all(fd, std::string("GET / HTTP/1.1\r\nHost: x\r\n\r\n") + std::string(64, ' ')));
+    CHECK(closed_within(fd, 5s));
+    ::close(fd);
+    server.wait_refusals("connection/handshake_failed", 1);
+  }
+
+  // The wrong secret.
+  {
+    client_thread stranger(5s, [](fwd::rpc::client_options& o) { o.secret = "another-secret-another-secret-another"; });
+    CHECK_THROWS_AS(stranger.echo(ep, "x"), fwd::error);
+    // The client checks the server's proof first, finds it wrong and closes.
+    server.wait_refusals("connection/closed_during_handshake", 1);
+  }
+
+  // Frames: too large, malformed, too slow, of an unexpected type.
+  {
+    const int fd = authenticated_connect(ep);
+    REQUIRE(fd >= 0);
+    fwd::wire::frame_header h;
+    h.body_size = 1u << 30;
+    std::string header(fwd::wire::header_size, '\0');
+    fwd::wire::encode_header(h, header.data());
+    REQUIRE(send_all(fd, header));
+    CHECK(closed_within(fd, 5s));
+    ::close(fd);
+    server.wait_refusals("frame/frame_too_large", 1);
+  }
+  {
+    const int fd = authenticated_connect(ep);
+    REQUIRE(fd >= 0);
+    REQUIRE(send_all(fd, std::string(fwd::wire::header_size, '\xff')));
+    CHECK(closed_within(fd, 5s));
+    ::close(fd);
+    server.wait_refusals("frame/malformed_frame", 1);
+  }
+  {
+    const int fd = authenticated_connect(ep);
+    REQUIRE(fd >= 0);
+    const std::string frame = request_frame(hostile::echo, 1, fwd::detail::encode_values(std::string(1000, 'x')));
+    REQUIRE(send_all(fd, std::string_view(frame).substr(0, 500)));
+    CHECK(closed_within(fd, 5s));
+    ::close(fd);
+    server.wait_refusals("frame/frame_read_timeout", 1);
+  }
+  {
+    const int fd = authenticated_connect(ep);
+    REQUIRE(fd >= 0);
+    fwd::wire::frame_header h;
+    h.type = fwd::wire::frame_type::reply;
+    REQUIRE(send_all(fd, fwd::wire::encode_frame(h, {}, {})));
+    CHECK(closed_within(fd, 5s));
+    ::close(fd);
+    server.wait_refusals("frame/unexpected_frame", 1);
+  }
+
+  // Calls: each answered with its error; the connection goes on.
+  {
+    const fwd::procedure<std::string(std::string)> nope{"hostile.nope"};
+    CHECK(good.raw(ep, nope, fwd::detail::encode_values(std::string("x"))) == fwd::errc::unknown_procedure);
+    const fwd::procedure<std::string(std::int64_t)> echo_wrong{"hostile.echo"};
+    CHECK(good.raw(ep, echo_wrong, fwd::detail::encode_values(std::int64_t{1})) == fwd::errc::signature_mismatch);
+    CHECK(good.raw(ep, hostile::count_strings, "not an archive") == fwd::errc::protocol_error);
+  }
+  {
+    const int fd = authenticated_connect(ep);
+    REQUIRE(fd >= 0);
+    fwd::wire::frame_header h;
+    h.type = fwd::wire::frame_type::request;
+    h.flags = fwd::wire::frame_flags::has_deadline;
+    h.deadline_ms = 0;
+    h.stream_id = 1;
+    h.aux = hostile::echo.signature();
+    REQUIRE(send_all(fd, fwd::wire::encode_frame(h, hostile::echo.name(), fwd::detail::encode_values(std::string("x")))));
+    std::string buffer;
+    const auto reply = read_frame(fd, buffer, 5s);
+    REQUIRE(reply.has_value());
+    CHECK(fwd::rpc::detail::decode_status(reply->aux) == fwd::errc::timeout);
+    ::close(fd);
+  }
+  CHECK(good.echo(ep, "still") == "still");
+
+  const auto counts = server.wait_refusals("call/deadline_passed", 1);
+  const std::map<std::string, long> expected{
+      {"connection/closed_before_handshake", 1}, {"connection/handshake_timeout", 1},
+      {"connection/handshake_failed", 1},        {"connection/closed_during_handshake", 1},
+      {"frame/frame_too_large", 1},
+      {"frame/malformed_frame", 1},              {"frame/frame_read_timeout", 1},
+      {"frame/unexpected_frame", 1},             {"call/unknown_procedure", 1},
+      {"call/signature_mismatch", 1},            {"call/decode_failure", 1},
+      {"call/deadline_passed", 1},
+  };
+  std::string seen;
+  for (const auto& [key, n] : counts) seen += key + "=" + std::to_string(n) + " ";
+  INFO("refusals: " << seen);
+  CHECK(counts == expected);
+}
+
+namespace {
+
+// Runs a shell command; true when it exits 0.
+bool run(const std::string& command) { return std::system((command + " >/dev/null 2>&1").c_str()) == 0; }
+
+// A network namespace joined to this one by a veth link: the server runs inside it, and
+// the test drops the link there, so the client's packets vanish without a reset.
+class netns_link {
+ public:
+  netns_link() {
+    const int id = static_cast<int>(::getpid() % 4000);
+    name_ = "fwdht" + std::to_string(id);
+    outside_ = address(id, 1);
+    inside_ = address(id, 2);
+    if (::geteuid() != 0) {
+      why_ = "not root";
+      return;
+    }
+    if (!run("command -v ip")) {
+      why_ = "no ip command";
+      return;
+    }
+    run("ip netns del " + name_);  // left over from a killed run
+    ready_ = run("ip netns add " + name_) &&
+             run("ip link add " + name_ + "a type veth peer name " + name_ + "b") &&
+             run("ip link set " + name_ + "b netns " + name_) &&
+             run("ip addr add " + outside_ + "/30 dev " + name_ + "a") && run("ip link set " + name_ + "a up") &&
+             run("ip -n " + name_ + " addr add " + inside_ + "/30 dev " + name_ + "b") &&
+             run("ip -n " + name_ + " link set " + name_ + "b up") && run("ip -n " + name_ + " link set lo up");
+    if (!ready_) why_ = "cannot create a network namespace with a veth link (ip netns add / ip link add failed)";
+  }
+  ~netns_link() {
+    run("ip link del " + name_ + "a");
+    run("ip netns del " + name_);
+  }
+
+  bool ready() const { return ready_; }
+  const std::string& why() const { return why_; }
+  const std::string& inside() const { return inside_; }
+  std::vector<std::string> exec() const { return {"/usr/sbin/ip", "netns", "exec", name_}; }
+  /// Drops the link (inside the namespace: the outside keeps its address and route, so
+  /// packets vanish), or brings it back with the neighbour entries that failed meanwhile
+  /// forgotten (otherwise the next connect is refused with "no route to host").
+  bool set_link(bool up) const {
+    if (!up) return run("ip -n " + name_ + " link set " + name_ + "b down");
+    return run("ip -n " + name_ + " link set " + name_ + "b up") && run("ip neigh flush dev " + name_ + "a") &&
+           run("ip -n " + name_ + " neigh flush dev " + name_ + "b");
+  }
+
+ private:
+  // 10.213.0.0/16 cut into /30 subnets, one per test process.
+  static std::string address(int id, int host) {
+    return "10.213." + std::to_string(id / 64) + "." + std::to_string((id % 64) * 4 + host);
+  }
+  std::string name_;
+  std::string outside_;
+  std::string inside_;
+  std::string why_;
+  bool ready_ = false;
+};
+
+}  // namespace
+
+TEST_CASE("a server behind a link that drops is found dead within the bound, and the client redials once it is back") {
+  netns_link link;
+  if (!link.ready()) {
+    WARN("SKIPPED: " << link.why() << "; the half-open test over a dropped link did not run");
+    return;
+  }
+  // Who finds the dead peer, and within what: fwd's ping (1 s), or the kernel alone
+  // (TCP_USER_TIMEOUT, 2 s: the calls sent after the drop stay unacknowledged).
+  struct detector {
+    const char* name;
+    std::function<void(fwd::rpc::client_options&)> tweak;
+    std::chrono::milliseconds low;
+    std::chrono::milliseconds high;
+  };
+  const detector ping{"ping", [](fwd::rpc::client_options& o) {
+                        o.ping_interval = 200ms;
+                        o.dead_peer_timeout = 1000ms;
+                        o.keepalive.user_timeout = 10000ms;
+                      },
+                      800ms, 3000ms};
+  const detector kernel{"TCP_USER_TIMEOUT", [](fwd::rpc::client_options& o) {
+                          o.ping_interval = 0ms;
+                          o.keepalive.user_timeout = 2000ms;
+                        },
+                        1800ms, 5000ms};
+  for (const detector& d : {ping, kernel}) {
+    hostile_server server({"--listen", link.inside()}, link.exec(), link.inside());
+    client_thread good(60s, d.tweak);
+    REQUIRE(good.echo(server.endpoint(), "up") == "up");
+    auto running = good.start(server.endpoint(), hostile::nap, 60s, std::int64_t{30000});
+
+    REQUIRE(link.set_link(false));
+    const auto dropped_at = std::chrono::steady_clock::now();
+    std::vector<std::future<client_thread::outcome>> calls;
+    calls.push_back(std::move(running));
+    for (int i = 0; i < 3; ++i) calls.push_back(good.start(server.endpoint(), hostile::echo, 60s, std::string("lost")));
+    for (auto& call : calls) {
+      REQUIRE(call.wait_for(15s) == std::future_status::ready);
+      const auto result = call.get();
+      const auto after = std::chrono::duration_cast<std::chrono::milliseconds>(result.at - dropped_at);
+      std::printf("dropped link, found by %s: call failed after %lld ms: %s\n", d.name,
+                  static_cast<long long>(after.count()), result.detail.c_str());
+      INFO(d.name << ": " << result.detail);
+      CHECK(result.ec == fwd::errc::connection_lost);
+      CHECK(fwd::classify(result.ec) == fwd::error_class::maybe_executed);
+      CHECK(after >= d.low);   // not before the configured bound
+      CHECK(after <= d.high);  // the bound, with room for a loaded machine
+    }
+
+    REQUIRE(link.set_link(true));
+    CHECK(good.echo(server.endpoint(), "back") == "back");
+  }
 }

@@ -1,5 +1,6 @@
 // A fwd server in its own process, for the transport's cross-process tests.
 //   fwd_rpc_test_server [--secret S] [--max-in-flight-per-connection N] [--max-in-flight N]
+//                       [--max-in-flight-per-address N]
 //                       [--handshake-timeout-ms N] [--idle-timeout-ms N] [--max-frame-size N]
 // Prints "port <n>" on stdout once it listens; runs until killed. Commands on stdin, one a
 // line, for tests that must not go through the RPC path they are measuring:
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
     if (flag == "--secret") options.secret = value;
     else if (flag == "--max-in-flight-per-connection") options.max_in_flight_per_connection = std::stoul(value);
     else if (flag == "--max-in-flight") options.max_in_flight = std::stoul(value);
+    else if (flag == "--max-in-flight-per-address") options.max_in_flight_per_address = std::stoul(value);
     else if (flag == "--handshake-timeout-ms") options.handshake_timeout = std::chrono::milliseconds(std::stol(value));
     else if (flag == "--idle-timeout-ms") options.idle_timeout = std::chrono::milliseconds(std::stol(value));
     else if (flag == "--max-frame-size") options.max_frame_size = std::stoul(value);

@@ -164,15 +164,26 @@ inline node::node(executor_type executor, node_options options)
   forwarding.telemetry = options_.telemetry;
   forwarder_ = std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
 
-  forwarder_->define(*registry_, execute_statement,
-                     [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
-                       return detail::run_statement(db, sql, values);
-                     });
-  forwarder_->define(
-      *registry_, execute_bulk,
-      [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
-        return detail::run_bulk(db, sql, rows);
-      });
+  if (options_.enable_raw_sql) {
+    forwarder_->define(*registry_, execute_statement,
+                       [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
+                         return detail::run_statement(db, sql, values);
+                       });
+    forwarder_->define(
+        *registry_, execute_bulk,
+        [](sqlite3* db, const std::string& sql, const std::vector<std::vector<sql_value>>& rows) {
+          return detail::run_bulk(db, sql, rows);
+        });
+  } else {
+    const auto why = [this](std::string_view name) {
+      return fmt::format(
+          "{} (raw SQL) is not enabled on node {}: set node_options::enable_raw_sql = true on every node "
+          "that may become primary to let callers run any statement; nothing ran",
+          name, options_.name);
+    };
+    forwarder_->refuse(*registry_, execute_statement, errc::unknown_procedure, why(execute_statement.name()));
+    forwarder_->refuse(*registry_, execute_bulk, errc::unknown_procedure, why(execute_bulk.name()));
+  }
   forwarder_->define(*registry_, migrate_procedure,
                      [](sqlite3* db, const std::vector<migration>& migrations) {
                        return detail::run_migrations(db, migrations);

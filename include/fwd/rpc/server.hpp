@@ -49,7 +49,10 @@ namespace fwd::rpc {
  * `signature_mismatch` or `remote_failure` from the registry; `timeout` when the
  * caller's deadline had passed on arrival (the procedure does not run); `overloaded` when
  * more than `max_in_flight_per_connection` / `max_in_flight` requests are running (it does
- * not run). A connection that sends a malformed or oversized frame, fails the handshake,
+ * not run); `max_in_flight_per_address` bounds one peer address's requests over all its
+ * connections, and `reserved_in_flight_per_address` keeps a share for every peer (see
+ * server_options). Every refusal (of a connection, a frame or a call) is reported through
+ * `telemetry.refused`, with its reason. A connection that sends a malformed or oversized frame, fails the handshake,
  * or does not finish it within `handshake_timeout` is closed; nothing else is affected.
  * A connection beyond `max_connections`, or beyond `max_unauthenticated_connections`
  * still in the handshake, is closed as soon as it is accepted. When accepting fails for
@@ -77,6 +80,7 @@ class server {
     state_->executor = std::move(executor);
     state_->user_registry = &procedures;
     state_->versions.archive = options.archive_version != 0 ? options.archive_version : fwd::detail::archive_version();
+    state_->limits = detail::in_flight_limits::from(options);
     state_->options = std::move(options);
     std::weak_ptr<detail::server_state> weak = state_;
     state_->builtins.define(hello, [weak]() {
@@ -199,6 +203,11 @@ class server {
     delay = delay.count() == 0 ? options.min_accept_backoff : std::min(delay * 2, options.max_accept_backoff);
     delay = std::max(delay, std::chrono::milliseconds(1));
     fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{{}, ec, true});
+    if (detail::reporting_refusals(options)) {
+      detail::report_refusal(options, {}, "connection", "out_of_descriptors", ec,
+                             fmt::format("accepting failed ({}): accepting again in {} ms", ec.message(),
+                                         delay.count()));
+    }
     if (!state->accept_timer) state->accept_timer.emplace(state->acceptor->get_executor());
     state->accept_timer->expires_after(delay);
     state->accept_timer->async_wait([state](boost::system::error_code wait_ec) mutable {
@@ -211,14 +220,25 @@ class server {
   // (the peer sees the connection closed) and reports it.
   static bool admit(detail::server_state& state, boost::asio::ip::tcp::socket& socket) {
     const auto& options = state.options;
-    const bool room = state.connections.load(std::memory_order_relaxed) < options.max_connections &&
-                      state.unauthenticated.load(std::memory_order_relaxed) < options.max_unauthenticated_connections;
-    if (room) return true;
+    const bool total_room = state.connections.load(std::memory_order_relaxed) < options.max_connections;
+    const bool handshake_room =
+        state.unauthenticated.load(std::memory_order_relaxed) < options.max_unauthenticated_connections;
+    if (total_room && handshake_room) return true;
     boost::system::error_code ignored;
     const auto peer = detail::endpoint_string(socket.remote_endpoint(ignored));
     socket.close(ignored);
-    fwd::detail::emit(options.telemetry, &telemetry::connection_failed,
-                      connection_event{peer, make_error_code(errc::overloaded), true});
+    const auto ec = make_error_code(errc::overloaded);
+    fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{peer, ec, true});
+    if (detail::reporting_refusals(options)) {
+      if (!total_room) {
+        detail::report_refusal(options, peer, "connection", "connection_cap", ec,
+                               fmt::format("{} connections are open (max_connections)", options.max_connections));
+      } else {
+        detail::report_refusal(options, peer, "connection", "unauthenticated_cap", ec,
+                               fmt::format("{} connections are in the handshake (max_unauthenticated_connections)",
+                                           options.max_unauthenticated_connections));
+      }
+    }
     return false;
   }
 

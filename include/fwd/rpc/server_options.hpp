@@ -31,10 +31,12 @@
 #include <exception>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace fwd::rpc {
@@ -73,6 +75,18 @@ struct server_options {
   std::size_t max_in_flight_per_connection = 4096;
   /// Requests running at once on the whole server; more are answered `overloaded`.
   std::size_t max_in_flight = 65536;
+  /// Requests running at once from one peer address, over all its connections; more are
+  /// answered `overloaded`. 0: a quarter of `max_in_flight` (at least 1). With it, one
+  /// peer cannot take the whole server however many connections it opens.
+  std::size_t max_in_flight_per_address = 0;
+  /// The share of `max_in_flight` every peer address is sure to get. A quarter of
+  /// `max_in_flight` is kept in reserve: an address running `reserved_in_flight_per_address`
+  /// requests or more may only use the other three quarters, so that a peer that comes
+  /// while others fill the server still has its first requests run. 0: `max_in_flight`
+  /// / 1024 (64 by default; no reserve when that is 0). The reserve holds for up to
+  /// `max_in_flight / 4 / reserved_in_flight_per_address` addresses over their share at once
+  /// (256 by default). Connections from one address share that address's share.
+  std::size_t reserved_in_flight_per_address = 0;
   /// Replies waiting to be written on one connection, in bytes, beyond which the server
   /// stops reading that connection until its peer reads (bounds memory per connection).
   std::size_t max_pending_reply_bytes = std::size_t{8} << 20;
@@ -139,19 +153,73 @@ inline std::string endpoint_string(const boost::asio::ip::tcp::endpoint& e) {
 
 class server_connection;
 
+// Requests running for one peer address, over all its connections.
+struct address_share {
+  std::atomic<std::size_t> in_flight{0};
+};
+
+// The in-flight bounds, the derived ones resolved (see server_options).
+struct in_flight_limits {
+  std::size_t per_connection = 0;
+  std::size_t per_address = 0;
+  std::size_t total = 0;
+  std::size_t reserved_per_address = 0;  // below it, an address may use the reserve
+  std::size_t shared = 0;                // the total less the reserve
+
+  static in_flight_limits from(const server_options& o) noexcept {
+    in_flight_limits l;
+    l.per_connection = o.max_in_flight_per_connection;
+    l.total = o.max_in_flight;
+    l.per_address = o.max_in_flight_per_address != 0 ? o.max_in_flight_per_address
+                                                     : std::max<std::size_t>(o.max_in_flight / 4, 1);
+    l.reserved_per_address = o.reserved_in_flight_per_address != 0 ? o.reserved_in_flight_per_address
+                                                                    : o.max_in_flight / 1024;
+    l.shared = l.reserved_per_address == 0 ? l.total : l.total - l.total / 4;
+    return l;
+  }
+};
+
+// Whether a refusal is reported (to build its detail only then).
+inline bool reporting_refusals(const server_options& o) noexcept { return o.telemetry && o.telemetry->refused; }
+
+inline void report_refusal(const server_options& o, std::string_view peer, std::string_view what,
+                           std::string_view reason, const boost::system::error_code& ec,
+                           std::string_view detail) noexcept {
+  fwd::detail::emit(o.telemetry, &telemetry::refused, refusal_event{peer, what, reason, ec, detail});
+}
+
 struct server_state {
   boost::asio::any_io_executor executor;
   const registry* user_registry = nullptr;
   registry builtins;
   server_options options;
   wire::versions versions;
+  in_flight_limits limits;
   std::atomic<std::size_t> in_flight{0};
   std::atomic<std::size_t> connections{0};
   std::atomic<std::size_t> unauthenticated{0};  // connections still in the handshake
   std::atomic<std::size_t> partial_frame_bytes{0};  // see max_partial_frame_bytes
   std::atomic<bool> stopping{false};
-  std::mutex mutex;  // guards live
+  std::mutex mutex;  // guards live and shares
   std::list<std::weak_ptr<server_connection>> live;
+  std::map<boost::asio::ip::address, std::weak_ptr<address_share>> shares;
+
+  // The share of `address`, made when its first connection comes; gone with its last.
+  std::shared_ptr<address_share> share_of(const boost::asio::ip::address& address) {
+    std::lock_guard lock(mutex);
+    auto& slot = shares[address];
+    auto share = slot.lock();
+    if (!share) {
+      share = std::make_shared<address_share>();
+      slot = share;
+      if (shares.size() > 2 * shares_kept) {
+        std::erase_if(shares, [](const auto& entry) { return entry.second.expired(); });
+        shares_kept = std::max<std::size_t>(64, shares.size());
+      }
+    }
+    return share;
+  }
+  std::size_t shares_kept = 64;  // under mutex: the map is swept when it doubles past it
   std::optional<boost::asio::ip::tcp::acceptor> acceptor;  // used on its own strand
   std::optional<boost::asio::steady_timer> accept_timer;    // on the acceptor's strand
   std::chrono::milliseconds accept_backoff{0};             // on the acceptor's strand

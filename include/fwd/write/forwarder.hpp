@@ -25,6 +25,7 @@
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/post.hpp>
 #include <fmt/format.h>
 
 #include <atomic>
@@ -89,6 +90,26 @@ class forwarder {
         std::weak_ptr<detail::forward_core>(core_),
         std::make_shared<function>(std::forward<F>(fn)),
         fmt::format("{} {}", proc.name(), procedure<R(A...)>::signature_text()));
+    registry.define_raw(std::string(proc.name()), proc.signature(), handler);
+    core_->procedures.emplace(std::string(proc.name()),
+                              detail::forward_core::local_procedure{proc.signature(), handler});
+  }
+
+  /**
+   * Answers every call of `proc`, from this node or from peers, with `code` and the
+   * detail `why`, without running anything: for a built-in the service has not enabled.
+   * Registers it in `registry`.
+   */
+  template <class Signature>
+  void refuse(rpc::registry& registry, const procedure<Signature>& proc, errc code, std::string why) {
+    rpc::registry::raw_handler handler = [code, why = std::move(why)](const rpc::incoming_call&,
+                                                                      boost::asio::any_io_executor executor,
+                                                                      rpc::reply_handler reply) {
+      // The reply goes out later, never inside the dispatch that asked for it.
+      boost::asio::post(executor, [code, why, reply = std::move(reply)]() mutable {
+        reply(make_error_code(code), why);
+      });
+    };
     registry.define_raw(std::string(proc.name()), proc.signature(), handler);
     core_->procedures.emplace(std::string(proc.name()),
                               detail::forward_core::local_procedure{proc.signature(), handler});

@@ -52,7 +52,9 @@ class server_connection : public std::enable_shared_from_this<server_connection>
         timer_(strand_),
         handshake_(std::in_place, state_->options.secret, state_->versions) {
     boost::system::error_code ignored;
-    peer_ = endpoint_string(stream_.socket().remote_endpoint(ignored));
+    const auto remote = stream_.socket().remote_endpoint(ignored);
+    peer_ = endpoint_string(remote);
+    share_ = state_->share_of(remote.address());
     stream_.socket().set_option(tcp::no_delay(true), ignored);
     apply_keepalive(stream_.socket(), state_->options.keepalive);
     // Lets write() write at once without ever blocking (Asio's own operations, TLS's
@@ -158,6 +160,30 @@ class server_connection : public std::enable_shared_from_this<server_connection>
 
   void on_reply(running_call& call, boost::system::error_code ec, std::string result);
 
+  // Takes a place for one more request under every in-flight bound; or says which bound
+  // refused it (and takes nothing).
+  std::optional<std::string> take_place();
+
+  void release_place() noexcept {
+    --in_flight_;
+    share_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  // Reports a refusal of this connection, one of its frames or one of its calls.
+  void report(std::string_view what, std::string_view reason, const boost::system::error_code& ec,
+              std::string_view detail) const noexcept {
+    report_refusal(state_->options, peer_, what, reason, ec, detail);
+  }
+  bool reporting() const noexcept { return reporting_refusals(state_->options); }
+
+  // Refuses the connection before it is authenticated: reports it (connection_failed and
+  // refused) and closes it.
+  void refuse_connection(std::string_view reason, boost::system::error_code ec, std::string_view detail);
+
+  // Refuses the frame being received or just received: reports it and closes the connection.
+  void refuse_frame(std::string_view reason, boost::system::error_code ec, std::string_view detail);
+
   void reply(std::uint64_t stream_id, const wire::request_id& id, boost::system::error_code ec, std::string_view why) {
     wire::frame_header h;
     h.type = wire::frame_type::reply;
@@ -192,10 +218,12 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   boost::asio::steady_timer timer_;
   std::optional<wire::server_handshake> handshake_;
   std::string peer_;
+  std::shared_ptr<address_share> share_;  // requests running from the peer's address
   frame_buffer buffer_;
   std::string queued_;
   std::string writing_;
   std::size_t in_flight_ = 0;
+  std::size_t received_ = 0;  // bytes read so far (for what the telemetry says)
   std::uint64_t timer_generation_ = 0;
   std::chrono::steady_clock::time_point last_activity_;
   std::chrono::steady_clock::time_point timer_at_;

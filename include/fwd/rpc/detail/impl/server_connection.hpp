@@ -11,11 +11,20 @@ namespace fwd::rpc::detail {
 inline void server_connection::on_timer() {
   const auto now = std::chrono::steady_clock::now();
   if (!authenticated_) {
-    close(make_error_code(errc::timeout));  // slow (or silent) handshake
+    // A slow (or silent) handshake.
+    refuse_connection("handshake_timeout", boost::asio::error::timed_out,
+                      reporting() ? fmt::format("the handshake was not finished within handshake_timeout ({} ms)",
+                                                state_->options.handshake_timeout.count())
+                                  : std::string());
     return;
   }
   if (partial_since_ && now - *partial_since_ >= state_->options.frame_read_timeout) {
-    close(make_error_code(errc::timeout));  // a frame that arrives too slowly
+    // A frame that arrives too slowly.
+    refuse_frame("frame_read_timeout", boost::asio::error::timed_out,
+                 reporting() ? fmt::format("a frame was not whole within frame_read_timeout ({} ms) of its first "
+                                           "byte; {} bytes had arrived",
+                                           state_->options.frame_read_timeout.count(), buffer_.buffered())
+                             : std::string());
     return;
   }
   if (in_flight_ == 0 && now - last_activity_ >= state_->options.idle_timeout) {
@@ -35,7 +44,11 @@ inline bool server_connection::charge_partial() {
     const std::size_t before = state_->partial_frame_bytes.fetch_add(extra, std::memory_order_relaxed);
     if (before + extra > state_->options.max_partial_frame_bytes) {
       state_->partial_frame_bytes.fetch_sub(extra, std::memory_order_relaxed);
-      close(make_error_code(errc::overloaded));
+      refuse_frame("partial_frame_budget", make_error_code(errc::overloaded),
+                   reporting() ? fmt::format("a frame of {} bytes would take frames being received over "
+                                             "max_partial_frame_bytes ({} bytes; {} taken)",
+                                             want, state_->options.max_partial_frame_bytes, before)
+                               : std::string());
       return false;
     }
   } else if (want < charged_) {
@@ -57,7 +70,8 @@ inline void server_connection::await_first_byte() {
         const std::size_t n = self->stream_.socket().receive(boost::asio::buffer(&first, 1),
                                                              tcp::socket::message_peek, ec);
         if (ec || n == 0) {
-          self->close(ec == boost::asio::error::eof ? boost::system::error_code{} : ec);
+          self->refuse_connection("closed_before_handshake", ec ? ec : boost::asio::error::eof,
+                                  "the peer closed the connection before the handshake");
           return;
         }
         if (first == static_cast<char>(wire::magic & 0xff)) {
@@ -71,10 +85,10 @@ inline void server_connection::await_first_byte() {
               if (handshake_ec) {
                 // The peer's certificate is missing or untrusted, or it
                 // does not speak TLS: OpenSSL's reason says which.
-                self->failed_ = handshake_ec;
-                fwd::detail::emit(self->state_->options.telemetry, &telemetry::connection_failed,
-                                  connection_event{self->peer_, handshake_ec, true});
-                self->close(handshake_ec);
+                self->refuse_connection("tls_failed", handshake_ec,
+                                        self->reporting() ? fmt::format("TLS handshake failed: {}",
+                                                                        handshake_ec.message())
+                                                          : std::string());
                 return;
               }
               self->read();
@@ -86,6 +100,7 @@ inline void server_connection::refuse_plain_client() {
   failed_ = make_error_code(errc::unauthenticated);
   fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
                     connection_event{peer_, failed_, true});
+  report("connection", "tls_required", failed_, "a plain client came to a server that requires TLS");
   // Take in what the client sent (its hello), so that closing does not reset the
   // connection before the client reads why.
   boost::system::error_code ignored;
@@ -108,10 +123,27 @@ inline void server_connection::on_read(boost::system::error_code ec, std::size_t
     // A TLS peer that just closes its socket truncates the TLS stream: an ordinary close too.
     const bool closed_by_peer =
         ec == boost::asio::error::eof || ec == boost::asio::ssl::error::stream_truncated;
+    if (!authenticated_) {
+      // A bare connect-and-close lands here, as does a peer that gave up mid-handshake
+      // (a client closes after the server's proof when it holds another secret).
+      const auto why = closed_by_peer ? boost::system::error_code(boost::asio::error::eof) : ec;
+      if (received_ == 0) {
+        refuse_connection("closed_before_handshake", why, "the peer closed the connection before the handshake");
+      } else {
+        refuse_connection("closed_during_handshake", why,
+                          reporting() ? fmt::format("the peer closed the connection during the handshake, after "
+                                                    "{} bytes (a client that refuses the server's versions or "
+                                                    "proof of the secret closes here)",
+                                                    received_)
+                                      : std::string());
+      }
+      return;
+    }
     close(closed_by_peer ? boost::system::error_code{} : ec);
     return;
   }
   buffer_.commit(n);
+  received_ += n;
   last_activity_ = std::chrono::steady_clock::now();
   wire::frame_view frame;
   bool took_frame = false;
@@ -123,7 +155,20 @@ inline void server_connection::on_read(boost::system::error_code ec, std::size_t
     on_frame(frame);
   }
   if (ec) {
-    close(ec);  // malformed or oversized: this connection only
+    // Malformed or oversized: this connection only.
+    if (!authenticated_) {
+      refuse_connection("handshake_failed", ec,
+                        reporting() ? fmt::format("the handshake frame was refused: {}", ec.message())
+                                    : std::string());
+    } else if (ec == errc::frame_too_large) {
+      refuse_frame("frame_too_large", ec,
+                   reporting() ? fmt::format("a frame announced over max_frame_size ({} bytes)",
+                                             state_->options.max_frame_size)
+                               : std::string());
+    } else {
+      refuse_frame("malformed_frame", ec,
+                   reporting() ? fmt::format("a frame header is malformed: {}", ec.message()) : std::string());
+    }
     return;
   }
   if (closed_) return;
@@ -149,6 +194,8 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
       failed_ = step.ec;
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
                         connection_event{peer_, step.ec, true});
+      report("connection", "handshake_failed", step.ec,
+             reporting() ? fmt::format("the handshake failed: {}", step.ec.message()) : std::string());
       draining_ = true;  // write the goodbye, then close
       maybe_close_drained();
       return;
@@ -170,7 +217,10 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
     return;
   }
   if (frame.header.type != wire::frame_type::request) {
-    close(make_error_code(errc::protocol_error));
+    refuse_frame("unexpected_frame", make_error_code(errc::protocol_error),
+                 reporting() ? fmt::format("a frame of type {} where a request was expected",
+                                           static_cast<unsigned>(frame.header.type))
+                             : std::string());
     return;
   }
   on_request(frame);
@@ -188,26 +238,24 @@ inline void server_connection::on_request(const wire::frame_view& frame) {
     write();
     return;
   }
+  const auto refuse_call = [&](std::string_view reason, errc code, std::string_view why) {
+    const auto ec = make_error_code(code);
+    report("call", reason, ec, why);
+    reply(h.stream_id, h.id, ec, why);
+  };
   if (state_->stopping.load(std::memory_order_relaxed)) {
-    reply(h.stream_id, h.id, make_error_code(errc::overloaded), "the server is shutting down");
+    refuse_call("shutting_down", errc::overloaded, "the server is shutting down");
     return;
   }
   if ((h.flags & wire::frame_flags::has_deadline) != 0 && h.deadline_ms == 0) {
     // The caller's deadline passed before the request got here: do not run it.
-    reply(h.stream_id, h.id, make_error_code(errc::timeout),
-          "the deadline had passed when the request arrived");
+    refuse_call("deadline_passed", errc::timeout, "the deadline had passed when the request arrived");
     return;
   }
-  if (in_flight_ >= state_->options.max_in_flight_per_connection ||
-      state_->in_flight.fetch_add(1, std::memory_order_relaxed) >= state_->options.max_in_flight) {
-    if (in_flight_ < state_->options.max_in_flight_per_connection) {
-      state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
-    }
-    reply(h.stream_id, h.id, make_error_code(errc::overloaded),
-          "too many requests in flight on the server");
+  if (auto bound = take_place()) {
+    refuse_call("overloaded", errc::overloaded, *bound);
     return;
   }
-  ++in_flight_;
   auto call = std::make_shared<running_call>();
   call->stream_id = h.stream_id;
   call->id = h.id;
@@ -244,8 +292,13 @@ inline void server_connection::on_reply(running_call& call, boost::system::error
                                         std::string result) {
   if (call.replied) return;
   call.replied = true;
-  --in_flight_;
-  state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+  release_place();
+  if (ec && reporting()) {
+    // The registry's own refusals: the procedure did not run.
+    if (ec == errc::unknown_procedure) report("call", "unknown_procedure", ec, result);
+    if (ec == errc::signature_mismatch) report("call", "signature_mismatch", ec, result);
+    if (ec == errc::protocol_error) report("call", "decode_failure", ec, result);
+  }
   if (closed_) return;
   if (in_flight_ == 0) {
     // The idle timeout counts again from now (the timer was left unarmed while calls ran).
@@ -255,10 +308,12 @@ inline void server_connection::on_reply(running_call& call, boost::system::error
   const std::size_t max_result = state_->options.max_frame_size - wire::header_size;
   if (!ec && result.size() > max_result) {
     // The client would refuse the frame: say why instead of sending it.
-    reply(call.stream_id, call.id, make_error_code(errc::frame_too_large),
-          fmt::format("the result is {} bytes, over the limit of {} bytes a reply may carry "
-                      "(max_frame_size {} less the {}-byte header)",
-                      result.size(), max_result, state_->options.max_frame_size, wire::header_size));
+    const std::string why =
+        fmt::format("the result is {} bytes, over the limit of {} bytes a reply may carry "
+                    "(max_frame_size {} less the {}-byte header)",
+                    result.size(), max_result, state_->options.max_frame_size, wire::header_size);
+    report("call", "reply_too_large", make_error_code(errc::frame_too_large), why);
+    reply(call.stream_id, call.id, make_error_code(errc::frame_too_large), why);
     if (draining_) maybe_close_drained();
     return;
   }
@@ -329,9 +384,56 @@ inline void server_connection::close(boost::system::error_code why) {
     fwd::detail::emit(state_->options.telemetry, &telemetry::connection_closed,
                       connection_event{peer_, why, true});
   } else if (!failed_) {
+    // Not refused by refuse_connection: the server stopped, or the socket failed.
     fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                      connection_event{peer_, why ? why : make_error_code(errc::protocol_error), true});
+                      connection_event{peer_, why ? why : make_error_code(errc::cancelled), true});
   }
+}
+
+inline std::optional<std::string> server_connection::take_place() {
+  const auto& limits = state_->limits;
+  if (in_flight_ >= limits.per_connection) {
+    return fmt::format("too many requests in flight on this connection ({}, max_in_flight_per_connection)",
+                       limits.per_connection);
+  }
+  const std::size_t mine = share_->in_flight.fetch_add(1, std::memory_order_relaxed);
+  if (mine >= limits.per_address) {
+    share_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    return fmt::format("too many requests in flight from this address ({}, max_in_flight_per_address)",
+                       limits.per_address);
+  }
+  // An address past its reserved share may use only the shared part of the server.
+  const bool reserved = mine < limits.reserved_per_address;
+  const std::size_t limit = reserved ? limits.total : limits.shared;
+  const std::size_t total = state_->in_flight.fetch_add(1, std::memory_order_relaxed);
+  if (total >= limit) {
+    state_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    share_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    return reserved ? fmt::format("too many requests in flight on the server ({}, max_in_flight)", limits.total)
+                    : fmt::format("too many requests in flight on the server: this address runs {}, and the "
+                                  "server keeps its last {} places for addresses running fewer than {}",
+                                  mine, limits.total - limits.shared, limits.reserved_per_address);
+  }
+  ++in_flight_;
+  return std::nullopt;
+}
+
+inline void server_connection::refuse_connection(std::string_view reason, boost::system::error_code ec,
+                                                 std::string_view detail) {
+  if (closed_) return;
+  if (!failed_) {
+    failed_ = ec;
+    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_, ec, true});
+    report("connection", reason, ec, detail);
+  }
+  close(ec);
+}
+
+inline void server_connection::refuse_frame(std::string_view reason, boost::system::error_code ec,
+                                            std::string_view detail) {
+  if (closed_) return;
+  report("frame", reason, ec, detail);
+  close(ec);
 }
 
 }  // namespace fwd::rpc::detail
