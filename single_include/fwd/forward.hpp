@@ -9058,6 +9058,10 @@ class client {
 // Asio descriptors (assigned with c-ares's fd, released without closing it, since c-ares
 // owns and closes it), and c-ares's timeouts are kept by an Asio steady_timer. Nothing
 // blocks and nothing polls: work happens only when a socket is ready or a timeout is due.
+//
+// Every query asks the server: c-ares's query cache (1.23 and later, on by default since
+// 1.31, keeping answers up to an hour) is turned off, since membership polls exist to see
+// changes as soon as the server has them.
 
 #include <ares.h>
 
@@ -9071,6 +9075,234 @@ class client {
 #include <chrono>
 #include <cstdint>
 #include <functional>
+// ---- begin fwd/detail/cares_api.hpp ----
+
+// What differs between c-ares versions, behind one interface: sending a query and reading
+// its answer's records. From c-ares 1.28 on, queries go through ares_query_dnsrec and
+// ares_search_dnsrec and answers are read from the parsed ares_dns_record_t (the older
+// functions are deprecated there); before 1.28 (Debian 12 ships 1.18), ares_query and
+// ares_search hand over the raw answer, read with ares_parse_{a,aaaa,srv}_reply.
+//
+// FWD_CARES_LEGACY_API=1 selects the older functions on any version (they are still
+// exported); their deprecation warnings are silenced locally either way.
+
+#include <ares.h>
+
+#include <algorithm>
+#include <array>
+#include <boost/asio/ip/address.hpp>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#if !defined(FWD_CARES_LEGACY_API)
+#if ARES_VERSION >= 0x011c00
+#define FWD_CARES_LEGACY_API 0
+#else
+#define FWD_CARES_LEGACY_API 1
+#endif
+#endif
+
+#if !FWD_CARES_LEGACY_API
+#include <ares_dns_record.h>
+#endif
+
+namespace fwd::detail {
+
+inline constexpr int dns_type_a = 1;      // ns_t_a
+inline constexpr int dns_type_aaaa = 28;  // ns_t_aaaa
+inline constexpr int dns_type_srv = 33;   // ns_t_srv
+
+/// One record of an answer, of the type asked for.
+struct dns_record {
+  boost::asio::ip::address address;  ///< A, AAAA
+  std::string target;                ///< SRV
+  std::uint16_t port = 0;            ///< SRV
+  /// Seconds the server lets the record be cached; unknown for SRV before c-ares 1.28.
+  std::optional<std::uint32_t> ttl;
+};
+
+/// Called once per query: c-ares's status and, on success, the records of the type asked
+/// for (a successful answer without any is reported as ARES_ENODATA).
+using dns_answer_callback = std::function<void(int status, std::vector<dns_record>&& records)>;
+
+namespace cares_api {
+
+// More records than this in one answer are cut: a cluster of more nodes than one answer
+// carries needs SRV or several names.
+inline constexpr std::size_t max_records = 256;
+
+struct query_context {
+  int type;
+  dns_answer_callback callback;
+};
+
+inline void deliver(void* arg, int status, std::vector<dns_record>&& records) {
+  std::unique_ptr<query_context> context(static_cast<query_context*>(arg));
+  if (status == ARES_SUCCESS && records.empty()) status = ARES_ENODATA;
+  if (status != ARES_SUCCESS) records.clear();
+  context->callback(status, std::move(records));
+}
+
+#if FWD_CARES_LEGACY_API
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+
+inline int read_records(int type, const unsigned char* answer, int length,
+                        std::vector<dns_record>& out) {
+  int count = static_cast<int>(max_records);
+  if (type == dns_type_a) {
+    std::array<ares_addrttl, max_records> records{};
+    const int status = ares_parse_a_reply(answer, length, nullptr, records.data(), &count);
+    for (int k = 0; status == ARES_SUCCESS && k < count; ++k) {
+      boost::asio::ip::address_v4::bytes_type bytes;
+      std::memcpy(bytes.data(), &records[k].ipaddr, bytes.size());
+      out.push_back({boost::asio::ip::address_v4(bytes), {}, 0,
+                     static_cast<std::uint32_t>(std::max(records[k].ttl, 0))});
+    }
+    return status;
+  }
+  if (type == dns_type_aaaa) {
+    std::array<ares_addr6ttl, max_records> records{};
+    const int status = ares_parse_aaaa_reply(answer, length, nullptr, records.data(), &count);
+    for (int k = 0; status == ARES_SUCCESS && k < count; ++k) {
+      boost::asio::ip::address_v6::bytes_type bytes;
+      std::memcpy(bytes.data(), &records[k].ip6addr, bytes.size());
+      out.push_back({boost::asio::ip::address_v6(bytes), {}, 0,
+                     static_cast<std::uint32_t>(std::max(records[k].ttl, 0))});
+    }
+    return status;
+  }
+  ares_srv_reply* records = nullptr;
+  const int status = ares_parse_srv_reply(answer, length, &records);
+  for (auto* r = records; status == ARES_SUCCESS && r != nullptr; r = r->next) {
+    if (r->host != nullptr && out.size() < max_records) out.push_back({{}, r->host, r->port, {}});
+  }
+  if (records != nullptr) ares_free_data(records);
+  return status;
+}
+
+inline void on_answer(void* arg, int status, int /*timeouts*/, unsigned char* answer, int length) {
+  std::vector<dns_record> records;
+  if (status == ARES_SUCCESS) {
+    status = read_records(static_cast<query_context*>(arg)->type, answer, length, records);
+  }
+  deliver(arg, status, std::move(records));
+}
+
+/// Sends the query; `callback` runs exactly once, maybe inside this call.
+inline void send(ares_channel channel, const std::string& name, int type, bool search,
+                 dns_answer_callback callback) {
+  auto* context = new query_context{type, std::move(callback)};
+  if (search) {
+    ares_search(channel, name.c_str(), 1 /* C_IN */, type, &on_answer, context);
+  } else {
+    ares_query(channel, name.c_str(), 1 /* C_IN */, type, &on_answer, context);
+  }
+}
+
+/// Handles what is ready on `read_fd` / `write_fd` (ARES_SOCKET_BAD: none) and what has
+/// timed out.
+inline void process(ares_channel channel, ares_socket_t read_fd, ares_socket_t write_fd) {
+  ares_process_fd(channel, read_fd, write_fd);
+}
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
+#else  // FWD_CARES_LEGACY_API
+
+inline void read_records(int type, const ares_dns_record_t* answer, std::vector<dns_record>& out) {
+  const std::size_t count = ares_dns_record_rr_cnt(answer, ARES_SECTION_ANSWER);
+  for (std::size_t k = 0; k < count && out.size() < max_records; ++k) {
+    const ares_dns_rr_t* rr = ares_dns_record_rr_get_const(answer, ARES_SECTION_ANSWER, k);
+    if (rr == nullptr || static_cast<int>(ares_dns_rr_get_type(rr)) != type) continue;
+    const std::uint32_t ttl = ares_dns_rr_get_ttl(rr);
+    if (type == dns_type_a) {
+      const in_addr* a = ares_dns_rr_get_addr(rr, ARES_RR_A_ADDR);
+      if (a == nullptr) continue;
+      boost::asio::ip::address_v4::bytes_type bytes;
+      std::memcpy(bytes.data(), a, bytes.size());
+      out.push_back({boost::asio::ip::address_v4(bytes), {}, 0, ttl});
+    } else if (type == dns_type_aaaa) {
+      const ares_in6_addr* a = ares_dns_rr_get_addr6(rr, ARES_RR_AAAA_ADDR);
+      if (a == nullptr) continue;
+      boost::asio::ip::address_v6::bytes_type bytes;
+      std::memcpy(bytes.data(), a, bytes.size());
+      out.push_back({boost::asio::ip::address_v6(bytes), {}, 0, ttl});
+    } else {
+      const char* target = ares_dns_rr_get_str(rr, ARES_RR_SRV_TARGET);
+      if (target == nullptr) continue;
+      out.push_back({{}, target, ares_dns_rr_get_u16(rr, ARES_RR_SRV_PORT), ttl});
+    }
+  }
+}
+
+inline void on_answer(void* arg, ares_status_t status, std::size_t /*timeouts*/,
+                      const ares_dns_record_t* answer) {
+  std::vector<dns_record> records;
+  if (status == ARES_SUCCESS && answer != nullptr) {
+    read_records(static_cast<query_context*>(arg)->type, answer, records);
+  }
+  deliver(arg, status, std::move(records));
+}
+
+/// Sends the query; `callback` runs exactly once, maybe inside this call.
+inline void send(ares_channel_t* channel, const std::string& name, int type, bool search,
+                 dns_answer_callback callback) {
+  auto* context = new query_context{type, std::move(callback)};
+  const auto rr_type = static_cast<ares_dns_rec_type_t>(type);
+  if (!search) {
+    // The callback runs on every failure too.
+    ares_query_dnsrec(channel, name.c_str(), ARES_CLASS_IN, rr_type, &on_answer, context, nullptr);
+    return;
+  }
+  ares_dns_record_t* query = nullptr;
+  ares_status_t status =
+      ares_dns_record_create(&query, 0, ARES_FLAG_RD, ARES_OPCODE_QUERY, ARES_RCODE_NOERROR);
+  if (status == ARES_SUCCESS) {
+    status = ares_dns_record_query_add(query, name.c_str(), rr_type, ARES_CLASS_IN);
+  }
+  if (status == ARES_SUCCESS) {
+    // The callback runs on every failure but a null argument; the query is copied.
+    ares_search_dnsrec(channel, query, &on_answer, context);
+  } else {
+    deliver(context, status, {});
+  }
+  ares_dns_record_destroy(query);
+}
+
+/// Handles what is ready on `read_fd` / `write_fd` (ARES_SOCKET_BAD: none) and what has
+/// timed out.
+inline void process(ares_channel_t* channel, ares_socket_t read_fd, ares_socket_t write_fd) {
+#if ARES_VERSION >= 0x012200
+  // ares_process_fds (1.34) handles the events and the timeouts in one pass.
+  ares_fd_events_t events[2];
+  std::size_t count = 0;
+  if (read_fd != ARES_SOCKET_BAD) events[count++] = {read_fd, ARES_FD_EVENT_READ};
+  if (write_fd != ARES_SOCKET_BAD) events[count++] = {write_fd, ARES_FD_EVENT_WRITE};
+  ares_process_fds(channel, count == 0 ? nullptr : events, count, ARES_PROCESS_FLAG_NONE);
+#else
+  ares_process_fd(channel, read_fd, write_fd);
+#endif
+}
+
+#endif  // FWD_CARES_LEGACY_API
+
+}  // namespace cares_api
+
+}  // namespace fwd::detail
+
+// ---- end fwd/detail/cares_api.hpp ----
 // ---- begin fwd/detail/cares_error.hpp ----
 
 // DNS resolver errors: c-ares's status codes kept as they are (ARES_ENOTFOUND stays 4) in
@@ -9218,9 +9450,13 @@ inline void cares_library_init() {
 }
 
 struct cares_channel_options {
-  /// Explicit servers ("10.0.0.2", "10.0.0.2:5353", "[fd00::2]:53"); empty = the system's
-  /// resolver configuration (/etc/resolv.conf).
+  /// Explicit servers ("10.0.0.2", "10.0.0.2:5353", "[fd00::2]:53"); empty = the resolver
+  /// configuration in `resolv_conf`.
   std::vector<std::string> servers;
+  /// The resolver configuration read when `servers` is empty; empty: /etc/resolv.conf.
+  std::string resolv_conf;
+  /// The port of the servers `resolv_conf` names (its syntax has none); 0: 53.
+  std::uint16_t resolv_conf_port = 0;
   std::chrono::milliseconds timeout{2000};  ///< per try
   int tries = 2;
 };
@@ -9268,8 +9504,8 @@ inline std::string cares_server_csv_entry(const std::string& server) {
 class cares_channel : public std::enable_shared_from_this<cares_channel> {
  public:
   using strand_type = boost::asio::strand<boost::asio::any_io_executor>;
-  /// Called once per query with c-ares's status and, on success, the raw answer.
-  using answer_callback = std::function<void(int status, const unsigned char* answer, int length)>;
+  /// Called once per query with c-ares's status and, on success, the records.
+  using answer_callback = dns_answer_callback;
 
   /// Creates a channel; throws fwd::error on bad options or when c-ares cannot start.
   static std::shared_ptr<cares_channel> create(strand_type strand,
@@ -9286,7 +9522,20 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
     opts.sock_state_cb_data = channel.get();
     opts.timeout = static_cast<int>(options.timeout.count());
     opts.tries = options.tries;
-    const int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES;
+    int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES;
+#if defined(ARES_OPT_QUERY_CACHE)
+    opts.qcache_max_ttl = 0;  // no cache: every poll asks the server
+    mask |= ARES_OPT_QUERY_CACHE;
+#endif
+    if (options.servers.empty() && !options.resolv_conf.empty()) {
+      opts.resolvconf_path = const_cast<char*>(options.resolv_conf.c_str());  // copied
+      mask |= ARES_OPT_RESOLVCONF;
+    }
+    if (options.servers.empty() && options.resolv_conf_port != 0) {
+      opts.udp_port = options.resolv_conf_port;
+      opts.tcp_port = options.resolv_conf_port;
+      mask |= ARES_OPT_UDP_PORT | ARES_OPT_TCP_PORT;
+    }
     int status = ares_init_options(&channel->channel_, &opts, mask);
     if (status != ARES_SUCCESS) {
       channel->channel_ = nullptr;
@@ -9316,14 +9565,18 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
   /// applies the resolver's search domains (ares_search) rather than the name as given
   /// (ares_query). `callback` may run inside this call when c-ares fails at once.
   void query(const std::string& name, int type, bool search, answer_callback callback) {
-    auto* context = new answer_callback(std::move(callback));
-    if (search) {
-      ares_search(channel_, name.c_str(), 1 /* C_IN */, type, &cares_channel::on_answer, context);
-    } else {
-      ares_query(channel_, name.c_str(), 1 /* C_IN */, type, &cares_channel::on_answer, context);
-    }
+    ++pending_;
+    cares_api::send(channel_, name, type, search,
+                    [this, callback = std::move(callback)](int status,
+                                                           std::vector<dns_record>&& records) {
+                      --pending_;
+                      callback(status, std::move(records));
+                    });
     arm_timeout();
   }
+
+  /// How many queries have not completed yet.
+  std::size_t pending() const noexcept { return pending_; }
 
   /// Completes every pending query with ARES_ECANCELLED, inside this call.
   void cancel() {
@@ -9347,12 +9600,6 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
   };
 
   explicit cares_channel(strand_type strand) : strand_(std::move(strand)), timer_(strand_) {}
-
-  static void on_answer(void* arg, int status, int /*timeouts*/, unsigned char* answer,
-                        int length) {
-    std::unique_ptr<answer_callback> callback(static_cast<answer_callback*>(arg));
-    (*callback)(status, answer, length);
-  }
 
   static void on_socket_state(void* data, ares_socket_t fd, int readable, int writable) {
     static_cast<cares_channel*>(data)->update_watch(fd, readable != 0, writable != 0);
@@ -9422,7 +9669,7 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
   }
 
   void process(ares_socket_t read_fd, ares_socket_t write_fd) {
-    ares_process_fd(channel_, read_fd, write_fd);
+    cares_api::process(channel_, read_fd, write_fd);
     arm_timeout();
   }
 
@@ -9448,6 +9695,7 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
   strand_type strand_;
   boost::asio::steady_timer timer_;
   std::uint64_t timer_generation_ = 0;
+  std::size_t pending_ = 0;
   std::unordered_map<int, std::shared_ptr<socket_watcher>> watchers_;
 };
 
@@ -9464,22 +9712,18 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
 
 #include <ares.h>
 
-#include <array>
+#include <algorithm>
 #include <boost/asio/ip/address.hpp>
 #include <cstdint>
-#include <cstring>
 #include <functional>
 #include <fmt/format.h>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace fwd::detail {
-
-inline constexpr int dns_type_a = 1;      // ns_t_a
-inline constexpr int dns_type_aaaa = 28;  // ns_t_aaaa
-inline constexpr int dns_type_srv = 33;   // ns_t_srv
 
 struct dns_query_spec {
   bool srv = false;  ///< SRV records of `name`, else A/AAAA of `name`
@@ -9500,6 +9744,8 @@ struct dns_source_answer {
   /// (ARES_ENOTFOUND before ARES_ENODATA); empty otherwise.
   boost::system::error_code error;
   std::string failed_query;  ///< e.g. "AAAA node1.cluster.test"
+  /// The shortest TTL of the records found (seconds), when the answer carried TTLs.
+  std::optional<std::uint32_t> min_ttl;
 
   // While the round runs: the best "empty" status seen, for when nothing is found.
   int empty_status = ARES_SUCCESS;
@@ -9528,8 +9774,8 @@ class dns_resolve_round : public std::enable_shared_from_this<dns_resolve_round>
       const auto& spec = specs_[i];
       if (spec.srv) {
         send(spec.name, dns_type_srv, true,
-             [self = shared_from_this(), i](int status, const unsigned char* answer, int length) {
-               self->on_srv(i, status, answer, length);
+             [self = shared_from_this(), i](int status, std::vector<dns_record>&& records) {
+               self->on_srv(i, status, std::move(records));
              });
       } else {
         resolve_addresses(i, spec.name, spec.port, true);
@@ -9547,16 +9793,16 @@ class dns_resolve_round : public std::enable_shared_from_this<dns_resolve_round>
   void resolve_addresses(std::size_t i, const std::string& name, std::uint16_t port, bool search) {
     if (ipv4_) {
       send(name, dns_type_a, search,
-           [self = shared_from_this(), i, name, port](int status, const unsigned char* answer,
-                                                      int length) {
-             self->on_address(i, name, port, dns_type_a, status, answer, length);
+           [self = shared_from_this(), i, name, port](int status,
+                                                      std::vector<dns_record>&& records) {
+             self->on_address(i, name, port, dns_type_a, status, std::move(records));
            });
     }
     if (ipv6_) {
       send(name, dns_type_aaaa, search,
-           [self = shared_from_this(), i, name, port](int status, const unsigned char* answer,
-                                                      int length) {
-             self->on_address(i, name, port, dns_type_aaaa, status, answer, length);
+           [self = shared_from_this(), i, name, port](int status,
+                                                      std::vector<dns_record>&& records) {
+             self->on_address(i, name, port, dns_type_aaaa, status, std::move(records));
            });
     }
   }
@@ -9580,57 +9826,36 @@ class dns_resolve_round : public std::enable_shared_from_this<dns_resolve_round>
     }
   }
 
+  void note_ttl(std::size_t i, const dns_record& record) {
+    if (!record.ttl) return;
+    auto& min_ttl = answers_[i].min_ttl;
+    min_ttl = min_ttl ? std::min(*min_ttl, *record.ttl) : *record.ttl;
+  }
+
   void on_address(std::size_t i, const std::string& name, std::uint16_t port, int type, int status,
-                  const unsigned char* answer, int length) {
-    const std::string query = (type == dns_type_a ? "A " : "AAAA ") + name;
-    if (status == ARES_SUCCESS) {
-      // More records than this are cut: a cluster of more nodes than one answer
-      // carries needs SRV or several names.
-      constexpr int capacity = 256;
-      int count = capacity;
-      if (type == dns_type_a) {
-        std::array<ares_addrttl, capacity> records{};
-        status = ares_parse_a_reply(answer, length, nullptr, records.data(), &count);
-        for (int k = 0; status == ARES_SUCCESS && k < count; ++k) {
-          boost::asio::ip::address_v4::bytes_type bytes;
-          std::memcpy(bytes.data(), &records[k].ipaddr, bytes.size());
-          answers_[i].found.push_back({name, boost::asio::ip::address_v4(bytes), port});
-        }
-      } else {
-        std::array<ares_addr6ttl, capacity> records{};
-        status = ares_parse_aaaa_reply(answer, length, nullptr, records.data(), &count);
-        for (int k = 0; status == ARES_SUCCESS && k < count; ++k) {
-          boost::asio::ip::address_v6::bytes_type bytes;
-          std::memcpy(bytes.data(), &records[k].ip6addr, bytes.size());
-          answers_[i].found.push_back({name, boost::asio::ip::address_v6(bytes), port});
-        }
-      }
+                  std::vector<dns_record>&& records) {
+    for (const auto& record : records) {
+      answers_[i].found.push_back({name, record.address, port});
+      note_ttl(i, record);
     }
-    note(i, status, query);
+    note(i, status, (type == dns_type_a ? "A " : "AAAA ") + name);
     finish_one();
   }
 
-  void on_srv(std::size_t i, int status, const unsigned char* answer, int length) {
-    const std::string query = fmt::format("SRV {}", specs_[i].name);
-    if (status == ARES_SUCCESS) {
-      ares_srv_reply* records = nullptr;
-      status = ares_parse_srv_reply(answer, length, &records);
-      if (status == ARES_SUCCESS) {
-        std::vector<std::pair<std::string, std::uint16_t>> targets;
-        for (auto* r = records; r != nullptr; r = r->next) {
-          // A target of "." says the service is deliberately not offered there.
-          if (r->host != nullptr && r->host[0] != '\0' && std::strcmp(r->host, ".") != 0) {
-            targets.emplace_back(r->host, r->port);
-          }
-        }
-        ares_free_data(records);
-        if (targets.empty()) status = ARES_ENODATA;
-        if (!destroyed_) {
-          for (const auto& [target, port] : targets) resolve_addresses(i, target, port, false);
-        }
+  void on_srv(std::size_t i, int status, std::vector<dns_record>&& records) {
+    std::vector<std::pair<std::string, std::uint16_t>> targets;
+    for (const auto& record : records) {
+      // A target of "." says the service is deliberately not offered there.
+      if (!record.target.empty() && record.target != ".") {
+        targets.emplace_back(record.target, record.port);
+        note_ttl(i, record);
       }
     }
-    note(i, status, query);
+    if (status == ARES_SUCCESS && targets.empty()) status = ARES_ENODATA;
+    if (!destroyed_) {
+      for (const auto& [target, port] : targets) resolve_addresses(i, target, port, false);
+    }
+    note(i, status, fmt::format("SRV {}", specs_[i].name));
     finish_one();
   }
 
@@ -9762,10 +9987,18 @@ struct membership_options {
   std::vector<dns_source> dns;
   /// Members that are always present (never removed by DNS answers).
   std::vector<member> static_members;
-  /// DNS servers as "ip", "ip:port" or "[ipv6]:port"; empty: the system's resolver
-  /// configuration (/etc/resolv.conf).
+  /// DNS servers as "ip", "ip:port" or "[ipv6]:port"; empty: the servers and search
+  /// domains of `resolv_conf`.
   std::vector<std::string> dns_servers;
-  /// Time between the end of one poll and the start of the next.
+  /// The resolver configuration used when `dns_servers` is empty; empty: /etc/resolv.conf.
+  /// Its content is compared before every poll: a change (other nameservers, search
+  /// domains) takes effect at that poll.
+  std::string resolv_conf;
+  /// The port of the nameservers `resolv_conf` names (its syntax has none); 0: 53.
+  std::uint16_t resolv_conf_port = 0;
+  /// The longest time between the end of one poll and the start of the next. When the
+  /// records found carry a shorter TTL (above 0 s), the next poll comes when it ends, so
+  /// that a change in DNS is seen within the records' TTL. Answers are never cached.
   std::chrono::milliseconds poll_interval{std::chrono::seconds(5)};
   /// c-ares's timeout for one try of one query, and how many tries.
   std::chrono::milliseconds query_timeout{std::chrono::seconds(2)};
@@ -9823,6 +10056,92 @@ struct std::hash<fwd::member> {
 #include <chrono>
 #include <cstdint>
 #include <functional>
+// ---- begin fwd/detail/cares_reload.hpp ----
+
+// A c-ares channel that follows its resolver configuration. c-ares reads resolv.conf
+// once, when a channel is created (only its own event thread, which fwd does not use
+// since the Asio reactor drives the sockets, reloads it by itself). So fwd compares the
+// file's content before each round and, when it changed, builds a new channel from it;
+// queries pending on the replaced channel finish there, and it is dropped after.
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fwd::detail {
+
+class cares_reloading_channel {
+ public:
+  using strand_type = cares_channel::strand_type;
+
+  /// Throws fwd::error like cares_channel::create.
+  cares_reloading_channel(strand_type strand, cares_channel_options options)
+      : strand_(std::move(strand)), options_(std::move(options)) {
+    if (options_.servers.empty()) {
+      watched_ = options_.resolv_conf.empty() ? std::string("/etc/resolv.conf") : options_.resolv_conf;
+      content_ = read(watched_);  // read before c-ares does: a change in between is seen later
+    }
+    current_ = cares_channel::create(strand_, options_);
+  }
+
+  cares_reloading_channel(const cares_reloading_channel&) = delete;
+  cares_reloading_channel& operator=(const cares_reloading_channel&) = delete;
+
+  /// The channel new queries go to. Must be used on the strand, like everything here.
+  cares_channel* get() const noexcept { return current_.get(); }
+
+  /// The file whose changes are followed; empty with explicit servers.
+  const std::string& watched() const noexcept { return watched_; }
+
+  /// Re-reads the configuration and replaces the channel when its content changed (an
+  /// unreadable file changes nothing). Returns whether it replaced the channel; throws
+  /// fwd::error when the new channel cannot be created, and then keeps the old one and
+  /// tries again at the next call.
+  bool refresh() {
+    std::erase_if(retired_, [](const auto& channel) { return channel->pending() == 0; });
+    if (watched_.empty()) return false;
+    auto content = read(watched_);
+    if (!content || content == content_) return false;
+    auto replacement = cares_channel::create(strand_, options_);
+    if (current_->pending() > 0) retired_.push_back(std::move(current_));
+    current_ = std::move(replacement);
+    content_ = std::move(content);
+    return true;
+  }
+
+  /// Completes every pending query, on every channel, with ARES_ECANCELLED.
+  void cancel() {
+    current_->cancel();
+    for (auto& channel : retired_) channel->cancel();
+  }
+
+ private:
+  static std::optional<std::string> read(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return std::nullopt;
+    std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    if (in.bad()) return std::nullopt;
+    return text;
+  }
+
+  strand_type strand_;
+  cares_channel_options options_;
+  std::string watched_;
+  std::optional<std::string> content_;
+  std::shared_ptr<cares_channel> current_;
+  std::vector<std::shared_ptr<cares_channel>> retired_;  // replaced, queries still pending
+};
+
+}  // namespace fwd::detail
+
+// ---- end fwd/detail/cares_reload.hpp ----
 #include <map>
 #include <memory>
 #include <ostream>
@@ -9862,8 +10181,10 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
       specs_.push_back({source.type == dns_source::record_type::srv, source.name, source.port});
     }
     if (!options_.dns.empty()) {
-      channel_ = cares_channel::create(
-          strand_, {options_.dns_servers, options_.query_timeout, options_.query_tries});
+      channel_ = std::make_unique<cares_reloading_channel>(
+          strand_, cares_channel_options{options_.dns_servers, options_.resolv_conf,
+                                         options_.resolv_conf_port, options_.query_timeout,
+                                         options_.query_tries});
     }
   }
 
@@ -10019,7 +10340,14 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
       done({});
       return;
     }
-    std::make_shared<dns_resolve_round>(channel_.get(), specs_, options_.ipv4, options_.ipv6,
+    try {
+      channel_->refresh();
+    } catch (const fwd::error& e) {
+      report(e.code(), fmt::format("{} changed but c-ares cannot use it ({}); the previous "
+                                   "configuration is kept",
+                                   channel_->watched(), e.what()));
+    }
+    std::make_shared<dns_resolve_round>(channel_->get(), specs_, options_.ipv4, options_.ipv6,
                                         std::move(done))
         ->start();
   }
@@ -10044,7 +10372,7 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
       if (!self || !self->polling_ || generation != self->poll_generation_) return;
       self->apply(answers);
       if (!self->channel_) return;  // a static list alone never changes: nothing to poll
-      self->poll_timer_.expires_after(self->options_.poll_interval);
+      self->poll_timer_.expires_after(self->next_poll_delay(answers));
       self->poll_timer_.async_wait(boost::asio::bind_executor(
           self->strand_, [weak, generation](const boost::system::error_code& ec) {
             auto self = weak.lock();
@@ -10052,6 +10380,17 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
             self->poll(generation);
           }));
     });
+  }
+
+  // poll_interval, or sooner when a record found expires sooner (a TTL of 0 sets no bound).
+  std::chrono::milliseconds next_poll_delay(const std::vector<dns_source_answer>& answers) const {
+    auto delay = options_.poll_interval;
+    for (const auto& answer : answers) {
+      if (answer.min_ttl && *answer.min_ttl > 0) {
+        delay = std::min<std::chrono::milliseconds>(delay, std::chrono::seconds(*answer.min_ttl));
+      }
+    }
+    return delay;
   }
 
   void report(const boost::system::error_code& ec, const std::string& message) {
@@ -10144,7 +10483,7 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
   strand_type strand_;
   membership_options options_;
   std::vector<dns_query_spec> specs_;
-  std::shared_ptr<cares_channel> channel_;
+  std::unique_ptr<cares_reloading_channel> channel_;
   boost::asio::steady_timer poll_timer_;
   std::atomic<membership_snapshot_ptr> snapshot_;
   // Per DNS source: the members its answers found, with how often they were missed since.

@@ -3,7 +3,9 @@
 // A real dnsmasq for tests: a child process serving DNS on a free 127.0.0.1 port (UDP and
 // TCP), authoritative for its local domains (unknown names there answer NXDOMAIN), with
 // A/AAAA records from a hosts file that dnsmasq re-reads by itself when it changes, and
-// SRV records fixed at start (change them with restart()).
+// SRV records fixed at start (change them with restart()). Optionally an --addn-hosts
+// file, re-read on SIGHUP (write_addn_hosts), a TTL for local records (--local-ttl), and
+// another loopback address (127.0.0.2, ::1) or a given port to listen on.
 //
 //   fwd::test::dnsmasq dns("127.0.0.11 node1.cluster.test\n");
 //   options.dns_servers = {dns.server()};       // "127.0.0.1:<port>"
@@ -25,6 +27,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -42,6 +45,14 @@ struct dnsmasq_options {
   std::vector<std::string> srv_hosts;
   /// Domains dnsmasq answers for alone (NXDOMAIN for names it does not know).
   std::vector<std::string> local_domains{"cluster.test"};
+  /// The address to listen on: "127.0.0.1", another 127.0.0.0/8 address, or "::1".
+  std::string listen_address = "127.0.0.1";
+  /// The port to listen on; 0: a free one.
+  std::uint16_t port = 0;
+  /// --local-ttl: the TTL of the records of the hosts files, in seconds (dnsmasq: 0).
+  std::optional<unsigned> local_ttl;
+  /// Contents of an --addn-hosts file (dnsmasq re-reads it on SIGHUP); none if unset.
+  std::optional<std::string> addn_hosts;
 };
 
 class dnsmasq {
@@ -59,7 +70,16 @@ class dnsmasq {
     ::chmod(dir_.c_str(), 0755);
     ::chmod(hosts_dir().c_str(), 0755);
     write_hosts(options_.hosts);
-    start_on_free_port();
+    if (options_.addn_hosts) write_file(addn_hosts_path(), *options_.addn_hosts);
+    if (options_.port != 0) {
+      port_ = options_.port;
+      if (!launch_and_wait()) {
+        throw std::runtime_error("dnsmasq did not start on port " + std::to_string(port_) +
+                                 ":\n" + log());
+      }
+    } else {
+      start_on_free_port();
+    }
   }
 
   dnsmasq(const dnsmasq&) = delete;
@@ -72,20 +92,24 @@ class dnsmasq {
   }
 
   std::uint16_t port() const noexcept { return port_; }
-  /// The server as fwd's options take it: "127.0.0.1:<port>".
-  std::string server() const { return "127.0.0.1:" + std::to_string(port_); }
+  /// The server as fwd's options take it: "127.0.0.1:<port>" or "[::1]:<port>".
+  std::string server() const {
+    return (v6() ? "[" + options_.listen_address + "]" : options_.listen_address) + ":" +
+           std::to_string(port_);
+  }
+  const std::string& address() const noexcept { return options_.listen_address; }
   bool running() const noexcept { return pid_ > 0; }
 
   /// Replaces the hosts file at once (written aside, then renamed into the watched
   /// directory, so dnsmasq never reads half a file).
-  void write_hosts(std::string_view content) {
-    const auto staging = dir_ / "hosts.staging";
-    {
-      std::ofstream out(staging, std::ios::trunc);
-      out << content;
-    }
-    ::chmod(staging.c_str(), 0644);
-    std::filesystem::rename(staging, hosts_dir() / "hosts");
+  void write_hosts(std::string_view content) { write_file(hosts_dir() / "hosts", content); }
+
+  /// Replaces the --addn-hosts file and has dnsmasq re-read it (SIGHUP); the change is
+  /// served once dnsmasq has handled the signal.
+  void write_addn_hosts(std::string_view content) {
+    options_.addn_hosts = std::string(content);
+    write_file(addn_hosts_path(), content);
+    if (pid_ > 0) ::kill(pid_, SIGHUP);
   }
 
   /// Stops the server (SIGTERM, then waits for it to exit).
@@ -104,6 +128,7 @@ class dnsmasq {
     const bool new_hosts = !options.hosts.empty();
     options_ = std::move(options);
     if (new_hosts) write_hosts(options_.hosts);
+    if (options_.addn_hosts) write_file(addn_hosts_path(), *options_.addn_hosts);
     if (!launch_and_wait()) {
       throw std::runtime_error("dnsmasq did not restart on port " + std::to_string(port_) + ":\n" +
                                log());
@@ -141,21 +166,51 @@ class dnsmasq {
   }
 
   std::filesystem::path hosts_dir() const { return dir_ / "hosts.d"; }
+  std::filesystem::path addn_hosts_path() const { return dir_ / "addn-hosts"; }
+  bool v6() const { return options_.listen_address.find(':') != std::string::npos; }
 
-  static std::uint16_t pick_free_port() {
-    const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    address.sin_port = 0;
-    socklen_t length = sizeof address;
-    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+  // Written aside, then renamed into place, so dnsmasq never reads half a file.
+  void write_file(const std::filesystem::path& path, std::string_view content) {
+    const auto staging = dir_ / "staging";
+    {
+      std::ofstream out(staging, std::ios::trunc);
+      out << content;
+    }
+    ::chmod(staging.c_str(), 0644);
+    std::filesystem::rename(staging, path);
+  }
+
+  // The listen address with `port`, as a socket address.
+  sockaddr_storage socket_address(std::uint16_t port, socklen_t& length) const {
+    sockaddr_storage storage{};
+    if (v6()) {
+      auto* a = reinterpret_cast<sockaddr_in6*>(&storage);
+      a->sin6_family = AF_INET6;
+      ::inet_pton(AF_INET6, options_.listen_address.c_str(), &a->sin6_addr);
+      a->sin6_port = htons(port);
+      length = sizeof *a;
+    } else {
+      auto* a = reinterpret_cast<sockaddr_in*>(&storage);
+      a->sin_family = AF_INET;
+      ::inet_pton(AF_INET, options_.listen_address.c_str(), &a->sin_addr);
+      a->sin_port = htons(port);
+      length = sizeof *a;
+    }
+    return storage;
+  }
+
+  std::uint16_t pick_free_port() const {
+    socklen_t length = 0;
+    auto address = socket_address(0, length);
+    const int fd = ::socket(address.ss_family, SOCK_DGRAM, 0);
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), length) != 0 ||
         ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
       if (fd >= 0) ::close(fd);
-      throw std::runtime_error("cannot bind a UDP socket on 127.0.0.1");
+      throw std::runtime_error("cannot bind a UDP socket on " + options_.listen_address);
     }
     ::close(fd);
-    return ntohs(address.sin_port);
+    return v6() ? ntohs(reinterpret_cast<sockaddr_in6*>(&address)->sin6_port)
+                : ntohs(reinterpret_cast<sockaddr_in*>(&address)->sin_port);
   }
 
   void start_on_free_port() {
@@ -173,7 +228,7 @@ class dnsmasq {
         "--no-daemon",
         "--conf-file=/dev/null",
         "--port=" + std::to_string(port_),
-        "--listen-address=127.0.0.1",
+        "--listen-address=" + options_.listen_address,
         "--bind-interfaces",
         "--no-resolv",
         "--no-hosts",
@@ -183,6 +238,8 @@ class dnsmasq {
     };
     for (const auto& domain : options_.local_domains) args.push_back("--local=/" + domain + "/");
     for (const auto& srv : options_.srv_hosts) args.push_back("--srv-host=" + srv);
+    if (options_.local_ttl) args.push_back("--local-ttl=" + std::to_string(*options_.local_ttl));
+    if (options_.addn_hosts) args.push_back("--addn-hosts=" + addn_hosts_path().string());
 
     std::vector<char*> argv;
     for (auto& arg : args) argv.push_back(arg.data());
@@ -208,12 +265,10 @@ class dnsmasq {
   // Ready when it answers a query (any answer); false if it exits or the bound passes.
   bool wait_ready(std::chrono::milliseconds bound) {
     const auto deadline = std::chrono::steady_clock::now() + bound;
-    const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_in server{};
-    server.sin_family = AF_INET;
-    server.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    server.sin_port = htons(port_);
-    ::connect(fd, reinterpret_cast<sockaddr*>(&server), sizeof server);
+    socklen_t length = 0;
+    const auto server = socket_address(port_, length);
+    const int fd = ::socket(server.ss_family, SOCK_DGRAM, 0);
+    ::connect(fd, reinterpret_cast<const sockaddr*>(&server), length);
     // A query for "ready.test" type A, class IN, id 0x4242, recursion desired.
     static constexpr unsigned char query[] = {0x42, 0x42, 0x01, 0x00, 0,   1,   0,   0,   0, 0,
                                               0,    0,    5,    'r',  'e', 'a', 'd', 'y', 4, 't',

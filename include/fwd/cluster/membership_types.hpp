@@ -125,10 +125,18 @@ struct membership_options {
   std::vector<dns_source> dns;
   /// Members that are always present (never removed by DNS answers).
   std::vector<member> static_members;
-  /// DNS servers as "ip", "ip:port" or "[ipv6]:port"; empty: the system's resolver
-  /// configuration (/etc/resolv.conf).
+  /// DNS servers as "ip", "ip:port" or "[ipv6]:port"; empty: the servers and search
+  /// domains of `resolv_conf`.
   std::vector<std::string> dns_servers;
-  /// Time between the end of one poll and the start of the next.
+  /// The resolver configuration used when `dns_servers` is empty; empty: /etc/resolv.conf.
+  /// Its content is compared before every poll: a change (other nameservers, search
+  /// domains) takes effect at that poll.
+  std::string resolv_conf;
+  /// The port of the nameservers `resolv_conf` names (its syntax has none); 0: 53.
+  std::uint16_t resolv_conf_port = 0;
+  /// The longest time between the end of one poll and the start of the next. When the
+  /// records found carry a shorter TTL (above 0 s), the next poll comes when it ends, so
+  /// that a change in DNS is seen within the records' TTL. Answers are never cached.
   std::chrono::milliseconds poll_interval{std::chrono::seconds(5)};
   /// c-ares's timeout for one try of one query, and how many tries.
   std::chrono::milliseconds query_timeout{std::chrono::seconds(2)};

@@ -4,6 +4,10 @@
 // Asio descriptors (assigned with c-ares's fd, released without closing it, since c-ares
 // owns and closes it), and c-ares's timeouts are kept by an Asio steady_timer. Nothing
 // blocks and nothing polls: work happens only when a socket is ready or a timeout is due.
+//
+// Every query asks the server: c-ares's query cache (1.23 and later, on by default since
+// 1.31, keeping answers up to an hour) is turned off, since membership polls exist to see
+// changes as soon as the server has them.
 
 #include <ares.h>
 
@@ -17,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <fwd/detail/cares_api.hpp>
 #include <fwd/detail/cares_error.hpp>
 #include <fwd/error.hpp>
 #include <fmt/format.h>
@@ -42,9 +47,13 @@ inline void cares_library_init() {
 }
 
 struct cares_channel_options {
-  /// Explicit servers ("10.0.0.2", "10.0.0.2:5353", "[fd00::2]:53"); empty = the system's
-  /// resolver configuration (/etc/resolv.conf).
+  /// Explicit servers ("10.0.0.2", "10.0.0.2:5353", "[fd00::2]:53"); empty = the resolver
+  /// configuration in `resolv_conf`.
   std::vector<std::string> servers;
+  /// The resolver configuration read when `servers` is empty; empty: /etc/resolv.conf.
+  std::string resolv_conf;
+  /// The port of the servers `resolv_conf` names (its syntax has none); 0: 53.
+  std::uint16_t resolv_conf_port = 0;
   std::chrono::milliseconds timeout{2000};  ///< per try
   int tries = 2;
 };
@@ -92,8 +101,8 @@ inline std::string cares_server_csv_entry(const std::string& server) {
 class cares_channel : public std::enable_shared_from_this<cares_channel> {
  public:
   using strand_type = boost::asio::strand<boost::asio::any_io_executor>;
-  /// Called once per query with c-ares's status and, on success, the raw answer.
-  using answer_callback = std::function<void(int status, const unsigned char* answer, int length)>;
+  /// Called once per query with c-ares's status and, on success, the records.
+  using answer_callback = dns_answer_callback;
 
   /// Creates a channel; throws fwd::error on bad options or when c-ares cannot start.
   static std::shared_ptr<cares_channel> create(strand_type strand,
@@ -110,7 +119,20 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
     opts.sock_state_cb_data = channel.get();
     opts.timeout = static_cast<int>(options.timeout.count());
     opts.tries = options.tries;
-    const int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES;
+    int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES;
+#if defined(ARES_OPT_QUERY_CACHE)
+    opts.qcache_max_ttl = 0;  // no cache: every poll asks the server
+    mask |= ARES_OPT_QUERY_CACHE;
+#endif
+    if (options.servers.empty() && !options.resolv_conf.empty()) {
+      opts.resolvconf_path = const_cast<char*>(options.resolv_conf.c_str());  // copied
+      mask |= ARES_OPT_RESOLVCONF;
+    }
+    if (options.servers.empty() && options.resolv_conf_port != 0) {
+      opts.udp_port = options.resolv_conf_port;
+      opts.tcp_port = options.resolv_conf_port;
+      mask |= ARES_OPT_UDP_PORT | ARES_OPT_TCP_PORT;
+    }
     int status = ares_init_options(&channel->channel_, &opts, mask);
     if (status != ARES_SUCCESS) {
       channel->channel_ = nullptr;
@@ -140,14 +162,18 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
   /// applies the resolver's search domains (ares_search) rather than the name as given
   /// (ares_query). `callback` may run inside this call when c-ares fails at once.
   void query(const std::string& name, int type, bool search, answer_callback callback) {
-    auto* context = new answer_callback(std::move(callback));
-    if (search) {
-      ares_search(channel_, name.c_str(), 1 /* C_IN */, type, &cares_channel::on_answer, context);
-    } else {
-      ares_query(channel_, name.c_str(), 1 /* C_IN */, type, &cares_channel::on_answer, context);
-    }
+    ++pending_;
+    cares_api::send(channel_, name, type, search,
+                    [this, callback = std::move(callback)](int status,
+                                                           std::vector<dns_record>&& records) {
+                      --pending_;
+                      callback(status, std::move(records));
+                    });
     arm_timeout();
   }
+
+  /// How many queries have not completed yet.
+  std::size_t pending() const noexcept { return pending_; }
 
   /// Completes every pending query with ARES_ECANCELLED, inside this call.
   void cancel() {
@@ -171,12 +197,6 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
   };
 
   explicit cares_channel(strand_type strand) : strand_(std::move(strand)), timer_(strand_) {}
-
-  static void on_answer(void* arg, int status, int /*timeouts*/, unsigned char* answer,
-                        int length) {
-    std::unique_ptr<answer_callback> callback(static_cast<answer_callback*>(arg));
-    (*callback)(status, answer, length);
-  }
 
   static void on_socket_state(void* data, ares_socket_t fd, int readable, int writable) {
     static_cast<cares_channel*>(data)->update_watch(fd, readable != 0, writable != 0);
@@ -246,7 +266,7 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
   }
 
   void process(ares_socket_t read_fd, ares_socket_t write_fd) {
-    ares_process_fd(channel_, read_fd, write_fd);
+    cares_api::process(channel_, read_fd, write_fd);
     arm_timeout();
   }
 
@@ -272,6 +292,7 @@ class cares_channel : public std::enable_shared_from_this<cares_channel> {
   strand_type strand_;
   boost::asio::steady_timer timer_;
   std::uint64_t timer_generation_ = 0;
+  std::size_t pending_ = 0;
   std::unordered_map<int, std::shared_ptr<socket_watcher>> watchers_;
 };
 

@@ -8,24 +8,20 @@
 
 #include <ares.h>
 
-#include <array>
+#include <algorithm>
 #include <boost/asio/ip/address.hpp>
 #include <cstdint>
-#include <cstring>
 #include <functional>
 #include <fwd/detail/cares_channel.hpp>
 #include <fwd/detail/cares_error.hpp>
 #include <fmt/format.h>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace fwd::detail {
-
-inline constexpr int dns_type_a = 1;      // ns_t_a
-inline constexpr int dns_type_aaaa = 28;  // ns_t_aaaa
-inline constexpr int dns_type_srv = 33;   // ns_t_srv
 
 struct dns_query_spec {
   bool srv = false;  ///< SRV records of `name`, else A/AAAA of `name`
@@ -46,6 +42,8 @@ struct dns_source_answer {
   /// (ARES_ENOTFOUND before ARES_ENODATA); empty otherwise.
   boost::system::error_code error;
   std::string failed_query;  ///< e.g. "AAAA node1.cluster.test"
+  /// The shortest TTL of the records found (seconds), when the answer carried TTLs.
+  std::optional<std::uint32_t> min_ttl;
 
   // While the round runs: the best "empty" status seen, for when nothing is found.
   int empty_status = ARES_SUCCESS;
@@ -74,8 +72,8 @@ class dns_resolve_round : public std::enable_shared_from_this<dns_resolve_round>
       const auto& spec = specs_[i];
       if (spec.srv) {
         send(spec.name, dns_type_srv, true,
-             [self = shared_from_this(), i](int status, const unsigned char* answer, int length) {
-               self->on_srv(i, status, answer, length);
+             [self = shared_from_this(), i](int status, std::vector<dns_record>&& records) {
+               self->on_srv(i, status, std::move(records));
              });
       } else {
         resolve_addresses(i, spec.name, spec.port, true);
@@ -93,16 +91,16 @@ class dns_resolve_round : public std::enable_shared_from_this<dns_resolve_round>
   void resolve_addresses(std::size_t i, const std::string& name, std::uint16_t port, bool search) {
     if (ipv4_) {
       send(name, dns_type_a, search,
-           [self = shared_from_this(), i, name, port](int status, const unsigned char* answer,
-                                                      int length) {
-             self->on_address(i, name, port, dns_type_a, status, answer, length);
+           [self = shared_from_this(), i, name, port](int status,
+                                                      std::vector<dns_record>&& records) {
+             self->on_address(i, name, port, dns_type_a, status, std::move(records));
            });
     }
     if (ipv6_) {
       send(name, dns_type_aaaa, search,
-           [self = shared_from_this(), i, name, port](int status, const unsigned char* answer,
-                                                      int length) {
-             self->on_address(i, name, port, dns_type_aaaa, status, answer, length);
+           [self = shared_from_this(), i, name, port](int status,
+                                                      std::vector<dns_record>&& records) {
+             self->on_address(i, name, port, dns_type_aaaa, status, std::move(records));
            });
     }
   }
@@ -126,57 +124,36 @@ class dns_resolve_round : public std::enable_shared_from_this<dns_resolve_round>
     }
   }
 
+  void note_ttl(std::size_t i, const dns_record& record) {
+    if (!record.ttl) return;
+    auto& min_ttl = answers_[i].min_ttl;
+    min_ttl = min_ttl ? std::min(*min_ttl, *record.ttl) : *record.ttl;
+  }
+
   void on_address(std::size_t i, const std::string& name, std::uint16_t port, int type, int status,
-                  const unsigned char* answer, int length) {
-    const std::string query = (type == dns_type_a ? "A " : "AAAA ") + name;
-    if (status == ARES_SUCCESS) {
-      // More records than this are cut: a cluster of more nodes than one answer
-      // carries needs SRV or several names.
-      constexpr int capacity = 256;
-      int count = capacity;
-      if (type == dns_type_a) {
-        std::array<ares_addrttl, capacity> records{};
-        status = ares_parse_a_reply(answer, length, nullptr, records.data(), &count);
-        for (int k = 0; status == ARES_SUCCESS && k < count; ++k) {
-          boost::asio::ip::address_v4::bytes_type bytes;
-          std::memcpy(bytes.data(), &records[k].ipaddr, bytes.size());
-          answers_[i].found.push_back({name, boost::asio::ip::address_v4(bytes), port});
-        }
-      } else {
-        std::array<ares_addr6ttl, capacity> records{};
-        status = ares_parse_aaaa_reply(answer, length, nullptr, records.data(), &count);
-        for (int k = 0; status == ARES_SUCCESS && k < count; ++k) {
-          boost::asio::ip::address_v6::bytes_type bytes;
-          std::memcpy(bytes.data(), &records[k].ip6addr, bytes.size());
-          answers_[i].found.push_back({name, boost::asio::ip::address_v6(bytes), port});
-        }
-      }
+                  std::vector<dns_record>&& records) {
+    for (const auto& record : records) {
+      answers_[i].found.push_back({name, record.address, port});
+      note_ttl(i, record);
     }
-    note(i, status, query);
+    note(i, status, (type == dns_type_a ? "A " : "AAAA ") + name);
     finish_one();
   }
 
-  void on_srv(std::size_t i, int status, const unsigned char* answer, int length) {
-    const std::string query = fmt::format("SRV {}", specs_[i].name);
-    if (status == ARES_SUCCESS) {
-      ares_srv_reply* records = nullptr;
-      status = ares_parse_srv_reply(answer, length, &records);
-      if (status == ARES_SUCCESS) {
-        std::vector<std::pair<std::string, std::uint16_t>> targets;
-        for (auto* r = records; r != nullptr; r = r->next) {
-          // A target of "." says the service is deliberately not offered there.
-          if (r->host != nullptr && r->host[0] != '\0' && std::strcmp(r->host, ".") != 0) {
-            targets.emplace_back(r->host, r->port);
-          }
-        }
-        ares_free_data(records);
-        if (targets.empty()) status = ARES_ENODATA;
-        if (!destroyed_) {
-          for (const auto& [target, port] : targets) resolve_addresses(i, target, port, false);
-        }
+  void on_srv(std::size_t i, int status, std::vector<dns_record>&& records) {
+    std::vector<std::pair<std::string, std::uint16_t>> targets;
+    for (const auto& record : records) {
+      // A target of "." says the service is deliberately not offered there.
+      if (!record.target.empty() && record.target != ".") {
+        targets.emplace_back(record.target, record.port);
+        note_ttl(i, record);
       }
     }
-    note(i, status, query);
+    if (status == ARES_SUCCESS && targets.empty()) status = ARES_ENODATA;
+    if (!destroyed_) {
+      for (const auto& [target, port] : targets) resolve_addresses(i, target, port, false);
+    }
+    note(i, status, fmt::format("SRV {}", specs_[i].name));
     finish_one();
   }
 

@@ -20,6 +20,7 @@
 #include <functional>
 #include <fwd/detail/cares_channel.hpp>
 #include <fwd/detail/cares_error.hpp>
+#include <fwd/detail/cares_reload.hpp>
 #include <fwd/detail/cares_resolve.hpp>
 #include <fwd/detail/completion.hpp>
 #include <fwd/cluster/membership_types.hpp>
@@ -64,8 +65,10 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
       specs_.push_back({source.type == dns_source::record_type::srv, source.name, source.port});
     }
     if (!options_.dns.empty()) {
-      channel_ = cares_channel::create(
-          strand_, {options_.dns_servers, options_.query_timeout, options_.query_tries});
+      channel_ = std::make_unique<cares_reloading_channel>(
+          strand_, cares_channel_options{options_.dns_servers, options_.resolv_conf,
+                                         options_.resolv_conf_port, options_.query_timeout,
+                                         options_.query_tries});
     }
   }
 
@@ -221,7 +224,14 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
       done({});
       return;
     }
-    std::make_shared<dns_resolve_round>(channel_.get(), specs_, options_.ipv4, options_.ipv6,
+    try {
+      channel_->refresh();
+    } catch (const fwd::error& e) {
+      report(e.code(), fmt::format("{} changed but c-ares cannot use it ({}); the previous "
+                                   "configuration is kept",
+                                   channel_->watched(), e.what()));
+    }
+    std::make_shared<dns_resolve_round>(channel_->get(), specs_, options_.ipv4, options_.ipv6,
                                         std::move(done))
         ->start();
   }
@@ -246,7 +256,7 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
       if (!self || !self->polling_ || generation != self->poll_generation_) return;
       self->apply(answers);
       if (!self->channel_) return;  // a static list alone never changes: nothing to poll
-      self->poll_timer_.expires_after(self->options_.poll_interval);
+      self->poll_timer_.expires_after(self->next_poll_delay(answers));
       self->poll_timer_.async_wait(boost::asio::bind_executor(
           self->strand_, [weak, generation](const boost::system::error_code& ec) {
             auto self = weak.lock();
@@ -254,6 +264,17 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
             self->poll(generation);
           }));
     });
+  }
+
+  // poll_interval, or sooner when a record found expires sooner (a TTL of 0 sets no bound).
+  std::chrono::milliseconds next_poll_delay(const std::vector<dns_source_answer>& answers) const {
+    auto delay = options_.poll_interval;
+    for (const auto& answer : answers) {
+      if (answer.min_ttl && *answer.min_ttl > 0) {
+        delay = std::min<std::chrono::milliseconds>(delay, std::chrono::seconds(*answer.min_ttl));
+      }
+    }
+    return delay;
   }
 
   void report(const boost::system::error_code& ec, const std::string& message) {
@@ -346,7 +367,7 @@ class membership_impl : public std::enable_shared_from_this<membership_impl> {
   strand_type strand_;
   membership_options options_;
   std::vector<dns_query_spec> specs_;
-  std::shared_ptr<cares_channel> channel_;
+  std::unique_ptr<cares_reloading_channel> channel_;
   boost::asio::steady_timer poll_timer_;
   std::atomic<membership_snapshot_ptr> snapshot_;
   // Per DNS source: the members its answers found, with how often they were missed since.
