@@ -28,6 +28,7 @@
 #include <fwd/rpc/server.hpp>
 #include <fwd/telemetry.hpp>
 #include <fwd/write/builtins.hpp>
+#include <fwd/write/detail/position_reporter.hpp>
 #include <fwd/write/executor.hpp>
 #include <fwd/write/forwarder.hpp>
 
@@ -54,7 +55,9 @@ namespace fwd {
  * from any thread. Owns its server, client, membership, discovery and, once started, the
  * write executor (its one writer thread) and the LiteFS monitor (its one polling thread,
  * the only other thread fwd starts; see litefs::monitor). Built-in procedures on every node:
- * fwd::execute_statement, fwd::execute_bulk, fwd::migrate_procedure.
+ * fwd::execute_statement, fwd::execute_bulk, fwd::migrate_procedure, and
+ * fwd::report_position, by which each replica tells the primary its LiteFS position
+ * (see fwd::durability).
  */
 class node {
  public:
@@ -147,6 +150,7 @@ class node {
     server_->start();
     membership_->start();
     finder_->start();
+    reporter_->start();
     started_ = true;
   }
 
@@ -263,6 +267,7 @@ class node {
     if (stopped_) return;
     stopped_ = true;
     forwarder_->stop();
+    reporter_->stop();
     if (server_) server_->stop();
     finder_->stop();
     membership_->stop();
@@ -279,6 +284,7 @@ class node {
   std::function<litefs::role()> role_;
   std::shared_ptr<primary_finder> finder_;
   std::unique_ptr<fwd::forwarder> forwarder_;
+  std::shared_ptr<detail::position_reporter> reporter_;
   std::shared_ptr<sqlite::write_executor> writer_;
   std::unique_ptr<rpc::server> server_;
   std::mutex stop_mutex_;

@@ -100,7 +100,16 @@ class forwarder {
   }
 
   /// Refuses new calls (cancelled); calls waiting for a retry or replication end soon.
-  void stop() { core_->stopped.store(true); }
+  void stop() {
+    core_->stopped.store(true);
+    core_->durability->stop();
+  }
+
+  /// The positions this node's replicas report, and the writes waiting for them (the
+  /// node feeds it from the built-in report_position).
+  const std::shared_ptr<detail::durability_tracker>& durability_tracker() const noexcept {
+    return core_->durability;
+  }
 
   /// Runs `f` (on any thread) once no call of this forwarder is in flight: every call
   /// started has completed (its handler is posted). At once when none is.
