@@ -3,7 +3,8 @@
 //   fwd_node --name node-a --mount DIR --db app.db --port 7001 --members 7001,7002,7003
 //            [--secret S] [--no-ryw] [--quiet] [--ttl-ms N] [--no-migrate]
 //            [--litefs-real [--litefs-hostname H]] [--litefs-http PORT] [--litefs-poll-ms N]
-//            [--metrics-listen ADDRESS:PORT]
+//            [--metrics-listen ADDRESS:PORT] [--durability none|replicas:N|candidates]
+//            [--not-candidate]
 //
 // By default DIR is a mount of the LiteFS simulation (its VFS is installed, FUSE is not
 // required). With --litefs-real, DIR is a real LiteFS FUSE mount: the simulation is not
@@ -16,6 +17,9 @@
 //
 // With FWD_NODE_TRACE set in its environment it also prints every probe, connection
 // event, lookup miss and finished call (also with --quiet), for a failing test to show.
+//
+// --durability sets the node's default fwd::durability (what the primary waits for before
+// it acknowledges a write); --not-candidate says its LiteFS is no candidate for promotion.
 //
 // It serves the demo procedures, migrates the schema at start, prints "READY <port>"
 // once listening and "MIGRATED <version>" once the schema is here, and answers
@@ -105,6 +109,8 @@ int main(int argc, char** argv) {
   int ttl_ms = 2000;
   int litefs_http_port = 0, litefs_poll_ms = 0;
   std::optional<boost::asio::ip::tcp::endpoint> metrics_listen;
+  fwd::durability durability;
+  bool candidate = true;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto next = [&]() -> std::string {
@@ -143,6 +149,20 @@ int main(int argc, char** argv) {
       litefs_http_port = std::stoi(next());
     else if (arg == "--litefs-poll-ms")
       litefs_poll_ms = std::stoi(next());
+    else if (arg == "--durability") {
+      const std::string what = next();
+      if (what == "none") {
+        durability = fwd::durability::none();
+      } else if (what == "candidates") {
+        durability = fwd::durability::candidates();
+      } else if (what.starts_with("replicas:")) {
+        durability = fwd::durability::replicas(static_cast<std::uint16_t>(std::stoi(what.substr(9))));
+      } else {
+        std::fprintf(stderr, "fwd_node: --durability wants none, replicas:N or candidates, not %s\n", what.c_str());
+        return 2;
+      }
+    } else if (arg == "--not-candidate")
+      candidate = false;
     else if (arg == "--metrics-listen") {
       const std::string where = next();
       const auto colon = where.rfind(':');
@@ -227,6 +247,8 @@ int main(int argc, char** argv) {
   options.name = node_name;
   options.require_fuse = litefs_real;  // the simulation's mounts are plain directories
   options.read_your_writes = ryw;
+  options.durability = durability;
+  options.litefs_candidate = candidate;
   options.discovery_ttl = std::chrono::milliseconds(ttl_ms);
   // The metrics count every event, then pass it on to the hooks above.
   auto metrics = std::make_shared<fwd::metrics>();
