@@ -132,6 +132,9 @@ class forwarder {
    * `not_primary`, `unreachable`, `connection_lost`, `timeout`, `circuit_open` after the
    * retries, the deadline or the retry budget ran out; `replication_lag`: the write
    * COMMITTED but this node had not replicated it by the deadline (do not retry);
+   * `not_yet_durable` (class committed_not_durable): the write COMMITTED on the primary
+   * but fewer replicas than forward_options::durability asks reported it before the
+   * deadline (a retry with the same request id is safe and waits for them again);
    * `cancelled`. forward_options::diagnostics receives the details, before the handler
    * is invoked.
    *
