@@ -4,6 +4,7 @@
 //            [--listen ADDRESS] [--secret S] [--no-ryw] [--quiet] [--ttl-ms N] [--no-migrate]
 //            [--litefs-real [--litefs-hostname H]] [--litefs-http PORT] [--litefs-poll-ms N]
 //            [--metrics-listen ADDRESS:PORT] [--raw-sql]
+//            [--durability none|replicas:N|candidates] [--not-candidate]
 //
 // The node listens on 127.0.0.1 unless --listen names another address (0.0.0.0: every
 // address of its network namespace). A member is a port on 127.0.0.1 or ADDRESS:PORT.
@@ -21,6 +22,9 @@
 //
 // With FWD_NODE_TRACE set in its environment it also prints every probe, connection
 // event, lookup miss and finished call (also with --quiet), for a failing test to show.
+//
+// --durability sets the node's default fwd::durability (what the primary waits for before
+// it acknowledges a write); --not-candidate says its LiteFS is no candidate for promotion.
 //
 // It serves the demo procedures, migrates the schema at start, prints "READY <port>"
 // once listening and "MIGRATED <version>" once the schema is here, and answers
@@ -111,6 +115,8 @@ int main(int argc, char** argv) {
   int ttl_ms = 2000;
   int litefs_http_port = 0, litefs_poll_ms = 0;
   std::optional<boost::asio::ip::tcp::endpoint> metrics_listen;
+  fwd::durability durability;
+  bool candidate = true;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto next = [&]() -> std::string {
@@ -152,6 +158,20 @@ int main(int argc, char** argv) {
       litefs_http_port = std::stoi(next());
     else if (arg == "--litefs-poll-ms")
       litefs_poll_ms = std::stoi(next());
+    else if (arg == "--durability") {
+      const std::string what = next();
+      if (what == "none") {
+        durability = fwd::durability::none();
+      } else if (what == "candidates") {
+        durability = fwd::durability::candidates();
+      } else if (what.starts_with("replicas:")) {
+        durability = fwd::durability::replicas(static_cast<std::uint16_t>(std::stoi(what.substr(9))));
+      } else {
+        std::fprintf(stderr, "fwd_node: --durability wants none, replicas:N or candidates, not %s\n", what.c_str());
+        return 2;
+      }
+    } else if (arg == "--not-candidate")
+      candidate = false;
     else if (arg == "--metrics-listen") {
       const std::string where = next();
       const auto colon = where.rfind(':');
@@ -251,6 +271,8 @@ int main(int argc, char** argv) {
   options.require_fuse = litefs_real;  // the simulation's mounts are plain directories
   options.read_your_writes = ryw;
   options.enable_raw_sql = raw_sql;  // the "execute" and "bulk" control calls need it
+  options.durability = durability;
+  options.litefs_candidate = candidate;
   options.discovery_ttl = std::chrono::milliseconds(ttl_ms);
   // The metrics count every event, then pass it on to the hooks above.
   auto metrics = std::make_shared<fwd::metrics>();

@@ -9,6 +9,10 @@
 //                  read-your-writes off
 //   forwarded_ryw  the same with read-your-writes on: the call completes once the
 //                  replica's copy holds the write
+//   local_durable, forwarded_durable
+//                  local and forwarded with fwd::durability::replicas(1): the primary
+//                  acknowledges once the replica has reported a position at or past the
+//                  write (over fwd's connection, as its monitor sees LiteFS's tx events)
 //
 // and, to tell where the time goes, without fwd on the main thread:
 //
@@ -146,12 +150,14 @@ enum system_id {
   direct_writer,
   direct_alone,
   direct_dedup_ordered,
+  local_durable,
+  forwarded_durable,
   system_count
 };
 const std::array<const char*, system_count> system_names{
     "direct",       "local",         "forwarded",   "forwarded_ryw",
     "replicated",   "direct_dedup",  "direct_writer", "direct_alone",
-    "direct_dedup_ordered"};
+    "direct_dedup_ordered", "local_durable", "forwarded_durable"};
 
 /// A request id that starts with the 48-bit Unix time in milliseconds (big-endian), the
 /// rest random: ids made later sort later.
@@ -216,6 +222,10 @@ class bench {
         return chain(*replica_, false, false, n, out);
       case forwarded_ryw:
         return chain(*replica_, true, false, n, out);
+      case local_durable:
+        return chain(*primary_, false, true, n, out, fwd::durability::replicas(1));
+      case forwarded_durable:
+        return chain(*replica_, false, false, n, out, fwd::durability::replicas(1));
       default:
         return;
     }
@@ -285,10 +295,11 @@ class bench {
   // n sequential async_calls on `node`, each issued from the completion of the previous one
   // (on the node's io thread), as a service handler chains its calls.
   void chain(fwd::node& node, bool ryw, bool expect_local, int n,
-             std::vector<std::int64_t>* out) {
+             std::vector<std::int64_t>* out, fwd::durability durability = {}) {
     struct state {
       fwd::node& node;
       bool ryw, expect_local;
+      fwd::durability durability;
       int left;
       std::vector<std::int64_t>* out;
       std::int64_t& value;
@@ -302,6 +313,7 @@ class bench {
         --left;
         fwd::forward_options o;
         o.read_your_writes = ryw;
+        o.durability = durability;
         o.report = std::make_shared<fwd::call_report>();
         o.diagnostics = &diag;
         const auto t0 = clock::now();
@@ -324,7 +336,7 @@ class bench {
                         });
       }
     };
-    state s{node, ryw, expect_local, n, out, value_, {}, {}};
+    state s{node, ryw, expect_local, durability, n, out, value_, {}, {}};
     auto result = s.done.get_future();
     s.next();
     if (result.wait_for(60s) != std::future_status::ready) die("a call chain did not finish in 60 s");
@@ -398,13 +410,21 @@ void report(const std::vector<std::vector<std::int64_t>>& samples, const bench& 
       emit(std::string("litefs.wal_frames.") + system_names[i], b.wal_frames_per_commit(static_cast<system_id>(i)), 2);
   }
   for (int i : {local, forwarded, forwarded_ryw, replicated, direct_dedup, direct_writer,
-                direct_alone, direct_dedup_ordered}) {
+                direct_alone, direct_dedup_ordered, local_durable, forwarded_durable}) {
     if (samples[i].empty() || samples[direct].empty()) continue;
     emit(std::string("litefs.p50_ratio.") + system_names[i] + "_over_direct",
          s[i].p50_us / s[direct].p50_us, 2);
     emit(std::string("litefs.p99_ratio.") + system_names[i] + "_over_direct",
          s[i].p99_us / s[direct].p99_us, 2);
   }
+  if (!samples[forwarded_durable].empty() && !samples[forwarded].empty())
+    emit("litefs.p50_ratio.forwarded_durable_over_forwarded",
+         s[forwarded_durable].p50_us / s[forwarded].p50_us, 2);
+  if (!samples[local_durable].empty() && !samples[local].empty())
+    emit("litefs.p50_ratio.local_durable_over_local", s[local_durable].p50_us / s[local].p50_us, 2);
+  if (!samples[forwarded_durable].empty() && !samples[forwarded_ryw].empty())
+    emit("litefs.p50_ratio.forwarded_durable_over_forwarded_ryw",
+         s[forwarded_durable].p50_us / s[forwarded_ryw].p50_us, 2);
   if (!samples[forwarded_ryw].empty() && !samples[replicated].empty())
     emit("litefs.p50_ratio.forwarded_ryw_over_replicated",
          s[forwarded_ryw].p50_us / s[replicated].p50_us, 2);
@@ -482,7 +502,8 @@ int main(int argc, char** argv) {
     b.attach(primary, replica);
     std::vector<system_id> order{direct,       local,         forwarded,
                                  forwarded_ryw, replicated, direct_dedup,
-                                 direct_writer, direct_dedup_ordered};
+                                 direct_writer, direct_dedup_ordered, local_durable,
+                                 forwarded_durable};
     if (!all) {
       order.clear();
       for (int i = 0; i < system_count; ++i)

@@ -34,6 +34,15 @@ suite_table() {
   row "fwd from the replica, read-your-writes" "" litefs.p50_us.forwarded_ryw \
     litefs.p99_us.forwarded_ryw litefs.p50_ratio.forwarded_ryw_over_direct \
     litefs.p99_ratio.forwarded_ryw_over_direct
+  row "fwd on the primary, replicas(1)" "" litefs.p50_us.local_durable litefs.p99_us.local_durable \
+    litefs.p50_ratio.local_durable_over_direct litefs.p99_ratio.local_durable_over_direct
+  row "fwd from the replica, replicas(1)" "" litefs.p50_us.forwarded_durable \
+    litefs.p99_us.forwarded_durable litefs.p50_ratio.forwarded_durable_over_direct \
+    litefs.p99_ratio.forwarded_durable_over_direct
+  heading "durable acknowledgement (p50 ratios)"
+  row "replicas(1) / none(), on the primary" "" litefs.p50_ratio.local_durable_over_local
+  row "replicas(1) / none(), from the replica" "" litefs.p50_ratio.forwarded_durable_over_forwarded
+  row "replicas(1) / read-your-writes" "" litefs.p50_ratio.forwarded_durable_over_forwarded_ryw
   heading "where the time goes (no fwd, one thread)"
   row "direct + LiteFS replication to the replica" "" litefs.p50_us.replicated \
     litefs.p99_us.replicated litefs.p50_ratio.replicated_over_direct \

@@ -1,6 +1,8 @@
 # bench/run write: single-row inserts (a small indexed table) forwarded by fwd::node from two
 # replica processes to the primary process over the LiteFS simulation, against the same
-# inserts on the primary, one transaction each, and on the primary with group commit.
+# inserts on the primary, one transaction each, and on the primary with group commit; then,
+# with the simulation replicating every commit, the forwarded inserts with durability none()
+# and replicas(1) (the primary acknowledges once a replica has reported the commit).
 # Goal: write.tput_ratio.forwarded_over_local.64 >= 1.0.
 
 SUITE_TARGETS=(bench_write)
@@ -12,7 +14,7 @@ WRITE_ROUNDS=3
 # each round itself, bench/run reports the median per key.
 suite_run() {
   local bin=$1
-  run_bench 80 "$bin/bench_write" "$WRITE_ROUNDS" 2.0
+  run_bench 150 "$bin/bench_write" "$WRITE_ROUNDS" 2.0
 }
 
 suite_table() {
@@ -27,10 +29,18 @@ suite_table() {
     write.p50_ms.local_group_commit.64 write.p99_ms.local_group_commit.64 \
     write.rows_per_commit.local_group_commit.64
   row "plain SQLite, 1 writer, 1 txn each" "" write.tput.plain_sqlite_one_writer
+  heading "forwarded, the simulation replicating every commit"
+  columns rows/s p50_ms p99_ms rows/commit
+  row "durability none()" "" write.tput.forwarded_replicating.64 write.p50_ms.forwarded_replicating.64 \
+    write.p99_ms.forwarded_replicating.64 write.rows_per_commit.forwarded_replicating.64
+  row "durability replicas(1)" "" write.tput.forwarded_durable.64 write.p50_ms.forwarded_durable.64 \
+    write.p99_ms.forwarded_durable.64 write.rows_per_commit.forwarded_durable.64
   heading "ratios (rows/s, paired within a round)"
   row "forwarded / primary, one txn each" "" write.tput_ratio.forwarded_over_local.64
   row "forwarded / primary, group commit" "" write.tput_ratio.forwarded_over_group_commit.64
   row "group commit / one txn each" "" write.tput_ratio.group_commit_over_single_txn.64
+  row "replicas(1) / none(), rows/s" "" write.tput_ratio.durable_over_none.64
+  row "replicas(1) / none(), p50" "" write.p50_ratio.durable_over_none.64
   heading "goals"
   row "forwarded / primary one txn each >= 1.0" "" write.tput_ratio.forwarded_over_local.64
 }

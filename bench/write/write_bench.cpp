@@ -1,7 +1,9 @@
 // fwd's write path: single-row inserts into a small indexed table, forwarded from two
 // replica processes to the primary process (fwd::node over the LiteFS simulation, three
 // nodes on 127.0.0.1), against the same inserts on the primary, one transaction each, and
-// on the primary with group commit.
+// on the primary with group commit. Then, with the simulation replicating every commit,
+// the forwarded inserts with durability none() and replicas(1) side by side: what waiting
+// for a replica's report costs.
 //
 //   bench_write [rounds] [window s]   the driver: builds the simulated cluster (WAL), starts
 //                                     three node processes (itself, re-executed with `node`),
@@ -48,11 +50,12 @@ using endpoint = boost::asio::ip::tcp::endpoint;
 inline const fwd::procedure<std::int64_t(std::string, std::int64_t)> insert_row{
     "bench.write.insert"};
 
-/// Runs a load on the node it is sent to: (callers, warm-up ms, window ms, key salt) ->
+/// Runs a load on the node it is sent to: (callers, warm-up ms, window ms, key salt,
+/// replicas the primary waits for: fwd::durability::replicas(n), 0 for none()) ->
 /// [calls issued, completed in the window, failed, latency of each call started in the
 /// window in microseconds...]. Each caller issues its next insert when the previous completes.
 inline const fwd::procedure<std::vector<std::int64_t>(std::int64_t, std::int64_t, std::int64_t,
-                                                      std::int64_t)>
+                                                      std::int64_t, std::int64_t)>
     run_load{"bench.write.load"};
 
 constexpr const char* secret = "bench-write-secret";
@@ -228,10 +231,13 @@ int node_main(int argc, char** argv) {
   node.registry().define(
       run_load,
       [&node](std::int64_t callers, std::int64_t warmup_ms, std::int64_t window_ms,
-              std::int64_t salt, fwd::rpc::result_handler<std::vector<std::int64_t>> done) {
-        auto issue = [&node](std::string key, std::int64_t v, load_generator::done_fn finished) {
+              std::int64_t salt, std::int64_t durable_replicas,
+              fwd::rpc::result_handler<std::vector<std::int64_t>> done) {
+        const auto durability = fwd::durability::replicas(static_cast<std::uint16_t>(durable_replicas));
+        auto issue = [&node, durability](std::string key, std::int64_t v, load_generator::done_fn finished) {
           fwd::forward_options o;
           o.deadline = clock::now() + std::chrono::seconds(10);
+          o.durability = durability;
           node.async_call(o, insert_row, std::move(key), v,
                           [finished = std::move(finished)](boost::system::error_code ec,
                                                            std::int64_t) { finished(ec); });
@@ -387,8 +393,10 @@ class driver {
     io_thread_.join();
   }
 
-  /// 64 callers, half on each replica: every insert forwarded to the primary.
-  measurement forwarded(std::uint64_t salt, clock::duration warmup) {
+  /// 64 callers, half on each replica: every insert forwarded to the primary, which
+  /// acknowledges it once `durable_replicas` replicas have reported it (0: at its commit).
+  measurement forwarded(std::uint64_t salt, clock::duration warmup, std::int64_t durable_replicas = 0,
+                        const std::string& system = "forwarded") {
     const std::uint64_t before = sim_.position(0).txid;
     std::vector<std::future<std::vector<std::int64_t>>> replies;
     for (std::size_t i = 0; i < replicas_.size(); ++i) {
@@ -400,7 +408,7 @@ class driver {
           replicas_[i], o, run_load, std::int64_t{total_callers / 2},
           std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(warmup).count()},
           std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(window_).count()},
-          static_cast<std::int64_t>(salt * 2 + i),
+          static_cast<std::int64_t>(salt * 2 + i), durable_replicas,
           [promise](boost::system::error_code ec, std::vector<std::int64_t> r) {
             if (ec) {
               promise->set_exception(std::make_exception_ptr(fwd::error(ec, "bench.write.load")));
@@ -415,9 +423,9 @@ class driver {
       try {
         r = f.get();
       } catch (const std::exception& e) {
-        die(std::string("forwarded: the load call failed: ") + e.what());
+        die(system + ": the load call failed: " + e.what());
       }
-      if (r.size() < 3) die("forwarded: a malformed load report");
+      if (r.size() < 3) die(system + ": a malformed load report");
       total.issued += r[0];
       total.in_window += r[1];
       total.failed += r[2];
@@ -425,7 +433,17 @@ class driver {
       total.latency_us.insert(total.latency_us.end(), r.begin() + 3, r.end());
     }
     const std::uint64_t after = sim_.position(0).txid;
-    return summarise_load(total, window_, after - before, "forwarded");
+    return summarise_load(total, window_, after - before, system);
+  }
+
+  /// The simulation ships each commit to both replicas (a copy of the database, see
+  /// bench/README.md) from now on, or no more.
+  void replicate(bool on) {
+    if (on) {
+      sim_.start_replication(std::chrono::milliseconds(0));
+    } else {
+      sim_.stop_replication();
+    }
   }
 
   /// 64 callers in this process on the primary's database, through a write executor of
@@ -551,6 +569,28 @@ int driver_main(int argc, char** argv) {
       emit("write.tput_ratio.group_commit_over_single_txn" + n,
            group_m.rows_per_s / single_m.rows_per_s, 2);
   }
+
+  // Durable acknowledgement: both with the simulation replicating, in alternating order.
+  d.replicate(true);
+  d.forwarded(2000, window(0.5), 1, "forwarded_durable");  // the replicas start reporting
+  for (int round = 0; round < rounds; ++round) {
+    measurement none_m, durable_m;
+    const std::uint64_t salt = 100 + static_cast<std::uint64_t>(round) * 4;
+    for (int k = 0; k < 2; ++k) {
+      if ((round + k) % 2 == 0) {
+        none_m = d.forwarded(salt + 1, d.warmup(), 0, "forwarded_replicating");
+        emit_measurement("forwarded_replicating", none_m);
+      } else {
+        durable_m = d.forwarded(salt + 2, d.warmup(), 1, "forwarded_durable");
+        emit_measurement("forwarded_durable", durable_m);
+      }
+    }
+    const std::string n = "." + std::to_string(total_callers);
+    if (none_m.rows_per_s > 0)
+      emit("write.tput_ratio.durable_over_none" + n, durable_m.rows_per_s / none_m.rows_per_s, 2);
+    if (none_m.p50_ms > 0) emit("write.p50_ratio.durable_over_none" + n, durable_m.p50_ms / none_m.p50_ms, 2);
+  }
+  d.replicate(false);
   return 0;
 }
 

@@ -37,6 +37,7 @@ enum class errc {
   bad_litefs_file,      ///< a LiteFS file (.primary, .lag, <db>-pos) has unexpected contents
   bad_argument,         ///< an argument given to fwd is invalid
   commit_unknown,       ///< COMMIT failed after it may have reached the database
+  not_yet_durable,      ///< the write COMMITTED on the primary; too few replicas reported it in time
 };
 
 /// What a caller may do after a failure.
@@ -44,6 +45,10 @@ enum class error_class {
   not_sent,        ///< nothing ran: safe to retry, with or without the same request id
   maybe_executed,  ///< it may have run: retry only with the same request id
   permanent,       ///< retrying cannot help (or, for replication_lag, is not needed)
+  /// It committed on the primary but is not yet known to be replicated as the call's
+  /// durability asked: retry only with the same request id (answered from the dedup
+  /// table, waiting for the replicas again), or accept that a failover may lose it.
+  committed_not_durable,
 };
 
 
@@ -77,6 +82,7 @@ inline const char* to_string(error_class c) noexcept {
     case error_class::not_sent: return "not sent";
     case error_class::maybe_executed: return "maybe executed";
     case error_class::permanent: return "permanent";
+    case error_class::committed_not_durable: return "committed, not yet durable";
   }
   return "?";
 }

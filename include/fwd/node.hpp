@@ -28,6 +28,7 @@
 #include <fwd/rpc/server.hpp>
 #include <fwd/telemetry.hpp>
 #include <fwd/write/builtins.hpp>
+#include <fwd/write/detail/position_reporter.hpp>
 #include <fwd/write/executor.hpp>
 #include <fwd/write/forwarder.hpp>
 
@@ -54,8 +55,10 @@ namespace fwd {
  * from any thread. Owns its server, client, membership, discovery and, once started, the
  * write executor (its one writer thread) and the LiteFS monitor (its one polling thread,
  * the only other thread fwd starts; see litefs::monitor). Built-in procedures on every node:
- * fwd::migrate_procedure; and, with node_options::enable_raw_sql, fwd::execute_statement
- * and fwd::execute_bulk (off, they answer unknown_procedure and say how to turn them on).
+ * fwd::migrate_procedure; fwd::report_position, by which each replica tells the primary
+ * its LiteFS position (see fwd::durability); and, with node_options::enable_raw_sql,
+ * fwd::execute_statement and fwd::execute_bulk (off, they answer unknown_procedure and say
+ * how to turn them on).
  */
 class node {
  public:
@@ -148,6 +151,7 @@ class node {
     server_->start();
     membership_->start();
     finder_->start();
+    reporter_->start();
     started_ = true;
   }
 
@@ -297,6 +301,7 @@ class node {
     if (stopped_) return;
     stopped_ = true;
     forwarder_->stop();
+    reporter_->stop();
     if (server_) server_->stop();
     finder_->stop();
     membership_->stop();
@@ -313,6 +318,7 @@ class node {
   std::function<litefs::role()> role_;
   std::shared_ptr<primary_finder> finder_;
   std::unique_ptr<fwd::forwarder> forwarder_;
+  std::shared_ptr<detail::position_reporter> reporter_;
   std::shared_ptr<sqlite::write_executor> writer_;
   std::unique_ptr<rpc::server> server_;
   std::mutex stop_mutex_;

@@ -11,6 +11,7 @@
 #include <fwd/rpc/tls.hpp>
 #include <fwd/telemetry.hpp>
 #include <fwd/write/breaker.hpp>
+#include <fwd/write/durability.hpp>
 #include <fwd/write/retry.hpp>
 #include <fwd/write/write_options.hpp>
 
@@ -131,6 +132,20 @@ struct node_options {
   /// The primary's setting is the one that counts: turn it on on every node that may become
   /// primary. fwd::migrate_procedure is served either way.
   bool enable_raw_sql = false;
+  /// What the primary waits for before it acknowledges a write (default none(): once
+  /// committed on the primary); forward_options::durability overrides it per call. Needs
+  /// every node to run this version (older peers refuse a request that carries it).
+  fwd::durability durability;
+  /// Whether this node's LiteFS is a candidate for promotion (`lease.candidate` in
+  /// litefs.yml, `candidate` in LiteFS's `GET /info`): durability::candidates() waits
+  /// for the candidates only. Set it as litefs.yml does.
+  bool litefs_candidate = true;
+  /// As a replica, how often this node tells the primary its LiteFS position when nothing
+  /// changed (a changed position is told at once while durable writes wait on the
+  /// primary, within `litefs_poll` otherwise). The primary stops counting a replica it has
+  /// not heard from for `durability_forget_after`.
+  std::chrono::milliseconds position_heartbeat{1000};
+  std::chrono::milliseconds durability_forget_after{10000};
   /// Discovery: how long the primary's address is trusted, and one probe's deadline.
   std::chrono::milliseconds discovery_ttl{2000};
   std::chrono::milliseconds probe_timeout{300};

@@ -75,6 +75,7 @@ enum class errc {
   bad_litefs_file,      ///< a LiteFS file (.primary, .lag, <db>-pos) has unexpected contents
   bad_argument,         ///< an argument given to fwd is invalid
   commit_unknown,       ///< COMMIT failed after it may have reached the database
+  not_yet_durable,      ///< the write COMMITTED on the primary; too few replicas reported it in time
 };
 
 /// What a caller may do after a failure.
@@ -82,6 +83,10 @@ enum class error_class {
   not_sent,        ///< nothing ran: safe to retry, with or without the same request id
   maybe_executed,  ///< it may have run: retry only with the same request id
   permanent,       ///< retrying cannot help (or, for replication_lag, is not needed)
+  /// It committed on the primary but is not yet known to be replicated as the call's
+  /// durability asked: retry only with the same request id (answered from the dedup
+  /// table, waiting for the replicas again), or accept that a failover may lose it.
+  committed_not_durable,
 };
 
 
@@ -115,6 +120,7 @@ inline const char* to_string(error_class c) noexcept {
     case error_class::not_sent: return "not sent";
     case error_class::maybe_executed: return "maybe executed";
     case error_class::permanent: return "permanent";
+    case error_class::committed_not_durable: return "committed, not yet durable";
   }
   return "?";
 }
@@ -254,6 +260,11 @@ inline const char* errc_message(int value) noexcept {
       return "COMMIT failed after it may have reached the database (e.g. LiteFS went away "
              "during it): the write may have been applied; retry only with the same request "
              "id, which the primary answers from its dedup table if the write did commit";
+    case errc::not_yet_durable:
+      return "the write is COMMITTED on the primary, but not enough replicas reported having it "
+             "before the deadline (committed, not yet durable): a failover now could lose it; "
+             "retrying with the same request id is safe (the primary answers from its dedup table "
+             "and waits for the replicas again)";
   }
   return "unknown fwd error";
 }
@@ -367,6 +378,8 @@ FWD_DECL error_class classify(const boost::system::error_code& ec) noexcept {
       case errc::cancelled:
       case errc::commit_unknown:
         return error_class::maybe_executed;
+      case errc::not_yet_durable:
+        return error_class::committed_not_durable;
       default:
         return error_class::permanent;
     }
@@ -5046,7 +5059,7 @@ class transaction {
 //        0    4 magic "FWD1"
 //        4    1 type (frame_type)
 //        5    1 flags (frame_flags)
-//        6    2 reserved, zero
+//        6    2 a request's durability (with flag has_durability), otherwise zero
 //        8    8 stream id: matches a reply to its request on one connection
 //       16   16 request id: the caller's id, fixed across retries (exactly once)
 //       32    4 remaining deadline in milliseconds (meaningful with flag has_deadline)
@@ -5116,7 +5129,9 @@ enum class frame_type : std::uint8_t {
 /// Flag bits of a frame header.
 namespace frame_flags {
 inline constexpr std::uint8_t has_deadline = 0x01;  ///< deadline_ms is the remaining time
-inline constexpr std::uint8_t all = has_deadline;
+/// A request's bytes 6-7 hold the durability its write asks for (fwd::durability::wire()).
+inline constexpr std::uint8_t has_durability = 0x02;
+inline constexpr std::uint8_t all = has_deadline | has_durability;
 }  // namespace frame_flags
 
 /// A caller's request id: 128 bits, unique per call across the cluster, kept across retries.
@@ -5128,6 +5143,7 @@ struct frame_header {
   std::uint64_t stream_id = 0;
   request_id id{};
   std::uint32_t deadline_ms = 0;
+  std::uint16_t durability = 0;  ///< with flag has_durability (requests only)
   std::uint64_t aux = 0;
   std::uint32_t meta_size = 0;
   std::uint32_t body_size = 0;
@@ -5148,7 +5164,7 @@ inline void encode_header(const frame_header& h, char* out) noexcept {
   detail::store_le<std::uint32_t>(out, magic);
   out[4] = static_cast<char>(h.type);
   out[5] = static_cast<char>(h.flags);
-  detail::store_le<std::uint16_t>(out + 6, 0);
+  detail::store_le<std::uint16_t>(out + 6, (h.flags & frame_flags::has_durability) != 0 ? h.durability : 0);
   detail::store_le<std::uint64_t>(out + 8, h.stream_id);
   std::memcpy(out + 16, h.id.data(), h.id.size());
   detail::store_le<std::uint32_t>(out + deadline_offset, h.deadline_ms);
@@ -5200,8 +5216,14 @@ inline boost::system::error_code decode_header(std::string_view bytes, std::size
   }
   const auto flags = static_cast<std::uint8_t>(in[5]);
   if ((flags & ~frame_flags::all) != 0) return make_error_code(errc::protocol_error);
-  if (detail::load_le<std::uint16_t>(in + 6) != 0) return make_error_code(errc::protocol_error);
+  // Bytes 6-7 are zero unless a request carries its durability there.
+  const auto durability = detail::load_le<std::uint16_t>(in + 6);
+  const bool has_durability = (flags & frame_flags::has_durability) != 0;
+  if (has_durability ? type != static_cast<std::uint8_t>(frame_type::request) : durability != 0) {
+    return make_error_code(errc::protocol_error);
+  }
   frame_header h;
+  h.durability = durability;
   h.type = static_cast<frame_type>(type);
   h.flags = flags;
   h.stream_id = detail::load_le<std::uint64_t>(in + 8);
@@ -5785,6 +5807,7 @@ struct incoming_call {
   std::string_view arguments;                      ///< the encoded arguments
   std::array<std::uint8_t, 16> request_id{};       ///< the caller's request id
   std::chrono::steady_clock::time_point deadline;  ///< when the caller stops waiting; {} = none
+  std::uint16_t durability = 0;  ///< a write's durability (fwd::durability::wire(); 0: none)
 };
 
 /// What a procedure may learn about the call it serves.
@@ -6144,7 +6167,7 @@ class registry {
     }
     boost::asio::post(executor, [target = std::move(target), answer = std::move(answer),
                                  executor, request_id = call.request_id, deadline = call.deadline,
-                                 arguments = std::string(call.arguments)]() mutable {
+                                 durability = call.durability, arguments = std::string(call.arguments)]() mutable {
       if (deadline != std::chrono::steady_clock::time_point{} &&
           std::chrono::steady_clock::now() >= deadline) {
         answer->complete(make_error_code(errc::timeout),
@@ -6152,7 +6175,7 @@ class registry {
                                      detail::quoted_name(target->name)));
         return;
       }
-      const incoming_call owned{target->name, target->signature, arguments, request_id, deadline};
+      const incoming_call owned{target->name, target->signature, arguments, request_id, deadline, durability};
       if (target->typed) {
         // A typed procedure answers through `answer` itself.
         try {
@@ -7506,6 +7529,7 @@ inline void server_connection::on_request(const wire::frame_view& frame) {
   incoming.signature = h.aux;
   incoming.arguments = frame.body;
   incoming.request_id = h.id;
+  if ((h.flags & wire::frame_flags::has_durability) != 0) incoming.durability = h.durability;
   if ((h.flags & wire::frame_flags::has_deadline) != 0) {
     incoming.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(h.deadline_ms);
   }
@@ -7981,6 +8005,9 @@ struct call_options {
   std::optional<wire::request_id> request_id;
   /// Which attempt this is, for telemetry.
   std::uint32_t attempt = 1;
+  /// The durability a write asks of the primary, as fwd::durability::wire() encodes it
+  /// (0: none, and the request carries no durability).
+  std::uint16_t durability = 0;
   /**
    * Where the call's failure details go (the remote exception's type and message, both
    * versions on a mismatch, the connect or TLS error), like boost::mysql::diagnostics.
@@ -8993,6 +9020,10 @@ class client {
       wire::frame_header h;
       h.type = wire::frame_type::request;
       h.flags = wire::frame_flags::has_deadline;
+      if (options.durability != 0) {
+        h.flags |= wire::frame_flags::has_durability;
+        h.durability = options.durability;
+      }
       h.stream_id = call->stream_id;
       if (options.request_id) {
         h.id = *options.request_id;
@@ -13142,6 +13173,114 @@ class breaker_set {
 // The settings of a forwarder and of one forwarded call, and what a call reports.
 
 #include <fmt/format.h>
+// ---- begin fwd/write/durability.hpp ----
+
+// Durable acknowledgement: how many replicas must hold a write before the primary
+// acknowledges it (fwd::durability), and what a replica tells the primary about its
+// LiteFS position (position_report, sent with the built-in report_position).
+//
+// LiteFS replicates asynchronously: a primary that dies before shipping its last
+// transactions loses them when a candidate that lacks them is promoted. With a
+// durability other than none(), the primary holds a write's reply until enough replicas
+// have reported a position at or past the write's commit TXID; if they do not before
+// the call's deadline, the call fails with errc::not_yet_durable (committed on the
+// primary, not yet known to be replicated: a retry with the same request id is safe).
+
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace fwd {
+
+/// How many replicas must report a write before the primary acknowledges it.
+class durability {
+ public:
+  enum class kind : std::uint8_t {
+    none,        ///< acknowledged once committed on the primary (LiteFS's own guarantee)
+    replicas,    ///< once `count()` replicas hold it
+    candidates,  ///< once every LiteFS candidate for promotion the primary knows holds it
+  };
+
+  /// none().
+  constexpr durability() noexcept = default;
+
+  /// Acknowledged once committed on the primary: a failover may lose it.
+  static constexpr durability none() noexcept { return {}; }
+
+  /// Acknowledged once `n` replicas have reported a position at or past the write (0: none()).
+  static constexpr durability replicas(std::uint16_t n) noexcept {
+    if (n == 0) return {};
+    return durability(kind::replicas, n > max_replicas ? max_replicas : n);
+  }
+
+  /**
+   * Acknowledged once every LiteFS candidate for promotion (`lease.candidate: true`) that
+   * the primary has heard from recently has reported a position at or past the write, and
+   * at least one has: then no promotion of a candidate it knows can lose the write.
+   */
+  static constexpr durability candidates() noexcept { return durability(kind::candidates, 0); }
+
+  constexpr kind type() const noexcept { return kind_; }
+  /// For replicas(n): n; otherwise 0.
+  constexpr std::uint16_t count() const noexcept { return count_; }
+
+  /// Its two bytes in a request frame: 0 none, 1..0xfffe replicas(n), 0xffff candidates.
+  constexpr std::uint16_t wire() const noexcept {
+    switch (kind_) {
+      case kind::none: return 0;
+      case kind::replicas: return count_;
+      case kind::candidates: return 0xffff;
+    }
+    return 0;
+  }
+  static constexpr durability from_wire(std::uint16_t value) noexcept {
+    if (value == 0xffff) return candidates();
+    return replicas(value);
+  }
+
+  friend constexpr bool operator==(const durability&, const durability&) = default;
+
+ private:
+  static constexpr std::uint16_t max_replicas = 0xfffe;
+  constexpr durability(kind k, std::uint16_t n) noexcept : kind_(k), count_(n) {}
+  kind kind_ = kind::none;
+  std::uint16_t count_ = 0;
+};
+
+/// "none", "replicas(N)" or "candidates".
+inline std::string to_string(const durability& d) {
+  switch (d.type()) {
+    case durability::kind::none: return "none";
+    case durability::kind::replicas: return "replicas(" + std::to_string(d.count()) + ")";
+    case durability::kind::candidates: return "candidates";
+  }
+  return "?";
+}
+
+/// What a replica tells the primary: who it is, which primary its LiteFS follows, and
+/// its position in the database.
+struct position_report {
+  static constexpr std::string_view fwd_type_name = "fwd.position_report";
+  std::string hostname;       ///< the replica's LiteFS hostname
+  std::string primary;        ///< the primary's LiteFS hostname, as the replica's `.primary` names it
+  bool candidate = false;     ///< the replica is a LiteFS candidate for promotion
+  std::uint64_t txid = 0;     ///< its `<db>-pos` TXID
+  std::uint64_t checksum = 0; ///< and the checksum after it
+
+  template <class Archive>
+  void serialize(Archive& archive, unsigned /*version*/) {
+    archive& hostname& primary& candidate& txid& checksum;
+  }
+};
+
+/// Built-in, served by every node: a replica's position. Answers whether writes waited for
+/// durability on this primary lately (the replica then reports each new position at once).
+inline const procedure<bool(position_report)> report_position{"fwd_durable.position"};
+
+}  // namespace fwd
+
+// ---- end fwd/write/durability.hpp ----
 
 #include <algorithm>
 #include <array>
@@ -13280,6 +13419,10 @@ struct forward_options {
   std::optional<request_id> id;
   /// Overrides forwarder_options::read_your_writes for this call.
   std::optional<bool> read_your_writes;
+  /// Overrides forwarder_options::durability for this call: the primary acknowledges the
+  /// write only once that many replicas report having it, else the call fails with
+  /// errc::not_yet_durable (committed on the primary) a little before its deadline.
+  std::optional<fwd::durability> durability;
   /**
    * Where the call's failure details go (the remote exception, SQLite's message, what
    * was tried on which peer), like boost::mysql::diagnostics. Owned by the caller and
@@ -13302,6 +13445,11 @@ struct forwarder_options {
   /// Wait, after a forwarded write, until this replica's `<db>-pos` reaches the
   /// primary's TXID (bounded by the call's deadline).
   bool read_your_writes = true;
+  /// What the primary waits for before it acknowledges a write (see fwd::durability).
+  fwd::durability durability;
+  /// On the primary: a replica that has not reported its position for this long no longer
+  /// counts towards durability (nor is waited for by durability::candidates()).
+  std::chrono::milliseconds durability_forget_after{10000};
   /// How often the replication wait re-reads `<db>-pos` (LiteFS's own proxy: 1 ms), when
   /// no `monitor` is given.
   std::chrono::milliseconds replication_poll{1};
@@ -13434,6 +13582,222 @@ class typed_completion final : public forward_completion {
 // primary finder, the local writer, the retry budget, the breakers and the procedures
 // served locally. Kept alive by the calls.
 
+// ---- begin fwd/write/detail/durability_tracker.hpp ----
+
+// The primary's side of durable acknowledgement: the positions its replicas report, and
+// the writes waiting until enough of them have reached their commit TXID. All the writes
+// of one group-commit batch wait for the same TXID, so one report releases them together.
+
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <iterator>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fwd::detail {
+
+class durability_tracker : public std::enable_shared_from_this<durability_tracker> {
+ public:
+  using clock = std::chrono::steady_clock;
+  /// Receives success, or errc::not_yet_durable / errc::cancelled and why.
+  using handler = std::function<void(boost::system::error_code, std::string)>;
+
+  /// `forget_after`: a replica that has not reported for that long no longer counts (nor,
+  /// for candidates(), is waited for). `hurry_for`: how long after a durable write the
+  /// replicas are told to report every new position at once.
+  durability_tracker(boost::asio::any_io_executor executor, std::chrono::milliseconds forget_after,
+                     std::chrono::milliseconds hurry_for = std::chrono::milliseconds(2000))
+      : executor_(std::move(executor)), forget_after_(forget_after), hurry_for_(hurry_for) {}
+
+  /// Records a replica's position (from a replica of this primary). Returns whether
+  /// durable writes waited lately.
+  bool report(const position_report& r) {
+    std::vector<std::shared_ptr<waiter>> released;
+    bool hurry = false;
+    {
+      std::lock_guard lock(mutex_);
+      const auto now = clock::now();
+      replica& entry = replicas_[r.hostname];
+      entry.txid = r.txid;
+      entry.checksum = r.checksum;
+      entry.candidate = r.candidate;
+      entry.seen = now;
+      for (auto it = waiters_.begin(); it != waiters_.end();) {
+        if (satisfied(**it, now)) {
+          released.push_back(std::move(*it));
+          it = waiters_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      hurry = !waiters_.empty() || now - last_wait_ < hurry_for_;
+    }
+    for (auto& w : released) finish(w, {}, {});
+    return hurry;
+  }
+
+  /**
+   * Calls `done` (posted to the executor, exactly once) when `d` holds for `txid`, or
+   * with errc::not_yet_durable at `deadline` or on stop().
+   */
+  void async_wait(std::uint64_t txid, durability d, clock::time_point deadline, handler done) {
+    auto w = std::make_shared<waiter>(executor_);
+    w->txid = txid;
+    w->required = d;
+    w->done = std::move(done);
+    {
+      std::lock_guard lock(mutex_);
+      const auto now = clock::now();
+      last_wait_ = now;
+      if (stopped_) {
+        post_done(std::move(w->done), make_error_code(errc::not_yet_durable), stopped_detail(*w));
+        return;
+      }
+      if (satisfied(*w, now)) {
+        post_done(std::move(w->done), {}, {});
+        return;
+      }
+      waiters_.push_back(w);
+      // Armed under the lock: a report that releases the waiter cancels the timer after.
+      w->timer.expires_at(deadline);
+      w->timer.async_wait([weak = weak_from_this(), w](boost::system::error_code ec) {
+        if (ec) return;
+        if (auto self = weak.lock()) self->expire(w);
+      });
+    }
+  }
+
+  /// Fails every waiter with not_yet_durable; later waits fail so at once.
+  void stop() {
+    std::list<std::shared_ptr<waiter>> all;
+    {
+      std::lock_guard lock(mutex_);
+      stopped_ = true;
+      all.swap(waiters_);
+    }
+    for (auto& w : all) finish(w, make_error_code(errc::not_yet_durable), stopped_detail(*w));
+  }
+
+  /// Writes waiting now (for tests and telemetry).
+  std::size_t waiting() const {
+    std::lock_guard lock(mutex_);
+    return waiters_.size();
+  }
+
+ private:
+  struct replica {
+    std::uint64_t txid = 0;
+    std::uint64_t checksum = 0;
+    bool candidate = false;
+    clock::time_point seen;
+  };
+  struct waiter {
+    explicit waiter(const boost::asio::any_io_executor& ex) : timer(ex) {}
+    std::uint64_t txid = 0;
+    durability required;
+    handler done;
+    boost::asio::steady_timer timer;
+  };
+
+  bool fresh(const replica& r, clock::time_point now) const noexcept { return now - r.seen < forget_after_; }
+
+  // With the lock held.
+  bool satisfied(const waiter& w, clock::time_point now) const {
+    if (w.required.type() == durability::kind::replicas) {
+      std::size_t holding = 0;
+      for (const auto& [name, r] : replicas_)
+        if (fresh(r, now) && r.txid >= w.txid) ++holding;
+      return holding >= w.required.count();
+    }
+    if (w.required.type() == durability::kind::candidates) {
+      std::size_t known = 0;
+      for (const auto& [name, r] : replicas_) {
+        if (!r.candidate || !fresh(r, now)) continue;
+        if (r.txid < w.txid) return false;
+        ++known;
+      }
+      return known > 0;
+    }
+    return true;
+  }
+
+  void expire(const std::shared_ptr<waiter>& w) {
+    std::string why;
+    {
+      std::lock_guard lock(mutex_);
+      bool found = false;
+      for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+        if (*it != w) continue;
+        waiters_.erase(it);
+        found = true;
+        break;
+      }
+      if (!found) return;  // released (or stopped) meanwhile
+      why = describe(*w, clock::now());
+    }
+    finish(w, make_error_code(errc::not_yet_durable), std::move(why));
+  }
+
+  // With the lock held: what the primary saw when the wait ran out.
+  std::string describe(const waiter& w, clock::time_point now) const {
+    std::string seen;
+    for (const auto& [name, r] : replicas_) {
+      if (!fresh(r, now)) continue;
+      if (w.required.type() == durability::kind::candidates && !r.candidate) continue;
+      fmt::format_to(std::back_inserter(seen), "{}{} at TXID {}", seen.empty() ? "" : ", ", name, r.txid);
+    }
+    if (seen.empty()) seen = w.required.type() == durability::kind::candidates ? "no candidate has reported"
+                                                                               : "no replica has reported";
+    return fmt::format(
+        "the write committed on the primary at TXID {}, but durability {} was not reached before the "
+        "deadline ({}): it is not yet known to be replicated; retrying with the same request id is safe",
+        w.txid, to_string(w.required), seen);
+  }
+
+  static std::string stopped_detail(const waiter& w) {
+    return fmt::format(
+        "the write committed on the primary at TXID {}, but the node stopped before durability {} was "
+        "reached: retrying with the same request id is safe",
+        w.txid, to_string(w.required));
+  }
+
+  void finish(const std::shared_ptr<waiter>& w, boost::system::error_code ec, std::string why) {
+    w->timer.cancel();
+    post_done(std::move(w->done), ec, std::move(why));
+  }
+
+  void post_done(handler done, boost::system::error_code ec, std::string why) {
+    boost::asio::post(executor_, [done = std::move(done), ec, why = std::move(why)]() mutable {
+      done(ec, std::move(why));
+    });
+  }
+
+  boost::asio::any_io_executor executor_;
+  std::chrono::milliseconds forget_after_;
+  std::chrono::milliseconds hurry_for_;
+  mutable std::mutex mutex_;
+  std::map<std::string, replica, std::less<>> replicas_;
+  std::list<std::shared_ptr<waiter>> waiters_;
+  clock::time_point last_wait_{};
+  bool stopped_ = false;
+};
+
+}  // namespace fwd::detail
+
+// ---- end fwd/write/detail/durability_tracker.hpp ----
 
 #include <boost/asio/any_io_executor.hpp>
 
@@ -13457,6 +13821,8 @@ struct forward_core {
   std::shared_ptr<rpc::client> client;
   std::shared_ptr<primary_finder> finder;
   std::shared_ptr<sqlite::write_executor> writer;  // set at start
+  // The replicas' positions, and the writes this node (as primary) holds until durable.
+  std::shared_ptr<durability_tracker> durability;
   retry_budget budget;
   breaker_set breakers;
   std::atomic<bool> stopped{false};
@@ -13504,6 +13870,7 @@ struct forward_core {
         options(std::move(opts)),
         client(std::move(c)),
         finder(std::move(f)),
+        durability(std::make_shared<durability_tracker>(executor, options.durability_forget_after)),
         budget(options.retry),
         breakers(options.breaker) {
     if (!options.role) options.role = [mount = options.mount] { return litefs::current_role(mount); };
@@ -13551,6 +13918,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
         id_(options.id.value_or(make_request_id())),
         deadline_(options.deadline.value_or(clock::now() + core_->options.default_deadline)),
         read_your_writes_(options.read_your_writes.value_or(core_->options.read_your_writes)),
+        durability_(options.durability.value_or(core_->options.durability)),
         report_(options.report ? std::move(options.report) : std::make_shared<call_report>()),
         completion_(std::move(completion)) {
     report_->id = id_;
@@ -13646,7 +14014,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     const auto started = clock::now();
     fwd::detail::emit(t, &telemetry::call_started,
                       call_started_event{name_, {}, report_->attempts});
-    const rpc::incoming_call call{name_, signature_, arguments_, id_, deadline_};
+    const rpc::incoming_call call{name_, signature_, arguments_, id_, deadline_, durability_.wire()};
     // The write handler may answer from any thread: hop to the strand.
     const std::uint64_t local_attempt = ++local_attempts_;
     rpc::reply_handler reply = [self = shared_from_this(), started, local_attempt](boost::system::error_code ec,
@@ -13725,6 +14093,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     options.deadline = deadline_;
     options.request_id = id_;
     options.attempt = report_->attempts;
+    options.durability = durability_.wire();
     // One attempt is in flight at a time; its handler keeps this op (and so the
     // diagnostics) alive, and the client fills them before the handler runs.
     options.diagnostics = &attempt_diagnostics_;
@@ -13825,7 +14194,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     if (done_) return;
     if (ec == errc::not_primary) core_->finder->invalidate();
     const error_class cls = classify(ec);
-    if (cls == error_class::permanent) {
+    if (cls == error_class::permanent || cls == error_class::committed_not_durable) {
       finish(ec, std::move(detail));
       return;
     }
@@ -13899,6 +14268,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   clock::time_point started_ = clock::now();
   clock::time_point replication_started_{};
   bool read_your_writes_;
+  fwd::durability durability_;
   std::shared_ptr<call_report> report_;
   std::unique_ptr<forward_completion> completion_;
   std::string result_;
@@ -13925,6 +14295,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
 #include <boost/asio/any_io_executor.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -13948,6 +14320,37 @@ decltype(auto) invoke_writer(F& fn, sqlite3* db, std::tuple<Ds...>& args) {
         }
       },
       args);
+}
+
+// After the commit, with a durability asked: replies once enough replicas have reported a
+// position at or past `txid`, or with not_yet_durable a little before the caller's
+// deadline (so that the answer reaches it in time). Every write of a batch waits for the
+// batch's TXID: one report releases them all.
+inline void wait_durable(const std::weak_ptr<forward_core>& weak, rpc::reply_handler reply, durability required,
+                         std::chrono::steady_clock::time_point deadline, std::uint64_t txid, std::string payload) {
+  const auto core = weak.lock();
+  if (!core || txid == 0) {
+    std::move(reply)(make_error_code(errc::not_yet_durable),
+                     fmt::format("the write committed on the primary, but {}: durability {} cannot be "
+                                 "confirmed; retrying with the same request id is safe",
+                                 core ? "its TXID could not be read from LiteFS" : "the node is shutting down",
+                                 to_string(required)));
+    return;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (deadline == std::chrono::steady_clock::time_point{}) deadline = now + core->options.default_deadline;
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+  deadline -= std::clamp(left / 10, std::chrono::milliseconds(2), std::chrono::milliseconds(100));
+  auto shared_reply = std::make_shared<rpc::reply_handler>(std::move(reply));
+  core->durability->async_wait(txid, required, deadline,
+                               [shared_reply, payload = std::move(payload)](boost::system::error_code ec,
+                                                                            std::string why) mutable {
+                                 if (ec) {
+                                   std::move (*shared_reply)(ec, std::move(why));
+                                 } else {
+                                   std::move (*shared_reply)(boost::system::error_code{}, std::move(payload));
+                                 }
+                               });
 }
 
 // The server side of a write procedure (also run directly for local calls): checks the
@@ -14005,12 +14408,14 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
           }
         },
         call.deadline,  // dropped before it runs once the caller has stopped waiting
-        [reply = std::move(reply)](boost::system::error_code e, std::string result,
-                                   std::uint64_t txid) mutable {
+        [reply = std::move(reply), weak, required = durability::from_wire(call.durability),
+         deadline = call.deadline](boost::system::error_code e, std::string result, std::uint64_t txid) mutable {
           if (e) {
             std::move(reply)(e, std::move(result));
-          } else {
+          } else if (required == durability::none()) {
             std::move(reply)(boost::system::error_code{}, encode_write_reply(txid, result));
+          } else {
+            wait_durable(weak, std::move(reply), required, deadline, txid, encode_write_reply(txid, result));
           }
         });
   };
@@ -14120,7 +14525,16 @@ class forwarder {
   }
 
   /// Refuses new calls (cancelled); calls waiting for a retry or replication end soon.
-  void stop() { core_->stopped.store(true); }
+  void stop() {
+    core_->stopped.store(true);
+    core_->durability->stop();
+  }
+
+  /// The positions this node's replicas report, and the writes waiting for them (the
+  /// node feeds it from the built-in report_position).
+  const std::shared_ptr<detail::durability_tracker>& durability_tracker() const noexcept {
+    return core_->durability;
+  }
 
   /// Runs `f` (on any thread) once no call of this forwarder is in flight: every call
   /// started has completed (its handler is posted). At once when none is.
@@ -14143,6 +14557,9 @@ class forwarder {
    * `not_primary`, `unreachable`, `connection_lost`, `timeout`, `circuit_open` after the
    * retries, the deadline or the retry budget ran out; `replication_lag`: the write
    * COMMITTED but this node had not replicated it by the deadline (do not retry);
+   * `not_yet_durable` (class committed_not_durable): the write COMMITTED on the primary
+   * but fewer replicas than forward_options::durability asks reported it before the
+   * deadline (a retry with the same request id is safe and waits for them again);
    * `cancelled`. forward_options::diagnostics receives the details, before the handler
    * is invoked.
    *
@@ -14560,6 +14977,20 @@ struct node_options {
   /// The primary's setting is the one that counts: turn it on on every node that may become
   /// primary. fwd::migrate_procedure is served either way.
   bool enable_raw_sql = false;
+  /// What the primary waits for before it acknowledges a write (default none(): once
+  /// committed on the primary); forward_options::durability overrides it per call. Needs
+  /// every node to run this version (older peers refuse a request that carries it).
+  fwd::durability durability;
+  /// Whether this node's LiteFS is a candidate for promotion (`lease.candidate` in
+  /// litefs.yml, `candidate` in LiteFS's `GET /info`): durability::candidates() waits
+  /// for the candidates only. Set it as litefs.yml does.
+  bool litefs_candidate = true;
+  /// As a replica, how often this node tells the primary its LiteFS position when nothing
+  /// changed (a changed position is told at once while durable writes wait on the
+  /// primary, within `litefs_poll` otherwise). The primary stops counting a replica it has
+  /// not heard from for `durability_forget_after`.
+  std::chrono::milliseconds position_heartbeat{1000};
+  std::chrono::milliseconds durability_forget_after{10000};
   /// Discovery: how long the primary's address is trusted, and one probe's deadline.
   std::chrono::milliseconds discovery_ttl{2000};
   std::chrono::milliseconds probe_timeout{300};
@@ -14588,6 +15019,171 @@ struct node_options {
 }  // namespace fwd
 
 // ---- end fwd/node_options.hpp ----
+// ---- begin fwd/write/detail/position_reporter.hpp ----
+
+// The replica's side of durable acknowledgement: it tells the primary its LiteFS position
+// (TXID, checksum) over fwd's authenticated connection, driven by the LiteFS monitor.
+//
+// While the primary says durable writes wait on it, the reporter waits on the monitor for
+// the next TXID (the monitor then polls the mount every millisecond, or follows LiteFS's
+// tx events) and reports each new position at once. Otherwise it looks at the monitor's
+// state (an atomic load) every `idle_check` and reports a changed position, and at least
+// every `heartbeat`, so that the primary knows its replicas before a durable write comes.
+
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <utility>
+
+namespace fwd::detail {
+
+class position_reporter : public std::enable_shared_from_this<position_reporter> {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  struct settings {
+    std::string hostname;  // this node's LiteFS hostname
+    bool candidate = true;
+    std::chrono::milliseconds heartbeat{1000};
+    std::chrono::milliseconds idle_check{50};
+    std::chrono::milliseconds hurry_for{2000};  // after the primary said writes wait
+  };
+
+  static std::shared_ptr<position_reporter> create(boost::asio::any_io_executor ex, settings s,
+                                                   std::weak_ptr<litefs::monitor> monitor,
+                                                   std::weak_ptr<rpc::client> client,
+                                                   std::weak_ptr<primary_finder> finder) {
+    return std::shared_ptr<position_reporter>(new position_reporter(
+        std::move(ex), std::move(s), std::move(monitor), std::move(client), std::move(finder)));
+  }
+
+  void start() {
+    boost::asio::post(strand_, [self = shared_from_this()] {
+      self->stopped_ = false;
+      self->step();
+    });
+  }
+
+  void stop() {
+    boost::asio::post(strand_, [self = shared_from_this()] {
+      self->stopped_ = true;
+      self->timer_.cancel();
+      self->wait_.emit(boost::asio::cancellation_type::terminal);
+    });
+  }
+
+ private:
+  position_reporter(boost::asio::any_io_executor ex, settings s, std::weak_ptr<litefs::monitor> monitor,
+                    std::weak_ptr<rpc::client> client, std::weak_ptr<primary_finder> finder)
+      : strand_(boost::asio::make_strand(ex)),
+        timer_(strand_),
+        settings_(std::move(s)),
+        monitor_(std::move(monitor)),
+        client_(std::move(client)),
+        finder_(std::move(finder)) {}
+
+  // On the strand: report if there is something new, then wait for the next change.
+  void step() {
+    if (stopped_ || sending_ || waiting_) return;
+    const auto monitor = monitor_.lock();
+    if (!monitor) return;
+    const auto state = monitor->state();
+    const auto now = clock::now();
+    if (state->role == litefs::role_kind::replica && (state->pos != reported_ || now >= next_heartbeat_)) {
+      send(*state);
+      return;
+    }
+    if (state->role == litefs::role_kind::replica && now < hurry_until_) {
+      // The next TXID, as soon as the monitor sees it.
+      waiting_ = true;
+      monitor->async_wait_position(
+          state->pos.txid + 1, std::min(hurry_until_, next_heartbeat_),
+          boost::asio::bind_cancellation_slot(
+              wait_.slot(), boost::asio::bind_executor(strand_, [self = shared_from_this()](
+                                                                    boost::system::error_code, litefs::position) {
+                self->waiting_ = false;
+                self->step();
+              })));
+      return;
+    }
+    timer_.expires_after(settings_.idle_check);
+    timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (!ec) self->step();
+    });
+  }
+
+  void send(const litefs::node_state& state) {
+    const auto finder = finder_.lock();
+    const auto client = client_.lock();
+    if (!finder || !client) return;
+    sending_ = true;
+    position_report report{settings_.hostname, state.primary_hostname, settings_.candidate, state.pos.txid,
+                           state.pos.checksum};
+    const auto deadline = clock::now() + settings_.heartbeat;
+    finder->async_find(deadline, boost::asio::bind_executor(strand_, [self = shared_from_this(), report,
+                                                                      deadline](boost::system::error_code ec,
+                                                                                primary_location where) {
+      if (ec || where.local || self->stopped_) return self->sent(false, false, {});
+      const auto c = self->client_.lock();
+      if (!c) return self->sent(false, false, {});
+      rpc::call_options options;
+      options.deadline = deadline;
+      c->async_call(where.endpoint, options, report_position, report,
+                    boost::asio::bind_executor(self->strand_, [self, report](boost::system::error_code e, bool hurry) {
+                      if (e == errc::not_primary || e == errc::unreachable || e == errc::connection_lost) {
+                        if (const auto f = self->finder_.lock()) f->invalidate();
+                      }
+                      self->sent(!e, hurry, litefs::position{report.txid, report.checksum});
+                    }));
+    }));
+  }
+
+  void sent(bool ok, bool hurry, litefs::position reported) {
+    sending_ = false;
+    const auto now = clock::now();
+    if (ok) {
+      reported_ = reported;
+      next_heartbeat_ = now + settings_.heartbeat;
+      if (hurry) hurry_until_ = now + settings_.hurry_for;
+      step();
+      return;
+    }
+    // No primary reached: try again after a pause.
+    if (stopped_) return;
+    timer_.expires_after(settings_.idle_check);
+    timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (!ec) self->step();
+    });
+  }
+
+  boost::asio::strand<boost::asio::any_io_executor> strand_;
+  boost::asio::steady_timer timer_;
+  boost::asio::cancellation_signal wait_;
+  settings settings_;
+  std::weak_ptr<litefs::monitor> monitor_;
+  std::weak_ptr<rpc::client> client_;
+  std::weak_ptr<primary_finder> finder_;
+  bool stopped_ = true;
+  bool sending_ = false;
+  bool waiting_ = false;
+  litefs::position reported_{~std::uint64_t{0}, 0};
+  clock::time_point next_heartbeat_{};
+  clock::time_point hurry_until_{};
+};
+
+}  // namespace fwd::detail
+
+// ---- end fwd/write/detail/position_reporter.hpp ----
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/async_result.hpp>
@@ -14612,8 +15208,10 @@ namespace fwd {
  * from any thread. Owns its server, client, membership, discovery and, once started, the
  * write executor (its one writer thread) and the LiteFS monitor (its one polling thread,
  * the only other thread fwd starts; see litefs::monitor). Built-in procedures on every node:
- * fwd::migrate_procedure; and, with node_options::enable_raw_sql, fwd::execute_statement
- * and fwd::execute_bulk (off, they answer unknown_procedure and say how to turn them on).
+ * fwd::migrate_procedure; fwd::report_position, by which each replica tells the primary
+ * its LiteFS position (see fwd::durability); and, with node_options::enable_raw_sql,
+ * fwd::execute_statement and fwd::execute_bulk (off, they answer unknown_procedure and say
+ * how to turn them on).
  */
 class node {
  public:
@@ -14706,6 +15304,7 @@ class node {
     server_->start();
     membership_->start();
     finder_->start();
+    reporter_->start();
     started_ = true;
   }
 
@@ -14855,6 +15454,7 @@ class node {
     if (stopped_) return;
     stopped_ = true;
     forwarder_->stop();
+    reporter_->stop();
     if (server_) server_->stop();
     finder_->stop();
     membership_->stop();
@@ -14871,6 +15471,7 @@ class node {
   std::function<litefs::role()> role_;
   std::shared_ptr<primary_finder> finder_;
   std::unique_ptr<fwd::forwarder> forwarder_;
+  std::shared_ptr<detail::position_reporter> reporter_;
   std::shared_ptr<sqlite::write_executor> writer_;
   std::unique_ptr<rpc::server> server_;
   std::mutex stop_mutex_;
@@ -15040,11 +15641,34 @@ inline node::node(executor_type executor, node_options options)
   forwarding.retry = options_.retry;
   forwarding.breaker = options_.breaker;
   forwarding.read_your_writes = options_.read_your_writes;
+  forwarding.durability = options_.durability;
+  forwarding.durability_forget_after = options_.durability_forget_after;
   forwarding.monitor = monitor_;
   forwarding.role = role_;
   forwarding.telemetry = options_.telemetry;
   forwarder_ = std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
 
+  // As primary: the replicas' positions, for durable acknowledgement. A report from a
+  // replica whose LiteFS follows another primary (or while this node is not primary) is
+  // not recorded: its position belongs to another history.
+  registry_->define(report_position,
+                    [tracker = std::weak_ptr<detail::durability_tracker>(forwarder_->durability_tracker()),
+                     role = role_, hostname = options_.litefs_hostname](
+                        position_report report, rpc::result_handler<bool> done) {
+                      const auto t = tracker.lock();
+                      if (!t) return done(make_error_code(errc::cancelled), false);
+                      if (role().kind != litefs::role_kind::primary) return done(make_error_code(errc::not_primary), false);
+                      if (report.primary != hostname) return done({}, false);
+                      done({}, t->report(report));
+                    });
+  {
+    detail::position_reporter::settings reporting;
+    reporting.hostname = options_.litefs_hostname;
+    reporting.candidate = options_.litefs_candidate;
+    reporting.heartbeat = options_.position_heartbeat;
+    reporting.idle_check = options_.litefs_poll;
+    reporter_ = detail::position_reporter::create(executor_, std::move(reporting), monitor_, client_, finder_);
+  }
   if (options_.enable_raw_sql) {
     forwarder_->define(*registry_, execute_statement,
                        [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {
@@ -15476,6 +16100,7 @@ inline std::string outcome_label(const boost::system::error_code& ec) {
       case errc::bad_litefs_file: return "bad_litefs_file";
       case errc::bad_argument: return "bad_argument";
       case errc::commit_unknown: return "commit_unknown";
+      case errc::not_yet_durable: return "not_yet_durable";
     }
     return "fwd";
   }

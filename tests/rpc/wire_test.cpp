@@ -97,6 +97,35 @@ TEST_CASE("bytes that are not a fwd header are a protocol_error") {
     good[6] = 1;
     CHECK(wire::decode_frame(good, 1 << 20, view, consumed) == fwd::errc::protocol_error);
   }
+  SECTION("a durability on a frame that is not a request") {
+    auto h = sample_header();
+    h.type = wire::frame_type::reply;
+    h.flags = wire::frame_flags::has_durability;
+    h.durability = 1;
+    const std::string reply = wire::encode_frame(h, "x", "y");
+    CHECK(wire::decode_frame(reply, 1 << 20, view, consumed) == fwd::errc::protocol_error);
+  }
+}
+
+TEST_CASE("a request carries its durability in bytes 6-7, and only with the flag") {
+  auto h = sample_header();
+  SECTION("with the flag") {
+    h.flags = wire::frame_flags::has_deadline | wire::frame_flags::has_durability;
+    h.durability = 0xffff;
+    const std::string bytes = wire::encode_frame(h, "x", "y");
+    CHECK(static_cast<unsigned char>(bytes[6]) == 0xff);
+    CHECK(static_cast<unsigned char>(bytes[7]) == 0xff);
+    const auto view = decode_one(bytes);
+    CHECK(view.header.durability == 0xffff);
+    CHECK((view.header.flags & wire::frame_flags::has_durability) != 0);
+  }
+  SECTION("without the flag the field is not written") {
+    h.durability = 3;
+    const std::string bytes = wire::encode_frame(h, "x", "y");
+    CHECK(bytes[6] == 0);
+    CHECK(bytes[7] == 0);
+    CHECK(decode_one(bytes).header.durability == 0);
+  }
 }
 
 TEST_CASE("a frame announcing more than the maximum size is frame_too_large from its header alone") {

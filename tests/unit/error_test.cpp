@@ -16,6 +16,7 @@ constexpr fwd::errc all_errcs[] = {
     fwd::errc::version_mismatch,  fwd::errc::overloaded,       fwd::errc::circuit_open,
     fwd::errc::replication_lag,   fwd::errc::not_litefs,       fwd::errc::misconfigured_mount,
     fwd::errc::bad_litefs_file,   fwd::errc::bad_argument,     fwd::errc::commit_unknown,
+    fwd::errc::not_yet_durable,
 };
 
 }  // namespace
@@ -58,6 +59,8 @@ TEST_CASE("classification: not sent, maybe executed, permanent") {
   CHECK(fwd::classify(fwd::errc::connection_lost) == error_class::maybe_executed);
   CHECK(fwd::classify(fwd::errc::cancelled) == error_class::maybe_executed);
   CHECK(fwd::classify(fwd::errc::commit_unknown) == error_class::maybe_executed);
+  CHECK(fwd::classify(fwd::errc::not_yet_durable) == error_class::committed_not_durable);
+  CHECK(std::string(fwd::to_string(error_class::committed_not_durable)) == "committed, not yet durable");
   CHECK(fwd::classify(fwd::errc::remote_failure) == error_class::permanent);
   CHECK(fwd::classify(fwd::errc::unknown_procedure) == error_class::permanent);
   CHECK(fwd::classify(fwd::errc::signature_mismatch) == error_class::permanent);

@@ -77,6 +77,11 @@ inline const char* errc_message(int value) noexcept {
       return "COMMIT failed after it may have reached the database (e.g. LiteFS went away "
              "during it): the write may have been applied; retry only with the same request "
              "id, which the primary answers from its dedup table if the write did commit";
+    case errc::not_yet_durable:
+      return "the write is COMMITTED on the primary, but not enough replicas reported having it "
+             "before the deadline (committed, not yet durable): a failover now could lose it; "
+             "retrying with the same request id is safe (the primary answers from its dedup table "
+             "and waits for the replicas again)";
   }
   return "unknown fwd error";
 }
@@ -190,6 +195,8 @@ FWD_DECL error_class classify(const boost::system::error_code& ec) noexcept {
       case errc::cancelled:
       case errc::commit_unknown:
         return error_class::maybe_executed;
+      case errc::not_yet_durable:
+        return error_class::committed_not_durable;
       default:
         return error_class::permanent;
     }

@@ -159,11 +159,34 @@ inline node::node(executor_type executor, node_options options)
   forwarding.retry = options_.retry;
   forwarding.breaker = options_.breaker;
   forwarding.read_your_writes = options_.read_your_writes;
+  forwarding.durability = options_.durability;
+  forwarding.durability_forget_after = options_.durability_forget_after;
   forwarding.monitor = monitor_;
   forwarding.role = role_;
   forwarding.telemetry = options_.telemetry;
   forwarder_ = std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
 
+  // As primary: the replicas' positions, for durable acknowledgement. A report from a
+  // replica whose LiteFS follows another primary (or while this node is not primary) is
+  // not recorded: its position belongs to another history.
+  registry_->define(report_position,
+                    [tracker = std::weak_ptr<detail::durability_tracker>(forwarder_->durability_tracker()),
+                     role = role_, hostname = options_.litefs_hostname](
+                        position_report report, rpc::result_handler<bool> done) {
+                      const auto t = tracker.lock();
+                      if (!t) return done(make_error_code(errc::cancelled), false);
+                      if (role().kind != litefs::role_kind::primary) return done(make_error_code(errc::not_primary), false);
+                      if (report.primary != hostname) return done({}, false);
+                      done({}, t->report(report));
+                    });
+  {
+    detail::position_reporter::settings reporting;
+    reporting.hostname = options_.litefs_hostname;
+    reporting.candidate = options_.litefs_candidate;
+    reporting.heartbeat = options_.position_heartbeat;
+    reporting.idle_check = options_.litefs_poll;
+    reporter_ = detail::position_reporter::create(executor_, std::move(reporting), monitor_, client_, finder_);
+  }
   if (options_.enable_raw_sql) {
     forwarder_->define(*registry_, execute_statement,
                        [](sqlite3* db, const std::string& sql, const std::vector<sql_value>& values) {

@@ -212,6 +212,10 @@ class client {
       wire::frame_header h;
       h.type = wire::frame_type::request;
       h.flags = wire::frame_flags::has_deadline;
+      if (options.durability != 0) {
+        h.flags |= wire::frame_flags::has_durability;
+        h.durability = options.durability;
+      }
       h.stream_id = call->stream_id;
       if (options.request_id) {
         h.id = *options.request_id;

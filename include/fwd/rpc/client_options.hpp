@@ -67,6 +67,9 @@ struct call_options {
   std::optional<wire::request_id> request_id;
   /// Which attempt this is, for telemetry.
   std::uint32_t attempt = 1;
+  /// The durability a write asks of the primary, as fwd::durability::wire() encodes it
+  /// (0: none, and the request carries no durability).
+  std::uint16_t durability = 0;
   /**
    * Where the call's failure details go (the remote exception's type and message, both
    * versions on a mismatch, the connect or TLS error), like boost::mysql::diagnostics.

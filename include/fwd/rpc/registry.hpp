@@ -151,7 +151,7 @@ class registry {
     }
     boost::asio::post(executor, [target = std::move(target), answer = std::move(answer),
                                  executor, request_id = call.request_id, deadline = call.deadline,
-                                 arguments = std::string(call.arguments)]() mutable {
+                                 durability = call.durability, arguments = std::string(call.arguments)]() mutable {
       if (deadline != std::chrono::steady_clock::time_point{} &&
           std::chrono::steady_clock::now() >= deadline) {
         answer->complete(make_error_code(errc::timeout),
@@ -159,7 +159,7 @@ class registry {
                                      detail::quoted_name(target->name)));
         return;
       }
-      const incoming_call owned{target->name, target->signature, arguments, request_id, deadline};
+      const incoming_call owned{target->name, target->signature, arguments, request_id, deadline, durability};
       if (target->typed) {
         // A typed procedure answers through `answer` itself.
         try {

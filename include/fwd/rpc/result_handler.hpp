@@ -46,6 +46,7 @@ struct incoming_call {
   std::string_view arguments;                      ///< the encoded arguments
   std::array<std::uint8_t, 16> request_id{};       ///< the caller's request id
   std::chrono::steady_clock::time_point deadline;  ///< when the caller stops waiting; {} = none
+  std::uint16_t durability = 0;  ///< a write's durability (fwd::durability::wire(); 0: none)
 };
 
 /// What a procedure may learn about the call it serves.

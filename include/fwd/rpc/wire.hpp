@@ -12,7 +12,7 @@
 //        0    4 magic "FWD1"
 //        4    1 type (frame_type)
 //        5    1 flags (frame_flags)
-//        6    2 reserved, zero
+//        6    2 a request's durability (with flag has_durability), otherwise zero
 //        8    8 stream id: matches a reply to its request on one connection
 //       16   16 request id: the caller's id, fixed across retries (exactly once)
 //       32    4 remaining deadline in milliseconds (meaningful with flag has_deadline)
@@ -54,7 +54,9 @@ enum class frame_type : std::uint8_t {
 /// Flag bits of a frame header.
 namespace frame_flags {
 inline constexpr std::uint8_t has_deadline = 0x01;  ///< deadline_ms is the remaining time
-inline constexpr std::uint8_t all = has_deadline;
+/// A request's bytes 6-7 hold the durability its write asks for (fwd::durability::wire()).
+inline constexpr std::uint8_t has_durability = 0x02;
+inline constexpr std::uint8_t all = has_deadline | has_durability;
 }  // namespace frame_flags
 
 /// A caller's request id: 128 bits, unique per call across the cluster, kept across retries.
@@ -66,6 +68,7 @@ struct frame_header {
   std::uint64_t stream_id = 0;
   request_id id{};
   std::uint32_t deadline_ms = 0;
+  std::uint16_t durability = 0;  ///< with flag has_durability (requests only)
   std::uint64_t aux = 0;
   std::uint32_t meta_size = 0;
   std::uint32_t body_size = 0;
@@ -86,7 +89,7 @@ inline void encode_header(const frame_header& h, char* out) noexcept {
   detail::store_le<std::uint32_t>(out, magic);
   out[4] = static_cast<char>(h.type);
   out[5] = static_cast<char>(h.flags);
-  detail::store_le<std::uint16_t>(out + 6, 0);
+  detail::store_le<std::uint16_t>(out + 6, (h.flags & frame_flags::has_durability) != 0 ? h.durability : 0);
   detail::store_le<std::uint64_t>(out + 8, h.stream_id);
   std::memcpy(out + 16, h.id.data(), h.id.size());
   detail::store_le<std::uint32_t>(out + deadline_offset, h.deadline_ms);
@@ -138,8 +141,14 @@ inline boost::system::error_code decode_header(std::string_view bytes, std::size
   }
   const auto flags = static_cast<std::uint8_t>(in[5]);
   if ((flags & ~frame_flags::all) != 0) return make_error_code(errc::protocol_error);
-  if (detail::load_le<std::uint16_t>(in + 6) != 0) return make_error_code(errc::protocol_error);
+  // Bytes 6-7 are zero unless a request carries its durability there.
+  const auto durability = detail::load_le<std::uint16_t>(in + 6);
+  const bool has_durability = (flags & frame_flags::has_durability) != 0;
+  if (has_durability ? type != static_cast<std::uint8_t>(frame_type::request) : durability != 0) {
+    return make_error_code(errc::protocol_error);
+  }
   frame_header h;
+  h.durability = durability;
   h.type = static_cast<frame_type>(type);
   h.flags = flags;
   h.stream_id = detail::load_le<std::uint64_t>(in + 8);

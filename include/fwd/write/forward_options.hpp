@@ -8,6 +8,7 @@
 #include <fwd/litefs/mount.hpp>
 #include <fwd/telemetry.hpp>
 #include <fwd/write/breaker.hpp>
+#include <fwd/write/durability.hpp>
 #include <fwd/write/executor.hpp>
 #include <fwd/write/retry.hpp>
 
@@ -148,6 +149,10 @@ struct forward_options {
   std::optional<request_id> id;
   /// Overrides forwarder_options::read_your_writes for this call.
   std::optional<bool> read_your_writes;
+  /// Overrides forwarder_options::durability for this call: the primary acknowledges the
+  /// write only once that many replicas report having it, else the call fails with
+  /// errc::not_yet_durable (committed on the primary) a little before its deadline.
+  std::optional<fwd::durability> durability;
   /**
    * Where the call's failure details go (the remote exception, SQLite's message, what
    * was tried on which peer), like boost::mysql::diagnostics. Owned by the caller and
@@ -170,6 +175,11 @@ struct forwarder_options {
   /// Wait, after a forwarded write, until this replica's `<db>-pos` reaches the
   /// primary's TXID (bounded by the call's deadline).
   bool read_your_writes = true;
+  /// What the primary waits for before it acknowledges a write (see fwd::durability).
+  fwd::durability durability;
+  /// On the primary: a replica that has not reported its position for this long no longer
+  /// counts towards durability (nor is waited for by durability::candidates()).
+  std::chrono::milliseconds durability_forget_after{10000};
   /// How often the replication wait re-reads `<db>-pos` (LiteFS's own proxy: 1 ms), when
   /// no `monitor` is given.
   std::chrono::milliseconds replication_poll{1};

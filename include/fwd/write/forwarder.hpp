@@ -121,7 +121,16 @@ class forwarder {
   }
 
   /// Refuses new calls (cancelled); calls waiting for a retry or replication end soon.
-  void stop() { core_->stopped.store(true); }
+  void stop() {
+    core_->stopped.store(true);
+    core_->durability->stop();
+  }
+
+  /// The positions this node's replicas report, and the writes waiting for them (the
+  /// node feeds it from the built-in report_position).
+  const std::shared_ptr<detail::durability_tracker>& durability_tracker() const noexcept {
+    return core_->durability;
+  }
 
   /// Runs `f` (on any thread) once no call of this forwarder is in flight: every call
   /// started has completed (its handler is posted). At once when none is.
@@ -144,6 +153,9 @@ class forwarder {
    * `not_primary`, `unreachable`, `connection_lost`, `timeout`, `circuit_open` after the
    * retries, the deadline or the retry budget ran out; `replication_lag`: the write
    * COMMITTED but this node had not replicated it by the deadline (do not retry);
+   * `not_yet_durable` (class committed_not_durable): the write COMMITTED on the primary
+   * but fewer replicas than forward_options::durability asks reported it before the
+   * deadline (a retry with the same request id is safe and waits for them again);
    * `cancelled`. forward_options::diagnostics receives the details, before the handler
    * is invoked.
    *

@@ -9,6 +9,7 @@
 #include <fwd/rpc/client.hpp>
 #include <fwd/rpc/registry.hpp>
 #include <fwd/write/breaker.hpp>
+#include <fwd/write/detail/durability_tracker.hpp>
 #include <fwd/write/executor.hpp>
 #include <fwd/write/forward_options.hpp>
 #include <fwd/write/retry.hpp>
@@ -35,6 +36,8 @@ struct forward_core {
   std::shared_ptr<rpc::client> client;
   std::shared_ptr<primary_finder> finder;
   std::shared_ptr<sqlite::write_executor> writer;  // set at start
+  // The replicas' positions, and the writes this node (as primary) holds until durable.
+  std::shared_ptr<durability_tracker> durability;
   retry_budget budget;
   breaker_set breakers;
   std::atomic<bool> stopped{false};
@@ -82,6 +85,7 @@ struct forward_core {
         options(std::move(opts)),
         client(std::move(c)),
         finder(std::move(f)),
+        durability(std::make_shared<durability_tracker>(executor, options.durability_forget_after)),
         budget(options.retry),
         breakers(options.breaker) {
     if (!options.role) options.role = [mount = options.mount] { return litefs::current_role(mount); };

@@ -75,6 +75,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
         id_(options.id.value_or(make_request_id())),
         deadline_(options.deadline.value_or(clock::now() + core_->options.default_deadline)),
         read_your_writes_(options.read_your_writes.value_or(core_->options.read_your_writes)),
+        durability_(options.durability.value_or(core_->options.durability)),
         report_(options.report ? std::move(options.report) : std::make_shared<call_report>()),
         completion_(std::move(completion)) {
     report_->id = id_;
@@ -170,7 +171,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     const auto started = clock::now();
     fwd::detail::emit(t, &telemetry::call_started,
                       call_started_event{name_, {}, report_->attempts});
-    const rpc::incoming_call call{name_, signature_, arguments_, id_, deadline_};
+    const rpc::incoming_call call{name_, signature_, arguments_, id_, deadline_, durability_.wire()};
     // The write handler may answer from any thread: hop to the strand.
     const std::uint64_t local_attempt = ++local_attempts_;
     rpc::reply_handler reply = [self = shared_from_this(), started, local_attempt](boost::system::error_code ec,
@@ -249,6 +250,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     options.deadline = deadline_;
     options.request_id = id_;
     options.attempt = report_->attempts;
+    options.durability = durability_.wire();
     // One attempt is in flight at a time; its handler keeps this op (and so the
     // diagnostics) alive, and the client fills them before the handler runs.
     options.diagnostics = &attempt_diagnostics_;
@@ -349,7 +351,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     if (done_) return;
     if (ec == errc::not_primary) core_->finder->invalidate();
     const error_class cls = classify(ec);
-    if (cls == error_class::permanent) {
+    if (cls == error_class::permanent || cls == error_class::committed_not_durable) {
       finish(ec, std::move(detail));
       return;
     }
@@ -423,6 +425,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   clock::time_point started_ = clock::now();
   clock::time_point replication_started_{};
   bool read_your_writes_;
+  fwd::durability durability_;
   std::shared_ptr<call_report> report_;
   std::unique_ptr<forward_completion> completion_;
   std::string result_;

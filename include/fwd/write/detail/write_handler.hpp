@@ -15,6 +15,8 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -38,6 +40,37 @@ decltype(auto) invoke_writer(F& fn, sqlite3* db, std::tuple<Ds...>& args) {
         }
       },
       args);
+}
+
+// After the commit, with a durability asked: replies once enough replicas have reported a
+// position at or past `txid`, or with not_yet_durable a little before the caller's
+// deadline (so that the answer reaches it in time). Every write of a batch waits for the
+// batch's TXID: one report releases them all.
+inline void wait_durable(const std::weak_ptr<forward_core>& weak, rpc::reply_handler reply, durability required,
+                         std::chrono::steady_clock::time_point deadline, std::uint64_t txid, std::string payload) {
+  const auto core = weak.lock();
+  if (!core || txid == 0) {
+    std::move(reply)(make_error_code(errc::not_yet_durable),
+                     fmt::format("the write committed on the primary, but {}: durability {} cannot be "
+                                 "confirmed; retrying with the same request id is safe",
+                                 core ? "its TXID could not be read from LiteFS" : "the node is shutting down",
+                                 to_string(required)));
+    return;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (deadline == std::chrono::steady_clock::time_point{}) deadline = now + core->options.default_deadline;
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+  deadline -= std::clamp(left / 10, std::chrono::milliseconds(2), std::chrono::milliseconds(100));
+  auto shared_reply = std::make_shared<rpc::reply_handler>(std::move(reply));
+  core->durability->async_wait(txid, required, deadline,
+                               [shared_reply, payload = std::move(payload)](boost::system::error_code ec,
+                                                                            std::string why) mutable {
+                                 if (ec) {
+                                   std::move (*shared_reply)(ec, std::move(why));
+                                 } else {
+                                   std::move (*shared_reply)(boost::system::error_code{}, std::move(payload));
+                                 }
+                               });
 }
 
 // The server side of a write procedure (also run directly for local calls): checks the
@@ -95,12 +128,14 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
           }
         },
         call.deadline,  // dropped before it runs once the caller has stopped waiting
-        [reply = std::move(reply)](boost::system::error_code e, std::string result,
-                                   std::uint64_t txid) mutable {
+        [reply = std::move(reply), weak, required = durability::from_wire(call.durability),
+         deadline = call.deadline](boost::system::error_code e, std::string result, std::uint64_t txid) mutable {
           if (e) {
             std::move(reply)(e, std::move(result));
-          } else {
+          } else if (required == durability::none()) {
             std::move(reply)(boost::system::error_code{}, encode_write_reply(txid, result));
+          } else {
+            wait_durable(weak, std::move(reply), required, deadline, txid, encode_write_reply(txid, result));
           }
         });
   };

@@ -266,6 +266,7 @@ inline void server_connection::on_request(const wire::frame_view& frame) {
   incoming.signature = h.aux;
   incoming.arguments = frame.body;
   incoming.request_id = h.id;
+  if ((h.flags & wire::frame_flags::has_durability) != 0) incoming.durability = h.durability;
   if ((h.flags & wire::frame_flags::has_deadline) != 0) {
     incoming.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(h.deadline_ms);
   }
