@@ -314,9 +314,10 @@ inline std::vector<check> run_doctor(const doctor_options& o) {
       first = false;
     }
     const std::int64_t skew = highest - lowest;
-    c.detail = fmt::format("{} ms between the members' clocks ({} ahead of {}); this machine's is off by "
-                           "{} to {} ms",
-                           skew, highest_name, lowest_name, lowest, highest);
+    c.detail = skew == 0 ? std::string("the members' clocks agree to the millisecond")
+                         : fmt::format("{} ms between the members' clocks ({} ahead of {})", skew,
+                                       highest_name, lowest_name);
+    c.detail += fmt::format("; this machine's differs from theirs by {} to {} ms", lowest, highest);
     if (skew > o.max_skew.count()) {
       c.ok = false;
       c.advice = fmt::format("more than {} ms: run time synchronisation (chrony, systemd-timesyncd) on "

@@ -63,7 +63,9 @@ struct status_report {
   /// not found yet). May be older than discovery's TTL.
   std::string primary_address;
   std::vector<status_member> members;  ///< the member set, sorted by address
-  std::uint64_t txid = 0;              ///< the database's position, as `<db>-pos` says
+  /// The database's position (`<db>-pos`) as the node's LiteFS monitor last read it: at
+  /// most node_options::litefs_poll old.
+  std::uint64_t txid = 0;
   std::uint64_t checksum = 0;
   std::int64_t lag_ms = 0;             ///< replication lag LiteFS reports (`.lag`)
   bool mount_dead = false;             ///< LiteFS stopped under the service

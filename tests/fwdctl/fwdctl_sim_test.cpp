@@ -99,6 +99,22 @@ TEST_CASE("fwdctl status shows a member that is down as unreachable and exits 1"
   CHECK_THAT(r.output, Catch::Contains("primary: node-a (named by 2 of 2 members that answered)"));
 }
 
+TEST_CASE("fwdctl status marks a member that names no primary, explains under the table, and exits 1") {
+  sim_cluster c;
+  c.sim.disconnect(2);  // node-c loses its primary: no .primary
+  // The node's monitor sees it within its poll; status is asked until it does (bounded).
+  fwdctl_test::result r;
+  const auto until = std::chrono::steady_clock::now() + 20s;
+  do {
+    r = run({"status", "--members", c.members(), "--secret-file", c.secret_file.string()});
+  } while (r.output.find("disagrees") == std::string::npos && std::chrono::steady_clock::now() < until);
+  INFO(r.output);
+  CHECK(r.status == 1);
+  CHECK_THAT(r.output, Catch::Contains("! " + c.address(2)));
+  CHECK_THAT(r.output, Catch::Contains("! " + c.address(2) +
+                                       " (node-c) disagrees: it says the primary is (none), the others say node-a"));
+}
+
 TEST_CASE("fwdctl status with a wrong secret says every member refuses it and exits 1") {
   sim_cluster c;
   const auto wrong = fwdctl_test::write_file(c.dir.path() / "wrong", fwdctl_test::other_secret);
