@@ -7,7 +7,6 @@
 #include <fwd/procedure.hpp>
 #include <fwd/version.hpp>
 
-#include <fmt/format.h>
 
 #include <chrono>
 #include <cstddef>

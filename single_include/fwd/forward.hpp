@@ -14193,7 +14193,6 @@ inline node_options node_options::from_env(boost::system::error_code& ec, diagno
 // (fwdctl asks each member for it). Also the bounded log of a node's recent errors.
 
 
-#include <fmt/format.h>
 
 #include <chrono>
 #include <cstddef>
