@@ -26,7 +26,9 @@
 #include <fwd/rpc/hello.hpp>
 #include <fwd/rpc/registry.hpp>
 #include <fwd/rpc/server.hpp>
+#include <fwd/status.hpp>
 #include <fwd/telemetry.hpp>
+#include <fwd/version.hpp>
 #include <fwd/write/builtins.hpp>
 #include <fwd/write/detail/position_reporter.hpp>
 #include <fwd/write/executor.hpp>
@@ -38,6 +40,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <fmt/format.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -56,9 +59,10 @@ namespace fwd {
  * write executor (its one writer thread) and the LiteFS monitor (its one polling thread,
  * the only other thread fwd starts; see litefs::monitor). Built-in procedures on every node:
  * fwd::migrate_procedure; fwd::report_position, by which each replica tells the primary
- * its LiteFS position (see fwd::durability); and, with node_options::enable_raw_sql,
- * fwd::execute_statement and fwd::execute_bulk (off, they answer unknown_procedure and say
- * how to turn them on).
+ * its LiteFS position (see fwd::durability); fwd.status (fwd::status_procedure: what
+ * status() returns, for an authenticated peer or fwdctl); and, with
+ * node_options::enable_raw_sql, fwd::execute_statement and fwd::execute_bulk (off, they
+ * answer unknown_procedure and say how to turn them on).
  */
 class node {
  public:
@@ -72,7 +76,10 @@ class node {
 
   /// Stops the node (see stop()). What the node's pending operations still use when it is
   /// gone (the membership, the registry, the writer) is shared with them, never borrowed.
-  ~node() { stop(); }
+  ~node() {
+    status_link_->detach();
+    stop();
+  }
 
   executor_type get_executor() const noexcept { return executor_; }
 
@@ -148,11 +155,14 @@ class node {
       return status;
     };
     server_ = std::make_unique<rpc::server>(executor_, *registry_, std::move(server_options));
+    // Connections may outlive the node: the procedure reaches it through the link, which
+    // the destructor cuts (waiting for a report being made).
+    server_->define_builtin(status_procedure, [link = status_link_] { return link->report(); });
     server_->start();
     membership_->start();
     finder_->start();
     reporter_->start();
-    started_ = true;
+    started_.store(true, std::memory_order_release);
   }
 
   /**
@@ -252,6 +262,16 @@ class node {
                                          std::forward<WaitToken>(token));
   }
 
+  /**
+   * What this node is and sees now: role, LiteFS hostname, the primary as it sees it,
+   * the members, its position, its recent errors (the last 16: failed writes, connections
+   * that failed, DNS errors, probes that failed), the depths of its queues, fwd's version
+   * and its clock. Thread-safe, from any thread, also before start() and after stop();
+   * cheap (atomic loads and short locks, no I/O, nothing waits for the executor). Peers
+   * get the same report from the built-in procedure fwd.status (fwd::status_procedure).
+   */
+  status_report status() const;
+
   /// This node's `<db>-pos` TXID now (0 if unreadable).
   std::uint64_t local_txid() const {
     boost::system::error_code ec;
@@ -309,8 +329,32 @@ class node {
     client_->close();
   }
 
+  // How the fwd.status procedure reaches the node while it exists.
+  class status_link {
+   public:
+    explicit status_link(const node* owner) : owner_(owner) {}
+    status_report report() const {
+      std::lock_guard lock(mutex_);
+      if (owner_ == nullptr) return status_report{};
+      return owner_->status();
+    }
+    void detach() {
+      std::lock_guard lock(mutex_);
+      owner_ = nullptr;
+    }
+
+   private:
+    mutable std::mutex mutex_;
+    const node* owner_;
+  };
+
+  // Records the errors status() lists, then passes each event on to the user's hooks.
+  static telemetry_ptr recording_errors(telemetry_ptr user, std::shared_ptr<detail::error_log> log);
+
   executor_type executor_;
   node_options options_;
+  std::shared_ptr<detail::error_log> errors_ = std::make_shared<detail::error_log>(16);
+  std::shared_ptr<status_link> status_link_ = std::make_shared<status_link>(this);
   std::shared_ptr<rpc::registry> registry_ = std::make_shared<rpc::registry>();
   std::shared_ptr<rpc::client> client_;
   std::shared_ptr<fwd::membership> membership_;
@@ -322,8 +366,8 @@ class node {
   std::shared_ptr<sqlite::write_executor> writer_;
   std::unique_ptr<rpc::server> server_;
   std::mutex stop_mutex_;
-  bool stopped_ = false;
-  bool started_ = false;
+  std::atomic<bool> stopped_{false};
+  std::atomic<bool> started_{false};
 };
 
 }  // namespace fwd

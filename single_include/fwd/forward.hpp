@@ -20,6 +20,12 @@
 #define FWD_VERSION_MINOR 1
 #define FWD_VERSION_PATCH 0
 #define FWD_VERSION (FWD_VERSION_MAJOR * 10000 + FWD_VERSION_MINOR * 100 + FWD_VERSION_PATCH)
+/// The same as text, "major.minor.patch".
+#define FWD_DETAIL_VERSION_TEXT_(x) #x
+#define FWD_DETAIL_VERSION_TEXT(x) FWD_DETAIL_VERSION_TEXT_(x)
+#define FWD_VERSION_STRING                                                         \
+  FWD_DETAIL_VERSION_TEXT(FWD_VERSION_MAJOR)                                       \
+  "." FWD_DETAIL_VERSION_TEXT(FWD_VERSION_MINOR) "." FWD_DETAIL_VERSION_TEXT(FWD_VERSION_PATCH)
 
 // ---- end fwd/version.hpp ----
 // ---- begin fwd/error.hpp ----
@@ -7796,6 +7802,23 @@ class server {
   server& operator=(const server&) = delete;
   ~server() { stop(); }
 
+  /**
+   * Serves `proc` beside `fwd.hello`, to authenticated peers only, like every request.
+   * Its name must start with "fwd." (the names fwd keeps for itself). Call before start().
+   * `fn` is kept with the server's connections, which may outlive the server: it must not
+   * borrow what may be gone by then. Throws fwd::error(bad_argument) for another name or
+   * a name already taken.
+   */
+  template <class R, class... A, class F>
+  void define_builtin(const procedure<R(A...)>& proc, F&& fn) {
+    if (!proc.name().starts_with("fwd.")) {
+      throw fwd::error(make_error_code(errc::bad_argument),
+                       fmt::format("built-in procedure {} must have a name starting with \"fwd.\"",
+                                   proc.name()));
+    }
+    state_->builtins.define(proc, std::forward<F>(fn));
+  }
+
   /// Binds and starts accepting. Throws fwd::error (bad_argument) when it cannot listen.
   void start() {
     boost::system::error_code ec;
@@ -10768,6 +10791,13 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     }
     if (has_hit_hook_) fwd::detail::invoke_hook(options_.hooks.cache_hit);
     return location;
+  }
+
+  /// The primary discovery found last, fresh or not (nullptr: none found yet, or forgotten
+  /// after a failure). No hook
+  /// runs; for reports, not for routing writes.
+  const primary_location* last_known() const noexcept {
+    return current_.load(std::memory_order_acquire);
   }
 
   /**
@@ -14547,6 +14577,12 @@ class forwarder {
 
   const forwarder_options& options() const noexcept { return core_->options; }
 
+  /// Calls started on this forwarder that have not completed yet.
+  std::size_t in_flight() const {
+    std::lock_guard lock(core_->idle_mutex);
+    return core_->in_flight;
+  }
+
   /**
    * Runs `proc(args...)` on the primary: locally when this node is the primary,
    * forwarded otherwise; retried with the same request id on failures that allow it.
@@ -14855,7 +14891,8 @@ class position_reader {
 // ---- begin fwd/node_options.hpp ----
 
 // Everything a fwd::node needs (node_options), and the helpers that fill it: the cluster
-// secret from the environment or a file, the members from a list or from DNS.
+// secret from the environment or a file, the members from a list or from DNS, addresses
+// and member lists from text, and all of it from the environment (node_options::from_env).
 
 #include <unistd.h>
 
@@ -14863,6 +14900,7 @@ class position_reader {
 #include <boost/asio/ip/tcp.hpp>
 #include <fmt/format.h>
 
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -14934,6 +14972,95 @@ inline membership_options dns_members(std::string name, std::uint16_t port) {
   membership_options options;
   options.dns.push_back(dns_source::address(std::move(name), port));
   return options;
+}
+
+/**
+ * An address with its port, as text: "10.0.0.5:7070", "[fdaa::3]:7070", "[::]:7070".
+ * An IPv6 address needs its brackets. With `allow_empty_host`, ":7070" means
+ * 127.0.0.1:7070 (LiteFS's way of writing its `http.addr`). nullopt when the text is not
+ * of that form or the port is not 1..65535.
+ */
+inline std::optional<boost::asio::ip::tcp::endpoint> parse_endpoint(std::string_view text,
+                                                                    bool allow_empty_host = false) {
+  std::string_view host, port_text;
+  if (text.starts_with('[')) {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':')
+      return std::nullopt;
+    host = text.substr(1, close - 1);
+    port_text = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string_view::npos) return std::nullopt;
+    host = text.substr(0, colon);
+    port_text = text.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) return std::nullopt;  // IPv6 without brackets
+  }
+  unsigned port = 0;
+  const auto [end, err] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (err != std::errc{} || end != port_text.data() + port_text.size() || port == 0 || port > 65535)
+    return std::nullopt;
+  boost::system::error_code ec;
+  boost::asio::ip::address address;
+  if (host.empty()) {
+    if (!allow_empty_host) return std::nullopt;
+    address = boost::asio::ip::make_address_v4("127.0.0.1");
+  } else {
+    address = boost::asio::ip::make_address(std::string(host), ec);
+    if (ec) return std::nullopt;
+  }
+  return boost::asio::ip::tcp::endpoint(address, static_cast<std::uint16_t>(port));
+}
+
+/**
+ * Members from text: one `host:port` or several, separated by commas. An IP address
+ * ("10.0.0.5:7070", "[fdaa::3]:7070") is a static member; a name ("app.internal:7070")
+ * is polled in DNS, every A and AAAA address of it a member on that port. On a malformed
+ * entry, `ec` is errc::bad_argument and `diag` names the entry and the form expected.
+ */
+inline membership_options parse_members(std::string_view text, boost::system::error_code& ec,
+                                        diagnostics& diag) {
+  ec.clear();
+  membership_options out;
+  auto fail = [&](std::string why) {
+    ec = make_error_code(errc::bad_argument);
+    diag.assign(std::move(why));
+    return membership_options{};
+  };
+  std::size_t start = 0;
+  bool any = false;
+  while (start <= text.size()) {
+    const auto comma = text.find(',', start);
+    std::string_view entry = text.substr(start, comma == std::string_view::npos ? text.npos : comma - start);
+    start = comma == std::string_view::npos ? text.size() + 1 : comma + 1;
+    while (!entry.empty() && entry.front() == ' ') entry.remove_prefix(1);
+    while (!entry.empty() && entry.back() == ' ') entry.remove_suffix(1);
+    if (entry.empty()) continue;
+    any = true;
+    if (auto endpoint = parse_endpoint(entry)) {
+      out.static_members.push_back(member{endpoint->address().to_string(), *endpoint});
+      continue;
+    }
+    const auto colon = entry.rfind(':');
+    unsigned port = 0;
+    const std::string_view name = colon == entry.npos ? std::string_view{} : entry.substr(0, colon);
+    const std::string_view port_text = colon == entry.npos ? std::string_view{} : entry.substr(colon + 1);
+    const auto [end, err] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+    const bool name_ok = !name.empty() && name.find_first_of(":[]/ ") == std::string_view::npos;
+    if (!name_ok || err != std::errc{} || end != port_text.data() + port_text.size() || port == 0 ||
+        port > 65535) {
+      return fail(fmt::format("member \"{}\" is not host:port: write a DNS name or an address with "
+                              "its fwd port, e.g. app.internal:7070, 10.0.0.5:7070 or "
+                              "[fdaa::3]:7070 (IPv6 in brackets), several separated by commas",
+                              entry));
+    }
+    out.dns.push_back(dns_source::address(std::string(name), static_cast<std::uint16_t>(port)));
+  }
+  if (!any) {
+    return fail("no member given: write a DNS name with the fwd port (app.internal:7070) or a "
+                "comma-separated list of host:port");
+  }
+  return out;
 }
 
 /// The OS hostname (LiteFS's default lease hostname).
@@ -15014,11 +15141,242 @@ struct node_options {
   std::optional<rpc::tls_options> tls;
   /// Receives warnings (path check in warn mode). Default: stderr.
   std::function<void(std::string_view)> on_warning;
+
+  /// The smallest cluster secret from_env() accepts, in bytes.
+  static constexpr std::size_t min_secret_size = 32;
+
+  /**
+   * Options from the environment, the rest left at their defaults:
+   *  - FWD_LISTEN (required): this node's listen address, "0.0.0.0:7070", "[::]:7070"
+   *    (IPv6 in brackets; "::" accepts IPv4 too where the system maps it);
+   *  - FWD_MEMBERS (required): see parse_members(): "app.internal:7070" (DNS, A and
+   *    AAAA) or "10.0.0.5:7070,10.0.0.6:7070";
+   *  - FWD_DATABASE (required): the database's absolute path in the LiteFS mount;
+   *  - FWD_SECRET or FWD_SECRET_FILE (one of them): the cluster secret, at least
+   *    min_secret_size bytes (a file's trailing newlines are removed);
+   *  - FWD_LITEFS_HTTP (optional): LiteFS's HTTP address, "127.0.0.1:20202" or ":20202".
+   * On the first problem, `ec` is errc::bad_argument and `diag` names the variable, what
+   * is wrong, and what a valid value looks like.
+   */
+  static node_options from_env(boost::system::error_code& ec, diagnostics& diag);
+  /// As above; throws fwd::error(bad_argument) instead.
+  static node_options from_env() {
+    boost::system::error_code ec;
+    diagnostics diag;
+    node_options options = from_env(ec, diag);
+    if (ec) throw fwd::error(ec, std::move(diag));
+    return options;
+  }
 };
+
+inline node_options node_options::from_env(boost::system::error_code& ec, diagnostics& diag) {
+  ec.clear();
+  diag.clear();
+  node_options options;
+  auto fail = [&](std::string why) {
+    ec = make_error_code(errc::bad_argument);
+    diag.assign(std::move(why));
+    return node_options{};
+  };
+  auto get = [](const char* name) -> std::optional<std::string> {
+    const char* value = std::getenv(name);
+    if (value == nullptr || *value == '\0') return std::nullopt;
+    return std::string(value);
+  };
+
+  const auto listen = get("FWD_LISTEN");
+  if (!listen) return fail("FWD_LISTEN is unset: set it to this node's listen address, e.g. 0.0.0.0:7070 or [::]:7070");
+  if (auto endpoint = parse_endpoint(*listen)) {
+    options.listen = *endpoint;
+  } else {
+    return fail(fmt::format("FWD_LISTEN=\"{}\" is not an address:port: write e.g. 0.0.0.0:7070, "
+                            "10.0.0.5:7070 or [::]:7070 (IPv6 in brackets; a name is not accepted)",
+                            *listen));
+  }
+
+  const auto members = get("FWD_MEMBERS");
+  if (!members) {
+    return fail("FWD_MEMBERS is unset: set it to the members' DNS name with the fwd port "
+                "(app.internal:7070) or a comma-separated list of host:port");
+  }
+  boost::system::error_code member_ec;
+  diagnostics member_diag;
+  options.members = parse_members(*members, member_ec, member_diag);
+  if (member_ec) return fail(fmt::format("FWD_MEMBERS=\"{}\": {}", *members, member_diag.message()));
+
+  const auto database = get("FWD_DATABASE");
+  if (!database) return fail("FWD_DATABASE is unset: set it to the database's path in the LiteFS mount, e.g. /litefs/app.db");
+  options.database = *database;
+  if (!options.database.is_absolute() || !options.database.has_filename()) {
+    return fail(fmt::format("FWD_DATABASE=\"{}\" is not an absolute path to a file: write the "
+                            "database's path in the LiteFS mount, e.g. /litefs/app.db",
+                            *database));
+  }
+
+  const auto secret = get("FWD_SECRET");
+  const auto secret_file = get("FWD_SECRET_FILE");
+  const char* secret_source = "FWD_SECRET";
+  if (secret && secret_file) {
+    return fail("FWD_SECRET and FWD_SECRET_FILE are both set: set only one of them");
+  } else if (secret) {
+    options.secret = *secret;
+  } else if (secret_file) {
+    secret_source = "FWD_SECRET_FILE";
+    try {
+      options.secret = secret_from_file(*secret_file);
+    } catch (const fwd::error& e) {
+      return fail(fmt::format("FWD_SECRET_FILE=\"{}\": {}", *secret_file, e.get_diagnostics().message()));
+    }
+  } else {
+    return fail("neither FWD_SECRET nor FWD_SECRET_FILE is set: give every node the same secret "
+                "of at least 32 bytes, e.g. from `openssl rand -hex 32`");
+  }
+  if (options.secret.size() < min_secret_size) {
+    return fail(fmt::format("the secret from {} is {} bytes: it must be at least {} bytes, the same "
+                            "on every node, e.g. from `openssl rand -hex 32`",
+                            secret_source, options.secret.size(), min_secret_size));
+  }
+
+  if (const auto http = get("FWD_LITEFS_HTTP")) {
+    if (auto endpoint = parse_endpoint(*http, true)) {
+      options.litefs_http = *endpoint;
+    } else {
+      return fail(fmt::format("FWD_LITEFS_HTTP=\"{}\" is not an address:port: write LiteFS's "
+                              "http.addr, e.g. 127.0.0.1:20202 or :20202",
+                              *http));
+    }
+  }
+  return options;
+}
 
 }  // namespace fwd
 
 // ---- end fwd/node_options.hpp ----
+// ---- begin fwd/status.hpp ----
+
+// What a node says about itself: fwd::status_report, returned by node::status() and by
+// the built-in procedure `fwd.status` that every node serves to its authenticated peers
+// (fwdctl asks each member for it). Also the bounded log of a node's recent errors.
+
+
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace fwd {
+
+/// One error a node saw recently.
+struct status_error {
+  static constexpr std::string_view fwd_type_name = "fwd.status_error";
+  std::int64_t unix_ms = 0;  ///< when (the node's clock, milliseconds since the epoch)
+  std::string what;          ///< e.g. "write shop.order: timeout: ..."
+
+  template <class Archive>
+  void serialize(Archive& archive, unsigned /*version*/) {
+    archive & unix_ms & what;
+  }
+};
+
+/// A member as a node's membership lists it.
+struct status_member {
+  static constexpr std::string_view fwd_type_name = "fwd.status_member";
+  std::string host;     ///< the DNS name it was found under, or a static member's label
+  std::string address;  ///< its fwd address, "ip:port" or "[ipv6]:port"
+
+  template <class Archive>
+  void serialize(Archive& archive, unsigned /*version*/) {
+    archive & host & address;
+  }
+  friend bool operator==(const status_member&, const status_member&) = default;
+};
+
+/**
+ * A node's state at one moment. Cheap to make (atomic loads and a few short locks, no
+ * I/O); see node::status().
+ */
+struct status_report {
+  static constexpr std::string_view fwd_type_name = "fwd.status_report";
+
+  std::string node_name;        ///< node_options::name
+  std::string litefs_hostname;  ///< this node's LiteFS lease hostname
+  std::string role;             ///< "primary", "replica", "unknown" or "not_litefs"
+  std::string role_reason;      ///< what decided the role (or what failed)
+  /// The primary's LiteFS hostname as this node sees it: its own when primary, the
+  /// mount's `.primary` when replica, empty when unknown.
+  std::string primary_hostname;
+  /// The primary's fwd address as discovery last found it ("local": this node; empty:
+  /// not found yet). May be older than discovery's TTL.
+  std::string primary_address;
+  std::vector<status_member> members;  ///< the member set, sorted by address
+  /// The database's position (`<db>-pos`) as the node's LiteFS monitor last read it: at
+  /// most node_options::litefs_poll old.
+  std::uint64_t txid = 0;
+  std::uint64_t checksum = 0;
+  std::int64_t lag_ms = 0;             ///< replication lag LiteFS reports (`.lag`)
+  bool mount_dead = false;             ///< LiteFS stopped under the service
+  std::uint64_t writer_queue = 0;      ///< writes queued for this node's writer thread
+  std::uint64_t calls_in_flight = 0;   ///< calls started on this node, not completed yet
+  std::uint64_t requests_in_flight = 0;  ///< requests from peers this node is running
+  std::uint64_t connections = 0;       ///< connections this node's server holds open
+  std::vector<status_error> last_errors;  ///< the most recent errors, oldest first
+  std::string version = FWD_VERSION_STRING;  ///< fwd's version on that node
+  std::int64_t unix_ms = 0;  ///< the node's clock when it made the report (for clock skew)
+  bool started = false;      ///< start() has completed and stop() has not been called
+
+  template <class Archive>
+  void serialize(Archive& archive, unsigned /*version*/) {
+    archive & node_name & litefs_hostname & role & role_reason & primary_hostname &
+        primary_address & members & txid & checksum & lag_ms & mount_dead & writer_queue &
+        calls_in_flight & requests_in_flight & connections & last_errors & version & unix_ms &
+        started;
+  }
+};
+
+/// The built-in procedure every node serves: `client.async_call(peer, fwd::status_procedure, token)`.
+inline const procedure<status_report()> status_procedure{"fwd.status"};
+
+/// Milliseconds since the epoch on this machine's clock.
+inline std::int64_t unix_now_ms() noexcept {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+namespace detail {
+
+// The last `capacity` errors, thread-safe. Recording is a short lock and one string.
+class error_log {
+ public:
+  explicit error_log(std::size_t capacity = 16) : capacity_(capacity) {}
+
+  void record(std::string what) {
+    std::lock_guard lock(mutex_);
+    if (capacity_ == 0) return;
+    if (errors_.size() == capacity_) errors_.pop_front();
+    errors_.push_back(status_error{unix_now_ms(), std::move(what)});
+  }
+
+  std::vector<status_error> snapshot() const {
+    std::lock_guard lock(mutex_);
+    return {errors_.begin(), errors_.end()};
+  }
+
+ private:
+  std::size_t capacity_;
+  mutable std::mutex mutex_;
+  std::deque<status_error> errors_;
+};
+
+}  // namespace detail
+}  // namespace fwd
+
+// ---- end fwd/status.hpp ----
 // ---- begin fwd/write/detail/position_reporter.hpp ----
 
 // The replica's side of durable acknowledgement: it tells the primary its LiteFS position
@@ -15191,6 +15549,7 @@ class position_reporter : public std::enable_shared_from_this<position_reporter>
 #include <boost/asio/ip/tcp.hpp>
 #include <fmt/format.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -15209,9 +15568,10 @@ namespace fwd {
  * write executor (its one writer thread) and the LiteFS monitor (its one polling thread,
  * the only other thread fwd starts; see litefs::monitor). Built-in procedures on every node:
  * fwd::migrate_procedure; fwd::report_position, by which each replica tells the primary
- * its LiteFS position (see fwd::durability); and, with node_options::enable_raw_sql,
- * fwd::execute_statement and fwd::execute_bulk (off, they answer unknown_procedure and say
- * how to turn them on).
+ * its LiteFS position (see fwd::durability); fwd.status (fwd::status_procedure: what
+ * status() returns, for an authenticated peer or fwdctl); and, with
+ * node_options::enable_raw_sql, fwd::execute_statement and fwd::execute_bulk (off, they
+ * answer unknown_procedure and say how to turn them on).
  */
 class node {
  public:
@@ -15225,7 +15585,10 @@ class node {
 
   /// Stops the node (see stop()). What the node's pending operations still use when it is
   /// gone (the membership, the registry, the writer) is shared with them, never borrowed.
-  ~node() { stop(); }
+  ~node() {
+    status_link_->detach();
+    stop();
+  }
 
   executor_type get_executor() const noexcept { return executor_; }
 
@@ -15301,11 +15664,14 @@ class node {
       return status;
     };
     server_ = std::make_unique<rpc::server>(executor_, *registry_, std::move(server_options));
+    // Connections may outlive the node: the procedure reaches it through the link, which
+    // the destructor cuts (waiting for a report being made).
+    server_->define_builtin(status_procedure, [link = status_link_] { return link->report(); });
     server_->start();
     membership_->start();
     finder_->start();
     reporter_->start();
-    started_ = true;
+    started_.store(true, std::memory_order_release);
   }
 
   /**
@@ -15405,6 +15771,16 @@ class node {
                                          std::forward<WaitToken>(token));
   }
 
+  /**
+   * What this node is and sees now: role, LiteFS hostname, the primary as it sees it,
+   * the members, its position, its recent errors (the last 16: failed writes, connections
+   * that failed, DNS errors, probes that failed), the depths of its queues, fwd's version
+   * and its clock. Thread-safe, from any thread, also before start() and after stop();
+   * cheap (atomic loads and short locks, no I/O, nothing waits for the executor). Peers
+   * get the same report from the built-in procedure fwd.status (fwd::status_procedure).
+   */
+  status_report status() const;
+
   /// This node's `<db>-pos` TXID now (0 if unreadable).
   std::uint64_t local_txid() const {
     boost::system::error_code ec;
@@ -15462,8 +15838,32 @@ class node {
     client_->close();
   }
 
+  // How the fwd.status procedure reaches the node while it exists.
+  class status_link {
+   public:
+    explicit status_link(const node* owner) : owner_(owner) {}
+    status_report report() const {
+      std::lock_guard lock(mutex_);
+      if (owner_ == nullptr) return status_report{};
+      return owner_->status();
+    }
+    void detach() {
+      std::lock_guard lock(mutex_);
+      owner_ = nullptr;
+    }
+
+   private:
+    mutable std::mutex mutex_;
+    const node* owner_;
+  };
+
+  // Records the errors status() lists, then passes each event on to the user's hooks.
+  static telemetry_ptr recording_errors(telemetry_ptr user, std::shared_ptr<detail::error_log> log);
+
   executor_type executor_;
   node_options options_;
+  std::shared_ptr<detail::error_log> errors_ = std::make_shared<detail::error_log>(16);
+  std::shared_ptr<status_link> status_link_ = std::make_shared<status_link>(this);
   std::shared_ptr<rpc::registry> registry_ = std::make_shared<rpc::registry>();
   std::shared_ptr<rpc::client> client_;
   std::shared_ptr<fwd::membership> membership_;
@@ -15475,8 +15875,8 @@ class node {
   std::shared_ptr<sqlite::write_executor> writer_;
   std::unique_ptr<rpc::server> server_;
   std::mutex stop_mutex_;
-  bool stopped_ = false;
-  bool started_ = false;
+  std::atomic<bool> stopped_{false};
+  std::atomic<bool> started_{false};
 };
 
 }  // namespace fwd
@@ -15507,6 +15907,7 @@ inline node::node(executor_type executor, node_options options)
     }
     options_.secret = "fwd-insecure-no-secret";
   }
+  options_.telemetry = recording_errors(std::move(options_.telemetry), errors_);
   if (options_.mount.empty()) options_.mount = options_.database.parent_path();
   if (options_.litefs_hostname.empty()) options_.litefs_hostname = os_hostname();
   if (options_.name.empty()) options_.name = options_.litefs_hostname;
@@ -15693,6 +16094,69 @@ inline node::node(executor_type executor, node_options options)
                      [](sqlite3* db, const std::vector<migration>& migrations) {
                        return detail::run_migrations(db, migrations);
                      });
+}
+
+inline telemetry_ptr node::recording_errors(telemetry_ptr user,
+                                            std::shared_ptr<detail::error_log> log) {
+  auto t = std::make_shared<telemetry>(user ? *user : telemetry{});
+  t->write_finished = [log, next = std::move(t->write_finished)](const write_finished_event& e) {
+    if (e.outcome) {
+      log->record(fmt::format("write {} failed after {} attempt(s): {}", e.procedure, e.attempts,
+                              e.outcome.message()));
+    }
+    if (next) next(e);
+  };
+  t->connection_failed = [log, next = std::move(t->connection_failed)](const connection_event& e) {
+    log->record(fmt::format("{} connection {} {}: {}", e.inbound ? "inbound" : "outbound",
+                            e.inbound ? "from" : "to", e.peer.empty() ? "?" : e.peer,
+                            e.reason.message()));
+    if (next) next(e);
+  };
+  t->resolver_error = [log, next = std::move(t->resolver_error)](const resolver_error_event& e) {
+    log->record(fmt::format("membership DNS: {}", e.message));
+    if (next) next(e);
+  };
+  t->probe_finished = [log, next = std::move(t->probe_finished)](const probe_event& e) {
+    if (e.outcome) log->record(fmt::format("probe of {} failed: {}", e.peer, e.outcome.message()));
+    if (next) next(e);
+  };
+  return t;
+}
+
+inline status_report node::status() const {
+  status_report r;
+  r.node_name = options_.name;
+  r.litefs_hostname = options_.litefs_hostname;
+  const auto state = monitor_->state();
+  r.role = litefs::to_string(state->role);
+  r.role_reason = state->reason;
+  if (state->role == litefs::role_kind::primary) {
+    r.primary_hostname = options_.litefs_hostname;
+  } else if (state->role == litefs::role_kind::replica) {
+    r.primary_hostname = state->primary_hostname;
+  }
+  if (const primary_location* p = finder_->last_known()) {
+    r.primary_address = p->local ? std::string("local") : rpc::detail::endpoint_string(p->endpoint);
+  }
+  for (const auto& m : membership_->snapshot()->members)
+    r.members.push_back(status_member{m.host, rpc::detail::endpoint_string(m.endpoint)});
+  r.txid = state->pos.txid;
+  r.checksum = state->pos.checksum;
+  r.lag_ms = state->lag.count();
+  r.mount_dead = state->mount_dead;
+  r.calls_in_flight = forwarder_->in_flight();
+  // writer_ and server_ are set once, before started_ (release) is.
+  if (started_.load(std::memory_order_acquire)) {
+    if (writer_) r.writer_queue = writer_->queued();
+    if (server_) {
+      r.requests_in_flight = server_->in_flight();
+      r.connections = server_->connection_count();
+    }
+    r.started = !stopped_.load();
+  }
+  r.last_errors = errors_->snapshot();
+  r.unix_ms = unix_now_ms();
+  return r;
 }
 
 }  // namespace fwd

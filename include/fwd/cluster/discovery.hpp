@@ -126,6 +126,13 @@ class primary_finder : public std::enable_shared_from_this<primary_finder> {
     return location;
   }
 
+  /// The primary discovery found last, fresh or not (nullptr: none found yet, or forgotten
+  /// after a failure). No hook
+  /// runs; for reports, not for routing writes.
+  const primary_location* last_known() const noexcept {
+    return current_.load(std::memory_order_acquire);
+  }
+
   /**
    * Finds the primary, from the cache when it is fresh.
    *

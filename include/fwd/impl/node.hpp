@@ -25,6 +25,7 @@ inline node::node(executor_type executor, node_options options)
     }
     options_.secret = "fwd-insecure-no-secret";
   }
+  options_.telemetry = recording_errors(std::move(options_.telemetry), errors_);
   if (options_.mount.empty()) options_.mount = options_.database.parent_path();
   if (options_.litefs_hostname.empty()) options_.litefs_hostname = os_hostname();
   if (options_.name.empty()) options_.name = options_.litefs_hostname;
@@ -211,6 +212,69 @@ inline node::node(executor_type executor, node_options options)
                      [](sqlite3* db, const std::vector<migration>& migrations) {
                        return detail::run_migrations(db, migrations);
                      });
+}
+
+inline telemetry_ptr node::recording_errors(telemetry_ptr user,
+                                            std::shared_ptr<detail::error_log> log) {
+  auto t = std::make_shared<telemetry>(user ? *user : telemetry{});
+  t->write_finished = [log, next = std::move(t->write_finished)](const write_finished_event& e) {
+    if (e.outcome) {
+      log->record(fmt::format("write {} failed after {} attempt(s): {}", e.procedure, e.attempts,
+                              e.outcome.message()));
+    }
+    if (next) next(e);
+  };
+  t->connection_failed = [log, next = std::move(t->connection_failed)](const connection_event& e) {
+    log->record(fmt::format("{} connection {} {}: {}", e.inbound ? "inbound" : "outbound",
+                            e.inbound ? "from" : "to", e.peer.empty() ? "?" : e.peer,
+                            e.reason.message()));
+    if (next) next(e);
+  };
+  t->resolver_error = [log, next = std::move(t->resolver_error)](const resolver_error_event& e) {
+    log->record(fmt::format("membership DNS: {}", e.message));
+    if (next) next(e);
+  };
+  t->probe_finished = [log, next = std::move(t->probe_finished)](const probe_event& e) {
+    if (e.outcome) log->record(fmt::format("probe of {} failed: {}", e.peer, e.outcome.message()));
+    if (next) next(e);
+  };
+  return t;
+}
+
+inline status_report node::status() const {
+  status_report r;
+  r.node_name = options_.name;
+  r.litefs_hostname = options_.litefs_hostname;
+  const auto state = monitor_->state();
+  r.role = litefs::to_string(state->role);
+  r.role_reason = state->reason;
+  if (state->role == litefs::role_kind::primary) {
+    r.primary_hostname = options_.litefs_hostname;
+  } else if (state->role == litefs::role_kind::replica) {
+    r.primary_hostname = state->primary_hostname;
+  }
+  if (const primary_location* p = finder_->last_known()) {
+    r.primary_address = p->local ? std::string("local") : rpc::detail::endpoint_string(p->endpoint);
+  }
+  for (const auto& m : membership_->snapshot()->members)
+    r.members.push_back(status_member{m.host, rpc::detail::endpoint_string(m.endpoint)});
+  r.txid = state->pos.txid;
+  r.checksum = state->pos.checksum;
+  r.lag_ms = state->lag.count();
+  r.mount_dead = state->mount_dead;
+  r.calls_in_flight = forwarder_->in_flight();
+  // writer_ and server_ are set once, before started_ (release) is.
+  if (started_.load(std::memory_order_acquire)) {
+    if (writer_) r.writer_queue = writer_->queued();
+    if (server_) {
+      r.requests_in_flight = server_->in_flight();
+      r.connections = server_->connection_count();
+    }
+    r.started = !stopped_.load();
+  }
+  r.last_errors = errors_->snapshot();
+  r.unix_ms = unix_now_ms();
+  return r;
 }
 
 }  // namespace fwd

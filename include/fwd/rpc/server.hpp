@@ -104,6 +104,23 @@ class server {
   server& operator=(const server&) = delete;
   ~server() { stop(); }
 
+  /**
+   * Serves `proc` beside `fwd.hello`, to authenticated peers only, like every request.
+   * Its name must start with "fwd." (the names fwd keeps for itself). Call before start().
+   * `fn` is kept with the server's connections, which may outlive the server: it must not
+   * borrow what may be gone by then. Throws fwd::error(bad_argument) for another name or
+   * a name already taken.
+   */
+  template <class R, class... A, class F>
+  void define_builtin(const procedure<R(A...)>& proc, F&& fn) {
+    if (!proc.name().starts_with("fwd.")) {
+      throw fwd::error(make_error_code(errc::bad_argument),
+                       fmt::format("built-in procedure {} must have a name starting with \"fwd.\"",
+                                   proc.name()));
+    }
+    state_->builtins.define(proc, std::forward<F>(fn));
+  }
+
   /// Binds and starts accepting. Throws fwd::error (bad_argument) when it cannot listen.
   void start() {
     boost::system::error_code ec;

@@ -143,6 +143,12 @@ class forwarder {
 
   const forwarder_options& options() const noexcept { return core_->options; }
 
+  /// Calls started on this forwarder that have not completed yet.
+  std::size_t in_flight() const {
+    std::lock_guard lock(core_->idle_mutex);
+    return core_->in_flight;
+  }
+
   /**
    * Runs `proc(args...)` on the primary: locally when this node is the primary,
    * forwarded otherwise; retried with the same request id on failures that allow it.
