@@ -37,6 +37,7 @@ enum class errc {
   bad_litefs_file,      ///< a LiteFS file (.primary, .lag, <db>-pos) has unexpected contents
   bad_argument,         ///< an argument given to fwd is invalid
   commit_unknown,       ///< COMMIT failed after it may have reached the database
+  tampered_frame,       ///< a frame failed its session MAC: injected, replayed, reordered or altered
 };
 
 /// What a caller may do after a failure.

@@ -38,6 +38,7 @@ struct connection_event {
   std::string_view peer;
   boost::system::error_code reason;  ///< why it closed or failed; empty for opened
   bool inbound = false;  ///< a connection this node's server accepted (or refused)
+  std::uint32_t protocol = 0;  ///< opened: the protocol version both sides agreed on
 };
 
 /// A call is retried after `reason`.

@@ -16,6 +16,7 @@ constexpr fwd::errc all_errcs[] = {
     fwd::errc::version_mismatch,  fwd::errc::overloaded,       fwd::errc::circuit_open,
     fwd::errc::replication_lag,   fwd::errc::not_litefs,       fwd::errc::misconfigured_mount,
     fwd::errc::bad_litefs_file,   fwd::errc::bad_argument,     fwd::errc::commit_unknown,
+    fwd::errc::tampered_frame,
 };
 
 }  // namespace

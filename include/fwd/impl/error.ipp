@@ -77,6 +77,10 @@ inline const char* errc_message(int value) noexcept {
       return "COMMIT failed after it may have reached the database (e.g. LiteFS went away "
              "during it): the write may have been applied; retry only with the same request "
              "id, which the primary answers from its dedup table if the write did commit";
+    case errc::tampered_frame:
+      return "a frame failed its session MAC (injected, replayed, reordered or altered between "
+             "the nodes): the connection was closed; look for something on the path between "
+             "the nodes that rewrites or relays traffic";
   }
   return "unknown fwd error";
 }
