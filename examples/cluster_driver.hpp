@@ -180,7 +180,7 @@ class node_process {
 /// Talks to nodes' demo.control / demo.stats.
 class controller {
  public:
-  explicit controller(std::string secret = "demo-secret")
+  explicit controller(std::string secret = "demo-cluster-secret-of-32-bytes-or-more")
       : work_(boost::asio::make_work_guard(io_)),
         client_(io_.get_executor(), options(std::move(secret))) {
     thread_ = std::thread([this] { io_.run(); });

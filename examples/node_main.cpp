@@ -97,7 +97,7 @@ std::int64_t local_count(const std::filesystem::path& db, const std::string& wri
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string mount, db_name = "app.db", secret = "demo-secret";
+  std::string mount, db_name = "app.db", secret = "demo-cluster-secret-of-32-bytes-or-more";
   std::vector<std::uint16_t> member_ports;
   std::uint16_t port = 0;
   bool ryw = true, run_migrations = true, litefs_real = false;

@@ -8,6 +8,7 @@
 #include <fwd/detail/procedure_codec.hpp>
 #include <fwd/rpc/client.hpp>
 #include <fwd/rpc/handshake.hpp>
+#include <fwd/rpc/session.hpp>
 #include <fwd/rpc/wire.hpp>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -264,13 +265,16 @@ bool send_all(int fd, std::string_view bytes) {
   return true;
 }
 
-// Reads one whole frame within `bound` (into `buffer`, which keeps what follows it).
+// Reads one whole frame, sent after the handshake (so with its tag), within `bound`
+// (into `buffer`, which keeps what follows it).
 std::optional<fwd::wire::frame_header> read_frame(int fd, std::string& buffer, std::chrono::milliseconds bound) {
   const auto until = std::chrono::steady_clock::now() + bound;
   for (;;) {
     fwd::wire::frame_view frame;
     std::size_t consumed = 0;
-    if (fwd::wire::decode_frame(buffer, std::size_t{64} << 20, frame, consumed)) return std::nullopt;
+    if (fwd::wire::decode_frame(buffer, std::size_t{64} << 20, frame, consumed, fwd::wire::tag_size)) {
+      return std::nullopt;
+    }
     if (consumed > 0) {
       const auto header = frame.header;
       buffer.erase(0, consumed);
@@ -287,8 +291,8 @@ std::optional<fwd::wire::frame_header> read_frame(int fd, std::string& buffer, s
 }
 
 // A plain TCP connection that went through fwd's handshake by hand: the server takes
-// frames from it as from any client. -1 on failure.
-int authenticated_connect(const tcp::endpoint& peer) {
+// frames from it as from any client (sealed by `session`, when given). -1 on failure.
+int authenticated_connect(const tcp::endpoint& peer, fwd::wire::session* session = nullptr) {
   const int fd = raw_connect(peer);
   if (fd < 0) return -1;
   fwd::wire::versions local;
@@ -303,7 +307,10 @@ int authenticated_connect(const tcp::endpoint& peer) {
       auto step = handshake.on_frame(frame);
       buffer.erase(0, consumed);
       if (step.ec || !send_all(fd, step.send)) return ::close(fd), -1;
-      if (step.done) return fd;
+      if (step.done) {
+        if (session != nullptr) *session = handshake.take_session();
+        return fd;
+      }
       continue;
     }
     pollfd p{fd, POLLIN, 0};
@@ -326,6 +333,15 @@ std::string request_frame(const Proc& proc, std::uint64_t stream_id, std::string
   h.id[15] = 0x5a;
   h.aux = proc.signature();
   return fwd::wire::encode_frame(h, proc.name(), body);
+}
+
+// The same, sealed by `session` as the next frame it sends.
+template <class Proc>
+std::string sealed_request_frame(fwd::wire::session& session, const Proc& proc, std::uint64_t stream_id,
+                                 std::string_view body) {
+  std::string frame = request_frame(proc, stream_id, body);
+  session.seal_tail(frame, 0);
+  return frame;
 }
 
 double cpu_share(const hostile_server& server, std::chrono::milliseconds window) {
@@ -587,10 +603,12 @@ TEST_CASE("calls that outlive the idle timeout cost no CPU while they run, and i
   constexpr int connections = 300;
   fds held;
   for (int i = 0; i < connections; ++i) {
-    const int fd = authenticated_connect(server.endpoint());
+    fwd::wire::session session;
+    const int fd = authenticated_connect(server.endpoint(), &session);
     REQUIRE(fd >= 0);
     held.list.push_back(fd);
-    REQUIRE(send_all(fd, request_frame(hostile::nap, 7, fwd::detail::encode_values(std::int64_t{4000}))));
+    REQUIRE(send_all(fd, sealed_request_frame(session, hostile::nap, 7,
+                                              fwd::detail::encode_values(std::int64_t{4000}))));
   }
   std::this_thread::sleep_for(300ms);  // every call is now past the idle timeout
   // Nothing happens on these connections until the calls end: the server should sleep.
