@@ -1,18 +1,18 @@
 #pragma once
 
-// HMAC-SHA256, HKDF-SHA256, constant-time comparison and random bytes, from OpenSSL. Kept
-// apart so that only the handshake and the session layer pull OpenSSL's headers in.
+// HMAC-SHA256, HKDF-SHA256, GMAC (AES-256-GCM), constant-time comparison and random bytes,
+// from OpenSSL. Kept apart so that only the handshake and the session layer pull OpenSSL's
+// headers in.
 
 #include <fwd/error.hpp>
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/kdf.h>
-#include <openssl/params.h>
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -62,49 +62,54 @@ inline sha256_digest hkdf_sha256(std::string_view ikm, std::string_view salt, st
 }
 
 /**
- * HMAC-SHA256 under one key, for many messages: the key is set (and its padded blocks
- * hashed) once; each message then costs a re-initialisation of the same context, with
- * nothing allocated by fwd.
+ * GMAC: AES-256-GCM with nothing to encrypt, the message as additional authenticated data,
+ * so that the tag authenticates it. One key for many messages, each under its own 96-bit
+ * nonce (which must never repeat under a key); the context is set up once and each message
+ * re-initialises it with its nonce, which allocates nothing.
  */
-class hmac_sha256_context {
+class gmac_context {
  public:
-  hmac_sha256_context() = default;
-  explicit hmac_sha256_context(const sha256_digest& key) : ctx_(EVP_MAC_CTX_new(hmac()), &EVP_MAC_CTX_free) {
-    char digest[] = "SHA256";
-    const OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-                                 OSSL_PARAM_construct_end()};
-    if (!ctx_ || EVP_MAC_init(ctx_.get(), key.data(), key.size(), params) != 1) openssl_failed("HMAC-SHA256");
+  static constexpr std::size_t tag_size = 16;
+  using tag = std::array<std::uint8_t, tag_size>;
+
+  gmac_context() = default;
+  explicit gmac_context(const sha256_digest& key) : ctx_(EVP_CIPHER_CTX_new(), &EVP_CIPHER_CTX_free) {
+    if (!ctx_ || EVP_EncryptInit_ex(ctx_.get(), EVP_aes_256_gcm(), nullptr, key.data(), nullptr) != 1) {
+      openssl_failed("AES-256-GCM");
+    }
   }
 
   explicit operator bool() const noexcept { return static_cast<bool>(ctx_); }
 
-  /// Starts a message (under the key given at construction).
-  void begin() {
-    if (EVP_MAC_init(ctx_.get(), nullptr, 0, nullptr) != 1) openssl_failed("HMAC-SHA256");
+  /// Starts a message under the nonce 0^32 || `counter` (little-endian).
+  void begin(std::uint64_t counter) {
+    unsigned char iv[12] = {};
+    for (int i = 0; i < 8; ++i) iv[4 + i] = static_cast<unsigned char>(counter >> (8 * i));
+    if (EVP_EncryptInit_ex(ctx_.get(), nullptr, nullptr, nullptr, iv) != 1) openssl_failed("AES-256-GCM");
   }
   void update(const void* data, std::size_t size) {
-    if (EVP_MAC_update(ctx_.get(), static_cast<const unsigned char*>(data), size) != 1) {
-      openssl_failed("HMAC-SHA256");
+    const auto* bytes = static_cast<const unsigned char*>(data);
+    while (size > 0) {
+      const int chunk = static_cast<int>(std::min<std::size_t>(size, std::size_t{1} << 30));
+      int length = 0;
+      if (EVP_EncryptUpdate(ctx_.get(), nullptr, &length, bytes, chunk) != 1) openssl_failed("AES-256-GCM");
+      bytes += chunk;
+      size -= static_cast<std::size_t>(chunk);
     }
   }
-  sha256_digest finish() {
-    sha256_digest out{};
-    std::size_t length = 0;
-    if (EVP_MAC_final(ctx_.get(), out.data(), &length, out.size()) != 1 || length != out.size()) {
-      openssl_failed("HMAC-SHA256");
+  tag finish() {
+    tag out{};
+    unsigned char none[16];
+    int length = 0;
+    if (EVP_EncryptFinal_ex(ctx_.get(), none, &length) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_GCM_GET_TAG, static_cast<int>(tag_size), out.data()) != 1) {
+      openssl_failed("AES-256-GCM");
     }
     return out;
   }
 
  private:
-  // Fetched once per process: a fetch looks the algorithm up under a lock.
-  static EVP_MAC* hmac() {
-    static EVP_MAC* const fetched = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
-    if (fetched == nullptr) openssl_failed("HMAC-SHA256 (no HMAC in the default provider)");
-    return fetched;
-  }
-
-  std::unique_ptr<EVP_MAC_CTX, decltype(&EVP_MAC_CTX_free)> ctx_{nullptr, &EVP_MAC_CTX_free};
+  std::unique_ptr<EVP_CIPHER_CTX, decltype(&EVP_CIPHER_CTX_free)> ctx_{nullptr, &EVP_CIPHER_CTX_free};
 };
 
 /// True when the two digests are equal, in time that does not depend on where they differ.

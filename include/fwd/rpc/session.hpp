@@ -9,26 +9,29 @@
 // one key per direction. Whoever relays a handshake sees the nonces but not the secret, so
 // it has no key, and any frame it injects fails its MAC.
 //
-// The MAC is HMAC-SHA256 truncated to its first 16 bytes (as RFC 4868 does for IPsec),
-// over: the frame's sequence number in its direction (8 bytes, little-endian, counted from
-// 0 after the handshake and never sent), then the frame's header, meta and body. A frame
+// The MAC is GMAC with AES-256 (AES-256-GCM with nothing encrypted: the frame's header,
+// meta and body are the authenticated data), 16-byte tag. Its nonce is the frame's sequence
+// number in its direction (counted from 0 after the handshake, never sent), so a frame
 // injected, replayed, dropped or moved fails the check at the receiver, which closes the
-// connection; the next frame cannot then be made to match either.
+// connection.
 //
-// Why HMAC-SHA256 rather than an AEAD (AES-GCM, ChaCha20-Poly1305): fwd needs integrity
-// and origin, not secrecy (TLS, when on, provides secrecy; without it the payloads travel
-// in clear as before), and HMAC has no nonce whose reuse would give the key away: it only
-// needs a key per direction and the counter, which both sides keep anyway. Most frames are
-// small, and HMAC's cost then is a few SHA-256 blocks. 128 bits of tag: a forger must
-// guess a tag with no oracle (a failure closes the connection and the next connection has
-// other keys), so each attempt succeeds with probability 2^-128; the full 32 bytes would
-// only add bytes to every frame.
+// Why GMAC rather than HMAC-SHA256: both give integrity and origin, which is what fwd
+// needs (TLS, when on, gives secrecy; without it payloads travel in clear, as before).
+// GMAC costs a fifth of HMAC on a small frame and a fifteenth on a large one with AES-NI
+// and carry-less multiply, and re-keying it for each frame allocates nothing, where
+// OpenSSL 3's HMAC duplicates two digest contexts per message. GMAC's one hazard, a nonce
+// used twice under a key, cannot happen here: the keys are new for every connection
+// (HKDF over both sides' fresh nonces) and the counter only grows. A forger must guess a
+// 128-bit tag with no oracle: a wrong tag closes the connection, and the next connection
+// has other keys.
 
 #include <fwd/detail/hmac.hpp>
 #include <fwd/detail/wire_bytes.hpp>
 #include <fwd/rpc/wire.hpp>
 
 #include <openssl/crypto.h>
+
+static_assert(fwd::detail::gmac_context::tag_size == fwd::wire::tag_size);
 
 #include <cstdint>
 #include <cstring>
@@ -63,7 +66,9 @@ class session {
   /// Writes the tag of `frame` (header, meta and body), the next frame this side sends,
   /// into `tag` (tag_size bytes).
   void seal(std::string_view frame, char* tag) {
-    const auto mac = compute(send_, send_sequence_++, frame);
+    send_.begin(send_sequence_++);
+    send_.update(frame.data(), frame.size());
+    const auto mac = send_.finish();
     std::memcpy(tag, mac.data(), tag_size);
   }
 
@@ -77,18 +82,14 @@ class session {
   /// True when `frame` is the next frame the peer sent and `tag` its tag. Once false, the
   /// connection must be closed: the sequence has moved on.
   bool open(std::string_view frame, std::string_view tag) {
-    const auto mac = compute(receive_, receive_sequence_++, frame);
-    return tag.size() == tag_size && CRYPTO_memcmp(mac.data(), tag.data(), tag_size) == 0;
+    begin_open();
+    add(frame);
+    return end_open(tag);
   }
 
   // A frame checked piece by piece, for one that is skipped rather than kept whole:
   // begin_open(), add() every byte of the frame, then end_open() with its tag.
-  void begin_open() {
-    receive_.begin();
-    char sequence[8];
-    fwd::detail::store_le<std::uint64_t>(sequence, receive_sequence_++);
-    receive_.update(sequence, sizeof sequence);
-  }
+  void begin_open() { receive_.begin(receive_sequence_++); }
   void add(std::string_view bytes) { receive_.update(bytes.data(), bytes.size()); }
   bool end_open(std::string_view tag) {
     const auto mac = receive_.finish();
@@ -96,18 +97,8 @@ class session {
   }
 
  private:
-  static fwd::detail::sha256_digest compute(fwd::detail::hmac_sha256_context& mac, std::uint64_t sequence,
-                                            std::string_view frame) {
-    char prefix[8];
-    fwd::detail::store_le<std::uint64_t>(prefix, sequence);
-    mac.begin();
-    mac.update(prefix, sizeof prefix);
-    mac.update(frame.data(), frame.size());
-    return mac.finish();
-  }
-
-  fwd::detail::hmac_sha256_context send_;
-  fwd::detail::hmac_sha256_context receive_;
+  fwd::detail::gmac_context send_;
+  fwd::detail::gmac_context receive_;
   std::uint64_t send_sequence_ = 0;
   std::uint64_t receive_sequence_ = 0;
   std::uint32_t protocol_ = 0;
