@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <array>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -391,4 +393,33 @@ TEST_CASE("a handshake frame out of order is a protocol_error") {
   std::size_t used = 0;
   REQUIRE_FALSE(wire::decode_frame(bytes, 4096, f, used));
   CHECK(server.on_frame(f).ec == fwd::errc::protocol_error);
+}
+
+TEST_CASE("a frame's tag is AES-256-GCM's tag over the frame as authenticated data, the sequence as nonce") {
+  fwd::detail::sha256_digest key;
+  for (std::size_t i = 0; i < key.size(); ++i) key[i] = static_cast<std::uint8_t>(i * 7 + 1);
+  fwd::detail::gmac_context gmac(key);
+  for (std::size_t size : {0u, 1u, 16u, 17u, 130u, 4097u}) {
+    std::string message(size, '\0');
+    for (std::size_t i = 0; i < size; ++i) message[i] = static_cast<char>(i * 13);
+    const std::uint64_t counter = 0x0102030405060708ull + size;
+    gmac.begin(counter);
+    gmac.update(message.data(), message.size());
+    const auto ours = gmac.finish();
+    // The same through OpenSSL's AES-256-GCM, encrypting nothing.
+    unsigned char iv[12] = {};
+    for (int i = 0; i < 8; ++i) iv[4 + i] = static_cast<unsigned char>(counter >> (8 * i));
+    std::unique_ptr<EVP_CIPHER_CTX, decltype(&EVP_CIPHER_CTX_free)> gcm(EVP_CIPHER_CTX_new(), &EVP_CIPHER_CTX_free);
+    int length = 0;
+    unsigned char none[16];
+    std::array<std::uint8_t, 16> theirs{};
+    REQUIRE(EVP_EncryptInit_ex(gcm.get(), EVP_aes_256_gcm(), nullptr, key.data(), iv) == 1);
+    if (size > 0) {
+      REQUIRE(EVP_EncryptUpdate(gcm.get(), nullptr, &length, reinterpret_cast<const unsigned char*>(message.data()),
+                                static_cast<int>(size)) == 1);
+    }
+    REQUIRE(EVP_EncryptFinal_ex(gcm.get(), none, &length) == 1);
+    REQUIRE(EVP_CIPHER_CTX_ctrl(gcm.get(), EVP_CTRL_GCM_GET_TAG, 16, theirs.data()) == 1);
+    CHECK(ours == theirs);
+  }
 }

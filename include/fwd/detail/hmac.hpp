@@ -10,6 +10,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/kdf.h>
+#include <openssl/modes.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
@@ -64,8 +65,13 @@ inline sha256_digest hkdf_sha256(std::string_view ikm, std::string_view salt, st
 /**
  * GMAC: AES-256-GCM with nothing to encrypt, the message as additional authenticated data,
  * so that the tag authenticates it. One key for many messages, each under its own 96-bit
- * nonce (which must never repeat under a key); the context is set up once and each message
- * re-initialises it with its nonce, which allocates nothing.
+ * nonce (which must never repeat under a key).
+ *
+ * Built on OpenSSL's GCM mode directly (CRYPTO_gcm128, which uses carry-less multiply
+ * where the CPU has it) over an AES-256 block cipher context: the key schedule and the
+ * hash key are computed once, and each message costs a nonce, the hash of its bytes and
+ * one AES block, with nothing allocated. Through EVP_EncryptInit_ex, re-keying the nonce
+ * alone costs three times as much on a small frame.
  */
 class gmac_context {
  public:
@@ -73,43 +79,43 @@ class gmac_context {
   using tag = std::array<std::uint8_t, tag_size>;
 
   gmac_context() = default;
-  explicit gmac_context(const sha256_digest& key) : ctx_(EVP_CIPHER_CTX_new(), &EVP_CIPHER_CTX_free) {
-    if (!ctx_ || EVP_EncryptInit_ex(ctx_.get(), EVP_aes_256_gcm(), nullptr, key.data(), nullptr) != 1) {
-      openssl_failed("AES-256-GCM");
+  explicit gmac_context(const sha256_digest& key) : aes_(EVP_CIPHER_CTX_new(), &EVP_CIPHER_CTX_free) {
+    if (!aes_ || EVP_EncryptInit_ex(aes_.get(), EVP_aes_256_ecb(), nullptr, key.data(), nullptr) != 1 ||
+        EVP_CIPHER_CTX_set_padding(aes_.get(), 0) != 1) {
+      openssl_failed("AES-256");
     }
+    gcm_.reset(CRYPTO_gcm128_new(aes_.get(), &encrypt_block));
+    if (!gcm_) openssl_failed("GCM");
   }
 
-  explicit operator bool() const noexcept { return static_cast<bool>(ctx_); }
+  explicit operator bool() const noexcept { return static_cast<bool>(gcm_); }
 
   /// Starts a message under the nonce 0^32 || `counter` (little-endian).
-  void begin(std::uint64_t counter) {
+  void begin(std::uint64_t counter) noexcept {
     unsigned char iv[12] = {};
     for (int i = 0; i < 8; ++i) iv[4 + i] = static_cast<unsigned char>(counter >> (8 * i));
-    if (EVP_EncryptInit_ex(ctx_.get(), nullptr, nullptr, nullptr, iv) != 1) openssl_failed("AES-256-GCM");
+    CRYPTO_gcm128_setiv(gcm_.get(), iv, sizeof iv);
   }
   void update(const void* data, std::size_t size) {
-    const auto* bytes = static_cast<const unsigned char*>(data);
-    while (size > 0) {
-      const int chunk = static_cast<int>(std::min<std::size_t>(size, std::size_t{1} << 30));
-      int length = 0;
-      if (EVP_EncryptUpdate(ctx_.get(), nullptr, &length, bytes, chunk) != 1) openssl_failed("AES-256-GCM");
-      bytes += chunk;
-      size -= static_cast<std::size_t>(chunk);
+    if (CRYPTO_gcm128_aad(gcm_.get(), static_cast<const unsigned char*>(data), size) != 0) {
+      openssl_failed("GMAC (a message over 2^61 bytes)");
     }
   }
-  tag finish() {
+  tag finish() noexcept {
     tag out{};
-    unsigned char none[16];
-    int length = 0;
-    if (EVP_EncryptFinal_ex(ctx_.get(), none, &length) != 1 ||
-        EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_GCM_GET_TAG, static_cast<int>(tag_size), out.data()) != 1) {
-      openssl_failed("AES-256-GCM");
-    }
+    CRYPTO_gcm128_tag(gcm_.get(), out.data(), out.size());
     return out;
   }
 
  private:
-  std::unique_ptr<EVP_CIPHER_CTX, decltype(&EVP_CIPHER_CTX_free)> ctx_{nullptr, &EVP_CIPHER_CTX_free};
+  // One AES block, as GCM asks for it (the context is ECB without padding: no state).
+  static void encrypt_block(const unsigned char in[16], unsigned char out[16], const void* aes) {
+    int length = 0;
+    EVP_EncryptUpdate(static_cast<EVP_CIPHER_CTX*>(const_cast<void*>(aes)), out, &length, in, 16);
+  }
+
+  std::unique_ptr<EVP_CIPHER_CTX, decltype(&EVP_CIPHER_CTX_free)> aes_{nullptr, &EVP_CIPHER_CTX_free};
+  std::unique_ptr<GCM128_CONTEXT, decltype(&CRYPTO_gcm128_release)> gcm_{nullptr, &CRYPTO_gcm128_release};
 };
 
 /// True when the two digests are equal, in time that does not depend on where they differ.

@@ -17,9 +17,10 @@
 //
 // Why GMAC rather than HMAC-SHA256: both give integrity and origin, which is what fwd
 // needs (TLS, when on, gives secrecy; without it payloads travel in clear, as before).
-// GMAC costs a fifth of HMAC on a small frame and a fifteenth on a large one with AES-NI
-// and carry-less multiply, and re-keying it for each frame allocates nothing, where
-// OpenSSL 3's HMAC duplicates two digest contexts per message. GMAC's one hazard, a nonce
+// GMAC costs a tenth of HMAC-SHA256 on a small frame (about 60 ns against 600 for a
+// 130-byte frame here) and a sixth on a 64 KiB one, with carry-less multiply; and each
+// frame allocates nothing, where OpenSSL 3's HMAC duplicates two digest contexts per
+// message. GMAC's one hazard, a nonce
 // used twice under a key, cannot happen here: the keys are new for every connection
 // (HKDF over both sides' fresh nonces) and the counter only grows. A forger must guess a
 // 128-bit tag with no oracle: a wrong tag closes the connection, and the next connection
