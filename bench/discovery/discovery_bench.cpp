@@ -43,7 +43,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr const char* secret = "bench-discovery-secret";
+constexpr const char* secret = "bench-discovery-secret-of-32-bytes-or-more";
 constexpr std::size_t fwd_peers = 15;  // plus one black hole: 16 members
 
 std::string hostname_of(std::size_t i) {

@@ -89,7 +89,7 @@ inline const fwd::procedure<std::int64_t(std::string, std::int64_t)> insert_row{
     "bench.litefs.insert"};
 
 constexpr const char* db_name = "bench.db";
-constexpr const char* secret = "bench-litefs-secret";
+constexpr const char* secret = "bench-litefs-secret-of-32-bytes-or-more";
 
 /// The service's writer, as a user would write it.
 std::int64_t insert(sqlite3* db, const std::string& k, std::int64_t v) {

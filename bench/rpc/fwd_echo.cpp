@@ -41,7 +41,7 @@ inline constexpr fwd::procedure<std::string(std::string)> echo{"bench.echo"};
 // Answers nothing until `burst_calls` calls wait in it, then all of them: the server then
 // holds that many calls in flight at once.
 inline constexpr fwd::procedure<std::string(std::string)> hold{"bench.hold"};
-inline constexpr const char* secret = "fwd-bench-secret";
+inline constexpr const char* secret = "fwd-bench-secret-of-32-bytes-or-more";
 
 // The burst of the memory figure must be admitted whole (the default bound per connection
 // is 4096 running requests; beyond it calls are answered `overloaded`).

@@ -58,7 +58,7 @@ inline const fwd::procedure<std::vector<std::int64_t>(std::int64_t, std::int64_t
                                                       std::int64_t, std::int64_t)>
     run_load{"bench.write.load"};
 
-constexpr const char* secret = "bench-write-secret";
+constexpr const char* secret = "bench-write-secret-of-32-bytes-or-more";
 constexpr int total_callers = 64;
 
 const char* schema =

@@ -38,6 +38,7 @@ enum class errc {
   bad_argument,         ///< an argument given to fwd is invalid
   commit_unknown,       ///< COMMIT failed after it may have reached the database
   not_yet_durable,      ///< the write COMMITTED on the primary; too few replicas reported it in time
+  tampered_frame,       ///< a frame failed its session MAC: injected, replayed, reordered or altered
 };
 
 /// What a caller may do after a failure.

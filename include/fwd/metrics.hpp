@@ -64,6 +64,7 @@ inline std::string outcome_label(const boost::system::error_code& ec) {
       case errc::bad_argument: return "bad_argument";
       case errc::commit_unknown: return "commit_unknown";
       case errc::not_yet_durable: return "not_yet_durable";
+      case errc::tampered_frame: return "tampered_frame";
     }
     return "fwd";
   }

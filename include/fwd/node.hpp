@@ -141,6 +141,7 @@ class node {
     rpc::server_options server_options;
     server_options.listen = options_.listen;
     server_options.secret = options_.secret;
+    server_options.accepted_secrets = options_.accepted_secrets;
     server_options.node_name = options_.name;
     server_options.litefs_hostname = options_.litefs_hostname;
     server_options.telemetry = options_.telemetry;

@@ -199,8 +199,13 @@ struct node_options {
   std::filesystem::path mount;
   /// The database inside the mount, e.g. /litefs/blog.db.
   std::filesystem::path database;
-  /// The cluster secret every node shares (secret_from_env / secret_from_file).
+  /// The cluster secret every node shares (secret_from_env / secret_from_file): at least
+  /// 32 bytes, e.g. `openssl rand -base64 32`. This node proves it to its peers.
   std::string secret;
+  /// Secrets accepted from peers besides `secret`, so that the cluster's secret can change
+  /// without downtime: give every node the new secret here, then make it each node's
+  /// `secret` (keeping the old one here), then drop the old one. At least 32 bytes each.
+  std::vector<std::string> accepted_secrets;
   /// Run without a secret (a fixed, public one): only for tests on a private machine.
   bool insecure = false;
   /// This node's LiteFS hostname, what replicas see in `.primary` (default: OS hostname).

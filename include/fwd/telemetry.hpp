@@ -38,6 +38,7 @@ struct connection_event {
   std::string_view peer;
   boost::system::error_code reason;  ///< why it closed or failed; empty for opened
   bool inbound = false;  ///< a connection this node's server accepted (or refused)
+  std::uint32_t protocol = 0;  ///< opened: the protocol version both sides agreed on
 };
 
 /// What a server refused, and why. `reason` is one of a few fixed words, true to what
@@ -51,7 +52,8 @@ struct connection_event {
 ///    fwd's handshake: `error` says which), "tls_failed", "tls_required";
 ///  - frame (the connection is closed): "frame_too_large", "frame_read_timeout" (a frame
 ///    not whole within frame_read_timeout), "malformed_frame", "partial_frame_budget"
-///    (max_partial_frame_bytes), "unexpected_frame";
+///    (max_partial_frame_bytes), "unexpected_frame", "tampered_frame" (a frame failed its
+///    session MAC: injected, replayed, reordered or altered);
 ///  - call (answered with `error`, the connection goes on): "overloaded", "deadline_passed"
 ///    (the caller's deadline had passed on arrival), "unknown_procedure",
 ///    "signature_mismatch", "decode_failure" (the arguments did not decode), "reply_too_large".

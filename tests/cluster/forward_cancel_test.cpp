@@ -64,7 +64,7 @@ TEST_CASE("a forwarded call cancelled during its read-your-writes wait leaves no
   for (std::size_t i = 0; i < 2; ++i) {
     fwd::node_options o;
     o.database = sim.database_path(i);
-    o.secret = "test-secret";
+    o.secret = "cluster-test-secret-of-32-bytes-or-more";
     o.litefs_hostname = sim.hostname(i);
     o.require_fuse = false;
     o.listen = endpoints[i];

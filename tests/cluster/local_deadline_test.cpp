@@ -64,7 +64,7 @@ struct primary_fixture {
     fwd_sim::install_vfs();
     fwd::node_options o;
     o.database = sim.database_path(0);
-    o.secret = "test-secret";
+    o.secret = "cluster-test-secret-of-32-bytes-or-more";
     o.litefs_hostname = "solo";
     o.require_fuse = false;
     auto t = std::make_shared<fwd::telemetry>();

@@ -84,7 +84,7 @@ std::unique_ptr<fwd::node> make_primary(fwd_sim::cluster& sim, boost::asio::io_c
   fwd_sim::install_vfs();
   fwd::node_options o;
   o.database = sim.database_path(0);
-  o.secret = "test-secret";
+  o.secret = "cluster-test-secret-of-32-bytes-or-more";
   o.litefs_hostname = sim.hostname(0);
   o.require_fuse = false;
   o.write.max_batch = 1;
@@ -162,7 +162,7 @@ TEST_CASE("a node destroyed in the middle of discovery leaves its calls to compl
   for (int round = 0; round < 3; ++round) {
     fwd::node_options o;
     o.database = sim.database_path(1);
-    o.secret = "test-secret";
+    o.secret = "cluster-test-secret-of-32-bytes-or-more";
     o.litefs_hostname = sim.hostname(1);
     o.require_fuse = false;
     o.listen = {boost::asio::ip::make_address("127.0.0.1"), 0};

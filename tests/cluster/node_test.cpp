@@ -47,7 +47,7 @@ struct solo_node {
     fwd_sim::install_vfs();
     fwd::node_options o;
     o.database = sim.database_path(0);
-    o.secret = "test-secret";
+    o.secret = "cluster-test-secret-of-32-bytes-or-more";
     o.litefs_hostname = "solo";
     o.require_fuse = false;
     o.enable_raw_sql = raw_sql;
@@ -223,6 +223,31 @@ TEST_CASE("a node refuses to run without a secret unless insecure is set") {
   CHECK_NOTHROW(fwd::node(io.get_executor(), o));
 }
 
+TEST_CASE("a node refuses a secret under 32 bytes, saying how to make one") {
+  boost::asio::io_context io;
+  fwd::node_options o;
+  o.database = "/tmp/never-opened.db";
+  o.secret = "cluster-secret";
+  try {
+    fwd::node n(io.get_executor(), o);
+    FAIL("a 14-byte secret must be refused");
+  } catch (const fwd::error& e) {
+    CHECK(e.code() == fwd::errc::bad_argument);
+    CHECK_THAT(e.what(), Catch::Contains("node_options::secret is 14 bytes") &&
+                             Catch::Contains("openssl rand -base64 32"));
+  }
+  o.secret = std::string(32, 's');
+  o.accepted_secrets = {"old"};
+  try {
+    fwd::node n(io.get_executor(), o);
+    FAIL("a 3-byte accepted secret must be refused");
+  } catch (const fwd::error& e) {
+    CHECK_THAT(e.what(), Catch::Contains("node_options::accepted_secrets[0] is 3 bytes"));
+  }
+  o.accepted_secrets = {std::string(44, 'o')};
+  CHECK_NOTHROW(fwd::node(io.get_executor(), o));
+}
+
 TEST_CASE("a node refuses to start on a database outside a LiteFS mount, or warns when told to") {
   const auto dir =
       std::filesystem::temp_directory_path() / ("fwd-not-litefs-" + std::to_string(::getpid()));
@@ -230,7 +255,7 @@ TEST_CASE("a node refuses to start on a database outside a LiteFS mount, or warn
   boost::asio::io_context io;
   fwd::node_options o;
   o.database = dir / "app.db";
-  o.secret = "s";
+  o.secret = "cluster-test-secret-of-32-bytes-or-more";
   o.require_fuse = false;
   {
     fwd::node n(io.get_executor(), o);
@@ -295,7 +320,7 @@ TEST_CASE("telemetry reports members joining, lookups, probes, the primary and f
     o.listen = listen;
     o.members = fwd::static_members({a_ep, b_ep});
     o.database = sim.database_path(i);
-    o.secret = "telemetry-secret";
+    o.secret = "telemetry-test-secret-of-32-bytes-or-more";
     o.litefs_hostname = sim.hostname(i);
     o.require_fuse = false;
     return o;
@@ -381,7 +406,7 @@ TEST_CASE(
 
   fwd::node_options o;
   o.database = sim.database_path(0);
-  o.secret = "test-secret";
+  o.secret = "cluster-test-secret-of-32-bytes-or-more";
   o.litefs_hostname = "solo";
   o.require_fuse = false;
   o.members = fwd::static_members({dead_member});

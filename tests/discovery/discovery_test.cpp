@@ -30,7 +30,7 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
-constexpr const char* secret = "discovery-test-secret";
+constexpr const char* secret = "discovery-test-secret-of-32-bytes-or-more";
 
 // A simulated 3-node cluster (node-a primary) with one peer process per node.
 struct cluster_fixture {

@@ -8,6 +8,7 @@
 #include <fwd/detail/procedure_codec.hpp>
 #include <fwd/rpc/client.hpp>
 #include <fwd/rpc/handshake.hpp>
+#include <fwd/rpc/session.hpp>
 #include <fwd/rpc/wire.hpp>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -306,13 +307,16 @@ bool send_all(int fd, std::string_view bytes) {
   return true;
 }
 
-// Reads one whole frame within `bound` (into `buffer`, which keeps what follows it).
+// Reads one whole frame, sent after the handshake (so with its tag), within `bound`
+// (into `buffer`, which keeps what follows it).
 std::optional<fwd::wire::frame_header> read_frame(int fd, std::string& buffer, std::chrono::milliseconds bound) {
   const auto until = std::chrono::steady_clock::now() + bound;
   for (;;) {
     fwd::wire::frame_view frame;
     std::size_t consumed = 0;
-    if (fwd::wire::decode_frame(buffer, std::size_t{64} << 20, frame, consumed)) return std::nullopt;
+    if (fwd::wire::decode_frame(buffer, std::size_t{64} << 20, frame, consumed, fwd::wire::tag_size)) {
+      return std::nullopt;
+    }
     if (consumed > 0) {
       const auto header = frame.header;
       buffer.erase(0, consumed);
@@ -329,8 +333,10 @@ std::optional<fwd::wire::frame_header> read_frame(int fd, std::string& buffer, s
 }
 
 // A plain TCP connection that went through fwd's handshake by hand: the server takes
-// frames from it as from any client. -1 on failure.
-int authenticated_connect(const tcp::endpoint& peer, const char* source = nullptr) {
+// frames from it as from any client (sealed by `session`, when given); from the local
+// address `source`, when given. -1 on failure.
+int authenticated_connect(const tcp::endpoint& peer, fwd::wire::session* session = nullptr,
+                          const char* source = nullptr) {
   const int fd = raw_connect(peer, source);
   if (fd < 0) return -1;
   fwd::wire::versions local;
@@ -345,7 +351,10 @@ int authenticated_connect(const tcp::endpoint& peer, const char* source = nullpt
       auto step = handshake.on_frame(frame);
       buffer.erase(0, consumed);
       if (step.ec || !send_all(fd, step.send)) return ::close(fd), -1;
-      if (step.done) return fd;
+      if (step.done) {
+        if (session != nullptr) *session = handshake.take_session();
+        return fd;
+      }
       continue;
     }
     pollfd p{fd, POLLIN, 0};
@@ -368,6 +377,15 @@ std::string request_frame(const Proc& proc, std::uint64_t stream_id, std::string
   h.id[15] = 0x5a;
   h.aux = proc.signature();
   return fwd::wire::encode_frame(h, proc.name(), body);
+}
+
+// The same, sealed by `session` as the next frame it sends.
+template <class Proc>
+std::string sealed_request_frame(fwd::wire::session& session, const Proc& proc, std::uint64_t stream_id,
+                                 std::string_view body) {
+  std::string frame = request_frame(proc, stream_id, body);
+  session.seal_tail(frame, 0);
+  return frame;
 }
 
 double cpu_share(const hostile_server& server, std::chrono::milliseconds window) {
@@ -634,10 +652,12 @@ TEST_CASE("calls that outlive the idle timeout cost no CPU while they run, and i
   constexpr int connections = 300;
   fds held;
   for (int i = 0; i < connections; ++i) {
-    const int fd = authenticated_connect(server.endpoint());
+    fwd::wire::session session;
+    const int fd = authenticated_connect(server.endpoint(), &session);
     REQUIRE(fd >= 0);
     held.list.push_back(fd);
-    REQUIRE(send_all(fd, request_frame(hostile::nap, 7, fwd::detail::encode_values(std::int64_t{4000}))));
+    REQUIRE(send_all(fd, sealed_request_frame(session, hostile::nap, 7,
+                                              fwd::detail::encode_values(std::int64_t{4000}))));
   }
   std::this_thread::sleep_for(300ms);  // every call is now past the idle timeout
   // Nothing happens on these connections until the calls end: the server should sleep.
@@ -705,13 +725,15 @@ namespace {
 void flood_naps(fds& held, const tcp::endpoint& peer, const std::vector<const char*>& sources, int connections,
                 int per_connection, std::int64_t ms) {
   const std::string body = fwd::detail::encode_values(ms);
-  std::string frames;
-  for (int i = 0; i < per_connection; ++i) frames += request_frame(hostile::nap, static_cast<std::uint64_t>(i + 1), body);
   for (const char* source : sources) {
     for (int c = 0; c < connections; ++c) {
-      const int fd = authenticated_connect(peer, source);
+      fwd::wire::session session;
+      const int fd = authenticated_connect(peer, &session, source);
       REQUIRE(fd >= 0);
       held.list.push_back(fd);
+      std::string frames;  // sealed in order, for this connection's session
+      for (int i = 0; i < per_connection; ++i)
+        frames += sealed_request_frame(session, hostile::nap, static_cast<std::uint64_t>(i + 1), body);
       REQUIRE(send_all(fd, frames));
     }
   }

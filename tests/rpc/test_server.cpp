@@ -29,7 +29,7 @@
 
 int main(int argc, char** argv) {
   fwd::rpc::server_options options;
-  options.secret = "cluster-secret";
+  options.secret = "rpc-test-cluster-secret-of-32-bytes-or-more";
   options.node_name = "test-node";
   options.litefs_hostname = "litefs-host-1";
   options.status = [] { return fwd::rpc::local_status{"primary", 42}; };

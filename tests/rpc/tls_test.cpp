@@ -36,7 +36,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string secret = "cluster-secret";
+const std::string secret = "tls-test-cluster-secret-of-32-bytes-or-more";
 
 // --- certificates ---------------------------------------------------------------------------
 
@@ -428,7 +428,7 @@ TEST_CASE("a TLS client against a plain server fails with unauthenticated, not a
 TEST_CASE("over valid TLS, a client with the wrong cluster secret is still unauthenticated") {
   test_server server(files().server());
   io_thread io;
-  fwd::rpc::client client(io.io.get_executor(), client_options(files().client(), "not-the-secret"));
+  fwd::rpc::client client(io.io.get_executor(), client_options(files().client(), "not-the-cluster-secret-but-32-bytes-long"));
   auto refused = call(client, server.endpoint(), test_procs::add, 1, 2);
   CHECK(refused.ec == fwd::errc::unauthenticated);
   INFO(refused.detail);

@@ -17,6 +17,7 @@ constexpr fwd::errc all_errcs[] = {
     fwd::errc::replication_lag,   fwd::errc::not_litefs,       fwd::errc::misconfigured_mount,
     fwd::errc::bad_litefs_file,   fwd::errc::bad_argument,     fwd::errc::commit_unknown,
     fwd::errc::not_yet_durable,
+    fwd::errc::tampered_frame,
 };
 
 }  // namespace

@@ -82,6 +82,10 @@ inline const char* errc_message(int value) noexcept {
              "before the deadline (committed, not yet durable): a failover now could lose it; "
              "retrying with the same request id is safe (the primary answers from its dedup table "
              "and waits for the replicas again)";
+    case errc::tampered_frame:
+      return "a frame failed its session MAC (injected, replayed, reordered or altered between "
+             "the nodes): the connection was closed; look for something on the path between "
+             "the nodes that rewrites or relays traffic";
   }
   return "unknown fwd error";
 }

@@ -19,13 +19,16 @@ inline node::node(executor_type executor, node_options options)
   if (options_.secret.empty()) {
     if (!options_.insecure) {
       throw fwd::error(make_error_code(errc::bad_argument),
-                       "node_options::secret is empty: give every node the same cluster secret "
-                       "(fwd::secret_from_env(\"FWD_SECRET\")), or set insecure = true on a "
+                       "node_options::secret is empty: give every node the same cluster secret of at "
+                       "least 32 bytes (make one with `openssl rand -base64 32`; read it with "
+                       "fwd::secret_from_env(\"FWD_SECRET\")), or set insecure = true on a "
                        "private test machine");
     }
-    options_.secret = "fwd-insecure-no-secret";
+    options_.secret = "fwd-insecure-no-secret-fwd-insecure-no-secret";
   }
   options_.telemetry = recording_errors(std::move(options_.telemetry), errors_);
+  // Refused here, before anything starts, rather than by the client or server inside.
+  (void)rpc::detail::checked_secrets("node_options", options_.secret, options_.accepted_secrets);
   if (options_.mount.empty()) options_.mount = options_.database.parent_path();
   if (options_.litefs_hostname.empty()) options_.litefs_hostname = os_hostname();
   if (options_.name.empty()) options_.name = options_.litefs_hostname;
@@ -63,6 +66,7 @@ inline node::node(executor_type executor, node_options options)
 
   rpc::client_options client_options;
   client_options.secret = options_.secret;
+  client_options.accepted_secrets = options_.accepted_secrets;
   client_options.connect_timeout = options_.connect_timeout;
   client_options.default_timeout = options_.default_deadline;
   client_options.reconnect_backoff = std::chrono::milliseconds(10);

@@ -58,11 +58,10 @@ class client {
 
   client(executor_type executor, client_options options)
       : executor_(std::move(executor)), state_(std::make_shared<detail::client_state>()) {
-    if (options.secret.empty()) {
-      throw fwd::error(make_error_code(errc::bad_argument),
-                       "client_options::secret is empty: give every node the same cluster secret");
-    }
+    state_->secrets = detail::checked_secrets("client_options", options.secret, options.accepted_secrets);
     state_->versions.archive = options.archive_version != 0 ? options.archive_version : fwd::detail::archive_version();
+    if (options.min_protocol_version != 0) state_->versions.protocol_min = options.min_protocol_version;
+    if (options.max_protocol_version != 0) state_->versions.protocol_max = options.max_protocol_version;
     if (options.tls) state_->tls_context = detail::make_tls_context(*options.tls, false, "client_options::tls");
     state_->options = std::move(options);
     state_->id_prefix = fwd::detail::random_bytes<8>();

@@ -14,13 +14,18 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace fwd::rpc {
 
 /// How a client connects, authenticates and times out.
 struct client_options {
-  /// The cluster secret every node shares (required, non-empty).
+  /// The cluster secret every node shares (required, at least 32 bytes: make one with
+  /// `openssl rand -base64 32`). The client proves this one.
   std::string secret;
+  /// Secrets accepted from a server besides `secret`, for changing the cluster secret
+  /// without downtime (see fwd/rpc/handshake.hpp). Each at least 32 bytes too.
+  std::vector<std::string> accepted_secrets;
   /// The largest frame sent or accepted, header included. A call whose request would be
   /// bigger fails with `frame_too_large` and is not sent; a reply that would be bigger
   /// fails its call alone with `frame_too_large` (its bytes are skipped, the connection and
@@ -47,6 +52,10 @@ struct client_options {
   std::chrono::milliseconds dead_peer_timeout{15000};
   /// The Boost archive version announced in the handshake (0: this build's).
   std::uint32_t archive_version = 0;
+  /// The range of protocol versions announced in the handshake (0: this build's oldest,
+  /// newest): narrow it to keep a node at an older version during an upgrade.
+  std::uint32_t min_protocol_version = 0;
+  std::uint32_t max_protocol_version = 0;
   /// Hooks: call started/finished, connection opened/closed/failed.
   telemetry_ptr telemetry;
   /// Mutual TLS (see tls_options). Unset: plain TCP. Set: each connection runs a TLS

@@ -45,18 +45,20 @@ class frame_buffer {
   /**
    * The next whole frame, if any: returns true with `out` set (valid until the next
    * prepare()). Returns false when more bytes are needed, or with `ec` set when the bytes
-   * are not a valid frame.
+   * are not a valid frame. Each frame is followed by a tag of `tag_bytes` (see
+   * wire::decode_frame).
    */
-  bool next(std::size_t max_frame_size, wire::frame_view& out, boost::system::error_code& ec) {
+  bool next(std::size_t max_frame_size, wire::frame_view& out, boost::system::error_code& ec,
+            std::size_t tag_bytes = 0) {
     std::size_t consumed = 0;
     const std::string_view bytes(data_.get() + begin_, end_ - begin_);
-    ec = wire::decode_frame(bytes, max_frame_size, out, consumed);
+    ec = wire::decode_frame(bytes, max_frame_size, out, consumed, tag_bytes);
     if (ec) return false;
     if (consumed == 0) {
       // Remember how much the pending frame needs, so that prepare() makes room for it.
       wire::frame_header h;
       needed_ = bytes.size() >= wire::header_size && !wire::decode_header(bytes, max_frame_size, h)
-                    ? static_cast<std::size_t>(wire::frame_size(h)) - bytes.size()
+                    ? static_cast<std::size_t>(wire::frame_size(h)) + tag_bytes - bytes.size()
                     : 0;
       return false;
     }

@@ -71,16 +71,15 @@ class server {
 
   server(executor_type executor, const registry& procedures, server_options options)
       : state_(std::make_shared<detail::server_state>()) {
-    if (options.secret.empty()) {
-      throw fwd::error(make_error_code(errc::bad_argument),
-                       "server_options::secret is empty: give every node the same cluster secret");
-    }
+    state_->secrets = detail::checked_secrets("server_options", options.secret, options.accepted_secrets);
     if (options.tls) state_->tls_context = detail::make_tls_context(*options.tls, true, "server_options::tls");
     state_->acceptor.emplace(boost::asio::make_strand(executor));
     state_->executor = std::move(executor);
     state_->user_registry = &procedures;
     state_->versions.archive = options.archive_version != 0 ? options.archive_version : fwd::detail::archive_version();
     state_->limits = detail::in_flight_limits::from(options);
+    if (options.min_protocol_version != 0) state_->versions.protocol_min = options.min_protocol_version;
+    if (options.max_protocol_version != 0) state_->versions.protocol_max = options.max_protocol_version;
     state_->options = std::move(options);
     std::weak_ptr<detail::server_state> weak = state_;
     state_->builtins.define(hello, [weak]() {

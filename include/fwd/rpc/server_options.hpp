@@ -37,6 +37,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 #include <utility>
 
 namespace fwd::rpc {
@@ -51,8 +52,12 @@ struct local_status {
 struct server_options {
   /// Where to listen; port 0 picks a free port (see server::local_endpoint()).
   boost::asio::ip::tcp::endpoint listen{boost::asio::ip::make_address("127.0.0.1"), 0};
-  /// The cluster secret every node shares (required, non-empty).
+  /// The cluster secret every node shares (required, at least 32 bytes: make one with
+  /// `openssl rand -base64 32`). The server proves this one.
   std::string secret;
+  /// Secrets accepted from a client besides `secret`, for changing the cluster secret
+  /// without downtime (see fwd/rpc/handshake.hpp). Each at least 32 bytes too.
+  std::vector<std::string> accepted_secrets;
   /// `fwd.hello`'s node name and LiteFS hostname.
   std::string node_name;
   std::string litefs_hostname;
@@ -112,6 +117,10 @@ struct server_options {
   keepalive_options keepalive;
   /// The Boost archive version announced in the handshake (0: this build's).
   std::uint32_t archive_version = 0;
+  /// The range of protocol versions announced in the handshake (0: this build's oldest,
+  /// newest): narrow it to keep a node at an older version during an upgrade.
+  std::uint32_t min_protocol_version = 0;
+  std::uint32_t max_protocol_version = 0;
   /// Hooks: connection opened, closed and failed (the peer is the client's address).
   telemetry_ptr telemetry;
   /// Mutual TLS (see tls_options). Unset: connections are plain TCP. Set: every connection
@@ -195,6 +204,7 @@ struct server_state {
   server_options options;
   wire::versions versions;
   in_flight_limits limits;
+  std::vector<std::string> secrets;  // options.secret first, then options.accepted_secrets
   std::atomic<std::size_t> in_flight{0};
   std::atomic<std::size_t> connections{0};
   std::atomic<std::size_t> unauthenticated{0};  // connections still in the handshake

@@ -38,8 +38,8 @@ struct tls_options {
   /// Server: refuse a client that presents no valid certificate (mutual TLS). False: a
   /// client certificate is verified when one is presented, and not required.
   /// Client: verify the server's certificate. False: accept any server certificate; then only
-  /// the cluster secret authenticates the server, which does not stop a relaying
-  /// man-in-the-middle. For tests only.
+  /// the cluster secret authenticates the server: a relaying man-in-the-middle cannot inject
+  /// or alter frames (they carry session MACs) but reads them all. For tests only.
   bool require_peer_certificate = true;
   /// Client only: the name the server's certificate must carry (a DNS name, or an IP address
   /// matched against its IP subjectAltNames); a DNS name is also sent as SNI. Empty: the

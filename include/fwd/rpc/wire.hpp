@@ -5,8 +5,9 @@
 // its own.
 //
 // A frame is a fixed 52-byte header followed by `meta_size` bytes of metadata (a procedure
-// name, an error message) and `body_size` bytes of payload (a Boost archive). All header
-// fields are little-endian:
+// name, an error message) and `body_size` bytes of payload (a Boost archive). Once the
+// handshake is over, every frame is followed by a `tag_size`-byte tag, its session MAC
+// (fwd/rpc/session.hpp); handshake frames have none. All header fields are little-endian:
 //
 //   offset size field
 //        0    4 magic "FWD1"
@@ -16,7 +17,8 @@
 //        8    8 stream id: matches a reply to its request on one connection
 //       16   16 request id: the caller's id, fixed across retries (exactly once)
 //       32    4 remaining deadline in milliseconds (meaningful with flag has_deadline)
-//       36    8 aux: a request's signature fingerprint, a reply's status (0 or fwd::errc)
+//       36    8 aux: a request's signature fingerprint, a reply's status (0 or fwd::errc),
+//                a hello's oldest protocol version (0: the same as its newest)
 //       44    4 meta size
 //       48    4 body size
 //
@@ -32,12 +34,18 @@
 
 namespace fwd::wire {
 
-/// The protocol version this build speaks. Peers must speak the same one.
-inline constexpr std::uint32_t protocol_version = 1;
+/// The newest protocol version this build speaks. Version 1 had no session keys and
+/// no frame MACs; version 2 adds them (fwd/rpc/session.hpp).
+inline constexpr std::uint32_t protocol_version = 2;
+/// The oldest protocol version this build speaks. Two peers use the highest version both
+/// speak (fwd/rpc/handshake.hpp).
+inline constexpr std::uint32_t min_protocol_version = 2;
 /// "FWD1", the first four bytes of every frame.
 inline constexpr std::uint32_t magic = 0x31445746u;
 /// Bytes in a frame header.
 inline constexpr std::size_t header_size = 52;
+/// Bytes of the session MAC after each frame once the handshake is over.
+inline constexpr std::size_t tag_size = 16;
 /// The default largest frame (header included) either side accepts: 16 MiB.
 inline constexpr std::size_t default_max_frame_size = std::size_t{16} << 20;
 
@@ -79,6 +87,8 @@ struct frame_view {
   frame_header header;
   std::string_view meta;
   std::string_view body;
+  std::string_view bytes;  ///< the whole frame, header to body, without its tag
+  std::string_view tag;    ///< the session MAC that followed it (empty in the handshake)
 };
 
 /// Offset of the deadline field, which a sender refreshes just before writing a frame.
@@ -163,22 +173,27 @@ inline boost::system::error_code decode_header(std::string_view bytes, std::size
 }
 
 /**
- * Decodes the first frame in `buffer`. On success with a whole frame, sets `out` and
- * `consumed` (the frame's size); with only part of a frame, returns success and sets
- * `consumed` to 0 (read more and call again). Errors as decode_header.
+ * Decodes the first frame in `buffer`, followed by a tag of `tag_bytes` (0 in the
+ * handshake, tag_size after it; `max_frame_size` does not count it). On success with a
+ * whole frame, sets `out` and `consumed` (the frame's size, tag included); with only part
+ * of a frame, returns success and sets `consumed` to 0 (read more and call again). Errors
+ * as decode_header.
  */
 inline boost::system::error_code decode_frame(std::string_view buffer, std::size_t max_frame_size,
-                                              frame_view& out, std::size_t& consumed) noexcept {
+                                              frame_view& out, std::size_t& consumed,
+                                              std::size_t tag_bytes = 0) noexcept {
   consumed = 0;
   if (buffer.size() < header_size) return {};
   frame_header h;
   if (auto ec = decode_header(buffer, max_frame_size, h)) return ec;
   const std::uint64_t size = frame_size(h);
-  if (buffer.size() < size) return {};
+  if (buffer.size() < size + tag_bytes) return {};
   out.header = h;
   out.meta = buffer.substr(header_size, h.meta_size);
   out.body = buffer.substr(header_size + h.meta_size, h.body_size);
-  consumed = static_cast<std::size_t>(size);
+  out.bytes = buffer.substr(0, static_cast<std::size_t>(size));
+  out.tag = buffer.substr(static_cast<std::size_t>(size), tag_bytes);
+  consumed = static_cast<std::size_t>(size + tag_bytes);
   return {};
 }
 

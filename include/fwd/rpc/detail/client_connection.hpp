@@ -122,7 +122,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
 
   // fwd's own handshake (after TLS, when on): versions, then the cluster secret.
   void start_handshake() {
-    handshake_.emplace(state_->options.secret, state_->versions);
+    handshake_.emplace(state_->secrets, state_->versions);
     control_ = handshake_->start();
     buffer_ = frame_buffer();
     read();
@@ -136,6 +136,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
     stream_.close();
     control_.clear();
     handshake_.reset();
+    session_ = wire::session();
     // The write in flight belonged to this connection: its completion is stale (generation)
     // and will not clear this, so the next connection's first flush() must not wait for it.
     // (A reset during the handshake left this set, and no later handshake was ever sent.)
@@ -163,9 +164,17 @@ class client_connection : public std::enable_shared_from_this<client_connection>
 
   void on_frame(const wire::frame_view& frame);
 
-  // A reply too large for max_frame_size at the front of the buffer: fails its call and
-  // skips its bytes. False when the frame is not a reply (the connection must go).
+  // A reply too large for max_frame_size at the front of the buffer: skips its bytes
+  // (checking its MAC as they go) and then fails its call. False when the frame is not a
+  // reply (the connection must go).
   bool skip_oversized_reply();
+
+  // Takes the skipped reply's bytes out of the buffer; false when its MAC failed (the
+  // connection was closed).
+  bool skip_buffered();
+
+  // The connection must go: a frame failed its session MAC.
+  void tampered();
 
   // --- a peer that stops answering ------------------------------------------------------
 
@@ -246,6 +255,7 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   state state_now_ = state::idle;
   std::uint64_t generation_ = 0;  // bumped per connection attempt: stale handlers do nothing
   std::optional<wire::client_handshake> handshake_;
+  wire::session session_;  // after the handshake: seals requests, checks replies
   frame_buffer buffer_;
   std::unordered_map<std::uint64_t, std::shared_ptr<pending_call>> calls_;
   std::deque<std::shared_ptr<pending_call>> unsent_;
@@ -259,6 +269,10 @@ class client_connection : public std::enable_shared_from_this<client_connection>
   bool writing_ = false;
   bool shut_down_ = false;
   std::uint64_t skip_ = 0;               // bytes left of an oversized reply being skipped
+  std::uint64_t skip_frame_ = 0;         // ... of them, before its tag
+  std::uint64_t skip_stream_ = 0;        // its call
+  std::string skip_tag_;                 // its tag, as it arrives
+  std::string skip_detail_;              // what its call fails with
   clock::time_point quiet_since_{};      // last bytes received (or when watching began)
   std::uint64_t ping_generation_ = 0;    // the connection the ping timer watches
   bool ping_armed_ = false;

@@ -23,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 #include <type_traits>
 #include <utility>
 
@@ -38,6 +39,7 @@ struct pending_call {
 
   std::uint64_t stream_id = 0;
   std::string frame;  // the encoded request
+  std::array<char, wire::tag_size> tag{};  // its session MAC, sealed as it is written
   std::chrono::steady_clock::time_point deadline;
   std::multimap<std::chrono::steady_clock::time_point, std::uint64_t>::iterator deadline_entry;
   std::string procedure;  // for telemetry
@@ -122,6 +124,7 @@ class call_op final : public pending_call {
 struct client_state {
   client_options options;
   wire::versions versions;
+  std::vector<std::string> secrets;  // options.secret first, then options.accepted_secrets
   std::array<std::uint8_t, 8> id_prefix{};  // random per client; request ids add a counter
   std::atomic<std::uint64_t> next_id{1};
   std::shared_ptr<boost::asio::ssl::context> tls_context;  // set: connections use TLS

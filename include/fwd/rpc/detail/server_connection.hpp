@@ -50,7 +50,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
         stream_(std::move(socket)),
         strand_(stream_.get_executor()),
         timer_(strand_),
-        handshake_(std::in_place, state_->options.secret, state_->versions) {
+        handshake_(std::in_place, state_->secrets, state_->versions) {
     boost::system::error_code ignored;
     const auto remote = stream_.socket().remote_endpoint(ignored);
     peer_ = endpoint_string(remote);
@@ -190,8 +190,16 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     h.stream_id = stream_id;
     h.id = id;
     h.aux = encode_status(ec);
-    wire::append_frame(queued_, h, why.substr(0, 64 * 1024), {});
+    append_sealed(h, why.substr(0, 64 * 1024), {});
     write();
+  }
+
+  // Queues a frame after the handshake, with its session MAC: frames are sealed in the
+  // order they are queued, which is the order they are written.
+  void append_sealed(const wire::frame_header& h, std::string_view meta, std::string_view body) {
+    const std::size_t at = queued_.size();
+    wire::append_frame(queued_, h, meta, body);
+    session_.seal_tail(queued_, at);
   }
 
   void queue(std::string_view bytes) {
@@ -217,6 +225,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   boost::asio::strand<boost::asio::any_io_executor> strand_;
   boost::asio::steady_timer timer_;
   std::optional<wire::server_handshake> handshake_;
+  wire::session session_;  // after the handshake: checks requests, seals replies
   std::string peer_;
   std::shared_ptr<address_share> share_;  // requests running from the peer's address
   frame_buffer buffer_;

@@ -130,13 +130,13 @@ inline void client_connection::on_read(boost::system::error_code ec, std::size_t
   const std::uint64_t generation = generation_;
   while (generation == generation_) {
     if (skip_ > 0) {
-      skip_ -= buffer_.discard(skip_);
+      if (!skip_buffered()) return;
       if (skip_ > 0) break;
       continue;
     }
-    const std::size_t limit = state_now_ == state::ready ? state_->options.max_frame_size
-                                                         : wire::max_handshake_frame_size;
-    if (!buffer_.next(limit, frame, ec)) {
+    const bool ready = state_now_ == state::ready;
+    const std::size_t limit = ready ? state_->options.max_frame_size : wire::max_handshake_frame_size;
+    if (!buffer_.next(limit, frame, ec, ready ? wire::tag_size : 0)) {
       if (ec == errc::frame_too_large && state_now_ == state::ready && skip_oversized_reply()) {
         ec = {};
         continue;
@@ -168,13 +168,18 @@ inline void client_connection::on_frame(const wire::frame_view& frame) {
     }
     if (step.done) {
       state_now_ = state::ready;
+      session_ = handshake_->take_session();
       handshake_.reset();
       connect_timer_.cancel();
       backoff_ = state_->options.reconnect_backoff;
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened,
-                        connection_event{peer_name_, {}});
+                        connection_event{peer_name_, {}, false, session_.protocol()});
       flush();
     }
+    return;
+  }
+  if (!session_.open(frame.bytes, frame.tag)) {
+    tampered();
     return;
   }
   if (frame.header.type != wire::frame_type::reply) {
@@ -192,12 +197,39 @@ inline bool client_connection::skip_oversized_reply() {
       h.type != wire::frame_type::reply) {
     return false;
   }
-  skip_ = wire::frame_size(h);
-  finish(h.stream_id, make_error_code(errc::frame_too_large),
-         fmt::format("the reply from {} is {} bytes, over max_frame_size ({} bytes): the call "
-                     "ran, its result was dropped",
-                     peer_name_, skip_, state_->options.max_frame_size));
+  skip_frame_ = wire::frame_size(h);
+  skip_ = skip_frame_ + wire::tag_size;
+  skip_detail_ = fmt::format("the reply from {} is {} bytes, over max_frame_size ({} bytes): the call ran, "
+                             "its result was dropped",
+                             peer_name_, skip_frame_, state_->options.max_frame_size);
+  skip_stream_ = h.stream_id;
+  skip_tag_.clear();
+  session_.begin_open();
   return true;
+}
+
+inline bool client_connection::skip_buffered() {
+  const std::string_view bytes = buffer_.data().substr(0, static_cast<std::size_t>(std::min<std::uint64_t>(
+                                                              skip_, buffer_.buffered())));
+  const std::size_t frame_part = static_cast<std::size_t>(std::min<std::uint64_t>(bytes.size(), skip_frame_));
+  session_.add(bytes.substr(0, frame_part));
+  skip_tag_.append(bytes.substr(frame_part));
+  skip_frame_ -= frame_part;
+  skip_ -= buffer_.discard(bytes.size());
+  if (skip_ > 0) return true;
+  if (!session_.end_open(skip_tag_)) {
+    tampered();
+    return false;
+  }
+  finish(skip_stream_, make_error_code(errc::frame_too_large), std::move(skip_detail_));
+  return true;
+}
+
+inline void client_connection::tampered() {
+  connection_broke(make_error_code(errc::tampered_frame),
+                   fmt::format("a frame from {} failed its session MAC (injected, replayed, reordered "
+                               "or altered on the way): the connection was closed",
+                               peer_name_));
 }
 
 inline void client_connection::watch_peer() {
@@ -252,7 +284,9 @@ inline void client_connection::send_ping() {
   std::memcpy(h.id.data(), state_->id_prefix.data(), 8);
   fwd::detail::store_le<std::uint64_t>(reinterpret_cast<char*>(h.id.data() + 8),
                                        state_->next_id.fetch_add(1, std::memory_order_relaxed));
+  const std::size_t at = control_.size();
   wire::append_frame(control_, h, ping_procedure, {});
+  session_.seal_tail(control_, at);  // sealed now: control_ goes out before later calls
   flush();
 }
 
@@ -309,8 +343,10 @@ inline void client_connection::flush() {
           call->frame.data() + wire::deadline_offset,
           static_cast<std::uint32_t>(std::min<long long>(left, 0xffffffffLL)));
       call->sent = true;
-      bytes += call->frame.size();
+      session_.seal(call->frame, call->tag.data());
+      bytes += call->frame.size() + wire::tag_size;
       buffers_.push_back(boost::asio::buffer(call->frame));
+      buffers_.push_back(boost::asio::buffer(call->tag));
       batch_.push_back(std::move(call));
     }
   }

@@ -150,7 +150,7 @@ inline void server_connection::on_read(boost::system::error_code ec, std::size_t
   while (!closed_ && !draining_) {
     const std::size_t limit =
         authenticated_ ? state_->options.max_frame_size : wire::max_handshake_frame_size;
-    if (!buffer_.next(limit, frame, ec)) break;
+    if (!buffer_.next(limit, frame, ec, authenticated_ ? wire::tag_size : 0)) break;
     took_frame = true;
     on_frame(frame);
   }
@@ -203,12 +203,20 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
     if (step.done) {
       authenticated_ = true;
       state_->unauthenticated.fetch_sub(1, std::memory_order_relaxed);
+      session_ = handshake_->take_session();
       handshake_.reset();
       fwd::detail::emit(state_->options.telemetry, &telemetry::connection_opened,
-                        connection_event{peer_, {}, true});
+                        connection_event{peer_, {}, true, session_.protocol()});
       timer_armed_ = false;  // armed for the handshake's deadline: re-armed for what is next
       schedule_timer();
     }
+    return;
+  }
+  if (!session_.open(frame.bytes, frame.tag)) {
+    // Injected (a relay of the handshake has no key), replayed, reordered or altered:
+    // nothing of it is looked at, and the connection goes.
+    refuse_frame("tampered_frame", make_error_code(errc::tampered_frame),
+                 "a frame failed its session MAC (injected, replayed, reordered or altered on the way)");
     return;
   }
   if (frame.header.type == wire::frame_type::goodbye) {
@@ -234,7 +242,7 @@ inline void server_connection::on_request(const wire::frame_view& frame) {
     answer.type = wire::frame_type::reply;
     answer.stream_id = h.stream_id;
     answer.id = h.id;
-    wire::append_frame(queued_, answer, {}, {});
+    append_sealed(answer, {}, {});
     write();
     return;
   }
@@ -325,7 +333,7 @@ inline void server_connection::on_reply(running_call& call, boost::system::error
     h.type = wire::frame_type::reply;
     h.stream_id = call.stream_id;
     h.id = call.id;
-    wire::append_frame(queued_, h, {}, result);
+    append_sealed(h, {}, result);
     write();
   }
   if (draining_) maybe_close_drained();
