@@ -192,7 +192,7 @@ TEST_CASE("the raw-SQL built-ins run nothing unless the node enables them, and s
   // Sent to the node's server by a peer that holds the secret.
   boost::asio::io_context io;
   fwd::rpc::client_options co;
-  co.secret = "test-secret";
+  co.secret = "cluster-test-secret-of-32-bytes-or-more";
   fwd::rpc::client peer(io.get_executor(), co);
   std::optional<boost::system::error_code> remote;
   fwd::diagnostics remote_why;
