@@ -63,6 +63,7 @@ inline std::string outcome_label(const boost::system::error_code& ec) {
       case errc::bad_litefs_file: return "bad_litefs_file";
       case errc::bad_argument: return "bad_argument";
       case errc::commit_unknown: return "commit_unknown";
+      case errc::not_confirmed: return "not_confirmed";
     }
     return "fwd";
   }

@@ -15,7 +15,7 @@ constexpr fwd::errc all_errcs[] = {
     fwd::errc::protocol_error,    fwd::errc::frame_too_large,  fwd::errc::unauthenticated,
     fwd::errc::version_mismatch,  fwd::errc::overloaded,       fwd::errc::circuit_open,
     fwd::errc::replication_lag,   fwd::errc::not_litefs,       fwd::errc::misconfigured_mount,
-    fwd::errc::bad_litefs_file,   fwd::errc::bad_argument,     fwd::errc::commit_unknown,
+    fwd::errc::bad_litefs_file,   fwd::errc::bad_argument,     fwd::errc::commit_unknown, fwd::errc::not_confirmed,
 };
 
 }  // namespace
@@ -63,7 +63,12 @@ TEST_CASE("classification: not sent, maybe executed, permanent") {
   CHECK(fwd::classify(fwd::errc::signature_mismatch) == error_class::permanent);
   CHECK(fwd::classify(fwd::errc::unauthenticated) == error_class::permanent);
   CHECK(fwd::classify(fwd::errc::version_mismatch) == error_class::permanent);
-  CHECK(fwd::classify(fwd::errc::replication_lag) == error_class::permanent);
+  // Committed on the primary, not confirmed here: a retry with the same request id is safe.
+  CHECK(fwd::classify(fwd::errc::replication_lag) == error_class::unconfirmed);
+  CHECK(fwd::classify(fwd::errc::not_confirmed) == error_class::unconfirmed);
+  CHECK(fwd::make_error_code(fwd::errc::replication_lag).message().find("do not retry") == std::string::npos);
+  CHECK(fwd::make_error_code(fwd::errc::not_confirmed).message().find("same request id is safe") !=
+        std::string::npos);
   CHECK(fwd::classify(fwd::errc::not_litefs) == error_class::permanent);
   // The classification is the same whichever error_code type carries the error.
   for (auto e : all_errcs) {
@@ -73,6 +78,7 @@ TEST_CASE("classification: not sent, maybe executed, permanent") {
     CHECK(fwd::classify(e) == fwd::classify(b));
   }
   CHECK(std::string(fwd::to_string(error_class::maybe_executed)) == "maybe executed");
+  CHECK(std::string(fwd::to_string(error_class::unconfirmed)) == "unconfirmed");
 }
 
 TEST_CASE("socket errors are classified by whether the request could have left") {

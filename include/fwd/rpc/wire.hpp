@@ -32,8 +32,9 @@
 
 namespace fwd::wire {
 
-/// The protocol version this build speaks. Peers must speak the same one.
-inline constexpr std::uint32_t protocol_version = 1;
+/// The protocol version this build speaks. Peers must speak the same one. Version 2: a
+/// write's reply carries the primary's TXID and checksum (version 1: the TXID alone).
+inline constexpr std::uint32_t protocol_version = 2;
 /// "FWD1", the first four bytes of every frame.
 inline constexpr std::uint32_t magic = 0x31445746u;
 /// Bytes in a frame header.

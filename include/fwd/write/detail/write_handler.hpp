@@ -42,7 +42,7 @@ decltype(auto) invoke_writer(F& fn, sqlite3* db, std::tuple<Ds...>& args) {
 
 // The server side of a write procedure (also run directly for local calls): checks the
 // local role, decodes the arguments, and runs the user's function through the write
-// executor with the call's request id; replies with the TXID envelope.
+// executor with the call's request id; replies with the position envelope.
 template <class Proc, class F>
 rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
                                               std::shared_ptr<F> fn, std::string procedure_key) {
@@ -96,11 +96,11 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
         },
         call.deadline,  // dropped before it runs once the caller has stopped waiting
         [reply = std::move(reply)](boost::system::error_code e, std::string result,
-                                   std::uint64_t txid) mutable {
+                                   litefs::position pos) mutable {
           if (e) {
             std::move(reply)(e, std::move(result));
           } else {
-            std::move(reply)(boost::system::error_code{}, encode_write_reply(txid, result));
+            std::move(reply)(boost::system::error_code{}, encode_write_reply(pos, result));
           }
         });
   };
