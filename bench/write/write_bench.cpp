@@ -455,7 +455,7 @@ class driver {
     if (max_batch > 0) o.max_batch = max_batch;
     o.on_open = configure_connection();
     o.position_after_commit = [mount = sim_.mount(0)] {
-      return fwd::litefs::read_position(mount, "app.db").txid;
+      return fwd::litefs::read_position(mount, "app.db");
     };
     fwd::sqlite::write_executor writer(io.get_executor(), sim_.database_path(0).string(), o);
     const std::uint64_t before = sim_.position(0).txid;
@@ -467,7 +467,7 @@ class driver {
             const std::int64_t id = insert(db, key, v);
             return std::string(reinterpret_cast<const char*>(&id), sizeof id);
           },
-          [done = std::move(done)](boost::system::error_code ec, std::string, std::uint64_t) {
+          [done = std::move(done)](boost::system::error_code ec, std::string, fwd::litefs::position) {
             done(ec);
           });
     };

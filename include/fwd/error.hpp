@@ -31,7 +31,7 @@ enum class errc {
   version_mismatch,     ///< the peer speaks another protocol or archive version
   overloaded,           ///< the server refused the call: too much work in flight
   circuit_open,         ///< the circuit breaker for that peer is open
-  replication_lag,      ///< the write COMMITTED on the primary but is not yet visible here
+  replication_lag,      ///< committed on the primary, not seen here by the deadline (retry-safe)
   not_litefs,           ///< the path is not on a LiteFS mount
   misconfigured_mount,  ///< the database path is wrong for LiteFS (e.g. its data directory)
   bad_litefs_file,      ///< a LiteFS file (.primary, .lag, <db>-pos) has unexpected contents
@@ -39,17 +39,22 @@ enum class errc {
   commit_unknown,       ///< COMMIT failed after it may have reached the database
   not_yet_durable,      ///< the write COMMITTED on the primary; too few replicas reported it in time
   tampered_frame,       ///< a frame failed its session MAC: injected, replayed, reordered or altered
+  not_confirmed,        ///< committed on the primary, missing from this node's history (failover)
 };
 
 /// What a caller may do after a failure.
 enum class error_class {
   not_sent,        ///< nothing ran: safe to retry, with or without the same request id
   maybe_executed,  ///< it may have run: retry only with the same request id
-  permanent,       ///< retrying cannot help (or, for replication_lag, is not needed)
+  permanent,       ///< retrying cannot help
   /// It committed on the primary but is not yet known to be replicated as the call's
   /// durability asked: retry only with the same request id (answered from the dedup
   /// table, waiting for the replicas again), or accept that a failover may lose it.
   committed_not_durable,
+  /// it committed on the primary but is not confirmed on this node (replication_lag,
+  /// not_confirmed): retrying with the same request id is safe (the primary answers from
+  /// its dedup table, or runs the write again if a failover lost it)
+  unconfirmed,
 };
 
 
@@ -77,13 +82,14 @@ inline error_class classify(const std::error_code& ec) noexcept {
 }
 inline error_class classify(errc e) noexcept { return classify(make_error_code(e)); }
 
-/// "not sent", "maybe executed" or "permanent".
+/// "not sent", "maybe executed", "permanent" or "unconfirmed".
 inline const char* to_string(error_class c) noexcept {
   switch (c) {
     case error_class::not_sent: return "not sent";
     case error_class::maybe_executed: return "maybe executed";
     case error_class::permanent: return "permanent";
     case error_class::committed_not_durable: return "committed, not yet durable";
+    case error_class::unconfirmed: return "unconfirmed";
   }
   return "?";
 }

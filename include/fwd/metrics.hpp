@@ -65,6 +65,7 @@ inline std::string outcome_label(const boost::system::error_code& ec) {
       case errc::commit_unknown: return "commit_unknown";
       case errc::not_yet_durable: return "not_yet_durable";
       case errc::tampered_frame: return "tampered_frame";
+      case errc::not_confirmed: return "not_confirmed";
     }
     return "fwd";
   }

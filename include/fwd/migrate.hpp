@@ -47,7 +47,8 @@ inline std::int64_t local_schema_version(const std::filesystem::path& database) 
  * Completion signature: `void(boost::system::error_code, std::int64_t version)`. Errors:
  * those of node::async_call (no_primary, timeout, a SQLite code from a failing
  * migration, whose transaction is rolled back), and errc::replication_lag when the
- * migrations COMMITTED but this replica had not received them within `timeout`.
+ * migrations committed but this replica had not received them within `timeout` (a retry
+ * is safe: applied migrations are skipped).
  *
  * Per-Operation Cancellation: as node::async_call.
  */

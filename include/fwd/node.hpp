@@ -130,7 +130,7 @@ class node {
       write.position_after_commit = [reader] {
         boost::system::error_code ec;
         const litefs::position p = reader->read(ec);
-        return ec ? std::uint64_t{0} : p.txid;
+        return ec ? litefs::position{} : p;
       };
     }
     if (!write.telemetry) write.telemetry = options_.telemetry;

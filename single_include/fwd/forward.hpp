@@ -75,7 +75,7 @@ enum class errc {
   version_mismatch,     ///< the peer speaks another protocol or archive version
   overloaded,           ///< the server refused the call: too much work in flight
   circuit_open,         ///< the circuit breaker for that peer is open
-  replication_lag,      ///< the write COMMITTED on the primary but is not yet visible here
+  replication_lag,      ///< committed on the primary, not seen here by the deadline (retry-safe)
   not_litefs,           ///< the path is not on a LiteFS mount
   misconfigured_mount,  ///< the database path is wrong for LiteFS (e.g. its data directory)
   bad_litefs_file,      ///< a LiteFS file (.primary, .lag, <db>-pos) has unexpected contents
@@ -83,17 +83,22 @@ enum class errc {
   commit_unknown,       ///< COMMIT failed after it may have reached the database
   not_yet_durable,      ///< the write COMMITTED on the primary; too few replicas reported it in time
   tampered_frame,       ///< a frame failed its session MAC: injected, replayed, reordered or altered
+  not_confirmed,        ///< committed on the primary, missing from this node's history (failover)
 };
 
 /// What a caller may do after a failure.
 enum class error_class {
   not_sent,        ///< nothing ran: safe to retry, with or without the same request id
   maybe_executed,  ///< it may have run: retry only with the same request id
-  permanent,       ///< retrying cannot help (or, for replication_lag, is not needed)
+  permanent,       ///< retrying cannot help
   /// It committed on the primary but is not yet known to be replicated as the call's
   /// durability asked: retry only with the same request id (answered from the dedup
   /// table, waiting for the replicas again), or accept that a failover may lose it.
   committed_not_durable,
+  /// it committed on the primary but is not confirmed on this node (replication_lag,
+  /// not_confirmed): retrying with the same request id is safe (the primary answers from
+  /// its dedup table, or runs the write again if a failover lost it)
+  unconfirmed,
 };
 
 
@@ -121,13 +126,14 @@ inline error_class classify(const std::error_code& ec) noexcept {
 }
 inline error_class classify(errc e) noexcept { return classify(make_error_code(e)); }
 
-/// "not sent", "maybe executed" or "permanent".
+/// "not sent", "maybe executed", "permanent" or "unconfirmed".
 inline const char* to_string(error_class c) noexcept {
   switch (c) {
     case error_class::not_sent: return "not sent";
     case error_class::maybe_executed: return "maybe executed";
     case error_class::permanent: return "permanent";
     case error_class::committed_not_durable: return "committed, not yet durable";
+    case error_class::unconfirmed: return "unconfirmed";
   }
   return "?";
 }
@@ -250,8 +256,10 @@ inline const char* errc_message(int value) noexcept {
       return "the circuit breaker for this peer is open after repeated failures; nothing "
              "was sent: retry after the breaker's cool-down";
     case errc::replication_lag:
-      return "the write COMMITTED on the primary but has not yet replicated to this node "
-             "within the deadline: do not retry; a local read may not see it yet";
+      return "the write committed on the primary but this node had not reached that position "
+             "by the deadline, so it is not confirmed here (a failover may have lost it): "
+             "retrying with the same request id is safe (answered from the primary's dedup "
+             "table, or run again if it was lost)";
     case errc::not_litefs:
       return "the path is not on a LiteFS FUSE mount: point SQLite at the LiteFS mount "
              "directory (the fuse.dir of litefs.yml, e.g. /litefs)";
@@ -276,6 +284,11 @@ inline const char* errc_message(int value) noexcept {
       return "a frame failed its session MAC (injected, replayed, reordered or altered between "
              "the nodes): the connection was closed; look for something on the path between "
              "the nodes that rewrites or relays traffic";
+    case errc::not_confirmed:
+      return "the write committed on the primary, but this node's history at that position "
+             "does not hold it (a failover lost the old primary's last transactions): not "
+             "confirmed here; retrying with the same request id is safe (the write runs again, "
+             "or the primary answers from its dedup table)";
   }
   return "unknown fwd error";
 }
@@ -391,6 +404,9 @@ FWD_DECL error_class classify(const boost::system::error_code& ec) noexcept {
         return error_class::maybe_executed;
       case errc::not_yet_durable:
         return error_class::committed_not_durable;
+      case errc::replication_lag:
+      case errc::not_confirmed:
+        return error_class::unconfirmed;
       default:
         return error_class::permanent;
     }
@@ -3880,6 +3896,101 @@ inline std::shared_ptr<const node_state> monitor_poller::publish_position(positi
 }  // namespace fwd::litefs::detail
 
 // ---- end fwd/litefs/detail/monitor_poller.hpp ----
+// ---- begin fwd/litefs/history.hpp ----
+
+// What a replica knows of its own history: the (TXID, checksum) pairs its database held
+// recently. A forwarded write's reply carries the primary's position after the commit;
+// reaching that TXID proves nothing on its own, since a failover that lost the old
+// primary's last transactions lets the new primary write another transaction under the
+// same TXID. LiteFS's checksum is one of the whole database after that transaction, so an
+// equal checksum at that TXID means the same database, the write included.
+
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+
+namespace fwd::litefs {
+
+/// How a position reported by the primary compares with this node's history.
+enum class history_match {
+  same,        ///< this node held that TXID with that checksum: the primary's history
+  diverged,    ///< this node held that TXID with another checksum: another history
+  unobserved,  ///< this node has not seen that TXID's checksum (it went past it unseen)
+};
+
+/// "same", "diverged" or "unobserved".
+constexpr const char* to_string(history_match m) noexcept {
+  switch (m) {
+    case history_match::same:
+      return "same";
+    case history_match::diverged:
+      return "diverged";
+    case history_match::unobserved:
+      return "unobserved";
+  }
+  return "?";
+}
+
+/// How `local`, a position this node held, compares with `wanted` (same TXID or not).
+constexpr history_match compare_at(position wanted, position local) noexcept {
+  if (local.txid != wanted.txid) return history_match::unobserved;
+  return local.checksum == wanted.checksum ? history_match::same : history_match::diverged;
+}
+
+/**
+ * The positions this node's database held since its history last may have been replaced
+ * (a new primary, a new mount), most recent `capacity` TXIDs. Not thread-safe: one owner
+ * (litefs::monitor keeps one on its strand).
+ */
+class position_history {
+ public:
+  explicit position_history(std::size_t capacity = 4096) : capacity_(capacity == 0 ? 1 : capacity) {}
+
+  /// The database held `p` (a later observation of the same TXID replaces the earlier).
+  void record(position p) {
+    if (p.txid == 0 || p == carried_over_) return;
+    seen_[p.txid] = p.checksum;
+    while (seen_.size() > capacity_) seen_.erase(seen_.begin());
+  }
+
+  /// The database went back to `p` (LiteFS restored another history): what was recorded
+  /// past it belongs to a history the database no longer holds.
+  void rewind_to(position p) {
+    seen_.erase(seen_.upper_bound(p.txid), seen_.end());
+    record(p);
+  }
+
+  /// The history may be replaced from now on (another primary, a new mount): forget it
+  /// all. `held`, what the database holds at this moment, was written under the old one:
+  /// it is not recorded again (the new primary may send a snapshot of another history
+  /// past it at any time, and nothing would tell that one from a continuation).
+  void forget(position held = {}) noexcept {
+    seen_.clear();
+    carried_over_ = held;
+  }
+
+  /// How `wanted` compares with what this node held.
+  history_match compare(position wanted) const noexcept {
+    const auto it = seen_.find(wanted.txid);
+    if (it == seen_.end()) return history_match::unobserved;
+    return it->second == wanted.checksum ? history_match::same : history_match::diverged;
+  }
+
+  /// The highest TXID recorded (0 when none).
+  std::uint64_t last_txid() const noexcept { return seen_.empty() ? 0 : seen_.rbegin()->first; }
+
+  std::size_t size() const noexcept { return seen_.size(); }
+
+ private:
+  std::map<std::uint64_t, std::uint64_t> seen_;  // TXID -> checksum
+  std::size_t capacity_;
+  position carried_over_;  // held when the history was last forgotten
+};
+
+}  // namespace fwd::litefs
+
+// ---- end fwd/litefs/history.hpp ----
 #include <list>
 #include <memory>
 #include <optional>
@@ -3941,7 +4052,32 @@ class monitor : public std::enable_shared_from_this<monitor> {
   auto async_wait_position(std::uint64_t txid, clock::time_point deadline, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code, position)>(
         [self = shared_from_this(), txid, deadline](auto handler) {
-          self->add_waiter(txid, deadline, wait_handler(std::move(handler)));
+          self->add_waiter(waiter(txid, deadline, wait_handler(std::move(handler))));
+        },
+        token);
+  }
+
+  /**
+   * Read-your-writes with history: waits until the database reaches `target.txid` (or the
+   * deadline), then tells how `target` (the primary's position after a write) compares
+   * with what this node held at that TXID: `same` (the checksum matches: the write is
+   * here), `diverged` (another transaction holds that TXID here: a failover lost the
+   * write, or it is elsewhere in this history), or `unobserved` (this node went past that
+   * TXID without seeing its checksum, or its history was replaced since). Only `same`
+   * proves the write is here; otherwise look for it in the database.
+   *
+   * The history is what this node's database held since its primary (or mount) last
+   * changed, from every `<db>-pos` read and every tx event of LiteFS's `/events`.
+   *
+   * Completion signature: `void(boost::system::error_code, history_match, position)`
+   * (the position reached); errors and cancellation as async_wait_position (the match is
+   * then `unobserved`).
+   */
+  template <class Token>
+  auto async_wait_history(position target, clock::time_point deadline, Token&& token) {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code, history_match, position)>(
+        [self = shared_from_this(), target, deadline](auto handler) {
+          self->add_waiter(waiter(target, deadline, history_wait_handler(std::move(handler))));
         },
         token);
   }
@@ -3977,11 +4113,21 @@ class monitor : public std::enable_shared_from_this<monitor> {
  private:
   using wait_handler =
       boost::asio::any_completion_handler<void(boost::system::error_code, position)>;
+  using history_wait_handler =
+      boost::asio::any_completion_handler<void(boost::system::error_code, history_match, position)>;
+  // Built whole: Boost 1.81's any_completion_handler cannot be move-assigned (its
+  // operator= recurses), only move-constructed.
   struct waiter {
-    std::uint64_t id;
-    std::uint64_t txid;
+    waiter(std::uint64_t t, clock::time_point d, wait_handler h)
+        : txid(t), deadline(d), handler(std::move(h)) {}
+    waiter(position target_position, clock::time_point d, history_wait_handler h)
+        : txid(target_position.txid), deadline(d), target(target_position), history_handler(std::move(h)) {}
+    std::uint64_t id = 0;
+    std::uint64_t txid = 0;
     clock::time_point deadline;
-    wait_handler handler;
+    wait_handler handler;                  // async_wait_position
+    std::optional<position> target;        // async_wait_history: the position compared
+    history_wait_handler history_handler;  // async_wait_history
   };
 
   monitor(boost::asio::any_io_executor ex, monitor_options options);
@@ -3993,13 +4139,14 @@ class monitor : public std::enable_shared_from_this<monitor> {
   void join_polling_thread();
 
   // Waiters, on the strand (impl/monitor.hpp).
-  void add_waiter(std::uint64_t txid, clock::time_point deadline, wait_handler handler);
+  void add_waiter(waiter w);
+  void observe_state();
   void publish_on_strand(std::shared_ptr<const node_state> published);
   void wake_waiters();
   void arm_deadline();
   void cancel_waiter(std::uint64_t id);
   void fail_waiters(boost::system::error_code ec);
-  void complete(wait_handler handler, boost::system::error_code ec, position p);
+  void complete(waiter& w, boost::system::error_code ec, position p);
   void count_waiters();
 
   // LiteFS's /events stream, on the strand (impl/monitor_events.hpp).
@@ -4023,6 +4170,12 @@ class monitor : public std::enable_shared_from_this<monitor> {
   std::atomic<std::uint64_t> next_id_{1};
   boost::asio::steady_timer deadline_timer_;
   std::optional<clock::time_point> armed_for_;
+  // What the database held since its primary or mount last changed (read-your-writes).
+  position_history history_;
+  std::uint64_t observed_version_ = 0;
+  role_kind observed_role_ = role_kind::unknown;
+  std::string observed_primary_;
+  std::uint64_t observed_generation_ = 0;
 
   // The /events stream, on the strand.
   boost::asio::steady_timer events_timer_;
@@ -4171,9 +4324,11 @@ inline void monitor::publish_on_strand(std::shared_ptr<const node_state> publish
   }
 }
 
-inline void monitor::add_waiter(std::uint64_t txid, clock::time_point deadline, wait_handler handler) {
-  auto slot = boost::asio::get_associated_cancellation_slot(handler);
-  const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
+inline void monitor::add_waiter(waiter w) {
+  auto slot = w.target ? boost::asio::get_associated_cancellation_slot(w.history_handler)
+                       : boost::asio::get_associated_cancellation_slot(w.handler);
+  w.id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  const std::uint64_t id = w.id;
   if (slot.is_connected()) {
     slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
       if (type == boost::asio::cancellation_type::none) return;
@@ -4182,19 +4337,19 @@ inline void monitor::add_waiter(std::uint64_t txid, clock::time_point deadline, 
       }
     });
   }
-  boost::asio::dispatch(strand_, [self = shared_from_this(), id, txid, deadline,
-                                  h = std::move(handler)]() mutable {
+  boost::asio::dispatch(strand_, [self = shared_from_this(), w = std::move(w)]() mutable {
     if (self->stopped_) {
-      self->complete(std::move(h), make_error_code(errc::cancelled), self->state()->pos);
+      self->complete(w, make_error_code(errc::cancelled), self->state()->pos);
       return;
     }
+    self->observe_state();
     const position now = self->state()->pos;
-    if (now.txid >= txid) {
-      self->complete(std::move(h), {}, now);
+    if (now.txid >= w.txid) {
+      self->complete(w, {}, now);
       return;
     }
     const bool was_idle = self->waiters_.empty();
-    self->waiters_.push_back(waiter{id, txid, deadline, std::move(h)});
+    self->waiters_.push_back(std::move(w));
     self->count_waiters();
     self->arm_deadline();
     // From the slow poll to the fast one at once; with the event stream up, the tx event
@@ -4203,18 +4358,40 @@ inline void monitor::add_waiter(std::uint64_t txid, clock::time_point deadline, 
   });
 }
 
+// On the strand: the current state's position joins the history, which is forgotten when
+// the primary, the role or the mount changed (LiteFS may then hold another history).
+inline void monitor::observe_state() {
+  const auto s = state();
+  if (s->version == observed_version_ && observed_version_ != 0) return;
+  observed_version_ = s->version;
+  if (s->mount_dead || s->role != observed_role_ || s->primary_hostname != observed_primary_ ||
+      s->mount_generation != observed_generation_) {
+    history_.forget(s->pos);
+    observed_role_ = s->role;
+    observed_primary_ = s->primary_hostname;
+    observed_generation_ = s->mount_generation;
+  }
+  if (s->mount_dead || s->pos.txid == 0) return;  // 0: `<db>-pos` unreadable, nothing held
+  if (s->pos.txid < history_.last_txid()) {
+    history_.rewind_to(s->pos);
+  } else {
+    history_.record(s->pos);
+  }
+}
+
 inline void monitor::count_waiters() { poller_->waiters.store(waiters_.size(), std::memory_order_release); }
 
 inline void monitor::wake_waiters() {
+  observe_state();
   if (waiters_.empty()) return;
   const position now = state()->pos;
   const auto t = clock::now();
   for (auto it = waiters_.begin(); it != waiters_.end();) {
     if (now.txid >= it->txid) {
-      complete(std::move(it->handler), {}, now);
+      complete(*it, {}, now);
       it = waiters_.erase(it);
     } else if (t >= it->deadline) {
-      complete(std::move(it->handler), make_error_code(errc::timeout), now);
+      complete(*it, make_error_code(errc::timeout), now);
       it = waiters_.erase(it);
     } else {
       ++it;
@@ -4247,7 +4424,7 @@ inline void monitor::arm_deadline() {
 inline void monitor::cancel_waiter(std::uint64_t id) {
   for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
     if (it->id == id) {
-      complete(std::move(it->handler), make_error_code(errc::cancelled), state()->pos);
+      complete(*it, make_error_code(errc::cancelled), state()->pos);
       waiters_.erase(it);
       count_waiters();
       arm_deadline();
@@ -4258,14 +4435,19 @@ inline void monitor::cancel_waiter(std::uint64_t id) {
 
 inline void monitor::fail_waiters(boost::system::error_code ec) {
   const position now = state()->pos;
-  for (auto& w : waiters_) complete(std::move(w.handler), ec, now);
+  for (auto& w : waiters_) complete(w, ec, now);
   waiters_.clear();
   count_waiters();
   armed_for_.reset();
 }
 
-inline void monitor::complete(wait_handler handler, boost::system::error_code ec, position p) {
-  boost::asio::post(executor_, boost::asio::append(std::move(handler), ec, p));
+inline void monitor::complete(waiter& w, boost::system::error_code ec, position p) {
+  if (w.target) {
+    const history_match match = ec ? history_match::unobserved : history_.compare(*w.target);
+    boost::asio::post(executor_, boost::asio::append(std::move(w.history_handler), ec, match, p));
+    return;
+  }
+  boost::asio::post(executor_, boost::asio::append(std::move(w.handler), ec, p));
 }
 
 }  // namespace fwd::litefs
@@ -4443,8 +4625,13 @@ inline void monitor::on_event_bytes(std::string_view bytes) {
     const detail::event_line e = detail::parse_event_line(events_line_, poller_->options().database);
     if (e.kind == detail::event_kind::tx) {
       if (!announced || e.pos.txid > announced->txid) announced = e.pos;
+      // Every transaction's checksum, also those a later one in this chunk hides.
+      history_.record(e.pos);
     } else if (e.kind == detail::event_kind::other) {
       poll = true;
+      // In the stream's order: tx events after an init or primaryChange may come from
+      // another history than those before it.
+      history_.forget(state()->pos);
     }
   };
   for (char c : bytes) {
@@ -5123,7 +5310,9 @@ inline T load_le(const char* in) noexcept {
 namespace fwd::wire {
 
 /// The newest protocol version this build speaks. Version 1 had no session keys and
-/// no frame MACs; version 2 adds them (fwd/rpc/session.hpp).
+/// no frame MACs, and a write's reply carried the primary's TXID alone; version 2 adds
+/// session keys and frame MACs (fwd/rpc/session.hpp) and the primary's checksum in a
+/// write's reply.
 inline constexpr std::uint32_t protocol_version = 2;
 /// The oldest protocol version this build speaks. Two peers use the highest version both
 /// speak (fwd/rpc/handshake.hpp).
@@ -11836,9 +12025,9 @@ struct write_options {
   /// refuse transaction control inside a write).
   std::function<void(connection&)> on_open;
   /// Called on the writer thread after each successful COMMIT; its value is passed to
-  /// every write of that batch as its TXID (on LiteFS: the TXID read from `<db>-pos`).
-  /// Without it the TXID is 0. If it throws, the TXID is 0.
-  std::function<std::uint64_t()> position_after_commit;
+  /// every write of that batch as its position (on LiteFS: the TXID and checksum read
+  /// from `<db>-pos`). Without it the position is zero. If it throws, it is zero.
+  std::function<litefs::position()> position_after_commit;
   /// Run the blocking SQLite work on this executor instead of a thread the write
   /// executor owns. At most one batch runs at a time; a batch may block a thread of this
   /// executor for as long as its writes take (plus max_batch_delay).
@@ -12027,7 +12216,7 @@ inline std::string transaction_control_refusal(const std::string& refused) {
 namespace fwd::sqlite::detail {
 
 /// The signature every write completes with.
-using write_signature = void(boost::system::error_code, std::string, std::uint64_t);
+using write_signature = void(boost::system::error_code, std::string, litefs::position);
 
 /// A waiting caller: its completion (work tracked on the handler's executor until done),
 /// and the serial a cancellation finds it by (never reused within a process).
@@ -12053,8 +12242,8 @@ class write_waiter {
 
   /// Posts the handler with these arguments to its associated executor: a completion never
   /// runs inside async_write nor on the writer thread.
-  void complete(const boost::system::error_code& ec, std::string result, std::uint64_t txid) {
-    completion_.post(ec, std::move(result), txid);
+  void complete(const boost::system::error_code& ec, std::string result, litefs::position pos) {
+    completion_.post(ec, std::move(result), pos);
   }
 
  private:
@@ -12222,21 +12411,21 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
               std::unique_ptr<write_waiter> waiter) {
     if (!work) {
       waiter->complete(make_error_code(errc::bad_argument),
-                       "async_write needs a work function; it was empty", 0);
+                       "async_write needs a work function; it was empty", {});
       return;
     }
     std::unique_lock lock(mutex_);
     if (stopping_) {
       lock.unlock();
       waiter->complete(make_error_code(errc::cancelled),
-                       "the write executor is stopped; nothing was applied", 0);
+                       "the write executor is stopped; nothing was applied", {});
       return;
     }
     if (const auto it = pending_.find(id); it != pending_.end()) {
       if (it->second->procedure != procedure) {
         std::string why = request_id_reused(id, it->second->procedure, procedure);
         lock.unlock();
-        waiter->complete(make_error_code(errc::bad_argument), std::move(why), 0);
+        waiter->complete(make_error_code(errc::bad_argument), std::move(why), {});
         return;
       }
       // The same request is already waiting or running: it runs once, both get its outcome.
@@ -12249,7 +12438,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
                        fmt::format("the write executor's queue is full (max_queue {}); nothing was "
                                    "applied: retry after a backoff",
                                    options_.max_queue),
-                       0);
+                       {});
       return;
     }
     auto job = std::make_shared<write_job>();
@@ -12327,7 +12516,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       for (auto& waiter : job->waiters) {
         waiter->complete(make_error_code(errc::cancelled),
                          "the write executor stopped before this write ran; nothing was applied",
-                         0);
+                         {});
       }
     }
   }
@@ -12365,7 +12554,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     }
     if (cancelled) {
       cancelled->complete(make_error_code(errc::cancelled),
-                          "the write was cancelled before it ran; nothing was applied", 0);
+                          "the write was cancelled before it ran; nothing was applied", {});
     }
   }
 
@@ -12402,7 +12591,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
         (*it)->complete(make_error_code(errc::timeout),
                         "the call's deadline passed while its write was queued on the primary: "
                         "it never ran, nothing was applied",
-                        0);
+                        {});
         it = waiters.erase(it);
       }
       if (waiters.empty()) {
@@ -12432,7 +12621,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       if (!dropped) return write_drop::running;
       pending_.erase(found);
     }
-    for (auto& waiter : dropped->waiters) waiter->complete(ec, why, 0);
+    for (auto& waiter : dropped->waiters) waiter->complete(ec, why, {});
     return write_drop::dropped;
   }
 
@@ -12462,7 +12651,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   bool prune_due() const noexcept;
   std::optional<write_outcome> prune(std::int64_t now_ms);
   void finish(const std::vector<std::shared_ptr<write_job>>& batch, std::vector<write_outcome>& outcomes,
-              std::uint64_t txid);
+              litefs::position pos);
 
   write_options options_;
   std::string path_;
@@ -12547,7 +12736,7 @@ inline void write_executor_state::abandon_batch(const std::vector<std::shared_pt
     std::vector<write_outcome> outcomes(
         batch.size(), write_outcome{make_sqlite_error(SQLITE_NOMEM),
                                     fmt::format("the write batch failed: {}", what)});
-    finish(batch, outcomes, 0);
+    finish(batch, outcomes, {});
   } catch (...) {
   }
 }
@@ -12665,13 +12854,13 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
   std::vector<write_outcome> outcomes(batch.size());
   if (auto unusable = ensure_connection()) {
     for (auto& outcome : outcomes) outcome = *unusable;
-    finish(batch, outcomes, 0);
+    finish(batch, outcomes, {});
     return;
   }
   auto fail_all = [&](const write_outcome& failure) {
     end_failed_batch();
     for (auto& outcome : outcomes) outcome = failure;
-    finish(batch, outcomes, 0);
+    finish(batch, outcomes, {});
   };
 
   boost::system::error_code ec;
@@ -12700,15 +12889,15 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
   schema_ready_ = true;
   ++commits_since_prune_;
 
-  std::uint64_t txid = 0;
+  litefs::position pos;
   if (options_.position_after_commit) {
     try {
-      txid = options_.position_after_commit();
+      pos = options_.position_after_commit();
     } catch (...) {
-      txid = 0;
+      pos = {};
     }
   }
-  finish(batch, outcomes, txid);
+  finish(batch, outcomes, pos);
 }
 
 // Runs one write inside its own SAVEPOINT. Returns a failure only when the whole batch
@@ -12888,7 +13077,7 @@ inline std::optional<write_outcome> write_executor_state::prune(std::int64_t now
 }
 
 inline void write_executor_state::finish(const std::vector<std::shared_ptr<write_job>>& batch,
-                                         std::vector<write_outcome>& outcomes, std::uint64_t txid) {
+                                         std::vector<write_outcome>& outcomes, litefs::position pos) {
   std::vector<std::vector<std::unique_ptr<write_waiter>>> waiters(batch.size());
   {
     std::lock_guard lock(mutex_);
@@ -12898,10 +13087,10 @@ inline void write_executor_state::finish(const std::vector<std::shared_ptr<write
     }
   }
   for (std::size_t i = 0; i < batch.size(); ++i) {
-    const std::uint64_t job_txid = outcomes[i].ec ? 0 : txid;
+    const litefs::position job_pos = outcomes[i].ec ? litefs::position{} : pos;
     for (std::size_t w = 0; w < waiters[i].size(); ++w) {
       std::string result = w + 1 == waiters[i].size() ? std::move(outcomes[i].result) : outcomes[i].result;
-      waiters[i][w]->complete(outcomes[i].ec, std::move(result), job_txid);
+      waiters[i][w]->complete(outcomes[i].ec, std::move(result), job_pos);
     }
   }
 }
@@ -13029,10 +13218,10 @@ class write_executor {
    * SQLITE_CONSTRAINT_UNIQUE); any other exception completes with errc::remote_failure.
    *
    * **Completion signature** `void(boost::system::error_code ec, std::string result,
-   * std::uint64_t txid)`: on success `result` is what `work` returned (or returned the
-   * first time `id` ran) and `txid` is write_options::position_after_commit's value after
-   * the COMMIT (0 without it); on failure `result` describes the failure (the exception's
-   * text, or SQLite's message and SQL) and `txid` is 0. Errors: SQLite's codes;
+   * litefs::position pos)`: on success `result` is what `work` returned (or returned the
+   * first time `id` ran) and `pos` is write_options::position_after_commit's value after
+   * the COMMIT (zero without it); on failure `result` describes the failure (the exception's
+   * text, or SQLite's message and SQL) and `pos` is zero. Errors: SQLite's codes;
    * errc::not_primary (LiteFS refused, or its mount went away: nothing applied);
    * errc::commit_unknown (COMMIT failed and may have committed: retry with the same id);
    * errc::remote_failure;
@@ -13188,8 +13377,8 @@ class write_executor {
 
 // What every node serves on the write path besides the user's procedures: one SQL
 // statement with bound parameters, one statement over many parameter rows (bulk), and
-// versioned migrations. Also the envelope of a write's reply (the primary's TXID + the
-// result). Their names start with "fwd_write." because the server keeps "fwd." for the
+// versioned migrations. Also the envelope of a write's reply (the primary's position, TXID
+// and checksum, + the result). Their names start with "fwd_write." because the server keeps "fwd." for the
 // procedures it answers itself. Includes <sqlite3.h>: only forwarder.hpp and node.hpp include this
 // file.
 
@@ -13339,26 +13528,41 @@ inline std::int64_t run_migrations(sqlite3* db, const std::vector<migration>& mi
   return current;
 }
 
-// A write's reply: the primary's TXID after the commit (8 bytes, little endian), then the
-// encoded result.
-inline std::string encode_write_reply(std::uint64_t txid, std::string_view result) {
-  std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i)
-    out[static_cast<std::size_t>(i)] = static_cast<char>((txid >> (8 * i)) & 0xff);
+// A write's reply: the primary's position after the commit (its TXID, then its checksum:
+// 8 bytes each, little endian; zero when the primary does not know it), then the encoded
+// result. The checksum tells the replica whether the history it reaches at that TXID is
+// the primary's (a failover can put another transaction at the same TXID).
+struct write_reply {
+  litefs::position position;
+  std::string_view result;
+};
+
+inline constexpr std::size_t write_reply_header = 16;
+
+inline void put_u64_le(std::string& out, std::size_t at, std::uint64_t v) noexcept {
+  for (std::size_t i = 0; i < 8; ++i) out[at + i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+inline std::uint64_t get_u64_le(std::string_view in, std::size_t at) noexcept {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < 8; ++i)
+    v |= static_cast<std::uint64_t>(static_cast<unsigned char>(in[at + i])) << (8 * i);
+  return v;
+}
+
+inline std::string encode_write_reply(const litefs::position& position, std::string_view result) {
+  std::string out(write_reply_header, '\0');
+  put_u64_le(out, 0, position.txid);
+  put_u64_le(out, 8, position.checksum);
   out.append(result);
   return out;
 }
 
-inline bool decode_write_reply(std::string_view bytes, std::uint64_t& txid,
-                               std::string_view& result) noexcept {
-  if (bytes.size() < 8) return false;
-  txid = 0;
-  for (int i = 0; i < 8; ++i) {
-    txid |=
-        static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]))
-        << (8 * i);
-  }
-  result = bytes.substr(8);
+/// False when `bytes` is shorter than the position.
+inline bool decode_write_reply(std::string_view bytes, write_reply& out) noexcept {
+  if (bytes.size() < write_reply_header) return false;
+  out.position = litefs::position{get_u64_le(bytes, 0), get_u64_le(bytes, 8)};
+  out.result = bytes.substr(write_reply_header);
   return true;
 }
 
@@ -13917,13 +14121,22 @@ inline request_id make_request_id() {
   return id;
 }
 
+/// How a forwarded write was confirmed on this node (read-your-writes).
+enum class write_confirmation {
+  none,       ///< not confirmed here (ran locally, read_your_writes off, or it failed)
+  checksum,   ///< this node held the primary's TXID with the primary's checksum
+  dedup_row,  ///< this node's database holds the write's dedup row (its request id)
+};
+
 /// What happened to one call (filled in as the call runs, read after it completes).
 struct call_report {
   std::uint32_t attempts = 0;  ///< attempts made (1 = no retry)
   bool ran_locally = false;    ///< the last attempt ran on this node (it was primary)
   std::string peer;            ///< the last peer the call was sent to ("address:port")
   std::uint64_t txid = 0;      ///< the primary's TXID after the commit (0 if unknown)
+  std::uint64_t checksum = 0;  ///< the primary's checksum at that TXID (0 if unknown)
   bool waited_for_replication = false;
+  write_confirmation confirmation = write_confirmation::none;
   request_id id{};  ///< the call's request id
 };
 
@@ -13959,7 +14172,10 @@ struct forwarder_options {
   retry_policy retry;
   breaker_options breaker;
   /// Wait, after a forwarded write, until this replica's `<db>-pos` reaches the
-  /// primary's TXID (bounded by the call's deadline).
+  /// primary's TXID (bounded by the call's deadline), and confirm that the history it
+  /// reached holds the write: the primary's checksum at that TXID, or else the write's
+  /// dedup row in the local database. A write that is not there (a failover lost it) is
+  /// retried with the same request id while the deadline allows.
   bool read_your_writes = true;
   /// What the primary waits for before it acknowledges a write (see fwd::durability).
   fwd::durability durability;
@@ -13990,7 +14206,9 @@ struct forwarder_options {
 // result. Failures are retried by class (not sent / maybe executed / permanent) with
 // full-jitter backoff, the call's deadline and a retry budget, through a circuit breaker
 // per peer. With read-your-writes (the default) a forwarded call completes only once the
-// local replica has replicated the primary's commit.
+// local replica has replicated the primary's commit and its history is confirmed to hold
+// it (the primary's checksum at that TXID, or the write's dedup row); a write a failover
+// lost is retried with its request id.
 
 // ---- begin fwd/write/detail/forward_op.hpp ----
 
@@ -14648,15 +14866,17 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   }
 
   void on_reply(std::string payload, bool remote) {
-    std::uint64_t txid = 0;
-    std::string_view result;
-    if (!decode_write_reply(payload, txid, result)) {
-      finish(make_error_code(errc::protocol_error), "the write's reply is shorter than its TXID");
+    write_reply reply;
+    if (!decode_write_reply(payload, reply)) {
+      finish(make_error_code(errc::protocol_error),
+             "the write's reply is shorter than its position (TXID and checksum)");
       return;
     }
-    report_->txid = txid;
-    result_ = std::string(result);
-    if (!remote || !read_your_writes_ || txid == 0) {
+    primary_position_ = reply.position;
+    report_->txid = reply.position.txid;
+    report_->checksum = reply.position.checksum;
+    result_ = std::string(reply.result);
+    if (!remote || !read_your_writes_ || primary_position_.txid == 0) {
       finish({}, {});
       return;
     }
@@ -14665,46 +14885,11 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     wait_replication();
   }
 
-  static std::string replication_lag_detail(std::uint64_t primary_txid, std::uint64_t local_txid) {
-    return fmt::format(
-        "the write COMMITTED on the primary at TXID {} but this node is at TXID {} when the deadline "
-        "passed: do not retry it; a local read may not see it yet",
-        primary_txid, local_txid);
-  }
-
-  // Polls the local `<db>-pos` until it reaches the primary's TXID, as LiteFS's proxy does.
-  void wait_replication() {
-    if (done_) return;
-    if (const auto& monitor = core_->options.monitor) {
-      monitor->async_wait_position(
-          report_->txid, deadline_,
-          boost::asio::bind_cancellation_slot(
-              replication_wait_.slot(),
-              boost::asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec,
-                                                                          litefs::position local) {
-            if (self->done_) return;
-            if (!ec) return self->finish({}, {});
-            self->finish(make_error_code(errc::replication_lag), replication_lag_detail(self->report_->txid, local.txid));
-          })));
-      return;
-    }
-    boost::system::error_code ec;
-    const litefs::position local =
-        litefs::read_position(core_->options.mount, core_->options.database_name, ec);
-    if (!ec && local.txid >= report_->txid) {
-      finish({}, {});
-      return;
-    }
-    if (core_->stopped.load() || clock::now() >= deadline_) {
-      finish(make_error_code(errc::replication_lag), replication_lag_detail(report_->txid, local.txid));
-      return;
-    }
-    timer_.expires_after(core_->options.replication_poll);
-    timer_.async_wait([self = shared_from_this()](boost::system::error_code e) {
-      if (e) return;  // cancelled: cancel() finishes the call
-      self->wait_replication();
-    });
-  }
+  // Read-your-writes (forward_confirm.hpp): waits for the primary's position here, then
+  // confirms that this node's history holds the write.
+  std::string replication_lag_detail(litefs::position local) const;
+  void wait_replication();
+  void on_replicated(litefs::history_match match, litefs::position local);
 
   void on_failure(boost::system::error_code ec, std::string detail) {
     if (done_) return;
@@ -14786,6 +14971,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   bool read_your_writes_;
   fwd::durability durability_;
   std::shared_ptr<call_report> report_;
+  litefs::position primary_position_;  // the primary's position after the write (from its reply)
   std::unique_ptr<forward_completion> completion_;
   std::string result_;
   boost::system::error_code last_ec_;
@@ -14800,6 +14986,174 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
 }  // namespace detail
 
 }  // namespace fwd
+
+// ---- begin fwd/write/detail/forward_confirm.hpp ----
+
+// fwd::detail::forward_op's read-your-writes: after a forwarded write, wait until this
+// node reaches the primary's position (TXID, checksum) from the reply, then confirm that
+// the history it reached holds the write. A TXID alone proves nothing after a failover
+// that lost the old primary's last transactions (the new primary may have written another
+// transaction under it): the same checksum at that TXID does, or else the write's dedup
+// row in this node's database. A write that is not here is retried with its request id.
+
+// ---- begin fwd/write/detail/dedup_lookup.hpp ----
+
+// Whether a write's dedup row (`_fwd_requests`, keyed by its request id) is in this node's
+// copy of the database: the proof that a forwarded write is here when the position's
+// checksum cannot tell (the replica went past the write's TXID without seeing it). Read
+// only, on a connection opened for the lookup and closed after it (a connection kept
+// across a LiteFS restart would point at the dead mount). Internal.
+
+#include <sqlite3.h>
+
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <string>
+
+namespace fwd::detail {
+
+enum class dedup_row {
+  present,  ///< the row is there: the write is in this node's database
+  absent,   ///< no such row (or no dedup table yet): the write is not here
+  unknown,  ///< the database could not be read (busy, missing, unreadable)
+};
+
+/// Looks `id` up in the database at `path`, read-only, waiting at most `busy` for a lock.
+/// `why` receives the failure when the answer is `unknown`.
+inline dedup_row find_dedup_row(const std::string& path, const sqlite::request_id& id,
+                                std::chrono::milliseconds busy, std::string& why) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    why = fmt::format("cannot open {} read-only: {}", path, db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    sqlite3_close(db);
+    return dedup_row::unknown;
+  }
+  sqlite3_busy_timeout(db, static_cast<int>(busy.count()));
+  sqlite3_stmt* stmt = nullptr;
+  const std::string sql = fmt::format("SELECT 1 FROM {} WHERE id = ?1", sqlite::dedup_table_name);
+  rc = sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr);
+  dedup_row found = dedup_row::unknown;
+  if (rc != SQLITE_OK) {
+    // No dedup table: no write ever committed in this history.
+    const bool no_table = rc == SQLITE_ERROR &&
+                          std::string(sqlite3_errmsg(db)).find("no such table") != std::string::npos;
+    if (no_table) {
+      found = dedup_row::absent;
+    } else {
+      why = fmt::format("cannot read {} in {}: {}", sqlite::dedup_table_name, path, sqlite3_errmsg(db));
+    }
+  } else {
+    sqlite3_bind_blob(stmt, 1, id.data(), static_cast<int>(id.size()), SQLITE_STATIC);
+    rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW) {
+      found = dedup_row::present;
+    } else if (rc == SQLITE_DONE) {
+      found = dedup_row::absent;
+    } else {
+      why = fmt::format("cannot read {} in {}: {}", sqlite::dedup_table_name, path, sqlite3_errmsg(db));
+    }
+  }
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return found;
+}
+
+}  // namespace fwd::detail
+
+// ---- end fwd/write/detail/dedup_lookup.hpp ----
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+
+namespace fwd::detail {
+
+inline std::string forward_op::replication_lag_detail(litefs::position local) const {
+  return fmt::format(
+      "the write committed on the primary at TXID {} but this node was at TXID {} when the "
+      "deadline passed: not confirmed here; a retry with the same forward_options::id is safe "
+      "(answered from the primary's dedup table, or run again if a failover lost it)",
+      primary_position_.txid, local.txid);
+}
+
+// Waits until the local position reaches the primary's TXID (one shared wait on the
+// monitor, or a poll of `<db>-pos` as LiteFS's proxy does), then confirms the history.
+inline void forward_op::wait_replication() {
+  if (done_) return;
+  if (const auto& monitor = core_->options.monitor) {
+    monitor->async_wait_history(
+        primary_position_, deadline_,
+        boost::asio::bind_cancellation_slot(
+            replication_wait_.slot(),
+            boost::asio::bind_executor(
+                strand_, [self = shared_from_this()](boost::system::error_code ec, litefs::history_match match,
+                                                     litefs::position local) {
+                  if (self->done_) return;
+                  if (ec) return self->finish(make_error_code(errc::replication_lag), self->replication_lag_detail(local));
+                  self->on_replicated(match, local);
+                })));
+    return;
+  }
+  boost::system::error_code ec;
+  const litefs::position local =
+      litefs::read_position(core_->options.mount, core_->options.database_name, ec);
+  if (!ec && local.txid >= primary_position_.txid) {
+    on_replicated(litefs::compare_at(primary_position_, local), local);
+    return;
+  }
+  if (core_->stopped.load() || clock::now() >= deadline_) {
+    finish(make_error_code(errc::replication_lag), replication_lag_detail(local));
+    return;
+  }
+  timer_.expires_after(core_->options.replication_poll);
+  timer_.async_wait([self = shared_from_this()](boost::system::error_code e) {
+    if (e) return;  // cancelled: cancel() finishes the call
+    self->wait_replication();
+  });
+}
+
+// This node has reached the primary's TXID. The same checksum there proves the write is
+// here; otherwise (another transaction at that TXID, or a TXID passed unseen) its dedup
+// row decides. A write that is not here was lost in a failover: retried with its id.
+inline void forward_op::on_replicated(litefs::history_match match, litefs::position local) {
+  if (match == litefs::history_match::same) {
+    report_->confirmation = write_confirmation::checksum;
+    finish({}, {});
+    return;
+  }
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - clock::now());
+  const auto busy = std::clamp(left, std::chrono::milliseconds(1), std::chrono::milliseconds(100));
+  std::string why;
+  const std::string path = (core_->options.mount / core_->options.database_name).string();
+  const dedup_row row = find_dedup_row(path, id_, busy, why);
+  if (row == dedup_row::present) {
+    report_->confirmation = write_confirmation::dedup_row;
+    finish({}, {});
+    return;
+  }
+  // The primary that answered may be gone: find the primary again.
+  core_->finder->invalidate();
+  const char* seen = match == litefs::history_match::diverged
+                         ? "holds another transaction at that TXID"
+                         : "went past that TXID without seeing its checksum";
+  std::string detail =
+      row == dedup_row::absent
+          ? fmt::format("the write committed on the primary at TXID {} (checksum {:016x}), but this node "
+                        "(now at TXID {}, checksum {:016x}) {} and has no dedup row for its request id: "
+                        "a failover lost it",
+                        primary_position_.txid, primary_position_.checksum, local.txid, local.checksum, seen)
+          : fmt::format("the write committed on the primary at TXID {} (checksum {:016x}), but this node "
+                        "(now at TXID {}) {} and its dedup row could not be read: {}",
+                        primary_position_.txid, primary_position_.checksum, local.txid, seen, why);
+  on_failure(make_error_code(errc::not_confirmed), std::move(detail));
+}
+
+}  // namespace fwd::detail
+
+// ---- end fwd/write/detail/forward_confirm.hpp ----
 
 // ---- end fwd/write/detail/forward_op.hpp ----
 // ---- begin fwd/write/detail/write_handler.hpp ----
@@ -14871,7 +15225,7 @@ inline void wait_durable(const std::weak_ptr<forward_core>& weak, rpc::reply_han
 
 // The server side of a write procedure (also run directly for local calls): checks the
 // local role, decodes the arguments, and runs the user's function through the write
-// executor with the call's request id; replies with the TXID envelope.
+// executor with the call's request id; replies with the position envelope.
 template <class Proc, class F>
 rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
                                               std::shared_ptr<F> fn, std::string procedure_key) {
@@ -14925,13 +15279,13 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
         },
         call.deadline,  // dropped before it runs once the caller has stopped waiting
         [reply = std::move(reply), weak, required = durability::from_wire(call.durability),
-         deadline = call.deadline](boost::system::error_code e, std::string result, std::uint64_t txid) mutable {
+         deadline = call.deadline](boost::system::error_code e, std::string result, litefs::position pos) mutable {
           if (e) {
             std::move(reply)(e, std::move(result));
           } else if (required == durability::none()) {
-            std::move(reply)(boost::system::error_code{}, encode_write_reply(txid, result));
+            std::move(reply)(boost::system::error_code{}, encode_write_reply(pos, result));
           } else {
-            wait_durable(weak, std::move(reply), required, deadline, txid, encode_write_reply(txid, result));
+            wait_durable(weak, std::move(reply), required, deadline, pos.txid, encode_write_reply(pos, result));
           }
         });
   };
@@ -15078,7 +15432,10 @@ class forwarder {
    * violation; remote_failure for an exception), never retried; `no_primary`,
    * `not_primary`, `unreachable`, `connection_lost`, `timeout`, `circuit_open` after the
    * retries, the deadline or the retry budget ran out; `replication_lag`: the write
-   * COMMITTED but this node had not replicated it by the deadline (do not retry);
+   * committed on the primary but this node had not reached its position by the deadline,
+   * and `not_confirmed`: this node's history at that position does not hold it (a
+   * failover lost it) and the retries ran out (both class `unconfirmed`: a retry with the
+   * same request id is safe);
    * `not_yet_durable` (class committed_not_durable): the write COMMITTED on the primary
    * but fewer replicas than forward_options::durability asks reported it before the
    * deadline (a retry with the same request id is safe and waits for them again);
@@ -16130,7 +16487,7 @@ class node {
       write.position_after_commit = [reader] {
         boost::system::error_code ec;
         const litefs::position p = reader->read(ec);
-        return ec ? std::uint64_t{0} : p.txid;
+        return ec ? litefs::position{} : p;
       };
     }
     if (!write.telemetry) write.telemetry = options_.telemetry;
@@ -16688,7 +17045,8 @@ inline std::int64_t local_schema_version(const std::filesystem::path& database) 
  * Completion signature: `void(boost::system::error_code, std::int64_t version)`. Errors:
  * those of node::async_call (no_primary, timeout, a SQLite code from a failing
  * migration, whose transaction is rolled back), and errc::replication_lag when the
- * migrations COMMITTED but this replica had not received them within `timeout`.
+ * migrations committed but this replica had not received them within `timeout` (a retry
+ * is safe: applied migrations are skipped).
  *
  * Per-Operation Cancellation: as node::async_call.
  */
@@ -17062,6 +17420,7 @@ inline std::string outcome_label(const boost::system::error_code& ec) {
       case errc::commit_unknown: return "commit_unknown";
       case errc::not_yet_durable: return "not_yet_durable";
       case errc::tampered_frame: return "tampered_frame";
+      case errc::not_confirmed: return "not_confirmed";
     }
     return "fwd";
   }

@@ -417,7 +417,7 @@ TEST_CASE(
     if (role_fails) throw std::runtime_error("the role read failed (ENOTCONN)");
     return fwd::litefs::current_role(mount);
   };
-  o.write.position_after_commit = []() -> std::uint64_t {
+  o.write.position_after_commit = []() -> fwd::litefs::position {
     throw std::runtime_error("the position read failed");
   };
   fwd::node node(io.get_executor(), o);

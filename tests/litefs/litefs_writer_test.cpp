@@ -29,7 +29,7 @@ std::future<outcome> write(fwd::sqlite::write_executor& writer, std::uint8_t id,
   auto f = done->get_future();
   fwd::sqlite::request_id rid{};
   rid[0] = id;
-  writer.async_write(rid, std::move(work), [done](boost::system::error_code ec, std::string r, std::uint64_t) {
+  writer.async_write(rid, std::move(work), [done](boost::system::error_code ec, std::string r, fwd::litefs::position) {
     done->set_value({ec, std::move(r)});
   });
   return f;

@@ -23,9 +23,14 @@
  * sees partial contents.
  *
  * Checksum. LiteFS's checksum is a CRC over the database pages; the simulation's is a
- * deterministic running mix instead: `checksum(n) = next_checksum(checksum(n-1), n)`
- * (a splitmix64 step over `checksum ^ txid`), starting from 0 before TXID 1. Replicas
- * copy the primary's pair, so equal positions mean equal (txid, checksum) everywhere.
+ * running mix of what each transaction wrote instead:
+ * `checksum(n) = next_checksum(checksum(n-1) ^ written(n), n)` (a splitmix64 step over
+ * `checksum ^ txid`), where `written(n)` is an FNV-1a hash of the bytes (and offsets)
+ * transaction n wrote to the database (rollback mode) or to the `-wal` (WAL mode), and
+ * 0 before TXID 1 (the database the cluster creates is at `next_checksum(0, 1)`). So two
+ * histories that reach one TXID with different transactions (a lossy failover) show
+ * different checksums there, as with LiteFS. Replicas copy the primary's pair, so equal
+ * positions mean equal (txid, checksum) everywhere.
  *
  * Errors on replicas. Tests run as root, so file modes alone cannot make writes fail.
  * `install_vfs()` registers a SQLite VFS (a thin shim over the default "unix" VFS) as

@@ -53,6 +53,21 @@ struct commit_tracker {
   bool wal_write_locked = false;
   sqlite3_int64 wal_begin = -1;
   sqlite3_int64 wal_end = 0;
+  // What the transaction wrote (pages to the database, or frames to the -wal), hashed:
+  // mixed into the checksum, so that two histories that reach one TXID with different
+  // contents show different checksums, as LiteFS's checksum of the pages does.
+  std::uint64_t content = fnv_offset;
+
+  static constexpr std::uint64_t fnv_offset = 0xcbf29ce484222325ULL;
+  void hash(const void* bytes, int amount, sqlite3_int64 offset) noexcept {
+    const auto mix = [this](unsigned char b) {
+      content ^= b;
+      content *= 0x100000001b3ULL;
+    };
+    for (int i = 0; i < 8; ++i) mix(static_cast<unsigned char>(static_cast<std::uint64_t>(offset) >> (8 * i)));
+    const auto* p = static_cast<const unsigned char*>(bytes);
+    for (int i = 0; i < amount; ++i) mix(p[i]);
+  }
 };
 
 std::mutex trackers_mutex;
@@ -93,12 +108,12 @@ std::uint32_t big_endian32(const unsigned char* p) {
 
 // Advances <db>-pos by one TXID. Runs while the committing connection still holds
 // SQLite's write lock, which serialises bumps across processes.
-void bump_position(const std::string& db_path) {
+void bump_position(const std::string& db_path, std::uint64_t content) {
   try {
     const std::filesystem::path pos_file = db_path + "-pos";
     db_position pos = read_position(pos_file).value_or(db_position{});
     pos.txid += 1;
-    pos.checksum = next_checksum(pos.checksum, pos.txid);
+    pos.checksum = next_checksum(pos.checksum ^ content, pos.txid);
     write_file_atomically(pos_file, format_position(pos));
   } catch (const std::exception& e) {
     // A C callback must not throw; a lost bump shows up as a failing position check.
@@ -169,10 +184,12 @@ int shim_write(sqlite3_file* file, const void* buf, int amount, sqlite3_int64 of
     commit_tracker& t = trackers()[f->db_path];
     if (t.wal_begin < 0 || offset < t.wal_begin) t.wal_begin = offset;
     if (offset + amount > t.wal_end) t.wal_end = offset + amount;
+    if (t.wal_write_locked) t.hash(buf, amount, offset);
   } else if (f->in_mount && f->kind == file_kind::main_db && offset == 0 && amount >= 28) {
     std::lock_guard lock(trackers_mutex);
     commit_tracker& t = trackers()[f->db_path];
     if (t.journal_open) {
+      t.hash(buf, amount, offset);
       if (!t.page1_written) {
         unsigned char before[4] = {0, 0, 0, 0};
         // A short read (new, empty database) leaves zeros: counter 0.
@@ -182,6 +199,11 @@ int shim_write(sqlite3_file* file, const void* buf, int amount, sqlite3_int64 of
       }
       t.counter_last = big_endian32(static_cast<const unsigned char*>(buf) + 24);
     }
+  }
+  if (f->in_mount && f->kind == file_kind::main_db && offset != 0) {
+    std::lock_guard lock(trackers_mutex);
+    commit_tracker& t = trackers()[f->db_path];
+    if (t.journal_open) t.hash(buf, amount, offset);
   }
   return f->real->pMethods->xWrite(f->real, buf, amount, offset);
 }
@@ -245,7 +267,7 @@ int shim_shm_lock(sqlite3_file* file, int offset, int n, int flags) {
     // visible. Bump while the lock is still held, so bumps follow commit order.
     if (session.wal_write_locked && session.wal_begin >= 0 && !is_replica(f->mount_dir) &&
         wal_range_has_commit(f->db_path + "-wal", session.wal_begin, session.wal_end)) {
-      bump_position(f->db_path);
+      bump_position(f->db_path, session.content);
     }
     return f->real->pMethods->xShmLock(f->real, offset, n, flags);
   }
@@ -256,6 +278,7 @@ int shim_shm_lock(sqlite3_file* file, int offset, int n, int flags) {
     t.wal_write_locked = true;
     t.wal_begin = -1;
     t.wal_end = 0;
+    t.content = commit_tracker::fnv_offset;
   }
   return rc;
 }
@@ -346,6 +369,7 @@ int shim_open(sqlite3_vfs*, const char* name, sqlite3_file* file, int flags,
     commit_tracker& t = trackers()[f->db_path];
     t.journal_open = true;
     t.page1_written = false;
+    t.content = commit_tracker::fnv_offset;
   }
   return SQLITE_OK;
 }
@@ -357,19 +381,21 @@ int shim_delete(sqlite3_vfs*, const char* name, int sync_dir) {
   if (!ends_with(path, "-journal")) return rc;
   const std::string db_path = path.substr(0, path.size() - 8);
   bool committed = false;
+  std::uint64_t content = 0;
   {
     std::lock_guard lock(trackers_mutex);
     auto it = trackers().find(db_path);
     if (it == trackers().end() || !it->second.journal_open) return rc;
     commit_tracker& t = it->second;
     committed = t.page1_written && t.counter_last != t.counter_before;
+    content = t.content;
     t.journal_open = false;
     t.page1_written = false;
   }
   // Deleting the journal is the commit point of journal_mode=DELETE; the writer
   // still holds its EXCLUSIVE lock here.
   const std::string dir = dirname_of(path);
-  if (committed && is_mount(dir) && !is_replica(dir)) bump_position(db_path);
+  if (committed && is_mount(dir) && !is_replica(dir)) bump_position(db_path, content);
   return rc;
 }
 

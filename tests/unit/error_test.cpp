@@ -18,6 +18,7 @@ constexpr fwd::errc all_errcs[] = {
     fwd::errc::bad_litefs_file,   fwd::errc::bad_argument,     fwd::errc::commit_unknown,
     fwd::errc::not_yet_durable,
     fwd::errc::tampered_frame,
+    fwd::errc::not_confirmed,
 };
 
 }  // namespace
@@ -67,7 +68,12 @@ TEST_CASE("classification: not sent, maybe executed, permanent") {
   CHECK(fwd::classify(fwd::errc::signature_mismatch) == error_class::permanent);
   CHECK(fwd::classify(fwd::errc::unauthenticated) == error_class::permanent);
   CHECK(fwd::classify(fwd::errc::version_mismatch) == error_class::permanent);
-  CHECK(fwd::classify(fwd::errc::replication_lag) == error_class::permanent);
+  // Committed on the primary, not confirmed here: a retry with the same request id is safe.
+  CHECK(fwd::classify(fwd::errc::replication_lag) == error_class::unconfirmed);
+  CHECK(fwd::classify(fwd::errc::not_confirmed) == error_class::unconfirmed);
+  CHECK(fwd::make_error_code(fwd::errc::replication_lag).message().find("do not retry") == std::string::npos);
+  CHECK(fwd::make_error_code(fwd::errc::not_confirmed).message().find("same request id is safe") !=
+        std::string::npos);
   CHECK(fwd::classify(fwd::errc::not_litefs) == error_class::permanent);
   // The classification is the same whichever error_code type carries the error.
   for (auto e : all_errcs) {
@@ -77,6 +83,7 @@ TEST_CASE("classification: not sent, maybe executed, permanent") {
     CHECK(fwd::classify(e) == fwd::classify(b));
   }
   CHECK(std::string(fwd::to_string(error_class::maybe_executed)) == "maybe executed");
+  CHECK(std::string(fwd::to_string(error_class::unconfirmed)) == "unconfirmed");
 }
 
 TEST_CASE("socket errors are classified by whether the request could have left") {

@@ -39,7 +39,7 @@ namespace {
 /// Options whose position callback counts commits (a stand-in for LiteFS's TXID).
 fwd::sqlite::write_options counting(std::atomic<std::uint64_t>& commits) {
   fwd::sqlite::write_options options;
-  options.position_after_commit = [&commits] { return ++commits; };
+  options.position_after_commit = [&commits] { return fwd::litefs::position{++commits, 0}; };
   return options;
 }
 
@@ -378,12 +378,12 @@ TEST_CASE("beyond max_queue a write completes at once with overloaded, never ins
   boost::system::error_code held_ec = fwd::errc::timeout;
   writer.async_write(
       make_id(1), g.work(),
-      [&](boost::system::error_code ec, std::string, std::uint64_t) { held_ec = ec; });
+      [&](boost::system::error_code ec, std::string, fwd::litefs::position) { held_ec = ec; });
   g.wait_entered();
   int queued_done = 0;
   for (int i = 0; i < 2; ++i) {
     writer.async_write(make_id(10 + static_cast<std::uint64_t>(i)), insert_item(std::to_string(i)),
-                       [&](boost::system::error_code ec, std::string, std::uint64_t) {
+                       [&](boost::system::error_code ec, std::string, fwd::litefs::position) {
                          CHECK_FALSE(ec);
                          ++queued_done;
                        });
@@ -391,7 +391,7 @@ TEST_CASE("beyond max_queue a write completes at once with overloaded, never ins
   bool refused = false;
   std::string why;
   writer.async_write(make_id(20), insert_item("too many"),
-                     [&](boost::system::error_code ec, std::string result, std::uint64_t) {
+                     [&](boost::system::error_code ec, std::string result, fwd::litefs::position) {
                        refused = ec == fwd::errc::overloaded;
                        why = result;
                      });
@@ -442,7 +442,7 @@ TEST_CASE("completion token: callback runs on the handler's associated executor"
   std::thread::id ran_on;
   std::string result;
   writer.async_write(make_id(1), insert_item("cb"),
-                     [&](boost::system::error_code ec, std::string r, std::uint64_t) {
+                     [&](boost::system::error_code ec, std::string r, fwd::litefs::position) {
                        CHECK_FALSE(ec);
                        result = r;
                        ran_on = std::this_thread::get_id();
@@ -459,12 +459,12 @@ TEST_CASE("completion token: use_future") {
   boost::asio::thread_pool pool(1);
   std::atomic<std::uint64_t> commits{0};
   fwd::sqlite::write_executor writer(pool.get_executor(), path, counting(commits));
-  std::future<std::tuple<std::string, std::uint64_t>> f =
+  std::future<std::tuple<std::string, fwd::litefs::position>> f =
       writer.async_write(make_id(1), insert_item("future"), boost::asio::use_future);
   REQUIRE(f.wait_for(30s) == std::future_status::ready);
-  const auto [result, txid] = f.get();
+  const auto [result, pos] = f.get();
   CHECK(result == "1");
-  CHECK(txid == 1);
+  CHECK(pos.txid == 1);
 
   auto failing = writer.async_write(make_id(2), insert_item("future"), boost::asio::use_future);
   REQUIRE(failing.wait_for(30s) == std::future_status::ready);
@@ -521,7 +521,7 @@ TEST_CASE("completion token: deferred starts nothing until invoked") {
   CHECK_FALSE(ran);
   io.restart();
   std::string result;
-  std::move(op)([&](boost::system::error_code ec, std::string r, std::uint64_t) {
+  std::move(op)([&](boost::system::error_code ec, std::string r, fwd::litefs::position) {
     CHECK_FALSE(ec);
     result = r;
   });
@@ -738,7 +738,7 @@ TEST_CASE("per-operation cancellation drops a write that has not started") {
   boost::system::error_code held_ec = fwd::errc::timeout;
   writer.async_write(
       make_id(1), g.work(),
-      [&](boost::system::error_code ec, std::string, std::uint64_t) { held_ec = ec; });
+      [&](boost::system::error_code ec, std::string, fwd::litefs::position) { held_ec = ec; });
   g.wait_entered();
 
   std::atomic<int> runs{0};
@@ -750,7 +750,7 @@ TEST_CASE("per-operation cancellation drops a write that has not started") {
   boost::asio::cancellation_signal cancel_one_of_two;
   std::vector<boost::system::error_code> ecs(3, fwd::errc::timeout);
   auto record = [&](std::size_t i) {
-    return [&ecs, i](boost::system::error_code ec, std::string, std::uint64_t) { ecs[i] = ec; };
+    return [&ecs, i](boost::system::error_code ec, std::string, fwd::litefs::position) { ecs[i] = ec; };
   };
   // A write with a single caller: cancelling drops it.
   writer.async_write(make_id(2), insert_item("dropped"),
@@ -786,7 +786,7 @@ TEST_CASE("per-operation cancellation does not stop a write that has started") {
   writer.async_write(
       make_id(1), g.work(),
       boost::asio::bind_cancellation_slot(
-          cancel.slot(), [&](boost::system::error_code e, std::string, std::uint64_t) { ec = e; }));
+          cancel.slot(), [&](boost::system::error_code e, std::string, fwd::litefs::position) { ec = e; }));
   g.wait_entered();
   cancel.emit(boost::asio::cancellation_type::terminal);
   g.open();

@@ -59,8 +59,8 @@ struct outcome {
 
 /// A completion handler that fulfils a future.
 inline auto capture(std::shared_ptr<std::promise<outcome>> promise) {
-  return [promise](boost::system::error_code ec, std::string result, std::uint64_t txid) {
-    promise->set_value(outcome{ec, std::move(result), txid});
+  return [promise](boost::system::error_code ec, std::string result, fwd::litefs::position pos) {
+    promise->set_value(outcome{ec, std::move(result), pos.txid});
   };
 }
 

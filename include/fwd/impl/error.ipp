@@ -60,8 +60,10 @@ inline const char* errc_message(int value) noexcept {
       return "the circuit breaker for this peer is open after repeated failures; nothing "
              "was sent: retry after the breaker's cool-down";
     case errc::replication_lag:
-      return "the write COMMITTED on the primary but has not yet replicated to this node "
-             "within the deadline: do not retry; a local read may not see it yet";
+      return "the write committed on the primary but this node had not reached that position "
+             "by the deadline, so it is not confirmed here (a failover may have lost it): "
+             "retrying with the same request id is safe (answered from the primary's dedup "
+             "table, or run again if it was lost)";
     case errc::not_litefs:
       return "the path is not on a LiteFS FUSE mount: point SQLite at the LiteFS mount "
              "directory (the fuse.dir of litefs.yml, e.g. /litefs)";
@@ -86,6 +88,11 @@ inline const char* errc_message(int value) noexcept {
       return "a frame failed its session MAC (injected, replayed, reordered or altered between "
              "the nodes): the connection was closed; look for something on the path between "
              "the nodes that rewrites or relays traffic";
+    case errc::not_confirmed:
+      return "the write committed on the primary, but this node's history at that position "
+             "does not hold it (a failover lost the old primary's last transactions): not "
+             "confirmed here; retrying with the same request id is safe (the write runs again, "
+             "or the primary answers from its dedup table)";
   }
   return "unknown fwd error";
 }
@@ -201,6 +208,9 @@ FWD_DECL error_class classify(const boost::system::error_code& ec) noexcept {
         return error_class::maybe_executed;
       case errc::not_yet_durable:
         return error_class::committed_not_durable;
+      case errc::replication_lag:
+      case errc::not_confirmed:
+        return error_class::unconfirmed;
       default:
         return error_class::permanent;
     }

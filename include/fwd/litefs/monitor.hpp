@@ -42,6 +42,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <fwd/litefs/detail/monitor_poller.hpp>
+#include <fwd/litefs/history.hpp>
 #include <fwd/litefs/monitor_options.hpp>
 #include <fwd/litefs/types.hpp>
 #include <list>
@@ -105,7 +106,32 @@ class monitor : public std::enable_shared_from_this<monitor> {
   auto async_wait_position(std::uint64_t txid, clock::time_point deadline, Token&& token) {
     return boost::asio::async_initiate<Token, void(boost::system::error_code, position)>(
         [self = shared_from_this(), txid, deadline](auto handler) {
-          self->add_waiter(txid, deadline, wait_handler(std::move(handler)));
+          self->add_waiter(waiter(txid, deadline, wait_handler(std::move(handler))));
+        },
+        token);
+  }
+
+  /**
+   * Read-your-writes with history: waits until the database reaches `target.txid` (or the
+   * deadline), then tells how `target` (the primary's position after a write) compares
+   * with what this node held at that TXID: `same` (the checksum matches: the write is
+   * here), `diverged` (another transaction holds that TXID here: a failover lost the
+   * write, or it is elsewhere in this history), or `unobserved` (this node went past that
+   * TXID without seeing its checksum, or its history was replaced since). Only `same`
+   * proves the write is here; otherwise look for it in the database.
+   *
+   * The history is what this node's database held since its primary (or mount) last
+   * changed, from every `<db>-pos` read and every tx event of LiteFS's `/events`.
+   *
+   * Completion signature: `void(boost::system::error_code, history_match, position)`
+   * (the position reached); errors and cancellation as async_wait_position (the match is
+   * then `unobserved`).
+   */
+  template <class Token>
+  auto async_wait_history(position target, clock::time_point deadline, Token&& token) {
+    return boost::asio::async_initiate<Token, void(boost::system::error_code, history_match, position)>(
+        [self = shared_from_this(), target, deadline](auto handler) {
+          self->add_waiter(waiter(target, deadline, history_wait_handler(std::move(handler))));
         },
         token);
   }
@@ -141,11 +167,21 @@ class monitor : public std::enable_shared_from_this<monitor> {
  private:
   using wait_handler =
       boost::asio::any_completion_handler<void(boost::system::error_code, position)>;
+  using history_wait_handler =
+      boost::asio::any_completion_handler<void(boost::system::error_code, history_match, position)>;
+  // Built whole: Boost 1.81's any_completion_handler cannot be move-assigned (its
+  // operator= recurses), only move-constructed.
   struct waiter {
-    std::uint64_t id;
-    std::uint64_t txid;
+    waiter(std::uint64_t t, clock::time_point d, wait_handler h)
+        : txid(t), deadline(d), handler(std::move(h)) {}
+    waiter(position target_position, clock::time_point d, history_wait_handler h)
+        : txid(target_position.txid), deadline(d), target(target_position), history_handler(std::move(h)) {}
+    std::uint64_t id = 0;
+    std::uint64_t txid = 0;
     clock::time_point deadline;
-    wait_handler handler;
+    wait_handler handler;                  // async_wait_position
+    std::optional<position> target;        // async_wait_history: the position compared
+    history_wait_handler history_handler;  // async_wait_history
   };
 
   monitor(boost::asio::any_io_executor ex, monitor_options options);
@@ -157,13 +193,14 @@ class monitor : public std::enable_shared_from_this<monitor> {
   void join_polling_thread();
 
   // Waiters, on the strand (impl/monitor.hpp).
-  void add_waiter(std::uint64_t txid, clock::time_point deadline, wait_handler handler);
+  void add_waiter(waiter w);
+  void observe_state();
   void publish_on_strand(std::shared_ptr<const node_state> published);
   void wake_waiters();
   void arm_deadline();
   void cancel_waiter(std::uint64_t id);
   void fail_waiters(boost::system::error_code ec);
-  void complete(wait_handler handler, boost::system::error_code ec, position p);
+  void complete(waiter& w, boost::system::error_code ec, position p);
   void count_waiters();
 
   // LiteFS's /events stream, on the strand (impl/monitor_events.hpp).
@@ -187,6 +224,12 @@ class monitor : public std::enable_shared_from_this<monitor> {
   std::atomic<std::uint64_t> next_id_{1};
   boost::asio::steady_timer deadline_timer_;
   std::optional<clock::time_point> armed_for_;
+  // What the database held since its primary or mount last changed (read-your-writes).
+  position_history history_;
+  std::uint64_t observed_version_ = 0;
+  role_kind observed_role_ = role_kind::unknown;
+  std::string observed_primary_;
+  std::uint64_t observed_generation_ = 0;
 
   // The /events stream, on the strand.
   boost::asio::steady_timer events_timer_;

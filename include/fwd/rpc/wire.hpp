@@ -35,7 +35,9 @@
 namespace fwd::wire {
 
 /// The newest protocol version this build speaks. Version 1 had no session keys and
-/// no frame MACs; version 2 adds them (fwd/rpc/session.hpp).
+/// no frame MACs, and a write's reply carried the primary's TXID alone; version 2 adds
+/// session keys and frame MACs (fwd/rpc/session.hpp) and the primary's checksum in a
+/// write's reply.
 inline constexpr std::uint32_t protocol_version = 2;
 /// The oldest protocol version this build speaks. Two peers use the highest version both
 /// speak (fwd/rpc/handshake.hpp).

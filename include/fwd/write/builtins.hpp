@@ -2,8 +2,8 @@
 
 // What every node serves on the write path besides the user's procedures: one SQL
 // statement with bound parameters, one statement over many parameter rows (bulk), and
-// versioned migrations. Also the envelope of a write's reply (the primary's TXID + the
-// result). Their names start with "fwd_write." because the server keeps "fwd." for the
+// versioned migrations. Also the envelope of a write's reply (the primary's position, TXID
+// and checksum, + the result). Their names start with "fwd_write." because the server keeps "fwd." for the
 // procedures it answers itself. Includes <sqlite3.h>: only forwarder.hpp and node.hpp include this
 // file.
 
@@ -14,6 +14,7 @@
 #include <fwd/sqlite/transaction.hpp>
 #include <fmt/format.h>
 #include <fwd/error.hpp>
+#include <fwd/litefs/types.hpp>
 #include <fwd/procedure.hpp>
 #include <string>
 #include <string_view>
@@ -157,26 +158,41 @@ inline std::int64_t run_migrations(sqlite3* db, const std::vector<migration>& mi
   return current;
 }
 
-// A write's reply: the primary's TXID after the commit (8 bytes, little endian), then the
-// encoded result.
-inline std::string encode_write_reply(std::uint64_t txid, std::string_view result) {
-  std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i)
-    out[static_cast<std::size_t>(i)] = static_cast<char>((txid >> (8 * i)) & 0xff);
+// A write's reply: the primary's position after the commit (its TXID, then its checksum:
+// 8 bytes each, little endian; zero when the primary does not know it), then the encoded
+// result. The checksum tells the replica whether the history it reaches at that TXID is
+// the primary's (a failover can put another transaction at the same TXID).
+struct write_reply {
+  litefs::position position;
+  std::string_view result;
+};
+
+inline constexpr std::size_t write_reply_header = 16;
+
+inline void put_u64_le(std::string& out, std::size_t at, std::uint64_t v) noexcept {
+  for (std::size_t i = 0; i < 8; ++i) out[at + i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+inline std::uint64_t get_u64_le(std::string_view in, std::size_t at) noexcept {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < 8; ++i)
+    v |= static_cast<std::uint64_t>(static_cast<unsigned char>(in[at + i])) << (8 * i);
+  return v;
+}
+
+inline std::string encode_write_reply(const litefs::position& position, std::string_view result) {
+  std::string out(write_reply_header, '\0');
+  put_u64_le(out, 0, position.txid);
+  put_u64_le(out, 8, position.checksum);
   out.append(result);
   return out;
 }
 
-inline bool decode_write_reply(std::string_view bytes, std::uint64_t& txid,
-                               std::string_view& result) noexcept {
-  if (bytes.size() < 8) return false;
-  txid = 0;
-  for (int i = 0; i < 8; ++i) {
-    txid |=
-        static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]))
-        << (8 * i);
-  }
-  result = bytes.substr(8);
+/// False when `bytes` is shorter than the position.
+inline bool decode_write_reply(std::string_view bytes, write_reply& out) noexcept {
+  if (bytes.size() < write_reply_header) return false;
+  out.position = litefs::position{get_u64_le(bytes, 0), get_u64_le(bytes, 8)};
+  out.result = bytes.substr(write_reply_header);
   return true;
 }
 

@@ -146,10 +146,10 @@ class write_executor {
    * SQLITE_CONSTRAINT_UNIQUE); any other exception completes with errc::remote_failure.
    *
    * **Completion signature** `void(boost::system::error_code ec, std::string result,
-   * std::uint64_t txid)`: on success `result` is what `work` returned (or returned the
-   * first time `id` ran) and `txid` is write_options::position_after_commit's value after
-   * the COMMIT (0 without it); on failure `result` describes the failure (the exception's
-   * text, or SQLite's message and SQL) and `txid` is 0. Errors: SQLite's codes;
+   * litefs::position pos)`: on success `result` is what `work` returned (or returned the
+   * first time `id` ran) and `pos` is write_options::position_after_commit's value after
+   * the COMMIT (zero without it); on failure `result` describes the failure (the exception's
+   * text, or SQLite's message and SQL) and `pos` is zero. Errors: SQLite's codes;
    * errc::not_primary (LiteFS refused, or its mount went away: nothing applied);
    * errc::commit_unknown (COMMIT failed and may have committed: retry with the same id);
    * errc::remote_failure;

@@ -131,13 +131,22 @@ inline request_id make_request_id() {
   return id;
 }
 
+/// How a forwarded write was confirmed on this node (read-your-writes).
+enum class write_confirmation {
+  none,       ///< not confirmed here (ran locally, read_your_writes off, or it failed)
+  checksum,   ///< this node held the primary's TXID with the primary's checksum
+  dedup_row,  ///< this node's database holds the write's dedup row (its request id)
+};
+
 /// What happened to one call (filled in as the call runs, read after it completes).
 struct call_report {
   std::uint32_t attempts = 0;  ///< attempts made (1 = no retry)
   bool ran_locally = false;    ///< the last attempt ran on this node (it was primary)
   std::string peer;            ///< the last peer the call was sent to ("address:port")
   std::uint64_t txid = 0;      ///< the primary's TXID after the commit (0 if unknown)
+  std::uint64_t checksum = 0;  ///< the primary's checksum at that TXID (0 if unknown)
   bool waited_for_replication = false;
+  write_confirmation confirmation = write_confirmation::none;
   request_id id{};  ///< the call's request id
 };
 
@@ -173,7 +182,10 @@ struct forwarder_options {
   retry_policy retry;
   breaker_options breaker;
   /// Wait, after a forwarded write, until this replica's `<db>-pos` reaches the
-  /// primary's TXID (bounded by the call's deadline).
+  /// primary's TXID (bounded by the call's deadline), and confirm that the history it
+  /// reached holds the write: the primary's checksum at that TXID, or else the write's
+  /// dedup row in the local database. A write that is not there (a failover lost it) is
+  /// retried with the same request id while the deadline allows.
   bool read_your_writes = true;
   /// What the primary waits for before it acknowledges a write (see fwd::durability).
   fwd::durability durability;

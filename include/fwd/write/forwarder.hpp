@@ -7,7 +7,9 @@
 // result. Failures are retried by class (not sent / maybe executed / permanent) with
 // full-jitter backoff, the call's deadline and a retry budget, through a circuit breaker
 // per peer. With read-your-writes (the default) a forwarded call completes only once the
-// local replica has replicated the primary's commit.
+// local replica has replicated the primary's commit and its history is confirmed to hold
+// it (the primary's checksum at that TXID, or the write's dedup row); a write a failover
+// lost is retried with its request id.
 
 #include <fwd/detail/completion.hpp>
 #include <fwd/error.hpp>
@@ -158,7 +160,10 @@ class forwarder {
    * violation; remote_failure for an exception), never retried; `no_primary`,
    * `not_primary`, `unreachable`, `connection_lost`, `timeout`, `circuit_open` after the
    * retries, the deadline or the retry budget ran out; `replication_lag`: the write
-   * COMMITTED but this node had not replicated it by the deadline (do not retry);
+   * committed on the primary but this node had not reached its position by the deadline,
+   * and `not_confirmed`: this node's history at that position does not hold it (a
+   * failover lost it) and the retries ran out (both class `unconfirmed`: a retry with the
+   * same request id is safe);
    * `not_yet_durable` (class committed_not_durable): the write COMMITTED on the primary
    * but fewer replicas than forward_options::durability asks reported it before the
    * deadline (a retry with the same request id is safe and waits for them again);

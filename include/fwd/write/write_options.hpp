@@ -2,6 +2,7 @@
 
 // The settings of the primary's write executor, and a write's identity.
 
+#include <fwd/litefs/types.hpp>
 #include <fwd/sqlite/connection.hpp>
 #include <fwd/telemetry.hpp>
 
@@ -48,9 +49,9 @@ struct write_options {
   /// refuse transaction control inside a write).
   std::function<void(connection&)> on_open;
   /// Called on the writer thread after each successful COMMIT; its value is passed to
-  /// every write of that batch as its TXID (on LiteFS: the TXID read from `<db>-pos`).
-  /// Without it the TXID is 0. If it throws, the TXID is 0.
-  std::function<std::uint64_t()> position_after_commit;
+  /// every write of that batch as its position (on LiteFS: the TXID and checksum read
+  /// from `<db>-pos`). Without it the position is zero. If it throws, it is zero.
+  std::function<litefs::position()> position_after_commit;
   /// Run the blocking SQLite work on this executor instead of a thread the write
   /// executor owns. At most one batch runs at a time; a batch may block a thread of this
   /// executor for as long as its writes take (plus max_batch_delay).

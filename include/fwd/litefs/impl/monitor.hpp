@@ -136,9 +136,11 @@ inline void monitor::publish_on_strand(std::shared_ptr<const node_state> publish
   }
 }
 
-inline void monitor::add_waiter(std::uint64_t txid, clock::time_point deadline, wait_handler handler) {
-  auto slot = boost::asio::get_associated_cancellation_slot(handler);
-  const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
+inline void monitor::add_waiter(waiter w) {
+  auto slot = w.target ? boost::asio::get_associated_cancellation_slot(w.history_handler)
+                       : boost::asio::get_associated_cancellation_slot(w.handler);
+  w.id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  const std::uint64_t id = w.id;
   if (slot.is_connected()) {
     slot.assign([weak = weak_from_this(), id](boost::asio::cancellation_type type) {
       if (type == boost::asio::cancellation_type::none) return;
@@ -147,19 +149,19 @@ inline void monitor::add_waiter(std::uint64_t txid, clock::time_point deadline, 
       }
     });
   }
-  boost::asio::dispatch(strand_, [self = shared_from_this(), id, txid, deadline,
-                                  h = std::move(handler)]() mutable {
+  boost::asio::dispatch(strand_, [self = shared_from_this(), w = std::move(w)]() mutable {
     if (self->stopped_) {
-      self->complete(std::move(h), make_error_code(errc::cancelled), self->state()->pos);
+      self->complete(w, make_error_code(errc::cancelled), self->state()->pos);
       return;
     }
+    self->observe_state();
     const position now = self->state()->pos;
-    if (now.txid >= txid) {
-      self->complete(std::move(h), {}, now);
+    if (now.txid >= w.txid) {
+      self->complete(w, {}, now);
       return;
     }
     const bool was_idle = self->waiters_.empty();
-    self->waiters_.push_back(waiter{id, txid, deadline, std::move(h)});
+    self->waiters_.push_back(std::move(w));
     self->count_waiters();
     self->arm_deadline();
     // From the slow poll to the fast one at once; with the event stream up, the tx event
@@ -168,18 +170,40 @@ inline void monitor::add_waiter(std::uint64_t txid, clock::time_point deadline, 
   });
 }
 
+// On the strand: the current state's position joins the history, which is forgotten when
+// the primary, the role or the mount changed (LiteFS may then hold another history).
+inline void monitor::observe_state() {
+  const auto s = state();
+  if (s->version == observed_version_ && observed_version_ != 0) return;
+  observed_version_ = s->version;
+  if (s->mount_dead || s->role != observed_role_ || s->primary_hostname != observed_primary_ ||
+      s->mount_generation != observed_generation_) {
+    history_.forget(s->pos);
+    observed_role_ = s->role;
+    observed_primary_ = s->primary_hostname;
+    observed_generation_ = s->mount_generation;
+  }
+  if (s->mount_dead || s->pos.txid == 0) return;  // 0: `<db>-pos` unreadable, nothing held
+  if (s->pos.txid < history_.last_txid()) {
+    history_.rewind_to(s->pos);
+  } else {
+    history_.record(s->pos);
+  }
+}
+
 inline void monitor::count_waiters() { poller_->waiters.store(waiters_.size(), std::memory_order_release); }
 
 inline void monitor::wake_waiters() {
+  observe_state();
   if (waiters_.empty()) return;
   const position now = state()->pos;
   const auto t = clock::now();
   for (auto it = waiters_.begin(); it != waiters_.end();) {
     if (now.txid >= it->txid) {
-      complete(std::move(it->handler), {}, now);
+      complete(*it, {}, now);
       it = waiters_.erase(it);
     } else if (t >= it->deadline) {
-      complete(std::move(it->handler), make_error_code(errc::timeout), now);
+      complete(*it, make_error_code(errc::timeout), now);
       it = waiters_.erase(it);
     } else {
       ++it;
@@ -212,7 +236,7 @@ inline void monitor::arm_deadline() {
 inline void monitor::cancel_waiter(std::uint64_t id) {
   for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
     if (it->id == id) {
-      complete(std::move(it->handler), make_error_code(errc::cancelled), state()->pos);
+      complete(*it, make_error_code(errc::cancelled), state()->pos);
       waiters_.erase(it);
       count_waiters();
       arm_deadline();
@@ -223,14 +247,19 @@ inline void monitor::cancel_waiter(std::uint64_t id) {
 
 inline void monitor::fail_waiters(boost::system::error_code ec) {
   const position now = state()->pos;
-  for (auto& w : waiters_) complete(std::move(w.handler), ec, now);
+  for (auto& w : waiters_) complete(w, ec, now);
   waiters_.clear();
   count_waiters();
   armed_for_.reset();
 }
 
-inline void monitor::complete(wait_handler handler, boost::system::error_code ec, position p) {
-  boost::asio::post(executor_, boost::asio::append(std::move(handler), ec, p));
+inline void monitor::complete(waiter& w, boost::system::error_code ec, position p) {
+  if (w.target) {
+    const history_match match = ec ? history_match::unobserved : history_.compare(*w.target);
+    boost::asio::post(executor_, boost::asio::append(std::move(w.history_handler), ec, match, p));
+    return;
+  }
+  boost::asio::post(executor_, boost::asio::append(std::move(w.handler), ec, p));
 }
 
 }  // namespace fwd::litefs

@@ -83,8 +83,13 @@ inline void monitor::on_event_bytes(std::string_view bytes) {
     const detail::event_line e = detail::parse_event_line(events_line_, poller_->options().database);
     if (e.kind == detail::event_kind::tx) {
       if (!announced || e.pos.txid > announced->txid) announced = e.pos;
+      // Every transaction's checksum, also those a later one in this chunk hides.
+      history_.record(e.pos);
     } else if (e.kind == detail::event_kind::other) {
       poll = true;
+      // In the stream's order: tx events after an init or primaryChange may come from
+      // another history than those before it.
+      history_.forget(state()->pos);
     }
   };
   for (char c : bytes) {

@@ -27,6 +27,7 @@
 #include <fwd/cluster/discovery.hpp>
 #include <fwd/detail/completion.hpp>
 #include <fwd/error.hpp>
+#include <fwd/litefs/history.hpp>
 #include <fwd/litefs/mount.hpp>
 #include <fwd/litefs/path_check.hpp>
 #include <fwd/procedure.hpp>
@@ -289,15 +290,17 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   }
 
   void on_reply(std::string payload, bool remote) {
-    std::uint64_t txid = 0;
-    std::string_view result;
-    if (!decode_write_reply(payload, txid, result)) {
-      finish(make_error_code(errc::protocol_error), "the write's reply is shorter than its TXID");
+    write_reply reply;
+    if (!decode_write_reply(payload, reply)) {
+      finish(make_error_code(errc::protocol_error),
+             "the write's reply is shorter than its position (TXID and checksum)");
       return;
     }
-    report_->txid = txid;
-    result_ = std::string(result);
-    if (!remote || !read_your_writes_ || txid == 0) {
+    primary_position_ = reply.position;
+    report_->txid = reply.position.txid;
+    report_->checksum = reply.position.checksum;
+    result_ = std::string(reply.result);
+    if (!remote || !read_your_writes_ || primary_position_.txid == 0) {
       finish({}, {});
       return;
     }
@@ -306,46 +309,11 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     wait_replication();
   }
 
-  static std::string replication_lag_detail(std::uint64_t primary_txid, std::uint64_t local_txid) {
-    return fmt::format(
-        "the write COMMITTED on the primary at TXID {} but this node is at TXID {} when the deadline "
-        "passed: do not retry it; a local read may not see it yet",
-        primary_txid, local_txid);
-  }
-
-  // Polls the local `<db>-pos` until it reaches the primary's TXID, as LiteFS's proxy does.
-  void wait_replication() {
-    if (done_) return;
-    if (const auto& monitor = core_->options.monitor) {
-      monitor->async_wait_position(
-          report_->txid, deadline_,
-          boost::asio::bind_cancellation_slot(
-              replication_wait_.slot(),
-              boost::asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec,
-                                                                          litefs::position local) {
-            if (self->done_) return;
-            if (!ec) return self->finish({}, {});
-            self->finish(make_error_code(errc::replication_lag), replication_lag_detail(self->report_->txid, local.txid));
-          })));
-      return;
-    }
-    boost::system::error_code ec;
-    const litefs::position local =
-        litefs::read_position(core_->options.mount, core_->options.database_name, ec);
-    if (!ec && local.txid >= report_->txid) {
-      finish({}, {});
-      return;
-    }
-    if (core_->stopped.load() || clock::now() >= deadline_) {
-      finish(make_error_code(errc::replication_lag), replication_lag_detail(report_->txid, local.txid));
-      return;
-    }
-    timer_.expires_after(core_->options.replication_poll);
-    timer_.async_wait([self = shared_from_this()](boost::system::error_code e) {
-      if (e) return;  // cancelled: cancel() finishes the call
-      self->wait_replication();
-    });
-  }
+  // Read-your-writes (forward_confirm.hpp): waits for the primary's position here, then
+  // confirms that this node's history holds the write.
+  std::string replication_lag_detail(litefs::position local) const;
+  void wait_replication();
+  void on_replicated(litefs::history_match match, litefs::position local);
 
   void on_failure(boost::system::error_code ec, std::string detail) {
     if (done_) return;
@@ -427,6 +395,7 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   bool read_your_writes_;
   fwd::durability durability_;
   std::shared_ptr<call_report> report_;
+  litefs::position primary_position_;  // the primary's position after the write (from its reply)
   std::unique_ptr<forward_completion> completion_;
   std::string result_;
   boost::system::error_code last_ec_;
@@ -441,3 +410,5 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
 }  // namespace detail
 
 }  // namespace fwd
+
+#include <fwd/write/detail/forward_confirm.hpp>

@@ -49,7 +49,7 @@ inline void write_executor_state::abandon_batch(const std::vector<std::shared_pt
     std::vector<write_outcome> outcomes(
         batch.size(), write_outcome{make_sqlite_error(SQLITE_NOMEM),
                                     fmt::format("the write batch failed: {}", what)});
-    finish(batch, outcomes, 0);
+    finish(batch, outcomes, {});
   } catch (...) {
   }
 }
@@ -167,13 +167,13 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
   std::vector<write_outcome> outcomes(batch.size());
   if (auto unusable = ensure_connection()) {
     for (auto& outcome : outcomes) outcome = *unusable;
-    finish(batch, outcomes, 0);
+    finish(batch, outcomes, {});
     return;
   }
   auto fail_all = [&](const write_outcome& failure) {
     end_failed_batch();
     for (auto& outcome : outcomes) outcome = failure;
-    finish(batch, outcomes, 0);
+    finish(batch, outcomes, {});
   };
 
   boost::system::error_code ec;
@@ -202,15 +202,15 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
   schema_ready_ = true;
   ++commits_since_prune_;
 
-  std::uint64_t txid = 0;
+  litefs::position pos;
   if (options_.position_after_commit) {
     try {
-      txid = options_.position_after_commit();
+      pos = options_.position_after_commit();
     } catch (...) {
-      txid = 0;
+      pos = {};
     }
   }
-  finish(batch, outcomes, txid);
+  finish(batch, outcomes, pos);
 }
 
 // Runs one write inside its own SAVEPOINT. Returns a failure only when the whole batch
@@ -390,7 +390,7 @@ inline std::optional<write_outcome> write_executor_state::prune(std::int64_t now
 }
 
 inline void write_executor_state::finish(const std::vector<std::shared_ptr<write_job>>& batch,
-                                         std::vector<write_outcome>& outcomes, std::uint64_t txid) {
+                                         std::vector<write_outcome>& outcomes, litefs::position pos) {
   std::vector<std::vector<std::unique_ptr<write_waiter>>> waiters(batch.size());
   {
     std::lock_guard lock(mutex_);
@@ -400,10 +400,10 @@ inline void write_executor_state::finish(const std::vector<std::shared_ptr<write
     }
   }
   for (std::size_t i = 0; i < batch.size(); ++i) {
-    const std::uint64_t job_txid = outcomes[i].ec ? 0 : txid;
+    const litefs::position job_pos = outcomes[i].ec ? litefs::position{} : pos;
     for (std::size_t w = 0; w < waiters[i].size(); ++w) {
       std::string result = w + 1 == waiters[i].size() ? std::move(outcomes[i].result) : outcomes[i].result;
-      waiters[i][w]->complete(outcomes[i].ec, std::move(result), job_txid);
+      waiters[i][w]->complete(outcomes[i].ec, std::move(result), job_pos);
     }
   }
 }

@@ -77,21 +77,21 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
               std::unique_ptr<write_waiter> waiter) {
     if (!work) {
       waiter->complete(make_error_code(errc::bad_argument),
-                       "async_write needs a work function; it was empty", 0);
+                       "async_write needs a work function; it was empty", {});
       return;
     }
     std::unique_lock lock(mutex_);
     if (stopping_) {
       lock.unlock();
       waiter->complete(make_error_code(errc::cancelled),
-                       "the write executor is stopped; nothing was applied", 0);
+                       "the write executor is stopped; nothing was applied", {});
       return;
     }
     if (const auto it = pending_.find(id); it != pending_.end()) {
       if (it->second->procedure != procedure) {
         std::string why = request_id_reused(id, it->second->procedure, procedure);
         lock.unlock();
-        waiter->complete(make_error_code(errc::bad_argument), std::move(why), 0);
+        waiter->complete(make_error_code(errc::bad_argument), std::move(why), {});
         return;
       }
       // The same request is already waiting or running: it runs once, both get its outcome.
@@ -104,7 +104,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
                        fmt::format("the write executor's queue is full (max_queue {}); nothing was "
                                    "applied: retry after a backoff",
                                    options_.max_queue),
-                       0);
+                       {});
       return;
     }
     auto job = std::make_shared<write_job>();
@@ -182,7 +182,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       for (auto& waiter : job->waiters) {
         waiter->complete(make_error_code(errc::cancelled),
                          "the write executor stopped before this write ran; nothing was applied",
-                         0);
+                         {});
       }
     }
   }
@@ -220,7 +220,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
     }
     if (cancelled) {
       cancelled->complete(make_error_code(errc::cancelled),
-                          "the write was cancelled before it ran; nothing was applied", 0);
+                          "the write was cancelled before it ran; nothing was applied", {});
     }
   }
 
@@ -257,7 +257,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
         (*it)->complete(make_error_code(errc::timeout),
                         "the call's deadline passed while its write was queued on the primary: "
                         "it never ran, nothing was applied",
-                        0);
+                        {});
         it = waiters.erase(it);
       }
       if (waiters.empty()) {
@@ -287,7 +287,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
       if (!dropped) return write_drop::running;
       pending_.erase(found);
     }
-    for (auto& waiter : dropped->waiters) waiter->complete(ec, why, 0);
+    for (auto& waiter : dropped->waiters) waiter->complete(ec, why, {});
     return write_drop::dropped;
   }
 
@@ -317,7 +317,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   bool prune_due() const noexcept;
   std::optional<write_outcome> prune(std::int64_t now_ms);
   void finish(const std::vector<std::shared_ptr<write_job>>& batch, std::vector<write_outcome>& outcomes,
-              std::uint64_t txid);
+              litefs::position pos);
 
   write_options options_;
   std::string path_;

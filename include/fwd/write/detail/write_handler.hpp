@@ -75,7 +75,7 @@ inline void wait_durable(const std::weak_ptr<forward_core>& weak, rpc::reply_han
 
 // The server side of a write procedure (also run directly for local calls): checks the
 // local role, decodes the arguments, and runs the user's function through the write
-// executor with the call's request id; replies with the TXID envelope.
+// executor with the call's request id; replies with the position envelope.
 template <class Proc, class F>
 rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
                                               std::shared_ptr<F> fn, std::string procedure_key) {
@@ -129,13 +129,13 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
         },
         call.deadline,  // dropped before it runs once the caller has stopped waiting
         [reply = std::move(reply), weak, required = durability::from_wire(call.durability),
-         deadline = call.deadline](boost::system::error_code e, std::string result, std::uint64_t txid) mutable {
+         deadline = call.deadline](boost::system::error_code e, std::string result, litefs::position pos) mutable {
           if (e) {
             std::move(reply)(e, std::move(result));
           } else if (required == durability::none()) {
-            std::move(reply)(boost::system::error_code{}, encode_write_reply(txid, result));
+            std::move(reply)(boost::system::error_code{}, encode_write_reply(pos, result));
           } else {
-            wait_durable(weak, std::move(reply), required, deadline, txid, encode_write_reply(txid, result));
+            wait_durable(weak, std::move(reply), required, deadline, pos.txid, encode_write_reply(pos, result));
           }
         });
   };

@@ -20,7 +20,7 @@
 namespace fwd::sqlite::detail {
 
 /// The signature every write completes with.
-using write_signature = void(boost::system::error_code, std::string, std::uint64_t);
+using write_signature = void(boost::system::error_code, std::string, litefs::position);
 
 /// A waiting caller: its completion (work tracked on the handler's executor until done),
 /// and the serial a cancellation finds it by (never reused within a process).
@@ -46,8 +46,8 @@ class write_waiter {
 
   /// Posts the handler with these arguments to its associated executor: a completion never
   /// runs inside async_write nor on the writer thread.
-  void complete(const boost::system::error_code& ec, std::string result, std::uint64_t txid) {
-    completion_.post(ec, std::move(result), txid);
+  void complete(const boost::system::error_code& ec, std::string result, litefs::position pos) {
+    completion_.post(ec, std::move(result), pos);
   }
 
  private:
