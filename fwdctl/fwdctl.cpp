@@ -80,6 +80,10 @@ arguments parse(int argc, char** argv) {
   arguments a;
   if (argc < 2) usage_error("no command given");
   a.command = argv[1];
+  if (a.command == "--help" || a.command == "-h" || a.command == "help") {
+    fmt::print("{}", usage);
+    std::exit(0);
+  }
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
     auto next = [&]() -> std::string {

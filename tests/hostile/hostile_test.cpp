@@ -913,14 +913,28 @@ TEST_CASE("every refused connection, frame and call is reported with what happen
     server.wait_refusals("frame/frame_read_timeout", 1);
   }
   {
-    const int fd = authenticated_connect(ep);
+    fwd::wire::session session;
+    const int fd = authenticated_connect(ep, &session);
     REQUIRE(fd >= 0);
     fwd::wire::frame_header h;
     h.type = fwd::wire::frame_type::reply;
-    REQUIRE(send_all(fd, fwd::wire::encode_frame(h, {}, {})));
+    std::string frame = fwd::wire::encode_frame(h, {}, {});
+    session.seal_tail(frame, 0);
+    REQUIRE(send_all(fd, frame));
     CHECK(closed_within(fd, 5s));
     ::close(fd);
     server.wait_refusals("frame/unexpected_frame", 1);
+  }
+  {
+    // A well-formed request with a tag not made by the session's key (as a relay would
+    // inject it).
+    const int fd = authenticated_connect(ep);
+    REQUIRE(fd >= 0);
+    REQUIRE(send_all(fd, request_frame(hostile::echo, 1, fwd::detail::encode_values(std::string("x"))) +
+                             std::string(fwd::wire::tag_size, '\x5a')));
+    CHECK(closed_within(fd, 5s));
+    ::close(fd);
+    server.wait_refusals("frame/tampered_frame", 1);
   }
 
   // Calls: each answered with its error; the connection goes on.
@@ -932,7 +946,8 @@ TEST_CASE("every refused connection, frame and call is reported with what happen
     CHECK(good.raw(ep, hostile::count_strings, "not an archive") == fwd::errc::protocol_error);
   }
   {
-    const int fd = authenticated_connect(ep);
+    fwd::wire::session session;
+    const int fd = authenticated_connect(ep, &session);
     REQUIRE(fd >= 0);
     fwd::wire::frame_header h;
     h.type = fwd::wire::frame_type::request;
@@ -940,7 +955,9 @@ TEST_CASE("every refused connection, frame and call is reported with what happen
     h.deadline_ms = 0;
     h.stream_id = 1;
     h.aux = hostile::echo.signature();
-    REQUIRE(send_all(fd, fwd::wire::encode_frame(h, hostile::echo.name(), fwd::detail::encode_values(std::string("x")))));
+    std::string frame = fwd::wire::encode_frame(h, hostile::echo.name(), fwd::detail::encode_values(std::string("x")));
+    session.seal_tail(frame, 0);
+    REQUIRE(send_all(fd, frame));
     std::string buffer;
     const auto reply = read_frame(fd, buffer, 5s);
     REQUIRE(reply.has_value());
@@ -955,7 +972,8 @@ TEST_CASE("every refused connection, frame and call is reported with what happen
       {"connection/handshake_failed", 1},        {"connection/closed_during_handshake", 1},
       {"frame/frame_too_large", 1},
       {"frame/malformed_frame", 1},              {"frame/frame_read_timeout", 1},
-      {"frame/unexpected_frame", 1},             {"call/unknown_procedure", 1},
+      {"frame/unexpected_frame", 1},             {"frame/tampered_frame", 1},
+      {"call/unknown_procedure", 1},
       {"call/signature_mismatch", 1},            {"call/decode_failure", 1},
       {"call/deadline_passed", 1},
   };
