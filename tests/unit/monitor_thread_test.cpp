@@ -170,7 +170,7 @@ TEST_CASE("after start() the mount is read on the monitor's own thread, never on
   CHECK(readers.size() == 1);  // one polling thread
 }
 
-TEST_CASE("run_on_polling_thread runs jobs on the monitor's thread, in order, between polls; none after "
+TEST_CASE("run_on_polling_thread runs jobs on the monitor's thread, in order, between polls, and none after "
           "stop()") {
   fwd_test::temp_dir tmp;
   const fs::path mount = tmp.path() / "litefs";
