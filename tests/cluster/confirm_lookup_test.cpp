@@ -12,6 +12,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <fwd/migrate.hpp>
 #include <fwd/node.hpp>
@@ -92,6 +93,18 @@ TEST_CASE("a dedup row lookup stuck in a hung LiteFS ends the call at its deadli
     nodes.back()->start();
   }
   std::thread runner([&] { io.run(); });
+  // On every way out (a failed REQUIRE too): the mount answers, the nodes stop, the io
+  // thread is joined.
+  struct cleanup {
+    std::function<void()> run;
+    ~cleanup() { run(); }
+  } at_exit{[&] {
+    hung.answer();
+    for (auto& n : nodes) n->stop();
+    work.reset();
+    io.stop();
+    runner.join();
+  }};
   fwd::migrate(*nodes[0], {{1, "labels", "CREATE TABLE labels(id INTEGER PRIMARY KEY, label TEXT)"}}, 5s);
   fwd::node& replica = *nodes[1];
   REQUIRE(replica.role().kind == fwd::litefs::role_kind::replica);
@@ -99,15 +112,16 @@ TEST_CASE("a dedup row lookup stuck in a hung LiteFS ends the call at its deadli
   // Nothing is shipped from now on: the replica waits for the write's TXID.
   sim.stop_replication();
   const auto before = sim.position(0);
-  std::promise<outcome> done;
-  fwd::diagnostics diag;
+  // Held by the handler: it may run during the cleanup of a failed test.
+  auto done = std::make_shared<std::promise<outcome>>();
+  auto diag = std::make_shared<fwd::diagnostics>();
   fwd::forward_options options;
-  options.diagnostics = &diag;
+  options.diagnostics = diag.get();
   const auto deadline = std::chrono::steady_clock::now() + 3s;
   options.deadline = deadline;
   replica.async_call(options, add_label, std::string("looked up"),
-                     [&](boost::system::error_code ec, std::int64_t) {
-                       done.set_value({ec, diag.message(), std::chrono::steady_clock::now()});
+                     [done, diag](boost::system::error_code ec, std::int64_t) {
+                       done->set_value({ec, diag->message(), std::chrono::steady_clock::now()});
                      });
   REQUIRE(eventually([&] { return sim.position(0).txid > before.txid && replica.monitor().waiters() == 1; }));
   const auto written = sim.position(0);
@@ -123,16 +137,16 @@ TEST_CASE("a dedup row lookup stuck in a hung LiteFS ends the call at its deadli
   }
 
   // Meanwhile the io thread keeps running timers on time, until the call completes.
-  auto result = done.get_future();
+  auto result = done->get_future();
   int ticks = 0;
   bool late_tick = false;
   while (result.wait_for(0s) != std::future_status::ready &&
          std::chrono::steady_clock::now() < deadline + 5s) {
-    std::promise<void> fired;
+    auto fired = std::make_shared<std::promise<void>>();  // the handler may run after a break
     boost::asio::steady_timer timer(io, 50ms);
     const auto armed = std::chrono::steady_clock::now();
-    timer.async_wait([&](boost::system::error_code) { fired.set_value(); });
-    if (fired.get_future().wait_for(2s) != std::future_status::ready) {
+    timer.async_wait([fired](boost::system::error_code) { fired->set_value(); });
+    if (fired->get_future().wait_for(2s) != std::future_status::ready) {
       late_tick = true;
       break;
     }
@@ -150,9 +164,4 @@ TEST_CASE("a dedup row lookup stuck in a hung LiteFS ends the call at its deadli
   CHECK(o.at >= deadline);
   CHECK(o.at - deadline < 1s);
   CHECK(o.detail.find("did not end by the call's deadline") != std::string::npos);
-
-  for (auto& n : nodes) n->stop();
-  work.reset();
-  io.stop();
-  runner.join();
 }
