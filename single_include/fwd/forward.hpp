@@ -3653,6 +3653,7 @@ struct event_stream_status {
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 // ---- begin fwd/litefs/detail/monitor_poller.hpp ----
 
 // The part of litefs::monitor that its polling thread owns a share of: what to read, the
@@ -3666,7 +3667,9 @@ struct event_stream_status {
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <fmt/format.h>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -3713,14 +3716,44 @@ class monitor_poller {
     return stopping_;
   }
 
-  /// The thread: waits for the next poll (interval, request or stop). False when stopping.
+  /// Queues `job` for the thread, which runs it between polls (any thread). False when
+  /// the thread is stopping or gone: the job is dropped.
+  bool submit(std::function<void()> job) {
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_ || thread_done_) return false;
+      jobs_.push_back(std::move(job));
+    }
+    wake_.notify_one();
+    return true;
+  }
+
+  /// The thread: waits for the next poll (interval, request or stop), running the jobs
+  /// submitted meanwhile. False when stopping.
   bool wait_until_due() {
     const auto interval = waiters.load() == 0    ? options_.poll_interval
                           : events_connected.load() ? options_.wait_poll_interval_with_events
                                                     : options_.wait_poll_interval;
+    const auto due = std::chrono::steady_clock::now() + interval;
     std::unique_lock lock(mutex_);
-    wake_.wait_for(lock, interval, [&] { return stopping_ || requested_; });
-    if (stopping_) return false;
+    for (;;) {
+      wake_.wait_until(lock, due, [&] { return stopping_ || requested_ || !jobs_.empty(); });
+      if (stopping_) return false;
+      if (jobs_.empty()) break;
+      // Jobs run outside the lock, so that submit() never waits for one stuck in FUSE.
+      std::deque<std::function<void()>> jobs;
+      jobs.swap(jobs_);
+      lock.unlock();
+      for (auto& job : jobs) {
+        try {
+          job();
+        } catch (...) {
+          // A job reports its own failures; nothing escapes the thread.
+        }
+      }
+      jobs.clear();
+      lock.lock();
+    }
     requested_ = false;
     serving_ = requests_;
     return true;
@@ -3782,6 +3815,7 @@ class monitor_poller {
   std::uint64_t served_ = 0;    // requests_ when the last finished poll began
   bool stopping_ = false;
   bool thread_done_ = false;
+  std::deque<std::function<void()>> jobs_;  // submit(): run by the thread between polls
 };
 
 inline std::shared_ptr<const node_state> monitor_poller::poll_once() noexcept {
@@ -4080,6 +4114,20 @@ class monitor : public std::enable_shared_from_this<monitor> {
           self->add_waiter(waiter(target, deadline, history_wait_handler(std::move(handler))));
         },
         token);
+  }
+
+  /**
+   * Runs `job` on the polling thread, between two polls: for a blocking read of the mount
+   * (a FUSE syscall, an SQLite read of a database in it) that must not run on a thread of
+   * the user's io_context. Returns at once; false when the polling thread is not running
+   * (before start(), after stop()): the job is dropped then. Jobs run one at a time, in
+   * order. A job stuck in a FUSE call that LiteFS never answers holds up the polls (and
+   * jobs) behind it, as a stuck poll holds up the jobs: whoever waits for a job's result
+   * bounds the wait with its own timer. An exception thrown by `job` is swallowed.
+   */
+  bool run_on_polling_thread(std::function<void()> job) {
+    if (!started_.load(std::memory_order_acquire)) return false;
+    return poller_->submit(std::move(job));
   }
 
   /// Position waiters registered now (for telemetry and tests).
@@ -14310,6 +14358,74 @@ class typed_completion final : public forward_completion {
 }  // namespace fwd::detail
 
 // ---- end fwd/write/detail/forward_completion.hpp ----
+// ---- begin fwd/write/detail/dedup_lookup.hpp ----
+
+// Whether a write's dedup row (`_fwd_requests`, keyed by its request id) is in this node's
+// copy of the database: the proof that a forwarded write is here when the position's
+// checksum cannot tell (the replica went past the write's TXID without seeing it). Read
+// only, on a connection opened for the lookup and closed after it (a connection kept
+// across a LiteFS restart would point at the dead mount). Internal.
+
+#include <sqlite3.h>
+
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <string>
+
+namespace fwd::detail {
+
+enum class dedup_row {
+  present,  ///< the row is there: the write is in this node's database
+  absent,   ///< no such row (or no dedup table yet): the write is not here
+  unknown,  ///< the database could not be read (busy, missing, unreadable)
+};
+
+/// Looks `id` up in the database at `path`, read-only, waiting at most `busy` for a lock.
+/// `why` receives the failure when the answer is `unknown`.
+inline dedup_row find_dedup_row(const std::string& path, const sqlite::request_id& id,
+                                std::chrono::milliseconds busy, std::string& why) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    why = fmt::format("cannot open {} read-only: {}", path, db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    sqlite3_close(db);
+    return dedup_row::unknown;
+  }
+  sqlite3_busy_timeout(db, static_cast<int>(busy.count()));
+  sqlite3_stmt* stmt = nullptr;
+  const std::string sql = fmt::format("SELECT 1 FROM {} WHERE id = ?1", sqlite::dedup_table_name);
+  rc = sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr);
+  dedup_row found = dedup_row::unknown;
+  if (rc != SQLITE_OK) {
+    // No dedup table: no write ever committed in this history.
+    const bool no_table = rc == SQLITE_ERROR &&
+                          std::string(sqlite3_errmsg(db)).find("no such table") != std::string::npos;
+    if (no_table) {
+      found = dedup_row::absent;
+    } else {
+      why = fmt::format("cannot read {} in {}: {}", sqlite::dedup_table_name, path, sqlite3_errmsg(db));
+    }
+  } else {
+    sqlite3_bind_blob(stmt, 1, id.data(), static_cast<int>(id.size()), SQLITE_STATIC);
+    rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW) {
+      found = dedup_row::present;
+    } else if (rc == SQLITE_DONE) {
+      found = dedup_row::absent;
+    } else {
+      why = fmt::format("cannot read {} in {}: {}", sqlite::dedup_table_name, path, sqlite3_errmsg(db));
+    }
+  }
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return found;
+}
+
+}  // namespace fwd::detail
+
+// ---- end fwd/write/detail/dedup_lookup.hpp ----
 // ---- begin fwd/write/detail/forward_core.hpp ----
 
 // The state a forwarder's calls share: its executor and options, the RPC client, the
@@ -14890,6 +15006,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   std::string replication_lag_detail(litefs::position local) const;
   void wait_replication();
   void on_replicated(litefs::history_match match, litefs::position local);
+  void look_up_dedup_row(litefs::history_match match, litefs::position local);
+  void on_dedup_row(litefs::history_match match, litefs::position local, dedup_row row, const std::string& why);
 
   void on_failure(boost::system::error_code ec, std::string detail) {
     if (done_) return;
@@ -14981,6 +15099,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   bool counted_out_ = false;          // call_ended() has been called
   bool local_waiting_ = false;       // a local write was handed to the writer, no answer yet
   std::uint64_t local_attempts_ = 0;  // tells a stale local answer or deadline from the current one
+  std::uint64_t lookups_ = 0;         // dedup row lookups begun: tells a stale answer from the current one
+  bool looking_up_ = false;           // a dedup row lookup runs on the monitor's thread
 };
 
 }  // namespace detail
@@ -14996,74 +15116,6 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
 // transaction under it): the same checksum at that TXID does, or else the write's dedup
 // row in this node's database. A write that is not here is retried with its request id.
 
-// ---- begin fwd/write/detail/dedup_lookup.hpp ----
-
-// Whether a write's dedup row (`_fwd_requests`, keyed by its request id) is in this node's
-// copy of the database: the proof that a forwarded write is here when the position's
-// checksum cannot tell (the replica went past the write's TXID without seeing it). Read
-// only, on a connection opened for the lookup and closed after it (a connection kept
-// across a LiteFS restart would point at the dead mount). Internal.
-
-#include <sqlite3.h>
-
-
-#include <fmt/format.h>
-
-#include <chrono>
-#include <string>
-
-namespace fwd::detail {
-
-enum class dedup_row {
-  present,  ///< the row is there: the write is in this node's database
-  absent,   ///< no such row (or no dedup table yet): the write is not here
-  unknown,  ///< the database could not be read (busy, missing, unreadable)
-};
-
-/// Looks `id` up in the database at `path`, read-only, waiting at most `busy` for a lock.
-/// `why` receives the failure when the answer is `unknown`.
-inline dedup_row find_dedup_row(const std::string& path, const sqlite::request_id& id,
-                                std::chrono::milliseconds busy, std::string& why) {
-  sqlite3* db = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
-  if (rc != SQLITE_OK) {
-    why = fmt::format("cannot open {} read-only: {}", path, db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-    sqlite3_close(db);
-    return dedup_row::unknown;
-  }
-  sqlite3_busy_timeout(db, static_cast<int>(busy.count()));
-  sqlite3_stmt* stmt = nullptr;
-  const std::string sql = fmt::format("SELECT 1 FROM {} WHERE id = ?1", sqlite::dedup_table_name);
-  rc = sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr);
-  dedup_row found = dedup_row::unknown;
-  if (rc != SQLITE_OK) {
-    // No dedup table: no write ever committed in this history.
-    const bool no_table = rc == SQLITE_ERROR &&
-                          std::string(sqlite3_errmsg(db)).find("no such table") != std::string::npos;
-    if (no_table) {
-      found = dedup_row::absent;
-    } else {
-      why = fmt::format("cannot read {} in {}: {}", sqlite::dedup_table_name, path, sqlite3_errmsg(db));
-    }
-  } else {
-    sqlite3_bind_blob(stmt, 1, id.data(), static_cast<int>(id.size()), SQLITE_STATIC);
-    rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW) {
-      found = dedup_row::present;
-    } else if (rc == SQLITE_DONE) {
-      found = dedup_row::absent;
-    } else {
-      why = fmt::format("cannot read {} in {}: {}", sqlite::dedup_table_name, path, sqlite3_errmsg(db));
-    }
-  }
-  sqlite3_finalize(stmt);
-  sqlite3_close(db);
-  return found;
-}
-
-}  // namespace fwd::detail
-
-// ---- end fwd/write/detail/dedup_lookup.hpp ----
 
 #include <algorithm>
 #include <chrono>
@@ -15124,11 +15176,59 @@ inline void forward_op::on_replicated(litefs::history_match match, litefs::posit
     finish({}, {});
     return;
   }
+  look_up_dedup_row(match, local);
+}
+
+// The dedup row is read from the database in the mount: a read that a hung LiteFS may never
+// answer. With a monitor it runs on the monitor's polling thread (never on an io_context
+// thread), and the call's deadline bounds the wait for its answer; the answer comes back on
+// the strand. Without a monitor, the call already reads the mount on its strand (the
+// position's poll), and so does the lookup.
+inline void forward_op::look_up_dedup_row(litefs::history_match match, litefs::position local) {
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - clock::now());
   const auto busy = std::clamp(left, std::chrono::milliseconds(1), std::chrono::milliseconds(100));
-  std::string why;
-  const std::string path = (core_->options.mount / core_->options.database_name).string();
-  const dedup_row row = find_dedup_row(path, id_, busy, why);
+  std::string path = (core_->options.mount / core_->options.database_name).string();
+  const auto& monitor = core_->options.monitor;
+  if (!monitor) {
+    std::string why;
+    const dedup_row row = find_dedup_row(path, id_, busy, why);
+    on_dedup_row(match, local, row, why);
+    return;
+  }
+  const std::uint64_t lookup = ++lookups_;
+  looking_up_ = true;
+  // The job holds the call weakly: a job stuck in FUSE past the call's end keeps nothing
+  // of the io_context alive. The deadline timer below holds the call until the answer.
+  const bool queued = monitor->run_on_polling_thread(
+      [weak = weak_from_this(), path = std::move(path), id = id_, busy, match, local, lookup] {
+        std::string why;
+        const dedup_row row = find_dedup_row(path, id, busy, why);
+        if (auto self = weak.lock()) {
+          boost::asio::post(self->strand_, [self, match, local, lookup, row, why = std::move(why)] {
+            if (self->done_ || !self->looking_up_ || lookup != self->lookups_) return;
+            self->looking_up_ = false;
+            self->timer_.cancel();
+            self->on_dedup_row(match, local, row, why);
+          });
+        }
+      });
+  if (!queued) {
+    looking_up_ = false;
+    on_dedup_row(match, local, dedup_row::unknown, "the LiteFS monitor is stopped");
+    return;
+  }
+  timer_.expires_at(deadline_);
+  timer_.async_wait([self = shared_from_this(), match, local, lookup](boost::system::error_code e) {
+    if (e || self->done_ || !self->looking_up_ || lookup != self->lookups_) return;
+    self->looking_up_ = false;
+    self->on_dedup_row(match, local, dedup_row::unknown,
+                       "the read did not end by the call's deadline (is the LiteFS mount hung?)");
+  });
+}
+
+inline void forward_op::on_dedup_row(litefs::history_match match, litefs::position local, dedup_row row,
+                                     const std::string& why) {
+  if (done_) return;
   if (row == dedup_row::present) {
     report_->confirmation = write_confirmation::dedup_row;
     finish({}, {});

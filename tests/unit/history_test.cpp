@@ -122,14 +122,16 @@ struct replica {
     return monitor->async_wait_history(target, std::chrono::steady_clock::now() + bound, boost::asio::use_future);
   }
 
-  // Waits (bounded) until the monitor has published `txid`.
+  // Waits (bounded) until the monitor has published `txid` (a position waiter: woken on
+  // the monitor's strand once the position is in its history).
   bool reached(std::uint64_t txid) {
-    const auto until = std::chrono::steady_clock::now() + 5s;
-    while (monitor->state()->pos.txid != txid) {
-      if (std::chrono::steady_clock::now() > until) return false;
-      std::this_thread::sleep_for(1ms);  // polling a published value, bounded
+    auto waiting = monitor->async_wait_position(txid, std::chrono::steady_clock::now() + 5s, boost::asio::use_future);
+    if (waiting.wait_for(6s) != std::future_status::ready) return false;
+    try {
+      return waiting.get().txid == txid;
+    } catch (const boost::system::system_error&) {
+      return false;  // the deadline passed first
     }
-    return true;
   }
 };
 

@@ -9,6 +9,7 @@
 // /dev/fuse; without them the test says why and passes.
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/mount.h>
 #include <unistd.h>
 
@@ -27,13 +28,17 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <stdexcept>
 #include <thread>
+#include <vector>
 
 #include "../support/temp_dir.hpp"
+#include "../support/unanswered_fuse_mount.hpp"
 
 namespace fs = std::filesystem;
 namespace litefs = fwd::litefs;
 using namespace std::chrono_literals;
+using fwd_test::unanswered_fuse_mount;
 using fwd_test::write_file;
 
 namespace {
@@ -45,44 +50,6 @@ void lay_out_primary(const fs::path& mount, std::uint64_t txid) {
   std::snprintf(pos, sizeof pos, "%016llx/%016llx\n", static_cast<unsigned long long>(txid), 42ULL);
   write_file(mount / "app.db-pos", pos);
 }
-
-// A FUSE mount nobody serves: every request on it waits until answer() closes the
-// descriptor, then fails with ENOTCONN.
-class unanswered_fuse_mount {
- public:
-  explicit unanswered_fuse_mount(const fs::path& dir) : dir_(dir) {
-    fs::create_directories(dir);
-    fd_ = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
-    if (fd_ < 0) {
-      why_ = std::string("cannot open /dev/fuse: ") + std::strerror(errno);
-      return;
-    }
-    const std::string options = "fd=" + std::to_string(fd_) + ",rootmode=40000,user_id=0,group_id=0";
-    if (::mount("fwd-unanswered", dir.c_str(), "fuse", MS_NOSUID | MS_NODEV, options.c_str()) != 0) {
-      why_ = std::string("cannot mount FUSE: ") + std::strerror(errno);
-      answer();
-      return;
-    }
-    mounted_ = true;
-  }
-  ~unanswered_fuse_mount() {
-    answer();
-    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
-  }
-  bool ok() const { return mounted_; }
-  const std::string& why() const { return why_; }
-  /// LiteFS "dies": the requests waiting on the mount fail with ENOTCONN.
-  void answer() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  fs::path dir_;
-  int fd_ = -1;
-  bool mounted_ = false;
-  std::string why_;
-};
 
 struct io_thread {
   boost::asio::io_context io;
@@ -201,4 +168,85 @@ TEST_CASE("after start() the mount is read on the monitor's own thread, never on
   CHECK(readers.count(runner.id()) == 0);
   CHECK(readers.count(std::this_thread::get_id()) == 0);
   CHECK(readers.size() == 1);  // one polling thread
+}
+
+TEST_CASE("run_on_polling_thread runs jobs on the monitor's thread, in order, between polls, and none after "
+          "stop()") {
+  fwd_test::temp_dir tmp;
+  const fs::path mount = tmp.path() / "litefs";
+  lay_out_primary(mount, 1);
+  io_thread runner;
+  litefs::monitor_options o;
+  o.mount = mount;
+  o.database = "app.db";
+  o.poll_interval = 60s;  // jobs do not wait for a poll
+  auto monitor = litefs::monitor::create(runner.io.get_executor(), o);
+  CHECK_FALSE(monitor->run_on_polling_thread([] {}));  // not started: no thread to run it
+  monitor->start();
+  std::mutex mutex;
+  std::vector<int> order;
+  std::set<std::thread::id> threads;
+  std::promise<void> last;
+  for (int i = 0; i < 5; ++i) {
+    REQUIRE(monitor->run_on_polling_thread([&, i] {
+      {
+        std::lock_guard lock(mutex);
+        order.push_back(i);
+        threads.insert(std::this_thread::get_id());
+      }
+      if (i == 1) throw std::runtime_error("swallowed");  // the thread goes on
+      if (i == 4) last.set_value();
+    }));
+  }
+  REQUIRE(last.get_future().wait_for(5s) == std::future_status::ready);
+  monitor->stop();
+  CHECK_FALSE(monitor->run_on_polling_thread([] {}));
+  std::lock_guard lock(mutex);
+  CHECK(order == std::vector<int>{0, 1, 2, 3, 4});
+  REQUIRE(threads.size() == 1);
+  CHECK(*threads.begin() != runner.id());
+  CHECK(*threads.begin() != std::this_thread::get_id());
+}
+
+TEST_CASE("a job stuck in a hung LiteFS blocks neither the io_context nor stop()") {
+  fwd_test::temp_dir tmp;
+  const fs::path mount = tmp.path() / "litefs";
+  const fs::path hung_dir = tmp.path() / "hung";
+  lay_out_primary(mount, 5);
+  io_thread runner;
+  unanswered_fuse_mount hung(hung_dir);
+  if (!hung.ok()) {
+    WARN(hung.why() << ": the hung-LiteFS case needs root and /dev/fuse");
+    return;
+  }
+  litefs::monitor_options o;
+  o.mount = mount;
+  o.database = "app.db";
+  o.poll_interval = 60s;
+  auto monitor = litefs::monitor::create(runner.io.get_executor(), o);
+  monitor->start();
+  std::promise<void> entered;
+  std::promise<int> ended;
+  REQUIRE(monitor->run_on_polling_thread([&, hung_dir] {
+    entered.set_value();
+    struct stat st {};
+    ended.set_value(::stat((hung_dir / "app.db").c_str(), &st) == 0 ? 0 : errno);  // blocks in FUSE
+  }));
+  REQUIRE(entered.get_future().wait_for(5s) == std::future_status::ready);
+  auto result = ended.get_future();
+  CHECK(result.wait_for(100ms) == std::future_status::timeout);  // still in the mount
+
+  boost::asio::steady_timer timer(runner.io, 50ms);
+  auto fired = timer.async_wait(boost::asio::use_future);
+  const bool timer_fired = fired.wait_for(3s) == std::future_status::ready;
+  if (!timer_fired) hung.answer();
+  REQUIRE(timer_fired);
+  CHECK(monitor->run_on_polling_thread([] {}));  // queued behind the stuck one, returns at once
+
+  hung.answer();
+  REQUIRE(result.wait_for(5s) == std::future_status::ready);
+  CHECK(result.get() == ENOTCONN);
+  const auto stopping = std::chrono::steady_clock::now();
+  monitor->stop();
+  CHECK(std::chrono::steady_clock::now() - stopping < 500ms);
 }

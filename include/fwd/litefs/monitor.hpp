@@ -41,6 +41,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <fwd/litefs/detail/monitor_poller.hpp>
 #include <fwd/litefs/history.hpp>
 #include <fwd/litefs/monitor_options.hpp>
@@ -134,6 +135,20 @@ class monitor : public std::enable_shared_from_this<monitor> {
           self->add_waiter(waiter(target, deadline, history_wait_handler(std::move(handler))));
         },
         token);
+  }
+
+  /**
+   * Runs `job` on the polling thread, between two polls: for a blocking read of the mount
+   * (a FUSE syscall, an SQLite read of a database in it) that must not run on a thread of
+   * the user's io_context. Returns at once; false when the polling thread is not running
+   * (before start(), after stop()): the job is dropped then. Jobs run one at a time, in
+   * order. A job stuck in a FUSE call that LiteFS never answers holds up the polls (and
+   * jobs) behind it, as a stuck poll holds up the jobs: whoever waits for a job's result
+   * bounds the wait with its own timer. An exception thrown by `job` is swallowed.
+   */
+  bool run_on_polling_thread(std::function<void()> job) {
+    if (!started_.load(std::memory_order_acquire)) return false;
+    return poller_->submit(std::move(job));
   }
 
   /// Position waiters registered now (for telemetry and tests).

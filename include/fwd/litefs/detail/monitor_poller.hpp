@@ -11,10 +11,12 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <fmt/format.h>
 #include <fwd/litefs/detail/io.hpp>
 #include <fwd/litefs/monitor_options.hpp>
 #include <fwd/litefs/mount.hpp>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -61,14 +63,44 @@ class monitor_poller {
     return stopping_;
   }
 
-  /// The thread: waits for the next poll (interval, request or stop). False when stopping.
+  /// Queues `job` for the thread, which runs it between polls (any thread). False when
+  /// the thread is stopping or gone: the job is dropped.
+  bool submit(std::function<void()> job) {
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_ || thread_done_) return false;
+      jobs_.push_back(std::move(job));
+    }
+    wake_.notify_one();
+    return true;
+  }
+
+  /// The thread: waits for the next poll (interval, request or stop), running the jobs
+  /// submitted meanwhile. False when stopping.
   bool wait_until_due() {
     const auto interval = waiters.load() == 0    ? options_.poll_interval
                           : events_connected.load() ? options_.wait_poll_interval_with_events
                                                     : options_.wait_poll_interval;
+    const auto due = std::chrono::steady_clock::now() + interval;
     std::unique_lock lock(mutex_);
-    wake_.wait_for(lock, interval, [&] { return stopping_ || requested_; });
-    if (stopping_) return false;
+    for (;;) {
+      wake_.wait_until(lock, due, [&] { return stopping_ || requested_ || !jobs_.empty(); });
+      if (stopping_) return false;
+      if (jobs_.empty()) break;
+      // Jobs run outside the lock, so that submit() never waits for one stuck in FUSE.
+      std::deque<std::function<void()>> jobs;
+      jobs.swap(jobs_);
+      lock.unlock();
+      for (auto& job : jobs) {
+        try {
+          job();
+        } catch (...) {
+          // A job reports its own failures; nothing escapes the thread.
+        }
+      }
+      jobs.clear();
+      lock.lock();
+    }
     requested_ = false;
     serving_ = requests_;
     return true;
@@ -130,6 +162,7 @@ class monitor_poller {
   std::uint64_t served_ = 0;    // requests_ when the last finished poll began
   bool stopping_ = false;
   bool thread_done_ = false;
+  std::deque<std::function<void()>> jobs_;  // submit(): run by the thread between polls
 };
 
 inline std::shared_ptr<const node_state> monitor_poller::poll_once() noexcept {

@@ -21,6 +21,7 @@
 #include <future>
 #include <fwd/write/breaker.hpp>
 #include <fwd/write/detail/forward_completion.hpp>
+#include <fwd/write/detail/dedup_lookup.hpp>
 #include <fwd/write/detail/forward_core.hpp>
 #include <fwd/write/forward_options.hpp>
 #include <fwd/write/builtins.hpp>
@@ -314,6 +315,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   std::string replication_lag_detail(litefs::position local) const;
   void wait_replication();
   void on_replicated(litefs::history_match match, litefs::position local);
+  void look_up_dedup_row(litefs::history_match match, litefs::position local);
+  void on_dedup_row(litefs::history_match match, litefs::position local, dedup_row row, const std::string& why);
 
   void on_failure(boost::system::error_code ec, std::string detail) {
     if (done_) return;
@@ -405,6 +408,8 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
   bool counted_out_ = false;          // call_ended() has been called
   bool local_waiting_ = false;       // a local write was handed to the writer, no answer yet
   std::uint64_t local_attempts_ = 0;  // tells a stale local answer or deadline from the current one
+  std::uint64_t lookups_ = 0;         // dedup row lookups begun: tells a stale answer from the current one
+  bool looking_up_ = false;           // a dedup row lookup runs on the monitor's thread
 };
 
 }  // namespace detail
