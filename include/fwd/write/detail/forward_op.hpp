@@ -301,8 +301,17 @@ class forward_op : public std::enable_shared_from_this<forward_op> {
     report_->txid = reply.position.txid;
     report_->checksum = reply.position.checksum;
     result_ = std::string(reply.result);
-    if (!remote || !read_your_writes_ || primary_position_.txid == 0) {
+    if (!remote || !read_your_writes_) {
       finish({}, {});
+      return;
+    }
+    if (primary_position_.txid == 0) {
+      // The primary committed but could not read its position (its LiteFS died right
+      // after the COMMIT): nothing here can confirm the write. Retried with the same
+      // request id, the primary answers from its dedup table with a position.
+      on_failure(make_error_code(errc::not_confirmed),
+                 "the write committed on the primary, but the primary could not read its LiteFS "
+                 "position after the commit, so this node cannot confirm it holds the write");
       return;
     }
     report_->waited_for_replication = true;
