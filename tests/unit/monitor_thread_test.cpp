@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/mount.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -23,6 +24,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <fwd/litefs/monitor.hpp>
 #include <mutex>
@@ -249,4 +251,39 @@ TEST_CASE("a job stuck in a hung LiteFS blocks neither the io_context nor stop()
   const auto stopping = std::chrono::steady_clock::now();
   monitor->stop();
   CHECK(std::chrono::steady_clock::now() - stopping < 500ms);
+}
+
+namespace {
+bool mounted_at(const fs::path& dir) {
+  std::ifstream mounts("/proc/mounts");
+  std::string line;
+  const std::string wanted = " " + dir.string() + " ";
+  while (std::getline(mounts, line))
+    if (line.find(wanted) != std::string::npos) return true;
+  return false;
+}
+}  // namespace
+
+TEST_CASE("a hung mount left by a test process that died is removed by the next one") {
+  fwd_test::temp_dir tmp;
+  const fs::path left = tmp.path() / "left";
+  // A child mounts and dies without its destructors, as a killed or aborted test does.
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    auto* mount = new unanswered_fuse_mount(left);  // never destroyed
+    ::_exit(mount->ok() ? 0 : 3);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 3) {
+    WARN("SKIPPED: cannot mount FUSE here");
+    return;
+  }
+  REQUIRE(mounted_at(left));
+
+  unanswered_fuse_mount next(tmp.path() / "next");
+  REQUIRE(next.ok());
+  CHECK_FALSE(mounted_at(left));
 }
