@@ -49,7 +49,7 @@
 #include <vector>
 
 #include "blog.hpp"
-#include "http_server.hpp"
+#include "http_server.hpp"  // examples/
 
 namespace blog {
 /// Prepares the process for the LiteFS it runs on; true when that is the simulation used
@@ -60,9 +60,9 @@ bool prepare_litefs();
 namespace {
 
 namespace json = boost::json;
-namespace http = blog::http;
-using blog::request;
-using blog::response;
+namespace http = demo::http;
+using demo::request;
+using demo::response;
 using tcp = boost::asio::ip::tcp;
 
 /// An environment variable, or `fallback` when unset or empty.
@@ -369,10 +369,10 @@ int main() {
               });
 
   service blog_service(node, metrics, read_wait);
-  std::unique_ptr<blog::http_server> http;
+  std::unique_ptr<demo::http_server> http;
   try {
     node.start();
-    http = std::make_unique<blog::http_server>(
+    http = std::make_unique<demo::http_server>(
         io.get_executor(), http_listen,
         [&blog_service](request req, std::function<void(response)> reply) {
           blog_service.handle(std::move(req), std::move(reply));

@@ -1,8 +1,8 @@
 #pragma once
 
-// A small HTTP/1.1 server (Boost.Beast) for the blog service: it reads a request, hands it
-// to the service's handler, and writes the response the handler gives back, whenever and
-// from whichever thread it gives it (after a forwarded write, after a wait for a
+// A small HTTP/1.1 server (Boost.Beast) for the examples: it reads a request, hands it to
+// the handler, and writes the response the handler gives back, whenever and from whichever
+// thread it gives it (the blog answers after a forwarded write, or after a wait for a
 // position). Keep-alive, a read deadline, a 1 MiB body limit.
 
 #include <boost/asio/ip/tcp.hpp>
@@ -16,7 +16,7 @@
 #include <optional>
 #include <utility>
 
-namespace blog {
+namespace demo {
 
 namespace http = boost::beast::http;
 using request = http::request<http::string_body>;
@@ -86,7 +86,7 @@ class http_server {
                           [self, version, keep_alive, res = std::move(res)]() mutable {
                             res.version(version);
                             res.keep_alive(keep_alive);
-                            res.set(http::field::server, "fwd-blog");
+                            res.set(http::field::server, "fwd");
                             res.prepare_payload();
                             self->write(std::move(res));
                           });
@@ -133,4 +133,4 @@ class http_server {
   std::shared_ptr<state> state_;
 };
 
-}  // namespace blog
+}  // namespace demo
