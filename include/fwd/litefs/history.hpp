@@ -77,7 +77,7 @@ class position_history {
   history_match compare(position wanted) const noexcept {
     const auto it = seen_.find(wanted.txid);
     if (it == seen_.end()) return history_match::unobserved;
-    return it->second == wanted.checksum ? history_match::same : history_match::diverged;
+    return compare_at(wanted, position{it->first, it->second});
   }
 
   /// The highest TXID recorded (0 when none).

@@ -13,6 +13,7 @@
 #include <fwd/sqlite/connection.hpp>
 #include <fwd/sqlite/transaction.hpp>
 #include <fmt/format.h>
+#include <fwd/detail/wire_bytes.hpp>
 #include <fwd/error.hpp>
 #include <fwd/litefs/types.hpp>
 #include <fwd/procedure.hpp>
@@ -169,21 +170,10 @@ struct write_reply {
 
 inline constexpr std::size_t write_reply_header = 16;
 
-inline void put_u64_le(std::string& out, std::size_t at, std::uint64_t v) noexcept {
-  for (std::size_t i = 0; i < 8; ++i) out[at + i] = static_cast<char>((v >> (8 * i)) & 0xff);
-}
-
-inline std::uint64_t get_u64_le(std::string_view in, std::size_t at) noexcept {
-  std::uint64_t v = 0;
-  for (std::size_t i = 0; i < 8; ++i)
-    v |= static_cast<std::uint64_t>(static_cast<unsigned char>(in[at + i])) << (8 * i);
-  return v;
-}
-
 inline std::string encode_write_reply(const litefs::position& position, std::string_view result) {
   std::string out(write_reply_header, '\0');
-  put_u64_le(out, 0, position.txid);
-  put_u64_le(out, 8, position.checksum);
+  detail::store_le(out.data(), position.txid);
+  detail::store_le(out.data() + 8, position.checksum);
   out.append(result);
   return out;
 }
@@ -191,7 +181,8 @@ inline std::string encode_write_reply(const litefs::position& position, std::str
 /// False when `bytes` is shorter than the position.
 inline bool decode_write_reply(std::string_view bytes, write_reply& out) noexcept {
   if (bytes.size() < write_reply_header) return false;
-  out.position = litefs::position{get_u64_le(bytes, 0), get_u64_le(bytes, 8)};
+  out.position = litefs::position{detail::load_le<std::uint64_t>(bytes.data()),
+                                  detail::load_le<std::uint64_t>(bytes.data() + 8)};
   out.result = bytes.substr(write_reply_header);
   return true;
 }
