@@ -433,8 +433,7 @@ inline void server_connection::note_refused(std::string_view reason, boost::syst
                                             std::string_view detail) {
   if (failed_) return;
   failed_ = ec;
-  fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_, ec, true});
-  report("connection", reason, ec, detail);
+  report_refused_connection(state_->options, peer_, reason, ec, detail);
 }
 
 inline void server_connection::refuse_frame(std::string_view reason, boost::system::error_code ec,
