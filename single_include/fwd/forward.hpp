@@ -6082,8 +6082,6 @@ class client_handshake {
 
   /// Once a step was done: the session (keys and protocol version agreed on).
   session take_session() const { return session(keys_); }
-  /// Once a step was done: the protocol version agreed on.
-  std::uint32_t protocol() const noexcept { return keys_.protocol; }
 
  private:
   enum class state { wait_server_hello, wait_welcome, done, failed };
@@ -6183,8 +6181,6 @@ class server_handshake {
 
   /// Once a step was done: the session (keys and protocol version agreed on).
   session take_session() const { return session(keys_); }
-  /// Once a step was done: the protocol version agreed on.
-  std::uint32_t protocol() const noexcept { return keys_.protocol; }
 
  private:
   enum class state { wait_client_hello, wait_client_proof, done, failed };
@@ -7632,6 +7628,14 @@ inline void report_refusal(const server_options& o, std::string_view peer, std::
   fwd::detail::emit(o.telemetry, &telemetry::refused, refusal_event{peer, what, reason, ec, detail});
 }
 
+// A connection refused before it is authenticated: reported as connection_failed and
+// as refused.
+inline void report_refused_connection(const server_options& o, std::string_view peer, std::string_view reason,
+                                      const boost::system::error_code& ec, std::string_view detail) noexcept {
+  fwd::detail::emit(o.telemetry, &telemetry::connection_failed, connection_event{peer, ec, true});
+  report_refusal(o, peer, "connection", reason, ec, detail);
+}
+
 struct server_state {
   boost::asio::any_io_executor executor;
   const registry* user_registry = nullptr;
@@ -7852,6 +7856,10 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   // refused) and closes it.
   void refuse_connection(std::string_view reason, boost::system::error_code ec, std::string_view detail);
 
+  // Records and reports (connection_failed and refused) the first refusal of this connection
+  // before it is authenticated; the caller closes it, at once or once its goodbye is written.
+  void note_refused(std::string_view reason, boost::system::error_code ec, std::string_view detail);
+
   // Refuses the frame being received or just received: reports it and closes the connection.
   void refuse_frame(std::string_view reason, boost::system::error_code ec, std::string_view detail);
 
@@ -8021,10 +8029,8 @@ inline void server_connection::await_first_byte() {
 }
 
 inline void server_connection::refuse_plain_client() {
-  failed_ = make_error_code(errc::unauthenticated);
-  fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                    connection_event{peer_, failed_, true});
-  report("connection", "tls_required", failed_, "a plain client came to a server that requires TLS");
+  note_refused("tls_required", make_error_code(errc::unauthenticated),
+               "a plain client came to a server that requires TLS");
   // Take in what the client sent (its hello), so that closing does not reset the
   // connection before the client reads why.
   boost::system::error_code ignored;
@@ -8115,11 +8121,8 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
     auto step = handshake_->on_frame(frame);
     if (!step.send.empty()) queue(step.send);
     if (step.ec) {
-      failed_ = step.ec;
-      fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                        connection_event{peer_, step.ec, true});
-      report("connection", "handshake_failed", step.ec,
-             reporting() ? fmt::format("the handshake failed: {}", step.ec.message()) : std::string());
+      note_refused("handshake_failed", step.ec,
+                   reporting() ? fmt::format("the handshake failed: {}", step.ec.message()) : std::string());
       draining_ = true;  // write the goodbye, then close
       maybe_close_drained();
       return;
@@ -8354,12 +8357,15 @@ inline std::optional<std::string> server_connection::take_place() {
 inline void server_connection::refuse_connection(std::string_view reason, boost::system::error_code ec,
                                                  std::string_view detail) {
   if (closed_) return;
-  if (!failed_) {
-    failed_ = ec;
-    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_, ec, true});
-    report("connection", reason, ec, detail);
-  }
+  note_refused(reason, ec, detail);
   close(ec);
+}
+
+inline void server_connection::note_refused(std::string_view reason, boost::system::error_code ec,
+                                            std::string_view detail) {
+  if (failed_) return;
+  failed_ = ec;
+  report_refused_connection(state_->options, peer_, reason, ec, detail);
 }
 
 inline void server_connection::refuse_frame(std::string_view reason, boost::system::error_code ec,
@@ -8579,12 +8585,11 @@ class server {
     auto& delay = state->accept_backoff;
     delay = delay.count() == 0 ? options.min_accept_backoff : std::min(delay * 2, options.max_accept_backoff);
     delay = std::max(delay, std::chrono::milliseconds(1));
-    fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{{}, ec, true});
-    if (detail::reporting_refusals(options)) {
-      detail::report_refusal(options, {}, "connection", "out_of_descriptors", ec,
-                             fmt::format("accepting failed ({}): accepting again in {} ms", ec.message(),
-                                         delay.count()));
-    }
+    detail::report_refused_connection(
+        options, {}, "out_of_descriptors", ec,
+        detail::reporting_refusals(options)
+            ? fmt::format("accepting failed ({}): accepting again in {} ms", ec.message(), delay.count())
+            : std::string());
     if (!state->accept_timer) state->accept_timer.emplace(state->acceptor->get_executor());
     state->accept_timer->expires_after(delay);
     state->accept_timer->async_wait([state](boost::system::error_code wait_ec) mutable {
@@ -8604,18 +8609,14 @@ class server {
     boost::system::error_code ignored;
     const auto peer = detail::endpoint_string(socket.remote_endpoint(ignored));
     socket.close(ignored);
-    const auto ec = make_error_code(errc::overloaded);
-    fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{peer, ec, true});
+    std::string why;
     if (detail::reporting_refusals(options)) {
-      if (!total_room) {
-        detail::report_refusal(options, peer, "connection", "connection_cap", ec,
-                               fmt::format("{} connections are open (max_connections)", options.max_connections));
-      } else {
-        detail::report_refusal(options, peer, "connection", "unauthenticated_cap", ec,
-                               fmt::format("{} connections are in the handshake (max_unauthenticated_connections)",
-                                           options.max_unauthenticated_connections));
-      }
+      why = !total_room ? fmt::format("{} connections are open (max_connections)", options.max_connections)
+                        : fmt::format("{} connections are in the handshake (max_unauthenticated_connections)",
+                                      options.max_unauthenticated_connections);
     }
+    detail::report_refused_connection(options, peer, !total_room ? "connection_cap" : "unauthenticated_cap",
+                                      make_error_code(errc::overloaded), why);
     return false;
   }
 

@@ -315,8 +315,6 @@ class client_handshake {
 
   /// Once a step was done: the session (keys and protocol version agreed on).
   session take_session() const { return session(keys_); }
-  /// Once a step was done: the protocol version agreed on.
-  std::uint32_t protocol() const noexcept { return keys_.protocol; }
 
  private:
   enum class state { wait_server_hello, wait_welcome, done, failed };
@@ -416,8 +414,6 @@ class server_handshake {
 
   /// Once a step was done: the session (keys and protocol version agreed on).
   session take_session() const { return session(keys_); }
-  /// Once a step was done: the protocol version agreed on.
-  std::uint32_t protocol() const noexcept { return keys_.protocol; }
 
  private:
   enum class state { wait_client_hello, wait_client_proof, done, failed };

@@ -218,12 +218,11 @@ class server {
     auto& delay = state->accept_backoff;
     delay = delay.count() == 0 ? options.min_accept_backoff : std::min(delay * 2, options.max_accept_backoff);
     delay = std::max(delay, std::chrono::milliseconds(1));
-    fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{{}, ec, true});
-    if (detail::reporting_refusals(options)) {
-      detail::report_refusal(options, {}, "connection", "out_of_descriptors", ec,
-                             fmt::format("accepting failed ({}): accepting again in {} ms", ec.message(),
-                                         delay.count()));
-    }
+    detail::report_refused_connection(
+        options, {}, "out_of_descriptors", ec,
+        detail::reporting_refusals(options)
+            ? fmt::format("accepting failed ({}): accepting again in {} ms", ec.message(), delay.count())
+            : std::string());
     if (!state->accept_timer) state->accept_timer.emplace(state->acceptor->get_executor());
     state->accept_timer->expires_after(delay);
     state->accept_timer->async_wait([state](boost::system::error_code wait_ec) mutable {
@@ -243,18 +242,14 @@ class server {
     boost::system::error_code ignored;
     const auto peer = detail::endpoint_string(socket.remote_endpoint(ignored));
     socket.close(ignored);
-    const auto ec = make_error_code(errc::overloaded);
-    fwd::detail::emit(options.telemetry, &telemetry::connection_failed, connection_event{peer, ec, true});
+    std::string why;
     if (detail::reporting_refusals(options)) {
-      if (!total_room) {
-        detail::report_refusal(options, peer, "connection", "connection_cap", ec,
-                               fmt::format("{} connections are open (max_connections)", options.max_connections));
-      } else {
-        detail::report_refusal(options, peer, "connection", "unauthenticated_cap", ec,
-                               fmt::format("{} connections are in the handshake (max_unauthenticated_connections)",
-                                           options.max_unauthenticated_connections));
-      }
+      why = !total_room ? fmt::format("{} connections are open (max_connections)", options.max_connections)
+                        : fmt::format("{} connections are in the handshake (max_unauthenticated_connections)",
+                                      options.max_unauthenticated_connections);
     }
+    detail::report_refused_connection(options, peer, !total_room ? "connection_cap" : "unauthenticated_cap",
+                                      make_error_code(errc::overloaded), why);
     return false;
   }
 

@@ -197,6 +197,14 @@ inline void report_refusal(const server_options& o, std::string_view peer, std::
   fwd::detail::emit(o.telemetry, &telemetry::refused, refusal_event{peer, what, reason, ec, detail});
 }
 
+// A connection refused before it is authenticated: reported as connection_failed and
+// as refused.
+inline void report_refused_connection(const server_options& o, std::string_view peer, std::string_view reason,
+                                      const boost::system::error_code& ec, std::string_view detail) noexcept {
+  fwd::detail::emit(o.telemetry, &telemetry::connection_failed, connection_event{peer, ec, true});
+  report_refusal(o, peer, "connection", reason, ec, detail);
+}
+
 struct server_state {
   boost::asio::any_io_executor executor;
   const registry* user_registry = nullptr;

@@ -181,6 +181,10 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   // refused) and closes it.
   void refuse_connection(std::string_view reason, boost::system::error_code ec, std::string_view detail);
 
+  // Records and reports (connection_failed and refused) the first refusal of this connection
+  // before it is authenticated; the caller closes it, at once or once its goodbye is written.
+  void note_refused(std::string_view reason, boost::system::error_code ec, std::string_view detail);
+
   // Refuses the frame being received or just received: reports it and closes the connection.
   void refuse_frame(std::string_view reason, boost::system::error_code ec, std::string_view detail);
 

@@ -97,10 +97,8 @@ inline void server_connection::await_first_byte() {
 }
 
 inline void server_connection::refuse_plain_client() {
-  failed_ = make_error_code(errc::unauthenticated);
-  fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                    connection_event{peer_, failed_, true});
-  report("connection", "tls_required", failed_, "a plain client came to a server that requires TLS");
+  note_refused("tls_required", make_error_code(errc::unauthenticated),
+               "a plain client came to a server that requires TLS");
   // Take in what the client sent (its hello), so that closing does not reset the
   // connection before the client reads why.
   boost::system::error_code ignored;
@@ -191,11 +189,8 @@ inline void server_connection::on_frame(const wire::frame_view& frame) {
     auto step = handshake_->on_frame(frame);
     if (!step.send.empty()) queue(step.send);
     if (step.ec) {
-      failed_ = step.ec;
-      fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed,
-                        connection_event{peer_, step.ec, true});
-      report("connection", "handshake_failed", step.ec,
-             reporting() ? fmt::format("the handshake failed: {}", step.ec.message()) : std::string());
+      note_refused("handshake_failed", step.ec,
+                   reporting() ? fmt::format("the handshake failed: {}", step.ec.message()) : std::string());
       draining_ = true;  // write the goodbye, then close
       maybe_close_drained();
       return;
@@ -430,12 +425,15 @@ inline std::optional<std::string> server_connection::take_place() {
 inline void server_connection::refuse_connection(std::string_view reason, boost::system::error_code ec,
                                                  std::string_view detail) {
   if (closed_) return;
-  if (!failed_) {
-    failed_ = ec;
-    fwd::detail::emit(state_->options.telemetry, &telemetry::connection_failed, connection_event{peer_, ec, true});
-    report("connection", reason, ec, detail);
-  }
+  note_refused(reason, ec, detail);
   close(ec);
+}
+
+inline void server_connection::note_refused(std::string_view reason, boost::system::error_code ec,
+                                            std::string_view detail) {
+  if (failed_) return;
+  failed_ = ec;
+  report_refused_connection(state_->options, peer_, reason, ec, detail);
 }
 
 inline void server_connection::refuse_frame(std::string_view reason, boost::system::error_code ec,
