@@ -7,9 +7,9 @@
 
 #include <sqlite3.h>
 
-#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <condition_variable>
 #include <fwd/error.hpp>
 #include <map>
 #include <memory>
@@ -176,8 +176,8 @@ TEST_CASE(
   constexpr int callers = 64;
   constexpr int calls_each = 6;
   std::mutex mutex;
+  std::condition_variable progressed;
   std::map<std::pair<int, int>, demo::control_result> outcomes;
-  std::atomic<int> done{0};
   std::vector<std::jthread> threads;  // joined on every way out, each call bounded
   for (int w = 0; w < callers; ++w) {
     threads.emplace_back([&, w] {
@@ -191,14 +191,14 @@ TEST_CASE(
         }
         std::lock_guard lock(mutex);
         outcomes[{w, seq}] = r;
-        ++done;
+        progressed.notify_all();
       }
     });
   }
   // The primary dies under load, and node-c is promoted with what was shipped to it.
-  const auto until = std::chrono::steady_clock::now() + 30s;
-  while (done < callers && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(1ms);  // polling the callers' progress, bounded
+  {
+    std::unique_lock lock(mutex);
+    progressed.wait_for(lock, 30s, [&] { return outcomes.size() >= static_cast<std::size_t>(callers); });
   }
   c.nodes[0]->kill_now();
   REQUIRE(c.nodes[0]->wait_exit(5s).has_value());

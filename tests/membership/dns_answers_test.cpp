@@ -10,8 +10,8 @@
 #include <fstream>
 #include <fwd/cluster/membership.hpp>
 #include <string>
-#include <unistd.h>
 
+#include "../support/temp_dir.hpp"
 #include "dnsmasq.hpp"
 #include "membership_support.hpp"
 
@@ -19,19 +19,11 @@ namespace {
 
 // A resolv.conf of the test's own, replaced whole (written aside, then renamed).
 struct temp_resolv_conf {
-  std::filesystem::path path;
-  explicit temp_resolv_conf(const std::string& content) {
-    char pattern[] = "/tmp/fwd-resolv-XXXXXX";
-    if (::mkdtemp(pattern) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = std::filesystem::path(pattern) / "resolv.conf";
-    write(content);
-  }
-  ~temp_resolv_conf() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path.parent_path(), ignored);
-  }
+  fwd_test::temp_dir dir;
+  std::filesystem::path path = dir.path() / "resolv.conf";
+  explicit temp_resolv_conf(const std::string& content) { write(content); }
   void write(const std::string& content) const {
-    const auto staging = path.parent_path() / "staging";
+    const auto staging = dir.path() / "staging";
     std::ofstream(staging, std::ios::trunc) << content;
     std::filesystem::rename(staging, path);
   }
