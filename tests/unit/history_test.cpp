@@ -96,6 +96,7 @@ struct replica {
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work{io.get_executor()};
   std::shared_ptr<litefs::monitor> monitor;
   std::thread thread;
+  bool ready = false;  // the monitor has seen the starting position
 
   explicit replica(std::uint64_t txid, std::uint64_t checksum) {
     fs::create_directories(mount);
@@ -110,6 +111,9 @@ struct replica {
     monitor = litefs::monitor::create(io.get_executor(), o);
     monitor->start();
     thread = std::thread([this] { io.run(); });
+    // The monitor trusts no position it first sees (it may be the end of a history it did
+    // not watch being written): let it see `txid` before a test moves the position on.
+    ready = reached(txid);
   }
   ~replica() {
     monitor->stop();
@@ -139,6 +143,7 @@ struct replica {
 
 TEST_CASE("a replica that reaches the primary's TXID with the primary's checksum holds the write") {
   replica r(4, 40);
+  REQUIRE(r.ready);
   auto waiting = r.wait({5, 0xfeed});
   set_position(r.mount, 5, 0xfeed);
   REQUIRE(waiting.wait_for(5s) == std::future_status::ready);
@@ -153,6 +158,7 @@ TEST_CASE("a replica that reaches the primary's TXID with the primary's checksum
 
 TEST_CASE("another transaction at the primary's TXID (a lossy failover) is told apart by its checksum") {
   replica r(4, 40);
+  REQUIRE(r.ready);
   // The old primary committed the write at 5 (checksum 0xfeed) and answered; the new
   // primary, promoted at 4, wrote its own 5.
   auto waiting = r.wait({5, 0xfeed});
@@ -165,6 +171,7 @@ TEST_CASE("another transaction at the primary's TXID (a lossy failover) is told 
 
 TEST_CASE("a replica that goes past the primary's TXID unseen cannot confirm it by checksum") {
   replica r(4, 40);
+  REQUIRE(r.ready);
   auto waiting = r.wait({5, 0xfeed});
   set_position(r.mount, 7, 70);  // 5 and 6 arrived together
   REQUIRE(waiting.wait_for(5s) == std::future_status::ready);
@@ -173,6 +180,7 @@ TEST_CASE("a replica that goes past the primary's TXID unseen cannot confirm it 
 
 TEST_CASE("a new primary makes the replica forget its history: a TXID seen before proves nothing after") {
   replica r(4, 40);
+  REQUIRE(r.ready);
   set_position(r.mount, 5, 0xfeed);
   REQUIRE(r.reached(5));
   auto seen = r.wait({5, 0xfeed});
