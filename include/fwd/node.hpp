@@ -26,6 +26,7 @@
 #include <fwd/rpc/hello.hpp>
 #include <fwd/rpc/registry.hpp>
 #include <fwd/rpc/server.hpp>
+#include <fwd/sqlite/memory_guard.hpp>
 #include <fwd/status.hpp>
 #include <fwd/telemetry.hpp>
 #include <fwd/version.hpp>

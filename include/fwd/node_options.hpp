@@ -216,6 +216,13 @@ struct node_options {
   /// the LiteFS simulation).
   path_check_mode path_check = path_check_mode::refuse;
   bool require_fuse = true;
+  /// Install fwd::sqlite::install_memory_guard() when the node is made: a SQLite VFS and a
+  /// SIGBUS handler, so that a LiteFS that dies under SQLite's memory-mapped `-shm` fails
+  /// the connection that touches it with an I/O error (SQLITE_IOERR_SHMLOCK) instead of
+  /// killing the process. It covers every connection the process opens afterwards with the
+  /// default VFS, the application's own reads included. Turn it off only when something
+  /// else in the process must own SIGBUS.
+  bool guard_memory_maps = true;
   /// Deadline of a call that sets none.
   std::chrono::milliseconds default_deadline{5000};
   retry_policy retry;

@@ -27,6 +27,8 @@ inline node::node(executor_type executor, node_options options)
     options_.secret = "fwd-insecure-no-secret-fwd-insecure-no-secret";
   }
   options_.telemetry = recording_errors(std::move(options_.telemetry), errors_);
+  // Before anything opens the database: a SIGBUS from a dead mount must not kill the process.
+  if (options_.guard_memory_maps) sqlite::install_memory_guard();
   // Refused here, before anything starts, rather than by the client or server inside.
   (void)rpc::detail::checked_secrets("node_options", options_.secret, options_.accepted_secrets);
   if (options_.mount.empty()) options_.mount = options_.database.parent_path();
