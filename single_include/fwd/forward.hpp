@@ -16236,7 +16236,9 @@ inline node_options node_options::from_env(boost::system::error_code& ec, diagno
 
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/vfs.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstddef>
@@ -16280,7 +16282,9 @@ inline region_table& table() {
   return t;
 }
 
-inline void record(void* p, int size) {
+// The slot of the mapping at `p` (shared by the connections that map it), or nullptr when
+// the table is full (the mapping then goes unguarded).
+inline region* record(void* p, int size) {
   auto& t = table();
   const auto b = reinterpret_cast<std::uintptr_t>(p);
   std::lock_guard<std::mutex> lock(t.lock);
@@ -16289,41 +16293,27 @@ inline void record(void* p, int size) {
     const auto rb = r.begin.load(std::memory_order_relaxed);
     if (rb == b) {
       ++r.users;
-      return;
+      return &r;
     }
     if (rb == 0 && free_slot == nullptr) free_slot = &r;
   }
   if (free_slot == nullptr) {
     t.unrecorded.fetch_add(1, std::memory_order_relaxed);
-    return;
+    return nullptr;
   }
   free_slot->users = 1;
   free_slot->dead.store(false, std::memory_order_relaxed);
   free_slot->end.store(b + static_cast<std::uintptr_t>(size), std::memory_order_relaxed);
   free_slot->begin.store(b, std::memory_order_release);
+  return free_slot;
 }
 
-inline void forget(void* p) {
-  auto& t = table();
-  const auto b = reinterpret_cast<std::uintptr_t>(p);
-  std::lock_guard<std::mutex> lock(t.lock);
-  for (auto& r : t.slots) {
-    if (r.begin.load(std::memory_order_relaxed) != b) continue;
-    if (--r.users == 0) {
-      r.begin.store(0, std::memory_order_release);
-      r.end.store(0, std::memory_order_relaxed);
-    }
-    return;
+inline void forget(region* r) {
+  std::lock_guard<std::mutex> lock(table().lock);
+  if (--r->users == 0) {
+    r->begin.store(0, std::memory_order_release);
+    r->end.store(0, std::memory_order_relaxed);
   }
-}
-
-inline bool dead(void* p) {
-  auto& t = table();
-  const auto b = reinterpret_cast<std::uintptr_t>(p);
-  for (auto& r : t.slots) {
-    if (r.begin.load(std::memory_order_acquire) == b) return r.dead.load(std::memory_order_acquire);
-  }
-  return false;
 }
 
 // Async-signal-safe: atomics and mmap only.
@@ -16337,8 +16327,9 @@ inline void on_sigbus(int sig, siginfo_t* info, void* context) {
     // The same pages, now anonymous and zero: the access completes, SQLite finds no valid
     // wal-index header, and the next lock (refused: dead) ends the statement.
     r.dead.store(true, std::memory_order_release);
-    ::mmap(reinterpret_cast<void*>(b), r.end.load(std::memory_order_relaxed) - b,
-           PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    // The system call itself: no library wrapper (a sanitizer's, say) runs in the handler.
+    ::syscall(SYS_mmap, b, r.end.load(std::memory_order_relaxed) - b, PROT_READ | PROT_WRITE,
+              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0L);
     ours = true;
   }
   if (ours) {
@@ -16367,18 +16358,25 @@ struct file {
   sqlite3_file base;
   sqlite3_file* real;
   bool fuse;
-  int regions;            // how many -shm regions are recorded in map
-  void* map[64];          // region i's address (regions beyond 64 are not guarded)
+  int regions;            // how many entries of map are in use
+  void* map[64];          // -shm region i's address (regions beyond 64 are not guarded)
+  region* slot[64];       // and its slot in the table (nullptr: unguarded)
 };
 
 inline sqlite3_file* real_of(sqlite3_file* f) { return reinterpret_cast<file*>(f)->real; }
 
-inline int x_close(sqlite3_file* f) {
-  auto* g = reinterpret_cast<file*>(f);
+inline void forget_all(file* g) {
   for (int i = 0; i < g->regions; ++i) {
-    if (g->map[i] != nullptr) forget(g->map[i]);
+    if (g->slot[i] != nullptr) forget(g->slot[i]);
+    g->slot[i] = nullptr;
+    g->map[i] = nullptr;
   }
   g->regions = 0;
+}
+
+inline int x_close(sqlite3_file* f) {
+  auto* g = reinterpret_cast<file*>(f);
+  forget_all(g);
   return g->real->pMethods->xClose(g->real);
 }
 inline int x_read(sqlite3_file* f, void* b, int n, sqlite3_int64 o) {
@@ -16410,9 +16408,9 @@ inline int x_sector_size(sqlite3_file* f) { return real_of(f)->pMethods->xSector
 inline int x_device_characteristics(sqlite3_file* f) {
   return real_of(f)->pMethods->xDeviceCharacteristics(real_of(f));
 }
-inline bool any_dead(file* g) {
+inline bool any_dead(const file* g) {
   for (int i = 0; i < g->regions; ++i) {
-    if (g->map[i] != nullptr && dead(g->map[i])) return true;
+    if (g->slot[i] != nullptr && g->slot[i]->dead.load(std::memory_order_acquire)) return true;
   }
   return false;
 }
@@ -16423,13 +16421,15 @@ inline int x_shm_map(sqlite3_file* f, int index, int size, int extend, void vola
   if (rc == SQLITE_OK && *out != nullptr && index >= 0 && index < 64) {
     void* p = const_cast<void*>(*out);
     if (index >= g->regions) {
-      for (int i = g->regions; i < index; ++i) g->map[i] = nullptr;
+      for (int i = g->regions; i <= index; ++i) {
+        g->map[i] = nullptr;
+        g->slot[i] = nullptr;
+      }
       g->regions = index + 1;
-      g->map[index] = nullptr;
     }
     if (g->map[index] != p) {
-      if (g->map[index] != nullptr) forget(g->map[index]);
-      record(p, size);
+      if (g->slot[index] != nullptr) forget(g->slot[index]);
+      g->slot[index] = record(p, size);
       g->map[index] = p;
     }
   }
@@ -16444,10 +16444,7 @@ inline int x_shm_lock(sqlite3_file* f, int offset, int n, int flags) {
 inline void x_shm_barrier(sqlite3_file* f) { real_of(f)->pMethods->xShmBarrier(real_of(f)); }
 inline int x_shm_unmap(sqlite3_file* f, int delete_flag) {
   auto* g = reinterpret_cast<file*>(f);
-  for (int i = 0; i < g->regions; ++i) {
-    if (g->map[i] != nullptr) forget(g->map[i]);
-  }
-  g->regions = 0;
+  forget_all(g);
   return g->real->pMethods->xShmUnmap(g->real, delete_flag);
 }
 inline int x_fetch(sqlite3_file* f, sqlite3_int64 o, int n, void** out) {
