@@ -5,7 +5,8 @@
 //   bench_rpc_fwd server            serve bench.echo on 127.0.0.1:0
 //   bench_rpc_fwd latency [s]       sequential async_call chain: rpc.p50_us.fwd, p99; the
 //                                   same with telemetry hooks set (.fwd_telemetry) and
-//                                   through the blocking call() (.fwd_blocking)
+//                                   through the blocking call() (.fwd_blocking);
+//                                   FWD_BENCH_RPC_ONLY=async|telemetry|blocking: that one
 //   bench_rpc_fwd throughput N...   calls/s with N calls in flight (.fwd.N); when N is 64,
 //                                   also with telemetry hooks set (.fwd_telemetry.64)
 //   bench_rpc_fwd memory            server RSS per idle connection, and with 10,000 calls
@@ -159,21 +160,28 @@ latency_summary chained_latency(client_side& side, fwd::rpc::client& client, dou
   return summarise(std::move(c.samples));
 }
 
+// FWD_BENCH_RPC_ONLY=async|telemetry|blocking measures only that latency figure (for perf,
+// strace or callgrind).
+bool measured(const char* figure) {
+  const char* only = std::getenv("FWD_BENCH_RPC_ONLY");
+  return only == nullptr || *only == '\0' || std::string_view(only) == figure;
+}
+
 int run_latency(double seconds) {
   server_process server;
   client_side side(server.port());
-  {
+  if (measured("async")) {
     const auto s = chained_latency(side, side.new_client(), seconds);
     std::fprintf(stderr, "fwd: %zu sequential calls\n", s.samples);
     emit("rpc.p50_us.fwd", s.p50_us);
     emit("rpc.p99_us.fwd", s.p99_us);
   }
-  {
+  if (measured("telemetry")) {
     const auto s = chained_latency(side, side.new_client(counting_telemetry()), seconds);
     emit("rpc.p50_us.fwd_telemetry", s.p50_us);
     emit("rpc.p99_us.fwd_telemetry", s.p99_us);
   }
-  {
+  if (measured("blocking")) {
     // The blocking convenience, from this thread while the io thread runs the client.
     auto& client = side.new_client();
     const std::string payload = make_payload();
