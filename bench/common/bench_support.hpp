@@ -145,6 +145,12 @@ class server_process {
     int out[2];
     if (pipe2(out, O_CLOEXEC) != 0) die("pipe2 failed");
     const pid_t parent = getpid();
+    // The executable's path, resolved before the fork: exec'ing "/proc/self/exe" itself would
+    // start the wrong program under a tool that runs this one (valgrind --trace-children).
+    char self[4096];
+    const ssize_t self_size = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (self_size <= 0) die("readlink /proc/self/exe failed");
+    self[self_size] = '\0';
     pid_ = fork();
     if (pid_ < 0) die("fork failed");
     if (pid_ == 0) {
@@ -156,7 +162,7 @@ class server_process {
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
-      execv("/proc/self/exe", argv.data());
+      execv(self, argv.data());
       _exit(127);
     }
     close(out[1]);

@@ -5,7 +5,8 @@
 //   bench_rpc_fwd server            serve bench.echo on 127.0.0.1:0
 //   bench_rpc_fwd latency [s]       sequential async_call chain: rpc.p50_us.fwd, p99; the
 //                                   same with telemetry hooks set (.fwd_telemetry) and
-//                                   through the blocking call() (.fwd_blocking)
+//                                   through the blocking call() (.fwd_blocking);
+//                                   FWD_BENCH_RPC_ONLY=async|telemetry|blocking: that one
 //   bench_rpc_fwd throughput N...   calls/s with N calls in flight (.fwd.N); when N is 64,
 //                                   also with telemetry hooks set (.fwd_telemetry.64)
 //   bench_rpc_fwd memory            server RSS per idle connection, and with 10,000 calls
@@ -46,6 +47,8 @@ inline constexpr const char* secret = "fwd-bench-secret-of-32-bytes-or-more";
 // The burst of the memory figure must be admitted whole (the default bound per connection
 // is 4096 running requests; beyond it calls are answered `overloaded`).
 inline constexpr std::size_t burst_calls = 10'000;
+// Connections opened at once for the idle-connection memory figure.
+inline constexpr std::size_t idle_connections = 1000;
 
 int run_server() {
   boost::asio::io_context io{1};
@@ -64,6 +67,9 @@ int run_server() {
   fwd::rpc::server_options options;
   options.secret = secret;
   options.max_in_flight_per_connection = 2 * burst_calls;
+  // The idle-connection figure opens 1000 connections at once: all may be in the handshake
+  // together (the default bound, 256, would refuse the rest).
+  options.max_unauthenticated_connections = 2 * idle_connections;
   fwd::rpc::server server{io.get_executor(), procedures, std::move(options)};
   server.start();
   announce_port(server.local_endpoint().port());
@@ -154,21 +160,28 @@ latency_summary chained_latency(client_side& side, fwd::rpc::client& client, dou
   return summarise(std::move(c.samples));
 }
 
+// FWD_BENCH_RPC_ONLY=async|telemetry|blocking measures only that latency figure (for perf,
+// strace or callgrind).
+bool measured(const char* figure) {
+  const char* only = std::getenv("FWD_BENCH_RPC_ONLY");
+  return only == nullptr || *only == '\0' || std::string_view(only) == figure;
+}
+
 int run_latency(double seconds) {
   server_process server;
   client_side side(server.port());
-  {
+  if (measured("async")) {
     const auto s = chained_latency(side, side.new_client(), seconds);
     std::fprintf(stderr, "fwd: %zu sequential calls\n", s.samples);
     emit("rpc.p50_us.fwd", s.p50_us);
     emit("rpc.p99_us.fwd", s.p99_us);
   }
-  {
+  if (measured("telemetry")) {
     const auto s = chained_latency(side, side.new_client(counting_telemetry()), seconds);
     emit("rpc.p50_us.fwd_telemetry", s.p50_us);
     emit("rpc.p99_us.fwd_telemetry", s.p99_us);
   }
-  {
+  if (measured("blocking")) {
     // The blocking convenience, from this thread while the io thread runs the client.
     auto& client = side.new_client();
     const std::string payload = make_payload();
@@ -273,7 +286,7 @@ std::size_t call_all(client_side& side, const std::vector<fwd::rpc::client*>& cl
   return overloaded.load();
 }
 
-int run_memory(std::size_t idle_connections) {
+int run_memory() {
   {
     // Idle connections: each client has its own, connected, authenticated and used once.
     server_process server;
@@ -383,7 +396,7 @@ int main(int argc, char** argv) {
       if (depths.empty()) depths = {1, 16, 64, 256};
       return run_throughput(depths);
     }
-    if (mode == "memory") return run_memory(1000);
+    if (mode == "memory") return run_memory();
     if (mode == "codec") return run_codec();
   } catch (const std::exception& e) {
     die(std::string("fwd: ") + e.what());

@@ -7723,7 +7723,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   server_connection(std::shared_ptr<server_state> state, tcp::socket socket)
       : state_(std::move(state)),
         stream_(std::move(socket)),
-        strand_(stream_.get_executor()),
+        strand_(socket_strand(stream_.get_executor())),
         timer_(strand_),
         handshake_(std::in_place, state_->secrets, state_->versions) {
     boost::system::error_code ignored;
@@ -7735,6 +7735,17 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     // Lets write() write at once without ever blocking (Asio's own operations, TLS's
     // included, are unaffected).
     stream_.socket().non_blocking(true, ignored);
+  }
+
+  // The strand the server accepted the socket on (its executor), so that the socket's
+  // handlers and the connection's own work share one strand; a new strand when the socket
+  // came on another executor. (A strand made over the socket's strand would put every
+  // handler through two strands.)
+  static boost::asio::strand<boost::asio::any_io_executor> socket_strand(
+      const boost::asio::any_io_executor& executor) {
+    using strand_type = boost::asio::strand<boost::asio::any_io_executor>;
+    if (const auto* own = executor.target<strand_type>()) return *own;
+    return boost::asio::make_strand(executor);
   }
 
   void start() {
@@ -8206,12 +8217,10 @@ inline void server_connection::on_request(const wire::frame_view& frame) {
     incoming.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(h.deadline_ms);
   }
 
-  auto on_done = [self = shared_from_this(), call](boost::system::error_code ec,
-                                                   std::string result) mutable {
-    boost::asio::dispatch(self->strand_,
-                          [self, call = std::move(call), ec, result = std::move(result)]() mutable {
-                            self->on_reply(*call, ec, std::move(result));
-                          });
+  // Bound to the strand: the registry completes every reply through the reply handler's
+  // associated executor (reply_once), so this runs on the strand already.
+  auto on_done = [self = shared_from_this(), call](boost::system::error_code ec, std::string result) {
+    self->on_reply(*call, ec, std::move(result));
   };
   const registry& target =
       incoming.procedure.starts_with("fwd.") ? state_->builtins : *state_->user_registry;
@@ -8721,6 +8730,88 @@ struct call_options {
 
 // The RPC client: typed calls to fwd servers, many in flight on one connection per peer.
 
+// ---- begin fwd/detail/blocking_wait.hpp ----
+
+// The result of an asynchronous operation that a thread blocks for (rpc::client::call): the
+// operation's completion sets it once, on another thread; the blocked thread takes it.
+//
+// The waiting thread first polls for a short while (yielding its core between polls), and
+// only then sleeps on a condition variable: most calls complete within that while, and
+// are then taken without the wake-up of a sleeping thread, which costs several
+// microseconds (a futex wake, then the scheduler running the thread). A completion that
+// finds nobody asleep sets a flag and takes an uncontended lock; it never makes a system
+// call.
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <type_traits>
+#include <utility>
+
+namespace fwd::detail {
+
+/// How long a thread blocked for a result polls before it sleeps.
+inline constexpr std::chrono::microseconds blocking_poll_time{50};
+
+template <class T>
+class blocking_result {
+ public:
+  /// Sets the value (once; the completion's thread).
+  template <class... V>
+  void set_value(V&&... value) {
+    if constexpr (!std::is_void_v<T>) value_.emplace(std::forward<V>(value)...);
+    publish();
+  }
+
+  /// Sets the failure (once; the completion's thread).
+  void set_exception(std::exception_ptr exception) {
+    exception_ = std::move(exception);
+    publish();
+  }
+
+  /// Waits for the value or failure (the blocked thread), then returns or rethrows it.
+  T get() {
+    wait();
+    if (exception_) std::rethrow_exception(exception_);
+    if constexpr (!std::is_void_v<T>) return std::move(*value_);
+  }
+
+ private:
+  void publish() {
+    std::lock_guard lock(mutex_);
+    ready_.store(true, std::memory_order_release);
+    if (sleeping_) woken_.notify_one();
+  }
+
+  void wait() {
+    const auto until = std::chrono::steady_clock::now() + blocking_poll_time;
+    while (!ready_.load(std::memory_order_acquire)) {
+      if (std::chrono::steady_clock::now() >= until) {
+        std::unique_lock lock(mutex_);
+        sleeping_ = true;
+        woken_.wait(lock, [this] { return ready_.load(std::memory_order_acquire); });
+        return;
+      }
+      std::this_thread::yield();
+    }
+  }
+
+  std::atomic<bool> ready_{false};
+  std::mutex mutex_;
+  std::condition_variable woken_;
+  bool sleeping_ = false;  // under mutex_
+  std::optional<std::conditional_t<std::is_void_v<T>, char, T>> value_;
+  std::exception_ptr exception_;
+};
+
+}  // namespace fwd::detail
+
+// ---- end fwd/detail/blocking_wait.hpp ----
 // ---- begin fwd/rpc/detail/client_connection.hpp ----
 
 // One connection of the RPC client to one peer: connecting (with backoff), the handshake,
@@ -9684,7 +9775,9 @@ class client {
    * Blocking call: returns the result or throws fwd::error: its code, and in
    * get_diagnostics() "call to <procedure>: <details>" (what() adds the code's message).
    * call_options::diagnostics, when set, receives the details alone. Must not be called
-   * from a thread that runs the client's executor (it waits for that executor).
+   * from a thread that runs the client's executor (it waits for that executor). The thread
+   * polls for the reply for up to 50 microseconds (yielding its core between polls), then
+   * sleeps until it comes: a reply that fast is taken without waking a sleeping thread.
    */
   template <class R, class... Params, class... Args>
   R call(const endpoint& peer, const procedure<R(Params...)>& proc, Args&&... args) {
@@ -9696,28 +9789,28 @@ class client {
     fwd::diagnostics local;
     fwd::diagnostics* diag = options.diagnostics != nullptr ? options.diagnostics : &local;
     options.diagnostics = diag;
-    std::promise<std::conditional_t<std::is_void_v<R>, void, R>> promise;
-    auto future = promise.get_future();
+    // Shared with the completion, which may still be inside set_value() when get() returns.
+    auto result = std::make_shared<fwd::detail::blocking_result<R>>();
     if constexpr (std::is_void_v<R>) {
       async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
-                 [&promise, diag, p = proc.name()](boost::system::error_code ec) {
+                 [result, diag, p = proc.name()](boost::system::error_code ec) {
                    if (ec) {
-                     promise.set_exception(std::make_exception_ptr(fwd::detail::call_failure(ec, p, *diag)));
+                     result->set_exception(std::make_exception_ptr(fwd::detail::call_failure(ec, p, *diag)));
                    } else {
-                     promise.set_value();
+                     result->set_value();
                    }
                  });
-      future.get();
+      result->get();
     } else {
       async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
-                 [&promise, diag, p = proc.name()](boost::system::error_code ec, R result) {
+                 [result, diag, p = proc.name()](boost::system::error_code ec, R value) {
                    if (ec) {
-                     promise.set_exception(std::make_exception_ptr(fwd::detail::call_failure(ec, p, *diag)));
+                     result->set_exception(std::make_exception_ptr(fwd::detail::call_failure(ec, p, *diag)));
                    } else {
-                     promise.set_value(std::move(result));
+                     result->set_value(std::move(value));
                    }
                  });
-      return future.get();
+      return result->get();
     }
   }
 

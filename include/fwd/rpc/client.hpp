@@ -2,6 +2,7 @@
 
 // The RPC client: typed calls to fwd servers, many in flight on one connection per peer.
 
+#include <fwd/detail/blocking_wait.hpp>
 #include <fwd/error.hpp>
 #include <fwd/procedure.hpp>
 #include <fwd/rpc/client_options.hpp>
@@ -128,7 +129,9 @@ class client {
    * Blocking call: returns the result or throws fwd::error: its code, and in
    * get_diagnostics() "call to <procedure>: <details>" (what() adds the code's message).
    * call_options::diagnostics, when set, receives the details alone. Must not be called
-   * from a thread that runs the client's executor (it waits for that executor).
+   * from a thread that runs the client's executor (it waits for that executor). The thread
+   * polls for the reply for up to 50 microseconds (yielding its core between polls), then
+   * sleeps until it comes: a reply that fast is taken without waking a sleeping thread.
    */
   template <class R, class... Params, class... Args>
   R call(const endpoint& peer, const procedure<R(Params...)>& proc, Args&&... args) {
@@ -140,28 +143,28 @@ class client {
     fwd::diagnostics local;
     fwd::diagnostics* diag = options.diagnostics != nullptr ? options.diagnostics : &local;
     options.diagnostics = diag;
-    std::promise<std::conditional_t<std::is_void_v<R>, void, R>> promise;
-    auto future = promise.get_future();
+    // Shared with the completion, which may still be inside set_value() when get() returns.
+    auto result = std::make_shared<fwd::detail::blocking_result<R>>();
     if constexpr (std::is_void_v<R>) {
       async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
-                 [&promise, diag, p = proc.name()](boost::system::error_code ec) {
+                 [result, diag, p = proc.name()](boost::system::error_code ec) {
                    if (ec) {
-                     promise.set_exception(std::make_exception_ptr(fwd::detail::call_failure(ec, p, *diag)));
+                     result->set_exception(std::make_exception_ptr(fwd::detail::call_failure(ec, p, *diag)));
                    } else {
-                     promise.set_value();
+                     result->set_value();
                    }
                  });
-      future.get();
+      result->get();
     } else {
       async_call(peer, std::move(options), proc, std::forward<Args>(args)...,
-                 [&promise, diag, p = proc.name()](boost::system::error_code ec, R result) {
+                 [result, diag, p = proc.name()](boost::system::error_code ec, R value) {
                    if (ec) {
-                     promise.set_exception(std::make_exception_ptr(fwd::detail::call_failure(ec, p, *diag)));
+                     result->set_exception(std::make_exception_ptr(fwd::detail::call_failure(ec, p, *diag)));
                    } else {
-                     promise.set_value(std::move(result));
+                     result->set_value(std::move(value));
                    }
                  });
-      return future.get();
+      return result->get();
     }
   }
 

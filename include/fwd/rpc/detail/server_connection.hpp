@@ -48,7 +48,7 @@ class server_connection : public std::enable_shared_from_this<server_connection>
   server_connection(std::shared_ptr<server_state> state, tcp::socket socket)
       : state_(std::move(state)),
         stream_(std::move(socket)),
-        strand_(stream_.get_executor()),
+        strand_(socket_strand(stream_.get_executor())),
         timer_(strand_),
         handshake_(std::in_place, state_->secrets, state_->versions) {
     boost::system::error_code ignored;
@@ -60,6 +60,17 @@ class server_connection : public std::enable_shared_from_this<server_connection>
     // Lets write() write at once without ever blocking (Asio's own operations, TLS's
     // included, are unaffected).
     stream_.socket().non_blocking(true, ignored);
+  }
+
+  // The strand the server accepted the socket on (its executor), so that the socket's
+  // handlers and the connection's own work share one strand; a new strand when the socket
+  // came on another executor. (A strand made over the socket's strand would put every
+  // handler through two strands.)
+  static boost::asio::strand<boost::asio::any_io_executor> socket_strand(
+      const boost::asio::any_io_executor& executor) {
+    using strand_type = boost::asio::strand<boost::asio::any_io_executor>;
+    if (const auto* own = executor.target<strand_type>()) return *own;
+    return boost::asio::make_strand(executor);
   }
 
   void start() {

@@ -274,12 +274,10 @@ inline void server_connection::on_request(const wire::frame_view& frame) {
     incoming.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(h.deadline_ms);
   }
 
-  auto on_done = [self = shared_from_this(), call](boost::system::error_code ec,
-                                                   std::string result) mutable {
-    boost::asio::dispatch(self->strand_,
-                          [self, call = std::move(call), ec, result = std::move(result)]() mutable {
-                            self->on_reply(*call, ec, std::move(result));
-                          });
+  // Bound to the strand: the registry completes every reply through the reply handler's
+  // associated executor (reply_once), so this runs on the strand already.
+  auto on_done = [self = shared_from_this(), call](boost::system::error_code ec, std::string result) {
+    self->on_reply(*call, ec, std::move(result));
   };
   const registry& target =
       incoming.procedure.starts_with("fwd.") ? state_->builtins : *state_->user_registry;
