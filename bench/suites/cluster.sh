@@ -73,7 +73,7 @@ set grid
 set key top left
 set xlabel "offered load (writes/s, all nodes)"
 set ylabel "latency from scheduled send (ms)"
-set title "latency (a point is missing where that share of the writes failed)"
+set title "latency (no point where too many writes failed for that percentile: see the table)"
 plot "$data" using 1:2 with linespoints lw 2 pt 7 lc rgb "#1f77b4" title "none() p50", \
      "$data" using 1:3 with linespoints lw 2 pt 7 lc rgb "#1f77b4" dt 2 title "none() p99", \
      "$data" using 1:4 with linespoints lw 2 pt 5 lc rgb "#d62728" title "replicas(1) p50", \
