@@ -33,6 +33,8 @@ cluster_loads() {
 
 cluster_table() {
   local load s label
+  printf '\n  load average after the run (other work on the machine moves every figure): %s\n' \
+    "$(cut -d' ' -f1-3 /proc/loadavg)"
   for s in none replicas1; do
     if [ $s = none ]; then
       label="fwd::durability::none()"
