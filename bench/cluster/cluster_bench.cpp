@@ -10,9 +10,14 @@
 //                                      `node`), runs every load (writes/s in total, e.g.
 //                                      1000,5000,20000) with both durability settings and
 //                                      prints BENCH lines (cluster.*)
-//   bench_cluster node NAME MOUNT PORT MEMBER_PORTS
-//                                      one fwd::node; serves bench.cluster.insert and the
-//                                      load generator bench.cluster.load; prints "READY <port>"
+//   bench_cluster litefs [window s] [loads]
+//                                      the same on real LiteFS (three LiteFS processes on FUSE
+//                                      mounts, the tests' fixture, static lease); without
+//                                      LiteFS or FUSE it says why and measures nothing
+//   bench_cluster node NAME MOUNT PORT MEMBER_PORTS LITEFS_HTTP_PORT
+//                                      one fwd::node (LITEFS_HTTP_PORT 0: on the simulation);
+//                                      serves bench.cluster.insert and the load generator
+//                                      bench.cluster.load; prints "READY <port>"
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -33,6 +38,7 @@
 #include <vector>
 
 #include "../common/bench_support.hpp"
+#include "litefs_fixture.hpp"
 #include "litefs_sim.hpp"
 
 namespace {
@@ -55,6 +61,7 @@ inline const fwd::procedure<std::vector<std::int64_t>(double, std::int64_t, std:
     run_load{"bench.cluster.load"};
 
 constexpr const char* secret = "bench-cluster-secret-of-32-bytes-or-more";
+constexpr const char* db_name = "app.db";
 constexpr int node_count = 3;
 /// A write gives up this long after its scheduled time (under overload, this bounds the run).
 constexpr auto call_deadline = std::chrono::seconds(5);
@@ -196,11 +203,14 @@ class open_loop : public std::enable_shared_from_this<open_loop> {
 // --- node process --------------------------------------------------------------------------
 
 int node_main(int argc, char** argv) {
-  if (argc < 6) die("usage: bench_cluster node NAME MOUNT PORT MEMBER_PORTS");
+  if (argc < 7) die("usage: bench_cluster node NAME MOUNT PORT MEMBER_PORTS LITEFS_HTTP_PORT");
   const std::string name = argv[2];
   const std::filesystem::path mount = argv[3];
   const auto port = static_cast<std::uint16_t>(std::stoi(argv[4]));
-  fwd_sim::install_vfs();
+  const auto litefs_http = static_cast<std::uint16_t>(std::stoi(argv[6]));
+  const bool simulated = litefs_http == 0;
+  // The simulation's VFS shim acts on every directory holding `.lag`: never on real LiteFS.
+  if (simulated) fwd_sim::install_vfs();
 
   boost::asio::io_context io;
   const auto loopback = boost::asio::ip::make_address("127.0.0.1");
@@ -210,13 +220,18 @@ int node_main(int argc, char** argv) {
   fwd::node_options options;
   options.listen = {loopback, port};
   options.members = fwd::static_members(members);
-  options.database = mount / "app.db";
+  options.database = mount / db_name;
   options.secret = secret;
   options.litefs_hostname = name;
   options.name = name;
-  options.require_fuse = false;  // the simulation's mounts are plain directories
+  if (simulated) {
+    options.require_fuse = false;  // the simulation's mounts are plain directories
+  } else {
+    options.litefs_http = endpoint(loopback, litefs_http);  // follows LiteFS's /events
+  }
   // The simulation replicates by copying the database, not page by page as LiteFS does:
   // waiting for it after every forwarded write measures that copy. See bench/README.md.
+  // On LiteFS too, so that both measure the same calls.
   options.read_your_writes = false;
   options.write.on_open = [](fwd::sqlite::connection& c) { c.exec("PRAGMA synchronous=NORMAL"); };
   fwd::node node(io.get_executor(), options);
@@ -297,13 +312,23 @@ double percentile(const std::vector<std::int64_t>& ok, std::size_t total, double
 
 class driver {
  public:
-  driver(clock::duration warmup, clock::duration window)
-      : warmup_(warmup), window_(window), sim_(sim_options()) {
-    {
-      fwd::sqlite::connection db(sim_.database_path(0).string());
+  driver(bool real_litefs, clock::duration warmup, clock::duration window)
+      : warmup_(warmup), window_(window) {
+    if (real_litefs) {
+      fs_ = std::make_unique<fwd_test::litefs_cluster>(fwd_test::litefs_cluster_options{
+          .nodes = node_count, .lease = fwd_test::lease_kind::static_lease});
+      fs_->start_all();
+      fwd::sqlite::connection db((fs_->mount(0) / db_name).string());
+      db.exec("PRAGMA journal_mode=WAL");
+      db.exec(schema);
+    } else {
+      sim_ = std::make_unique<fwd_sim::cluster>(sim_options());
+      fwd::sqlite::connection db(sim_->database_path(0).string());
       db.exec(schema);
     }
-    sim_.replicate_now();
+    if (sim_) sim_->replicate_now();
+    if (!wait_until([this] { return caught_up(); }, std::chrono::seconds(30)))
+      die("the replicas did not receive the schema within 30 s");
 
     std::vector<unsigned short> ports;
     std::string list;
@@ -313,13 +338,14 @@ class driver {
     }
     for (std::size_t i = 0; i < node_count; ++i) {
       nodes_.push_back(std::make_unique<child_process>(std::vector<std::string>{
-          "node", sim_.hostname(i), sim_.mount(i).string(), std::to_string(ports[i]), list}));
+          "node", hostname(i), mount(i).string(), std::to_string(ports[i]), list,
+          std::to_string(fs_ ? fs_->http_port(i) : 0)}));
       endpoints_.emplace_back(boost::asio::ip::make_address("127.0.0.1"), ports[i]);
     }
     for (auto& n : nodes_) n->wait_ready();
     // Every commit is shipped to both replicas as soon as the replicator gets to it, so
     // replicas report positions and replicas(1) can be met.
-    sim_.start_replication(std::chrono::milliseconds(0));
+    if (sim_) sim_->start_replication(std::chrono::milliseconds(0));
 
     fwd::rpc::client_options o;
     o.secret = secret;
@@ -328,7 +354,7 @@ class driver {
   }
 
   ~driver() {
-    sim_.stop_replication();
+    if (sim_) sim_->stop_replication();
     client_->close();
     work_.reset();
     io_.stop();
@@ -345,7 +371,7 @@ class driver {
   measurement run(double offered, std::int64_t durable_replicas, std::uint64_t salt,
                   clock::duration warmup, clock::duration window, const std::string& what) {
     reset_table();
-    const std::uint64_t before = sim_.position(0).txid;
+    const std::uint64_t before = txid(0);
     const double per_node = offered / node_count;
     const auto start = clock::now() + std::chrono::milliseconds(50);
     std::vector<std::future<std::vector<std::int64_t>>> replies;
@@ -387,7 +413,7 @@ class driver {
       total.failed += r[2];
       total.latency_us.insert(total.latency_us.end(), r.begin() + 3, r.end());
     }
-    const std::uint64_t after = sim_.position(0).txid;
+    const std::uint64_t after = txid(0);
 
     measurement m;
     m.offered = offered;
@@ -419,21 +445,31 @@ class driver {
   /// Every run starts from an empty table in a compacted database that every replica
   /// has: the simulation ships the whole database, so a run after a heavier one would
   /// otherwise pay for the rows the heavier one left.
+  /// LiteFS ships pages, not the database: there only the catching up.
   void reset_table() {
-    {
-      fwd::sqlite::connection db(sim_.database_path(0).string());
+    if (sim_) {
+      fwd::sqlite::connection db(sim_->database_path(0).string());
       db.exec("PRAGMA busy_timeout=10000");
       db.exec("DELETE FROM t");
       db.exec("VACUUM");
     }
-    const auto caught_up = [this] {
-      const auto p = sim_.position(0).txid;
-      for (std::size_t i = 1; i < node_count; ++i)
-        if (sim_.position(i).txid != p) return false;
-      return true;
-    };
-    if (!wait_until(caught_up, std::chrono::seconds(30)))
+    if (!wait_until([this] { return caught_up(); }, std::chrono::seconds(30)))
       die("the replicas did not catch up with the primary within 30 s");
+  }
+
+  std::filesystem::path mount(std::size_t i) const { return sim_ ? sim_->mount(i) : fs_->mount(i); }
+  std::string hostname(std::size_t i) const { return sim_ ? sim_->hostname(i) : fs_->hostname(i); }
+  /// Node i's TXID, from `<db>-pos` (0 while unreadable).
+  std::uint64_t txid(std::size_t i) const {
+    boost::system::error_code ec;
+    const auto p = fwd::litefs::read_position(mount(i), db_name, ec);
+    return ec ? 0 : p.txid;
+  }
+  bool caught_up() const {
+    const auto p = txid(0);
+    for (std::size_t i = 1; i < node_count; ++i)
+      if (txid(i) != p) return false;
+    return p != 0;
   }
 
   static fwd_sim::cluster_options sim_options() {
@@ -444,7 +480,8 @@ class driver {
   }
 
   clock::duration warmup_, window_;
-  fwd_sim::cluster sim_;
+  std::unique_ptr<fwd_sim::cluster> sim_;            // the simulation, or
+  std::unique_ptr<fwd_test::litefs_cluster> fs_;     // real LiteFS
   std::vector<std::unique_ptr<child_process>> nodes_;
   std::vector<endpoint> endpoints_;
   boost::asio::io_context io_;
@@ -465,14 +502,23 @@ void emit_measurement(const std::string& suffix, const measurement& m) {
 }
 
 int driver_main(int argc, char** argv) {
+  const bool real_litefs = argc > 1 && std::string(argv[1]) == "litefs";
+  if (real_litefs) {
+    --argc;
+    ++argv;
+    if (auto why = fwd_test::litefs_unavailable()) {
+      std::fprintf(stderr, "bench_cluster: skipped, real LiteFS is unavailable: %s\n", why->c_str());
+      return 0;
+    }
+  }
   const double window_s = seconds_arg(argc, argv, 1, 4.0);
   std::vector<long> loads = argc > 2 ? parse_list(argv[2]) : std::vector<long>{1000, 2000, 5000, 10000, 20000};
   std::sort(loads.begin(), loads.end());
   if (loads.empty() || loads.front() <= 0) die("loads must be positive writes/s, e.g. 1000,5000");
-  fwd_sim::install_vfs();  // the driver writes the primary's database too: same shim
-  std::fprintf(stderr, "bench_cluster: 3 nodes, WAL, synchronous=NORMAL, %.1f s windows\n",
-               window_s * seconds_scale());
-  driver d(window(0.5), window(window_s));
+  if (!real_litefs) fwd_sim::install_vfs();  // the driver writes the primary's database too
+  std::fprintf(stderr, "bench_cluster: 3 nodes on %s, WAL, synchronous=NORMAL, %.1f s windows\n",
+               real_litefs ? "real LiteFS" : "the simulation", window_s * seconds_scale());
+  driver d(real_litefs, window(0.5), window(window_s));
   // Discovery, connections, the primary's writer and the replicas' reports come up before
   // anything is measured.
   d.run(300, 0, 1, window(0.2), window(0.5), "warm-up none()");

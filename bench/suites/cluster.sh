@@ -11,6 +11,15 @@ SUITE_TARGETS=(bench_cluster)
 # FWD_BENCH_SECONDS).
 CLUSTER_LOADS=${FWD_BENCH_CLUSTER_LOADS:-1000,2000,5000,10000,20000}
 CLUSTER_WINDOW=4.0
+# FWD_BENCH_CLUSTER_LITEFS=1: on real LiteFS (the tests' fixture) instead of the simulation;
+# the same keys.
+if [ "${FWD_BENCH_CLUSTER_LITEFS:-0}" = 1 ]; then
+  CLUSTER_BACKEND=(litefs)
+  CLUSTER_ON="real LiteFS"
+else
+  CLUSTER_BACKEND=()
+  CLUSTER_ON="the LiteFS simulation"
+fi
 
 suite_run() {
   local bin=$1
@@ -20,7 +29,7 @@ suite_run() {
     FWD_BOOTSTRAP_BENCH=1 "$root/tools/bootstrap" >&2 ||
       echo "bench: could not install gnuplot; the table is printed without its plot" >&2
   fi
-  run_bench 300 "$bin/bench_cluster" "$CLUSTER_WINDOW" "$CLUSTER_LOADS"
+  run_bench 300 "$bin/bench_cluster" "${CLUSTER_BACKEND[@]}" "$CLUSTER_WINDOW" "$CLUSTER_LOADS"
 }
 
 # The loads measured, in increasing order (from the keys cluster.tput.<load>.none).
@@ -41,7 +50,7 @@ cluster_table() {
     else
       label="fwd::durability::replicas(1)"
     fi
-    heading "$label: 3 nodes, writers on every node, open loop (latency from the scheduled send time)"
+    heading "$label: 3 nodes on $CLUSTER_ON, writers on every node, open loop (latency from the scheduled send)"
     columns "done/s" p50_ms p99_ms p999_ms max_ms failed rows/commit
     for load in $(cluster_loads); do
       row "$load writes/s offered" "" "cluster.tput.$load.$s" "cluster.p50_ms.$load.$s" \
@@ -68,7 +77,7 @@ cluster_plot() {
   gnuplot <<EOF
 set terminal pngcairo size 1400,560 font ",11"
 set output "$png"
-set multiplot layout 1,2 title "fwd, 3 nodes on the LiteFS simulation, writers on every node, open loop ($(date -u +%Y-%m-%d), $(nproc) cores)"
+set multiplot layout 1,2 title "fwd, 3 nodes on $CLUSTER_ON, writers on every node, open loop ($(date -u +%Y-%m-%d), $(nproc) cores)"
 set logscale xy
 set xrange [$(head -1 <<<"$loads")/1.5:$(tail -1 <<<"$loads")*1.5]
 set grid
