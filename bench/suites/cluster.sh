@@ -12,13 +12,15 @@ SUITE_TARGETS=(bench_cluster)
 CLUSTER_LOADS=${FWD_BENCH_CLUSTER_LOADS:-1000,2000,5000,10000,20000}
 CLUSTER_WINDOW=4.0
 # FWD_BENCH_CLUSTER_LITEFS=1: on real LiteFS (the tests' fixture) instead of the simulation;
-# the same keys.
+# the same keys, the table and plot in cluster-litefs.{txt,png}.
 if [ "${FWD_BENCH_CLUSTER_LITEFS:-0}" = 1 ]; then
   CLUSTER_BACKEND=(litefs)
   CLUSTER_ON="real LiteFS"
+  CLUSTER_OUT=cluster-litefs
 else
   CLUSTER_BACKEND=()
   CLUSTER_ON="the LiteFS simulation"
+  CLUSTER_OUT=cluster
 fi
 
 suite_run() {
@@ -99,7 +101,7 @@ EOF
 }
 
 suite_table() {
-  local out="$build_dir/bench/cluster" key
+  local out="$build_dir/bench/$CLUSTER_OUT" key
   cluster_table | tee "$out.txt"
   for key in "${figure_order[@]}"; do echo "BENCH $key ${figures[$key]}"; done >>"$out.txt"
   if [ -z "$(cluster_loads)" ]; then
