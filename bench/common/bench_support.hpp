@@ -8,7 +8,10 @@
 // and diagnostics go to stderr, so stdout carries figures only.
 #pragma once
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/types.h>
@@ -225,6 +228,86 @@ inline bool reset_peak_rss(const server_process& server) {
 inline long settled_rss_kib(const server_process& server) {
   usleep(200'000);
   return server.rss_kib();
+}
+
+/**
+ * A helper process: this program re-executed with `args` (its argv[1]... ), stdout piped to
+ * the parent. `wait_ready()` reads its first line, which must start with "READY ". Killed
+ * and reaped on destruction; dies with its parent (PR_SET_PDEATHSIG).
+ */
+class child_process {
+ public:
+  explicit child_process(std::vector<std::string> args) {
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) die("pipe2 failed");
+    const pid_t parent = getpid();
+    pid_ = fork();
+    if (pid_ < 0) die("fork failed");
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);
+      dup2(out[1], STDOUT_FILENO);
+      args.insert(args.begin(), "bench-child");
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv("/proc/self/exe", argv.data());
+      _exit(127);
+    }
+    close(out[1]);
+    fd_ = out[0];
+  }
+  child_process(const child_process&) = delete;
+  child_process& operator=(const child_process&) = delete;
+  ~child_process() {
+    kill(pid_, SIGKILL);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    close(fd_);
+  }
+  /// Blocks until the child prints its "READY ..." line; the rest of that line.
+  std::string wait_ready() {
+    std::string line;
+    char c;
+    while (read(fd_, &c, 1) == 1 && c != '\n') line.push_back(c);
+    if (line.rfind("READY ", 0) != 0) die("a child process did not start (got '" + line + "')");
+    return line.substr(6);
+  }
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  int fd_ = -1;
+};
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed). */
+inline unsigned short free_loopback_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) die("socket failed");
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    close(fd);
+    die("cannot bind a loopback port");
+  }
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+/** "1,2,3" -> {1, 2, 3} (numbers separated by commas). */
+inline std::vector<long> parse_list(const std::string& text) {
+  std::vector<long> out;
+  std::size_t at = 0;
+  while (at < text.size()) {
+    std::size_t comma = text.find(',', at);
+    if (comma == std::string::npos) comma = text.size();
+    if (comma > at) out.push_back(std::stol(text.substr(at, comma - at)));
+    at = comma + 1;
+  }
+  return out;
 }
 
 }  // namespace fwd_bench
