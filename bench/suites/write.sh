@@ -36,8 +36,7 @@ suite_table() {
     write.p50_ms.local_group_commit.64 write.p99_ms.local_group_commit.64 \
     write.rows_per_commit.local_group_commit.64
   row "plain SQLite, 1 writer, 1 txn each" "" write.tput.plain_sqlite_one_writer
-  row "plain SQLite, batches as group commit" "" write.tput.raw_batches.64 "" "" \
-    write.rows_per_commit.raw_batches.64
+  row "plain SQLite, batches of fwd's size" "" write.tput.raw_batches.64
   heading "one caller, one write at a time (durability none())"
   columns rows/s p50_ms p99_ms
   row "forwarded from a replica" "" write.tput.sequential_forwarded.1 \
