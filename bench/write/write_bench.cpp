@@ -21,6 +21,7 @@
 #include <sys/prctl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -349,12 +350,43 @@ measurement summarise_load(const load_result& r, clock::duration window, std::ui
   return m;
 }
 
+/// One caller's figures (rows/s, p50, p99), for the sequential runs.
+void emit_measurement_1(const std::string& system, const measurement& m) {
+  emit("write.tput." + system + ".1", m.rows_per_s, 0);
+  emit("write.p50_ms." + system + ".1", m.p50_ms, 3);
+  emit("write.p99_ms." + system + ".1", m.p99_ms, 3);
+}
+
 void emit_measurement(const std::string& system, const measurement& m) {
   const std::string n = "." + std::to_string(total_callers);
   emit("write.tput." + system + n, m.rows_per_s, 0);
   emit("write.p50_ms." + system + n, m.p50_ms, 3);
   emit("write.p99_ms." + system + n, m.p99_ms, 3);
   emit("write.rows_per_commit." + system + n, m.rows_per_commit, 1);
+}
+
+/// Inserts rows into t on `db`, `batch` per transaction (BEGIN IMMEDIATE, one prepared
+/// INSERT per row, COMMIT), back to back until the window ends: rows per second committed
+/// in the window.
+double insert_in_batches(fwd::sqlite::connection& db, std::size_t batch, std::uint64_t salt,
+                         clock::duration warmup, clock::duration window) {
+  auto stmt = db.prepare("INSERT INTO t(k, v) VALUES (?1, ?2)");
+  const auto from = clock::now() + warmup;
+  const auto to = from + window;
+  std::int64_t rows = 0;
+  for (std::uint64_t n = 0;;) {
+    db.exec("BEGIN IMMEDIATE");
+    for (std::size_t i = 0; i < batch; ++i, ++n) {
+      char key[24];
+      std::snprintf(key, sizeof key, "k%016" PRIx64, splitmix64(salt << 40 ^ n));
+      stmt.reset().bind(1, std::string_view(key)).bind(2, static_cast<std::int64_t>(n)).execute();
+    }
+    db.exec("COMMIT");
+    const auto now = clock::now();
+    if (now >= to) break;
+    if (now >= from) rows += static_cast<std::int64_t>(batch);
+  }
+  return static_cast<double>(rows) / std::chrono::duration<double>(window).count();
 }
 
 class driver {
@@ -379,6 +411,7 @@ class driver {
     for (auto& n : nodes_) n->wait_ready();
     replicas_ = {endpoint(boost::asio::ip::make_address("127.0.0.1"), ports[1]),
                  endpoint(boost::asio::ip::make_address("127.0.0.1"), ports[2])};
+    primary_ = endpoint(boost::asio::ip::make_address("127.0.0.1"), ports[0]);
 
     fwd::rpc::client_options o;
     o.secret = secret;
@@ -509,6 +542,52 @@ class driver {
 
   clock::duration warmup() const { return warmup_; }
 
+  /// The limit of group commit: plain SQLite on the primary's database (same table,
+  /// indexes and VFS as fwd's writer), one connection and one thread, `batch` prepared
+  /// inserts per BEGIN IMMEDIATE ... COMMIT, back to back; no dedup row, no executor.
+  double raw_batches_rows_per_s(std::size_t batch, std::uint64_t salt) {
+    fwd::sqlite::connection db(sim_.database_path(0).string());
+    configure_connection()(db);
+    return insert_in_batches(db, std::max<std::size_t>(batch, 1), salt, warmup_, window_);
+  }
+
+  /// One caller on node `node` (0 is the primary: the write runs there through fwd, not
+  /// forwarded), one insert at a time through fwd::node, durability none().
+  measurement sequential(std::size_t node, std::uint64_t salt, const std::string& system) {
+    auto promise = std::make_shared<std::promise<std::vector<std::int64_t>>>();
+    auto reply = promise->get_future();
+    fwd::rpc::call_options o;
+    o.deadline = clock::now() + warmup_ + window_ + std::chrono::seconds(30);
+    client_->async_call(
+        node == 0 ? primary_ : replicas_.at(node - 1), o, run_load, std::int64_t{1},
+        std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(warmup_).count()},
+        std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(window_).count()},
+        static_cast<std::int64_t>(salt), std::int64_t{0},
+        [promise](boost::system::error_code ec, std::vector<std::int64_t> r) {
+          if (ec) {
+            promise->set_exception(std::make_exception_ptr(fwd::error(ec, "bench.write.load")));
+          } else {
+            promise->set_value(std::move(r));
+          }
+        });
+    std::vector<std::int64_t> r;
+    try {
+      r = reply.get();
+    } catch (const std::exception& e) {
+      die(system + ": the load call failed: " + e.what());
+    }
+    if (r.size() < 3) die(system + ": a malformed load report");
+    load_result total;
+    total.issued = r[0];
+    total.in_window = r[1];
+    total.failed = r[2];
+    if (r[2] > 0) total.first_error = "see the node's stderr";
+    total.latency_us.assign(r.begin() + 3, r.end());
+    return summarise_load(total, window_, 0, system);
+  }
+
+  const std::filesystem::path& root() const noexcept { return sim_.root(); }
+
  private:
   static fwd_sim::cluster_options sim_options() {
     fwd_sim::cluster_options o;
@@ -521,12 +600,91 @@ class driver {
   fwd_sim::cluster sim_;
   std::vector<std::unique_ptr<node_process>> nodes_;
   std::vector<endpoint> replicas_;
+  endpoint primary_;
   boost::asio::io_context io_;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_{
       io_.get_executor()};
   std::unique_ptr<fwd::rpc::client> client_;
   std::thread io_thread_;
 };
+
+/// What the simulation's VFS shim costs plain SQLite: a database of its own in a directory
+/// the shim takes for a primary's mount (it holds `.lag`), written with the shim (the
+/// process's default VFS, as fwd's writer uses it) and with SQLite's own "unix" VFS.
+class vfs_probe {
+ public:
+  explicit vfs_probe(const std::filesystem::path& root) : dir_(root / "vfs-probe") {
+    std::filesystem::create_directories(dir_);
+    fwd_sim::write_file_atomically(dir_ / ".lag", fwd_sim::format_lag(0));
+    fwd::sqlite::connection db(path_.string());
+    db.exec("PRAGMA journal_mode=WAL");
+    db.exec(schema);
+  }
+
+  /// Rows per second inserted `batch` per transaction, through the shim or not.
+  double rows_per_s(bool shim, std::size_t batch, std::uint64_t salt, clock::duration warmup,
+                    clock::duration window) {
+    fwd::sqlite::connection db =
+        shim ? fwd::sqlite::connection(path_.string())
+             : fwd::sqlite::connection("file:" + path_.string() + "?vfs=unix",
+                                       fwd::sqlite::default_open_flags | SQLITE_OPEN_URI);
+    configure_connection()(db);
+    return insert_in_batches(db, batch, salt, warmup, window);
+  }
+
+ private:
+  std::filesystem::path dir_;
+  std::filesystem::path path_ = dir_ / "probe.db";
+};
+
+/// fwd's group commit on the primary beside plain SQLite committing the same rows in
+/// batches of the size fwd's group commit reached in this round (`group_m`).
+void emit_group_commit_limit(driver& d, const measurement& group_m, std::uint64_t salt) {
+  const auto batch = static_cast<std::size_t>(std::max(1.0, std::round(group_m.rows_per_commit)));
+  const double raw = d.raw_batches_rows_per_s(batch, salt);
+  const std::string n = "." + std::to_string(total_callers);
+  emit("write.tput.raw_batches" + n, raw, 0);
+  emit("write.rows_per_commit.raw_batches" + n, static_cast<double>(batch), 0);
+  if (raw > 0) emit("write.tput_ratio.group_commit_over_raw_batches" + n, group_m.rows_per_s / raw, 2);
+}
+
+/// One caller, one write at a time: on a replica (forwarded) and on the primary (the same
+/// write through fwd, run there), in the order of the round.
+void emit_sequential(driver& d, int round, std::uint64_t salt) {
+  measurement forwarded_m, local_m;
+  for (int k = 0; k < 2; ++k) {
+    if ((round + k) % 2 == 0) {
+      forwarded_m = d.sequential(1, salt + 1, "sequential_forwarded");
+      emit_measurement_1("sequential_forwarded", forwarded_m);
+    } else {
+      local_m = d.sequential(0, salt + 2, "sequential_local");
+      emit_measurement_1("sequential_local", local_m);
+    }
+  }
+  if (local_m.p50_ms > 0)
+    emit("write.p50_ratio.sequential_forwarded_over_local", forwarded_m.p50_ms / local_m.p50_ms, 2);
+}
+
+/// Plain SQLite with and without the simulation's VFS shim, one transaction per row and
+/// 64 rows per transaction: the simulation's own cost, apart from fwd's.
+void emit_vfs_cost(vfs_probe& probe, int round, std::uint64_t salt) {
+  const auto w = window(1.0);
+  const auto warm = window(0.2);
+  for (const std::size_t batch : {std::size_t{1}, std::size_t{64}}) {
+    double with = 0, without = 0;
+    for (int k = 0; k < 2; ++k) {
+      if ((round + k) % 2 == 0) {
+        with = probe.rows_per_s(true, batch, salt + 2 * batch, warm, w);
+      } else {
+        without = probe.rows_per_s(false, batch, salt + 2 * batch + 1, warm, w);
+      }
+    }
+    const std::string b = ".batch" + std::to_string(batch);
+    emit("write.tput.plain_sqlite.sim_vfs" + b, with, 0);
+    emit("write.tput.plain_sqlite.unix_vfs" + b, without, 0);
+    if (without > 0) emit("write.tput_ratio.sim_vfs_over_unix_vfs" + b, with / without, 2);
+  }
+}
 
 int driver_main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::max(1, std::atoi(argv[1])) : 3;
@@ -535,6 +693,7 @@ int driver_main(int argc, char** argv) {
   std::fprintf(stderr, "bench_write: WAL, synchronous=%s, %d rounds of %.1f s windows\n",
                synchronous_setting().c_str(), rounds, window_s * seconds_scale());
   driver d(window_s);
+  vfs_probe probe(d.root());
   // Discovery, connections and the primary's writer come up before anything is measured.
   d.forwarded(1000, window(0.5));
 
@@ -568,6 +727,9 @@ int driver_main(int argc, char** argv) {
     if (single_m.rows_per_s > 0)
       emit("write.tput_ratio.group_commit_over_single_txn" + n,
            group_m.rows_per_s / single_m.rows_per_s, 2);
+    emit_group_commit_limit(d, group_m, salt + 7);
+    emit_sequential(d, round, 200 + salt);
+    emit_vfs_cost(probe, round, 300 + salt);
   }
 
   // Durable acknowledgement: both with the simulation replicating, in alternating order.

@@ -4723,6 +4723,7 @@ inline void monitor::events_broke() {
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -4732,6 +4733,7 @@ inline void monitor::events_broke() {
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace fwd::sqlite {
 
@@ -4757,6 +4759,114 @@ inline int extended_code(sqlite3* db, int rc) noexcept {
 inline void set_error(boost::system::error_code& ec, sqlite3* db, int rc) noexcept {
   ec = make_sqlite_error(extended_code(db, rc));
 }
+
+/**
+ * Prepared statements kept for reuse on one connection, while a scope of work runs on the
+ * thread that holds it (the write executor's writes: a procedure that prepares its SQL on
+ * every call finds it prepared already). connection::prepare takes a statement from the
+ * thread's active cache when the connection is the cache's, or prepares one and lists it;
+ * a listed statement goes back, reset and with its bindings cleared, when it is destroyed
+ * inside the scope (outside it, or once the cache forgot it, it is finalized). At most
+ * `capacity` statements are listed. Not thread-safe: one thread uses a cache.
+ */
+class statement_cache {
+ public:
+  explicit statement_cache(std::size_t capacity = 64) noexcept : capacity_(capacity) {}
+  statement_cache(const statement_cache&) = delete;
+  statement_cache& operator=(const statement_cache&) = delete;
+  ~statement_cache() { clear(); }
+
+  /// Makes `cache` the thread's active cache for statements prepared on `db` until the
+  /// scope ends (then the previous one is active again).
+  class scope {
+   public:
+    scope(statement_cache& cache, sqlite3* db) noexcept : previous_(active()) {
+      cache.db_ = db;
+      active() = &cache;
+    }
+    scope(const scope&) = delete;
+    scope& operator=(const scope&) = delete;
+    ~scope() { active() = previous_; }
+
+   private:
+    statement_cache* previous_;
+  };
+
+  /// The cache active on this thread for `db`, or null.
+  static statement_cache* active_for(sqlite3* db) noexcept {
+    statement_cache* cache = active();
+    return cache != nullptr && db != nullptr && cache->db_ == db ? cache : nullptr;
+  }
+
+  /// A listed statement prepared from exactly `sql` and not in use, now in use; or null.
+  sqlite3_stmt* take(std::string_view sql) noexcept {
+    for (auto& e : entries_) {
+      if (e.in_use || e.sql != sql) continue;
+      e.in_use = true;
+      return e.stmt;
+    }
+    return nullptr;
+  }
+
+  /// Lists `stmt`, just prepared from `sql`, as in use. False when it is not listed (the
+  /// cache is full of statements in use, or out of memory): its owner finalizes it.
+  bool add(sqlite3_stmt* stmt, std::string_view sql) noexcept {
+    // An entry with this address is one whose owner finalized it outside the scope (SQLite
+    // reuses the address now): forget it.
+    std::erase_if(entries_, [stmt](const entry& e) { return e.stmt == stmt; });
+    try {
+      if (entries_.size() >= capacity_) {
+        const auto idle = std::find_if(entries_.begin(), entries_.end(), [](const entry& e) { return !e.in_use; });
+        if (idle == entries_.end()) return false;
+        sqlite3_finalize(idle->stmt);
+        entries_.erase(idle);
+      }
+      entries_.push_back(entry{std::string(sql), stmt, true});
+      return true;
+    } catch (...) {
+      return false;
+    }
+  }
+
+  /// `stmt` is no longer in use: reset, its bindings cleared, it waits for the next take.
+  /// False when it is not listed (the cache forgot it): its owner finalizes it.
+  bool give_back(sqlite3_stmt* stmt) noexcept {
+    for (auto& e : entries_) {
+      if (e.stmt != stmt) continue;
+      sqlite3_reset(stmt);
+      sqlite3_clear_bindings(stmt);
+      e.in_use = false;
+      return true;
+    }
+    return false;
+  }
+
+  /// Finalizes the statements not in use and forgets every one (before the connection
+  /// closes; one still in use is finalized by its owner).
+  void clear() noexcept {
+    for (auto& e : entries_) {
+      if (!e.in_use) sqlite3_finalize(e.stmt);
+    }
+    entries_.clear();
+  }
+
+  std::size_t size() const noexcept { return entries_.size(); }
+
+ private:
+  struct entry {
+    std::string sql;
+    sqlite3_stmt* stmt;
+    bool in_use;
+  };
+  static statement_cache*& active() noexcept {
+    thread_local statement_cache* cache = nullptr;
+    return cache;
+  }
+
+  std::size_t capacity_;
+  sqlite3* db_ = nullptr;
+  std::vector<entry> entries_;
+};
 
 }  // namespace detail
 
@@ -4795,13 +4905,20 @@ class statement {
   statement() = default;
   /// Takes ownership of `stmt` (prepared on `db`).
   statement(sqlite3* db, sqlite3_stmt* stmt) noexcept : db_(db), stmt_(stmt) {}
+  /// Takes `stmt` (prepared on `db`, listed in `cache`), which goes back to `cache` when
+  /// destroyed while that cache is active (see detail::statement_cache).
+  statement(sqlite3* db, sqlite3_stmt* stmt, detail::statement_cache* cache) noexcept
+      : db_(db), stmt_(stmt), cache_(cache) {}
   statement(statement&& other) noexcept
-      : db_(std::exchange(other.db_, nullptr)), stmt_(std::exchange(other.stmt_, nullptr)) {}
+      : db_(std::exchange(other.db_, nullptr)),
+        stmt_(std::exchange(other.stmt_, nullptr)),
+        cache_(std::exchange(other.cache_, nullptr)) {}
   statement& operator=(statement&& other) noexcept {
     if (this != &other) {
       finalize();
       db_ = std::exchange(other.db_, nullptr);
       stmt_ = std::exchange(other.stmt_, nullptr);
+      cache_ = std::exchange(other.cache_, nullptr);
     }
     return *this;
   }
@@ -4926,12 +5043,18 @@ class statement {
     return *this;
   }
   void finalize() noexcept {
-    if (stmt_ != nullptr) sqlite3_finalize(stmt_);
+    if (stmt_ != nullptr) {
+      const bool kept = cache_ != nullptr && detail::statement_cache::active_for(db_) == cache_ &&
+                        cache_->give_back(stmt_);
+      if (!kept) sqlite3_finalize(stmt_);
+    }
     stmt_ = nullptr;
+    cache_ = nullptr;
   }
 
   sqlite3* db_ = nullptr;
   sqlite3_stmt* stmt_ = nullptr;
+  detail::statement_cache* cache_ = nullptr;  // where it goes back to, if it came from one
 };
 
 /// Default flags of connection: read-write, create if missing, full mutex off (fwd uses a
@@ -5150,21 +5273,27 @@ class connection {
 namespace fwd::sqlite {
 
 FWD_DECL statement connection::prepare(std::string_view sql) {
-  sqlite3_stmt* stmt = nullptr;
-  const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
-  if (rc != SQLITE_OK) detail::throw_failure(db_, rc, "prepare", sql);
-  return statement(db_, stmt);
+  boost::system::error_code ec;
+  statement stmt = prepare(sql, ec);
+  if (ec) detail::throw_failure(db_, ec.value(), "prepare", sql);
+  return stmt;
 }
 
 FWD_DECL statement connection::prepare(std::string_view sql,
                                        boost::system::error_code& ec) noexcept {
   ec.clear();
+  // Inside a write executor's write: the statement may be prepared already.
+  detail::statement_cache* cache = detail::statement_cache::active_for(db_);
+  if (cache != nullptr) {
+    if (sqlite3_stmt* kept = cache->take(sql)) return statement(db_, kept, cache);
+  }
   sqlite3_stmt* stmt = nullptr;
   const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
   if (rc != SQLITE_OK) {
     detail::set_error(ec, db_, rc);
     return {};
   }
+  if (cache != nullptr && stmt != nullptr && cache->add(stmt, sql)) return statement(db_, stmt, cache);
   return statement(db_, stmt);
 }
 
@@ -12680,9 +12809,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
 
   /// Closes the connection; only once no batch can run any more (after stop and join).
   void close() noexcept {
-    lookup_ = {};
-    insert_ = {};
-    prune_ = {};
+    forget_statements();
     connection_.close();
   }
 
@@ -12788,6 +12915,17 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   int system_errno() const noexcept;
   write_outcome statement_failure(const boost::system::error_code& ec, const std::string& message);
   std::optional<write_outcome> run_write(write_job& job, std::int64_t now_ms, write_outcome& outcome);
+  void run_prepared(statement& stmt, boost::system::error_code& ec, std::string& message) noexcept;
+  // Finalizes the statements prepared on the connection (before it is closed).
+  void forget_statements() noexcept {
+    work_statements_.clear();
+    lookup_ = {};
+    insert_ = {};
+    prune_ = {};
+    savepoint_ = {};
+    release_ = {};
+    rollback_to_ = {};
+  }
   bool has_unresolved_deferred_foreign_keys() const noexcept;
   void prepare_schema(boost::system::error_code& ec, std::string& message);
   bool prune_due() const noexcept;
@@ -12820,6 +12958,10 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   statement lookup_;
   statement insert_;
   statement prune_;
+  statement savepoint_;    // SAVEPOINT fwd_write
+  statement release_;      // RELEASE fwd_write
+  statement rollback_to_;  // ROLLBACK TO fwd_write
+  statement_cache work_statements_;  // what the writes prepare, kept for the next ones
   std::uint64_t commits_since_prune_ = 0;
   std::chrono::steady_clock::time_point last_prune_;
 };
@@ -12895,9 +13037,7 @@ inline std::uint64_t write_executor_state::initial_generation(const write_option
 // mount's `-shm` must not be read), no ROLLBACK (closing is the rollback). Statements go
 // first. The next batch opens the database anew.
 inline void write_executor_state::drop_connection() noexcept {
-  lookup_ = {};
-  insert_ = {};
-  prune_ = {};
+  forget_statements();
   if (connection_.native_handle() != nullptr) {
     int ignored = 0;
     sqlite3_db_config(connection_.native_handle(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, &ignored);
@@ -13073,18 +13213,20 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
   }
   lookup_.reset();
 
-  connection_.exec("SAVEPOINT fwd_write", ec, &message);
+  run_prepared(savepoint_, ec, message);
   if (ec) return statement_failure(ec, message);
 
   std::string refused;
   {
     // Refusing for the work alone: fwd's own statements below run unchecked.
     guard_.begin();
+    const statement_cache::scope cached(work_statements_, connection_.native_handle());
     try {
       outcome.result = job.work(connection_.native_handle());
       if (connection_.autocommit()) {
         // The write ended the batch's transaction itself: what it and the writes before
         // it did may be committed or undone; the batch cannot continue either way.
+        (void)guard_.end();
         return write_outcome{make_error_code(errc::bad_argument),
                              "a write ran COMMIT, ROLLBACK or END itself: a write must leave "
                              "transaction control to the write executor (use SAVEPOINTs)"};
@@ -13135,14 +13277,28 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
     if (kind_of_failure(outcome.ec, system_errno()) != failure_kind::other || connection_.autocommit()) {
       return statement_failure(outcome.ec, outcome.result);
     }
-    connection_.exec("ROLLBACK TO fwd_write", ec, &message);
-    if (!ec) connection_.exec("RELEASE fwd_write", ec, &message);
+    run_prepared(rollback_to_, ec, message);
+    if (!ec) run_prepared(release_, ec, message);
     if (ec) return statement_failure(ec, message);
     return std::nullopt;
   }
-  connection_.exec("RELEASE fwd_write", ec, &message);
+  run_prepared(release_, ec, message);
   if (ec) return statement_failure(ec, message);
   return std::nullopt;
+}
+
+// Runs one of fwd's own statements that return no rows (a savepoint's SAVEPOINT, RELEASE
+// or ROLLBACK TO, prepared once per connection rather than parsed for every write).
+inline void write_executor_state::run_prepared(statement& stmt, boost::system::error_code& ec,
+                                               std::string& message) noexcept {
+  stmt.step(ec);
+  stmt.reset();
+  if (ec) {
+    try {
+      message = detail::describe_failure(connection_.native_handle(), ec.value(), "exec", stmt.sql());
+    } catch (...) {
+    }
+  }
 }
 
 inline bool write_executor_state::has_unresolved_deferred_foreign_keys() const noexcept {
@@ -13189,6 +13345,9 @@ inline void write_executor_state::prepare_schema(boost::system::error_code& ec, 
     insert_ = connection_.prepare(fmt::format(
         "INSERT INTO {}(id, result, created_at, procedure) VALUES (?1, ?2, ?3, ?4)", dedup_table_name));
     prune_ = connection_.prepare(fmt::format("DELETE FROM {} WHERE created_at < ?1", dedup_table_name));
+    savepoint_ = connection_.prepare(fmt::format("SAVEPOINT {}", write_savepoint_name));
+    release_ = connection_.prepare(fmt::format("RELEASE {}", write_savepoint_name));
+    rollback_to_ = connection_.prepare(fmt::format("ROLLBACK TO {}", write_savepoint_name));
   } catch (const fwd::error& e) {
     ec = boost::system::error_code(e.code());
     message = e.what();

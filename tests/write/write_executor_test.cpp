@@ -794,3 +794,74 @@ TEST_CASE("per-operation cancellation does not stop a write that has started") {
   CHECK_FALSE(ec);
   CHECK(count(path, "SELECT count(*) FROM _fwd_requests") == 1);
 }
+
+TEST_CASE("what a write prepares is kept for the next write: reset and its bindings cleared") {
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd::sqlite::connection(path).exec("PRAGMA journal_mode=WAL; CREATE TABLE notes(id INTEGER PRIMARY KEY, label TEXT)");
+  boost::asio::thread_pool pool(1);
+  std::atomic<std::uint64_t> commits{0};
+  fwd::sqlite::write_executor writer(pool.get_executor(), path, counting(commits));
+
+  const std::string insert = "INSERT INTO notes(label) VALUES (?1)";
+  const std::string select = "SELECT label FROM notes ORDER BY id";
+  sqlite3_stmt* first_insert = nullptr;
+  sqlite3_stmt* first_select = nullptr;
+  auto first = submit(writer, 1, [&](sqlite3* db) {
+    auto conn = fwd::sqlite::connection::borrow(db);
+    auto stmt = conn.prepare(insert);
+    first_insert = stmt.native_handle();
+    stmt.bind(1, "a").execute();
+    stmt.reset().bind(1, "b").execute();
+    auto rows = conn.prepare(select);
+    first_select = rows.native_handle();
+    rows.step();  // left on its first row
+    return std::string("1");
+  });
+  REQUIRE_FALSE(wait(first).ec);
+
+  sqlite3_stmt* second_insert = nullptr;
+  sqlite3_stmt* nested_insert = nullptr;
+  std::string first_label;
+  auto second = submit(writer, 2, [&](sqlite3* db) {
+    auto conn = fwd::sqlite::connection::borrow(db);
+    auto stmt = conn.prepare(insert);
+    second_insert = stmt.native_handle();
+    // The same SQL while the kept statement is in use: another statement.
+    auto nested = conn.prepare(insert);
+    nested_insert = nested.native_handle();
+    stmt.execute();  // nothing bound: label NULL
+    auto rows = conn.prepare(select);
+    if (rows.step()) first_label = std::string(rows.column_text(0));
+    return std::string("2");
+  });
+  REQUIRE_FALSE(wait(second).ec);
+  CHECK(second_insert == first_insert);
+  CHECK(nested_insert != first_insert);
+  CHECK(first_label == "a");  // from the first row again
+  CHECK(count(path, "SELECT count(*) FROM notes WHERE label IS NULL") == 1);
+  CHECK(count(path, "SELECT count(*) FROM notes") == 3);
+  (void)first_select;
+
+  // A statement kept beyond its write is finalized by its owner and never handed out again.
+  fwd::sqlite::statement kept;
+  auto third = submit(writer, 3, [&](sqlite3* db) {
+    kept = fwd::sqlite::connection::borrow(db).prepare("SELECT count(*) FROM notes");
+    return std::string("3");
+  });
+  REQUIRE_FALSE(wait(third).ec);
+  kept = {};
+  for (std::uint64_t id = 4; id < 8; ++id) {
+    auto next = submit(writer, id, [&](sqlite3* db) {
+      auto conn = fwd::sqlite::connection::borrow(db);
+      conn.prepare(insert).bind(1, "more").execute();
+      auto stmt = conn.prepare("SELECT count(*) FROM notes");
+      if (!stmt.step()) throw std::runtime_error("no count");
+      return std::to_string(stmt.column_int64(0));
+    });
+    const outcome o = wait(next);
+    REQUIRE_FALSE(o.ec);
+    CHECK(o.result == std::to_string(id));
+  }
+  writer.stop();
+}

@@ -6,6 +6,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace fwd::sqlite {
 
@@ -42,6 +44,114 @@ inline int extended_code(sqlite3* db, int rc) noexcept {
 inline void set_error(boost::system::error_code& ec, sqlite3* db, int rc) noexcept {
   ec = make_sqlite_error(extended_code(db, rc));
 }
+
+/**
+ * Prepared statements kept for reuse on one connection, while a scope of work runs on the
+ * thread that holds it (the write executor's writes: a procedure that prepares its SQL on
+ * every call finds it prepared already). connection::prepare takes a statement from the
+ * thread's active cache when the connection is the cache's, or prepares one and lists it;
+ * a listed statement goes back, reset and with its bindings cleared, when it is destroyed
+ * inside the scope (outside it, or once the cache forgot it, it is finalized). At most
+ * `capacity` statements are listed. Not thread-safe: one thread uses a cache.
+ */
+class statement_cache {
+ public:
+  explicit statement_cache(std::size_t capacity = 64) noexcept : capacity_(capacity) {}
+  statement_cache(const statement_cache&) = delete;
+  statement_cache& operator=(const statement_cache&) = delete;
+  ~statement_cache() { clear(); }
+
+  /// Makes `cache` the thread's active cache for statements prepared on `db` until the
+  /// scope ends (then the previous one is active again).
+  class scope {
+   public:
+    scope(statement_cache& cache, sqlite3* db) noexcept : previous_(active()) {
+      cache.db_ = db;
+      active() = &cache;
+    }
+    scope(const scope&) = delete;
+    scope& operator=(const scope&) = delete;
+    ~scope() { active() = previous_; }
+
+   private:
+    statement_cache* previous_;
+  };
+
+  /// The cache active on this thread for `db`, or null.
+  static statement_cache* active_for(sqlite3* db) noexcept {
+    statement_cache* cache = active();
+    return cache != nullptr && db != nullptr && cache->db_ == db ? cache : nullptr;
+  }
+
+  /// A listed statement prepared from exactly `sql` and not in use, now in use; or null.
+  sqlite3_stmt* take(std::string_view sql) noexcept {
+    for (auto& e : entries_) {
+      if (e.in_use || e.sql != sql) continue;
+      e.in_use = true;
+      return e.stmt;
+    }
+    return nullptr;
+  }
+
+  /// Lists `stmt`, just prepared from `sql`, as in use. False when it is not listed (the
+  /// cache is full of statements in use, or out of memory): its owner finalizes it.
+  bool add(sqlite3_stmt* stmt, std::string_view sql) noexcept {
+    // An entry with this address is one whose owner finalized it outside the scope (SQLite
+    // reuses the address now): forget it.
+    std::erase_if(entries_, [stmt](const entry& e) { return e.stmt == stmt; });
+    try {
+      if (entries_.size() >= capacity_) {
+        const auto idle = std::find_if(entries_.begin(), entries_.end(), [](const entry& e) { return !e.in_use; });
+        if (idle == entries_.end()) return false;
+        sqlite3_finalize(idle->stmt);
+        entries_.erase(idle);
+      }
+      entries_.push_back(entry{std::string(sql), stmt, true});
+      return true;
+    } catch (...) {
+      return false;
+    }
+  }
+
+  /// `stmt` is no longer in use: reset, its bindings cleared, it waits for the next take.
+  /// False when it is not listed (the cache forgot it): its owner finalizes it.
+  bool give_back(sqlite3_stmt* stmt) noexcept {
+    for (auto& e : entries_) {
+      if (e.stmt != stmt) continue;
+      sqlite3_reset(stmt);
+      sqlite3_clear_bindings(stmt);
+      e.in_use = false;
+      return true;
+    }
+    return false;
+  }
+
+  /// Finalizes the statements not in use and forgets every one (before the connection
+  /// closes; one still in use is finalized by its owner).
+  void clear() noexcept {
+    for (auto& e : entries_) {
+      if (!e.in_use) sqlite3_finalize(e.stmt);
+    }
+    entries_.clear();
+  }
+
+  std::size_t size() const noexcept { return entries_.size(); }
+
+ private:
+  struct entry {
+    std::string sql;
+    sqlite3_stmt* stmt;
+    bool in_use;
+  };
+  static statement_cache*& active() noexcept {
+    thread_local statement_cache* cache = nullptr;
+    return cache;
+  }
+
+  std::size_t capacity_;
+  sqlite3* db_ = nullptr;
+  std::vector<entry> entries_;
+};
 
 }  // namespace detail
 
@@ -80,13 +190,20 @@ class statement {
   statement() = default;
   /// Takes ownership of `stmt` (prepared on `db`).
   statement(sqlite3* db, sqlite3_stmt* stmt) noexcept : db_(db), stmt_(stmt) {}
+  /// Takes `stmt` (prepared on `db`, listed in `cache`), which goes back to `cache` when
+  /// destroyed while that cache is active (see detail::statement_cache).
+  statement(sqlite3* db, sqlite3_stmt* stmt, detail::statement_cache* cache) noexcept
+      : db_(db), stmt_(stmt), cache_(cache) {}
   statement(statement&& other) noexcept
-      : db_(std::exchange(other.db_, nullptr)), stmt_(std::exchange(other.stmt_, nullptr)) {}
+      : db_(std::exchange(other.db_, nullptr)),
+        stmt_(std::exchange(other.stmt_, nullptr)),
+        cache_(std::exchange(other.cache_, nullptr)) {}
   statement& operator=(statement&& other) noexcept {
     if (this != &other) {
       finalize();
       db_ = std::exchange(other.db_, nullptr);
       stmt_ = std::exchange(other.stmt_, nullptr);
+      cache_ = std::exchange(other.cache_, nullptr);
     }
     return *this;
   }
@@ -211,12 +328,18 @@ class statement {
     return *this;
   }
   void finalize() noexcept {
-    if (stmt_ != nullptr) sqlite3_finalize(stmt_);
+    if (stmt_ != nullptr) {
+      const bool kept = cache_ != nullptr && detail::statement_cache::active_for(db_) == cache_ &&
+                        cache_->give_back(stmt_);
+      if (!kept) sqlite3_finalize(stmt_);
+    }
     stmt_ = nullptr;
+    cache_ = nullptr;
   }
 
   sqlite3* db_ = nullptr;
   sqlite3_stmt* stmt_ = nullptr;
+  detail::statement_cache* cache_ = nullptr;  // where it goes back to, if it came from one
 };
 
 /// Default flags of connection: read-write, create if missing, full mutex off (fwd uses a

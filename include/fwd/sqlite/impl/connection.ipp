@@ -10,21 +10,27 @@
 namespace fwd::sqlite {
 
 FWD_DECL statement connection::prepare(std::string_view sql) {
-  sqlite3_stmt* stmt = nullptr;
-  const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
-  if (rc != SQLITE_OK) detail::throw_failure(db_, rc, "prepare", sql);
-  return statement(db_, stmt);
+  boost::system::error_code ec;
+  statement stmt = prepare(sql, ec);
+  if (ec) detail::throw_failure(db_, ec.value(), "prepare", sql);
+  return stmt;
 }
 
 FWD_DECL statement connection::prepare(std::string_view sql,
                                        boost::system::error_code& ec) noexcept {
   ec.clear();
+  // Inside a write executor's write: the statement may be prepared already.
+  detail::statement_cache* cache = detail::statement_cache::active_for(db_);
+  if (cache != nullptr) {
+    if (sqlite3_stmt* kept = cache->take(sql)) return statement(db_, kept, cache);
+  }
   sqlite3_stmt* stmt = nullptr;
   const int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
   if (rc != SQLITE_OK) {
     detail::set_error(ec, db_, rc);
     return {};
   }
+  if (cache != nullptr && stmt != nullptr && cache->add(stmt, sql)) return statement(db_, stmt, cache);
   return statement(db_, stmt);
 }
 

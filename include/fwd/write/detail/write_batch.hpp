@@ -66,9 +66,7 @@ inline std::uint64_t write_executor_state::initial_generation(const write_option
 // mount's `-shm` must not be read), no ROLLBACK (closing is the rollback). Statements go
 // first. The next batch opens the database anew.
 inline void write_executor_state::drop_connection() noexcept {
-  lookup_ = {};
-  insert_ = {};
-  prune_ = {};
+  forget_statements();
   if (connection_.native_handle() != nullptr) {
     int ignored = 0;
     sqlite3_db_config(connection_.native_handle(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, &ignored);
@@ -244,18 +242,20 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
   }
   lookup_.reset();
 
-  connection_.exec("SAVEPOINT fwd_write", ec, &message);
+  run_prepared(savepoint_, ec, message);
   if (ec) return statement_failure(ec, message);
 
   std::string refused;
   {
     // Refusing for the work alone: fwd's own statements below run unchecked.
     guard_.begin();
+    const statement_cache::scope cached(work_statements_, connection_.native_handle());
     try {
       outcome.result = job.work(connection_.native_handle());
       if (connection_.autocommit()) {
         // The write ended the batch's transaction itself: what it and the writes before
         // it did may be committed or undone; the batch cannot continue either way.
+        (void)guard_.end();
         return write_outcome{make_error_code(errc::bad_argument),
                              "a write ran COMMIT, ROLLBACK or END itself: a write must leave "
                              "transaction control to the write executor (use SAVEPOINTs)"};
@@ -306,14 +306,28 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
     if (kind_of_failure(outcome.ec, system_errno()) != failure_kind::other || connection_.autocommit()) {
       return statement_failure(outcome.ec, outcome.result);
     }
-    connection_.exec("ROLLBACK TO fwd_write", ec, &message);
-    if (!ec) connection_.exec("RELEASE fwd_write", ec, &message);
+    run_prepared(rollback_to_, ec, message);
+    if (!ec) run_prepared(release_, ec, message);
     if (ec) return statement_failure(ec, message);
     return std::nullopt;
   }
-  connection_.exec("RELEASE fwd_write", ec, &message);
+  run_prepared(release_, ec, message);
   if (ec) return statement_failure(ec, message);
   return std::nullopt;
+}
+
+// Runs one of fwd's own statements that return no rows (a savepoint's SAVEPOINT, RELEASE
+// or ROLLBACK TO, prepared once per connection rather than parsed for every write).
+inline void write_executor_state::run_prepared(statement& stmt, boost::system::error_code& ec,
+                                               std::string& message) noexcept {
+  stmt.step(ec);
+  stmt.reset();
+  if (ec) {
+    try {
+      message = detail::describe_failure(connection_.native_handle(), ec.value(), "exec", stmt.sql());
+    } catch (...) {
+    }
+  }
 }
 
 inline bool write_executor_state::has_unresolved_deferred_foreign_keys() const noexcept {
@@ -360,6 +374,9 @@ inline void write_executor_state::prepare_schema(boost::system::error_code& ec, 
     insert_ = connection_.prepare(fmt::format(
         "INSERT INTO {}(id, result, created_at, procedure) VALUES (?1, ?2, ?3, ?4)", dedup_table_name));
     prune_ = connection_.prepare(fmt::format("DELETE FROM {} WHERE created_at < ?1", dedup_table_name));
+    savepoint_ = connection_.prepare(fmt::format("SAVEPOINT {}", write_savepoint_name));
+    release_ = connection_.prepare(fmt::format("RELEASE {}", write_savepoint_name));
+    rollback_to_ = connection_.prepare(fmt::format("ROLLBACK TO {}", write_savepoint_name));
   } catch (const fwd::error& e) {
     ec = boost::system::error_code(e.code());
     message = e.what();

@@ -204,9 +204,7 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
 
   /// Closes the connection; only once no batch can run any more (after stop and join).
   void close() noexcept {
-    lookup_ = {};
-    insert_ = {};
-    prune_ = {};
+    forget_statements();
     connection_.close();
   }
 
@@ -312,6 +310,17 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   int system_errno() const noexcept;
   write_outcome statement_failure(const boost::system::error_code& ec, const std::string& message);
   std::optional<write_outcome> run_write(write_job& job, std::int64_t now_ms, write_outcome& outcome);
+  void run_prepared(statement& stmt, boost::system::error_code& ec, std::string& message) noexcept;
+  // Finalizes the statements prepared on the connection (before it is closed).
+  void forget_statements() noexcept {
+    work_statements_.clear();
+    lookup_ = {};
+    insert_ = {};
+    prune_ = {};
+    savepoint_ = {};
+    release_ = {};
+    rollback_to_ = {};
+  }
   bool has_unresolved_deferred_foreign_keys() const noexcept;
   void prepare_schema(boost::system::error_code& ec, std::string& message);
   bool prune_due() const noexcept;
@@ -344,6 +353,10 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   statement lookup_;
   statement insert_;
   statement prune_;
+  statement savepoint_;    // SAVEPOINT fwd_write
+  statement release_;      // RELEASE fwd_write
+  statement rollback_to_;  // ROLLBACK TO fwd_write
+  statement_cache work_statements_;  // what the writes prepare, kept for the next ones
   std::uint64_t commits_since_prune_ = 0;
   std::chrono::steady_clock::time_point last_prune_;
 };
