@@ -46,6 +46,7 @@ suite_table() {
   columns value
   row "replication: transactions per shipment" "" write.replication.transactions_per_shipment
   row "replication: pages per shipment" "" write.replication.pages_per_shipment
+  row "replication: us per shipment" "" write.replication.us_per_shipment
   row "replication: whole copies" "" write.replication.snapshots
   heading "ratios (rows/s, paired within a round)"
   row "forwarded / primary, one txn each" "" write.tput_ratio.forwarded_over_local.64

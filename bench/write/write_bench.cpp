@@ -645,6 +645,9 @@ void read_your_writes_rounds(driver& d, int rounds) {
              static_cast<double>(shipments), 2);
     emit("write.replication.pages_per_shipment",
          static_cast<double>(shipped.pages - shipped_before.pages) / static_cast<double>(shipments), 1);
+    emit("write.replication.us_per_shipment",
+         std::chrono::duration<double, std::micro>(shipped.busy - shipped_before.busy).count() /
+             static_cast<double>(shipments), 0);
   }
   emit("write.replication.snapshots", static_cast<double>(shipped.snapshots - shipped_before.snapshots), 0);
   d.replicate(false);

@@ -89,14 +89,17 @@ struct unix_connection {
   }
 };
 
-// Retries `attempt` (true = done) every millisecond until it succeeds or the busy limit
-// passes: node processes hold SQLite's locks only for their own transactions.
+// Retries `attempt` (true = done) until it succeeds or the busy limit passes: node
+// processes hold SQLite's locks only for their own transactions, so the first retries
+// come soon (20 us), later ones every millisecond.
 template <class Attempt>
 bool retry_while_busy(Attempt attempt) {
   const auto give_up = std::chrono::steady_clock::now() + replication_busy_limit;
+  auto pause = std::chrono::microseconds{20};
   while (!attempt()) {
     if (std::chrono::steady_clock::now() > give_up) return false;
-    sqlite3_sleep(1);
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds{1});
   }
   return true;
 }
@@ -117,9 +120,10 @@ struct shipment {
 
 namespace {
 
-// The transaction files after `from` up to `head`, in order, chained checksum to
-// checksum from `from`; nullopt if one is missing (not yet written, lost with a writer
-// that died, pruned) or the replica's history is not the primary's.
+// The transaction files after `from`, in order, chained checksum to checksum from
+// `from`, up to `head` or the first one missing (the last commit's writer may not have
+// written its file yet); nullopt if the first one is missing (not yet written, lost with
+// a writer that died, pruned) or does not follow `from` (another history).
 std::optional<shipment> collect_records(const std::filesystem::path& history,
                                         const db_position& from, const db_position& head) {
   if (from.txid >= head.txid) return std::nullopt;
@@ -129,14 +133,14 @@ std::optional<shipment> collect_records(const std::filesystem::path& history,
     auto r = ltx::read(history, txid);
     if (!r || r->pre_checksum != at.checksum ||
         (s.page_size != 0 && r->page_size != s.page_size)) {
-      return std::nullopt;
+      break;
     }
     s.page_size = r->page_size;
     at = {txid, r->post_checksum};
     s.records.push_back(std::move(*r));
   }
-  if (at != head) return std::nullopt;
-  s.to = head;
+  if (s.records.empty()) return std::nullopt;
+  s.to = at;
   s.commit = s.records.back().commit;
   for (const auto& r : s.records) {
     for (std::size_t i = 0; i < r.page_numbers.size(); ++i) {
@@ -599,6 +603,7 @@ void cluster::replicate_locked(std::size_t node) {
     return;
   }
   const std::size_t p = *primary_;
+  const auto started = std::chrono::steady_clock::now();
   const std::filesystem::path history = ltx::directory_of(database_path(p));
   db_position head = read_position(position_path(p)).value_or(db_position{});
   const std::optional<db_position> local =
@@ -606,14 +611,21 @@ void cluster::replicate_locked(std::size_t node) {
                                                    : std::nullopt;
   std::optional<shipment> s;
   if (local && *local != head) s = collect_records(history, *local, head);
+  if (!s && local && *local != head) {
+    // The next transaction file is missing: its writer may be writing it right now.
+    std::this_thread::sleep_for(std::chrono::microseconds{200});
+    head = read_position(position_path(p)).value_or(db_position{});
+    if (*local != head) s = collect_records(history, *local, head);
+  }
   if (!s && local != head) {
-    // A transaction file is missing: the writer of the last commit may still be writing
-    // it, so wait for it by taking the primary's write lock; if the file is still
-    // missing then (or the replica is on another history), ship the whole database,
-    // read while that lock stops writers, so that it is exactly at the position read.
+    // Still missing (or the replica is on another history, or has no database): wait
+    // for any commit in progress by taking the primary's write lock; if the files are
+    // still not there, ship the whole database, read while that lock stops writers, so
+    // that it is exactly at the position read.
     // Read-write, so that SQLite can roll back a hot journal that a primary killed
     // mid-transaction left behind (LiteFS recovers the same way before shipping).
     unix_connection frozen(database_path(p), SQLITE_OPEN_READWRITE);
+    sqlite3_busy_timeout(frozen.db, 0);  // retried below, more finely than SQLite's handler
     if (!retry_while_busy([&] {
           return sqlite3_exec(frozen.db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK;
         })) {
@@ -623,7 +635,7 @@ void cluster::replicate_locked(std::size_t node) {
     }
     head = read_position(position_path(p)).value_or(db_position{});
     if (local && *local != head) s = collect_records(history, *local, head);
-    if (!s && local != head) s = take_snapshot(database_path(p), head);
+    if ((!s || s->to != head) && local != head) s = take_snapshot(database_path(p), head);
     sqlite3_exec(frozen.db, "ROLLBACK", nullptr, nullptr, nullptr);
   }
   if (s) {
@@ -632,6 +644,7 @@ void cluster::replicate_locked(std::size_t node) {
     if (s->records.empty()) ++stats_.snapshots;
     stats_.transactions += s->records.size();
     stats_.pages += s->pages.size();
+    stats_.busy += std::chrono::steady_clock::now() - started;
   }
   change_mode(database_path(node), 0444);
   if (lag_written_[node] != 0) {

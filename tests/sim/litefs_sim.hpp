@@ -74,12 +74,13 @@
  * replica sees exactly the state of a position the replica published, never a part of a
  * shipment, and once a reader has seen a position its next transaction sees at least
  * that. A reader in a transaction delays replication (bounded: after 10 s it fails with a
- * message) as on LiteFS. When a transaction file is missing (the last commit's writer has
- * not written it yet, or died between the position and the file; a replica further
- * behind than the 1024 files each node keeps; a new replica; one on another history after
- * a lossy failover), the replicator takes the primary's write lock, and ships the whole
- * database read under that lock if the files are still not there: exactly at the
- * primary's position, the replica's history restarting there. Replicas hold the
+ * message) as on LiteFS. A shipment stops before a missing file (the writer of the last
+ * commit may still be writing it). When the replica's next file is missing (its writer
+ * died between the position and the file; a replica further behind than the 1024 files
+ * each node keeps; a new replica; one on another history after a lossy failover), the
+ * replicator takes the primary's write lock, which waits for a commit in progress, and
+ * ships the whole database read under that lock if the files are still not there:
+ * exactly at the primary's position, the replica's history restarting there. Replicas hold the
  * primary's pages byte for byte. `replicate_now()` / `replicate()` run it synchronously;
  * `start_replication(delay)` runs it in a background thread that ships commits once the
  * oldest one a replica lacks is at least `delay` old (with whatever followed it),
@@ -205,6 +206,8 @@ struct replication_stats {
   /** Transactions shipped incrementally, and pages written to replicas in all. */
   std::uint64_t transactions = 0;
   std::uint64_t pages = 0;
+  /** Time spent shipping (reading what a replica lacks and writing it there). */
+  std::chrono::nanoseconds busy{0};
 };
 
 /**
