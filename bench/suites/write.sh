@@ -2,7 +2,8 @@
 # replica processes to the primary process over the LiteFS simulation, against the same
 # inserts on the primary, one transaction each, and on the primary with group commit; then,
 # with the simulation replicating every commit, the forwarded inserts with durability none()
-# and replicas(1) (the primary acknowledges once a replica has reported the commit).
+# and replicas(1) (the primary acknowledges once a replica has reported the commit); then
+# the forwarded inserts with read-your-writes on and off, the simulation replicating.
 # Beside their limits: fwd's group commit against plain SQLite committing the same rows in
 # batches of the size fwd reached; one caller forwarded from a replica against the same
 # write through fwd on the primary; and plain SQLite with and without the simulation's VFS
@@ -10,7 +11,8 @@
 # Goals: write.tput_ratio.forwarded_over_local.64 >= 1.0,
 #        write.tput_ratio.forwarded_over_group_commit.64 >= 0.95,
 #        write.tput_ratio.group_commit_over_raw_batches.64 >= 0.5,
-#        write.p50_ratio.sequential_forwarded_over_local <= 1.2.
+#        write.p50_ratio.sequential_forwarded_over_local <= 1.2,
+#        write.tput_ratio.forwarded_ryw_over_forwarded.64 >= 0.8.
 
 SUITE_TARGETS=(bench_write)
 
@@ -55,6 +57,17 @@ suite_table() {
     write.p99_ms.forwarded_replicating.64 write.rows_per_commit.forwarded_replicating.64
   row "durability replicas(1)" "" write.tput.forwarded_durable.64 write.p50_ms.forwarded_durable.64 \
     write.p99_ms.forwarded_durable.64 write.rows_per_commit.forwarded_durable.64
+  heading "forwarded, read-your-writes on (as users run it) and off, the simulation replicating"
+  columns rows/s p50_ms p99_ms rows/commit
+  row "read_your_writes on" "" write.tput.forwarded_ryw.64 write.p50_ms.forwarded_ryw.64 \
+    write.p99_ms.forwarded_ryw.64 write.rows_per_commit.forwarded_ryw.64
+  row "read_your_writes off" "" write.tput.forwarded_ryw_off.64 write.p50_ms.forwarded_ryw_off.64 \
+    write.p99_ms.forwarded_ryw_off.64 write.rows_per_commit.forwarded_ryw_off.64
+  columns value
+  row "replication: transactions per shipment" "" write.replication.transactions_per_shipment
+  row "replication: pages per shipment" "" write.replication.pages_per_shipment
+  row "replication: us per shipment" "" write.replication.us_per_shipment
+  row "replication: whole copies" "" write.replication.snapshots
   heading "ratios (rows/s, paired within a round)"
   row "forwarded / primary, one txn each" "" write.tput_ratio.forwarded_over_local.64
   row "forwarded / primary, group commit" "" write.tput_ratio.forwarded_over_group_commit.64
@@ -63,9 +76,11 @@ suite_table() {
   row "one caller: forwarded / primary, p50" "" write.p50_ratio.sequential_forwarded_over_local
   row "replicas(1) / none(), rows/s" "" write.tput_ratio.durable_over_none.64
   row "replicas(1) / none(), p50" "" write.p50_ratio.durable_over_none.64
+  row "read-your-writes on / off" "" write.tput_ratio.forwarded_ryw_over_forwarded.64
   heading "goals"
   row "forwarded / primary one txn each >= 1.0" "" write.tput_ratio.forwarded_over_local.64
   row "forwarded / group commit >= 0.95" "" write.tput_ratio.forwarded_over_group_commit.64
   row "group commit / plain SQLite batches >= 0.5" "" write.tput_ratio.group_commit_over_raw_batches.64
   row "one caller forwarded / primary p50 <= 1.2" "" write.p50_ratio.sequential_forwarded_over_local
+  row "read-your-writes on / off >= 0.8" "" write.tput_ratio.forwarded_ryw_over_forwarded.64
 }

@@ -185,6 +185,44 @@ class load_generator : public std::enable_shared_from_this<load_generator> {
   load_result result_;
 };
 
+// --- read-your-writes on replicas ----------------------------------------------------------
+
+/// bench.write.load with read-your-writes chosen per call: (callers, warm-up ms, window ms,
+/// key salt, read_your_writes 0/1) -> the same report. With it on, each forwarded insert
+/// completes once this replica's LiteFS position has reached the primary's commit (and
+/// the replica holds the write), as with fwd's default options.
+inline const fwd::procedure<std::vector<std::int64_t>(std::int64_t, std::int64_t, std::int64_t,
+                                                      std::int64_t, std::int64_t)>
+    run_load_ryw{"bench.write.load_ryw"};
+
+void define_ryw_load(fwd::node& node) {
+  node.registry().define(
+      run_load_ryw,
+      [&node](std::int64_t callers, std::int64_t warmup_ms, std::int64_t window_ms,
+              std::int64_t salt, std::int64_t ryw,
+              fwd::rpc::result_handler<std::vector<std::int64_t>> done) {
+        auto issue = [&node, ryw](std::string key, std::int64_t v, load_generator::done_fn finished) {
+          fwd::forward_options o;
+          o.deadline = clock::now() + std::chrono::seconds(10);
+          o.read_your_writes = ryw != 0;
+          node.async_call(o, insert_row, std::move(key), v,
+                          [finished = std::move(finished)](boost::system::error_code ec,
+                                                           std::int64_t) { finished(ec); });
+        };
+        auto report = [done](load_result r) {
+          if (r.failed > 0) std::fprintf(stderr, "bench_write node: %s\n", r.first_error.c_str());
+          std::vector<std::int64_t> out{r.issued, r.in_window, r.failed};
+          out.insert(out.end(), r.latency_us.begin(), r.latency_us.end());
+          done({}, std::move(out));
+        };
+        std::make_shared<load_generator>(
+            static_cast<int>(callers), std::chrono::milliseconds(warmup_ms),
+            std::chrono::milliseconds(window_ms), static_cast<std::uint64_t>(salt),
+            std::move(issue), std::move(report))
+            ->start();
+      });
+}
+
 // --- node process --------------------------------------------------------------------------
 
 std::vector<std::uint16_t> parse_ports(const std::string& text) {
@@ -222,8 +260,9 @@ int node_main(int argc, char** argv) {
   options.litefs_hostname = name;
   options.name = name;
   options.require_fuse = false;  // the simulation's mounts are plain directories
-  // The simulation replicates by copying the whole database (not LiteFS's page shipping):
-  // the benchmark measures forwarding and commits, not that copy. See bench/README.md.
+  // Off for the systems measured while the simulation does not replicate (a forwarded
+  // call would wait for a shipment that never comes); bench.write.load_ryw turns it on per
+  // call, as users run it. See bench/README.md.
   options.read_your_writes = false;
   options.write.on_open = configure_connection();
   fwd::node node(io.get_executor(), options);
@@ -255,6 +294,8 @@ int node_main(int argc, char** argv) {
             std::move(issue), std::move(report))
             ->start();
       });
+
+  define_ryw_load(node);
 
   try {
     node.start();
@@ -468,6 +509,52 @@ class driver {
     const std::uint64_t after = sim_.position(0).txid;
     return summarise_load(total, window_, after - before, system);
   }
+
+  /// 64 callers, half on each replica, through bench.write.load_ryw: forwarded inserts
+  /// with read-your-writes on or off (the simulation must be replicating for `ryw`).
+  measurement forwarded_ryw(std::uint64_t salt, clock::duration warmup, bool ryw,
+                            const std::string& system) {
+    const std::uint64_t before = sim_.position(0).txid;
+    std::vector<std::future<std::vector<std::int64_t>>> replies;
+    for (std::size_t i = 0; i < replicas_.size(); ++i) {
+      auto promise = std::make_shared<std::promise<std::vector<std::int64_t>>>();
+      replies.push_back(promise->get_future());
+      fwd::rpc::call_options o;
+      o.deadline = clock::now() + warmup + window_ + std::chrono::seconds(30);
+      client_->async_call(
+          replicas_[i], o, run_load_ryw, std::int64_t{total_callers / 2},
+          std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(warmup).count()},
+          std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(window_).count()},
+          static_cast<std::int64_t>(salt * 2 + i), std::int64_t{ryw ? 1 : 0},
+          [promise](boost::system::error_code ec, std::vector<std::int64_t> r) {
+            if (ec) {
+              promise->set_exception(std::make_exception_ptr(fwd::error(ec, "bench.write.load_ryw")));
+            } else {
+              promise->set_value(std::move(r));
+            }
+          });
+    }
+    load_result total;
+    for (auto& f : replies) {
+      std::vector<std::int64_t> r;
+      try {
+        r = f.get();
+      } catch (const std::exception& e) {
+        die(system + ": the load call failed: " + e.what());
+      }
+      if (r.size() < 3) die(system + ": a malformed load report");
+      total.issued += r[0];
+      total.in_window += r[1];
+      total.failed += r[2];
+      if (r[2] > 0) total.first_error = "see the node's stderr";
+      total.latency_us.insert(total.latency_us.end(), r.begin() + 3, r.end());
+    }
+    const std::uint64_t after = sim_.position(0).txid;
+    return summarise_load(total, window_, after - before, system);
+  }
+
+  /// What the simulation's replication has shipped so far.
+  fwd_sim::replication_stats replication_stats() const { return sim_.stats(); }
 
   /// The simulation ships each commit to both replicas (a copy of the database, see
   /// bench/README.md) from now on, or no more.
@@ -686,6 +773,44 @@ void emit_vfs_cost(vfs_probe& probe, int round, std::uint64_t salt) {
   }
 }
 
+/// Read-your-writes on and off, the simulation replicating every commit to both replicas
+/// (as LiteFS does, by transaction), in alternating order within each round.
+void read_your_writes_rounds(driver& d, int rounds) {
+  d.replicate(true);
+  d.forwarded_ryw(3000, window(0.5), true, "forwarded_ryw");  // the replicas catch up
+  const auto shipped_before = d.replication_stats();
+  for (int round = 0; round < rounds; ++round) {
+    measurement off_m, on_m;
+    const std::uint64_t salt = 300 + static_cast<std::uint64_t>(round) * 4;
+    for (int k = 0; k < 2; ++k) {
+      if ((round + k) % 2 == 0) {
+        off_m = d.forwarded_ryw(salt + 1, d.warmup(), false, "forwarded_ryw_off");
+        emit_measurement("forwarded_ryw_off", off_m);
+      } else {
+        on_m = d.forwarded_ryw(salt + 2, d.warmup(), true, "forwarded_ryw");
+        emit_measurement("forwarded_ryw", on_m);
+      }
+    }
+    const std::string n = "." + std::to_string(total_callers);
+    if (off_m.rows_per_s > 0)
+      emit("write.tput_ratio.forwarded_ryw_over_forwarded" + n, on_m.rows_per_s / off_m.rows_per_s, 2);
+  }
+  const auto shipped = d.replication_stats();
+  const auto shipments = shipped.shipments - shipped_before.shipments;
+  if (shipments > 0) {
+    emit("write.replication.transactions_per_shipment",
+         static_cast<double>(shipped.transactions - shipped_before.transactions) /
+             static_cast<double>(shipments), 2);
+    emit("write.replication.pages_per_shipment",
+         static_cast<double>(shipped.pages - shipped_before.pages) / static_cast<double>(shipments), 1);
+    emit("write.replication.us_per_shipment",
+         std::chrono::duration<double, std::micro>(shipped.busy - shipped_before.busy).count() /
+             static_cast<double>(shipments), 0);
+  }
+  emit("write.replication.snapshots", static_cast<double>(shipped.snapshots - shipped_before.snapshots), 0);
+  d.replicate(false);
+}
+
 int driver_main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::max(1, std::atoi(argv[1])) : 3;
   const double window_s = seconds_arg(argc, argv, 2, 2.0);
@@ -753,6 +878,7 @@ int driver_main(int argc, char** argv) {
     if (none_m.p50_ms > 0) emit("write.p50_ratio.durable_over_none" + n, durable_m.p50_ms / none_m.p50_ms, 2);
   }
   d.replicate(false);
+  read_your_writes_rounds(d, rounds);
   return 0;
 }
 

@@ -7,16 +7,20 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cinttypes>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <map>
 #include <set>
 #include <stdexcept>
 #include <system_error>
 
 #include "http_api.hpp"
 #include "litefs_sim.hpp"
+#include "ltx.hpp"
 
 namespace fwd_sim {
 namespace {
@@ -24,6 +28,9 @@ namespace {
 constexpr std::int32_t lag_never_synced = INT32_MAX;
 constexpr std::int32_t lag_unknown = -1;  // nothing written by this process yet
 constexpr std::chrono::seconds replication_busy_limit{10};
+// Transaction files each node keeps behind its position; a replica further behind gets
+// a snapshot.
+constexpr std::uint64_t history_retention = 1024;
 
 // Connections that bypass the shim: the replicator is LiteFS itself, not an app.
 struct unix_connection {
@@ -49,7 +56,156 @@ struct unix_connection {
       throw std::runtime_error(std::string("fwd_sim: ") + sql + ": " + message);
     }
   }
+
+  // The first column of the first row of `sql`, as text ("" if none).
+  std::string text(const char* sql) {
+    sqlite3_stmt* stmt = nullptr;
+    std::string out;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr);
+    if (rc == SQLITE_OK) {
+      rc = sqlite3_step(stmt);
+      if (rc == SQLITE_ROW) {
+        const auto* t = sqlite3_column_text(stmt, 0);
+        if (t != nullptr) out = reinterpret_cast<const char*>(t);
+        rc = SQLITE_OK;
+      } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+      }
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_OK) {
+      throw std::runtime_error(std::string("fwd_sim: ") + sql + ": " + sqlite3_errmsg(db));
+    }
+    return out;
+  }
+
+  sqlite3_file* main_file() {
+    sqlite3_file* file = nullptr;
+    if (sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file) != SQLITE_OK ||
+        file == nullptr || file->pMethods == nullptr) {
+      throw std::runtime_error("fwd_sim: no file behind a replica's connection");
+    }
+    return file;
+  }
 };
+
+// Retries `attempt` (true = done) until it succeeds or the busy limit passes: node
+// processes hold SQLite's locks only for their own transactions, so the first retries
+// come soon (20 us), later ones every millisecond.
+template <class Attempt>
+bool retry_while_busy(Attempt attempt) {
+  const auto give_up = std::chrono::steady_clock::now() + replication_busy_limit;
+  auto pause = std::chrono::microseconds{20};
+  while (!attempt()) {
+    if (std::chrono::steady_clock::now() > give_up) return false;
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds{1});
+  }
+  return true;
+}
+
+}  // namespace
+
+// What a replica lacks to reach a position: the pages to write and the size the database
+// ends with. The pages point into `records` (shipped transaction files) or `snapshot`
+// (the whole database).
+struct shipment {
+  db_position to;
+  std::uint32_t page_size = 0;
+  std::uint32_t commit = 0;
+  std::vector<ltx::record> records;
+  std::string snapshot;
+  std::map<std::uint32_t, const char*> pages;
+};
+
+namespace {
+
+// The transaction files after `from`, in order, chained checksum to checksum from
+// `from`, up to `head` or the first one missing (the last commit's writer may not have
+// written its file yet); nullopt if the first one is missing (not yet written, lost with
+// a writer that died, pruned) or does not follow `from` (another history).
+std::optional<shipment> collect_records(const std::filesystem::path& history,
+                                        const db_position& from, const db_position& head) {
+  if (from.txid >= head.txid) return std::nullopt;
+  shipment s;
+  db_position at = from;
+  for (std::uint64_t txid = from.txid + 1; txid <= head.txid; ++txid) {
+    auto r = ltx::read(history, txid);
+    if (!r || r->pre_checksum != at.checksum ||
+        (s.page_size != 0 && r->page_size != s.page_size)) {
+      break;
+    }
+    s.page_size = r->page_size;
+    at = {txid, r->post_checksum};
+    s.records.push_back(std::move(*r));
+  }
+  if (s.records.empty()) return std::nullopt;
+  s.to = at;
+  s.commit = s.records.back().commit;
+  for (const auto& r : s.records) {
+    for (std::size_t i = 0; i < r.page_numbers.size(); ++i) {
+      s.pages[r.page_numbers[i]] = r.pages.data() + i * r.page_size;
+    }
+  }
+  s.pages.erase(s.pages.upper_bound(s.commit), s.pages.end());
+  return s;
+}
+
+// The primary's database as a whole, from a connection that reads it while `frozen`
+// holds its write lock.
+shipment take_snapshot(const std::filesystem::path& db_path, const db_position& head) {
+  unix_connection reader(db_path, SQLITE_OPEN_READONLY);
+  sqlite3_int64 size = 0;
+  unsigned char* bytes = sqlite3_serialize(reader.db, "main", &size, 0);
+  if (bytes == nullptr && size != 0) {
+    throw std::runtime_error("fwd_sim: cannot read " + db_path.string() + ": " +
+                             sqlite3_errmsg(reader.db));
+  }
+  shipment s;
+  s.to = head;
+  s.snapshot.assign(reinterpret_cast<const char*>(bytes), static_cast<std::size_t>(size));
+  sqlite3_free(bytes);
+  if (s.snapshot.size() < 100) return s;  // an empty database: no pages
+  const auto* header = reinterpret_cast<const unsigned char*>(s.snapshot.data());
+  const std::uint32_t raw = (std::uint32_t{header[16]} << 8) | header[17];
+  s.page_size = raw == 1 ? 65536 : raw;
+  s.commit = static_cast<std::uint32_t>(s.snapshot.size() / s.page_size);
+  for (std::uint32_t p = 1; p <= s.commit; ++p) {
+    s.pages[p] = s.snapshot.data() + std::size_t{p - 1} * s.page_size;
+  }
+  return s;
+}
+
+// SQLite's WAL-index header (wal.c's WalIndexHdr, in this machine's byte order), which
+// every connection compares with its own copy before each read transaction.
+struct wal_index_header {
+  std::uint32_t version;
+  std::uint32_t unused;
+  std::uint32_t change;
+  std::uint8_t is_init;
+  std::uint8_t big_endian_checksum;
+  std::uint16_t page_size;
+  std::uint32_t max_frame;
+  std::uint32_t page_count;
+  std::uint32_t frame_checksum[2];
+  std::uint32_t salt[2];
+  std::uint32_t checksum[2];
+};
+static_assert(sizeof(wal_index_header) == 48);
+
+void seal_wal_index_header(wal_index_header& h) {
+  const auto* words = reinterpret_cast<const std::uint32_t*>(&h);
+  std::uint32_t s1 = 0, s2 = 0;
+  for (std::size_t i = 0; i < offsetof(wal_index_header, checksum) / 4; i += 2) {
+    s1 += words[i] + s2;
+    s2 += words[i + 1] + s1;
+  }
+  h.checksum[0] = s1;
+  h.checksum[1] = s2;
+}
+
+// SQLite's WAL lock slots: WRITE, CKPT, RECOVER and the five READ marks.
+constexpr int wal_lock_slots = 8;
 
 void change_mode(const std::filesystem::path& path, mode_t mode) {
   if (::chmod(path.c_str(), mode) != 0) {
@@ -209,6 +365,8 @@ cluster::cluster(cluster_options options) : options_(std::move(options)) {
   generations_.assign(n, {});
   stacked_mounts_.assign(n, 0);
   lost_primary_at_.assign(n, std::chrono::steady_clock::now());
+  pruned_.assign(n, 0);
+  ltx::clear(options_.root / ".fwd-sim-ltx");  // histories of an earlier cluster there
 
   const std::size_t p = options_.primary;
   for (std::size_t i = 0; i < n; ++i) {
@@ -423,6 +581,11 @@ void cluster::write_primary_files_locked() {
   }
 }
 
+replication_stats cluster::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
 void cluster::replicate_now() {
   std::lock_guard lock(mutex_);
   for (std::size_t i = 0; i < size(); ++i) replicate_locked(i);
@@ -440,43 +603,166 @@ void cluster::replicate_locked(std::size_t node) {
     return;
   }
   const std::size_t p = *primary_;
-  // Position first: the copy below holds at least this, so the replica's position
-  // never claims data it does not have.
-  const db_position pos = read_position(position_path(p)).value_or(db_position{});
-  {
+  const auto started = std::chrono::steady_clock::now();
+  const std::filesystem::path history = ltx::directory_of(database_path(p));
+  db_position head = read_position(position_path(p)).value_or(db_position{});
+  const std::optional<db_position> local =
+      std::filesystem::exists(database_path(node)) ? read_position(position_path(node))
+                                                   : std::nullopt;
+  std::optional<shipment> s;
+  if (local && *local != head) s = collect_records(history, *local, head);
+  if (!s && local && *local != head) {
+    // The next transaction file is missing: its writer may be writing it right now.
+    std::this_thread::sleep_for(std::chrono::microseconds{200});
+    head = read_position(position_path(p)).value_or(db_position{});
+    if (*local != head) s = collect_records(history, *local, head);
+  }
+  if (!s && local != head) {
+    // Still missing (or the replica is on another history, or has no database): wait
+    // for any commit in progress by taking the primary's write lock; if the files are
+    // still not there, ship the whole database, read while that lock stops writers, so
+    // that it is exactly at the position read.
     // Read-write, so that SQLite can roll back a hot journal that a primary killed
     // mid-transaction left behind (LiteFS recovers the same way before shipping).
-    unix_connection source(database_path(p), SQLITE_OPEN_READWRITE);
-    unix_connection target(database_path(node), SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
-    sqlite3_backup* backup = sqlite3_backup_init(target.db, "main", source.db, "main");
-    if (backup == nullptr) {
-      throw std::runtime_error("fwd_sim: cannot start replication to " + hostname(node) +
-                               ": " + sqlite3_errmsg(target.db));
+    unix_connection frozen(database_path(p), SQLITE_OPEN_READWRITE);
+    sqlite3_busy_timeout(frozen.db, 0);  // retried below, more finely than SQLite's handler
+    if (!retry_while_busy([&] {
+          return sqlite3_exec(frozen.db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK;
+        })) {
+      throw std::runtime_error("fwd_sim: replication to " + hostname(node) +
+                               " failed: the primary stayed locked (a transaction held it "
+                               "for too long)");
     }
-    // Node processes may hold locks on either file for a moment: retry, bounded.
-    const auto give_up = std::chrono::steady_clock::now() + replication_busy_limit;
-    int rc;
-    while ((rc = sqlite3_backup_step(backup, -1)) == SQLITE_BUSY || rc == SQLITE_LOCKED ||
-           rc == SQLITE_OK) {
-      if (std::chrono::steady_clock::now() > give_up) break;
-      sqlite3_sleep(1);
-    }
-    sqlite3_backup_finish(backup);
-    if (rc != SQLITE_DONE) {
-      throw std::runtime_error(
-          "fwd_sim: replication to " + hostname(node) + " failed: " + sqlite3_errstr(rc) +
-          (rc == SQLITE_BUSY || rc == SQLITE_LOCKED
-               ? " (a transaction held the primary or the replica for too long; "
-                 "end read transactions before replicating from the same thread)"
-               : ""));
-    }
+    head = read_position(position_path(p)).value_or(db_position{});
+    if (local && *local != head) s = collect_records(history, *local, head);
+    if ((!s || s->to != head) && local != head) s = take_snapshot(database_path(p), head);
+    sqlite3_exec(frozen.db, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  if (s) {
+    apply_locked(node, *s);
+    ++stats_.shipments;
+    if (s->records.empty()) ++stats_.snapshots;
+    stats_.transactions += s->records.size();
+    stats_.pages += s->pages.size();
+    stats_.busy += std::chrono::steady_clock::now() - started;
   }
   change_mode(database_path(node), 0444);
-  write_file_atomically(position_path(node), format_position(pos));
   if (lag_written_[node] != 0) {
     write_file_atomically(mount(node) / ".lag", format_lag(0));
     lag_written_[node] = 0;
   }
+  prune_history_locked(p, head.txid);
+  prune_history_locked(node, head.txid);
+}
+
+void cluster::apply_locked(std::size_t node, const shipment& s) {
+  const std::filesystem::path history = ltx::directory_of(database_path(node));
+  // The replica's history follows its database: the shipped transaction files, or
+  // nothing before a snapshot's position.
+  if (s.records.empty()) {
+    ltx::clear(history);
+    pruned_[node] = s.to.txid;
+  }
+  for (const auto& r : s.records) {
+    ltx::link(ltx::directory_of(database_path(*primary_)), history, r.txid);
+  }
+
+  // The replica's own connection, outside the shim (this is LiteFS writing), opens the
+  // database as a reader would: it rolls back a hot journal and opens the WAL-index.
+  unix_connection target(database_path(node), SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  target.text("PRAGMA schema_version");
+  const bool wal = target.text("PRAGMA journal_mode") == "wal";
+  sqlite3_file* file = target.main_file();
+  const auto failed = [&](const char* what) {
+    return std::runtime_error("fwd_sim: replication to " + hostname(node) + " failed: " + what +
+                              " (a transaction held the replica for too long; end read "
+                              "transactions before replicating from the same thread)");
+  };
+  volatile void* region = nullptr;
+  if (wal) {
+    // As LiteFS does: every WAL lock (no writer, no checkpointer, no reader in a
+    // transaction), an empty WAL (a former primary's frames are checkpointed first),
+    // the pages written to the database file, then a new WAL-index header, so that
+    // every connection drops its cache before its next read.
+    const bool locked = retry_while_busy([&] {
+      if (file->pMethods->xShmLock(file, 0, wal_lock_slots,
+                                   SQLITE_SHM_LOCK | SQLITE_SHM_EXCLUSIVE) != SQLITE_OK) {
+        return false;
+      }
+      if (file->pMethods->xShmMap(file, 0, 32768, 0, &region) == SQLITE_OK && region != nullptr) {
+        wal_index_header h;
+        std::memcpy(&h, const_cast<const void*>(region), sizeof h);
+        if (h.max_frame == 0) return true;
+      }
+      file->pMethods->xShmLock(file, 0, wal_lock_slots, SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE);
+      sqlite3_exec(target.db, "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr);
+      return false;
+    });
+    if (!locked) throw failed("the replica's WAL stayed in use");
+  } else {
+    // Rollback journal: an EXCLUSIVE lock (no reader), as a committing writer takes it.
+    const bool locked = retry_while_busy([&] {
+      return file->pMethods->xLock(file, SQLITE_LOCK_SHARED) == SQLITE_OK &&
+             file->pMethods->xLock(file, SQLITE_LOCK_RESERVED) == SQLITE_OK &&
+             file->pMethods->xLock(file, SQLITE_LOCK_EXCLUSIVE) == SQLITE_OK;
+    });
+    if (!locked) {
+      file->pMethods->xUnlock(file, SQLITE_LOCK_NONE);
+      throw failed("the replica's readers did not let go");
+    }
+  }
+  const auto unlock = [&] {
+    if (wal) {
+      file->pMethods->xShmLock(file, 0, wal_lock_slots, SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE);
+    } else {
+      file->pMethods->xUnlock(file, SQLITE_LOCK_SHARED);
+      file->pMethods->xUnlock(file, SQLITE_LOCK_NONE);
+    }
+  };
+  try {
+    for (const auto& [page_number, image] : s.pages) {
+      const int rc = file->pMethods->xWrite(file, image, static_cast<int>(s.page_size),
+                                            sqlite3_int64{page_number - 1} * s.page_size);
+      if (rc != SQLITE_OK) throw std::runtime_error(std::string("write: ") + sqlite3_errstr(rc));
+    }
+    sqlite3_int64 size = 0;
+    const sqlite3_int64 end = sqlite3_int64{s.commit} * s.page_size;
+    if (file->pMethods->xFileSize(file, &size) == SQLITE_OK && size > end) {
+      file->pMethods->xTruncate(file, end);
+    }
+    if (wal && s.page_size > 0) {
+      wal_index_header h;
+      std::memcpy(&h, const_cast<const void*>(region), sizeof h);
+      h.version = 3007000;
+      h.change += 1;
+      h.is_init = 1;
+      h.page_size = static_cast<std::uint16_t>((s.page_size & 0xff00) | (s.page_size >> 16));
+      h.page_count = s.commit;
+      seal_wal_index_header(h);
+      auto* copies = static_cast<char*>(const_cast<void*>(region));
+      std::memcpy(copies + sizeof h, &h, sizeof h);
+      file->pMethods->xShmBarrier(file);
+      std::memcpy(copies, &h, sizeof h);
+    }
+    // Published while no reader can start a transaction: once a reader sees this
+    // position, its next transaction sees exactly this database.
+    write_file_atomically(position_path(node), format_position(s.to));
+  } catch (const std::exception& e) {
+    unlock();
+    throw std::runtime_error("fwd_sim: replication to " + hostname(node) + " failed: " + e.what());
+  }
+  unlock();
+}
+
+void cluster::prune_history_locked(std::size_t node, std::uint64_t head) {
+  if (head <= history_retention) return;
+  const std::uint64_t upto = head - history_retention;
+  if (pruned_[node] >= upto) return;
+  const std::filesystem::path history = ltx::directory_of(database_path(node));
+  for (std::uint64_t txid = pruned_[node] + 1; txid <= upto; ++txid) {
+    ::unlink(ltx::file_of(history, txid).c_str());
+  }
+  pruned_[node] = upto;
 }
 
 void cluster::start_replication(std::chrono::milliseconds delay) {

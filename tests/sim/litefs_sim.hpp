@@ -55,16 +55,36 @@
  *     frame with a nonzero commit field was written while it was held.
  * Only journal_mode DELETE and WAL are simulated (TRUNCATE/PERSIST never bump).
  *
- * Replication. The controlling process (a test or the demo) owns a `cluster`. A
- * replica sees the primary's committed state only when replication runs for it: it
- * reads the primary's `<db>-pos` first, then copies the primary's database into the
- * replica's with SQLite's backup API over connections that use the plain "unix" VFS,
- * retrying while node processes hold locks, then writes the replica's `<db>-pos` (the
- * position read first, so a replica's position never claims more than its data holds)
- * and `.lag`. `replicate_now()` / `replicate()` run it synchronously;
- * `start_replication(delay)` runs it in a background thread that ships a commit only
- * once it is at least `delay` old, updating the `.lag` of replicas that are behind.
- * A snapshot taken to ship an old-enough commit may carry newer commits along.
+ * Replication, by transaction, as LiteFS ships LTX files. When the shim advances a
+ * primary's `<db>-pos` it also writes a transaction file (see ltx.hpp) into the node's
+ * history, `<root>/.fwd-sim-ltx/<hostname>/<db>/`, outside the mount: the position before
+ * and after, the database size in pages, and the image of every page the transaction left
+ * (the pages it wrote to the database in rollback mode, the frames of its commit in WAL
+ * mode). The controlling process (a test or the demo) owns a `cluster`; a replica sees
+ * the primary's committed state only when replication runs for it: the transaction files
+ * after the replica's position, chained checksum to checksum from it, are merged (the
+ * latest image of each page) and written into the replica's database file, then the
+ * replica's `<db>-pos` says their last position and the files join the replica's history
+ * (so a replica promoted later serves them). The cost follows what the transactions
+ * wrote, not the database's size. The pages are written as LiteFS writes them on a
+ * replica: with every SQLite lock that keeps readers out (rollback: EXCLUSIVE; WAL: the
+ * write, checkpoint, recovery and all read locks, after checkpointing whatever the WAL
+ * held), then a new WAL-index header (WAL mode) so that every connection drops its cache,
+ * and `<db>-pos` is written before the locks are released: a read transaction on a
+ * replica sees exactly the state of a position the replica published, never a part of a
+ * shipment, and once a reader has seen a position its next transaction sees at least
+ * that. A reader in a transaction delays replication (bounded: after 10 s it fails with a
+ * message) as on LiteFS. A shipment stops before a missing file (the writer of the last
+ * commit may still be writing it). When the replica's next file is missing (its writer
+ * died between the position and the file; a replica further behind than the 1024 files
+ * each node keeps; a new replica; one on another history after a lossy failover), the
+ * replicator takes the primary's write lock, which waits for a commit in progress, and
+ * ships the whole database read under that lock if the files are still not there:
+ * exactly at the primary's position, the replica's history restarting there. Replicas hold the
+ * primary's pages byte for byte. `replicate_now()` / `replicate()` run it synchronously;
+ * `start_replication(delay)` runs it in a background thread that ships commits once the
+ * oldest one a replica lacks is at least `delay` old (with whatever followed it),
+ * updating the `.lag` of replicas that are behind. `stats()` counts what was shipped.
  *
  * LiteFS stopping and restarting under a running service (`kill`, `restart`). Killing a
  * node's LiteFS mounts a dead FUSE filesystem over its mount directory (a FUSE mount whose
@@ -174,6 +194,21 @@ struct cluster_options {
 };
 
 class http_api;
+struct shipment;
+
+/** What replication has shipped since the cluster was created. */
+struct replication_stats {
+  /** Times a replica was brought to a new position. */
+  std::uint64_t shipments = 0;
+  /** Of which whole-database copies (a new replica, one on another history, or one
+   * further behind than the transaction files kept). */
+  std::uint64_t snapshots = 0;
+  /** Transactions shipped incrementally, and pages written to replicas in all. */
+  std::uint64_t transactions = 0;
+  std::uint64_t pages = 0;
+  /** Time spent shipping (reading what a replica lacks and writing it there). */
+  std::chrono::nanoseconds busy{0};
+};
 
 /**
  * A simulated LiteFS cluster, controlled from one process.
@@ -208,6 +243,9 @@ class cluster {
   db_position position(std::size_t node) const;
   /** Whether the node is connected (replicates and shows `.primary` when a replica). */
   bool connected(std::size_t node) const;
+
+  /** What replication has shipped so far. */
+  replication_stats stats() const;
 
   /** Replicates the primary's committed state to every connected replica, now. */
   void replicate_now();
@@ -274,6 +312,8 @@ class cluster {
 
   void check_node(std::size_t node) const;
   void replicate_locked(std::size_t node);
+  void apply_locked(std::size_t node, const shipment& s);
+  void prune_history_locked(std::size_t node, std::uint64_t head);
   void begin_election_locked();
   void write_primary_files_locked();
   void replicator_loop(std::chrono::milliseconds delay);
@@ -293,6 +333,9 @@ class cluster {
   std::vector<std::vector<int>> generations_;
   std::vector<int> stacked_mounts_;
   std::vector<std::chrono::steady_clock::time_point> lost_primary_at_;
+  // Per node, the TXID up to which its transaction files were removed.
+  std::vector<std::uint64_t> pruned_;
+  replication_stats stats_;
   std::unique_ptr<http_api> http_;
   std::chrono::steady_clock::time_point heartbeat_epoch_ = std::chrono::steady_clock::now();
 

@@ -14,6 +14,7 @@
 #include <boost/asio/use_future.hpp>
 #include <catch2/catch.hpp>
 #include <fwd/litefs/monitor.hpp>
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -89,6 +90,15 @@ struct connection {
     const int rc = exec(sql);
     INFO(sqlite3_errmsg(db));
     REQUIRE(rc == SQLITE_OK);
+  }
+  // Every page of the database as this connection sees it (the committed state).
+  std::string image() {
+    sqlite3_int64 size = 0;
+    unsigned char* bytes = sqlite3_serialize(db, "main", &size, 0);
+    REQUIRE(bytes != nullptr);
+    std::string out(reinterpret_cast<const char*>(bytes), static_cast<std::size_t>(size));
+    sqlite3_free(bytes);
+    return out;
   }
   std::int64_t count(const std::string& table) {
     sqlite3_stmt* stmt = nullptr;
@@ -481,6 +491,126 @@ TEST_CASE("replication waits for a replica's readers instead of failing") {
   CHECK(sim.position(1) == sim.position(0));
 }
 
+TEST_CASE("replication ships each transaction's pages, not the database, and the replica "
+          "holds the primary's pages byte for byte") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  connection primary(sim.database_path(0));
+  primary.must("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
+  // About 2,000 pages, so that a whole copy and a transaction's pages differ by far.
+  primary.must("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
+               "INSERT INTO t(v) SELECT randomblob(3000) FROM n");
+  sim.replicate_now();
+  connection replica(sim.database_path(1));
+  CHECK(replica.image() == primary.image());
+  const auto before = sim.stats();
+
+  for (int i = 0; i < 5; ++i) {
+    primary.must("INSERT INTO t(v) VALUES ('row " + std::to_string(i) + "')");
+  }
+  primary.must("UPDATE t SET v = 'changed' WHERE id = 7");
+  primary.must("DELETE FROM t WHERE id > 1500");  // the database shrinks (freelist pages)
+  primary.must("VACUUM");                         // and its file too
+  const auto head = sim.position(0);
+  sim.replicate(1);
+  const auto after = sim.stats();
+  CHECK(sim.position(1) == head);
+  CHECK(after.shipments == before.shipments + 1);
+  CHECK(after.snapshots == before.snapshots);  // no whole copy
+  CHECK(after.transactions == before.transactions + 8);
+  CHECK(replica.count("t") == 1500);
+  CHECK(replica.image() == primary.image());
+
+  // One small transaction ships a handful of pages, whatever the database's size.
+  primary.must("INSERT INTO t(v) VALUES ('small')");
+  sim.replicate(1);
+  CHECK(sim.stats().pages - after.pages <= 4);
+  CHECK(sim.stats().snapshots == before.snapshots);
+  CHECK(replica.image() == primary.image());
+  CHECK(sim.position(1) == sim.position(0));
+}
+
+TEST_CASE("a reader on a replica only ever sees the state of a published position, never a "
+          "half-applied one") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  connection primary(sim.database_path(0));
+  primary.must("CREATE TABLE a(x); CREATE TABLE b(x)");
+  sim.replicate_now();
+  const std::uint64_t base = sim.position(0).txid;
+  sim.start_replication(0ms);
+
+  // Each transaction adds one row to each table, with a page-sized value so that a
+  // transaction spans several pages: after TXID base + n, both tables hold n rows.
+  std::atomic<bool> done{false};
+  std::atomic<int> reads{0};
+  std::string failure;
+  std::thread reader([&] {
+    connection replica(sim.database_path(1));
+    while (!done && failure.empty()) {
+      const auto seen_before = sim.position(1).txid;
+      sqlite3_stmt* stmt = nullptr;
+      if (sqlite3_prepare_v2(replica.db,
+                             "SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM b)", -1,
+                             &stmt, nullptr) != SQLITE_OK) {
+        continue;  // the schema is not there yet
+      }
+      if (sqlite3_step(stmt) == SQLITE_ROW) {
+        const auto in_a = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 0));
+        const auto in_b = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 1));
+        const auto seen_after = sim.position(1).txid;
+        if (in_a != in_b) {
+          failure = "torn: " + std::to_string(in_a) + " rows in a, " + std::to_string(in_b) + " in b";
+        } else if (in_a < seen_before - base || in_a > seen_after - base) {
+          failure = std::to_string(in_a) + " rows between positions " +
+                    std::to_string(seen_before - base) + " and " + std::to_string(seen_after - base);
+        }
+        ++reads;
+      }
+      sqlite3_finalize(stmt);
+    }
+  });
+  for (int i = 0; i < 200 && failure.empty(); ++i) {
+    primary.must("BEGIN; INSERT INTO a VALUES (randomblob(5000)); INSERT INTO b VALUES (randomblob(5000)); COMMIT");
+  }
+  const auto head = sim.position(0);
+  CHECK(wait_until([&] { return sim.position(1) == head; }, 10000ms));
+  done = true;
+  reader.join();
+  sim.stop_replication();
+  CHECK(failure == "");
+  CHECK(reads > 0);
+  connection replica(sim.database_path(1));
+  CHECK(replica.count("a") == 200);
+  CHECK(replica.image() == primary.image());
+}
+
+TEST_CASE("a replica whose next transaction file is missing catches up with a whole copy") {
+  const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
+  INFO(mode_name(mode));
+  cluster sim(options_for(mode));
+  connection primary(sim.database_path(0));
+  primary.must("CREATE TABLE t(x)");
+  sim.replicate_now();
+  primary.must("INSERT INTO t VALUES (1)");
+  primary.must("INSERT INTO t VALUES (2)");
+  // As if the writer of the first commit died between its position and its file.
+  const auto history = sim.root() / ".fwd-sim-ltx" / "node-a" / "app.db";
+  char name[32];
+  std::snprintf(name, sizeof name, "%016llx.ltx",
+                static_cast<unsigned long long>(sim.position(0).txid - 1));
+  REQUIRE(fs::remove(history / name));
+  const auto before = sim.stats();
+  sim.replicate(1);
+  CHECK(sim.stats().snapshots == before.snapshots + 1);
+  CHECK(sim.position(1) == sim.position(0));
+  connection replica(sim.database_path(1));
+  CHECK(replica.count("t") == 2);
+  CHECK(replica.image() == primary.image());
+}
+
 TEST_CASE("delayed background replication shows a positive lag, then catches up") {
   const auto mode = GENERATE(journal_mode::rollback, journal_mode::wal);
   INFO(mode_name(mode));
@@ -592,6 +722,7 @@ TEST_CASE("failover: no .primary and no writes during the election, then the new
   CHECK(sim.position(0) == sim.position(1));
   CHECK(sim.position(2) == sim.position(1));
   CHECK(old_primary.count("t") == 2);
+  CHECK(old_primary.image() == b.image());
 
   // failover() does both steps (node-c is caught up here: nothing is lost either way).
   sim.failover(2, 5ms);
@@ -659,6 +790,15 @@ TEST_CASE("failover loses what was not shipped by default (as_is), as LiteFS doe
       CHECK(sim.position(2).txid < committed.txid);
       CHECK(c.count("t") == 0);
     }
+    // The old primary follows the new history, whatever it had of its own.
+    c.must("INSERT INTO t VALUES (2)");
+    c.must("INSERT INTO t VALUES (3)");
+    sim.replicate_now();
+    connection a(sim.database_path(0));
+    CHECK(sim.position(0) == sim.position(2));
+    CHECK(sim.position(1) == sim.position(2));
+    CHECK(a.image() == c.image());
+    CHECK(a.count("t") == c.count("t"));
   }
 }
 

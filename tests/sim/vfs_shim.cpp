@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <new>
 #include <stdexcept>
@@ -15,6 +16,7 @@
 #include <unordered_map>
 
 #include "litefs_sim.hpp"
+#include "ltx.hpp"
 
 namespace fwd_sim {
 namespace {
@@ -49,6 +51,29 @@ struct commit_tracker {
   bool page1_written = false;
   std::uint32_t counter_before = 0;
   std::uint32_t counter_last = 0;
+  // Rollback mode: the image of each page the transaction wrote to the database, for its
+  // transaction file. A write that is not one whole, aligned page (never seen from
+  // SQLite) leaves the transaction without a file: replicas then take a snapshot.
+  std::map<std::uint32_t, std::string> pages;
+  std::uint32_t page_size = 0;
+  bool pages_unusable = false;
+  void keep_page(const void* bytes, int amount, sqlite3_int64 offset) {
+    const auto size = static_cast<std::uint32_t>(amount);
+    const bool whole = amount >= 512 && amount <= 65536 && (size & (size - 1)) == 0 &&
+                       offset % amount == 0 && (page_size == 0 || page_size == size);
+    if (!whole) {
+      pages_unusable = true;
+      return;
+    }
+    page_size = size;
+    pages[static_cast<std::uint32_t>(offset / amount) + 1].assign(
+        static_cast<const char*>(bytes), size);
+  }
+  void forget_pages() {
+    pages.clear();
+    page_size = 0;
+    pages_unusable = false;
+  }
   // WAL mode: the byte range written to the -wal while the write lock was held.
   bool wal_write_locked = false;
   sqlite3_int64 wal_begin = -1;
@@ -106,26 +131,37 @@ std::uint32_t big_endian32(const unsigned char* p) {
          (std::uint32_t{p[2]} << 8) | std::uint32_t{p[3]};
 }
 
-// Advances <db>-pos by one TXID. Runs while the committing connection still holds
-// SQLite's write lock, which serialises bumps across processes.
-void bump_position(const std::string& db_path, std::uint64_t content) {
+// Advances <db>-pos by one TXID, then records the transaction's pages in its
+// transaction file (if `pages` holds them). Runs while the committing connection still
+// holds SQLite's write lock, which serialises bumps across processes. The position comes
+// first: a writer that dies between the two leaves a TXID without a file, which replicas
+// cross with a snapshot, never a file that a later commit would contradict.
+void bump_position(const std::string& db_path, std::uint64_t content, ltx::record* pages) {
   try {
     const std::filesystem::path pos_file = db_path + "-pos";
     db_position pos = read_position(pos_file).value_or(db_position{});
+    const std::uint64_t pre_checksum = pos.checksum;
     pos.txid += 1;
     pos.checksum = next_checksum(pos.checksum ^ content, pos.txid);
     write_file_atomically(pos_file, format_position(pos));
+    if (pages != nullptr) {
+      pages->txid = pos.txid;
+      pages->pre_checksum = pre_checksum;
+      pages->post_checksum = pos.checksum;
+      ltx::write(ltx::directory_of(db_path), *pages);
+    }
   } catch (const std::exception& e) {
     // A C callback must not throw; a lost bump shows up as a failing position check.
     std::fprintf(stderr, "fwd_sim: cannot advance %s-pos: %s\n", db_path.c_str(), e.what());
   }
 }
 
-// Whether a WAL frame with a nonzero commit field starts inside [begin, end). Read
-// with a separate descriptor: SQLite holds no POSIX locks on the -wal file, so
-// closing it cannot drop any of SQLite's locks.
-bool wal_range_has_commit(const std::string& wal_path, sqlite3_int64 begin,
-                          sqlite3_int64 end) {
+// Reads the transaction whose frames were written to the -wal in [begin, end): whether
+// one of them commits and, if so, every page it left (the last frame of a page wins) and
+// the database size in pages. Read with a separate descriptor: SQLite holds no POSIX
+// locks on the -wal file, so closing it cannot drop any of SQLite's locks.
+bool read_wal_transaction(const std::string& wal_path, sqlite3_int64 begin, sqlite3_int64 end,
+                          ltx::record& out) {
   const int fd = ::open(wal_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
   bool found = false;
@@ -136,11 +172,28 @@ bool wal_range_has_commit(const std::string& wal_path, sqlite3_int64 begin,
       const sqlite3_int64 frame_size = 24 + page_size;
       sqlite3_int64 first = 0;
       if (begin > 32) first = (begin - 32 + frame_size - 1) / frame_size;
-      for (sqlite3_int64 at = 32 + first * frame_size; at + 8 <= end && !found;
-           at += frame_size) {
-        unsigned char commit[4];
-        if (::pread(fd, commit, sizeof commit, at + 4) != 4) break;
-        found = big_endian32(commit) != 0;
+      const sqlite3_int64 from = 32 + first * frame_size;
+      const sqlite3_int64 frames = end > from ? (end - from) / frame_size : 0;
+      std::string bytes(static_cast<std::size_t>(frames * frame_size), '\0');
+      const ssize_t got = frames > 0 ? ::pread(fd, bytes.data(), bytes.size(), from) : 0;
+      std::map<std::uint32_t, const char*> latest;
+      for (sqlite3_int64 i = 0; got >= 0 && (i + 1) * frame_size <= got && !found; ++i) {
+        const auto* frame = reinterpret_cast<const unsigned char*>(bytes.data() + i * frame_size);
+        const std::uint32_t page_number = big_endian32(frame);
+        const std::uint32_t commit = big_endian32(frame + 4);
+        if (page_number != 0) latest[page_number] = bytes.data() + i * frame_size + 24;
+        if (commit != 0) {
+          found = true;
+          out.commit = commit;
+        }
+      }
+      if (found) {
+        out.page_size = static_cast<std::uint32_t>(page_size);
+        for (const auto& [page_number, image] : latest) {
+          if (page_number > out.commit) continue;
+          out.page_numbers.push_back(page_number);
+          out.pages.append(image, static_cast<std::size_t>(page_size));
+        }
       }
     }
   }
@@ -185,31 +238,39 @@ int shim_write(sqlite3_file* file, const void* buf, int amount, sqlite3_int64 of
     if (t.wal_begin < 0 || offset < t.wal_begin) t.wal_begin = offset;
     if (offset + amount > t.wal_end) t.wal_end = offset + amount;
     if (t.wal_write_locked) t.hash(buf, amount, offset);
-  } else if (f->in_mount && f->kind == file_kind::main_db && offset == 0 && amount >= 28) {
+  } else if (f->in_mount && f->kind == file_kind::main_db) {
     std::lock_guard lock(trackers_mutex);
     commit_tracker& t = trackers()[f->db_path];
     if (t.journal_open) {
-      t.hash(buf, amount, offset);
-      if (!t.page1_written) {
-        unsigned char before[4] = {0, 0, 0, 0};
-        // A short read (new, empty database) leaves zeros: counter 0.
-        (void)f->real->pMethods->xRead(f->real, before, 4, 24);
-        t.counter_before = big_endian32(before);
-        t.page1_written = true;
+      if (offset != 0 || amount >= 28) t.hash(buf, amount, offset);
+      if (offset == 0 && amount >= 28) {
+        if (!t.page1_written) {
+          unsigned char before[4] = {0, 0, 0, 0};
+          // A short read (new, empty database) leaves zeros: counter 0.
+          (void)f->real->pMethods->xRead(f->real, before, 4, 24);
+          t.counter_before = big_endian32(before);
+          t.page1_written = true;
+        }
+        t.counter_last = big_endian32(static_cast<const unsigned char*>(buf) + 24);
       }
-      t.counter_last = big_endian32(static_cast<const unsigned char*>(buf) + 24);
+      t.keep_page(buf, amount, offset);
     }
-  }
-  if (f->in_mount && f->kind == file_kind::main_db && offset != 0) {
-    std::lock_guard lock(trackers_mutex);
-    commit_tracker& t = trackers()[f->db_path];
-    if (t.journal_open) t.hash(buf, amount, offset);
   }
   return f->real->pMethods->xWrite(f->real, buf, amount, offset);
 }
 
 int shim_truncate(sqlite3_file* file, sqlite3_int64 size) {
   if (on_dead_mount(file)) return SQLITE_IOERR_TRUNCATE;
+  shim_file* f = as_shim(file);
+  if (f->in_mount && f->kind == file_kind::main_db) {
+    // A transaction that shrinks the database: pages past the end are gone.
+    std::lock_guard lock(trackers_mutex);
+    commit_tracker& t = trackers()[f->db_path];
+    if (t.journal_open && t.page_size > 0) {
+      t.pages.erase(t.pages.upper_bound(static_cast<std::uint32_t>(size / t.page_size)),
+                    t.pages.end());
+    }
+  }
   return real_of(file)->pMethods->xTruncate(real_of(file), size);
 }
 int shim_sync(sqlite3_file* file, int flags) {
@@ -258,16 +319,20 @@ int shim_shm_lock(sqlite3_file* file, int offset, int n, int flags) {
     {
       std::lock_guard lock(trackers_mutex);
       commit_tracker& t = trackers()[f->db_path];
-      session = t;
+      session.wal_write_locked = t.wal_write_locked;
+      session.wal_begin = t.wal_begin;
+      session.wal_end = t.wal_end;
+      session.content = t.content;
       t.wal_write_locked = false;
       t.wal_begin = -1;
       t.wal_end = 0;
     }
     // The transaction's frames and the wal-index header are in place: the commit is
     // visible. Bump while the lock is still held, so bumps follow commit order.
+    ltx::record pages;
     if (session.wal_write_locked && session.wal_begin >= 0 && !is_replica(f->mount_dir) &&
-        wal_range_has_commit(f->db_path + "-wal", session.wal_begin, session.wal_end)) {
-      bump_position(f->db_path, session.content);
+        read_wal_transaction(f->db_path + "-wal", session.wal_begin, session.wal_end, pages)) {
+      bump_position(f->db_path, session.content, &pages);
     }
     return f->real->pMethods->xShmLock(f->real, offset, n, flags);
   }
@@ -370,6 +435,7 @@ int shim_open(sqlite3_vfs*, const char* name, sqlite3_file* file, int flags,
     t.journal_open = true;
     t.page1_written = false;
     t.content = commit_tracker::fnv_offset;
+    t.forget_pages();
   }
   return SQLITE_OK;
 }
@@ -382,6 +448,8 @@ int shim_delete(sqlite3_vfs*, const char* name, int sync_dir) {
   const std::string db_path = path.substr(0, path.size() - 8);
   bool committed = false;
   std::uint64_t content = 0;
+  ltx::record pages;
+  bool have_pages = false;
   {
     std::lock_guard lock(trackers_mutex);
     auto it = trackers().find(db_path);
@@ -389,13 +457,28 @@ int shim_delete(sqlite3_vfs*, const char* name, int sync_dir) {
     commit_tracker& t = it->second;
     committed = t.page1_written && t.counter_last != t.counter_before;
     content = t.content;
+    const auto page1 = t.pages.find(1);
+    if (committed && !t.pages_unusable && page1 != t.pages.end()) {
+      // The database size in pages after the transaction: header bytes 28..31.
+      pages.commit = big_endian32(reinterpret_cast<const unsigned char*>(page1->second.data()) + 28);
+      pages.page_size = t.page_size;
+      for (auto& [page_number, image] : t.pages) {
+        if (page_number > pages.commit) continue;
+        pages.page_numbers.push_back(page_number);
+        pages.pages += image;
+      }
+      have_pages = pages.commit > 0;
+    }
     t.journal_open = false;
     t.page1_written = false;
+    t.forget_pages();
   }
   // Deleting the journal is the commit point of journal_mode=DELETE; the writer
   // still holds its EXCLUSIVE lock here.
   const std::string dir = dirname_of(path);
-  if (committed && is_mount(dir) && !is_replica(dir)) bump_position(db_path, content);
+  if (committed && is_mount(dir) && !is_replica(dir)) {
+    bump_position(db_path, content, have_pages ? &pages : nullptr);
+  }
   return rc;
 }
 
