@@ -133,6 +133,9 @@ class node {
         const litefs::position p = reader->read(ec);
         return ec ? litefs::position{} : p;
       };
+      // The same read under the write lock before each batch: a commit that LiteFS did
+      // not record (the lease lost under it) then gets no TXID instead of the last one.
+      if (!write.position_before_batch) write.position_before_batch = write.position_after_commit;
     }
     if (!write.telemetry) write.telemetry = options_.telemetry;
     writer_ = std::make_shared<sqlite::write_executor>(executor_, options_.database.string(),

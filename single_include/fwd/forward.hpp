@@ -12299,6 +12299,15 @@ struct write_options {
   /// every write of that batch as its position (on LiteFS: the TXID and checksum read
   /// from `<db>-pos`). Without it the position is zero. If it throws, it is zero.
   std::function<litefs::position()> position_after_commit;
+  /// Called on the writer thread once a batch holds the write lock, before its first
+  /// write: the same position as position_after_commit reads. No other commit can move
+  /// it until the batch's own, so a batch that changed the database must find a higher
+  /// TXID after its COMMIT; if it does not, the position read then is not this commit's
+  /// (LiteFS did not record it, e.g. its lease was lost under the commit) and every write
+  /// of the batch gets position zero ("unknown"): a durable write then fails with
+  /// not_yet_durable rather than wait for a TXID the replicas hold without it. Without
+  /// it, the position after the commit is trusted as is.
+  std::function<litefs::position()> position_before_batch;
   /// Run the blocking SQLite work on this executor instead of a thread the write
   /// executor owns. At most one batch runs at a time; a batch may block a thread of this
   /// executor for as long as its writes take (plus max_batch_delay).
@@ -12911,6 +12920,8 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   void run_batch(const std::vector<std::shared_ptr<write_job>>& batch);
   void end_failed_batch() noexcept;
   bool mount_changed() noexcept;
+  std::optional<litefs::position> position_before() noexcept;
+  litefs::position position_after() noexcept;
   void note_journal_mode() noexcept;
   int system_errno() const noexcept;
   write_outcome statement_failure(const boost::system::error_code& ec, const std::string& message);
@@ -13154,6 +13165,11 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
     if (ec) return fail_all(statement_failure(ec, message));
   }
 
+  // The position under the write lock, before anything of the batch: no other commit
+  // can move it until ours, so the commit's own TXID must come after it.
+  const std::optional<litefs::position> before = position_before();
+  const auto changes_before = sqlite3_total_changes64(connection_.native_handle());
+
   const std::int64_t now_ms = unix_milliseconds();
   for (std::size_t i = 0; i < batch.size(); ++i) {
     if (auto fatal = run_write(*batch[i], now_ms, outcomes[i])) return fail_all(*fatal);
@@ -13171,15 +13187,36 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
   schema_ready_ = true;
   ++commits_since_prune_;
 
-  litefs::position pos;
-  if (options_.position_after_commit) {
-    try {
-      pos = options_.position_after_commit();
-    } catch (...) {
-      pos = {};
-    }
+  litefs::position pos = position_after();
+  if (before && before->txid != 0 && pos.txid != 0 && pos.txid <= before->txid &&
+      sqlite3_total_changes64(connection_.native_handle()) != changes_before) {
+    // The batch changed the database, yet the position did not move: it is not this
+    // commit's (LiteFS did not record the commit, e.g. the lease was lost under it).
+    // Zero says "unknown": a durable write then fails with not_yet_durable instead of
+    // waiting for a TXID the replicas already hold without it.
+    pos = {};
   }
   finish(batch, outcomes, pos);
+}
+
+// write_options::position_before_batch's value; nothing without it, zero if it throws.
+inline std::optional<litefs::position> write_executor_state::position_before() noexcept {
+  if (!options_.position_before_batch) return std::nullopt;
+  try {
+    return options_.position_before_batch();
+  } catch (...) {
+    return litefs::position{};
+  }
+}
+
+// write_options::position_after_commit's value; zero without it or if it throws.
+inline litefs::position write_executor_state::position_after() noexcept {
+  if (!options_.position_after_commit) return {};
+  try {
+    return options_.position_after_commit();
+  } catch (...) {
+    return {};
+  }
 }
 
 // Runs one write inside its own SAVEPOINT. Returns a failure only when the whole batch
@@ -15555,7 +15592,9 @@ inline void wait_durable(const std::weak_ptr<forward_core>& weak, rpc::reply_han
     std::move(reply)(make_error_code(errc::not_yet_durable),
                      fmt::format("the write committed on the primary, but {}: durability {} cannot be "
                                  "confirmed; retrying with the same request id is safe",
-                                 core ? "its TXID could not be read from LiteFS" : "the node is shutting down",
+                                 core ? "its TXID is not known (LiteFS's position could not be read, or did not "
+                                        "move with the commit)"
+                                      : "the node is shutting down",
                                  to_string(required)));
     return;
   }
@@ -17255,6 +17294,9 @@ class node {
         const litefs::position p = reader->read(ec);
         return ec ? litefs::position{} : p;
       };
+      // The same read under the write lock before each batch: a commit that LiteFS did
+      // not record (the lease lost under it) then gets no TXID instead of the last one.
+      if (!write.position_before_batch) write.position_before_batch = write.position_after_commit;
     }
     if (!write.telemetry) write.telemetry = options_.telemetry;
     writer_ = std::make_shared<sqlite::write_executor>(executor_, options_.database.string(),

@@ -93,6 +93,45 @@ TEST_CASE("exactly once: a repeated request id returns the stored result without
   CHECK(count(path, "SELECT count(*) FROM items") == 1);
 }
 
+TEST_CASE("a commit the position does not follow gets no TXID, not the one before it") {
+  // A stand-in for LiteFS: each recorded commit moves the TXID by one; a commit that
+  // LiteFS does not record (its lease lost under the commit) leaves it where it was.
+  temp_dir dir;
+  const auto path = dir.file("db");
+  fwd_test::create_items(path);
+  boost::asio::thread_pool pool(1);
+  std::atomic<std::uint64_t> txid{7};
+  std::atomic<bool> recorded{true};
+  fwd::sqlite::write_options options;
+  options.position_before_batch = [&] { return fwd::litefs::position{txid.load(), 0}; };
+  options.position_after_commit = [&] {
+    if (recorded) ++txid;
+    return fwd::litefs::position{txid.load(), 0};
+  };
+  fwd::sqlite::write_executor writer(pool.get_executor(), path, options);
+
+  auto first = submit(writer, 1, insert_item("recorded"));
+  const outcome a = wait(first);
+  REQUIRE_FALSE(a.ec);
+  CHECK(a.txid == 8);
+
+  // The position read after this commit is the last one's: replicas holding TXID 8 do
+  // not hold this write, so it must not claim 8.
+  recorded = false;
+  auto second = submit(writer, 2, insert_item("unrecorded"));
+  const outcome b = wait(second);
+  REQUIRE_FALSE(b.ec);
+  CHECK(b.txid == 0);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'unrecorded'") == 1);
+
+  // A repeat changes nothing: the unmoved position is at or past its first commit.
+  auto repeat = submit(writer, 1, insert_item("recorded"));
+  const outcome c = wait(repeat);
+  REQUIRE_FALSE(c.ec);
+  CHECK(c.txid == 8);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'recorded'") == 1);
+}
+
 TEST_CASE("exactly once: repeats that arrive while the first is queued run once, all answered") {
   temp_dir dir;
   const auto path = dir.file("db");

@@ -183,6 +183,11 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
     if (ec) return fail_all(statement_failure(ec, message));
   }
 
+  // The position under the write lock, before anything of the batch: no other commit
+  // can move it until ours, so the commit's own TXID must come after it.
+  const std::optional<litefs::position> before = position_before();
+  const auto changes_before = sqlite3_total_changes64(connection_.native_handle());
+
   const std::int64_t now_ms = unix_milliseconds();
   for (std::size_t i = 0; i < batch.size(); ++i) {
     if (auto fatal = run_write(*batch[i], now_ms, outcomes[i])) return fail_all(*fatal);
@@ -200,15 +205,36 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
   schema_ready_ = true;
   ++commits_since_prune_;
 
-  litefs::position pos;
-  if (options_.position_after_commit) {
-    try {
-      pos = options_.position_after_commit();
-    } catch (...) {
-      pos = {};
-    }
+  litefs::position pos = position_after();
+  if (before && before->txid != 0 && pos.txid != 0 && pos.txid <= before->txid &&
+      sqlite3_total_changes64(connection_.native_handle()) != changes_before) {
+    // The batch changed the database, yet the position did not move: it is not this
+    // commit's (LiteFS did not record the commit, e.g. the lease was lost under it).
+    // Zero says "unknown": a durable write then fails with not_yet_durable instead of
+    // waiting for a TXID the replicas already hold without it.
+    pos = {};
   }
   finish(batch, outcomes, pos);
+}
+
+// write_options::position_before_batch's value; nothing without it, zero if it throws.
+inline std::optional<litefs::position> write_executor_state::position_before() noexcept {
+  if (!options_.position_before_batch) return std::nullopt;
+  try {
+    return options_.position_before_batch();
+  } catch (...) {
+    return litefs::position{};
+  }
+}
+
+// write_options::position_after_commit's value; zero without it or if it throws.
+inline litefs::position write_executor_state::position_after() noexcept {
+  if (!options_.position_after_commit) return {};
+  try {
+    return options_.position_after_commit();
+  } catch (...) {
+    return {};
+  }
 }
 
 // Runs one write inside its own SAVEPOINT. Returns a failure only when the whole batch

@@ -306,6 +306,8 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   void run_batch(const std::vector<std::shared_ptr<write_job>>& batch);
   void end_failed_batch() noexcept;
   bool mount_changed() noexcept;
+  std::optional<litefs::position> position_before() noexcept;
+  litefs::position position_after() noexcept;
   void note_journal_mode() noexcept;
   int system_errno() const noexcept;
   write_outcome statement_failure(const boost::system::error_code& ec, const std::string& message);

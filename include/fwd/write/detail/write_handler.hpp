@@ -53,7 +53,9 @@ inline void wait_durable(const std::weak_ptr<forward_core>& weak, rpc::reply_han
     std::move(reply)(make_error_code(errc::not_yet_durable),
                      fmt::format("the write committed on the primary, but {}: durability {} cannot be "
                                  "confirmed; retrying with the same request id is safe",
-                                 core ? "its TXID could not be read from LiteFS" : "the node is shutting down",
+                                 core ? "its TXID is not known (LiteFS's position could not be read, or did not "
+                                        "move with the commit)"
+                                      : "the node is shutting down",
                                  to_string(required)));
     return;
   }
