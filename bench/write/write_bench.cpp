@@ -318,53 +318,6 @@ int node_main(int argc, char** argv) {
 
 // --- driver --------------------------------------------------------------------------------
 
-/// A node process: this program re-executed with `node ...`; killed on destruction.
-class node_process {
- public:
-  explicit node_process(std::vector<std::string> args) {
-    int out[2];
-    if (pipe2(out, O_CLOEXEC) != 0) die("pipe2 failed");
-    pid_ = fork();
-    if (pid_ < 0) die("fork failed");
-    if (pid_ == 0) {
-      dup2(out[1], STDOUT_FILENO);
-      args.insert(args.begin(), {"bench-write-node", "node"});
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv("/proc/self/exe", argv.data());
-      _exit(127);
-    }
-    close(out[1]);
-    fd_ = out[0];
-  }
-  node_process(const node_process&) = delete;
-  node_process& operator=(const node_process&) = delete;
-  ~node_process() {
-    kill(pid_, SIGKILL);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    close(fd_);
-  }
-  /// Blocks until the node prints "READY" (or dies: then the whole run fails).
-  void wait_ready() {
-    std::string line;
-    char c;
-    while (read(fd_, &c, 1) == 1 && c != '\n') line.push_back(c);
-    if (line.rfind("READY ", 0) != 0) die("a node process did not start (got '" + line + "')");
-  }
-
- private:
-  pid_t pid_ = -1;
-  int fd_ = -1;
-};
-
-std::uint16_t free_port() {
-  boost::asio::io_context io;
-  boost::asio::ip::tcp::acceptor acceptor(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
-  return acceptor.local_endpoint().port();
-}
-
 struct measurement {
   double rows_per_s = 0;
   double p50_ms = 0;
@@ -442,12 +395,13 @@ class driver {
     std::vector<std::uint16_t> ports;
     std::string list;
     for (int i = 0; i < 3; ++i) {
-      ports.push_back(free_port());
+      ports.push_back(free_loopback_port());
       list += (i ? "," : "") + std::to_string(ports.back());
     }
     for (std::size_t i = 0; i < 3; ++i) {
-      nodes_.push_back(std::make_unique<node_process>(std::vector<std::string>{
-          sim_.hostname(i), sim_.mount(i).string(), std::to_string(ports[i]), list}));
+      // This program again, as `node ...` (node_main); killed when the driver ends.
+      nodes_.push_back(std::make_unique<child_process>(std::vector<std::string>{
+          "node", sim_.hostname(i), sim_.mount(i).string(), std::to_string(ports[i]), list}));
     }
     for (auto& n : nodes_) n->wait_ready();
     replicas_ = {endpoint(boost::asio::ip::make_address("127.0.0.1"), ports[1]),
@@ -685,7 +639,7 @@ class driver {
 
   clock::duration warmup_, window_;
   fwd_sim::cluster sim_;
-  std::vector<std::unique_ptr<node_process>> nodes_;
+  std::vector<std::unique_ptr<child_process>> nodes_;
   std::vector<endpoint> replicas_;
   endpoint primary_;
   boost::asio::io_context io_;
