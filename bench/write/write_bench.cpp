@@ -383,6 +383,19 @@ double insert_in_batches(fwd::sqlite::connection& db, std::size_t batch, std::ui
   return static_cast<double>(rows) / std::chrono::duration<double>(window).count();
 }
 
+/// The completion of one load call on a replica: its report, or its failure, in `promise`.
+auto load_completion(std::shared_ptr<std::promise<std::vector<std::int64_t>>> promise,
+                     const char* procedure) {
+  return [promise = std::move(promise), procedure](boost::system::error_code ec,
+                                                   std::vector<std::int64_t> r) {
+    if (ec) {
+      promise->set_exception(std::make_exception_ptr(fwd::error(ec, procedure)));
+    } else {
+      promise->set_value(std::move(r));
+    }
+  };
+}
+
 class driver {
  public:
   driver(double window_s) : warmup_(window(0.3)), window_(window(window_s)), sim_(sim_options()) {
@@ -437,14 +450,14 @@ class driver {
           std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(warmup).count()},
           std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(window_).count()},
           static_cast<std::int64_t>(salt * 2 + i), durable_replicas,
-          [promise](boost::system::error_code ec, std::vector<std::int64_t> r) {
-            if (ec) {
-              promise->set_exception(std::make_exception_ptr(fwd::error(ec, "bench.write.load")));
-            } else {
-              promise->set_value(std::move(r));
-            }
-          });
+          load_completion(promise, "bench.write.load"));
     }
+    return summarise_replies(replies, before, system);
+  }
+
+  /// The replicas' load reports summed: issued, in the window, failed, then latencies (us).
+  measurement summarise_replies(std::vector<std::future<std::vector<std::int64_t>>>& replies,
+                                std::uint64_t before, const std::string& system) {
     load_result total;
     for (auto& f : replies) {
       std::vector<std::int64_t> r;
@@ -480,31 +493,9 @@ class driver {
           std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(warmup).count()},
           std::int64_t{std::chrono::duration_cast<std::chrono::milliseconds>(window_).count()},
           static_cast<std::int64_t>(salt * 2 + i), std::int64_t{ryw ? 1 : 0},
-          [promise](boost::system::error_code ec, std::vector<std::int64_t> r) {
-            if (ec) {
-              promise->set_exception(std::make_exception_ptr(fwd::error(ec, "bench.write.load_ryw")));
-            } else {
-              promise->set_value(std::move(r));
-            }
-          });
+          load_completion(promise, "bench.write.load_ryw"));
     }
-    load_result total;
-    for (auto& f : replies) {
-      std::vector<std::int64_t> r;
-      try {
-        r = f.get();
-      } catch (const std::exception& e) {
-        die(system + ": the load call failed: " + e.what());
-      }
-      if (r.size() < 3) die(system + ": a malformed load report");
-      total.issued += r[0];
-      total.in_window += r[1];
-      total.failed += r[2];
-      if (r[2] > 0) total.first_error = "see the node's stderr";
-      total.latency_us.insert(total.latency_us.end(), r.begin() + 3, r.end());
-    }
-    const std::uint64_t after = sim_.position(0).txid;
-    return summarise_load(total, window_, after - before, system);
+    return summarise_replies(replies, before, system);
   }
 
   /// What the simulation's replication has shipped so far.
