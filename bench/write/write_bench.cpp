@@ -195,31 +195,41 @@ inline const fwd::procedure<std::vector<std::int64_t>(std::int64_t, std::int64_t
                                                       std::int64_t, std::int64_t)>
     run_load_ryw{"bench.write.load_ryw"};
 
+/// Runs `callers` inserts at a time through `node` for a warm-up and a window, each with
+/// `options` and a 10 s deadline, then answers `done` with the load report: issued, in
+/// the window, failed, then every latency in the window (us).
+void run_insert_load(fwd::node& node, fwd::forward_options options, std::int64_t callers,
+                     std::int64_t warmup_ms, std::int64_t window_ms, std::int64_t salt,
+                     fwd::rpc::result_handler<std::vector<std::int64_t>> done) {
+  auto issue = [&node, options](std::string key, std::int64_t v, load_generator::done_fn finished) {
+    fwd::forward_options o = options;
+    o.deadline = clock::now() + std::chrono::seconds(10);
+    node.async_call(o, insert_row, std::move(key), v,
+                    [finished = std::move(finished)](boost::system::error_code ec, std::int64_t) {
+                      finished(ec);
+                    });
+  };
+  auto report = [done = std::move(done)](load_result r) {
+    if (r.failed > 0) std::fprintf(stderr, "bench_write node: %s\n", r.first_error.c_str());
+    std::vector<std::int64_t> out{r.issued, r.in_window, r.failed};
+    out.insert(out.end(), r.latency_us.begin(), r.latency_us.end());
+    done({}, std::move(out));
+  };
+  std::make_shared<load_generator>(static_cast<int>(callers), std::chrono::milliseconds(warmup_ms),
+                                   std::chrono::milliseconds(window_ms), static_cast<std::uint64_t>(salt),
+                                   std::move(issue), std::move(report))
+      ->start();
+}
+
 void define_ryw_load(fwd::node& node) {
   node.registry().define(
       run_load_ryw,
       [&node](std::int64_t callers, std::int64_t warmup_ms, std::int64_t window_ms,
               std::int64_t salt, std::int64_t ryw,
               fwd::rpc::result_handler<std::vector<std::int64_t>> done) {
-        auto issue = [&node, ryw](std::string key, std::int64_t v, load_generator::done_fn finished) {
-          fwd::forward_options o;
-          o.deadline = clock::now() + std::chrono::seconds(10);
-          o.read_your_writes = ryw != 0;
-          node.async_call(o, insert_row, std::move(key), v,
-                          [finished = std::move(finished)](boost::system::error_code ec,
-                                                           std::int64_t) { finished(ec); });
-        };
-        auto report = [done](load_result r) {
-          if (r.failed > 0) std::fprintf(stderr, "bench_write node: %s\n", r.first_error.c_str());
-          std::vector<std::int64_t> out{r.issued, r.in_window, r.failed};
-          out.insert(out.end(), r.latency_us.begin(), r.latency_us.end());
-          done({}, std::move(out));
-        };
-        std::make_shared<load_generator>(
-            static_cast<int>(callers), std::chrono::milliseconds(warmup_ms),
-            std::chrono::milliseconds(window_ms), static_cast<std::uint64_t>(salt),
-            std::move(issue), std::move(report))
-            ->start();
+        fwd::forward_options o;
+        o.read_your_writes = ryw != 0;
+        run_insert_load(node, o, callers, warmup_ms, window_ms, salt, std::move(done));
       });
 }
 
@@ -274,25 +284,9 @@ int node_main(int argc, char** argv) {
               std::int64_t salt, std::int64_t durable_replicas,
               fwd::rpc::result_handler<std::vector<std::int64_t>> done) {
         const auto durability = fwd::durability::replicas(static_cast<std::uint16_t>(durable_replicas));
-        auto issue = [&node, durability](std::string key, std::int64_t v, load_generator::done_fn finished) {
-          fwd::forward_options o;
-          o.deadline = clock::now() + std::chrono::seconds(10);
-          o.durability = durability;
-          node.async_call(o, insert_row, std::move(key), v,
-                          [finished = std::move(finished)](boost::system::error_code ec,
-                                                           std::int64_t) { finished(ec); });
-        };
-        auto report = [done](load_result r) {
-          if (r.failed > 0) std::fprintf(stderr, "bench_write node: %s\n", r.first_error.c_str());
-          std::vector<std::int64_t> out{r.issued, r.in_window, r.failed};
-          out.insert(out.end(), r.latency_us.begin(), r.latency_us.end());
-          done({}, std::move(out));
-        };
-        std::make_shared<load_generator>(
-            static_cast<int>(callers), std::chrono::milliseconds(warmup_ms),
-            std::chrono::milliseconds(window_ms), static_cast<std::uint64_t>(salt),
-            std::move(issue), std::move(report))
-            ->start();
+        fwd::forward_options o;
+        o.durability = durability;
+        run_insert_load(node, o, callers, warmup_ms, window_ms, salt, std::move(done));
       });
 
   define_ryw_load(node);
