@@ -60,7 +60,6 @@ struct region_table {
   region slots[max_regions];
   std::mutex lock;
   std::atomic<std::uint64_t> faults{0};
-  std::atomic<std::uint64_t> unrecorded{0};  // mappings left unguarded: the table was full
   struct sigaction previous {};
   sqlite3_vfs vfs{};
   sqlite3_vfs* real = nullptr;
@@ -88,10 +87,7 @@ inline region* record(void* p, int size) {
     }
     if (rb == 0 && free_slot == nullptr) free_slot = &r;
   }
-  if (free_slot == nullptr) {
-    t.unrecorded.fetch_add(1, std::memory_order_relaxed);
-    return nullptr;
-  }
+  if (free_slot == nullptr) return nullptr;  // the table is full: this mapping goes unguarded
   free_slot->users = 1;
   free_slot->dead.store(false, std::memory_order_relaxed);
   free_slot->end.store(b + static_cast<std::uintptr_t>(size), std::memory_order_relaxed);
