@@ -12302,11 +12302,12 @@ struct write_options {
   /// Called on the writer thread once a batch holds the write lock, before its first
   /// write: the same position as position_after_commit reads. No other commit can move
   /// it until the batch's own, so a batch that changed the database must find a higher
-  /// TXID after its COMMIT; if it does not, the position read then is not this commit's
-  /// (LiteFS did not record it, e.g. its lease was lost under the commit) and every write
-  /// of the batch gets position zero ("unknown"): a durable write then fails with
-  /// not_yet_durable rather than wait for a TXID the replicas hold without it. Without
-  /// it, the position after the commit is trusted as is.
+  /// TXID after its COMMIT. If the position was readable here (TXID above zero) and after
+  /// the COMMIT it cannot be read (LiteFS died under the commit) or did not move (LiteFS
+  /// did not record the commit, e.g. its lease was lost under it), LiteFS may not keep
+  /// the commit: every write the batch applied completes with errc::commit_unknown
+  /// ("maybe executed"; a retry with the same request id learns the outcome) instead of
+  /// success. Without it, the position after the commit is trusted as is.
   std::function<litefs::position()> position_before_batch;
   /// Run the blocking SQLite work on this executor instead of a thread the write
   /// executor owns. At most one batch runs at a time; a batch may block a thread of this
@@ -13187,14 +13188,30 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
   schema_ready_ = true;
   ++commits_since_prune_;
 
-  litefs::position pos = position_after();
-  if (before && before->txid != 0 && pos.txid != 0 && pos.txid <= before->txid &&
+  const litefs::position pos = position_after();
+  if (before && before->txid != 0 && pos.txid <= before->txid &&
       sqlite3_total_changes64(connection_.native_handle()) != changes_before) {
-    // The batch changed the database, yet the position did not move: it is not this
-    // commit's (LiteFS did not record the commit, e.g. the lease was lost under it).
-    // Zero says "unknown": a durable write then fails with not_yet_durable instead of
-    // waiting for a TXID the replicas already hold without it.
-    pos = {};
+    // The position was readable before the batch, and after a COMMIT that changed the
+    // database it either cannot be read (LiteFS died under the commit) or did not move
+    // (LiteFS did not record the commit: the lease was lost under it). SQLite's COMMIT
+    // succeeded, yet LiteFS may not keep it: a restarted LiteFS can drop it, a new
+    // primary never receives it. Acknowledging it would promise what nothing here can
+    // confirm, so every write the batch applied is "maybe executed".
+    const std::string why =
+        pos.txid == 0 ? fmt::format("LiteFS's position could not be read after it (TXID {} before the batch): "
+                                    "the mount failed under the commit",
+                                    before->txid)
+                      : fmt::format("LiteFS's position did not move past TXID {}: LiteFS did not record the "
+                                    "commit (e.g. the primary lost its lease under it)",
+                                    before->txid);
+    for (auto& outcome : outcomes) {
+      if (outcome.ec) continue;
+      outcome = {make_error_code(errc::commit_unknown),
+                 fmt::format("SQLite committed the write, but {}; LiteFS may not keep it (maybe executed). Retry "
+                             "only with the same request id: if the write survived, the dedup table answers "
+                             "with its stored result instead of running it again",
+                             why)};
+    }
   }
   finish(batch, outcomes, pos);
 }
@@ -13561,7 +13578,9 @@ class write_executor {
    * the COMMIT (zero without it); on failure `result` describes the failure (the exception's
    * text, or SQLite's message and SQL) and `pos` is zero. Errors: SQLite's codes;
    * errc::not_primary (LiteFS refused, or its mount went away: nothing applied);
-   * errc::commit_unknown (COMMIT failed and may have committed: retry with the same id);
+   * errc::commit_unknown (COMMIT failed and may have committed, or it succeeded but LiteFS's
+   * position shows LiteFS may not keep it: see write_options::position_before_batch; retry
+   * with the same id);
    * errc::remote_failure;
    * errc::overloaded (queue full: nothing ran); errc::cancelled (stopped before it ran);
    * errc::timeout (with a deadline, below: it passed before the write ran; nothing ran);

@@ -93,18 +93,22 @@ TEST_CASE("exactly once: a repeated request id returns the stored result without
   CHECK(count(path, "SELECT count(*) FROM items") == 1);
 }
 
-TEST_CASE("a commit the position does not follow gets no TXID, not the one before it") {
+TEST_CASE("a commit LiteFS may not keep (its position unmoved or unreadable after COMMIT) is maybe "
+          "executed, never acknowledged, and a retry with the same id learns its outcome") {
   // A stand-in for LiteFS: each recorded commit moves the TXID by one; a commit that
-  // LiteFS does not record (its lease lost under the commit) leaves it where it was.
+  // LiteFS does not record (its lease lost under the commit) leaves it where it was, and
+  // a dead mount makes the read after the commit fail.
   temp_dir dir;
   const auto path = dir.file("db");
   fwd_test::create_items(path);
   boost::asio::thread_pool pool(1);
   std::atomic<std::uint64_t> txid{7};
   std::atomic<bool> recorded{true};
+  std::atomic<bool> dies_after_commit{false};
   fwd::sqlite::write_options options;
   options.position_before_batch = [&] { return fwd::litefs::position{txid.load(), 0}; };
   options.position_after_commit = [&] {
+    if (dies_after_commit) throw std::runtime_error("ENOTCONN: the mount is gone");
     if (recorded) ++txid;
     return fwd::litefs::position{txid.load(), 0};
   };
@@ -116,19 +120,48 @@ TEST_CASE("a commit the position does not follow gets no TXID, not the one befor
   CHECK(a.txid == 8);
 
   // The position read after this commit is the last one's: replicas holding TXID 8 do
-  // not hold this write, so it must not claim 8.
+  // not hold this write, and LiteFS may drop it. It must be neither acknowledged nor
+  // claim 8.
   recorded = false;
   auto second = submit(writer, 2, insert_item("unrecorded"));
   const outcome b = wait(second);
-  REQUIRE_FALSE(b.ec);
+  CHECK(b.ec == fwd::errc::commit_unknown);
+  CHECK(fwd::classify(b.ec) == fwd::error_class::maybe_executed);
+  CHECK(b.result.find("did not record") != std::string::npos);
   CHECK(b.txid == 0);
+
+  // LiteFS dies right after the COMMIT: its position cannot be read.
+  recorded = true;
+  dies_after_commit = true;
+  auto third = submit(writer, 3, insert_item("unreadable"));
+  const outcome c = wait(third);
+  CHECK(c.ec == fwd::errc::commit_unknown);
+  CHECK(c.result.find("could not be read") != std::string::npos);
+  CHECK(c.txid == 0);
+  dies_after_commit = false;
+
+  // SQLite did commit both here: the retries with the same ids answer from the dedup
+  // table and apply nothing twice.
+  std::atomic<int> reruns{0};
+  for (std::uint64_t id : {2, 3}) {
+    auto retry = submit(writer, id, [&](sqlite3* db) {
+      ++reruns;
+      return insert_item("twice")(db);
+    });
+    const outcome r = wait(retry);
+    REQUIRE_FALSE(r.ec);
+    CHECK(r.txid != 0);
+  }
+  CHECK(reruns == 0);
   CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'unrecorded'") == 1);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'unreadable'") == 1);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'twice'") == 0);
 
   // A repeat changes nothing: the unmoved position is at or past its first commit.
   auto repeat = submit(writer, 1, insert_item("recorded"));
-  const outcome c = wait(repeat);
-  REQUIRE_FALSE(c.ec);
-  CHECK(c.txid == 8);
+  const outcome d = wait(repeat);
+  REQUIRE_FALSE(d.ec);
+  CHECK(d.txid >= 8);
   CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'recorded'") == 1);
 }
 

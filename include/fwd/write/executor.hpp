@@ -151,7 +151,9 @@ class write_executor {
    * the COMMIT (zero without it); on failure `result` describes the failure (the exception's
    * text, or SQLite's message and SQL) and `pos` is zero. Errors: SQLite's codes;
    * errc::not_primary (LiteFS refused, or its mount went away: nothing applied);
-   * errc::commit_unknown (COMMIT failed and may have committed: retry with the same id);
+   * errc::commit_unknown (COMMIT failed and may have committed, or it succeeded but LiteFS's
+   * position shows LiteFS may not keep it: see write_options::position_before_batch; retry
+   * with the same id);
    * errc::remote_failure;
    * errc::overloaded (queue full: nothing ran); errc::cancelled (stopped before it ran);
    * errc::timeout (with a deadline, below: it passed before the write ran; nothing ran);

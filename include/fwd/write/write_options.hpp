@@ -55,11 +55,12 @@ struct write_options {
   /// Called on the writer thread once a batch holds the write lock, before its first
   /// write: the same position as position_after_commit reads. No other commit can move
   /// it until the batch's own, so a batch that changed the database must find a higher
-  /// TXID after its COMMIT; if it does not, the position read then is not this commit's
-  /// (LiteFS did not record it, e.g. its lease was lost under the commit) and every write
-  /// of the batch gets position zero ("unknown"): a durable write then fails with
-  /// not_yet_durable rather than wait for a TXID the replicas hold without it. Without
-  /// it, the position after the commit is trusted as is.
+  /// TXID after its COMMIT. If the position was readable here (TXID above zero) and after
+  /// the COMMIT it cannot be read (LiteFS died under the commit) or did not move (LiteFS
+  /// did not record the commit, e.g. its lease was lost under it), LiteFS may not keep
+  /// the commit: every write the batch applied completes with errc::commit_unknown
+  /// ("maybe executed"; a retry with the same request id learns the outcome) instead of
+  /// success. Without it, the position after the commit is trusted as is.
   std::function<litefs::position()> position_before_batch;
   /// Run the blocking SQLite work on this executor instead of a thread the write
   /// executor owns. At most one batch runs at a time; a batch may block a thread of this

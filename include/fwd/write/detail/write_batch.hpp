@@ -205,14 +205,30 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
   schema_ready_ = true;
   ++commits_since_prune_;
 
-  litefs::position pos = position_after();
-  if (before && before->txid != 0 && pos.txid != 0 && pos.txid <= before->txid &&
+  const litefs::position pos = position_after();
+  if (before && before->txid != 0 && pos.txid <= before->txid &&
       sqlite3_total_changes64(connection_.native_handle()) != changes_before) {
-    // The batch changed the database, yet the position did not move: it is not this
-    // commit's (LiteFS did not record the commit, e.g. the lease was lost under it).
-    // Zero says "unknown": a durable write then fails with not_yet_durable instead of
-    // waiting for a TXID the replicas already hold without it.
-    pos = {};
+    // The position was readable before the batch, and after a COMMIT that changed the
+    // database it either cannot be read (LiteFS died under the commit) or did not move
+    // (LiteFS did not record the commit: the lease was lost under it). SQLite's COMMIT
+    // succeeded, yet LiteFS may not keep it: a restarted LiteFS can drop it, a new
+    // primary never receives it. Acknowledging it would promise what nothing here can
+    // confirm, so every write the batch applied is "maybe executed".
+    const std::string why =
+        pos.txid == 0 ? fmt::format("LiteFS's position could not be read after it (TXID {} before the batch): "
+                                    "the mount failed under the commit",
+                                    before->txid)
+                      : fmt::format("LiteFS's position did not move past TXID {}: LiteFS did not record the "
+                                    "commit (e.g. the primary lost its lease under it)",
+                                    before->txid);
+    for (auto& outcome : outcomes) {
+      if (outcome.ec) continue;
+      outcome = {make_error_code(errc::commit_unknown),
+                 fmt::format("SQLite committed the write, but {}; LiteFS may not keep it (maybe executed). Retry "
+                             "only with the same request id: if the write survived, the dedup table answers "
+                             "with its stored result instead of running it again",
+                             why)};
+    }
   }
   finish(batch, outcomes, pos);
 }
