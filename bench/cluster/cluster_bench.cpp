@@ -443,9 +443,8 @@ class driver {
 
  private:
   /// Every run starts from an empty table in a compacted database that every replica
-  /// has: the simulation ships the whole database, so a run after a heavier one would
-  /// otherwise pay for the rows the heavier one left.
-  /// LiteFS ships pages, not the database: there only the catching up.
+  /// has, so no run pays for the rows a heavier one left (a deeper index, more pages per
+  /// commit). On real LiteFS only the catching up: its runs go on from the last one's rows.
   void reset_table() {
     if (sim_) {
       fwd::sqlite::connection db(sim_->database_path(0).string());
