@@ -12306,8 +12306,10 @@ struct write_options {
   /// the COMMIT it cannot be read (LiteFS died under the commit) or did not move (LiteFS
   /// did not record the commit, e.g. its lease was lost under it), LiteFS may not keep
   /// the commit: every write the batch applied completes with errc::commit_unknown
-  /// ("maybe executed"; a retry with the same request id learns the outcome) instead of
-  /// success. Without it, the position after the commit is trusted as is.
+  /// ("maybe executed") instead of success, and so does a repeat of its request id that
+  /// finds its dedup row (the row may be in this file and in no history LiteFS ships);
+  /// once LiteFS's history drops the commit, the row goes and a repeat runs the write
+  /// again. Without it, the position after the commit is trusted as is.
   std::function<litefs::position()> position_before_batch;
   /// Run the blocking SQLite work on this executor instead of a thread the write
   /// executor owns. At most one batch runs at a time; a batch may block a thread of this
@@ -12642,6 +12644,7 @@ inline write_outcome commit_failure(const boost::system::error_code& ec, const s
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -12973,6 +12976,15 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   statement savepoint_;    // SAVEPOINT fwd_write
   statement release_;      // RELEASE fwd_write
   statement rollback_to_;  // ROLLBACK TO fwd_write
+  // Request ids whose commit SQLite made here but LiteFS was not seen to record (its
+  // position unreadable or unmoved after the COMMIT). Their dedup rows may sit in this
+  // file and in no history LiteFS ships: a repeat is answered "maybe executed", never
+  // with a position that need not hold the write. Oldest first, at most
+  // max_unrecorded_ids; an id leaves once a later run of it is recorded.
+  void note_unrecorded(const request_id& id);
+  static constexpr std::size_t max_unrecorded_ids = 4096;
+  std::set<request_id> unrecorded_;
+  std::deque<request_id> unrecorded_order_;
   statement_cache work_statements_;  // what the writes prepare, kept for the next ones
   std::uint64_t commits_since_prune_ = 0;
   std::chrono::steady_clock::time_point last_prune_;
@@ -13204,8 +13216,10 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
                       : fmt::format("LiteFS's position did not move past TXID {}: LiteFS did not record the "
                                     "commit (e.g. the primary lost its lease under it)",
                                     before->txid);
-    for (auto& outcome : outcomes) {
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      auto& outcome = outcomes[i];
       if (outcome.ec) continue;
+      note_unrecorded(batch[i]->id);
       outcome = {make_error_code(errc::commit_unknown),
                  fmt::format("SQLite committed the write, but {}; LiteFS may not keep it (maybe executed). Retry "
                              "only with the same request id: if the write survived, the dedup table answers "
@@ -13213,7 +13227,22 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
                              why)};
     }
   }
+  if (!unrecorded_.empty()) {
+    // Recorded this time (the write ran again after LiteFS dropped its first commit):
+    // a repeat may be answered from the dedup row again.
+    for (std::size_t i = 0; i < batch.size(); ++i)
+      if (!outcomes[i].ec && !unrecorded_.empty()) unrecorded_.erase(batch[i]->id);
+  }
   finish(batch, outcomes, pos);
+}
+
+inline void write_executor_state::note_unrecorded(const request_id& id) {
+  if (!unrecorded_.insert(id).second) return;
+  unrecorded_order_.push_back(id);
+  while (unrecorded_order_.size() > max_unrecorded_ids) {
+    unrecorded_.erase(unrecorded_order_.front());
+    unrecorded_order_.pop_front();
+  }
 }
 
 // write_options::position_before_batch's value; nothing without it, zero if it throws.
@@ -13258,6 +13287,13 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
     if (bound && procedure != job.procedure) {
       outcome.ec = make_error_code(errc::bad_argument);
       outcome.result = request_id_reused(job.id, procedure, job.procedure);
+    } else if (unrecorded_.count(job.id) != 0) {
+      outcome.ec = make_error_code(errc::commit_unknown);
+      outcome.result =
+          "an earlier attempt of this request committed in SQLite on this node, but LiteFS was not seen to "
+          "record that commit (its position could not be read, or did not move, after the COMMIT): "
+          "whether LiteFS keeps it cannot be known here (maybe executed). If LiteFS dropped it, its row "
+          "goes when LiteFS restores its history, and a retry with the same request id runs the write again";
     } else {
       const auto stored = lookup_.column_blob(0);
       outcome.result.assign(stored.begin(), stored.end());
@@ -13496,7 +13532,9 @@ namespace fwd::sqlite {
  * its old rows NULL) records each successful write's request id, result and procedure in
  * the write's own transaction. A request id found there is answered with the stored
  * result without running anything, if it was recorded for the same procedure (or NULL);
- * for another procedure the write fails with errc::bad_argument, nothing run. A repeat
+ * for another procedure the write fails with errc::bad_argument, nothing run; for an id
+ * whose commit LiteFS was not seen to record (write_options::position_before_batch), with
+ * errc::commit_unknown, nothing run. A repeat
  * that arrives while the first is still waiting or running joins it (same procedure). Rows older
  * than `dedup_retention` are pruned inside a write transaction.
  *

@@ -94,7 +94,7 @@ TEST_CASE("exactly once: a repeated request id returns the stored result without
 }
 
 TEST_CASE("a commit LiteFS may not keep (its position unmoved or unreadable after COMMIT) is maybe "
-          "executed, never acknowledged, and a retry with the same id learns its outcome") {
+          "executed, never acknowledged, not even by a retry answered from its dedup row") {
   // A stand-in for LiteFS: each recorded commit moves the TXID by one; a commit that
   // LiteFS does not record (its lease lost under the commit) leaves it where it was, and
   // a dead mount makes the read after the commit fail.
@@ -140,22 +140,44 @@ TEST_CASE("a commit LiteFS may not keep (its position unmoved or unreadable afte
   CHECK(c.txid == 0);
   dies_after_commit = false;
 
-  // SQLite did commit both here: the retries with the same ids answer from the dedup
-  // table and apply nothing twice.
+  // SQLite did commit both here, yet LiteFS was not seen to record either: a retry with
+  // the same id runs nothing and is answered "maybe executed" again, never with a
+  // position that need not hold the write.
   std::atomic<int> reruns{0};
+  auto rerun = [&](sqlite3* db) {
+    ++reruns;
+    return insert_item("again")(db);
+  };
   for (std::uint64_t id : {2, 3}) {
-    auto retry = submit(writer, id, [&](sqlite3* db) {
-      ++reruns;
-      return insert_item("twice")(db);
-    });
+    auto retry = submit(writer, id, rerun);
     const outcome r = wait(retry);
-    REQUIRE_FALSE(r.ec);
-    CHECK(r.txid != 0);
+    CHECK(r.ec == fwd::errc::commit_unknown);
+    CHECK(r.result.find("earlier attempt") != std::string::npos);
+    CHECK(r.txid == 0);
   }
   CHECK(reruns == 0);
   CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'unrecorded'") == 1);
   CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'unreadable'") == 1);
-  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'twice'") == 0);
+
+  // LiteFS restores its history without the unrecorded commit (as a new primary's
+  // snapshot would): the row is gone, and the retry runs the write again, now recorded.
+  {
+    fwd::sqlite::connection db(path);
+    db.exec("DELETE FROM items WHERE label = 'unrecorded'");
+    db.exec("DELETE FROM _fwd_requests WHERE id = X'020000000000000000000000000000fd'");
+  }
+  auto after_restore = submit(writer, 2, rerun);
+  const outcome e = wait(after_restore);
+  REQUIRE_FALSE(e.ec);
+  CHECK(e.txid > 8);
+  CHECK(reruns == 1);
+  // Recorded this time: a repeat is answered from the dedup row, with nothing run.
+  auto repeat_recorded = submit(writer, 2, rerun);
+  const outcome f = wait(repeat_recorded);
+  REQUIRE_FALSE(f.ec);
+  CHECK(f.result == e.result);
+  CHECK(reruns == 1);
+  CHECK(count(path, "SELECT count(*) FROM items WHERE label = 'again'") == 1);
 
   // A repeat changes nothing: the unmoved position is at or past its first commit.
   auto repeat = submit(writer, 1, insert_item("recorded"));

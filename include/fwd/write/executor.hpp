@@ -69,7 +69,9 @@ namespace fwd::sqlite {
  * its old rows NULL) records each successful write's request id, result and procedure in
  * the write's own transaction. A request id found there is answered with the stored
  * result without running anything, if it was recorded for the same procedure (or NULL);
- * for another procedure the write fails with errc::bad_argument, nothing run. A repeat
+ * for another procedure the write fails with errc::bad_argument, nothing run; for an id
+ * whose commit LiteFS was not seen to record (write_options::position_before_batch), with
+ * errc::commit_unknown, nothing run. A repeat
  * that arrives while the first is still waiting or running joins it (same procedure). Rows older
  * than `dedup_retention` are pruned inside a write transaction.
  *

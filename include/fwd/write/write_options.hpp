@@ -59,8 +59,10 @@ struct write_options {
   /// the COMMIT it cannot be read (LiteFS died under the commit) or did not move (LiteFS
   /// did not record the commit, e.g. its lease was lost under it), LiteFS may not keep
   /// the commit: every write the batch applied completes with errc::commit_unknown
-  /// ("maybe executed"; a retry with the same request id learns the outcome) instead of
-  /// success. Without it, the position after the commit is trusted as is.
+  /// ("maybe executed") instead of success, and so does a repeat of its request id that
+  /// finds its dedup row (the row may be in this file and in no history LiteFS ships);
+  /// once LiteFS's history drops the commit, the row goes and a repeat runs the write
+  /// again. Without it, the position after the commit is trusted as is.
   std::function<litefs::position()> position_before_batch;
   /// Run the blocking SQLite work on this executor instead of a thread the write
   /// executor owns. At most one batch runs at a time; a batch may block a thread of this

@@ -221,8 +221,10 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
                       : fmt::format("LiteFS's position did not move past TXID {}: LiteFS did not record the "
                                     "commit (e.g. the primary lost its lease under it)",
                                     before->txid);
-    for (auto& outcome : outcomes) {
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      auto& outcome = outcomes[i];
       if (outcome.ec) continue;
+      note_unrecorded(batch[i]->id);
       outcome = {make_error_code(errc::commit_unknown),
                  fmt::format("SQLite committed the write, but {}; LiteFS may not keep it (maybe executed). Retry "
                              "only with the same request id: if the write survived, the dedup table answers "
@@ -230,7 +232,22 @@ inline void write_executor_state::run_batch(const std::vector<std::shared_ptr<wr
                              why)};
     }
   }
+  if (!unrecorded_.empty()) {
+    // Recorded this time (the write ran again after LiteFS dropped its first commit):
+    // a repeat may be answered from the dedup row again.
+    for (std::size_t i = 0; i < batch.size(); ++i)
+      if (!outcomes[i].ec && !unrecorded_.empty()) unrecorded_.erase(batch[i]->id);
+  }
   finish(batch, outcomes, pos);
+}
+
+inline void write_executor_state::note_unrecorded(const request_id& id) {
+  if (!unrecorded_.insert(id).second) return;
+  unrecorded_order_.push_back(id);
+  while (unrecorded_order_.size() > max_unrecorded_ids) {
+    unrecorded_.erase(unrecorded_order_.front());
+    unrecorded_order_.pop_front();
+  }
 }
 
 // write_options::position_before_batch's value; nothing without it, zero if it throws.
@@ -275,6 +292,13 @@ inline std::optional<write_outcome> write_executor_state::run_write(write_job& j
     if (bound && procedure != job.procedure) {
       outcome.ec = make_error_code(errc::bad_argument);
       outcome.result = request_id_reused(job.id, procedure, job.procedure);
+    } else if (unrecorded_.count(job.id) != 0) {
+      outcome.ec = make_error_code(errc::commit_unknown);
+      outcome.result =
+          "an earlier attempt of this request committed in SQLite on this node, but LiteFS was not seen to "
+          "record that commit (its position could not be read, or did not move, after the COMMIT): "
+          "whether LiteFS keeps it cannot be known here (maybe executed). If LiteFS dropped it, its row "
+          "goes when LiteFS restores its history, and a retry with the same request id runs the write again";
     } else {
       const auto stored = lookup_.column_blob(0);
       outcome.result.assign(stored.begin(), stored.end());

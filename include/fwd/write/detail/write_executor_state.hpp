@@ -27,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -358,6 +359,15 @@ class write_executor_state : public std::enable_shared_from_this<write_executor_
   statement savepoint_;    // SAVEPOINT fwd_write
   statement release_;      // RELEASE fwd_write
   statement rollback_to_;  // ROLLBACK TO fwd_write
+  // Request ids whose commit SQLite made here but LiteFS was not seen to record (its
+  // position unreadable or unmoved after the COMMIT). Their dedup rows may sit in this
+  // file and in no history LiteFS ships: a repeat is answered "maybe executed", never
+  // with a position that need not hold the write. Oldest first, at most
+  // max_unrecorded_ids; an id leaves once a later run of it is recorded.
+  void note_unrecorded(const request_id& id);
+  static constexpr std::size_t max_unrecorded_ids = 4096;
+  std::set<request_id> unrecorded_;
+  std::deque<request_id> unrecorded_order_;
   statement_cache work_statements_;  // what the writes prepare, kept for the next ones
   std::uint64_t commits_since_prune_ = 0;
   std::chrono::steady_clock::time_point last_prune_;
