@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -49,6 +50,51 @@ bool mounted_at(const fs::path& dir) {
 bool present(const fs::path& p) {
   struct stat st {};
   return ::lstat(p.c_str(), &st) == 0;
+}
+
+// The kernel's id of the FUSE connection mounted (last, on top) at `dir`: its device's
+// minor number, read from /proc/self/mountinfo (no call into the mount). 0 if none.
+unsigned fuse_connection(const fs::path& dir) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  unsigned found = 0;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, device, root, where;
+    if (!(fields >> id >> parent >> device >> root >> where) || where != dir.string()) continue;
+    const auto colon = device.find(':');
+    if (colon == std::string::npos || device.substr(0, colon) != "0") continue;
+    found = static_cast<unsigned>(std::stoul(device.substr(colon + 1)));
+  }
+  return found;
+}
+
+// Aborts FUSE connection `id` (fusectl, mounted here if it is not): every request waiting
+// on it fails with ENOTCONN, as when its daemon's /dev/fuse is closed.
+void abort_fuse_connection(unsigned id) {
+  const fs::path connections = "/sys/fs/fuse/connections";
+  const fs::path abort_file = connections / std::to_string(id) / "abort";
+  if (!present(abort_file)) ::mount("fusectl", connections.c_str(), "fusectl", 0, nullptr);
+  std::ofstream(abort_file) << "1\n";
+}
+
+// Reaps LiteFS `pid` after SIGKILL. A LiteFS killed while one of its threads was inside
+// the kernel on its own mount (a cache invalidation it sent, waiting for a writeback only
+// the daemon itself would serve) stays a zombie for ever, and its mount hangs every
+// caller: after a bounded wait the mount's FUSE connection is aborted, as an operator
+// would (docs/operations.md), which ends that wait.
+void reap_killed(pid_t pid, unsigned connection) {
+  int status = 0;
+  const auto until = std::chrono::steady_clock::now() + 2s;
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() >= until) {
+      if (connection != 0) abort_fuse_connection(connection);
+      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      return;
+    }
+    pause_briefly();
+  }
 }
 
 std::string read_text(const fs::path& p) {
@@ -302,8 +348,9 @@ void litefs_cluster::stop(std::size_t i) {
       if (::waitpid(n.pid, &status, WNOHANG) == n.pid) break;
       if (std::chrono::steady_clock::now() >= until) {
         // Before it has joined a cluster LiteFS ignores SIGTERM.
+        const unsigned connection = fuse_connection(n.mount);
         ::kill(n.pid, SIGKILL);
-        ::waitpid(n.pid, &status, 0);
+        reap_killed(n.pid, connection);
         break;
       }
       pause_briefly();
@@ -316,9 +363,9 @@ void litefs_cluster::stop(std::size_t i) {
 void litefs_cluster::kill(std::size_t i) {
   node& n = *nodes_.at(i);
   if (n.pid <= 0) return;
+  const unsigned connection = fuse_connection(n.mount);
   ::kill(n.pid, SIGKILL);
-  int status = 0;
-  ::waitpid(n.pid, &status, 0);
+  reap_killed(n.pid, connection);
   n.pid = -1;
 }
 
