@@ -348,9 +348,7 @@ void litefs_cluster::stop(std::size_t i) {
       if (::waitpid(n.pid, &status, WNOHANG) == n.pid) break;
       if (std::chrono::steady_clock::now() >= until) {
         // Before it has joined a cluster LiteFS ignores SIGTERM.
-        const unsigned connection = fuse_connection(n.mount);
-        ::kill(n.pid, SIGKILL);
-        reap_killed(n.pid, connection);
+        kill(i);
         break;
       }
       pause_briefly();
