@@ -495,13 +495,27 @@ class driver {
   /// What the simulation's replication has shipped so far.
   fwd_sim::replication_stats replication_stats() const { return sim_.stats(); }
 
-  /// The simulation ships each commit to both replicas (a copy of the database, see
-  /// bench/README.md) from now on, or no more.
+  /// The simulation ships each commit to both replicas (by transaction, see
+  /// bench/README.md) from now on, or no more. Turned on, it returns once both replicas
+  /// hold the primary's position: the commits made while it was off (tens of thousands)
+  /// are shipped before any load is measured, as in a cluster whose replicas are
+  /// connected, and not inside the first durable calls' deadlines.
   void replicate(bool on) {
-    if (on) {
-      sim_.start_replication(std::chrono::milliseconds(0));
-    } else {
+    if (!on) {
       sim_.stop_replication();
+      return;
+    }
+    sim_.start_replication(std::chrono::milliseconds(0));
+    const auto give_up = clock::now() + std::chrono::seconds(120);
+    for (;;) {
+      const auto head = sim_.position(0);
+      bool caught_up = true;
+      for (std::size_t i = 1; i < sim_.size(); ++i) caught_up = caught_up && sim_.position(i) == head;
+      if (caught_up) return;
+      if (clock::now() > give_up)
+        die("the simulation's replicas did not catch up with the primary within 120 s of replication "
+            "starting (see fwd_sim's messages above)");
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));  // polled: the positions are files
     }
   }
 
