@@ -14700,16 +14700,24 @@ class typed_completion final : public forward_completion {
 // Whether a write's dedup row (`_fwd_requests`, keyed by its request id) is in this node's
 // copy of the database: the proof that a forwarded write is here when the position's
 // checksum cannot tell (the replica went past the write's TXID without seeing it). Read
-// only, on a connection opened for the lookup and closed after it (a connection kept
-// across a LiteFS restart would point at the dead mount). Internal.
+// only, on a connection opened for a batch of lookups and closed after it (a connection
+// kept across a LiteFS restart would point at the dead mount). Internal.
 
 #include <sqlite3.h>
 
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace fwd::detail {
 
@@ -14719,46 +14727,132 @@ enum class dedup_row {
   unknown,  ///< the database could not be read (busy, missing, unreadable)
 };
 
-/// Looks `id` up in the database at `path`, read-only, waiting at most `busy` for a lock.
-/// `why` receives the failure when the answer is `unknown`.
-inline dedup_row find_dedup_row(const std::string& path, const sqlite::request_id& id,
-                                std::chrono::milliseconds busy, std::string& why) {
+/// Looks every id of `ids` up in the database at `path`, read-only, on one connection,
+/// waiting at most `busy` for a lock: the answer for `ids[i]` is `rows[i]`. `why` receives
+/// the failure when an answer is `unknown`.
+inline std::vector<dedup_row> find_dedup_rows(const std::string& path, const std::vector<sqlite::request_id>& ids,
+                                              std::chrono::milliseconds busy, std::string& why) {
+  std::vector<dedup_row> rows(ids.size(), dedup_row::unknown);
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     why = fmt::format("cannot open {} read-only: {}", path, db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
     sqlite3_close(db);
-    return dedup_row::unknown;
+    return rows;
   }
   sqlite3_busy_timeout(db, static_cast<int>(busy.count()));
   sqlite3_stmt* stmt = nullptr;
   const std::string sql = fmt::format("SELECT 1 FROM {} WHERE id = ?1", sqlite::dedup_table_name);
   rc = sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr);
-  dedup_row found = dedup_row::unknown;
   if (rc != SQLITE_OK) {
     // No dedup table: no write ever committed in this history.
     const bool no_table = rc == SQLITE_ERROR &&
                           std::string(sqlite3_errmsg(db)).find("no such table") != std::string::npos;
     if (no_table) {
-      found = dedup_row::absent;
+      std::fill(rows.begin(), rows.end(), dedup_row::absent);
     } else {
       why = fmt::format("cannot read {} in {}: {}", sqlite::dedup_table_name, path, sqlite3_errmsg(db));
     }
   } else {
-    sqlite3_bind_blob(stmt, 1, id.data(), static_cast<int>(id.size()), SQLITE_STATIC);
-    rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW) {
-      found = dedup_row::present;
-    } else if (rc == SQLITE_DONE) {
-      found = dedup_row::absent;
-    } else {
-      why = fmt::format("cannot read {} in {}: {}", sqlite::dedup_table_name, path, sqlite3_errmsg(db));
+    // One read transaction for all of them: one snapshot, one lock taken.
+    const bool in_transaction = sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr) == SQLITE_OK;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      sqlite3_bind_blob(stmt, 1, ids[i].data(), static_cast<int>(ids[i].size()), SQLITE_STATIC);
+      rc = sqlite3_step(stmt);
+      if (rc == SQLITE_ROW) {
+        rows[i] = dedup_row::present;
+      } else if (rc == SQLITE_DONE) {
+        rows[i] = dedup_row::absent;
+      } else {
+        why = fmt::format("cannot read {} in {}: {}", sqlite::dedup_table_name, path, sqlite3_errmsg(db));
+      }
+      sqlite3_reset(stmt);
     }
+    if (in_transaction) sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
   }
   sqlite3_finalize(stmt);
   sqlite3_close(db);
-  return found;
+  return rows;
 }
+
+/// Looks `id` up in the database at `path`, read-only, waiting at most `busy` for a lock.
+/// `why` receives the failure when the answer is `unknown`.
+inline dedup_row find_dedup_row(const std::string& path, const sqlite::request_id& id,
+                                std::chrono::milliseconds busy, std::string& why) {
+  return find_dedup_rows(path, std::vector<sqlite::request_id>{id}, busy, why).front();
+}
+
+/**
+ * The dedup-row lookups of one node's calls, run on the LiteFS monitor's polling thread
+ * (never on an io_context thread: a hung mount may never answer) and batched there: the
+ * lookups queued while the thread was busy (polling, or answering the last batch) are
+ * answered from one connection and one read transaction. Under load, a replica confirms
+ * many writes that went past unseen at once; opening a connection for each (several FUSE
+ * calls on LiteFS) made the polling thread, which also polls the position the calls wait
+ * for, the bottleneck.
+ */
+class dedup_lookups : public std::enable_shared_from_this<dedup_lookups> {
+ public:
+  /// Receives the answer and, when it is `unknown`, why; on the polling thread.
+  using answer = std::function<void(dedup_row, std::string)>;
+
+  explicit dedup_lookups(std::string path) : path_(std::move(path)) {}
+
+  /// Queues a lookup of `id`, waiting at most `busy` for a lock. False when the polling
+  /// thread is not running: nothing was queued and `done` is never called.
+  bool submit(litefs::monitor& monitor, const sqlite::request_id& id, std::chrono::milliseconds busy, answer done) {
+    std::uint64_t ticket;
+    {
+      std::lock_guard lock(mutex_);
+      ticket = ++next_ticket_;
+      pending_.push_back({ticket, id, busy, std::move(done)});
+    }
+    // One job per lookup keeps the queue simple; the first job to run answers every lookup
+    // queued by then, and the rest find nothing left to do.
+    if (monitor.run_on_polling_thread([weak = weak_from_this()] {
+          if (const auto self = weak.lock()) self->answer_pending();
+        })) {
+      return true;
+    }
+    std::lock_guard lock(mutex_);
+    std::erase_if(pending_, [ticket](const lookup& l) { return l.ticket == ticket; });
+    return false;
+  }
+
+ private:
+  struct lookup {
+    std::uint64_t ticket;
+    sqlite::request_id id;
+    std::chrono::milliseconds busy;
+    answer done;
+  };
+
+  void answer_pending() {
+    std::vector<lookup> batch;
+    {
+      std::lock_guard lock(mutex_);
+      batch.swap(pending_);
+    }
+    if (batch.empty()) return;
+    std::vector<sqlite::request_id> ids;
+    ids.reserve(batch.size());
+    std::chrono::milliseconds busy{0};
+    for (const auto& l : batch) {
+      ids.push_back(l.id);
+      busy = std::max(busy, l.busy);
+    }
+    std::string why;
+    const std::vector<dedup_row> rows = find_dedup_rows(path_, ids, busy, why);
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      batch[i].done(rows[i], rows[i] == dedup_row::unknown ? why : std::string{});
+    }
+  }
+
+  const std::string path_;
+  std::mutex mutex_;
+  std::uint64_t next_ticket_ = 0;  // guarded by mutex_
+  std::vector<lookup> pending_;    // guarded by mutex_
+};
 
 }  // namespace fwd::detail
 
@@ -15010,6 +15104,8 @@ struct forward_core {
   std::shared_ptr<sqlite::write_executor> writer;  // set at start
   // The replicas' positions, and the writes this node (as primary) holds until durable.
   std::shared_ptr<durability_tracker> durability;
+  // Read-your-writes' dedup-row lookups, batched on the monitor's polling thread.
+  std::shared_ptr<dedup_lookups> lookups;
   retry_budget budget;
   breaker_set breakers;
   std::atomic<bool> stopped{false};
@@ -15058,6 +15154,7 @@ struct forward_core {
         client(std::move(c)),
         finder(std::move(f)),
         durability(std::make_shared<durability_tracker>(executor, options.durability_forget_after)),
+        lookups(std::make_shared<dedup_lookups>((options.mount / options.database_name).string())),
         budget(options.retry),
         breakers(options.breaker) {
     if (!options.role) options.role = [mount = options.mount] { return litefs::current_role(mount); };
@@ -15527,28 +15624,27 @@ inline void forward_op::on_replicated(litefs::history_match match, litefs::posit
 
 // The dedup row is read from the database in the mount: a read that a hung LiteFS may never
 // answer. With a monitor it runs on the monitor's polling thread (never on an io_context
-// thread), and the call's deadline bounds the wait for its answer; the answer comes back on
-// the strand. Without a monitor, the call already reads the mount on its strand (the
-// position's poll), and so does the lookup.
+// thread), batched with the other calls' lookups (dedup_lookups), and the call's deadline
+// bounds the wait for its answer; the answer comes back on the strand. Without a monitor,
+// the call already reads the mount on its strand (the position's poll), and so does the
+// lookup.
 inline void forward_op::look_up_dedup_row(litefs::history_match match, litefs::position local) {
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - clock::now());
   const auto busy = std::clamp(left, std::chrono::milliseconds(1), std::chrono::milliseconds(100));
-  std::string path = (core_->options.mount / core_->options.database_name).string();
   const auto& monitor = core_->options.monitor;
   if (!monitor) {
     std::string why;
-    const dedup_row row = find_dedup_row(path, id_, busy, why);
+    const dedup_row row =
+        find_dedup_row((core_->options.mount / core_->options.database_name).string(), id_, busy, why);
     on_dedup_row(match, local, row, why);
     return;
   }
   const std::uint64_t lookup = ++lookups_;
   looking_up_ = true;
-  // The job holds the call weakly: a job stuck in FUSE past the call's end keeps nothing
-  // of the io_context alive. The deadline timer below holds the call until the answer.
-  const bool queued = monitor->run_on_polling_thread(
-      [weak = weak_from_this(), path = std::move(path), id = id_, busy, match, local, lookup] {
-        std::string why;
-        const dedup_row row = find_dedup_row(path, id, busy, why);
+  // The answer holds the call weakly: a lookup stuck in FUSE past the call's end keeps
+  // nothing of the io_context alive. The deadline timer below holds the call until then.
+  const bool queued = core_->lookups->submit(
+      *monitor, id_, busy, [weak = weak_from_this(), match, local, lookup](dedup_row row, std::string why) {
         if (auto self = weak.lock()) {
           boost::asio::post(self->strand_, [self, match, local, lookup, row, why = std::move(why)] {
             if (self->done_ || !self->looking_up_ || lookup != self->lookups_) return;

@@ -75,28 +75,27 @@ inline void forward_op::on_replicated(litefs::history_match match, litefs::posit
 
 // The dedup row is read from the database in the mount: a read that a hung LiteFS may never
 // answer. With a monitor it runs on the monitor's polling thread (never on an io_context
-// thread), and the call's deadline bounds the wait for its answer; the answer comes back on
-// the strand. Without a monitor, the call already reads the mount on its strand (the
-// position's poll), and so does the lookup.
+// thread), batched with the other calls' lookups (dedup_lookups), and the call's deadline
+// bounds the wait for its answer; the answer comes back on the strand. Without a monitor,
+// the call already reads the mount on its strand (the position's poll), and so does the
+// lookup.
 inline void forward_op::look_up_dedup_row(litefs::history_match match, litefs::position local) {
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - clock::now());
   const auto busy = std::clamp(left, std::chrono::milliseconds(1), std::chrono::milliseconds(100));
-  std::string path = (core_->options.mount / core_->options.database_name).string();
   const auto& monitor = core_->options.monitor;
   if (!monitor) {
     std::string why;
-    const dedup_row row = find_dedup_row(path, id_, busy, why);
+    const dedup_row row =
+        find_dedup_row((core_->options.mount / core_->options.database_name).string(), id_, busy, why);
     on_dedup_row(match, local, row, why);
     return;
   }
   const std::uint64_t lookup = ++lookups_;
   looking_up_ = true;
-  // The job holds the call weakly: a job stuck in FUSE past the call's end keeps nothing
-  // of the io_context alive. The deadline timer below holds the call until the answer.
-  const bool queued = monitor->run_on_polling_thread(
-      [weak = weak_from_this(), path = std::move(path), id = id_, busy, match, local, lookup] {
-        std::string why;
-        const dedup_row row = find_dedup_row(path, id, busy, why);
+  // The answer holds the call weakly: a lookup stuck in FUSE past the call's end keeps
+  // nothing of the io_context alive. The deadline timer below holds the call until then.
+  const bool queued = core_->lookups->submit(
+      *monitor, id_, busy, [weak = weak_from_this(), match, local, lookup](dedup_row row, std::string why) {
         if (auto self = weak.lock()) {
           boost::asio::post(self->strand_, [self, match, local, lookup, row, why = std::move(why)] {
             if (self->done_ || !self->looking_up_ || lookup != self->lookups_) return;

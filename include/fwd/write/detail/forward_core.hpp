@@ -9,6 +9,7 @@
 #include <fwd/rpc/client.hpp>
 #include <fwd/rpc/registry.hpp>
 #include <fwd/write/breaker.hpp>
+#include <fwd/write/detail/dedup_lookup.hpp>
 #include <fwd/write/detail/durability_tracker.hpp>
 #include <fwd/write/executor.hpp>
 #include <fwd/write/forward_options.hpp>
@@ -38,6 +39,8 @@ struct forward_core {
   std::shared_ptr<sqlite::write_executor> writer;  // set at start
   // The replicas' positions, and the writes this node (as primary) holds until durable.
   std::shared_ptr<durability_tracker> durability;
+  // Read-your-writes' dedup-row lookups, batched on the monitor's polling thread.
+  std::shared_ptr<dedup_lookups> lookups;
   retry_budget budget;
   breaker_set breakers;
   std::atomic<bool> stopped{false};
@@ -86,6 +89,7 @@ struct forward_core {
         client(std::move(c)),
         finder(std::move(f)),
         durability(std::make_shared<durability_tracker>(executor, options.durability_forget_after)),
+        lookups(std::make_shared<dedup_lookups>((options.mount / options.database_name).string())),
         budget(options.retry),
         breakers(options.breaker) {
     if (!options.role) options.role = [mount = options.mount] { return litefs::current_role(mount); };
