@@ -17,6 +17,8 @@
 #include <set>
 #include <stdexcept>
 #include <system_error>
+#include <thread>
+#include <vector>
 
 #include "http_api.hpp"
 #include "litefs_sim.hpp"
@@ -564,9 +566,11 @@ void cluster::restart(std::size_t node) {
   write_primary_files_locked();
   // Replicas catch up at once: a restarted one from its primary, all of them from a
   // restarted primary.
+  std::vector<std::size_t> catching_up;
   for (std::size_t i = 0; i < size(); ++i) {
-    if (is_primary || i == node) replicate_locked(i);
+    if (is_primary || i == node) catching_up.push_back(i);
   }
+  replicate_locked(catching_up);
   publish_views_locked();
 }
 
@@ -588,7 +592,9 @@ replication_stats cluster::stats() const {
 
 void cluster::replicate_now() {
   std::lock_guard lock(mutex_);
-  for (std::size_t i = 0; i < size(); ++i) replicate_locked(i);
+  std::vector<std::size_t> all(size());
+  for (std::size_t i = 0; i < size(); ++i) all[i] = i;
+  replicate_locked(all);
 }
 
 void cluster::replicate(std::size_t node) {
@@ -597,10 +603,47 @@ void cluster::replicate(std::size_t node) {
   replicate_locked(node);
 }
 
-void cluster::replicate_locked(std::size_t node) {
+void cluster::replicate_locked(std::size_t node) { replicate_locked(std::vector<std::size_t>{node}); }
+
+void cluster::replicate_locked(const std::vector<std::size_t>& nodes) {
+  // Each replica on its own thread, as LiteFS streams to each replica on its own
+  // connection: a commit reaches every replica after one shipment's time, not after one
+  // per replica. ship_locked() touches only that replica's state and reads the primary's.
+  std::vector<shipped> results(nodes.size());
+  std::vector<std::exception_ptr> errors(nodes.size());
+  const auto ship = [&](std::size_t k) {
+    try {
+      results[k] = ship_locked(nodes[k]);
+    } catch (...) {
+      errors[k] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> threads;
+  for (std::size_t k = 1; k < nodes.size(); ++k) threads.emplace_back(ship, k);
+  if (!nodes.empty()) ship(0);
+  for (auto& t : threads) t.join();
+  std::uint64_t head = 0;
+  for (const auto& r : results) {
+    if (!r.checked) continue;
+    head = std::max(head, r.head);
+    if (!r.any) continue;
+    ++stats_.shipments;
+    if (r.snapshot) ++stats_.snapshots;
+    stats_.transactions += r.transactions;
+    stats_.pages += r.pages;
+    stats_.busy += r.busy;
+  }
+  if (primary_ && head != 0) prune_history_locked(*primary_, head);
+  for (auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+}
+
+cluster::shipped cluster::ship_locked(std::size_t node) {
+  shipped result;
   if (!primary_ || node == *primary_ || !connected_[node] || !alive_[node] ||
       !alive_[*primary_]) {
-    return;
+    return result;
   }
   const std::size_t p = *primary_;
   const auto started = std::chrono::steady_clock::now();
@@ -640,19 +683,21 @@ void cluster::replicate_locked(std::size_t node) {
   }
   if (s) {
     apply_locked(node, *s);
-    ++stats_.shipments;
-    if (s->records.empty()) ++stats_.snapshots;
-    stats_.transactions += s->records.size();
-    stats_.pages += s->pages.size();
-    stats_.busy += std::chrono::steady_clock::now() - started;
+    result.any = true;
+    result.snapshot = s->records.empty();
+    result.transactions = s->records.size();
+    result.pages = s->pages.size();
+    result.busy = std::chrono::steady_clock::now() - started;
   }
   change_mode(database_path(node), 0444);
   if (lag_written_[node] != 0) {
     write_file_atomically(mount(node) / ".lag", format_lag(0));
     lag_written_[node] = 0;
   }
-  prune_history_locked(p, head.txid);
   prune_history_locked(node, head.txid);
+  result.checked = true;
+  result.head = head.txid;
+  return result;
 }
 
 void cluster::apply_locked(std::size_t node, const shipment& s) {
@@ -788,13 +833,18 @@ void cluster::stop_replication() {
 void cluster::replicator_loop(std::chrono::milliseconds delay) {
   std::unique_lock lock(mutex_);
   while (!replicator_stop_) {
+    const std::uint64_t shipped = stats_.shipments;
     try {
       replicator_tick_locked(delay);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "fwd_sim: replicator: %s\n", e.what());
     }
-    replicator_cv_.wait_for(lock, std::chrono::milliseconds{1},
-                            [this] { return replicator_stop_; });
+    // After a tick that shipped, the next commits are likely already there (the primary
+    // kept writing while this one shipped): look again soon, as LiteFS streams them.
+    // Either way the lock is let go, so that the controller's calls get their turn.
+    const auto pause = stats_.shipments != shipped ? std::chrono::microseconds{100}
+                                                   : std::chrono::microseconds{1000};
+    replicator_cv_.wait_for(lock, pause, [this] { return replicator_stop_; });
   }
 }
 
@@ -823,6 +873,7 @@ void cluster::replicator_tick_locked(std::chrono::milliseconds delay) {
     last_seen_txid_ = head.txid;
   }
   std::uint64_t oldest_needed = head.txid;
+  std::vector<std::size_t> to_ship;
   for (std::size_t i = 0; i < size(); ++i) {
     if (i == *primary_ || !connected_[i] || !alive_[i]) continue;
     const db_position local = read_position(position_path(i)).value_or(db_position{});
@@ -840,19 +891,19 @@ void cluster::replicator_tick_locked(std::chrono::milliseconds delay) {
     }
     if (local.txid >= head.txid) {
       // Ahead of or diverged from the primary (a former primary): resync at once.
-      replicate_locked(i);
+      to_ship.push_back(i);
       continue;
     }
     auto pending = std::find_if(commits_seen_.begin(), commits_seen_.end(),
                                 [&](const commit_seen& c) { return c.txid > local.txid; });
     if (pending == commits_seen_.end()) {
-      replicate_locked(i);
+      to_ship.push_back(i);
       continue;
     }
     const auto age =
         std::chrono::duration_cast<std::chrono::milliseconds>(now - pending->at);
     if (age >= delay) {
-      replicate_locked(i);
+      to_ship.push_back(i);
       continue;
     }
     oldest_needed = std::min(oldest_needed, local.txid);
@@ -865,6 +916,7 @@ void cluster::replicator_tick_locked(std::chrono::milliseconds delay) {
       lag_written_[i] = lag;
     }
   }
+  replicate_locked(to_ship);
   // Forget commits every connected replica already has.
   std::erase_if(commits_seen_, [&](const commit_seen& c) {
     return c.txid <= oldest_needed && c.txid != head.txid;

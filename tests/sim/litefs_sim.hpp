@@ -310,8 +310,24 @@ class cluster {
     std::chrono::steady_clock::time_point at;
   };
 
+  // What one replica's catch-up did: whether it read the primary's position (`checked`,
+  // `head`) and what it shipped.
+  struct shipped {
+    bool checked = false;
+    std::uint64_t head = 0;
+    bool any = false;
+    bool snapshot = false;
+    std::size_t transactions = 0;
+    std::size_t pages = 0;
+    std::chrono::steady_clock::duration busy{};
+  };
+
   void check_node(std::size_t node) const;
   void replicate_locked(std::size_t node);
+  // Catches every one of `nodes` up at once, one thread each, then prunes the primary's
+  // history; the first failure is rethrown once all have finished.
+  void replicate_locked(const std::vector<std::size_t>& nodes);
+  shipped ship_locked(std::size_t node);
   void apply_locked(std::size_t node, const shipment& s);
   void prune_history_locked(std::size_t node, std::uint64_t head);
   void begin_election_locked();
