@@ -14868,6 +14868,14 @@ class dedup_lookups : public std::enable_shared_from_this<dedup_lookups> {
 // The primary's side of durable acknowledgement: the positions its replicas report, and
 // the writes waiting until enough of them have reached their commit TXID. All the writes
 // of one group-commit batch wait for the same TXID, so one report releases them together.
+//
+// A TXID alone does not show that a replica holds this primary's history: a replica that
+// still holds a lost history (a former primary's last transactions, not yet replaced by
+// LiteFS's resync) can report a TXID at or past a write that it does not have. So the
+// tracker remembers this primary's recent commits (TXID -> checksum) and counts a replica
+// only while its position is one of them with the same checksum, or older than any it
+// remembers; a replica ahead of this primary's last commit, or at one of its TXIDs with
+// another checksum, is on another history and does not count until it reports again.
 
 
 #include <boost/asio/any_io_executor.hpp>
@@ -14916,18 +14924,34 @@ class durability_tracker : public std::enable_shared_from_this<durability_tracke
       entry.checksum = r.checksum;
       entry.candidate = r.candidate;
       entry.seen = now;
-      for (auto it = waiters_.begin(); it != waiters_.end();) {
-        if (satisfied(**it, now)) {
-          released.push_back(std::move(*it));
-          it = waiters_.erase(it);
-        } else {
-          ++it;
-        }
-      }
+      release_satisfied_locked(now, released);
       hurry = !waiters_.empty() || now - last_wait_ < hurry_for_;
     }
     for (auto& w : released) finish(w, {}, {});
     return hurry;
+  }
+
+  /// Records a commit of this primary (any thread, any order; every write's commit may be
+  /// passed, the writes of one batch share it). A TXID recorded again with another
+  /// checksum starts a new history: the commits recorded at or after it are forgotten.
+  void note_commit(std::uint64_t txid, std::uint64_t checksum) {
+    if (txid == 0) return;
+    std::vector<std::shared_ptr<waiter>> released;
+    {
+      std::lock_guard lock(mutex_);
+      // Commits may be noted out of order (their replies run on any io thread): only the
+      // same TXID with another checksum tells of a new history.
+      const auto same = commits_.find(txid);
+      if (same != commits_.end()) {
+        if (same->second == checksum) return;
+        commits_.erase(same, commits_.end());
+      }
+      commits_.emplace(txid, checksum);
+      while (commits_.size() > commits_kept) commits_.erase(commits_.begin());
+      // A replica that reported this commit before it was noted here counts from now on.
+      if (!waiters_.empty()) release_satisfied_locked(clock::now(), released);
+    }
+    for (auto& w : released) finish(w, {}, {});
   }
 
   /**
@@ -14995,19 +15019,46 @@ class durability_tracker : public std::enable_shared_from_this<durability_tracke
 
   bool fresh(const replica& r, clock::time_point now) const noexcept { return now - r.seen < forget_after_; }
 
+  // With the lock held: whether the replica's position can be on this primary's history
+  // (see the top of this file). Positions older than every commit remembered cannot be
+  // checked and count, as they did before any commit was remembered.
+  bool on_this_history(const replica& r) const {
+    if (commits_.empty() || r.txid < commits_.begin()->first) return true;
+    if (r.txid > commits_.rbegin()->first) return false;
+    const auto at = commits_.find(r.txid);
+    return at == commits_.end() || at->second == r.checksum;
+  }
+
+  // With the lock held: the replica counts for a write at `txid`.
+  bool holds(const replica& r, std::uint64_t txid, clock::time_point now) const {
+    return fresh(r, now) && r.txid >= txid && on_this_history(r);
+  }
+
+  // With the lock held: takes the waiters whose durability now holds.
+  void release_satisfied_locked(clock::time_point now, std::vector<std::shared_ptr<waiter>>& released) {
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (satisfied(**it, now)) {
+        released.push_back(std::move(*it));
+        it = waiters_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
   // With the lock held.
   bool satisfied(const waiter& w, clock::time_point now) const {
     if (w.required.type() == durability::kind::replicas) {
       std::size_t holding = 0;
       for (const auto& [name, r] : replicas_)
-        if (fresh(r, now) && r.txid >= w.txid) ++holding;
+        if (holds(r, w.txid, now)) ++holding;
       return holding >= w.required.count();
     }
     if (w.required.type() == durability::kind::candidates) {
       std::size_t known = 0;
       for (const auto& [name, r] : replicas_) {
         if (!r.candidate || !fresh(r, now)) continue;
-        if (r.txid < w.txid) return false;
+        if (!holds(r, w.txid, now)) return false;
         ++known;
       }
       return known > 0;
@@ -15038,7 +15089,8 @@ class durability_tracker : public std::enable_shared_from_this<durability_tracke
     for (const auto& [name, r] : replicas_) {
       if (!fresh(r, now)) continue;
       if (w.required.type() == durability::kind::candidates && !r.candidate) continue;
-      fmt::format_to(std::back_inserter(seen), "{}{} at TXID {}", seen.empty() ? "" : ", ", name, r.txid);
+      fmt::format_to(std::back_inserter(seen), "{}{} at TXID {}{}", seen.empty() ? "" : ", ", name, r.txid,
+                     on_this_history(r) ? "" : " of another history");
     }
     if (seen.empty()) seen = w.required.type() == durability::kind::candidates ? "no candidate has reported"
                                                                                : "no replica has reported";
@@ -15072,6 +15124,8 @@ class durability_tracker : public std::enable_shared_from_this<durability_tracke
   mutable std::mutex mutex_;
   std::map<std::string, replica, std::less<>> replicas_;
   std::list<std::shared_ptr<waiter>> waiters_;
+  static constexpr std::size_t commits_kept = 4096;
+  std::map<std::uint64_t, std::uint64_t> commits_;  // this primary's recent TXID -> checksum
   clock::time_point last_wait_{};
   bool stopped_ = false;
 };
@@ -15826,7 +15880,12 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
          deadline = call.deadline](boost::system::error_code e, std::string result, litefs::position pos) mutable {
           if (e) {
             std::move(reply)(e, std::move(result));
-          } else if (required == durability::none()) {
+            return;
+          }
+          if (pos.txid != 0) {
+            if (const auto core = weak.lock()) core->durability->note_commit(pos.txid, pos.checksum);
+          }
+          if (required == durability::none()) {
             std::move(reply)(boost::system::error_code{}, encode_write_reply(pos, result));
           } else {
             wait_durable(weak, std::move(reply), required, deadline, pos.txid, encode_write_reply(pos, result));

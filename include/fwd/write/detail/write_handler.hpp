@@ -134,7 +134,12 @@ rpc::registry::raw_handler make_write_handler(std::weak_ptr<forward_core> weak,
          deadline = call.deadline](boost::system::error_code e, std::string result, litefs::position pos) mutable {
           if (e) {
             std::move(reply)(e, std::move(result));
-          } else if (required == durability::none()) {
+            return;
+          }
+          if (pos.txid != 0) {
+            if (const auto core = weak.lock()) core->durability->note_commit(pos.txid, pos.checksum);
+          }
+          if (required == durability::none()) {
             std::move(reply)(boost::system::error_code{}, encode_write_reply(pos, result));
           } else {
             wait_durable(weak, std::move(reply), required, deadline, pos.txid, encode_write_reply(pos, result));
