@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -99,7 +100,11 @@ struct test_cluster {
 };
 
 // A TCP proxy on loopback that can cut a connection right after the server starts to
-// answer: the request reached the server (and ran), the reply never arrives.
+// answer a request: the request reached the server (and ran), the reply never arrives.
+// Other calls share the connection (the replica's position reports, the primary
+// finder's probes), so the cut is armed by the request: the next bytes the server sends
+// on the connection that carried a request naming `marker` (a procedure's name, which
+// the frame holds as text) after it reached the server.
 class cutting_proxy {
  public:
   explicit cutting_proxy(std::uint16_t upstream)
@@ -113,8 +118,11 @@ class cutting_proxy {
     thread_.join();
   }
   std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
-  /// The next bytes the server sends on any connection are dropped and that connection cut.
-  void arm() { armed_ = true; }
+  /// Arms the cut for the next request whose bytes contain `marker`.
+  void arm(std::string marker) {
+    std::lock_guard lock(marker_mutex_);
+    marker_ = std::move(marker);
+  }
   int cuts() const { return cuts_; }
 
  private:
@@ -122,6 +130,7 @@ class cutting_proxy {
   struct session {
     tcp::socket client, server;
     std::array<char, 65536> up{}, down{};
+    std::atomic<bool> cut_next_reply{false};
     explicit session(boost::asio::io_context& io) : client(io), server(io) {}
     void close() {
       boost::system::error_code ignored;
@@ -149,9 +158,11 @@ class cutting_proxy {
     s->client.async_read_some(
         boost::asio::buffer(s->up), [this, s](boost::system::error_code ec, std::size_t n) {
           if (ec) return s->close();
+          const bool marked = takes_marker(std::string_view(s->up.data(), n));
           boost::asio::async_write(s->server, boost::asio::buffer(s->up.data(), n),
-                                   [this, s](boost::system::error_code e, std::size_t) {
+                                   [this, s, marked](boost::system::error_code e, std::size_t) {
                                      if (e) return s->close();
+                                     if (marked) s->cut_next_reply = true;  // the request is there
                                      pump_up(s);
                                    });
         });
@@ -160,7 +171,7 @@ class cutting_proxy {
     s->server.async_read_some(
         boost::asio::buffer(s->down), [this, s](boost::system::error_code ec, std::size_t n) {
           if (ec) return s->close();
-          if (armed_.exchange(false)) {
+          if (s->cut_next_reply.exchange(false)) {
             ++cuts_;
             return s->close();  // the reply is lost
           }
@@ -176,7 +187,16 @@ class cutting_proxy {
   tcp::acceptor acceptor_;
   tcp::endpoint upstream_;
   std::thread thread_;
-  std::atomic<bool> armed_{false};
+  // Whether `bytes` hold the armed marker; disarms it if so.
+  bool takes_marker(std::string_view bytes) {
+    std::lock_guard lock(marker_mutex_);
+    if (marker_.empty() || bytes.find(marker_) == std::string_view::npos) return false;
+    marker_.clear();
+    return true;
+  }
+
+  std::mutex marker_mutex_;
+  std::string marker_;  // guarded by marker_mutex_
   std::atomic<int> cuts_{0};
 };
 
@@ -218,7 +238,7 @@ TEST_CASE(
   REQUIRE(c.append(1, "node-b", 1).category == 0);  // warm: the connection and discovery
   const auto runs_before = c.append_runs(0);
 
-  proxy.arm();
+  proxy.arm("demo.append");
   const auto r = c.append(1, "node-b", 2);
   INFO(r.detail);
   REQUIRE(r.category == 0);
