@@ -2,6 +2,7 @@
 // (fwd_rpc_test_server), real TCP on loopback.
 
 #include "test_procedures.hpp"
+#include "../support/io_thread.hpp"
 
 #include <fwd/rpc/client.hpp>
 #include <fwd/telemetry.hpp>
@@ -156,17 +157,7 @@ class child_server {
   std::string pending_;
 };
 
-// An io_context run by one thread, for the client.
-struct io_thread {
-  asio::io_context io;
-  asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
-  std::thread thread{[this] { io.run(); }};
-  ~io_thread() {
-    work.reset();
-    io.stop();
-    thread.join();
-  }
-};
+using fwd_test::io_thread;
 
 fwd::rpc::client_options client_options(std::string s = secret) {
   fwd::rpc::client_options options;

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "test_procedures.hpp"
+#include "../support/io_thread.hpp"
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
@@ -179,16 +180,7 @@ const tls_files& files() {
 
 // --- servers, clients, calls ----------------------------------------------------------------
 
-struct io_thread {
-  asio::io_context io;
-  asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
-  std::thread thread{[this] { io.run(); }};
-  ~io_thread() {
-    work.reset();
-    io.stop();
-    thread.join();
-  }
-};
+using fwd_test::io_thread;
 
 // Records the server's failed connections, to wait on them.
 struct failures {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../support/temp_dir.hpp"
+#include "../support/io_thread.hpp"
 
 namespace fs = std::filesystem;
 namespace litefs = fwd::litefs;
@@ -60,16 +61,7 @@ void create_database(const fs::path& path, int count) {
   sqlite3_close(db);
 }
 
-struct io_thread {
-  boost::asio::io_context io;
-  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work{io.get_executor()};
-  std::thread thread{[this] { io.run(); }};
-  ~io_thread() {
-    work.reset();
-    io.stop();
-    thread.join();
-  }
-};
+using fwd_test::io_thread;
 
 struct answers {
   std::mutex mutex;

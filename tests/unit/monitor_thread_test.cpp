@@ -36,6 +36,7 @@
 
 #include "../support/temp_dir.hpp"
 #include "../support/unanswered_fuse_mount.hpp"
+#include "../support/io_thread.hpp"
 
 namespace fs = std::filesystem;
 namespace litefs = fwd::litefs;
@@ -53,17 +54,7 @@ void lay_out_primary(const fs::path& mount, std::uint64_t txid) {
   write_file(mount / "app.db-pos", pos);
 }
 
-struct io_thread {
-  boost::asio::io_context io;
-  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work{io.get_executor()};
-  std::thread thread{[this] { io.run(); }};
-  std::thread::id id() const { return thread.get_id(); }
-  ~io_thread() {
-    work.reset();
-    io.stop();
-    thread.join();
-  }
-};
+using fwd_test::io_thread;
 
 }  // namespace
 
