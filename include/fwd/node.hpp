@@ -364,6 +364,9 @@ class node {
   std::shared_ptr<rpc::client> client_;
   std::shared_ptr<fwd::membership> membership_;
   std::shared_ptr<litefs::monitor> monitor_;
+  // The forwarder's durability tracker, for the monitor's hook (which is made first).
+  std::shared_ptr<std::weak_ptr<detail::durability_tracker>> own_commits_ =
+      std::make_shared<std::weak_ptr<detail::durability_tracker>>();
   std::function<litefs::role()> role_;
   std::shared_ptr<primary_finder> finder_;
   std::unique_ptr<fwd::forwarder> forwarder_;

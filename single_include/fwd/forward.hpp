@@ -14872,7 +14872,9 @@ class dedup_lookups : public std::enable_shared_from_this<dedup_lookups> {
 // A TXID alone does not show that a replica holds this primary's history: a replica that
 // still holds a lost history (a former primary's last transactions, not yet replaced by
 // LiteFS's resync) can report a TXID at or past a write that it does not have. So the
-// tracker remembers this primary's recent commits (TXID -> checksum) and counts a replica
+// tracker remembers this primary's recent commits (TXID -> checksum: those fwd's writer
+// made, and every position the node's LiteFS monitor saw, which includes the commits of
+// the service's own connections) and counts a replica
 // only while its position is one of them with the same checksum, or older than any it
 // remembers; a replica ahead of this primary's last commit, or at one of its TXIDs with
 // another checksum, is on another history and does not count until it reports again.
@@ -14931,8 +14933,8 @@ class durability_tracker : public std::enable_shared_from_this<durability_tracke
     return hurry;
   }
 
-  /// Records a commit of this primary (any thread, any order; every write's commit may be
-  /// passed, the writes of one batch share it). A TXID recorded again with another
+  /// Records a commit of this node's history (any thread, any order): a write's commit
+  /// (the writes of one batch share it), or a position its LiteFS monitor saw. A TXID recorded again with another
   /// checksum starts a new history: the commits recorded at or after it are forgotten.
   void note_commit(std::uint64_t txid, std::uint64_t checksum) {
     if (txid == 0) return;
@@ -17733,6 +17735,9 @@ class node {
   std::shared_ptr<rpc::client> client_;
   std::shared_ptr<fwd::membership> membership_;
   std::shared_ptr<litefs::monitor> monitor_;
+  // The forwarder's durability tracker, for the monitor's hook (which is made first).
+  std::shared_ptr<std::weak_ptr<detail::durability_tracker>> own_commits_ =
+      std::make_shared<std::weak_ptr<detail::durability_tracker>>();
   std::function<litefs::role()> role_;
   std::shared_ptr<primary_finder> finder_;
   std::unique_ptr<fwd::forwarder> forwarder_;
@@ -17790,12 +17795,20 @@ inline node::node(executor_type executor, node_options options)
     m.poll_interval = options_.litefs_poll;
     m.http = options_.litefs_http;
     m.read_role = options_.role;
-    if (const telemetry_ptr& t = options_.telemetry; t && t->litefs_changed) {
-      m.on_change = [t](const litefs::node_state& s) {
+    // Every position of the local database the monitor sees is a commit of this node's
+    // history: the durability tracker learns of the commits fwd did not make itself (the
+    // service's own connections, a shell), so a replica that reports one of them is not
+    // taken for a replica on another history. Set below, once the forwarder exists; the
+    // monitor calls this only after start().
+    m.on_change = [t = options_.telemetry, tracker = own_commits_](const litefs::node_state& s) {
+      if (s.pos.txid != 0) {
+        if (const auto durable = tracker->lock()) durable->note_commit(s.pos.txid, s.pos.checksum);
+      }
+      if (t && t->litefs_changed) {
         t->litefs_changed(litefs_event{litefs::to_string(s.role), s.primary_hostname, s.mount_dead,
                                        s.mount_generation, s.pos.txid, s.reason});
-      };
-    }
+      }
+    };
     monitor_ = litefs::monitor::create(executor_, std::move(m));
   }
   // Everything in the node reads the role from the monitor: an atomic load, no syscall.
@@ -17919,6 +17932,7 @@ inline node::node(executor_type executor, node_options options)
   forwarding.role = role_;
   forwarding.telemetry = options_.telemetry;
   forwarder_ = std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
+  *own_commits_ = forwarder_->durability_tracker();
 
   // As primary: the replicas' positions, for durable acknowledgement. A report from a
   // replica whose LiteFS follows another primary (or while this node is not primary) is

@@ -8,8 +8,10 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <fwd/error.hpp>
+#include <future>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cluster_driver.hpp"
@@ -188,4 +190,39 @@ TEST_CASE("durability none(): acknowledged at commit, whatever the replicas do")
   CHECK(r.category == 0);
   CHECK(std::chrono::steady_clock::now() - started < 1s);
   CHECK(c.rows_on_primary("d4", 0) == 1);
+}
+
+TEST_CASE("durability replicas(1): a replica that reports a commit the service made on the primary outside fwd "
+          "counts, it is not taken for a replica on another history") {
+  durable_cluster c(every_node({"--durability", "replicas:1"}));
+  REQUIRE(c.append(0, "d5", 0).category == 0);
+
+  // No shipment until both commits are made: the replicas go from before the durable
+  // write straight past it, to a commit fwd did not make.
+  c.sim.stop_replication();
+  auto durable = std::async(std::launch::async, [&c] { return c.append(0, "d5", 1, 8000); });
+  const auto committed_by = std::chrono::steady_clock::now() + 8s;
+  while (c.rows_on_primary("d5", 1) != 1 && std::chrono::steady_clock::now() < committed_by)
+    std::this_thread::sleep_for(5ms);
+  REQUIRE(c.rows_on_primary("d5", 1) == 1);
+  const auto fwd_commit = c.sim.position(0).txid;
+
+  // The service's own connection on the primary, through the LiteFS simulation.
+  fwd_sim::install_vfs();
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(c.sim.database_path(0).c_str(), &db, SQLITE_OPEN_READWRITE, fwd_sim::vfs_name) ==
+          SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  const int rc = sqlite3_exec(db, "CREATE TABLE IF NOT EXISTS outside(x); INSERT INTO outside VALUES (1)", nullptr,
+                              nullptr, nullptr);
+  INFO(sqlite3_errmsg(db));
+  sqlite3_close(db);
+  REQUIRE(rc == SQLITE_OK);
+  REQUIRE(c.sim.position(0).txid > fwd_commit);
+
+  c.sim.start_replication(2ms);
+  const auto r = durable.get();
+  INFO(r.detail);
+  CHECK(r.category == 0);
+  CHECK(std::max(c.sim.position(1).txid, c.sim.position(2).txid) > fwd_commit);
 }

@@ -43,12 +43,20 @@ inline node::node(executor_type executor, node_options options)
     m.poll_interval = options_.litefs_poll;
     m.http = options_.litefs_http;
     m.read_role = options_.role;
-    if (const telemetry_ptr& t = options_.telemetry; t && t->litefs_changed) {
-      m.on_change = [t](const litefs::node_state& s) {
+    // Every position of the local database the monitor sees is a commit of this node's
+    // history: the durability tracker learns of the commits fwd did not make itself (the
+    // service's own connections, a shell), so a replica that reports one of them is not
+    // taken for a replica on another history. Set below, once the forwarder exists; the
+    // monitor calls this only after start().
+    m.on_change = [t = options_.telemetry, tracker = own_commits_](const litefs::node_state& s) {
+      if (s.pos.txid != 0) {
+        if (const auto durable = tracker->lock()) durable->note_commit(s.pos.txid, s.pos.checksum);
+      }
+      if (t && t->litefs_changed) {
         t->litefs_changed(litefs_event{litefs::to_string(s.role), s.primary_hostname, s.mount_dead,
                                        s.mount_generation, s.pos.txid, s.reason});
-      };
-    }
+      }
+    };
     monitor_ = litefs::monitor::create(executor_, std::move(m));
   }
   // Everything in the node reads the role from the monitor: an atomic load, no syscall.
@@ -172,6 +180,7 @@ inline node::node(executor_type executor, node_options options)
   forwarding.role = role_;
   forwarding.telemetry = options_.telemetry;
   forwarder_ = std::make_unique<fwd::forwarder>(executor_, std::move(forwarding), client_, finder_);
+  *own_commits_ = forwarder_->durability_tracker();
 
   // As primary: the replicas' positions, for durable acknowledgement. A report from a
   // replica whose LiteFS follows another primary (or while this node is not primary) is
