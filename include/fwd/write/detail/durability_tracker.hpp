@@ -9,10 +9,10 @@
 // LiteFS's resync) can report a TXID at or past a write that it does not have. So the
 // tracker remembers this primary's recent commits (TXID -> checksum: those fwd's writer
 // made, and every position the node's LiteFS monitor saw, which includes the commits of
-// the service's own connections) and counts a replica
-// only while its position is one of them with the same checksum, or older than any it
-// remembers; a replica ahead of this primary's last commit, or at one of its TXIDs with
-// another checksum, is on another history and does not count until it reports again.
+// the service's own connections) and counts a replica only while its position is one of
+// them with the same checksum, or older than any it remembers; a replica ahead of this
+// primary's last commit, or at one of its TXIDs with another checksum, is on another
+// history and does not count until it reports again.
 
 #include <fwd/error.hpp>
 #include <fwd/write/durability.hpp>
@@ -71,8 +71,9 @@ class durability_tracker : public std::enable_shared_from_this<durability_tracke
   }
 
   /// Records a commit of this node's history (any thread, any order): a write's commit
-  /// (the writes of one batch share it), or a position its LiteFS monitor saw. A TXID recorded again with another
-  /// checksum starts a new history: the commits recorded at or after it are forgotten.
+  /// (the writes of one batch share it), or a position its LiteFS monitor saw. A TXID
+  /// recorded again with another checksum starts a new history: the commits recorded at
+  /// or after it are forgotten.
   void note_commit(std::uint64_t txid, std::uint64_t checksum) {
     if (txid == 0) return;
     std::vector<std::shared_ptr<waiter>> released;
